@@ -1,0 +1,384 @@
+// Package functions is the function contract: the function.yaml manifest that
+// describes a function and its revisions, the Handler that turns a client's JSON
+// into model inputs and model outputs back into JSON, and the registry of
+// handlers by name. The runtime, the local engine and the Knative manifests all
+// read the same Manifest: one file, one source of truth.
+package functions
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/pilotlight/pilotlight/functions/tensor"
+)
+
+// ManifestFile is the name of a function's manifest inside its directory.
+const ManifestFile = "function.yaml"
+
+// Defaults applied to a manifest's omitted fields.
+const (
+	DefaultSessions          = 2
+	DefaultProvider          = "auto"
+	DefaultIntraOpThreads    = 1
+	DefaultMaxBatch          = 32
+	DefaultMaxDelay          = time.Millisecond
+	DefaultTargetConcurrency = 16
+	DefaultMaxScale          = 4
+	DefaultScaleToZeroAfter  = 30 * time.Second
+	DefaultMaxBodyBytes      = 1 << 20
+)
+
+// Handler names a manifest may use.
+const (
+	HandlerTensor = "tensor" // bring-your-own ONNX model, V2 only
+)
+
+// Manifest is a function.yaml, decoded and defaulted.
+type Manifest struct {
+	Name      string     `yaml:"name"`
+	Handler   string     `yaml:"handler"`
+	Flag      string     `yaml:"flag,omitempty"`
+	Revisions []Revision `yaml:"revisions"`
+	Runtime   Runtime    `yaml:"runtime"`
+	Batching  Batching   `yaml:"batching"`
+	Scaling   Scaling    `yaml:"scaling"`
+
+	// Dir is the directory the manifest was read from; model paths are relative to it.
+	Dir string `yaml:"-"`
+}
+
+// Revision is one immutable version of a function: a name and a model file.
+type Revision struct {
+	Name  string `yaml:"name"`
+	Model string `yaml:"model"`
+	// Tag is the Knative traffic tag for this revision (stable, canary), optional.
+	Tag string `yaml:"tag,omitempty"`
+}
+
+// Runtime configures the session pool inside one instance.
+type Runtime struct {
+	Sessions       int    `yaml:"sessions"`
+	Provider       string `yaml:"provider"` // auto | cpu | cuda
+	IntraOpThreads int    `yaml:"intraOpThreads"`
+	MaxBodyBytes   int64  `yaml:"maxBodyBytes"`
+}
+
+// Batching configures the dynamic batcher.
+type Batching struct {
+	MaxBatch int           `yaml:"maxBatch"`
+	MaxDelay time.Duration `yaml:"maxDelay"`
+}
+
+// Scaling configures the autoscaler (locally) and Knative's KPA (in a cluster).
+type Scaling struct {
+	MinScale             int           `yaml:"minScale"`
+	MaxScale             int           `yaml:"maxScale"`
+	InitialScale         int           `yaml:"initialScale"`
+	TargetConcurrency    int           `yaml:"targetConcurrency"`
+	ContainerConcurrency int           `yaml:"containerConcurrency"`
+	ScaleToZeroAfter     time.Duration `yaml:"scaleToZeroAfter"`
+}
+
+// FieldError names the file and field a manifest problem is in.
+type FieldError struct {
+	File  string
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("%s: %s: %s", e.File, e.Field, e.Msg) }
+
+// revisionName is what Knative accepts as a revision name: a DNS-1035 label
+// of at most 63 characters.
+var revisionName = regexp.MustCompile(`^[a-z]([-a-z0-9]*[a-z0-9])?$`)
+
+// LoadDir reads dir/function.yaml.
+func LoadDir(dir string) (*Manifest, error) {
+	return Load(filepath.Join(dir, ManifestFile))
+}
+
+// Load reads, strictly decodes (unknown keys are errors), defaults and
+// validates a function.yaml.
+func Load(path string) (*Manifest, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read function manifest: %w", err)
+	}
+	m, err := Parse(path, raw)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.CheckModels(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Parse decodes and validates a manifest without touching the file system;
+// file names only the source in errors.
+func Parse(file string, raw []byte) (*Manifest, error) {
+	var m Manifest
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	m.Dir = filepath.Dir(file)
+	m.applyDefaults()
+	if err := m.Validate(file); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+func (m *Manifest) applyDefaults() {
+	if m.Flag == "" && m.Name != "" {
+		m.Flag = m.Name + "-revision"
+	}
+	if m.Runtime.Sessions == 0 {
+		m.Runtime.Sessions = DefaultSessions
+	}
+	if m.Runtime.Provider == "" {
+		m.Runtime.Provider = DefaultProvider
+	}
+	if m.Runtime.IntraOpThreads == 0 {
+		m.Runtime.IntraOpThreads = DefaultIntraOpThreads
+	}
+	if m.Runtime.MaxBodyBytes == 0 {
+		m.Runtime.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if m.Batching.MaxBatch == 0 {
+		m.Batching.MaxBatch = DefaultMaxBatch
+	}
+	if m.Batching.MaxDelay == 0 {
+		m.Batching.MaxDelay = DefaultMaxDelay
+	}
+	if m.Scaling.MaxScale == 0 {
+		m.Scaling.MaxScale = DefaultMaxScale
+	}
+	if m.Scaling.TargetConcurrency == 0 {
+		m.Scaling.TargetConcurrency = DefaultTargetConcurrency
+	}
+	if m.Scaling.ScaleToZeroAfter == 0 {
+		m.Scaling.ScaleToZeroAfter = DefaultScaleToZeroAfter
+	}
+}
+
+// Validate reports every problem in the manifest, each naming file and field.
+func (m *Manifest) Validate(file string) error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{File: file, Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	if m.Name == "" {
+		bad("name", "is required")
+	} else if !revisionName.MatchString(m.Name) || len(m.Name) > 40 {
+		bad("name", "%q must be a lower-case DNS label of at most 40 characters (Knative names revisions after it)", m.Name)
+	}
+	if m.Handler == "" {
+		bad("handler", "is required (one of %s)", strings.Join(HandlerNames(), ", "))
+	} else if !HasHandler(m.Handler) {
+		bad("handler", "unknown handler %q (known: %s)", m.Handler, strings.Join(HandlerNames(), ", "))
+	}
+	if len(m.Revisions) == 0 {
+		bad("revisions", "at least one revision is required")
+	}
+	seen := map[string]bool{}
+	for i, r := range m.Revisions {
+		f := fmt.Sprintf("revisions[%d]", i)
+		switch {
+		case r.Name == "":
+			bad(f+".name", "is required")
+		case len(r.Name) > 63 || !revisionName.MatchString(r.Name):
+			bad(f+".name", "%q is not a valid Knative revision name (lower-case letters, digits and '-', at most 63)", r.Name)
+		case m.Name != "" && !strings.HasPrefix(r.Name, m.Name+"-"):
+			bad(f+".name", "%q must start with %q (Knative requires revision names prefixed by the service name)", r.Name, m.Name+"-")
+		case seen[r.Name]:
+			bad(f+".name", "duplicate revision %q", r.Name)
+		}
+		seen[r.Name] = true
+		if r.Model == "" {
+			bad(f+".model", "is required")
+		}
+		if r.Tag != "" && !revisionName.MatchString(r.Tag) {
+			bad(f+".tag", "%q is not a valid traffic tag", r.Tag)
+		}
+	}
+	if m.Runtime.Sessions < 1 || m.Runtime.Sessions > 64 {
+		bad("runtime.sessions", "%d out of range [1, 64]", m.Runtime.Sessions)
+	}
+	switch m.Runtime.Provider {
+	case "auto", "cpu", "cuda":
+	default:
+		bad("runtime.provider", "%q must be auto, cpu or cuda", m.Runtime.Provider)
+	}
+	if m.Runtime.IntraOpThreads < 1 || m.Runtime.IntraOpThreads > 256 {
+		bad("runtime.intraOpThreads", "%d out of range [1, 256]", m.Runtime.IntraOpThreads)
+	}
+	if m.Runtime.MaxBodyBytes < 1 {
+		bad("runtime.maxBodyBytes", "%d must be positive", m.Runtime.MaxBodyBytes)
+	}
+	if m.Batching.MaxBatch < 1 || m.Batching.MaxBatch > 4096 {
+		bad("batching.maxBatch", "%d out of range [1, 4096]", m.Batching.MaxBatch)
+	}
+	if m.Batching.MaxDelay < 0 || m.Batching.MaxDelay > time.Second {
+		bad("batching.maxDelay", "%s out of range [0, 1s]", m.Batching.MaxDelay)
+	}
+	s := m.Scaling
+	if s.MinScale < 0 {
+		bad("scaling.minScale", "%d must be >= 0", s.MinScale)
+	}
+	if s.MaxScale < 1 {
+		bad("scaling.maxScale", "%d must be >= 1", s.MaxScale)
+	}
+	if s.MinScale > s.MaxScale && s.MaxScale >= 1 {
+		bad("scaling.minScale", "%d is greater than scaling.maxScale %d", s.MinScale, s.MaxScale)
+	}
+	if s.InitialScale < 0 || (s.InitialScale > s.MaxScale && s.MaxScale >= 1) {
+		bad("scaling.initialScale", "%d out of range [0, maxScale]", s.InitialScale)
+	}
+	if s.TargetConcurrency < 1 {
+		bad("scaling.targetConcurrency", "%d must be >= 1", s.TargetConcurrency)
+	}
+	if s.ContainerConcurrency < 0 || s.ContainerConcurrency > 1000 {
+		bad("scaling.containerConcurrency", "%d out of range [0, 1000] (0 means unlimited)", s.ContainerConcurrency)
+	}
+	if s.ScaleToZeroAfter < 0 {
+		bad("scaling.scaleToZeroAfter", "%s must be >= 0", s.ScaleToZeroAfter)
+	}
+	return errors.Join(errs...)
+}
+
+// CheckModels reports revisions whose model file does not exist.
+func (m *Manifest) CheckModels() error {
+	var errs []error
+	for i, r := range m.Revisions {
+		if _, err := os.Stat(m.ModelPath(r)); err != nil {
+			errs = append(errs, &FieldError{File: filepath.Join(m.Dir, ManifestFile), Field: fmt.Sprintf("revisions[%d].model", i),
+				Msg: fmt.Sprintf("model file %s: %v (run `make models` to train it)", m.ModelPath(r), errors.Unwrap(err))})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ModelPath resolves a revision's model file against the manifest's directory.
+func (m *Manifest) ModelPath(r Revision) string {
+	if filepath.IsAbs(r.Model) {
+		return r.Model
+	}
+	return filepath.Join(m.Dir, r.Model)
+}
+
+// Revision finds a revision by name.
+func (m *Manifest) Revision(name string) (Revision, bool) {
+	for _, r := range m.Revisions {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return Revision{}, false
+}
+
+// LoadAll reads every dir/*/function.yaml below root, sorted by name.
+func LoadAll(root string) ([]*Manifest, error) {
+	paths, err := filepath.Glob(filepath.Join(root, "*", ManifestFile))
+	if err != nil {
+		return nil, err
+	}
+	var out []*Manifest
+	var errs []error
+	for _, p := range paths {
+		m, err := Load(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, errors.Join(errs...)
+}
+
+// Invocation is one decoded function call: model inputs with Rows rows each
+// (first dimension), and how to turn this call's rows of the outputs into the
+// response body.
+type Invocation struct {
+	Inputs []*tensor.Tensor
+	Rows   int
+	// Encode receives this invocation's rows of every model output, by name.
+	Encode func(outputs map[string]*tensor.Tensor) (any, error)
+}
+
+// Handler turns a function's own JSON into an Invocation. It must reject bad
+// input with a *BadRequest error so the caller gets a 4xx naming the problem.
+type Handler interface {
+	Decode(body []byte) (*Invocation, error)
+}
+
+// BadRequest is a client mistake; the runtime answers it with 400 and Msg.
+type BadRequest struct{ Msg string }
+
+func (e *BadRequest) Error() string { return e.Msg }
+
+// Badf builds a *BadRequest.
+func Badf(format string, args ...any) error { return &BadRequest{Msg: fmt.Sprintf(format, args...)} }
+
+// HandlerFactory builds a function's handler from its manifest. A nil Handler
+// with a nil error means the function is served through V2 only.
+type HandlerFactory func(m *Manifest) (Handler, error)
+
+var (
+	registryMu sync.RWMutex
+	registry   = map[string]HandlerFactory{HandlerTensor: func(*Manifest) (Handler, error) { return nil, nil }}
+)
+
+// Register makes a handler available by name; function packages call it from init.
+func Register(name string, f HandlerFactory) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if _, dup := registry[name]; dup {
+		panic("functions: handler registered twice: " + name)
+	}
+	registry[name] = f
+}
+
+// HasHandler reports whether a handler name is registered.
+func HasHandler(name string) bool {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	_, ok := registry[name]
+	return ok
+}
+
+// HandlerNames lists registered handlers, sorted.
+func HandlerNames() []string {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// NewHandler builds the handler a manifest names.
+func NewHandler(m *Manifest) (Handler, error) {
+	registryMu.RLock()
+	f, ok := registry[m.Handler]
+	registryMu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("function %s: unknown handler %q", m.Name, m.Handler)
+	}
+	return f(m)
+}
