@@ -1,0 +1,270 @@
+// Package batch is the dynamic batcher of one revision: it coalesces the rows
+// of concurrent requests into one ONNX Runtime call (up to MaxBatch rows, or
+// whatever arrived within MaxDelay of the first), runs it on the session
+// pool, and hands each request its own rows of the outputs.
+package batch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pilotlight/pilotlight/functions/tensor"
+)
+
+// Runner runs one batch; the session pool satisfies it.
+type Runner interface {
+	Run(ctx context.Context, inputs []*tensor.Tensor) (map[string]*tensor.Tensor, time.Duration, error)
+}
+
+// Config bounds a batch.
+type Config struct {
+	MaxBatch int           // rows per ONNX call
+	MaxDelay time.Duration // the longest a request waits for company
+	// Parallel is how many batches may run at once (the session pool size).
+	Parallel int
+	// Observe, when set, is called after each batch with its rows, requests and run time.
+	Observe func(rows, requests int, run time.Duration, err error)
+}
+
+// ErrStopped is returned for requests submitted after Stop.
+var ErrStopped = errors.New("batcher stopped")
+
+// Batcher coalesces requests for one revision.
+type Batcher struct {
+	cfg     Config
+	run     Runner
+	in      chan *call
+	running chan struct{} // semaphore of Parallel
+	wg      sync.WaitGroup
+	stop    chan struct{}
+	once    sync.Once
+}
+
+type call struct {
+	ctx    context.Context
+	inputs []*tensor.Tensor
+	rows   int
+	key    string
+	done   chan result
+}
+
+type result struct {
+	outputs map[string]*tensor.Tensor
+	err     error
+}
+
+// New starts a batcher over run.
+func New(cfg Config, run Runner) *Batcher {
+	if cfg.MaxBatch < 1 {
+		cfg.MaxBatch = 1
+	}
+	if cfg.Parallel < 1 {
+		cfg.Parallel = 1
+	}
+	b := &Batcher{cfg: cfg, run: run, in: make(chan *call, 4*cfg.MaxBatch), running: make(chan struct{}, cfg.Parallel), stop: make(chan struct{})}
+	b.wg.Add(1)
+	go b.loop()
+	return b
+}
+
+// Submit queues rows (every input with the same first dimension, rows) and
+// waits for this request's rows of every output. A request with more rows
+// than MaxBatch runs alone.
+func (b *Batcher) Submit(ctx context.Context, inputs []*tensor.Tensor, rows int) (map[string]*tensor.Tensor, error) {
+	c := &call{ctx: ctx, inputs: inputs, rows: rows, key: signature(inputs), done: make(chan result, 1)}
+	select {
+	case <-b.stop:
+		return nil, ErrStopped
+	default:
+	}
+	select {
+	case b.in <- c:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-b.stop:
+		return nil, ErrStopped
+	}
+	select {
+	case r := <-c.done:
+		return r.outputs, r.err
+	case <-ctx.Done():
+		// The batch may still run; its result is dropped (done is buffered).
+		return nil, ctx.Err()
+	}
+}
+
+// Stop finishes every queued batch and stops the loop; later Submits fail.
+func (b *Batcher) Stop() {
+	b.once.Do(func() { close(b.stop) })
+	b.wg.Wait()
+}
+
+// signature says which requests can share a batch: same input names,
+// datatypes and trailing dimensions.
+func signature(inputs []*tensor.Tensor) string {
+	var sb strings.Builder
+	for _, t := range inputs {
+		sb.WriteString(t.Name)
+		sb.WriteByte(':')
+		sb.WriteString(string(t.Datatype))
+		for _, d := range t.Shape[1:] {
+			fmt.Fprintf(&sb, ",%d", d)
+		}
+		sb.WriteByte(';')
+	}
+	return sb.String()
+}
+
+func (b *Batcher) loop() {
+	defer b.wg.Done()
+	var carry *call
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		first := carry
+		carry = nil
+		if first == nil {
+			select {
+			case first = <-b.in:
+			case <-b.stop:
+				b.drain()
+				return
+			}
+		}
+		batch := []*call{first}
+		rows := first.rows
+		if rows < b.cfg.MaxBatch && b.cfg.MaxDelay > 0 {
+			timer.Reset(b.cfg.MaxDelay)
+		collect:
+			for rows < b.cfg.MaxBatch {
+				select {
+				case c := <-b.in:
+					if c.key != first.key || rows+c.rows > b.cfg.MaxBatch {
+						carry = c
+						break collect
+					}
+					batch = append(batch, c)
+					rows += c.rows
+				case <-timer.C:
+					break collect
+				case <-b.stop:
+					break collect
+				}
+			}
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+		} else if rows < b.cfg.MaxBatch {
+			// No delay configured: take only what is already waiting.
+		greedy:
+			for rows < b.cfg.MaxBatch {
+				select {
+				case c := <-b.in:
+					if c.key != first.key || rows+c.rows > b.cfg.MaxBatch {
+						carry = c
+						break greedy
+					}
+					batch = append(batch, c)
+					rows += c.rows
+				default:
+					break greedy
+				}
+			}
+		}
+		b.dispatch(batch)
+	}
+}
+
+// drain runs whatever is still queued after Stop, so no accepted request is lost.
+func (b *Batcher) drain() {
+	for {
+		select {
+		case c := <-b.in:
+			b.dispatch([]*call{c})
+		default:
+			return
+		}
+	}
+}
+
+func (b *Batcher) dispatch(batch []*call) {
+	live := batch[:0]
+	for _, c := range batch {
+		if c.ctx.Err() == nil {
+			live = append(live, c)
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
+	b.running <- struct{}{}
+	b.wg.Add(1)
+	go func() {
+		defer func() { <-b.running; b.wg.Done() }()
+		b.execute(live)
+	}()
+}
+
+func (b *Batcher) execute(batch []*call) {
+	rows := 0
+	for _, c := range batch {
+		rows += c.rows
+	}
+	inputs := make([]*tensor.Tensor, len(batch[0].inputs))
+	for i := range inputs {
+		parts := make([]*tensor.Tensor, len(batch))
+		for j, c := range batch {
+			parts[j] = c.inputs[i]
+		}
+		t, err := tensor.Concat(parts)
+		if err != nil {
+			b.fail(batch, err)
+			return
+		}
+		inputs[i] = t
+	}
+	// The batch runs to completion even if its first requester gives up:
+	// the others still want their rows.
+	out, took, err := b.run.Run(context.WithoutCancel(batch[0].ctx), inputs)
+	if b.cfg.Observe != nil {
+		b.cfg.Observe(rows, len(batch), took, err)
+	}
+	if err != nil {
+		b.fail(batch, err)
+		return
+	}
+	if len(batch) == 1 {
+		// Nothing to split: a request alone gets the outputs whole, whatever their shape.
+		batch[0].done <- result{outputs: out}
+		return
+	}
+	for name, t := range out {
+		if len(t.Shape) == 0 || t.Shape[0] != int64(rows) {
+			b.fail(batch, fmt.Errorf("model output %q has shape %v: the runtime batches along the first dimension, which must equal the %d input rows", name, t.Shape, rows))
+			return
+		}
+	}
+	from := int64(0)
+	for _, c := range batch {
+		to := from + int64(c.rows)
+		mine := make(map[string]*tensor.Tensor, len(out))
+		for name, t := range out {
+			mine[name] = t.Rows(from, to)
+		}
+		c.done <- result{outputs: mine}
+		from = to
+	}
+}
+
+func (b *Batcher) fail(batch []*call, err error) {
+	for _, c := range batch {
+		c.done <- result{err: err}
+	}
+}

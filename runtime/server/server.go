@@ -1,0 +1,405 @@
+// Package server is a runtime process's HTTP face: the Open Inference
+// Protocol (KServe V2) REST endpoints, the function endpoint (POST / as
+// Knative invokes it, and POST /functions/{name}), health and readiness, the
+// warm-pool specialise call, Prometheus metrics, and graceful drain. It
+// follows Knative's container contract: listen on $PORT, ready only after the
+// sessions are warm, on SIGTERM stop accepting and finish what is in flight.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/runtime/instance"
+	"github.com/pilotlight/pilotlight/runtime/ort"
+)
+
+// Version is reported by GET /v2.
+var Version = "dev"
+
+// Config configures a runtime server.
+type Config struct {
+	// MaxBodyBytes bounds a request body before a function is loaded (generic
+	// processes); once specialised, the function's runtime.maxBodyBytes applies.
+	MaxBodyBytes int64
+	// AllowSpecialise enables POST /admin/specialise (warm-pool processes only).
+	AllowSpecialise bool
+	// DrainTimeout bounds how long shutdown waits for in-flight requests.
+	DrainTimeout time.Duration
+	Registry     *prometheus.Registry
+	Logger       *slog.Logger
+}
+
+// Server is one runtime process's HTTP server.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	echo     *echo.Echo
+	metrics  *metrics
+	inst     atomic.Pointer[instance.Instance]
+	loadErr  atomic.Pointer[string]
+	draining atomic.Bool
+	specMu   sync.Mutex
+}
+
+// New builds the server; it is live at once and ready after Load or Specialise.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = functions.DefaultMaxBodyBytes
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry)}
+	s.echo = s.routes()
+	return s
+}
+
+// Handler is the server's http.Handler (for tests and embedding).
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Instance is the loaded revision, or nil.
+func (s *Server) Instance() *instance.Instance { return s.inst.Load() }
+
+// Load loads a revision of m and makes the server ready. A failure leaves the
+// server live but not ready, with the reason reported by the readiness endpoints.
+func (s *Server) Load(ctx context.Context, m *functions.Manifest, revision string) error {
+	s.specMu.Lock()
+	defer s.specMu.Unlock()
+	if cur := s.inst.Load(); cur != nil {
+		return fmt.Errorf("already serving %s/%s", cur.Manifest.Name, cur.Revision.Name)
+	}
+	in, err := instance.Load(ctx, m, revision, s.metrics.observer(m.Name, revision), s.log)
+	if err != nil {
+		msg := err.Error()
+		s.loadErr.Store(&msg)
+		s.log.Error("revision failed to load; instance stays not ready", "function", m.Name, "revision", revision, "err", err)
+		return err
+	}
+	s.metrics.loaded(in)
+	s.inst.Store(in)
+	s.loadErr.Store(nil)
+	return nil
+}
+
+func (s *Server) routes() *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.httpError
+	// Order: recover first so nothing escapes, then the body limit so no handler reads more than allowed.
+	e.Use(middleware.Recover())
+	e.Use(s.bodyLimit)
+
+	e.GET("/v2", s.serverMetadata)
+	e.GET("/v2/health/live", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]bool{"live": true}) })
+	e.GET("/v2/health/ready", s.ready)
+	e.GET("/v2/models/:model", s.modelMetadata)
+	e.GET("/v2/models/:model/versions/:version", s.modelMetadata)
+	e.GET("/v2/models/:model/ready", s.modelReady)
+	e.GET("/v2/models/:model/versions/:version/ready", s.modelReady)
+	e.POST("/v2/models/:model/infer", s.infer, s.measure("infer"))
+	e.POST("/v2/models/:model/versions/:version/infer", s.infer, s.measure("infer"))
+	e.POST("/", s.invoke, s.measure("function"))
+	e.POST("/functions/:function", s.invoke, s.measure("function"))
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{})))
+	if s.cfg.AllowSpecialise {
+		e.POST("/admin/specialise", s.specialise)
+	}
+	return e
+}
+
+// httpError turns every error into {"error": "..."} with the right status.
+func (s *Server) httpError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	code, msg := http.StatusInternalServerError, err.Error()
+	var he *echo.HTTPError
+	var bad *functions.BadRequest
+	var maxErr *http.MaxBytesError
+	switch {
+	case errors.As(err, &bad):
+		code = http.StatusBadRequest
+	case errors.As(err, &maxErr):
+		code, msg = http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", maxErr.Limit)
+	case errors.As(err, &he):
+		code = he.Code
+		if m, ok := he.Message.(string); ok {
+			msg = m
+		} else {
+			msg = http.StatusText(code)
+		}
+	case errors.Is(err, context.Canceled):
+		code = 499 // client went away; nobody reads this
+	case errors.Is(err, context.DeadlineExceeded):
+		code = http.StatusGatewayTimeout
+	}
+	if code >= 500 {
+		s.log.Error("request failed", "method", c.Request().Method, "path", c.Request().URL.Path, "status", code, "err", err)
+	}
+	if c.Request().Method == http.MethodHead {
+		_ = c.NoContent(code)
+		return
+	}
+	_ = c.JSON(code, map[string]string{"error": msg})
+}
+
+func (s *Server) bodyLimit(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		limit := s.cfg.MaxBodyBytes
+		if in := s.inst.Load(); in != nil {
+			limit = in.Manifest.Runtime.MaxBodyBytes
+		}
+		r := c.Request()
+		if r.ContentLength > limit {
+			return &http.MaxBytesError{Limit: limit}
+		}
+		r.Body = http.MaxBytesReader(c.Response(), r.Body, limit)
+		return next(c)
+	}
+}
+
+func (s *Server) serverMetadata(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]any{"name": "pilotlight", "version": Version, "extensions": []string{}, "onnxruntime": ort.RuntimeVersion()})
+}
+
+func (s *Server) ready(c echo.Context) error {
+	if s.draining.Load() {
+		return echo.NewHTTPError(http.StatusServiceUnavailable, "draining")
+	}
+	in := s.inst.Load()
+	if in == nil {
+		reason := "no revision loaded yet"
+		if e := s.loadErr.Load(); e != nil {
+			reason = "revision failed to load: " + *e
+		}
+		return echo.NewHTTPError(http.StatusServiceUnavailable, reason)
+	}
+	return c.JSON(http.StatusOK, map[string]any{"ready": true, "function": in.Manifest.Name, "revision": in.Revision.Name, "provider": in.Pool.Provider})
+}
+
+// model resolves :model and :version against the loaded revision.
+func (s *Server) model(c echo.Context) (*instance.Instance, error) {
+	in := s.inst.Load()
+	name, version := c.Param("model"), c.Param("version")
+	if name == "" {
+		name = c.Param("function")
+	}
+	if in == nil {
+		if e := s.loadErr.Load(); e != nil {
+			return nil, echo.NewHTTPError(http.StatusServiceUnavailable, fmt.Sprintf("model %q is not ready: %s", name, *e))
+		}
+		return nil, echo.NewHTTPError(http.StatusServiceUnavailable, fmt.Sprintf("model %q is not ready: no revision loaded yet", name))
+	}
+	if name != "" && name != in.Manifest.Name {
+		return nil, echo.NewHTTPError(http.StatusNotFound, fmt.Sprintf("unknown model %q; this instance serves %q", name, in.Manifest.Name))
+	}
+	if version != "" && version != in.Revision.Name {
+		return nil, echo.NewHTTPError(http.StatusNotFound, fmt.Sprintf("model %q has no version %q here; this instance serves %q", in.Manifest.Name, version, in.Revision.Name))
+	}
+	return in, nil
+}
+
+type tensorMetadata struct {
+	Name     string  `json:"name"`
+	Datatype string  `json:"datatype"`
+	Shape    []int64 `json:"shape"`
+}
+
+func describe(ios []ort.IO) []tensorMetadata {
+	out := make([]tensorMetadata, len(ios))
+	for i, io := range ios {
+		out[i] = tensorMetadata{Name: io.Name, Datatype: string(io.Datatype), Shape: io.Shape}
+	}
+	return out
+}
+
+func (s *Server) modelMetadata(c echo.Context) error {
+	in, err := s.model(c)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{
+		"name":     in.Manifest.Name,
+		"versions": []string{in.Revision.Name},
+		"platform": "onnxruntime_onnx",
+		"inputs":   describe(in.Pool.Inputs()),
+		"outputs":  describe(in.Pool.Outputs()),
+		"parameters": map[string]any{
+			"handler": in.Manifest.Handler, "provider": in.Pool.Provider, "sessions": in.Pool.Size(),
+			"max_batch": in.Manifest.Batching.MaxBatch, "max_delay": in.Manifest.Batching.MaxDelay.String(),
+		},
+	})
+}
+
+func (s *Server) modelReady(c echo.Context) error {
+	in, err := s.model(c)
+	if err != nil {
+		return err
+	}
+	if s.draining.Load() {
+		return echo.NewHTTPError(http.StatusServiceUnavailable, "draining")
+	}
+	return c.JSON(http.StatusOK, map[string]any{"name": in.Manifest.Name, "version": in.Revision.Name, "ready": true})
+}
+
+func readBody(c echo.Context) ([]byte, error) {
+	return io.ReadAll(c.Request().Body)
+}
+
+func (s *Server) infer(c echo.Context) error {
+	in, err := s.model(c)
+	if err != nil {
+		return err
+	}
+	body, err := readBody(c)
+	if err != nil {
+		return err
+	}
+	req, inputs, rows, err := decodeInfer(body, in.Pool.Inputs(), in.Pool.Outputs())
+	if err != nil {
+		return err
+	}
+	outs, err := in.Infer(c.Request().Context(), inputs, rows)
+	if err != nil {
+		return err
+	}
+	b := make([]byte, 0, 256)
+	b = append(b, `{"model_name":`...)
+	b = strconv.AppendQuote(b, in.Manifest.Name)
+	b = append(b, `,"model_version":`...)
+	b = strconv.AppendQuote(b, in.Revision.Name)
+	if req.ID != "" {
+		b = append(b, `,"id":`...)
+		b = strconv.AppendQuote(b, req.ID)
+	}
+	b = append(b, `,"outputs":[`...)
+	wanted := make([]string, 0, len(req.Outputs))
+	for _, o := range req.Outputs {
+		wanted = append(wanted, o.Name)
+	}
+	if len(wanted) == 0 {
+		for _, o := range in.Pool.Outputs() {
+			wanted = append(wanted, o.Name)
+		}
+	}
+	for i, name := range wanted {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendTensorJSON(b, outs[name])
+	}
+	b = append(b, "]}"...)
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b)
+}
+
+func (s *Server) invoke(c echo.Context) error {
+	in, err := s.model(c)
+	if err != nil {
+		return err
+	}
+	if in.Handler == nil {
+		return echo.NewHTTPError(http.StatusNotFound, fmt.Sprintf("function %q uses handler %q, which is served through the V2 API only: POST /v2/models/%s/infer", in.Manifest.Name, in.Manifest.Handler, in.Manifest.Name))
+	}
+	body, err := readBody(c)
+	if err != nil {
+		return err
+	}
+	inv, err := in.Handler.Decode(body)
+	if err != nil {
+		return err
+	}
+	outs, err := in.Infer(c.Request().Context(), inv.Inputs, inv.Rows)
+	if err != nil {
+		return err
+	}
+	resp, err := inv.Encode(outs)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(resp)
+	if err != nil {
+		return err
+	}
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b)
+}
+
+// SpecialiseRequest asks a generic warm-pool process to load a revision.
+type SpecialiseRequest struct {
+	FunctionDir string `json:"function_dir"`
+	Revision    string `json:"revision"`
+}
+
+func (s *Server) specialise(c echo.Context) error {
+	var req SpecialiseRequest
+	if err := json.NewDecoder(c.Request().Body).Decode(&req); err != nil {
+		return functions.Badf("malformed specialise request: %v", err)
+	}
+	if s.inst.Load() != nil {
+		return echo.NewHTTPError(http.StatusConflict, "this process is already specialised")
+	}
+	m, err := functions.LoadDir(req.FunctionDir)
+	if err != nil {
+		return functions.Badf("%v", err)
+	}
+	start := time.Now()
+	if err := s.Load(c.Request().Context(), m, req.Revision); err != nil {
+		return echo.NewHTTPError(http.StatusUnprocessableEntity, err.Error())
+	}
+	return c.JSON(http.StatusOK, map[string]any{"function": m.Name, "revision": req.Revision, "load_seconds": time.Since(start).Seconds()})
+}
+
+// Serve accepts on ln until ctx is cancelled, then drains: readiness turns
+// false, the listener closes, in-flight requests finish (up to DrainTimeout),
+// and the revision's sessions are released.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.echo,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.draining.Store(true)
+	s.log.Info("draining: finishing in-flight requests", "timeout", s.cfg.DrainTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if in := s.inst.Load(); in != nil {
+		if cerr := in.Close(); cerr != nil {
+			s.log.Warn("closing sessions", "err", cerr)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	return nil
+}
