@@ -231,32 +231,36 @@ func TestPanicLifecycle(t *testing.T) {
 	const sec = time.Second
 	a := New(Config{TargetConcurrency: 1, ScaleToZeroAfter: time.Hour})
 	current := 1
-	tick := func(now time.Duration, load float64) Decision {
+	lastTrigger := -1 // last second whose panic-window count was >= 2x current
+	tick := func(s int, load float64) Decision {
 		t.Helper()
+		now := time.Duration(s) * sec
 		// Ten samples per second, as an engine sampling every 100ms would.
 		for d := now; d < now+sec; d += 100 * time.Millisecond {
 			a.Record(at(d), load)
 		}
 		d := a.Scale(at(now+900*time.Millisecond), current, at(now+900*time.Millisecond))
+		if math.Ceil(d.PanicConcurrency)/float64(max(current, 1)) >= 2 {
+			lastTrigger = s
+		}
 		current = d.Desired
 		return d
 	}
 
 	for s := range 60 {
-		if d := tick(time.Duration(s)*sec, 1); d.Desired != 1 || d.Panic {
+		if d := tick(s, 1); d.Desired != 1 || d.Panic {
 			t.Fatalf("steady t=%ds: %+v, want 1 instance and no panic", s, d)
 		}
 	}
 
 	// Step up: the very first tick of the burst panics and jumps.
-	d := tick(60*sec, 64)
 	// Panic window: five seconds at 1 and one at 64 -> 69/6 = 11.5 -> 12.
-	if !d.Panic || d.Desired != 12 {
+	if d := tick(60, 64); !d.Panic || d.Desired != 12 {
 		t.Fatalf("first burst tick: %+v, want panic with 12 instances", d)
 	}
 	reached := -1
 	for s := 61; s < 70; s++ {
-		d = tick(time.Duration(s)*sec, 64)
+		d := tick(s, 64)
 		if !d.Panic {
 			t.Fatalf("t=%ds: left panic during the burst: %+v", s, d)
 		}
@@ -267,36 +271,33 @@ func TestPanicLifecycle(t *testing.T) {
 	if reached < 0 || reached > 65 {
 		t.Fatalf("burst reached 64 instances at t=%ds, want within the 6s panic window (by t=65s)", reached)
 	}
-	lastTrigger := 69 // the burst keeps the panic ratio met only while current is small; track it below
 
-	// Load drops back to 1. While panicking, the count never goes down.
-	lastTrigger = -1
-	for s := 70; ; s++ {
+	// Load drops back to 1. While panicking the count never goes down, and
+	// panic ends on the first tick a stable window after the last trigger.
+	exited := -1
+	for s := 70; s < 300 && exited < 0; s++ {
 		prev := current
-		d = tick(time.Duration(s)*sec, 1)
-		if d.Panic && d.Desired < prev {
+		d := tick(s, 1)
+		switch {
+		case d.Panic && d.Desired < prev:
 			t.Fatalf("t=%ds: scaled down from %d to %d while panicking", s, prev, d.Desired)
-		}
-		if !d.Panic {
-			// The last trigger was the first burst tick whose panic ratio held;
-			// panic must have lasted at least a stable window after t=60s.
-			if s < 60+60 {
-				t.Fatalf("t=%ds: left panic less than a stable window after the burst began", s)
-			}
+		case d.Panic && s-lastTrigger > 60:
+			t.Fatalf("t=%ds: still panicking %ds after the last trigger at t=%ds", s, s-lastTrigger, lastTrigger)
+		case !d.Panic && s-lastTrigger < 60:
+			t.Fatalf("t=%ds: left panic only %ds after the last trigger at t=%ds", s, s-lastTrigger, lastTrigger)
+		case !d.Panic:
 			if d.Desired > prev || d.Desired < prev/2 {
 				t.Fatalf("t=%ds: after panic desired %d from %d, want a rate-limited scale down", s, d.Desired, prev)
 			}
-			lastTrigger = s
-			break
-		}
-		if s > 200 {
-			t.Fatal("never left panic")
+			exited = s
 		}
 	}
+	if exited < 0 {
+		t.Fatal("never left panic")
+	}
 	// After panic the stable window governs and brings the count back to 1.
-	for s := lastTrigger + 1; s < lastTrigger+120; s++ {
-		d = tick(time.Duration(s)*sec, 1)
-		if d.Panic {
+	for s := exited + 1; s < exited+120; s++ {
+		if d := tick(s, 1); d.Panic {
 			t.Fatalf("t=%ds: panicked again on steady load 1: %+v", s, d)
 		}
 	}
