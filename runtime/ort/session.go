@@ -2,6 +2,8 @@ package ort
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	onnx "github.com/yalue/onnxruntime_go"
@@ -116,7 +118,10 @@ func NewSession(path string, opts Options) (*Session, error) {
 	switch opts.Provider {
 	case ProviderCPU:
 	case ProviderCUDA, ProviderAuto, "":
-		cudaErr := appendCUDA(so)
+		cudaErr := cudaLibraryPresent()
+		if cudaErr == nil || opts.Provider == ProviderCUDA {
+			cudaErr = appendCUDA(so)
+		}
 		switch {
 		case cudaErr == nil:
 			provider = ProviderCUDA
@@ -140,6 +145,17 @@ func NewSession(path string, opts Options) (*Session, error) {
 		return nil, fmt.Errorf("create session for %s: %w", path, err)
 	}
 	return &Session{s: s, inputs: inputs, outputs: outputs, Provider: provider, Fallback: fallback}, nil
+}
+
+// cudaLibraryPresent checks for ONNX Runtime's CUDA provider next to the
+// main library, where ONNX Runtime loads it from. Without it, asking for CUDA
+// only makes ONNX Runtime print an error, so auto skips the attempt.
+func cudaLibraryPresent() error {
+	p := filepath.Join(filepath.Dir(initPath), "libonnxruntime_providers_cuda.so")
+	if _, err := os.Stat(p); err != nil {
+		return fmt.Errorf("%s not found: this ONNX Runtime build has no CUDA provider", p)
+	}
+	return nil
 }
 
 func appendCUDA(so *onnx.SessionOptions) error {

@@ -1,0 +1,52 @@
+# Pilotlight: every command a person runs has a target here.
+# CGO is required: ONNX Runtime is reached through cgo (onnxruntime_go).
+SHELL   := /bin/bash
+GO      ?= go
+BIN     := bin/pilotlight
+ARGS    ?=
+ORT_LIB := .cache/onnxruntime/1.24.1/libonnxruntime.so.1
+export CGO_ENABLED := 1
+
+.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check loadtest manifests clean
+
+all: build
+
+build: ## build bin/pilotlight
+	$(GO) build -trimpath -o $(BIN) ./cmd/pilotlight
+
+ort: $(ORT_LIB) ## fetch ONNX Runtime's shared library (npm onnxruntime-node, no install scripts)
+$(ORT_LIB):
+	./hack/fetch-ort.sh
+
+models: ## retrain and re-export every model (deterministic)
+	$(GO) run ./cmd/pilotlight train all
+
+run: build ort ## start the platform on :8080 (local development: auth off); extra flags via ARGS=...
+	./$(BIN) serve --addr :8080 $(ARGS)
+
+vet:
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+
+test: ort vet ## everything CI runs
+	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -race -timeout 10m ./runtime/... ./router/...
+
+bench: build ort ## speed figures (numbers go into README)
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./runtime/ort/ ./router/flags/
+	./$(BIN) bench all
+
+bpf: ## regenerate the eBPF objects and bindings (installs clang/libbpf-dev/bpftool via apt when missing)
+	./hack/bpf-gen.sh
+
+bpf-check: ## fail if the committed eBPF objects differ from their sources
+	./hack/bpf-check.sh
+
+loadtest: build ort ## load and fault suite against loopback (bounded)
+	./$(BIN) loadtest $(ARGS)
+
+manifests: ## regenerate config/knative from function.yaml and the flags
+	$(GO) run ./cmd/pilotlight manifests
+
+clean:
+	rm -rf bin

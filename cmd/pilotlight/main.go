@@ -1,0 +1,26 @@
+// Command pilotlight is the platform's one binary: `serve` runs the router and
+// the local engine, `runtime` runs one function instance, and the other
+// subcommands train models, evaluate flags, drive rollouts and produce the
+// Knative manifests. main only wires subcommands; the logic lives in packages.
+package main
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+
+	_ "github.com/pilotlight/pilotlight/functions/all"
+)
+
+func main() {
+	root := &cobra.Command{
+		Use:           "pilotlight",
+		Short:         "Serverless, scale-to-zero inference for ONNX models",
+		SilenceUsage:  true,
+		SilenceErrors: false,
+	}
+	root.AddCommand(newRuntimeCmd(), newServeCmd())
+	if err := root.Execute(); err != nil {
+		os.Exit(1)
+	}
+}

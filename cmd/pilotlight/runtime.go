@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/runtime/ort"
+	"github.com/pilotlight/pilotlight/runtime/server"
+)
+
+// listeningPrefix starts the line a runtime prints once it accepts
+// connections; the local engine reads the address from it.
+const listeningPrefix = "PILOTLIGHT_LISTENING "
+
+func newRuntimeCmd() *cobra.Command {
+	var (
+		dir, revision, listen string
+		port                  int
+		generic               bool
+		drain                 time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "runtime",
+		Short: "Run one function revision (Knative's container contract: $PORT, ready after warm-up, drain on SIGTERM)",
+		Long: `Runs one instance: one revision of one function, served through the V2 API and
+POST / (the function's own JSON). With --generic the process initialises ONNX Runtime
+and waits, not ready, for POST /admin/specialise (the local engine's warm pool).`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := newLogger()
+			if !cmd.Flags().Changed("port") {
+				if p := os.Getenv("PORT"); p != "" {
+					v, err := strconv.Atoi(p)
+					if err != nil {
+						return fmt.Errorf("PORT=%q is not a port number", p)
+					}
+					port = v
+				}
+			}
+			if !generic && dir == "" {
+				return fmt.Errorf("--function DIR is required (or --generic for a warm-pool process)")
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+
+			var m *functions.Manifest
+			if !generic {
+				var err error
+				if m, err = functions.LoadDir(dir); err != nil {
+					return err
+				}
+				if revision == "" {
+					revision = os.Getenv("K_REVISION")
+				}
+				if _, ok := m.Revision(revision); !ok {
+					if revision != "" && os.Getenv("K_REVISION") != revision {
+						return fmt.Errorf("function %s has no revision %q", m.Name, revision)
+					}
+					revision = m.Revisions[len(m.Revisions)-1].Name
+				}
+				log = log.With("function", m.Name, "revision", revision)
+				if ks := os.Getenv("K_SERVICE"); ks != "" && ks != m.Name {
+					log.Warn("K_SERVICE differs from the function name; serving the manifest's function", "k_service", ks)
+				}
+			}
+			if lib, err := ort.Init(); err != nil {
+				// Live but never ready: the reason is served by /v2/health/ready.
+				log.Error("ONNX Runtime unavailable", "err", err)
+			} else {
+				log.Info("ONNX Runtime initialised", "library", lib, "version", ort.RuntimeVersion())
+			}
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			srv := server.New(server.Config{AllowSpecialise: generic, DrainTimeout: drain, Registry: reg, Logger: log})
+			ln, err := net.Listen("tcp", net.JoinHostPort(listen, strconv.Itoa(port)))
+			if err != nil {
+				return fmt.Errorf("listen on %s:%d: %w", listen, port, err)
+			}
+			fmt.Fprintf(os.Stdout, "%s%s\n", listeningPrefix, ln.Addr())
+			if m != nil {
+				go func() {
+					if err := srv.Load(ctx, m, revision); err != nil {
+						log.Error("instance will stay not ready", "err", err)
+					}
+				}()
+			}
+			return srv.Serve(ctx, ln)
+		},
+	}
+	cmd.Flags().StringVar(&dir, "function", "", "function directory holding function.yaml")
+	cmd.Flags().StringVar(&revision, "revision", "", "revision to serve (default $K_REVISION, else the newest)")
+	cmd.Flags().StringVar(&listen, "listen", "0.0.0.0", "address to listen on")
+	cmd.Flags().IntVar(&port, "port", 8080, "port to listen on (default $PORT, else 8080; 0 picks a free port)")
+	cmd.Flags().BoolVar(&generic, "generic", false, "start without a function and wait for POST /admin/specialise (warm pool)")
+	cmd.Flags().DurationVar(&drain, "drain-timeout", 30*time.Second, "how long SIGTERM waits for in-flight requests")
+	return cmd
+}
+
+// newLogger logs text for people, or JSON when PILOTLIGHT_LOG_FORMAT=json
+// (the local engine sets it for its children so it can fold their records
+// into the platform log with function and revision attached).
+func newLogger() *slog.Logger {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	if os.Getenv("PILOTLIGHT_DEBUG") != "" {
+		opts.Level = slog.LevelDebug
+	}
+	if os.Getenv("PILOTLIGHT_LOG_FORMAT") == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/router"
+	"github.com/pilotlight/pilotlight/router/engine"
+)
+
+func newServeCmd() *cobra.Command {
+	var (
+		addr, fnDir      string
+		poolSize         int
+		scaleToZeroAfter time.Duration
+		requestTimeout   time.Duration
+		queueCapacity    int
+		stableWindow     time.Duration
+		panicWindow      time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the platform on one machine: router, activator, autoscaler and warm pool over child runtime processes",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := newLogger()
+			fns, err := functions.LoadAll(fnDir)
+			if err != nil {
+				return err
+			}
+			if len(fns) == 0 {
+				return fmt.Errorf("no functions found below %s (each needs a function.yaml)", fnDir)
+			}
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			eng, err := engine.New(engine.Config{
+				Functions: fns, PoolSize: poolSize, ScaleToZeroAfter: scaleToZeroAfter, QueueCapacity: queueCapacity,
+				StableWindow: stableWindow, PanicWindow: panicWindow, Logger: log, Registerer: reg,
+			})
+			if err != nil {
+				return err
+			}
+			backend := router.LocalBackend{Engine: eng}
+			rt, err := router.New(router.Config{Functions: fns, Backend: backend, Admin: backend, RequestTimeout: requestTimeout, Registry: reg, Logger: log})
+			if err != nil {
+				return err
+			}
+			defer rt.Close()
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("listen on %s: %w (is another pilotlight running? pass --addr)", addr, err)
+			}
+			names := make([]string, len(fns))
+			for i, f := range fns {
+				names[i] = f.Name
+			}
+			log.Info("pilotlight serving", "addr", ln.Addr().String(), "functions", names, "warm_pool", poolSize)
+			fmt.Fprintf(os.Stdout, "pilotlight: listening on http://%s (functions: %v; authentication off: local development)\n", ln.Addr(), names)
+			engDone := make(chan error, 1)
+			engCtx, engStop := context.WithCancel(context.Background())
+			defer engStop()
+			go func() { engDone <- eng.Run(engCtx) }()
+			srv := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+			srvDone := make(chan error, 1)
+			go func() { srvDone <- srv.Serve(ln) }()
+			select {
+			case <-ctx.Done():
+			case err := <-srvDone:
+				if !errors.Is(err, http.ErrServerClosed) {
+					log.Error("router stopped", "err", err)
+				}
+			}
+			log.Info("shutting down: draining requests, then instances")
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			engStop()
+			return <-engDone
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&addr, "addr", "127.0.0.1:8080", "router listen address")
+	f.StringVar(&fnDir, "functions", "functions", "directory whose subdirectories hold function.yaml files")
+	f.IntVar(&poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
+	f.DurationVar(&scaleToZeroAfter, "scale-to-zero-after", 0, "override every function's scaling.scaleToZeroAfter (0 keeps each function's)")
+	f.DurationVar(&requestTimeout, "request-timeout", router.DefaultRequestTimeout, "longest a request may take, cold start included (504 after)")
+	f.IntVar(&queueCapacity, "queue-capacity", engine.DefaultQueueCapacity, "requests the activator holds per revision while an instance starts (503 beyond)")
+	f.DurationVar(&stableWindow, "stable-window", 0, "autoscaler stable window (default 60s)")
+	f.DurationVar(&panicWindow, "panic-window", 0, "autoscaler panic window (default 6s)")
+	return cmd
+}

@@ -1,0 +1,93 @@
+package activator
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestReleasesInArrivalOrder(t *testing.T) {
+	q := New(10)
+	var mu sync.Mutex
+	var order []int
+	var wg sync.WaitGroup
+	for i := 0; i < 5; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if err := q.Wait(context.Background()); err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+		}(i)
+		for q.Len() != i+1 { // enqueue strictly one after another
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for i := 0; i < 5; i++ {
+		if n := q.Release(1); n != 1 {
+			t.Fatalf("release %d released %d", i, n)
+		}
+		for {
+			mu.Lock()
+			done := len(order) == i+1
+			mu.Unlock()
+			if done {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	wg.Wait()
+	for i, v := range order {
+		if v != i {
+			t.Fatalf("released out of order: %v", order)
+		}
+	}
+}
+
+func TestFullQueueRefusesAtOnce(t *testing.T) {
+	q := New(2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := 0; i < 2; i++ {
+		go q.Wait(ctx)
+	}
+	for q.Len() != 2 {
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	if err := q.Wait(context.Background()); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("third waiter: %v, want ErrQueueFull", err)
+	}
+	if time.Since(start) > 100*time.Millisecond {
+		t.Error("a full queue should refuse without waiting")
+	}
+}
+
+func TestCancelledWaiterGivesBackItsSlot(t *testing.T) {
+	q := New(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := q.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait: %v", err)
+	}
+	if q.Len() != 0 {
+		t.Fatalf("len after cancel = %d, want 0", q.Len())
+	}
+	if !q.Oldest().IsZero() {
+		t.Error("oldest of an empty queue should be zero")
+	}
+	go q.Wait(context.Background())
+	for q.Len() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	if n := q.Release(-1); n != 1 {
+		t.Fatalf("release all = %d", n)
+	}
+}

@@ -1,0 +1,346 @@
+// Package engine is the local engine behind the router on one machine: it
+// starts each instance as a child process (`pilotlight runtime`), keeps a
+// pilot light of pre-started generic processes to specialise on demand,
+// supervises them (readiness, logs, exits, crash replacement), holds requests
+// in the activator while a revision scales from zero, and acts on the
+// autoscaler's decisions. Knative does all of this in a cluster; here it is
+// one process's children.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/router/activator"
+	"github.com/pilotlight/pilotlight/router/autoscaler"
+)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultPoolSize      = 1
+	DefaultQueueCapacity = 256
+	DefaultStartTimeout  = 60 * time.Second
+	DefaultDrainTimeout  = 30 * time.Second
+	DefaultTickInterval  = 100 * time.Millisecond
+	// startRetryBackoff spaces restarts of a revision whose instances fail to start.
+	startRetryBackoff = 2 * time.Second
+)
+
+// Probes receives the pids the engine starts, so kernel events can be
+// attributed to function and revision (the eBPF probes satisfy it).
+type Probes interface {
+	Track(pid int, function, revision string) error
+	Untrack(pid int)
+	Mark(pid int, phase string, t time.Time)
+}
+
+// Config configures the engine.
+type Config struct {
+	Binary    string // the pilotlight executable; default: this process's
+	Functions []*functions.Manifest
+	// PoolSize is how many generic runtime processes stay pre-started (0 disables the pilot light).
+	PoolSize int
+	// ScaleToZeroAfter and MinScale override every function's scaling block when >= 0 / set.
+	ScaleToZeroAfter time.Duration
+	QueueCapacity    int
+	StartTimeout     time.Duration
+	DrainTimeout     time.Duration
+	TickInterval     time.Duration
+	StableWindow     time.Duration
+	PanicWindow      time.Duration
+	Logger           *slog.Logger
+	Registerer       prometheus.Registerer
+	Probes           Probes
+}
+
+// Errors Acquire returns; the router maps them to statuses.
+var (
+	ErrUnknownRevision = errors.New("unknown revision")
+	ErrQueueFull       = activator.ErrQueueFull
+	ErrStopped         = errors.New("engine stopped")
+)
+
+// StartError says a revision could not start an instance.
+type StartError struct {
+	Function, Revision string
+	Err                error
+}
+
+func (e *StartError) Error() string {
+	return fmt.Sprintf("revision %s/%s failed to start: %v", e.Function, e.Revision, e.Err)
+}
+func (e *StartError) Unwrap() error { return e.Err }
+
+// Engine runs instances for every revision of every function it was given.
+type Engine struct {
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	revs    map[string]*revision // "function/revision"
+	order   []*revision
+	pool    *warmPool
+	stopped atomic.Bool
+	ctx     context.Context // lives for Run
+	wg      sync.WaitGroup  // instance goroutines
+	nextID  atomic.Int64
+}
+
+// New checks the configuration and builds an engine; Run starts it.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	if cfg.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find the pilotlight executable: %w", err)
+		}
+		cfg.Binary = exe
+	}
+	if cfg.PoolSize < 0 {
+		return nil, fmt.Errorf("pool size %d: must be >= 0", cfg.PoolSize)
+	}
+	if cfg.QueueCapacity <= 0 {
+		cfg.QueueCapacity = DefaultQueueCapacity
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = DefaultStartTimeout
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if cfg.TickInterval <= 0 {
+		cfg.TickInterval = DefaultTickInterval
+	}
+	e := &Engine{cfg: cfg, log: cfg.Logger, revs: map[string]*revision{}, ctx: context.Background()}
+	e.m = newMetrics(cfg.Registerer)
+	for _, fn := range cfg.Functions {
+		dir, err := filepath.Abs(fn.Dir)
+		if err != nil {
+			return nil, err
+		}
+		for _, rv := range fn.Revisions {
+			sc := fn.Scaling
+			if cfg.ScaleToZeroAfter > 0 {
+				sc.ScaleToZeroAfter = cfg.ScaleToZeroAfter
+			}
+			as := autoscaler.New(autoscaler.Config{
+				TargetConcurrency: float64(sc.TargetConcurrency),
+				MinScale:          sc.MinScale,
+				MaxScale:          sc.MaxScale,
+				StableWindow:      cfg.StableWindow,
+				PanicWindow:       cfg.PanicWindow,
+				ScaleToZeroAfter:  sc.ScaleToZeroAfter,
+			})
+			r := &revision{fn: fn, rev: rv, dir: dir, queue: activator.New(cfg.QueueCapacity), scaler: as}
+			e.revs[fn.Name+"/"+rv.Name] = r
+			e.order = append(e.order, r)
+		}
+	}
+	return e, nil
+}
+
+// Run starts the warm pool and every revision's minimum instances, runs the
+// autoscaler until ctx ends, then stops every child process (drained) and returns.
+func (e *Engine) Run(ctx context.Context) error {
+	e.ctx = ctx
+	e.pool = newWarmPool(e, e.cfg.PoolSize)
+	e.pool.fill()
+	ticker := time.NewTicker(e.cfg.TickInterval)
+	defer ticker.Stop()
+	e.tick(time.Now())
+	for {
+		select {
+		case <-ctx.Done():
+			e.shutdown()
+			return nil
+		case now := <-ticker.C:
+			e.tick(now)
+		}
+	}
+}
+
+// shutdown drains and stops every instance and pool process, and waits for them.
+func (e *Engine) shutdown() {
+	e.stopped.Store(true)
+	e.log.Info("stopping every instance")
+	var wg sync.WaitGroup
+	for _, r := range e.order {
+		r.queue.Release(-1) // held requests see ErrStopped
+		for _, in := range r.snapshotInstances() {
+			wg.Add(1)
+			go func(in *Instance) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
+		}
+	}
+	for _, in := range e.pool.drainAll() {
+		wg.Add(1)
+		go func(in *Instance) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
+	}
+	wg.Wait()
+	e.wg.Wait()
+}
+
+// Lease is one request's hold on a ready instance.
+type Lease struct {
+	Addr     string // host:port on loopback
+	Function string
+	Revision string
+	PID      int
+	// ColdStart is how long the request waited for an instance to start (0 when one was ready).
+	ColdStart time.Duration
+	inst      *Instance
+	rev       *revision
+	done      atomic.Bool
+}
+
+// Release gives the lease back. failed says the instance could not be
+// reached (the router retries elsewhere), so it takes no more requests.
+func (l *Lease) Release(failed bool) {
+	if !l.done.CompareAndSwap(false, true) {
+		return
+	}
+	if failed {
+		l.inst.setState(stateFailed)
+	}
+	l.inst.inflight.Add(-1)
+	l.rev.touch(time.Now())
+	if l.rev.fn.Scaling.ContainerConcurrency > 0 {
+		l.rev.queue.Release(1)
+	}
+}
+
+// Acquire returns a lease on a ready instance of the revision, holding the
+// request in the activator while one starts. The wait is bounded by ctx
+// (504 upstream) and by the queue's capacity (ErrQueueFull, 503 upstream).
+func (e *Engine) Acquire(ctx context.Context, function, revision string) (*Lease, error) {
+	r, ok := e.revs[function+"/"+revision]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s/%s", ErrUnknownRevision, function, revision)
+	}
+	arrival := time.Now()
+	r.touch(arrival)
+	waited := false
+	for {
+		if e.stopped.Load() {
+			return nil, ErrStopped
+		}
+		if in := r.pick(); in != nil {
+			l := &Lease{Addr: in.addr, Function: function, Revision: revision, PID: in.pid, inst: in, rev: r}
+			if waited {
+				l.ColdStart = time.Since(arrival)
+			}
+			return l, nil
+		}
+		if err := r.recentStartError(); err != nil && waited {
+			return nil, err
+		}
+		e.ensureStarting(r, arrival)
+		waited = true
+		r.waiting.Add(1)
+		err := r.queue.Wait(ctx)
+		r.waiting.Add(-1)
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// ensureStarting starts an instance now when the revision has none ready or
+// starting, without waiting for the autoscaler's next tick: scale-from-zero
+// latency is the point of the platform.
+func (e *Engine) ensureStarting(r *revision, trigger time.Time) {
+	r.mu.Lock()
+	starting := 0
+	for _, in := range r.instances {
+		switch in.getState() {
+		case stateStarting, stateReady:
+			starting++
+		}
+	}
+	if starting > 0 || time.Now().Before(r.retryAfter) {
+		r.mu.Unlock()
+		return
+	}
+	in := e.reserve(r)
+	r.mu.Unlock()
+	go e.start(r, in, trigger)
+}
+
+// Revisions lists "function/revision" keys, for the router's checks.
+func (e *Engine) HasRevision(function, revision string) bool {
+	_, ok := e.revs[function+"/"+revision]
+	return ok
+}
+
+// Status is a revision's state for GET /admin/functions.
+type Status struct {
+	Function  string           `json:"function"`
+	Revision  string           `json:"revision"`
+	Desired   int              `json:"desired"`
+	Queued    int              `json:"queued"`
+	Panic     bool             `json:"panic"`
+	Reason    string           `json:"reason,omitempty"`
+	Instances []InstanceStatus `json:"instances"`
+	LastCold  *ColdStart       `json:"last_cold_start,omitempty"`
+}
+
+// InstanceStatus is one instance in Status.
+type InstanceStatus struct {
+	PID          int     `json:"pid"`
+	Port         int     `json:"port"`
+	State        string  `json:"state"`
+	Inflight     int64   `json:"inflight"`
+	Source       string  `json:"source"`
+	StartSeconds float64 `json:"start_seconds,omitempty"`
+}
+
+// ColdStart describes the latest cold start of a revision.
+type ColdStart struct {
+	Source       string    `json:"source"`
+	PID          int       `json:"pid"`
+	Trigger      time.Time `json:"trigger"`
+	Ready        time.Time `json:"ready"`
+	TotalSeconds float64   `json:"total_seconds"`
+}
+
+// Statuses reports every revision, in manifest order.
+func (e *Engine) Statuses() []Status {
+	out := make([]Status, 0, len(e.order))
+	for _, r := range e.order {
+		r.mu.Lock()
+		st := Status{Function: r.fn.Name, Revision: r.rev.Name, Desired: r.desired, Panic: r.decision.Panic, Reason: r.decision.Reason, LastCold: r.lastCold}
+		for _, in := range r.instances {
+			st.Instances = append(st.Instances, in.status())
+		}
+		r.mu.Unlock()
+		st.Queued = r.queue.Len()
+		if st.Instances == nil {
+			st.Instances = []InstanceStatus{}
+		}
+		sort.Slice(st.Instances, func(i, j int) bool { return st.Instances[i].PID < st.Instances[j].PID })
+		out = append(out, st)
+	}
+	return out
+}
+
+// PoolStatus lists the idle generic processes of the pilot light.
+func (e *Engine) PoolStatus() []InstanceStatus {
+	if e.pool == nil {
+		return nil
+	}
+	return e.pool.status()
+}

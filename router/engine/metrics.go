@@ -1,0 +1,39 @@
+package engine
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	instances        *prometheus.GaugeVec
+	coldStarts       *prometheus.CounterVec
+	coldStartSeconds *prometheus.HistogramVec
+	queueDepth       *prometheus.GaugeVec
+	desired          *prometheus.GaugeVec
+	exits            *prometheus.CounterVec
+	startFailures    *prometheus.CounterVec
+	poolIdle         prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	fr := []string{"function", "revision"}
+	m := &metrics{
+		instances: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pilotlight_revision_instances",
+			Help: "Instances of a revision by state (starting, ready, draining)."}, append(fr, "state")),
+		coldStarts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_cold_starts_total",
+			Help: "Instances started, by source: pool (a pre-started generic process specialised) or exec (a new process)."}, append(fr, "source")),
+		coldStartSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "pilotlight_cold_start_duration_seconds",
+			Help:    "From the arrival of the request that needed an instance (or the autoscaler's decision) to the instance being ready.",
+			Buckets: []float64{.005, .01, .015, .02, .025, .035, .05, .075, .1, .15, .2, .25, .35, .5, .75, 1, 2.5, 5}}, append(fr, "source")),
+		queueDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pilotlight_activator_queue_depth",
+			Help: "Requests held by the activator waiting for an instance."}, fr),
+		desired: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pilotlight_autoscaler_desired_instances",
+			Help: "The autoscaler's latest desired instance count."}, fr),
+		exits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_instance_exits_total",
+			Help: "Instance processes that ended, by reason (stopped by the engine, or crashed)."}, append(fr, "reason")),
+		startFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_instance_start_failures_total",
+			Help: "Instances that failed to become ready."}, fr),
+		poolIdle: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pilotlight_warm_pool_idle_processes",
+			Help: "Pre-started generic runtime processes waiting to be specialised (the pilot light)."}),
+	}
+	reg.MustRegister(m.instances, m.coldStarts, m.coldStartSeconds, m.queueDepth, m.desired, m.exits, m.startFailures, m.poolIdle)
+	return m
+}

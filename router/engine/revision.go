@@ -1,0 +1,126 @@
+package engine
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/router/activator"
+	"github.com/pilotlight/pilotlight/router/autoscaler"
+)
+
+// revision is one revision's instances, activator queue and autoscaler.
+type revision struct {
+	fn     *functions.Manifest
+	rev    functions.Revision
+	dir    string // absolute function directory
+	queue  *activator.Queue
+	scaler *autoscaler.Autoscaler
+
+	waiting    atomic.Int64 // requests inside Acquire's wait
+	lastActive atomic.Int64 // unix nanos of the last request seen
+
+	mu         sync.Mutex
+	instances  []*Instance
+	rr         uint64
+	desired    int
+	decision   autoscaler.Decision
+	lastCold   *ColdStart
+	startErr   error
+	startErrAt time.Time
+	retryAfter time.Time
+}
+
+func (r *revision) touch(now time.Time) { r.lastActive.Store(now.UnixNano()) }
+
+func (r *revision) lastActiveTime() time.Time {
+	n := r.lastActive.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// pick takes the ready instance with the fewest requests in flight (round
+// robin among equals) and counts the new request against it, respecting
+// containerConcurrency when it is set.
+func (r *revision) pick() *Instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	limit := int64(r.fn.Scaling.ContainerConcurrency)
+	var best *Instance
+	n := len(r.instances)
+	r.rr++
+	for i := 0; i < n; i++ {
+		in := r.instances[(int(r.rr)+i)%n]
+		if in.getState() != stateReady {
+			continue
+		}
+		f := in.inflight.Load()
+		if limit > 0 && f >= limit {
+			continue
+		}
+		if best == nil || f < best.inflight.Load() {
+			best = in
+		}
+	}
+	if best != nil {
+		best.inflight.Add(1)
+	}
+	return best
+}
+
+func (r *revision) snapshotInstances() []*Instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*Instance(nil), r.instances...)
+}
+
+func (r *revision) remove(in *Instance) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, x := range r.instances {
+		if x == in {
+			r.instances = append(r.instances[:i], r.instances[i+1:]...)
+			return
+		}
+	}
+}
+
+// recentStartError is the last start failure while no instance is ready, so
+// held requests fail with the reason instead of waiting out their timeout.
+func (r *revision) recentStartError() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.startErr == nil || time.Since(r.startErrAt) > startRetryBackoff {
+		return nil
+	}
+	for _, in := range r.instances {
+		if in.getState() == stateReady {
+			return nil
+		}
+	}
+	return r.startErr
+}
+
+// counts returns instances by state.
+func (r *revision) counts() map[state]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := map[state]int{}
+	for _, in := range r.instances {
+		c[in.getState()]++
+	}
+	return c
+}
+
+func (r *revision) inflight() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var n int64
+	for _, in := range r.instances {
+		n += in.inflight.Load()
+	}
+	return n
+}

@@ -1,0 +1,78 @@
+package engine
+
+import (
+	"sort"
+	"time"
+)
+
+// tick feeds every revision's autoscaler and acts on its decision: start
+// instances up to the desired count, drain the surplus.
+func (e *Engine) tick(now time.Time) {
+	if e.stopped.Load() {
+		return
+	}
+	for _, r := range e.order {
+		queued := r.queue.Len()
+		inflight := r.inflight()
+		conc := float64(inflight) + float64(queued)
+		if conc > 0 {
+			r.touch(now)
+		}
+		r.scaler.Record(now, conc)
+		c := r.counts()
+		current := c[stateStarting] + c[stateReady]
+		d := r.scaler.Scale(now, current, r.lastActiveTime())
+		r.mu.Lock()
+		if d.Desired != r.desired {
+			e.log.Info("autoscaler decision", "function", r.fn.Name, "revision", r.rev.Name, "current", current, "desired", d.Desired, "panic", d.Panic, "reason", d.Reason)
+		}
+		r.desired, r.decision = d.Desired, d
+		blocked := now.Before(r.retryAfter)
+		r.mu.Unlock()
+
+		fn, rev := r.fn.Name, r.rev.Name
+		e.m.desired.WithLabelValues(fn, rev).Set(float64(d.Desired))
+		e.m.queueDepth.WithLabelValues(fn, rev).Set(float64(queued))
+		for _, s := range []state{stateStarting, stateReady, stateDraining} {
+			e.m.instances.WithLabelValues(fn, rev, s.String()).Set(float64(c[s]))
+		}
+
+		switch {
+		case d.Desired > current && !blocked:
+			r.mu.Lock()
+			var slots []*Instance
+			for i := 0; i < d.Desired-current; i++ {
+				slots = append(slots, e.reserve(r))
+			}
+			r.mu.Unlock()
+			for _, in := range slots {
+				go e.start(r, in, time.Time{})
+			}
+		case d.Desired < current:
+			for _, in := range r.surplus(current - d.Desired) {
+				in.setState(stateDraining)
+				go func() {
+					e.stopInstance(in, "scale down")
+				}()
+			}
+		}
+	}
+}
+
+// surplus picks n instances to drain: those still starting first (they
+// serve nobody yet), then the ready ones with the fewest requests in flight.
+func (r *revision) surplus(n int) []*Instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var cands []*Instance
+	for _, in := range r.instances {
+		if s := in.getState(); s == stateReady {
+			cands = append(cands, in)
+		}
+	}
+	sort.SliceStable(cands, func(i, j int) bool { return cands[i].inflight.Load() < cands[j].inflight.Load() })
+	if n > len(cands) {
+		n = len(cands)
+	}
+	return cands[:n]
+}

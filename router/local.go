@@ -1,0 +1,72 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/pilotlight/pilotlight/router/engine"
+)
+
+// LocalBackend serves revisions from the local engine's child processes.
+type LocalBackend struct {
+	Engine *engine.Engine
+	// Timelines, when set, adds the latest eBPF cold-start timeline per
+	// "function/revision" to the admin view.
+	Timelines func() map[string]any
+}
+
+type statusErr struct {
+	code int
+	msg  string
+}
+
+func (e *statusErr) Error() string   { return e.msg }
+func (e *statusErr) HTTPStatus() int { return e.code }
+
+// Acquire implements Backend.
+func (b LocalBackend) Acquire(ctx context.Context, function, revision string) (Target, error) {
+	l, err := b.Engine.Acquire(ctx, function, revision)
+	if err != nil {
+		var se *engine.StartError
+		switch {
+		case errors.Is(err, engine.ErrQueueFull):
+			return Target{}, &statusErr{http.StatusServiceUnavailable, fmt.Sprintf("revision %s/%s: too many requests waiting for an instance to start; retry later", function, revision)}
+		case errors.As(err, &se):
+			return Target{}, &statusErr{http.StatusServiceUnavailable, se.Error()}
+		case errors.Is(err, engine.ErrUnknownRevision):
+			return Target{}, &statusErr{http.StatusNotFound, err.Error()}
+		case errors.Is(err, engine.ErrStopped):
+			return Target{}, &statusErr{http.StatusServiceUnavailable, "the platform is shutting down"}
+		}
+		return Target{}, err
+	}
+	return Target{BaseURL: "http://" + l.Addr, ColdStart: l.ColdStart, Release: l.Release}, nil
+}
+
+// AdminRevisions implements AdminSource.
+func (b LocalBackend) AdminRevisions() map[string]any {
+	var timelines map[string]any
+	if b.Timelines != nil {
+		timelines = b.Timelines()
+	}
+	out := map[string]any{}
+	for _, st := range b.Engine.Statuses() {
+		key := st.Function + "/" + st.Revision
+		d := map[string]any{"instances": st.Instances, "desired": st.Desired, "queued": st.Queued, "panic": st.Panic, "autoscaler": st.Reason}
+		if st.LastCold != nil {
+			d["last_cold_start"] = st.LastCold
+		}
+		if tl, ok := timelines[key]; ok {
+			d["cold_start_timeline"] = tl
+		}
+		out[key] = d
+	}
+	return out
+}
+
+// AdminExtra implements AdminSource.
+func (b LocalBackend) AdminExtra() map[string]any {
+	return map[string]any{"warm_pool": b.Engine.PoolStatus()}
+}

@@ -1,0 +1,23 @@
+package router
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	retries  *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_requests_total",
+			Help: "Requests the router answered, by function, revision and status code."}, []string{"function", "revision", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "pilotlight_request_duration_seconds",
+			Help:    "Time from the router receiving a request to the end of its response, cold starts included.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"function", "revision"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_router_retries_total",
+			Help: "Requests retried on another instance because the first could not be reached."}, []string{"function", "revision"}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.retries)
+	return m
+}
