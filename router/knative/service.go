@@ -62,8 +62,12 @@ const (
 	LabelFunction  = "pilotlight.dev/function"
 	LabelRevision  = "pilotlight.dev/revision"
 
-	PartOf            = "pilotlight"
-	ComponentFunction = "function"
+	PartOf = "pilotlight"
+	// VisibilityLabel set to cluster-local keeps a Knative Service off the
+	// external ingress (knative.dev/networking's VisibilityLabelKey).
+	VisibilityLabel        = "networking.knative.dev/visibility"
+	VisibilityClusterLocal = "cluster-local"
+	ComponentFunction      = "function"
 )
 
 // Options says where and how a function is deployed.
@@ -79,6 +83,10 @@ type Options struct {
 	// Traffic is the percent split over revisions (see SplitFromFlags); nil
 	// sends 100% to Revision.
 	Traffic Split
+	// Public exposes the Service on the cluster's external domain. By default
+	// it is cluster-local: clients go through the router, which reaches the
+	// revisions' tag URLs inside the cluster.
+	Public bool
 }
 
 func (o Options) withDefaults(m *functions.Manifest) Options {
@@ -121,7 +129,11 @@ func Service(m *functions.Manifest, opts Options) (*servingv1.Service, error) {
 		LabelComponent: ComponentFunction,
 		LabelManagedBy: "pilotlight",
 	}
+	if !opts.Public {
+		labels[VisibilityLabel] = VisibilityClusterLocal
+	}
 	podLabels := maps.Clone(labels)
+	delete(podLabels, VisibilityLabel)
 	delete(podLabels, LabelManagedBy)
 	podLabels[LabelFunction] = m.Name
 	podLabels[LabelRevision] = rev.Name

@@ -72,10 +72,10 @@ func TestServiceFraudCanary(t *testing.T) {
 		t.Errorf("namespace %q", svc.Namespace)
 	}
 	wantAnn := map[string]string{
-		"autoscaling.knative.dev/class":                             "kpa.autoscaling.knative.dev",
-		"autoscaling.knative.dev/target":                            "16",
-		"autoscaling.knative.dev/min-scale":                         "0",
-		"autoscaling.knative.dev/max-scale":                         "4",
+		"autoscaling.knative.dev/class":                              "kpa.autoscaling.knative.dev",
+		"autoscaling.knative.dev/target":                             "16",
+		"autoscaling.knative.dev/min-scale":                          "0",
+		"autoscaling.knative.dev/max-scale":                          "4",
 		"autoscaling.knative.dev/scale-to-zero-pod-retention-period": "30s",
 	}
 	for k, v := range wantAnn {
