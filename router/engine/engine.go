@@ -91,9 +91,13 @@ type Engine struct {
 	order   []*revision
 	pool    *warmPool
 	stopped atomic.Bool
-	ctx     context.Context // lives for Run
-	wg      sync.WaitGroup  // instance goroutines
-	nextID  atomic.Int64
+	ctx     context.Context // ends when Run's context ends
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // instance goroutines
+	// spawnMu orders wg.Add in spawn against shutdown's wg.Wait, and guards children.
+	spawnMu  sync.Mutex
+	children map[int]*os.Process
+	nextID   atomic.Int64
 }
 
 // New checks the configuration and builds an engine; Run starts it.
@@ -126,8 +130,10 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.TickInterval <= 0 {
 		cfg.TickInterval = DefaultTickInterval
 	}
-	e := &Engine{cfg: cfg, log: cfg.Logger, revs: map[string]*revision{}, ctx: context.Background()}
+	e := &Engine{cfg: cfg, log: cfg.Logger, revs: map[string]*revision{}, children: map[int]*os.Process{}}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.m = newMetrics(cfg.Registerer)
+	e.pool = newWarmPool(e, cfg.PoolSize)
 	for _, fn := range cfg.Functions {
 		dir, err := filepath.Abs(fn.Dir)
 		if err != nil {
@@ -157,8 +163,6 @@ func New(cfg Config) (*Engine, error) {
 // Run starts the warm pool and every revision's minimum instances, runs the
 // autoscaler until ctx ends, then stops every child process (drained) and returns.
 func (e *Engine) Run(ctx context.Context) error {
-	e.ctx = ctx
-	e.pool = newWarmPool(e, e.cfg.PoolSize)
 	e.pool.fill()
 	ticker := time.NewTicker(e.cfg.TickInterval)
 	defer ticker.Stop()
@@ -166,6 +170,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			e.cancel()
 			e.shutdown()
 			return nil
 		case now := <-ticker.C:
@@ -176,7 +181,9 @@ func (e *Engine) Run(ctx context.Context) error {
 
 // shutdown drains and stops every instance and pool process, and waits for them.
 func (e *Engine) shutdown() {
+	e.spawnMu.Lock()
 	e.stopped.Store(true)
+	e.spawnMu.Unlock()
 	e.log.Info("stopping every instance")
 	var wg sync.WaitGroup
 	for _, r := range e.order {
@@ -191,6 +198,14 @@ func (e *Engine) shutdown() {
 		go func(in *Instance) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
 	}
 	wg.Wait()
+	// Anything started while the stops above ran (a pool refill, a start
+	// racing the shutdown) is killed: serve must leave no orphan.
+	e.spawnMu.Lock()
+	for pid, p := range e.children {
+		e.log.Warn("killing a child still running at shutdown", "pid", pid)
+		_ = p.Kill()
+	}
+	e.spawnMu.Unlock()
 	e.wg.Wait()
 }
 
@@ -339,8 +354,5 @@ func (e *Engine) Statuses() []Status {
 
 // PoolStatus lists the idle generic processes of the pilot light.
 func (e *Engine) PoolStatus() []InstanceStatus {
-	if e.pool == nil {
-		return nil
-	}
 	return e.pool.status()
 }

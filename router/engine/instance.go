@@ -62,14 +62,23 @@ type Instance struct {
 	mu       sync.Mutex
 	// adoptedBy is the revision's slot a pool process now serves as.
 	adoptedBy *Instance
+	// lastWords is the child's latest warning or error, quoted when it fails to start.
+	lastWords atomic.Pointer[string]
+}
+
+func (in *Instance) said() string {
+	if p := in.lastWords.Load(); p != nil {
+		return ": " + *p
+	}
+	return " (no error logged)"
 }
 
 func (in *Instance) getState() state  { return state(in.state.Load()) }
 func (in *Instance) setState(s state) { in.state.Store(int32(s)) }
 
 func (in *Instance) status() InstanceStatus {
-	st := InstanceStatus{PID: in.pid, Port: in.port, State: in.getState().String(), Inflight: in.inflight.Load(), Source: in.source}
 	in.mu.Lock()
+	st := InstanceStatus{PID: in.pid, Port: in.port, State: in.getState().String(), Inflight: in.inflight.Load(), Source: in.source}
 	if !in.readyAt.IsZero() {
 		st.StartSeconds = in.readyAt.Sub(in.started).Seconds()
 	}
@@ -148,7 +157,6 @@ func (e *Engine) start(r *revision, slot *Instance, trigger time.Time) {
 // process, or a new one.
 func (e *Engine) launch(r *revision, slot *Instance) (*Instance, error) {
 	if p := e.pool.take(); p != nil {
-		slot.source = sourcePool
 		adopt(slot, p)
 		e.pool.refill()
 		slot.labels.Store(&[2]string{r.fn.Name, r.rev.Name})
@@ -160,7 +168,9 @@ func (e *Engine) launch(r *revision, slot *Instance) (*Instance, error) {
 		}
 		return slot, e.specialise(slot, r)
 	}
+	slot.mu.Lock()
 	slot.source = sourceExec
+	slot.mu.Unlock()
 	args := []string{"runtime", "--function", r.dir, "--revision", r.rev.Name, "--listen", "127.0.0.1", "--port", "0"}
 	env := append(childEnv(), "K_SERVICE="+r.fn.Name, "K_REVISION="+r.rev.Name, "K_CONFIGURATION="+r.fn.Name)
 	return slot, e.spawn(slot, args, env)
@@ -174,6 +184,9 @@ func childEnv() []string {
 // adopt moves a pool process into slot (the slot keeps its place in the revision).
 func adopt(slot, p *Instance) {
 	// started is the specialisation's start: the process itself was started ahead of demand.
+	slot.mu.Lock()
+	defer slot.mu.Unlock()
+	slot.source = sourcePool
 	slot.pid, slot.addr, slot.port, slot.cmd, slot.exited, slot.started = p.pid, p.addr, p.port, p.cmd, p.exited, time.Now()
 	p.mu.Lock()
 	p.adoptedBy = slot
@@ -195,11 +208,25 @@ func (e *Engine) spawn(in *Instance, args, env []string) error {
 	if err != nil {
 		return err
 	}
+	e.spawnMu.Lock()
+	if e.stopped.Load() {
+		e.spawnMu.Unlock()
+		return ErrStopped
+	}
+	in.mu.Lock()
 	in.started = time.Now()
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	if err == nil {
+		in.cmd, in.pid = cmd, cmd.Process.Pid
+	}
+	in.mu.Unlock()
+	if err != nil {
+		e.spawnMu.Unlock()
 		return fmt.Errorf("start %s: %w", e.cfg.Binary, err)
 	}
-	in.cmd, in.pid = cmd, cmd.Process.Pid
+	e.wg.Add(3)
+	e.children[in.pid] = cmd.Process
+	e.spawnMu.Unlock()
 	if pr := e.cfg.Probes; pr != nil {
 		if l := in.labels.Load(); l != nil && l[0] != "" {
 			if err := pr.Track(in.pid, l[0], l[1]); err != nil {
@@ -208,23 +235,27 @@ func (e *Engine) spawn(in *Instance, args, env []string) error {
 		}
 	}
 	addrc := make(chan string, 1)
-	e.wg.Add(3)
 	go func() { defer e.wg.Done(); e.fold(in, stdout, addrc) }()
 	go func() { defer e.wg.Done(); e.fold(in, stderr, nil) }()
 	go func() {
 		defer e.wg.Done()
 		err := cmd.Wait()
+		e.spawnMu.Lock()
+		delete(e.children, in.pid)
+		e.spawnMu.Unlock()
 		close(in.exited)
 		e.exited(in, err)
 	}()
 	select {
 	case addr := <-addrc:
-		in.addr = addr
 		_, port, _ := net.SplitHostPort(addr)
+		in.mu.Lock()
+		in.addr = addr
 		in.port, _ = strconv.Atoi(port)
+		in.mu.Unlock()
 		return nil
 	case <-in.exited:
-		return fmt.Errorf("runtime process %d exited before listening (see its log lines above)", in.pid)
+		return fmt.Errorf("runtime process %d exited before listening%s", in.pid, in.said())
 	case <-time.After(e.cfg.StartTimeout):
 		return fmt.Errorf("runtime process %d did not listen within %s", in.pid, e.cfg.StartTimeout)
 	}
@@ -254,6 +285,15 @@ func (e *Engine) fold(in *Instance, r io.Reader, addrc chan<- string) {
 			fn, rev = l[0], l[1]
 		}
 		level, msg, attrs := parseRecord(line)
+		if level >= slog.LevelWarn || strings.HasPrefix(line, "Error:") {
+			words := msg
+			for _, a := range attrs {
+				if a.Key == "err" {
+					words += ": " + a.Value.String()
+				}
+			}
+			in.lastWords.Store(&words)
+		}
 		attrs = append(attrs, slog.String("function", fn), slog.String("revision", rev), slog.Int("pid", in.pid))
 		e.log.LogAttrs(context.Background(), level, msg, attrs...)
 	}
@@ -292,7 +332,7 @@ func (e *Engine) waitReady(in *Instance) error {
 	var last string
 	for time.Now().Before(deadline) {
 		if !in.alive() {
-			return fmt.Errorf("runtime process %d exited while starting (%s)", in.pid, last)
+			return fmt.Errorf("runtime process %d exited while starting%s", in.pid, in.said())
 		}
 		resp, err := readyClient.Get(url)
 		if err == nil {
@@ -350,16 +390,19 @@ func (e *Engine) stopInstance(in *Instance, why string) {
 	for in.inflight.Load() > 0 && time.Now().Before(deadline) && in.alive() {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if in.cmd == nil || in.cmd.Process == nil {
+	in.mu.Lock()
+	cmd, exited := in.cmd, in.exited
+	in.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
 		return
 	}
-	_ = in.cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-in.exited:
+	case <-exited:
 	case <-time.After(e.cfg.DrainTimeout):
-		e.log.Warn("instance did not exit after SIGTERM; killing", "pid", in.pid, "why", why)
-		_ = in.cmd.Process.Kill()
-		<-in.exited
+		e.log.Warn("instance did not exit after SIGTERM; killing", "pid", cmd.Process.Pid, "why", why)
+		_ = cmd.Process.Kill()
+		<-exited
 	}
 }
 

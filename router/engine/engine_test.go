@@ -1,0 +1,285 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"os"
+
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/router/engine"
+	"github.com/pilotlight/pilotlight/router/internal/testbin"
+)
+
+const (
+	fn  = "example-tensor"
+	rev = "example-tensor-00001"
+)
+
+func manifest(t *testing.T, mutate func(*functions.Manifest)) *functions.Manifest {
+	t.Helper()
+	m, err := functions.LoadDir(filepath.Join(testbin.Root(), "functions", fn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mutate != nil {
+		mutate(m)
+	}
+	return m
+}
+
+// start runs an engine until the test ends, and checks every child is gone afterwards.
+func start(t *testing.T, cfg engine.Config) (*engine.Engine, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg.Binary = testbin.Pilotlight(t)
+	cfg.Registerer = reg
+	cfg.Logger = slog.New(slog.NewTextHandler(testLogOut(), nil))
+	if cfg.TickInterval == 0 {
+		cfg.TickInterval = 20 * time.Millisecond
+	}
+	e, err := engine.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	t.Cleanup(func() {
+		pids := allPIDs(e)
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("engine run: %v", err)
+		}
+		for _, pid := range pids {
+			if alive(pid) {
+				t.Errorf("child %d still running after the engine stopped", pid)
+			}
+		}
+	})
+	return e, reg
+}
+
+func allPIDs(e *engine.Engine) []int {
+	var pids []int
+	for _, st := range e.Statuses() {
+		for _, in := range st.Instances {
+			pids = append(pids, in.PID)
+		}
+	}
+	for _, in := range e.PoolStatus() {
+		pids = append(pids, in.PID)
+	}
+	return pids
+}
+
+func alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	if err != nil {
+		return false
+	}
+	// A zombie still answers kill 0; its /proc state says Z.
+	return !strings.Contains(procState(pid), "Z")
+}
+
+func procState(pid int) string {
+	b, err := readFile("/proc/" + itoa(pid) + "/stat")
+	if err != nil {
+		return "Z"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "Z"
+	}
+	return f[2]
+}
+
+func infer(t *testing.T, l *engine.Lease) {
+	t.Helper()
+	body := `{"inputs":[{"name":"input_vectors","shape":[1,10],"datatype":"FP32","data":[1,1,1,1,1,1,1,1,1,1]}]}`
+	resp, err := http.Post("http://"+l.Addr+"/v2/models/"+fn+"/infer", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("infer on leased instance: %d", resp.StatusCode)
+	}
+}
+
+func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func status(e *engine.Engine) engine.Status {
+	for _, st := range e.Statuses() {
+		if st.Revision == rev {
+			return st
+		}
+	}
+	return engine.Status{}
+}
+
+func TestScaleFromZeroToZeroAndBack(t *testing.T) {
+	for _, tc := range []struct {
+		source   string
+		poolSize int
+	}{{"pool", 1}, {"exec", 0}} {
+		t.Run(tc.source, func(t *testing.T) {
+			e, reg := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: tc.poolSize, ScaleToZeroAfter: 300 * time.Millisecond})
+			if tc.poolSize > 0 {
+				waitFor(t, "the warm pool to fill", 10*time.Second, func() bool { return len(e.PoolStatus()) == 1 })
+			}
+			if n := len(status(e).Instances); n != 0 {
+				t.Fatalf("instances before any request = %d, want 0 (scale to zero from the start)", n)
+			}
+			var pids []int
+			for cycle := 0; cycle < 2; cycle++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				l, err := e.Acquire(ctx, fn, rev)
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if l.ColdStart <= 0 {
+					t.Errorf("cycle %d: a request at zero reported no cold start", cycle)
+				}
+				infer(t, l)
+				l.Release(false)
+				pids = append(pids, l.PID)
+				waitFor(t, "scale to zero", 10*time.Second, func() bool { return len(status(e).Instances) == 0 })
+				waitFor(t, "the scaled-down process to exit", 5*time.Second, func() bool { return !alive(l.PID) })
+			}
+			if pids[0] == pids[1] {
+				t.Errorf("the second cold start reused pid %d: the first process did not exit", pids[0])
+			}
+			if got := testutil.ToFloat64(counter(t, reg, "pilotlight_cold_starts_total", map[string]string{"source": tc.source})); got != 2 {
+				t.Errorf("pilotlight_cold_starts_total{source=%q} = %v, want 2", tc.source, got)
+			}
+			if st := status(e); st.LastCold == nil || st.LastCold.Source != tc.source {
+				t.Errorf("last cold start = %+v, want source %s", st.LastCold, tc.source)
+			}
+		})
+	}
+}
+
+func TestQueueBoundAndTimeout(t *testing.T) {
+	e, _ := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 0, QueueCapacity: 2})
+	// Exec cold starts take well over 1 ms: this request times out while held.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	_, err := e.Acquire(ctx, fn, rev)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("held past its deadline: %v, want DeadlineExceeded", err)
+	}
+	waitFor(t, "the timed-out request's slot to be given back", time.Second, func() bool { return status(e).Queued == 0 })
+
+	// Scale back to zero is not needed: fill the queue while the instance starts.
+	e2, _ := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 0, QueueCapacity: 2})
+	var wg sync.WaitGroup
+	results := make(chan error, 2)
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			l, err := e2.Acquire(ctx, fn, rev)
+			if err == nil {
+				l.Release(false)
+			}
+			results <- err
+		}()
+	}
+	waitFor(t, "two held requests", 5*time.Second, func() bool { return status(e2).Queued == 2 })
+	begin := time.Now()
+	if _, err := e2.Acquire(context.Background(), fn, rev); !errors.Is(err, engine.ErrQueueFull) {
+		t.Fatalf("third request with a queue of 2: %v, want ErrQueueFull", err)
+	}
+	if d := time.Since(begin); d > 100*time.Millisecond {
+		t.Errorf("a full queue took %s to refuse; it should be immediate", d)
+	}
+	wg.Wait()
+	close(results)
+	for err := range results {
+		if err != nil {
+			t.Errorf("held request: %v (held requests must be released once the instance is ready)", err)
+		}
+	}
+}
+
+func TestCrashedInstanceIsReplaced(t *testing.T) {
+	m := manifest(t, func(m *functions.Manifest) { m.Scaling.MinScale = 1 })
+	e, reg := start(t, engine.Config{Functions: []*functions.Manifest{m}, PoolSize: 1})
+	var first int
+	waitFor(t, "minScale instance ready", 20*time.Second, func() bool {
+		st := status(e)
+		if len(st.Instances) == 1 && st.Instances[0].State == "ready" {
+			first = st.Instances[0].PID
+			return true
+		}
+		return false
+	})
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a replacement instance", 20*time.Second, func() bool {
+		st := status(e)
+		return len(st.Instances) == 1 && st.Instances[0].State == "ready" && st.Instances[0].PID != first
+	})
+	if got := testutil.ToFloat64(counter(t, reg, "pilotlight_instance_exits_total", map[string]string{"reason": "crashed"})); got != 1 {
+		t.Errorf("crashed exits = %v, want 1", got)
+	}
+}
+
+func TestBrokenRevisionFailsHeldRequestsWithTheReason(t *testing.T) {
+	// The child reads function.yaml itself, so the broken revision must be on disk.
+	dir := t.TempDir()
+	raw := "name: " + fn + "\nhandler: tensor\nrevisions:\n  - name: " + rev + "\n    model: missing.onnx\n"
+	if err := os.WriteFile(filepath.Join(dir, functions.ManifestFile), []byte(raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := functions.Parse(filepath.Join(dir, functions.ManifestFile), []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := start(t, engine.Config{Functions: []*functions.Manifest{m}, PoolSize: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	begin := time.Now()
+	l, err := e.Acquire(ctx, fn, rev)
+	if err == nil {
+		l.Release(false)
+	}
+	var se *engine.StartError
+	if !errors.As(err, &se) || !strings.Contains(err.Error(), "missing.onnx") {
+		t.Fatalf("acquire on a revision whose model is missing: %v, want a StartError naming the file", err)
+	}
+	if time.Since(begin) > 10*time.Second {
+		t.Errorf("took %s: a broken revision should fail held requests promptly", time.Since(begin))
+	}
+	if _, err := e.Acquire(context.Background(), fn, "nope"); !errors.Is(err, engine.ErrUnknownRevision) {
+		t.Errorf("unknown revision: %v", err)
+	}
+}

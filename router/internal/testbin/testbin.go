@@ -1,0 +1,45 @@
+// Package testbin builds the real pilotlight binary once per test process,
+// so engine and router tests start real child runtime processes.
+package testbin
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+var (
+	once sync.Once
+	path string
+	err  error
+	out  []byte
+)
+
+// Root is the repository root.
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "..")
+}
+
+// Pilotlight returns the path of a freshly built bin/pilotlight (cached per process).
+func Pilotlight(t testing.TB) string {
+	t.Helper()
+	once.Do(func() {
+		dir, e := os.MkdirTemp("", "pilotlight-bin-")
+		if e != nil {
+			err = e
+			return
+		}
+		path = filepath.Join(dir, "pilotlight")
+		cmd := exec.Command("go", "build", "-o", path, "./cmd/pilotlight")
+		cmd.Dir = Root()
+		out, err = cmd.CombinedOutput()
+	})
+	if err != nil {
+		t.Fatalf("build pilotlight: %v\n%s", err, out)
+	}
+	return path
+}

@@ -1,0 +1,350 @@
+package router_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/router"
+	"github.com/pilotlight/pilotlight/router/engine"
+	"github.com/pilotlight/pilotlight/router/internal/testbin"
+)
+
+const inferBody = `{"inputs":[{"name":"input_vectors","shape":[1,10],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10]}]}`
+
+type platform struct {
+	url string
+	eng *engine.Engine
+}
+
+func quietLogger() *slog.Logger {
+	if os.Getenv("ROUTER_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startPlatform runs a real engine (child processes) behind a real router on loopback.
+func startPlatform(t *testing.T, ecfg engine.Config, timeout time.Duration, mutate func(*functions.Manifest)) *platform {
+	t.Helper()
+	m, err := functions.LoadDir(filepath.Join(testbin.Root(), "functions", "example-tensor"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mutate != nil {
+		mutate(m)
+	}
+	return startPlatformWith(t, ecfg, timeout, []*functions.Manifest{m})
+}
+
+func startPlatformWith(t *testing.T, ecfg engine.Config, timeout time.Duration, fns []*functions.Manifest) *platform {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	ecfg.Functions = fns
+	ecfg.Binary = testbin.Pilotlight(t)
+	ecfg.Registerer = reg
+	ecfg.Logger = quietLogger()
+	ecfg.TickInterval = 20 * time.Millisecond
+	eng, err := engine.New(ecfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := router.LocalBackend{Engine: eng}
+	rt, err := router.New(router.Config{Functions: ecfg.Functions, Backend: b, Admin: b, RequestTimeout: timeout, Registry: reg, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(ctx) }()
+	ts := httptest.NewServer(rt.Handler())
+	t.Cleanup(func() {
+		ts.Close()
+		rt.Close()
+		cancel()
+		<-done
+	})
+	return &platform{url: ts.URL, eng: eng}
+}
+
+func post(t *testing.T, url, body string) (int, http.Header, map[string]any) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	_ = json.Unmarshal(raw, &out)
+	return resp.StatusCode, resp.Header, out
+}
+
+func TestRoutesHeadersAndErrors(t *testing.T) {
+	p := startPlatform(t, engine.Config{PoolSize: 1}, 20*time.Second, func(m *functions.Manifest) { m.Runtime.MaxBodyBytes = 2048 })
+	code, h, out := post(t, p.url+"/v2/models/example-tensor/infer", inferBody)
+	if code != 200 || h.Get("X-Pilotlight-Revision") != "example-tensor-00001" {
+		t.Fatalf("infer through the router: %d %v %v", code, h, out)
+	}
+	if h.Get("X-Pilotlight-Cold-Start") == "" {
+		t.Error("the first request waited for a start but carries no X-Pilotlight-Cold-Start")
+	}
+	code, h, _ = post(t, p.url+"/v2/models/example-tensor/versions/example-tensor-00001/infer", inferBody)
+	if code != 200 || h.Get("X-Pilotlight-Cold-Start") != "" {
+		t.Errorf("warm request: %d, cold-start header %q (want none)", code, h.Get("X-Pilotlight-Cold-Start"))
+	}
+	// Host-header routing, as Knative: POST / with Host example-tensor.<anything>.
+	req, _ := http.NewRequest("POST", p.url+"/", strings.NewReader(`{}`))
+	req.Host = "example-tensor.default.example.com"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// example-tensor is V2 only: the instance answers its function endpoint with 404 naming the V2 route.
+	if resp.StatusCode != 404 || resp.Header.Get("X-Pilotlight-Revision") != "example-tensor-00001" {
+		t.Errorf("host-routed request: %d, revision %q; want the instance's answer (404, V2 only)", resp.StatusCode, resp.Header.Get("X-Pilotlight-Revision"))
+	}
+	for _, tc := range []struct {
+		path, body string
+		code       int
+		mentions   string
+	}{
+		{"/functions/nope", `{}`, 404, "unknown function"},
+		{"/v2/models/nope/infer", inferBody, 404, "unknown function"},
+		{"/v2/models/example-tensor/versions/example-tensor-00042/infer", inferBody, 404, "no revision"},
+		{"/v2/models/example-tensor/infer", strings.Repeat("x", 3000), 413, "larger than 2048"},
+		{"/v2/models/example-tensor/infer", `{"inputs":[{"name":"bogus","shape":[1],"datatype":"FP32","data":[1]}]}`, 400, "bogus"},
+	} {
+		code, _, out := post(t, p.url+tc.path, tc.body)
+		if code != tc.code || !strings.Contains(fmt.Sprint(out["error"]), tc.mentions) {
+			t.Errorf("POST %s: %d %v, want %d mentioning %q", tc.path, code, out, tc.code, tc.mentions)
+		}
+	}
+	var admin struct {
+		Functions []struct {
+			Name      string
+			Revisions []struct {
+				Name      string
+				Weight    int
+				Instances []struct {
+					PID      int
+					Port     int
+					State    string
+					Inflight int
+				}
+			}
+		}
+	}
+	resp, err = http.Get(p.url + "/admin/functions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&admin)
+	resp.Body.Close()
+	if len(admin.Functions) != 1 || admin.Functions[0].Revisions[0].Weight != 100 || len(admin.Functions[0].Revisions[0].Instances) != 1 {
+		t.Fatalf("admin view = %+v", admin)
+	}
+	in := admin.Functions[0].Revisions[0].Instances[0]
+	if in.PID <= 0 || in.Port <= 0 || in.State != "ready" {
+		t.Errorf("admin instance = %+v", in)
+	}
+	for _, path := range []string{"/healthz", "/metrics", "/v2/health/ready"} {
+		resp, err := http.Get(p.url + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Errorf("GET %s: %v %v", path, err, resp)
+		}
+		if resp != nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if path == "/metrics" && !strings.Contains(string(body), `pilotlight_requests_total{code="200",function="example-tensor",revision="example-tensor-00001"}`) {
+				t.Error("/metrics lacks pilotlight_requests_total for the served requests")
+			}
+		}
+	}
+}
+
+func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
+	p := startPlatform(t, engine.Config{PoolSize: 1}, 20*time.Second, func(m *functions.Manifest) { m.Scaling.MinScale = 2 })
+	waitReady := func(n int) []engine.InstanceStatus {
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			var ready []engine.InstanceStatus
+			for _, in := range p.eng.Statuses()[0].Instances {
+				if in.State == "ready" {
+					ready = append(ready, in)
+				}
+			}
+			if len(ready) >= n {
+				return ready
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("fewer than %d ready instances", n)
+		return nil
+	}
+	victim := waitReady(2)[0].PID
+	var ok, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := http.Post(p.url+"/v2/models/example-tensor/infer", "application/json", strings.NewReader(inferBody))
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+					t.Logf("status %d", resp.StatusCode)
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if failed.Load() != 0 || ok.Load() == 0 {
+		t.Fatalf("with an instance SIGKILLed under load: %d succeeded, %d failed; want no failure", ok.Load(), failed.Load())
+	}
+	waitReady(2) // the crashed instance is replaced (minScale 2)
+}
+
+// stuckFunction is a function whose model file is a FIFO nobody writes:
+// its instance starts and never becomes ready, so requests stay held.
+func stuckFunction(t *testing.T) *functions.Manifest {
+	t.Helper()
+	dir := t.TempDir()
+	if err := syscall.Mkfifo(filepath.Join(dir, "model.onnx"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	raw := "name: stuck\nhandler: tensor\nrevisions:\n  - name: stuck-00001\n    model: model.onnx\n"
+	if err := os.WriteFile(filepath.Join(dir, functions.ManifestFile), []byte(raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := functions.Parse(filepath.Join(dir, functions.ManifestFile), []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestFloodBeyondQueueIsShedFastAndBounded(t *testing.T) {
+	stuck := stuckFunction(t)
+	p := startPlatformWith(t, engine.Config{PoolSize: 0, QueueCapacity: 4, StartTimeout: time.Minute}, 3*time.Second, []*functions.Manifest{stuck})
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const flood = 300
+	type result struct {
+		code int
+		took time.Duration
+	}
+	results := make(chan result, flood)
+	var wg sync.WaitGroup
+	for i := 0; i < flood; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			begin := time.Now()
+			resp, err := http.Post(p.url+"/functions/stuck", "application/json", strings.NewReader(`{}`))
+			if err != nil {
+				results <- result{-1, 0}
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 503 && resp.Header.Get("Retry-After") == "" {
+				results <- result{-2, 0}
+				return
+			}
+			results <- result{resp.StatusCode, time.Since(begin)}
+		}()
+	}
+	// The router stays responsive during the flood.
+	resp, err := http.Get(p.url + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz during flood: %v", err)
+	}
+	resp.Body.Close()
+	wg.Wait()
+	close(results)
+	count := map[int]int{}
+	var slowest503 time.Duration
+	for r := range results {
+		count[r.code]++
+		if r.code == 503 && r.took > slowest503 {
+			slowest503 = r.took
+		}
+	}
+	if count[503] != flood-4 || count[504] != 4 {
+		t.Fatalf("flood of %d at a queue of 4 gave %v; want %d fast 503s with Retry-After and 4 held until the 504 timeout", flood, count, flood-4)
+	}
+	if slowest503 > time.Second {
+		t.Errorf("slowest 503 took %s: shedding must not wait", slowest503)
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 64<<20 {
+		t.Errorf("heap grew %d MiB during a flood of %d requests", grew>>20, flood)
+	}
+}
+
+func TestTimeoutAndDisconnectWhileHeld(t *testing.T) {
+	p := startPlatform(t, engine.Config{PoolSize: 0, QueueCapacity: 4}, 5*time.Millisecond, nil)
+	code, _, out := post(t, p.url+"/v2/models/example-tensor/infer", inferBody)
+	if code != 504 || !strings.Contains(fmt.Sprint(out["error"]), "request timeout") {
+		t.Fatalf("held longer than the request timeout: %d %v, want 504", code, out)
+	}
+	p2 := startPlatform(t, engine.Config{PoolSize: 0, QueueCapacity: 1}, 20*time.Second, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Millisecond)
+	req, _ := http.NewRequestWithContext(ctx, "POST", p2.url+"/v2/models/example-tensor/infer", strings.NewReader(inferBody))
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+	cancel()
+	deadline := time.Now().Add(2 * time.Second)
+	for p2.eng.Statuses()[0].Queued != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a client that went away still holds its activator slot")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The slot is free: a new request is held and served (queue capacity 1).
+	if code, _, out := post(t, p2.url+"/v2/models/example-tensor/infer", inferBody); code != 200 {
+		t.Fatalf("after a disconnect: %d %v", code, out)
+	}
+}
