@@ -36,11 +36,12 @@ func newServeCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := newLogger()
 			fns, err := functions.LoadAll(fnDir)
-			if err != nil {
-				return err
-			}
 			if len(fns) == 0 {
-				return fmt.Errorf("no functions found below %s (each needs a function.yaml)", fnDir)
+				return fmt.Errorf("no function could be loaded from %s (each needs a valid function.yaml): %v", fnDir, err)
+			}
+			if err != nil {
+				// One broken function must not take the others down.
+				log.Error("some functions were skipped; fix their function.yaml and restart", "err", err)
 			}
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
