@@ -27,6 +27,7 @@ func Render(svc *servingv1.Service, header string) ([]byte, error) {
 			dropNull(tmpl, "metadata", "creationTimestamp")
 		}
 	}
+	dropZeroProbePorts(obj)
 	out, err := yaml.Marshal(obj)
 	if err != nil {
 		return nil, fmt.Errorf("render service %s: %w", svc.Name, err)
@@ -40,5 +41,28 @@ func Render(svc *servingv1.Service, header string) ([]byte, error) {
 func dropNull(obj map[string]any, field, key string) {
 	if m, ok := obj[field].(map[string]any); ok && m[key] == nil {
 		delete(m, key)
+	}
+}
+
+// dropZeroProbePorts removes "port: 0" from probe handlers: Go's zero
+// IntOrString marshals as 0, and for Knative an absent port means "the
+// container's port", which is what this package means by leaving it unset.
+func dropZeroProbePorts(v any) {
+	switch n := v.(type) {
+	case map[string]any:
+		for k, child := range n {
+			if k == "httpGet" || k == "tcpSocket" || k == "grpc" {
+				if h, ok := child.(map[string]any); ok {
+					if p, ok := h["port"].(float64); ok && p == 0 {
+						delete(h, "port")
+					}
+				}
+			}
+			dropZeroProbePorts(child)
+		}
+	case []any:
+		for _, child := range n {
+			dropZeroProbePorts(child)
+		}
 	}
 }

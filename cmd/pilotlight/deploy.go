@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/tools/clientcmd"
+	servingclient "knative.dev/serving/pkg/client/clientset/versioned"
+
+	"github.com/pilotlight/pilotlight/router/knative"
+)
+
+func newDeployCmd() *cobra.Command {
+	var (
+		opts             knative.DeployOptions
+		src              knative.Sources
+		kubeconfig, kctx string
+	)
+	cmd := &cobra.Command{
+		Use:   "deploy FUNCTION",
+		Short: "Create or update a function's Knative Service, adding its revisions in order (like kn service create/update)",
+		Long: `Deploys one function to a cluster with Knative Serving. Every revision up to
+--revision (default the newest) that the cluster lacks is created in function.yaml
+order, each by its own update of the Service's template, waiting for it to be Ready
+before the next; then the traffic block is set from the function's flag (tags from
+function.yaml, percents from the flag's fractional rule). Conflicting writes are
+retried. The cluster comes from --kubeconfig, $KUBECONFIG, ~/.kube/config or, inside
+a pod, the in-cluster service account.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := src.Function(args[0])
+			if err != nil {
+				return err
+			}
+			if opts.Traffic, err = src.Split(m); err != nil {
+				return err
+			}
+			rules := clientcmd.NewDefaultClientConfigLoadingRules()
+			rules.ExplicitPath = kubeconfig
+			cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
+				&clientcmd.ConfigOverrides{CurrentContext: kctx}).ClientConfig()
+			if err != nil {
+				return fmt.Errorf("load cluster config (--kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster): %w", err)
+			}
+			cs, err := servingclient.NewForConfig(cfg)
+			if err != nil {
+				return fmt.Errorf("knative serving client for %s: %w", cfg.Host, err)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			d := &knative.Deployer{Client: cs.ServingV1(), Log: newLogger(), Progress: cmd.ErrOrStderr()}
+			res, err := d.Deploy(ctx, m, opts)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			for _, s := range res.Steps {
+				if opts.DryRun {
+					raw, err := knative.Render(s.Service, fmt.Sprintf("# step: %s %s (dry run)\n", s.Action, s.Revision))
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(out, "---\n%s", raw)
+					continue
+				}
+				fmt.Fprintf(out, "%s: %s revision %s\n", m.Name, s.Action, s.Revision)
+			}
+			switch {
+			case opts.DryRun:
+			case res.URL != "":
+				fmt.Fprintf(out, "Service %s is ready at %s\n", m.Name, res.URL)
+			default:
+				fmt.Fprintf(out, "Service %s applied; not waiting (kubectl -n %s get ksvc %s)\n", m.Name, opts.Namespace, m.Name)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&opts.Namespace, "namespace", "n", knative.DefaultNamespace, "namespace")
+	f.StringVar(&opts.Image, "image", knative.DefaultImage, "runtime image reference (a digest is best)")
+	f.StringVar(&opts.Revision, "revision", "", "revision to deploy up to (default the newest in function.yaml)")
+	f.BoolVar(&opts.Public, "public", false, "expose on the external domain (default cluster-local: reached through the router)")
+	f.BoolVar(&opts.DryRun, "dry-run", false, "validate with Knative's own checks and print each step's Service, change nothing")
+	f.BoolVar(&opts.Wait, "wait", true, "wait for the Service to be Ready (older revisions are always waited for)")
+	f.DurationVar(&opts.Timeout, "timeout", knative.DefaultDeployTimeout, "how long to wait for each revision")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG or ~/.kube/config; in-cluster when none)")
+	f.StringVar(&kctx, "context", "", "kubeconfig context (default the current one)")
+	f.StringVar(&src.FunctionsDir, "functions-dir", knative.DefaultFunctionsDir, "directory holding <function>/function.yaml")
+	f.StringVar(&src.FlagsFile, "flags", knative.DefaultFlagsFile, "flagd flag file")
+	return cmd
+}
