@@ -19,7 +19,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(newRuntimeCmd(), newServeCmd())
+	root.AddCommand(newRuntimeCmd(), newServeCmd(), newBenchCmd())
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
 	}

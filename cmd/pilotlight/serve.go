@@ -35,6 +35,7 @@ func newServeCmd() *cobra.Command {
 		Short: "Run the platform on one machine: router, activator, autoscaler and warm pool over child runtime processes",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := newLogger()
+			tuneGC()
 			fns, err := functions.LoadAll(fnDir)
 			if len(fns) == 0 {
 				return fmt.Errorf("no function could be loaded from %s (each needs a valid function.yaml): %v", fnDir, err)

@@ -42,6 +42,9 @@ type Batcher struct {
 	wg      sync.WaitGroup
 	stop    chan struct{}
 	once    sync.Once
+	// lastRequests is how many requests the previous batch held: a lone
+	// request after a lone request does not wait for company that is not coming.
+	lastRequests int
 }
 
 type call struct {
@@ -137,7 +140,11 @@ func (b *Batcher) loop() {
 		}
 		batch := []*call{first}
 		rows := first.rows
-		if rows < b.cfg.MaxBatch && b.cfg.MaxDelay > 0 {
+		// Waiting for company only pays when there is company: other requests
+		// were batched last time, or batches are running now. A lone caller at
+		// low load is dispatched at once instead of paying MaxDelay.
+		busy := b.lastRequests > 1 || len(b.running) > 0 || len(b.in) > 0
+		if rows < b.cfg.MaxBatch && b.cfg.MaxDelay > 0 && busy {
 			timer.Reset(b.cfg.MaxDelay)
 		collect:
 			for rows < b.cfg.MaxBatch {
@@ -178,6 +185,7 @@ func (b *Batcher) loop() {
 				}
 			}
 		}
+		b.lastRequests = len(batch)
 		b.dispatch(batch)
 	}
 }

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pilotlight/pilotlight/router/bench"
+)
+
+func newBenchCmd() *cobra.Command {
+	var (
+		fnDir, fnRoot string
+		duration      time.Duration
+		coldStarts    int
+		verbose       bool
+	)
+	cmd := &cobra.Command{
+		Use:       "bench [instance|coldstart|hop|step|memory|all]...",
+		Short:     "Measure the platform on loopback and print Markdown tables (make bench)",
+		ValidArgs: []string{"instance", "coldstart", "hop", "step", "memory", "all"},
+		Args:      cobra.OnlyValidArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			bin, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			if len(args) == 0 {
+				args = []string{"all"}
+			}
+			if abs, err := filepath.Abs(fnDir); err == nil {
+				fnDir = abs
+			}
+			logTo := io.Discard
+			if verbose {
+				logTo = os.Stderr
+			}
+			env := bench.Env{Bin: bin, Function: fnDir, Duration: duration, Log: logTo}
+			ctx := cmd.Context()
+			out := cmd.OutOrStdout()
+			want := map[string]bool{}
+			for _, a := range args {
+				want[a] = true
+			}
+			all := want["all"]
+			fmt.Fprintf(out, "pilotlight bench: %s, %s per load, on %s\n", fnDir, duration, time.Now().UTC().Format(time.RFC3339))
+			run := func(name, title string, f func(context.Context) ([]bench.Row, error)) error {
+				if !all && !want[name] {
+					return nil
+				}
+				fmt.Fprintf(os.Stderr, "bench: %s...\n", name)
+				rows, err := f(ctx)
+				if err != nil {
+					return fmt.Errorf("bench %s: %w", name, err)
+				}
+				bench.Report(out, title, rows)
+				return nil
+			}
+			steps := []struct {
+				name, title string
+				f           func(context.Context) ([]bench.Row, error)
+			}{
+				{"instance", "One instance (runtime only)", func(ctx context.Context) ([]bench.Row, error) { return bench.Instance(ctx, env) }},
+				{"coldstart", "Scale from zero: warm pool", func(ctx context.Context) ([]bench.Row, error) { return bench.ColdStart(ctx, env, 1, coldStarts) }},
+				{"coldstart", "Scale from zero: exec (no pool)", func(ctx context.Context) ([]bench.Row, error) { return bench.ColdStart(ctx, env, 0, coldStarts) }},
+				{"hop", "Router hop", func(ctx context.Context) ([]bench.Row, error) { return bench.Hop(ctx, env) }},
+				{"step", "Load step", func(ctx context.Context) ([]bench.Row, error) { return bench.Step(ctx, env) }},
+				{"memory", "Memory", func(ctx context.Context) ([]bench.Row, error) { return bench.Memory(ctx, env, fnRoot) }},
+			}
+			for _, s := range steps {
+				if err := run(s.name, s.title, s.f); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&fnDir, "function", "functions/fraud", "function directory to benchmark")
+	f.StringVar(&fnRoot, "functions", "functions", "functions root for the memory figure (every function at zero)")
+	f.DurationVar(&duration, "duration", 5*time.Second, "length of each load")
+	f.IntVar(&coldStarts, "cold-starts", 20, "scale-from-zero cycles per source")
+	f.BoolVar(&verbose, "v", false, "show the processes' logs")
+	return cmd
+}

@@ -1,0 +1,451 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/router/loadgen"
+)
+
+// Row is one measured figure.
+type Row struct {
+	Name  string
+	Value string
+	Goal  string
+	Met   *bool // nil: no goal
+}
+
+func met(b bool) *bool { return &b }
+
+// Report prints rows as a Markdown table.
+func Report(w io.Writer, title string, rows []Row) {
+	fmt.Fprintf(w, "\n### %s\n\n| measure | value | goal | met |\n| --- | --- | --- | --- |\n", title)
+	for _, r := range rows {
+		m := ""
+		if r.Met != nil {
+			m = "no"
+			if *r.Met {
+				m = "yes"
+			}
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", r.Name, r.Value, r.Goal, m)
+	}
+}
+
+// Env is what every scenario needs.
+type Env struct {
+	Bin      string // pilotlight binary
+	Function string // function directory to benchmark (e.g. functions/fraud)
+	Duration time.Duration
+	Log      io.Writer // child processes' stderr
+}
+
+// manifest loads the function under test.
+func (e Env) manifest() (*functions.Manifest, error) {
+	return functions.LoadDir(e.Function)
+}
+
+// functionRoot writes a functions root holding only the function under
+// test, with its scaling replaced, so a scenario controls the instance count.
+func (e Env) functionRoot(sc functions.Scaling) (string, *functions.Manifest, error) {
+	m, err := e.manifest()
+	if err != nil {
+		return "", nil, err
+	}
+	root, err := os.MkdirTemp("", "pilotlight-bench-")
+	if err != nil {
+		return "", nil, err
+	}
+	dir := filepath.Join(root, m.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", nil, err
+	}
+	type rev struct {
+		Name  string `yaml:"name"`
+		Model string `yaml:"model"`
+		Tag   string `yaml:"tag,omitempty"`
+	}
+	out := map[string]any{"name": m.Name, "handler": m.Handler, "flag": m.Flag,
+		"runtime":  map[string]any{"sessions": m.Runtime.Sessions, "provider": m.Runtime.Provider, "intraOpThreads": m.Runtime.IntraOpThreads, "maxBodyBytes": m.Runtime.MaxBodyBytes},
+		"batching": map[string]any{"maxBatch": m.Batching.MaxBatch, "maxDelay": m.Batching.MaxDelay.String()},
+		"scaling": map[string]any{"minScale": sc.MinScale, "maxScale": sc.MaxScale, "targetConcurrency": sc.TargetConcurrency,
+			"scaleToZeroAfter": sc.ScaleToZeroAfter.String()}}
+	var revs []rev
+	for _, r := range m.Revisions {
+		abs, _ := filepath.Abs(m.ModelPath(r))
+		revs = append(revs, rev{r.Name, abs, r.Tag})
+	}
+	out["revisions"] = revs
+	b, err := yaml.Marshal(out)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, functions.ManifestFile), b, 0o644); err != nil {
+		return "", nil, err
+	}
+	m2, err := functions.LoadDir(dir)
+	return root, m2, err
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+
+func quantile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := int(q*float64(len(s))+0.999999) - 1
+	if i < 0 {
+		i = 0
+	}
+	return s[i]
+}
+
+// metricSum reads a histogram's _sum and _count from a /metrics page.
+func metricSum(url, name string) (sum, count float64, err error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		v, _ := strconv.ParseFloat(f[1], 64)
+		switch {
+		case strings.HasPrefix(line, name+"_sum"):
+			sum += v
+		case strings.HasPrefix(line, name+"_count"):
+			count += v
+		}
+	}
+	return sum, count, sc.Err()
+}
+
+// Instance measures one runtime instance: exec→ready over 10 starts, then
+// V2 infer at concurrency 32 against /v2/health/ready in the same run.
+func Instance(ctx context.Context, e Env) ([]Row, error) {
+	m, err := e.manifest()
+	if err != nil {
+		return nil, err
+	}
+	rev := m.Revisions[0].Name
+	var starts []time.Duration
+	for i := 0; i < 10; i++ {
+		p, err := StartRuntime(e.Bin, e.Function, rev, e.Log)
+		if err != nil {
+			return nil, err
+		}
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		err = WaitReady(rctx, "http://"+p.Addr+"/v2/health/ready")
+		cancel()
+		starts = append(starts, time.Since(p.Started))
+		p.Stop()
+		if err != nil {
+			return nil, err
+		}
+	}
+	p, err := StartRuntime(e.Bin, e.Function, rev, e.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Stop()
+	base := "http://" + p.Addr
+	if err := WaitReady(ctx, base+"/v2/health/ready"); err != nil {
+		return nil, err
+	}
+	body, err := V2Body(base, m.Name, 1)
+	if err != nil {
+		return nil, err
+	}
+	client := loadgen.NewClient(32)
+	health := loadgen.RunWith(ctx, client, loadgen.Config{URL: base + "/v2/health/ready", Concurrency: 32, Duration: e.Duration})
+	infer := loadgen.RunWith(ctx, client, loadgen.Config{URL: base + "/v2/models/" + m.Name + "/infer", Concurrency: 32, Duration: e.Duration,
+		Body: func(int, int) []byte { return body }})
+	sum, count, err := metricSum(base+"/metrics", "pilotlight_batch_size_rows")
+	if err != nil {
+		return nil, err
+	}
+	ratio := infer.RPS() / health.RPS()
+	rows := []Row{
+		{Name: "instance start, exec → ready (p50 of 10)", Value: ms(quantile(starts, .5)), Goal: "report"},
+		{Name: "instance start, exec → ready (max of 10)", Value: ms(quantile(starts, 1))},
+		{Name: "GET /v2/health/ready, c=32", Value: fmt.Sprintf("%.0f req/s, p99 %s", health.RPS(), ms(health.Quantile(.99)))},
+		{Name: fmt.Sprintf("V2 infer %s (%s), c=32", m.Name, rev), Value: fmt.Sprintf("%.0f req/s, p50 %s, p99 %s", infer.RPS(), ms(infer.Quantile(.5)), ms(infer.Quantile(.99)))},
+		{Name: "infer / health throughput", Value: fmt.Sprintf("%.2f", ratio), Goal: "≥ 0.50", Met: met(ratio >= 0.5)},
+		{Name: "infer p99", Value: ms(infer.Quantile(.99)), Goal: "< 10 ms", Met: met(infer.Quantile(.99) < 10*time.Millisecond)},
+		{Name: "mean batch size (rows per ONNX call)", Value: fmt.Sprintf("%.1f", sum/max(count, 1))},
+		{Name: "failed or lost requests", Value: fmt.Sprintf("%d / %d", len(infer.Failed())+infer.Lost+health.Lost, infer.Sent+health.Sent), Goal: "0", Met: met(len(infer.Failed())+infer.Lost+health.Lost == 0)},
+	}
+	return rows, nil
+}
+
+// ColdStart measures the first request's latency after scale to zero, n times.
+func ColdStart(ctx context.Context, e Env, poolSize, n int) ([]Row, error) {
+	m0, err := e.manifest()
+	if err != nil {
+		return nil, err
+	}
+	root, m, err := e.functionRoot(functions.Scaling{MinScale: 0, MaxScale: 1, TargetConcurrency: m0.Scaling.TargetConcurrency, ScaleToZeroAfter: 50 * time.Millisecond})
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(root)
+	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", strconv.Itoa(poolSize)}, e.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Stop()
+	base := "http://" + s.Addr
+	rev := m.Revisions[0].Name
+	for _, r := range m.Revisions {
+		if r.Tag == "stable" {
+			rev = r.Name
+		}
+	}
+	body, err := V2Body(base, m.Name, 1)
+	if err != nil {
+		return nil, err
+	}
+	url := base + "/v2/models/" + m.Name + "/versions/" + rev + "/infer"
+	var first, header []time.Duration
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	for i := 0; i < n; i++ {
+		// Wait for zero instances and a full pool.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			a, err := GetAdmin(base)
+			if err != nil {
+				return nil, err
+			}
+			pids, _, _ := a.Instances(m.Name, rev)
+			if len(pids) == 0 && len(a.WarmPool) >= poolSize {
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("revision %s did not scale to zero", rev)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t0 := time.Now()
+		resp, err := client.Post(url, "application/json", strings.NewReader(string(body)))
+		if err != nil {
+			return nil, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		d := time.Since(t0)
+		if resp.StatusCode != 200 {
+			return nil, fmt.Errorf("cold request: %s", resp.Status)
+		}
+		cs, _ := strconv.ParseFloat(resp.Header.Get("X-Pilotlight-Cold-Start"), 64)
+		if cs == 0 {
+			return nil, fmt.Errorf("request %d after scale to zero did not wait for a start", i)
+		}
+		first = append(first, d)
+		header = append(header, time.Duration(cs*float64(time.Second)))
+	}
+	source, goal := "warm pool", 25*time.Millisecond
+	if poolSize == 0 {
+		source, goal = "exec", 250*time.Millisecond
+	}
+	p50 := quantile(first, .5)
+	return []Row{
+		{Name: fmt.Sprintf("scale from zero, %s: first request p50 (n=%d)", source, n), Value: ms(p50), Goal: "≤ " + ms(goal), Met: met(p50 <= goal)},
+		{Name: fmt.Sprintf("scale from zero, %s: first request p99", source), Value: ms(quantile(first, .99))},
+		{Name: fmt.Sprintf("scale from zero, %s: X-Pilotlight-Cold-Start p50", source), Value: ms(quantile(header, .5))},
+	}, nil
+}
+
+// Hop compares the router with calling the same single instance directly.
+func Hop(ctx context.Context, e Env) ([]Row, error) {
+	m0, err := e.manifest()
+	if err != nil {
+		return nil, err
+	}
+	root, m, err := e.functionRoot(functions.Scaling{MinScale: 1, MaxScale: 1, TargetConcurrency: m0.Scaling.TargetConcurrency, ScaleToZeroAfter: time.Hour})
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(root)
+	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", "0"}, e.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Stop()
+	base := "http://" + s.Addr
+	body, err := V2Body(base, m.Name, 1)
+	if err != nil {
+		return nil, err
+	}
+	a, err := GetAdmin(base)
+	if err != nil {
+		return nil, err
+	}
+	var port int
+	for _, f := range a.Functions {
+		for _, r := range f.Revisions {
+			for _, in := range r.Instances {
+				if in.State == "ready" {
+					port = in.Port
+				}
+			}
+		}
+	}
+	if port == 0 {
+		return nil, fmt.Errorf("no ready instance to compare with")
+	}
+	path := "/v2/models/" + m.Name + "/infer"
+	bodyFn := func(int, int) []byte { return body }
+	// Warm both paths' connections, then measure each in turn.
+	loadgen.Run(ctx, loadgen.Config{URL: base + path, Concurrency: 32, Requests: 500, Body: bodyFn})
+	direct := loadgen.Run(ctx, loadgen.Config{URL: fmt.Sprintf("http://127.0.0.1:%d%s", port, path), Concurrency: 32, Duration: e.Duration, Body: bodyFn})
+	routed := loadgen.Run(ctx, loadgen.Config{URL: base + path, Concurrency: 32, Duration: e.Duration, Body: bodyFn})
+	// The same comparison below saturation: 32 clients paced to a quarter of
+	// the direct throughput, so latency shows the hop, not CPU queueing.
+	interval := time.Duration(float64(32*time.Second) / (direct.RPS() / 4))
+	pacedDirect := loadgen.Run(ctx, loadgen.Config{URL: fmt.Sprintf("http://127.0.0.1:%d%s", port, path), Concurrency: 32, Duration: e.Duration, Body: bodyFn, Interval: interval})
+	pacedRouted := loadgen.Run(ctx, loadgen.Config{URL: base + path, Concurrency: 32, Duration: e.Duration, Body: bodyFn, Interval: interval})
+	pAdd50 := pacedRouted.Quantile(.5) - pacedDirect.Quantile(.5)
+	pAdd99 := pacedRouted.Quantile(.99) - pacedDirect.Quantile(.99)
+	addP50 := routed.Quantile(.5) - direct.Quantile(.5)
+	addP99 := routed.Quantile(.99) - direct.Quantile(.99)
+	ratio := routed.RPS() / direct.RPS()
+	return []Row{
+		{Name: "direct to instance, c=32", Value: fmt.Sprintf("%.0f req/s, p50 %s, p99 %s", direct.RPS(), ms(direct.Quantile(.5)), ms(direct.Quantile(.99)))},
+		{Name: "through the router, c=32", Value: fmt.Sprintf("%.0f req/s, p50 %s, p99 %s", routed.RPS(), ms(routed.Quantile(.5)), ms(routed.Quantile(.99)))},
+		{Name: "router hop added p50, saturated (CPU shared by client, router, instance)", Value: ms(addP50), Goal: "≤ 0.15 ms", Met: met(addP50 <= 150*time.Microsecond)},
+		{Name: "router hop added p99, saturated", Value: ms(addP99), Goal: "≤ 1 ms", Met: met(addP99 <= time.Millisecond)},
+		{Name: fmt.Sprintf("paced at %.0f req/s: direct / routed p50", pacedDirect.RPS()), Value: ms(pacedDirect.Quantile(.5)) + " / " + ms(pacedRouted.Quantile(.5))},
+		{Name: "router hop added p50, paced (c=32, 1/4 of capacity)", Value: ms(pAdd50), Goal: "≤ 0.15 ms", Met: met(pAdd50 <= 150*time.Microsecond)},
+		{Name: "router hop added p99, paced", Value: ms(pAdd99), Goal: "≤ 1 ms", Met: met(pAdd99 <= time.Millisecond)},
+		{Name: "router / direct throughput", Value: fmt.Sprintf("%.2f", ratio), Goal: "≥ 0.70", Met: met(ratio >= 0.7)},
+	}, nil
+}
+
+// Step measures how fast a second instance serves after load steps from 1 to 64 clients.
+func Step(ctx context.Context, e Env) ([]Row, error) {
+	root, m, err := e.functionRoot(functions.Scaling{MinScale: 0, MaxScale: 4, TargetConcurrency: 16, ScaleToZeroAfter: time.Hour})
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(root)
+	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", "1"}, e.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Stop()
+	base := "http://" + s.Addr
+	body, err := V2Body(base, m.Name, 1)
+	if err != nil {
+		return nil, err
+	}
+	url := base + "/v2/models/" + m.Name + "/infer"
+	bodyFn := func(int, int) []byte { return body }
+	loadgen.Run(ctx, loadgen.Config{URL: url, Concurrency: 1, Duration: 2 * time.Second, Body: bodyFn})
+	stepped := time.Now()
+	res := make(chan *loadgen.Result, 1)
+	go func() {
+		res <- loadgen.Run(ctx, loadgen.Config{URL: url, Concurrency: 64, Duration: 3 * time.Second, Body: bodyFn})
+	}()
+	var second time.Duration
+	for second == 0 && time.Since(stepped) < 3*time.Second {
+		a, err := GetAdmin(base)
+		if err == nil {
+			for _, f := range a.Functions {
+				for _, r := range f.Revisions {
+					ready := 0
+					for _, in := range r.Instances {
+						if in.State == "ready" {
+							ready++
+						}
+					}
+					if ready >= 2 {
+						second = time.Since(stepped)
+					}
+				}
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r := <-res
+	rows := []Row{{Name: "load step 1 → 64 clients: 64-client phase", Value: r.String()}}
+	if second == 0 {
+		rows = append(rows, Row{Name: "load step 1 → 64: second instance ready", Value: "not within 3 s", Goal: "≤ 1 s", Met: met(false)})
+	} else {
+		rows = append(rows, Row{Name: "load step 1 → 64: second instance ready", Value: ms(second), Goal: "≤ 1 s", Met: met(second <= time.Second)})
+	}
+	return rows, nil
+}
+
+// Memory reports resident memory of a generic pool process, of a
+// specialised instance, and of serve with every function at zero.
+func Memory(ctx context.Context, e Env, fnRoot string) ([]Row, error) {
+	s, err := StartServe(e.Bin, []string{"--functions", fnRoot, "--pool-size", "1"}, e.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Stop()
+	base := "http://" + s.Addr
+	var a *Admin
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if a, err = GetAdmin(base); err != nil {
+			return nil, err
+		}
+		if len(a.WarmPool) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("warm pool never filled")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // let the pool process settle
+	serveRSS, poolRSS := RSS(s.Pid()), RSS(a.WarmPool[0].PID)
+	m, err := e.manifest()
+	if err != nil {
+		return nil, err
+	}
+	body, err := V2Body(base, m.Name, 1)
+	if err != nil {
+		return nil, err
+	}
+	loadgen.Run(ctx, loadgen.Config{URL: base + "/v2/models/" + m.Name + "/infer", Concurrency: 4, Requests: 200, Body: func(int, int) []byte { return body }})
+	a, err = GetAdmin(base)
+	if err != nil {
+		return nil, err
+	}
+	var instRSS int64
+	for _, f := range a.Functions {
+		for _, r := range f.Revisions {
+			for _, in := range r.Instances {
+				instRSS = max(instRSS, RSS(in.PID))
+			}
+		}
+	}
+	mib := func(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+	return []Row{
+		{Name: "serve RSS, every function at zero (router + engine)", Value: mib(serveRSS)},
+		{Name: "generic warm-pool process RSS (ONNX Runtime initialised, no model)", Value: mib(poolRSS)},
+		{Name: fmt.Sprintf("specialised %s instance RSS after 200 requests", m.Name), Value: mib(instRSS)},
+	}, nil
+}
