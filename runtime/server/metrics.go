@@ -86,7 +86,9 @@ func (o batchObserver) Batch(rows, requests int, run time.Duration, err error) {
 	}
 }
 
-func (m *metrics) observer(fn, rev string) instance.Observer { return batchObserver{m: m, fn: fn, rev: rev} }
+func (m *metrics) observer(fn, rev string) instance.Observer {
+	return batchObserver{m: m, fn: fn, rev: rev}
+}
 
 // measure counts a route's requests once the error handler has set the status.
 func (s *Server) measure(route string) echo.MiddlewareFunc {
