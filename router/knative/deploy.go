@@ -250,6 +250,9 @@ func (d *Deployer) apply(ctx context.Context, desired *servingv1.Service) (*serv
 		}
 		next := cur.DeepCopy()
 		next.Labels = mergeMaps(cur.Labels, desired.Labels)
+		if _, private := desired.Labels[VisibilityLabel]; !private {
+			delete(next.Labels, VisibilityLabel) // --public: drop cluster-local
+		}
 		next.Annotations = mergeMaps(cur.Annotations, desired.Annotations)
 		next.Spec = desired.Spec
 		out, err = client.Update(ctx, next, metav1.UpdateOptions{})

@@ -126,6 +126,19 @@ func TestDeployUpdateAddsOneRevision(t *testing.T) {
 	if svc := c.service(t); svc.Spec.Template.Name != "fraud-00002" || trafficOf(svc) != "stable=fraud-00001:100" {
 		t.Errorf("template %s traffic %q", svc.Spec.Template.Name, trafficOf(svc))
 	}
+	// Going public drops the cluster-local label; going back restores it.
+	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: fraudSplit(t, m), Public: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.service(t).Labels[VisibilityLabel]; ok {
+		t.Error("--public left the service cluster-local")
+	}
+	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: fraudSplit(t, m)}}); err != nil {
+		t.Fatal(err)
+	}
+	if c.service(t).Labels[VisibilityLabel] != VisibilityClusterLocal {
+		t.Error("service not cluster-local again")
+	}
 	// A changed image under an existing revision name is refused before sending.
 	updates := c.updates
 	_, err = d.Deploy(ctx, m, DeployOptions{Options: Options{Image: "registry.example/other:1"}})
