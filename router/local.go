@@ -20,10 +20,12 @@ type LocalBackend struct {
 type statusErr struct {
 	code int
 	msg  string
+	shed bool // deliberate overload shedding, marked for clients and the fault suite
 }
 
 func (e *statusErr) Error() string   { return e.msg }
 func (e *statusErr) HTTPStatus() int { return e.code }
+func (e *statusErr) Shed() bool      { return e.shed }
 
 // Acquire implements Backend.
 func (b LocalBackend) Acquire(ctx context.Context, function, revision string) (Target, error) {
@@ -32,13 +34,13 @@ func (b LocalBackend) Acquire(ctx context.Context, function, revision string) (T
 		var se *engine.StartError
 		switch {
 		case errors.Is(err, engine.ErrQueueFull):
-			return Target{}, &statusErr{http.StatusServiceUnavailable, fmt.Sprintf("revision %s/%s: too many requests waiting for an instance to start; retry later", function, revision)}
+			return Target{}, &statusErr{http.StatusServiceUnavailable, fmt.Sprintf("revision %s/%s: too many requests waiting for an instance to start; retry later", function, revision), true}
 		case errors.As(err, &se):
-			return Target{}, &statusErr{http.StatusServiceUnavailable, se.Error()}
+			return Target{}, &statusErr{code: http.StatusServiceUnavailable, msg: se.Error()}
 		case errors.Is(err, engine.ErrUnknownRevision):
-			return Target{}, &statusErr{http.StatusNotFound, err.Error()}
+			return Target{}, &statusErr{code: http.StatusNotFound, msg: err.Error()}
 		case errors.Is(err, engine.ErrStopped):
-			return Target{}, &statusErr{http.StatusServiceUnavailable, "the platform is shutting down"}
+			return Target{}, &statusErr{code: http.StatusServiceUnavailable, msg: "the platform is shutting down"}
 		}
 		return Target{}, err
 	}

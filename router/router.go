@@ -35,6 +35,9 @@ const (
 	DefaultMaxBodyBytes   = functions.DefaultMaxBodyBytes
 )
 
+// ShedHeader marks a 503/429 answered on purpose to shed load.
+const ShedHeader = "X-Pilotlight-Shed"
+
 // Target is where one request goes: an instance's base URL (no trailing
 // slash), how long the request waited for a cold start, and how to give
 // the instance back (failed: it could not be reached).
@@ -205,7 +208,14 @@ func (rt *Router) httpError(err error, c echo.Context) {
 		}
 	}
 	if code == http.StatusServiceUnavailable || code == http.StatusTooManyRequests {
-		c.Response().Header().Set("Retry-After", "1")
+		if c.Response().Header().Get("Retry-After") == "" {
+			c.Response().Header().Set("Retry-After", "1")
+		}
+	}
+	var shed interface{ Shed() bool }
+	if errors.As(err, &shed) && shed.Shed() {
+		// Deliberate overload shedding, as opposed to a failure.
+		c.Response().Header().Set(ShedHeader, "overload")
 	}
 	if code >= 500 && code != http.StatusServiceUnavailable {
 		rt.log.Warn("request failed", "path", c.Request().URL.Path, "status", code, "err", err)

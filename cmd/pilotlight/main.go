@@ -19,7 +19,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(newRuntimeCmd(), newServeCmd(), newBenchCmd())
+	root.AddCommand(newRuntimeCmd(), newServeCmd(), newBenchCmd(), newLoadtestCmd())
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
 	}
