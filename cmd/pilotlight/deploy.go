@@ -8,8 +8,6 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/tools/clientcmd"
-	servingclient "knative.dev/serving/pkg/client/clientset/versioned"
 
 	"github.com/pilotlight/pilotlight/router/knative"
 )
@@ -39,20 +37,13 @@ a pod, the in-cluster service account.`,
 			if opts.Traffic, err = src.Split(m); err != nil {
 				return err
 			}
-			rules := clientcmd.NewDefaultClientConfigLoadingRules()
-			rules.ExplicitPath = kubeconfig
-			cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-				&clientcmd.ConfigOverrides{CurrentContext: kctx}).ClientConfig()
+			client, _, err := knative.NewClient(kubeconfig, kctx)
 			if err != nil {
-				return fmt.Errorf("load cluster config (--kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster): %w", err)
-			}
-			cs, err := servingclient.NewForConfig(cfg)
-			if err != nil {
-				return fmt.Errorf("knative serving client for %s: %w", cfg.Host, err)
+				return err
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			d := &knative.Deployer{Client: cs.ServingV1(), Log: newLogger(), Progress: cmd.ErrOrStderr()}
+			d := &knative.Deployer{Client: client, Log: newLogger(), Progress: cmd.ErrOrStderr()}
 			res, err := d.Deploy(ctx, m, opts)
 			if err != nil {
 				return err

@@ -1,0 +1,29 @@
+package knative
+
+import (
+	"fmt"
+
+	"k8s.io/client-go/tools/clientcmd"
+	servingclientset "knative.dev/serving/pkg/client/clientset/versioned"
+	servingclient "knative.dev/serving/pkg/client/clientset/versioned/typed/serving/v1"
+)
+
+// NewClient connects to a cluster's Knative Serving API the way kubectl and
+// kn do: the kubeconfig file given, else $KUBECONFIG, else ~/.kube/config,
+// else (inside a pod) the in-cluster service account. kubeContext selects a
+// context other than the current one. It returns the API server's address
+// for messages.
+func NewClient(kubeconfig, kubeContext string) (servingclient.ServingV1Interface, string, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
+		&clientcmd.ConfigOverrides{CurrentContext: kubeContext}).ClientConfig()
+	if err != nil {
+		return nil, "", fmt.Errorf("load cluster config (--kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster): %w", err)
+	}
+	cs, err := servingclientset.NewForConfig(cfg)
+	if err != nil {
+		return nil, "", fmt.Errorf("knative serving client for %s: %w", cfg.Host, err)
+	}
+	return cs.ServingV1(), cfg.Host, nil
+}
