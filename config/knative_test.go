@@ -25,8 +25,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	_ "github.com/pilotlight/pilotlight/functions/all"
-	_ "github.com/pilotlight/pilotlight/functions/fraud"
-	_ "github.com/pilotlight/pilotlight/functions/recommend"
 	"github.com/pilotlight/pilotlight/router/knative"
 )
 

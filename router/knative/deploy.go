@@ -27,6 +27,7 @@ import (
 const (
 	DefaultDeployTimeout = 5 * time.Minute
 	defaultPollInterval  = time.Second
+	progressHeartbeat    = 10 * time.Second
 )
 
 // DeployOptions are Options plus how to apply them.
@@ -64,7 +65,8 @@ type Result struct {
 type Deployer struct {
 	Client servingclient.ServingV1Interface
 	Log    *slog.Logger
-	// Progress receives one line per wait poll (nil: none).
+	// Progress receives a line whenever the awaited state changes, and every
+	// 10s while it does not (nil: none).
 	Progress io.Writer
 	// PollInterval between status checks (default 1s).
 	PollInterval time.Duration
@@ -278,13 +280,19 @@ func (d *Deployer) waitReady(ctx context.Context, ns, name, revision string, tim
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	var last *servingv1.Service
+	var lastState string
+	var lastPrint time.Time
 	for {
 		svc, err := d.Client.Services(ns).Get(ctx, name, metav1.GetOptions{})
 		switch {
 		case err == nil:
 			last = svc
 			ready, state := readiness(svc, revision)
-			d.progress("%s: waiting for revision %s: %s (%s)\n", name, revision, state, time.Since(start).Round(time.Second))
+			// One line per change of state, and a heartbeat while it lasts.
+			if state != lastState || time.Since(lastPrint) >= progressHeartbeat {
+				d.progress("%s: waiting for revision %s: %s (%s)\n", name, revision, state, time.Since(start).Round(time.Second))
+				lastState, lastPrint = state, time.Now()
+			}
 			if ready {
 				return svc, nil
 			}
