@@ -15,6 +15,7 @@ import (
 	"io"
 	"math"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/pilotlight/pilotlight/functions"
@@ -321,7 +322,7 @@ func encode(out map[string]*tensor.Tensor, cardIDs []string) ([]Result, error) {
 	}
 	results := make([]Result, rows)
 	for i := range results {
-		p := float64(prob[i])
+		p := shortest(prob[i])
 		if math.IsNaN(p) || p < 0 || p > 1 {
 			return nil, fmt.Errorf("fraud model returned probability %v for row %d", p, i)
 		}
@@ -333,7 +334,7 @@ func encode(out map[string]*tensor.Tensor, cardIDs []string) ([]Result, error) {
 		}
 		sort.SliceStable(order, func(a, b int) bool { return math.Abs(float64(row[order[a]])) > math.Abs(float64(row[order[b]])) })
 		for _, j := range order[:TopFeatures] {
-			c := float64(row[j])
+			c := shortest(row[j])
 			if math.IsNaN(c) || math.IsInf(c, 0) {
 				return nil, fmt.Errorf("fraud model returned contribution %v for feature %s in row %d", c, FeatureNames[j], i)
 			}
@@ -364,4 +365,14 @@ func decide(p float64) string {
 		return DecisionReview
 	}
 	return DecisionApprove
+}
+
+// shortest widens a model's float32 to the float64 with the same shortest
+// decimal form, so JSON says 0.9994137 rather than 0.9994137287139893.
+func shortest(x float32) float64 {
+	v, err := strconv.ParseFloat(strconv.FormatFloat(float64(x), 'g', -1, 32), 64)
+	if err != nil {
+		return float64(x) // unreachable: FormatFloat output always parses
+	}
+	return v
 }

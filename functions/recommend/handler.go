@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strconv"
 	"strings"
 
 	"github.com/pilotlight/pilotlight/functions"
@@ -149,7 +150,7 @@ func encode(out map[string]*tensor.Tensor, uid int64, k int, allowed map[int64]b
 		if allowed != nil && !allowed[id] {
 			continue // masked out; only reachable when fewer candidates than K
 		}
-		s := float64(vals[i])
+		s := shortest(vals[i])
 		if id < 0 || id >= NumItems || math.IsNaN(s) || math.IsInf(s, 0) {
 			return Response{}, fmt.Errorf("recommend model returned item %d with score %v", id, s)
 		}
@@ -197,4 +198,14 @@ func badJSON(err error) error {
 		return functions.Badf("%s: unknown field (known: user_id, k, candidates)", name)
 	}
 	return functions.Badf("malformed JSON: %v", err)
+}
+
+// shortest widens a model's float32 to the float64 with the same shortest
+// decimal form, so JSON says 0.9994137 rather than 0.9994137287139893.
+func shortest(x float32) float64 {
+	v, err := strconv.ParseFloat(strconv.FormatFloat(float64(x), 'g', -1, 32), 64)
+	if err != nil {
+		return float64(x) // unreachable: FormatFloat output always parses
+	}
+	return v
 }
