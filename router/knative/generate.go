@@ -1,6 +1,7 @@
 package knative
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -102,6 +103,9 @@ func Generate(src Sources, opts Options, only string) (map[string][]byte, error)
 		svc, err := Service(m, o)
 		if err != nil {
 			return nil, err
+		}
+		if err := validateCreate(context.Background(), svc); err != nil {
+			return nil, fmt.Errorf("function %s: Knative would refuse the generated service: %w", m.Name, err)
 		}
 		raw, err := Render(svc, GeneratedHeader)
 		if err != nil {
