@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pilotlight/pilotlight/functions/tensor"
@@ -45,6 +46,8 @@ type Batcher struct {
 	// lastRequests is how many requests the previous batch held: a lone
 	// request after a lone request does not wait for company that is not coming.
 	lastRequests int
+	// pending counts Submit calls under way: more than one means company.
+	pending atomic.Int64
 }
 
 type call struct {
@@ -78,6 +81,8 @@ func New(cfg Config, run Runner) *Batcher {
 // waits for this request's rows of every output. A request with more rows
 // than MaxBatch runs alone.
 func (b *Batcher) Submit(ctx context.Context, inputs []*tensor.Tensor, rows int) (map[string]*tensor.Tensor, error) {
+	b.pending.Add(1)
+	defer b.pending.Add(-1)
 	c := &call{ctx: ctx, inputs: inputs, rows: rows, key: signature(inputs), done: make(chan result, 1)}
 	select {
 	case <-b.stop:
@@ -141,9 +146,9 @@ func (b *Batcher) loop() {
 		batch := []*call{first}
 		rows := first.rows
 		// Waiting for company only pays when there is company: other requests
-		// were batched last time, or batches are running now. A lone caller at
+		// are under way, queued, or were batched last time. A lone caller at
 		// low load is dispatched at once instead of paying MaxDelay.
-		busy := b.lastRequests > 1 || len(b.running) > 0 || len(b.in) > 0
+		busy := b.pending.Load() > 1 || b.lastRequests > 1 || len(b.in) > 0
 		if rows < b.cfg.MaxBatch && b.cfg.MaxDelay > 0 && busy {
 			timer.Reset(b.cfg.MaxDelay)
 		collect:

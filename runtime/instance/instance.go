@@ -62,7 +62,8 @@ func Load(ctx context.Context, m *functions.Manifest, revision string, obs Obser
 			obs.Batch(rows, reqs, run, err)
 		}
 	}}, p)
-	log.Info("revision loaded", "function", m.Name, "revision", rev.Name, "sessions", p.Size(), "provider", p.Provider,
+	// log already carries function and revision (the runtime command labels it).
+	log.Info("revision loaded", "sessions", p.Size(), "provider", p.Provider,
 		"fallback", p.Fallback, "batchable", in.batchable, "load_seconds", in.LoadTime.Seconds())
 	return in, nil
 }
