@@ -18,6 +18,7 @@ import (
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/runtime/ort"
+	"github.com/pilotlight/pilotlight/runtime/prewarm"
 	"github.com/pilotlight/pilotlight/runtime/server"
 )
 
@@ -81,6 +82,12 @@ and waits, not ready, for POST /admin/specialise (the local engine's warm pool).
 				log.Error("ONNX Runtime unavailable", "err", err)
 			} else {
 				log.Info("ONNX Runtime initialised", "library", lib, "version", ort.RuntimeVersion())
+				if generic {
+					// Pay ONNX Runtime's first-session costs now, while idle.
+					if err := prewarm.Run(); err != nil {
+						log.Warn("prewarm failed; the first specialisation will be slower", "err", err)
+					}
+				}
 			}
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -279,3 +279,44 @@ func fromValue(name string, v onnx.Value) (*tensor.Tensor, error) {
 	}
 	return nil, fmt.Errorf("output %q: unsupported ONNX Runtime value %T", name, v)
 }
+
+// Prewarm creates, runs once and destroys a session on model (ONNX bytes),
+// paying ONNX Runtime's one-time costs (thread pools, kernel registries,
+// allocators) ahead of demand: a warm-pool process calls it while idle so
+// specialising it later only loads the revision's own model.
+func Prewarm(model []byte, inputs []*tensor.Tensor) error {
+	if _, err := Init(); err != nil {
+		return err
+	}
+	so, err := onnx.NewSessionOptions()
+	if err != nil {
+		return err
+	}
+	defer so.Destroy()
+	if err := so.SetIntraOpNumThreads(1); err != nil {
+		return err
+	}
+	names := make([]string, len(inputs))
+	for i, t := range inputs {
+		names[i] = t.Name
+	}
+	_, outs, err := onnx.GetInputOutputInfoWithONNXData(model)
+	if err != nil {
+		return fmt.Errorf("prewarm model: %w", err)
+	}
+	outNames := make([]string, len(outs))
+	for i, o := range outs {
+		outNames[i] = o.Name
+	}
+	s, err := onnx.NewDynamicAdvancedSessionWithONNXData(model, names, outNames, so)
+	if err != nil {
+		return fmt.Errorf("prewarm session: %w", err)
+	}
+	sess := &Session{s: s, inputs: make([]IO, len(inputs)), outputs: convertInfo(outs)}
+	for i, t := range inputs {
+		sess.inputs[i] = IO{Name: t.Name}
+	}
+	defer sess.Close()
+	_, err = sess.Run(inputs)
+	return err
+}
