@@ -53,7 +53,16 @@ func startPlatform(t *testing.T, ecfg engine.Config, timeout time.Duration, muta
 	return startPlatformWith(t, ecfg, timeout, []*functions.Manifest{m})
 }
 
-func startPlatformWith(t *testing.T, ecfg engine.Config, timeout time.Duration, fns []*functions.Manifest) *platform {
+func startPlatformB(b *testing.B, mutate func(*functions.Manifest)) *platform {
+	m, err := functions.LoadDir(filepath.Join(testbin.Root(), "functions", "example-tensor"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	mutate(m)
+	return startPlatformWith(b, engine.Config{PoolSize: 0}, 20*time.Second, []*functions.Manifest{m})
+}
+
+func startPlatformWith(t testing.TB, ecfg engine.Config, timeout time.Duration, fns []*functions.Manifest) *platform {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	ecfg.Functions = fns
