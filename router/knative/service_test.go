@@ -192,6 +192,9 @@ func TestSplitFromFlags(t *testing.T) {
 		{"unknown variant in fractional", flag(`,"targeting":{"fractional":[["stable",50],["beta",50]]}`), nil, `variant "beta" is not defined`},
 		{"zero weights", flag(`,"targeting":{"fractional":[["stable",0]]}`), nil, "no bucket with a positive weight"},
 		{"not JSON", `{`, nil, "decode flagd JSON"},
+		{"empty targeting (a static flag as the rollout controller writes it)", flag(`,"targeting":{}`), Split{"fraud-00001": 100}, ""},
+		{"null defaultVariant with a fractional", strings.Replace(flag(`,"targeting":{"fractional":[["stable",100],["canary",0]]}`), `"defaultVariant":"stable"`, `"defaultVariant":null`, 1), Split{"fraud-00001": 100, "fraud-00002": 0}, ""},
+		{"null defaultVariant and nothing else", strings.Replace(flag(``), `"defaultVariant":"stable"`, `"defaultVariant":null`, 1), nil, "no defaultVariant"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -100,19 +100,26 @@ func SplitFromFlags(m *functions.Manifest, flagsFile string, raw []byte) (Split,
 			return nil, err
 		}
 	}
-	if def.DefaultVariant == "" {
-		return nil, fmt.Errorf("%s: defaultVariant is required", where)
-	}
-	defaultRev, err := revisionOf(def.DefaultVariant)
-	if err != nil {
-		return nil, err
-	}
-	if def.State == "DISABLED" || len(def.Targeting) == 0 {
-		return Split{defaultRev: 100}, nil
+	// The defaultVariant may be null in flagd (the caller's default then);
+	// it is only needed when nothing else decides.
+	byDefault := func() (Split, error) {
+		if def.DefaultVariant == "" {
+			return nil, fmt.Errorf("%s: no defaultVariant, and no targeting rule that answers every request", where)
+		}
+		rev, err := revisionOf(def.DefaultVariant)
+		if err != nil {
+			return nil, err
+		}
+		return Split{rev: 100}, nil
 	}
 	var targeting any
-	if err := json.Unmarshal(def.Targeting, &targeting); err != nil {
-		return nil, fmt.Errorf("%s: targeting: %w", where, err)
+	if len(def.Targeting) > 0 {
+		if err := json.Unmarshal(def.Targeting, &targeting); err != nil {
+			return nil, fmt.Errorf("%s: targeting: %w", where, err)
+		}
+	}
+	if def.State == "DISABLED" || targeting == nil {
+		return byDefault()
 	}
 	node, err := catchAll(targeting, f.Evaluators, 0)
 	if err != nil {
@@ -140,7 +147,7 @@ func SplitFromFlags(m *functions.Manifest, flagsFile string, raw []byte) (Split,
 		}
 		return normalise(order, weights), nil
 	default:
-		return Split{defaultRev: 100}, nil
+		return byDefault()
 	}
 }
 
