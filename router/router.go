@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/router/rollout"
 )
 
 // Defaults for Config's zero fields.
@@ -76,6 +77,8 @@ type Config struct {
 	Logger         *slog.Logger
 	// Admin, when set, adds extra per-revision detail to GET /admin/functions.
 	Admin AdminSource
+	// Rollouts, when set, serves /admin/rollouts (the canary controller).
+	Rollouts *rollout.Controller
 }
 
 // AdminSource supplies what the admin view shows beyond weights.
@@ -146,6 +149,12 @@ func (rt *Router) routes() *echo.Echo {
 	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(rt.cfg.Registry, promhttp.HandlerOpts{})))
 	e.GET("/admin/functions", rt.adminFunctions)
+	if rt.cfg.Rollouts != nil {
+		e.GET("/admin/rollouts", rt.listRollouts)
+		e.POST("/admin/rollouts", rt.startRollout)
+		e.GET("/admin/rollouts/:function", rt.rolloutStatus)
+		e.DELETE("/admin/rollouts/:function", rt.abortRollout)
+	}
 
 	e.GET("/v2", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]any{"name": "pilotlight", "version": "router", "extensions": []string{}})

@@ -19,7 +19,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(newRuntimeCmd(), newServeCmd(), newBenchCmd(), newLoadtestCmd(), newTrainCmd())
+	root.AddCommand(newRuntimeCmd(), newServeCmd(), newBenchCmd(), newLoadtestCmd(), newTrainCmd(), newRolloutCmd())
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
 	}

@@ -18,11 +18,13 @@ import (
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/engine"
+	"github.com/pilotlight/pilotlight/router/rollout"
 )
 
 func newServeCmd() *cobra.Command {
 	var (
 		addr, fnDir      string
+		flagsPath        string
 		poolSize         int
 		scaleToZeroAfter time.Duration
 		requestTimeout   time.Duration
@@ -54,7 +56,13 @@ func newServeCmd() *cobra.Command {
 				return err
 			}
 			backend := router.LocalBackend{Engine: eng}
-			rt, err := router.New(router.Config{Functions: fns, Backend: backend, Admin: backend, RequestTimeout: requestTimeout, Registry: reg, Logger: log})
+			rcfg := router.Config{Functions: fns, Backend: backend, Admin: backend, RequestTimeout: requestTimeout, Registry: reg, Logger: log}
+			if flagsPath != "" {
+				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log})
+				defer ctl.Close()
+				rcfg.Rollouts = ctl
+			}
+			rt, err := router.New(rcfg)
 			if err != nil {
 				return err
 			}
@@ -96,6 +104,7 @@ func newServeCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "127.0.0.1:8080", "router listen address")
 	f.StringVar(&fnDir, "functions", "functions", "directory whose subdirectories hold function.yaml files")
+	f.StringVar(&flagsPath, "flags", "config/flags/flags.json", "flag file (flagd format) that picks each request's revision; empty: every request goes to the stable revision")
 	f.IntVar(&poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
 	f.DurationVar(&scaleToZeroAfter, "scale-to-zero-after", 0, "override every function's scaling.scaleToZeroAfter (0 keeps each function's)")
 	f.DurationVar(&requestTimeout, "request-timeout", router.DefaultRequestTimeout, "longest a request may take, cold start included (504 after)")
