@@ -357,3 +357,53 @@ func TestTimeoutAndDisconnectWhileHeld(t *testing.T) {
 		t.Fatalf("after a disconnect: %d %v", code, out)
 	}
 }
+
+// brokenFunction is a function whose model file is not an ONNX model.
+func brokenFunction(t *testing.T) *functions.Manifest {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "model.onnx"), []byte("not a model"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	raw := "name: broken\nhandler: tensor\nrevisions:\n  - name: broken-00001\n    model: model.onnx\n"
+	if err := os.WriteFile(filepath.Join(dir, functions.ManifestFile), []byte(raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := functions.Parse(filepath.Join(dir, functions.ManifestFile), []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestBrokenModelIsReportedAndOthersKeepServing(t *testing.T) {
+	good, err := functions.LoadDir(filepath.Join(testbin.Root(), "functions", "example-tensor"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startPlatformWith(t, engine.Config{PoolSize: 1}, 20*time.Second, []*functions.Manifest{good, brokenFunction(t)})
+	code, h, out := post(t, p.url+"/v2/models/broken/infer", `{"inputs":[]}`)
+	if code != 503 || !strings.Contains(fmt.Sprint(out["error"]), "broken-00001") || h.Get("Retry-After") == "" {
+		t.Fatalf("broken function: %d %v, want 503 naming the revision and why", code, out)
+	}
+	if h.Get(router.ShedHeader) != "" {
+		t.Error("a failed start is not overload shedding")
+	}
+	if code, _, out := post(t, p.url+"/v2/models/example-tensor/infer", inferBody); code != 200 {
+		t.Fatalf("a healthy function next to a broken one: %d %v", code, out)
+	}
+}
+
+func TestMissingONNXRuntimeIsOneClearReason(t *testing.T) {
+	t.Setenv("ONNXRUNTIME_LIB", "/nonexistent/libonnxruntime.so.1")
+	p := startPlatform(t, engine.Config{PoolSize: 1}, 20*time.Second, nil)
+	code, _, out := post(t, p.url+"/v2/models/example-tensor/infer", inferBody)
+	if code != 503 || !strings.Contains(fmt.Sprint(out["error"]), "make ort") {
+		t.Fatalf("without ONNX Runtime: %d %v, want 503 naming `make ort`", code, out)
+	}
+	resp, err := http.Get(p.url + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("the router itself must stay up: %v", err)
+	}
+	resp.Body.Close()
+}
