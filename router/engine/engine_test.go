@@ -283,3 +283,36 @@ func TestBrokenRevisionFailsHeldRequestsWithTheReason(t *testing.T) {
 		t.Errorf("unknown revision: %v", err)
 	}
 }
+
+func TestStopDrainsInFlightRequestsFirst(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	e, err := engine.New(engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 0, Binary: testbin.Pilotlight(t),
+		Registerer: reg, Logger: slog.New(slog.NewTextHandler(testLogOut(), nil)), TickInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	l, err := e.Acquire(context.Background(), fn, rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel() // stop everything while a request is in flight on the instance
+	time.Sleep(300 * time.Millisecond)
+	if !alive(l.PID) {
+		t.Fatal("the instance was stopped with a request still in flight")
+	}
+	infer(t, l) // the in-flight request can still complete
+	released := time.Now()
+	l.Release(false)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if alive(l.PID) {
+		t.Fatal("the instance outlived the engine")
+	}
+	if time.Since(released) > 5*time.Second {
+		t.Errorf("stopping took %s after the last request finished", time.Since(released))
+	}
+}
