@@ -95,7 +95,8 @@ type Router struct {
 	fns       map[string]*functions.Manifest
 	transport *http.Transport
 	m         *metrics
-	bufs      sync.Pool
+	bufs      sync.Pool // request bodies
+	copyBufs  sync.Pool // response copies: io.Copy would allocate 32 KiB per request
 }
 
 // New builds the router.
@@ -128,6 +129,7 @@ func New(cfg Config) (*Router, error) {
 		DisableCompression:  true,
 	}
 	rt.bufs.New = func() any { return new(bytes.Buffer) }
+	rt.copyBufs.New = func() any { b := make([]byte, 8<<10); return &b }
 	rt.echo = rt.routes()
 	return rt, nil
 }
@@ -320,7 +322,9 @@ func (rt *Router) forward(c echo.Context, fn *functions.Manifest, revision strin
 			h.Set("X-Pilotlight-Cold-Start", strconv.FormatFloat(cold.Seconds(), 'f', 6, 64))
 		}
 		c.Response().WriteHeader(resp.StatusCode)
-		_, copyErr := io.Copy(c.Response(), resp.Body)
+		cb := rt.copyBufs.Get().(*[]byte)
+		_, copyErr := io.CopyBuffer(c.Response(), resp.Body, *cb)
+		rt.copyBufs.Put(cb)
 		resp.Body.Close()
 		t.Release(false)
 		if copyErr != nil {

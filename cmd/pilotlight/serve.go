@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -25,6 +26,7 @@ func newServeCmd() *cobra.Command {
 	var (
 		addr, fnDir      string
 		flagsPath        string
+		cpuProfile       string
 		poolSize         int
 		scaleToZeroAfter time.Duration
 		requestTimeout   time.Duration
@@ -38,6 +40,16 @@ func newServeCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := newLogger()
 			tuneGC()
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			fns, err := functions.LoadAll(fnDir)
 			if len(fns) == 0 {
 				return fmt.Errorf("no function could be loaded from %s (each needs a valid function.yaml): %v", fnDir, err)
@@ -110,6 +122,7 @@ func newServeCmd() *cobra.Command {
 	f.DurationVar(&requestTimeout, "request-timeout", router.DefaultRequestTimeout, "longest a request may take, cold start included (504 after)")
 	f.IntVar(&queueCapacity, "queue-capacity", engine.DefaultQueueCapacity, "requests the activator holds per revision while an instance starts (503 beyond)")
 	f.DurationVar(&stableWindow, "stable-window", 0, "autoscaler stable window (default 60s)")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write the router's CPU profile to this file until serve exits (for profiling the hop)")
 	f.DurationVar(&panicWindow, "panic-window", 0, "autoscaler panic window (default 6s)")
 	return cmd
 }
