@@ -278,6 +278,9 @@ func (s *Server) infer(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkJSON(body); err != nil {
+		return err
+	}
 	req, inputs, rows, err := decodeInfer(body, in.Pool.Inputs(), in.Pool.Outputs())
 	if err != nil {
 		return err
@@ -325,6 +328,9 @@ func (s *Server) invoke(c echo.Context) error {
 	}
 	body, err := readBody(c)
 	if err != nil {
+		return err
+	}
+	if err := checkJSON(body); err != nil {
 		return err
 	}
 	inv, err := in.Handler.Decode(body)
