@@ -82,7 +82,12 @@ func startPlatformWith(t testing.TB, ecfg engine.Config, timeout time.Duration, 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- eng.Run(ctx) }()
-	ts := httptest.NewServer(rt.Handler())
+	// The router's real listener limits, with a read timeout short enough for the slow-body test.
+	limits := router.DefaultLimits()
+	limits.ReadTimeout = 2 * time.Second
+	ts := httptest.NewUnstartedServer(rt.Handler())
+	ts.Config = limits.Server(rt.Handler(), nil)
+	ts.Start()
 	t.Cleanup(func() {
 		ts.Close()
 		rt.Close()

@@ -27,6 +27,7 @@ func newServeCmd() *cobra.Command {
 		addr, fnDir      string
 		flagsPath        string
 		cpuProfile       string
+		limits           = router.DefaultLimits()
 		poolSize         int
 		scaleToZeroAfter time.Duration
 		requestTimeout   time.Duration
@@ -95,7 +96,7 @@ func newServeCmd() *cobra.Command {
 			engCtx, engStop := context.WithCancel(context.Background())
 			defer engStop()
 			go func() { engDone <- eng.Run(engCtx) }()
-			srv := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+			srv := limits.Server(rt.Handler(), log)
 			srvDone := make(chan error, 1)
 			go func() { srvDone <- srv.Serve(ln) }()
 			select {
@@ -122,6 +123,11 @@ func newServeCmd() *cobra.Command {
 	f.DurationVar(&requestTimeout, "request-timeout", router.DefaultRequestTimeout, "longest a request may take, cold start included (504 after)")
 	f.IntVar(&queueCapacity, "queue-capacity", engine.DefaultQueueCapacity, "requests the activator holds per revision while an instance starts (503 beyond)")
 	f.DurationVar(&stableWindow, "stable-window", 0, "autoscaler stable window (default 60s)")
+	f.DurationVar(&limits.ReadHeaderTimeout, "read-header-timeout", limits.ReadHeaderTimeout, "longest a client may take to send request headers")
+	f.DurationVar(&limits.ReadTimeout, "read-timeout", limits.ReadTimeout, "longest a client may take to send a whole request (slow bodies are cut off)")
+	f.DurationVar(&limits.WriteTimeout, "write-timeout", limits.WriteTimeout, "longest a response may take, cold start included (keep above --request-timeout)")
+	f.DurationVar(&limits.IdleTimeout, "idle-timeout", limits.IdleTimeout, "how long an idle keep-alive connection stays open")
+	f.IntVar(&limits.MaxHeaderBytes, "max-header-bytes", limits.MaxHeaderBytes, "largest request header block accepted (431 beyond)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write the router's CPU profile to this file until serve exits (for profiling the hop)")
 	f.DurationVar(&panicWindow, "panic-window", 0, "autoscaler panic window (default 6s)")
 	return cmd
