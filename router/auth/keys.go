@@ -86,6 +86,15 @@ type Keys struct {
 // Len is the number of keys.
 func (k *Keys) Len() int { return len(k.ids) }
 
+// IDs lists the key ids in file order (for a startup log line).
+func (k *Keys) IDs() []string {
+	out := make([]string, len(k.ids))
+	for i, id := range k.ids {
+		out[i] = id.ID
+	}
+	return out
+}
+
 // Load reads and validates a keys file (YAML or JSON; JSON is valid YAML).
 func Load(path string) (*Keys, error) {
 	data, err := os.ReadFile(path)
