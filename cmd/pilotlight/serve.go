@@ -19,6 +19,7 @@ import (
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/engine"
+	"github.com/pilotlight/pilotlight/router/knative"
 	"github.com/pilotlight/pilotlight/router/rollout"
 )
 
@@ -26,6 +27,10 @@ func newServeCmd() *cobra.Command {
 	var (
 		addr, fnDir      string
 		flagsPath        string
+		backendName      string
+		namespace        string
+		kubeconfig       string
+		kubeContext      string
 		cpuProfile       string
 		limits           = router.DefaultLimits()
 		poolSize         int
@@ -61,15 +66,33 @@ func newServeCmd() *cobra.Command {
 			}
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			eng, err := engine.New(engine.Config{
-				Functions: fns, PoolSize: poolSize, ScaleToZeroAfter: scaleToZeroAfter, QueueCapacity: queueCapacity,
-				StableWindow: stableWindow, PanicWindow: panicWindow, Logger: log, Registerer: reg,
-			})
-			if err != nil {
-				return err
+			var (
+				eng     *engine.Engine
+				backend router.Backend
+				admin   router.AdminSource
+			)
+			switch backendName {
+			case "local":
+				eng, err = engine.New(engine.Config{
+					Functions: fns, PoolSize: poolSize, ScaleToZeroAfter: scaleToZeroAfter, QueueCapacity: queueCapacity,
+					StableWindow: stableWindow, PanicWindow: panicWindow, Logger: log, Registerer: reg,
+				})
+				if err != nil {
+					return err
+				}
+				lb := router.LocalBackend{Engine: eng}
+				backend, admin = lb, lb
+			case "knative":
+				client, host, err := knative.NewClient(kubeconfig, kubeContext)
+				if err != nil {
+					return fmt.Errorf("knative backend: %w", err)
+				}
+				log.Info("knative backend", "api_server", host, "namespace", namespace)
+				backend = router.KnativeBackend{Resolver: knative.NewResolver(client, namespace, 0)}
+			default:
+				return fmt.Errorf("--backend %q: use local (child processes on this machine) or knative", backendName)
 			}
-			backend := router.LocalBackend{Engine: eng}
-			rcfg := router.Config{Functions: fns, Backend: backend, Admin: backend, RequestTimeout: requestTimeout, Registry: reg, Logger: log}
+			rcfg := router.Config{Functions: fns, Backend: backend, Admin: admin, RequestTimeout: requestTimeout, Registry: reg, Logger: log}
 			if flagsPath != "" {
 				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log})
 				defer ctl.Close()
@@ -95,7 +118,11 @@ func newServeCmd() *cobra.Command {
 			engDone := make(chan error, 1)
 			engCtx, engStop := context.WithCancel(context.Background())
 			defer engStop()
-			go func() { engDone <- eng.Run(engCtx) }()
+			if eng != nil {
+				go func() { engDone <- eng.Run(engCtx) }()
+			} else {
+				engDone <- nil
+			}
 			srv := limits.Server(rt.Handler(), log)
 			srvDone := make(chan error, 1)
 			go func() { srvDone <- srv.Serve(ln) }()
@@ -117,6 +144,10 @@ func newServeCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "127.0.0.1:8080", "router listen address")
 	f.StringVar(&fnDir, "functions", "functions", "directory whose subdirectories hold function.yaml files")
+	f.StringVar(&backendName, "backend", "local", "where instances run: local (child processes, scale to zero on this machine) or knative (a cluster's tag URLs)")
+	f.StringVar(&namespace, "namespace", knative.DefaultNamespace, "knative backend: namespace of the functions' Services")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "knative backend: kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)")
+	f.StringVar(&kubeContext, "context", "", "knative backend: kubeconfig context")
 	f.StringVar(&flagsPath, "flags", "config/flags/flags.json", "flag file (flagd format) that picks each request's revision; empty: every request goes to the stable revision")
 	f.IntVar(&poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
 	f.DurationVar(&scaleToZeroAfter, "scale-to-zero-after", 0, "override every function's scaling.scaleToZeroAfter (0 keeps each function's)")
