@@ -1,0 +1,558 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const (
+	// maxTracked is MAX_TRACKED in probes.bpf.c: instances measured at once.
+	maxTracked = 256
+	// DefaultReadInterval is how often the histograms are read when
+	// Config.ReadInterval is zero (they are also read on every scrape).
+	DefaultReadInterval = time.Second
+)
+
+// Ring buffer event kinds (enum event_kind in probes.bpf.c).
+const (
+	evExec        = 1
+	evBind        = 2
+	evListen      = 3
+	evFirstAccept = 4
+	evAccept      = 5
+	evFirstWrite  = 6
+	evExit        = 7
+	evPort        = 8
+)
+
+// eventSize is sizeof(struct event).
+const eventSize = 24
+
+// Config configures the probes.
+type Config struct {
+	// ParentPID is the process whose children get a cold-start timeline
+	// from their exec on (the `pilotlight serve` process). 0: only
+	// tracked processes get one, from the moment they are tracked.
+	ParentPID int
+	// Registerer receives the pilotlight_bpf_* metrics; nil: none.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+	// ReadInterval is how often the kernel histograms are folded into the
+	// exported ones; 0: DefaultReadInterval.
+	ReadInterval time.Duration
+}
+
+// Probes is the loaded and attached set of BPF programs. Its methods are
+// safe for concurrent use, and do nothing after Close.
+type Probes struct {
+	log   *slog.Logger
+	reg   prometheus.Registerer
+	coll  *ebpf.Collection
+	links []link.Link
+	rd    *ringbuf.Reader
+
+	tracked, hists, timelines, ready, ports, lost *ebpf.Map
+
+	coldStart *prometheus.HistogramVec
+	collector *collector
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	mu        sync.Mutex
+	closed    bool
+	clock     monoClock
+	instances map[uint32]*instance      // tracked pids
+	freeSlots []uint32                  // hists slots not in use
+	totals    map[labels]*slotHists     // accumulated per function/revision, never reset
+	states    map[uint32]*timelineState // open cold-start timelines
+	done      map[uint32]bool           // pids whose timeline completed (not reopened by Track)
+	portsOf   map[uint32]map[uint32]bool
+	latest    map[string]Timeline
+	userLost  uint64 // events user space could not decode
+}
+
+type labels struct{ function, revision string }
+
+// instance is one tracked pid.
+type instance struct {
+	labels
+	slot uint32
+	seen slotHists // the slot's counters when last folded into totals
+}
+
+// New loads the programs, attaches them and starts reading. Errors from
+// loading are *LoadError, whose message is one sentence saying what is
+// missing; pass it to Disabled's caller's log and expose Disabled.
+func New(cfg Config) (*Probes, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ReadInterval <= 0 {
+		cfg.ReadInterval = DefaultReadInterval
+	}
+	if cfg.ParentPID < 0 {
+		return nil, fmt.Errorf("bpf config: ParentPID %d is negative", cfg.ParentPID)
+	}
+	p := &Probes{
+		log:       log,
+		reg:       cfg.Registerer,
+		stop:      make(chan struct{}),
+		instances: map[uint32]*instance{},
+		totals:    map[labels]*slotHists{},
+		states:    map[uint32]*timelineState{},
+		done:      map[uint32]bool{},
+		portsOf:   map[uint32]map[uint32]bool{},
+		latest:    map[string]Timeline{},
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			p.release()
+		}
+	}()
+	if err := p.load(uint32(cfg.ParentPID)); err != nil {
+		return nil, err
+	}
+	if err := p.clock.measure(); err != nil {
+		return nil, fmt.Errorf("read clocks: %w", err)
+	}
+	for i := maxTracked - 1; i >= 0; i-- {
+		p.freeSlots = append(p.freeSlots, uint32(i))
+	}
+	p.coldStart = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "pilotlight_bpf_cold_start_phase_seconds",
+		Help:    "Phases of an instance's cold start, from kernel events (exec, listen, accept, first response write) and the engine's marks (request arrival, ready).",
+		Buckets: prometheus.ExponentialBucketsRange(0.0001, 30, 22),
+	}, []string{"function", "revision", "phase"})
+	p.collector = newCollector(p)
+	if p.reg != nil {
+		if err := p.reg.Register(p.collector); err != nil {
+			return nil, fmt.Errorf("register bpf metrics: %w", err)
+		}
+	}
+	p.wg.Add(2)
+	go p.readEvents()
+	go p.tick(cfg.ReadInterval)
+	ok = true
+	log.Info("eBPF probes loaded", "programs", len(p.links), "parent_pid", cfg.ParentPID)
+	return p, nil
+}
+
+// load checks the prerequisites, loads the collection and attaches every program.
+func (p *Probes) load(parent uint32) error {
+	spec, err := loadProbes()
+	if err != nil {
+		return &LoadError{Reason: "eBPF probes disabled: " + err.Error() + " (run on linux/amd64)", Err: err}
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return loadError("raising the memlock limit", err)
+	}
+	if _, err := btf.LoadKernelSpec(); err != nil {
+		return &LoadError{Reason: reasonBTF, Err: err}
+	}
+	if err := spec.Variables["parent_tgid"].Set(parent); err != nil {
+		return fmt.Errorf("set parent_tgid: %w", err)
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return loadError("loading the programs", err)
+	}
+	p.coll = coll
+	for name, m := range map[string]**ebpf.Map{
+		"tracked": &p.tracked, "hists": &p.hists, "timelines": &p.timelines,
+		"ready": &p.ready, "ports": &p.ports, "lost": &p.lost,
+	} {
+		if *m = coll.Maps[name]; *m == nil {
+			return fmt.Errorf("map %s missing from the object", name)
+		}
+	}
+	for name, prog := range coll.Programs {
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+		if err != nil {
+			return loadError("attaching "+name+" ("+spec.Programs[name].SectionName+")", err)
+		}
+		p.links = append(p.links, l)
+	}
+	rd, err := ringbuf.NewReader(coll.Maps["events"])
+	if err != nil {
+		return loadError("opening the event ring buffer", err)
+	}
+	p.rd = rd
+	return nil
+}
+
+// release closes the ring buffer reader, every link and the collection.
+func (p *Probes) release() {
+	if p.rd != nil {
+		p.rd.Close()
+	}
+	for _, l := range p.links {
+		l.Close()
+	}
+	p.links = nil
+	if p.coll != nil {
+		p.coll.Close()
+	}
+}
+
+// Close detaches every program, closes every map and unregisters the
+// metrics. It is safe to call more than once.
+func (p *Probes) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.mu.Unlock()
+	close(p.stop)
+	if p.rd != nil {
+		p.rd.Close() // ends readEvents
+	}
+	p.wg.Wait()
+	if p.reg != nil {
+		p.reg.Unregister(p.collector)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.release()
+	return nil
+}
+
+// Track starts measuring pid's requests under function and revision. A pid
+// already tracked under other labels is re-labelled: its counts so far
+// stay with the old labels.
+func (p *Probes) Track(pid int, function, revision string) error {
+	if pid <= 0 || function == "" {
+		return fmt.Errorf("track pid %d: need a positive pid and a function name (got function %q)", pid, function)
+	}
+	key := uint32(pid)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errors.New("track: probes closed")
+	}
+	if in := p.instances[key]; in != nil {
+		if in.function == function && in.revision == revision {
+			return nil
+		}
+		p.retire(key, in)
+	}
+	if len(p.freeSlots) == 0 {
+		return fmt.Errorf("track pid %d: %d instances are tracked already, the most the probes hold", pid, maxTracked)
+	}
+	slot := p.freeSlots[len(p.freeSlots)-1]
+	in := &instance{labels: labels{function, revision}, slot: slot}
+	if err := p.hists.Lookup(slot, &in.seen); err != nil {
+		return fmt.Errorf("track pid %d: read histogram slot %d: %w", pid, slot, err)
+	}
+	if err := p.tracked.Update(key, slot, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("track pid %d: %w", pid, err)
+	}
+	p.freeSlots = p.freeSlots[:len(p.freeSlots)-1]
+	p.instances[key] = in
+	if _, ok := p.totals[in.labels]; !ok {
+		p.totals[in.labels] = &slotHists{}
+	}
+
+	st := p.state(key)
+	st.function, st.revision = function, revision
+	p.openTimeline(key)
+
+	ports, err := listeningPorts(pid)
+	if err != nil {
+		p.log.Debug("bpf: listening ports", "pid", pid, "err", err)
+	}
+	for _, port := range ports {
+		p.addPort(key, port)
+	}
+	return nil
+}
+
+// Untrack stops measuring pid and forgets its open timeline; its counts
+// stay in the exported histograms. Unknown pids are ignored.
+func (p *Probes) Untrack(pid int) {
+	key := uint32(pid)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	if in := p.instances[key]; in != nil {
+		p.retire(key, in)
+	}
+	p.forget(key)
+}
+
+// Mark records a point of pid's cold start that only user space knows:
+// MarkRequestArrival, MarkReady, MarkSpecialiseStart. MarkReady also arms
+// the kernel side: the next accept is the cold-start request's.
+func (p *Probes) Mark(pid int, phase string, t time.Time) {
+	if pid <= 0 || phase == "" {
+		return
+	}
+	key := uint32(pid)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.done[key] {
+		return
+	}
+	st := p.state(key)
+	st.points[phase] = t.Round(0)
+	if phase != MarkReady {
+		return
+	}
+	p.openTimeline(key)
+	if err := p.ready.Update(key, uint64(1), ebpf.UpdateAny); err != nil {
+		p.log.Debug("bpf: arm ready", "pid", pid, "err", err)
+	}
+}
+
+// LatestTimelines returns the latest complete cold-start timeline of each
+// revision, keyed "function/revision".
+func (p *Probes) LatestTimelines() map[string]Timeline {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]Timeline, len(p.latest))
+	for k, v := range p.latest {
+		out[k] = v
+	}
+	return out
+}
+
+// state returns pid's open timeline, creating it.
+func (p *Probes) state(pid uint32) *timelineState {
+	st := p.states[pid]
+	if st == nil {
+		st = newTimelineState(pid)
+		if in := p.instances[pid]; in != nil {
+			st.function, st.revision = in.function, in.revision
+		}
+		p.states[pid] = st
+	}
+	return st
+}
+
+// openTimeline makes sure the kernel follows pid's bind/listen/accept/write
+// even when its exec was not seen (not a child of ParentPID).
+func (p *Probes) openTimeline(pid uint32) {
+	if p.done[pid] {
+		return
+	}
+	var t [6]uint64
+	t[5] = ^uint64(0) // accept_fd = -1
+	err := p.timelines.Update(pid, t, ebpf.UpdateNoExist)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		p.log.Debug("bpf: open timeline", "pid", pid, "err", err)
+	}
+}
+
+// retire folds pid's last counts into its labels' totals and frees its slot.
+func (p *Probes) retire(pid uint32, in *instance) {
+	if err := p.tracked.Delete(pid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		p.log.Debug("bpf: untrack", "pid", pid, "err", err)
+	}
+	p.fold(in)
+	delete(p.instances, pid)
+	p.freeSlots = append(p.freeSlots, in.slot)
+}
+
+// forget drops everything kept for pid other than the exported counts.
+func (p *Probes) forget(pid uint32) {
+	delete(p.states, pid)
+	delete(p.done, pid)
+	_ = p.ready.Delete(pid)
+	_ = p.timelines.Delete(pid)
+	for port := range p.portsOf[pid] {
+		var owner uint32
+		if p.ports.Lookup(port, &owner) == nil && owner == pid {
+			_ = p.ports.Delete(port)
+		}
+	}
+	delete(p.portsOf, pid)
+}
+
+func (p *Probes) addPort(pid, port uint32) {
+	if err := p.ports.Update(port, pid, ebpf.UpdateAny); err != nil {
+		p.log.Debug("bpf: add port", "pid", pid, "port", port, "err", err)
+		return
+	}
+	if p.portsOf[pid] == nil {
+		p.portsOf[pid] = map[uint32]bool{}
+	}
+	p.portsOf[pid][port] = true
+}
+
+// fold adds what in's slot counted since the last fold to its labels' totals.
+func (p *Probes) fold(in *instance) {
+	var cur slotHists
+	if err := p.hists.Lookup(in.slot, &cur); err != nil {
+		p.log.Debug("bpf: read histograms", "slot", in.slot, "err", err)
+		return
+	}
+	tot := p.totals[in.labels]
+	for k := range cur {
+		tot[k].addDelta(&cur[k], &in.seen[k])
+	}
+	in.seen = cur
+}
+
+// readHistograms folds every tracked pid's counts. Callers hold p.mu.
+func (p *Probes) readHistograms() {
+	if p.closed {
+		return
+	}
+	for _, in := range p.instances {
+		p.fold(in)
+	}
+}
+
+func (p *Probes) tick(every time.Duration) {
+	defer p.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+			p.mu.Lock()
+			if err := p.clock.measure(); err != nil {
+				p.log.Debug("bpf: read clocks", "err", err)
+			}
+			p.readHistograms()
+			p.mu.Unlock()
+		}
+	}
+}
+
+// readEvents applies ring buffer events until the reader is closed.
+func (p *Probes) readEvents() {
+	defer p.wg.Done()
+	var rec ringbuf.Record
+	for {
+		if err := p.rd.ReadInto(&rec); err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return
+			}
+			p.log.Debug("bpf: read ring buffer", "err", err)
+			continue
+		}
+		p.mu.Lock()
+		if len(rec.RawSample) < eventSize {
+			p.userLost++
+		} else {
+			s := rec.RawSample
+			p.apply(binary.LittleEndian.Uint64(s[0:]), binary.LittleEndian.Uint32(s[8:]),
+				binary.LittleEndian.Uint32(s[12:]), int64(binary.LittleEndian.Uint64(s[16:])))
+		}
+		p.mu.Unlock()
+	}
+}
+
+// apply folds one kernel event into the timelines. Callers hold p.mu.
+func (p *Probes) apply(ts uint64, pid, kind uint32, arg int64) {
+	if p.closed {
+		return
+	}
+	at := p.clock.wall(ts)
+	switch kind {
+	case evExec:
+		st := p.states[pid]
+		if prev, ok := st.execTime(); ok && prev.Before(at) {
+			// The same pid exec'd again: start over, keeping labels and
+			// the marks given since.
+			fresh := newTimelineState(pid)
+			fresh.function, fresh.revision = st.function, st.revision
+			for name, t := range st.points {
+				if isMark(name) && !t.Before(at) {
+					fresh.points[name] = t
+				}
+			}
+			p.states[pid] = fresh
+		}
+		delete(p.done, pid)
+		p.state(pid).first(EventExec, at)
+	case evBind:
+		p.stateIfOpen(pid).first(EventBind, at)
+	case evListen:
+		p.stateIfOpen(pid).first(EventListen, at)
+	case evFirstAccept:
+		p.stateIfOpen(pid).first(EventFirstAccept, at)
+	case evAccept:
+		p.stateIfOpen(pid).first(EventAccept, at)
+	case evFirstWrite:
+		st := p.stateIfOpen(pid)
+		st.first(EventFirstWrite, at)
+		p.complete(pid, st)
+	case evPort:
+		p.addPort(pid, uint32(arg))
+	case evExit:
+		if in := p.instances[pid]; in != nil {
+			p.retire(pid, in)
+		}
+		p.forget(pid)
+	default:
+		p.userLost++
+	}
+}
+
+// stateIfOpen is pid's timeline, or a throwaway one when it completed already.
+func (p *Probes) stateIfOpen(pid uint32) *timelineState {
+	if p.done[pid] {
+		return newTimelineState(pid)
+	}
+	return p.state(pid)
+}
+
+// complete publishes pid's timeline and observes its phases.
+func (p *Probes) complete(pid uint32, st *timelineState) {
+	if st.done || p.done[pid] {
+		return
+	}
+	st.done = true
+	p.done[pid] = true
+	delete(p.states, pid)
+	if st.function == "" {
+		p.log.Debug("bpf: timeline of an untracked pid dropped", "pid", pid)
+		return
+	}
+	tl := st.build()
+	for _, d := range phaseDefs {
+		if v, ok := tl.Phases[d.name]; ok {
+			p.coldStart.WithLabelValues(st.function, st.revision, d.name).Observe(v / 1000)
+		}
+	}
+	p.latest[st.function+"/"+st.revision] = tl
+	p.log.Debug("bpf: cold start timeline", "function", st.function, "revision", st.revision, "pid", pid, "phases_ms", tl.Phases)
+}
+
+func (s *timelineState) execTime() (time.Time, bool) {
+	if s == nil {
+		return time.Time{}, false
+	}
+	t, ok := s.points[EventExec]
+	return t, ok
+}
+
+func isMark(name string) bool {
+	switch name {
+	case EventExec, EventBind, EventListen, EventFirstAccept, EventAccept, EventFirstWrite:
+		return false
+	}
+	return true
+}
