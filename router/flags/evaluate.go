@@ -1,0 +1,157 @@
+package flags
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/diegoholiveira/jsonlogic/v3"
+)
+
+// Reasons (OpenFeature's, as flagd uses them).
+const (
+	ReasonStatic         = "STATIC"
+	ReasonTargetingMatch = "TARGETING_MATCH"
+	ReasonDefault        = "DEFAULT"
+	ReasonDisabled       = "DISABLED"
+	ReasonError          = "ERROR"
+)
+
+// Error codes (OpenFeature's).
+const (
+	ErrFlagNotFound = "FLAG_NOT_FOUND"
+	ErrTypeMismatch = "TYPE_MISMATCH"
+	ErrParse        = "PARSE_ERROR"
+	ErrGeneral      = "GENERAL"
+)
+
+// flagdKey is the context property flagd injects: {"flagKey", "timestamp"}.
+const flagdKey = "$flagd"
+
+// Result is one evaluation. Value is nil and Variant empty when the caller's
+// own default applies: the flag is DISABLED, or has no defaultVariant and
+// nothing else decided (reason DEFAULT), or on ERROR. Metadata is the flag
+// set's metadata overlaid with the flag's; it is shared, do not modify it.
+type Result struct {
+	Value        any
+	Variant      string
+	Reason       string
+	ErrorCode    string
+	ErrorMessage string
+	Metadata     map[string]any
+}
+
+// Evaluate evaluates a flag for an evaluation context (attribute name to
+// value; "targetingKey" is the subject's key), as flagd does. The context is
+// not modified.
+func (s *Set) Evaluate(flagKey string, ctx map[string]any) Result {
+	f, ok := s.flags[flagKey]
+	if !ok {
+		return Result{Reason: ReasonError, ErrorCode: ErrFlagNotFound,
+			ErrorMessage: fmt.Sprintf("flag %q not found", flagKey), Metadata: s.metadata}
+	}
+	if f.state == StateDisabled {
+		return Result{Reason: ReasonDisabled, Metadata: f.metadata}
+	}
+	if f.targeting == nil {
+		if !f.hasDefault {
+			return Result{Reason: ReasonDefault, Metadata: f.metadata}
+		}
+		return Result{Value: f.variants[f.defVariant], Variant: f.defVariant, Reason: ReasonStatic, Metadata: f.metadata}
+	}
+	out, err := applyRule(f.targeting, contextData(flagKey, ctx))
+	if err != nil {
+		return Result{Reason: ReasonError, ErrorCode: ErrParse,
+			ErrorMessage: fmt.Sprintf("flag %q: targeting failed: %v", flagKey, err), Metadata: f.metadata}
+	}
+	if out == nil {
+		if !f.hasDefault {
+			return Result{Reason: ReasonDefault, Metadata: f.metadata}
+		}
+		return Result{Value: f.variants[f.defVariant], Variant: f.defVariant, Reason: ReasonDefault, Metadata: f.metadata}
+	}
+	name, _ := variantName(out)
+	if val, ok := f.variants[name]; ok {
+		return Result{Value: val, Variant: name, Reason: ReasonTargetingMatch, Metadata: f.metadata}
+	}
+	return Result{Reason: ReasonError, ErrorCode: ErrGeneral,
+		ErrorMessage: fmt.Sprintf("flag %q: targeting returned variant %q, which is not one of %s",
+			flagKey, name, strings.Join(slices.Sorted(maps.Keys(f.variants)), ", ")),
+		Metadata: f.metadata}
+}
+
+// applyRule runs JSONLogic, turning any panic of the engine into an error
+// (jsonlogic recovers only panics whose value is an error).
+func applyRule(rule, data any) (out any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	return jsonlogic.ApplyInterface(rule, data)
+}
+
+// contextData is what targeting sees: the context with JSON types only (as
+// flagd, which round-trips it through JSON) plus the injected $flagd.
+func contextData(flagKey string, ctx map[string]any) map[string]any {
+	data := make(map[string]any, len(ctx)+1)
+	for k, v := range ctx {
+		data[k] = jsonValue(v)
+	}
+	data[flagdKey] = map[string]any{"flagKey": flagKey, "timestamp": float64(time.Now().Unix())}
+	return data
+}
+
+// jsonValue converts a Go value to what encoding/json would decode it as.
+func jsonValue(v any) any {
+	switch x := v.(type) {
+	case nil, string, bool, float64:
+		return v
+	case int:
+		return float64(x)
+	case int64:
+		return float64(x)
+	case int32:
+		return float64(x)
+	case int16:
+		return float64(x)
+	case int8:
+		return float64(x)
+	case uint:
+		return float64(x)
+	case uint64:
+		return float64(x)
+	case uint32:
+		return float64(x)
+	case uint16:
+		return float64(x)
+	case uint8:
+		return float64(x)
+	case float32:
+		return float64(x)
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = jsonValue(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = jsonValue(e)
+		}
+		return out
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil
+	}
+	var out any
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil
+	}
+	return out
+}

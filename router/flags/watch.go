@@ -1,0 +1,200 @@
+package flags
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// DefaultReloadDebounce is how long the watcher waits after the last change
+// to the file before reading it: editors and atomic replacements produce a
+// burst of events (write, chmod, rename) for one change.
+const DefaultReloadDebounce = 75 * time.Millisecond
+
+// Reload results, the "result" label of pilotlight_flags_reload_total.
+const (
+	ReloadSuccess = "success"
+	ReloadError   = "error"
+	ReloadMissing = "missing"
+)
+
+// WatcherConfig configures a Watcher.
+type WatcherConfig struct {
+	// Path is the flag file.
+	Path string
+	// Registerer receives pilotlight_flags_reload_total{result}; nil: none.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+	// Debounce overrides DefaultReloadDebounce.
+	Debounce time.Duration
+	// OnChange, when set, is called from the watcher's goroutine after each
+	// reload that changed the set, with the flags that changed.
+	OnChange func(s *Set, changed []string)
+}
+
+// Watcher keeps a Provider's flag set in step with a file. It watches the
+// file's directory, so a write in place, an atomic rename over the file, an
+// editor's save dance and a Kubernetes ConfigMap's ..data swap are all seen.
+// A file that fails to parse, or disappears, leaves the last good set in
+// place.
+type Watcher struct {
+	cfg      WatcherConfig
+	log      *slog.Logger
+	path     string
+	provider *Provider
+	reloads  *prometheus.CounterVec
+}
+
+// NewWatcher reads the file (it must exist and be valid) and returns a
+// watcher serving it; call Run to follow changes.
+func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = DefaultReloadDebounce
+	}
+	path, err := filepath.Abs(cfg.Path)
+	if err != nil {
+		return nil, fmt.Errorf("flag file %s: %w", cfg.Path, err)
+	}
+	w := &Watcher{cfg: cfg, log: cfg.Logger.With("flags", path), path: path}
+	w.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pilotlight_flags_reload_total",
+		Help: "Reloads of the flag file by result: success (parsed and served), error (rejected; the last good flags stay), missing (file gone; the last good flags stay).",
+	}, []string{"result"})
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(w.reloads); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return nil, fmt.Errorf("register flag reload metric: %w", err)
+			}
+			w.reloads = are.ExistingCollector.(*prometheus.CounterVec)
+		}
+	}
+	for _, r := range []string{ReloadSuccess, ReloadError, ReloadMissing} {
+		w.reloads.WithLabelValues(r)
+	}
+	s, err := Load(path)
+	if err != nil {
+		w.reloads.WithLabelValues(ReloadError).Inc()
+		return nil, err
+	}
+	w.reloads.WithLabelValues(ReloadSuccess).Inc()
+	w.provider = NewProvider(s)
+	w.log.Info("flags loaded", "version", short(s.version), "flags", len(s.flags))
+	return w, nil
+}
+
+// Load reads and parses a flag file.
+func Load(path string) (*Set, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read flag file: %w", err)
+	}
+	s, err := Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("flag file %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Provider is the OpenFeature provider the watcher keeps up to date.
+func (w *Watcher) Provider() *Provider { return w.provider }
+
+// Set is the flag set in force.
+func (w *Watcher) Set() *Set { return w.provider.Set() }
+
+// Run follows the file until ctx ends. It returns an error only when the
+// directory cannot be watched.
+func (w *Watcher) Run(ctx context.Context) error {
+	fw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch flag file: %w", err)
+	}
+	defer fw.Close()
+	dir := filepath.Dir(w.path)
+	if err := fw.Add(dir); err != nil {
+		return fmt.Errorf("watch flag file directory %s: %w", dir, err)
+	}
+	// Catch a change made between NewWatcher and now.
+	w.reload(true)
+
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	base := filepath.Base(w.path)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-fw.Events:
+			if !ok {
+				return nil
+			}
+			name := filepath.Base(ev.Name)
+			// ..data is how a ConfigMap volume swaps its files.
+			if name != base && !strings.HasPrefix(name, "..") {
+				continue
+			}
+			timer.Reset(w.cfg.Debounce)
+		case err, ok := <-fw.Errors:
+			if !ok {
+				return nil
+			}
+			w.log.Warn("flag file watch error", "err", err)
+		case <-timer.C:
+			w.reload(false)
+		}
+	}
+}
+
+// reload re-reads the file and swaps the set when it parses. The check at
+// start (quiet) counts nothing when the file is as it was loaded.
+func (w *Watcher) reload(quiet bool) {
+	raw, err := os.ReadFile(w.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		w.reloads.WithLabelValues(ReloadMissing).Inc()
+		w.log.Warn("flag file is gone; keeping the last good flags", "version", short(w.Set().version))
+		return
+	}
+	if err != nil {
+		w.reloads.WithLabelValues(ReloadError).Inc()
+		w.log.Error("flag file unreadable; keeping the last good flags", "err", err)
+		return
+	}
+	s, err := Parse(raw)
+	if quiet && err == nil && s.version == w.Set().version {
+		return
+	}
+	if err != nil {
+		w.reloads.WithLabelValues(ReloadError).Inc()
+		w.log.Error("flag file rejected; keeping the last good flags", "err", err, "version", short(w.Set().version))
+		return
+	}
+	w.reloads.WithLabelValues(ReloadSuccess).Inc()
+	if s.version == w.Set().version {
+		return
+	}
+	changed := w.provider.Swap(s)
+	w.log.Info("flags reloaded", "version", short(s.version), "changed", changed)
+	if w.cfg.OnChange != nil {
+		w.cfg.OnChange(s, changed)
+	}
+}
+
+func short(v string) string {
+	if len(v) > 12 {
+		return v[:12]
+	}
+	return v
+}
