@@ -448,3 +448,83 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 		t.Logf("map %-10s %-13s key %2d value %4d max_entries %6d", name, info.Type, info.KeySize, info.ValueSize, info.MaxEntries)
 	}
 }
+
+func TestProbesTimelineOfAWarmPoolProcess(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := newProbes(t, reg)
+	// Started ahead of demand: exec, bind and listen happen untracked.
+	srv := startServer(t)
+	poll := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	get(t, poll, "http://"+srv.addr+"/v2/health/live")
+	time.Sleep(50 * time.Millisecond)
+
+	arrival := time.Now()
+	if err := p.Track(srv.pid, "recommend", "recommend-00002"); err != nil {
+		t.Fatalf("Track: %v", err)
+	}
+	p.Mark(srv.pid, MarkSpecialiseStart, time.Now())
+	p.Mark(srv.pid, MarkRequestArrival, arrival)
+	get(t, poll, "http://"+srv.addr+"/admin/specialise")
+	p.Mark(srv.pid, MarkReady, time.Now())
+	client := &http.Client{Transport: &http.Transport{}}
+	for range 5 {
+		get(t, client, "http://"+srv.addr+"/")
+	}
+	var tl Timeline
+	waitFor(t, "the warm-pool timeline", 5*time.Second, func() bool {
+		var ok bool
+		tl, ok = p.LatestTimelines()["recommend/recommend-00002"]
+		return ok
+	})
+	if tl.Source != "pool" || tl.PID != srv.pid {
+		t.Errorf("source %q pid %d, want pool %d", tl.Source, tl.PID, srv.pid)
+	}
+	names := map[string]bool{}
+	for _, e := range tl.Events {
+		names[e.Name] = true
+	}
+	for _, want := range []string{EventExec, EventListen, EventFirstAccept, MarkSpecialiseStart, MarkReady, EventAccept, EventFirstWrite} {
+		if !names[want] {
+			t.Errorf("no %s in %+v", want, tl.Events)
+		}
+	}
+	if _, ok := tl.Phases[PhaseExecToListen]; ok {
+		t.Errorf("a pool process observed exec_to_listen: %v", tl.Phases)
+	}
+	if v, ok := tl.Phases[PhaseSpecialiseToReady]; !ok || v < 0 {
+		t.Errorf("specialise_to_ready = %v (present %v)", v, ok)
+	}
+	// The port was learnt from the kernel's listen(2), before Track: the
+	// socket queue was measured.
+	if h := kernelHists(t, reg, "recommend", "recommend-00002"); h[mSockq].GetSampleCount() < 5 {
+		t.Errorf("%s: %d samples for 7 requests", mSockq, h[mSockq].GetSampleCount())
+	}
+}
+
+// BenchmarkRequestOverhead measures a loopback HTTP request to a child
+// server with the probes off and on (tracking the server), for the cost of
+// the probes: go test -run '^$' -bench RequestOverhead ./bpf/
+func BenchmarkRequestOverhead(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		name := "probes=off"
+		if on {
+			name = "probes=on"
+		}
+		b.Run(name, func(b *testing.B) {
+			srv := startServer(b)
+			if on {
+				p := newProbes(b, nil)
+				if err := p.Track(srv.pid, "bench", "bench-1"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			client := &http.Client{Transport: &http.Transport{}}
+			url := "http://" + srv.addr + "/"
+			get(b, client, url)
+			b.ResetTimer()
+			for b.Loop() {
+				get(b, client, url)
+			}
+		})
+	}
+}
