@@ -120,8 +120,9 @@ func Validate(raw []byte) []Problem {
 }
 
 type validator struct {
-	problems   []Problem
-	evaluators map[string]any
+	problems      []Problem
+	evaluators    map[string]any
+	badEvaluators map[string]bool // already reported under $.$evaluators
 }
 
 func (v *validator) add(path, format string, args ...any) {
@@ -177,10 +178,15 @@ func parse(raw []byte) (*Set, []Problem) {
 		}
 		// Check each evaluator's own references and operators once, here;
 		// flags that use it get the substituted rule.
+		v.badEvaluators = map[string]bool{}
 		for _, name := range slices.Sorted(maps.Keys(v.evaluators)) {
 			p := pathKey("$.$evaluators", name)
+			before := len(v.problems)
 			resolved := v.resolveRefs(p, v.evaluators[name], []string{name})
 			v.logic(p, resolved, nil, false)
+			if len(v.problems) > before {
+				v.badEvaluators[name] = true
+			}
 		}
 	}
 
@@ -350,6 +356,8 @@ func (v *validator) resolveRefs(path string, node any, stack []string) any {
 				v.add(path+".$ref", "$ref %q names no evaluator in $evaluators (have: %s)", name, strings.Join(slices.Sorted(maps.Keys(v.evaluators)), ", "))
 			case slices.Contains(stack, name):
 				v.add(path+".$ref", "$ref %q refers to itself through %s", name, strings.Join(append(stack, name), " -> "))
+			case len(stack) == 0 && v.badEvaluators[name]:
+				v.add(path+".$ref", "$ref %q names an evaluator with problems (see %s)", name, pathKey("$.$evaluators", name))
 			default:
 				inner := v.resolveRefs(path+".$ref", ev, append(slices.Clone(stack), name))
 				if im, ok := inner.(map[string]any); ok {
@@ -513,7 +521,7 @@ func (v *validator) fractional(path string, args any, f *flag, outcome bool) {
 	}
 	offset := len(list) - len(dists)
 	var total int64
-	allLiteral := true
+	allLiteral, badWeight := true, false
 	for i, d := range dists {
 		dp := pathIndex(path, i+offset)
 		switch dd := d.(type) {
@@ -542,13 +550,17 @@ func (v *validator) fractional(path string, args any, f *flag, outcome bool) {
 			}
 			switch w := dd[1].(type) {
 			case float64:
-				if w != math.Trunc(w) {
+				switch {
+				case w != math.Trunc(w):
 					v.add(pathIndex(dp, 1), "weight %v is not a whole number", w)
-				} else if w < 0 {
+					badWeight = true
+				case w < 0:
 					v.add(pathIndex(dp, 1), "weight %v is negative (flagd counts it as 0)", w)
-				} else if w > math.MaxInt32 {
+					badWeight = true
+				case w > math.MaxInt32:
 					v.add(pathIndex(dp, 1), "weight %v exceeds %d", w, math.MaxInt32)
-				} else {
+					badWeight = true
+				default:
 					total += int64(w)
 				}
 			case nil:
@@ -558,10 +570,14 @@ func (v *validator) fractional(path string, args any, f *flag, outcome bool) {
 				v.logic(pathIndex(dp, 1), w, f, false)
 			default:
 				v.add(pathIndex(dp, 1), "weight must be a whole number, not %s", kindOf(w))
+				badWeight = true
 			}
 		default:
 			v.add(dp, "a fractional bucket is [variant, weight], not %s", kindOf(d))
 		}
+	}
+	if badWeight {
+		return
 	}
 	if total > math.MaxInt32 {
 		v.add(path, "weights sum to %d, more than flagd's maximum %d", total, math.MaxInt32)

@@ -1,0 +1,159 @@
+package flags
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestValidateReportsPaths(t *testing.T) {
+	tests := []struct {
+		name string
+		file string
+		want []Problem // Path exact, Msg substring
+	}{
+		{"malformed JSON", "{\n  \"flags\": {\n    \"f\": {\"state\": \"ENABLED\",}\n  }\n}",
+			[]Problem{{"$", "line 3 column"}}},
+		{"truncated JSON", `{"flags": {`, []Problem{{"$", "malformed JSON"}}},
+		{"empty", ``, []Problem{{"$", "empty file"}}},
+		{"trailing data", `{"flags": {}} {}`, []Problem{{"$", "after the top-level value"}}},
+		{"not an object", `[]`, []Problem{{"$", "must be a JSON object"}}},
+		{"no flags", `{}`, []Problem{{"$", `missing "flags"`}}},
+		{"bad state", flagFile(`{"state": "ON", "variants": {"a": 1}, "defaultVariant": "a"}`),
+			[]Problem{{"$.flags.f.state", `"ON" is neither ENABLED nor DISABLED`}}},
+		{"missing state", flagFile(`{"variants": {"a": 1}, "defaultVariant": "a"}`),
+			[]Problem{{"$.flags.f.state", "missing state"}}},
+		{"empty variants", flagFile(`{"state": "ENABLED", "variants": {}}`),
+			[]Problem{{"$.flags.f.variants", "no variants"}}},
+		{"mixed variant types", flagFile(`{"state": "ENABLED", "variants": {"a": 1, "b": "two", "c": true}, "defaultVariant": "a"}`),
+			[]Problem{{"$.flags.f.variants", "mix types: boolean (c), number (a), string (b)"}}},
+		{"array variant", flagFile(`{"state": "ENABLED", "variants": {"a": [1]}, "defaultVariant": "a"}`),
+			[]Problem{{"$.flags.f.variants.a", "not an array"}}},
+		{"unsafe integer", flagFile(`{"state": "ENABLED", "variants": {"a": 9007199254740993}, "defaultVariant": "a"}`),
+			[]Problem{{"$.flags.f.variants.a", "JSON-safe integer range"}}},
+		{"defaultVariant not a variant", `{"flags": {"fraud-revision": {"state": "ENABLED", "variants": {"stable": "fraud-00001"}, "defaultVariant": "stabel"}}}`,
+			[]Problem{{"$.flags.fraud-revision.defaultVariant", `"stabel" is not one of the variants (stable)`}}},
+		{"defaultVariant wrong type", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": 1}`),
+			[]Problem{{"$.flags.f.defaultVariant", "variant name or null"}}},
+		{"unknown operator", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [{"fractinal": []}, "a", null]}}`),
+			[]Problem{{"$.flags.f.targeting.if[0].fractinal", `unknown JSONLogic operator "fractinal"`}}},
+		{"targeting not an object", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": "a"}`),
+			[]Problem{{"$.flags.f.targeting", "must be a JSONLogic object"}}},
+		{"two operators in one object", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [true, "a"], "var": "x"}}`),
+			[]Problem{{"$.flags.f.targeting", "exactly one operator key"}}},
+		{"ref to missing evaluator", `{"flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [{"$ref": "staf"}, "a", null]}}},
+			"$evaluators": {"staff": {"ends_with": [{"var": "email"}, "@x"]}}}`,
+			[]Problem{{"$.flags.f.targeting.if[0].$ref", `"staf" names no evaluator in $evaluators (have: staff)`}}},
+		{"ref cycle", `{"flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"$ref": "x"}}},
+			"$evaluators": {"x": {"and": [{"$ref": "y"}]}, "y": {"or": [{"$ref": "x"}]}}}`,
+			[]Problem{{"$.$evaluators.x.and[0].$ref.or[0].$ref", "refers to itself through x -> y -> x"},
+				{"$.$evaluators.y.or[0].$ref.and[0].$ref", "refers to itself"},
+				{"$.flags.f.targeting.$ref", `names an evaluator with problems (see $.$evaluators.x)`}}},
+		{"empty evaluator", `{"flags": {}, "$evaluators": {"e": {}}}`,
+			[]Problem{{"$.$evaluators.e", "non-empty JSONLogic object"}}},
+		{"unknown operator in evaluator", `{"flags": {}, "$evaluators": {"e": {"ends_wiht": [{"var": "email"}, "@x"]}}}`,
+			[]Problem{{"$.$evaluators.e.ends_wiht", "unknown JSONLogic operator"}}},
+		{"literal variant in if not defined", `{"flags": {"fraud-revision": {"state": "ENABLED", "variants": {"stable": "fraud-00001", "canary": "fraud-00002"}, "defaultVariant": "stable",
+			"targeting": {"if": [{"ends_with": [{"var": "email"}, "@pilotlight.dev"]}, "canray", "stable"]}}}}`,
+			[]Problem{{"$.flags.fraud-revision.targeting.if[1]", `targeting returns variant "canray", which flag "fraud-revision" does not define`}}},
+		{"literal variant in else", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [{"var": "x"}, "a", "b"]}}`),
+			[]Problem{{"$.flags.f.targeting.if[2]", `variant "b"`}}},
+		{"literal variant in fractional", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"fractional": [["a", 50], ["b", 50]]}}`),
+			[]Problem{{"$.flags.f.targeting.fractional[1][0]", `variant "b"`}}},
+		{"fractional weight not whole", flagFile(`{"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a", "targeting": {"fractional": [["a", 50.5], ["b", 49.5]]}}`),
+			[]Problem{{"$.flags.f.targeting.fractional[0][1]", "not a whole number"}, {"$.flags.f.targeting.fractional[1][1]", "not a whole number"}}},
+		{"fractional negative weight", flagFile(`{"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a", "targeting": {"fractional": [["a", -1], ["b", 1]]}}`),
+			[]Problem{{"$.flags.f.targeting.fractional[0][1]", "negative"}}},
+		{"fractional weight string", flagFile(`{"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a", "targeting": {"fractional": [{"var": "k"}, ["a", "50"], ["b", 50]]}}`),
+			[]Problem{{"$.flags.f.targeting.fractional[1][1]", "whole number"}}},
+		{"fractional bucket not an array", flagFile(`{"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a", "targeting": {"fractional": [["a", 1], 5]}}`),
+			[]Problem{{"$.flags.f.targeting.fractional[1]", "[variant, weight]"}}},
+		{"fractional bucket too long", flagFile(`{"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a", "targeting": {"fractional": [["a", 1, 2], ["b"]]}}`),
+			[]Problem{{"$.flags.f.targeting.fractional[0]", "not 3 elements"}}},
+		{"fractional no buckets", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"fractional": [{"var": "email"}]}}`),
+			[]Problem{{"$.flags.f.targeting.fractional", "at least one"}}},
+		{"fractional not an array", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"fractional": "a"}}`),
+			[]Problem{{"$.flags.f.targeting.fractional", "fractional takes"}}},
+		{"fractional numeric bucketing value", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"fractional": [42, ["a", 1]]}}`),
+			[]Problem{{"$.flags.f.targeting.fractional[0]", "bucketing value must be a string"}}},
+		{"fractional all zero", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"fractional": [["a", 0]]}}`),
+			[]Problem{{"$.flags.f.targeting.fractional", "all weights are 0"}}},
+		{"fractional weights overflow", flagFile(`{"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a", "targeting": {"fractional": [["a", 2147483647], ["b", 1]]}}`),
+			[]Problem{{"$.flags.f.targeting.fractional", "more than flagd's maximum"}}},
+		{"sem_ver bad operator", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [{"sem_ver": [{"var": "v"}, "=>", "1.0.0"]}, "a", null]}}`),
+			[]Problem{{"$.flags.f.targeting.if[0].sem_ver[1]", `unknown sem_ver operator "=>"`}}},
+		{"sem_ver bad literal version", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [{"sem_ver": [{"var": "v"}, ">", "1.0.x"]}, "a", null]}}`),
+			[]Problem{{"$.flags.f.targeting.if[0].sem_ver[2]", "not a semantic version"}}},
+		{"sem_ver arity", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [{"sem_ver": [{"var": "v"}, ">"]}, "a", null]}}`),
+			[]Problem{{"$.flags.f.targeting.if[0].sem_ver", "takes [version, operator, version]"}}},
+		{"ends_with arity", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [{"ends_with": [{"var": "v"}]}, "a", null]}}`),
+			[]Problem{{"$.flags.f.targeting.if[0].ends_with", "takes [value, suffix]"}}},
+		{"starts_with number literal", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [{"starts_with": [{"var": "v"}, 3]}, "a", null]}}`),
+			[]Problem{{"$.flags.f.targeting.if[0].starts_with[1]", "compares strings"}}},
+		{"odd key quoted", `{"flags": {"a.b": {"state": "NOPE", "variants": {"x": 1}, "defaultVariant": "x"}}}`,
+			[]Problem{{`$.flags["a.b"].state`, "neither"}}},
+		{"unknown flag property", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "default": "a"}`),
+			[]Problem{{"$.flags.f.default", "unknown flag property"}}},
+		{"metadata value", flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "metadata": {"x": [1]}}`),
+			[]Problem{{"$.flags.f.metadata.x", "metadata values"}}},
+		{"every problem at once", `{"flags": {
+			"a": {"state": "on", "variants": {"x": 1}, "defaultVariant": "y"},
+			"b": {"state": "ENABLED", "variants": {}, "targeting": {"nope": 1}}}}`,
+			[]Problem{{"$.flags.a.state", "neither"}, {"$.flags.a.defaultVariant", "not one of"}, {"$.flags.b.variants", "no variants"}, {"$.flags.b.targeting.nope", "unknown"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Validate([]byte(tt.file))
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %d problems %v, want %d %v", len(got), got, len(tt.want), tt.want)
+			}
+			for i, w := range tt.want {
+				if got[i].Path != w.Path || !strings.Contains(got[i].Msg, w.Msg) {
+					t.Errorf("problem %d: got %s, want path %s and message containing %q", i, got[i], w.Path, w.Msg)
+				}
+			}
+			_, err := Parse([]byte(tt.file))
+			var pe ProblemsError
+			if !errors.As(err, &pe) || len(pe) != len(got) {
+				t.Errorf("Parse error %v, want the same %d problems", err, len(got))
+			}
+		})
+	}
+}
+
+func TestValidFilesHaveNoProblems(t *testing.T) {
+	for _, file := range []string{
+		`{"flags": {}}`,
+		`{"$schema": "https://flagd.dev/schema/v0/flags.json", "flags": {"f": {"state": "DISABLED", "variants": {"a": {"x": 1}}, "defaultVariant": null}}}`,
+		flagFile(`{"state": "ENABLED", "variants": {"true": true, "false": false}, "defaultVariant": "false", "targeting": {"if": [{"in": ["@x", {"var": "email"}]}, true, null]}}`),
+		flagFile(`{"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a", "targeting": {"fractional": [["a"], ["b", {"var": "w"}], [{"var": "n"}, 1]]}}`),
+		// fractional used as a condition: its results are not the flag's variants.
+		flagFile(`{"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [{"==": [{"fractional": [["x", 1], ["y", 1]]}, "x"]}, "a", null]}}`),
+	} {
+		if p := Validate([]byte(file)); len(p) != 0 {
+			t.Errorf("%s: %v", file, p)
+		}
+	}
+}
+
+func TestExampleFlagFile(t *testing.T) {
+	raw, err := os.ReadFile("../../config/flags/flags.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exists := func(r string) bool { return r == "fraud-00001" || r == "fraud-00002" || r == "recommend-00001" }
+	if c := s.PickRevision(RevisionFlagKey("fraud"), map[string]any{"targetingKey": "u", "email": "ada@pilotlight.dev"}, exists); c.Revision != "fraud-00002" || c.Reason != ReasonTargetingMatch {
+		t.Errorf("staff: %+v", c)
+	}
+	if c := s.PickRevision(RevisionFlagKey("recommend"), map[string]any{"targetingKey": "u"}, exists); c.Revision != "recommend-00001" || c.Reason != ReasonStatic {
+		t.Errorf("recommend: %+v", c)
+	}
+	if r := s.Evaluate("fraud-explanations", map[string]any{"email": "ada@pilotlight.dev"}); r.Reason != ReasonDisabled {
+		t.Errorf("disabled example: %+v", r)
+	}
+}
