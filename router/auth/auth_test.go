@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -292,6 +293,34 @@ func TestExampleFile(t *testing.T) {
 	} {
 		if id := k.Identify(key); id == nil || id.ID != want {
 			t.Errorf("example key for %s does not match its hash (got %+v)", want, id)
+		}
+	}
+}
+
+// BenchmarkMiddleware is the cost auth adds to a request with 100 keys on
+// file (hash once, 100 constant-time compares).
+func BenchmarkMiddleware(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString("keys:\n")
+	for i := 0; i < 99; i++ {
+		sb.WriteString("  - {id: k" + strconv.Itoa(i) + ", hash: " + auth.Sum(fraudKey+strconv.Itoa(i)) + ", functions: [fraud]}\n")
+	}
+	sb.WriteString("  - {id: last, hash: " + auth.Sum(fraudKey) + ", functions: [fraud]}\n")
+	k, err := auth.Parse([]byte(sb.String()), "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := echo.New()
+	e.Use(k.Middleware(nil))
+	e.POST("/functions/:function", func(c echo.Context) error { return c.NoContent(http.StatusNoContent) })
+	req := httptest.NewRequest("POST", "/functions/fraud", nil)
+	req.Header.Set("Authorization", "Bearer "+fraudKey)
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, req)
+		if rec.Code != http.StatusNoContent {
+			b.Fatal(rec.Code)
 		}
 	}
 }
