@@ -213,12 +213,16 @@ func TestParseErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := auth.Parse([]byte(tt.doc), "keys.yaml")
-			if err == nil {
-				t.Fatalf("Parse accepted %s", tt.doc)
+			path := filepath.Join(t.TempDir(), "keys.yaml")
+			if err := os.WriteFile(path, []byte(tt.doc), 0o600); err != nil {
+				t.Fatal(err)
 			}
-			if !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), "keys.yaml") {
-				t.Errorf("error %q, want prefix keys.yaml and %q", err, tt.want)
+			_, err := auth.Load(path)
+			if err == nil {
+				t.Fatalf("Load accepted %s", tt.doc)
+			}
+			if !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), path) {
+				t.Errorf("error %q, want prefix %s and %q", err, path, tt.want)
 			}
 		})
 	}

@@ -28,7 +28,8 @@ const (
 )
 
 // anonymousPrefix keys the buckets of requests without a key id (auth off
-// in local development, or public paths) by the client's address.
+// in local development, or public paths) by the client's address. Key ids
+// cannot contain ':' (router/auth), so the two never share a bucket.
 const anonymousPrefix = "addr:"
 
 // Config configures a Limiter.
