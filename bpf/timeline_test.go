@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -193,5 +194,24 @@ func TestMonoClock(t *testing.T) {
 	now := time.Now()
 	if back := c.wall(c.mono(now)); !back.Equal(now.Round(0)) {
 		t.Errorf("round trip %s -> %s", now, back)
+	}
+}
+
+// The Go mirrors of the C structs must match the compiled object's sizes.
+func TestGoMirrorsMatchTheObject(t *testing.T) {
+	spec, err := loadProbes()
+	if err != nil {
+		t.Skip(err)
+	}
+	for _, tt := range []struct {
+		m    string
+		size int
+	}{{"hists", binary.Size(slotHists{})}, {"timelines", binary.Size([6]uint64{})}, {"tracked", 4}, {"ready", 8}, {"ports", 4}} {
+		if got := int(spec.Maps[tt.m].ValueSize); got != tt.size {
+			t.Errorf("map %s: value size %d in the object, %d in Go", tt.m, got, tt.size)
+		}
+	}
+	if got := int(spec.Maps["tracked"].MaxEntries); got != maxTracked || int(spec.Maps["hists"].MaxEntries) != maxTracked {
+		t.Errorf("tracked map holds %d, maxTracked is %d", got, maxTracked)
 	}
 }
