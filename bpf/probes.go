@@ -311,6 +311,11 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 	if p.closed || p.done[key] {
 		return
 	}
+	// Marks are for instances the engine tracks (or whose exec was seen):
+	// a stray pid must not leave state nobody cleans up.
+	if p.instances[key] == nil && p.states[key] == nil {
+		return
+	}
 	st := p.state(key)
 	st.points[phase] = t.Round(0)
 	if phase != MarkReady {

@@ -528,3 +528,21 @@ func BenchmarkRequestOverhead(b *testing.B) {
 		})
 	}
 }
+
+func TestMarkIgnoresStrangers(t *testing.T) {
+	p := newProbes(t, nil)
+	stranger := 1<<22 + 7
+	p.Mark(stranger, MarkReady, time.Now())
+	p.Mark(stranger, MarkRequestArrival, time.Now())
+	p.mu.Lock()
+	n := len(p.states)
+	_, has := p.states[uint32(stranger)]
+	p.mu.Unlock()
+	if has {
+		t.Errorf("Mark of an untracked pid kept state (%d states)", n)
+	}
+	var v uint64
+	if err := p.ready.Lookup(uint32(stranger), &v); err == nil {
+		t.Error("Mark of an untracked pid armed the kernel")
+	}
+}

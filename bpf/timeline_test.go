@@ -215,3 +215,10 @@ func TestGoMirrorsMatchTheObject(t *testing.T) {
 		t.Errorf("tracked map holds %d, maxTracked is %d", got, maxTracked)
 	}
 }
+
+// The engine's Probes interface (router/engine), restated: *Probes must satisfy it.
+var _ interface {
+	Track(pid int, function, revision string) error
+	Untrack(pid int)
+	Mark(pid int, phase string, t time.Time)
+} = (*Probes)(nil)
