@@ -123,7 +123,12 @@ type validator struct {
 	problems      []Problem
 	evaluators    map[string]any
 	badEvaluators map[string]bool // already reported under $.$evaluators
+	nodes         int             // JSONLogic nodes after $ref substitution
 }
+
+// maxRuleNodes bounds $ref substitution: evaluators that use each other
+// twice at every level would otherwise grow exponentially.
+const maxRuleNodes = 1 << 18
 
 func (v *validator) add(path, format string, args ...any) {
 	v.problems = append(v.problems, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
@@ -343,6 +348,13 @@ func (v *validator) flag(path, key string, node any, setMeta map[string]any) *fl
 // resolveRefs substitutes {"$ref": "name"} with the evaluator's rule, as
 // flagd does textually: the evaluator's keys join the object's other keys.
 func (v *validator) resolveRefs(path string, node any, stack []string) any {
+	v.nodes++
+	if v.nodes == maxRuleNodes {
+		v.add(path, "more than %d JSONLogic nodes after substituting $ref evaluators", maxRuleNodes)
+	}
+	if v.nodes >= maxRuleNodes {
+		return nil
+	}
 	switch n := node.(type) {
 	case map[string]any:
 		out := make(map[string]any, len(n))

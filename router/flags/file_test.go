@@ -2,9 +2,11 @@ package flags
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestValidateReportsPaths(t *testing.T) {
@@ -155,5 +157,23 @@ func TestExampleFlagFile(t *testing.T) {
 	}
 	if r := s.Evaluate("fraud-explanations", map[string]any{"email": "ada@pilotlight.dev"}); r.Reason != ReasonDisabled {
 		t.Errorf("disabled example: %+v", r)
+	}
+}
+
+func TestRefExpansionIsBounded(t *testing.T) {
+	evs := `"e0": {"var": "x"}`
+	for i := 1; i <= 40; i++ {
+		evs += fmt.Sprintf(`, "e%d": {"and": [{"$ref": "e%d"}, {"$ref": "e%d"}]}`, i, i-1, i-1)
+	}
+	file := `{"flags": {}, "$evaluators": {` + evs + `}}`
+	done := make(chan []Problem, 1)
+	go func() { done <- Validate([]byte(file)) }()
+	select {
+	case p := <-done:
+		if len(p) == 0 || !strings.Contains(p[0].Msg, "JSONLogic nodes") {
+			t.Errorf("got %v", p)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("exponential $ref expansion not bounded")
 	}
 }

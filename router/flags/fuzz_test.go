@@ -1,0 +1,38 @@
+package flags
+
+import (
+	"os"
+	"testing"
+)
+
+// FuzzParse: Parse and Validate never panic, agree with each other, and a
+// set that parses evaluates every flag without panicking.
+func FuzzParse(f *testing.F) {
+	if raw, err := os.ReadFile("../../config/flags/flags.json"); err == nil {
+		f.Add(raw)
+	}
+	f.Add([]byte(canaryFile))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		problems := Validate(raw)
+		s, err := Parse(raw)
+		if (err == nil) != (len(problems) == 0) {
+			t.Fatalf("Parse error %v but Validate found %d problems", err, len(problems))
+		}
+		for _, p := range problems {
+			if p.Path == "" || p.Path[0] != '$' || p.Msg == "" {
+				t.Fatalf("problem without a path or message: %+v", p)
+			}
+		}
+		if s == nil {
+			return
+		}
+		for _, key := range s.Keys() {
+			for _, ctx := range []map[string]any{nil, {"targetingKey": "user-1", "email": "a@pilotlight.dev", "version": "1.2.3", "n": 3}} {
+				r := s.Evaluate(key, ctx)
+				if r.Reason == "" {
+					t.Fatalf("flag %s: no reason", key)
+				}
+			}
+		}
+	})
+}

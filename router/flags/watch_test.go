@@ -1,0 +1,273 @@
+package flags
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// versionFile is a valid flag file whose fraud-revision defaults to variant.
+func versionFile(variant string) []byte {
+	return fmt.Appendf(nil, `{"flags": {"fraud-revision": {"state": "ENABLED",
+		"variants": {"stable": "fraud-00001", "canary": "fraud-00002"}, "defaultVariant": %q}}}`, variant)
+}
+
+type watchRig struct {
+	t       *testing.T
+	path    string
+	w       *Watcher
+	reg     *prometheus.Registry
+	logs    *syncBuffer
+	changes chan []string
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startWatcher(t *testing.T) *watchRig {
+	t.Helper()
+	dir := t.TempDir()
+	r := &watchRig{t: t, path: filepath.Join(dir, "flags.json"), reg: prometheus.NewRegistry(), logs: &syncBuffer{}, changes: make(chan []string, 16)}
+	if err := os.WriteFile(r.path, versionFile("stable"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWatcher(WatcherConfig{Path: r.path, Registerer: r.reg, Logger: slog.New(slog.NewTextHandler(r.logs, nil)),
+		OnChange: func(_ *Set, changed []string) { r.changes <- changed }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.w = w
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	// Run has started watching once a quiet check has happened; give it a moment.
+	time.Sleep(50 * time.Millisecond)
+	return r
+}
+
+func (r *watchRig) current() string {
+	return r.w.Set().Evaluate("fraud-revision", nil).Variant
+}
+
+// waitFor polls until the current default variant is want (within 1 s, the
+// promise) and reports how long it took.
+func (r *watchRig) waitFor(want string) time.Duration {
+	r.t.Helper()
+	start := time.Now()
+	for time.Since(start) < time.Second {
+		if r.current() == want {
+			return time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.t.Fatalf("flags still say %q after 1s, want %q", r.current(), want)
+	return 0
+}
+
+func (r *watchRig) count(result string) float64 {
+	return testutil.ToFloat64(r.w.reloads.WithLabelValues(result))
+}
+
+// eventually waits (bounded) for the reload counter to reach n.
+func (r *watchRig) eventually(result string, n float64) {
+	r.t.Helper()
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) && r.count(result) < n {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := r.count(result); got != n {
+		r.t.Fatalf("pilotlight_flags_reload_total{result=%q} = %v, want %v", result, got, n)
+	}
+}
+
+func atomicWrite(t *testing.T, path string, raw []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWatcherReloadsInPlaceWrite(t *testing.T) {
+	r := startWatcher(t)
+	if r.current() != "stable" || r.count(ReloadSuccess) != 1 {
+		t.Fatalf("start: %s, %v successes", r.current(), r.count(ReloadSuccess))
+	}
+	version := r.w.Set().Version()
+	if err := os.WriteFile(r.path, versionFile("canary"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("change seen after %v", r.waitFor("canary"))
+	if r.w.Set().Version() == version {
+		t.Error("version did not change")
+	}
+	select {
+	case changed := <-r.changes:
+		if len(changed) != 1 || changed[0] != "fraud-revision" {
+			t.Errorf("OnChange got %v", changed)
+		}
+	case <-time.After(time.Second):
+		t.Error("OnChange not called")
+	}
+	r.eventually(ReloadSuccess, 2)
+}
+
+func TestWatcherReloadsAtomicRename(t *testing.T) {
+	r := startWatcher(t)
+	atomicWrite(t, r.path, versionFile("canary"))
+	r.waitFor("canary")
+	atomicWrite(t, r.path, versionFile("stable"))
+	r.waitFor("stable")
+}
+
+func TestWatcherRejectsInvalidFile(t *testing.T) {
+	r := startWatcher(t)
+	atomicWrite(t, r.path, []byte(`{"flags": {"fraud-revision": {"state": "ENABLED", "variants": {"stable": "fraud-00001"}, "defaultVariant": "canary"}}}`))
+	r.eventually(ReloadError, 1)
+	if r.current() != "stable" {
+		t.Errorf("invalid file replaced the flags: %s", r.current())
+	}
+	if !bytes.Contains([]byte(r.logs.String()), []byte("$.flags.fraud-revision.defaultVariant")) {
+		t.Errorf("the log does not name the problem: %s", r.logs.String())
+	}
+	atomicWrite(t, r.path, []byte(`{"flags": `)) // malformed
+	r.eventually(ReloadError, 2)
+	// A good file afterwards is taken.
+	atomicWrite(t, r.path, versionFile("canary"))
+	r.waitFor("canary")
+	// The metric is on the registry passed in.
+	if n, err := testutil.GatherAndCount(r.reg, "pilotlight_flags_reload_total"); err != nil || n != 3 {
+		t.Errorf("registry has %d series (%v), want 3", n, err)
+	}
+}
+
+func TestWatcherKeepsFlagsWhenFileRemoved(t *testing.T) {
+	r := startWatcher(t)
+	if err := os.Remove(r.path); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually(ReloadMissing, 1)
+	if r.current() != "stable" {
+		t.Errorf("flags lost with the file: %q", r.current())
+	}
+	// The file comes back (recreated, as a deploy would).
+	if err := os.WriteFile(r.path, versionFile("canary"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor("canary")
+}
+
+// Writers race: many rapid replacements, by rename and in place; the watcher
+// must end on the last content and never serve a half-written file.
+func TestWatcherWriteThenRenameRace(t *testing.T) {
+	r := startWatcher(t)
+	stop := make(chan struct{})
+	var bad []string
+	var mu sync.Mutex
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if v := r.current(); v != "stable" && v != "canary" {
+				mu.Lock()
+				bad = append(bad, v)
+				mu.Unlock()
+			}
+		}
+	}()
+	for i := range 40 {
+		variant := []string{"stable", "canary"}[i%2]
+		if i%3 == 0 {
+			if err := os.WriteFile(r.path, versionFile(variant), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			atomicWrite(t, r.path, versionFile(variant))
+		}
+		time.Sleep(time.Duration(i%4) * time.Millisecond)
+	}
+	atomicWrite(t, r.path, versionFile("canary"))
+	r.waitFor("canary")
+	close(stop)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(bad) > 0 {
+		t.Errorf("served %v", bad[:1])
+	}
+	// Debounced: far fewer reloads than writes.
+	if n := r.count(ReloadSuccess) + r.count(ReloadError); n > 30 {
+		t.Errorf("%v reloads for 41 writes: not debounced", n)
+	}
+}
+
+func TestWatcherIdenticalReloadKeepsUsers(t *testing.T) {
+	r := startWatcher(t)
+	raw, _ := os.ReadFile(r.path)
+	before := r.w.Set()
+	atomicWrite(t, r.path, raw)
+	r.eventually(ReloadSuccess, 2)
+	if r.w.Set() != before {
+		t.Error("an identical file replaced the set")
+	}
+	select {
+	case c := <-r.changes:
+		t.Errorf("OnChange for an identical file: %v", c)
+	default:
+	}
+}
+
+func TestNewWatcherNeedsAValidFile(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := NewWatcher(WatcherConfig{Path: filepath.Join(dir, "none.json")}); err == nil {
+		t.Error("missing file accepted")
+	}
+	bad := filepath.Join(dir, "bad.json")
+	_ = os.WriteFile(bad, []byte(`{"flags": {"f": {"state": "x"}}}`), 0o644)
+	if _, err := NewWatcher(WatcherConfig{Path: bad}); err == nil {
+		t.Error("invalid file accepted")
+	}
+	// Two watchers may share a registry.
+	good := filepath.Join(dir, "good.json")
+	_ = os.WriteFile(good, versionFile("stable"), 0o644)
+	reg := prometheus.NewRegistry()
+	for range 2 {
+		if _, err := NewWatcher(WatcherConfig{Path: good, Registerer: reg, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
