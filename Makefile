@@ -21,8 +21,8 @@ $(ORT_LIB):
 models: ## retrain and re-export every model (deterministic)
 	$(GO) run ./cmd/pilotlight train all
 
-run: build ort ## start the platform on :8080 (local development: auth off); extra flags via ARGS=...
-	./$(BIN) serve --addr :8080 $(ARGS)
+run: build ort ## start the platform on 127.0.0.1:8080 (local development: auth off); extra flags via ARGS=...
+	./$(BIN) serve --dev --addr 127.0.0.1:8080 $(ARGS)
 
 vet:
 	$(GO) vet ./...

@@ -27,6 +27,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/router/auth"
+	"github.com/pilotlight/pilotlight/router/ratelimit"
 	"github.com/pilotlight/pilotlight/router/rollout"
 )
 
@@ -35,6 +37,9 @@ const (
 	DefaultRequestTimeout = 30 * time.Second
 	DefaultMaxBodyBytes   = functions.DefaultMaxBodyBytes
 )
+
+// countedKey marks a request the proxy counts in pilotlight_requests_total itself.
+const countedKey = "pilotlight.counted"
 
 // ShedHeader marks a 503/429 answered on purpose to shed load.
 const ShedHeader = "X-Pilotlight-Shed"
@@ -79,6 +84,14 @@ type Config struct {
 	Admin AdminSource
 	// Rollouts, when set, serves /admin/rollouts (the canary controller).
 	Rollouts *rollout.Controller
+	// Keys turns authentication on (nil: off, local development only).
+	Keys *auth.Keys
+	// RateLimit limits requests per key (nil: no limit).
+	RateLimit *ratelimit.Limiter
+	// Concurrency caps requests in flight per function (nil: no cap).
+	Concurrency *ratelimit.ConcurrencyLimiter
+	// SeparateAdmin moves /metrics and /admin/* off the main handler to AdminHandler.
+	SeparateAdmin bool
 }
 
 // AdminSource supplies what the admin view shows beyond weights.
@@ -92,6 +105,7 @@ type Router struct {
 	cfg       Config
 	log       *slog.Logger
 	echo      *echo.Echo
+	admin     *echo.Echo // nil unless SeparateAdmin
 	fns       map[string]*functions.Manifest
 	transport *http.Transport
 	m         *metrics
@@ -137,25 +151,62 @@ func New(cfg Config) (*Router, error) {
 // Handler is the router's http.Handler.
 func (rt *Router) Handler() http.Handler { return rt.echo }
 
+// AdminHandler serves /metrics, /admin/* and /healthz when SeparateAdmin is
+// set (nil otherwise: they are on Handler).
+func (rt *Router) AdminHandler() http.Handler {
+	if rt.admin == nil {
+		return nil
+	}
+	return rt.admin
+}
+
 // Close releases idle upstream connections.
 func (rt *Router) Close() { rt.transport.CloseIdleConnections() }
 
-func (rt *Router) routes() *echo.Echo {
+func (rt *Router) newEcho() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = rt.httpError
-	// Order: host routing rewrites the path before routing; recover wraps everything.
+	return e
+}
+
+// routes builds the handler. Middleware order, outermost first: host
+// routing rewrites the path before routing; recover wraps everything;
+// authentication answers 401/403 before any limit spends a token; the
+// per-key rate limit; the per-function concurrency cap; then the proxy.
+func (rt *Router) routes() *echo.Echo {
+	e := rt.newEcho()
 	e.Pre(rt.hostRouting)
 	e.Use(middleware.Recover())
+	if rt.cfg.Keys != nil {
+		e.Use(rt.cfg.Keys.Middleware(auth.FunctionParam))
+	}
+	if rt.cfg.RateLimit != nil {
+		e.Use(rt.cfg.RateLimit.Middleware(auth.KeyID, auth.RateOf))
+	}
+	if rt.cfg.Concurrency != nil {
+		e.Use(rt.cfg.Concurrency.Middleware(auth.FunctionParam))
+	}
 
-	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
-	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(rt.cfg.Registry, promhttp.HandlerOpts{})))
-	e.GET("/admin/functions", rt.adminFunctions)
-	if rt.cfg.Rollouts != nil {
-		e.GET("/admin/rollouts", rt.listRollouts)
-		e.POST("/admin/rollouts", rt.startRollout)
-		e.GET("/admin/rollouts/:function", rt.rolloutStatus)
-		e.DELETE("/admin/rollouts/:function", rt.abortRollout)
+	admin := e
+	if rt.cfg.SeparateAdmin {
+		rt.admin = rt.newEcho()
+		rt.admin.Use(middleware.Recover())
+		admin = rt.admin
+	}
+	for _, a := range []*echo.Echo{e, admin} {
+		a.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
+		if a == e && rt.admin != nil {
+			continue
+		}
+		a.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(rt.cfg.Registry, promhttp.HandlerOpts{})))
+		a.GET("/admin/functions", rt.adminFunctions)
+		if rt.cfg.Rollouts != nil {
+			a.GET("/admin/rollouts", rt.listRollouts)
+			a.POST("/admin/rollouts", rt.startRollout)
+			a.GET("/admin/rollouts/:function", rt.rolloutStatus)
+			a.DELETE("/admin/rollouts/:function", rt.abortRollout)
+		}
 	}
 
 	e.GET("/v2", func(c echo.Context) error {
@@ -231,6 +282,18 @@ func (rt *Router) httpError(err error, c echo.Context) {
 	if code >= 500 && code != http.StatusServiceUnavailable {
 		rt.log.Warn("request failed", "path", c.Request().URL.Path, "status", code, "err", err)
 	}
+	if code == http.StatusInternalServerError && se == nil && he == nil {
+		msg = "internal error; the platform log has the details" // a panic's value is not the client's business
+	}
+	// Requests refused before the proxy (auth, rate, concurrency, unknown
+	// function) are counted here; the proxy counts what it answers itself.
+	if c.Get(countedKey) == nil {
+		if fn := auth.FunctionParam(c); fn != "" {
+			if _, known := rt.fns[fn]; known {
+				rt.m.requests.WithLabelValues(fn, "", strconv.Itoa(code)).Inc()
+			}
+		}
+	}
 	_ = c.JSON(code, map[string]string{"error": msg})
 }
 
@@ -278,6 +341,7 @@ func (rt *Router) proxy(k kind) echo.HandlerFunc {
 				return err
 			}
 		}
+		c.Set(countedKey, true)
 		code := rt.forward(c, fn, revision, k, body)
 		rt.m.requests.WithLabelValues(fn.Name, revision, strconv.Itoa(code)).Inc()
 		rt.m.duration.WithLabelValues(fn.Name, revision).Observe(time.Since(start).Seconds())

@@ -19,7 +19,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(newRuntimeCmd(), newServeCmd(), newBenchCmd(), newLoadtestCmd(), newTrainCmd(), newRolloutCmd(), newManifestsCmd(), newDeployCmd())
+	root.AddCommand(newRuntimeCmd(), newServeCmd(), newBenchCmd(), newLoadtestCmd(), newTrainCmd(), newRolloutCmd(), newManifestsCmd(), newDeployCmd(), newKeysCmd())
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
 	}

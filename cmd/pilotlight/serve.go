@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -12,14 +13,17 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router"
+	"github.com/pilotlight/pilotlight/router/auth"
 	"github.com/pilotlight/pilotlight/router/engine"
 	"github.com/pilotlight/pilotlight/router/knative"
+	"github.com/pilotlight/pilotlight/router/ratelimit"
 	"github.com/pilotlight/pilotlight/router/rollout"
 )
 
@@ -27,6 +31,13 @@ func newServeCmd() *cobra.Command {
 	var (
 		addr, fnDir      string
 		flagsPath        string
+		dev              bool
+		keysFile         string
+		adminAddr        string
+		tlsCert, tlsKey  string
+		rateRPS          float64
+		rateBurst        int
+		maxConcurrent    int
 		backendName      string
 		namespace        string
 		kubeconfig       string
@@ -92,7 +103,27 @@ func newServeCmd() *cobra.Command {
 			default:
 				return fmt.Errorf("--backend %q: use local (child processes on this machine) or knative", backendName)
 			}
-			rcfg := router.Config{Functions: fns, Backend: backend, Admin: admin, RequestTimeout: requestTimeout, Registry: reg, Logger: log}
+			rcfg := router.Config{Functions: fns, Backend: backend, Admin: admin, RequestTimeout: requestTimeout, Registry: reg, Logger: log,
+				Concurrency: ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: maxConcurrent, Registerer: reg}),
+			}
+			authNote := "authentication off: local development"
+			if dev {
+				if !isLoopback(addr) {
+					return fmt.Errorf("--dev turns authentication off, so it only listens on loopback; %s is not (drop --dev and pass --keys-file)", addr)
+				}
+			} else {
+				keys, err := auth.LoadSources(keysFile, os.Getenv(auth.EnvVar))
+				if err != nil {
+					return fmt.Errorf("authentication is on outside local development: %w; create a key with `pilotlight keys new --id NAME --functions '*' --file keys.yaml` and pass --keys-file keys.yaml (or run `make run` / serve --dev on loopback)", err)
+				}
+				rcfg.Keys = keys
+				// Rate limits are per API key, so they apply when keys do.
+				rcfg.RateLimit = ratelimit.New(ratelimit.Config{RPS: rateRPS, Burst: rateBurst, Registerer: reg,
+					Skipper: func(c echo.Context) bool { return auth.IsPublicPath(c.Path()) }})
+				rcfg.SeparateAdmin = adminAddr != ""
+				authNote = fmt.Sprintf("authentication on: %d API keys", keys.Len())
+				log.Info("authentication on", "keys", keys.IDs(), "admin_addr", adminAddr)
+			}
 			if flagsPath != "" {
 				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log})
 				defer ctl.Close()
@@ -114,7 +145,11 @@ func newServeCmd() *cobra.Command {
 				names[i] = f.Name
 			}
 			log.Info("pilotlight serving", "addr", ln.Addr().String(), "functions", names, "warm_pool", poolSize)
-			fmt.Fprintf(os.Stdout, "pilotlight: listening on http://%s (functions: %v; authentication off: local development)\n", ln.Addr(), names)
+			scheme := "http"
+			if tlsCert != "" {
+				scheme = "https"
+			}
+			fmt.Fprintf(os.Stdout, "pilotlight: listening on %s://%s (functions: %v; %s)\n", scheme, ln.Addr(), names, authNote)
 			engDone := make(chan error, 1)
 			engCtx, engStop := context.WithCancel(context.Background())
 			defer engStop()
@@ -125,7 +160,24 @@ func newServeCmd() *cobra.Command {
 			}
 			srv := limits.Server(rt.Handler(), log)
 			srvDone := make(chan error, 1)
-			go func() { srvDone <- srv.Serve(ln) }()
+			go func() {
+				if tlsCert != "" {
+					srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+					srvDone <- srv.ServeTLS(ln, tlsCert, tlsKey)
+					return
+				}
+				srvDone <- srv.Serve(ln)
+			}()
+			if h := rt.AdminHandler(); h != nil {
+				aln, err := net.Listen("tcp", adminAddr)
+				if err != nil {
+					return fmt.Errorf("admin listener on %s: %w (pass --admin-addr)", adminAddr, err)
+				}
+				asrv := limits.Server(h, log)
+				defer asrv.Close()
+				go func() { _ = asrv.Serve(aln) }()
+				log.Info("admin endpoints (/metrics, /admin) on their own listener", "addr", aln.Addr().String())
+			}
 			select {
 			case <-ctx.Done():
 			case err := <-srvDone:
@@ -144,6 +196,14 @@ func newServeCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "127.0.0.1:8080", "router listen address")
 	f.StringVar(&fnDir, "functions", "functions", "directory whose subdirectories hold function.yaml files")
+	f.BoolVar(&dev, "dev", false, "local development: authentication off and admin endpoints on the main listener (loopback only; make run uses it)")
+	f.StringVar(&keysFile, "keys-file", "", "API keys file (hashed at rest; see pilotlight keys new); keys in $PILOTLIGHT_API_KEYS are added")
+	f.StringVar(&adminAddr, "admin-addr", "127.0.0.1:9090", "listener for /metrics and /admin outside --dev (empty: main listener, admin keys required)")
+	f.StringVar(&tlsCert, "tls-cert", "", "serve TLS (1.2+) with this certificate (PEM)")
+	f.StringVar(&tlsKey, "tls-key", "", "private key for --tls-cert (PEM)")
+	f.Float64Var(&rateRPS, "rate-rps", 100, "requests per second per API key (a key's own rate in the keys file wins)")
+	f.IntVar(&rateBurst, "rate-burst", 200, "burst per API key")
+	f.IntVar(&maxConcurrent, "max-concurrent", ratelimit.DefaultMaxConcurrent, "requests in flight per function before 503s are shed")
 	f.StringVar(&backendName, "backend", "local", "where instances run: local (child processes, scale to zero on this machine) or knative (a cluster's tag URLs)")
 	f.StringVar(&namespace, "namespace", knative.DefaultNamespace, "knative backend: namespace of the functions' Services")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "knative backend: kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)")
@@ -162,4 +222,17 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write the router's CPU profile to this file until serve exits (for profiling the hop)")
 	f.DurationVar(&panicWindow, "panic-window", 0, "autoscaler panic window (default 6s)")
 	return cmd
+}
+
+// isLoopback reports whether a listen address only binds loopback.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

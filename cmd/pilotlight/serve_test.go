@@ -62,7 +62,7 @@ func alive(pid int) bool {
 func startServe(t *testing.T, bin string, args ...string) (*exec.Cmd, string) {
 	t.Helper()
 	root, _ := filepath.Abs("../..")
-	cmd := exec.Command(bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--functions", filepath.Join(root, "functions")}, args...)...)
+	cmd := exec.Command(bin, append([]string{"serve", "--dev", "--addr", "127.0.0.1:0", "--functions", filepath.Join(root, "functions")}, args...)...)
 	cmd.Dir = root
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = io.Discard

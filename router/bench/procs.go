@@ -84,7 +84,7 @@ func StartRuntime(bin, fnDir, revision string, logTo io.Writer) (*Proc, error) {
 
 // StartServe runs the platform on a free loopback port.
 func StartServe(bin string, args []string, logTo io.Writer) (*Proc, error) {
-	return start(bin, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...), "listening on ", logTo)
+	return start(bin, append([]string{"serve", "--dev", "--addr", "127.0.0.1:0"}, args...), "listening on ", logTo)
 }
 
 // WaitReady polls url until it answers 200.
