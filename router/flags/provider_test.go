@@ -216,3 +216,34 @@ func BenchmarkSetEvaluate(b *testing.B) {
 		}
 	}
 }
+
+// Evaluations share the parsed rules; run them from many goroutines while
+// the set is swapped (go test -race).
+func TestConcurrentEvaluationAndSwap(t *testing.T) {
+	p := NewProvider(mustParse(t, canaryFile))
+	alt := mustParse(t, canaryFile+" ")
+	done := make(chan struct{})
+	for g := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 2000 {
+				ctx := map[string]any{"targetingKey": fmt.Sprintf("u-%d-%d", g, i), "email": "x@pilotlight.dev", "pick": "pi"}
+				if r := p.Set().Evaluate("fraud-revision", ctx); r.Variant != "canary" {
+					t.Errorf("got %+v", r)
+					return
+				}
+				p.IntEvaluation(context.Background(), "int", 0, ctx)
+			}
+		}()
+	}
+	for i := range 200 {
+		if i%2 == 0 {
+			p.Swap(alt)
+		} else {
+			p.Swap(mustParse(t, canaryFile))
+		}
+	}
+	for range 4 {
+		<-done
+	}
+}
