@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
+	"github.com/pilotlight/pilotlight/bpf"
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
@@ -31,6 +33,7 @@ func newServeCmd() *cobra.Command {
 	var (
 		addr, fnDir      string
 		flagsPath        string
+		withEBPF         bool
 		dev              bool
 		keysFile         string
 		adminAddr        string
@@ -82,16 +85,36 @@ func newServeCmd() *cobra.Command {
 				backend router.Backend
 				admin   router.AdminSource
 			)
+			if os.Getenv("PILOTLIGHT_EBPF") == "1" {
+				withEBPF = true
+			}
+			probes := startProbes(withEBPF, reg, log)
+			if probes != nil {
+				defer probes.Close()
+			}
 			switch backendName {
 			case "local":
-				eng, err = engine.New(engine.Config{
+				ecfg := engine.Config{
 					Functions: fns, PoolSize: poolSize, ScaleToZeroAfter: scaleToZeroAfter, QueueCapacity: queueCapacity,
 					StableWindow: stableWindow, PanicWindow: panicWindow, Logger: log, Registerer: reg,
-				})
+				}
+				lb := router.LocalBackend{}
+				if probes != nil {
+					// Only a live *Probes: a nil pointer in the interface would not be nil.
+					ecfg.Probes = probes
+					lb.Timelines = func() map[string]any {
+						out := map[string]any{}
+						for k, tl := range probes.LatestTimelines() {
+							out[k] = tl
+						}
+						return out
+					}
+				}
+				eng, err = engine.New(ecfg)
 				if err != nil {
 					return err
 				}
-				lb := router.LocalBackend{Engine: eng}
+				lb.Engine = eng
 				backend, admin = lb, lb
 			case "knative":
 				client, host, err := knative.NewClient(kubeconfig, kubeContext)
@@ -196,6 +219,7 @@ func newServeCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "127.0.0.1:8080", "router listen address")
 	f.StringVar(&fnDir, "functions", "functions", "directory whose subdirectories hold function.yaml files")
+	f.BoolVar(&withEBPF, "ebpf", false, "attach the eBPF probes (cold-start timelines, kernel latency per function); also PILOTLIGHT_EBPF=1")
 	f.BoolVar(&dev, "dev", false, "local development: authentication off and admin endpoints on the main listener (loopback only; make run uses it)")
 	f.StringVar(&keysFile, "keys-file", "", "API keys file (hashed at rest; see pilotlight keys new); keys in $PILOTLIGHT_API_KEYS are added")
 	f.StringVar(&adminAddr, "admin-addr", "127.0.0.1:9090", "listener for /metrics and /admin outside --dev (empty: main listener, admin keys required)")
@@ -235,4 +259,21 @@ func isLoopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// startProbes attaches the eBPF probes when asked; without privilege or
+// kernel support serving goes on and one line says why.
+func startProbes(want bool, reg prometheus.Registerer, log *slog.Logger) *bpf.Probes {
+	if !want {
+		_ = bpf.Disabled(reg)
+		return nil
+	}
+	p, err := bpf.New(bpf.Config{ParentPID: os.Getpid(), Registerer: reg, Logger: log})
+	if err != nil {
+		log.Warn(err.Error())
+		_ = bpf.Disabled(reg)
+		return nil
+	}
+	log.Info("eBPF probes attached: cold-start timelines in /admin/functions, kernel latency in /metrics")
+	return p
 }

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startServeAs runs serve --dev --ebpf, optionally as another user, and
+// returns its URL and a copy of its log.
+// syncLog collects a process's log lines as they come.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+func startServeAs(t *testing.T, bin string, cred *syscall.Credential) (string, *syncLog) {
+	t.Helper()
+	root, _ := filepath.Abs("../..")
+	cmd := exec.Command(bin, "serve", "--dev", "--ebpf", "--addr", "127.0.0.1:0", "--functions", filepath.Join(root, "functions"), "--pool-size", "1")
+	cmd.Dir = root
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
+	log := &syncLog{}
+	stderr, _ := cmd.StderrPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			log.mu.Lock()
+			log.b.WriteString(sc.Text() + "\n")
+			log.mu.Unlock()
+		}
+		close(done)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-done
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("serve did not start: %v", err)
+	}
+	go io.Copy(io.Discard, stdout)
+	for _, w := range strings.Fields(line) {
+		if strings.HasPrefix(w, "http://") {
+			return w, log
+		}
+	}
+	t.Fatalf("no URL in %q", line)
+	return "", nil
+}
+
+func metricsText(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+const fraudTx = `{"amount": 912.40, "avg_amount_30d": 85.0, "merchant_category": "electronics", "country": "BR", "home_country": "US", "hour": 3, "device_new": true, "tx_last_24h": 7}`
+
+// TestServeWithEBPF scales fraud from zero through the real platform with
+// the probes attached and finds the cold-start timeline and the kernel
+// latency histograms for that revision.
+func TestServeWithEBPF(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("eBPF probes need root (CAP_BPF and CAP_PERFMON); this test process is not root")
+	}
+	bin := buildBinary(t)
+	url, log := startServeAs(t, bin, nil)
+	for i := 0; i < 20; i++ {
+		resp, err := http.Post(url+"/functions/fraud", "application/json", strings.NewReader(fraudTx))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("fraud: %d", resp.StatusCode)
+		}
+	}
+	var admin struct {
+		Functions []struct {
+			Name      string
+			Revisions []struct {
+				Name     string
+				Timeline *struct {
+					PID    int `json:"pid"`
+					Events []struct {
+						Name     string  `json:"name"`
+						OffsetMS float64 `json:"offset_ms"`
+					} `json:"events"`
+				} `json:"cold_start_timeline"`
+				Instances []struct{ PID int }
+			}
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(url + "/admin/functions")
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(resp.Body).Decode(&admin)
+		resp.Body.Close()
+		var found bool
+		for _, f := range admin.Functions {
+			for _, r := range f.Revisions {
+				if f.Name == "fraud" && r.Timeline != nil && len(r.Instances) > 0 {
+					if r.Timeline.PID != r.Instances[0].PID {
+						t.Fatalf("timeline pid %d, instance pid %d", r.Timeline.PID, r.Instances[0].PID)
+					}
+					// Kernel events follow exec in order; the request that
+					// caused an exec start may arrive before the exec itself.
+					names := map[string]bool{}
+					prev := 0.0
+					for _, e := range r.Timeline.Events {
+						names[e.Name] = true
+						if e.Name == "request_arrival" {
+							continue
+						}
+						if e.OffsetMS < prev {
+							t.Errorf("event %s at %v ms comes before an earlier event at %v ms", e.Name, e.OffsetMS, prev)
+						}
+						prev = e.OffsetMS
+					}
+					for _, want := range []string{"exec", "listen", "ready", "first_write"} {
+						if !names[want] {
+							t.Errorf("timeline lacks %s: %+v", want, r.Timeline.Events)
+						}
+					}
+					found = true
+				}
+			}
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no cold-start timeline for fraud in /admin/functions:\n%+v\nlog:\n%s", admin, log.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	m := metricsText(t, url)
+	for _, want := range []string{"pilotlight_bpf_enabled 1", `pilotlight_bpf_runqueue_delay_seconds_count{function="fraud"`, `pilotlight_bpf_network_syscall_seconds_count{function="fraud"`, `pilotlight_bpf_cold_start_phase_seconds_count{function="fraud"`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// TestServeWithoutBPFPrivilegeKeepsServing runs serve --ebpf as an
+// unprivileged user: the probes cannot load, one line says why, the gauge
+// says 0, and functions are served as usual.
+func TestServeWithoutBPFPrivilegeKeepsServing(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to start serve as an unprivileged user")
+	}
+	bin := buildBinary(t)
+	dir := filepath.Dir(bin)
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
+	url, log := startServeAs(t, bin, &syscall.Credential{Uid: 65534, Gid: 65534})
+	resp, err := http.Post(url+"/functions/fraud", "application/json", strings.NewReader(fraudTx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("fraud without eBPF privilege: %d %s\n%s", resp.StatusCode, body, log.String())
+	}
+	if m := metricsText(t, url); !strings.Contains(m, "pilotlight_bpf_enabled 0") {
+		t.Error("pilotlight_bpf_enabled is not 0")
+	}
+	time.Sleep(100 * time.Millisecond)
+	if !strings.Contains(log.String(), "eBPF probes disabled") {
+		t.Errorf("no line saying why the probes are off:\n%s", log.String())
+	}
+}
