@@ -412,3 +412,13 @@ func TestMissingONNXRuntimeIsOneClearReason(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// newTestServer serves h on loopback with the router's real listener limits.
+func newTestServer(h http.Handler) *httptest.Server {
+	limits := router.DefaultLimits()
+	limits.ReadTimeout = 2 * time.Second
+	ts := httptest.NewUnstartedServer(h)
+	ts.Config = limits.Server(h, nil)
+	ts.Start()
+	return ts
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
 	"github.com/pilotlight/pilotlight/router/engine"
+	"github.com/pilotlight/pilotlight/router/flags"
 	"github.com/pilotlight/pilotlight/router/knative"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
 	"github.com/pilotlight/pilotlight/router/rollout"
@@ -148,6 +149,23 @@ func newServeCmd() *cobra.Command {
 				log.Info("authentication on", "keys", keys.IDs(), "admin_addr", adminAddr)
 			}
 			if flagsPath != "" {
+				w, err := flags.NewWatcher(flags.WatcherConfig{Path: flagsPath, Registerer: reg, Logger: log})
+				if err != nil {
+					return fmt.Errorf("flags: %w (fix the file, or pass --flags \"\" to send every request to each function's stable revision)", err)
+				}
+				wctx, wstop := context.WithCancel(context.Background())
+				defer wstop()
+				go func() {
+					if err := w.Run(wctx); err != nil {
+						log.Error("flag watcher stopped; the last good flags stay in force", "err", err)
+					}
+				}()
+				picker, err := router.NewFlagPicker(w, flagsPath, reg)
+				if err != nil {
+					return err
+				}
+				rcfg.Picker = picker
+				log.Info("flags", "file", flagsPath, "version", w.Set().Version())
 				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log})
 				defer ctl.Close()
 				rcfg.Rollouts = ctl

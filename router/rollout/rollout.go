@@ -97,6 +97,9 @@ type Controller struct {
 	weight    *prometheus.GaugeVec
 	mu        sync.Mutex
 	runs      map[string]*run
+	// fileMu serialises read-modify-write of the flag file: rollouts of two
+	// functions edit the same file, and neither may lose the other's change.
+	fileMu sync.Mutex
 }
 
 type run struct {
@@ -375,6 +378,8 @@ func (c *Controller) drive(ctx context.Context, fn *functions.Manifest, r *run) 
 }
 
 func (c *Controller) setSplit(fn *functions.Manifest, from, to string, weight int) error {
+	c.fileMu.Lock()
+	defer c.fileMu.Unlock()
 	ff, err := readFlag(c.cfg.FlagsPath, fn.Flag)
 	if err != nil {
 		return err
@@ -386,6 +391,8 @@ func (c *Controller) setSplit(fn *functions.Manifest, from, to string, weight in
 }
 
 func (c *Controller) setStatic(fn *functions.Manifest, revision string) error {
+	c.fileMu.Lock()
+	defer c.fileMu.Unlock()
 	ff, err := readFlag(c.cfg.FlagsPath, fn.Flag)
 	if err != nil {
 		return err

@@ -1,0 +1,242 @@
+package router_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/router"
+	"github.com/pilotlight/pilotlight/router/engine"
+	"github.com/pilotlight/pilotlight/router/flags"
+	"github.com/pilotlight/pilotlight/router/internal/testbin"
+	"github.com/pilotlight/pilotlight/router/rollout"
+)
+
+// twoRevisions writes a function whose two revisions serve the
+// example-tensor model (the second optionally a model that fails), so
+// flags and rollouts have something real to split.
+func twoRevisions(t *testing.T, root, name string, canaryFails bool) *functions.Manifest {
+	t.Helper()
+	dir := filepath.Join(root, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	model, err := os.ReadFile(filepath.Join(testbin.Root(), "functions", "example-tensor", "model.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	canary := model
+	if canaryFails {
+		canary = []byte("this revision was built to fail: not an ONNX model")
+	}
+	os.WriteFile(filepath.Join(dir, "a.onnx"), model, 0o644)
+	os.WriteFile(filepath.Join(dir, "b.onnx"), canary, 0o644)
+	raw := fmt.Sprintf("name: %s\nhandler: tensor\nrevisions:\n  - name: %s-00001\n    model: a.onnx\n    tag: stable\n  - name: %s-00002\n    model: b.onnx\n    tag: canary\nscaling:\n  maxScale: 2\n", name, name, name)
+	path := filepath.Join(dir, functions.ManifestFile)
+	if err := os.WriteFile(path, []byte(raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := functions.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func flagFile(t *testing.T, dir, doc string) string {
+	t.Helper()
+	p := filepath.Join(dir, "flags.json")
+	if err := os.WriteFile(p, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+type flagPlatform struct {
+	*platform
+	reg      *prometheus.Registry
+	rollouts *rollout.Controller
+}
+
+// startFlagPlatform runs engine, flag watcher, picker, rollout controller and router, as serve does.
+func startFlagPlatform(t *testing.T, fns []*functions.Manifest, flagsPath string) *flagPlatform {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	eng, err := engine.New(engine.Config{Functions: fns, PoolSize: 1, Binary: testbin.Pilotlight(t), Registerer: reg, Logger: quietLogger(), TickInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := flags.NewWatcher(flags.WatcherConfig{Path: flagsPath, Registerer: reg, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	picker, err := router.NewFlagPicker(w, flagsPath, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: quietLogger()})
+	b := router.LocalBackend{Engine: eng}
+	rt, err := router.New(router.Config{Functions: fns, Backend: b, Admin: b, Picker: picker, Rollouts: ctl, Registry: reg, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- eng.Run(ctx) }()
+	go func() { done <- w.Run(ctx) }()
+	ts := newTestServer(rt.Handler())
+	t.Cleanup(func() {
+		ctl.Close()
+		ts.Close()
+		rt.Close()
+		cancel()
+		<-done
+		<-done
+	})
+	return &flagPlatform{platform: &platform{url: ts.URL, eng: eng}, reg: reg, rollouts: ctl}
+}
+
+const splitFlags = `{"flags": {"demo-revision": {"state": "ENABLED",
+  "variants": {"stable": "demo-00001", "canary": "demo-00002", "ghost": "demo-00009"},
+  "defaultVariant": "stable",
+  "targeting": {"if": [{"ends_with": [{"var": "email"}, "@pilotlight.dev"]}, "canary",
+                       {"==": [{"var": "region"}, "atlantis"]}, "ghost",
+                       {"fractional": [["stable", 90], ["canary", 10]]}]}}}}`
+
+func revisionFor(t *testing.T, client *http.Client, url string, headers map[string]string) string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(inferBody))
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	return resp.Header.Get("X-Pilotlight-Revision")
+}
+
+func TestFlagSplitsUsersStickilyThroughThePlatform(t *testing.T) {
+	dir := t.TempDir()
+	m := twoRevisions(t, dir, "demo", false)
+	path := flagFile(t, dir, splitFlags)
+	p := startFlagPlatform(t, []*functions.Manifest{m}, path)
+	url := p.url + "/v2/models/demo/infer"
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+
+	const users = 10000
+	assigned := make([]string, users)
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for u := range work {
+				assigned[u] = revisionFor(t, client, url, map[string]string{"X-User-ID": fmt.Sprintf("user-%d", u)})
+			}
+		}()
+	}
+	for u := 0; u < users; u++ {
+		work <- u
+	}
+	close(work)
+	wg.Wait()
+	canary := 0
+	for _, rev := range assigned {
+		if rev == "demo-00002" {
+			canary++
+		}
+	}
+	share := 100 * float64(canary) / users
+	if share < 10-1.5 || share > 10+1.5 {
+		t.Fatalf("canary share %.2f%% of %d users, want 10 ± 1.5", share, users)
+	}
+	// Sticky across repeats and across a reload of the same flags (a rewrite).
+	os.WriteFile(path, []byte(splitFlags+"\n"), 0o644)
+	time.Sleep(300 * time.Millisecond)
+	for u := 0; u < users; u += 10 {
+		if got := revisionFor(t, client, url, map[string]string{"X-User-ID": fmt.Sprintf("user-%d", u)}); got != assigned[u] {
+			t.Fatalf("user-%d moved from %s to %s", u, assigned[u], got)
+		}
+	}
+	// Targeting: internal testers get the canary; a variant naming a missing revision never gets traffic.
+	if got := revisionFor(t, client, url, map[string]string{"X-User-ID": "user-1", "X-User-Email": "ana@pilotlight.dev"}); got != "demo-00002" {
+		t.Errorf("internal tester served by %s", got)
+	}
+	if got := revisionFor(t, client, url, map[string]string{"X-User-ID": "user-1", "X-Region": "atlantis"}); got != "demo-00001" {
+		t.Errorf("a variant naming a missing revision: served by %s, want the default variant's demo-00001", got)
+	}
+	if n := testutil.ToFloat64(p.pickFallbacks("demo", "unknown_revision")); n != 1 {
+		t.Errorf("fallbacks counted %v, want 1", n)
+	}
+	// An invalid change is refused and the last good flags stay; so does a deleted file.
+	os.WriteFile(path, []byte(`{"flags": {"demo-revision": {"state": "ENABLED", "variants": `), 0o644)
+	time.Sleep(300 * time.Millisecond)
+	os.Remove(path)
+	time.Sleep(300 * time.Millisecond)
+	for u := 0; u < 200; u++ {
+		if got := revisionFor(t, client, url, map[string]string{"X-User-ID": fmt.Sprintf("user-%d", u)}); got != assigned[u] {
+			t.Fatalf("after a bad write and a delete, user-%d moved from %s to %s", u, assigned[u], got)
+		}
+	}
+	// A valid change takes effect within a second: everyone to stable.
+	os.WriteFile(path, []byte(strings.Replace(splitFlags, `["canary", 10]`, `["canary", 0]`, 1)), 0o644)
+	deadline := time.Now().Add(time.Second)
+	for {
+		moved := 0
+		for u := 0; u < users; u += 50 {
+			if assigned[u] == "demo-00002" && revisionFor(t, client, url, map[string]string{"X-User-ID": fmt.Sprintf("user-%d", u)}) == "demo-00001" {
+				moved++
+			}
+		}
+		if moved > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a valid flag change did not take effect within 1 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p *flagPlatform) pickFallbacks(fn, reason string) prometheus.Collector {
+	mfs, _ := p.reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != "pilotlight_flags_fallback_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var f, r string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "function":
+					f = l.GetValue()
+				case "reason":
+					r = l.GetValue()
+				}
+			}
+			if f == fn && r == reason {
+				v := m.GetCounter().GetValue()
+				return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "v", Help: "v"}, func() float64 { return v })
+			}
+		}
+	}
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "v", Help: "v"}, func() float64 { return 0 })
+}
