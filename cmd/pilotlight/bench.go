@@ -21,9 +21,9 @@ func newBenchCmd() *cobra.Command {
 		verbose       bool
 	)
 	cmd := &cobra.Command{
-		Use:       "bench [instance|coldstart|hop|step|memory|all]...",
+		Use:       "bench [instance|coldstart|hop|step|memory|ebpf|all]...",
 		Short:     "Measure the platform on loopback and print Markdown tables (make bench)",
-		ValidArgs: []string{"instance", "coldstart", "hop", "step", "memory", "all"},
+		ValidArgs: []string{"instance", "coldstart", "hop", "step", "memory", "ebpf", "all"},
 		Args:      cobra.OnlyValidArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := os.Executable()
@@ -71,6 +71,12 @@ func newBenchCmd() *cobra.Command {
 				{"hop", "Router hop", func(ctx context.Context) ([]bench.Row, error) { return bench.Hop(ctx, env) }},
 				{"step", "Load step", func(ctx context.Context) ([]bench.Row, error) { return bench.Step(ctx, env) }},
 				{"memory", "Memory", func(ctx context.Context) ([]bench.Row, error) { return bench.Memory(ctx, env, fnRoot) }},
+				{"ebpf", "eBPF probe overhead (probes on vs off, same run)", func(ctx context.Context) ([]bench.Row, error) {
+					if os.Geteuid() != 0 {
+						return []bench.Row{{Name: "eBPF overhead", Value: "skipped: the probes need root (CAP_BPF, CAP_PERFMON)"}}, nil
+					}
+					return bench.EBPF(ctx, env)
+				}},
 			}
 			for _, s := range steps {
 				if err := run(s.name, s.title, s.f); err != nil {

@@ -449,3 +449,55 @@ func Memory(ctx context.Context, e Env, fnRoot string) ([]Row, error) {
 		{Name: fmt.Sprintf("specialised %s instance RSS after 200 requests", m.Name), Value: mib(instRSS)},
 	}, nil
 }
+
+// EBPF compares throughput and p99 through the router with the eBPF probes
+// attached and without, in the same run (alternating, twice each).
+func EBPF(ctx context.Context, e Env) ([]Row, error) {
+	m0, err := e.manifest()
+	if err != nil {
+		return nil, err
+	}
+	root, m, err := e.functionRoot(functions.Scaling{MinScale: 1, MaxScale: 1, TargetConcurrency: m0.Scaling.TargetConcurrency, ScaleToZeroAfter: time.Hour})
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(root)
+	run := func(probes bool) (*loadgen.Result, error) {
+		args := []string{"--functions", root, "--pool-size", "0", "--flags", ""}
+		if probes {
+			args = append(args, "--ebpf")
+		}
+		s, err := StartServe(e.Bin, args, e.Log)
+		if err != nil {
+			return nil, err
+		}
+		defer s.Stop()
+		base := "http://" + s.Addr
+		body, err := V2Body(base, m.Name, 1)
+		if err != nil {
+			return nil, err
+		}
+		bodyFn := func(int, int) []byte { return body }
+		url := base + "/v2/models/" + m.Name + "/infer"
+		loadgen.Run(ctx, loadgen.Config{URL: url, Concurrency: 32, Requests: 2000, Body: bodyFn})
+		return loadgen.Run(ctx, loadgen.Config{URL: url, Concurrency: 32, Duration: e.Duration, Body: bodyFn}), nil
+	}
+	var off, on loadgen.Result
+	for i := 0; i < 2; i++ {
+		r, err := run(false)
+		if err != nil {
+			return nil, err
+		}
+		off.Merge(r)
+		if r, err = run(true); err != nil {
+			return nil, err
+		}
+		on.Merge(r)
+	}
+	loss := 1 - on.RPS()/off.RPS()
+	return []Row{
+		{Name: "probes off, through the router, c=32", Value: fmt.Sprintf("%.0f req/s, p99 %s", off.RPS(), ms(off.Quantile(.99)))},
+		{Name: "probes on, through the router, c=32", Value: fmt.Sprintf("%.0f req/s, p99 %s", on.RPS(), ms(on.Quantile(.99)))},
+		{Name: "throughput lost to the probes", Value: fmt.Sprintf("%.1f%%", 100*loss), Goal: "≤ 3%", Met: met(loss <= 0.03)},
+	}, nil
+}
