@@ -2,9 +2,9 @@ package router
 
 import (
 	"bytes"
-	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 )
@@ -33,43 +33,75 @@ func TargetingKey(r *http.Request, body []byte) (key string, random bool) {
 	if k := bodyKey(body); k != "" {
 		return k, false
 	}
+	// Not a secret, only a spread: math/rand spares a getrandom syscall per request.
 	var b [16]byte
-	_, _ = rand.Read(b[:])
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
 	return hex.EncodeToString(b[:]), true
 }
 
-// bodyKey reads top-level fields of a JSON object without decoding the rest
-// of the body; a number is used as written (42 and "42" are the same user).
+// bodyKey reads the top-level user_id or card_id of a JSON object in one
+// pass over the bytes, without decoding anything else (a V2 body's data can
+// be large): a number is used as written (42 and "42" are the same user).
 func bodyKey(body []byte) string {
+	if !bytes.Contains(body, []byte(`"user_id"`)) && !bytes.Contains(body, []byte(`"card_id"`)) {
+		return ""
+	}
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 || body[0] != '{' {
 		return ""
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return ""
-	}
 	found := map[string]string{}
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return ""
-		}
-		name, _ := t.(string)
-		var v any
-		if err := dec.Decode(&v); err != nil {
-			return ""
-		}
-		for _, f := range bodyKeyFields {
-			if name != f {
+	depth := 0
+	expectKey := false
+	for i := 0; i < len(body); i++ {
+		switch body[i] {
+		case '{', '[':
+			depth++
+			expectKey = body[i] == '{' && depth == 1
+		case '}', ']':
+			depth--
+		case ',':
+			expectKey = depth == 1
+		case '"':
+			start := i + 1
+			for i++; i < len(body) && body[i] != '"'; i++ {
+				if body[i] == '\\' {
+					i++
+				}
+			}
+			if i >= len(body) {
+				return ""
+			}
+			if !expectKey {
 				continue
 			}
-			switch x := v.(type) {
-			case string:
-				found[f] = x
-			case json.Number:
-				found[f] = x.String()
+			expectKey = false
+			name := string(body[start:i])
+			if name != "user_id" && name != "card_id" {
+				continue
+			}
+			// The value: skip ':' and spaces, then a string or a bare token.
+			j := i + 1
+			for j < len(body) && (body[j] == ' ' || body[j] == ':' || body[j] == '\t' || body[j] == '\n' || body[j] == '\r') {
+				j++
+			}
+			if j < len(body) && body[j] == '"' {
+				k := j + 1
+				for k < len(body) && body[k] != '"' && body[k] != '\\' {
+					k++
+				}
+				if k < len(body) && body[k] == '"' {
+					found[name] = string(body[j+1 : k])
+				}
+			} else {
+				k := j
+				for k < len(body) && (body[k] == '-' || body[k] == '.' || body[k] == '+' || body[k] == 'e' || body[k] == 'E' || (body[k] >= '0' && body[k] <= '9')) {
+					k++
+				}
+				if k > j {
+					found[name] = string(body[j:k])
+				}
 			}
 		}
 	}
