@@ -46,7 +46,7 @@ func newLoadtestCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Functions, "functions", "functions", "functions root to serve")
-	f.StringVar(&cfg.FlagsFile, "flags", "", "flag file to copy and rewrite during the flags phase (empty skips it)")
+	f.StringVar(&cfg.FlagsFile, "flags", "config/flags/flags.json", "flag file to copy and rewrite during the flags phase (empty skips it)")
 	f.DurationVar(&cfg.Phase, "phase", 5*time.Second, "length of each load phase")
 	f.IntVar(&cfg.Clients, "clients", 4, "steady concurrency (the step phase uses 10x)")
 	f.BoolVar(&verbose, "v", false, "show serve's log")
