@@ -19,7 +19,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(newRuntimeCmd(), newServeCmd(), newBenchCmd(), newLoadtestCmd(), newTrainCmd(), newRolloutCmd(), newManifestsCmd(), newDeployCmd(), newKeysCmd(), newFlagsCmd())
+	root.AddCommand(newRuntimeCmd(), newServeCmd(), newBenchCmd(), newLoadtestCmd(), newTrainCmd(), newRolloutCmd(), newManifestsCmd(), newDeployCmd(), newKeysCmd(), newFlagsCmd(), newBPFCmd())
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
 	}
