@@ -8,11 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pilotlight/pilotlight/router/bench"
 )
 
 // buildBinary builds the real pilotlight binary for end-to-end tests.
@@ -24,29 +25,6 @@ func buildBinary(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// children lists the pids whose parent is pid, from /proc.
-func children(pid int) []int {
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// Fields after the command name (which may hold spaces) start after ") ".
-		s := string(b)
-		rest := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(rest) > 1 && rest[1] == strconv.Itoa(pid) && rest[0] != "Z" {
-			out = append(out, child)
-		}
-	}
-	return out
 }
 
 func alive(pid int) bool {
@@ -109,7 +87,7 @@ func TestServeLeavesNoOrphans(t *testing.T) {
 			deadline := time.Now().Add(20 * time.Second)
 			var kids []int
 			for time.Now().Before(deadline) {
-				if kids = children(cmd.Process.Pid); len(kids) >= 3 {
+				if kids = bench.Children(cmd.Process.Pid); len(kids) >= 3 {
 					break
 				}
 				time.Sleep(20 * time.Millisecond)

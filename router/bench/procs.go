@@ -106,6 +106,30 @@ func WaitReady(ctx context.Context, url string) error {
 	}
 }
 
+// Children lists the live (not zombie) child pids of pid from /proc: any of
+// its threads may have forked them, so /proc/pid/task/*/children would miss some.
+func Children(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the command name (which may hold spaces) start after ") ".
+		s := string(b)
+		rest := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(rest) > 1 && rest[1] == strconv.Itoa(pid) && rest[0] != "Z" {
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
 // RSS is a process's resident set size in bytes (from /proc).
 func RSS(pid int) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

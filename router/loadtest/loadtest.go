@@ -148,7 +148,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer rssWG.Done()
 		for {
 			total := bench.RSS(s.Pid())
-			for _, kid := range children(s.Pid()) {
+			for _, kid := range bench.Children(s.Pid()) {
 				total += bench.RSS(kid)
 			}
 			if total > rep.MaxRSS {
@@ -294,28 +294,6 @@ func atomicWrite(path string, content []byte) error {
 		return err
 	}
 	return os.Rename(tmp, path)
-}
-
-// children lists live child pids of pid (any of its threads may have forked them).
-func children(pid int) []int {
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		rest := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(rest) > 1 && rest[1] == strconv.Itoa(pid) {
-			out = append(out, child)
-		}
-	}
-	return out
 }
 
 // serveHasFlags reports whether this binary's serve takes --flags.

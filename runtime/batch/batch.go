@@ -149,45 +149,43 @@ func (b *Batcher) loop() {
 		// are under way, queued, or were batched last time. A lone caller at
 		// low load is dispatched at once instead of paying MaxDelay.
 		busy := b.pending.Load() > 1 || b.lastRequests > 1 || len(b.in) > 0
+		// With company expected, wait up to MaxDelay for it; otherwise take
+		// only what is already queued (wait stays nil, so the select falls
+		// through to default).
+		var wait <-chan time.Time
 		if rows < b.cfg.MaxBatch && b.cfg.MaxDelay > 0 && busy {
 			timer.Reset(b.cfg.MaxDelay)
-		collect:
-			for rows < b.cfg.MaxBatch {
+			wait = timer.C
+		}
+	collect:
+		for rows < b.cfg.MaxBatch {
+			var c *call
+			if wait != nil {
 				select {
-				case c := <-b.in:
-					if c.key != first.key || rows+c.rows > b.cfg.MaxBatch {
-						carry = c
-						break collect
-					}
-					batch = append(batch, c)
-					rows += c.rows
-				case <-timer.C:
+				case c = <-b.in:
+				case <-wait:
 					break collect
 				case <-b.stop:
 					break collect
 				}
-			}
-			if !timer.Stop() {
+			} else {
 				select {
-				case <-timer.C:
+				case c = <-b.in:
 				default:
+					break collect
 				}
 			}
-		} else if rows < b.cfg.MaxBatch {
-			// No delay configured: take only what is already waiting.
-		greedy:
-			for rows < b.cfg.MaxBatch {
-				select {
-				case c := <-b.in:
-					if c.key != first.key || rows+c.rows > b.cfg.MaxBatch {
-						carry = c
-						break greedy
-					}
-					batch = append(batch, c)
-					rows += c.rows
-				default:
-					break greedy
-				}
+			if c.key != first.key || rows+c.rows > b.cfg.MaxBatch {
+				carry = c
+				break
+			}
+			batch = append(batch, c)
+			rows += c.rows
+		}
+		if wait != nil && !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
 			}
 		}
 		b.lastRequests = len(batch)
