@@ -36,6 +36,7 @@ const (
 	DefaultMaxScale          = 4
 	DefaultScaleToZeroAfter  = 30 * time.Second
 	DefaultMaxBodyBytes      = 1 << 20
+	DefaultMaxRequestRows    = 256
 )
 
 // Handler names a manifest may use.
@@ -71,6 +72,8 @@ type Runtime struct {
 	Provider       string `yaml:"provider"` // auto | cpu | cuda
 	IntraOpThreads int    `yaml:"intraOpThreads"`
 	MaxBodyBytes   int64  `yaml:"maxBodyBytes"`
+	// MaxRequestRows bounds the rows (transactions, users, V2 first dimension) of one request.
+	MaxRequestRows int `yaml:"maxRequestRows"`
 }
 
 // Batching configures the dynamic batcher.
@@ -157,6 +160,9 @@ func (m *Manifest) applyDefaults() {
 	if m.Runtime.MaxBodyBytes == 0 {
 		m.Runtime.MaxBodyBytes = DefaultMaxBodyBytes
 	}
+	if m.Runtime.MaxRequestRows == 0 {
+		m.Runtime.MaxRequestRows = DefaultMaxRequestRows
+	}
 	if m.Batching.MaxBatch == 0 {
 		m.Batching.MaxBatch = DefaultMaxBatch
 	}
@@ -227,6 +233,9 @@ func (m *Manifest) Validate(file string) error {
 	}
 	if m.Runtime.MaxBodyBytes < 1 {
 		bad("runtime.maxBodyBytes", "%d must be positive", m.Runtime.MaxBodyBytes)
+	}
+	if m.Runtime.MaxRequestRows < 1 || m.Runtime.MaxRequestRows > 1<<20 {
+		bad("runtime.maxRequestRows", "%d out of range [1, 1048576]", m.Runtime.MaxRequestRows)
 	}
 	if m.Batching.MaxBatch < 1 || m.Batching.MaxBatch > 4096 {
 		bad("batching.maxBatch", "%d out of range [1, 4096]", m.Batching.MaxBatch)

@@ -285,6 +285,9 @@ func (s *Server) infer(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkRows(in, rows); err != nil {
+		return err
+	}
 	outs, err := in.Infer(c.Request().Context(), inputs, rows)
 	if err != nil {
 		return err
@@ -337,6 +340,9 @@ func (s *Server) invoke(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkRows(in, inv.Rows); err != nil {
+		return err
+	}
 	outs, err := in.Infer(c.Request().Context(), inv.Inputs, inv.Rows)
 	if err != nil {
 		return err
@@ -350,6 +356,14 @@ func (s *Server) invoke(c echo.Context) error {
 		return err
 	}
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b)
+}
+
+// checkRows applies the function's runtime.maxRequestRows.
+func checkRows(in *instance.Instance, rows int) error {
+	if max := in.Manifest.Runtime.MaxRequestRows; rows > max {
+		return functions.Badf("request has %d rows; function %s takes at most %d per request (runtime.maxRequestRows)", rows, in.Manifest.Name, max)
+	}
+	return nil
 }
 
 // SpecialiseRequest asks a generic warm-pool process to load a revision.

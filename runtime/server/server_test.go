@@ -126,7 +126,7 @@ func TestV2MetadataAndInfer(t *testing.T) {
 }
 
 func TestBadInputIsA4xxAndChangesNothing(t *testing.T) {
-	_, ts, _ := loaded(t, func(m *functions.Manifest) { m.Runtime.MaxBodyBytes = 4096 })
+	_, ts, _ := loaded(t, func(m *functions.Manifest) { m.Runtime.MaxBodyBytes = 4096; m.Runtime.MaxRequestRows = 4 })
 	url := ts.URL + "/v2/models/example-tensor/infer"
 	good := func(shape, data string) string {
 		return `{"inputs":[{"name":"input_vectors","shape":` + shape + `,"datatype":"FP32","data":` + data + `}]}`
@@ -154,6 +154,7 @@ func TestBadInputIsA4xxAndChangesNothing(t *testing.T) {
 		{"unknown output", url, `{"inputs":[{"name":"input_vectors","shape":[1,10],"datatype":"FP32","data":` + vec(1, 1) + `}],"outputs":[{"name":"zzz"}]}`, 400, "zzz"},
 		{"unknown field", url, `{"inputz":[]}`, 400, "inputz"},
 		{"zero rows", url, good("[0,10]", "[]"), 400, "0 rows"},
+		{"more rows than maxRequestRows", url, good("[5,10]", vec(5, 1)), 400, "maxRequestRows"},
 		{"body over limit", url, good("[1,10]", vec(1, 1)) + strings.Repeat(" ", 5000), 413, "larger than 4096"},
 		{"function endpoint on a V2-only model", ts.URL + "/", `{}`, 404, "V2 API only"},
 	}

@@ -1,0 +1,75 @@
+package functions_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pilotlight/pilotlight/functions"
+	_ "github.com/pilotlight/pilotlight/functions/all"
+)
+
+const valid = `name: fraud
+handler: fraud
+revisions:
+  - name: fraud-00001
+    model: m.onnx
+scaling:
+  minScale: 1
+  maxScale: 3
+`
+
+func TestManifestErrorsNameFileAndField(t *testing.T) {
+	cases := []struct{ name, yaml, field string }{
+		{"unknown key", valid + "colour: blue\n", "colour"},
+		{"negative scale", strings.Replace(valid, "minScale: 1", "minScale: -1", 1), "scaling.minScale"},
+		{"min above max", strings.Replace(valid, "minScale: 1", "minScale: 5", 1), "scaling.minScale"},
+		{"revision Knative refuses", strings.Replace(valid, "fraud-00001", "Fraud_1", 1), "revisions[0].name"},
+		{"revision not prefixed", strings.Replace(valid, "fraud-00001", "other-00001", 1), "revisions[0].name"},
+		{"unknown handler", strings.Replace(valid, "handler: fraud", "handler: magic", 1), "handler"},
+		{"bad provider", valid + "runtime:\n  provider: tpu\n", "runtime.provider"},
+		{"zero request rows", valid + "runtime:\n  maxRequestRows: -2\n", "runtime.maxRequestRows"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := functions.Parse("functions/fraud/function.yaml", []byte(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), "functions/fraud/function.yaml") || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("error %v should name the file and %q", err, tc.field)
+			}
+		})
+	}
+	m, err := functions.Parse("f.yaml", []byte(valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Flag != "fraud-revision" || m.Runtime.Sessions != functions.DefaultSessions || m.Runtime.MaxRequestRows != functions.DefaultMaxRequestRows {
+		t.Errorf("defaults not applied: %+v", m)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, functions.ManifestFile), []byte(valid), 0o644)
+	_, err = functions.LoadDir(dir)
+	var fe *functions.FieldError
+	if !errors.As(err, &fe) || fe.Field != "revisions[0].model" || !strings.Contains(err.Error(), "make models") {
+		t.Errorf("missing model file: %v", err)
+	}
+}
+
+// FuzzParse feeds arbitrary function.yaml text to the manifest parser: it
+// must never panic, and whatever it accepts must validate.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(valid))
+	f.Add([]byte("name: x\nhandler: tensor\nrevisions: [{name: x-1, model: a}]\nbatching: {maxDelay: 1ms}\n"))
+	f.Add([]byte("{{{"))
+	f.Add([]byte("name: &a x\nhandler: *a\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		m, err := functions.Parse("function.yaml", raw)
+		if err != nil {
+			return
+		}
+		if err := m.Validate("function.yaml"); err != nil {
+			t.Fatalf("accepted a manifest that does not validate: %v", err)
+		}
+	})
+}
