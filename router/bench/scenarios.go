@@ -275,13 +275,19 @@ func ColdStart(ctx context.Context, e Env, poolSize, n int) ([]Row, error) {
 	}, nil
 }
 
+// oneInstanceRoot is the function under test pinned to exactly one
+// always-on instance, so router and direct calls reach the same process.
+func (e Env) oneInstanceRoot() (string, *functions.Manifest, error) {
+	m, err := e.manifest()
+	if err != nil {
+		return "", nil, err
+	}
+	return e.functionRoot(functions.Scaling{MinScale: 1, MaxScale: 1, TargetConcurrency: m.Scaling.TargetConcurrency, ScaleToZeroAfter: time.Hour})
+}
+
 // Hop compares the router with calling the same single instance directly.
 func Hop(ctx context.Context, e Env) ([]Row, error) {
-	m0, err := e.manifest()
-	if err != nil {
-		return nil, err
-	}
-	root, m, err := e.functionRoot(functions.Scaling{MinScale: 1, MaxScale: 1, TargetConcurrency: m0.Scaling.TargetConcurrency, ScaleToZeroAfter: time.Hour})
+	root, m, err := e.oneInstanceRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -453,11 +459,7 @@ func Memory(ctx context.Context, e Env, fnRoot string) ([]Row, error) {
 // EBPF compares throughput and p99 through the router with the eBPF probes
 // attached and without, in the same run (alternating, twice each).
 func EBPF(ctx context.Context, e Env) ([]Row, error) {
-	m0, err := e.manifest()
-	if err != nil {
-		return nil, err
-	}
-	root, m, err := e.functionRoot(functions.Scaling{MinScale: 1, MaxScale: 1, TargetConcurrency: m0.Scaling.TargetConcurrency, ScaleToZeroAfter: time.Hour})
+	root, m, err := e.oneInstanceRoot()
 	if err != nil {
 		return nil, err
 	}
