@@ -365,7 +365,9 @@ func (rt *Router) forward(c echo.Context, fn *functions.Manifest, revision strin
 		cold += t.ColdStart
 		resp, err := rt.send(ctx, c.Request(), t.BaseURL, k, body)
 		if err != nil {
-			t.Release(true)
+			// The request's own deadline or the client going away says
+			// nothing about the instance; only a connection failure does.
+			t.Release(ctx.Err() == nil)
 			lastErr = err
 			if ctx.Err() != nil {
 				break

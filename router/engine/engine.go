@@ -219,6 +219,7 @@ type Lease struct {
 	ColdStart time.Duration
 	inst      *Instance
 	rev       *revision
+	eng       *Engine
 	done      atomic.Bool
 }
 
@@ -228,8 +229,14 @@ func (l *Lease) Release(failed bool) {
 	if !l.done.CompareAndSwap(false, true) {
 		return
 	}
-	if failed {
+	if failed && l.inst.getState() == stateReady {
+		// Unreachable but perhaps still running (hung, or its port gone):
+		// take it out of rotation and stop it, so it is replaced rather than
+		// left holding memory. A crashed one is removed by its exit anyway.
 		l.inst.setState(stateFailed)
+		if l.inst.alive() {
+			go l.eng.stopInstance(l.inst, "unreachable")
+		}
 	}
 	l.inst.inflight.Add(-1)
 	l.rev.touch(time.Now())
@@ -254,7 +261,7 @@ func (e *Engine) Acquire(ctx context.Context, function, revision string) (*Lease
 			return nil, ErrStopped
 		}
 		if in := r.pick(); in != nil {
-			l := &Lease{Addr: in.addr, Function: function, Revision: revision, PID: in.pid, inst: in, rev: r}
+			l := &Lease{Addr: in.addr, Function: function, Revision: revision, PID: in.pid, inst: in, rev: r, eng: e}
 			if waited {
 				l.ColdStart = time.Since(arrival)
 			}
