@@ -33,6 +33,10 @@ const (
 	DefaultStartTimeout  = 60 * time.Second
 	DefaultDrainTimeout  = 30 * time.Second
 	DefaultTickInterval  = 100 * time.Millisecond
+	// DefaultLivenessInterval is how often ready instances are asked GET
+	// /v2/health/live; livenessFailures answers missed in a row mean hung.
+	DefaultLivenessInterval = 5 * time.Second
+	livenessFailures        = 3
 	// startRetryBackoff spaces restarts of a revision whose instances fail to start.
 	startRetryBackoff = 2 * time.Second
 )
@@ -57,6 +61,7 @@ type Config struct {
 	StartTimeout     time.Duration
 	DrainTimeout     time.Duration
 	TickInterval     time.Duration
+	LivenessInterval time.Duration
 	StableWindow     time.Duration
 	PanicWindow      time.Duration
 	Logger           *slog.Logger
@@ -127,6 +132,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
+	if cfg.LivenessInterval <= 0 {
+		cfg.LivenessInterval = DefaultLivenessInterval
+	}
 	if cfg.TickInterval <= 0 {
 		cfg.TickInterval = DefaultTickInterval
 	}
@@ -166,6 +174,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.pool.fill()
 	ticker := time.NewTicker(e.cfg.TickInterval)
 	defer ticker.Stop()
+	live := time.NewTicker(e.cfg.LivenessInterval)
+	defer live.Stop()
 	e.tick(time.Now())
 	for {
 		select {
@@ -175,6 +185,8 @@ func (e *Engine) Run(ctx context.Context) error {
 			return nil
 		case now := <-ticker.C:
 			e.tick(now)
+		case <-live.C:
+			e.checkLiveness()
 		}
 	}
 }

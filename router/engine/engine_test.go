@@ -316,3 +316,31 @@ func TestStopDrainsInFlightRequestsFirst(t *testing.T) {
 		t.Errorf("stopping took %s after the last request finished", time.Since(released))
 	}
 }
+
+func TestHungInstanceIsKilledAndReplaced(t *testing.T) {
+	m := manifest(t, func(m *functions.Manifest) { m.Scaling.MinScale = 1 })
+	e, _ := start(t, engine.Config{Functions: []*functions.Manifest{m}, PoolSize: 0, LivenessInterval: 100 * time.Millisecond})
+	var first int
+	waitFor(t, "minScale instance ready", 20*time.Second, func() bool {
+		st := status(e)
+		if len(st.Instances) == 1 && st.Instances[0].State == "ready" {
+			first = st.Instances[0].PID
+			return true
+		}
+		return false
+	})
+	// Stopped, not dead: the process is there but answers nothing.
+	if err := syscall.Kill(first, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a replacement for the hung instance", 20*time.Second, func() bool {
+		st := status(e)
+		for _, in := range st.Instances {
+			if in.State == "ready" && in.PID != first {
+				return true
+			}
+		}
+		return false
+	})
+	waitFor(t, "the hung process to be gone", 5*time.Second, func() bool { return !alive(first) })
+}

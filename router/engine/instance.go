@@ -64,6 +64,9 @@ type Instance struct {
 	adoptedBy *Instance
 	// lastWords is the child's latest warning or error, quoted when it fails to start.
 	lastWords atomic.Pointer[string]
+	// missed counts liveness checks failed in a row; checking is set while one runs.
+	missed   atomic.Int32
+	checking atomic.Bool
 }
 
 func (in *Instance) said() string {
@@ -453,4 +456,45 @@ func errString(err error) string {
 		return ee.String()
 	}
 	return err.Error()
+}
+
+var liveClient = &http.Client{Timeout: 2 * time.Second}
+
+// checkLiveness asks every ready instance GET /v2/health/live, each in its
+// own goroutine so a hung one delays nothing. An instance that misses
+// livenessFailures checks in a row is hung, not crashed (its process is
+// still there): it is killed, and the autoscaler starts a replacement.
+func (e *Engine) checkLiveness() {
+	for _, r := range e.order {
+		for _, in := range r.snapshotInstances() {
+			if in.getState() != stateReady || !in.checking.CompareAndSwap(false, true) {
+				continue
+			}
+			go func(r *revision, in *Instance) {
+				defer in.checking.Store(false)
+				resp, err := liveClient.Get("http://" + in.addr + "/v2/health/live")
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusOK {
+						in.missed.Store(0)
+						return
+					}
+				}
+				if in.missed.Add(1) < livenessFailures || in.getState() != stateReady {
+					return
+				}
+				e.log.Error("instance stopped answering its liveness check; killing it so it is replaced",
+					"function", r.fn.Name, "revision", r.rev.Name, "pid", in.pid, "missed", livenessFailures, "err", err)
+				// Its exit is then counted as a crash: it failed, the engine only ended it.
+				in.setState(stateFailed)
+				in.mu.Lock()
+				cmd := in.cmd
+				in.mu.Unlock()
+				if cmd != nil && cmd.Process != nil {
+					_ = cmd.Process.Kill()
+				}
+			}(r, in)
+		}
+	}
 }
