@@ -8,6 +8,7 @@ package rollout
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,6 +45,16 @@ type Spec struct {
 	MaxErrorRate float64       `json:"max_error_rate"`
 	MaxP99       time.Duration `json:"max_p99"`
 	MinRequests  int           `json:"min_requests"`
+}
+
+// MarshalJSON writes durations as Go duration strings ("30s"), as the CLI takes them.
+func (s Spec) MarshalJSON() ([]byte, error) {
+	type plain Spec
+	return json.Marshal(struct {
+		plain
+		Interval string `json:"interval"`
+		MaxP99   string `json:"max_p99"`
+	}{plain(s), s.Interval.String(), s.MaxP99.String()})
 }
 
 // States of a rollout.

@@ -159,3 +159,15 @@ func TestSpecValidation(t *testing.T) {
 		t.Error("bad steps accepted")
 	}
 }
+
+func TestSpecJSONUsesDurationStrings(t *testing.T) {
+	b, err := json.Marshal(Spec{Function: "fraud", To: "fraud-00002", Interval: 30 * time.Second, MaxP99: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	json.Unmarshal(b, &got)
+	if got["interval"] != "30s" || got["max_p99"] != "50ms" || got["function"] != "fraud" {
+		t.Fatalf("spec JSON = %s", b)
+	}
+}
