@@ -40,14 +40,9 @@ const maxTensorElements = 1 << 24
 // decodeInfer parses and validates a V2 infer request against the model's
 // declared inputs and outputs. Every problem is a *functions.BadRequest.
 func decodeInfer(body []byte, inputs, outputs []ort.IO) (req *inferRequest, ts []*tensor.Tensor, rows int, err error) {
-	req = &inferRequest{}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(req); err != nil {
+	req, err = parseInferRequest(body)
+	if err != nil {
 		return nil, nil, 0, functions.Badf("malformed infer request: %v", err)
-	}
-	if dec.More() {
-		return nil, nil, 0, functions.Badf("malformed infer request: trailing data after the JSON object")
 	}
 	if len(req.Inputs) == 0 {
 		return nil, nil, 0, functions.Badf("infer request has no inputs; the model needs %s", ioNames(inputs))
@@ -243,6 +238,7 @@ const maxNesting = 32
 func scanTokens(raw []byte, limit int, emit func(tok []byte) error) error {
 	depth, count := 0, 0
 	expectValue := true
+	afterComma := false
 	i := 0
 	skip := func() {
 		for i < len(raw) && (raw[i] == ' ' || raw[i] == '\n' || raw[i] == '\t' || raw[i] == '\r') {
@@ -263,6 +259,7 @@ func scanTokens(raw []byte, limit int, emit func(tok []byte) error) error {
 			if !expectValue {
 				return fmt.Errorf("data: unexpected '[' at byte %d", i)
 			}
+			afterComma = false
 			depth++
 			if depth > maxNesting {
 				return fmt.Errorf("data nested deeper than %d levels", maxNesting)
@@ -272,6 +269,9 @@ func scanTokens(raw []byte, limit int, emit func(tok []byte) error) error {
 			if depth == 0 {
 				return fmt.Errorf("data: unbalanced ']' at byte %d", i)
 			}
+			if afterComma {
+				return fmt.Errorf("data: ',' before ']' at byte %d", i)
+			}
 			depth--
 			expectValue = false
 			i++
@@ -280,11 +280,13 @@ func scanTokens(raw []byte, limit int, emit func(tok []byte) error) error {
 				return fmt.Errorf("data: unexpected ',' at byte %d", i)
 			}
 			expectValue = true
+			afterComma = true
 			i++
 		default:
 			if !expectValue {
 				return fmt.Errorf("data: missing ',' at byte %d", i)
 			}
+			afterComma = false
 			start := i
 			for i < len(raw) && raw[i] != ',' && raw[i] != ']' && raw[i] != '[' && raw[i] != ' ' && raw[i] != '\n' && raw[i] != '\t' && raw[i] != '\r' {
 				i++
