@@ -285,6 +285,22 @@ func (e Env) oneInstanceRoot() (string, *functions.Manifest, error) {
 	return e.functionRoot(functions.Scaling{MinScale: 1, MaxScale: 1, TargetConcurrency: m.Scaling.TargetConcurrency, ScaleToZeroAfter: time.Hour})
 }
 
+// serveWithBody starts serve with args and builds a one-row V2 request for
+// m from the model's own metadata (which also warms the revision).
+func (e Env) serveWithBody(args []string, m *functions.Manifest) (*Proc, string, []byte, error) {
+	s, err := StartServe(e.Bin, args, e.Log)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	base := "http://" + s.Addr
+	body, err := V2Body(base, m.Name, 1)
+	if err != nil {
+		s.Stop()
+		return nil, "", nil, err
+	}
+	return s, base, body, nil
+}
+
 // Hop compares the router with calling the same single instance directly.
 func Hop(ctx context.Context, e Env) ([]Row, error) {
 	root, m, err := e.oneInstanceRoot()
@@ -292,16 +308,11 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(root)
-	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", "0"}, e.Log)
+	s, base, body, err := e.serveWithBody([]string{"--functions", root, "--pool-size", "0"}, m)
 	if err != nil {
 		return nil, err
 	}
 	defer s.Stop()
-	base := "http://" + s.Addr
-	body, err := V2Body(base, m.Name, 1)
-	if err != nil {
-		return nil, err
-	}
 	a, err := GetAdmin(base)
 	if err != nil {
 		return nil, err
@@ -354,16 +365,11 @@ func Step(ctx context.Context, e Env) ([]Row, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(root)
-	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", "1"}, e.Log)
+	s, base, body, err := e.serveWithBody([]string{"--functions", root, "--pool-size", "1"}, m)
 	if err != nil {
 		return nil, err
 	}
 	defer s.Stop()
-	base := "http://" + s.Addr
-	body, err := V2Body(base, m.Name, 1)
-	if err != nil {
-		return nil, err
-	}
 	url := base + "/v2/models/" + m.Name + "/infer"
 	bodyFn := func(int, int) []byte { return body }
 	loadgen.Run(ctx, loadgen.Config{URL: url, Concurrency: 1, Duration: 2 * time.Second, Body: bodyFn})

@@ -232,15 +232,7 @@ func TestQueueBoundAndTimeout(t *testing.T) {
 func TestCrashedInstanceIsReplaced(t *testing.T) {
 	m := manifest(t, func(m *functions.Manifest) { m.Scaling.MinScale = 1 })
 	e, reg := start(t, engine.Config{Functions: []*functions.Manifest{m}, PoolSize: 1})
-	var first int
-	waitFor(t, "minScale instance ready", 20*time.Second, func() bool {
-		st := status(e)
-		if len(st.Instances) == 1 && st.Instances[0].State == "ready" {
-			first = st.Instances[0].PID
-			return true
-		}
-		return false
-	})
+	first := readyPID(t, e)
 	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -320,15 +312,7 @@ func TestStopDrainsInFlightRequestsFirst(t *testing.T) {
 func TestHungInstanceIsKilledAndReplaced(t *testing.T) {
 	m := manifest(t, func(m *functions.Manifest) { m.Scaling.MinScale = 1 })
 	e, _ := start(t, engine.Config{Functions: []*functions.Manifest{m}, PoolSize: 0, LivenessInterval: 100 * time.Millisecond})
-	var first int
-	waitFor(t, "minScale instance ready", 20*time.Second, func() bool {
-		st := status(e)
-		if len(st.Instances) == 1 && st.Instances[0].State == "ready" {
-			first = st.Instances[0].PID
-			return true
-		}
-		return false
-	})
+	first := readyPID(t, e)
 	// Stopped, not dead: the process is there but answers nothing.
 	if err := syscall.Kill(first, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -343,4 +327,19 @@ func TestHungInstanceIsKilledAndReplaced(t *testing.T) {
 		return false
 	})
 	waitFor(t, "the hung process to be gone", 5*time.Second, func() bool { return !alive(first) })
+}
+
+// readyPID waits for the revision's single instance to be ready and returns its pid.
+func readyPID(t *testing.T, e *engine.Engine) int {
+	t.Helper()
+	var pid int
+	waitFor(t, "minScale instance ready", 20*time.Second, func() bool {
+		st := status(e)
+		if len(st.Instances) == 1 && st.Instances[0].State == "ready" {
+			pid = st.Instances[0].PID
+			return true
+		}
+		return false
+	})
+	return pid
 }
