@@ -33,7 +33,7 @@ test: ort vet bpf-check ## everything CI runs
 	$(GO) test -count=1 -race -timeout 15m ./runtime/... ./router/... ./bpf/...
 
 bench: build ort ## speed figures (numbers go into README)
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./runtime/ort/ ./router/flags/
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./runtime/ort/ ./flags/
 	./$(BIN) bench all
 
 bpf: ## regenerate the eBPF objects and bindings (installs clang/libbpf-dev/bpftool via apt when missing)

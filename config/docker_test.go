@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pilotlight/pilotlight/router/knative"
+	"github.com/pilotlight/pilotlight/deploy/knative"
 )
 
 // dockerfile is the repository's Dockerfile, parsed just enough: logical

@@ -391,3 +391,12 @@ func NewHandler(m *Manifest) (Handler, error) {
 	}
 	return f(m)
 }
+
+// RevisionNames lists the names of rs in order, for messages and checks.
+func RevisionNames(rs []Revision) []string {
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = r.Name
+	}
+	return out
+}

@@ -17,8 +17,8 @@ import (
 
 	"github.com/pilotlight/pilotlight/functions"
 	_ "github.com/pilotlight/pilotlight/functions/all"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router"
-	"github.com/pilotlight/pilotlight/router/internal/testbin"
 	"github.com/pilotlight/pilotlight/router/knative"
 )
 

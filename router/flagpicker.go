@@ -11,9 +11,8 @@ import (
 	"github.com/open-feature/go-sdk/openfeature"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
-	"github.com/pilotlight/pilotlight/router/flags"
-	"github.com/pilotlight/pilotlight/router/knative"
 )
 
 // Headers that never become targeting attributes: credentials.
@@ -108,7 +107,7 @@ func (p *FlagPicker) Weights(fn *functions.Manifest) map[string]int {
 	if err != nil {
 		return DefaultPicker{}.Weights(fn)
 	}
-	split, err := knative.SplitFromFlags(fn, p.path, raw)
+	split, err := flags.SplitFromFlags(fn, p.path, raw)
 	if err != nil {
 		return DefaultPicker{}.Weights(fn)
 	}

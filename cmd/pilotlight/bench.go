@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pilotlight/pilotlight/router/bench"
+	"github.com/pilotlight/pilotlight/internal/bench"
 )
 
 func newBenchCmd() *cobra.Command {

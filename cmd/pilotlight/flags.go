@@ -15,7 +15,7 @@ import (
 	"github.com/open-feature/go-sdk/openfeature/isolated"
 	"github.com/spf13/cobra"
 
-	"github.com/pilotlight/pilotlight/router/flags"
+	"github.com/pilotlight/pilotlight/flags"
 )
 
 // newFlagsCmd is `pilotlight flags`: evaluate and validate flagd-format flag

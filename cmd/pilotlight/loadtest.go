@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pilotlight/pilotlight/router/loadtest"
+	"github.com/pilotlight/pilotlight/internal/loadtest"
 )
 
 func newLoadtestCmd() *cobra.Command {

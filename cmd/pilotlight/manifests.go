@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pilotlight/pilotlight/router/knative"
+	"github.com/pilotlight/pilotlight/deploy/knative"
 )
 
 func newManifestsCmd() *cobra.Command {

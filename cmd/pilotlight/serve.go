@@ -20,11 +20,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pilotlight/pilotlight/bpf"
+	deployknative "github.com/pilotlight/pilotlight/deploy/knative"
+	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
 	"github.com/pilotlight/pilotlight/router/engine"
-	"github.com/pilotlight/pilotlight/router/flags"
 	"github.com/pilotlight/pilotlight/router/knative"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
 	"github.com/pilotlight/pilotlight/router/rollout"
@@ -118,7 +119,7 @@ func newServeCmd() *cobra.Command {
 				lb.Engine = eng
 				backend, admin = lb, lb
 			case "knative":
-				client, host, err := knative.NewClient(kubeconfig, kubeContext)
+				client, host, err := deployknative.NewClient(kubeconfig, kubeContext)
 				if err != nil {
 					return fmt.Errorf("knative backend: %w", err)
 				}
@@ -247,7 +248,7 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&rateBurst, "rate-burst", 200, "burst per API key")
 	f.IntVar(&maxConcurrent, "max-concurrent", ratelimit.DefaultMaxConcurrent, "requests in flight per function before 503s are shed")
 	f.StringVar(&backendName, "backend", "local", "where instances run: local (child processes, scale to zero on this machine) or knative (a cluster's tag URLs)")
-	f.StringVar(&namespace, "namespace", knative.DefaultNamespace, "knative backend: namespace of the functions' Services")
+	f.StringVar(&namespace, "namespace", deployknative.DefaultNamespace, "knative backend: namespace of the functions' Services")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "knative backend: kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)")
 	f.StringVar(&kubeContext, "context", "", "knative backend: kubeconfig context")
 	f.StringVar(&flagsPath, "flags", "config/flags/flags.json", "flag file (flagd format) that picks each request's revision; empty: every request goes to the stable revision")

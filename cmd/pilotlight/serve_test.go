@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pilotlight/pilotlight/router/bench"
+	"github.com/pilotlight/pilotlight/internal/bench"
 )
 
 // buildBinary builds the real pilotlight binary for end-to-end tests.

@@ -38,17 +38,19 @@ type resolved struct {
 	tags []string
 }
 
-// NewResolver resolves functions deployed in namespace (default
-// DefaultNamespace); ttl <= 0 means DefaultResolveTTL.
+// NewResolver resolves functions deployed in namespace (serve's
+// --namespace, whose default the deployer owns); ttl <= 0 means
+// DefaultResolveTTL.
 func NewResolver(client servingclient.ServingV1Interface, namespace string, ttl time.Duration) *Resolver {
-	if namespace == "" {
-		namespace = DefaultNamespace
-	}
 	if ttl <= 0 {
 		ttl = DefaultResolveTTL
 	}
 	return &Resolver{client: client, namespace: namespace, ttl: ttl, now: time.Now, cache: map[string]resolved{}}
 }
+
+// SetClock replaces the clock the cache's TTL is measured with (a fake
+// clock in tests).
+func (r *Resolver) SetClock(now func() time.Time) { r.now = now }
 
 // Resolve returns the URL serving function's revision. A revision missing
 // from the cached status causes one fresh read of the Service before it is

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pilotlight/pilotlight/flags"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pilotlight/pilotlight/functions"
@@ -200,11 +202,11 @@ func (c *Controller) Start(spec Spec) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	ff, err := readFlag(c.cfg.FlagsPath, fn.Flag)
+	ff, err := flags.OpenFlagEdit(c.cfg.FlagsPath, fn.Flag)
 	if err != nil {
 		return Status{}, &SpecError{err.Error()}
 	}
-	from := ff.variants()[ff.defaultVariant()]
+	from := ff.Variants()[ff.DefaultVariant()]
 	if from == "" {
 		return Status{}, &SpecError{fmt.Sprintf("flag %q has no defaultVariant naming the stable revision", fn.Flag)}
 	}
@@ -391,25 +393,25 @@ func (c *Controller) drive(ctx context.Context, fn *functions.Manifest, r *run) 
 func (c *Controller) setSplit(fn *functions.Manifest, from, to string, weight int) error {
 	c.fileMu.Lock()
 	defer c.fileMu.Unlock()
-	ff, err := readFlag(c.cfg.FlagsPath, fn.Flag)
+	ff, err := flags.OpenFlagEdit(c.cfg.FlagsPath, fn.Flag)
 	if err != nil {
 		return err
 	}
-	stable := ff.variantFor(from)
-	canary := ff.variantFor(to)
-	ff.setSplit(stable, canary, weight)
-	return ff.write()
+	stable := ff.VariantFor(from)
+	canary := ff.VariantFor(to)
+	ff.SetSplit(stable, canary, weight)
+	return ff.Write()
 }
 
 func (c *Controller) setStatic(fn *functions.Manifest, revision string) error {
 	c.fileMu.Lock()
 	defer c.fileMu.Unlock()
-	ff, err := readFlag(c.cfg.FlagsPath, fn.Flag)
+	ff, err := flags.OpenFlagEdit(c.cfg.FlagsPath, fn.Flag)
 	if err != nil {
 		return err
 	}
-	ff.setStatic(ff.variantFor(revision))
-	return ff.write()
+	ff.SetStatic(ff.VariantFor(revision))
+	return ff.Write()
 }
 
 // ParseSteps reads "5,25,50,100".

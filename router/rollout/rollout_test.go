@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pilotlight/pilotlight/flags"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -49,12 +51,12 @@ func flagOf(t *testing.T, path string) map[string]any {
 
 func TestSplitReplacesTheFractionalInPlace(t *testing.T) {
 	p := writeFlags(t, flagsDoc)
-	ff, err := readFlag(p, "fraud-revision")
+	ff, err := flags.OpenFlagEdit(p, "fraud-revision")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ff.setSplit(ff.variantFor("fraud-00001"), ff.variantFor("fraud-00002"), 25)
-	if err := ff.write(); err != nil {
+	ff.SetSplit(ff.VariantFor("fraud-00001"), ff.VariantFor("fraud-00002"), 25)
+	if err := ff.Write(); err != nil {
 		t.Fatal(err)
 	}
 	f := flagOf(t, p)
@@ -78,10 +80,10 @@ func TestSplitReplacesTheFractionalInPlace(t *testing.T) {
 
 func TestSplitWithoutFractionalAndNewVariant(t *testing.T) {
 	p := writeFlags(t, `{"flags": {"fraud-revision": {"state": "ENABLED", "variants": {"stable": "fraud-00001"}, "defaultVariant": "stable"}}}`)
-	ff, _ := readFlag(p, "fraud-revision")
-	canary := ff.variantFor("fraud-00002")
-	ff.setSplit("stable", canary, 5)
-	ff.write()
+	ff, _ := flags.OpenFlagEdit(p, "fraud-revision")
+	canary := ff.VariantFor("fraud-00002")
+	ff.SetSplit("stable", canary, 5)
+	ff.Write()
 	f := flagOf(t, p)
 	if f["variants"].(map[string]any)[canary] != "fraud-00002" {
 		t.Fatalf("no variant added for the canary revision: %v", f["variants"])
@@ -90,14 +92,14 @@ func TestSplitWithoutFractionalAndNewVariant(t *testing.T) {
 	if !reflect.DeepEqual(f["targeting"], want) {
 		t.Fatalf("targeting = %v", f["targeting"])
 	}
-	ff, _ = readFlag(p, "fraud-revision")
-	ff.setStatic(canary)
-	ff.write()
+	ff, _ = flags.OpenFlagEdit(p, "fraud-revision")
+	ff.SetStatic(canary)
+	ff.Write()
 	f = flagOf(t, p)
 	if f["defaultVariant"] != canary || len(f["targeting"].(map[string]any)) != 0 {
 		t.Fatalf("promotion left %v", f)
 	}
-	if _, err := readFlag(p, "nope"); err == nil {
+	if _, err := flags.OpenFlagEdit(p, "nope"); err == nil {
 		t.Error("a missing flag was not an error")
 	}
 }

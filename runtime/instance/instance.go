@@ -40,7 +40,7 @@ type Observer interface {
 func Load(ctx context.Context, m *functions.Manifest, revision string, obs Observer, log *slog.Logger) (*Instance, error) {
 	rev, ok := m.Revision(revision)
 	if !ok {
-		return nil, fmt.Errorf("function %s has no revision %q (known: %v)", m.Name, revision, revisionNames(m))
+		return nil, fmt.Errorf("function %s has no revision %q (known: %v)", m.Name, revision, functions.RevisionNames(m.Revisions))
 	}
 	h, err := functions.NewHandler(m)
 	if err != nil {
@@ -80,14 +80,6 @@ func batchable(ios []ort.IO) bool {
 		}
 	}
 	return true
-}
-
-func revisionNames(m *functions.Manifest) []string {
-	out := make([]string, len(m.Revisions))
-	for i, r := range m.Revisions {
-		out[i] = r.Name
-	}
-	return out
 }
 
 // Infer runs inputs with rows rows through the batcher (or alone when the

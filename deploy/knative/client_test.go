@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	rknative "github.com/pilotlight/pilotlight/router/knative"
+
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
@@ -157,7 +159,7 @@ func TestDeployOverHTTP(t *testing.T) {
 	if requests.Load() < 6 {
 		t.Errorf("%d requests reached the API server", requests.Load())
 	}
-	u, err := NewResolver(client, "", 0).Resolve(context.Background(), "fraud", "fraud-00002")
+	u, err := rknative.NewResolver(client, DefaultNamespace, 0).Resolve(context.Background(), "fraud", "fraud-00002")
 	if err != nil || u.Host != "canary-fraud.pilotlight.svc.cluster.local" {
 		t.Errorf("resolve over HTTP: %v, %v", u, err)
 	}

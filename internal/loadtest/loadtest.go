@@ -23,9 +23,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/pilotlight/pilotlight/internal/bench"
+	"github.com/pilotlight/pilotlight/internal/loadgen"
 	"github.com/pilotlight/pilotlight/router"
-	"github.com/pilotlight/pilotlight/router/bench"
-	"github.com/pilotlight/pilotlight/router/loadgen"
 )
 
 // Config bounds the suite.

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pilotlight/pilotlight/flags"
+	rknative "github.com/pilotlight/pilotlight/router/knative"
+
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 )
 
@@ -54,7 +57,7 @@ func TestResolverProxiesToTagURL(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := NewResolver(c.cs.ServingV1(), "", time.Hour)
+	r := rknative.NewResolver(c.cs.ServingV1(), DefaultNamespace, time.Hour)
 	u, err := r.Resolve(ctx, "fraud", "fraud-00001")
 	if err != nil || u.String() != stable.URL {
 		t.Fatalf("Resolve(fraud-00001) = %v, %v; want %s", u, err, stable.URL)
@@ -114,19 +117,19 @@ func TestResolverTTLAndUntaggedRevision(t *testing.T) {
 	m.Revisions[1].Tag = "next"
 	ctx := context.Background()
 	d := deployer(c, nil)
-	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: Split{"fraud-00001": 100}}, Wait: true, Timeout: time.Second}); err != nil {
+	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: flags.Split{"fraud-00001": 100}}, Wait: true, Timeout: time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Unix(0, 0)
-	r := NewResolver(c.cs.ServingV1(), DefaultNamespace, time.Minute)
-	r.now = func() time.Time { return now }
+	r := rknative.NewResolver(c.cs.ServingV1(), DefaultNamespace, time.Minute)
+	r.SetClock(func() time.Time { return now })
 	u, err := r.Resolve(ctx, "fraud", "fraud-00001")
 	if err != nil || u.String() != "http://fraud.pilotlight.svc.cluster.local" {
 		t.Fatalf("untagged revision at 100%%: %v, %v; want the service URL", u, err)
 	}
 	// The tag "next" moves to a URL the cache does not know yet.
 	c.urlFor = func(tag string) string { return "http://" + tag + "-moved.example" }
-	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: Split{"fraud-00001": 100}}, Wait: true, Timeout: time.Second}); err != nil {
+	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: flags.Split{"fraud-00001": 100}}, Wait: true, Timeout: time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	// Still cached, and fraud-00002 was cached too by the first read.
@@ -138,7 +141,7 @@ func TestResolverTTLAndUntaggedRevision(t *testing.T) {
 		t.Errorf("after TTL: %v, want the moved URL", u)
 	}
 	c.urlFor = func(tag string) string { return "http://" + tag + "-again.example" }
-	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: Split{"fraud-00001": 100}}, Wait: true, Timeout: time.Second}); err != nil {
+	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: flags.Split{"fraud-00001": 100}}, Wait: true, Timeout: time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	r.Invalidate("fraud")

@@ -140,7 +140,7 @@ func TestValidFilesHaveNoProblems(t *testing.T) {
 }
 
 func TestExampleFlagFile(t *testing.T) {
-	raw, err := os.ReadFile("../../config/flags/flags.json")
+	raw, err := os.ReadFile("../config/flags/flags.json")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/pilotlight/pilotlight/functions"
-	"github.com/pilotlight/pilotlight/router/loadgen"
+	"github.com/pilotlight/pilotlight/internal/loadgen"
 )
 
 // Row is one measured figure.

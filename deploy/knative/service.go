@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/pilotlight/pilotlight/flags"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -82,7 +84,7 @@ type Options struct {
 	Revision string
 	// Traffic is the percent split over revisions (see SplitFromFlags); nil
 	// sends 100% to Revision.
-	Traffic Split
+	Traffic flags.Split
 	// Public exposes the Service on the cluster's external domain. By default
 	// it is cluster-local: clients go through the router, which reaches the
 	// revisions' tag URLs inside the cluster.
@@ -114,7 +116,7 @@ func Service(m *functions.Manifest, opts Options) (*servingv1.Service, error) {
 	opts = opts.withDefaults(m)
 	idx := slices.IndexFunc(m.Revisions, func(r functions.Revision) bool { return r.Name == opts.Revision })
 	if idx < 0 {
-		return nil, fmt.Errorf("function %s: no revision %q (have %v)", m.Name, opts.Revision, revisionNames(m.Revisions))
+		return nil, fmt.Errorf("function %s: no revision %q (have %v)", m.Name, opts.Revision, functions.RevisionNames(m.Revisions))
 	}
 	rev := m.Revisions[idx]
 	available := m.Revisions[:idx+1]
@@ -258,11 +260,11 @@ func formatDuration(d time.Duration) string {
 // trafficTargets builds the traffic block: one target per available revision
 // that has a tag or a share, in function.yaml order, pinned by name
 // (latestRevision false) so a new template never takes traffic by itself.
-func trafficTargets(function string, available []functions.Revision, split Split, template string) ([]servingv1.TrafficTarget, error) {
+func trafficTargets(function string, available []functions.Revision, split flags.Split, template string) ([]servingv1.TrafficTarget, error) {
 	if split == nil {
-		split = Split{template: 100}
+		split = flags.Split{template: 100}
 	}
-	if err := split.check(); err != nil {
+	if err := split.Check(); err != nil {
 		return nil, fmt.Errorf("function %s: traffic: %w", function, err)
 	}
 	known := map[string]bool{}
@@ -272,7 +274,7 @@ func trafficTargets(function string, available []functions.Revision, split Split
 	for _, name := range slices.Sorted(maps.Keys(split)) {
 		if !known[name] && split[name] > 0 {
 			return nil, fmt.Errorf("function %s: traffic sends %d%% to revision %q, which is not among the revisions up to %s (%v)",
-				function, split[name], name, template, revisionNames(available))
+				function, split[name], name, template, functions.RevisionNames(available))
 		}
 	}
 	var out []servingv1.TrafficTarget
@@ -293,14 +295,6 @@ func trafficTargets(function string, available []functions.Revision, split Split
 		out = append(out, t)
 	}
 	return out, nil
-}
-
-func revisionNames(rs []functions.Revision) []string {
-	out := make([]string, len(rs))
-	for i, r := range rs {
-		out[i] = r.Name
-	}
-	return out
 }
 
 func ptr[T any](v T) *T { return &v }

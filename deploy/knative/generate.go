@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sort"
 
+	"github.com/pilotlight/pilotlight/flags"
+
 	"github.com/pilotlight/pilotlight/functions"
 )
 
@@ -64,15 +66,15 @@ func (s Sources) Functions() ([]*functions.Manifest, error) {
 	return out, errors.Join(errs...)
 }
 
-// Split derives m's traffic split from the flag file.
-func (s Sources) Split(m *functions.Manifest) (Split, error) {
+// flags.Split derives m's traffic split from the flag file.
+func (s Sources) Split(m *functions.Manifest) (flags.Split, error) {
 	raw, err := os.ReadFile(s.FlagsFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		raw = []byte(`{"flags":{}}`)
 	} else if err != nil {
 		return nil, fmt.Errorf("read flags: %w", err)
 	}
-	return SplitFromFlags(m, s.FlagsFile, raw)
+	return flags.SplitFromFlags(m, s.FlagsFile, raw)
 }
 
 // Generate renders the Service YAML of every function (or only the one

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pilotlight/pilotlight/flags"
+
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -83,11 +85,11 @@ func (d *Deployer) Deploy(ctx context.Context, m *functions.Manifest, opts Deplo
 	log := d.logger().With("function", m.Name, "namespace", opts.Namespace)
 	target := slices.IndexFunc(m.Revisions, func(r functions.Revision) bool { return r.Name == opts.Revision })
 	if target < 0 {
-		return nil, fmt.Errorf("deploy %s: no revision %q (have %v)", m.Name, opts.Revision, revisionNames(m.Revisions))
+		return nil, fmt.Errorf("deploy %s: no revision %q (have %v)", m.Name, opts.Revision, functions.RevisionNames(m.Revisions))
 	}
 	split := opts.Traffic
 	if split == nil {
-		split = Split{opts.Revision: 100}
+		split = flags.Split{opts.Revision: 100}
 	}
 
 	current, err := d.Client.Services(opts.Namespace).Get(ctx, m.Name, metav1.GetOptions{})
@@ -118,7 +120,7 @@ func (d *Deployer) Deploy(ctx context.Context, m *functions.Manifest, opts Deplo
 	for i, rev := range steps {
 		last := i == len(steps)-1
 		idx := slices.IndexFunc(m.Revisions, func(r functions.Revision) bool { return r.Name == rev })
-		names := revisionNames(m.Revisions[:idx+1])
+		names := functions.RevisionNames(m.Revisions[:idx+1])
 		stepOpts := opts.Options
 		stepOpts.Revision = rev
 		stepOpts.Traffic = split.Restrict(names, rev)
@@ -389,7 +391,7 @@ func mergeMaps(base, over map[string]string) map[string]string {
 	return out
 }
 
-func formatSplit(s Split) string {
+func formatSplit(s flags.Split) string {
 	var parts []string
 	for _, k := range slices.Sorted(maps.Keys(s)) {
 		parts = append(parts, fmt.Sprintf("%s=%d%%", k, s[k]))

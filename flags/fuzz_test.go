@@ -8,7 +8,7 @@ import (
 // FuzzParse: Parse and Validate never panic, agree with each other, and a
 // set that parses evaluates every flag without panicking.
 func FuzzParse(f *testing.F) {
-	if raw, err := os.ReadFile("../../config/flags/flags.json"); err == nil {
+	if raw, err := os.ReadFile("../config/flags/flags.json"); err == nil {
 		f.Add(raw)
 	}
 	f.Add([]byte(canaryFile))

@@ -1,4 +1,4 @@
-package rollout
+package flags
 
 import (
 	"encoding/json"
@@ -8,16 +8,16 @@ import (
 	"sort"
 )
 
-// flagFile edits one flag of a flagd-format file, keeping everything else
+// FlagEdit edits one flag of a flagd-format file, keeping everything else
 // as it was, and writes it back atomically (write a temporary file in the
 // same directory, fsync, rename), so a watcher never reads half a file.
-type flagFile struct {
+type FlagEdit struct {
 	path string
 	doc  map[string]any
 	flag map[string]any
 }
 
-func readFlag(path, key string) (*flagFile, error) {
+func OpenFlagEdit(path, key string) (*FlagEdit, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read flag file: %w", err)
@@ -31,11 +31,11 @@ func readFlag(path, key string) (*flagFile, error) {
 	if !ok {
 		return nil, fmt.Errorf("flag file %s has no flag %q", path, key)
 	}
-	return &flagFile{path: path, doc: doc, flag: flag}, nil
+	return &FlagEdit{path: path, doc: doc, flag: flag}, nil
 }
 
 // variants maps variant name to its value (revision names are strings).
-func (f *flagFile) variants() map[string]string {
+func (f *FlagEdit) Variants() map[string]string {
 	out := map[string]string{}
 	vs, _ := f.flag["variants"].(map[string]any)
 	for name, v := range vs {
@@ -48,8 +48,8 @@ func (f *flagFile) variants() map[string]string {
 
 // variantFor returns the variant whose value is revision, adding one named
 // after the revision when the flag has none.
-func (f *flagFile) variantFor(revision string) string {
-	vs := f.variants()
+func (f *FlagEdit) VariantFor(revision string) string {
+	vs := f.Variants()
 	names := make([]string, 0, len(vs))
 	for n := range vs {
 		names = append(names, n)
@@ -70,7 +70,7 @@ func (f *flagFile) variantFor(revision string) string {
 }
 
 // defaultVariant is the flag's defaultVariant ("" when absent or null).
-func (f *flagFile) defaultVariant() string {
+func (f *FlagEdit) DefaultVariant() string {
 	s, _ := f.flag["defaultVariant"].(string)
 	return s
 }
@@ -79,7 +79,7 @@ func (f *flagFile) defaultVariant() string {
 // the rest to stable: the flag's existing fractional is replaced where it
 // stands (targeted rules before it keep working); without one, the else
 // branch of a top-level "if" gets it; otherwise it becomes the targeting.
-func (f *flagFile) setSplit(stable, canary string, weight int) {
+func (f *FlagEdit) SetSplit(stable, canary string, weight int) {
 	split := map[string]any{"fractional": []any{[]any{stable, 100 - weight}, []any{canary, weight}}}
 	t, _ := f.flag["targeting"].(map[string]any)
 	if replaceFractional(t, split) {
@@ -120,13 +120,13 @@ func replaceFractional(node any, split map[string]any) bool {
 }
 
 // setStatic makes variant the flag's only answer: no targeting.
-func (f *flagFile) setStatic(variant string) {
+func (f *FlagEdit) SetStatic(variant string) {
 	f.flag["defaultVariant"] = variant
 	f.flag["targeting"] = map[string]any{}
 	f.flag["state"] = "ENABLED"
 }
 
-func (f *flagFile) write() error {
+func (f *FlagEdit) Write() error {
 	raw, err := json.MarshalIndent(f.doc, "", "  ")
 	if err != nil {
 		return err

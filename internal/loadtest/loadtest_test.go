@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pilotlight/pilotlight/router/internal/testbin"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
 // TestShortSuite is the CI version of `make loadtest`: every phase, one

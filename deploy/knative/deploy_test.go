@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pilotlight/pilotlight/flags"
+
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	k8stesting "k8s.io/client-go/testing"
@@ -109,7 +111,7 @@ func TestDeployUpdateAddsOneRevision(t *testing.T) {
 		t.Error("redeploying the same inputs changed the spec")
 	}
 	// A flag change moves only traffic.
-	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: Split{"fraud-00001": 50, "fraud-00002": 50}}}); err != nil {
+	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: flags.Split{"fraud-00001": 50, "fraud-00002": 50}}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := trafficOf(c.service(t)); got != "stable=fraud-00001:50 canary=fraud-00002:50" {

@@ -1,4 +1,4 @@
-package knative
+package flags
 
 import (
 	"encoding/json"
@@ -15,7 +15,8 @@ import (
 // revision name. A valid Split sums to 100.
 type Split map[string]int64
 
-func (s Split) check() error {
+// Check reports a split whose percents are out of range or do not sum to 100.
+func (s Split) Check() error {
 	var sum int64
 	for _, name := range slices.Sorted(maps.Keys(s)) {
 		if s[name] < 0 || s[name] > 100 {
@@ -49,12 +50,12 @@ func (s Split) Restrict(available []string, fallback string) Split {
 
 // flagd's JSON format, read generically: only what the split needs, so this
 // package does not depend on the router's flag provider.
-type flagFile struct {
-	Flags      map[string]flagDef         `json:"flags"`
+type splitFile struct {
+	Flags      map[string]splitFlag       `json:"flags"`
 	Evaluators map[string]json.RawMessage `json:"$evaluators"`
 }
 
-type flagDef struct {
+type splitFlag struct {
 	State          string          `json:"state"`
 	Variants       map[string]any  `json:"variants"`
 	DefaultVariant string          `json:"defaultVariant"`
@@ -71,7 +72,7 @@ type flagDef struct {
 // evaluates the flag itself and uses the revision's tag URL. A function
 // without a flag in the file gets 100% on its newest revision.
 func SplitFromFlags(m *functions.Manifest, flagsFile string, raw []byte) (Split, error) {
-	var f flagFile
+	var f splitFile
 	if err := json.Unmarshal(raw, &f); err != nil {
 		return nil, fmt.Errorf("%s: decode flagd JSON: %w", flagsFile, err)
 	}
@@ -90,7 +91,7 @@ func SplitFromFlags(m *functions.Manifest, flagsFile string, raw []byte) (Split,
 			return "", fmt.Errorf("%s: variant %q is %v, not a revision name", where, variant, v)
 		}
 		if _, ok := m.Revision(name); !ok {
-			return "", fmt.Errorf("%s: variant %q names revision %q, which function %s does not have (%v)", where, variant, name, m.Name, revisionNames(m.Revisions))
+			return "", fmt.Errorf("%s: variant %q names revision %q, which function %s does not have (%v)", where, variant, name, m.Name, functions.RevisionNames(m.Revisions))
 		}
 		return name, nil
 	}
@@ -121,7 +122,7 @@ func SplitFromFlags(m *functions.Manifest, flagsFile string, raw []byte) (Split,
 	if def.State == "DISABLED" || targeting == nil {
 		return byDefault()
 	}
-	node, err := catchAll(targeting, f.Evaluators, 0)
+	node, err := splitCatchAll(targeting, f.Evaluators, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%s: targeting: %w", where, err)
 	}
@@ -132,7 +133,7 @@ func SplitFromFlags(m *functions.Manifest, flagsFile string, raw []byte) (Split,
 			return nil, err
 		}
 		return Split{rev: 100}, nil
-	case fractional:
+	case splitBuckets:
 		weights := map[string]float64{}
 		var order []string
 		for _, b := range n {
@@ -151,21 +152,21 @@ func SplitFromFlags(m *functions.Manifest, flagsFile string, raw []byte) (Split,
 	}
 }
 
-type bucket struct {
+type splitBucket struct {
 	variant string
 	weight  float64
 }
 
-type fractional []bucket
+type splitBuckets []splitBucket
 
-const maxRefDepth = 16
+const maxSplitRefDepth = 16
 
-// catchAll follows a JSONLogic expression down the path a request takes
+// splitCatchAll follows a JSONLogic expression down the path a request takes
 // when no condition holds: the else branch of each if. It returns a variant
-// name (string), a fractional, or nil (the flag's defaultVariant).
-func catchAll(node any, evaluators map[string]json.RawMessage, depth int) (any, error) {
-	if depth > maxRefDepth {
-		return nil, fmt.Errorf("$ref nesting deeper than %d", maxRefDepth)
+// name (string), a splitBuckets, or nil (the flag's defaultVariant).
+func splitCatchAll(node any, evaluators map[string]json.RawMessage, depth int) (any, error) {
+	if depth > maxSplitRefDepth {
+		return nil, fmt.Errorf("$ref nesting deeper than %d", maxSplitRefDepth)
 	}
 	switch n := node.(type) {
 	case string:
@@ -181,47 +182,47 @@ func catchAll(node any, evaluators map[string]json.RawMessage, depth int) (any, 
 			if err := json.Unmarshal(raw, &inner); err != nil {
 				return nil, fmt.Errorf("$evaluators.%s: %w", name, err)
 			}
-			return catchAll(inner, evaluators, depth+1)
+			return splitCatchAll(inner, evaluators, depth+1)
 		}
 		if args, ok := n["if"].([]any); ok {
 			if len(args)%2 == 1 {
-				return catchAll(args[len(args)-1], evaluators, depth)
+				return splitCatchAll(args[len(args)-1], evaluators, depth)
 			}
 			return nil, nil
 		}
 		if args, ok := n["fractional"].([]any); ok {
-			return parseFractional(args)
+			return parseSplitBuckets(args)
 		}
 	}
 	return nil, nil
 }
 
-// parseFractional reads flagd's fractional: an optional bucketing expression
+// parseSplitBuckets reads flagd's splitBuckets: an optional bucketing expression
 // first, then [variant, weight] pairs (weight 1 when omitted).
-func parseFractional(args []any) (fractional, error) {
-	var out fractional
+func parseSplitBuckets(args []any) (splitBuckets, error) {
+	var out splitBuckets
 	for i, a := range args {
 		pair, ok := a.([]any)
 		if !ok {
 			if i == 0 {
 				continue // the bucketing-key expression
 			}
-			return nil, fmt.Errorf("fractional[%d]: want [variant, weight], got %v", i, a)
+			return nil, fmt.Errorf("splitBuckets[%d]: want [variant, weight], got %v", i, a)
 		}
 		if len(pair) < 1 || len(pair) > 2 {
-			return nil, fmt.Errorf("fractional[%d]: want [variant, weight], got %v", i, pair)
+			return nil, fmt.Errorf("splitBuckets[%d]: want [variant, weight], got %v", i, pair)
 		}
 		name, ok := pair[0].(string)
 		if !ok {
-			return nil, fmt.Errorf("fractional[%d]: variant %v is not a string", i, pair[0])
+			return nil, fmt.Errorf("splitBuckets[%d]: variant %v is not a string", i, pair[0])
 		}
 		w := 1.0
 		if len(pair) == 2 {
 			if w, ok = pair[1].(float64); !ok || w < 0 || math.IsInf(w, 0) {
-				return nil, fmt.Errorf("fractional[%d]: weight %v is not a non-negative number", i, pair[1])
+				return nil, fmt.Errorf("splitBuckets[%d]: weight %v is not a non-negative number", i, pair[1])
 			}
 		}
-		out = append(out, bucket{variant: name, weight: w})
+		out = append(out, splitBucket{variant: name, weight: w})
 	}
 	var total float64
 	for _, b := range out {
