@@ -2,7 +2,7 @@
 # Fail when the committed eBPF objects or bindings (bpf/*_bpfel.{o,go}) are
 # not what bpf/*.bpf.c compiles to: regenerate into a temporary copy of
 # bpf/ (another directory, so absolute paths leaking into the output would
-# show up too) and compare byte for byte. Installs the tools like bpf-gen.sh.
+# show up too) and compare byte for byte. Needs the tools bpf-gen.sh needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./hack/bpf-gen.sh --deps

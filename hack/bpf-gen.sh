@@ -4,29 +4,27 @@
 #
 #   ./hack/bpf-gen.sh             regenerate the objects and bindings
 #   ./hack/bpf-gen.sh --vmlinux   also regenerate bpf/vmlinux.h from this kernel's BTF
-#   ./hack/bpf-gen.sh --deps      only install the tools
+#   ./hack/bpf-gen.sh --deps      only check that the tools are there
 #
-# Installs Debian's clang, llvm (llvm-strip), libbpf-dev and bpftool via apt
-# when missing. The committed objects are built with Debian 12's clang 14;
+# Needs Debian's clang, llvm (llvm-strip), libbpf-dev and bpftool (listed in
+# hack/deps/bpf.apt); when one is missing it says which and stops, since
+# make targets never run apt-get. The committed objects are built with Debian 12's clang 14;
 # another clang produces different bytes (./hack/bpf-check.sh would say so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-install_deps() {
+check_deps() {
 	local need=()
 	command -v clang >/dev/null || need+=(clang)
 	command -v llvm-strip >/dev/null || need+=(llvm)
 	[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 	command -v bpftool >/dev/null || [ -x /usr/sbin/bpftool ] || need+=(bpftool)
 	[ ${#need[@]} -eq 0 ] && return 0
-	local sudo=""
-	[ "$(id -u)" -eq 0 ] || sudo="sudo"
-	echo "bpf-gen: installing ${need[*]} (apt)" >&2
-	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+	echo "bpf-gen: missing ${need[*]}: run 'apt-get install ${need[*]}' (or ./hack/install-deps.sh, which installs everything in hack/deps/*.apt)" >&2
+	exit 1
 }
 
-install_deps
+check_deps
 case "${1:-}" in
 --deps) exit 0 ;;
 --vmlinux)

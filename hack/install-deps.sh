@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages listed in hack/deps/*.apt that are missing.
+# CI and a fresh machine run it once; make targets never call apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mapfile -t want < <(sed 's/#.*//' hack/deps/*.apt | tr -s ' \t' '\n' | sed '/^$/d' | sort -u)
+missing=()
+for p in "${want[@]}"; do
+	# A command of the package's name counts as present (npm may come with the machine's Node.js).
+	command -v "$p" >/dev/null && continue
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	echo "install-deps: all ${#want[@]} Debian packages present"
+	exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
