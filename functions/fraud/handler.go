@@ -27,7 +27,7 @@ const HandlerName = "fraud"
 
 // Limits and thresholds of the handler.
 const (
-	MaxBatch        = 256   // transactions in one {"transactions": [...]} request
+	MaxTransactions = 256   // transactions in one {"transactions": [...]} request
 	MaxAmount       = 1e9   // amount and avg_amount_30d upper bound
 	MaxTxLast24h    = 10000 // tx_last_24h upper bound
 	BlockThreshold  = 0.8   // fraud_probability >= this: "block"
@@ -138,8 +138,8 @@ func (Handler) Decode(body []byte) (*functions.Invocation, error) {
 		switch {
 		case len(items) == 0:
 			return nil, functions.Badf("transactions: must hold at least one transaction")
-		case len(items) > MaxBatch:
-			return nil, functions.Badf("transactions: %d transactions, at most %d per request", len(items), MaxBatch)
+		case len(items) > MaxTransactions:
+			return nil, functions.Badf("transactions: %d transactions, at most %d per request", len(items), MaxTransactions)
 		}
 		txs = make([]Transaction, len(items))
 		for i, it := range items {
