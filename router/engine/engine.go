@@ -55,7 +55,8 @@ type Config struct {
 	Functions []*functions.Manifest
 	// PoolSize is how many generic runtime processes stay pre-started (0 disables the pilot light).
 	PoolSize int
-	// ScaleToZeroAfter and MinScale override every function's scaling block when >= 0 / set.
+	// ScaleToZeroAfter, when > 0, overrides every function's
+	// scaling.scaleToZeroAfter; min and max scale always come from function.yaml.
 	ScaleToZeroAfter time.Duration
 	QueueCapacity    int
 	StartTimeout     time.Duration

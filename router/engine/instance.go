@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pilotlight/pilotlight/listener"
 )
 
 type state int32
@@ -40,9 +42,6 @@ const (
 	sourcePool = "pool"
 	sourceExec = "exec"
 )
-
-// listeningPrefix is what `pilotlight runtime` prints once it accepts connections.
-const listeningPrefix = "PILOTLIGHT_LISTENING "
 
 // Process is one child runtime process: generic while it waits in the warm
 // pool, then serving one revision. Not runtime/instance.Instance, which is the
@@ -273,8 +272,8 @@ func (e *Engine) fold(in *Process, r io.Reader, addrc chan<- string) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if addrc != nil && strings.HasPrefix(line, listeningPrefix) {
-			addrc <- strings.TrimSpace(strings.TrimPrefix(line, listeningPrefix))
+		if addrc != nil && strings.HasPrefix(line, listener.ReadyPrefix) {
+			addrc <- strings.TrimSpace(strings.TrimPrefix(line, listener.ReadyPrefix))
 			addrc = nil
 			continue
 		}
