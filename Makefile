@@ -24,8 +24,11 @@ models: ## retrain and re-export every model (deterministic)
 run: build ort ## start the platform on 127.0.0.1:8080 (local development: auth off); extra flags via ARGS=...
 	./$(BIN) serve --dev --addr 127.0.0.1:8080 $(ARGS)
 
-vet:
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+vet: ## go vet, staticcheck (pinned; `go run pkg@version` keeps it out of go.mod) and gofmt
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 
 test: ort vet bpf-check ## everything CI runs

@@ -4,8 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
+
+	"github.com/pilotlight/pilotlight/atomicfile"
 )
 
 // FlagEdit edits one flag of a flagd-format file, keeping everything else
@@ -132,27 +133,8 @@ func (f *FlagEdit) Write() error {
 		return err
 	}
 	raw = append(raw, '\n')
-	tmp, err := os.CreateTemp(filepath.Dir(f.path), ".flags-*.json")
-	if err != nil {
+	if err := atomicfile.Write(f.path, raw, 0o644); err != nil {
 		return fmt.Errorf("write flag file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(raw); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write flag file: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), f.path); err != nil {
-		return fmt.Errorf("replace flag file: %w", err)
 	}
 	return nil
 }

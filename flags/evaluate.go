@@ -91,6 +91,7 @@ func applyRule(rule, data any) (out any, err error) {
 			err = fmt.Errorf("%v", r)
 		}
 	}()
+	//lint:ignore SA1019 the only jsonlogic v3.5 call that takes decoded values; Apply would re-encode the rule and context on every evaluation
 	return jsonlogic.ApplyInterface(rule, data)
 }
 

@@ -128,6 +128,7 @@ func fractional(values, data any) any {
 // applyNested evaluates an expression nested inside an operator's literal
 // arguments (jsonlogic only evaluates an operator's top-level arguments).
 func applyNested(rule map[string]any, data any) any {
+	//lint:ignore SA1019 as in applyRule: Apply would re-encode the nested rule
 	out, err := jsonlogic.ApplyInterface(rule, data)
 	if err != nil {
 		return nil

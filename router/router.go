@@ -474,12 +474,6 @@ func (rt *Router) adminFunctions(c echo.Context) error {
 	if rt.cfg.Admin != nil {
 		detail, extra = rt.cfg.Admin.AdminRevisions(), rt.cfg.Admin.AdminExtra()
 	}
-	type revOut struct {
-		Name   string `json:"name"`
-		Weight int    `json:"weight"`
-		Tag    string `json:"tag,omitempty"`
-		any
-	}
 	fnsOut := make([]map[string]any, 0, len(rt.cfg.Functions))
 	for _, fn := range rt.cfg.Functions {
 		weights := rt.cfg.Picker.Weights(fn)

@@ -196,10 +196,10 @@ func TestRoutesHeadersAndErrors(t *testing.T) {
 
 func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
 	p := startPlatform(t, engine.Config{PoolSize: 1}, 20*time.Second, func(m *functions.Manifest) { m.Scaling.MinScale = 2 })
-	waitReady := func(n int) []engine.InstanceStatus {
+	waitReady := func(n int) []engine.ProcessStatus {
 		deadline := time.Now().Add(20 * time.Second)
 		for time.Now().Before(deadline) {
-			var ready []engine.InstanceStatus
+			var ready []engine.ProcessStatus
 			for _, in := range p.eng.Statuses()[0].Instances {
 				if in.State == "ready" {
 					ready = append(ready, in)

@@ -158,11 +158,10 @@ func (d *Deployer) Deploy(ctx context.Context, m *functions.Manifest, opts Deplo
 			continue
 		}
 		log.Info("apply knative service", "revision", rev, "action", action, "traffic", formatSplit(stepOpts.Traffic))
-		applied, err := d.apply(ctx, desired)
-		if err != nil {
+		if _, err := d.apply(ctx, desired); err != nil {
 			return res, fmt.Errorf("deploy %s revision %s: %w", m.Name, rev, err)
 		}
-		current, exists[rev] = applied, true
+		exists[rev] = true
 		if last && !opts.Wait {
 			break
 		}

@@ -55,7 +55,8 @@ type Config struct {
 	Functions []*functions.Manifest
 	// PoolSize is how many generic runtime processes stay pre-started (0 disables the pilot light).
 	PoolSize int
-	// ScaleToZeroAfter and MinScale override every function's scaling block when >= 0 / set.
+	// ScaleToZeroAfter, when > 0, overrides every function's
+	// scaling.scaleToZeroAfter; min and max scale always come from function.yaml.
 	ScaleToZeroAfter time.Duration
 	QueueCapacity    int
 	StartTimeout     time.Duration
@@ -202,12 +203,12 @@ func (e *Engine) shutdown() {
 		r.queue.Release(-1) // held requests see ErrStopped
 		for _, in := range r.snapshotInstances() {
 			wg.Add(1)
-			go func(in *Instance) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
+			go func(in *Process) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
 		}
 	}
 	for _, in := range e.pool.drainAll() {
 		wg.Add(1)
-		go func(in *Instance) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
+		go func(in *Process) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
 	}
 	wg.Wait()
 	// Anything started while the stops above ran (a pool refill, a start
@@ -229,7 +230,7 @@ type Lease struct {
 	PID      int
 	// ColdStart is how long the request waited for an instance to start (0 when one was ready).
 	ColdStart time.Duration
-	inst      *Instance
+	inst      *Process
 	rev       *revision
 	eng       *Engine
 	done      atomic.Bool
@@ -322,18 +323,18 @@ func (e *Engine) HasRevision(function, revision string) bool {
 
 // Status is a revision's state for GET /admin/functions.
 type Status struct {
-	Function  string           `json:"function"`
-	Revision  string           `json:"revision"`
-	Desired   int              `json:"desired"`
-	Queued    int              `json:"queued"`
-	Panic     bool             `json:"panic"`
-	Reason    string           `json:"reason,omitempty"`
-	Instances []InstanceStatus `json:"instances"`
-	LastCold  *ColdStart       `json:"last_cold_start,omitempty"`
+	Function  string          `json:"function"`
+	Revision  string          `json:"revision"`
+	Desired   int             `json:"desired"`
+	Queued    int             `json:"queued"`
+	Panic     bool            `json:"panic"`
+	Reason    string          `json:"reason,omitempty"`
+	Instances []ProcessStatus `json:"instances"`
+	LastCold  *ColdStart      `json:"last_cold_start,omitempty"`
 }
 
-// InstanceStatus is one instance in Status.
-type InstanceStatus struct {
+// ProcessStatus is one runtime process in Status or PoolStatus.
+type ProcessStatus struct {
 	PID          int     `json:"pid"`
 	Port         int     `json:"port"`
 	State        string  `json:"state"`
@@ -363,7 +364,7 @@ func (e *Engine) Statuses() []Status {
 		r.mu.Unlock()
 		st.Queued = r.queue.Len()
 		if st.Instances == nil {
-			st.Instances = []InstanceStatus{}
+			st.Instances = []ProcessStatus{}
 		}
 		sort.Slice(st.Instances, func(i, j int) bool { return st.Instances[i].PID < st.Instances[j].PID })
 		out = append(out, st)
@@ -372,6 +373,6 @@ func (e *Engine) Statuses() []Status {
 }
 
 // PoolStatus lists the idle generic processes of the pilot light.
-func (e *Engine) PoolStatus() []InstanceStatus {
+func (e *Engine) PoolStatus() []ProcessStatus {
 	return e.pool.status()
 }

@@ -40,7 +40,7 @@ func (e *Engine) tick(now time.Time) {
 		switch {
 		case d.Desired > current && !blocked:
 			r.mu.Lock()
-			var slots []*Instance
+			var slots []*Process
 			for i := 0; i < d.Desired-current; i++ {
 				slots = append(slots, e.reserve(r))
 			}
@@ -61,10 +61,10 @@ func (e *Engine) tick(now time.Time) {
 
 // surplus picks n instances to drain: those still starting first (they
 // serve nobody yet), then the ready ones with the fewest requests in flight.
-func (r *revision) surplus(n int) []*Instance {
+func (r *revision) surplus(n int) []*Process {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var cands []*Instance
+	var cands []*Process
 	for _, in := range r.instances {
 		if s := in.getState(); s == stateReady {
 			cands = append(cands, in)
