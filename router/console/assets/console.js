@@ -66,7 +66,9 @@
       if (v == null) { pen = false; return; }
       const x = ((off + i) * dx).toFixed(1);
       const y = (h - 2 - (v / max) * (h - 6)).toFixed(1);
-      d += (pen ? "L" : "M") + x + " " + y + " ";
+      const next = values[i + 1];
+      // A point with no neighbour is drawn as a dot (a round cap on a tiny segment).
+      d += (pen ? "L" : "M") + x + " " + y + " " + (!pen && next == null ? "l0.01 0 " : "");
       pen = true;
     });
     return d;
@@ -86,19 +88,24 @@
       const max = niceMax(vals);
       const cur = vals.length ? vals[vals.length - 1] : null;
       return `<div class="chart" data-chart="rate"><div class="legend"><span class="k-rate">req/s ${fmtRate(cur)}</span><span>max ${fmtRate(max)}</span></div>` +
-        `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" role="img" aria-label="request rate"><path d="${line(vals, points, max, W, H)}" fill="none" stroke="#2f855a" stroke-width="1.5" vector-effect="non-scaling-stroke"/></svg></div>`;
+        `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" role="img" aria-label="request rate"><path d="${line(vals, points, max, W, H)}" fill="none" stroke="#2f855a" stroke-width="1.5" stroke-linecap="round" vector-effect="non-scaling-stroke"/></svg></div>`;
     }
     const p50 = series.p50_ms || [], p99 = series.p99_ms || [];
     const max = niceMax(p99.concat(p50));
     const last = (a) => { for (let i = a.length - 1; i >= 0; i--) if (a[i] != null) return a[i]; return null; };
     return `<div class="chart" data-chart="latency"><div class="legend"><span class="k-p50">p50 ${fmtMS(last(p50))}</span><span class="k-p99">p99 ${fmtMS(last(p99))}</span><span>max ${fmtMS(max)}</span></div>` +
       `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" role="img" aria-label="latency p50 and p99">` +
-      `<path d="${line(p99, points, max, W, H)}" fill="none" stroke="#c05621" stroke-width="1.5" vector-effect="non-scaling-stroke"/>` +
-      `<path d="${line(p50, points, max, W, H)}" fill="none" stroke="#2b6cb0" stroke-width="1.5" vector-effect="non-scaling-stroke"/></svg></div>`;
+      `<path d="${line(p99, points, max, W, H)}" fill="none" stroke="#c05621" stroke-width="1.5" stroke-linecap="round" vector-effect="non-scaling-stroke"/>` +
+      `<path d="${line(p50, points, max, W, H)}" fill="none" stroke="#2b6cb0" stroke-width="1.5" stroke-linecap="round" vector-effect="non-scaling-stroke"/></svg></div>`;
   }
 
   // ---- cold-start waterfall ----
   const BAR_COLORS = ["#805ad5", "#3182ce", "#38a169", "#d69e2e", "#dd6b20", "#e53e3e", "#319795", "#718096"];
+  function barLabel(cs, b) {
+    // An exec'd runtime listens first, then creates and warms its sessions; ready says they are warm.
+    if (cs.origin === "engine" && b.from === "listen" && b.to === "ready") return "listen → sessions warm, ready";
+    return label(b.from) + " → " + label(b.to);
+  }
   function waterfall(cs) {
     const W = 520, LABEL = 170, DUR = 64, ROW = 15;
     const span = W - LABEL - DUR;
@@ -110,7 +117,7 @@
       const w = Math.max(1, (b.ms / total) * span);
       const y = i * ROW;
       rows += `<g class="bar" data-from="${esc(b.from)}" data-to="${esc(b.to)}">` +
-        `<text x="0" y="${y + 11}">${esc(label(b.from))} → ${esc(label(b.to))}</text>` +
+        `<text x="0" y="${y + 11}">${esc(barLabel(cs, b))}</text>` +
         `<rect x="${x.toFixed(1)}" y="${y + 3}" width="${w.toFixed(1)}" height="${ROW - 5}" rx="2" fill="${BAR_COLORS[i % BAR_COLORS.length]}"/>` +
         `<text class="d" x="${Math.min(x + w + 4, W - DUR + 4).toFixed(1)}" y="${y + 11}">${fmtMS(b.ms)}</text></g>`;
     });
@@ -119,7 +126,7 @@
     return `<div class="wf" data-pid="${cs.pid}" data-origin="${esc(cs.origin)}">` +
       `<div class="cap">${esc(cs.source === "pool" ? "warm-pool process specialised" : "new process (exec)")} · pid ${cs.pid} · ` +
       `<b>${fmtMS(cs.total_ms)}</b> arrival to ${cs.pending ? "ready" : "first response"} · ${esc(origin)}${cs.at ? " · " + esc(ago(cs.at)) : ""}${pending}</div>` +
-      `<svg viewBox="0 0 ${W} ${h}" height="${h}" role="img" aria-label="cold start waterfall">${rows}</svg></div>`;
+      `<svg viewBox="0 0 ${W} ${h}" height="${h}" preserveAspectRatio="xMinYMin meet" role="img" aria-label="cold start waterfall">${rows}</svg></div>`;
   }
 
   // ---- functions ----
@@ -137,7 +144,7 @@
     } else {
       inst = `<span class="pill ready">ready ${r.ready}</span><span class="pill starting">starting ${r.starting}</span>` +
         `<span class="pill draining">draining ${r.draining}</span><span class="muted">desired ${r.desired} · queued ${r.queued}` +
-        `${r.panic ? " · <b>panic mode</b>" : ""}${r.reason ? " · " + esc(r.reason) : ""}</span>`;
+        `${r.panic ? " · <b>panic mode</b>" : ""}${r.reason ? ` · <span title="${esc(r.reason)}">autoscaler: ${esc(r.reason.split(":")[0])}</span>` : ""}</span>`;
     }
     const colds = r.cold_starts.length
       ? r.cold_starts.map(waterfall).join("")
