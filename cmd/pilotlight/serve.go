@@ -25,6 +25,7 @@ import (
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
+	"github.com/pilotlight/pilotlight/router/console"
 	"github.com/pilotlight/pilotlight/router/engine"
 	"github.com/pilotlight/pilotlight/router/knative"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
@@ -149,6 +150,7 @@ func newServeCmd() *cobra.Command {
 				authNote = fmt.Sprintf("authentication on: %d API keys", keys.Len())
 				log.Info("authentication on", "keys", keys.IDs(), "admin_addr", adminAddr)
 			}
+			var flagWatcher *flags.Watcher
 			if flagsPath != "" {
 				w, err := flags.NewWatcher(flags.WatcherConfig{Path: flagsPath, Registerer: reg, Logger: log})
 				if err != nil {
@@ -165,7 +167,7 @@ func newServeCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				rcfg.Picker = picker
+				rcfg.Picker, flagWatcher = picker, w
 				log.Info("flags", "file", flagsPath, "version", w.Set().Version())
 				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log})
 				defer ctl.Close()
@@ -176,6 +178,11 @@ func newServeCmd() *cobra.Command {
 				return err
 			}
 			defer rt.Close()
+			ui, err := console.New(console.Config{Source: console.Platform{Functions: fns, Picker: rcfg.Picker, Engine: eng, Probes: probes, Rollouts: rcfg.Rollouts, Flags: flagWatcher, FlagsPath: flagsPath}, Gatherer: reg, Keys: rcfg.Keys, Logger: log})
+			if err != nil {
+				return err
+			}
+			defer ui.Close()
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			ln, err := net.Listen("tcp", addr)
@@ -192,6 +199,11 @@ func newServeCmd() *cobra.Command {
 				scheme = "https"
 			}
 			fmt.Fprintf(os.Stdout, "pilotlight: listening on %s://%s (functions: %v; %s)\n", scheme, ln.Addr(), names, authNote)
+			mainHandler := rt.Handler()
+			if rt.AdminHandler() == nil { // the console sits beside /admin
+				mainHandler = ui.Wrap(mainHandler)
+				fmt.Fprintf(os.Stdout, "pilotlight: console on %s://%s%s\n", scheme, ln.Addr(), console.Path)
+			}
 			engDone := make(chan error, 1)
 			engCtx, engStop := context.WithCancel(context.Background())
 			defer engStop()
@@ -200,7 +212,7 @@ func newServeCmd() *cobra.Command {
 			} else {
 				engDone <- nil
 			}
-			srv := limits.Server(rt.Handler(), log)
+			srv := limits.Server(mainHandler, log)
 			srvDone := make(chan error, 1)
 			go func() {
 				if tlsCert != "" {
@@ -215,7 +227,8 @@ func newServeCmd() *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("admin listener on %s: %w (pass --admin-addr)", adminAddr, err)
 				}
-				asrv := limits.Server(h, log)
+				asrv := limits.Server(ui.Wrap(h), log)
+				fmt.Fprintf(os.Stdout, "pilotlight: console on http://%s%s\n", aln.Addr(), console.Path)
 				defer asrv.Close()
 				go func() { _ = asrv.Serve(aln) }()
 				log.Info("admin endpoints (/metrics, /admin) on their own listener", "addr", aln.Addr().String())

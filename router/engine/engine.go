@@ -253,6 +253,9 @@ func (l *Lease) Release(failed bool) {
 	}
 	l.inst.inflight.Add(-1)
 	l.rev.touch(time.Now())
+	if l.ColdStart > 0 {
+		l.rev.responded(l.PID, time.Now())
+	}
 	if l.rev.fn.Scaling.ContainerConcurrency > 0 {
 		l.rev.queue.Release(1)
 	}
@@ -345,11 +348,20 @@ type ProcessStatus struct {
 
 // ColdStart describes the latest cold start of a revision.
 type ColdStart struct {
-	Source       string    `json:"source"`
-	PID          int       `json:"pid"`
-	Trigger      time.Time `json:"trigger"`
-	Ready        time.Time `json:"ready"`
-	TotalSeconds float64   `json:"total_seconds"`
+	Source  string    `json:"source"`
+	PID     int       `json:"pid"`
+	Trigger time.Time `json:"trigger"`
+	// Launch is when the engine began the start: exec, or taking a pool
+	// process to specialise. Launched is when that step returned: the
+	// exec'd process listened, or the pool process answered its
+	// specialise call with its sessions warm.
+	Launch   time.Time `json:"launch"`
+	Launched time.Time `json:"launched"`
+	Ready    time.Time `json:"ready"`
+	// FirstResponse is when a request that waited for this instance got
+	// its response (zero until then).
+	FirstResponse time.Time `json:"first_response,omitzero"`
+	TotalSeconds  float64   `json:"total_seconds"`
 }
 
 // Statuses reports every revision, in manifest order.

@@ -118,6 +118,7 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 		trigger = begin
 	}
 	in, err := e.launch(r, slot)
+	launched := time.Now()
 	if err == nil {
 		err = e.waitReady(in)
 	}
@@ -150,7 +151,7 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 	}
 	r.mu.Lock()
 	r.startErr = nil
-	r.lastCold = &ColdStart{Source: in.source, PID: in.pid, Trigger: trigger, Ready: now, TotalSeconds: total.Seconds()}
+	r.lastCold = &ColdStart{Source: in.source, PID: in.pid, Trigger: trigger, Launch: begin, Launched: launched, Ready: now, TotalSeconds: total.Seconds()}
 	r.mu.Unlock()
 	e.log.Info("instance ready", "function", r.fn.Name, "revision", r.rev.Name, "pid", in.pid, "source", in.source,
 		"cold_start_ms", float64(total.Microseconds())/1000)

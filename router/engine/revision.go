@@ -34,6 +34,18 @@ type revision struct {
 
 func (r *revision) touch(now time.Time) { r.lastActive.Store(now.UnixNano()) }
 
+// responded marks the first response of the latest cold start, once. The
+// record is replaced, not changed: Statuses hands out the pointer.
+func (r *revision) responded(pid int, at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.lastCold; c != nil && c.PID == pid && c.FirstResponse.IsZero() {
+		cp := *c
+		cp.FirstResponse = at
+		r.lastCold = &cp
+	}
+}
+
 func (r *revision) lastActiveTime() time.Time {
 	n := r.lastActive.Load()
 	if n == 0 {

@@ -81,13 +81,23 @@ func (w window) ErrorRate() float64 {
 
 func between(a, b sample) window {
 	w := window{Requests: b.requests - a.requests, Errors: b.errors - a.errors}
-	var bs []bucket
+	delta := make(map[float64]float64, len(b.buckets))
 	for le, c := range b.buckets {
-		bs = append(bs, bucket{le, c - a.buckets[le]})
+		delta[le] = c - a.buckets[le]
+	}
+	w.P99 = Quantile(0.99, delta)
+	return w
+}
+
+// Quantile estimates the q-quantile of a cumulative histogram (upper bound
+// in seconds -> count, +Inf included), as PromQL's histogram_quantile does.
+func Quantile(q float64, cumulative map[float64]float64) time.Duration {
+	bs := make([]bucket, 0, len(cumulative))
+	for le, c := range cumulative {
+		bs = append(bs, bucket{le, c})
 	}
 	sort.Slice(bs, func(i, j int) bool { return bs[i].le < bs[j].le })
-	w.P99 = quantile(0.99, bs)
-	return w
+	return quantile(q, bs)
 }
 
 // bucket is one cumulative histogram bucket.

@@ -59,6 +59,33 @@ func (s Spec) MarshalJSON() ([]byte, error) {
 	}{plain(s), s.Interval.String(), s.MaxP99.String()})
 }
 
+// UnmarshalJSON reads what MarshalJSON writes, so the CLI can decode the
+// statuses the admin API returns.
+func (s *Spec) UnmarshalJSON(b []byte) error {
+	type plain Spec
+	var v struct {
+		plain
+		Interval string `json:"interval"`
+		MaxP99   string `json:"max_p99"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*s = Spec(v.plain)
+	var err error
+	if v.Interval != "" {
+		if s.Interval, err = time.ParseDuration(v.Interval); err != nil {
+			return fmt.Errorf("interval %q: %w", v.Interval, err)
+		}
+	}
+	if v.MaxP99 != "" {
+		if s.MaxP99, err = time.ParseDuration(v.MaxP99); err != nil {
+			return fmt.Errorf("max_p99 %q: %w", v.MaxP99, err)
+		}
+	}
+	return nil
+}
+
 // States of a rollout.
 const (
 	StateRunning    = "running"
