@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -28,17 +29,31 @@ const (
 // Ring buffer event kinds (enum event_kind in probes.bpf.c).
 const (
 	evExec        = 1
-	evBind        = 2
 	evListen      = 3
 	evFirstAccept = 4
 	evAccept      = 5
 	evFirstWrite  = 6
 	evExit        = 7
 	evPort        = 8
+	evConnOpen    = 9
+	evConnClose   = 10
 )
 
-// eventSize is sizeof(struct event).
-const eventSize = 24
+// eventSize is sizeof(struct event): a 24-byte header and a 48-byte payload.
+const (
+	eventHeaderSize = 24
+	eventSize       = eventHeaderSize + anatSnapSize
+)
+
+// The programs on the system-call path. A syscall tracepoint sends every
+// task's system calls through the kernel's slow path whatever the program
+// does, so they are attached only while a tracked instance's cold start is
+// open (to count its model-file reads), or always with SyscallLatency.
+var syscallPrograms = []string{"on_sys_enter", "on_sys_exit"}
+
+// maxColdStart is how long a cold start may stay open before the syscall
+// programs stop waiting for it (an instance that never became ready).
+const maxColdStart = 2 * time.Minute
 
 // Config configures the probes.
 type Config struct {
@@ -52,6 +67,11 @@ type Config struct {
 	// ReadInterval is how often the kernel histograms are folded into the
 	// exported ones; 0: DefaultReadInterval.
 	ReadInterval time.Duration
+	// SyscallLatency also measures time inside network syscalls
+	// (pilotlight_bpf_network_syscall_seconds). It keeps the syscall
+	// tracepoints attached, which puts every task's system calls on the
+	// kernel's tracing path: README.md gives the measured cost.
+	SyscallLatency bool
 }
 
 // Probes is the loaded and attached set of BPF programs. Its methods are
@@ -63,10 +83,20 @@ type Probes struct {
 	links []link.Link
 	rd    *ringbuf.Reader
 
-	tracked, hists, timelines, ready, ports, lost *ebpf.Map
+	tracked, hists, timelines, anatomies, ready, ports, lost *ebpf.Map
 
-	coldStart *prometheus.HistogramVec
-	collector *collector
+	syscallLatency bool
+	sysLinks       []link.Link          // attached syscall programs, nil when detached
+	coldOpen       map[uint32]time.Time // tracked pids whose cold start is open, since
+
+	coldStart      *prometheus.HistogramVec
+	coldStartTime  *prometheus.HistogramVec
+	coldMajFaults  *prometheus.CounterVec
+	coldModelBytes *prometheus.CounterVec
+	connections    *prometheus.CounterVec
+	connBytes      *prometheus.HistogramVec
+	unexpectedConn *prometheus.CounterVec
+	collector      *collector
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -81,7 +111,8 @@ type Probes struct {
 	done      map[uint32]bool           // pids whose timeline completed (not reopened by Track)
 	portsOf   map[uint32]map[uint32]bool
 	latest    map[string]Timeline
-	userLost  uint64 // events user space could not decode
+	lastConns map[string][]UnexpectedConnection // newest last, at most maxUnexpected
+	userLost  uint64                            // events user space could not decode
 }
 
 type labels struct{ function, revision string }
@@ -117,6 +148,10 @@ func New(cfg Config) (*Probes, error) {
 		done:      map[uint32]bool{},
 		portsOf:   map[uint32]map[uint32]bool{},
 		latest:    map[string]Timeline{},
+		lastConns: map[string][]UnexpectedConnection{},
+		coldOpen:  map[uint32]time.Time{},
+
+		syscallLatency: cfg.SyscallLatency,
 	}
 	ok := false
 	defer func() {
@@ -124,7 +159,7 @@ func New(cfg Config) (*Probes, error) {
 			p.release()
 		}
 	}()
-	if err := p.load(uint32(cfg.ParentPID)); err != nil {
+	if err := p.load(uint32(cfg.ParentPID), cfg.SyscallLatency); err != nil {
 		return nil, err
 	}
 	if err := p.clock.measure(); err != nil {
@@ -138,6 +173,7 @@ func New(cfg Config) (*Probes, error) {
 		Help:    "Phases of an instance's cold start, from kernel events (exec, listen, accept, first response write) and the engine's marks (request arrival, ready).",
 		Buckets: prometheus.ExponentialBucketsRange(0.0001, 30, 22),
 	}, []string{"function", "revision", "phase"})
+	p.newMetrics()
 	p.collector = newCollector(p)
 	if p.reg != nil {
 		if err := p.reg.Register(p.collector); err != nil {
@@ -148,12 +184,13 @@ func New(cfg Config) (*Probes, error) {
 	go p.readEvents()
 	go p.tick(cfg.ReadInterval)
 	ok = true
-	log.Info("eBPF probes loaded", "programs", len(p.links), "parent_pid", cfg.ParentPID)
+	log.Info("eBPF probes loaded", "programs", len(p.links)+len(p.sysLinks), "parent_pid", cfg.ParentPID, "syscall_latency", cfg.SyscallLatency)
 	return p, nil
 }
 
-// load checks the prerequisites, loads the collection and attaches every program.
-func (p *Probes) load(parent uint32) error {
+// load checks the prerequisites, loads the collection and attaches the
+// programs (the syscall ones only with syscallLatency).
+func (p *Probes) load(parent uint32, syscallLatency bool) error {
 	spec, err := loadProbes()
 	if err != nil {
 		return &LoadError{Reason: "eBPF probes disabled: " + err.Error() + " (run on linux/amd64)", Err: err}
@@ -167,13 +204,20 @@ func (p *Probes) load(parent uint32) error {
 	if err := spec.Variables["parent_tgid"].Set(parent); err != nil {
 		return fmt.Errorf("set parent_tgid: %w", err)
 	}
+	var latency uint32
+	if syscallLatency {
+		latency = 1
+	}
+	if err := spec.Variables["syscall_latency"].Set(latency); err != nil {
+		return fmt.Errorf("set syscall_latency: %w", err)
+	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		return loadError("loading the programs", err)
 	}
 	p.coll = coll
 	for name, m := range map[string]**ebpf.Map{
-		"tracked": &p.tracked, "hists": &p.hists, "timelines": &p.timelines,
+		"tracked": &p.tracked, "hists": &p.hists, "timelines": &p.timelines, "anatomies": &p.anatomies,
 		"ready": &p.ready, "ports": &p.ports, "lost": &p.lost,
 	} {
 		if *m = coll.Maps[name]; *m == nil {
@@ -181,11 +225,19 @@ func (p *Probes) load(parent uint32) error {
 		}
 	}
 	for name, prog := range coll.Programs {
+		if slices.Contains(syscallPrograms, name) {
+			continue
+		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
 			return loadError("attaching "+name+" ("+spec.Programs[name].SectionName+")", err)
 		}
 		p.links = append(p.links, l)
+	}
+	if syscallLatency {
+		if err := p.attachSyscalls(); err != nil {
+			return err
+		}
 	}
 	rd, err := ringbuf.NewReader(coll.Maps["events"])
 	if err != nil {
@@ -204,6 +256,7 @@ func (p *Probes) release() {
 		l.Close()
 	}
 	p.links = nil
+	p.detachSyscalls()
 	if p.coll != nil {
 		p.coll.Close()
 	}
@@ -272,6 +325,7 @@ func (p *Probes) Track(pid int, function, revision string) error {
 	st := p.state(key)
 	st.function, st.revision = function, revision
 	p.openTimeline(key)
+	p.openColdStart(key)
 
 	ports, err := listeningPorts(pid)
 	if err != nil {
@@ -318,13 +372,34 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 	}
 	st := p.state(key)
 	st.points[phase] = t.Round(0)
+	if phase == MarkRequestArrival {
+		return
+	}
+	// The other marks start or end an anatomy phase: take the kernel's
+	// counters as of the mark.
+	p.openTimeline(key)
+	var a anatomyEntry
+	if err := p.anatomies.Lookup(key, &a); err == nil {
+		st.snaps[phase] = a.at(p.clock.mono(t))
+	}
 	if phase != MarkReady {
 		return
 	}
-	p.openTimeline(key)
 	if err := p.ready.Update(key, uint64(1), ebpf.UpdateAny); err != nil {
 		p.log.Debug("bpf: arm ready", "pid", pid, "err", err)
 	}
+}
+
+// LatestConnections returns the last unexpected connections (newest last)
+// of each revision, keyed "function/revision".
+func (p *Probes) LatestConnections() map[string][]UnexpectedConnection {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string][]UnexpectedConnection, len(p.lastConns))
+	for k, v := range p.lastConns {
+		out[k] = slices.Clone(v)
+	}
+	return out
 }
 
 // LatestTimelines returns the latest complete cold-start timeline of each
@@ -352,18 +427,78 @@ func (p *Probes) state(pid uint32) *timelineState {
 	return st
 }
 
-// openTimeline makes sure the kernel follows pid's bind/listen/accept/write
-// even when its exec was not seen (not a child of ParentPID).
+// openTimeline makes sure the kernel follows pid's listen/accept/write and
+// its anatomy even when its exec was not seen (not a child of ParentPID).
 func (p *Probes) openTimeline(pid uint32) {
 	if p.done[pid] {
 		return
 	}
-	var t [6]uint64
-	t[5] = ^uint64(0) // accept_fd = -1
-	err := p.timelines.Update(pid, t, ebpf.UpdateNoExist)
+	err := p.timelines.Update(pid, [3]uint64{}, ebpf.UpdateNoExist)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 		p.log.Debug("bpf: open timeline", "pid", pid, "err", err)
 	}
+	// Its threads' states are unknown until each next switches: counted
+	// blocked until then.
+	a := anatomyEntry{LastNS: p.clock.mono(time.Now())}
+	err = p.anatomies.Update(pid, a, ebpf.UpdateNoExist)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		p.log.Debug("bpf: open anatomy", "pid", pid, "err", err)
+	}
+}
+
+// openColdStart keeps the syscall programs attached while tracked pid's
+// cold start is open, so its model-file reads are counted.
+func (p *Probes) openColdStart(pid uint32) {
+	if p.done[pid] {
+		return
+	}
+	if _, ok := p.coldOpen[pid]; !ok {
+		p.coldOpen[pid] = time.Now()
+	}
+	if err := p.attachSyscalls(); err != nil {
+		p.log.Warn("bpf: attach the syscall programs; model-file bytes of this cold start are not counted", "pid", pid, "err", err)
+	}
+}
+
+// closeColdStart detaches the syscall programs once no cold start is open.
+func (p *Probes) closeColdStart(pid uint32) {
+	delete(p.coldOpen, pid)
+	now := time.Now()
+	for other, since := range p.coldOpen {
+		if now.Sub(since) > maxColdStart {
+			delete(p.coldOpen, other)
+		}
+	}
+	if len(p.coldOpen) == 0 && !p.syscallLatency {
+		p.detachSyscalls()
+	}
+}
+
+// attachSyscalls attaches the syscall programs unless they are attached.
+func (p *Probes) attachSyscalls() error {
+	if p.sysLinks != nil {
+		return nil
+	}
+	links := make([]link.Link, 0, len(syscallPrograms))
+	for _, name := range syscallPrograms {
+		l, err := link.AttachTracing(link.TracingOptions{Program: p.coll.Programs[name], AttachType: ebpf.AttachTraceRawTp})
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			return loadError("attaching "+name, err)
+		}
+		links = append(links, l)
+	}
+	p.sysLinks = links
+	return nil
+}
+
+func (p *Probes) detachSyscalls() {
+	for _, l := range p.sysLinks {
+		l.Close()
+	}
+	p.sysLinks = nil
 }
 
 // retire folds pid's last counts into its labels' totals and frees its slot.
@@ -380,8 +515,10 @@ func (p *Probes) retire(pid uint32, in *instance) {
 func (p *Probes) forget(pid uint32) {
 	delete(p.states, pid)
 	delete(p.done, pid)
+	p.closeColdStart(pid)
 	_ = p.ready.Delete(pid)
 	_ = p.timelines.Delete(pid)
+	_ = p.anatomies.Delete(pid)
 	for port := range p.portsOf[pid] {
 		var owner uint32
 		if p.ports.Lookup(port, &owner) == nil && owner == pid {
@@ -440,6 +577,9 @@ func (p *Probes) tick(every time.Duration) {
 				p.log.Debug("bpf: read clocks", "err", err)
 			}
 			p.readHistograms()
+			if len(p.coldOpen) > 0 {
+				p.closeColdStart(0)
+			}
 			p.mu.Unlock()
 		}
 	}
@@ -463,14 +603,15 @@ func (p *Probes) readEvents() {
 		} else {
 			s := rec.RawSample
 			p.apply(binary.LittleEndian.Uint64(s[0:]), binary.LittleEndian.Uint32(s[8:]),
-				binary.LittleEndian.Uint32(s[12:]), int64(binary.LittleEndian.Uint64(s[16:])))
+				binary.LittleEndian.Uint32(s[12:]), int64(binary.LittleEndian.Uint64(s[16:])), s[eventHeaderSize:eventSize])
 		}
 		p.mu.Unlock()
 	}
 }
 
-// apply folds one kernel event into the timelines. Callers hold p.mu.
-func (p *Probes) apply(ts uint64, pid, kind uint32, arg int64) {
+// apply folds one kernel event into the timelines and the connection
+// counts. Callers hold p.mu.
+func (p *Probes) apply(ts uint64, pid, kind uint32, arg int64, payload []byte) {
 	if p.closed {
 		return
 	}
@@ -486,24 +627,32 @@ func (p *Probes) apply(ts uint64, pid, kind uint32, arg int64) {
 			for name, t := range st.points {
 				if isMark(name) && !t.Before(at) {
 					fresh.points[name] = t
+					if snap, ok := st.snaps[name]; ok {
+						fresh.snaps[name] = snap
+					}
 				}
 			}
 			p.states[pid] = fresh
 		}
 		delete(p.done, pid)
-		p.state(pid).first(EventExec, at)
-	case evBind:
-		p.stateIfOpen(pid).first(EventBind, at)
+		p.state(pid).firstWith(EventExec, at, decodeAnatSnap(payload))
 	case evListen:
-		p.stateIfOpen(pid).first(EventListen, at)
+		p.stateIfOpen(pid).firstWith(EventListen, at, decodeAnatSnap(payload))
 	case evFirstAccept:
 		p.stateIfOpen(pid).first(EventFirstAccept, at)
 	case evAccept:
-		p.stateIfOpen(pid).first(EventAccept, at)
+		p.stateIfOpen(pid).firstWith(EventAccept, at, decodeAnatSnap(payload))
 	case evFirstWrite:
 		st := p.stateIfOpen(pid)
-		st.first(EventFirstWrite, at)
+		st.firstWith(EventFirstWrite, at, decodeAnatSnap(payload))
 		p.complete(pid, st)
+	case evConnOpen, evConnClose:
+		c, ok := decodeConn(payload)
+		if !ok {
+			p.userLost++
+			return
+		}
+		p.connection(at, pid, kind == evConnOpen, c)
 	case evPort:
 		p.addPort(pid, uint32(arg))
 	case evExit:
@@ -532,6 +681,7 @@ func (p *Probes) complete(pid uint32, st *timelineState) {
 	st.done = true
 	p.done[pid] = true
 	delete(p.states, pid)
+	p.closeColdStart(pid)
 	if st.function == "" {
 		p.log.Debug("bpf: timeline of an untracked pid dropped", "pid", pid)
 		return
@@ -541,6 +691,13 @@ func (p *Probes) complete(pid uint32, st *timelineState) {
 		if v, ok := tl.Phases[d.name]; ok {
 			p.coldStart.WithLabelValues(st.function, st.revision, d.name).Observe(v / 1000)
 		}
+	}
+	for _, ph := range tl.Anatomy {
+		for _, state := range anatStates {
+			p.coldStartTime.WithLabelValues(st.function, st.revision, ph.Phase, state).Observe(ph.StatesMS[state] / 1000)
+		}
+		p.coldMajFaults.WithLabelValues(st.function, st.revision, ph.Phase).Add(float64(ph.MajorFaults))
+		p.coldModelBytes.WithLabelValues(st.function, st.revision, ph.Phase).Add(float64(ph.ModelBytes))
 	}
 	p.latest[st.function+"/"+st.revision] = tl
 	p.log.Debug("bpf: cold start timeline", "function", st.function, "revision", st.revision, "pid", pid, "phases_ms", tl.Phases)
@@ -554,9 +711,37 @@ func (s *timelineState) execTime() (time.Time, bool) {
 	return t, ok
 }
 
+// connection counts a tracked instance's connection opening or closing, and
+// reports an unexpected one. Callers hold p.mu.
+func (p *Probes) connection(at time.Time, pid uint32, open bool, c connEvent) {
+	in := p.instances[pid]
+	if in == nil {
+		return // untracked meanwhile
+	}
+	if !open {
+		p.connBytes.WithLabelValues(in.function, in.revision, c.direction, c.peerClass, "received").Observe(float64(c.rx))
+		p.connBytes.WithLabelValues(in.function, in.revision, c.direction, c.peerClass, "sent").Observe(float64(c.tx))
+		return
+	}
+	p.connections.WithLabelValues(in.function, in.revision, c.direction, c.peerClass).Inc()
+	if !c.unexpected() {
+		return
+	}
+	u := newUnexpected(at, pid, in.labels, c)
+	p.unexpectedConn.WithLabelValues(in.function, in.revision).Inc()
+	key := in.function + "/" + in.revision
+	last := append(p.lastConns[key], u)
+	if len(last) > maxUnexpected {
+		last = slices.Delete(last, 0, len(last)-maxUnexpected)
+	}
+	p.lastConns[key] = last
+	p.log.Warn("unexpected outbound connection from an instance", "function", in.function, "revision", in.revision,
+		"pid", pid, "peer", u.Peer, "peer_class", c.peerClass)
+}
+
 func isMark(name string) bool {
 	switch name {
-	case EventExec, EventBind, EventListen, EventFirstAccept, EventAccept, EventFirstWrite:
+	case EventExec, EventListen, EventFirstAccept, EventAccept, EventFirstWrite:
 		return false
 	}
 	return true
