@@ -17,16 +17,6 @@ type LocalBackend struct {
 	Timelines func() map[string]any
 }
 
-type statusErr struct {
-	code int
-	msg  string
-	shed bool // deliberate overload shedding, marked for clients and the fault suite
-}
-
-func (e *statusErr) Error() string   { return e.msg }
-func (e *statusErr) HTTPStatus() int { return e.code }
-func (e *statusErr) Shed() bool      { return e.shed }
-
 // Acquire implements Backend.
 func (b LocalBackend) Acquire(ctx context.Context, function, revision string) (Target, error) {
 	l, err := b.Engine.Acquire(ctx, function, revision)
@@ -34,13 +24,13 @@ func (b LocalBackend) Acquire(ctx context.Context, function, revision string) (T
 		var se *engine.StartError
 		switch {
 		case errors.Is(err, engine.ErrQueueFull):
-			return Target{}, &statusErr{http.StatusServiceUnavailable, fmt.Sprintf("revision %s/%s: too many requests waiting for an instance to start; retry later", function, revision), true}
+			return Target{}, &httpErr{code: http.StatusServiceUnavailable, shed: true, msg: fmt.Sprintf("revision %s/%s: too many requests waiting for an instance to start; retry later", function, revision)}
 		case errors.As(err, &se):
-			return Target{}, &statusErr{code: http.StatusServiceUnavailable, msg: se.Error()}
+			return Target{}, &httpErr{code: http.StatusServiceUnavailable, msg: se.Error()}
 		case errors.Is(err, engine.ErrUnknownRevision):
-			return Target{}, &statusErr{code: http.StatusNotFound, msg: err.Error()}
+			return Target{}, &httpErr{code: http.StatusNotFound, msg: err.Error()}
 		case errors.Is(err, engine.ErrStopped):
-			return Target{}, &statusErr{code: http.StatusServiceUnavailable, msg: "the platform is shutting down"}
+			return Target{}, &httpErr{code: http.StatusServiceUnavailable, msg: "the platform is shutting down"}
 		}
 		return Target{}, err
 	}

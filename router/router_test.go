@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -75,26 +76,20 @@ func startPlatformWith(t testing.TB, ecfg engine.Config, timeout time.Duration, 
 		t.Fatal(err)
 	}
 	b := router.LocalBackend{Engine: eng}
-	rt, err := router.New(router.Config{Functions: ecfg.Functions, Backend: b, Admin: b, RequestTimeout: timeout, Registry: reg, Logger: quietLogger()})
+	rt, err := router.New(router.Config{Functions: ecfg.Functions, Backend: b, Admin: b, RequestTimeout: timeout, Registry: reg, Logger: quietLogger(), Limits: testLimits()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- eng.Run(ctx) }()
-	// The router's real listener limits, with a read timeout short enough for the slow-body test.
-	limits := router.DefaultLimits()
-	limits.ReadTimeout = 2 * time.Second
-	ts := httptest.NewUnstartedServer(rt.Handler())
-	ts.Config = limits.Server(rt.Handler(), nil)
-	ts.Start()
 	t.Cleanup(func() {
-		ts.Close()
 		rt.Close()
 		cancel()
 		<-done
 	})
-	return &platform{url: ts.URL, eng: eng}
+	url := serveRouter(t, rt)
+	return &platform{url: url, eng: eng}
 }
 
 func post(t *testing.T, url, body string) (int, http.Header, map[string]any) {
@@ -421,4 +416,30 @@ func newTestServer(h http.Handler) *httptest.Server {
 	ts.Config = limits.Server(h, nil)
 	ts.Start()
 	return ts
+}
+
+// testLimits are the router's real listener limits, with a read timeout
+// short enough for the slow-body test.
+func testLimits() router.Limits {
+	l := router.DefaultLimits()
+	l.ReadTimeout = 2 * time.Second
+	return l
+}
+
+// serveRouter runs rt's real front door (the fast listener) on loopback.
+func serveRouter(t testing.TB, rt *router.Router) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- rt.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = rt.Shutdown(ctx)
+		<-done
+	})
+	return "http://" + ln.Addr().String()
 }
