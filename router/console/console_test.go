@@ -150,10 +150,10 @@ func TestKernelWaterfallFollowsTheTimeline(t *testing.T) {
 		return bpf.TimelineEvent{Name: name, Time: t0.Add(time.Duration(ms) * time.Millisecond)}
 	}
 	tl := bpf.Timeline{PID: 7, Source: "exec", Events: []bpf.TimelineEvent{
-		ev(bpf.EventExec, 2), ev(bpf.MarkRequestArrival, 0), ev(bpf.EventBind, 30), ev(bpf.EventListen, 30),
+		ev(bpf.EventExec, 2), ev(bpf.MarkRequestArrival, 0), ev(bpf.EventListen, 30),
 		ev(bpf.MarkReady, 80), ev(bpf.EventAccept, 81), ev(bpf.EventFirstWrite, 85)}}
 	v := kernelWaterfall(tl)
-	want := []string{bpf.MarkRequestArrival, bpf.EventExec, bpf.EventBind, bpf.EventListen, bpf.MarkReady, bpf.EventAccept, bpf.EventFirstWrite}
+	want := []string{bpf.MarkRequestArrival, bpf.EventExec, bpf.EventListen, bpf.MarkReady, bpf.EventAccept, bpf.EventFirstWrite}
 	var got []string
 	for _, m := range v.Marks {
 		got = append(got, m.Name)

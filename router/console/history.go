@@ -80,7 +80,7 @@ func (h *history) observe(now time.Time, st State, mfs []*dto.MetricFamily) View
 	v := View{Generated: now, StepSeconds: h.step.Seconds(), SeriesPoints: seriesPoints, Backend: st.Backend, Probes: st.Probes,
 		Pool: st.Pool, RolloutsOn: st.RolloutsOn, Functions: []FunctionView{}, Rollouts: []rollout.Status{}}
 	if v.Pool == nil {
-		v.Pool = []engine.InstanceStatus{}
+		v.Pool = []engine.ProcessStatus{}
 	}
 	for _, fn := range st.Functions {
 		fv := FunctionView{Name: fn.Name, Handler: fn.Handler, Flag: fn.Flag, Revisions: []RevisionView{}}
@@ -178,7 +178,7 @@ func (r *revHistory) addColdStart(st *engine.Status, tl *bpf.Timeline) {
 }
 
 func (r *revHistory) view(rev Revision) RevisionView {
-	v := RevisionView{Name: rev.Name, Tag: rev.Tag, Weight: rev.Weight, Instances: []engine.InstanceStatus{}, ColdStarts: []ColdStartView{}}
+	v := RevisionView{Name: rev.Name, Tag: rev.Tag, Weight: rev.Weight, Instances: []engine.ProcessStatus{}, ColdStarts: []ColdStartView{}}
 	if st := rev.Engine; st != nil {
 		v.Local, v.Desired, v.Queued, v.Panic, v.Reason = true, st.Desired, st.Queued, st.Panic, st.Reason
 		v.Instances = append(v.Instances, st.Instances...)

@@ -22,7 +22,7 @@ type State struct {
 	Backend   string
 	Functions []Function
 	// Pool lists the pilot light's idle generic processes (local backend).
-	Pool []engine.InstanceStatus
+	Pool []engine.ProcessStatus
 	// Probes says the eBPF probes are attached; Timelines then holds the
 	// latest kernel cold-start timeline per "function/revision".
 	Probes    bool

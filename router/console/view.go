@@ -19,7 +19,7 @@ type View struct {
 	Backend      string                  `json:"backend"`
 	Probes       bool                    `json:"probes"`
 	Functions    []FunctionView          `json:"functions"`
-	Pool         []engine.InstanceStatus `json:"pool"`
+	Pool         []engine.ProcessStatus `json:"pool"`
 	RolloutsOn   bool                    `json:"rollouts_on"`
 	// Rollouts are in flight; Finished are the latest that ended, newest first.
 	Rollouts []rollout.Status `json:"rollouts"`
@@ -49,7 +49,7 @@ type RevisionView struct {
 	Queued     int                     `json:"queued"`
 	Panic      bool                    `json:"panic"`
 	Reason     string                  `json:"reason,omitempty"`
-	Instances  []engine.InstanceStatus `json:"instances"`
+	Instances  []engine.ProcessStatus `json:"instances"`
 	ColdStarts []ColdStartView         `json:"cold_starts"`
 	Series     Series                  `json:"series"`
 }
