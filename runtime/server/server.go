@@ -202,11 +202,17 @@ func (s *Server) ready(c echo.Context) error {
 
 // model resolves :model and :version against the loaded revision.
 func (s *Server) model(c echo.Context) (*instance.Instance, error) {
-	in := s.inst.Load()
 	name, version := c.Param("model"), c.Param("version")
 	if name == "" {
 		name = c.Param("function")
 	}
+	return s.resolve(name, version)
+}
+
+// resolve finds the loaded revision by model name and version ("" : any),
+// for REST and gRPC alike.
+func (s *Server) resolve(name, version string) (*instance.Instance, error) {
+	in := s.inst.Load()
 	if in == nil {
 		if e := s.loadErr.Load(); e != nil {
 			return nil, echo.NewHTTPError(http.StatusServiceUnavailable, fmt.Sprintf("model %q is not ready: %s", name, *e))
