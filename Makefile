@@ -7,7 +7,7 @@ ARGS    ?=
 ORT_LIB := .cache/onnxruntime/1.24.1/libonnxruntime.so.1
 export CGO_ENABLED := 1
 
-.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check loadtest manifests clean
+.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check proto proto-check loadtest manifests clean
 
 all: build
 
@@ -31,7 +31,7 @@ vet: ## go vet, staticcheck (pinned; `go run pkg@version` keeps it out of go.mod
 	$(GO) run $(STATICCHECK) ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 
-test: ort vet bpf-check ## everything CI runs
+test: ort vet bpf-check proto-check ## everything CI runs
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 15m ./runtime/... ./router/... ./bpf/...
 
@@ -44,6 +44,12 @@ bpf: ## regenerate the eBPF objects and bindings (installs clang/libbpf-dev/bpft
 
 bpf-check: ## fail if the committed eBPF objects differ from their sources
 	./hack/bpf-check.sh
+
+proto: ## regenerate proto/inference's Go code (Debian's protoc from hack/deps/proto.apt; Go plugins at pinned versions)
+	./hack/proto-gen.sh
+
+proto-check: ## fail if the committed gRPC code differs from what proto/inference/*.proto generates
+	./hack/proto-check.sh
 
 loadtest: build ort ## load and fault suite against loopback (bounded)
 	./$(BIN) loadtest $(ARGS)

@@ -24,6 +24,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/listener"
@@ -57,6 +58,9 @@ type Server struct {
 	loadErr  atomic.Pointer[string]
 	draining atomic.Bool
 	specMu   sync.Mutex
+	// grpc serves inference.GRPCInferenceService; Load replaces it so its
+	// message size limit is the function's runtime.maxBodyBytes.
+	grpc atomic.Pointer[grpc.Server]
 }
 
 // New builds the server; it is live at once and ready after Load or Specialise.
@@ -75,11 +79,13 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry)}
 	s.echo = s.routes()
+	s.grpc.Store(s.newGRPC(cfg.MaxBodyBytes))
 	return s
 }
 
-// Handler is the server's http.Handler (for tests and embedding).
-func (s *Server) Handler() http.Handler { return s.echo }
+// Handler is the server's http.Handler (for tests and embedding): gRPC
+// calls to the gRPC service, everything else to the REST routes.
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.dispatch) }
 
 // Instance is the loaded revision, or nil.
 func (s *Server) Instance() *instance.Instance { return s.inst.Load() }
@@ -100,6 +106,7 @@ func (s *Server) Load(ctx context.Context, m *functions.Manifest, revision strin
 		return err
 	}
 	s.metrics.loaded(in)
+	s.grpc.Store(s.newGRPC(m.Runtime.MaxBodyBytes))
 	s.inst.Store(in)
 	s.loadErr.Store(nil)
 	return nil
@@ -169,10 +176,7 @@ func (s *Server) httpError(err error, c echo.Context) {
 
 func (s *Server) bodyLimit(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		limit := s.cfg.MaxBodyBytes
-		if in := s.inst.Load(); in != nil {
-			limit = in.Manifest.Runtime.MaxBodyBytes
-		}
+		limit := s.bodyLimitBytes()
 		r := c.Request()
 		if r.ContentLength > limit {
 			return &http.MaxBytesError{Limit: limit}
@@ -203,11 +207,17 @@ func (s *Server) ready(c echo.Context) error {
 
 // model resolves :model and :version against the loaded revision.
 func (s *Server) model(c echo.Context) (*instance.Instance, error) {
-	in := s.inst.Load()
 	name, version := c.Param("model"), c.Param("version")
 	if name == "" {
 		name = c.Param("function")
 	}
+	return s.resolve(name, version)
+}
+
+// resolve finds the loaded revision by model name and version ("" : any),
+// for REST and gRPC alike.
+func (s *Server) resolve(name, version string) (*instance.Instance, error) {
+	in := s.inst.Load()
 	if in == nil {
 		if e := s.loadErr.Load(); e != nil {
 			return nil, echo.NewHTTPError(http.StatusServiceUnavailable, fmt.Sprintf("model %q is not ready: %s", name, *e))
@@ -394,9 +404,15 @@ func (s *Server) specialise(c echo.Context) error {
 
 // Serve accepts on ln until ctx is cancelled, then drains: readiness turns
 // false, the listener closes, in-flight requests finish (up to DrainTimeout),
-// and the revision's sessions are released.
+// and the revision's sessions are released. One listener takes HTTP/1.1 and
+// h2c (HTTP/2 without TLS, as Knative's h2c port carries it): REST on both,
+// gRPC on HTTP/2.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := listener.DefaultLimits().Server(s.echo, nil)
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	srv := listener.DefaultLimits().Server(s.Handler(), nil)
+	srv.Protocols = &protocols
 	srv.ErrorLog = slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -44,53 +44,20 @@ func decodeInfer(body []byte, inputs, outputs []ort.IO) (req *inferRequest, ts [
 	if err != nil {
 		return nil, nil, 0, functions.Badf("malformed infer request: %v", err)
 	}
-	if len(req.Inputs) == 0 {
-		return nil, nil, 0, functions.Badf("infer request has no inputs; the model needs %s", ioNames(inputs))
+	chk, err := newInputChecker(inputs, len(req.Inputs))
+	if err != nil {
+		return nil, nil, 0, err
 	}
-	declared := make(map[string]ort.IO, len(inputs))
-	for _, io := range inputs {
-		declared[io.Name] = io
-	}
-	seen := map[string]bool{}
-	rows = -1
 	for i, in := range req.Inputs {
-		io, ok := declared[in.Name]
-		if !ok {
-			return nil, nil, 0, functions.Badf("inputs[%d]: unknown input %q; the model's inputs are %s", i, in.Name, ioNames(inputs))
-		}
-		if seen[in.Name] {
-			return nil, nil, 0, functions.Badf("inputs[%d]: input %q given twice", i, in.Name)
-		}
-		seen[in.Name] = true
-		if tensor.Datatype(in.Datatype) != io.Datatype {
-			return nil, nil, 0, functions.Badf("input %q: datatype %q, the model expects %s", in.Name, in.Datatype, io.Datatype)
-		}
-		if len(in.Shape) != len(io.Shape) {
-			return nil, nil, 0, functions.Badf("input %q: shape %v has %d dimensions, the model expects %d (%v, -1 = any)", in.Name, in.Shape, len(in.Shape), len(io.Shape), io.Shape)
-		}
-		for d := range in.Shape {
-			if in.Shape[d] < 0 {
-				return nil, nil, 0, functions.Badf("input %q: shape[%d] is %d; dimensions must be >= 0", in.Name, d, in.Shape[d])
-			}
-			if io.Shape[d] >= 0 && in.Shape[d] != io.Shape[d] {
-				return nil, nil, 0, functions.Badf("input %q: shape %v does not match the model's %v at dimension %d", in.Name, in.Shape, io.Shape, d)
-			}
-		}
-		n, err := tensor.Elements(in.Shape)
-		if err != nil || n > maxTensorElements {
-			return nil, nil, 0, functions.Badf("input %q: shape %v is too large (at most %d elements)", in.Name, in.Shape, maxTensorElements)
-		}
-		if len(in.Shape) > 0 && io.Shape[0] < 0 {
-			if rows >= 0 && int(in.Shape[0]) != rows {
-				return nil, nil, 0, functions.Badf("input %q: %d rows, but other inputs have %d", in.Name, in.Shape[0], rows)
-			}
-			rows = int(in.Shape[0])
+		io, n, err := chk.check(i, in.Name, in.Datatype, in.Shape)
+		if err != nil {
+			return nil, nil, 0, err
 		}
 		if len(in.Data) == 0 {
 			return nil, nil, 0, functions.Badf("input %q: data is required", in.Name)
 		}
 		t := &tensor.Tensor{Name: in.Name, Datatype: io.Datatype, Shape: in.Shape}
-		if t.Data, err = decodeData(in.Data, io.Datatype, int(n)); err != nil {
+		if t.Data, err = decodeData(in.Data, io.Datatype, n); err != nil {
 			return nil, nil, 0, functions.Badf("input %q: %v", in.Name, err)
 		}
 		if err := t.Validate(); err != nil {
@@ -98,27 +65,102 @@ func decodeInfer(body []byte, inputs, outputs []ort.IO) (req *inferRequest, ts [
 		}
 		ts = append(ts, t)
 	}
-	for _, io := range inputs {
-		if !seen[io.Name] {
-			return nil, nil, 0, functions.Badf("missing input %q (%s %v)", io.Name, io.Datatype, io.Shape)
-		}
-	}
-	outNames := map[string]bool{}
-	for _, o := range outputs {
-		outNames[o.Name] = true
-	}
+	wanted := make([]string, len(req.Outputs))
 	for i, o := range req.Outputs {
-		if !outNames[o.Name] {
-			return nil, nil, 0, functions.Badf("outputs[%d]: unknown output %q; the model's outputs are %s", i, o.Name, ioNames(outputs))
-		}
+		wanted[i] = o.Name
 	}
-	if rows < 0 {
-		rows = 1
-	}
-	if rows == 0 {
-		return nil, nil, 0, functions.Badf("inputs have 0 rows; send at least one")
+	if rows, err = chk.done(outputs, wanted); err != nil {
+		return nil, nil, 0, err
 	}
 	return req, ts, rows, nil
+}
+
+// inputChecker holds the rules every V2 infer request obeys, whichever
+// transport carried it (REST JSON or gRPC protobuf): inputs are the
+// model's, each once, with its datatype and a shape that fits, no larger
+// than maxTensorElements, with one row count; every input is given and
+// every requested output exists. Only decoding the data differs per transport.
+type inputChecker struct {
+	inputs   []ort.IO
+	declared map[string]ort.IO
+	seen     map[string]bool
+	rows     int
+}
+
+// newInputChecker starts checking a request that carries count inputs.
+func newInputChecker(inputs []ort.IO, count int) (*inputChecker, error) {
+	if count == 0 {
+		return nil, functions.Badf("infer request has no inputs; the model needs %s", ioNames(inputs))
+	}
+	c := &inputChecker{inputs: inputs, declared: make(map[string]ort.IO, len(inputs)), seen: make(map[string]bool, len(inputs)), rows: -1}
+	for _, io := range inputs {
+		c.declared[io.Name] = io
+	}
+	return c, nil
+}
+
+// check validates the request's input i (its name, datatype and shape) and
+// returns the model's declaration of it and the number of values its data must hold.
+func (c *inputChecker) check(i int, name, datatype string, shape []int64) (ort.IO, int, error) {
+	io, ok := c.declared[name]
+	if !ok {
+		return io, 0, functions.Badf("inputs[%d]: unknown input %q; the model's inputs are %s", i, name, ioNames(c.inputs))
+	}
+	if c.seen[name] {
+		return io, 0, functions.Badf("inputs[%d]: input %q given twice", i, name)
+	}
+	c.seen[name] = true
+	if tensor.Datatype(datatype) != io.Datatype {
+		return io, 0, functions.Badf("input %q: datatype %q, the model expects %s", name, datatype, io.Datatype)
+	}
+	if len(shape) != len(io.Shape) {
+		return io, 0, functions.Badf("input %q: shape %v has %d dimensions, the model expects %d (%v, -1 = any)", name, shape, len(shape), len(io.Shape), io.Shape)
+	}
+	for d := range shape {
+		if shape[d] < 0 {
+			return io, 0, functions.Badf("input %q: shape[%d] is %d; dimensions must be >= 0", name, d, shape[d])
+		}
+		if io.Shape[d] >= 0 && shape[d] != io.Shape[d] {
+			return io, 0, functions.Badf("input %q: shape %v does not match the model's %v at dimension %d", name, shape, io.Shape, d)
+		}
+	}
+	n, err := tensor.Elements(shape)
+	if err != nil || n > maxTensorElements {
+		return io, 0, functions.Badf("input %q: shape %v is too large (at most %d elements)", name, shape, maxTensorElements)
+	}
+	if len(shape) > 0 && io.Shape[0] < 0 {
+		if c.rows >= 0 && int(shape[0]) != c.rows {
+			return io, 0, functions.Badf("input %q: %d rows, but other inputs have %d", name, shape[0], c.rows)
+		}
+		c.rows = int(shape[0])
+	}
+	return io, int(n), nil
+}
+
+// done checks that every declared input was given and every wanted output
+// exists, and returns the request's rows.
+func (c *inputChecker) done(outputs []ort.IO, wanted []string) (rows int, err error) {
+	for _, io := range c.inputs {
+		if !c.seen[io.Name] {
+			return 0, functions.Badf("missing input %q (%s %v)", io.Name, io.Datatype, io.Shape)
+		}
+	}
+	for i, name := range wanted {
+		known := false
+		for _, o := range outputs {
+			known = known || o.Name == name
+		}
+		if !known {
+			return 0, functions.Badf("outputs[%d]: unknown output %q; the model's outputs are %s", i, name, ioNames(outputs))
+		}
+	}
+	switch {
+	case c.rows < 0:
+		return 1, nil
+	case c.rows == 0:
+		return 0, functions.Badf("inputs have 0 rows; send at least one")
+	}
+	return c.rows, nil
 }
 
 func ioNames(ios []ort.IO) string {

@@ -1,0 +1,124 @@
+package inference
+
+import (
+	"encoding/binary"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+)
+
+// Wire helpers for the places that answer or route gRPC over HTTP/2 before
+// grpc-go sees a call (the instance's size check, the router's proxy): one
+// owner of the framing, the status trailers and the status mapping.
+
+// FrameHeaderBytes is the length prefix of every gRPC message: one byte
+// compressed flag, four bytes big-endian length.
+const FrameHeaderBytes = 5
+
+// ParseFrameHeader reads a gRPC message prefix (len(h) >= FrameHeaderBytes).
+func ParseFrameHeader(h []byte) (compressed bool, length uint32) {
+	return h[0] != 0, binary.BigEndian.Uint32(h[1:5])
+}
+
+// IsGRPC reports whether r is a gRPC call: HTTP/2 with an application/grpc content type.
+func IsGRPC(r *http.Request) bool {
+	ct := r.Header.Get("Content-Type")
+	return r.ProtoMajor == 2 && strings.HasPrefix(ct, "application/grpc") &&
+		(len(ct) == len("application/grpc") || ct[len("application/grpc")] == '+' || ct[len("application/grpc")] == ';')
+}
+
+// WriteStatus ends a gRPC call that sent no message with code and msg, as a
+// gRPC server does: HTTP 200, application/grpc, grpc-status and
+// grpc-message in the trailers. Headers already set on w (say
+// x-pilotlight-revision) go out with it.
+func WriteStatus(w http.ResponseWriter, code codes.Code, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/grpc")
+	h.Del("Content-Length")
+	w.WriteHeader(http.StatusOK)
+	h.Set(http.TrailerPrefix+"Grpc-Status", strconv.Itoa(int(code)))
+	if msg != "" {
+		h.Set(http.TrailerPrefix+"Grpc-Message", encodeMessage(msg))
+	}
+}
+
+// encodeMessage percent-encodes grpc-message as the gRPC HTTP/2 spec asks:
+// every byte outside printable ASCII, and '%' itself.
+func encodeMessage(msg string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if c >= 0x20 && c <= 0x7e && c != '%' {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&15])
+	}
+	return b.String()
+}
+
+// CodeForHTTP is the gRPC code for an HTTP status the platform answers REST
+// calls with, so a refusal means the same on both protocols.
+func CodeForHTTP(status int) codes.Code {
+	switch {
+	case status < 300:
+		return codes.OK
+	case status == http.StatusBadRequest, status == http.StatusUnprocessableEntity:
+		return codes.InvalidArgument
+	case status == http.StatusUnauthorized:
+		return codes.Unauthenticated
+	case status == http.StatusForbidden:
+		return codes.PermissionDenied
+	case status == http.StatusNotFound:
+		return codes.NotFound
+	case status == http.StatusConflict:
+		return codes.FailedPrecondition
+	case status == http.StatusRequestEntityTooLarge, status == http.StatusTooManyRequests:
+		return codes.ResourceExhausted
+	case status == 499:
+		return codes.Canceled
+	case status == http.StatusBadGateway, status == http.StatusServiceUnavailable:
+		return codes.Unavailable
+	case status == http.StatusGatewayTimeout:
+		return codes.DeadlineExceeded
+	case status < 500:
+		return codes.InvalidArgument
+	}
+	return codes.Internal
+}
+
+// HTTPStatusFor is the HTTP status a gRPC code corresponds to, for metrics
+// whose code label holds HTTP statuses (so one error-rate query covers both
+// protocols). The mapping is grpc-gateway's.
+func HTTPStatusFor(c codes.Code) int {
+	switch c {
+	case codes.OK:
+		return http.StatusOK
+	case codes.Canceled:
+		return 499
+	case codes.InvalidArgument, codes.OutOfRange, codes.FailedPrecondition:
+		return http.StatusBadRequest
+	case codes.DeadlineExceeded:
+		return http.StatusGatewayTimeout
+	case codes.NotFound:
+		return http.StatusNotFound
+	case codes.AlreadyExists, codes.Aborted:
+		return http.StatusConflict
+	case codes.PermissionDenied:
+		return http.StatusForbidden
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized
+	case codes.ResourceExhausted:
+		return http.StatusTooManyRequests
+	case codes.Unimplemented:
+		return http.StatusNotImplemented
+	case codes.Unavailable:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}

@@ -1,0 +1,261 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	protocodec "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pilotlight/pilotlight/functions"
+	pb "github.com/pilotlight/pilotlight/proto/inference"
+	"github.com/pilotlight/pilotlight/runtime/batch"
+	"github.com/pilotlight/pilotlight/runtime/ort"
+)
+
+// The instance's gRPC face: the Open Inference Protocol's
+// inference.GRPCInferenceService, on the same port as REST. Serve's
+// http.Server speaks HTTP/1.1 and h2c on one listener; dispatch sends gRPC
+// calls to grpc-go (its ServeHTTP) and everything else, REST over HTTP/2
+// included, to echo. ModelInfer reuses the REST path's rules
+// (inputChecker, resolve, checkRows), batcher, pool, limits and metrics.
+
+// grpcRoute is the route label of gRPC ModelInfer calls in pilotlight_runtime_requests_total.
+const grpcRoute = "grpc"
+
+// grpcServicePrefix is the path prefix of the inference service's methods.
+var grpcServicePrefix = "/" + pb.GRPCInferenceService_ServiceDesc.ServiceName + "/"
+
+// rawMessage is a request grpc-go hands over undecoded, so a malformed
+// protobuf is the caller's InvalidArgument, not grpc-go's Internal.
+type rawMessage struct{ b []byte }
+
+// rawCodec is grpc-go's proto codec, except that a *rawMessage receives
+// the message's bytes as they came.
+type rawCodec struct{ encoding.CodecV2 }
+
+func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if r, ok := v.(*rawMessage); ok {
+		r.b = data.Materialize()
+		return nil
+	}
+	return c.CodecV2.Unmarshal(data, v)
+}
+
+// newGRPC builds the gRPC server; maxMessageBytes bounds every message
+// grpc-go reads (the body limit in force; dispatch answers ModelInfer's
+// oversize messages first, with REST's message).
+func (s *Server) newGRPC(maxMessageBytes int64) *grpc.Server {
+	g := grpc.NewServer(
+		grpc.ForceServerCodecV2(rawCodec{encoding.GetCodecV2(protocodec.Name)}),
+		grpc.MaxRecvMsgSize(int(min(maxMessageBytes+pb.FrameHeaderBytes, 1<<31-1))),
+	)
+	desc := pb.GRPCInferenceService_ServiceDesc
+	desc.Methods = []grpc.MethodDesc{
+		unary("ServerLive", func(ctx context.Context, _ *pb.ServerLiveRequest) (*pb.ServerLiveResponse, error) {
+			return &pb.ServerLiveResponse{Live: true}, nil
+		}),
+		unary("ServerReady", func(ctx context.Context, _ *pb.ServerReadyRequest) (*pb.ServerReadyResponse, error) {
+			return &pb.ServerReadyResponse{Ready: !s.draining.Load() && s.inst.Load() != nil}, nil
+		}),
+		unary("ModelReady", s.grpcModelReady),
+		unary("ServerMetadata", func(ctx context.Context, _ *pb.ServerMetadataRequest) (*pb.ServerMetadataResponse, error) {
+			return &pb.ServerMetadataResponse{Name: "pilotlight", Version: Version, Extensions: []string{}}, nil
+		}),
+		unary("ModelMetadata", s.grpcModelMetadata),
+		{MethodName: "ModelInfer", Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			var raw rawMessage
+			if err := dec(&raw); err != nil {
+				return nil, err
+			}
+			return s.grpcInfer(ctx, raw.b)
+		}},
+	}
+	g.RegisterService(&desc, pb.UnimplementedGRPCInferenceServiceServer{})
+	reflection.Register(g)
+	return g
+}
+
+// unary makes a method whose request is unmarshalled here, so a malformed
+// one is InvalidArgument.
+func unary[Req any, PReq interface {
+	*Req
+	proto.Message
+}, Resp proto.Message](name string, call func(context.Context, PReq) (Resp, error)) grpc.MethodDesc {
+	return grpc.MethodDesc{MethodName: name, Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+		var raw rawMessage
+		if err := dec(&raw); err != nil {
+			return nil, err
+		}
+		req := PReq(new(Req))
+		if err := proto.Unmarshal(raw.b, req); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "malformed %s request: %v", name, err)
+		}
+		return call(ctx, req)
+	}}
+}
+
+// dispatch sends gRPC calls to grpc-go and everything else to echo.
+func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
+	if !pb.IsGRPC(r) {
+		s.echo.ServeHTTP(w, r)
+		return
+	}
+	if strings.HasPrefix(r.URL.Path, grpcServicePrefix) {
+		// Read the message's length before grpc-go does, so an oversize
+		// message gets REST's answer, in ResourceExhausted.
+		var hdr [pb.FrameHeaderBytes]byte
+		n, err := io.ReadFull(r.Body, hdr[:])
+		if err == nil {
+			limit := s.bodyLimitBytes()
+			if _, length := pb.ParseFrameHeader(hdr[:]); int64(length) > limit {
+				msg := fmt.Sprintf("request body larger than %d bytes", limit)
+				if r.URL.Path == grpcServicePrefix+"ModelInfer" {
+					s.countGRPC(codes.ResourceExhausted, time.Now())
+				}
+				pb.WriteStatus(w, codes.ResourceExhausted, msg)
+				return
+			}
+		}
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(hdr[:n]), r.Body), r.Body}
+	}
+	s.grpc.Load().ServeHTTP(w, r)
+}
+
+// bodyLimitBytes is the request size limit in force: the loaded function's
+// runtime.maxBodyBytes, else the process's.
+func (s *Server) bodyLimitBytes() int64 {
+	if in := s.inst.Load(); in != nil {
+		return in.Manifest.Runtime.MaxBodyBytes
+	}
+	return s.cfg.MaxBodyBytes
+}
+
+func (s *Server) countGRPC(code codes.Code, start time.Time) {
+	fn, rev := "", ""
+	if in := s.inst.Load(); in != nil {
+		fn, rev = in.Manifest.Name, in.Revision.Name
+	}
+	s.metrics.requests.WithLabelValues(fn, rev, grpcRoute, strconv.Itoa(pb.HTTPStatusFor(code))).Inc()
+	s.metrics.duration.WithLabelValues(fn, rev, grpcRoute).Observe(time.Since(start).Seconds())
+}
+
+// grpcInfer is ModelInfer: decode and validate as REST does, infer through
+// the batcher, answer raw_output_contents when the request sent raw inputs.
+func (s *Server) grpcInfer(ctx context.Context, body []byte) (resp *pb.ModelInferResponse, err error) {
+	start := time.Now()
+	defer func() { s.countGRPC(status.Code(err), start) }()
+	req := &pb.ModelInferRequest{}
+	if err := proto.Unmarshal(body, req); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "malformed infer request: %v", err)
+	}
+	if req.ModelName == "" {
+		return nil, status.Error(codes.InvalidArgument, "model_name is required")
+	}
+	in, err := s.resolve(req.ModelName, req.ModelVersion)
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	inputs, rows, raw, err := inferInputs(req, in.Pool.Inputs(), in.Pool.Outputs())
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	if err := checkRows(in, rows); err != nil {
+		return nil, status.Error(codes.ResourceExhausted, err.Error())
+	}
+	outs, err := in.Infer(ctx, inputs, rows)
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	resp = &pb.ModelInferResponse{ModelName: in.Manifest.Name, ModelVersion: in.Revision.Name, Id: req.Id}
+	wanted := make([]string, 0, len(req.Outputs))
+	for _, o := range req.Outputs {
+		wanted = append(wanted, o.Name)
+	}
+	if len(wanted) == 0 {
+		for _, o := range in.Pool.Outputs() {
+			wanted = append(wanted, o.Name)
+		}
+	}
+	var raws [][]byte
+	for _, name := range wanted {
+		var o *pb.ModelInferResponse_InferOutputTensor
+		o, raws = outputTensor(outs[name], raw, raws)
+		resp.Outputs = append(resp.Outputs, o)
+	}
+	resp.RawOutputContents = raws
+	return resp, nil
+}
+
+func (s *Server) grpcModelReady(ctx context.Context, req *pb.ModelReadyRequest) (*pb.ModelReadyResponse, error) {
+	_, err := s.resolve(req.Name, req.Version)
+	var he *echo.HTTPError
+	if errors.As(err, &he) && he.Code == http.StatusServiceUnavailable {
+		return &pb.ModelReadyResponse{Ready: false}, nil
+	}
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	return &pb.ModelReadyResponse{Ready: !s.draining.Load()}, nil
+}
+
+func (s *Server) grpcModelMetadata(ctx context.Context, req *pb.ModelMetadataRequest) (*pb.ModelMetadataResponse, error) {
+	in, err := s.resolve(req.Name, req.Version)
+	if err != nil {
+		return nil, s.grpcError(err)
+	}
+	describe := func(ios []ort.IO) []*pb.ModelMetadataResponse_TensorMetadata {
+		out := make([]*pb.ModelMetadataResponse_TensorMetadata, len(ios))
+		for i, io := range ios {
+			out[i] = &pb.ModelMetadataResponse_TensorMetadata{Name: io.Name, Datatype: string(io.Datatype), Shape: io.Shape}
+		}
+		return out
+	}
+	return &pb.ModelMetadataResponse{
+		Name: in.Manifest.Name, Versions: []string{in.Revision.Name}, Platform: "onnxruntime_onnx",
+		Inputs: describe(in.Pool.Inputs()), Outputs: describe(in.Pool.Outputs()),
+		Properties: map[string]string{
+			"handler": in.Manifest.Handler, "provider": in.Pool.Provider, "sessions": strconv.Itoa(in.Pool.Size()),
+			"max_batch": strconv.Itoa(in.Manifest.Batching.MaxBatch), "max_delay": in.Manifest.Batching.MaxDelay.String(),
+		},
+	}, nil
+}
+
+// grpcError gives an error the gRPC code matching the status REST answers
+// it with, and the same message.
+func (s *Server) grpcError(err error) error {
+	var bad *functions.BadRequest
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &bad):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.As(err, &he):
+		msg, _ := he.Message.(string)
+		return status.Error(pb.CodeForHTTP(he.Code), msg)
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, batch.ErrStopped):
+		return status.Error(codes.Unavailable, "draining: the instance is shutting down")
+	}
+	s.log.Error("gRPC request failed", "err", err)
+	return status.Error(codes.Internal, err.Error())
+}

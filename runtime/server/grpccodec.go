@@ -1,0 +1,288 @@
+package server
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/functions/tensor"
+	pb "github.com/pilotlight/pilotlight/proto/inference"
+	"github.com/pilotlight/pilotlight/runtime/ort"
+)
+
+// decodeInferProto is the gRPC twin of decodeInfer: it unmarshals a
+// ModelInferRequest and validates it with the same inputChecker, then
+// turns each input's typed contents, or its raw_input_contents, into a
+// tensor. raw reports that the request used raw contents (the response
+// then answers with raw_output_contents). Every problem is a *functions.BadRequest.
+func decodeInferProto(b []byte, inputs, outputs []ort.IO) (req *pb.ModelInferRequest, ts []*tensor.Tensor, rows int, raw bool, err error) {
+	req = &pb.ModelInferRequest{}
+	if err := proto.Unmarshal(b, req); err != nil {
+		return nil, nil, 0, false, functions.Badf("malformed infer request: %v", err)
+	}
+	ts, rows, raw, err = inferInputs(req, inputs, outputs)
+	return req, ts, rows, raw, err
+}
+
+// inferInputs validates an unmarshalled ModelInferRequest and turns its inputs into tensors.
+func inferInputs(req *pb.ModelInferRequest, inputs, outputs []ort.IO) (ts []*tensor.Tensor, rows int, raw bool, err error) {
+	raw = len(req.RawInputContents) > 0
+	if raw && len(req.RawInputContents) != len(req.Inputs) {
+		return nil, 0, false, functions.Badf("raw_input_contents has %d entries for %d inputs; give one per input, in order, or use contents", len(req.RawInputContents), len(req.Inputs))
+	}
+	chk, err := newInputChecker(inputs, len(req.Inputs))
+	if err != nil {
+		return nil, 0, false, err
+	}
+	for i, in := range req.Inputs {
+		io, n, err := chk.check(i, in.Name, in.Datatype, in.Shape)
+		if err != nil {
+			return nil, 0, false, err
+		}
+		t := &tensor.Tensor{Name: in.Name, Datatype: io.Datatype, Shape: in.Shape}
+		if raw {
+			if in.Contents != nil {
+				return nil, 0, false, functions.Badf("input %q: both contents and raw_input_contents are set; send one", in.Name)
+			}
+			t.Data, err = decodeRaw(req.RawInputContents[i], io.Datatype, n)
+		} else {
+			t.Data, err = decodeContents(in.Contents, io.Datatype, n)
+		}
+		if err != nil {
+			return nil, 0, false, functions.Badf("input %q: %v", in.Name, err)
+		}
+		if err := t.Validate(); err != nil {
+			return nil, 0, false, functions.Badf("%v", err)
+		}
+		ts = append(ts, t)
+	}
+	wanted := make([]string, len(req.Outputs))
+	for i, o := range req.Outputs {
+		wanted[i] = o.Name
+	}
+	if rows, err = chk.done(outputs, wanted); err != nil {
+		return nil, 0, false, err
+	}
+	return ts, rows, raw, nil
+}
+
+// decodeContents takes the typed contents field that belongs to dt (the
+// slice itself: protobuf already decoded it) and refuses the others.
+func decodeContents(c *pb.InferTensorContents, dt tensor.Datatype, want int) (any, error) {
+	if c == nil {
+		return nil, fmt.Errorf("contents are required (or raw_input_contents)")
+	}
+	counts := map[string]int{
+		"bool_contents": len(c.BoolContents), "int_contents": len(c.IntContents), "int64_contents": len(c.Int64Contents),
+		"uint_contents": len(c.UintContents), "uint64_contents": len(c.Uint64Contents), "fp32_contents": len(c.Fp32Contents),
+		"fp64_contents": len(c.Fp64Contents), "bytes_contents": len(c.BytesContents),
+	}
+	var field string
+	var data any
+	var got int
+	switch dt {
+	case tensor.FP32:
+		field, data, got = "fp32_contents", c.Fp32Contents, len(c.Fp32Contents)
+		for _, v := range c.Fp32Contents {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, fmt.Errorf("%v is not a finite FP32 number", v)
+			}
+		}
+	case tensor.FP64:
+		field, data, got = "fp64_contents", c.Fp64Contents, len(c.Fp64Contents)
+		for _, v := range c.Fp64Contents {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return nil, fmt.Errorf("%v is not a finite FP64 number", v)
+			}
+		}
+	case tensor.INT64:
+		field, data, got = "int64_contents", c.Int64Contents, len(c.Int64Contents)
+	case tensor.INT32:
+		field, data, got = "int_contents", c.IntContents, len(c.IntContents)
+	case tensor.BOOL:
+		field, data, got = "bool_contents", c.BoolContents, len(c.BoolContents)
+	case tensor.BYTES:
+		strs := make([]string, len(c.BytesContents))
+		for i, b := range c.BytesContents {
+			strs[i] = string(b)
+		}
+		field, data, got = "bytes_contents", strs, len(strs)
+	default:
+		return nil, fmt.Errorf("datatype %s is not served", dt)
+	}
+	for name, n := range counts {
+		if name != field && n > 0 {
+			return nil, fmt.Errorf("%s data goes in contents.%s, not contents.%s", dt, field, name)
+		}
+	}
+	if got != want {
+		return nil, fmt.Errorf("data has %d values, shape needs %d", got, want)
+	}
+	return data, nil
+}
+
+// rawElementBytes is the size of one value in raw contents (0: BYTES,
+// whose values are each a 4-byte little-endian length and the bytes).
+func rawElementBytes(dt tensor.Datatype) int {
+	switch dt {
+	case tensor.FP32, tensor.INT32:
+		return 4
+	case tensor.FP64, tensor.INT64:
+		return 8
+	case tensor.BOOL:
+		return 1
+	}
+	return 0
+}
+
+// decodeRaw reads raw contents: want values, little-endian, row-major, as
+// the Open Inference Protocol lays them out.
+func decodeRaw(b []byte, dt tensor.Datatype, want int) (any, error) {
+	if size := rawElementBytes(dt); size > 0 && len(b) != want*size {
+		return nil, fmt.Errorf("raw contents are %d bytes; %s with %d values needs %d", len(b), dt, want, want*size)
+	}
+	le := binary.LittleEndian
+	switch dt {
+	case tensor.FP32:
+		out := make([]float32, want)
+		for i := range out {
+			v := math.Float32frombits(le.Uint32(b[4*i:]))
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, fmt.Errorf("raw value %d is not a finite FP32 number", i)
+			}
+			out[i] = v
+		}
+		return out, nil
+	case tensor.FP64:
+		out := make([]float64, want)
+		for i := range out {
+			v := math.Float64frombits(le.Uint64(b[8*i:]))
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return nil, fmt.Errorf("raw value %d is not a finite FP64 number", i)
+			}
+			out[i] = v
+		}
+		return out, nil
+	case tensor.INT64:
+		out := make([]int64, want)
+		for i := range out {
+			out[i] = int64(le.Uint64(b[8*i:]))
+		}
+		return out, nil
+	case tensor.INT32:
+		out := make([]int32, want)
+		for i := range out {
+			out[i] = int32(le.Uint32(b[4*i:]))
+		}
+		return out, nil
+	case tensor.BOOL:
+		out := make([]bool, want)
+		for i, c := range b {
+			if c > 1 {
+				return nil, fmt.Errorf("raw value %d is %d; BOOL is one byte, 0 or 1", i, c)
+			}
+			out[i] = c == 1
+		}
+		return out, nil
+	case tensor.BYTES:
+		out := make([]string, 0, min(want, len(b)/4))
+		for len(b) > 0 {
+			if len(out) == want {
+				return nil, fmt.Errorf("raw contents hold more than the %d values the shape needs", want)
+			}
+			if len(b) < 4 {
+				return nil, fmt.Errorf("raw BYTES value %d: %d bytes left, a length prefix needs 4", len(out), len(b))
+			}
+			n := le.Uint32(b)
+			if uint64(n) > uint64(len(b)-4) {
+				return nil, fmt.Errorf("raw BYTES value %d claims %d bytes, %d are left", len(out), n, len(b)-4)
+			}
+			out = append(out, string(b[4:4+n]))
+			b = b[4+n:]
+		}
+		if len(out) != want {
+			return nil, fmt.Errorf("raw contents hold %d values, shape needs %d", len(out), want)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("datatype %s is not served", dt)
+}
+
+// outputTensor describes t as a ModelInferResponse output; with raw false
+// its values go in contents, else they are appended to raws.
+func outputTensor(t *tensor.Tensor, raw bool, raws [][]byte) (*pb.ModelInferResponse_InferOutputTensor, [][]byte) {
+	o := &pb.ModelInferResponse_InferOutputTensor{Name: t.Name, Datatype: string(t.Datatype), Shape: t.Shape}
+	if raw {
+		return o, append(raws, encodeRaw(t))
+	}
+	c := &pb.InferTensorContents{}
+	switch d := t.Data.(type) {
+	case []float32:
+		c.Fp32Contents = d
+	case []float64:
+		c.Fp64Contents = d
+	case []int64:
+		c.Int64Contents = d
+	case []int32:
+		c.IntContents = d
+	case []bool:
+		c.BoolContents = d
+	case []string:
+		c.BytesContents = make([][]byte, len(d))
+		for i, s := range d {
+			c.BytesContents[i] = []byte(s)
+		}
+	}
+	o.Contents = c
+	return o, raws
+}
+
+// encodeRaw lays t's values out as decodeRaw reads them.
+func encodeRaw(t *tensor.Tensor) []byte {
+	le := binary.LittleEndian
+	switch d := t.Data.(type) {
+	case []float32:
+		b := make([]byte, 0, 4*len(d))
+		for _, v := range d {
+			b = le.AppendUint32(b, math.Float32bits(v))
+		}
+		return b
+	case []float64:
+		b := make([]byte, 0, 8*len(d))
+		for _, v := range d {
+			b = le.AppendUint64(b, math.Float64bits(v))
+		}
+		return b
+	case []int64:
+		b := make([]byte, 0, 8*len(d))
+		for _, v := range d {
+			b = le.AppendUint64(b, uint64(v))
+		}
+		return b
+	case []int32:
+		b := make([]byte, 0, 4*len(d))
+		for _, v := range d {
+			b = le.AppendUint32(b, uint32(v))
+		}
+		return b
+	case []bool:
+		b := make([]byte, len(d))
+		for i, v := range d {
+			if v {
+				b[i] = 1
+			}
+		}
+		return b
+	case []string:
+		var b []byte
+		for _, s := range d {
+			b = le.AppendUint32(b, uint32(len(s)))
+			b = append(b, s...)
+		}
+		return b
+	}
+	return nil
+}
