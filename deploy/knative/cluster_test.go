@@ -29,15 +29,15 @@ type cluster struct {
 	t  *testing.T
 	cs *fake.Clientset
 
-	mu      sync.Mutex
-	ready   bool                    // reconcile to Ready=True
+	mu    sync.Mutex
+	ready bool // reconcile to Ready=True
 	// routeLag keeps the Service's first generation Ready=Unknown
 	// IngressNotConfigured while its revision is Ready, as a live cluster
 	// does until the networking layer programs the route.
 	routeLag bool
-	urlFor  func(tag string) string // status URL for a tag ("" = the service URL)
-	creates int
-	updates int
+	urlFor   func(tag string) string // status URL for a tag ("" = the service URL)
+	creates  int
+	updates  int
 }
 
 var (
