@@ -65,6 +65,7 @@ type Result struct {
 // revision missing in the cluster is created by its own apply, oldest first,
 // and the traffic block only ever names revisions that exist.
 type Deployer struct {
+	// Client reaches the cluster; nil plans a dry run for an empty cluster.
 	Client servingclient.ServingV1Interface
 	Log    *slog.Logger
 	// Progress receives a line whenever the awaited state changes, and every
@@ -92,16 +93,25 @@ func (d *Deployer) Deploy(ctx context.Context, m *functions.Manifest, opts Deplo
 		split = flags.Split{opts.Revision: 100}
 	}
 
-	current, err := d.Client.Services(opts.Namespace).Get(ctx, m.Name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		current = nil
-	case err != nil:
-		return nil, fmt.Errorf("deploy %s: get service %s/%s: %w", m.Name, opts.Namespace, m.Name, err)
-	}
-	exists, err := d.existingRevisions(ctx, m, opts.Namespace, m.Revisions[:target+1])
-	if err != nil {
-		return nil, err
+	var current *servingv1.Service
+	exists := map[string]bool{}
+	if d.Client == nil {
+		// No cluster: a dry run plans for an empty one.
+		if !opts.DryRun {
+			return nil, fmt.Errorf("deploy %s: %w", m.Name, ErrNoCluster)
+		}
+	} else {
+		var err error
+		current, err = d.Client.Services(opts.Namespace).Get(ctx, m.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			current = nil
+		case err != nil:
+			return nil, fmt.Errorf("deploy %s: get service %s/%s: %w", m.Name, opts.Namespace, m.Name, err)
+		}
+		if exists, err = d.existingRevisions(ctx, m, opts.Namespace, m.Revisions[:target+1]); err != nil {
+			return nil, err
+		}
 	}
 
 	// One step per missing revision, oldest first; if the target already

@@ -265,3 +265,30 @@ func TestDeployRefusesForeignRevision(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestDryRunWithoutAClusterPlansForAnEmptyOne: with no cluster configured,
+// NewClient says so (ErrNoCluster) and a dry run with no client plans every
+// revision from scratch; a real deploy without a client is refused.
+func TestDryRunWithoutAClusterPlansForAnEmptyOne(t *testing.T) {
+	t.Setenv("KUBECONFIG", "")
+	t.Setenv("HOME", t.TempDir())
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	if _, _, err := NewClient("", ""); !errors.Is(err, ErrNoCluster) {
+		t.Fatalf("NewClient with nothing configured: %v, want ErrNoCluster", err)
+	}
+	m := fraudManifest(t)
+	d := &Deployer{}
+	res, err := d.Deploy(context.Background(), m, DeployOptions{Options: Options{Traffic: fraudSplit(t, m)}, DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stepsOf(res); !slices.Equal(got, []string{"create fraud-00001", "update fraud-00002"}) {
+		t.Errorf("dry run for an empty cluster: steps %v", got)
+	}
+	if got := trafficOf(res.Steps[1].Service); got != "stable=fraud-00001:90 canary=fraud-00002:10" {
+		t.Errorf("last step's traffic %q", got)
+	}
+	if _, err := d.Deploy(context.Background(), m, DeployOptions{}); !errors.Is(err, ErrNoCluster) {
+		t.Errorf("deploy without a cluster: %v, want ErrNoCluster", err)
+	}
+}
