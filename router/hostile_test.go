@@ -2,7 +2,10 @@ package router_test
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -70,10 +73,9 @@ func TestHostileInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			code, _, out := post(t, p.url+tc.path, tc.body)
-			msg := fmt.Sprint(out["error"])
-			if code != tc.code || msg == "" || !strings.Contains(msg, tc.mentions) {
-				t.Fatalf("status %d %q, want %d with a JSON error mentioning %q", code, msg, tc.code, tc.mentions)
+			code, msg := postForError(t, p.url+tc.path, tc.body)
+			if code != tc.code || strings.TrimSpace(msg) == "" || !strings.Contains(msg, tc.mentions) {
+				t.Fatalf("status %d error %q, want %d with a non-empty JSON error mentioning %q", code, msg, tc.code, tc.mentions)
 			}
 		})
 	}
@@ -128,4 +130,28 @@ func TestHostileInput(t *testing.T) {
 	if code, _, out := post(t, p.url+"/functions/fraud", goodTx); code != 200 {
 		t.Fatalf("after hostile input: %d %v", code, out)
 	}
+}
+
+// postForError posts body and decodes the answer as the error contract
+// {"error": "..."}: a body that is not exactly that object fails the test.
+func postForError(t *testing.T, url, body string) (int, string) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e struct {
+		Error string `json:"error"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		t.Fatalf("status %d: body %q is not the {\"error\": \"...\"} contract: %v", resp.StatusCode, raw, err)
+	}
+	return resp.StatusCode, e.Error
 }
