@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -194,26 +195,28 @@ func TestRoutesHeadersAndErrors(t *testing.T) {
 	}
 }
 
+// TestInstanceKilledMidLoadLosesNoRequest SIGKILLs an instance while it has
+// requests in flight: every request still succeeds (the router retries once
+// elsewhere), the crash is seen (a retry or a crash exit counted), and the
+// dead pid leaves the ready instances.
 func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
 	p := startPlatform(t, engine.Config{PoolSize: 1}, 20*time.Second, func(m *functions.Manifest) { m.Scaling.MinScale = 2 })
-	waitReady := func(n int) []engine.ProcessStatus {
-		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
-			var ready []engine.ProcessStatus
-			for _, in := range p.eng.Statuses()[0].Instances {
-				if in.State == "ready" {
+	instances := func() []engine.ProcessStatus { return p.eng.Statuses()[0].Instances }
+	waitReady := func(n int, without int) []engine.ProcessStatus {
+		t.Helper()
+		var ready []engine.ProcessStatus
+		waitUntil(t, fmt.Sprintf("%d ready instances without pid %d", n, without), 20*time.Second, func() bool {
+			ready = ready[:0]
+			for _, in := range instances() {
+				if in.State == "ready" && in.PID != without {
 					ready = append(ready, in)
 				}
 			}
-			if len(ready) >= n {
-				return ready
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		t.Fatalf("fewer than %d ready instances", n)
-		return nil
+			return len(ready) >= n
+		})
+		return ready
 	}
-	victim := waitReady(2)[0].PID
+	victim := waitReady(2, 0)[0].PID
 	var ok, failed atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -243,17 +246,79 @@ func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
+	defer func() { close(stop); wg.Wait() }()
+	// Kill only once the victim is seen serving requests.
+	waitUntil(t, fmt.Sprintf("pid %d to have requests in flight", victim), 20*time.Second, func() bool {
+		for _, in := range instances() {
+			if in.PID == victim && in.Inflight > 0 {
+				return true
+			}
+		}
+		return false
+	})
 	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(700 * time.Millisecond)
+	// The crash is noticed and handled: a request retried on another
+	// instance, or the exit counted as a crash.
+	waitUntil(t, "a router retry or a crash exit to be counted", 20*time.Second, func() bool {
+		return metricSum(t, p.url, "pilotlight_router_retries_total", "") > 0 ||
+			metricSum(t, p.url, "pilotlight_instance_exits_total", `reason="crashed"`) > 0
+	})
+	for _, in := range waitReady(2, victim) { // the crashed instance is replaced (minScale 2)
+		if in.PID == victim {
+			t.Fatalf("the killed pid %d is still listed as ready", victim)
+		}
+	}
+	before := ok.Load()
+	waitUntil(t, "requests to keep succeeding after the kill", 20*time.Second, func() bool { return ok.Load() > before+8 })
 	close(stop)
 	wg.Wait()
+	stop = make(chan struct{}) // for the deferred close
 	if failed.Load() != 0 || ok.Load() == 0 {
 		t.Fatalf("with an instance SIGKILLed under load: %d succeeded, %d failed; want no failure", ok.Load(), failed.Load())
 	}
-	waitReady(2) // the crashed instance is replaced (minScale 2)
+	for _, in := range instances() {
+		if in.PID == victim && in.State == "ready" {
+			t.Fatalf("the killed pid %d is listed as ready after the load", victim)
+		}
+	}
+}
+
+// waitUntil polls cond; the deadline only turns a hang into a failure.
+func waitUntil(t *testing.T, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// metricSum adds the samples of a metric on the router's /metrics whose
+// labels contain match.
+func metricSum(t *testing.T, base, name, match string) float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	sum := 0.0
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") || !strings.Contains(line, match) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // stuckFunction is a function whose model file is a FIFO nobody writes:
@@ -338,28 +403,41 @@ func TestFloodBeyondQueueIsShedFastAndBounded(t *testing.T) {
 }
 
 func TestTimeoutAndDisconnectWhileHeld(t *testing.T) {
-	p := startPlatform(t, engine.Config{PoolSize: 0, QueueCapacity: 4}, 5*time.Millisecond, nil)
-	code, _, out := post(t, p.url+"/v2/models/example-tensor/infer", inferBody)
+	// A function that never becomes ready holds every request: the outcome
+	// does not depend on how fast a cold start is.
+	p := startPlatformWith(t, engine.Config{PoolSize: 0, QueueCapacity: 4, StartTimeout: time.Minute}, 5*time.Millisecond, []*functions.Manifest{stuckFunction(t)})
+	code, _, out := post(t, p.url+"/v2/models/stuck/infer", inferBody)
 	if code != 504 || !strings.Contains(fmt.Sprint(out["error"]), "request timeout") {
 		t.Fatalf("held longer than the request timeout: %d %v, want 504", code, out)
 	}
-	p2 := startPlatform(t, engine.Config{PoolSize: 0, QueueCapacity: 1}, 20*time.Second, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Millisecond)
-	req, _ := http.NewRequestWithContext(ctx, "POST", p2.url+"/v2/models/example-tensor/infer", strings.NewReader(inferBody))
-	if resp, err := http.DefaultClient.Do(req); err == nil {
-		resp.Body.Close()
+	p2 := startPlatformWith(t, engine.Config{PoolSize: 0, QueueCapacity: 1, StartTimeout: time.Minute}, 20*time.Second, []*functions.Manifest{stuckFunction(t)})
+	queued := func() int { return p2.eng.Statuses()[0].Queued }
+	hold := func() (cancel func(), answered <-chan struct{}) {
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, "POST", p2.url+"/v2/models/stuck/infer", strings.NewReader(inferBody))
+		done := make(chan struct{})
+		go func() {
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+			close(done)
+		}()
+		return cancel, done
 	}
-	cancel()
-	deadline := time.Now().Add(2 * time.Second)
-	for p2.eng.Statuses()[0].Queued != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("a client that went away still holds its activator slot")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	// The slot is free: a new request is held and served (queue capacity 1).
-	if code, _, out := post(t, p2.url+"/v2/models/example-tensor/infer", inferBody); code != 200 {
-		t.Fatalf("after a disconnect: %d %v", code, out)
+	cancel, done := hold()
+	waitUntil(t, "the request to be held in the activator", 20*time.Second, func() bool { return queued() == 1 })
+	cancel() // the client goes away while held
+	<-done
+	waitUntil(t, "the disconnected client's activator slot to be freed", 20*time.Second, func() bool { return queued() == 0 })
+	// The slot is free: with a queue of 1, a new request is held again
+	// instead of being shed with 503.
+	cancel, done = hold()
+	defer func() { cancel(); <-done }()
+	waitUntil(t, "a new request to take the freed slot", 20*time.Second, func() bool { return queued() == 1 })
+	select {
+	case <-done:
+		t.Fatal("the request after a disconnect was answered instead of held")
+	default:
 	}
 }
 
