@@ -106,12 +106,9 @@ type request struct {
 
 // Decode implements functions.Handler.
 func (Handler) Decode(body []byte) (*functions.Invocation, error) {
-	var top map[string]json.RawMessage
-	if err := (functions.StrictJSON{}).Decode(body, &top); err != nil {
+	top, err := functions.StrictJSON{}.Object(body, `a JSON object (a transaction or {"transactions": [...]})`)
+	if err != nil {
 		return nil, err
-	}
-	if top == nil {
-		return nil, functions.Badf("request body must be a JSON object (a transaction or {\"transactions\": [...]})")
 	}
 	raw, isBatch := top["transactions"]
 	var txs []Transaction

@@ -148,14 +148,17 @@ func TestScaleFromZeroToZeroAndBack(t *testing.T) {
 	}{{"pool", 1}, {"exec", 0}} {
 		t.Run(tc.source, func(t *testing.T) {
 			e, reg := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: tc.poolSize, ScaleToZeroAfter: 300 * time.Millisecond})
-			if tc.poolSize > 0 {
-				waitFor(t, "the warm pool to fill", 10*time.Second, func() bool { return len(e.PoolStatus()) == 1 })
+			waitPool := func() {
+				if tc.poolSize > 0 { // each cycle must find a warm process, however slow the refill
+					waitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(e.PoolStatus()) == 1 })
+				}
 			}
 			if n := len(status(e).Instances); n != 0 {
 				t.Fatalf("instances before any request = %d, want 0 (scale to zero from the start)", n)
 			}
 			var pids []int
 			for cycle := 0; cycle < 2; cycle++ {
+				waitPool()
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				l, err := e.Acquire(ctx, fn, rev)
 				cancel()
