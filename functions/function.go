@@ -144,40 +144,28 @@ func Parse(file string, raw []byte) (*Manifest, error) {
 	return &m, nil
 }
 
+// orDefault sets an omitted (zero) field to its default.
+func orDefault[T comparable](field *T, def T) {
+	var zero T
+	if *field == zero {
+		*field = def
+	}
+}
+
 func (m *Manifest) applyDefaults() {
 	if m.Flag == "" && m.Name != "" {
 		m.Flag = m.Name + "-revision"
 	}
-	if m.Runtime.Sessions == 0 {
-		m.Runtime.Sessions = DefaultSessions
-	}
-	if m.Runtime.Provider == "" {
-		m.Runtime.Provider = DefaultProvider
-	}
-	if m.Runtime.IntraOpThreads == 0 {
-		m.Runtime.IntraOpThreads = DefaultIntraOpThreads
-	}
-	if m.Runtime.MaxBodyBytes == 0 {
-		m.Runtime.MaxBodyBytes = DefaultMaxBodyBytes
-	}
-	if m.Runtime.MaxRequestRows == 0 {
-		m.Runtime.MaxRequestRows = DefaultMaxRequestRows
-	}
-	if m.Batching.MaxBatch == 0 {
-		m.Batching.MaxBatch = DefaultMaxBatch
-	}
-	if m.Batching.MaxDelay == 0 {
-		m.Batching.MaxDelay = DefaultMaxDelay
-	}
-	if m.Scaling.MaxScale == 0 {
-		m.Scaling.MaxScale = DefaultMaxScale
-	}
-	if m.Scaling.TargetConcurrency == 0 {
-		m.Scaling.TargetConcurrency = DefaultTargetConcurrency
-	}
-	if m.Scaling.ScaleToZeroAfter == 0 {
-		m.Scaling.ScaleToZeroAfter = DefaultScaleToZeroAfter
-	}
+	orDefault(&m.Runtime.Sessions, DefaultSessions)
+	orDefault(&m.Runtime.Provider, DefaultProvider)
+	orDefault(&m.Runtime.IntraOpThreads, DefaultIntraOpThreads)
+	orDefault(&m.Runtime.MaxBodyBytes, DefaultMaxBodyBytes)
+	orDefault(&m.Runtime.MaxRequestRows, DefaultMaxRequestRows)
+	orDefault(&m.Batching.MaxBatch, DefaultMaxBatch)
+	orDefault(&m.Batching.MaxDelay, DefaultMaxDelay)
+	orDefault(&m.Scaling.MaxScale, DefaultMaxScale)
+	orDefault(&m.Scaling.TargetConcurrency, DefaultTargetConcurrency)
+	orDefault(&m.Scaling.ScaleToZeroAfter, DefaultScaleToZeroAfter)
 }
 
 // Validate reports every problem in the manifest, each naming file and field.

@@ -1,15 +1,13 @@
 package fraud_test
 
 import (
-	"bytes"
-	"context"
 	"math"
-	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/fraud"
+	"github.com/pilotlight/pilotlight/functions/functionstest"
 	"github.com/pilotlight/pilotlight/functions/tensor"
 	"github.com/pilotlight/pilotlight/runtime/ort"
 )
@@ -131,35 +129,11 @@ func TestLRContributionsSumToLogit(t *testing.T) {
 // TestReexportReproducesCommittedModels retrains into a temporary directory
 // and compares with the committed files byte for byte.
 func TestReexportReproducesCommittedModels(t *testing.T) {
-	dir := t.TempDir()
-	var progress bytes.Buffer
-	if err := fraud.Train(context.Background(), dir, &progress); err != nil {
-		t.Fatalf("train: %v\n%s", err, progress.String())
-	}
-	for _, rev := range []string{fraud.RevisionLR, fraud.RevisionMLP} {
-		fresh, err := os.ReadFile(filepath.Join(dir, rev+".onnx"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		committed, err := os.ReadFile(filepath.Join("models", rev+".onnx"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(fresh, committed) {
-			t.Errorf("%s: re-exported model (%d bytes) differs from models/%s.onnx (%d bytes); run `pilotlight train fraud` and commit", rev, len(fresh), rev, len(committed))
-		}
-	}
-	if !bytes.Contains(progress.Bytes(), []byte("holdout_auc")) {
-		t.Errorf("progress has no holdout_auc lines:\n%s", progress.String())
-	}
+	functionstest.Reexport(t, "fraud", fraud.Train, "models", []string{fraud.RevisionLR, fraud.RevisionMLP}, "holdout_auc")
 }
 
 func TestTrainHonoursCancellation(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := fraud.Train(ctx, t.TempDir(), nil); err == nil {
-		t.Fatal("Train with a cancelled context succeeded")
-	}
+	functionstest.TrainHonoursCancellation(t, fraud.Train)
 }
 
 // TestManifest loads function.yaml with its models and builds its handler.
