@@ -7,6 +7,7 @@ package functions
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -144,28 +145,21 @@ func Parse(file string, raw []byte) (*Manifest, error) {
 	return &m, nil
 }
 
-// orDefault sets an omitted (zero) field to its default.
-func orDefault[T comparable](field *T, def T) {
-	var zero T
-	if *field == zero {
-		*field = def
-	}
-}
-
+// applyDefaults sets each omitted (zero) field to its default.
 func (m *Manifest) applyDefaults() {
 	if m.Flag == "" && m.Name != "" {
 		m.Flag = m.Name + "-revision"
 	}
-	orDefault(&m.Runtime.Sessions, DefaultSessions)
-	orDefault(&m.Runtime.Provider, DefaultProvider)
-	orDefault(&m.Runtime.IntraOpThreads, DefaultIntraOpThreads)
-	orDefault(&m.Runtime.MaxBodyBytes, DefaultMaxBodyBytes)
-	orDefault(&m.Runtime.MaxRequestRows, DefaultMaxRequestRows)
-	orDefault(&m.Batching.MaxBatch, DefaultMaxBatch)
-	orDefault(&m.Batching.MaxDelay, DefaultMaxDelay)
-	orDefault(&m.Scaling.MaxScale, DefaultMaxScale)
-	orDefault(&m.Scaling.TargetConcurrency, DefaultTargetConcurrency)
-	orDefault(&m.Scaling.ScaleToZeroAfter, DefaultScaleToZeroAfter)
+	m.Runtime.Sessions = cmp.Or(m.Runtime.Sessions, DefaultSessions)
+	m.Runtime.Provider = cmp.Or(m.Runtime.Provider, DefaultProvider)
+	m.Runtime.IntraOpThreads = cmp.Or(m.Runtime.IntraOpThreads, DefaultIntraOpThreads)
+	m.Runtime.MaxBodyBytes = cmp.Or(m.Runtime.MaxBodyBytes, DefaultMaxBodyBytes)
+	m.Runtime.MaxRequestRows = cmp.Or(m.Runtime.MaxRequestRows, DefaultMaxRequestRows)
+	m.Batching.MaxBatch = cmp.Or(m.Batching.MaxBatch, DefaultMaxBatch)
+	m.Batching.MaxDelay = cmp.Or(m.Batching.MaxDelay, DefaultMaxDelay)
+	m.Scaling.MaxScale = cmp.Or(m.Scaling.MaxScale, DefaultMaxScale)
+	m.Scaling.TargetConcurrency = cmp.Or(m.Scaling.TargetConcurrency, DefaultTargetConcurrency)
+	m.Scaling.ScaleToZeroAfter = cmp.Or(m.Scaling.ScaleToZeroAfter, DefaultScaleToZeroAfter)
 }
 
 // Validate reports every problem in the manifest, each naming file and field.
