@@ -8,13 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/pilotlight/pilotlight/functions"
 	_ "github.com/pilotlight/pilotlight/functions/all"
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router/engine"
@@ -30,14 +28,7 @@ func v2(shape, data string) string {
 // whole platform (router and real instances): each gets a 4xx naming the
 // problem, memory stays bounded, and the platform serves afterwards.
 func TestHostileInput(t *testing.T) {
-	var fns []*functions.Manifest
-	for _, name := range []string{"fraud", "example-tensor"} {
-		m, err := functions.LoadDir(filepath.Join(testbin.Root(), "functions", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		fns = append(fns, m)
-	}
+	fns := testbin.Functions(t, "fraud", "example-tensor")
 	p := startPlatformWith(t, engine.Config{PoolSize: 1}, 20*time.Second, fns)
 	if code, _, out := post(t, p.url+"/functions/fraud", goodTx); code != 200 {
 		t.Fatalf("a good transaction: %d %v", code, out)

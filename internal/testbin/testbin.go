@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/pilotlight/pilotlight/functions"
 )
 
 var (
@@ -42,4 +44,19 @@ func Pilotlight(t testing.TB) string {
 		t.Fatalf("build pilotlight: %v\n%s", err, out)
 	}
 	return path
+}
+
+// Functions loads the named functions shipped in functions/ (their handlers
+// must be registered: import functions/all).
+func Functions(t testing.TB, names ...string) []*functions.Manifest {
+	t.Helper()
+	out := make([]*functions.Manifest, 0, len(names))
+	for _, name := range names {
+		m, err := functions.LoadDir(filepath.Join(Root(), "functions", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m)
+	}
+	return out
 }
