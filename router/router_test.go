@@ -205,7 +205,7 @@ func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
 	waitReady := func(n int, without int) []engine.ProcessStatus {
 		t.Helper()
 		var ready []engine.ProcessStatus
-		waitUntil(t, fmt.Sprintf("%d ready instances without pid %d", n, without), 20*time.Second, func() bool {
+		testbin.WaitFor(t, fmt.Sprintf("%d ready instances without pid %d", n, without), 20*time.Second, func() bool {
 			ready = ready[:0]
 			for _, in := range instances() {
 				if in.State == "ready" && in.PID != without {
@@ -248,7 +248,7 @@ func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
 	}
 	defer func() { close(stop); wg.Wait() }()
 	// Kill only once the victim is seen serving requests.
-	waitUntil(t, fmt.Sprintf("pid %d to have requests in flight", victim), 20*time.Second, func() bool {
+	testbin.WaitFor(t, fmt.Sprintf("pid %d to have requests in flight", victim), 20*time.Second, func() bool {
 		for _, in := range instances() {
 			if in.PID == victim && in.Inflight > 0 {
 				return true
@@ -261,7 +261,7 @@ func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
 	}
 	// The crash is noticed and handled: a request retried on another
 	// instance, or the exit counted as a crash.
-	waitUntil(t, "a router retry or a crash exit to be counted", 20*time.Second, func() bool {
+	testbin.WaitFor(t, "a router retry or a crash exit to be counted", 20*time.Second, func() bool {
 		return metricSum(t, p.url, "pilotlight_router_retries_total", "") > 0 ||
 			metricSum(t, p.url, "pilotlight_instance_exits_total", `reason="crashed"`) > 0
 	})
@@ -271,7 +271,7 @@ func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
 		}
 	}
 	before := ok.Load()
-	waitUntil(t, "requests to keep succeeding after the kill", 20*time.Second, func() bool { return ok.Load() > before+8 })
+	testbin.WaitFor(t, "requests to keep succeeding after the kill", 20*time.Second, func() bool { return ok.Load() > before+8 })
 	close(stop)
 	wg.Wait()
 	stop = make(chan struct{}) // for the deferred close
@@ -282,18 +282,6 @@ func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
 		if in.PID == victim && in.State == "ready" {
 			t.Fatalf("the killed pid %d is listed as ready after the load", victim)
 		}
-	}
-}
-
-// waitUntil polls cond; the deadline only turns a hang into a failure.
-func waitUntil(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -324,12 +312,17 @@ func metricSum(t *testing.T, base, name, match string) float64 {
 // stuckFunction is a function whose model file is a FIFO nobody writes:
 // its instance starts and never becomes ready, so requests stay held.
 func stuckFunction(t *testing.T) *functions.Manifest {
+	return modelFunction(t, "stuck", func(path string) error { return syscall.Mkfifo(path, 0o644) })
+}
+
+// modelFunction is a tensor function named name whose model.onnx is made by makeModel.
+func modelFunction(t *testing.T, name string, makeModel func(path string) error) *functions.Manifest {
 	t.Helper()
 	dir := t.TempDir()
-	if err := syscall.Mkfifo(filepath.Join(dir, "model.onnx"), 0o644); err != nil {
+	if err := makeModel(filepath.Join(dir, "model.onnx")); err != nil {
 		t.Fatal(err)
 	}
-	raw := "name: stuck\nhandler: tensor\nrevisions:\n  - name: stuck-00001\n    model: model.onnx\n"
+	raw := "name: " + name + "\nhandler: tensor\nrevisions:\n  - name: " + name + "-00001\n    model: model.onnx\n"
 	if err := os.WriteFile(filepath.Join(dir, functions.ManifestFile), []byte(raw), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -430,15 +423,15 @@ func TestTimeoutAndDisconnectWhileHeld(t *testing.T) {
 		return cancel, done
 	}
 	cancel, done := hold()
-	waitUntil(t, "the request to be held in the activator", 20*time.Second, func() bool { return queued() == 1 })
+	testbin.WaitFor(t, "the request to be held in the activator", 20*time.Second, func() bool { return queued() == 1 })
 	cancel() // the client goes away while held
 	<-done
-	waitUntil(t, "the disconnected client's activator slot to be freed", 20*time.Second, func() bool { return queued() == 0 })
+	testbin.WaitFor(t, "the disconnected client's activator slot to be freed", 20*time.Second, func() bool { return queued() == 0 })
 	// The slot is free: with a queue of 1, a new request is held again
 	// instead of being shed with 503.
 	cancel, done = hold()
 	defer func() { cancel(); <-done }()
-	waitUntil(t, "a new request to take the freed slot", 20*time.Second, func() bool { return queued() == 1 })
+	testbin.WaitFor(t, "a new request to take the freed slot", 20*time.Second, func() bool { return queued() == 1 })
 	select {
 	case <-done:
 		t.Fatal("the request after a disconnect was answered instead of held")
@@ -448,20 +441,7 @@ func TestTimeoutAndDisconnectWhileHeld(t *testing.T) {
 
 // brokenFunction is a function whose model file is not an ONNX model.
 func brokenFunction(t *testing.T) *functions.Manifest {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "model.onnx"), []byte("not a model"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	raw := "name: broken\nhandler: tensor\nrevisions:\n  - name: broken-00001\n    model: model.onnx\n"
-	if err := os.WriteFile(filepath.Join(dir, functions.ManifestFile), []byte(raw), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err := functions.Parse(filepath.Join(dir, functions.ManifestFile), []byte(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return modelFunction(t, "broken", func(path string) error { return os.WriteFile(path, []byte("not a model"), 0o644) })
 }
 
 func TestBrokenModelIsReportedAndOthersKeepServing(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pilotlight/pilotlight/functions"
 )
@@ -59,4 +60,17 @@ func Functions(t testing.TB, names ...string) []*functions.Manifest {
 		out = append(out, m)
 	}
 	return out
+}
+
+// WaitFor polls cond until it holds: tests wait on what they expect, never on
+// a fixed sleep. within only turns a hang into a failure naming what.
+func WaitFor(t testing.TB, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

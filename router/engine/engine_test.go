@@ -121,17 +121,6 @@ func infer(t *testing.T, l *engine.Lease) {
 	}
 }
 
-func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func status(e *engine.Engine) engine.Status {
 	for _, st := range e.Statuses() {
 		if st.Revision == rev {
@@ -150,7 +139,7 @@ func TestScaleFromZeroToZeroAndBack(t *testing.T) {
 			e, reg := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: tc.poolSize, ScaleToZeroAfter: 300 * time.Millisecond})
 			waitPool := func() {
 				if tc.poolSize > 0 { // each cycle must find a warm process, however slow the refill
-					waitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(e.PoolStatus()) == 1 })
+					testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(e.PoolStatus()) == 1 })
 				}
 			}
 			if n := len(status(e).Instances); n != 0 {
@@ -171,8 +160,8 @@ func TestScaleFromZeroToZeroAndBack(t *testing.T) {
 				infer(t, l)
 				l.Release(false)
 				pids = append(pids, l.PID)
-				waitFor(t, "scale to zero", 10*time.Second, func() bool { return len(status(e).Instances) == 0 })
-				waitFor(t, "the scaled-down process to exit", 5*time.Second, func() bool { return !alive(l.PID) })
+				testbin.WaitFor(t, "scale to zero", 10*time.Second, func() bool { return len(status(e).Instances) == 0 })
+				testbin.WaitFor(t, "the scaled-down process to exit", 5*time.Second, func() bool { return !alive(l.PID) })
 			}
 			if pids[0] == pids[1] {
 				t.Errorf("the second cold start reused pid %d: the first process did not exit", pids[0])
@@ -196,7 +185,7 @@ func TestQueueBoundAndTimeout(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("held past its deadline: %v, want DeadlineExceeded", err)
 	}
-	waitFor(t, "the timed-out request's slot to be given back", time.Second, func() bool { return status(e).Queued == 0 })
+	testbin.WaitFor(t, "the timed-out request's slot to be given back", time.Second, func() bool { return status(e).Queued == 0 })
 
 	// Scale back to zero is not needed: fill the queue while the instance starts.
 	e2, _ := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 0, QueueCapacity: 2})
@@ -215,7 +204,7 @@ func TestQueueBoundAndTimeout(t *testing.T) {
 			results <- err
 		}()
 	}
-	waitFor(t, "two held requests", 5*time.Second, func() bool { return status(e2).Queued == 2 })
+	testbin.WaitFor(t, "two held requests", 5*time.Second, func() bool { return status(e2).Queued == 2 })
 	// With no deadline on its context, the third request can only come back
 	// by being refused at once: it is never queued.
 	if _, err := e2.Acquire(context.Background(), fn, rev); !errors.Is(err, engine.ErrQueueFull) {
@@ -240,7 +229,7 @@ func TestCrashedInstanceIsReplaced(t *testing.T) {
 	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a replacement instance", 20*time.Second, func() bool {
+	testbin.WaitFor(t, "a replacement instance", 20*time.Second, func() bool {
 		st := status(e)
 		return len(st.Instances) == 1 && st.Instances[0].State == "ready" && st.Instances[0].PID != first
 	})
@@ -321,7 +310,7 @@ func TestHungInstanceIsKilledAndReplaced(t *testing.T) {
 	if err := syscall.Kill(first, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a replacement for the hung instance", 20*time.Second, func() bool {
+	testbin.WaitFor(t, "a replacement for the hung instance", 20*time.Second, func() bool {
 		st := status(e)
 		for _, in := range st.Instances {
 			if in.State == "ready" && in.PID != first {
@@ -330,14 +319,14 @@ func TestHungInstanceIsKilledAndReplaced(t *testing.T) {
 		}
 		return false
 	})
-	waitFor(t, "the hung process to be gone", 5*time.Second, func() bool { return !alive(first) })
+	testbin.WaitFor(t, "the hung process to be gone", 5*time.Second, func() bool { return !alive(first) })
 }
 
 // readyPID waits for the revision's single instance to be ready and returns its pid.
 func readyPID(t *testing.T, e *engine.Engine) int {
 	t.Helper()
 	var pid int
-	waitFor(t, "minScale instance ready", 20*time.Second, func() bool {
+	testbin.WaitFor(t, "minScale instance ready", 20*time.Second, func() bool {
 		st := status(e)
 		if len(st.Instances) == 1 && st.Instances[0].State == "ready" {
 			pid = st.Instances[0].PID
