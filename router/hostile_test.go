@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"runtime"
@@ -127,22 +126,14 @@ func TestHostileInput(t *testing.T) {
 // {"error": "..."}: a body that is not exactly that object fails the test.
 func postForError(t *testing.T, url, body string) (int, string) {
 	t.Helper()
-	resp, err := http.Post(url, "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	code, _, raw := postRaw(t, url, body)
 	var e struct {
 		Error string `json:"error"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&e); err != nil {
-		t.Fatalf("status %d: body %q is not the {\"error\": \"...\"} contract: %v", resp.StatusCode, raw, err)
+		t.Fatalf("status %d: body %q is not the {\"error\": \"...\"} contract: %v", code, raw, err)
 	}
-	return resp.StatusCode, e.Error
+	return code, e.Error
 }

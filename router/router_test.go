@@ -100,15 +100,25 @@ func startPlatformWith(t testing.TB, ecfg engine.Config, timeout time.Duration, 
 
 func post(t *testing.T, url, body string) (int, http.Header, map[string]any) {
 	t.Helper()
+	code, h, raw := postRaw(t, url, body)
+	var out map[string]any
+	_ = json.Unmarshal(raw, &out)
+	return code, h, out
+}
+
+// postRaw posts a JSON body and returns the answer's status, headers and body.
+func postRaw(t *testing.T, url, body string) (int, http.Header, []byte) {
+	t.Helper()
 	resp, err := http.Post(url, "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	_ = json.Unmarshal(raw, &out)
-	return resp.StatusCode, resp.Header, out
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header, raw
 }
 
 func TestRoutesHeadersAndErrors(t *testing.T) {
@@ -322,15 +332,7 @@ func modelFunction(t *testing.T, name string, makeModel func(path string) error)
 	if err := makeModel(filepath.Join(dir, "model.onnx")); err != nil {
 		t.Fatal(err)
 	}
-	raw := "name: " + name + "\nhandler: tensor\nrevisions:\n  - name: " + name + "-00001\n    model: model.onnx\n"
-	if err := os.WriteFile(filepath.Join(dir, functions.ManifestFile), []byte(raw), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err := functions.Parse(filepath.Join(dir, functions.ManifestFile), []byte(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return testbin.WriteFunction(t, dir, "name: "+name+"\nhandler: tensor\nrevisions:\n  - name: "+name+"-00001\n    model: model.onnx\n")
 }
 
 func TestFloodBeyondQueueIsShedFastAndBounded(t *testing.T) {

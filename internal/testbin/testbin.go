@@ -74,3 +74,18 @@ func WaitFor(t testing.TB, what string, within time.Duration, cond func() bool) 
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// WriteFunction writes raw as dir's function.yaml and parses it: a function
+// made for one test (the child runtime reads the file itself).
+func WriteFunction(t testing.TB, dir, raw string) *functions.Manifest {
+	t.Helper()
+	path := filepath.Join(dir, functions.ManifestFile)
+	if err := os.WriteFile(path, []byte(raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := functions.Parse(path, []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

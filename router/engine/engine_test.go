@@ -3,7 +3,6 @@ package engine_test
 import (
 	"context"
 	"errors"
-	"os"
 
 	"log/slog"
 	"net/http"
@@ -242,13 +241,7 @@ func TestBrokenRevisionFailsHeldRequestsWithTheReason(t *testing.T) {
 	// The child reads function.yaml itself, so the broken revision must be on disk.
 	dir := t.TempDir()
 	raw := "name: " + fn + "\nhandler: tensor\nrevisions:\n  - name: " + rev + "\n    model: missing.onnx\n"
-	if err := os.WriteFile(filepath.Join(dir, functions.ManifestFile), []byte(raw), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err := functions.Parse(filepath.Join(dir, functions.ManifestFile), []byte(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := testbin.WriteFunction(t, dir, raw)
 	e, _ := start(t, engine.Config{Functions: []*functions.Manifest{m}, PoolSize: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
