@@ -34,6 +34,20 @@ func (s StrictJSON) Decode(raw []byte, v any) error {
 	return nil
 }
 
+// Object decodes raw as one JSON object, keys to raw values; null or
+// another kind of value is refused with a message saying what the body must
+// be (want, e.g. "a JSON object with user_id").
+func (s StrictJSON) Object(raw []byte, want string) (map[string]json.RawMessage, error) {
+	var top map[string]json.RawMessage
+	if err := s.Decode(raw, &top); err != nil {
+		return nil, err
+	}
+	if top == nil {
+		return nil, Badf("request body must be %s", want)
+	}
+	return top, nil
+}
+
 func (s StrictJSON) where() string {
 	if s.At == "" {
 		return ""

@@ -106,12 +106,9 @@ type request struct {
 
 // Decode implements functions.Handler.
 func (Handler) Decode(body []byte) (*functions.Invocation, error) {
-	var top map[string]json.RawMessage
-	if err := (functions.StrictJSON{}).Decode(body, &top); err != nil {
+	top, err := functions.StrictJSON{}.Object(body, `a JSON object (a transaction or {"transactions": [...]})`)
+	if err != nil {
 		return nil, err
-	}
-	if top == nil {
-		return nil, functions.Badf("request body must be a JSON object (a transaction or {\"transactions\": [...]})")
 	}
 	raw, isBatch := top["transactions"]
 	var txs []Transaction
@@ -179,24 +176,18 @@ func decodeTx(raw []byte, at string) (Transaction, error) {
 	if bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
 		return Transaction{}, functions.Badf("%s: must be a transaction object, got null", strings.TrimSuffix(at, ".")+orRequest(at))
 	}
-	missing := func(f string) error { return functions.Badf("%s%s: required field is missing", at, f) }
-	switch {
-	case r.Amount == nil:
-		return Transaction{}, missing("amount")
-	case r.AvgAmount == nil:
-		return Transaction{}, missing("avg_amount_30d")
-	case r.MerchantCategory == nil:
-		return Transaction{}, missing("merchant_category")
-	case r.Country == nil:
-		return Transaction{}, missing("country")
-	case r.HomeCountry == nil:
-		return Transaction{}, missing("home_country")
-	case r.Hour == nil:
-		return Transaction{}, missing("hour")
-	case r.DeviceNew == nil:
-		return Transaction{}, missing("device_new")
-	case r.TxLast24h == nil:
-		return Transaction{}, missing("tx_last_24h")
+	for _, f := range []struct {
+		name    string
+		missing bool
+	}{
+		{"amount", r.Amount == nil}, {"avg_amount_30d", r.AvgAmount == nil},
+		{"merchant_category", r.MerchantCategory == nil}, {"country", r.Country == nil},
+		{"home_country", r.HomeCountry == nil}, {"hour", r.Hour == nil},
+		{"device_new", r.DeviceNew == nil}, {"tx_last_24h", r.TxLast24h == nil},
+	} {
+		if f.missing {
+			return Transaction{}, functions.Badf("%s%s: required field is missing", at, f.name)
+		}
 	}
 	for _, f := range []struct {
 		name string

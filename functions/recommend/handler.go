@@ -7,7 +7,6 @@
 package recommend
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
 	"strconv"
@@ -72,12 +71,9 @@ type request struct {
 
 // Decode implements functions.Handler.
 func (Handler) Decode(body []byte) (*functions.Invocation, error) {
-	var top map[string]json.RawMessage
-	if err := (functions.StrictJSON{}).Decode(body, &top); err != nil {
+	// An object first, so a non-object body is named as such, not as a field.
+	if _, err := (functions.StrictJSON{}).Object(body, "a JSON object with user_id"); err != nil {
 		return nil, err
-	}
-	if top == nil {
-		return nil, functions.Badf("request body must be a JSON object with user_id")
 	}
 	var r request
 	if err := requestJSON.Decode(body, &r); err != nil {

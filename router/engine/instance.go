@@ -240,10 +240,16 @@ func (e *Engine) spawn(in *Process, args, env []string) error {
 		}
 	}
 	addrc := make(chan string, 1)
-	go func() { defer e.wg.Done(); e.fold(in, stdout, addrc) }()
-	go func() { defer e.wg.Done(); e.fold(in, stderr, nil) }()
+	// Wait closes the pipes once the child exits, so it runs only after both
+	// have been read to the end: otherwise the child's last words (why it
+	// failed to start) could be lost.
+	var folds sync.WaitGroup
+	folds.Add(2)
+	go func() { defer e.wg.Done(); defer folds.Done(); e.fold(in, stdout, addrc) }()
+	go func() { defer e.wg.Done(); defer folds.Done(); e.fold(in, stderr, nil) }()
 	go func() {
 		defer e.wg.Done()
+		folds.Wait()
 		err := cmd.Wait()
 		e.spawnMu.Lock()
 		delete(e.children, in.pid)
@@ -302,6 +308,9 @@ func (e *Engine) fold(in *Process, r io.Reader, addrc chan<- string) {
 		attrs = append(attrs, slog.String("function", fn), slog.String("revision", rev), slog.Int("pid", in.pid))
 		e.log.LogAttrs(context.Background(), level, msg, attrs...)
 	}
+	// A line too long for the scanner ends the loop: keep reading, so the
+	// child never blocks on a full pipe and its exit is still seen.
+	_, _ = io.Copy(io.Discard, r)
 }
 
 // parseRecord reads one JSON log record of a child (PILOTLIGHT_LOG_FORMAT=json);

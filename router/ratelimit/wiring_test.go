@@ -7,12 +7,10 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 
-	"github.com/pilotlight/pilotlight/functions"
 	_ "github.com/pilotlight/pilotlight/functions/all" // the fraud and recommend handlers
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router"
@@ -67,14 +65,7 @@ func TestWiring(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var fns []*functions.Manifest
-	for _, name := range []string{"fraud", "recommend"} {
-		m, err := functions.LoadDir(filepath.Join(testbin.Root(), "functions", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		fns = append(fns, m)
-	}
+	fns := testbin.Functions(t, "fraud", "recommend")
 	clk := newClock() // never advanced: a spent token does not come back
 	lim := ratelimit.New(ratelimit.Config{RPS: 1000, Burst: 1000, Now: clk.Now})
 	conc := ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: 1})
@@ -123,7 +114,9 @@ func TestWiring(t *testing.T) {
 	for i := 0; i < burst; i++ {
 		expect("within the key's burst", limitedKey, "fraud", http.StatusOK)
 	}
-	expect("past the key's burst (its own 2, not the default 1000)", limitedKey, "fraud", http.StatusTooManyRequests)
+	if code, msg := send(limitedKey, "fraud"); code != http.StatusTooManyRequests || !strings.Contains(msg, `key "limited"`) {
+		t.Fatalf("past the key's burst (its own 2, not the default 1000): %d %q, want 429 with an error naming the key", code, msg)
+	}
 	expect("another key's bucket", openKey, "fraud", http.StatusOK)
 	if n := lim.Len(); n != 2 {
 		t.Fatalf("%d token buckets, want 2 (401 and 403 must not create one)", n)

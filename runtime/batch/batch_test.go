@@ -158,7 +158,7 @@ func TestNeverWaitsLongerThanMaxDelay(t *testing.T) {
 		go func() { defer wg.Done(); b.Submit(context.Background(), row(1, 1), 1) }()
 	}
 	waitFor(t, "two requests queued behind the held one", func() bool { return b.pending.Load() == 3 })
-	close(d.gate) // later calls pass straight through
+	close(d.gate)      // later calls pass straight through
 	ft.c <- time.Now() // the pair may wait for a third; let it go
 	wg.Wait()
 	d.mu.Lock()
