@@ -480,3 +480,26 @@ func TestConsoleNeedsAnAdminKey(t *testing.T) {
 	// The refused fetches are the browser's own log lines, not the page's errors.
 	b.noErrors(t, "status of 401", "status of 403")
 }
+
+// TestConsoleShowsKernelPhases runs serve with the eBPF probes: the cold
+// start's waterfall then shows the kernel's points (bind, listen, accept,
+// first write) instead of the engine's marks.
+func TestConsoleShowsKernelPhases(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("eBPF probes need root (CAP_BPF and CAP_PERFMON); this test process is not root")
+	}
+	b := newBrowser(t)
+	p := startServe(t, "--dev", "--ebpf", "--functions", filepath.Join(testbin.Root(), "functions"), "--flags", "")
+	b.do(t, "open the console", chromedp.Navigate(p.console))
+	b.until(t, "the console says the probes are on", `document.getElementById("probes") && document.getElementById("probes").dataset.on === "true"`)
+	if code, h := post(t, p.base+"/v2/models/example-tensor/infer", tensorBody); code != 200 || h.Get("X-Pilotlight-Cold-Start") == "" {
+		t.Fatalf("first request to example-tensor: %d, cold start header %q", code, h.Get("X-Pilotlight-Cold-Start"))
+	}
+	b.until(t, "the waterfall shows kernel phases from the arrival to the first write", `(() => {
+		const wf = document.querySelector('#fn-example-tensor .wf[data-origin="kernel"]');
+		if (!wf) return false;
+		const bars = [...wf.querySelectorAll('g.bar')];
+		return bars.length >= 3 && bars[0].dataset.from === "request_arrival" && bars.some(g => g.dataset.to === "first_write");
+	})()`)
+	b.noErrors(t)
+}

@@ -161,6 +161,14 @@ func TestKernelWaterfallFollowsTheTimeline(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) || v.Origin != "kernel" || v.Pending || !near(v.TotalMS, 85) {
 		t.Errorf("marks %v origin %q pending %v total %.1f; want %v, kernel, complete, 85", got, v.Origin, v.Pending, v.TotalMS, want)
 	}
+	// A warm-pool process listened long before the request: its waterfall starts at the arrival.
+	pool := bpf.Timeline{PID: 8, Source: "pool", Events: []bpf.TimelineEvent{
+		ev(bpf.EventExec, -3000), ev(bpf.EventBind, -2700), ev(bpf.EventListen, -2700), ev(bpf.MarkRequestArrival, 0),
+		ev(bpf.MarkSpecialiseStart, 1), ev(bpf.MarkReady, 20), ev(bpf.EventAccept, 21), ev(bpf.EventFirstWrite, 22)}}
+	v = kernelWaterfall(pool)
+	if len(v.Bars) != 4 || v.Bars[0].From != bpf.MarkRequestArrival || !near(v.TotalMS, 22) {
+		t.Errorf("pool waterfall %+v: want 4 bars from the request's arrival, 22 ms in all", v.Bars)
+	}
 }
 
 func near(a, b float64) bool { return a-b < 1e-6 && b-a < 1e-6 }

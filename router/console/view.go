@@ -132,11 +132,22 @@ func engineWaterfall(c engine.ColdStart) ColdStartView {
 	return v
 }
 
-// kernelWaterfall lays out a cold start from the eBPF timeline's points.
+// kernelWaterfall lays out a cold start from the eBPF timeline's points. A
+// warm-pool process was exec'd, bound and listening ahead of demand: its
+// waterfall starts at the request's arrival, as bpf's own phases do.
 func kernelWaterfall(tl bpf.Timeline) ColdStartView {
 	points := map[string]time.Time{}
 	var order []string
+	var arrival time.Time
 	for _, e := range tl.Events {
+		if e.Name == markArrival {
+			arrival = e.Time
+		}
+	}
+	for _, e := range tl.Events {
+		if tl.Source == "pool" && !arrival.IsZero() && e.Time.Before(arrival) {
+			continue
+		}
 		points[e.Name] = e.Time
 		order = append(order, e.Name)
 	}
