@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,9 +22,13 @@ import (
 	cdplog "github.com/chromedp/cdproto/log"
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router/auth"
+	"github.com/pilotlight/pilotlight/router/console"
+	"github.com/pilotlight/pilotlight/router/rollout"
 )
 
 var update = flag.Bool("update", false, "write docs/console.png from the browser test's screenshot")
@@ -500,6 +505,75 @@ func TestConsoleShowsKernelPhases(t *testing.T) {
 		if (!wf) return false;
 		const bars = [...wf.querySelectorAll('g.bar')];
 		return bars.length >= 3 && bars[0].dataset.from === "request_arrival" && bars.some(g => g.dataset.to === "first_write");
+	})()`)
+	b.noErrors(t)
+}
+
+// stateSource is a Source the test sets while the page watches.
+type stateSource struct {
+	mu sync.Mutex
+	st console.State
+}
+
+func (s *stateSource) Read() console.State {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st
+}
+
+func (s *stateSource) set(st console.State) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.st = st
+}
+
+// TestConsoleHonestStates shows states a real serve rarely reaches on
+// purpose, from a Source the test sets: an empty platform, then a Knative
+// backend with a rolled-back rollout, then a rejected flag file.
+func TestConsoleHonestStates(t *testing.T) {
+	b := newBrowser(t)
+	src := &stateSource{st: console.State{Backend: "local"}}
+	// The flag watcher's reload counter, as it registers it.
+	reg := prometheus.NewRegistry()
+	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_flags_reload_total"}, []string{"result"})
+	reg.MustRegister(reloads)
+	reloads.WithLabelValues(flags.ReloadSuccess).Inc()
+	c, err := console.New(console.Config{Source: src, Gatherer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+
+	b.do(t, "open the console", chromedp.Navigate(srv.URL+console.Path))
+	b.until(t, "an empty platform is shown as such", `(() => {
+		const n = document.getElementById("notices").textContent, r = document.getElementById("rollouts").textContent;
+		return !!document.getElementById("empty") && document.getElementById("empty").textContent.includes("No functions are loaded") &&
+			n.includes("warm pool is empty") && n.includes("eBPF probes are off") && n.includes("No flag file") && r.includes("rollout controller is off");
+	})()`)
+
+	started := time.Now().Add(-time.Minute)
+	src.set(console.State{
+		Backend:    "knative",
+		Functions:  []console.Function{{Name: "fraud", Handler: "fraud", Flag: "fraud-revision", Revisions: []console.Revision{{Name: "fraud-00001", Weight: 100}, {Name: "fraud-00002"}}}},
+		RolloutsOn: true,
+		Rollouts: []rollout.Status{{Spec: rollout.Spec{Function: "fraud", To: "fraud-00002", Steps: []int{5, 50, 100}, Interval: time.Second, MaxErrorRate: 0.01, MaxP99: time.Second, MinRequests: 5},
+			From: "fraud-00001", State: rollout.StateRolledBack, Step: 1, Started: started, Updated: started,
+			Decisions: []rollout.Decision{
+				{At: started, Weight: 5, Requests: 20, Verdict: "advance", Reason: "healthy at 5%", P99: "3ms"},
+				{At: started, Weight: 50, Requests: 40, Errors: 12, ErrorRate: 0.3, Verdict: "rollback", Reason: "error rate 0.3000 > 0.0100", P99: "4ms"}}}},
+		Flags: &console.Flags{Path: "/nonexistent/flags.json", Version: "0123456789abcdef"},
+	})
+	b.until(t, "the flag file is shown as loaded", `!!document.getElementById("reload") && document.getElementById("reload").dataset.result === "loaded"`)
+	reloads.WithLabelValues(flags.ReloadError).Inc()
+	b.until(t, "a rejected flag file is shown with the reason", `document.getElementById("reload").dataset.result === "error" &&
+		document.getElementById("notices").textContent.includes("The flag file on disk is rejected") && document.getElementById("notices").textContent.includes("/nonexistent/flags.json")`)
+	b.until(t, "Knative instances, the rolled-back rollout and its reason are shown", `(() => {
+		const r = document.querySelector('#finished .rollout[data-function="fraud"][data-state="rolled_back"]');
+		const steps = r ? [...r.querySelectorAll('.step')].map(s => s.className).join("|") : "";
+		return !!document.getElementById("fn-fraud") && document.getElementById("fn-fraud").textContent.includes("instances are Knative's") &&
+			!!r && r.querySelector('.notice.bad').textContent.includes("error rate 0.3000 > 0.0100") && steps === "step done|step failed|step";
 	})()`)
 	b.noErrors(t)
 }

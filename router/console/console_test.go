@@ -322,7 +322,7 @@ func TestLastReloadFollowsTheWatcher(t *testing.T) {
 		}
 		return *v.Flags
 	}
-	if f := state(); f.LastReload != flags.ReloadSuccess || f.Version != w.Set().Version() || f.Error != "" {
+	if f := state(); f.LastReload != flags.ReloadSuccess || !f.LastReloadAt.IsZero() || f.Version != w.Set().Version() || f.Error != "" {
 		t.Fatalf("at start: %+v", f)
 	}
 	// A broken file is rejected by the watcher; the console says why.
@@ -338,7 +338,7 @@ func TestLastReloadFollowsTheWatcher(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // polling the condition: the watcher debounces file events
 		f = state()
 	}
-	if f.LastReload != flags.ReloadError || !strings.Contains(f.Error, "the last good flags stay in force") || !strings.Contains(f.Error, path) {
+	if f.LastReload != flags.ReloadError || f.LastReloadAt.IsZero() || !strings.Contains(f.Error, "the last good flags stay in force") || !strings.Contains(f.Error, path) {
 		t.Fatalf("after a rejected file: %+v", f)
 	}
 	if f.Version != w.Set().Version() {

@@ -225,7 +225,7 @@ func (h *history) addReloads(now time.Time, f *Flags, counts map[string]float64)
 	h.reload.Path, h.reload.Version = f.Path, f.Version
 	if h.reloads == nil {
 		h.reloads = counts
-		h.reload.LastReload, h.reload.LastReloadAt = flags.ReloadSuccess, now
+		h.reload.LastReload = flags.ReloadSuccess // serve loaded it before the console started
 		return
 	}
 	var latest string

@@ -96,9 +96,10 @@ type FlagsView struct {
 	Path    string `json:"path"`
 	Version string `json:"version"`
 	// LastReload is the latest reload the console saw: success, error or
-	// missing (the last good flags stay in force on the last two).
+	// missing (the last good flags stay in force on the last two); at is
+	// zero while the file is as serve loaded it.
 	LastReload   string    `json:"last_reload"`
-	LastReloadAt time.Time `json:"last_reload_at"`
+	LastReloadAt time.Time `json:"last_reload_at,omitzero"`
 	// Error is why the file on disk is rejected, when it is.
 	Error string `json:"error,omitempty"`
 }

@@ -232,7 +232,7 @@
     let ready = 0, starting = 0, draining = 0;
     for (const f of v.functions) for (const r of f.revisions) { ready += r.ready; starting += r.starting; draining += r.draining; }
     const flags = v.flags
-      ? `flags <b class="mono">${esc(v.flags.version.slice(0, 12))}</b> · last reload <b id="reload" data-result="${esc(v.flags.last_reload)}">${esc(v.flags.last_reload)}</b> ${esc(ago(v.flags.last_reload_at))}`
+      ? `flags <b class="mono">${esc(v.flags.version.slice(0, 12))}</b> · ${v.flags.last_reload_at ? `last reload <b id="reload" data-result="${esc(v.flags.last_reload)}">${esc(v.flags.last_reload)}</b> ${esc(ago(v.flags.last_reload_at))}` : `<span id="reload" data-result="loaded">loaded at start, not changed since</span>`}`
       : `no flag file`;
     $("summary").innerHTML =
       `<span>backend <b>${esc(v.backend)}</b></span><span><b>${v.functions.length}</b> functions</span>` +
