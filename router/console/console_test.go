@@ -27,7 +27,7 @@ type fakeSource struct{ st State }
 
 func (f *fakeSource) Read() State { return f.st }
 
-func newConsole(t *testing.T, cfg Config) *Console {
+func newConsole(t testing.TB, cfg Config) *Console {
 	t.Helper()
 	if cfg.Source == nil {
 		cfg.Source = &fakeSource{}
@@ -355,5 +355,43 @@ func TestEmptyPlatform(t *testing.T) {
 	}
 	if v.Functions == nil || len(v.Functions) != 0 || v.Flags != nil || v.RolloutsOn || v.Probes || v.Pool == nil {
 		t.Errorf("empty platform: %s", body)
+	}
+}
+
+// BenchmarkSample is one tick of the console: read, gather, fold into the
+// history, encode. Compare the sizes side by side in one run.
+func BenchmarkSample(b *testing.B) {
+	for _, n := range []int{3, 50} {
+		b.Run(fmt.Sprintf("functions=%d", n), func(b *testing.B) {
+			reg := prometheus.NewRegistry()
+			requests, duration := routerMetrics(reg)
+			src := &fakeSource{st: State{Backend: "local"}}
+			for i := 0; i < n; i++ {
+				fn := Function{Name: fmt.Sprintf("fn-%02d", i)}
+				for _, rev := range []string{"-00001", "-00002"} {
+					fn.Revisions = append(fn.Revisions, Revision{Name: fn.Name + rev, Weight: 50,
+						Engine: &engine.Status{Instances: []engine.InstanceStatus{{PID: 1, State: "ready"}}}})
+					requests.WithLabelValues(fn.Name, fn.Name+rev, "200").Add(100)
+					duration.WithLabelValues(fn.Name, fn.Name+rev).Observe(0.003)
+				}
+				src.st.Functions = append(src.st.Functions, fn)
+			}
+			c := newConsole(b, Config{Source: src, Gatherer: reg, Tick: time.Hour, Step: time.Nanosecond})
+			// Fill the charts: every revision has a full series.
+			now := time.Now()
+			for i := 0; i < seriesPoints; i++ {
+				now = now.Add(time.Second)
+				c.sample(now)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				now = now.Add(time.Second)
+				c.sample(now)
+			}
+			b.StopTimer()
+			c.mu.Lock()
+			b.ReportMetric(float64(len(c.state)), "state_bytes")
+			c.mu.Unlock()
+		})
 	}
 }
