@@ -158,9 +158,11 @@ func (b *browser) until(t *testing.T, what, expr string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, waitFor)
 	defer cancel()
+	start := time.Now()
 	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(waitFor))); err != nil {
 		t.Fatalf("waiting until %s: %v", what, err)
 	}
+	t.Logf("%s (after %s)", what, time.Since(start).Round(time.Millisecond))
 }
 
 // eval evaluates a JavaScript expression on the page.

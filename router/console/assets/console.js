@@ -125,7 +125,7 @@
     const pending = cs.pending ? " · waiting for the first response" : "";
     return `<div class="wf" data-pid="${cs.pid}" data-origin="${esc(cs.origin)}">` +
       `<div class="cap">${esc(cs.source === "pool" ? "warm-pool process specialised" : "new process (exec)")} · pid ${cs.pid} · ` +
-      `<b>${fmtMS(cs.total_ms)}</b> arrival to ${cs.pending ? "ready" : "first response"} · ${esc(origin)}${cs.at ? " · " + esc(ago(cs.at)) : ""}${pending}</div>` +
+      `<b>${fmtMS(cs.total_ms)}</b> arrival to ${cs.pending ? "ready" : "first response"} · ${esc(origin)}${cs.at ? " · at " + esc(clock(cs.at)) : ""}${pending}</div>` +
       `<svg viewBox="0 0 ${W} ${h}" height="${h}" preserveAspectRatio="xMinYMin meet" role="img" aria-label="cold start waterfall">${rows}</svg></div>`;
   }
 
@@ -165,6 +165,10 @@
     const box = $("functions");
     const points = v.series_points;
     $("fn-count").textContent = `(${v.functions.length}) · charts: last ${Math.round(points * v.step_seconds / 60)} min, ${v.step_seconds} s steps`;
+    if (!v.functions.length) {
+      draw(box, [], () => `<div class="notice warn" id="empty">No functions are loaded. Put a directory with a function.yaml under <code>--functions</code> and restart serve.</div>`);
+      return;
+    }
     const ids = v.functions.map((f) => "fn-" + f.name);
     const have = Array.from(box.children).map((c) => c.id);
     if (ids.join("\n") !== have.join("\n")) {
@@ -176,12 +180,10 @@
         el.dataset.function = f.name;
         box.appendChild(el);
       }
+      cache.delete(box.id);
       for (const id of ids) cache.delete(id);
     }
     v.functions.forEach((f) => draw($("fn-" + f.name), { f, points }, functionCard));
-    if (!v.functions.length) {
-      box.innerHTML = `<div class="notice warn" id="empty">No functions are loaded. Put a directory with a function.yaml under <code>--functions</code> and restart serve.</div>`;
-    }
   }
 
   // ---- rollouts ----
@@ -202,7 +204,7 @@
     return `<article class="card rollout" data-function="${esc(s.function)}" data-state="${esc(r.state)}">` +
       `<header><h3>${esc(s.function)}: <span class="mono">${esc(r.from)}</span> → <span class="mono">${esc(s.to)}</span></h3>` +
       `<span class="pill ${STATE_PILL[r.state] || ""}">${esc(r.state.replace("_", " "))}</span>` +
-      `<span class="muted">canary ${r.weight}% · started ${esc(ago(r.started))}</span></header>` +
+      `<span class="muted">canary ${r.weight}% · started ${esc(clock(r.started))}</span></header>` +
       `<div class="steps">${steps}</div>` +
       `<div class="muted">every ${esc(s.interval)} · pass if errors ≤ ${(s.max_error_rate * 100).toFixed(1)}%, p99 ≤ ${esc(s.max_p99)}, ≥ ${s.min_requests} requests</div>` +
       (ended && last ? `<div class="${r.state === "promoted" ? "" : "notice bad"}">${esc(last.verdict)}: ${esc(last.reason)}</div>` : "") +
