@@ -489,7 +489,7 @@ func TestConsoleNeedsAnAdminKey(t *testing.T) {
 }
 
 // TestConsoleShowsKernelPhases runs serve with the eBPF probes: the cold
-// start's waterfall then shows the kernel's points (bind, listen, accept,
+// start's waterfall then shows the kernel's points (exec, listen, accept,
 // first write) instead of the engine's marks.
 func TestConsoleShowsKernelPhases(t *testing.T) {
 	if os.Geteuid() != 0 {

@@ -242,7 +242,7 @@
         `<span id="pool" data-idle="${v.pool.length}">warm pool: <b>${v.pool.length}</b> idle${v.pool.length ? " (pid " + v.pool.map((p) => p.pid).join(", ") + ")" : ""}</span>` : "") +
       `<span id="probes" data-on="${v.probes}">eBPF probes <b>${v.probes ? "on" : "off"}</b></span><span>${flags}</span>`;
     const notes = [];
-    if (!v.probes) notes.push(["", "eBPF probes are off: cold-start waterfalls show the engine's own marks. Run serve with <code>--ebpf</code> (root, this kernel) for kernel phases (exec, bind, listen, accept, first write)."]);
+    if (!v.probes) notes.push(["", "eBPF probes are off: cold-start waterfalls show the engine's own marks. Run serve with <code>--ebpf</code> (root, this kernel) for kernel phases (exec, listen, accept, first write)."]);
     if (v.backend === "local" && !v.pool.length) notes.push(["warn", "The warm pool is empty: the next cold start execs a new process (slower) until it refills."]);
     if (!v.flags) notes.push(["", "No flag file: every request goes to each function's stable revision."]);
     else if (v.flags.error) notes.push(["bad", "The flag file on disk is rejected: " + esc(v.flags.error)]);
