@@ -114,6 +114,8 @@ func TestEngineWaterfall(t *testing.T) {
 			[]string{markArrival, markExec, markListen, markReady, markFirstResponse}, []float64{1, 40, 49, 2}, false},
 		{"pool, waiting for its first response", engine.ColdStart{Source: "pool", Trigger: at(0), Launch: at(0.5), Launched: at(10.5), Ready: at(11)},
 			[]string{markArrival, markSpecialise, markSessionsWarm, markReady}, []float64{0.5, 10, 0.5}, true},
+		{"started by the autoscaler: no arrival, nothing to wait for", engine.ColdStart{Source: "exec", Trigger: at(3), Launch: at(3), Launched: at(43), Ready: at(90)},
+			[]string{markExec, markListen, markReady}, []float64{40, 47}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := engineWaterfall(tc.cold)
@@ -246,7 +248,7 @@ func TestColdStartsKeepTheLatestAndTheirFirstResponse(t *testing.T) {
 	}
 	cold := func(pid int, at time.Duration) *engine.ColdStart {
 		tr := t0.Add(at)
-		return &engine.ColdStart{Source: "exec", PID: pid, Trigger: tr, Launch: tr, Launched: tr.Add(time.Millisecond), Ready: tr.Add(2 * time.Millisecond)}
+		return &engine.ColdStart{Source: "exec", PID: pid, Trigger: tr, Launch: tr.Add(time.Microsecond), Launched: tr.Add(time.Millisecond), Ready: tr.Add(2 * time.Millisecond)}
 	}
 	c1 := cold(100, 0)
 	observe(c1, nil)

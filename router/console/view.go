@@ -75,6 +75,9 @@ type ColdStartView struct {
 	Bars    []Bar   `json:"bars"`
 	// Pending says the first response has not been seen yet.
 	Pending bool `json:"pending"`
+	// Autoscaled says no request waited: the autoscaler (or minScale)
+	// asked for the instance, so there is no arrival and no first response.
+	Autoscaled bool `json:"autoscaled"`
 }
 
 // Mark is one point of a cold start, in ms since its first point.
@@ -123,13 +126,20 @@ func engineWaterfall(c engine.ColdStart) ColdStartView {
 	if c.Source == "pool" {
 		launch, launched = markSpecialise, markSessionsWarm
 	}
-	points := map[string]time.Time{markArrival: c.Trigger, launch: c.Launch, launched: c.Launched, markReady: c.Ready}
+	// The engine takes the start's own time as the trigger when no request
+	// waited for it; a request's arrival is always earlier than the launch.
+	autoscaled := c.Trigger.Equal(c.Launch)
+	points := map[string]time.Time{launch: c.Launch, launched: c.Launched, markReady: c.Ready}
+	if !autoscaled {
+		points[markArrival] = c.Trigger
+	}
 	if !c.FirstResponse.IsZero() {
 		points[markFirstResponse] = c.FirstResponse
 	}
 	v := waterfall(points, []string{markArrival, launch, launched, markReady, markFirstResponse})
 	v.PID, v.Source, v.At, v.Origin = c.PID, c.Source, c.Trigger, "engine"
-	v.Pending = c.FirstResponse.IsZero()
+	v.Autoscaled = autoscaled
+	v.Pending = c.FirstResponse.IsZero() && !autoscaled
 	return v
 }
 

@@ -125,7 +125,7 @@
     const pending = cs.pending ? " · waiting for the first response" : "";
     return `<div class="wf" data-pid="${cs.pid}" data-origin="${esc(cs.origin)}">` +
       `<div class="cap">${esc(cs.source === "pool" ? "warm-pool process specialised" : "new process (exec)")} · pid ${cs.pid} · ` +
-      `<b>${fmtMS(cs.total_ms)}</b> arrival to ${cs.pending ? "ready" : "first response"} · ${esc(origin)}${cs.at ? " · at " + esc(clock(cs.at)) : ""}${pending}</div>` +
+      `<b>${fmtMS(cs.total_ms)}</b> ${cs.autoscaled ? "start to ready, asked for by the autoscaler (no request waited)" : "arrival to " + (cs.pending ? "ready" : "first response")} · ${esc(origin)}${cs.at ? " · at " + esc(clock(cs.at)) : ""}${pending}</div>` +
       `<svg viewBox="0 0 ${W} ${h}" height="${h}" preserveAspectRatio="xMinYMin meet" role="img" aria-label="cold start waterfall">${rows}</svg></div>`;
   }
 
@@ -142,8 +142,9 @@
       inst = `<span class="zero">at zero — no instance; the next request starts one (cold start)</span>` +
         (r.queued ? ` <span class="pill starting">${r.queued} queued</span>` : "");
     } else {
-      inst = `<span class="pill ready">ready ${r.ready}</span><span class="pill starting">starting ${r.starting}</span>` +
-        `<span class="pill draining">draining ${r.draining}</span><span class="muted">desired ${r.desired} · queued ${r.queued}` +
+      const pids = (state) => esc(r.instances.filter((i) => i.state === state).map((i) => `pid ${i.pid}: ${i.inflight} in flight (${i.source})`).join("\n") || "none");
+      inst = `<span class="pill ready" title="${pids("ready")}">ready ${r.ready}</span><span class="pill starting" title="${pids("starting")}">starting ${r.starting}</span>` +
+        `<span class="pill draining" title="${pids("draining")}">draining ${r.draining}</span><span class="muted">desired ${r.desired} · queued ${r.queued}` +
         `${r.panic ? " · <b>panic mode</b>" : ""}${r.reason ? ` · <span title="${esc(r.reason)}">autoscaler: ${esc(r.reason.split(":")[0])}</span>` : ""}</span>`;
     }
     const colds = r.cold_starts.length
