@@ -27,7 +27,7 @@ type fakeSource struct{ st State }
 
 func (f *fakeSource) Read() State { return f.st }
 
-func newConsole(t *testing.T, cfg Config) *Console {
+func newConsole(t testing.TB, cfg Config) *Console {
 	t.Helper()
 	if cfg.Source == nil {
 		cfg.Source = &fakeSource{}
@@ -114,6 +114,8 @@ func TestEngineWaterfall(t *testing.T) {
 			[]string{markArrival, markExec, markListen, markReady, markFirstResponse}, []float64{1, 40, 49, 2}, false},
 		{"pool, waiting for its first response", engine.ColdStart{Source: "pool", Trigger: at(0), Launch: at(0.5), Launched: at(10.5), Ready: at(11)},
 			[]string{markArrival, markSpecialise, markSessionsWarm, markReady}, []float64{0.5, 10, 0.5}, true},
+		{"started by the autoscaler: no arrival, nothing to wait for", engine.ColdStart{Source: "exec", Trigger: at(3), Launch: at(3), Launched: at(43), Ready: at(90)},
+			[]string{markExec, markListen, markReady}, []float64{40, 47}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := engineWaterfall(tc.cold)
@@ -160,6 +162,14 @@ func TestKernelWaterfallFollowsTheTimeline(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) || v.Origin != "kernel" || v.Pending || !near(v.TotalMS, 85) {
 		t.Errorf("marks %v origin %q pending %v total %.1f; want %v, kernel, complete, 85", got, v.Origin, v.Pending, v.TotalMS, want)
+	}
+	// A warm-pool process listened long before the request: its waterfall starts at the arrival.
+	pool := bpf.Timeline{PID: 8, Source: "pool", Events: []bpf.TimelineEvent{
+		ev(bpf.EventExec, -3000), ev(bpf.EventListen, -2700), ev(bpf.MarkRequestArrival, 0),
+		ev(bpf.MarkSpecialiseStart, 1), ev(bpf.MarkReady, 20), ev(bpf.EventAccept, 21), ev(bpf.EventFirstWrite, 22)}}
+	v = kernelWaterfall(pool)
+	if len(v.Bars) != 4 || v.Bars[0].From != bpf.MarkRequestArrival || !near(v.TotalMS, 22) {
+		t.Errorf("pool waterfall %+v: want 4 bars from the request's arrival, 22 ms in all", v.Bars)
 	}
 }
 
@@ -238,7 +248,7 @@ func TestColdStartsKeepTheLatestAndTheirFirstResponse(t *testing.T) {
 	}
 	cold := func(pid int, at time.Duration) *engine.ColdStart {
 		tr := t0.Add(at)
-		return &engine.ColdStart{Source: "exec", PID: pid, Trigger: tr, Launch: tr, Launched: tr.Add(time.Millisecond), Ready: tr.Add(2 * time.Millisecond)}
+		return &engine.ColdStart{Source: "exec", PID: pid, Trigger: tr, Launch: tr.Add(time.Microsecond), Launched: tr.Add(time.Millisecond), Ready: tr.Add(2 * time.Millisecond)}
 	}
 	c1 := cold(100, 0)
 	observe(c1, nil)
@@ -314,7 +324,7 @@ func TestLastReloadFollowsTheWatcher(t *testing.T) {
 		}
 		return *v.Flags
 	}
-	if f := state(); f.LastReload != flags.ReloadSuccess || f.Version != w.Set().Version() || f.Error != "" {
+	if f := state(); f.LastReload != flags.ReloadSuccess || !f.LastReloadAt.IsZero() || f.Version != w.Set().Version() || f.Error != "" {
 		t.Fatalf("at start: %+v", f)
 	}
 	// A broken file is rejected by the watcher; the console says why.
@@ -330,7 +340,7 @@ func TestLastReloadFollowsTheWatcher(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // polling the condition: the watcher debounces file events
 		f = state()
 	}
-	if f.LastReload != flags.ReloadError || !strings.Contains(f.Error, "the last good flags stay in force") || !strings.Contains(f.Error, path) {
+	if f.LastReload != flags.ReloadError || f.LastReloadAt.IsZero() || !strings.Contains(f.Error, "the last good flags stay in force") || !strings.Contains(f.Error, path) {
 		t.Fatalf("after a rejected file: %+v", f)
 	}
 	if f.Version != w.Set().Version() {
@@ -347,5 +357,47 @@ func TestEmptyPlatform(t *testing.T) {
 	}
 	if v.Functions == nil || len(v.Functions) != 0 || v.Flags != nil || v.RolloutsOn || v.Probes || v.Pool == nil {
 		t.Errorf("empty platform: %s", body)
+	}
+}
+
+// BenchmarkSample is one tick of the console: read, gather, fold into the
+// history, encode. Compare the sizes side by side in one run.
+func BenchmarkSample(b *testing.B) {
+	for _, n := range []int{3, 50} {
+		b.Run(fmt.Sprintf("functions=%d", n), func(b *testing.B) {
+			reg := prometheus.NewRegistry()
+			requests, duration := routerMetrics(reg)
+			src := &fakeSource{st: State{Backend: "local"}}
+			for i := 0; i < n; i++ {
+				fn := Function{Name: fmt.Sprintf("fn-%02d", i)}
+				for _, rev := range []string{"-00001", "-00002"} {
+					st := &engine.Status{}
+					// Decoded, so the setup does not depend on the name of the instance type.
+					if err := json.Unmarshal([]byte(`{"instances":[{"pid":1,"state":"ready"}]}`), st); err != nil {
+						b.Fatal(err)
+					}
+					fn.Revisions = append(fn.Revisions, Revision{Name: fn.Name + rev, Weight: 50, Engine: st})
+					requests.WithLabelValues(fn.Name, fn.Name+rev, "200").Add(100)
+					duration.WithLabelValues(fn.Name, fn.Name+rev).Observe(0.003)
+				}
+				src.st.Functions = append(src.st.Functions, fn)
+			}
+			c := newConsole(b, Config{Source: src, Gatherer: reg, Tick: time.Hour, Step: time.Nanosecond})
+			// Fill the charts: every revision has a full series.
+			now := time.Now()
+			for i := 0; i < seriesPoints; i++ {
+				now = now.Add(time.Second)
+				c.sample(now)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				now = now.Add(time.Second)
+				c.sample(now)
+			}
+			b.StopTimer()
+			c.mu.Lock()
+			b.ReportMetric(float64(len(c.state)), "state_bytes")
+			c.mu.Unlock()
+		})
 	}
 }

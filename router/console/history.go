@@ -130,7 +130,7 @@ func (r *revHistory) addSample(s *sample, step time.Duration) {
 	for le, c := range s.buckets {
 		delta[le] = c - r.last.buckets[le]
 	}
-	r.rps = keep(r.rps, (s.requests-r.last.requests)/elapsed.Seconds())
+	r.rps = keep(r.rps, round3((s.requests-r.last.requests)/elapsed.Seconds()))
 	var p50, p99 *float64
 	if delta[math.Inf(1)] > 0 {
 		p50, p99 = msPtr(rollout.Quantile(0.5, delta)), msPtr(rollout.Quantile(0.99, delta))
@@ -148,9 +148,12 @@ func keep[T any](xs []T, x T) []T {
 }
 
 func msPtr(d time.Duration) *float64 {
-	v := ms(d)
+	v := round3(ms(d))
 	return &v
 }
+
+// round3 keeps three decimals: the page shows fewer, and the state is sent every second.
+func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
 
 // addColdStart remembers the engine's latest cold start (it reports one
 // per revision) and attaches the kernel timeline of the same process.
@@ -225,7 +228,7 @@ func (h *history) addReloads(now time.Time, f *Flags, counts map[string]float64)
 	h.reload.Path, h.reload.Version = f.Path, f.Version
 	if h.reloads == nil {
 		h.reloads = counts
-		h.reload.LastReload, h.reload.LastReloadAt = flags.ReloadSuccess, now
+		h.reload.LastReload = flags.ReloadSuccess // serve loaded it before the console started
 		return
 	}
 	var latest string

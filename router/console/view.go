@@ -75,6 +75,9 @@ type ColdStartView struct {
 	Bars    []Bar   `json:"bars"`
 	// Pending says the first response has not been seen yet.
 	Pending bool `json:"pending"`
+	// Autoscaled says no request waited: the autoscaler (or minScale)
+	// asked for the instance, so there is no arrival and no first response.
+	Autoscaled bool `json:"autoscaled"`
 }
 
 // Mark is one point of a cold start, in ms since its first point.
@@ -96,9 +99,10 @@ type FlagsView struct {
 	Path    string `json:"path"`
 	Version string `json:"version"`
 	// LastReload is the latest reload the console saw: success, error or
-	// missing (the last good flags stay in force on the last two).
+	// missing (the last good flags stay in force on the last two); at is
+	// zero while the file is as serve loaded it.
 	LastReload   string    `json:"last_reload"`
-	LastReloadAt time.Time `json:"last_reload_at"`
+	LastReloadAt time.Time `json:"last_reload_at,omitzero"`
 	// Error is why the file on disk is rejected, when it is.
 	Error string `json:"error,omitempty"`
 }
@@ -122,21 +126,39 @@ func engineWaterfall(c engine.ColdStart) ColdStartView {
 	if c.Source == "pool" {
 		launch, launched = markSpecialise, markSessionsWarm
 	}
-	points := map[string]time.Time{markArrival: c.Trigger, launch: c.Launch, launched: c.Launched, markReady: c.Ready}
+	// The engine takes the start's own time as the trigger when no request
+	// waited for it; a request's arrival is always earlier than the launch.
+	autoscaled := c.Trigger.Equal(c.Launch)
+	points := map[string]time.Time{launch: c.Launch, launched: c.Launched, markReady: c.Ready}
+	if !autoscaled {
+		points[markArrival] = c.Trigger
+	}
 	if !c.FirstResponse.IsZero() {
 		points[markFirstResponse] = c.FirstResponse
 	}
 	v := waterfall(points, []string{markArrival, launch, launched, markReady, markFirstResponse})
 	v.PID, v.Source, v.At, v.Origin = c.PID, c.Source, c.Trigger, "engine"
-	v.Pending = c.FirstResponse.IsZero()
+	v.Autoscaled = autoscaled
+	v.Pending = c.FirstResponse.IsZero() && !autoscaled
 	return v
 }
 
-// kernelWaterfall lays out a cold start from the eBPF timeline's points.
+// kernelWaterfall lays out a cold start from the eBPF timeline's points. A
+// warm-pool process was exec'd, bound and listening ahead of demand: its
+// waterfall starts at the request's arrival, as bpf's own phases do.
 func kernelWaterfall(tl bpf.Timeline) ColdStartView {
 	points := map[string]time.Time{}
 	var order []string
+	var arrival time.Time
 	for _, e := range tl.Events {
+		if e.Name == markArrival {
+			arrival = e.Time
+		}
+	}
+	for _, e := range tl.Events {
+		if tl.Source == "pool" && !arrival.IsZero() && e.Time.Before(arrival) {
+			continue
+		}
 		points[e.Name] = e.Time
 		order = append(order, e.Name)
 	}

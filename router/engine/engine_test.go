@@ -158,6 +158,10 @@ func TestScaleFromZeroToZeroAndBack(t *testing.T) {
 				}
 				infer(t, l)
 				l.Release(false)
+				if c := status(e).LastCold; c == nil || c.PID != l.PID || c.FirstResponse.IsZero() || c.Launch.Before(c.Trigger) ||
+					c.Launched.Before(c.Launch) || c.Ready.Before(c.Launched) || c.FirstResponse.Before(c.Ready) {
+					t.Errorf("cycle %d: cold start marks missing or out of order (arrival, launch, launched, ready, first response): %+v", cycle, c)
+				}
 				pids = append(pids, l.PID)
 				testbin.WaitFor(t, "scale to zero", 10*time.Second, func() bool { return len(status(e).Instances) == 0 })
 				testbin.WaitFor(t, "the scaled-down process to exit", 5*time.Second, func() bool { return !alive(l.PID) })

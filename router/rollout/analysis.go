@@ -127,4 +127,4 @@ func quantile(q float64, bs []bucket) time.Duration {
 	return seconds(prevLE)
 }
 
-func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+func seconds(s float64) time.Duration { return time.Duration(math.Round(s * float64(time.Second))) }

@@ -125,7 +125,7 @@
     const pending = cs.pending ? " · waiting for the first response" : "";
     return `<div class="wf" data-pid="${cs.pid}" data-origin="${esc(cs.origin)}">` +
       `<div class="cap">${esc(cs.source === "pool" ? "warm-pool process specialised" : "new process (exec)")} · pid ${cs.pid} · ` +
-      `<b>${fmtMS(cs.total_ms)}</b> arrival to ${cs.pending ? "ready" : "first response"} · ${esc(origin)}${cs.at ? " · " + esc(ago(cs.at)) : ""}${pending}</div>` +
+      `<b>${fmtMS(cs.total_ms)}</b> ${cs.autoscaled ? "start to ready, asked for by the autoscaler (no request waited)" : "arrival to " + (cs.pending ? "ready" : "first response")} · ${esc(origin)}${cs.at ? " · at " + esc(clock(cs.at)) : ""}${pending}</div>` +
       `<svg viewBox="0 0 ${W} ${h}" height="${h}" preserveAspectRatio="xMinYMin meet" role="img" aria-label="cold start waterfall">${rows}</svg></div>`;
   }
 
@@ -142,8 +142,9 @@
       inst = `<span class="zero">at zero — no instance; the next request starts one (cold start)</span>` +
         (r.queued ? ` <span class="pill starting">${r.queued} queued</span>` : "");
     } else {
-      inst = `<span class="pill ready">ready ${r.ready}</span><span class="pill starting">starting ${r.starting}</span>` +
-        `<span class="pill draining">draining ${r.draining}</span><span class="muted">desired ${r.desired} · queued ${r.queued}` +
+      const pids = (state) => esc(r.instances.filter((i) => i.state === state).map((i) => `pid ${i.pid}: ${i.inflight} in flight (${i.source})`).join("\n") || "none");
+      inst = `<span class="pill ready" title="${pids("ready")}">ready ${r.ready}</span><span class="pill starting" title="${pids("starting")}">starting ${r.starting}</span>` +
+        `<span class="pill draining" title="${pids("draining")}">draining ${r.draining}</span><span class="muted">desired ${r.desired} · queued ${r.queued}` +
         `${r.panic ? " · <b>panic mode</b>" : ""}${r.reason ? ` · <span title="${esc(r.reason)}">autoscaler: ${esc(r.reason.split(":")[0])}</span>` : ""}</span>`;
     }
     const colds = r.cold_starts.length
@@ -165,6 +166,10 @@
     const box = $("functions");
     const points = v.series_points;
     $("fn-count").textContent = `(${v.functions.length}) · charts: last ${Math.round(points * v.step_seconds / 60)} min, ${v.step_seconds} s steps`;
+    if (!v.functions.length) {
+      draw(box, [], () => `<div class="notice warn" id="empty">No functions are loaded. Put a directory with a function.yaml under <code>--functions</code> and restart serve.</div>`);
+      return;
+    }
     const ids = v.functions.map((f) => "fn-" + f.name);
     const have = Array.from(box.children).map((c) => c.id);
     if (ids.join("\n") !== have.join("\n")) {
@@ -176,12 +181,10 @@
         el.dataset.function = f.name;
         box.appendChild(el);
       }
+      cache.delete(box.id);
       for (const id of ids) cache.delete(id);
     }
     v.functions.forEach((f) => draw($("fn-" + f.name), { f, points }, functionCard));
-    if (!v.functions.length) {
-      box.innerHTML = `<div class="notice warn" id="empty">No functions are loaded. Put a directory with a function.yaml under <code>--functions</code> and restart serve.</div>`;
-    }
   }
 
   // ---- rollouts ----
@@ -202,7 +205,7 @@
     return `<article class="card rollout" data-function="${esc(s.function)}" data-state="${esc(r.state)}">` +
       `<header><h3>${esc(s.function)}: <span class="mono">${esc(r.from)}</span> → <span class="mono">${esc(s.to)}</span></h3>` +
       `<span class="pill ${STATE_PILL[r.state] || ""}">${esc(r.state.replace("_", " "))}</span>` +
-      `<span class="muted">canary ${r.weight}% · started ${esc(ago(r.started))}</span></header>` +
+      `<span class="muted">canary ${r.weight}% · started ${esc(clock(r.started))}</span></header>` +
       `<div class="steps">${steps}</div>` +
       `<div class="muted">every ${esc(s.interval)} · pass if errors ≤ ${(s.max_error_rate * 100).toFixed(1)}%, p99 ≤ ${esc(s.max_p99)}, ≥ ${s.min_requests} requests</div>` +
       (ended && last ? `<div class="${r.state === "promoted" ? "" : "notice bad"}">${esc(last.verdict)}: ${esc(last.reason)}</div>` : "") +
@@ -232,7 +235,7 @@
     let ready = 0, starting = 0, draining = 0;
     for (const f of v.functions) for (const r of f.revisions) { ready += r.ready; starting += r.starting; draining += r.draining; }
     const flags = v.flags
-      ? `flags <b class="mono">${esc(v.flags.version.slice(0, 12))}</b> · last reload <b id="reload" data-result="${esc(v.flags.last_reload)}">${esc(v.flags.last_reload)}</b> ${esc(ago(v.flags.last_reload_at))}`
+      ? `flags <b class="mono">${esc(v.flags.version.slice(0, 12))}</b> · ${v.flags.last_reload_at ? `last reload <b id="reload" data-result="${esc(v.flags.last_reload)}">${esc(v.flags.last_reload)}</b> ${esc(ago(v.flags.last_reload_at))}` : `<span id="reload" data-result="loaded">loaded at start, not changed since</span>`}`
       : `no flag file`;
     $("summary").innerHTML =
       `<span>backend <b>${esc(v.backend)}</b></span><span><b>${v.functions.length}</b> functions</span>` +
@@ -240,7 +243,7 @@
         `<span id="pool" data-idle="${v.pool.length}">warm pool: <b>${v.pool.length}</b> idle${v.pool.length ? " (pid " + v.pool.map((p) => p.pid).join(", ") + ")" : ""}</span>` : "") +
       `<span id="probes" data-on="${v.probes}">eBPF probes <b>${v.probes ? "on" : "off"}</b></span><span>${flags}</span>`;
     const notes = [];
-    if (!v.probes) notes.push(["", "eBPF probes are off: cold-start waterfalls show the engine's own marks. Run serve with <code>--ebpf</code> (root, this kernel) for kernel phases (exec, bind, listen, accept, first write)."]);
+    if (!v.probes) notes.push(["", "eBPF probes are off: cold-start waterfalls show the engine's own marks. Run serve with <code>--ebpf</code> (root, this kernel) for kernel phases (exec, listen, accept, first write)."]);
     if (v.backend === "local" && !v.pool.length) notes.push(["warn", "The warm pool is empty: the next cold start execs a new process (slower) until it refills."]);
     if (!v.flags) notes.push(["", "No flag file: every request goes to each function's stable revision."]);
     else if (v.flags.error) notes.push(["bad", "The flag file on disk is rejected: " + esc(v.flags.error)]);
