@@ -388,6 +388,10 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 	if err := p.ready.Update(key, uint64(1), ebpf.UpdateAny); err != nil {
 		p.log.Debug("bpf: arm ready", "pid", pid, "err", err)
 	}
+	// Ready means the model is loaded: its reads are counted. The first
+	// request may come much later (an idle minimum-scale instance), and
+	// the syscall tracepoints cost every task meanwhile.
+	p.closeColdStart(key)
 }
 
 // LatestConnections returns the last unexpected connections (newest last)
@@ -447,7 +451,7 @@ func (p *Probes) openTimeline(pid uint32) {
 }
 
 // openColdStart keeps the syscall programs attached while tracked pid's
-// cold start is open, so its model-file reads are counted.
+// cold start is open, until it is ready, so its model-file reads are counted.
 func (p *Probes) openColdStart(pid uint32) {
 	if p.done[pid] {
 		return

@@ -551,24 +551,29 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 	}
 	t.Logf("maps: %d bytes in total (budget %d)", total, mapMemoryBudget)
 
-	// Tracking a pid opens its cold start: the syscall programs attach, and
-	// detach when it is forgotten.
-	srv := startServer(t)
-	if err := p.Track(srv.pid, "f", "r"); err != nil {
-		t.Fatal(err)
+	// Tracking a pid opens its cold start: the syscall programs attach
+	// until it is ready (or forgotten).
+	sysLinks := func() int {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.sysLinks)
 	}
-	p.mu.Lock()
-	attached := len(p.sysLinks)
-	p.mu.Unlock()
-	if attached != len(syscallPrograms) {
-		t.Errorf("%d syscall programs attached during a cold start, want %d", attached, len(syscallPrograms))
+	a, b := startServer(t), startServer(t)
+	for _, c := range []*child{a, b} {
+		if err := p.Track(c.pid, "f", "r"); err != nil {
+			t.Fatal(err)
+		}
 	}
-	p.Untrack(srv.pid)
-	p.mu.Lock()
-	attached = len(p.sysLinks)
-	p.mu.Unlock()
-	if attached != 0 {
-		t.Errorf("%d syscall programs still attached with no cold start open", attached)
+	if n := sysLinks(); n != len(syscallPrograms) {
+		t.Errorf("%d syscall programs attached during a cold start, want %d", n, len(syscallPrograms))
+	}
+	p.Mark(a.pid, MarkReady, time.Now())
+	if n := sysLinks(); n != len(syscallPrograms) {
+		t.Errorf("%d syscall programs attached while one cold start is still loading, want %d", n, len(syscallPrograms))
+	}
+	p.Untrack(b.pid)
+	if n := sysLinks(); n != 0 {
+		t.Errorf("%d syscall programs still attached with no cold start loading", n)
 	}
 }
 
