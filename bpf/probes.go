@@ -85,6 +85,11 @@ type Probes struct {
 
 	tracked, hists, timelines, anatomies, ready, ports, lost *ebpf.Map
 
+	// userGen is user_gen in the kernel: bumped after tracked or
+	// anatomies change, so the programs' per-task caches are refreshed.
+	userGen    *ebpf.Variable
+	userGenVal uint32
+
 	syscallLatency bool
 	sysLinks       []link.Link          // attached syscall programs, nil when detached
 	coldOpen       map[uint32]time.Time // tracked pids whose cold start is open, since
@@ -216,6 +221,12 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 		return loadError("loading the programs", err)
 	}
 	p.coll = coll
+	if p.userGen = coll.Variables["user_gen"]; p.userGen == nil {
+		return errors.New("variable user_gen missing from the object")
+	}
+	if err := p.userGen.Get(&p.userGenVal); err != nil {
+		return loadError("reading user_gen (the kernel must support mmapable maps)", err)
+	}
 	for name, m := range map[string]**ebpf.Map{
 		"tracked": &p.tracked, "hists": &p.hists, "timelines": &p.timelines, "anatomies": &p.anatomies,
 		"ready": &p.ready, "ports": &p.ports, "lost": &p.lost,
@@ -245,6 +256,14 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 	}
 	p.rd = rd
 	return nil
+}
+
+// bumpGen tells the programs that tracked or anatomies changed. Callers hold p.mu.
+func (p *Probes) bumpGen() {
+	p.userGenVal++
+	if err := p.userGen.Set(p.userGenVal); err != nil {
+		p.log.Debug("bpf: bump user_gen", "err", err)
+	}
 }
 
 // release closes the ring buffer reader, every link and the collection.
@@ -318,6 +337,7 @@ func (p *Probes) Track(pid int, function, revision string) error {
 	}
 	p.freeSlots = p.freeSlots[:len(p.freeSlots)-1]
 	p.instances[key] = in
+	defer p.bumpGen()
 	if _, ok := p.totals[in.labels]; !ok {
 		p.totals[in.labels] = &slotHists{}
 	}
@@ -445,7 +465,10 @@ func (p *Probes) openTimeline(pid uint32) {
 	// blocked until then.
 	a := anatomyEntry{LastNS: p.clock.mono(time.Now())}
 	err = p.anatomies.Update(pid, a, ebpf.UpdateNoExist)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+	switch {
+	case err == nil:
+		p.bumpGen()
+	case !errors.Is(err, ebpf.ErrKeyExist):
 		p.log.Debug("bpf: open anatomy", "pid", pid, "err", err)
 	}
 }
@@ -510,6 +533,7 @@ func (p *Probes) retire(pid uint32, in *instance) {
 	if err := p.tracked.Delete(pid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		p.log.Debug("bpf: untrack", "pid", pid, "err", err)
 	}
+	p.bumpGen()
 	p.fold(in)
 	delete(p.instances, pid)
 	p.freeSlots = append(p.freeSlots, in.slot)
@@ -522,7 +546,9 @@ func (p *Probes) forget(pid uint32) {
 	p.closeColdStart(pid)
 	_ = p.ready.Delete(pid)
 	_ = p.timelines.Delete(pid)
-	_ = p.anatomies.Delete(pid)
+	if p.anatomies.Delete(pid) == nil {
+		p.bumpGen()
+	}
 	for port := range p.portsOf[pid] {
 		var owner uint32
 		if p.ports.Lookup(port, &owner) == nil && owner == pid {
