@@ -2,17 +2,22 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/internal/loadgen"
 )
 
@@ -134,6 +139,14 @@ func EBPF(ctx context.Context, e Env) ([]Row, error) {
 				Value: fmt.Sprintf("%.0f ns per request, %.2f%% of one CPU; %s", 1e9*cpu/reqs, 100*cpu/wall, topPrograms(progs, runs[i], wall))})
 		}
 	}
+	// Where a cold start's milliseconds go, through each path.
+	for _, pool := range []int{0, 1} {
+		r, err := ColdStartAnatomy(ctx, e, pool, coldStartsPerSource)
+		if err != nil {
+			return nil, fmt.Errorf("cold-start anatomy (pool size %d): %w", pool, err)
+		}
+		rows = append(rows, r...)
+	}
 	return rows, nil
 }
 
@@ -217,4 +230,171 @@ func ratios(v []float64) string {
 		parts[i] = fmt.Sprintf("%.3f", x)
 	}
 	return strings.Join(parts, " ")
+}
+
+// coldStartsPerSource is how many cold starts the anatomy rows average.
+const coldStartsPerSource = 3
+
+// anatomyTimeline is the part of /admin/functions' cold_start_timeline the
+// anatomy rows read.
+type anatomyTimeline struct {
+	PID     int    `json:"pid"`
+	Source  string `json:"source"`
+	Anatomy []struct {
+		Phase       string             `json:"phase"`
+		WallMS      float64            `json:"wall_ms"`
+		StatesMS    map[string]float64 `json:"states_ms"`
+		MajorFaults float64            `json:"major_faults"`
+		ModelBytes  float64            `json:"model_bytes"`
+	} `json:"anatomy"`
+}
+
+func latestTimeline(base, function, revision string) (*anatomyTimeline, error) {
+	resp, err := http.Get(base + "/admin/functions")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var a struct {
+		Functions []struct {
+			Name      string `json:"name"`
+			Revisions []struct {
+				Name     string           `json:"name"`
+				Timeline *anatomyTimeline `json:"cold_start_timeline"`
+			} `json:"revisions"`
+		} `json:"functions"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+		return nil, err
+	}
+	for _, f := range a.Functions {
+		for _, r := range f.Revisions {
+			if f.Name == function && r.Name == revision {
+				return r.Timeline, nil
+			}
+		}
+	}
+	return nil, nil
+}
+
+// ColdStartAnatomy scales the function from zero n times with the probes
+// on, through a fresh exec (poolSize 0) or the warm pool, and reports the
+// mean of each anatomy phase and state.
+func ColdStartAnatomy(ctx context.Context, e Env, poolSize, n int) ([]Row, error) {
+	m0, err := e.manifest()
+	if err != nil {
+		return nil, err
+	}
+	root, m, err := e.functionRoot(functions.Scaling{MinScale: 0, MaxScale: 1, TargetConcurrency: m0.Scaling.TargetConcurrency, ScaleToZeroAfter: 50 * time.Millisecond})
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(root)
+	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", strconv.Itoa(poolSize), "--ebpf"}, e.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Stop()
+	base := "http://" + s.Addr
+	rev := m.Revisions[0].Name
+	for _, r := range m.Revisions {
+		if r.Tag == "stable" {
+			rev = r.Name
+		}
+	}
+	body, err := V2Body(base, m.Name, 1)
+	if err != nil {
+		return nil, err
+	}
+	url := base + "/v2/models/" + m.Name + "/versions/" + rev + "/infer"
+	type sums struct {
+		wall, faults, bytes float64
+		states              map[string]float64
+	}
+	var order []string
+	total := map[string]*sums{}
+	lastPID := 0
+	if tl, err := latestTimeline(base, m.Name, rev); err == nil && tl != nil {
+		lastPID = tl.PID
+	}
+	for i := 0; i < n; i++ {
+		if err := waitFor(ctx, fmt.Sprintf("%s to scale to zero", rev), func() (bool, error) {
+			a, err := GetAdmin(base)
+			if err != nil {
+				return false, err
+			}
+			pids, _, _ := a.Instances(m.Name, rev)
+			return len(pids) == 0 && len(a.WarmPool) >= poolSize, nil
+		}); err != nil {
+			return nil, err
+		}
+		resp, err := http.Post(url, "application/json", bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return nil, fmt.Errorf("cold request: %s", resp.Status)
+		}
+		var tl *anatomyTimeline
+		if err := waitFor(ctx, "the cold start's timeline", func() (bool, error) {
+			tl, err = latestTimeline(base, m.Name, rev)
+			return err == nil && tl != nil && tl.PID != lastPID && len(tl.Anatomy) > 0, err
+		}); err != nil {
+			return nil, err
+		}
+		lastPID = tl.PID
+		for _, ph := range tl.Anatomy {
+			if total[ph.Phase] == nil {
+				total[ph.Phase] = &sums{states: map[string]float64{}}
+				order = append(order, ph.Phase)
+			}
+			t := total[ph.Phase]
+			t.wall += ph.WallMS
+			t.faults += ph.MajorFaults
+			t.bytes += ph.ModelBytes
+			for st, v := range ph.StatesMS {
+				t.states[st] += v
+			}
+		}
+	}
+	source := "warm pool"
+	if poolSize == 0 {
+		source = "exec"
+	}
+	var rows []Row
+	var wall float64
+	for _, ph := range order {
+		t := total[ph]
+		k := float64(n)
+		wall += t.wall / k
+		rows = append(rows, Row{Name: fmt.Sprintf("%s cold start via %s, %s (mean of %d)", m.Name, source, ph, n),
+			Value: fmt.Sprintf("%.1f ms = oncpu %.1f + runqueue %.1f + faults %.1f + blocked %.1f; %.0f major faults, %.0f model bytes",
+				t.wall/k, t.states["oncpu"]/k, t.states["runqueue"]/k, t.states["faults"]/k, t.states["blocked"]/k, t.faults/k, t.bytes/k)})
+	}
+	rows = append(rows, Row{Name: fmt.Sprintf("%s cold start via %s, to the first response write (mean of %d)", m.Name, source, n), Value: fmt.Sprintf("%.1f ms", wall)})
+	return rows, nil
+}
+
+// waitFor polls cond every 20 ms for up to 30 s.
+func waitFor(ctx context.Context, what string, cond func() (bool, error)) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ok, err := cond()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("waited 30s for %s", what)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
