@@ -504,6 +504,27 @@ var verifiedBudget = map[string]uint32{
 	"on_sock_state":  2000,
 }
 
+// With the syscall-latency option the syscall programs do their work.
+var verifiedBudgetSyscallLatency = map[string]uint32{"on_sys_enter": 400, "on_sys_exit": 2000}
+
+func TestSyscallLatencyProgramsWithinBudget(t *testing.T) {
+	p := newProbesWith(t, Config{SyscallLatency: true})
+	if len(p.sysLinks) != len(syscallPrograms) {
+		t.Errorf("%d syscall programs attached with the syscall-latency option, want %d", len(p.sysLinks), len(syscallPrograms))
+	}
+	for name, budget := range verifiedBudgetSyscallLatency {
+		info, err := p.coll.Programs[name].Info()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		verified, ok := info.VerifiedInstructions()
+		if !ok || verified > budget || verified <= verifiedBudget[name] {
+			t.Errorf("program %s: %d instructions verified (reported %v), want more than without the option and at most %d", name, verified, ok, budget)
+		}
+		t.Logf("program %-16s %5d verified with the syscall-latency option (budget %d)", name, verified, budget)
+	}
+}
+
 // Task and socket storage grow with the tasks and tracked sockets they
 // describe (48 and 24 bytes each) and count little here.
 const mapMemoryBudget = 2 << 20 // bytes, all maps
