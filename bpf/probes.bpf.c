@@ -172,7 +172,7 @@ struct task_info {
 	__u32 flags;
 	__u32 state;     // enum thread_state, for the anatomy
 	__u64 maj_flt;   // the thread's maj_flt when last accounted
-	__u64 wakeup_ns; // runnable since (run-queue delay); 0: not waiting
+	__u64 run_delay; // the thread's sched_info.run_delay when last switched out
 	__u64 sys_ns;    // network syscall entry (syscall_latency)
 	__u64 sys_nr;
 };
@@ -426,6 +426,8 @@ static __always_inline struct task_info *info(struct task_struct *p)
 	ti->flags = 0;
 	if (bpf_map_lookup_elem(&tracked, &tgid))
 		ti->flags |= TI_TRACKED;
+	else
+		ti->run_delay = 0; // tracked again later: start from its next run
 	if (bpf_map_lookup_elem(&anatomies, &tgid))
 		ti->flags |= TI_ANATOMY;
 	ti->gen = gen;
@@ -693,29 +695,26 @@ int BPF_PROG(on_exit, struct task_struct *p, bool group_dead)
 }
 
 // runnable: p was woken or preempted: it waits for a CPU from now.
-static __always_inline void runnable(struct task_struct *p, __u64 now)
+static __always_inline void runnable(struct task_struct *p, struct task_info *ti, __u64 now)
 {
-	struct task_info *ti = info(p);
-
-	if (!ti || !ti->flags)
-		return;
-	if (ti->flags & TI_TRACKED)
-		ti->wakeup_ns = now;
-	if (ti->flags & TI_ANATOMY)
+	if (ti && (ti->flags & TI_ANATOMY))
 		set_thread(p, ti, TH_RUNNABLE, now);
 }
 
+// Only the anatomy needs wakeups (the run-queue delay comes from the
+// scheduler's own sched_info): user space attaches this program while a
+// tracked instance's cold start is open.
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(on_wakeup, struct task_struct *p)
 {
-	runnable(p, bpf_ktime_get_ns());
+	runnable(p, info(p), bpf_ktime_get_ns());
 	return 0;
 }
 
 SEC("tp_btf/sched_wakeup_new")
 int BPF_PROG(on_wakeup_new, struct task_struct *p)
 {
-	runnable(p, bpf_ktime_get_ns());
+	runnable(p, info(p), bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -738,27 +737,31 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 	     unsigned int prev_state)
 {
 	struct task_info *ti;
-	__u64 now;
+	__u64 now, delay;
 
 	ti = info(prev);
 	if (ti && ti->flags) {
-		now = bpf_ktime_get_ns();
-		if (prev_state == TASK_RUNNING)
-			runnable(prev, now);
-		else if (ti->flags & TI_ANATOMY)
-			set_thread(prev, ti, in_fault(prev) ? TH_FAULT : TH_BLOCKED, now);
+		if (ti->flags & TI_TRACKED) {
+			// The scheduler added the wait that preceded this run to
+			// run_delay when prev arrived on the CPU: one wait per run.
+			delay = prev->sched_info.run_delay;
+			if (ti->run_delay && delay > ti->run_delay)
+				record(prev->tgid, HIST_RUNQ, delay - ti->run_delay);
+			ti->run_delay = delay ? delay : 1;
+		}
+		if (ti->flags & TI_ANATOMY) {
+			now = bpf_ktime_get_ns();
+			if (prev_state == TASK_RUNNING)
+				runnable(prev, ti, now);
+			else
+				set_thread(prev, ti, in_fault(prev) ? TH_FAULT : TH_BLOCKED, now);
+		}
 	}
 	if (next->pid == 0)
 		return 0;
 	ti = info(next);
-	if (!ti || !ti->flags)
-		return 0;
-	now = bpf_ktime_get_ns();
-	if (ti->flags & TI_ANATOMY)
-		set_thread(next, ti, TH_RUNNING, now);
-	if (ti->wakeup_ns && now >= ti->wakeup_ns)
-		record(next->tgid, HIST_RUNQ, now - ti->wakeup_ns);
-	ti->wakeup_ns = 0;
+	if (ti && (ti->flags & TI_ANATOMY))
+		set_thread(next, ti, TH_RUNNING, bpf_ktime_get_ns());
 	return 0;
 }
 

@@ -47,9 +47,17 @@ const (
 
 // The programs on the system-call path. A syscall tracepoint sends every
 // task's system calls through the kernel's slow path whatever the program
-// does, so they are attached only while a tracked instance's cold start is
-// open (to count its model-file reads), or always with SyscallLatency.
+// does, so they are attached only while a tracked instance loads (to count
+// its model-file reads), or always with SyscallLatency.
 var syscallPrograms = []string{"on_sys_enter", "on_sys_exit"}
+
+// wakeupProgram serves only the anatomy, and sched_wakeup is among the
+// machine's busiest tracepoints: attached while a tracked instance's cold
+// start is open.
+const wakeupProgram = "on_wakeup"
+
+// dynamicPrograms are attached and detached as cold starts come and go.
+var dynamicPrograms = append([]string{wakeupProgram}, syscallPrograms...)
 
 // maxColdStart is how long a cold start may stay open before the syscall
 // programs stop waiting for it (an instance that never became ready).
@@ -91,8 +99,9 @@ type Probes struct {
 	userGenVal uint32
 
 	syscallLatency bool
-	sysLinks       []link.Link          // attached syscall programs, nil when detached
-	coldOpen       map[uint32]time.Time // tracked pids whose cold start is open, since
+	dynLinks       map[string]link.Link // attached dynamicPrograms
+	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
+	anatOpen       map[uint32]time.Time // tracked pids whose cold start is open (until the response), since
 
 	coldStart      *prometheus.HistogramVec
 	coldStartTime  *prometheus.HistogramVec
@@ -155,6 +164,8 @@ func New(cfg Config) (*Probes, error) {
 		latest:    map[string]Timeline{},
 		lastConns: map[string][]UnexpectedConnection{},
 		coldOpen:  map[uint32]time.Time{},
+		anatOpen:  map[uint32]time.Time{},
+		dynLinks:  map[string]link.Link{},
 
 		syscallLatency: cfg.SyscallLatency,
 	}
@@ -189,7 +200,7 @@ func New(cfg Config) (*Probes, error) {
 	go p.readEvents()
 	go p.tick(cfg.ReadInterval)
 	ok = true
-	log.Info("eBPF probes loaded", "programs", len(p.links)+len(p.sysLinks), "parent_pid", cfg.ParentPID, "syscall_latency", cfg.SyscallLatency)
+	log.Info("eBPF probes loaded", "programs", len(p.links)+len(p.dynLinks), "parent_pid", cfg.ParentPID, "syscall_latency", cfg.SyscallLatency)
 	return p, nil
 }
 
@@ -236,7 +247,7 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 		}
 	}
 	for name, prog := range coll.Programs {
-		if slices.Contains(syscallPrograms, name) {
+		if slices.Contains(dynamicPrograms, name) {
 			continue
 		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
@@ -246,7 +257,7 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 		p.links = append(p.links, l)
 	}
 	if syscallLatency {
-		if err := p.attachSyscalls(); err != nil {
+		if err := p.attach(syscallPrograms...); err != nil {
 			return err
 		}
 	}
@@ -275,7 +286,7 @@ func (p *Probes) release() {
 		l.Close()
 	}
 	p.links = nil
-	p.detachSyscalls()
+	p.detach(dynamicPrograms...)
 	if p.coll != nil {
 		p.coll.Close()
 	}
@@ -411,7 +422,7 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 	// Ready means the model is loaded: its reads are counted. The first
 	// request may come much later (an idle minimum-scale instance), and
 	// the syscall tracepoints cost every task meanwhile.
-	p.closeColdStart(key)
+	p.loaded(key)
 }
 
 // LatestConnections returns the last unexpected connections (newest last)
@@ -473,59 +484,81 @@ func (p *Probes) openTimeline(pid uint32) {
 	}
 }
 
-// openColdStart keeps the syscall programs attached while tracked pid's
-// cold start is open, until it is ready, so its model-file reads are counted.
+// openColdStart attaches what tracked pid's cold start needs: the syscall
+// programs until it is ready (its model-file reads), on_wakeup until its
+// response (its anatomy).
 func (p *Probes) openColdStart(pid uint32) {
 	if p.done[pid] {
 		return
 	}
+	now := time.Now()
 	if _, ok := p.coldOpen[pid]; !ok {
-		p.coldOpen[pid] = time.Now()
+		p.coldOpen[pid] = now
 	}
-	if err := p.attachSyscalls(); err != nil {
-		p.log.Warn("bpf: attach the syscall programs; model-file bytes of this cold start are not counted", "pid", pid, "err", err)
+	if _, ok := p.anatOpen[pid]; !ok {
+		p.anatOpen[pid] = now
+	}
+	if err := p.attach(dynamicPrograms...); err != nil {
+		p.log.Warn("bpf: attach the cold-start programs; this cold start's anatomy and model-file bytes are incomplete", "pid", pid, "err", err)
 	}
 }
 
-// closeColdStart detaches the syscall programs once no cold start is open.
+// loaded ends pid's loading: the syscall programs detach once no tracked
+// instance is loading.
+func (p *Probes) loaded(pid uint32) {
+	delete(p.coldOpen, pid)
+	p.syncLinks()
+}
+
+// closeColdStart ends pid's cold start: what it needed detaches once no
+// other needs it.
 func (p *Probes) closeColdStart(pid uint32) {
 	delete(p.coldOpen, pid)
+	delete(p.anatOpen, pid)
+	p.syncLinks()
+}
+
+// syncLinks detaches the dynamic programs nothing needs any more; a cold
+// start open for longer than maxColdStart no longer counts.
+func (p *Probes) syncLinks() {
 	now := time.Now()
-	for other, since := range p.coldOpen {
-		if now.Sub(since) > maxColdStart {
-			delete(p.coldOpen, other)
+	for _, open := range []map[uint32]time.Time{p.coldOpen, p.anatOpen} {
+		for pid, since := range open {
+			if now.Sub(since) > maxColdStart {
+				delete(open, pid)
+			}
 		}
 	}
 	if len(p.coldOpen) == 0 && !p.syscallLatency {
-		p.detachSyscalls()
+		p.detach(syscallPrograms...)
+	}
+	if len(p.anatOpen) == 0 {
+		p.detach(wakeupProgram)
 	}
 }
 
-// attachSyscalls attaches the syscall programs unless they are attached.
-func (p *Probes) attachSyscalls() error {
-	if p.sysLinks != nil {
-		return nil
-	}
-	links := make([]link.Link, 0, len(syscallPrograms))
-	for _, name := range syscallPrograms {
+// attach attaches the named dynamic programs that are not attached.
+func (p *Probes) attach(names ...string) error {
+	for _, name := range names {
+		if p.dynLinks[name] != nil {
+			continue
+		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: p.coll.Programs[name], AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
-			for _, l := range links {
-				l.Close()
-			}
 			return loadError("attaching "+name, err)
 		}
-		links = append(links, l)
+		p.dynLinks[name] = l
 	}
-	p.sysLinks = links
 	return nil
 }
 
-func (p *Probes) detachSyscalls() {
-	for _, l := range p.sysLinks {
-		l.Close()
+func (p *Probes) detach(names ...string) {
+	for _, name := range names {
+		if l := p.dynLinks[name]; l != nil {
+			l.Close()
+			delete(p.dynLinks, name)
+		}
 	}
-	p.sysLinks = nil
 }
 
 // retire folds pid's last counts into its labels' totals and frees its slot.
@@ -607,8 +640,8 @@ func (p *Probes) tick(every time.Duration) {
 				p.log.Debug("bpf: read clocks", "err", err)
 			}
 			p.readHistograms()
-			if len(p.coldOpen) > 0 {
-				p.closeColdStart(0)
+			if len(p.coldOpen)+len(p.anatOpen) > 0 {
+				p.syncLinks()
 			}
 			p.mu.Unlock()
 		}

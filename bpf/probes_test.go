@@ -509,8 +509,8 @@ var verifiedBudgetSyscallLatency = map[string]uint32{"on_sys_enter": 400, "on_sy
 
 func TestSyscallLatencyProgramsWithinBudget(t *testing.T) {
 	p := newProbesWith(t, Config{SyscallLatency: true})
-	if len(p.sysLinks) != len(syscallPrograms) {
-		t.Errorf("%d syscall programs attached with the syscall-latency option, want %d", len(p.sysLinks), len(syscallPrograms))
+	if n := attachedOf(p, syscallPrograms); n != len(syscallPrograms) {
+		t.Errorf("%d syscall programs attached with the syscall-latency option, want %d", n, len(syscallPrograms))
 	}
 	for name, budget := range verifiedBudgetSyscallLatency {
 		info, err := p.coll.Programs[name].Info()
@@ -534,9 +534,9 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 	if len(p.coll.Programs) != len(verifiedBudget) {
 		t.Errorf("%d programs loaded, the budget names %d", len(p.coll.Programs), len(verifiedBudget))
 	}
-	// The syscall programs wait for a cold start; every other one is attached.
-	if want := len(p.coll.Programs) - len(syscallPrograms); len(p.links) != want || p.sysLinks != nil {
-		t.Errorf("%d links attached (syscall programs attached: %v), want %d and none", len(p.links), p.sysLinks != nil, want)
+	// The cold-start programs wait for a cold start; every other one is attached.
+	if want := len(p.coll.Programs) - len(dynamicPrograms); len(p.links) != want || len(p.dynLinks) != 0 {
+		t.Errorf("%d links attached and %d cold-start programs, want %d and none", len(p.links), len(p.dynLinks), want)
 	}
 	for name, prog := range p.coll.Programs {
 		info, err := prog.Info()
@@ -576,29 +576,42 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 	t.Logf("maps: %d bytes in total (budget %d)", total, mapMemoryBudget)
 
 	// Tracking a pid opens its cold start: the syscall programs attach
-	// until it is ready (or forgotten).
-	sysLinks := func() int {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return len(p.sysLinks)
-	}
+	// until it is ready, on_wakeup until its response (or until forgotten).
 	a, b := startServer(t), startServer(t)
 	for _, c := range []*child{a, b} {
 		if err := p.Track(c.pid, "f", "r"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := sysLinks(); n != len(syscallPrograms) {
-		t.Errorf("%d syscall programs attached during a cold start, want %d", n, len(syscallPrograms))
+	wakeup := []string{wakeupProgram}
+	for _, step := range []struct {
+		what            string
+		do              func()
+		syscall, wakeup int
+	}{
+		{"two cold starts", func() {}, len(syscallPrograms), 1},
+		{"one ready, one loading", func() { p.Mark(a.pid, MarkReady, time.Now()) }, len(syscallPrograms), 1},
+		{"one ready, one gone", func() { p.Untrack(b.pid) }, 0, 1},
+		{"none", func() { p.Untrack(a.pid) }, 0, 0},
+	} {
+		step.do()
+		if s, w := attachedOf(p, syscallPrograms), attachedOf(p, wakeup); s != step.syscall || w != step.wakeup {
+			t.Errorf("%s: %d syscall programs and %d on_wakeup attached, want %d and %d", step.what, s, w, step.syscall, step.wakeup)
+		}
 	}
-	p.Mark(a.pid, MarkReady, time.Now())
-	if n := sysLinks(); n != len(syscallPrograms) {
-		t.Errorf("%d syscall programs attached while one cold start is still loading, want %d", n, len(syscallPrograms))
+}
+
+// attachedOf counts the named dynamic programs that are attached.
+func attachedOf(p *Probes, names []string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, name := range names {
+		if p.dynLinks[name] != nil {
+			n++
+		}
 	}
-	p.Untrack(b.pid)
-	if n := sysLinks(); n != 0 {
-		t.Errorf("%d syscall programs still attached with no cold start loading", n)
-	}
+	return n
 }
 
 func TestProbesTimelineOfAWarmPoolProcess(t *testing.T) {

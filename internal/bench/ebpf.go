@@ -184,7 +184,7 @@ func programStats(url string) (seconds, runs map[string]float64, err error) {
 	return seconds, runs, sc.Err()
 }
 
-// topPrograms names the three costliest programs with ns per run.
+// topPrograms lists the programs that ran, costliest first, with ns per run and runs per second.
 func topPrograms(progs map[string]float64, runs []ebpfRun, wallSeconds float64) string {
 	names := make([]string, 0, len(progs))
 	for p := range progs {
@@ -200,7 +200,7 @@ func topPrograms(progs map[string]float64, runs []ebpfRun, wallSeconds float64) 
 		return strings.Compare(a, b)
 	})
 	var parts []string
-	for _, p := range names[:min(3, len(names))] {
+	for _, p := range names {
 		var n float64
 		for _, r := range runs {
 			n += r.bpfRuns[p]
