@@ -63,6 +63,13 @@ var dynamicPrograms = append([]string{wakeupProgram}, syscallPrograms...)
 // programs stop waiting for it (an instance that never became ready).
 const maxColdStart = 2 * time.Minute
 
+// readyGrace is how long on_wakeup stays attached for an instance after its
+// ready mark. The held request normally reaches it within milliseconds; an
+// idle minimum-scale instance may wait seconds for its first request, and
+// its last phases are then accounted without wakeups (waiting for a CPU
+// shows as blocked) rather than keeping a busy tracepoint attached.
+const readyGrace = time.Second
+
 // Config configures the probes.
 type Config struct {
 	// ParentPID is the process whose children get a cold-start timeline
@@ -101,7 +108,7 @@ type Probes struct {
 	syscallLatency bool
 	dynLinks       map[string]link.Link // attached dynamicPrograms
 	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
-	anatOpen       map[uint32]time.Time // tracked pids whose cold start is open (until the response), since
+	anatOpen       map[uint32]time.Time // tracked pids whose cold start is open (until the response), until
 
 	coldStart      *prometheus.HistogramVec
 	coldStartTime  *prometheus.HistogramVec
@@ -496,7 +503,7 @@ func (p *Probes) openColdStart(pid uint32) {
 		p.coldOpen[pid] = now
 	}
 	if _, ok := p.anatOpen[pid]; !ok {
-		p.anatOpen[pid] = now
+		p.anatOpen[pid] = now.Add(maxColdStart)
 	}
 	if err := p.attach(dynamicPrograms...); err != nil {
 		p.log.Warn("bpf: attach the cold-start programs; this cold start's anatomy and model-file bytes are incomplete", "pid", pid, "err", err)
@@ -504,9 +511,22 @@ func (p *Probes) openColdStart(pid uint32) {
 }
 
 // loaded ends pid's loading: the syscall programs detach once no tracked
-// instance is loading.
+// instance is loading, and on_wakeup readyGrace later unless the response
+// came first.
 func (p *Probes) loaded(pid uint32) {
 	delete(p.coldOpen, pid)
+	if until, ok := p.anatOpen[pid]; ok {
+		if end := time.Now().Add(readyGrace); end.Before(until) {
+			p.anatOpen[pid] = end
+		}
+		time.AfterFunc(readyGrace+10*time.Millisecond, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if !p.closed {
+				p.syncLinks()
+			}
+		})
+	}
 	p.syncLinks()
 }
 
@@ -522,11 +542,14 @@ func (p *Probes) closeColdStart(pid uint32) {
 // start open for longer than maxColdStart no longer counts.
 func (p *Probes) syncLinks() {
 	now := time.Now()
-	for _, open := range []map[uint32]time.Time{p.coldOpen, p.anatOpen} {
-		for pid, since := range open {
-			if now.Sub(since) > maxColdStart {
-				delete(open, pid)
-			}
+	for pid, since := range p.coldOpen {
+		if now.Sub(since) > maxColdStart {
+			delete(p.coldOpen, pid)
+		}
+	}
+	for pid, until := range p.anatOpen {
+		if now.After(until) {
+			delete(p.anatOpen, pid)
 		}
 	}
 	if len(p.coldOpen) == 0 && !p.syscallLatency {

@@ -599,6 +599,14 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 			t.Errorf("%s: %d syscall programs and %d on_wakeup attached, want %d and %d", step.what, s, w, step.syscall, step.wakeup)
 		}
 	}
+	// A ready instance whose first request does not come lets on_wakeup go
+	// after readyGrace.
+	c := startServer(t)
+	if err := p.Track(c.pid, "f", "r"); err != nil {
+		t.Fatal(err)
+	}
+	p.Mark(c.pid, MarkReady, time.Now())
+	waitFor(t, "on_wakeup to detach after the grace", 10*time.Second, func() bool { return attachedOf(p, wakeup) == 0 })
 }
 
 // attachedOf counts the named dynamic programs that are attached.
