@@ -51,6 +51,10 @@ const (
 // its model-file reads), or always with SyscallLatency.
 var syscallPrograms = []string{"on_sys_enter", "on_sys_exit"}
 
+// modelReadProgram is the one syscall program a cold start needs (to count
+// its model-file reads); on_sys_enter only times syscalls.
+const modelReadProgram = "on_sys_exit"
+
 // wakeupProgram serves only the anatomy, and sched_wakeup is among the
 // machine's busiest tracepoints: attached while a tracked instance's cold
 // start is open.
@@ -491,9 +495,9 @@ func (p *Probes) openTimeline(pid uint32) {
 	}
 }
 
-// openColdStart attaches what tracked pid's cold start needs: the syscall
-// programs until it is ready (its model-file reads), on_wakeup until its
-// response (its anatomy).
+// openColdStart attaches what tracked pid's cold start needs: on_sys_exit
+// until it is ready (its model-file reads), on_wakeup until its response
+// (its anatomy).
 func (p *Probes) openColdStart(pid uint32) {
 	if p.done[pid] {
 		return
@@ -505,7 +509,7 @@ func (p *Probes) openColdStart(pid uint32) {
 	if _, ok := p.anatOpen[pid]; !ok {
 		p.anatOpen[pid] = now.Add(maxColdStart)
 	}
-	if err := p.attach(dynamicPrograms...); err != nil {
+	if err := p.attach(wakeupProgram, modelReadProgram); err != nil {
 		p.log.Warn("bpf: attach the cold-start programs; this cold start's anatomy and model-file bytes are incomplete", "pid", pid, "err", err)
 	}
 }
@@ -553,7 +557,7 @@ func (p *Probes) syncLinks() {
 		}
 	}
 	if len(p.coldOpen) == 0 && !p.syscallLatency {
-		p.detach(syscallPrograms...)
+		p.detach(modelReadProgram)
 	}
 	if len(p.anatOpen) == 0 {
 		p.detach(wakeupProgram)

@@ -234,8 +234,12 @@ func TestServeWithoutBPFPrivilegeKeepsServing(t *testing.T) {
 	if m := metricsText(t, url); !strings.Contains(m, "pilotlight_bpf_enabled 0") {
 		t.Error("pilotlight_bpf_enabled is not 0")
 	}
-	time.Sleep(100 * time.Millisecond)
-	if !strings.Contains(log.String(), "eBPF probes disabled") {
-		t.Errorf("no line saying why the probes are off:\n%s", log.String())
+	// serve logs why before it listens; the log is read concurrently.
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(log.String(), "eBPF probes disabled") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no line saying why the probes are off:\n%s", log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
