@@ -110,6 +110,7 @@ type Probes struct {
 	userGenVal uint32
 
 	syscallLatency bool
+	marked         bool                 // an engine marks cold starts (ParentPID set)
 	dynLinks       map[string]link.Link // attached dynamicPrograms
 	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
 	anatOpen       map[uint32]time.Time // tracked pids whose cold start is open (until the response), until
@@ -179,6 +180,7 @@ func New(cfg Config) (*Probes, error) {
 		dynLinks:  map[string]link.Link{},
 
 		syscallLatency: cfg.SyscallLatency,
+		marked:         cfg.ParentPID != 0,
 	}
 	ok := false
 	defer func() {
@@ -366,8 +368,13 @@ func (p *Probes) Track(pid int, function, revision string) error {
 
 	st := p.state(key)
 	st.function, st.revision = function, revision
-	p.openTimeline(key)
-	p.openColdStart(key)
+	// A cold start is followed where an engine marks it (serve, with a
+	// ParentPID). The node agent tracks running pods and gives no marks:
+	// opening one would keep the cold-start programs attached for nothing.
+	if p.marked {
+		p.openTimeline(key)
+		p.openColdStart(key)
+	}
 
 	ports, err := listeningPorts(pid)
 	if err != nil {
