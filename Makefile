@@ -7,7 +7,7 @@ ARGS    ?=
 ORT_LIB := .cache/onnxruntime/1.24.1/libonnxruntime.so.1
 export CGO_ENABLED := 1
 
-.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check proto proto-check loadtest manifests clean
+.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check proto proto-check loadtest manifests clean bpf-overhead
 
 all: build
 
@@ -34,6 +34,10 @@ vet: ## go vet, staticcheck (pinned; `go run pkg@version` keeps it out of go.mod
 test: ort vet bpf-check proto-check ## everything CI runs
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 15m ./runtime/... ./router/... ./bpf/...
+	$(MAKE) bpf-overhead
+
+bpf-overhead: build ort ## print the eBPF probes' overhead ratios and cold-start anatomy (printed, not asserted)
+	./$(BIN) bench ebpf --duration 3s
 
 bench: build ort ## speed figures (numbers go into README)
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./runtime/ort/ ./flags/

@@ -161,21 +161,33 @@ struct timeline {
 	__u64 accept_sk; // struct sock * of the cold-start request's connection
 };
 
-struct thread {
-	__u32 state;
-	__u32 tgid;
-	__u64 maj_flt; // the thread's maj_flt when last accounted
+// Per task (thread), in task local storage: a pointer away from the task,
+// so the scheduler programs pay no hash lookup for the machine's other
+// tasks. flags cache the task's process's membership of tracked and
+// anatomies, valid while gen equals the current generation.
+#define TI_TRACKED 1
+#define TI_ANATOMY 2
+struct task_info {
+	__u64 gen;
+	__u32 flags;
+	__u32 state;     // enum thread_state, for the anatomy
+	__u64 maj_flt;   // the thread's maj_flt when last accounted
+	__u64 run_delay; // the thread's sched_info.run_delay when last switched out
+	__u64 sys_ns;    // network syscall entry (syscall_latency)
+	__u64 sys_nr;
 };
 
-struct conn {
-	__u32 tgid;
-	__u8 direction, peer_class, pad[2];
+// Per socket, in socket local storage: only sockets of tracked instances
+// (and the router's connections) get one, so the per-packet and per-read
+// programs return on a NULL pointer for every other socket.
+#define SK_CONN 1   // a tracked instance's connection
+#define SK_ROUTER 2 // a connection the router opened
+#define SK_COLD 4   // carries a cold start's first request
+struct sk_info {
+	__u64 ready_ns; // oldest unread data arrived; 0: none
 	__u64 start_ns;
-};
-
-struct sys_start {
-	__u64 ts_ns;
-	__u64 nr;
+	__u32 tgid;
+	__u8 flags, direction, peer_class, pad;
 };
 
 // Set by the loader: the tgid whose children get a timeline from exec on
@@ -183,6 +195,12 @@ struct sys_start {
 const volatile __u32 parent_tgid = 0;
 // Set by the loader: time network syscalls of tracked instances.
 const volatile __u32 syscall_latency = 0;
+
+// Generations of tracked and anatomies: user space bumps user_gen after
+// changing them, the programs bump bpf_gen; a task's cached flags are
+// recomputed when either moved.
+volatile __u32 user_gen = 1;
+volatile __u32 bpf_gen = 0;
 
 // tgid -> histogram slot in hists; filled and emptied by Track/Untrack.
 struct {
@@ -216,14 +234,6 @@ struct {
 	__type(value, struct anatomy);
 } anatomies SEC(".maps");
 
-// tid -> state of a thread of a process in anatomies.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_THREADS);
-	__type(key, __u32);
-	__type(value, struct thread);
-} threads SEC(".maps");
-
 // tgid -> 1 once user space marked the instance ready (arms EV_ACCEPT).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -231,30 +241,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } ready SEC(".maps");
-
-// tid -> wakeup time (run-queue delay).
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_THREADS);
-	__type(key, __u32);
-	__type(value, __u64);
-} wakeups SEC(".maps");
-
-// tid -> network syscall entry (syscall_latency only).
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_THREADS);
-	__type(key, __u32);
-	__type(value, struct sys_start);
-} syscalls SEC(".maps");
-
-// struct sock * -> time its oldest unread data became ready.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_SOCKETS);
-	__type(key, __u64);
-	__type(value, __u64);
-} sk_ready SEC(".maps");
 
 // TCP port -> tgid listening on it. Softirq context has no useful
 // current task: the local port says whose socket it is.
@@ -265,22 +251,6 @@ struct {
 	__type(value, __u32);
 } ports SEC(".maps");
 
-// struct sock * -> a tracked instance's connection, open to close.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_SOCKETS);
-	__type(key, __u64);
-	__type(value, struct conn);
-} conns SEC(".maps");
-
-// struct sock * -> 1: a connection the router (parent_tgid) opened.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_ROUTER_CONNS);
-	__type(key, __u64);
-	__type(value, __u32);
-} router_socks SEC(".maps");
-
 // Local port of a router connection -> 1, while it is established.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -288,6 +258,20 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } router_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_info);
+} task_infos SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sk_info);
+} sk_infos SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -424,40 +408,57 @@ static __always_inline void count_state(struct anatomy *a, __u32 st, int d)
 	}
 }
 
-// set_thread moves thread p (of a process in anatomies) to state st.
-// fresh: a new thread, whatever a reused tid left behind is stale.
-static __always_inline void set_thread(struct task_struct *p, __u32 st, int fresh, __u64 now)
+// info returns task p's storage, its flags current.
+static __always_inline struct task_info *info(struct task_struct *p)
 {
-	__u32 tid = p->pid, tgid = p->tgid;
-	struct anatomy *a = bpf_map_lookup_elem(&anatomies, &tgid);
-	struct thread *t, nt = {};
+	struct task_info *ti = bpf_task_storage_get(&task_infos, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	__u64 gen;
+	__u32 tgid;
+
+	if (!ti)
+		return NULL;
+	gen = ((__u64)user_gen << 32) | bpf_gen;
+	if (ti->gen == gen)
+		return ti;
+	// Generation first, maps second: a change racing with this is seen
+	// now or at the next bump.
+	tgid = p->tgid;
+	ti->flags = 0;
+	if (bpf_map_lookup_elem(&tracked, &tgid))
+		ti->flags |= TI_TRACKED;
+	else
+		ti->run_delay = 0; // tracked again later: start from its next run
+	if (bpf_map_lookup_elem(&anatomies, &tgid))
+		ti->flags |= TI_ANATOMY;
+	ti->gen = gen;
+	return ti;
+}
+
+static __always_inline void bump_gen(void)
+{
+	__sync_fetch_and_add(&bpf_gen, 1);
+}
+
+// set_thread moves thread p, whose process is in anatomies, to state st.
+static __always_inline void set_thread(struct task_struct *p, struct task_info *ti, __u32 st, __u64 now)
+{
+	__u32 tgid = p->tgid;
+	struct anatomy *a;
 	__u64 maj;
 
+	if (ti->state == st)
+		return;
+	a = bpf_map_lookup_elem(&anatomies, &tgid);
 	if (!a)
 		return;
 	maj = p->maj_flt;
-	t = fresh ? NULL : bpf_map_lookup_elem(&threads, &tid);
-	if (t && t->tgid != tgid)
-		t = NULL;
-	if (t && t->state == st)
-		return;
 	advance(a, now);
-	if (t) {
-		count_state(a, t->state, -1);
-		if (maj > t->maj_flt)
-			__sync_fetch_and_add(&a->maj_flt, maj - t->maj_flt);
-		t->maj_flt = maj;
-		t->state = st;
-	} else {
-		nt.state = st;
-		nt.tgid = tgid;
-		nt.maj_flt = fresh ? 0 : maj;
-		if (fresh && maj)
-			__sync_fetch_and_add(&a->maj_flt, maj);
-		if (bpf_map_update_elem(&threads, &tid, &nt, BPF_ANY))
-			count_lost();
-	}
+	count_state(a, ti->state, -1);
 	count_state(a, st, 1);
+	if (maj > ti->maj_flt)
+		__sync_fetch_and_add(&a->maj_flt, maj - ti->maj_flt);
+	ti->maj_flt = maj;
+	ti->state = st;
 }
 
 // snapshot accounts up to now and copies a's counters into s.
@@ -588,21 +589,17 @@ static __always_inline int file_read(long nr)
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 {
-	__u64 pid_tgid;
-	__u32 tid;
-	struct sys_start s;
+	struct task_info *ti;
 
 	if (!syscall_latency || !timed_syscall(id))
 		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_tracked(pid_tgid >> 32))
+	ti = info(bpf_get_current_task_btf());
+	if (!ti || !(ti->flags & TI_TRACKED))
 		return 0;
 	if (fd_syscall(id) && !fd_is_socket((int)regs->di))
 		return 0;
-	tid = (__u32)pid_tgid;
-	s.ts_ns = bpf_ktime_get_ns();
-	s.nr = id;
-	bpf_map_update_elem(&syscalls, &tid, &s, BPF_ANY);
+	ti->sys_ns = bpf_ktime_get_ns();
+	ti->sys_nr = id;
 	return 0;
 }
 
@@ -610,10 +607,10 @@ SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
 	long nr = regs->orig_ax;
-	__u64 pid_tgid, now;
-	__u32 tid, tgid;
-	struct sys_start *s;
+	struct task_info *ti;
 	struct anatomy *a;
+	__u64 now;
+	__u32 tgid;
 
 	if (file_read(nr) && ret > 0) {
 		tgid = bpf_get_current_pid_tgid() >> 32;
@@ -623,15 +620,13 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	}
 	if (!syscall_latency || !timed_syscall(nr))
 		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	tid = (__u32)pid_tgid;
-	s = bpf_map_lookup_elem(&syscalls, &tid);
-	if (!s)
+	ti = info(bpf_get_current_task_btf());
+	if (!ti || !ti->sys_ns)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (s->nr == nr && now >= s->ts_ns)
-		record(pid_tgid >> 32, HIST_SYSCALL, now - s->ts_ns);
-	bpf_map_delete_elem(&syscalls, &tid);
+	if (ti->sys_nr == nr && now >= ti->sys_ns)
+		record(bpf_get_current_pid_tgid() >> 32, HIST_SYSCALL, now - ti->sys_ns);
+	ti->sys_ns = 0;
 	return 0;
 }
 
@@ -640,11 +635,11 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	__u32 tgid = p->tgid, tid = p->pid;
+	__u32 tgid = p->tgid;
 	__u32 ptgid = p->real_parent->tgid;
 	struct timeline t = {};
 	struct anatomy a = {};
-	struct thread th = {};
+	struct task_info *ti;
 	__u64 now;
 
 	if (!(parent_tgid != 0 && ptgid == parent_tgid) && !is_tracked(tgid))
@@ -658,10 +653,12 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	a.running = 1;
 	if (bpf_map_update_elem(&anatomies, &tgid, &a, BPF_ANY))
 		count_lost();
-	th.state = TH_RUNNING;
-	th.tgid = tgid;
-	th.maj_flt = p->maj_flt;
-	bpf_map_update_elem(&threads, &tid, &th, BPF_ANY);
+	bump_gen();
+	ti = info(p);
+	if (ti) {
+		ti->state = TH_RUNNING;
+		ti->maj_flt = p->maj_flt;
+	}
 	bpf_map_delete_elem(&ready, &tgid);
 	emit_point(tgid, EV_EXEC, ptgid, now);
 	return 0;
@@ -670,22 +667,19 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *p, bool group_dead)
 {
-	__u32 tid = p->pid;
 	__u32 tgid = p->tgid;
-	struct thread *t;
+	struct task_info *ti;
 	struct anatomy *a;
 	int known;
 
-	bpf_map_delete_elem(&wakeups, &tid);
-	bpf_map_delete_elem(&syscalls, &tid);
-	t = bpf_map_lookup_elem(&threads, &tid);
-	if (t) {
+	ti = bpf_task_storage_get(&task_infos, p, 0, 0);
+	if (ti && ti->state != TH_BLOCKED) {
 		a = bpf_map_lookup_elem(&anatomies, &tgid);
-		if (a && t->tgid == tgid) {
+		if (a) {
 			advance(a, bpf_ktime_get_ns());
-			count_state(a, t->state, -1);
+			count_state(a, ti->state, -1);
 		}
-		bpf_map_delete_elem(&threads, &tid);
+		ti->state = TH_BLOCKED;
 	}
 	if (!group_dead)
 		return 0;
@@ -693,37 +687,34 @@ int BPF_PROG(on_exit, struct task_struct *p, bool group_dead)
 	known |= bpf_map_delete_elem(&timelines, &tgid) == 0;
 	known |= bpf_map_delete_elem(&anatomies, &tgid) == 0;
 	bpf_map_delete_elem(&ready, &tgid);
-	if (known)
+	if (known) {
+		bump_gen();
 		emit(tgid, EV_EXIT, 0, bpf_ktime_get_ns());
+	}
 	return 0;
 }
 
-static __always_inline void mark_wakeup(struct task_struct *p, __u64 now)
+// runnable: p was woken or preempted: it waits for a CPU from now.
+static __always_inline void runnable(struct task_struct *p, struct task_info *ti, __u64 now)
 {
-	__u32 tid = p->pid;
-
-	if (!is_tracked(p->tgid))
-		return;
-	bpf_map_update_elem(&wakeups, &tid, &now, BPF_ANY);
+	if (ti && (ti->flags & TI_ANATOMY))
+		set_thread(p, ti, TH_RUNNABLE, now);
 }
 
+// Only the anatomy needs wakeups (the run-queue delay comes from the
+// scheduler's own sched_info): user space attaches this program while a
+// tracked instance's cold start is open.
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(on_wakeup, struct task_struct *p)
 {
-	__u64 now = bpf_ktime_get_ns();
-
-	mark_wakeup(p, now);
-	set_thread(p, TH_RUNNABLE, 0, now);
+	runnable(p, info(p), bpf_ktime_get_ns());
 	return 0;
 }
 
 SEC("tp_btf/sched_wakeup_new")
 int BPF_PROG(on_wakeup_new, struct task_struct *p)
 {
-	__u64 now = bpf_ktime_get_ns();
-
-	mark_wakeup(p, now);
-	set_thread(p, TH_RUNNABLE, 1, now);
+	runnable(p, info(p), bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -745,25 +736,32 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
 {
-	__u32 tid = next->pid, ptgid = prev->tgid;
-	__u64 *ts, now = bpf_ktime_get_ns();
+	struct task_info *ti;
+	__u64 now, delay;
 
-	if (prev_state == TASK_RUNNING) {
-		// Preempted while runnable: it waits in the run queue from now.
-		mark_wakeup(prev, now);
-		set_thread(prev, TH_RUNNABLE, 0, now);
-	} else if (bpf_map_lookup_elem(&anatomies, &ptgid)) {
-		set_thread(prev, in_fault(prev) ? TH_FAULT : TH_BLOCKED, 0, now);
+	ti = info(prev);
+	if (ti && ti->flags) {
+		if (ti->flags & TI_TRACKED) {
+			// The scheduler added the wait that preceded this run to
+			// run_delay when prev arrived on the CPU: one wait per run.
+			delay = prev->sched_info.run_delay;
+			if (ti->run_delay && delay > ti->run_delay)
+				record(prev->tgid, HIST_RUNQ, delay - ti->run_delay);
+			ti->run_delay = delay ? delay : 1;
+		}
+		if (ti->flags & TI_ANATOMY) {
+			now = bpf_ktime_get_ns();
+			if (prev_state == TASK_RUNNING)
+				runnable(prev, ti, now);
+			else
+				set_thread(prev, ti, in_fault(prev) ? TH_FAULT : TH_BLOCKED, now);
+		}
 	}
-	if (tid == 0)
+	if (next->pid == 0)
 		return 0;
-	set_thread(next, TH_RUNNING, 0, now);
-	ts = bpf_map_lookup_elem(&wakeups, &tid);
-	if (!ts)
-		return 0;
-	if (now >= *ts)
-		record(next->tgid, HIST_RUNQ, now - *ts);
-	bpf_map_delete_elem(&wakeups, &tid);
+	ti = info(next);
+	if (ti && (ti->flags & TI_ANATOMY))
+		set_thread(next, ti, TH_RUNNING, bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -772,35 +770,29 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 SEC("tp_btf/sk_data_ready")
 int BPF_PROG(on_data_ready, const struct sock *sk)
 {
-	__u32 port;
-	__u64 key = (__u64)sk, now;
+	struct sk_info *si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
 
-	if (sk->sk_protocol != IPPROTO_TCP || sk->__sk_common.skc_state == TCP_LISTEN)
-		return 0;
-	port = sk->__sk_common.skc_num;
-	if (!bpf_map_lookup_elem(&ports, &port))
-		return 0;
-	now = bpf_ktime_get_ns();
 	// Keep the oldest unread arrival.
-	bpf_map_update_elem(&sk_ready, &key, &now, BPF_NOEXIST);
+	if (si && (si->flags & SK_CONN) && !si->ready_ns)
+		si->ready_ns = bpf_ktime_get_ns();
 	return 0;
 }
 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
 {
-	__u64 key = (__u64)sk, now;
-	__u64 *ts;
+	struct sk_info *si;
+	__u64 now;
 
 	if (ret <= 0 || (flags & MSG_PEEK))
 		return 0;
-	ts = bpf_map_lookup_elem(&sk_ready, &key);
-	if (!ts)
+	si = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
+	if (!si || !si->ready_ns)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (now >= *ts)
-		record(bpf_get_current_pid_tgid() >> 32, HIST_SOCKQ, now - *ts);
-	bpf_map_delete_elem(&sk_ready, &key);
+	if (now >= si->ready_ns)
+		record(bpf_get_current_pid_tgid() >> 32, HIST_SOCKQ, now - si->ready_ns);
+	si->ready_ns = 0;
 	return 0;
 }
 
@@ -811,8 +803,12 @@ int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 {
 	__u32 tgid;
 	struct timeline *t;
+	struct sk_info *si;
 
 	if (ret <= 0)
+		return 0;
+	si = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
+	if (!si || !(si->flags & SK_COLD))
 		return 0;
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	t = bpf_map_lookup_elem(&timelines, &tgid);
@@ -820,9 +816,11 @@ int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 		return 0;
 	emit_point(tgid, EV_FIRST_WRITE, ret, bpf_ktime_get_ns());
 	// The cold start is over: stop following this process.
+	si->flags &= ~SK_COLD;
 	bpf_map_delete_elem(&timelines, &tgid);
 	bpf_map_delete_elem(&anatomies, &tgid);
 	bpf_map_delete_elem(&ready, &tgid);
+	bump_gen();
 	return 0;
 }
 
@@ -871,42 +869,44 @@ static __always_inline void fill_peer(struct conn_payload *c, const struct sock 
 
 static __always_inline void conn_open(const struct sock *sk, __u32 tgid, __u8 dir, __u64 now)
 {
-	__u64 key = (__u64)sk;
-	struct conn c = {.tgid = tgid, .direction = dir, .start_ns = now};
+	struct sk_info *si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	struct event *e;
+	__u8 class = classify(sk, dir);
 
-	c.peer_class = classify(sk, dir);
-	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY))
+	if (!si) {
 		count_lost();
+		return;
+	}
+	si->flags |= SK_CONN;
+	si->tgid = tgid;
+	si->direction = dir;
+	si->peer_class = class;
+	si->start_ns = now;
 	e = reserve(tgid, EV_CONN_OPEN, 0, now);
 	if (!e)
 		return;
 	fill_peer(&e->conn, sk);
 	e->conn.direction = dir;
-	e->conn.peer_class = c.peer_class;
+	e->conn.peer_class = class;
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline void conn_close(const struct sock *sk, __u64 now)
+static __always_inline void conn_close(const struct sock *sk, struct sk_info *si, __u64 now)
 {
-	__u64 key = (__u64)sk;
-	struct conn *c = bpf_map_lookup_elem(&conns, &key);
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	struct event *e;
 
-	if (!c)
+	si->flags &= ~SK_CONN;
+	e = reserve(si->tgid, EV_CONN_CLOSE, 0, now);
+	if (!e)
 		return;
-	e = reserve(c->tgid, EV_CONN_CLOSE, 0, now);
-	if (e) {
-		fill_peer(&e->conn, sk);
-		e->conn.direction = c->direction;
-		e->conn.peer_class = c->peer_class;
-		e->conn.rx_bytes = BPF_CORE_READ(tp, bytes_received);
-		e->conn.tx_bytes = BPF_CORE_READ(tp, bytes_acked);
-		e->conn.dur_ns = now - c->start_ns;
-		bpf_ringbuf_submit(e, 0);
-	}
-	bpf_map_delete_elem(&conns, &key);
+	fill_peer(&e->conn, sk);
+	e->conn.direction = si->direction;
+	e->conn.peer_class = si->peer_class;
+	e->conn.rx_bytes = BPF_CORE_READ(tp, bytes_received);
+	e->conn.tx_bytes = BPF_CORE_READ(tp, bytes_acked);
+	e->conn.dur_ns = now - si->start_ns;
+	bpf_ringbuf_submit(e, 0);
 }
 
 // Connection state changes: one event per transition of a TCP socket, not
@@ -917,6 +917,7 @@ int BPF_PROG(on_sock_state, const struct sock *sk, const int oldstate, const int
 	__u64 key = (__u64)sk, now;
 	__u32 port, tgid, *owner, rkey;
 	struct timeline *t;
+	struct sk_info *si;
 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
@@ -937,8 +938,9 @@ int BPF_PROG(on_sock_state, const struct sock *sk, const int oldstate, const int
 		// Process context (connect): current opened it.
 		tgid = bpf_get_current_pid_tgid() >> 32;
 		if (parent_tgid != 0 && tgid == parent_tgid) {
-			rkey = 1;
-			bpf_map_update_elem(&router_socks, &key, &rkey, BPF_ANY);
+			si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+			if (si)
+				si->flags |= SK_ROUTER;
 			return 0;
 		}
 		if (is_tracked(tgid))
@@ -947,7 +949,8 @@ int BPF_PROG(on_sock_state, const struct sock *sk, const int oldstate, const int
 	case TCP_ESTABLISHED:
 		if (oldstate == TCP_SYN_SENT) {
 			// Softirq: the router's connection now has its local port.
-			if (bpf_map_lookup_elem(&router_socks, &key)) {
+			si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+			if (si && (si->flags & SK_ROUTER)) {
 				rkey = port;
 				bpf_map_update_elem(&router_ports, &rkey, &rkey, BPF_ANY);
 			}
@@ -971,6 +974,12 @@ int BPF_PROG(on_sock_state, const struct sock *sk, const int oldstate, const int
 			emit(tgid, EV_FIRST_ACCEPT, 0, now);
 		}
 		if (!t->accept_ns && bpf_map_lookup_elem(&ready, &tgid)) {
+			si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+			if (!si) {
+				count_lost();
+				return 0;
+			}
+			si->flags |= SK_COLD;
 			t->accept_ns = now;
 			t->accept_sk = key;
 			emit_point(tgid, EV_ACCEPT, 0, now);
@@ -981,13 +990,15 @@ int BPF_PROG(on_sock_state, const struct sock *sk, const int oldstate, const int
 	default:
 		return 0;
 	}
-	// A closed socket's address may be reused by the next one.
-	bpf_map_delete_elem(&sk_ready, &key);
-	now = bpf_ktime_get_ns();
-	conn_close(sk, now);
-	if (bpf_map_delete_elem(&router_socks, &key) == 0) {
-		rkey = port;
-		bpf_map_delete_elem(&router_ports, &rkey);
+	si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+	if (si) {
+		if (si->flags & SK_CONN)
+			conn_close(sk, si, bpf_ktime_get_ns());
+		if (si->flags & SK_ROUTER) {
+			rkey = port;
+			bpf_map_delete_elem(&router_ports, &rkey);
+		}
+		si->flags = 0;
 	}
 	if (oldstate != TCP_LISTEN)
 		return 0;

@@ -47,13 +47,32 @@ const (
 
 // The programs on the system-call path. A syscall tracepoint sends every
 // task's system calls through the kernel's slow path whatever the program
-// does, so they are attached only while a tracked instance's cold start is
-// open (to count its model-file reads), or always with SyscallLatency.
+// does, so they are attached only while a tracked instance loads (to count
+// its model-file reads), or always with SyscallLatency.
 var syscallPrograms = []string{"on_sys_enter", "on_sys_exit"}
+
+// modelReadProgram is the one syscall program a cold start needs (to count
+// its model-file reads); on_sys_enter only times syscalls.
+const modelReadProgram = "on_sys_exit"
+
+// wakeupProgram serves only the anatomy, and sched_wakeup is among the
+// machine's busiest tracepoints: attached while a tracked instance's cold
+// start is open.
+const wakeupProgram = "on_wakeup"
+
+// dynamicPrograms are attached and detached as cold starts come and go.
+var dynamicPrograms = append([]string{wakeupProgram}, syscallPrograms...)
 
 // maxColdStart is how long a cold start may stay open before the syscall
 // programs stop waiting for it (an instance that never became ready).
 const maxColdStart = 2 * time.Minute
+
+// readyGrace is how long on_wakeup stays attached for an instance after its
+// ready mark. The held request normally reaches it within milliseconds; an
+// idle minimum-scale instance may wait seconds for its first request, and
+// its last phases are then accounted without wakeups (waiting for a CPU
+// shows as blocked) rather than keeping a busy tracepoint attached.
+const readyGrace = time.Second
 
 // Config configures the probes.
 type Config struct {
@@ -85,9 +104,16 @@ type Probes struct {
 
 	tracked, hists, timelines, anatomies, ready, ports, lost *ebpf.Map
 
+	// userGen is user_gen in the kernel: bumped after tracked or
+	// anatomies change, so the programs' per-task caches are refreshed.
+	userGen    *ebpf.Variable
+	userGenVal uint32
+
 	syscallLatency bool
-	sysLinks       []link.Link          // attached syscall programs, nil when detached
-	coldOpen       map[uint32]time.Time // tracked pids whose cold start is open, since
+	marked         bool                 // an engine marks cold starts (ParentPID set)
+	dynLinks       map[string]link.Link // attached dynamicPrograms
+	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
+	anatOpen       map[uint32]time.Time // tracked pids whose cold start is open (until the response), until
 
 	coldStart      *prometheus.HistogramVec
 	coldStartTime  *prometheus.HistogramVec
@@ -150,8 +176,11 @@ func New(cfg Config) (*Probes, error) {
 		latest:    map[string]Timeline{},
 		lastConns: map[string][]UnexpectedConnection{},
 		coldOpen:  map[uint32]time.Time{},
+		anatOpen:  map[uint32]time.Time{},
+		dynLinks:  map[string]link.Link{},
 
 		syscallLatency: cfg.SyscallLatency,
+		marked:         cfg.ParentPID != 0,
 	}
 	ok := false
 	defer func() {
@@ -184,7 +213,7 @@ func New(cfg Config) (*Probes, error) {
 	go p.readEvents()
 	go p.tick(cfg.ReadInterval)
 	ok = true
-	log.Info("eBPF probes loaded", "programs", len(p.links)+len(p.sysLinks), "parent_pid", cfg.ParentPID, "syscall_latency", cfg.SyscallLatency)
+	log.Info("eBPF probes loaded", "programs", len(p.links)+len(p.dynLinks), "parent_pid", cfg.ParentPID, "syscall_latency", cfg.SyscallLatency)
 	return p, nil
 }
 
@@ -216,6 +245,12 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 		return loadError("loading the programs", err)
 	}
 	p.coll = coll
+	if p.userGen = coll.Variables["user_gen"]; p.userGen == nil {
+		return errors.New("variable user_gen missing from the object")
+	}
+	if err := p.userGen.Get(&p.userGenVal); err != nil {
+		return loadError("reading user_gen (the kernel must support mmapable maps)", err)
+	}
 	for name, m := range map[string]**ebpf.Map{
 		"tracked": &p.tracked, "hists": &p.hists, "timelines": &p.timelines, "anatomies": &p.anatomies,
 		"ready": &p.ready, "ports": &p.ports, "lost": &p.lost,
@@ -225,7 +260,7 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 		}
 	}
 	for name, prog := range coll.Programs {
-		if slices.Contains(syscallPrograms, name) {
+		if slices.Contains(dynamicPrograms, name) {
 			continue
 		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
@@ -235,7 +270,7 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 		p.links = append(p.links, l)
 	}
 	if syscallLatency {
-		if err := p.attachSyscalls(); err != nil {
+		if err := p.attach(syscallPrograms...); err != nil {
 			return err
 		}
 	}
@@ -247,6 +282,14 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 	return nil
 }
 
+// bumpGen tells the programs that tracked or anatomies changed. Callers hold p.mu.
+func (p *Probes) bumpGen() {
+	p.userGenVal++
+	if err := p.userGen.Set(p.userGenVal); err != nil {
+		p.log.Debug("bpf: bump user_gen", "err", err)
+	}
+}
+
 // release closes the ring buffer reader, every link and the collection.
 func (p *Probes) release() {
 	if p.rd != nil {
@@ -256,7 +299,7 @@ func (p *Probes) release() {
 		l.Close()
 	}
 	p.links = nil
-	p.detachSyscalls()
+	p.detach(dynamicPrograms...)
 	if p.coll != nil {
 		p.coll.Close()
 	}
@@ -318,14 +361,20 @@ func (p *Probes) Track(pid int, function, revision string) error {
 	}
 	p.freeSlots = p.freeSlots[:len(p.freeSlots)-1]
 	p.instances[key] = in
+	defer p.bumpGen()
 	if _, ok := p.totals[in.labels]; !ok {
 		p.totals[in.labels] = &slotHists{}
 	}
 
 	st := p.state(key)
 	st.function, st.revision = function, revision
-	p.openTimeline(key)
-	p.openColdStart(key)
+	// A cold start is followed where an engine marks it (serve, with a
+	// ParentPID). The node agent tracks running pods and gives no marks:
+	// opening one would keep the cold-start programs attached for nothing.
+	if p.marked {
+		p.openTimeline(key)
+		p.openColdStart(key)
+	}
 
 	ports, err := listeningPorts(pid)
 	if err != nil {
@@ -388,6 +437,10 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 	if err := p.ready.Update(key, uint64(1), ebpf.UpdateAny); err != nil {
 		p.log.Debug("bpf: arm ready", "pid", pid, "err", err)
 	}
+	// Ready means the model is loaded: its reads are counted. The first
+	// request may come much later (an idle minimum-scale instance), and
+	// the syscall tracepoints cost every task meanwhile.
+	p.loaded(key)
 }
 
 // LatestConnections returns the last unexpected connections (newest last)
@@ -441,64 +494,105 @@ func (p *Probes) openTimeline(pid uint32) {
 	// blocked until then.
 	a := anatomyEntry{LastNS: p.clock.mono(time.Now())}
 	err = p.anatomies.Update(pid, a, ebpf.UpdateNoExist)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+	switch {
+	case err == nil:
+		p.bumpGen()
+	case !errors.Is(err, ebpf.ErrKeyExist):
 		p.log.Debug("bpf: open anatomy", "pid", pid, "err", err)
 	}
 }
 
-// openColdStart keeps the syscall programs attached while tracked pid's
-// cold start is open, so its model-file reads are counted.
+// openColdStart attaches what tracked pid's cold start needs: on_sys_exit
+// until it is ready (its model-file reads), on_wakeup until its response
+// (its anatomy).
 func (p *Probes) openColdStart(pid uint32) {
 	if p.done[pid] {
 		return
 	}
+	now := time.Now()
 	if _, ok := p.coldOpen[pid]; !ok {
-		p.coldOpen[pid] = time.Now()
+		p.coldOpen[pid] = now
 	}
-	if err := p.attachSyscalls(); err != nil {
-		p.log.Warn("bpf: attach the syscall programs; model-file bytes of this cold start are not counted", "pid", pid, "err", err)
+	if _, ok := p.anatOpen[pid]; !ok {
+		p.anatOpen[pid] = now.Add(maxColdStart)
+	}
+	if err := p.attach(wakeupProgram, modelReadProgram); err != nil {
+		p.log.Warn("bpf: attach the cold-start programs; this cold start's anatomy and model-file bytes are incomplete", "pid", pid, "err", err)
 	}
 }
 
-// closeColdStart detaches the syscall programs once no cold start is open.
+// loaded ends pid's loading: the syscall programs detach once no tracked
+// instance is loading, and on_wakeup readyGrace later unless the response
+// came first.
+func (p *Probes) loaded(pid uint32) {
+	delete(p.coldOpen, pid)
+	if until, ok := p.anatOpen[pid]; ok {
+		if end := time.Now().Add(readyGrace); end.Before(until) {
+			p.anatOpen[pid] = end
+		}
+		time.AfterFunc(readyGrace+10*time.Millisecond, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if !p.closed {
+				p.syncLinks()
+			}
+		})
+	}
+	p.syncLinks()
+}
+
+// closeColdStart ends pid's cold start: what it needed detaches once no
+// other needs it.
 func (p *Probes) closeColdStart(pid uint32) {
 	delete(p.coldOpen, pid)
+	delete(p.anatOpen, pid)
+	p.syncLinks()
+}
+
+// syncLinks detaches the dynamic programs nothing needs any more; a cold
+// start open for longer than maxColdStart no longer counts.
+func (p *Probes) syncLinks() {
 	now := time.Now()
-	for other, since := range p.coldOpen {
+	for pid, since := range p.coldOpen {
 		if now.Sub(since) > maxColdStart {
-			delete(p.coldOpen, other)
+			delete(p.coldOpen, pid)
+		}
+	}
+	for pid, until := range p.anatOpen {
+		if now.After(until) {
+			delete(p.anatOpen, pid)
 		}
 	}
 	if len(p.coldOpen) == 0 && !p.syscallLatency {
-		p.detachSyscalls()
+		p.detach(modelReadProgram)
+	}
+	if len(p.anatOpen) == 0 {
+		p.detach(wakeupProgram)
 	}
 }
 
-// attachSyscalls attaches the syscall programs unless they are attached.
-func (p *Probes) attachSyscalls() error {
-	if p.sysLinks != nil {
-		return nil
-	}
-	links := make([]link.Link, 0, len(syscallPrograms))
-	for _, name := range syscallPrograms {
+// attach attaches the named dynamic programs that are not attached.
+func (p *Probes) attach(names ...string) error {
+	for _, name := range names {
+		if p.dynLinks[name] != nil {
+			continue
+		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: p.coll.Programs[name], AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
-			for _, l := range links {
-				l.Close()
-			}
 			return loadError("attaching "+name, err)
 		}
-		links = append(links, l)
+		p.dynLinks[name] = l
 	}
-	p.sysLinks = links
 	return nil
 }
 
-func (p *Probes) detachSyscalls() {
-	for _, l := range p.sysLinks {
-		l.Close()
+func (p *Probes) detach(names ...string) {
+	for _, name := range names {
+		if l := p.dynLinks[name]; l != nil {
+			l.Close()
+			delete(p.dynLinks, name)
+		}
 	}
-	p.sysLinks = nil
 }
 
 // retire folds pid's last counts into its labels' totals and frees its slot.
@@ -506,6 +600,7 @@ func (p *Probes) retire(pid uint32, in *instance) {
 	if err := p.tracked.Delete(pid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		p.log.Debug("bpf: untrack", "pid", pid, "err", err)
 	}
+	p.bumpGen()
 	p.fold(in)
 	delete(p.instances, pid)
 	p.freeSlots = append(p.freeSlots, in.slot)
@@ -518,7 +613,9 @@ func (p *Probes) forget(pid uint32) {
 	p.closeColdStart(pid)
 	_ = p.ready.Delete(pid)
 	_ = p.timelines.Delete(pid)
-	_ = p.anatomies.Delete(pid)
+	if p.anatomies.Delete(pid) == nil {
+		p.bumpGen()
+	}
 	for port := range p.portsOf[pid] {
 		var owner uint32
 		if p.ports.Lookup(port, &owner) == nil && owner == pid {
@@ -577,8 +674,8 @@ func (p *Probes) tick(every time.Duration) {
 				p.log.Debug("bpf: read clocks", "err", err)
 			}
 			p.readHistograms()
-			if len(p.coldOpen) > 0 {
-				p.closeColdStart(0)
+			if len(p.coldOpen)+len(p.anatOpen) > 0 {
+				p.syncLinks()
 			}
 			p.mu.Unlock()
 		}

@@ -17,20 +17,16 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	probesMapAnatomies      = "anatomies"
-	probesMapConns          = "conns"
 	probesMapEvents         = "events"
 	probesMapHists          = "hists"
 	probesMapLost           = "lost"
 	probesMapPorts          = "ports"
 	probesMapReady          = "ready"
 	probesMapRouterPorts    = "router_ports"
-	probesMapRouterSocks    = "router_socks"
-	probesMapSkReady        = "sk_ready"
-	probesMapSyscalls       = "syscalls"
-	probesMapThreads        = "threads"
+	probesMapSkInfos        = "sk_infos"
+	probesMapTaskInfos      = "task_infos"
 	probesMapTimelines      = "timelines"
 	probesMapTracked        = "tracked"
-	probesMapWakeups        = "wakeups"
 	probesProgOnDataReady   = "on_data_ready"
 	probesProgOnExec        = "on_exec"
 	probesProgOnExit        = "on_exit"
@@ -42,8 +38,10 @@ const (
 	probesProgOnSysExit     = "on_sys_exit"
 	probesProgOnWakeup      = "on_wakeup"
 	probesProgOnWakeupNew   = "on_wakeup_new"
+	probesVarBpfGen         = "bpf_gen"
 	probesVarParentTgid     = "parent_tgid"
 	probesVarSyscallLatency = "syscall_latency"
+	probesVarUserGen        = "user_gen"
 )
 
 // loadProbes returns the embedded CollectionSpec for probes.
@@ -106,28 +104,26 @@ type probesProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type probesMapSpecs struct {
 	Anatomies   *ebpf.MapSpec `ebpf:"anatomies"`
-	Conns       *ebpf.MapSpec `ebpf:"conns"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Hists       *ebpf.MapSpec `ebpf:"hists"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
 	Ports       *ebpf.MapSpec `ebpf:"ports"`
 	Ready       *ebpf.MapSpec `ebpf:"ready"`
 	RouterPorts *ebpf.MapSpec `ebpf:"router_ports"`
-	RouterSocks *ebpf.MapSpec `ebpf:"router_socks"`
-	SkReady     *ebpf.MapSpec `ebpf:"sk_ready"`
-	Syscalls    *ebpf.MapSpec `ebpf:"syscalls"`
-	Threads     *ebpf.MapSpec `ebpf:"threads"`
+	SkInfos     *ebpf.MapSpec `ebpf:"sk_infos"`
+	TaskInfos   *ebpf.MapSpec `ebpf:"task_infos"`
 	Timelines   *ebpf.MapSpec `ebpf:"timelines"`
 	Tracked     *ebpf.MapSpec `ebpf:"tracked"`
-	Wakeups     *ebpf.MapSpec `ebpf:"wakeups"`
 }
 
 // probesVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probesVariableSpecs struct {
+	BpfGen         *ebpf.VariableSpec `ebpf:"bpf_gen"`
 	ParentTgid     *ebpf.VariableSpec `ebpf:"parent_tgid"`
 	SyscallLatency *ebpf.VariableSpec `ebpf:"syscall_latency"`
+	UserGen        *ebpf.VariableSpec `ebpf:"user_gen"`
 }
 
 // probesObjects contains all objects after they have been loaded into the kernel.
@@ -151,39 +147,31 @@ func (o *probesObjects) Close() error {
 // It can be passed to loadProbesObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probesMaps struct {
 	Anatomies   *ebpf.Map `ebpf:"anatomies"`
-	Conns       *ebpf.Map `ebpf:"conns"`
 	Events      *ebpf.Map `ebpf:"events"`
 	Hists       *ebpf.Map `ebpf:"hists"`
 	Lost        *ebpf.Map `ebpf:"lost"`
 	Ports       *ebpf.Map `ebpf:"ports"`
 	Ready       *ebpf.Map `ebpf:"ready"`
 	RouterPorts *ebpf.Map `ebpf:"router_ports"`
-	RouterSocks *ebpf.Map `ebpf:"router_socks"`
-	SkReady     *ebpf.Map `ebpf:"sk_ready"`
-	Syscalls    *ebpf.Map `ebpf:"syscalls"`
-	Threads     *ebpf.Map `ebpf:"threads"`
+	SkInfos     *ebpf.Map `ebpf:"sk_infos"`
+	TaskInfos   *ebpf.Map `ebpf:"task_infos"`
 	Timelines   *ebpf.Map `ebpf:"timelines"`
 	Tracked     *ebpf.Map `ebpf:"tracked"`
-	Wakeups     *ebpf.Map `ebpf:"wakeups"`
 }
 
 func (m *probesMaps) Close() error {
 	return _ProbesClose(
 		m.Anatomies,
-		m.Conns,
 		m.Events,
 		m.Hists,
 		m.Lost,
 		m.Ports,
 		m.Ready,
 		m.RouterPorts,
-		m.RouterSocks,
-		m.SkReady,
-		m.Syscalls,
-		m.Threads,
+		m.SkInfos,
+		m.TaskInfos,
 		m.Timelines,
 		m.Tracked,
-		m.Wakeups,
 	)
 }
 
@@ -191,8 +179,10 @@ func (m *probesMaps) Close() error {
 //
 // It can be passed to loadProbesObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probesVariables struct {
+	BpfGen         *ebpf.Variable `ebpf:"bpf_gen"`
 	ParentTgid     *ebpf.Variable `ebpf:"parent_tgid"`
 	SyscallLatency *ebpf.Variable `ebpf:"syscall_latency"`
+	UserGen        *ebpf.Variable `ebpf:"user_gen"`
 }
 
 // probesPrograms contains all programs after they have been loaded into the kernel.

@@ -15,6 +15,9 @@ type LocalBackend struct {
 	// Timelines, when set, adds the latest eBPF cold-start timeline per
 	// "function/revision" to the admin view.
 	Timelines func() map[string]any
+	// Connections, when set, adds the last unexpected outbound connections
+	// per "function/revision" the eBPF probes saw.
+	Connections func() map[string]any
 }
 
 // Acquire implements Backend.
@@ -39,9 +42,12 @@ func (b LocalBackend) Acquire(ctx context.Context, function, revision string) (T
 
 // AdminRevisions implements AdminSource.
 func (b LocalBackend) AdminRevisions() map[string]any {
-	var timelines map[string]any
+	var timelines, conns map[string]any
 	if b.Timelines != nil {
 		timelines = b.Timelines()
+	}
+	if b.Connections != nil {
+		conns = b.Connections()
 	}
 	out := map[string]any{}
 	for _, st := range b.Engine.Statuses() {
@@ -52,6 +58,9 @@ func (b LocalBackend) AdminRevisions() map[string]any {
 		}
 		if tl, ok := timelines[key]; ok {
 			d["cold_start_timeline"] = tl
+		}
+		if c, ok := conns[key]; ok {
+			d["unexpected_connections"] = c
 		}
 		out[key] = d
 	}

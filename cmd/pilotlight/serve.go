@@ -37,6 +37,7 @@ func newServeCmd() *cobra.Command {
 		addr, fnDir      string
 		flagsPath        string
 		withEBPF         bool
+		syscallLatency   bool
 		dev              bool
 		keysFile         string
 		adminAddr        string
@@ -91,7 +92,7 @@ func newServeCmd() *cobra.Command {
 			if os.Getenv("PILOTLIGHT_EBPF") == "1" {
 				withEBPF = true
 			}
-			probes := startProbes(withEBPF, reg, log)
+			probes := startProbes(withEBPF, syscallLatency, reg, log)
 			if probes != nil {
 				defer probes.Close()
 			}
@@ -109,6 +110,13 @@ func newServeCmd() *cobra.Command {
 						out := map[string]any{}
 						for k, tl := range probes.LatestTimelines() {
 							out[k] = tl
+						}
+						return out
+					}
+					lb.Connections = func() map[string]any {
+						out := map[string]any{}
+						for k, c := range probes.LatestConnections() {
+							out[k] = c
 						}
 						return out
 					}
@@ -252,6 +260,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&addr, "addr", "127.0.0.1:8080", "router listen address")
 	f.StringVar(&fnDir, "functions", "functions", "directory whose subdirectories hold function.yaml files")
 	f.BoolVar(&withEBPF, "ebpf", false, "attach the eBPF probes (cold-start timelines, kernel latency per function); also PILOTLIGHT_EBPF=1")
+	f.BoolVar(&syscallLatency, "ebpf-syscall-latency", false, "with --ebpf, also time network syscalls (keeps syscall tracepoints attached: costs throughput, see bpf/README.md)")
 	f.BoolVar(&dev, "dev", false, "local development: authentication off and admin endpoints on the main listener (loopback only; make run uses it)")
 	f.StringVar(&keysFile, "keys-file", "", "API keys file (hashed at rest; see pilotlight keys new); keys in $PILOTLIGHT_API_KEYS are added")
 	f.StringVar(&adminAddr, "admin-addr", "127.0.0.1:9090", "listener for /metrics and /admin outside --dev (empty: main listener, admin keys required)")
@@ -295,12 +304,12 @@ func isLoopback(addr string) bool {
 
 // startProbes attaches the eBPF probes when asked; without privilege or
 // kernel support serving goes on and one line says why.
-func startProbes(want bool, reg prometheus.Registerer, log *slog.Logger) *bpf.Probes {
+func startProbes(want, syscallLatency bool, reg prometheus.Registerer, log *slog.Logger) *bpf.Probes {
 	if !want {
 		_ = bpf.Disabled(reg)
 		return nil
 	}
-	p, err := bpf.New(bpf.Config{ParentPID: os.Getpid(), Registerer: reg, Logger: log})
+	p, err := bpf.New(bpf.Config{ParentPID: os.Getpid(), Registerer: reg, Logger: log, SyscallLatency: syscallLatency})
 	if err != nil {
 		log.Warn(err.Error())
 		_ = bpf.Disabled(reg)
