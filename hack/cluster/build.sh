@@ -39,5 +39,5 @@ build kube-scheduler $K8S hack/cluster k8s.io/kubernetes/cmd/kube-scheduler "$ve
 # modules above, so it is built as `go install` would: from its own module.
 build kwok $KWOK hack/cluster/kwok sigs.k8s.io/kwok/cmd/kwok
 build knative-controller $KNATIVE hack/cluster/knative ./cmd/controller
-build knative-autoscaler $KNATIVE hack/cluster/knative ./cmd/autoscaler
+build knative-autoscaler $KNATIVE hack/cluster/knative knative.dev/serving/cmd/autoscaler
 echo "$bin"

@@ -575,7 +575,7 @@ func testServeResolves(t *testing.T, _ string) {
 		case "--flags":
 			a = "--flags=" + flagsPath
 		case "--addr":
-			a = "--addr=10.244.0.3:8080"
+			a = "--addr=10.244.0.3:18080" // the autoscaler holds :8080 in this namespace
 		case "--admin-addr":
 			_, port, _ := net.SplitHostPort(strings.TrimPrefix(a, "--admin-addr="))
 			a = "--admin-addr=10.244.0.3:" + port
@@ -596,10 +596,10 @@ func testServeResolves(t *testing.T, _ string) {
 			t.Logf("serve %v:\n%s", args, lastLines(logs.String(), 30))
 		}
 	}()
-	waitHTTP(t, "http://10.244.0.3:8080/healthz")
+	waitHTTP(t, "http://10.244.0.3:18080/healthz")
 
 	send := func(email string) (int, string) {
-		req, _ := http.NewRequest(http.MethodPost, "http://10.244.0.3:8080/functions/fraud",
+		req, _ := http.NewRequest(http.MethodPost, "http://10.244.0.3:18080/functions/fraud",
 			strings.NewReader(`{"amount": 912.40, "avg_amount_30d": 85.0, "tx_last_hour": 6, "new_merchant": 1, "foreign": 1, "night": 1}`))
 		req.Header.Set("Authorization", "Bearer "+key)
 		req.Header.Set("Content-Type", "application/json")
@@ -637,7 +637,7 @@ func testServeResolves(t *testing.T, _ string) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "pilotlight_requests_total") {
 		t.Errorf("the ServiceMonitor's scrape of :%d%s got %d without pilotlight_requests_total", adminPort, path, resp.StatusCode)
 	}
-	resp, err = http.Get("http://10.244.0.3:8080/metrics")
+	resp, err = http.Get("http://10.244.0.3:18080/metrics")
 	if err == nil {
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusOK {

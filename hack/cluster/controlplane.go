@@ -323,9 +323,7 @@ func (p *Plane) startEtcd(ctx context.Context) error {
 		"--advertise-client-urls=http://127.0.0.1:2379", "--listen-peer-urls=http://127.0.0.1:2380",
 		"--initial-advertise-peer-urls=http://127.0.0.1:2380", "--initial-cluster=default=http://127.0.0.1:2380",
 		"--log-level=warn"}
-	// Debian's etcd refuses to start on amd64 only when told the arch is
-	// unsupported; ETCD_UNSUPPORTED_ARCH is harmless elsewhere.
-	if err := p.run("etcd", etcd, args, []string{"ETCD_UNSUPPORTED_ARCH=" + goarch()}); err != nil {
+	if err := p.run("etcd", etcd, args, nil); err != nil {
 		return err
 	}
 	return p.waitFor(ctx, "etcd /health", time.Minute, func(ctx context.Context) (bool, error) {
@@ -389,8 +387,8 @@ func (p *Plane) startKwok(ctx context.Context) error {
 	}
 	stage := filepath.Join(p.cfg.KwokDir, "kustomize", "stage")
 	args := []string{"--kubeconfig=" + kc, "--manage-all-nodes=true", "--cidr=" + PodCIDR, "--node-ip=" + APIServerIP,
-		"--server-address=127.0.0.1:10247"}
-	for _, f := range []string{"node/fast/node-initialize.yaml", "node/heartbeat/node-heartbeat.yaml",
+		"--server-address=127.0.0.1:10247", "--node-lease-duration-seconds=40"}
+	for _, f := range []string{"node/fast/node-initialize.yaml", "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
 		"pod/fast/pod-ready.yaml", "pod/fast/pod-complete.yaml", "pod/fast/pod-delete.yaml"} {
 		args = append(args, "--config="+filepath.Join(stage, f))
 	}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -29,7 +28,6 @@ import (
 )
 
 func b64(b []byte) string                { return base64.StdEncoding.EncodeToString(b) }
-func goarch() string                     { return runtime.GOARCH }
 func mustQty(s string) resource.Quantity { return resource.MustParse(s) }
 
 // KnativeNamespace is where Knative's own components live.
