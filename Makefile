@@ -7,7 +7,7 @@ ARGS    ?=
 ORT_LIB := .cache/onnxruntime/1.24.1/libonnxruntime.so.1
 export CGO_ENABLED := 1
 
-.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check proto proto-check loadtest manifests clean bpf-overhead
+.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check proto proto-check loadtest manifests clean bpf-overhead cluster-test
 
 all: build
 
@@ -57,6 +57,9 @@ proto-check: ## fail if the committed gRPC code differs from what proto/inferenc
 
 loadtest: build ort ## load and fault suite against loopback (bounded)
 	./$(BIN) loadtest $(ARGS)
+
+cluster-test: ## the Knative path against a live control plane (kube-apiserver, Knative's controllers; kwok for the kubelet), root, in its own network namespace
+	./hack/cluster/run.sh
 
 manifests: ## regenerate config/knative from function.yaml and the flags
 	$(GO) run ./cmd/pilotlight manifests
