@@ -188,7 +188,7 @@ func newServeCmd() *cobra.Command {
 			defer rt.Close()
 			ui, err := console.New(console.Config{Source: console.Platform{Functions: fns, Picker: rcfg.Picker, Engine: eng, Probes: probes, Rollouts: rcfg.Rollouts, Flags: flagWatcher, FlagsPath: flagsPath}, Gatherer: reg, Keys: rcfg.Keys, Logger: log})
 			if err != nil {
-				return err
+				return fmt.Errorf("console: %w", err)
 			}
 			defer ui.Close()
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
