@@ -56,11 +56,15 @@ func (s *Set) Evaluate(flagKey string, ctx map[string]any) Result {
 	if f.state == StateDisabled {
 		return Result{Reason: ReasonDisabled, Metadata: f.metadata}
 	}
-	if f.targeting == nil {
+	if !f.targeted {
 		if !f.hasDefault {
 			return Result{Reason: ReasonDefault, Metadata: f.metadata}
 		}
 		return Result{Value: f.variants[f.defVariant], Variant: f.defVariant, Reason: ReasonStatic, Metadata: f.metadata}
+	}
+	if f.parseErr != "" {
+		return Result{Reason: ReasonError, ErrorCode: ErrParse,
+			ErrorMessage: fmt.Sprintf("flag %q: targeting cannot run: %s", flagKey, f.parseErr), Metadata: f.metadata}
 	}
 	out, err := applyRule(f.targeting, contextData(flagKey, ctx))
 	if err != nil {

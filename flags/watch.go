@@ -52,6 +52,9 @@ type Watcher struct {
 	path     string
 	provider *Provider
 	reloads  *prometheus.CounterVec
+	// warnedVersion is the last version whose warnings were logged; only
+	// the watcher's goroutine (and NewWatcher before it) touches it.
+	warnedVersion string
 }
 
 // NewWatcher reads the file (it must exist and be valid) and returns a
@@ -91,7 +94,8 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	}
 	w.reloads.WithLabelValues(ReloadSuccess).Inc()
 	w.provider = NewProvider(s)
-	w.log.Info("flags loaded", "version", short(s.version), "flags", len(s.flags))
+	w.log.Info("flags loaded", "version", short(s.version), "flags", len(s.flags), "warnings", len(s.warnings))
+	w.logWarnings(s)
 	return w, nil
 }
 
@@ -186,9 +190,22 @@ func (w *Watcher) reload(quiet bool) {
 		return
 	}
 	changed := w.provider.Swap(s)
-	w.log.Info("flags reloaded", "version", short(s.version), "changed", changed)
+	w.log.Info("flags reloaded", "version", short(s.version), "changed", changed, "warnings", len(s.warnings))
+	w.logWarnings(s)
 	if w.cfg.OnChange != nil {
 		w.cfg.OnChange(s, changed)
+	}
+}
+
+// logWarnings logs each of a set's warnings once per file version: a
+// reload of the same bytes (an editor's save dance, a touch) repeats none.
+func (w *Watcher) logWarnings(s *Set) {
+	if s.version == w.warnedVersion {
+		return
+	}
+	w.warnedVersion = s.version
+	for _, p := range s.warnings {
+		w.log.Warn("flag file: "+p.Msg, "path", p.Path, "version", short(s.version))
 	}
 }
 
