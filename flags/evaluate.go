@@ -71,6 +71,14 @@ func (s *Set) Evaluate(flagKey string, ctx map[string]any) Result {
 		return Result{Reason: ReasonError, ErrorCode: ErrParse,
 			ErrorMessage: fmt.Sprintf("flag %q: targeting failed: %v", flagKey, err), Metadata: f.metadata}
 	}
+	return f.outcome(out)
+}
+
+// outcome is the result of targeting that returned out, as flagd reads it:
+// null is the default variant (DEFAULT), anything else names a variant by
+// its text, and a name that is not a variant is an ERROR (GENERAL).
+func (f *flag) outcome(out any) Result {
+	flagKey := f.key
 	if out == nil {
 		if !f.hasDefault {
 			return Result{Reason: ReasonDefault, Metadata: f.metadata}

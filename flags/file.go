@@ -182,24 +182,31 @@ func (v *validator) errorsSince(before int) bool {
 	return len(Errors(v.problems[before:])) > 0
 }
 
-func parse(raw []byte) (*Set, []Problem) {
-	v := &validator{}
+// decode reads a flag file's JSON into its generic form: the one JSON
+// decoding of the flagd format (Parse and FlagEdit both start here).
+func decode(raw []byte) (map[string]any, *Problem) {
 	var doc any
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if err := dec.Decode(&doc); err != nil {
-		v.add("$", "%s", jsonErrorAt(raw, err))
-		return nil, v.problems
+		return nil, &Problem{Path: "$", Msg: jsonErrorAt(raw, err), Severity: SeverityError}
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		off := dec.InputOffset()
 		line, col := lineCol(raw, off)
-		v.add("$", "unexpected data after the top-level value at line %d column %d (offset %d)", line, col, off)
-		return nil, v.problems
+		return nil, &Problem{Path: "$", Msg: fmt.Sprintf("unexpected data after the top-level value at line %d column %d (offset %d)", line, col, off), Severity: SeverityError}
 	}
 	top, ok := doc.(map[string]any)
 	if !ok {
-		v.add("$", "the file must be a JSON object with a \"flags\" object, not %s", kindOf(doc))
-		return nil, v.problems
+		return nil, &Problem{Path: "$", Msg: fmt.Sprintf("the file must be a JSON object with a \"flags\" object, not %s", kindOf(doc)), Severity: SeverityError}
+	}
+	return top, nil
+}
+
+func parse(raw []byte) (*Set, []Problem) {
+	v := &validator{}
+	top, p := decode(raw)
+	if p != nil {
+		return nil, []Problem{*p}
 	}
 	for _, k := range slices.Sorted(maps.Keys(top)) {
 		switch k {

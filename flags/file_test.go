@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pilotlight/pilotlight/functions"
 )
 
 const (
@@ -161,11 +163,12 @@ func TestExampleFlagFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exists := func(r string) bool { return r == "fraud-00001" || r == "fraud-00002" || r == "recommend-00001" }
-	if c := s.PickRevision(RevisionFlagKey("fraud"), map[string]any{"targetingKey": "u", "email": "ada@pilotlight.dev"}, exists); c.Revision != "fraud-00002" || c.Reason != ReasonTargetingMatch {
+	fraud := &functions.Manifest{Name: "fraud", Flag: functions.DefaultFlagKey("fraud"), Revisions: []functions.Revision{{Name: "fraud-00001", Tag: "stable"}, {Name: "fraud-00002"}}}
+	recommend := &functions.Manifest{Name: "recommend", Flag: functions.DefaultFlagKey("recommend"), Revisions: []functions.Revision{{Name: "recommend-00001"}}}
+	if c := s.PickRevision(fraud, map[string]any{"targetingKey": "u", "email": "ada@pilotlight.dev"}); c.Revision != "fraud-00002" || c.Reason != ReasonTargetingMatch {
 		t.Errorf("staff: %+v", c)
 	}
-	if c := s.PickRevision(RevisionFlagKey("recommend"), map[string]any{"targetingKey": "u"}, exists); c.Revision != "recommend-00001" || c.Reason != ReasonStatic {
+	if c := s.PickRevision(recommend, map[string]any{"targetingKey": "u"}); c.Revision != "recommend-00001" || c.Reason != ReasonStatic {
 		t.Errorf("recommend: %+v", c)
 	}
 	if r := s.Evaluate("fraud-explanations", map[string]any{"email": "ada@pilotlight.dev"}); r.Reason != ReasonDisabled {

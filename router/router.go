@@ -459,15 +459,8 @@ func (DefaultPicker) Weights(fn *functions.Manifest) map[string]int {
 	return map[string]int{DefaultRevision(fn): 100}
 }
 
-// DefaultRevision is the revision tagged stable, else the newest.
-func DefaultRevision(fn *functions.Manifest) string {
-	for _, r := range fn.Revisions {
-		if r.Tag == "stable" {
-			return r.Name
-		}
-	}
-	return fn.Revisions[len(fn.Revisions)-1].Name
-}
+// DefaultRevision is the manifest's DefaultRevision (the one rule lives there).
+func DefaultRevision(fn *functions.Manifest) string { return fn.DefaultRevision() }
 
 func (rt *Router) adminFunctions(c echo.Context) error {
 	var detail, extra map[string]any
