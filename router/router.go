@@ -92,6 +92,8 @@ type Config struct {
 	Concurrency *ratelimit.ConcurrencyLimiter
 	// SeparateAdmin moves /metrics and /admin/* off the main handler to AdminHandler.
 	SeparateAdmin bool
+	// Shadow, when set, gets copies of live requests for shadow traffic (see Shadower).
+	Shadow ShadowSink
 }
 
 // AdminSource supplies what the admin view shows beyond weights.
@@ -201,12 +203,7 @@ func (rt *Router) routes() *echo.Echo {
 		}
 		a.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(rt.cfg.Registry, promhttp.HandlerOpts{})))
 		a.GET("/admin/functions", rt.adminFunctions)
-		if rt.cfg.Rollouts != nil {
-			a.GET("/admin/rollouts", rt.listRollouts)
-			a.POST("/admin/rollouts", rt.startRollout)
-			a.GET("/admin/rollouts/:function", rt.rolloutStatus)
-			a.DELETE("/admin/rollouts/:function", rt.abortRollout)
-		}
+		rt.rolloutRoutes(a)
 	}
 
 	e.GET("/v2", func(c echo.Context) error {
@@ -342,7 +339,7 @@ func (rt *Router) proxy(k kind) echo.HandlerFunc {
 			}
 		}
 		c.Set(countedKey, true)
-		code := rt.forward(c, fn, revision, k, body)
+		code := rt.forwardShadowed(c, fn, revision, k, body)
 		rt.m.requests.WithLabelValues(fn.Name, revision, strconv.Itoa(code)).Inc()
 		rt.m.duration.WithLabelValues(fn.Name, revision).Observe(time.Since(start).Seconds())
 		return nil

@@ -167,7 +167,13 @@ func newServeCmd() *cobra.Command {
 				}
 				rcfg.Picker = picker
 				log.Info("flags", "file", flagsPath, "version", w.Set().Version())
-				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log})
+				shadow, err := router.NewShadower(router.ShadowConfig{Functions: fns, Backend: backend, Registerer: reg, Logger: log})
+				if err != nil {
+					return err
+				}
+				defer shadow.Close()
+				rcfg.Shadow = shadow
+				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log, Shadow: shadow, Scaler: rolloutScaler(eng)})
 				defer ctl.Close()
 				rcfg.Rollouts = ctl
 			}
