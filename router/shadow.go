@@ -70,8 +70,8 @@ type Comparator func(primary, candidate []byte) (Comparison, error)
 // Comparators say how each handler's answers compare; a function uses its
 // handler's (function.yaml's handler field).
 var Comparators = map[string]Comparator{
-	"fraud":                  compareFraud,
-	"recommend":              compareRecommend,
+	"fraud":                 compareFraud,
+	"recommend":             compareRecommend,
 	functions.HandlerTensor: compareTensor,
 }
 
