@@ -54,7 +54,7 @@ func twoRevisions(t *testing.T, root, name string, canaryFails bool) *functions.
 	return m
 }
 
-func flagFile(t *testing.T, dir, doc string) string {
+func flagFile(t testing.TB, dir, doc string) string {
 	t.Helper()
 	p := filepath.Join(dir, "flags.json")
 	if err := os.WriteFile(p, []byte(doc), 0o644); err != nil {
@@ -67,10 +67,12 @@ type flagPlatform struct {
 	*platform
 	reg      *prometheus.Registry
 	rollouts *rollout.Controller
+	shadow   *router.Shadower
+	watcher  *flags.Watcher
 }
 
 // startFlagPlatform runs engine, flag watcher, picker, rollout controller and router, as serve does.
-func startFlagPlatform(t *testing.T, fns []*functions.Manifest, flagsPath string) *flagPlatform {
+func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string) *flagPlatform {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	eng, err := engine.New(engine.Config{Functions: fns, PoolSize: 1, Binary: testbin.Pilotlight(t), Registerer: reg, Logger: quietLogger(), TickInterval: 20 * time.Millisecond})
@@ -85,9 +87,13 @@ func startFlagPlatform(t *testing.T, fns []*functions.Manifest, flagsPath string
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: quietLogger()})
 	b := router.LocalBackend{Engine: eng}
-	rt, err := router.New(router.Config{Functions: fns, Backend: b, Admin: b, Picker: picker, Rollouts: ctl, Registry: reg, Logger: quietLogger()})
+	shadow, err := router.NewShadower(router.ShadowConfig{Functions: fns, Backend: b, Registerer: reg, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: quietLogger(), Shadow: shadow, Scaler: eng})
+	rt, err := router.New(router.Config{Functions: fns, Backend: b, Admin: b, Picker: picker, Rollouts: ctl, Registry: reg, Logger: quietLogger(), Shadow: shadow})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,13 +104,14 @@ func startFlagPlatform(t *testing.T, fns []*functions.Manifest, flagsPath string
 	ts := newTestServer(rt.Handler())
 	t.Cleanup(func() {
 		ctl.Close()
+		shadow.Close()
 		ts.Close()
 		rt.Close()
 		cancel()
 		<-done
 		<-done
 	})
-	return &flagPlatform{platform: &platform{url: ts.URL, eng: eng}, reg: reg, rollouts: ctl}
+	return &flagPlatform{platform: &platform{url: ts.URL, eng: eng}, reg: reg, rollouts: ctl, shadow: shadow, watcher: w}
 }
 
 const splitFlags = `{"flags": {"demo-revision": {"state": "ENABLED",

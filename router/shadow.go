@@ -416,33 +416,64 @@ func (w *teeWriter) Flush() {
 
 // compareFraud: per transaction, the decisions agree or not, and
 // |Δ fraud_probability|; Agreement is the share of agreeing decisions and
-// Delta the mean |Δ probability|.
+// Delta the mean |Δ probability|. An answer is one result (a single
+// transaction) or {"results": [...]} (a batch).
 func compareFraud(primary, candidate []byte) (Comparison, error) {
-	type result struct {
-		FraudProbability float64 `json:"fraud_probability"`
-		Decision         string  `json:"decision"`
-	}
-	var a, b struct {
-		Results []result `json:"results"`
-	}
-	if err := json.Unmarshal(primary, &a); err != nil {
+	a, err := fraudResults(primary)
+	if err != nil {
 		return Comparison{}, fmt.Errorf("serving answer: %w", err)
 	}
-	if err := json.Unmarshal(candidate, &b); err != nil {
+	b, err := fraudResults(candidate)
+	if err != nil {
 		return Comparison{}, fmt.Errorf("candidate answer: %w", err)
 	}
-	if len(a.Results) != len(b.Results) || len(a.Results) == 0 {
-		return Comparison{}, fmt.Errorf("%d results against %d", len(b.Results), len(a.Results))
+	if len(a) != len(b) {
+		return Comparison{}, fmt.Errorf("%d results against %d", len(b), len(a))
 	}
 	var agree, delta float64
-	for i := range a.Results {
-		if a.Results[i].Decision == b.Results[i].Decision {
+	for i := range a {
+		if a[i].Decision == b[i].Decision {
 			agree++
 		}
-		delta += math.Abs(a.Results[i].FraudProbability - b.Results[i].FraudProbability)
+		delta += math.Abs(a[i].FraudProbability - b[i].FraudProbability)
 	}
-	n := float64(len(a.Results))
+	n := float64(len(a))
 	return Comparison{Agreement: agree / n, Delta: delta / n}, nil
+}
+
+type fraudResult struct {
+	FraudProbability *float64 `json:"fraud_probability"`
+	Decision         string   `json:"decision"`
+}
+
+type fraudScore struct {
+	FraudProbability float64
+	Decision         string
+}
+
+func fraudResults(raw []byte) ([]fraudScore, error) {
+	var doc struct {
+		fraudResult
+		Results []fraudResult `json:"results"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, err
+	}
+	rs := doc.Results
+	if rs == nil {
+		rs = []fraudResult{doc.fraudResult}
+	}
+	out := make([]fraudScore, 0, len(rs))
+	for _, r := range rs {
+		if r.FraudProbability == nil || r.Decision == "" {
+			return nil, errors.New("a result without fraud_probability and decision")
+		}
+		out = append(out, fraudScore{*r.FraudProbability, r.Decision})
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no results")
+	}
+	return out, nil
 }
 
 // compareRecommend: the overlap of the two top-k item lists, |A ∩ B| / k;

@@ -239,6 +239,8 @@ func TestComparators(t *testing.T) {
 		{"fraud", `{"results":[{"fraud_probability":0.5,"decision":"review"},{"fraud_probability":0.1,"decision":"approve"}]}`,
 			`{"results":[{"fraud_probability":0.6,"decision":"review"},{"fraud_probability":0.9,"decision":"block"}]}`, 0.5, 0.45, false},
 		{"fraud", servingAnswer, `{"results":[]}`, 0, 0, true},
+		{"fraud", `{"fraud_probability":0.2,"decision":"approve","top_features":[]}`, `{"fraud_probability":0.85,"decision":"block"}`, 0, 0.65, false},
+		{"fraud", `{"fraud_probability":0.2,"decision":"approve"}`, `{"decision":"approve"}`, 0, 0, true},
 		{"recommend", `{"user_id":1,"items":[{"item_id":1},{"item_id":2},{"item_id":3},{"item_id":4}]}`,
 			`{"user_id":1,"items":[{"item_id":4},{"item_id":2},{"item_id":9},{"item_id":8}]}`, 0.5, 0.5, false},
 		{"tensor", `{"outputs":[{"name":"y","shape":[1,2],"data":[0.5,1.5]}]}`, `{"outputs":[{"name":"y","shape":[1,2],"data":[0.50001,1.5]}]}`, 1, 0.00001, false},
