@@ -223,7 +223,8 @@ func TestBlueGreenUndoUnderLoad(t *testing.T) {
 
 // BenchmarkBlueGreenUndo reports, from one run under load, the time from
 // `undo` to the last request served by the candidate and the client p99
-// without and with shadow traffic (100% of requests copied).
+// without and with shadow traffic (100% of requests copied), from
+// alternating one-second windows of the same run.
 func BenchmarkBlueGreenUndo(b *testing.B) {
 	var r blueGreenResult
 	for range b.N {
@@ -247,13 +248,30 @@ func runBlueGreenUndo(t testing.TB) blueGreenResult {
 	p := startFlagPlatform(t, []*functions.Manifest{m}, flagFile(t, dir, fraudFlags))
 	url := p.url + "/functions/fraud"
 	load := startFraudLoad(t, url, 4)
-	// Warm the serving revision, then a window without shadow traffic.
+	// Warm both revisions, then alternate one-second windows without and
+	// with shadow traffic (every request copied to the candidate), so drift
+	// in the shared machine's load falls on both sides alike.
 	waitFor(t, 30*time.Second, "the serving revision to answer", func() bool { return p.eng.ReadyInstances("fraud", "fraud-00001") > 0 })
-	plainFrom := time.Now()
-	time.Sleep(3 * time.Second) // a measurement window of steady load, not synchronisation
-	plainTo := time.Now()
+	p.shadow.Mirror("fraud", "fraud-00001", "fraud-00002", 100)
+	waitFor(t, 30*time.Second, "the candidate to answer shadow copies", func() bool { return p.shadow.Totals("fraud", "fraud-00002").Compared > 0 })
+	p.shadow.StopMirror("fraud")
+	type window struct {
+		from, to time.Time
+		shadow   bool
+	}
+	var windows []window
+	for i := range 6 {
+		on := i%2 == 1
+		if on {
+			p.shadow.Mirror("fraud", "fraud-00001", "fraud-00002", 100)
+		}
+		from := time.Now()
+		time.Sleep(time.Second) // a measurement window of steady load, not synchronisation
+		windows = append(windows, window{from, time.Now(), on})
+		p.shadow.StopMirror("fraud")
+	}
 
-	spec := rollout.Spec{Function: "fraud", To: "fraud-00002", Strategy: rollout.StrategyBlueGreen, Interval: 3 * time.Second, MinRequests: 10,
+	spec := rollout.Spec{Function: "fraud", To: "fraud-00002", Strategy: rollout.StrategyBlueGreen, Interval: time.Second, MinRequests: 10,
 		MaxP99: 5 * time.Second, Shadow: 100, MinAgreement: 0.95, MaxScoreDelta: 0.05, KeepPrevious: 10 * time.Minute}
 	if _, err := p.rollouts.Start(spec); err != nil {
 		t.Fatal(err)
@@ -262,13 +280,9 @@ func runBlueGreenUndo(t testing.TB) blueGreenResult {
 	if st.State != rollout.StatePromoted {
 		t.Fatalf("blue-green: %s %+v", st.State, st.Decisions)
 	}
-	var shadowFrom, shadowTo time.Time
-	for _, d := range st.Decisions {
-		if d.Phase == rollout.PhaseShadow && d.Verdict == rollout.VerdictAdvance {
-			shadowFrom, shadowTo = d.At.Add(-spec.Interval), d.At
-		}
-	}
-	if shadowTo.IsZero() {
+	if !slices.ContainsFunc(st.Decisions, func(d rollout.Decision) bool {
+		return d.Phase == rollout.PhaseShadow && d.Verdict == rollout.VerdictAdvance
+	}) {
 		t.Fatalf("no passing shadow phase: %+v", st.Decisions)
 	}
 	switched := st.Finished
@@ -306,7 +320,14 @@ func runBlueGreenUndo(t testing.TB) blueGreenResult {
 		t.Fatal("requests still reached the candidate after the undo settled")
 	}
 	res.undoToPrevious = max(lastCandidate.Sub(undoAt), 0)
-	plain, shadowed := between(samples, plainFrom, plainTo), between(samples, shadowFrom, shadowTo)
+	var plain, shadowed []sample
+	for _, w := range windows {
+		if w.shadow {
+			shadowed = append(shadowed, between(samples, w.from, w.to)...)
+		} else {
+			plain = append(plain, between(samples, w.from, w.to)...)
+		}
+	}
 	res.p99Plain, res.p99Shadow, res.nPlain, res.nShadow = p99(plain), p99(shadowed), len(plain), len(shadowed)
 	return res
 }

@@ -70,20 +70,7 @@ func TestRolloutPromotesAHealthyCanaryAndRollsBackAFailingOne(t *testing.T) {
 	if _, err := p.rollouts.Start(spec("good")); err != rollout.ErrRunning {
 		t.Errorf("a second rollout of the same function: %v, want ErrRunning", err)
 	}
-	wait := func(fn string) rollout.Status {
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			st, _ := p.rollouts.Status(fn)
-			if st.State != rollout.StateRunning {
-				return st
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("rollout of %s still running: %+v", fn, st)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	good, shaky := wait("good"), wait("shaky")
+	good, shaky := waitRollout(t, p, "good"), waitRollout(t, p, "shaky")
 	if good.State != rollout.StatePromoted {
 		t.Errorf("healthy canary: %s, decisions %+v", good.State, good.Decisions)
 	}
