@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -55,6 +56,9 @@ type Watcher struct {
 	// warnedVersion is the last version whose warnings were logged; only
 	// the watcher's goroutine (and NewWatcher before it) touches it.
 	warnedVersion string
+	// watching is closed once Run watches the directory (tests wait on it).
+	watching     chan struct{}
+	watchingOnce sync.Once
 }
 
 // NewWatcher reads the file (it must exist and be valid) and returns a
@@ -70,7 +74,7 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("flag file %s: %w", cfg.Path, err)
 	}
-	w := &Watcher{cfg: cfg, log: cfg.Logger.With("flags", path), path: path}
+	w := &Watcher{cfg: cfg, log: cfg.Logger.With("flags", path), path: path, watching: make(chan struct{})}
 	w.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pilotlight_flags_reload_total",
 		Help: "Reloads of the flag file by result: success (parsed and served), error (rejected; the last good flags stay), missing (file gone; the last good flags stay).",
@@ -132,6 +136,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 	// Catch a change made between NewWatcher and now.
 	w.reload(true)
+	w.watchingOnce.Do(func() { close(w.watching) })
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()

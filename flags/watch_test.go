@@ -70,8 +70,11 @@ func startWatcher(t *testing.T) *watchRig {
 			t.Error(err)
 		}
 	})
-	// Run has started watching once a quiet check has happened; give it a moment.
-	time.Sleep(50 * time.Millisecond)
+	select { // Run watches the directory from here on
+	case <-w.watching:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watcher did not start watching")
+	}
 	return r
 }
 
