@@ -82,18 +82,22 @@ func (r *watchRig) current() string {
 	return r.w.Set().Evaluate("fraud-revision", nil).Variant
 }
 
-// waitFor polls until the current default variant is want (within 1 s, the
-// promise) and reports how long it took.
+// waitBound only stops a test that would hang: how fast a reload is, is
+// for benchmarks, not for tests on a shared machine.
+const waitBound = 10 * time.Second
+
+// waitFor polls until the current default variant is want and reports how
+// long it took.
 func (r *watchRig) waitFor(want string) time.Duration {
 	r.t.Helper()
 	start := time.Now()
-	for time.Since(start) < time.Second {
+	for time.Since(start) < waitBound {
 		if r.current() == want {
 			return time.Since(start)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	r.t.Fatalf("flags still say %q after 1s, want %q", r.current(), want)
+	r.t.Fatalf("flags still say %q after %s, want %q", r.current(), waitBound, want)
 	return 0
 }
 
@@ -104,7 +108,7 @@ func (r *watchRig) count(result string) float64 {
 // eventually waits (bounded) for the reload counter to reach n.
 func (r *watchRig) eventually(result string, n float64) {
 	r.t.Helper()
-	deadline := time.Now().Add(time.Second)
+	deadline := time.Now().Add(waitBound)
 	for time.Now().Before(deadline) && r.count(result) < n {
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -142,7 +146,7 @@ func TestWatcherReloadsInPlaceWrite(t *testing.T) {
 		if len(changed) != 1 || changed[0] != "fraud-revision" {
 			t.Errorf("OnChange got %v", changed)
 		}
-	case <-time.After(time.Second):
+	case <-time.After(waitBound):
 		t.Error("OnChange not called")
 	}
 	r.eventually(ReloadSuccess, 2)
