@@ -21,8 +21,11 @@
 //   - [Provider] wraps an atomically swapped *Set as an OpenFeature provider
 //     (github.com/open-feature/go-sdk), so evaluation takes no lock.
 //   - [Watcher] hot-reloads the file with fsnotify and swaps the Set.
-//   - [Set.PickRevision] is the router's guard: a variant that names a revision
-//     the function does not have falls back to the flag's default variant.
+//   - [Set.ServingRevision] is the one rule for "which revision": a value
+//     naming one of the function's revisions serves it, one naming none falls
+//     back to the flag's default variant, and no usable value goes to the
+//     manifest's DefaultRevision. [Set.PickRevision] (per request) and
+//     [Set.Split] (the Knative traffic block) both answer through it.
 //
 // flagd behaviour followed here (flagd core/pkg/evaluator and the flagd
 // testbed's gherkin suites, as of the "v2" fractional generation):
