@@ -53,8 +53,8 @@ type Watcher struct {
 	path     string
 	provider *Provider
 	reloads  *prometheus.CounterVec
-	// warnedVersion is the last version whose warnings were logged; only
-	// the watcher's goroutine (and NewWatcher before it) touches it.
+	reloadMu sync.Mutex
+	// warnedVersion is the last version whose warnings were logged (under reloadMu).
 	warnedVersion string
 	// watching is closed once Run watches the directory (tests wait on it).
 	watching     chan struct{}
@@ -167,9 +167,18 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 }
 
-// reload re-reads the file and swaps the set when it parses. The check at
-// start (quiet) counts nothing when the file is as it was loaded.
+// ReloadNow re-reads the file at once, without waiting for the file
+// event and the debounce: whoever just wrote the file (the rollout
+// controller's atomic flag write) has the change served when this returns.
+// The watcher's own reload of the same bytes then changes nothing.
+func (w *Watcher) ReloadNow() { w.reload(true) }
+
+// reload re-reads the file and swaps the set when it parses. A quiet
+// reload counts nothing when the file is as it was loaded. Reloads are
+// serialised: Run's and ReloadNow's.
 func (w *Watcher) reload(quiet bool) {
+	w.reloadMu.Lock()
+	defer w.reloadMu.Unlock()
 	raw, err := os.ReadFile(w.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		w.reloads.WithLabelValues(ReloadMissing).Inc()

@@ -302,3 +302,18 @@ func TestNewWatcherNeedsAValidFile(t *testing.T) {
 		}
 	}
 }
+
+// ReloadNow serves a change as soon as it returns: no event, no debounce.
+func TestWatcherReloadNow(t *testing.T) {
+	r := startWatcher(t)
+	atomicWrite(t, r.path, versionFile("canary"))
+	r.w.ReloadNow()
+	if got := r.current(); got != "canary" {
+		t.Fatalf("after ReloadNow the flags say %q, want canary", got)
+	}
+	before := r.count(ReloadError)
+	r.w.ReloadNow() // the same bytes again: nothing to do, nothing counted as an error
+	if r.current() != "canary" || r.count(ReloadError) != before {
+		t.Error("a second ReloadNow of the same file changed something")
+	}
+}

@@ -92,7 +92,7 @@ func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: quietLogger(), Shadow: shadow, Scaler: eng})
+	ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: quietLogger(), Shadow: shadow, Scaler: eng, Reload: w.ReloadNow})
 	rt, err := router.New(router.Config{Functions: fns, Backend: b, Admin: b, Picker: picker, Rollouts: ctl, Registry: reg, Logger: quietLogger(), Shadow: shadow})
 	if err != nil {
 		t.Fatal(err)

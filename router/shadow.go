@@ -109,7 +109,8 @@ type Shadower struct {
 	agreement *prometheus.GaugeVec
 	delta     *prometheus.HistogramVec
 
-	stop chan struct{}
+	ctx  context.Context // ends on Close: in-flight copies are abandoned
+	stop context.CancelFunc
 	wg   sync.WaitGroup
 }
 
@@ -156,7 +157,7 @@ func NewShadower(cfg ShadowConfig) (*Shadower, error) {
 		cfg.Window = DefaultShadowWindow
 	}
 	s := &Shadower{cfg: cfg, log: cfg.Logger, fns: map[string]*functions.Manifest{}, queue: make(chan shadowJob, cfg.QueueSize),
-		stats: map[string]*shadowStats{}, stop: make(chan struct{}),
+		stats: map[string]*shadowStats{},
 		transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
 			MaxIdleConnsPerHost: cfg.Workers, IdleConnTimeout: 90 * time.Second, DisableCompression: true},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_shadow_requests_total",
@@ -169,6 +170,7 @@ func NewShadower(cfg ShadowConfig) (*Shadower, error) {
 			Help:    "Score difference per compared request (fraud: mean |Δ probability|, recommend: 1 - top-k overlap, tensor: max |Δ output|).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}, []string{"function", "revision"}),
 	}
+	s.ctx, s.stop = context.WithCancel(context.Background())
 	empty := map[string]shadowTarget{}
 	s.targets.Store(&empty)
 	for _, fn := range cfg.Functions {
@@ -188,9 +190,9 @@ func NewShadower(cfg ShadowConfig) (*Shadower, error) {
 	return s, nil
 }
 
-// Close stops the workers; copies still queued are dropped.
+// Close stops the workers; copies queued or in flight are abandoned.
 func (s *Shadower) Close() {
-	close(s.stop)
+	s.stop()
 	s.wg.Wait()
 	s.transport.CloseIdleConnections()
 }
@@ -266,7 +268,7 @@ func (s *Shadower) work() {
 	defer s.wg.Done()
 	for {
 		select {
-		case <-s.stop:
+		case <-s.ctx.Done():
 			return
 		case job := <-s.queue:
 			s.send(job)
@@ -277,7 +279,7 @@ func (s *Shadower) work() {
 // send runs one copy: acquire a candidate instance (starting one if need
 // be, as for any request), send, compare.
 func (s *Shadower) send(job shadowJob) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
 	defer cancel()
 	fn, to := job.fn.Name, job.to
 	answer, err := s.ask(ctx, job)

@@ -173,7 +173,7 @@ func newServeCmd() *cobra.Command {
 				}
 				defer shadow.Close()
 				rcfg.Shadow = shadow
-				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log, Shadow: shadow, Scaler: rolloutScaler(eng)})
+				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log, Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow})
 				defer ctl.Close()
 				rcfg.Rollouts = ctl
 			}

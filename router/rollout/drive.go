@@ -246,7 +246,7 @@ func (c *Controller) setSplit(fn *functions.Manifest, from, to string, weight in
 	stable := ff.VariantFor(from)
 	canary := ff.VariantFor(to)
 	ff.SetSplit(stable, canary, weight)
-	return ff.Write()
+	return c.write(ff)
 }
 
 // setStatic gives revision all of fn's traffic in one atomic flag write.
@@ -258,5 +258,16 @@ func (c *Controller) setStatic(fn *functions.Manifest, revision string) error {
 		return err
 	}
 	ff.SetStatic(ff.VariantFor(revision))
-	return ff.Write()
+	return c.write(ff)
+}
+
+// write replaces the flag file and has the router serve it at once.
+func (c *Controller) write(ff *flags.FlagEdit) error {
+	if err := ff.Write(); err != nil {
+		return err
+	}
+	if c.cfg.Reload != nil {
+		c.cfg.Reload()
+	}
+	return nil
 }

@@ -146,6 +146,10 @@ type Config struct {
 	// previous revision warm (without it, blue-green relies on shadow
 	// traffic and the autoscaler).
 	Scaler Scaler
+	// Reload, when set, is called after each flag write so the router
+	// serves it at once rather than after the file watcher's debounce
+	// (flags.Watcher.ReloadNow): an undo is one write and one swap.
+	Reload func()
 }
 
 // Controller runs at most one rollout per function.
