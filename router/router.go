@@ -92,8 +92,8 @@ type Config struct {
 	Concurrency *ratelimit.ConcurrencyLimiter
 	// SeparateAdmin moves /metrics and /admin/* off the main handler to AdminHandler.
 	SeparateAdmin bool
-	// Shadow, when set, gets copies of live requests for shadow traffic (see Shadower).
-	Shadow ShadowSink
+	// Shadow, when set, sees each primary answer (see Shadow).
+	Shadow Shadow
 }
 
 // AdminSource supplies what the admin view shows beyond weights.

@@ -46,13 +46,27 @@ const (
 	ShadowFailed   = "failed"
 )
 
-// ShadowSink is the router's one shadow hook: for each request the flag
-// routed to a revision, Wants says (cheaply, sampling) whether a copy is
-// wanted; if so the router hands over the request body and the primary
-// response once the client has it. Shadower satisfies it.
-type ShadowSink interface {
-	Wants(function, revision string) bool
-	Shadow(function, revision string, body []byte, status int, response []byte)
+// Shadow is told about every proxied answer the router buffered, once it
+// is known: the hook for copying a share of a revision's traffic to a
+// candidate and comparing answers. It runs on the request's goroutine, so
+// it must return at once (sample, copy what it keeps — the slices are
+// reused after it returns — and hand off). Shadower satisfies it.
+//
+// Shadow and ShadowCall have the shape of the hook on main's new hot path
+// (router.go there declares both): when this branch is merged onto it,
+// delete these two declarations and keep main's.
+type Shadow interface {
+	Shadow(ctx context.Context, call ShadowCall)
+}
+
+// ShadowCall is one primary request and its answer, as Shadow sees it.
+type ShadowCall struct {
+	Function, Revision string
+	Method, Path       string // Path as the client sent it (/functions/fraud, /v2/models/...)
+	Query              string
+	Body               []byte // the request body (valid during the call only)
+	Status             int
+	Response           []byte // the primary's response body (valid during the call only)
 }
 
 // Comparison is how two answers to the same request compare: Agreement in
@@ -90,9 +104,9 @@ type ShadowConfig struct {
 // Shadower copies a share of a serving revision's live requests to a
 // candidate revision and compares the answers, off the client's path: the
 // copy waits in a bounded queue (dropped and counted when it is full) and
-// a few workers send it once the client has its answer. The rollout
-// controller starts and stops mirroring and reads the totals (it satisfies
-// rollout.Shadow).
+// a few workers send it once the client has its answer. The router calls
+// it through its Shadow hook; the rollout controller starts and stops
+// mirroring and reads the totals (it satisfies rollout.Shadow).
 type Shadower struct {
 	cfg       ShadowConfig
 	log       *slog.Logger
@@ -134,7 +148,10 @@ type shadowStats struct {
 	sum    float64
 }
 
-var _ rollout.Shadow = (*Shadower)(nil)
+var (
+	_ rollout.Shadow = (*Shadower)(nil)
+	_ Shadow         = (*Shadower)(nil)
+)
 
 // NewShadower builds a Shadower and starts its workers; Close stops them.
 func NewShadower(cfg ShadowConfig) (*Shadower, error) {
@@ -236,32 +253,52 @@ func (s *Shadower) Totals(function, revision string) rollout.ShadowTotals {
 	return rollout.ShadowTotals{}
 }
 
-// Wants implements ShadowSink: no lock, one atomic load and, while a
-// function is mirrored, one random draw.
-func (s *Shadower) Wants(function, revision string) bool {
+// Mirroring says, without sampling, whether function's requests served by
+// revision are being copied: a router that must buffer an answer to show
+// it to Shadow asks first.
+func (s *Shadower) Mirroring(function, revision string) bool {
 	t, ok := (*s.targets.Load())[function]
-	return ok && t.from == revision && rand.IntN(100) < t.percent
+	return ok && t.from == revision
 }
 
-// Shadow implements ShadowSink: it queues a copy for the candidate and
-// returns at once; a full queue drops the copy and counts it. Only
-// answered requests (200) are worth comparing.
-func (s *Shadower) Shadow(function, revision string, body []byte, status int, response []byte) {
-	t, ok := (*s.targets.Load())[function]
-	fn := s.fns[function]
-	if !ok || t.from != revision || fn == nil || status != http.StatusOK || len(response) > maxShadowBytes {
+// Shadow implements Shadow: while function is mirrored, it samples the
+// target's share of the serving revision's answered (200) requests and
+// queues a copy for the candidate, returning at once; a full queue drops
+// the copy and counts it. No lock: one atomic load and one random draw.
+func (s *Shadower) Shadow(_ context.Context, call ShadowCall) {
+	t, ok := (*s.targets.Load())[call.Function]
+	if !ok || t.from != call.Revision || call.Method != http.MethodPost || call.Status != http.StatusOK || rand.IntN(100) >= t.percent {
 		return
 	}
-	path := "/"
-	if fn.Handler == functions.HandlerTensor {
-		path = "/v2/models/" + fn.Name + "/infer"
+	fn := s.fns[call.Function]
+	path, ok := candidatePath(fn, call.Path)
+	if !ok || len(call.Response) > maxShadowBytes {
+		return
 	}
-	job := shadowJob{fn: fn, to: t.to, path: path, body: bytes.Clone(body), response: bytes.Clone(response)}
+	if call.Query != "" {
+		path += "?" + call.Query
+	}
+	job := shadowJob{fn: fn, to: t.to, path: path, body: bytes.Clone(call.Body), response: bytes.Clone(call.Response)}
 	select {
 	case s.queue <- job:
 	default:
-		s.count(function, t.to, ShadowDropped)
+		s.count(call.Function, t.to, ShadowDropped)
 	}
+}
+
+// candidatePath is where a copy of a request goes on a candidate's
+// instance: a function call to POST / (Knative style), a V2 infer to the
+// same path; a request pinned to a version is not copied.
+func candidatePath(fn *functions.Manifest, path string) (string, bool) {
+	switch {
+	case fn == nil:
+		return "", false
+	case path == "/" || path == "/functions/"+fn.Name:
+		return "/", true
+	case path == "/v2/models/"+fn.Name+"/infer":
+		return path, true
+	}
+	return "", false
 }
 
 func (s *Shadower) work() {
@@ -373,13 +410,12 @@ func (s *Shadower) count(function, revision, result string) {
 	s.statsMu.Unlock()
 }
 
-// forwardShadowed is forward with the shadow hook: when the sink wants a
-// copy of this request, the primary response is teed (bounded) while it
-// streams to the client, and handed over once the client has it.
+// forwardShadowed is forward with the shadow hook: while a Shadower
+// mirrors this function's revision, the primary response is teed (bounded)
+// as it streams to the client and shown to the hook once the client has it.
 func (rt *Router) forwardShadowed(c echo.Context, fn *functions.Manifest, revision string, k kind, body []byte) int {
-	sink := rt.cfg.Shadow
-	shadowable := c.Request().Method == http.MethodPost && c.Param("version") == "" && (k == kindV2) == (fn.Handler == functions.HandlerTensor)
-	if sink == nil || !shadowable || !sink.Wants(fn.Name, revision) {
+	hook := rt.cfg.Shadow
+	if m, ok := hook.(interface{ Mirroring(function, revision string) bool }); hook == nil || (ok && !m.Mirroring(fn.Name, revision)) {
 		return rt.forward(c, fn, revision, k, body)
 	}
 	tee := &teeWriter{ResponseWriter: c.Response().Writer}
@@ -387,7 +423,9 @@ func (rt *Router) forwardShadowed(c echo.Context, fn *functions.Manifest, revisi
 	code := rt.forward(c, fn, revision, k, body)
 	c.Response().Writer = tee.ResponseWriter
 	if !tee.overflow {
-		sink.Shadow(fn.Name, revision, body, code, tee.buf.Bytes())
+		r := c.Request()
+		hook.Shadow(r.Context(), ShadowCall{Function: fn.Name, Revision: revision, Method: r.Method, Path: r.URL.Path,
+			Query: r.URL.RawQuery, Body: body, Status: code, Response: tee.buf.Bytes()})
 	}
 	return code
 }

@@ -185,8 +185,8 @@ func TestShadowClientsGetOnlyTheServingAnswer(t *testing.T) {
 	// Mirroring off: no more copies.
 	r.shadow.StopMirror("fraud")
 	r.post(t)
-	if r.shadow.Wants("fraud", "fraud-00001") {
-		t.Error("still sampling after StopMirror")
+	if r.shadow.Mirroring("fraud", "fraud-00001") || r.invert.hits.Load() != n {
+		t.Error("still copying after StopMirror")
 	}
 }
 
@@ -211,20 +211,38 @@ func TestShadowFullQueueDropsAndCounts(t *testing.T) {
 	r.waitCompared(t, 3)
 }
 
+// Shadow samples the mirrored share of the serving revision's answered
+// POSTs and nothing else. With the one worker held inside the candidate and
+// a queue of one, every further sampled copy is dropped, and drops are
+// counted on the caller's goroutine: sampled = dropped + the 1 or 2 held.
 func TestShadowSamplesTheServingRevisionOnly(t *testing.T) {
-	r := startShadowRig(t, router.ShadowConfig{}, &answering{})
+	cand := &answering{seen: make(chan struct{}, 1), gate: make(chan struct{})}
+	r := startShadowRig(t, router.ShadowConfig{QueueSize: 1, Workers: 1}, cand)
+	t.Cleanup(func() { close(cand.gate) })
 	r.shadow.Mirror("fraud", "fraud-00001", "fraud-00002", 20)
-	wanted := 0
-	for range 5000 {
-		if r.shadow.Wants("fraud", "fraud-00001") {
-			wanted++
-		}
-		if r.shadow.Wants("fraud", "fraud-00002") || r.shadow.Wants("recommend", "fraud-00001") {
-			t.Fatal("copied a request not served by the mirrored revision")
+	call := router.ShadowCall{Function: "fraud", Revision: "fraud-00001", Method: "POST", Path: "/functions/fraud",
+		Body: []byte(transactionBody), Status: 200, Response: []byte(servingAnswer)}
+	never := []router.ShadowCall{call, call, call, call, call, call}
+	never[0].Revision = "fraud-00002"                             // the candidate's own traffic
+	never[1].Function = "recommend"                               // another function
+	never[2].Status = 503                                         // a failed primary
+	never[3].Method = "GET"                                       // metadata
+	never[4].Path = "/v2/models/fraud/versions/fraud-00001/infer" // pinned to a version
+	never[5].Path = "/v2/models/fraud/ready"
+	const n = 5000
+	for range n {
+		r.shadow.Shadow(context.Background(), call)
+		for _, c := range never {
+			r.shadow.Shadow(context.Background(), c)
 		}
 	}
-	if share := float64(wanted) / 5000; math.Abs(share-0.20) > 0.03 {
-		t.Errorf("sampled %.3f of requests, want 0.20", share)
+	<-cand.seen
+	dropped := r.shadow.Totals("fraud", "fraud-00002").Dropped
+	if share := (dropped + 2) / n; math.Abs(share-0.20) > 0.03 {
+		t.Errorf("sampled about %.3f of the serving revision's requests, want 0.20", share)
+	}
+	if !r.shadow.Mirroring("fraud", "fraud-00001") || r.shadow.Mirroring("fraud", "fraud-00002") {
+		t.Error("Mirroring disagrees with the target")
 	}
 }
 
