@@ -60,7 +60,7 @@ func TestRolloutPromotesAHealthyCanaryAndRollsBackAFailingOne(t *testing.T) {
 
 	spec := func(fn string) rollout.Spec {
 		return rollout.Spec{Function: fn, To: fn + "-00002", Steps: []int{20, 50, 100}, Interval: 800 * time.Millisecond,
-			MaxErrorRate: 0.01, MaxP99: 2 * time.Second, MinRequests: 5}
+			MaxErrorRate: 0.01, MaxP99: 10 * time.Second, MinRequests: 5} // p99 includes the canary's cold start on a loaded machine; the failing canary fails on errors
 	}
 	for _, fn := range []string{"good", "shaky"} {
 		if _, err := p.rollouts.Start(spec(fn)); err != nil {
