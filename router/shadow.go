@@ -415,7 +415,9 @@ func (s *Shadower) count(function, revision, result string) {
 // as it streams to the client and shown to the hook once the client has it.
 func (rt *Router) forwardShadowed(c echo.Context, fn *functions.Manifest, revision string, k kind, body []byte) int {
 	hook := rt.cfg.Shadow
-	if m, ok := hook.(interface{ Mirroring(function, revision string) bool }); hook == nil || (ok && !m.Mirroring(fn.Name, revision)) {
+	if m, ok := hook.(interface {
+		Mirroring(function, revision string) bool
+	}); hook == nil || (ok && !m.Mirroring(fn.Name, revision)) {
 		return rt.forward(c, fn, revision, k, body)
 	}
 	tee := &teeWriter{ResponseWriter: c.Response().Writer}
