@@ -410,14 +410,18 @@ func (s *Shadower) count(function, revision, result string) {
 	s.statsMu.Unlock()
 }
 
+// mirrorer is a Shadow that says cheaply whether it wants a revision's
+// answers at all, so the router buffers them only then.
+type mirrorer interface {
+	Mirroring(function, revision string) bool
+}
+
 // forwardShadowed is forward with the shadow hook: while a Shadower
 // mirrors this function's revision, the primary response is teed (bounded)
 // as it streams to the client and shown to the hook once the client has it.
 func (rt *Router) forwardShadowed(c echo.Context, fn *functions.Manifest, revision string, k kind, body []byte) int {
 	hook := rt.cfg.Shadow
-	if m, ok := hook.(interface {
-		Mirroring(function, revision string) bool
-	}); hook == nil || (ok && !m.Mirroring(fn.Name, revision)) {
+	if m, ok := hook.(mirrorer); hook == nil || (ok && !m.Mirroring(fn.Name, revision)) {
 		return rt.forward(c, fn, revision, k, body)
 	}
 	tee := &teeWriter{ResponseWriter: c.Response().Writer}
