@@ -181,6 +181,9 @@ func TestGatesRollBackAnInvertedFraudModel(t *testing.T) {
 	m := fraudRevisions(t, dir, func(b []byte) []byte { return invertModel(t, b) })
 	p := startFlagPlatform(t, []*functions.Manifest{m}, flagFile(t, dir, fraudFlags))
 	load := startFraudLoad(t, p.url+"/functions/fraud", 4)
+	if n := p.eng.ReadyInstances("fraud", "fraud-00002"); n != 0 {
+		t.Fatalf("the candidate has %d instances before any traffic; it should start from zero", n)
+	}
 	spec := rollout.Spec{Function: "fraud", To: "fraud-00002", Steps: []int{50, 100}, Interval: time.Second, MinRequests: 10,
 		MaxP99: 5 * time.Second, Shadow: 50, MinAgreement: 0.95, MaxScoreDelta: 0.05}
 	if _, err := p.rollouts.Start(spec); err != nil {
@@ -205,8 +208,12 @@ func TestGatesRollBackAnInvertedFraudModel(t *testing.T) {
 	if v := metricValue(t, p.reg, "pilotlight_rollout_decisions_total", map[string]string{"function": "fraud", "verdict": "rollback", "check": "agreement"}); v != 1 {
 		t.Errorf("pilotlight_rollout_decisions_total{rollback,agreement} = %v", v)
 	}
+	// The candidate scaled from zero for shadow traffic alone (a cold start, counted like any).
 	if v := metricValue(t, p.reg, "pilotlight_shadow_requests_total", map[string]string{"function": "fraud", "revision": "fraud-00002", "result": "compared"}); !(v >= 10) {
 		t.Errorf("compared shadow requests %v", v)
+	}
+	if v := metricValue(t, p.reg, "pilotlight_cold_starts_total", map[string]string{"function": "fraud", "revision": "fraud-00002"}); !(v >= 1) {
+		t.Errorf("candidate cold starts %v, want it started for shadow traffic", v)
 	}
 }
 
