@@ -21,8 +21,9 @@ $(ORT_LIB):
 models: ## retrain and re-export every model (deterministic)
 	$(GO) run ./cmd/pilotlight train all
 
-run: build ort ## start the platform on 127.0.0.1:8080 (local development: auth off); extra flags via ARGS=...
-	./$(BIN) serve --dev --addr 127.0.0.1:8080 $(ARGS)
+run: build ort ## start the platform on 127.0.0.1:8080 (local development: auth off; rollouts edit a fresh copy of config/flags/flags.json in .cache/run); extra flags via ARGS=...
+	@mkdir -p .cache/run && cp config/flags/flags.json .cache/run/flags.json
+	./$(BIN) serve --dev --addr 127.0.0.1:8080 --flags .cache/run/flags.json $(ARGS)
 
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 

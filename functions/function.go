@@ -145,10 +145,30 @@ func Parse(file string, raw []byte) (*Manifest, error) {
 	return &m, nil
 }
 
+// DefaultFlagKey is the flag that picks a function's revision when its
+// manifest names none: "<function>-revision". The one place this default
+// is computed.
+func DefaultFlagKey(function string) string { return function + "-revision" }
+
+// DefaultRevision is the revision that serves a request when the
+// function's flag gives no usable revision (the flag is missing, DISABLED,
+// has no defaultVariant, fails to evaluate, or names a revision the
+// function does not have): the revision tagged stable, else the newest
+// (the last listed). The local router and the generated Knative traffic
+// block both use it, so they agree in every state of the flag.
+func (m *Manifest) DefaultRevision() string {
+	for _, r := range m.Revisions {
+		if r.Tag == "stable" {
+			return r.Name
+		}
+	}
+	return m.Revisions[len(m.Revisions)-1].Name
+}
+
 // applyDefaults sets each omitted (zero) field to its default.
 func (m *Manifest) applyDefaults() {
 	if m.Flag == "" && m.Name != "" {
-		m.Flag = m.Name + "-revision"
+		m.Flag = DefaultFlagKey(m.Name)
 	}
 	m.Runtime.Sessions = cmp.Or(m.Runtime.Sessions, DefaultSessions)
 	m.Runtime.Provider = cmp.Or(m.Runtime.Provider, DefaultProvider)

@@ -261,12 +261,7 @@ func (rt *Router) routes() *echo.Echo {
 		}
 		a.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(rt.cfg.Registry, promhttp.HandlerOpts{})))
 		a.GET("/admin/functions", rt.adminFunctions)
-		if rt.cfg.Rollouts != nil {
-			a.GET("/admin/rollouts", rt.listRollouts)
-			a.POST("/admin/rollouts", rt.startRollout)
-			a.GET("/admin/rollouts/:function", rt.rolloutStatus)
-			a.DELETE("/admin/rollouts/:function", rt.abortRollout)
-		}
+		rt.rolloutRoutes(a)
 	}
 	e.GET("/v2", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]any{"name": "pilotlight", "version": "router", "extensions": []string{}})
@@ -406,15 +401,8 @@ func (DefaultPicker) Weights(fn *functions.Manifest) map[string]int {
 	return map[string]int{DefaultRevision(fn): 100}
 }
 
-// DefaultRevision is the revision tagged stable, else the newest.
-func DefaultRevision(fn *functions.Manifest) string {
-	for _, r := range fn.Revisions {
-		if r.Tag == "stable" {
-			return r.Name
-		}
-	}
-	return fn.Revisions[len(fn.Revisions)-1].Name
-}
+// DefaultRevision is the manifest's DefaultRevision (the one rule lives there).
+func DefaultRevision(fn *functions.Manifest) string { return fn.DefaultRevision() }
 
 func (rt *Router) adminFunctions(c echo.Context) error {
 	var detail, extra map[string]any

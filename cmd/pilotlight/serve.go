@@ -177,7 +177,13 @@ func newServeCmd() *cobra.Command {
 				}
 				rcfg.Picker, flagWatcher = picker, w
 				log.Info("flags", "file", flagsPath, "version", w.Set().Version())
-				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log})
+				shadow, err := router.NewShadower(router.ShadowConfig{Functions: fns, Backend: backend, Registerer: reg, Logger: log})
+				if err != nil {
+					return err
+				}
+				defer shadow.Close()
+				rcfg.Shadow = shadow
+				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log, Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow})
 				defer ctl.Close()
 				rcfg.Rollouts = ctl
 			}

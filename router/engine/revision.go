@@ -30,6 +30,10 @@ type revision struct {
 	startErr   error
 	startErrAt time.Time
 	retryAfter time.Time
+	// floor keeps at least floor instances until floorUntil (Hold): a
+	// rollout pre-scales a candidate and keeps the previous revision warm.
+	floor      int
+	floorUntil time.Time
 }
 
 func (r *revision) touch(now time.Time) { r.lastActive.Store(now.UnixNano()) }
