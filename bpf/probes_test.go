@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -104,7 +105,15 @@ type child struct {
 
 func startServer(t testing.TB, env ...string) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0])
+	return startServerVia(t, nil, env...)
+}
+
+// startServerVia starts the test server through a wrapper that execs it in
+// place (same pid), such as ip netns exec.
+func startServerVia(t testing.TB, wrapper []string, env ...string) *child {
+	t.Helper()
+	argv := append(slices.Clone(wrapper), os.Args[0])
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(append(os.Environ(), serverEnv+"=1"), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stderr = os.Stderr
@@ -1030,24 +1039,8 @@ func TestConnectionToAnotherHostIsReported(t *testing.T) {
 	p := newProbes(t, reg)
 
 	// The child: `ip netns exec` enters the namespace and execs it, same pid.
-	cmd := exec.Command("ip", "netns", "exec", ns.name, os.Args[0])
-	cmd.Env = append(os.Environ(), serverEnv+"=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start the child in netns %s: %v", ns.name, err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("read the child's address: %v", err)
-	}
-	addr := strings.TrimSpace(strings.TrimPrefix(line, "listening "))
-	pid := cmd.Process.Pid
+	srv := startServerVia(t, []string{"ip", "netns", "exec", ns.name})
+	addr, pid := srv.addr, srv.pid
 	if err := p.Track(pid, "fraud", "fraud-00011"); err != nil {
 		t.Fatalf("Track: %v", err)
 	}
