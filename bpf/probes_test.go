@@ -3,6 +3,7 @@ package bpf
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -102,7 +105,15 @@ type child struct {
 
 func startServer(t testing.TB, env ...string) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0])
+	return startServerVia(t, nil, env...)
+}
+
+// startServerVia starts the test server through a wrapper that execs it in
+// place (same pid), such as ip netns exec.
+func startServerVia(t testing.TB, wrapper []string, env ...string) *child {
+	t.Helper()
+	argv := append(slices.Clone(wrapper), os.Args[0])
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(append(os.Environ(), serverEnv+"=1"), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stderr = os.Stderr
@@ -950,5 +961,133 @@ func BenchmarkSyscallPath(b *testing.B) {
 				unix.Getppid()
 			}
 		})
+	}
+}
+
+// netns is a network namespace the test made, with addresses on its lo:
+// peers that are neither loopback nor the machine's own interfaces.
+type netns struct {
+	name string
+	fd   int
+}
+
+func newNetns(t *testing.T, addrs ...string) *netns {
+	t.Helper()
+	name := fmt.Sprintf("plbpf-%d", os.Getpid())
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	run("netns", "add", name)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	run("-n", name, "link", "set", "lo", "up")
+	for _, a := range addrs {
+		run("-n", name, "addr", "add", a+"/32", "dev", "lo")
+	}
+	fd, err := unix.Open("/var/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("open netns %s: %v", name, err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return &netns{name: name, fd: fd}
+}
+
+// do runs f on an OS thread inside the namespace, then returns the thread
+// to its own namespace. The thread must survive: a thread that started a
+// child (Pdeathsig) and then died would kill the child.
+func (n *netns) do(f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open this thread's netns: %w", err)
+			return
+		}
+		defer unix.Close(home)
+		if err := unix.Setns(n.fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns %s: %w", n.name, err)
+			return
+		}
+		ferr := f()
+		if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
+			// Stay locked: the thread is discarded with the goroutine.
+			errc <- fmt.Errorf("leave netns %s: %w", n.name, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// TestConnectionToAnotherHostIsReported runs the child in a network
+// namespace and has it connect to an address on that namespace's lo that
+// is not a loopback address: peer class other, reported as unexpected.
+func TestConnectionToAnotherHostIsReported(t *testing.T) {
+	skipWithoutBPF(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("this test needs iproute2's ip (hack/deps): %v", err)
+	}
+	const peerAddr = "10.211.0.2"
+	ns := newNetns(t, peerAddr)
+	reg := prometheus.NewRegistry()
+	p := newProbes(t, reg)
+
+	// The child: `ip netns exec` enters the namespace and execs it, same pid.
+	srv := startServerVia(t, []string{"ip", "netns", "exec", ns.name})
+	addr, pid := srv.addr, srv.pid
+	if err := p.Track(pid, "fraud", "fraud-00011"); err != nil {
+		t.Fatalf("Track: %v", err)
+	}
+
+	var ln net.Listener
+	if err := ns.do(func() (err error) { ln, err = net.Listen("tcp", peerAddr+":0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, a string) (c net.Conn, err error) {
+		err = ns.do(func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, network, a); return err })
+		return c, err
+	}}}
+	get(t, client, "http://"+addr+"/dial?addr="+ln.Addr().String())
+
+	var found UnexpectedConnection
+	waitFor(t, "the connection to be reported", 5*time.Second, func() bool {
+		for _, u := range p.LatestConnections()["fraud/fraud-00011"] {
+			if u.Peer == ln.Addr().String() {
+				found = u
+				return true
+			}
+		}
+		return false
+	})
+	if found.PID != pid || found.Class != PeerOther {
+		t.Errorf("reported %+v, want pid %d class %s", found, pid, PeerOther)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := counter(mfs, "pilotlight_bpf_connections_total", map[string]string{"revision": "fraud-00011", "direction": DirectionOutbound, "peer_class": PeerOther}); v != 1 {
+		t.Errorf("outbound connections to other hosts %v, want 1", v)
+	}
+	// The test's own request came from the probes' parent: the router.
+	if v := counter(mfs, "pilotlight_bpf_connections_total", map[string]string{"revision": "fraud-00011", "direction": DirectionInbound, "peer_class": PeerRouter}); v < 1 {
+		t.Errorf("inbound connections from the parent %v, want at least 1", v)
 	}
 }
