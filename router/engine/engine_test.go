@@ -247,9 +247,10 @@ func TestBrokenRevisionFailsHeldRequestsWithTheReason(t *testing.T) {
 	raw := "name: " + fn + "\nhandler: tensor\nrevisions:\n  - name: " + rev + "\n    model: missing.onnx\n"
 	m := testbin.WriteFunction(t, dir, raw)
 	e, _ := start(t, engine.Config{Functions: []*functions.Manifest{m}, PoolSize: 1})
+	// A StartError, not the context's deadline: the held request fails as
+	// soon as the start fails.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	begin := time.Now()
 	l, err := e.Acquire(ctx, fn, rev)
 	if err == nil {
 		l.Release(false)
@@ -258,18 +259,18 @@ func TestBrokenRevisionFailsHeldRequestsWithTheReason(t *testing.T) {
 	if !errors.As(err, &se) || !strings.Contains(err.Error(), "missing.onnx") {
 		t.Fatalf("acquire on a revision whose model is missing: %v, want a StartError naming the file", err)
 	}
-	if time.Since(begin) > 10*time.Second {
-		t.Errorf("took %s: a broken revision should fail held requests promptly", time.Since(begin))
-	}
 	if _, err := e.Acquire(context.Background(), fn, "nope"); !errors.Is(err, engine.ErrUnknownRevision) {
 		t.Errorf("unknown revision: %v", err)
 	}
 }
 
 func TestStopDrainsInFlightRequestsFirst(t *testing.T) {
+	// A drain timeout far longer than the test: stopping must follow the last
+	// request's release, not the timeout.
+	const drainTimeout = 2 * time.Minute
 	reg := prometheus.NewRegistry()
 	e, err := engine.New(engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 0, Binary: testbin.Pilotlight(t),
-		Registerer: reg, Logger: slog.New(slog.NewTextHandler(testLogOut(), nil)), TickInterval: 20 * time.Millisecond})
+		Registerer: reg, Logger: slog.New(slog.NewTextHandler(testLogOut(), nil)), TickInterval: 20 * time.Millisecond, DrainTimeout: drainTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,21 +282,30 @@ func TestStopDrainsInFlightRequestsFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel() // stop everything while a request is in flight on the instance
-	time.Sleep(300 * time.Millisecond)
+	testbin.WaitFor(t, "the instance to be draining", 20*time.Second, func() bool {
+		in := status(e).Instances
+		return len(in) == 1 && in[0].State == "draining"
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("the engine stopped (%v) with a request still in flight", err)
+	default:
+	}
 	if !alive(l.PID) {
 		t.Fatal("the instance was stopped with a request still in flight")
 	}
 	infer(t, l) // the in-flight request can still complete
-	released := time.Now()
 	l.Release(false)
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(drainTimeout / 2):
+		t.Fatalf("the engine still runs %s after the last request finished: it waited for the drain timeout", drainTimeout/2)
 	}
 	if alive(l.PID) {
 		t.Fatal("the instance outlived the engine")
-	}
-	if time.Since(released) > 5*time.Second {
-		t.Errorf("stopping took %s after the last request finished", time.Since(released))
 	}
 }
 

@@ -56,6 +56,9 @@ type Batcher struct {
 	lastRequests int
 	// pending counts Submit calls under way: more than one means company.
 	pending atomic.Int64
+	// accepted counts Submit calls whose rows the batcher holds (enqueued,
+	// result not yet returned): Stop owes each of them a result.
+	accepted atomic.Int64
 }
 
 type call struct {
@@ -106,6 +109,8 @@ func (b *Batcher) Submit(ctx context.Context, inputs []*tensor.Tensor, rows int)
 		b.accepting.RUnlock()
 		return nil, ctx.Err()
 	}
+	b.accepted.Add(1)
+	defer b.accepted.Add(-1)
 	b.accepting.RUnlock()
 	select {
 	case r := <-c.done:

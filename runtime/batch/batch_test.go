@@ -95,7 +95,9 @@ func row(v float32, rows int) []*tensor.Tensor {
 }
 
 func TestRowsGoBackToTheirRequests(t *testing.T) {
-	d := &doubler{}
+	// The first call holds the one session until all 40 requests are under
+	// way, so the rest must be coalesced behind it.
+	d := &doubler{gate: make(chan struct{}), entered: make(chan struct{}, 64)}
 	b := New(Config{MaxBatch: 64, MaxDelay: 10 * time.Millisecond, Parallel: 1}, d)
 	defer b.Stop()
 	var wg sync.WaitGroup
@@ -121,6 +123,9 @@ func TestRowsGoBackToTheirRequests(t *testing.T) {
 			}
 		}(i)
 	}
+	<-d.entered
+	waitFor(t, "40 requests under way", func() bool { return b.pending.Load() == 40 })
+	close(d.gate)
 	wg.Wait()
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -247,7 +252,7 @@ func TestIncompatibleShapesAreNotMixedAndStopDrains(t *testing.T) {
 	for i := 0; i < parallel; i++ {
 		<-d.entered
 	}
-	waitFor(t, "every submission to be under way", func() bool { return b.pending.Load() == n })
+	waitFor(t, "every submission to be accepted", func() bool { return b.accepted.Load() == n })
 	stopped := make(chan struct{})
 	go func() { b.Stop(); close(stopped) }()
 	<-b.stop // Stop has begun while the submissions are held
