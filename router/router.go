@@ -111,6 +111,7 @@ type Router struct {
 	m         *metrics
 	bufs      sync.Pool // request bodies
 	copyBufs  sync.Pool // response copies: io.Copy would allocate 32 KiB per request
+	grpc      *grpcProxy
 }
 
 // New builds the router.
@@ -145,6 +146,7 @@ func New(cfg Config) (*Router, error) {
 	rt.bufs.New = func() any { return new(bytes.Buffer) }
 	rt.copyBufs.New = func() any { b := make([]byte, 8<<10); return &b }
 	rt.echo = rt.routes()
+	rt.grpc = newGRPCProxy(rt)
 	return rt, nil
 }
 
@@ -161,7 +163,10 @@ func (rt *Router) AdminHandler() http.Handler {
 }
 
 // Close releases idle upstream connections.
-func (rt *Router) Close() { rt.transport.CloseIdleConnections() }
+func (rt *Router) Close() {
+	rt.transport.CloseIdleConnections()
+	rt.grpc.transport.CloseIdleConnections()
+}
 
 func (rt *Router) newEcho() *echo.Echo {
 	e := echo.New()

@@ -106,6 +106,10 @@ func (k *Keys) Middleware(functionOf func(echo.Context) string) echo.MiddlewareF
 	}
 }
 
+// PresentedKey is the key a request presents (for the router's gRPC side,
+// whose metadata arrives as these same HTTP/2 headers); "" when none.
+func PresentedKey(r *http.Request) (string, error) { return presentedKey(r) }
+
 // presentedKey reads the key from Authorization: Bearer or X-API-Key.
 // Both may be sent only if they agree.
 func presentedKey(r *http.Request) (string, error) {
