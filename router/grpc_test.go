@@ -200,7 +200,9 @@ func TestGRPCProxyRefusals(t *testing.T) {
 		cfg.Keys = keys
 		cfg.RateLimit = ratelimit.New(ratelimit.Config{})
 	})
-	with := func(md ...string) context.Context { return metadata.AppendToOutgoingContext(context.Background(), md...) }
+	with := func(md ...string) context.Context {
+		return metadata.AppendToOutgoingContext(context.Background(), md...)
+	}
 	good := &pb.ModelInferRequest{ModelName: "m"}
 	cases := []struct {
 		name     string
@@ -283,5 +285,4 @@ func (rawCodec) Marshal(v any) ([]byte, error) {
 	return proto.Marshal(v.(proto.Message))
 }
 func (rawCodec) Unmarshal(b []byte, v any) error { return proto.Unmarshal(b, v.(proto.Message)) }
-func (rawCodec) Name() string                     { return "proto" }
-
+func (rawCodec) Name() string                    { return "proto" }
