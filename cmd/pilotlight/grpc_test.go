@@ -211,7 +211,9 @@ func TestServeGRPC(t *testing.T) {
 		}
 		ac := dialServe(t, base)
 		req := oneRowNoMetadata("example-tensor", 10)
-		with := func(md ...string) context.Context { return metadata.AppendToOutgoingContext(context.Background(), md...) }
+		with := func(md ...string) context.Context {
+			return metadata.AppendToOutgoingContext(context.Background(), md...)
+		}
 		if _, err := ac.ModelInfer(context.Background(), req); status.Code(err) != codes.Unauthenticated {
 			t.Errorf("no key: %v, want Unauthenticated", err)
 		}
@@ -240,4 +242,6 @@ func oneRowNoMetadata(model string, width int) *pb.ModelInferRequest {
 		Name: name, Datatype: "FP32", Shape: []int64{1, int64(width)}, Contents: &pb.InferTensorContents{Fp32Contents: make([]float32, width)}}}}
 }
 
-func protoClone(r *pb.ModelInferRequest) *pb.ModelInferRequest { return proto.Clone(r).(*pb.ModelInferRequest) }
+func protoClone(r *pb.ModelInferRequest) *pb.ModelInferRequest {
+	return proto.Clone(r).(*pb.ModelInferRequest)
+}
