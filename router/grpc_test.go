@@ -2,8 +2,10 @@ package router_test
 
 import (
 	"context"
+	"crypto/x509"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
@@ -286,3 +289,52 @@ func (rawCodec) Marshal(v any) ([]byte, error) {
 }
 func (rawCodec) Unmarshal(b []byte, v any) error { return proto.Unmarshal(b, v.(proto.Message)) }
 func (rawCodec) Name() string                    { return "proto" }
+
+// TestGRPCOverTLSAndRESTOverHTTP2 checks the two other ways onto the one
+// listener: gRPC over TLS (ALPN h2, as serve --tls-cert runs), and plain
+// REST over h2c, which must still reach the REST routes.
+func TestGRPCOverTLSAndRESTOverHTTP2(t *testing.T) {
+	inst := &recordingInstance{}
+	g := grpc.NewServer()
+	pb.RegisterGRPCInferenceServiceServer(g, inst)
+	be := &fakeBackend{addr: h2cServer(t, g), warm: map[string]bool{}}
+	fn := &functions.Manifest{Name: "m", Handler: "tensor", Revisions: []functions.Revision{{Name: "m-00001"}}}
+	fn.Runtime.MaxBodyBytes = 1000
+	rt, err := router.New(router.Config{Functions: []*functions.Manifest{fn}, Backend: be, Registry: prometheus.NewRegistry(), Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	h := rt.GRPCHandler(rt.Handler())
+
+	ts := httptest.NewUnstartedServer(h)
+	ts.EnableHTTP2 = true
+	ts.StartTLS()
+	defer ts.Close()
+	pool := x509.NewCertPool()
+	pool.AddCert(ts.Certificate())
+	conn, err := grpc.NewClient(strings.TrimPrefix(ts.URL, "https://"), grpc.WithTransportCredentials(credentials.NewClientTLSFromCert(pool, "example.com")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var hdr metadata.MD
+	if _, err := pb.NewGRPCInferenceServiceClient(conn).ModelInfer(context.Background(), &pb.ModelInferRequest{ModelName: "m"}, grpc.Header(&hdr)); err != nil {
+		t.Fatalf("gRPC over TLS: %v", err)
+	}
+	if got := hdr.Get("x-pilotlight-revision"); len(got) != 1 || got[0] != "m-00001" {
+		t.Errorf("x-pilotlight-revision over TLS = %v", got)
+	}
+
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: &p}}
+	resp, err := client.Get("http://" + h2cServer(t, h) + "/v2/health/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Errorf("REST over h2c: %d over HTTP/%d", resp.StatusCode, resp.ProtoMajor)
+	}
+}
