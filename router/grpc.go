@@ -195,6 +195,7 @@ func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field
 	if cl := p.rt.cfg.Concurrency; cl != nil {
 		release, ok := cl.Acquire(fn.Name)
 		if !ok {
+			cl.CountShed()
 			fail(&grpcError{code: codes.Unavailable, msg: fmt.Sprintf("function %s has %d requests in flight, its maximum; retry shortly", fn.Name, cl.Limit(fn.Name)),
 				headers: map[string]string{ShedHeader: "overload"}})
 			return
@@ -268,6 +269,11 @@ func (p *grpcProxy) rateLimit(r *http.Request, id *auth.Identity) *grpcError {
 	ok, wait := l.Allow(key, rps, burst)
 	if ok {
 		return nil
+	}
+	if id != nil {
+		l.CountRejected(id.ID)
+	} else {
+		l.CountRejected("")
 	}
 	secs := ratelimit.RetryAfterSeconds(wait)
 	return &grpcError{code: codes.ResourceExhausted, msg: fmt.Sprintf("rate limit exceeded for %s; retry after %d s", who, secs),

@@ -199,9 +199,10 @@ func TestGRPCProxyRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reg := prometheus.NewRegistry()
 	c, conn, _, be := grpcRouter(t, func(cfg *router.Config) {
 		cfg.Keys = keys
-		cfg.RateLimit = ratelimit.New(ratelimit.Config{})
+		cfg.RateLimit = ratelimit.New(ratelimit.Config{Registerer: reg})
 	})
 	with := func(md ...string) context.Context {
 		return metadata.AppendToOutgoingContext(context.Background(), md...)
@@ -253,6 +254,9 @@ func TestGRPCProxyRefusals(t *testing.T) {
 	if st := status.Convert(last); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "rate limit") {
 		t.Errorf("over the rate: %v %q, want ResourceExhausted", st.Code(), st.Message())
 	}
+	if v := gathered(t, reg, "pilotlight_ratelimit_rejected_requests_total"); v != 1 {
+		t.Errorf("pilotlight_ratelimit_rejected_requests_total = %v, want 1", v)
+	}
 	// Public, as REST's /v2 and health paths are.
 	if _, err := c.ServerReady(context.Background(), &pb.ServerReadyRequest{}); err != nil {
 		t.Errorf("ServerReady without a key: %v", err)
@@ -260,7 +264,8 @@ func TestGRPCProxyRefusals(t *testing.T) {
 }
 
 func TestGRPCConcurrencyCapIsUnavailable(t *testing.T) {
-	cl := ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: 1})
+	reg := prometheus.NewRegistry()
+	cl := ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: 1, Registerer: reg})
 	c, _, _, _ := grpcRouter(t, func(cfg *router.Config) { cfg.Concurrency = cl })
 	release, ok := cl.Acquire("m")
 	if !ok {
@@ -274,6 +279,9 @@ func TestGRPCConcurrencyCapIsUnavailable(t *testing.T) {
 	}
 	if got := hdr.Get(strings.ToLower(router.ShedHeader)); len(got) != 1 {
 		t.Errorf("shed call not marked %s: %v", router.ShedHeader, hdr)
+	}
+	if v := gathered(t, reg, "pilotlight_concurrency_shed_requests_total"); v != 1 {
+		t.Errorf("pilotlight_concurrency_shed_requests_total = %v, want 1", v)
 	}
 }
 
@@ -337,4 +345,22 @@ func TestGRPCOverTLSAndRESTOverHTTP2(t *testing.T) {
 	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
 		t.Errorf("REST over h2c: %d over HTTP/%d", resp.StatusCode, resp.ProtoMajor)
 	}
+}
+
+// gathered sums every series of a counter in reg.
+func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.Metric {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
