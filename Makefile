@@ -7,7 +7,7 @@ ARGS    ?=
 ORT_LIB := .cache/onnxruntime/1.24.1/libonnxruntime.so.1
 export CGO_ENABLED := 1
 
-.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check proto proto-check loadtest manifests clean
+.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check proto proto-check loadtest manifests clean bpf-overhead cluster-test
 
 all: build
 
@@ -21,16 +21,24 @@ $(ORT_LIB):
 models: ## retrain and re-export every model (deterministic)
 	$(GO) run ./cmd/pilotlight train all
 
-run: build ort ## start the platform on 127.0.0.1:8080 (local development: auth off); extra flags via ARGS=...
-	./$(BIN) serve --dev --addr 127.0.0.1:8080 $(ARGS)
+run: build ort ## start the platform on 127.0.0.1:8080 (local development: auth off; rollouts edit a fresh copy of config/flags/flags.json in .cache/run); extra flags via ARGS=...
+	@mkdir -p .cache/run && cp config/flags/flags.json .cache/run/flags.json
+	./$(BIN) serve --dev --addr 127.0.0.1:8080 --flags .cache/run/flags.json $(ARGS)
 
-vet:
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+vet: ## go vet, staticcheck (pinned; `go run pkg@version` keeps it out of go.mod) and gofmt
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 
 test: ort vet bpf-check proto-check ## everything CI runs
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 15m ./runtime/... ./router/... ./bpf/...
+	$(MAKE) bpf-overhead
+
+bpf-overhead: build ort ## print the eBPF probes' overhead ratios and cold-start anatomy (printed, not asserted)
+	./$(BIN) bench ebpf --duration 3s
 
 bench: build ort ## speed figures (numbers go into README)
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./runtime/ort/ ./flags/
@@ -50,6 +58,9 @@ proto-check: ## fail if the committed gRPC code differs from what proto/inferenc
 
 loadtest: build ort ## load and fault suite against loopback (bounded)
 	./$(BIN) loadtest $(ARGS)
+
+cluster-test: ## the Knative path against a live control plane (kube-apiserver, Knative's controllers; kwok for the kubelet), root, in its own network namespace
+	./hack/cluster/run.sh
 
 manifests: ## regenerate config/knative from function.yaml and the flags
 	$(GO) run ./cmd/pilotlight manifests

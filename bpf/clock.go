@@ -11,6 +11,7 @@ import (
 // clock is followed within a tick.
 type monoClock struct {
 	offsetNS int64 // wall - monotonic, in ns
+	widthNS  int64 // the offset's uncertainty: the monotonic reads bracketing the wall one
 }
 
 // measure takes the offset between CLOCK_REALTIME and CLOCK_MONOTONIC,
@@ -31,6 +32,7 @@ func (c *monoClock) measure() error {
 		if best < 0 || width < best {
 			best = width
 			c.offsetNS = wall - (a.Nano()+b.Nano())/2
+			c.widthNS = width
 		}
 	}
 	return nil

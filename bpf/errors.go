@@ -30,10 +30,11 @@ func loadError(what string, err error) error {
 	reason := "eBPF probes disabled: " + what + " failed (" + firstLine(err) + ")"
 	var ve *ebpf.VerifierError
 	switch {
-	case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES):
-		reason = reasonPrivilege
+	// The verifier's rejections come as EACCES too: they are not a privilege problem.
 	case errors.As(err, &ve):
 		reason = reasonVerifier
+	case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES):
+		reason = reasonPrivilege
 	case errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH):
 		reason = reasonFeature
 	}

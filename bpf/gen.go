@@ -5,4 +5,4 @@ package bpf
 // Regenerate with ./hack/bpf-gen.sh (installs clang, llvm, libbpf-dev and
 // bpftool when missing); ./hack/bpf-check.sh fails when they are stale.
 
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target amd64 -no-global-types probes probes.bpf.c -- -Wall -Werror -Wno-unused-function
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target amd64 -no-global-types probes probes.bpf.c -- -mcpu=v3 -Wall -Werror -Wno-unused-function

@@ -2,11 +2,22 @@
 
 // SPDX-License-Identifier: (MIT OR GPL-2.0-only)
 //
-// Pilotlight's kernel probes: the cold-start timeline of every runtime
-// instance the engine starts, and per-request kernel latency (run-queue
-// delay, socket receive-queue delay, time inside network syscalls) of the
-// instances user space tracks. Every program is tp_btf (BTF-typed raw
-// tracepoints): no tracefs mount, no kprobes, no fentry.
+// Pilotlight's kernel probes, per runtime instance the engine starts:
+//
+//  * the cold-start timeline (exec, listen, first accept, the accept and
+//    first response write of the cold-start request) and its anatomy: each
+//    phase's wall time split into on CPU, waiting for a CPU, blocked, and
+//    blocked in a page fault, plus major faults and bytes read from *.onnx;
+//  * per-request kernel latency of tracked instances (run-queue delay,
+//    socket receive-queue delay, and, as an option, network syscall time);
+//  * every TCP connection of a tracked instance, by direction and peer, with
+//    its bytes at close; outbound ones to anything but DNS are reported.
+//
+// Every program is tp_btf (BTF-typed raw tracepoint). Only on_sys_exit and
+// on_sys_enter sit on the system-call path, and user space attaches them
+// only while a tracked instance's cold start is open (or always, when
+// network syscall latency is asked for): a syscall tracepoint puts every
+// task's system calls on the kernel's slow path, whatever the program does.
 //
 // Syscall numbers and pt_regs are x86-64's: built with bpf2go -target amd64.
 
@@ -14,6 +25,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -24,20 +36,27 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 // Sizes. Keep in sync with probes.go (maxTracked, histBuckets).
 #define MAX_TRACKED 256    // instances measured at once (per-request histograms)
 #define MAX_TIMELINES 1024 // children of the serve process whose cold start is open
-#define MAX_THREADS 16384  // threads with a pending wakeup or syscall
-#define MAX_SOCKETS 16384  // sockets of tracked ports with unread data
+#define MAX_THREADS 16384  // threads with a pending wakeup, syscall or cold-start state
+#define MAX_SOCKETS 16384  // sockets with unread data / connections being followed
 #define MAX_PORTS 1024     // listening ports of tracked instances
+#define MAX_ROUTER_CONNS 4096 // connections the router holds open
 #define HIST_BUCKETS 40    // log2(ns) buckets: [2^i, 2^(i+1)) ns, last one open
 #define RINGBUF_BYTES (256 * 1024)
 
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
+#define S_IFREG 0100000
 #define MSG_PEEK 2
 #define TASK_RUNNING 0
+#define AF_INET 2
+#define AF_INET6 10
+#define DNS_PORT 53
+#define PF_KTHREAD 0x00200000
 
 // x86-64 syscall numbers.
 #define NR_read 0
 #define NR_write 1
+#define NR_pread64 17
 #define NR_readv 19
 #define NR_writev 20
 #define NR_connect 42
@@ -46,8 +65,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define NR_recvfrom 45
 #define NR_sendmsg 46
 #define NR_recvmsg 47
-#define NR_bind 49
-#define NR_listen 50
+#define NR_preadv 295
 #define NR_accept4 288
 #define NR_recvmmsg 299
 #define NR_sendmmsg 307
@@ -55,20 +73,42 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 enum hist_kind {
 	HIST_RUNQ = 0,    // wakeup -> on CPU
 	HIST_SOCKQ = 1,   // data ready on the socket -> read returns it
-	HIST_SYSCALL = 2, // network syscall enter -> exit
+	HIST_SYSCALL = 2, // network syscall enter -> exit (only with syscall_latency)
 	HIST_KINDS = 3,
 };
 
 enum event_kind {
-	EV_EXEC = 1,         // arg: parent tgid
-	EV_BIND = 2,         // arg: fd
-	EV_LISTEN = 3,       // arg: fd
-	EV_FIRST_ACCEPT = 4, // arg: accepted fd (usually the engine's readiness poll)
-	EV_ACCEPT = 5,       // first accept after user space marked the instance ready; arg: fd
-	EV_FIRST_WRITE = 6,  // first write on that accepted fd; arg: bytes
+	EV_EXEC = 1,         // arg: parent tgid; v: anatomy
+	EV_LISTEN = 3,       // arg: port; v: anatomy
+	EV_FIRST_ACCEPT = 4, // first connection established to the instance (usually the engine's readiness poll)
+	EV_ACCEPT = 5,       // first one after user space marked the instance ready; v: anatomy
+	EV_FIRST_WRITE = 6,  // first send on that connection; arg: bytes; v: anatomy
 	EV_EXIT = 7,         // the whole thread group exited
 	EV_PORT = 8,         // a tracked or starting instance listens on TCP port arg
+	EV_CONN_OPEN = 9,    // a tracked instance's connection opened; v: struct conn_payload
+	EV_CONN_CLOSE = 10,  // ... and closed, with its bytes
 };
+
+// Where a cold-starting process's wall time goes, in priority order: some
+// thread on a CPU; else some thread waiting for one; else some thread
+// blocked inside a page fault; else every thread blocked.
+enum anat_state {
+	ANAT_ONCPU = 0,
+	ANAT_RUNQ = 1,
+	ANAT_FAULTS = 2,
+	ANAT_BLOCKED = 3,
+	ANAT_STATES = 4,
+};
+
+enum thread_state {
+	TH_BLOCKED = 0, // also: unknown
+	TH_RUNNING = 1,
+	TH_RUNNABLE = 2,
+	TH_FAULT = 3, // blocked inside a page fault
+};
+
+enum conn_dir { DIR_INBOUND = 0, DIR_OUTBOUND = 1 };
+enum peer_class { PEER_ROUTER = 0, PEER_LOOPBACK = 1, PEER_DNS = 2, PEER_OTHER = 3 };
 
 struct hist {
 	__u64 count;
@@ -80,29 +120,87 @@ struct hists {
 	struct hist h[HIST_KINDS];
 };
 
+// Cumulative since the process's cold start was opened; user space takes
+// differences between the snapshots carried by timeline events.
+struct anatomy {
+	__u64 last_ns; // time up to which ns[] is accounted
+	__s32 running, runnable, faulting, pad;
+	__u64 ns[ANAT_STATES];
+	__u64 maj_flt;
+	__u64 model_bytes; // read(2) family on regular files named *.onnx
+};
+
+struct anat_snap {
+	__u64 ns[ANAT_STATES];
+	__u64 maj_flt;
+	__u64 model_bytes;
+};
+
+struct conn_payload {
+	__u64 rx_bytes, tx_bytes, dur_ns;
+	__u8 addr[16]; // peer, network order (IPv4 in the first 4 bytes)
+	__u16 port;    // peer, host order
+	__u16 family;
+	__u8 direction, peer_class, pad[2];
+};
+
 struct event {
 	__u64 ts_ns; // bpf_ktime_get_ns (CLOCK_MONOTONIC)
 	__u32 tgid;
 	__u32 kind;
 	__s64 arg;
+	union {
+		struct anat_snap anat;
+		struct conn_payload conn;
+	};
 };
 
 struct timeline {
-	__u64 exec_ns;
-	__u64 bind_ns;
-	__u64 listen_ns;
 	__u64 first_accept_ns;
 	__u64 accept_ns;
-	__s64 accept_fd;
+	__u64 accept_sk; // struct sock * of the cold-start request's connection
 };
 
-struct sys_start {
-	__u64 ts_ns;
-	__u64 nr;
+// Per task (thread), in task local storage: a pointer away from the task,
+// so the scheduler programs pay no hash lookup for the machine's other
+// tasks. flags cache the task's process's membership of tracked and
+// anatomies, valid while gen equals the current generation.
+#define TI_TRACKED 1
+#define TI_ANATOMY 2
+struct task_info {
+	__u64 gen;
+	__u32 flags;
+	__u32 state;     // enum thread_state, for the anatomy
+	__u64 maj_flt;   // the thread's maj_flt when last accounted
+	__u64 run_delay; // the thread's sched_info.run_delay when last switched out
+	__u64 sys_ns;    // network syscall entry (syscall_latency)
+	__u64 sys_nr;
 };
 
-// Set by the loader: the tgid whose children get a timeline from exec on.
+// Per socket, in socket local storage: only sockets of tracked instances
+// (and the router's connections) get one, so the per-packet and per-read
+// programs return on a NULL pointer for every other socket.
+#define SK_CONN 1   // a tracked instance's connection
+#define SK_ROUTER 2 // a connection the router opened
+#define SK_COLD 4   // carries a cold start's first request
+struct sk_info {
+	__u64 ready_ns; // oldest unread data arrived; 0: none
+	__u64 start_ns;
+	__u32 tgid;
+	__u8 flags, direction, peer_class, pad;
+};
+
+// Set by the loader: the tgid whose children get a timeline from exec on
+// (the serve process, which is also the router: its connections are "router").
 const volatile __u32 parent_tgid = 0;
+// Set by the loader: time network syscalls of tracked instances.
+const volatile __u32 syscall_latency = 0;
+
+// Generations of tracked and anatomies: user space bumps user_gen after
+// changing them, the programs bump bpf_gen; a task's cached flags are
+// recomputed when either moved.
+volatile __u32 user_gen = 1;
+volatile __u32 bpf_gen = 0;
 
 // tgid -> histogram slot in hists; filled and emptied by Track/Untrack.
 struct {
@@ -128,6 +226,14 @@ struct {
 	__type(value, struct timeline);
 } timelines SEC(".maps");
 
+// tgid -> where its wall time went while its cold start is open.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TIMELINES);
+	__type(key, __u32);
+	__type(value, struct anatomy);
+} anatomies SEC(".maps");
+
 // tgid -> 1 once user space marked the instance ready (arms EV_ACCEPT).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -136,32 +242,8 @@ struct {
 	__type(value, __u64);
 } ready SEC(".maps");
 
-// tid -> wakeup time (run-queue delay).
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_THREADS);
-	__type(key, __u32);
-	__type(value, __u64);
-} wakeups SEC(".maps");
-
-// tid -> network syscall entry.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_THREADS);
-	__type(key, __u32);
-	__type(value, struct sys_start);
-} syscalls SEC(".maps");
-
-// struct sock * -> time its oldest unread data became ready.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_SOCKETS);
-	__type(key, __u64);
-	__type(value, __u64);
-} sk_ready SEC(".maps");
-
-// TCP port -> tgid listening on it. sk_data_ready runs in softirq context,
-// where current is anybody: the local port says whose socket it is.
+// TCP port -> tgid listening on it. Softirq context has no useful
+// current task: the local port says whose socket it is.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_PORTS);
@@ -169,12 +251,34 @@ struct {
 	__type(value, __u32);
 } ports SEC(".maps");
 
+// Local port of a router connection -> 1, while it is established.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_ROUTER_CONNS);
+	__type(key, __u32);
+	__type(value, __u32);
+} router_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_info);
+} task_infos SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sk_info);
+} sk_infos SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, RINGBUF_BYTES);
 } events SEC(".maps");
 
-// [0]: events dropped (ring buffer full or timeline map full).
+// [0]: events dropped (ring buffer full or a map full).
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -219,19 +323,28 @@ static __always_inline void count_lost(void)
 		__sync_fetch_and_add(n, 1);
 }
 
-static __always_inline void emit(__u32 tgid, __u32 kind, __s64 arg, __u64 ts)
+static __always_inline struct event *reserve(__u32 tgid, __u32 kind, __s64 arg, __u64 ts)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e) {
 		count_lost();
-		return;
+		return NULL;
 	}
+	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = ts;
 	e->tgid = tgid;
 	e->kind = kind;
 	e->arg = arg;
-	bpf_ringbuf_submit(e, 0);
+	return e;
+}
+
+static __always_inline void emit(__u32 tgid, __u32 kind, __s64 arg, __u64 ts)
+{
+	struct event *e = reserve(tgid, kind, arg, ts);
+
+	if (e)
+		bpf_ringbuf_submit(e, 0);
 }
 
 static __always_inline void record(__u32 tgid, __u32 kind, __u64 delta)
@@ -260,6 +373,122 @@ static __always_inline int is_tracked(__u32 tgid)
 	return bpf_map_lookup_elem(&tracked, &tgid) != NULL;
 }
 
+// ---- cold-start anatomy ----
+
+// advance accounts the time since a->last_ns to the process's state as it
+// was; the exchange splits time between CPUs racing here without a lock.
+static __always_inline void advance(struct anatomy *a, __u64 now)
+{
+	__u64 prev = __sync_lock_test_and_set(&a->last_ns, now);
+	__u32 st = ANAT_BLOCKED;
+
+	if (now <= prev)
+		return;
+	if (a->running > 0)
+		st = ANAT_ONCPU;
+	else if (a->runnable > 0)
+		st = ANAT_RUNQ;
+	else if (a->faulting > 0)
+		st = ANAT_FAULTS;
+	__sync_fetch_and_add(&a->ns[st], now - prev);
+}
+
+static __always_inline void count_state(struct anatomy *a, __u32 st, int d)
+{
+	switch (st) {
+	case TH_RUNNING:
+		__sync_fetch_and_add(&a->running, d);
+		break;
+	case TH_RUNNABLE:
+		__sync_fetch_and_add(&a->runnable, d);
+		break;
+	case TH_FAULT:
+		__sync_fetch_and_add(&a->faulting, d);
+		break;
+	}
+}
+
+// info returns task p's storage, its flags current.
+static __always_inline struct task_info *info(struct task_struct *p)
+{
+	struct task_info *ti = bpf_task_storage_get(&task_infos, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	__u64 gen;
+	__u32 tgid;
+
+	if (!ti)
+		return NULL;
+	gen = ((__u64)user_gen << 32) | bpf_gen;
+	if (ti->gen == gen)
+		return ti;
+	// Generation first, maps second: a change racing with this is seen
+	// now or at the next bump.
+	tgid = p->tgid;
+	ti->flags = 0;
+	if (bpf_map_lookup_elem(&tracked, &tgid))
+		ti->flags |= TI_TRACKED;
+	else
+		ti->run_delay = 0; // tracked again later: start from its next run
+	if (bpf_map_lookup_elem(&anatomies, &tgid))
+		ti->flags |= TI_ANATOMY;
+	ti->gen = gen;
+	return ti;
+}
+
+static __always_inline void bump_gen(void)
+{
+	__sync_fetch_and_add(&bpf_gen, 1);
+}
+
+// set_thread moves thread p, whose process is in anatomies, to state st.
+static __always_inline void set_thread(struct task_struct *p, struct task_info *ti, __u32 st, __u64 now)
+{
+	__u32 tgid = p->tgid;
+	struct anatomy *a;
+	__u64 maj;
+
+	if (ti->state == st)
+		return;
+	a = bpf_map_lookup_elem(&anatomies, &tgid);
+	if (!a)
+		return;
+	maj = p->maj_flt;
+	advance(a, now);
+	count_state(a, ti->state, -1);
+	count_state(a, st, 1);
+	if (maj > ti->maj_flt)
+		__sync_fetch_and_add(&a->maj_flt, maj - ti->maj_flt);
+	ti->maj_flt = maj;
+	ti->state = st;
+}
+
+// snapshot accounts up to now and copies a's counters into s.
+static __always_inline void snapshot(struct anatomy *a, struct anat_snap *s, __u64 now)
+{
+	advance(a, now);
+	s->ns[ANAT_ONCPU] = a->ns[ANAT_ONCPU];
+	s->ns[ANAT_RUNQ] = a->ns[ANAT_RUNQ];
+	s->ns[ANAT_FAULTS] = a->ns[ANAT_FAULTS];
+	s->ns[ANAT_BLOCKED] = a->ns[ANAT_BLOCKED];
+	s->maj_flt = a->maj_flt;
+	s->model_bytes = a->model_bytes;
+}
+
+// emit_point sends a timeline point with tgid's anatomy so far.
+static __always_inline void emit_point(__u32 tgid, __u32 kind, __s64 arg, __u64 now)
+{
+	struct event *e = reserve(tgid, kind, arg, now);
+	struct anatomy *a;
+
+	if (!e)
+		return;
+	a = bpf_map_lookup_elem(&anatomies, &tgid);
+	if (a)
+		snapshot(a, &e->anat, now);
+	bpf_ringbuf_submit(e, 0);
+}
+
+// ---- files ----
+
 // current's open file for fd, or NULL.
 static __always_inline struct file *fd_file(__s64 fd)
 {
@@ -284,21 +513,30 @@ static __always_inline int fd_is_socket(__s64 fd)
 	return (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) == S_IFSOCK;
 }
 
-// Local TCP port of socket fd, or 0.
-static __always_inline __u32 fd_tcp_port(__s64 fd)
+// fd is a regular file whose name ends in ".onnx".
+static __always_inline int fd_is_model(__s64 fd)
 {
 	struct file *f = fd_file(fd);
-	struct socket *sock;
-	struct sock *sk;
+	const unsigned char *name;
+	char buf[64];
+	__u32 len;
 
-	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFREG)
 		return 0;
-	sock = BPF_CORE_READ(f, private_data);
-	sk = BPF_CORE_READ(sock, sk);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	len = BPF_CORE_READ(f, f_path.dentry, d_name.len);
+	name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
+	if (len < 5 || len > sizeof(buf) - 1)
 		return 0;
-	return BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (bpf_probe_read_kernel(buf, sizeof(buf), name))
+		return 0;
+	len -= 5;
+	if (len > sizeof(buf) - 6)
+		return 0;
+	return buf[len] == '.' && buf[len + 1] == 'o' && buf[len + 2] == 'n' && buf[len + 3] == 'n' &&
+	       buf[len + 4] == 'x';
 }
+
+// ---- syscalls (attached only during cold starts, or with syscall_latency) ----
 
 // Network syscalls timed for tracked instances (read/write family only on sockets).
 static __always_inline int timed_syscall(long nr)
@@ -327,11 +565,72 @@ static __always_inline int fd_syscall(long nr)
 	return nr == NR_read || nr == NR_write || nr == NR_readv || nr == NR_writev;
 }
 
-static __always_inline int write_syscall(long nr)
+// Local TCP port of socket fd, or 0.
+static __always_inline __u32 fd_tcp_port(__s64 fd)
 {
-	return nr == NR_write || nr == NR_writev || nr == NR_sendto || nr == NR_sendmsg ||
-	       nr == NR_sendmmsg;
+	struct file *f = fd_file(fd);
+	struct socket *sock;
+	struct sock *sk;
+
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	sock = BPF_CORE_READ(f, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return BPF_CORE_READ(sk, __sk_common.skc_num);
 }
+
+static __always_inline int file_read(long nr)
+{
+	return nr == NR_read || nr == NR_pread64 || nr == NR_readv || nr == NR_preadv;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
+{
+	struct task_info *ti;
+
+	if (!syscall_latency || !timed_syscall(id))
+		return 0;
+	ti = info(bpf_get_current_task_btf());
+	if (!ti || !(ti->flags & TI_TRACKED))
+		return 0;
+	if (fd_syscall(id) && !fd_is_socket((int)regs->di))
+		return 0;
+	ti->sys_ns = bpf_ktime_get_ns();
+	ti->sys_nr = id;
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
+{
+	long nr = regs->orig_ax;
+	struct task_info *ti;
+	struct anatomy *a;
+	__u64 now;
+	__u32 tgid;
+
+	if (file_read(nr) && ret > 0) {
+		tgid = bpf_get_current_pid_tgid() >> 32;
+		a = bpf_map_lookup_elem(&anatomies, &tgid);
+		if (a && fd_is_model((int)regs->di))
+			__sync_fetch_and_add(&a->model_bytes, ret);
+	}
+	if (!syscall_latency || !timed_syscall(nr))
+		return 0;
+	ti = info(bpf_get_current_task_btf());
+	if (!ti || !ti->sys_ns)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (ti->sys_nr == nr && now >= ti->sys_ns)
+		record(bpf_get_current_pid_tgid() >> 32, HIST_SYSCALL, now - ti->sys_ns);
+	ti->sys_ns = 0;
+	return 0;
+}
+
+// ---- processes and the scheduler ----
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
@@ -339,232 +638,370 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	__u32 tgid = p->tgid;
 	__u32 ptgid = p->real_parent->tgid;
 	struct timeline t = {};
+	struct anatomy a = {};
+	struct task_info *ti;
+	__u64 now;
 
 	if (!(parent_tgid != 0 && ptgid == parent_tgid) && !is_tracked(tgid))
 		return 0;
-	t.exec_ns = bpf_ktime_get_ns();
-	t.accept_fd = -1;
-	// A fresh entry: a reused pid starts over.
+	now = bpf_ktime_get_ns();
+	// Fresh entries: a reused pid starts over. exec leaves one thread,
+	// this one, on a CPU.
 	if (bpf_map_update_elem(&timelines, &tgid, &t, BPF_ANY))
 		count_lost();
+	a.last_ns = now;
+	a.running = 1;
+	if (bpf_map_update_elem(&anatomies, &tgid, &a, BPF_ANY))
+		count_lost();
+	bump_gen();
+	ti = info(p);
+	if (ti) {
+		ti->state = TH_RUNNING;
+		ti->maj_flt = p->maj_flt;
+	}
 	bpf_map_delete_elem(&ready, &tgid);
-	emit(tgid, EV_EXEC, ptgid, t.exec_ns);
+	emit_point(tgid, EV_EXEC, ptgid, now);
 	return 0;
 }
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *p, bool group_dead)
 {
-	__u32 tid = p->pid;
 	__u32 tgid = p->tgid;
+	struct task_info *ti;
+	struct anatomy *a;
 	int known;
 
-	bpf_map_delete_elem(&wakeups, &tid);
-	bpf_map_delete_elem(&syscalls, &tid);
+	ti = bpf_task_storage_get(&task_infos, p, 0, 0);
+	if (ti && ti->state != TH_BLOCKED) {
+		a = bpf_map_lookup_elem(&anatomies, &tgid);
+		if (a) {
+			advance(a, bpf_ktime_get_ns());
+			count_state(a, ti->state, -1);
+		}
+		ti->state = TH_BLOCKED;
+	}
 	if (!group_dead)
 		return 0;
 	known = bpf_map_delete_elem(&tracked, &tgid) == 0;
 	known |= bpf_map_delete_elem(&timelines, &tgid) == 0;
+	known |= bpf_map_delete_elem(&anatomies, &tgid) == 0;
 	bpf_map_delete_elem(&ready, &tgid);
-	if (known)
+	if (known) {
+		bump_gen();
 		emit(tgid, EV_EXIT, 0, bpf_ktime_get_ns());
+	}
 	return 0;
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
+// runnable: p was woken or preempted: it waits for a CPU from now.
+static __always_inline void runnable(struct task_struct *p, struct task_info *ti, __u64 now)
 {
-	__u64 pid_tgid;
-	__u32 tid;
-	struct sys_start s;
-
-	if (!timed_syscall(id))
-		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_tracked(pid_tgid >> 32))
-		return 0;
-	if (fd_syscall(id) && !fd_is_socket((int)regs->di))
-		return 0;
-	tid = (__u32)pid_tgid;
-	s.ts_ns = bpf_ktime_get_ns();
-	s.nr = id;
-	bpf_map_update_elem(&syscalls, &tid, &s, BPF_ANY);
-	return 0;
+	if (ti && (ti->flags & TI_ANATOMY))
+		set_thread(p, ti, TH_RUNNABLE, now);
 }
 
-static __always_inline void timeline_step(struct timeline *t, __u32 tgid, long nr, long ret,
-					  __s64 fd, __u64 now)
-{
-	switch (nr) {
-	case NR_bind:
-		if (ret == 0 && !t->bind_ns) {
-			t->bind_ns = now;
-			emit(tgid, EV_BIND, fd, now);
-		}
-		return;
-	case NR_listen:
-		if (ret == 0 && !t->listen_ns) {
-			t->listen_ns = now;
-			emit(tgid, EV_LISTEN, fd, now);
-		}
-		return;
-	case NR_accept:
-	case NR_accept4:
-		if (ret < 0)
-			return;
-		if (!t->first_accept_ns) {
-			t->first_accept_ns = now;
-			emit(tgid, EV_FIRST_ACCEPT, ret, now);
-		}
-		if (!t->accept_ns && bpf_map_lookup_elem(&ready, &tgid)) {
-			t->accept_ns = now;
-			t->accept_fd = ret;
-			emit(tgid, EV_ACCEPT, ret, now);
-		}
-		return;
-	}
-	if (write_syscall(nr) && ret > 0 && t->accept_ns && fd == t->accept_fd) {
-		emit(tgid, EV_FIRST_WRITE, ret, now);
-		// The timeline is complete: stop looking at this process.
-		bpf_map_delete_elem(&timelines, &tgid);
-		bpf_map_delete_elem(&ready, &tgid);
-	}
-}
-
-SEC("tp_btf/sys_exit")
-int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
-{
-	long nr = regs->orig_ax;
-	__u64 pid_tgid, now;
-	__u32 tid, tgid, port;
-	__s64 fd;
-	struct sys_start *s;
-	struct timeline *t;
-
-	if (!timed_syscall(nr) && nr != NR_bind && nr != NR_listen)
-		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	tid = (__u32)pid_tgid;
-	tgid = pid_tgid >> 32;
-	now = bpf_ktime_get_ns();
-	fd = (int)regs->di;
-
-	s = bpf_map_lookup_elem(&syscalls, &tid);
-	if (s) {
-		if (s->nr == nr && now >= s->ts_ns)
-			record(tgid, HIST_SYSCALL, now - s->ts_ns);
-		bpf_map_delete_elem(&syscalls, &tid);
-	}
-
-	t = bpf_map_lookup_elem(&timelines, &tgid);
-	if (nr == NR_listen && ret == 0 && (t || is_tracked(tgid))) {
-		port = fd_tcp_port(fd);
-		if (port) {
-			if (bpf_map_update_elem(&ports, &port, &tgid, BPF_ANY))
-				count_lost();
-			emit(tgid, EV_PORT, port, now);
-		}
-	}
-	if (t)
-		timeline_step(t, tgid, nr, ret, fd, now);
-	return 0;
-}
-
-static __always_inline void mark_wakeup(struct task_struct *p)
-{
-	__u32 tid = p->pid;
-	__u64 now;
-
-	if (!is_tracked(p->tgid))
-		return;
-	now = bpf_ktime_get_ns();
-	bpf_map_update_elem(&wakeups, &tid, &now, BPF_ANY);
-}
-
+// Only the anatomy needs wakeups (the run-queue delay comes from the
+// scheduler's own sched_info): user space attaches this program while a
+// tracked instance's cold start is open.
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(on_wakeup, struct task_struct *p)
 {
-	mark_wakeup(p);
+	runnable(p, info(p), bpf_ktime_get_ns());
 	return 0;
 }
 
 SEC("tp_btf/sched_wakeup_new")
 int BPF_PROG(on_wakeup_new, struct task_struct *p)
 {
-	mark_wakeup(p);
+	runnable(p, info(p), bpf_ktime_get_ns());
 	return 0;
+}
+
+// in_fault: p, going to sleep, is inside an exception (a page fault), not a
+// system call: x86's exception entry leaves orig_ax -1, a syscall its number.
+static __always_inline int in_fault(struct task_struct *p)
+{
+	struct pt_regs *regs;
+
+	if (p->flags & PF_KTHREAD)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(p);
+	if (!regs)
+		return 0;
+	return (long)BPF_CORE_READ(regs, orig_ax) == -1;
 }
 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
 {
-	__u32 tid = next->pid;
-	__u64 *ts, now;
+	struct task_info *ti;
+	__u64 now, delay;
 
-	// Preempted while runnable: it waits in the run queue from now.
-	if (prev_state == TASK_RUNNING)
-		mark_wakeup(prev);
-	if (tid == 0)
+	ti = info(prev);
+	if (ti && ti->flags) {
+		if (ti->flags & TI_TRACKED) {
+			// The scheduler added the wait that preceded this run to
+			// run_delay when prev arrived on the CPU: one wait per run.
+			delay = prev->sched_info.run_delay;
+			if (ti->run_delay && delay > ti->run_delay)
+				record(prev->tgid, HIST_RUNQ, delay - ti->run_delay);
+			ti->run_delay = delay ? delay : 1;
+		}
+		if (ti->flags & TI_ANATOMY) {
+			now = bpf_ktime_get_ns();
+			if (prev_state == TASK_RUNNING)
+				runnable(prev, ti, now);
+			else
+				set_thread(prev, ti, in_fault(prev) ? TH_FAULT : TH_BLOCKED, now);
+		}
+	}
+	if (next->pid == 0)
 		return 0;
-	ts = bpf_map_lookup_elem(&wakeups, &tid);
-	if (!ts)
-		return 0;
-	now = bpf_ktime_get_ns();
-	if (now >= *ts)
-		record(next->tgid, HIST_RUNQ, now - *ts);
-	bpf_map_delete_elem(&wakeups, &tid);
+	ti = info(next);
+	if (ti && (ti->flags & TI_ANATOMY))
+		set_thread(next, ti, TH_RUNNING, bpf_ktime_get_ns());
 	return 0;
 }
+
+// ---- sockets ----
 
 SEC("tp_btf/sk_data_ready")
 int BPF_PROG(on_data_ready, const struct sock *sk)
 {
-	__u32 port;
-	__u64 key = (__u64)sk, now;
+	struct sk_info *si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
 
-	if (sk->sk_protocol != IPPROTO_TCP || sk->__sk_common.skc_state == TCP_LISTEN)
-		return 0;
-	port = sk->__sk_common.skc_num;
-	if (!bpf_map_lookup_elem(&ports, &port))
-		return 0;
-	now = bpf_ktime_get_ns();
 	// Keep the oldest unread arrival.
-	bpf_map_update_elem(&sk_ready, &key, &now, BPF_NOEXIST);
+	if (si && (si->flags & SK_CONN) && !si->ready_ns)
+		si->ready_ns = bpf_ktime_get_ns();
 	return 0;
 }
 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
 {
-	__u64 key = (__u64)sk, now;
-	__u64 *ts;
+	struct sk_info *si;
+	__u64 now;
 
 	if (ret <= 0 || (flags & MSG_PEEK))
 		return 0;
-	ts = bpf_map_lookup_elem(&sk_ready, &key);
-	if (!ts)
+	si = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
+	if (!si || !si->ready_ns)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (now >= *ts)
-		record(bpf_get_current_pid_tgid() >> 32, HIST_SOCKQ, now - *ts);
-	bpf_map_delete_elem(&sk_ready, &key);
+	if (now >= si->ready_ns)
+		record(bpf_get_current_pid_tgid() >> 32, HIST_SOCKQ, now - si->ready_ns);
+	si->ready_ns = 0;
 	return 0;
 }
 
+// The cold-start response: the first send on the connection accepted after
+// the ready mark, by the instance itself.
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
+{
+	__u32 tgid;
+	struct timeline *t;
+	struct sk_info *si;
+
+	if (ret <= 0)
+		return 0;
+	si = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
+	if (!si || !(si->flags & SK_COLD))
+		return 0;
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	t = bpf_map_lookup_elem(&timelines, &tgid);
+	if (!t || !t->accept_ns || t->accept_sk != (__u64)sk)
+		return 0;
+	emit_point(tgid, EV_FIRST_WRITE, ret, bpf_ktime_get_ns());
+	// The cold start is over: stop following this process.
+	si->flags &= ~SK_COLD;
+	bpf_map_delete_elem(&timelines, &tgid);
+	bpf_map_delete_elem(&anatomies, &tgid);
+	bpf_map_delete_elem(&ready, &tgid);
+	bump_gen();
+	return 0;
+}
+
+static __always_inline int addr_loopback(const struct sock *sk, __u16 family)
+{
+	__u32 a4;
+
+	if (family == AF_INET)
+		return (bpf_ntohl(sk->__sk_common.skc_daddr) >> 24) == 127;
+	if (family != AF_INET6)
+		return 0;
+	if (sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[0] || sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[1])
+		return 0;
+	a4 = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[2];
+	if (a4 == 0) // ::1
+		return sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[3] == bpf_htonl(1);
+	if (a4 == bpf_htonl(0xffff)) // ::ffff:127.x.y.z
+		return (bpf_ntohl(sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[3]) >> 24) == 127;
+	return 0;
+}
+
+static __always_inline __u8 classify(const struct sock *sk, __u8 dir)
+{
+	__u16 family = sk->__sk_common.skc_family;
+	__u16 dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	__u32 key = dport;
+
+	if (dport == DNS_PORT)
+		return PEER_DNS;
+	if (!addr_loopback(sk, family))
+		return PEER_OTHER;
+	if (dir == DIR_INBOUND && bpf_map_lookup_elem(&router_ports, &key))
+		return PEER_ROUTER;
+	return PEER_LOOPBACK;
+}
+
+static __always_inline void fill_peer(struct conn_payload *c, const struct sock *sk)
+{
+	c->family = sk->__sk_common.skc_family;
+	c->port = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (c->family == AF_INET)
+		bpf_probe_read_kernel(c->addr, 4, &sk->__sk_common.skc_daddr);
+	else
+		bpf_probe_read_kernel(c->addr, 16, &sk->__sk_common.skc_v6_daddr);
+}
+
+static __always_inline void conn_open(const struct sock *sk, __u32 tgid, __u8 dir, __u64 now)
+{
+	struct sk_info *si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	struct event *e;
+	__u8 class = classify(sk, dir);
+
+	if (!si) {
+		count_lost();
+		return;
+	}
+	si->flags |= SK_CONN;
+	si->tgid = tgid;
+	si->direction = dir;
+	si->peer_class = class;
+	si->start_ns = now;
+	e = reserve(tgid, EV_CONN_OPEN, 0, now);
+	if (!e)
+		return;
+	fill_peer(&e->conn, sk);
+	e->conn.direction = dir;
+	e->conn.peer_class = class;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void conn_close(const struct sock *sk, struct sk_info *si, __u64 now)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	struct event *e;
+
+	si->flags &= ~SK_CONN;
+	e = reserve(si->tgid, EV_CONN_CLOSE, 0, now);
+	if (!e)
+		return;
+	fill_peer(&e->conn, sk);
+	e->conn.direction = si->direction;
+	e->conn.peer_class = si->peer_class;
+	e->conn.rx_bytes = BPF_CORE_READ(tp, bytes_received);
+	e->conn.tx_bytes = BPF_CORE_READ(tp, bytes_acked);
+	e->conn.dur_ns = now - si->start_ns;
+	bpf_ringbuf_submit(e, 0);
+}
+
+// Connection state changes: one event per transition of a TCP socket, not
+// per syscall. Listening, passive and active opens, and closes.
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_sock_state, const struct sock *sk, const int oldstate, const int newstate)
 {
-	__u64 key = (__u64)sk;
-	__u32 port, tgid, *owner;
+	__u64 key = (__u64)sk, now;
+	__u32 port, tgid, *owner, rkey;
+	struct timeline *t;
+	struct sk_info *si;
 
-	if (newstate != TCP_CLOSE)
-		return 0;
-	// A closed socket's address may be reused by the next one.
-	bpf_map_delete_elem(&sk_ready, &key);
-	if (oldstate != TCP_LISTEN)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	port = sk->__sk_common.skc_num;
+	switch (newstate) {
+	case TCP_LISTEN:
+		// Process context: current is the listener.
+		tgid = bpf_get_current_pid_tgid() >> 32;
+		if (!bpf_map_lookup_elem(&timelines, &tgid) && !is_tracked(tgid))
+			return 0;
+		now = bpf_ktime_get_ns();
+		if (bpf_map_update_elem(&ports, &port, &tgid, BPF_ANY))
+			count_lost();
+		emit(tgid, EV_PORT, port, now);
+		emit_point(tgid, EV_LISTEN, port, now);
+		return 0;
+	case TCP_SYN_SENT:
+		// Process context (connect): current opened it.
+		tgid = bpf_get_current_pid_tgid() >> 32;
+		if (parent_tgid != 0 && tgid == parent_tgid) {
+			si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+			if (si)
+				si->flags |= SK_ROUTER;
+			return 0;
+		}
+		if (is_tracked(tgid))
+			conn_open(sk, tgid, DIR_OUTBOUND, bpf_ktime_get_ns());
+		return 0;
+	case TCP_ESTABLISHED:
+		if (oldstate == TCP_SYN_SENT) {
+			// Softirq: the router's connection now has its local port.
+			si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+			if (si && (si->flags & SK_ROUTER)) {
+				rkey = port;
+				bpf_map_update_elem(&router_ports, &rkey, &rkey, BPF_ANY);
+			}
+			return 0;
+		}
+		if (oldstate != TCP_SYN_RECV)
+			return 0;
+		// Passive open, in softirq: the local port says whose it is.
+		owner = bpf_map_lookup_elem(&ports, &port);
+		if (!owner)
+			return 0;
+		tgid = *owner;
+		now = bpf_ktime_get_ns();
+		if (is_tracked(tgid))
+			conn_open(sk, tgid, DIR_INBOUND, now);
+		t = bpf_map_lookup_elem(&timelines, &tgid);
+		if (!t)
+			return 0;
+		if (!t->first_accept_ns) {
+			t->first_accept_ns = now;
+			emit(tgid, EV_FIRST_ACCEPT, 0, now);
+		}
+		if (!t->accept_ns && bpf_map_lookup_elem(&ready, &tgid)) {
+			si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+			if (!si) {
+				count_lost();
+				return 0;
+			}
+			si->flags |= SK_COLD;
+			t->accept_ns = now;
+			t->accept_sk = key;
+			emit_point(tgid, EV_ACCEPT, 0, now);
+		}
+		return 0;
+	case TCP_CLOSE:
+		break;
+	default:
+		return 0;
+	}
+	si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+	if (si) {
+		if (si->flags & SK_CONN)
+			conn_close(sk, si, bpf_ktime_get_ns());
+		if (si->flags & SK_ROUTER) {
+			rkey = port;
+			bpf_map_delete_elem(&router_ports, &rkey);
+		}
+		si->flags = 0;
+	}
+	if (oldstate != TCP_LISTEN)
+		return 0;
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	owner = bpf_map_lookup_elem(&ports, &port);
 	if (owner && *owner == tgid)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -28,17 +29,50 @@ const (
 // Ring buffer event kinds (enum event_kind in probes.bpf.c).
 const (
 	evExec        = 1
-	evBind        = 2
 	evListen      = 3
 	evFirstAccept = 4
 	evAccept      = 5
 	evFirstWrite  = 6
 	evExit        = 7
 	evPort        = 8
+	evConnOpen    = 9
+	evConnClose   = 10
 )
 
-// eventSize is sizeof(struct event).
-const eventSize = 24
+// eventSize is sizeof(struct event): a 24-byte header and a 48-byte payload.
+const (
+	eventHeaderSize = 24
+	eventSize       = eventHeaderSize + anatSnapSize
+)
+
+// The programs on the system-call path. A syscall tracepoint sends every
+// task's system calls through the kernel's slow path whatever the program
+// does, so they are attached only while a tracked instance loads (to count
+// its model-file reads), or always with SyscallLatency.
+var syscallPrograms = []string{"on_sys_enter", "on_sys_exit"}
+
+// modelReadProgram is the one syscall program a cold start needs (to count
+// its model-file reads); on_sys_enter only times syscalls.
+const modelReadProgram = "on_sys_exit"
+
+// wakeupProgram serves only the anatomy, and sched_wakeup is among the
+// machine's busiest tracepoints: attached while a tracked instance's cold
+// start is open.
+const wakeupProgram = "on_wakeup"
+
+// dynamicPrograms are attached and detached as cold starts come and go.
+var dynamicPrograms = append([]string{wakeupProgram}, syscallPrograms...)
+
+// maxColdStart is how long a cold start may stay open before the syscall
+// programs stop waiting for it (an instance that never became ready).
+const maxColdStart = 2 * time.Minute
+
+// readyGrace is how long on_wakeup stays attached for an instance after its
+// ready mark. The held request normally reaches it within milliseconds; an
+// idle minimum-scale instance may wait seconds for its first request, and
+// its last phases are then accounted without wakeups (waiting for a CPU
+// shows as blocked) rather than keeping a busy tracepoint attached.
+const readyGrace = time.Second
 
 // Config configures the probes.
 type Config struct {
@@ -52,6 +86,11 @@ type Config struct {
 	// ReadInterval is how often the kernel histograms are folded into the
 	// exported ones; 0: DefaultReadInterval.
 	ReadInterval time.Duration
+	// SyscallLatency also measures time inside network syscalls
+	// (pilotlight_bpf_network_syscall_seconds). It keeps the syscall
+	// tracepoints attached, which puts every task's system calls on the
+	// kernel's tracing path: README.md gives the measured cost.
+	SyscallLatency bool
 }
 
 // Probes is the loaded and attached set of BPF programs. Its methods are
@@ -63,10 +102,27 @@ type Probes struct {
 	links []link.Link
 	rd    *ringbuf.Reader
 
-	tracked, hists, timelines, ready, ports, lost *ebpf.Map
+	tracked, hists, timelines, anatomies, ready, ports, lost *ebpf.Map
 
-	coldStart *prometheus.HistogramVec
-	collector *collector
+	// userGen is user_gen in the kernel: bumped after tracked or
+	// anatomies change, so the programs' per-task caches are refreshed.
+	userGen    *ebpf.Variable
+	userGenVal uint32
+
+	syscallLatency bool
+	marked         bool                 // an engine marks cold starts (ParentPID set)
+	dynLinks       map[string]link.Link // attached dynamicPrograms
+	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
+	anatOpen       map[uint32]time.Time // tracked pids whose cold start is open (until the response), until
+
+	coldStart      *prometheus.HistogramVec
+	coldStartTime  *prometheus.HistogramVec
+	coldMajFaults  *prometheus.CounterVec
+	coldModelBytes *prometheus.CounterVec
+	connections    *prometheus.CounterVec
+	connBytes      *prometheus.HistogramVec
+	unexpectedConn *prometheus.CounterVec
+	collector      *collector
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -81,7 +137,8 @@ type Probes struct {
 	done      map[uint32]bool           // pids whose timeline completed (not reopened by Track)
 	portsOf   map[uint32]map[uint32]bool
 	latest    map[string]Timeline
-	userLost  uint64 // events user space could not decode
+	lastConns map[string][]UnexpectedConnection // newest last, at most maxUnexpected
+	userLost  uint64                            // events user space could not decode
 }
 
 type labels struct{ function, revision string }
@@ -117,6 +174,13 @@ func New(cfg Config) (*Probes, error) {
 		done:      map[uint32]bool{},
 		portsOf:   map[uint32]map[uint32]bool{},
 		latest:    map[string]Timeline{},
+		lastConns: map[string][]UnexpectedConnection{},
+		coldOpen:  map[uint32]time.Time{},
+		anatOpen:  map[uint32]time.Time{},
+		dynLinks:  map[string]link.Link{},
+
+		syscallLatency: cfg.SyscallLatency,
+		marked:         cfg.ParentPID != 0,
 	}
 	ok := false
 	defer func() {
@@ -124,7 +188,7 @@ func New(cfg Config) (*Probes, error) {
 			p.release()
 		}
 	}()
-	if err := p.load(uint32(cfg.ParentPID)); err != nil {
+	if err := p.load(uint32(cfg.ParentPID), cfg.SyscallLatency); err != nil {
 		return nil, err
 	}
 	if err := p.clock.measure(); err != nil {
@@ -138,6 +202,7 @@ func New(cfg Config) (*Probes, error) {
 		Help:    "Phases of an instance's cold start, from kernel events (exec, listen, accept, first response write) and the engine's marks (request arrival, ready).",
 		Buckets: prometheus.ExponentialBucketsRange(0.0001, 30, 22),
 	}, []string{"function", "revision", "phase"})
+	p.newMetrics()
 	p.collector = newCollector(p)
 	if p.reg != nil {
 		if err := p.reg.Register(p.collector); err != nil {
@@ -148,12 +213,13 @@ func New(cfg Config) (*Probes, error) {
 	go p.readEvents()
 	go p.tick(cfg.ReadInterval)
 	ok = true
-	log.Info("eBPF probes loaded", "programs", len(p.links), "parent_pid", cfg.ParentPID)
+	log.Info("eBPF probes loaded", "programs", len(p.links)+len(p.dynLinks), "parent_pid", cfg.ParentPID, "syscall_latency", cfg.SyscallLatency)
 	return p, nil
 }
 
-// load checks the prerequisites, loads the collection and attaches every program.
-func (p *Probes) load(parent uint32) error {
+// load checks the prerequisites, loads the collection and attaches the
+// programs (the syscall ones only with syscallLatency).
+func (p *Probes) load(parent uint32, syscallLatency bool) error {
 	spec, err := loadProbes()
 	if err != nil {
 		return &LoadError{Reason: "eBPF probes disabled: " + err.Error() + " (run on linux/amd64)", Err: err}
@@ -167,13 +233,26 @@ func (p *Probes) load(parent uint32) error {
 	if err := spec.Variables["parent_tgid"].Set(parent); err != nil {
 		return fmt.Errorf("set parent_tgid: %w", err)
 	}
+	var latency uint32
+	if syscallLatency {
+		latency = 1
+	}
+	if err := spec.Variables["syscall_latency"].Set(latency); err != nil {
+		return fmt.Errorf("set syscall_latency: %w", err)
+	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		return loadError("loading the programs", err)
 	}
 	p.coll = coll
+	if p.userGen = coll.Variables["user_gen"]; p.userGen == nil {
+		return errors.New("variable user_gen missing from the object")
+	}
+	if err := p.userGen.Get(&p.userGenVal); err != nil {
+		return loadError("reading user_gen (the kernel must support mmapable maps)", err)
+	}
 	for name, m := range map[string]**ebpf.Map{
-		"tracked": &p.tracked, "hists": &p.hists, "timelines": &p.timelines,
+		"tracked": &p.tracked, "hists": &p.hists, "timelines": &p.timelines, "anatomies": &p.anatomies,
 		"ready": &p.ready, "ports": &p.ports, "lost": &p.lost,
 	} {
 		if *m = coll.Maps[name]; *m == nil {
@@ -181,11 +260,19 @@ func (p *Probes) load(parent uint32) error {
 		}
 	}
 	for name, prog := range coll.Programs {
+		if slices.Contains(dynamicPrograms, name) {
+			continue
+		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
 			return loadError("attaching "+name+" ("+spec.Programs[name].SectionName+")", err)
 		}
 		p.links = append(p.links, l)
+	}
+	if syscallLatency {
+		if err := p.attach(syscallPrograms...); err != nil {
+			return err
+		}
 	}
 	rd, err := ringbuf.NewReader(coll.Maps["events"])
 	if err != nil {
@@ -193,6 +280,14 @@ func (p *Probes) load(parent uint32) error {
 	}
 	p.rd = rd
 	return nil
+}
+
+// bumpGen tells the programs that tracked or anatomies changed. Callers hold p.mu.
+func (p *Probes) bumpGen() {
+	p.userGenVal++
+	if err := p.userGen.Set(p.userGenVal); err != nil {
+		p.log.Debug("bpf: bump user_gen", "err", err)
+	}
 }
 
 // release closes the ring buffer reader, every link and the collection.
@@ -204,6 +299,7 @@ func (p *Probes) release() {
 		l.Close()
 	}
 	p.links = nil
+	p.detach(dynamicPrograms...)
 	if p.coll != nil {
 		p.coll.Close()
 	}
@@ -265,13 +361,20 @@ func (p *Probes) Track(pid int, function, revision string) error {
 	}
 	p.freeSlots = p.freeSlots[:len(p.freeSlots)-1]
 	p.instances[key] = in
+	defer p.bumpGen()
 	if _, ok := p.totals[in.labels]; !ok {
 		p.totals[in.labels] = &slotHists{}
 	}
 
 	st := p.state(key)
 	st.function, st.revision = function, revision
-	p.openTimeline(key)
+	// A cold start is followed where an engine marks it (serve, with a
+	// ParentPID). The node agent tracks running pods and gives no marks:
+	// opening one would keep the cold-start programs attached for nothing.
+	if p.marked {
+		p.openTimeline(key)
+		p.openColdStart(key)
+	}
 
 	ports, err := listeningPorts(pid)
 	if err != nil {
@@ -318,13 +421,38 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 	}
 	st := p.state(key)
 	st.points[phase] = t.Round(0)
+	if phase == MarkRequestArrival {
+		return
+	}
+	// The other marks start or end an anatomy phase: take the kernel's
+	// counters as of the mark.
+	p.openTimeline(key)
+	var a anatomyEntry
+	if err := p.anatomies.Lookup(key, &a); err == nil {
+		st.snaps[phase] = a.at(p.clock.mono(t))
+	}
 	if phase != MarkReady {
 		return
 	}
-	p.openTimeline(key)
 	if err := p.ready.Update(key, uint64(1), ebpf.UpdateAny); err != nil {
 		p.log.Debug("bpf: arm ready", "pid", pid, "err", err)
 	}
+	// Ready means the model is loaded: its reads are counted. The first
+	// request may come much later (an idle minimum-scale instance), and
+	// the syscall tracepoints cost every task meanwhile.
+	p.loaded(key)
+}
+
+// LatestConnections returns the last unexpected connections (newest last)
+// of each revision, keyed "function/revision".
+func (p *Probes) LatestConnections() map[string][]UnexpectedConnection {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string][]UnexpectedConnection, len(p.lastConns))
+	for k, v := range p.lastConns {
+		out[k] = slices.Clone(v)
+	}
+	return out
 }
 
 // LatestTimelines returns the latest complete cold-start timeline of each
@@ -352,17 +480,118 @@ func (p *Probes) state(pid uint32) *timelineState {
 	return st
 }
 
-// openTimeline makes sure the kernel follows pid's bind/listen/accept/write
-// even when its exec was not seen (not a child of ParentPID).
+// openTimeline makes sure the kernel follows pid's listen/accept/write and
+// its anatomy even when its exec was not seen (not a child of ParentPID).
 func (p *Probes) openTimeline(pid uint32) {
 	if p.done[pid] {
 		return
 	}
-	var t [6]uint64
-	t[5] = ^uint64(0) // accept_fd = -1
-	err := p.timelines.Update(pid, t, ebpf.UpdateNoExist)
+	err := p.timelines.Update(pid, [3]uint64{}, ebpf.UpdateNoExist)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 		p.log.Debug("bpf: open timeline", "pid", pid, "err", err)
+	}
+	// Its threads' states are unknown until each next switches: counted
+	// blocked until then.
+	a := anatomyEntry{LastNS: p.clock.mono(time.Now())}
+	err = p.anatomies.Update(pid, a, ebpf.UpdateNoExist)
+	switch {
+	case err == nil:
+		p.bumpGen()
+	case !errors.Is(err, ebpf.ErrKeyExist):
+		p.log.Debug("bpf: open anatomy", "pid", pid, "err", err)
+	}
+}
+
+// openColdStart attaches what tracked pid's cold start needs: on_sys_exit
+// until it is ready (its model-file reads), on_wakeup until its response
+// (its anatomy).
+func (p *Probes) openColdStart(pid uint32) {
+	if p.done[pid] {
+		return
+	}
+	now := time.Now()
+	if _, ok := p.coldOpen[pid]; !ok {
+		p.coldOpen[pid] = now
+	}
+	if _, ok := p.anatOpen[pid]; !ok {
+		p.anatOpen[pid] = now.Add(maxColdStart)
+	}
+	if err := p.attach(wakeupProgram, modelReadProgram); err != nil {
+		p.log.Warn("bpf: attach the cold-start programs; this cold start's anatomy and model-file bytes are incomplete", "pid", pid, "err", err)
+	}
+}
+
+// loaded ends pid's loading: the syscall programs detach once no tracked
+// instance is loading, and on_wakeup readyGrace later unless the response
+// came first.
+func (p *Probes) loaded(pid uint32) {
+	delete(p.coldOpen, pid)
+	if until, ok := p.anatOpen[pid]; ok {
+		if end := time.Now().Add(readyGrace); end.Before(until) {
+			p.anatOpen[pid] = end
+		}
+		time.AfterFunc(readyGrace+10*time.Millisecond, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if !p.closed {
+				p.syncLinks()
+			}
+		})
+	}
+	p.syncLinks()
+}
+
+// closeColdStart ends pid's cold start: what it needed detaches once no
+// other needs it.
+func (p *Probes) closeColdStart(pid uint32) {
+	delete(p.coldOpen, pid)
+	delete(p.anatOpen, pid)
+	p.syncLinks()
+}
+
+// syncLinks detaches the dynamic programs nothing needs any more; a cold
+// start open for longer than maxColdStart no longer counts.
+func (p *Probes) syncLinks() {
+	now := time.Now()
+	for pid, since := range p.coldOpen {
+		if now.Sub(since) > maxColdStart {
+			delete(p.coldOpen, pid)
+		}
+	}
+	for pid, until := range p.anatOpen {
+		if now.After(until) {
+			delete(p.anatOpen, pid)
+		}
+	}
+	if len(p.coldOpen) == 0 && !p.syscallLatency {
+		p.detach(modelReadProgram)
+	}
+	if len(p.anatOpen) == 0 {
+		p.detach(wakeupProgram)
+	}
+}
+
+// attach attaches the named dynamic programs that are not attached.
+func (p *Probes) attach(names ...string) error {
+	for _, name := range names {
+		if p.dynLinks[name] != nil {
+			continue
+		}
+		l, err := link.AttachTracing(link.TracingOptions{Program: p.coll.Programs[name], AttachType: ebpf.AttachTraceRawTp})
+		if err != nil {
+			return loadError("attaching "+name, err)
+		}
+		p.dynLinks[name] = l
+	}
+	return nil
+}
+
+func (p *Probes) detach(names ...string) {
+	for _, name := range names {
+		if l := p.dynLinks[name]; l != nil {
+			l.Close()
+			delete(p.dynLinks, name)
+		}
 	}
 }
 
@@ -371,6 +600,7 @@ func (p *Probes) retire(pid uint32, in *instance) {
 	if err := p.tracked.Delete(pid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		p.log.Debug("bpf: untrack", "pid", pid, "err", err)
 	}
+	p.bumpGen()
 	p.fold(in)
 	delete(p.instances, pid)
 	p.freeSlots = append(p.freeSlots, in.slot)
@@ -380,8 +610,12 @@ func (p *Probes) retire(pid uint32, in *instance) {
 func (p *Probes) forget(pid uint32) {
 	delete(p.states, pid)
 	delete(p.done, pid)
+	p.closeColdStart(pid)
 	_ = p.ready.Delete(pid)
 	_ = p.timelines.Delete(pid)
+	if p.anatomies.Delete(pid) == nil {
+		p.bumpGen()
+	}
 	for port := range p.portsOf[pid] {
 		var owner uint32
 		if p.ports.Lookup(port, &owner) == nil && owner == pid {
@@ -440,6 +674,9 @@ func (p *Probes) tick(every time.Duration) {
 				p.log.Debug("bpf: read clocks", "err", err)
 			}
 			p.readHistograms()
+			if len(p.coldOpen)+len(p.anatOpen) > 0 {
+				p.syncLinks()
+			}
 			p.mu.Unlock()
 		}
 	}
@@ -463,14 +700,15 @@ func (p *Probes) readEvents() {
 		} else {
 			s := rec.RawSample
 			p.apply(binary.LittleEndian.Uint64(s[0:]), binary.LittleEndian.Uint32(s[8:]),
-				binary.LittleEndian.Uint32(s[12:]), int64(binary.LittleEndian.Uint64(s[16:])))
+				binary.LittleEndian.Uint32(s[12:]), int64(binary.LittleEndian.Uint64(s[16:])), s[eventHeaderSize:eventSize])
 		}
 		p.mu.Unlock()
 	}
 }
 
-// apply folds one kernel event into the timelines. Callers hold p.mu.
-func (p *Probes) apply(ts uint64, pid, kind uint32, arg int64) {
+// apply folds one kernel event into the timelines and the connection
+// counts. Callers hold p.mu.
+func (p *Probes) apply(ts uint64, pid, kind uint32, arg int64, payload []byte) {
 	if p.closed {
 		return
 	}
@@ -486,24 +724,32 @@ func (p *Probes) apply(ts uint64, pid, kind uint32, arg int64) {
 			for name, t := range st.points {
 				if isMark(name) && !t.Before(at) {
 					fresh.points[name] = t
+					if snap, ok := st.snaps[name]; ok {
+						fresh.snaps[name] = snap
+					}
 				}
 			}
 			p.states[pid] = fresh
 		}
 		delete(p.done, pid)
-		p.state(pid).first(EventExec, at)
-	case evBind:
-		p.stateIfOpen(pid).first(EventBind, at)
+		p.state(pid).firstWith(EventExec, at, decodeAnatSnap(payload))
 	case evListen:
-		p.stateIfOpen(pid).first(EventListen, at)
+		p.stateIfOpen(pid).firstWith(EventListen, at, decodeAnatSnap(payload))
 	case evFirstAccept:
 		p.stateIfOpen(pid).first(EventFirstAccept, at)
 	case evAccept:
-		p.stateIfOpen(pid).first(EventAccept, at)
+		p.stateIfOpen(pid).firstWith(EventAccept, at, decodeAnatSnap(payload))
 	case evFirstWrite:
 		st := p.stateIfOpen(pid)
-		st.first(EventFirstWrite, at)
+		st.firstWith(EventFirstWrite, at, decodeAnatSnap(payload))
 		p.complete(pid, st)
+	case evConnOpen, evConnClose:
+		c, ok := decodeConn(payload)
+		if !ok {
+			p.userLost++
+			return
+		}
+		p.connection(at, pid, kind == evConnOpen, c)
 	case evPort:
 		p.addPort(pid, uint32(arg))
 	case evExit:
@@ -532,6 +778,7 @@ func (p *Probes) complete(pid uint32, st *timelineState) {
 	st.done = true
 	p.done[pid] = true
 	delete(p.states, pid)
+	p.closeColdStart(pid)
 	if st.function == "" {
 		p.log.Debug("bpf: timeline of an untracked pid dropped", "pid", pid)
 		return
@@ -541,6 +788,13 @@ func (p *Probes) complete(pid uint32, st *timelineState) {
 		if v, ok := tl.Phases[d.name]; ok {
 			p.coldStart.WithLabelValues(st.function, st.revision, d.name).Observe(v / 1000)
 		}
+	}
+	for _, ph := range tl.Anatomy {
+		for _, state := range anatStates {
+			p.coldStartTime.WithLabelValues(st.function, st.revision, ph.Phase, state).Observe(ph.StatesMS[state] / 1000)
+		}
+		p.coldMajFaults.WithLabelValues(st.function, st.revision, ph.Phase).Add(float64(ph.MajorFaults))
+		p.coldModelBytes.WithLabelValues(st.function, st.revision, ph.Phase).Add(float64(ph.ModelBytes))
 	}
 	p.latest[st.function+"/"+st.revision] = tl
 	p.log.Debug("bpf: cold start timeline", "function", st.function, "revision", st.revision, "pid", pid, "phases_ms", tl.Phases)
@@ -554,9 +808,37 @@ func (s *timelineState) execTime() (time.Time, bool) {
 	return t, ok
 }
 
+// connection counts a tracked instance's connection opening or closing, and
+// reports an unexpected one. Callers hold p.mu.
+func (p *Probes) connection(at time.Time, pid uint32, open bool, c connEvent) {
+	in := p.instances[pid]
+	if in == nil {
+		return // untracked meanwhile
+	}
+	if !open {
+		p.connBytes.WithLabelValues(in.function, in.revision, c.direction, c.peerClass, "received").Observe(float64(c.rx))
+		p.connBytes.WithLabelValues(in.function, in.revision, c.direction, c.peerClass, "sent").Observe(float64(c.tx))
+		return
+	}
+	p.connections.WithLabelValues(in.function, in.revision, c.direction, c.peerClass).Inc()
+	if !c.unexpected() {
+		return
+	}
+	u := newUnexpected(at, pid, in.labels, c)
+	p.unexpectedConn.WithLabelValues(in.function, in.revision).Inc()
+	key := in.function + "/" + in.revision
+	last := append(p.lastConns[key], u)
+	if len(last) > maxUnexpected {
+		last = slices.Delete(last, 0, len(last)-maxUnexpected)
+	}
+	p.lastConns[key] = last
+	p.log.Warn("unexpected outbound connection from an instance", "function", in.function, "revision", in.revision,
+		"pid", pid, "peer", u.Peer, "peer_class", c.peerClass)
+}
+
 func isMark(name string) bool {
 	switch name {
-	case EventExec, EventBind, EventListen, EventFirstAccept, EventAccept, EventFirstWrite:
+	case EventExec, EventListen, EventFirstAccept, EventAccept, EventFirstWrite:
 		return false
 	}
 	return true

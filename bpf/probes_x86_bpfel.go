@@ -16,27 +16,32 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	probesMapEvents        = "events"
-	probesMapHists         = "hists"
-	probesMapLost          = "lost"
-	probesMapPorts         = "ports"
-	probesMapReady         = "ready"
-	probesMapSkReady       = "sk_ready"
-	probesMapSyscalls      = "syscalls"
-	probesMapTimelines     = "timelines"
-	probesMapTracked       = "tracked"
-	probesMapWakeups       = "wakeups"
-	probesProgOnDataReady  = "on_data_ready"
-	probesProgOnExec       = "on_exec"
-	probesProgOnExit       = "on_exit"
-	probesProgOnRecvLength = "on_recv_length"
-	probesProgOnSockState  = "on_sock_state"
-	probesProgOnSwitch     = "on_switch"
-	probesProgOnSysEnter   = "on_sys_enter"
-	probesProgOnSysExit    = "on_sys_exit"
-	probesProgOnWakeup     = "on_wakeup"
-	probesProgOnWakeupNew  = "on_wakeup_new"
-	probesVarParentTgid    = "parent_tgid"
+	probesMapAnatomies      = "anatomies"
+	probesMapEvents         = "events"
+	probesMapHists          = "hists"
+	probesMapLost           = "lost"
+	probesMapPorts          = "ports"
+	probesMapReady          = "ready"
+	probesMapRouterPorts    = "router_ports"
+	probesMapSkInfos        = "sk_infos"
+	probesMapTaskInfos      = "task_infos"
+	probesMapTimelines      = "timelines"
+	probesMapTracked        = "tracked"
+	probesProgOnDataReady   = "on_data_ready"
+	probesProgOnExec        = "on_exec"
+	probesProgOnExit        = "on_exit"
+	probesProgOnRecvLength  = "on_recv_length"
+	probesProgOnSendLength  = "on_send_length"
+	probesProgOnSockState   = "on_sock_state"
+	probesProgOnSwitch      = "on_switch"
+	probesProgOnSysEnter    = "on_sys_enter"
+	probesProgOnSysExit     = "on_sys_exit"
+	probesProgOnWakeup      = "on_wakeup"
+	probesProgOnWakeupNew   = "on_wakeup_new"
+	probesVarBpfGen         = "bpf_gen"
+	probesVarParentTgid     = "parent_tgid"
+	probesVarSyscallLatency = "syscall_latency"
+	probesVarUserGen        = "user_gen"
 )
 
 // loadProbes returns the embedded CollectionSpec for probes.
@@ -85,6 +90,7 @@ type probesProgramSpecs struct {
 	OnExec       *ebpf.ProgramSpec `ebpf:"on_exec"`
 	OnExit       *ebpf.ProgramSpec `ebpf:"on_exit"`
 	OnRecvLength *ebpf.ProgramSpec `ebpf:"on_recv_length"`
+	OnSendLength *ebpf.ProgramSpec `ebpf:"on_send_length"`
 	OnSockState  *ebpf.ProgramSpec `ebpf:"on_sock_state"`
 	OnSwitch     *ebpf.ProgramSpec `ebpf:"on_switch"`
 	OnSysEnter   *ebpf.ProgramSpec `ebpf:"on_sys_enter"`
@@ -97,23 +103,27 @@ type probesProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probesMapSpecs struct {
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Hists     *ebpf.MapSpec `ebpf:"hists"`
-	Lost      *ebpf.MapSpec `ebpf:"lost"`
-	Ports     *ebpf.MapSpec `ebpf:"ports"`
-	Ready     *ebpf.MapSpec `ebpf:"ready"`
-	SkReady   *ebpf.MapSpec `ebpf:"sk_ready"`
-	Syscalls  *ebpf.MapSpec `ebpf:"syscalls"`
-	Timelines *ebpf.MapSpec `ebpf:"timelines"`
-	Tracked   *ebpf.MapSpec `ebpf:"tracked"`
-	Wakeups   *ebpf.MapSpec `ebpf:"wakeups"`
+	Anatomies   *ebpf.MapSpec `ebpf:"anatomies"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Hists       *ebpf.MapSpec `ebpf:"hists"`
+	Lost        *ebpf.MapSpec `ebpf:"lost"`
+	Ports       *ebpf.MapSpec `ebpf:"ports"`
+	Ready       *ebpf.MapSpec `ebpf:"ready"`
+	RouterPorts *ebpf.MapSpec `ebpf:"router_ports"`
+	SkInfos     *ebpf.MapSpec `ebpf:"sk_infos"`
+	TaskInfos   *ebpf.MapSpec `ebpf:"task_infos"`
+	Timelines   *ebpf.MapSpec `ebpf:"timelines"`
+	Tracked     *ebpf.MapSpec `ebpf:"tracked"`
 }
 
 // probesVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probesVariableSpecs struct {
-	ParentTgid *ebpf.VariableSpec `ebpf:"parent_tgid"`
+	BpfGen         *ebpf.VariableSpec `ebpf:"bpf_gen"`
+	ParentTgid     *ebpf.VariableSpec `ebpf:"parent_tgid"`
+	SyscallLatency *ebpf.VariableSpec `ebpf:"syscall_latency"`
+	UserGen        *ebpf.VariableSpec `ebpf:"user_gen"`
 }
 
 // probesObjects contains all objects after they have been loaded into the kernel.
@@ -136,30 +146,32 @@ func (o *probesObjects) Close() error {
 //
 // It can be passed to loadProbesObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probesMaps struct {
-	Events    *ebpf.Map `ebpf:"events"`
-	Hists     *ebpf.Map `ebpf:"hists"`
-	Lost      *ebpf.Map `ebpf:"lost"`
-	Ports     *ebpf.Map `ebpf:"ports"`
-	Ready     *ebpf.Map `ebpf:"ready"`
-	SkReady   *ebpf.Map `ebpf:"sk_ready"`
-	Syscalls  *ebpf.Map `ebpf:"syscalls"`
-	Timelines *ebpf.Map `ebpf:"timelines"`
-	Tracked   *ebpf.Map `ebpf:"tracked"`
-	Wakeups   *ebpf.Map `ebpf:"wakeups"`
+	Anatomies   *ebpf.Map `ebpf:"anatomies"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Hists       *ebpf.Map `ebpf:"hists"`
+	Lost        *ebpf.Map `ebpf:"lost"`
+	Ports       *ebpf.Map `ebpf:"ports"`
+	Ready       *ebpf.Map `ebpf:"ready"`
+	RouterPorts *ebpf.Map `ebpf:"router_ports"`
+	SkInfos     *ebpf.Map `ebpf:"sk_infos"`
+	TaskInfos   *ebpf.Map `ebpf:"task_infos"`
+	Timelines   *ebpf.Map `ebpf:"timelines"`
+	Tracked     *ebpf.Map `ebpf:"tracked"`
 }
 
 func (m *probesMaps) Close() error {
 	return _ProbesClose(
+		m.Anatomies,
 		m.Events,
 		m.Hists,
 		m.Lost,
 		m.Ports,
 		m.Ready,
-		m.SkReady,
-		m.Syscalls,
+		m.RouterPorts,
+		m.SkInfos,
+		m.TaskInfos,
 		m.Timelines,
 		m.Tracked,
-		m.Wakeups,
 	)
 }
 
@@ -167,7 +179,10 @@ func (m *probesMaps) Close() error {
 //
 // It can be passed to loadProbesObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probesVariables struct {
-	ParentTgid *ebpf.Variable `ebpf:"parent_tgid"`
+	BpfGen         *ebpf.Variable `ebpf:"bpf_gen"`
+	ParentTgid     *ebpf.Variable `ebpf:"parent_tgid"`
+	SyscallLatency *ebpf.Variable `ebpf:"syscall_latency"`
+	UserGen        *ebpf.Variable `ebpf:"user_gen"`
 }
 
 // probesPrograms contains all programs after they have been loaded into the kernel.
@@ -178,6 +193,7 @@ type probesPrograms struct {
 	OnExec       *ebpf.Program `ebpf:"on_exec"`
 	OnExit       *ebpf.Program `ebpf:"on_exit"`
 	OnRecvLength *ebpf.Program `ebpf:"on_recv_length"`
+	OnSendLength *ebpf.Program `ebpf:"on_send_length"`
 	OnSockState  *ebpf.Program `ebpf:"on_sock_state"`
 	OnSwitch     *ebpf.Program `ebpf:"on_switch"`
 	OnSysEnter   *ebpf.Program `ebpf:"on_sys_enter"`
@@ -192,6 +208,7 @@ func (p *probesPrograms) Close() error {
 		p.OnExec,
 		p.OnExit,
 		p.OnRecvLength,
+		p.OnSendLength,
 		p.OnSockState,
 		p.OnSwitch,
 		p.OnSysEnter,

@@ -8,14 +8,13 @@ import (
 // Event and mark names in a Timeline, in the order they normally happen.
 const (
 	EventExec           = "exec"             // kernel: sched_process_exec
-	EventBind           = "bind"             // kernel: first successful bind(2)
-	EventListen         = "listen"           // kernel: first successful listen(2)
-	EventFirstAccept    = "first_accept"     // kernel: first accept, usually the engine's readiness poll
+	EventListen         = "listen"           // kernel: first TCP socket put in LISTEN
+	EventFirstAccept    = "first_accept"     // kernel: first connection established to it, usually the engine's readiness poll
 	MarkSpecialiseStart = "specialise_start" // user space: a warm-pool process is asked to load a model
 	MarkRequestArrival  = "request_arrival"  // user space: the request that needed the instance arrived
 	MarkReady           = "ready"            // user space: the engine saw the instance ready
-	EventAccept         = "accept"           // kernel: first accept after the ready mark
-	EventFirstWrite     = "first_write"      // kernel: first write on that accepted connection (the response)
+	EventAccept         = "accept"           // kernel: first connection established after the ready mark
+	EventFirstWrite     = "first_write"      // kernel: first send by the instance on that connection (the response)
 )
 
 // Phase names observed in pilotlight_bpf_cold_start_phase_seconds.
@@ -55,6 +54,10 @@ type Timeline struct {
 	// Phases are the durations observed in
 	// pilotlight_bpf_cold_start_phase_seconds, in milliseconds.
 	Phases map[string]float64 `json:"phases_ms"`
+	// Anatomy splits the cold start, from exec (or the specialisation) to
+	// the first response write, into contiguous phases, and each phase's
+	// wall time into the states of pilotlight_bpf_cold_start_time_seconds.
+	Anatomy []PhaseAnatomy `json:"anatomy,omitempty"`
 }
 
 // TimelineEvent is one point of a Timeline.
@@ -71,11 +74,20 @@ type timelineState struct {
 	pid                uint32
 	function, revision string
 	points             map[string]time.Time
+	snaps              map[string]anatSnap // the anatomy's counters at a point
 	done               bool
 }
 
 func newTimelineState(pid uint32) *timelineState {
-	return &timelineState{pid: pid, points: map[string]time.Time{}}
+	return &timelineState{pid: pid, points: map[string]time.Time{}, snaps: map[string]anatSnap{}}
+}
+
+// firstWith is first, with the anatomy's counters at that point.
+func (s *timelineState) firstWith(name string, t time.Time, snap anatSnap) {
+	if _, ok := s.points[name]; !ok {
+		s.points[name] = t.Round(0)
+		s.snaps[name] = snap
+	}
 }
 
 // first records name at t unless it is already known: the kernel reports
@@ -124,6 +136,7 @@ func (s *timelineState) build() Timeline {
 		}
 		tl.Phases[d.name] = ms(to.Sub(from))
 	}
+	tl.Anatomy = s.anatomy(pool)
 	return tl
 }
 
@@ -131,7 +144,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 // eventOrder breaks ties between events with the same timestamp.
 func eventOrder(name string) int {
-	for i, n := range []string{EventExec, EventBind, EventListen, EventFirstAccept, MarkSpecialiseStart,
+	for i, n := range []string{EventExec, EventListen, EventFirstAccept, MarkSpecialiseStart,
 		MarkRequestArrival, MarkReady, EventAccept, EventFirstWrite} {
 		if n == name {
 			return i

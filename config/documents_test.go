@@ -13,6 +13,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
@@ -33,7 +34,7 @@ func (d document) String() string { return fmt.Sprintf("%s#%d (%s)", d.file, d.i
 // ownDirs are the folders whose every document must be a known object;
 // elsewhere in config/ a document without apiVersion/kind is some other
 // file format (platform config) and is left to its own tests.
-var ownDirs = []string{"knative", "security", "monitoring"}
+var ownDirs = []string{"knative", "security", "monitoring", "router"}
 
 // nonKubernetes are files in ownDirs that are not Kubernetes objects.
 var nonKubernetes = map[string]bool{"security/falco-rules.yaml": true}
@@ -48,6 +49,9 @@ var kinds = map[string]func() any{
 	"rbac.authorization.k8s.io/v1/RoleBinding": func() any { return &rbacv1.RoleBinding{} },
 	"networking.k8s.io/v1/NetworkPolicy":       func() any { return &networkingv1.NetworkPolicy{} },
 	"apps/v1/DaemonSet":                        func() any { return &appsv1.DaemonSet{} },
+	"apps/v1/Deployment":                       func() any { return &appsv1.Deployment{} },
+	"v1/Service":                               func() any { return &corev1.Service{} },
+	"policy/v1/PodDisruptionBudget":            func() any { return &policyv1.PodDisruptionBudget{} },
 	"serving.knative.dev/v1/Service":           func() any { return &servingv1.Service{} },
 	"monitoring.coreos.com/v1/ServiceMonitor":  func() any { return &serviceMonitor{} },
 	"monitoring.coreos.com/v1/PodMonitor":      func() any { return &podMonitor{} },
@@ -144,7 +148,8 @@ func TestEveryDocumentDecodesStrictly(t *testing.T) {
 	}
 	// The folders must hold what the platform needs, not just parse.
 	for _, kind := range []string{"serving.knative.dev/v1/Service", "networking.k8s.io/v1/NetworkPolicy",
-		"rbac.authorization.k8s.io/v1/Role", "apps/v1/DaemonSet", "monitoring.coreos.com/v1/ServiceMonitor",
+		"rbac.authorization.k8s.io/v1/Role", "apps/v1/DaemonSet", "apps/v1/Deployment", "v1/Service",
+		"policy/v1/PodDisruptionBudget", "monitoring.coreos.com/v1/ServiceMonitor",
 		"monitoring.coreos.com/v1/PrometheusRule"} {
 		if seen[kind] == 0 {
 			t.Errorf("no %s below config/", kind)

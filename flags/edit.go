@@ -4,41 +4,50 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
-	"sort"
+
+	"github.com/pilotlight/pilotlight/atomicfile"
 )
 
 // FlagEdit edits one flag of a flagd-format file, keeping everything else
 // as it was, and writes it back atomically (write a temporary file in the
 // same directory, fsync, rename), so a watcher never reads half a file.
+// It reads the file with this package's own decoder and parser: a file
+// flagd refuses cannot be opened, and an edit that would produce one is
+// not written.
 type FlagEdit struct {
 	path string
+	key  string
+	set  *Set
 	doc  map[string]any
 	flag map[string]any
 }
 
+// OpenFlagEdit reads path for an edit of flag key.
 func OpenFlagEdit(path, key string) (*FlagEdit, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read flag file: %w", err)
 	}
-	var doc map[string]any
-	if err := json.Unmarshal(raw, &doc); err != nil {
+	set, err := Parse(raw)
+	if err != nil {
 		return nil, fmt.Errorf("flag file %s: %w", path, err)
 	}
-	flags, _ := doc["flags"].(map[string]any)
-	flag, ok := flags[key].(map[string]any)
-	if !ok {
+	if _, ok := set.flags[key]; !ok {
 		return nil, fmt.Errorf("flag file %s has no flag %q", path, key)
 	}
-	return &FlagEdit{path: path, doc: doc, flag: flag}, nil
+	doc, _ := decode(raw) // Parse succeeded, so decode does
+	flags, isMap := doc["flags"].(map[string]any)
+	if !isMap {
+		return nil, fmt.Errorf("flag file %s lists its flags as an array; rollouts edit the object form only", path)
+	}
+	return &FlagEdit{path: path, key: key, set: set, doc: doc, flag: flags[key].(map[string]any)}, nil
 }
 
-// variants maps variant name to its value (revision names are strings).
+// Variants maps variant name to its value when that is a string (a
+// revision name), as the file had it when opened.
 func (f *FlagEdit) Variants() map[string]string {
 	out := map[string]string{}
-	vs, _ := f.flag["variants"].(map[string]any)
-	for name, v := range vs {
+	for name, v := range f.set.flags[f.key].variants {
 		if s, ok := v.(string); ok {
 			out[name] = s
 		}
@@ -46,19 +55,15 @@ func (f *FlagEdit) Variants() map[string]string {
 	return out
 }
 
-// variantFor returns the variant whose value is revision, adding one named
+// DefaultVariant is the flag's defaultVariant as the file had it when
+// opened ("" when absent or null).
+func (f *FlagEdit) DefaultVariant() string { return f.set.flags[f.key].defVariant }
+
+// VariantFor returns the variant whose value is revision, adding one named
 // after the revision when the flag has none.
 func (f *FlagEdit) VariantFor(revision string) string {
-	vs := f.Variants()
-	names := make([]string, 0, len(vs))
-	for n := range vs {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		if vs[n] == revision {
-			return n
-		}
+	if v := f.set.variantOf(f.key, revision); v != "" {
+		return v
 	}
 	m, _ := f.flag["variants"].(map[string]any)
 	if m == nil {
@@ -69,13 +74,7 @@ func (f *FlagEdit) VariantFor(revision string) string {
 	return revision
 }
 
-// defaultVariant is the flag's defaultVariant ("" when absent or null).
-func (f *FlagEdit) DefaultVariant() string {
-	s, _ := f.flag["defaultVariant"].(string)
-	return s
-}
-
-// setSplit routes weight percent of the fractional split to canary and
+// SetSplit routes weight percent of the fractional split to canary and
 // the rest to stable: the flag's existing fractional is replaced where it
 // stands (targeted rules before it keep working); without one, the else
 // branch of a top-level "if" gets it; otherwise it becomes the targeting.
@@ -119,40 +118,26 @@ func replaceFractional(node any, split map[string]any) bool {
 	return false
 }
 
-// setStatic makes variant the flag's only answer: no targeting.
+// SetStatic makes variant the flag's only answer: no targeting.
 func (f *FlagEdit) SetStatic(variant string) {
 	f.flag["defaultVariant"] = variant
 	f.flag["targeting"] = map[string]any{}
-	f.flag["state"] = "ENABLED"
+	f.flag["state"] = StateEnabled
 }
 
+// Write replaces the file with the edited document in one rename, after
+// checking that flagd would load the result.
 func (f *FlagEdit) Write() error {
 	raw, err := json.MarshalIndent(f.doc, "", "  ")
 	if err != nil {
 		return err
 	}
 	raw = append(raw, '\n')
-	tmp, err := os.CreateTemp(filepath.Dir(f.path), ".flags-*.json")
-	if err != nil {
+	if _, err := Parse(raw); err != nil {
+		return fmt.Errorf("edit of flag %s would make a file flagd refuses, not written: %w", f.key, err)
+	}
+	if err := atomicfile.Write(f.path, raw, 0o644); err != nil {
 		return fmt.Errorf("write flag file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(raw); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write flag file: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), f.path); err != nil {
-		return fmt.Errorf("replace flag file: %w", err)
 	}
 	return nil
 }

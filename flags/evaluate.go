@@ -56,17 +56,29 @@ func (s *Set) Evaluate(flagKey string, ctx map[string]any) Result {
 	if f.state == StateDisabled {
 		return Result{Reason: ReasonDisabled, Metadata: f.metadata}
 	}
-	if f.targeting == nil {
+	if !f.targeted {
 		if !f.hasDefault {
 			return Result{Reason: ReasonDefault, Metadata: f.metadata}
 		}
 		return Result{Value: f.variants[f.defVariant], Variant: f.defVariant, Reason: ReasonStatic, Metadata: f.metadata}
+	}
+	if f.parseErr != "" {
+		return Result{Reason: ReasonError, ErrorCode: ErrParse,
+			ErrorMessage: fmt.Sprintf("flag %q: targeting cannot run: %s", flagKey, f.parseErr), Metadata: f.metadata}
 	}
 	out, err := applyRule(f.targeting, contextData(flagKey, ctx))
 	if err != nil {
 		return Result{Reason: ReasonError, ErrorCode: ErrParse,
 			ErrorMessage: fmt.Sprintf("flag %q: targeting failed: %v", flagKey, err), Metadata: f.metadata}
 	}
+	return f.outcome(out)
+}
+
+// outcome is the result of targeting that returned out, as flagd reads it:
+// null is the default variant (DEFAULT), anything else names a variant by
+// its text, and a name that is not a variant is an ERROR (GENERAL).
+func (f *flag) outcome(out any) Result {
+	flagKey := f.key
 	if out == nil {
 		if !f.hasDefault {
 			return Result{Reason: ReasonDefault, Metadata: f.metadata}
@@ -91,6 +103,7 @@ func applyRule(rule, data any) (out any, err error) {
 			err = fmt.Errorf("%v", r)
 		}
 	}()
+	//lint:ignore SA1019 the only jsonlogic v3.5 call that takes decoded values; Apply would re-encode the rule and context on every evaluation
 	return jsonlogic.ApplyInterface(rule, data)
 }
 

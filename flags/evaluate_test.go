@@ -196,7 +196,10 @@ func TestReasonsAndErrors(t *testing.T) {
 	}{
 		{"static", nil, "B", "b", ReasonStatic, ""},
 		{"static-empty", nil, "A", "a", ReasonStatic, ""},
-		{"static-null-targeting", nil, "A", "a", ReasonStatic, ""},
+		// flagd keeps "targeting": null as the raw JSON null, which is not
+		// "{}", so it runs it: a null rule gives null, the default variant
+		// with reason DEFAULT.
+		{"static-null-targeting", nil, "A", "a", ReasonDefault, ""},
 		{"targeted", map[string]any{"k": 1}, "A", "a", ReasonTargetingMatch, ""},
 		{"targeted", map[string]any{"k": 2}, "B", "b", ReasonDefault, ""},
 		{"code-default", map[string]any{"k": 1}, "A", "a", ReasonTargetingMatch, ""},

@@ -44,24 +44,50 @@ type Flag struct {
 	Metadata       map[string]any  `json:"metadata,omitempty"`
 }
 
+// Severities of a Problem.
+const (
+	// SeverityError: flagd refuses to load the file (malformed JSON, a field
+	// of the wrong JSON type, a defaultVariant that is not a variant, an
+	// empty evaluator). Pilotlight refuses it too.
+	SeverityError = "error"
+	// SeverityWarning: flagd loads the file and evaluates the flag by its own
+	// rules (an operator given bad input yields null, so the default variant;
+	// a $ref to a missing evaluator is a PARSE_ERROR for that flag only), so
+	// Pilotlight serves it the same way and says what is odd.
+	SeverityWarning = "warning"
+)
+
 // Problem is one thing wrong with a flag file: where (a JSON path such as
-// $.flags.fraud-revision.defaultVariant) and what.
+// $.flags.fraud-revision.defaultVariant), what, and whether flagd refuses
+// the file for it (error) or loads it anyway (warning).
 type Problem struct {
-	Path string `json:"path"`
-	Msg  string `json:"msg"`
+	Path     string `json:"path"`
+	Msg      string `json:"msg"`
+	Severity string `json:"severity"`
 }
 
-func (p Problem) String() string { return p.Path + ": " + p.Msg }
+func (p Problem) String() string { return p.Severity + ": " + p.Path + ": " + p.Msg }
 
-// ProblemsError is Parse's error: every problem in the file.
+// ProblemsError is Parse's error: every error-severity problem in the file.
 type ProblemsError []Problem
 
 func (e ProblemsError) Error() string {
 	parts := make([]string, len(e))
 	for i, p := range e {
-		parts[i] = p.String()
+		parts[i] = p.Path + ": " + p.Msg
 	}
 	return "invalid flag file: " + strings.Join(parts, "; ")
+}
+
+// Errors keeps the problems flagd refuses a file for.
+func Errors(ps []Problem) []Problem {
+	var out []Problem
+	for _, p := range ps {
+		if p.Severity == SeverityError {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Set is a parsed, validated flag file. It is immutable: evaluate it from
@@ -70,6 +96,7 @@ type Set struct {
 	flags    map[string]*flag
 	metadata map[string]any
 	version  string
+	warnings []Problem
 }
 
 type flag struct {
@@ -78,9 +105,13 @@ type flag struct {
 	variants   map[string]any
 	defVariant string // "" with hasDefault false: code default
 	hasDefault bool
-	targeting  any // $ref resolved; nil: no targeting
-	metadata   map[string]any
-	raw        Flag
+	targeting  any  // $ref resolved
+	targeted   bool // the flag has targeting other than {} (even null: flagd evaluates it)
+	// parseErr is set when flagd could not run the targeting at all (a $ref
+	// it could not substitute): every evaluation is ERROR / PARSE_ERROR.
+	parseErr string
+	metadata map[string]any
+	raw      Flag
 }
 
 // Version identifies the Set's content: the hex SHA-256 of the file's bytes.
@@ -103,95 +134,120 @@ func (s *Set) Flag(key string) (Flag, bool) {
 // Metadata is the file's flag-set metadata (do not modify it).
 func (s *Set) Metadata() map[string]any { return s.metadata }
 
-// Parse reads and validates a flag file. Any problem rejects the whole file:
-// the error is a ProblemsError listing them all.
+// Warnings are the file's tolerated oddities (see SeverityWarning).
+func (s *Set) Warnings() []Problem { return s.warnings }
+
+// Parse reads and validates a flag file. A file flagd refuses is refused:
+// the error is a ProblemsError listing every error-severity problem. A file
+// flagd loads is loaded, its oddities in Set.Warnings.
 func Parse(raw []byte) (*Set, error) {
 	s, problems := parse(raw)
-	if len(problems) > 0 {
-		return nil, ProblemsError(problems)
+	if errs := Errors(problems); len(errs) > 0 {
+		return nil, ProblemsError(errs)
 	}
+	s.warnings = problems
 	return s, nil
 }
 
-// Validate reports every problem in a flag file (nil when there are none).
+// Validate reports every problem in a flag file, errors and warnings, in
+// file order (nil when there are none).
 func Validate(raw []byte) []Problem {
 	_, problems := parse(raw)
 	return problems
 }
 
 type validator struct {
-	problems      []Problem
-	evaluators    map[string]any
-	badEvaluators map[string]bool // already reported under $.$evaluators
-	nodes         int             // JSONLogic nodes after $ref substitution
+	problems   []Problem
+	evaluators map[string]any
+	nodes      int // JSONLogic nodes after $ref substitution
+	// unresolved is set by resolveRefs when a $ref stays in the rule.
+	unresolved string
 }
 
 // maxRuleNodes bounds $ref substitution: evaluators that use each other
 // twice at every level would otherwise grow exponentially.
 const maxRuleNodes = 1 << 18
 
+// add records a problem flagd refuses the file for.
 func (v *validator) add(path, format string, args ...any) {
-	v.problems = append(v.problems, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
+	v.problems = append(v.problems, Problem{Path: path, Msg: fmt.Sprintf(format, args...), Severity: SeverityError})
 }
 
-func parse(raw []byte) (*Set, []Problem) {
-	v := &validator{}
+// warn records an oddity flagd loads anyway.
+func (v *validator) warn(path, format string, args ...any) {
+	v.problems = append(v.problems, Problem{Path: path, Msg: fmt.Sprintf(format, args...), Severity: SeverityWarning})
+}
+
+func (v *validator) errorsSince(before int) bool {
+	return len(Errors(v.problems[before:])) > 0
+}
+
+// decode reads a flag file's JSON into its generic form: the one JSON
+// decoding of the flagd format (Parse and FlagEdit both start here).
+func decode(raw []byte) (map[string]any, *Problem) {
 	var doc any
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if err := dec.Decode(&doc); err != nil {
-		v.add("$", "%s", jsonErrorAt(raw, err))
-		return nil, v.problems
+		return nil, &Problem{Path: "$", Msg: jsonErrorAt(raw, err), Severity: SeverityError}
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		off := dec.InputOffset()
 		line, col := lineCol(raw, off)
-		v.add("$", "unexpected data after the top-level value at line %d column %d (offset %d)", line, col, off)
-		return nil, v.problems
+		return nil, &Problem{Path: "$", Msg: fmt.Sprintf("unexpected data after the top-level value at line %d column %d (offset %d)", line, col, off), Severity: SeverityError}
 	}
 	top, ok := doc.(map[string]any)
 	if !ok {
-		v.add("$", "the file must be a JSON object with a \"flags\" object, not %s", kindOf(doc))
-		return nil, v.problems
+		return nil, &Problem{Path: "$", Msg: fmt.Sprintf("the file must be a JSON object with a \"flags\" object, not %s", kindOf(doc)), Severity: SeverityError}
+	}
+	return top, nil
+}
+
+func parse(raw []byte) (*Set, []Problem) {
+	v := &validator{}
+	top, p := decode(raw)
+	if p != nil {
+		return nil, []Problem{*p}
 	}
 	for _, k := range slices.Sorted(maps.Keys(top)) {
 		switch k {
 		case "$schema", "flags", "$evaluators", "metadata":
 		default:
-			v.add(pathKey("$", k), "unknown top-level property (flagd knows $schema, flags, $evaluators, metadata)")
+			v.warn(pathKey("$", k), "unknown top-level property, ignored (flagd knows $schema, flags, $evaluators, metadata)")
 		}
 	}
 	if s, ok := top["$schema"]; ok {
 		if _, isStr := s.(string); !isStr {
-			v.add("$.$schema", "must be a string, not %s", kindOf(s))
+			v.warn("$.$schema", "should be a string, not %s", kindOf(s))
 		}
 	}
 	setMeta := v.metadata("$.metadata", top["metadata"])
 
 	v.evaluators = map[string]any{}
-	if evs, ok := top["$evaluators"]; ok {
+	if evs, ok := top["$evaluators"]; ok && evs != nil {
 		m, isMap := evs.(map[string]any)
 		if !isMap {
 			v.add("$.$evaluators", "must be an object of named JSONLogic rules, not %s", kindOf(evs))
 		}
 		for _, name := range slices.Sorted(maps.Keys(m)) {
-			body, isObj := m[name].(map[string]any)
-			if !isObj || len(body) == 0 {
-				v.add(pathKey("$.$evaluators", name), "an evaluator must be a non-empty JSONLogic object, not %s", kindOf(m[name]))
+			ev := m[name]
+			// flagd refuses an evaluator whose JSON text is shorter than 3
+			// bytes ({}, [], "", 1, 12); anything else it substitutes.
+			if text, _ := json.Marshal(ev); len(text) < 3 {
+				v.add(pathKey("$.$evaluators", name), "an evaluator must be a non-empty JSONLogic object, not %s", text)
 				continue
 			}
-			v.evaluators[name] = body
+			if body, isObj := ev.(map[string]any); !isObj || len(body) == 0 {
+				v.warn(pathKey("$.$evaluators", name), "an evaluator should be a JSONLogic object, not %s", kindOf(ev))
+			}
+			v.evaluators[name] = ev
 		}
 		// Check each evaluator's own references and operators once, here;
 		// flags that use it get the substituted rule.
-		v.badEvaluators = map[string]bool{}
 		for _, name := range slices.Sorted(maps.Keys(v.evaluators)) {
 			p := pathKey("$.$evaluators", name)
-			before := len(v.problems)
+			v.unresolved = ""
 			resolved := v.resolveRefs(p, v.evaluators[name], []string{name})
 			v.logic(p, resolved, nil, false)
-			if len(v.problems) > before {
-				v.badEvaluators[name] = true
-			}
 		}
 	}
 
@@ -200,26 +256,44 @@ func parse(raw []byte) (*Set, []Problem) {
 	s.version = hex.EncodeToString(sum[:])
 
 	flagsNode, ok := top["flags"]
-	if !ok {
+	if !ok || flagsNode == nil {
 		v.add("$", "missing \"flags\" object")
 		return nil, v.problems
 	}
-	flags, ok := flagsNode.(map[string]any)
-	if !ok {
+	switch fl := flagsNode.(type) {
+	case map[string]any:
+		for _, key := range slices.Sorted(maps.Keys(fl)) {
+			if f := v.flag(pathKey("$.flags", key), key, fl[key], setMeta, false); f != nil {
+				s.flags[key] = f
+			}
+		}
+	case []any:
+		// flagd also takes flags as an array of objects with a "key"; a
+		// later flag of the same key replaces an earlier one.
+		for i, node := range fl {
+			p := pathIndex("$.flags", i)
+			m, _ := node.(map[string]any)
+			key, isStr := m["key"].(string)
+			if !isStr {
+				v.add(p+".key", "a flag in a flags array needs a string key")
+				continue
+			}
+			if f := v.flag(p, key, node, setMeta, true); f != nil {
+				s.flags[key] = f
+			}
+		}
+	default:
 		v.add("$.flags", "must be an object of flags, not %s", kindOf(flagsNode))
 		return nil, v.problems
 	}
-	for _, key := range slices.Sorted(maps.Keys(flags)) {
-		if f := v.flag(pathKey("$.flags", key), key, flags[key], setMeta); f != nil {
-			s.flags[key] = f
-		}
-	}
-	if len(v.problems) > 0 {
+	if len(Errors(v.problems)) > 0 {
 		return nil, v.problems
 	}
-	return s, nil
+	return s, v.problems
 }
 
+// metadata reads a metadata object: flagd refuses one that is not an object
+// and loads values of any type.
 func (v *validator) metadata(path string, node any) map[string]any {
 	if node == nil {
 		return map[string]any{}
@@ -233,13 +307,13 @@ func (v *validator) metadata(path string, node any) map[string]any {
 		switch m[k].(type) {
 		case string, bool, float64:
 		default:
-			v.add(pathKey(path, k), "metadata values must be strings, numbers or booleans, not %s", kindOf(m[k]))
+			v.warn(pathKey(path, k), "metadata values should be strings, numbers or booleans, not %s", kindOf(m[k]))
 		}
 	}
 	return m
 }
 
-func (v *validator) flag(path, key string, node any, setMeta map[string]any) *flag {
+func (v *validator) flag(path, key string, node any, setMeta map[string]any, inArray bool) *flag {
 	m, ok := node.(map[string]any)
 	if !ok {
 		v.add(path, "a flag must be an object, not %s", kindOf(node))
@@ -249,19 +323,23 @@ func (v *validator) flag(path, key string, node any, setMeta map[string]any) *fl
 	for _, k := range slices.Sorted(maps.Keys(m)) {
 		switch k {
 		case "state", "variants", "defaultVariant", "targeting", "metadata":
+		case "key":
+			if !inArray {
+				v.warn(pathKey(path, k), "ignored: a flag's key is its name in the flags object")
+			}
 		default:
-			v.add(pathKey(path, k), "unknown flag property (flagd knows state, variants, defaultVariant, targeting, metadata)")
+			v.warn(pathKey(path, k), "unknown flag property, ignored (flagd knows state, variants, defaultVariant, targeting, metadata)")
 		}
 	}
 	f := &flag{key: key}
 	switch st := m["state"].(type) {
 	case string:
 		if st != StateEnabled && st != StateDisabled {
-			v.add(path+".state", "state %q is neither ENABLED nor DISABLED", st)
+			v.warn(path+".state", "state %q is neither ENABLED nor DISABLED; flagd serves the flag as ENABLED", st)
 		}
 		f.state = st
 	case nil:
-		v.add(path+".state", "missing state (ENABLED or DISABLED)")
+		v.warn(path+".state", "missing state; flagd serves the flag as ENABLED")
 	default:
 		v.add(path+".state", "state must be the string ENABLED or DISABLED, not %s", kindOf(st))
 	}
@@ -270,7 +348,7 @@ func (v *validator) flag(path, key string, node any, setMeta map[string]any) *fl
 	switch vs := m["variants"].(type) {
 	case map[string]any:
 		if len(vs) == 0 {
-			v.add(path+".variants", "no variants: a flag needs at least one")
+			v.warn(path+".variants", "no variants: every evaluation gives the caller's default")
 		}
 		kinds := map[string][]string{}
 		for _, name := range slices.Sorted(maps.Keys(vs)) {
@@ -279,14 +357,15 @@ func (v *validator) flag(path, key string, node any, setMeta map[string]any) *fl
 			k := variantKind(val)
 			switch k {
 			case "":
-				v.add(vp, "a variant value must be a boolean, string, number or object, not %s", kindOf(val))
-				continue
+				v.warn(vp, "a variant value should be a boolean, string, number or object, not %s; no typed evaluation can return it", kindOf(val))
 			case "number":
 				if n := val.(float64); math.Abs(n) > maxSafeInt && n == math.Trunc(n) {
-					v.add(vp, "%v is outside the JSON-safe integer range ±(2^53-1)", n)
+					v.warn(vp, "%v is outside the JSON-safe integer range ±(2^53-1); an integer evaluation is a TYPE_MISMATCH", n)
 				}
 			}
-			kinds[k] = append(kinds[k], name)
+			if k != "" {
+				kinds[k] = append(kinds[k], name)
+			}
 			f.variants[name] = val
 		}
 		if len(kinds) > 1 {
@@ -294,10 +373,10 @@ func (v *validator) flag(path, key string, node any, setMeta map[string]any) *fl
 			for _, k := range slices.Sorted(maps.Keys(kinds)) {
 				parts = append(parts, fmt.Sprintf("%s (%s)", k, strings.Join(kinds[k], ", ")))
 			}
-			v.add(path+".variants", "variants mix types: %s; all of a flag's variants must have one type", strings.Join(parts, ", "))
+			v.warn(path+".variants", "variants mix types: %s; an evaluation of one type is a TYPE_MISMATCH for the others", strings.Join(parts, ", "))
 		}
 	case nil:
-		v.add(path+".variants", "missing variants")
+		v.warn(path+".variants", "missing variants: every evaluation gives the caller's default")
 	default:
 		v.add(path+".variants", "variants must be an object of name: value, not %s", kindOf(vs))
 	}
@@ -305,7 +384,10 @@ func (v *validator) flag(path, key string, node any, setMeta map[string]any) *fl
 	switch dv := m["defaultVariant"].(type) {
 	case nil: // null or absent: code default
 	case string:
-		if _, ok := f.variants[dv]; !ok && len(f.variants) > 0 {
+		if dv == "" { // flagd: the empty string is no default
+			break
+		}
+		if _, ok := f.variants[dv]; !ok {
 			v.add(path+".defaultVariant", "defaultVariant %q is not one of the variants (%s)", dv, strings.Join(slices.Sorted(maps.Keys(f.variants)), ", "))
 		}
 		f.defVariant, f.hasDefault = dv, true
@@ -318,20 +400,22 @@ func (v *validator) flag(path, key string, node any, setMeta map[string]any) *fl
 	maps.Copy(f.metadata, setMeta)
 	maps.Copy(f.metadata, flagMeta)
 
-	if t, ok := m["targeting"]; ok && t != nil {
+	if t, ok := m["targeting"]; ok {
 		tp := path + ".targeting"
 		tm, isObj := t.(map[string]any)
 		switch {
-		case !isObj:
-			v.add(tp, "targeting must be a JSONLogic object, not %s", kindOf(t))
-		case len(tm) == 0: // {}: no targeting, as flagd
+		case isObj && len(tm) == 0: // {}: no targeting, as flagd
 		default:
-			resolved := v.resolveRefs(tp, tm, nil)
+			if !isObj {
+				v.warn(tp, "targeting should be a JSONLogic object, not %s; flagd evaluates it as a rule all the same", kindOf(t))
+			}
+			v.unresolved = ""
+			resolved := v.resolveRefs(tp, t, nil)
 			v.logic(tp, resolved, f, true)
-			f.targeting = resolved
+			f.targeting, f.targeted, f.parseErr = resolved, true, v.unresolved
 		}
 	}
-	if len(v.problems) > before {
+	if v.errorsSince(before) {
 		return nil
 	}
 	f.raw = Flag{State: f.state, Variants: f.variants, Metadata: flagMeta}
@@ -339,46 +423,53 @@ func (v *validator) flag(path, key string, node any, setMeta map[string]any) *fl
 		d := f.defVariant
 		f.raw.DefaultVariant = &d
 	}
-	if f.targeting != nil {
+	if f.targeted {
 		f.raw.Targeting, _ = json.Marshal(f.targeting)
 	}
 	return f
 }
 
 // resolveRefs substitutes {"$ref": "name"} with the evaluator's rule, as
-// flagd does textually: the evaluator's keys join the object's other keys.
+// flagd does: only an object that is exactly {"$ref": "<name>"} is
+// replaced. A $ref that cannot be replaced stays in the rule; flagd's
+// JSONLogic engine then fails on it, so the flag answers PARSE_ERROR (and
+// the rest of the file serves): v.unresolved records why.
 func (v *validator) resolveRefs(path string, node any, stack []string) any {
 	v.nodes++
 	if v.nodes == maxRuleNodes {
-		v.add(path, "more than %d JSONLogic nodes after substituting $ref evaluators", maxRuleNodes)
+		v.add(path, "more than %d JSONLogic nodes after substituting $ref evaluators (a Pilotlight limit: evaluators that use each other twice at every level grow exponentially)", maxRuleNodes)
 	}
 	if v.nodes >= maxRuleNodes {
 		return nil
 	}
 	switch n := node.(type) {
 	case map[string]any:
-		out := make(map[string]any, len(n))
 		if ref, ok := n["$ref"]; ok {
 			name, isStr := ref.(string)
 			ev, found := v.evaluators[name]
+			why := ""
 			switch {
 			case !isStr:
-				v.add(path+".$ref", "$ref must name an evaluator, not %s", kindOf(ref))
+				why = fmt.Sprintf("$ref must name an evaluator, not %s", kindOf(ref))
+			case len(n) > 1:
+				why = fmt.Sprintf("$ref %q shares its object with other keys (%s), so flagd does not substitute it", name, strings.Join(slices.Sorted(maps.Keys(n)), ", "))
 			case !found:
-				v.add(path+".$ref", "$ref %q names no evaluator in $evaluators (have: %s)", name, strings.Join(slices.Sorted(maps.Keys(v.evaluators)), ", "))
+				why = fmt.Sprintf("$ref %q names no evaluator in $evaluators (have: %s)", name, strings.Join(slices.Sorted(maps.Keys(v.evaluators)), ", "))
 			case slices.Contains(stack, name):
-				v.add(path+".$ref", "$ref %q refers to itself through %s", name, strings.Join(append(stack, name), " -> "))
-			case len(stack) == 0 && v.badEvaluators[name]:
-				v.add(path+".$ref", "$ref %q names an evaluator with problems (see %s)", name, pathKey("$.$evaluators", name))
-			default:
-				inner := v.resolveRefs(path+".$ref", ev, append(slices.Clone(stack), name))
-				if im, ok := inner.(map[string]any); ok {
-					maps.Copy(out, im)
-				}
+				why = fmt.Sprintf("$ref %q refers to itself through %s", name, strings.Join(append(stack, name), " -> "))
+			}
+			if why == "" {
+				return v.resolveRefs(path+".$ref", ev, append(slices.Clone(stack), name))
+			}
+			v.warn(path+".$ref", "%s: every evaluation of a flag using it is a PARSE_ERROR", why)
+			if v.unresolved == "" {
+				v.unresolved = path + ".$ref: " + why
 			}
 		}
+		out := make(map[string]any, len(n))
 		for k, val := range n {
 			if k == "$ref" {
+				out[k] = val
 				continue
 			}
 			out[k] = v.resolveRefs(pathKey(path, k), val, stack)
@@ -411,24 +502,25 @@ func knownOp(op string) bool {
 // logic checks a JSONLogic node. f is the flag whose variants a literal
 // outcome must name, and outcome says whether this node's value becomes the
 // flag's variant (the targeting itself, branches of if and ?:, fractional
-// variant names).
+// variant names). Everything it finds is a warning: flagd loads such rules
+// and evaluates them (null, so the default variant, or an error).
 func (v *validator) logic(path string, node any, f *flag, outcome bool) {
 	switch n := node.(type) {
 	case map[string]any:
 		if len(n) == 0 {
 			return
 		}
+		if _, isRef := n["$ref"]; isRef {
+			return // reported by resolveRefs
+		}
 		if len(n) > 1 {
-			v.add(path, "object with %d keys (%s): a JSONLogic operation has exactly one operator key", len(n), strings.Join(slices.Sorted(maps.Keys(n)), ", "))
+			v.warn(path, "object with %d keys (%s): a JSONLogic operation has exactly one operator key; the engine returns the object itself", len(n), strings.Join(slices.Sorted(maps.Keys(n)), ", "))
 			return
 		}
 		for op, args := range n {
 			p := pathKey(path, op)
 			if !knownOp(op) {
-				if op == "$ref" {
-					return // already reported by resolveRefs
-				}
-				v.add(p, "unknown JSONLogic operator %q", op)
+				v.warn(p, "unknown JSONLogic operator %q: evaluating it is a PARSE_ERROR", op)
 				return
 			}
 			switch op {
@@ -445,7 +537,7 @@ func (v *validator) logic(path string, node any, f *flag, outcome bool) {
 			case "?:":
 				list, ok := args.([]any)
 				if !ok || len(list) != 3 {
-					v.add(p, "?: takes [condition, then, else]")
+					v.warn(p, "?: takes [condition, then, else]")
 					return
 				}
 				for i, a := range list {
@@ -458,13 +550,14 @@ func (v *validator) logic(path string, node any, f *flag, outcome bool) {
 			case opStartsWith, opEndsWith:
 				list, ok := args.([]any)
 				if !ok || len(list) != 2 {
-					v.add(p, "%s takes [value, %s]", op, map[string]string{opStartsWith: "prefix", opEndsWith: "suffix"}[op])
+					v.warn(p, "%s takes [value, %s]; flagd evaluates it to null, so the default variant", op, map[string]string{opStartsWith: "prefix", opEndsWith: "suffix"}[op])
+					v.args(p, args, f)
 					return
 				}
 				for i, a := range list {
-					if isLiteral(a) && a != nil {
+					if isLiteral(a) {
 						if _, isStr := a.(string); !isStr {
-							v.add(pathIndex(p, i), "%s compares strings, not %s", op, kindOf(a))
+							v.warn(pathIndex(p, i), "%s compares strings, not %s; flagd evaluates it to null, so the default variant", op, kindOf(a))
 						}
 					}
 					v.logic(pathIndex(p, i), a, f, false)
@@ -503,14 +596,19 @@ func (v *validator) outcome(path string, lit any, f *flag) {
 		return
 	}
 	if _, ok := f.variants[name]; !ok {
-		v.add(path, "targeting returns variant %q, which flag %q does not define (variants: %s)", name, f.key, strings.Join(slices.Sorted(maps.Keys(f.variants)), ", "))
+		v.warn(path, "targeting returns variant %q, which flag %q does not define (variants: %s); such an evaluation is an ERROR (GENERAL)", name, f.key, strings.Join(slices.Sorted(maps.Keys(f.variants)), ", "))
 	}
 }
 
+// fractional checks a fractional's arguments. flagd's schema wants whole,
+// non-negative weights; flagd's evaluator clamps a negative one to 0 and
+// answers null (the default variant) for the rest.
 func (v *validator) fractional(path string, args any, f *flag, outcome bool) {
+	const null = "; flagd evaluates the fractional to null, so the default variant"
 	list, ok := args.([]any)
 	if !ok {
-		v.add(path, "fractional takes [bucketing value?, [variant, weight]...], not %s", kindOf(args))
+		v.warn(path, "fractional takes [bucketing value?, [variant, weight]...], not %s%s", kindOf(args), null)
+		v.args(path, args, f)
 		return
 	}
 	dists := list
@@ -523,12 +621,12 @@ func (v *validator) fractional(path string, args any, f *flag, outcome bool) {
 			dists = list[1:]
 		case []any:
 		default:
-			v.add(pathIndex(path, 0), "the bucketing value must be a string or an expression giving one, not %s (flagd hashes strings only)", kindOf(first))
+			v.warn(pathIndex(path, 0), "the bucketing value must be a string or an expression giving one, not %s (flagd hashes strings only)%s", kindOf(first), null)
 			dists = list[1:]
 		}
 	}
 	if len(dists) == 0 {
-		v.add(path, "fractional needs at least one [variant, weight] pair")
+		v.warn(path, "fractional needs at least one [variant, weight] pair%s", null)
 		return
 	}
 	offset := len(list) - len(dists)
@@ -543,14 +641,15 @@ func (v *validator) fractional(path string, args any, f *flag, outcome bool) {
 			continue
 		case []any:
 			if len(dd) == 0 || len(dd) > 2 {
-				v.add(dp, "a fractional bucket is [variant, weight], not %d elements", len(dd))
+				v.warn(dp, "a fractional bucket is [variant, weight], not %d elements%s", len(dd), null)
+				badWeight = true
 				continue
 			}
 			switch name := dd[0].(type) {
 			case map[string]any:
 				v.logic(pathIndex(dp, 0), name, f, outcome)
 			case []any:
-				v.add(pathIndex(dp, 0), "a bucket's variant must be a string, boolean, number, null or an expression, not an array")
+				v.warn(pathIndex(dp, 0), "a bucket's variant must be a string, boolean, number, null or an expression, not an array%s", null)
 			default:
 				if outcome && f != nil {
 					v.outcome(pathIndex(dp, 0), name, f)
@@ -564,14 +663,13 @@ func (v *validator) fractional(path string, args any, f *flag, outcome bool) {
 			case float64:
 				switch {
 				case w != math.Trunc(w):
-					v.add(pathIndex(dp, 1), "weight %v is not a whole number", w)
-					badWeight = true
-				case w < 0:
-					v.add(pathIndex(dp, 1), "weight %v is negative (flagd counts it as 0)", w)
+					v.warn(pathIndex(dp, 1), "weight %v is not a whole number%s", w, null)
 					badWeight = true
 				case w > math.MaxInt32:
-					v.add(pathIndex(dp, 1), "weight %v exceeds %d", w, math.MaxInt32)
+					v.warn(pathIndex(dp, 1), "weight %v exceeds %d%s", w, math.MaxInt32, null)
 					badWeight = true
+				case w < 0:
+					v.warn(pathIndex(dp, 1), "weight %v is negative: flagd counts it as 0", w)
 				default:
 					total += int64(w)
 				}
@@ -581,42 +679,45 @@ func (v *validator) fractional(path string, args any, f *flag, outcome bool) {
 				allLiteral = false
 				v.logic(pathIndex(dp, 1), w, f, false)
 			default:
-				v.add(pathIndex(dp, 1), "weight must be a whole number, not %s", kindOf(w))
+				v.warn(pathIndex(dp, 1), "weight must be a whole number, not %s%s", kindOf(w), null)
 				badWeight = true
 			}
 		default:
-			v.add(dp, "a fractional bucket is [variant, weight], not %s", kindOf(d))
+			v.warn(dp, "a fractional bucket is [variant, weight], not %s%s", kindOf(d), null)
+			badWeight = true
 		}
 	}
 	if badWeight {
 		return
 	}
 	if total > math.MaxInt32 {
-		v.add(path, "weights sum to %d, more than flagd's maximum %d", total, math.MaxInt32)
+		v.warn(path, "weights sum to %d, more than flagd's maximum %d%s", total, math.MaxInt32, null)
 	}
 	if allLiteral && total == 0 {
-		v.add(path, "all weights are 0: fractional would never choose a variant")
+		v.warn(path, "all weights are 0%s", null)
 	}
 }
 
 func (v *validator) semVer(path string, args any, f *flag) {
+	const null = "; flagd evaluates it to null, so the default variant"
 	list, ok := args.([]any)
 	if !ok || len(list) != 3 {
-		v.add(path, "sem_ver takes [version, operator, version]")
+		v.warn(path, "sem_ver takes [version, operator, version]%s", null)
+		v.args(path, args, f)
 		return
 	}
 	if op, isStr := list[1].(string); isStr {
 		if _, known := semVerOps[op]; !known {
-			v.add(pathIndex(path, 1), "unknown sem_ver operator %q (=, !=, <, <=, >, >=, ^, ~)", op)
+			v.warn(pathIndex(path, 1), "unknown sem_ver operator %q (=, !=, <, <=, >, >=, ^, ~)%s", op, null)
 		}
 	} else if isLiteral(list[1]) {
-		v.add(pathIndex(path, 1), "the sem_ver operator must be a string, not %s", kindOf(list[1]))
+		v.warn(pathIndex(path, 1), "the sem_ver operator must be a string, not %s%s", kindOf(list[1]), null)
 	}
 	for _, i := range []int{0, 2} {
 		a := list[i]
-		if isLiteral(a) && a != nil {
+		if isLiteral(a) {
 			if _, ok := parseSemver(a); !ok {
-				v.add(pathIndex(path, i), "%v is not a semantic version", a)
+				v.warn(pathIndex(path, i), "%v is not a semantic version%s", a, null)
 			}
 		}
 		v.logic(pathIndex(path, i), a, f, false)

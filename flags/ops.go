@@ -1,8 +1,8 @@
 package flags
 
 import (
+	"fmt"
 	"math"
-	"strconv"
 	"strings"
 
 	"github.com/diegoholiveira/jsonlogic/v3"
@@ -58,8 +58,8 @@ func fractional(values, data any) any {
 			dists = args[1:]
 		}
 		tk, ok := dataMap["targetingKey"].(string)
-		if !ok {
-			return nil // no bucketing value and no targeting key
+		if !ok || tk == "" {
+			return nil // no bucketing value and no (or an empty) targeting key
 		}
 		fk := ""
 		if props, ok := dataMap[flagdKey].(map[string]any); ok {
@@ -73,10 +73,22 @@ func fractional(values, data any) any {
 		return nil
 	}
 	weights := make([]uint64, len(dists))
+	names := make([]any, len(dists))
 	var total uint64
 	for i, d := range dists {
 		bucket, ok := d.([]any)
 		if !ok || len(bucket) == 0 {
+			return nil
+		}
+		// flagd checks every bucket's variant before choosing one.
+		name := bucket[0]
+		if m, isMap := name.(map[string]any); isMap {
+			name = applyNested(m, data)
+		}
+		switch name.(type) {
+		case string, bool, float64, nil:
+			names[i] = name
+		default:
 			return nil
 		}
 		w := uint64(1)
@@ -111,15 +123,7 @@ func fractional(values, data any) any {
 	for i, w := range weights {
 		end += w
 		if point < end {
-			name := dists[i].([]any)[0]
-			if m, isMap := name.(map[string]any); isMap {
-				name = applyNested(m, data)
-			}
-			switch name.(type) {
-			case string, bool, float64, nil:
-				return name
-			}
-			return nil
+			return names[i]
 		}
 	}
 	return nil
@@ -128,6 +132,7 @@ func fractional(values, data any) any {
 // applyNested evaluates an expression nested inside an operator's literal
 // arguments (jsonlogic only evaluates an operator's top-level arguments).
 func applyNested(rule map[string]any, data any) any {
+	//lint:ignore SA1019 as in applyRule: Apply would re-encode the nested rule
 	out, err := jsonlogic.ApplyInterface(rule, data)
 	if err != nil {
 		return nil
@@ -198,15 +203,15 @@ type semver struct {
 // the shorthands only without pre-release or build.
 func parseSemver(v any) (semver, bool) {
 	var s string
-	switch x := v.(type) {
-	case string:
+	if x, ok := v.(string); ok {
 		s = x
-	case float64:
-		s = strconv.FormatFloat(x, 'f', -1, 64)
-	default:
-		return semver{}, false
+	} else {
+		s = fmt.Sprint(v) // flagd: fmt.Sprintf("%v"), so 1.2 is "1.2" and null "<nil>"
 	}
-	if strings.HasPrefix(s, "v") || strings.HasPrefix(s, "V") {
+	switch {
+	case strings.HasPrefix(s, "v"):
+		s = s[1:]
+	case strings.HasPrefix(s, "V"):
 		s = s[1:]
 	}
 	var out semver

@@ -8,7 +8,10 @@ import (
 	"time"
 
 	"github.com/open-feature/go-sdk/openfeature"
+
 	"github.com/open-feature/go-sdk/openfeature/isolated"
+
+	"github.com/pilotlight/pilotlight/functions"
 )
 
 const canaryFile = `{"flags": {
@@ -134,21 +137,22 @@ func TestPickRevision(t *testing.T) {
 		"off-revision": {"state": "DISABLED", "variants": {"stable": "fraud-00001"}, "defaultVariant": "stable"},
 		"number-revision": {"state": "ENABLED", "variants": {"one": 1}, "defaultVariant": "one"}
 	}}`)
-	exists := func(r string) bool { return r == "fraud-00001" || r == "fraud-00002" }
 	tests := []struct {
 		flag, key string
 		want      RevisionChoice
 	}{
 		{"fraud-revision", "a", RevisionChoice{Revision: "fraud-00001", Variant: "stable", Reason: ReasonDefault}},
 		{"fraud-revision", "c", RevisionChoice{Revision: "fraud-00001", Variant: "stable", Reason: ReasonTargetingMatch, FellBack: true, Unknown: "fraud-00009"}},
-		{"typo-revision", "a", RevisionChoice{Reason: ReasonStatic, FellBack: true, Unknown: "typo-0001"}},
-		{"coded-revision", "a", RevisionChoice{Reason: ReasonTargetingMatch, FellBack: true, Unknown: "fraud-00009"}},
-		{"off-revision", "a", RevisionChoice{Reason: ReasonDisabled}},
-		{"number-revision", "a", RevisionChoice{Reason: ReasonStatic}},
-		{"missing-revision", "a", RevisionChoice{Reason: ReasonError, ErrorCode: ErrFlagNotFound}},
+		// Nothing usable: the manifest's DefaultRevision (tagged stable).
+		{"typo-revision", "a", RevisionChoice{Revision: "fraud-00001", Reason: ReasonStatic, FellBack: true, Unknown: "typo-0001"}},
+		{"coded-revision", "a", RevisionChoice{Revision: "fraud-00001", Reason: ReasonTargetingMatch, FellBack: true, Unknown: "fraud-00009"}},
+		{"off-revision", "a", RevisionChoice{Revision: "fraud-00001", Reason: ReasonDisabled}},
+		{"number-revision", "a", RevisionChoice{Revision: "fraud-00001", Reason: ReasonStatic}},
+		{"missing-revision", "a", RevisionChoice{Revision: "fraud-00001", Reason: ReasonError, ErrorCode: ErrFlagNotFound}},
 	}
 	for _, tt := range tests {
-		if got := s.PickRevision(tt.flag, map[string]any{"targetingKey": tt.key}, exists); got != tt.want {
+		m := &functions.Manifest{Name: "fraud", Flag: tt.flag, Revisions: []functions.Revision{{Name: "fraud-00001", Tag: "stable"}, {Name: "fraud-00002"}}}
+		if got := s.PickRevision(m, map[string]any{"targetingKey": tt.key}); got != tt.want {
 			t.Errorf("%s %s: got %+v, want %+v", tt.flag, tt.key, got, tt.want)
 		}
 	}

@@ -1,57 +1,79 @@
 package flags
 
-// RevisionFlagKey is the flag that picks a function's revision.
-func RevisionFlagKey(function string) string { return function + "-revision" }
+import "github.com/pilotlight/pilotlight/functions"
 
 // RevisionChoice is what PickRevision decided.
 type RevisionChoice struct {
-	// Revision to serve the request; "" means the flag gave no usable
-	// revision (flag missing or disabled, code default, an error, or even the
-	// default variant names a revision that does not exist): the router uses
-	// the function's own default revision.
+	// Revision serves the request; never empty.
 	Revision string
-	// Variant is the flag variant whose value is Revision ("" when none).
+	// Variant is the flag variant whose value is Revision ("" when the
+	// revision came from the manifest's DefaultRevision).
 	Variant string
 	// Reason and ErrorCode are the flag evaluation's.
 	Reason    string
 	ErrorCode string
-	// FellBack is true when the evaluation chose a variant naming a revision
-	// that does not exist (Unknown) and the flag's default variant was used
-	// instead (or, when that did not help either, Revision is "").
+	// FellBack is true when the evaluation chose a variant naming a
+	// revision the function does not have (Unknown): the router counts it.
 	FellBack bool
 	Unknown  string
 }
 
-// PickRevision evaluates a function's revision flag for a request's context
-// and returns the revision to serve it. exists says whether the function has
-// a revision of that name. The guard: when the variant chosen names a
-// revision that does not exist (a typo, or a revision not deployed yet), the
-// flag's default variant is used instead and FellBack is set, so the router
-// can count it; a typo in a flag file then degrades to the stable revision
-// rather than failing requests.
-//
-//	c := set.PickRevision(flags.RevisionFlagKey(fn.Name), evalCtx, func(r string) bool { _, ok := fn.Revision(r); return ok })
-//	rev := c.Revision
-//	if rev == "" { rev = stableRevision(fn) }
-//	if c.FellBack { fellBackTotal.WithLabelValues(fn.Name, c.Unknown).Inc() }
-func (s *Set) PickRevision(flagKey string, ctx map[string]any, exists func(revision string) bool) RevisionChoice {
-	r := s.Evaluate(flagKey, ctx)
+// ServingRevision is the one rule for "which revision": value is what the
+// function's flag evaluated to ("" when it gave nothing usable: the flag is
+// missing or DISABLED, has no defaultVariant, failed, or its variant is not
+// a string). A value naming one of the function's revisions is served. A
+// value naming none (a typo, a revision not deployed yet) falls back to the
+// flag's default variant, when that names a revision the function has
+// (fellBack is set so the router can count it). Everything else goes to
+// the manifest's DefaultRevision. The local router (per request) and the
+// Knative traffic split (per bucket) both answer through it.
+func (s *Set) ServingRevision(m *functions.Manifest, value string) (revision, variant string, fellBack bool) {
+	if value == "" {
+		return m.DefaultRevision(), "", false
+	}
+	if _, ok := m.Revision(value); ok {
+		return value, s.variantOf(m.Flag, value), false
+	}
+	if f := s.flags[m.Flag]; f != nil && f.hasDefault {
+		if def, ok := f.variants[f.defVariant].(string); ok {
+			if _, ok := m.Revision(def); ok {
+				return def, f.defVariant, true
+			}
+		}
+	}
+	return m.DefaultRevision(), "", true
+}
+
+// variantOf names the variant of flag key whose value is revision ("" when
+// none does; the first in name order when several do).
+func (s *Set) variantOf(key, revision string) string {
+	f := s.flags[key]
+	if f == nil {
+		return ""
+	}
+	best := ""
+	for name, v := range f.variants {
+		if v == revision && (best == "" || name < best) {
+			best = name
+		}
+	}
+	return best
+}
+
+// PickRevision evaluates the function's revision flag (m.Flag) for a
+// request's context and applies ServingRevision.
+func (s *Set) PickRevision(m *functions.Manifest, ctx map[string]any) RevisionChoice {
+	r := s.Evaluate(m.Flag, ctx)
 	c := RevisionChoice{Reason: r.Reason, ErrorCode: r.ErrorCode}
-	rev, ok := r.Value.(string)
-	if !ok || r.ErrorCode != "" {
-		return c
+	value, _ := r.Value.(string)
+	if r.ErrorCode != "" {
+		value = ""
 	}
-	if exists(rev) {
-		c.Revision, c.Variant = rev, r.Variant
-		return c
-	}
-	c.FellBack, c.Unknown = true, rev
-	f := s.flags[flagKey]
-	if f == nil || !f.hasDefault {
-		return c
-	}
-	if def, ok := f.variants[f.defVariant].(string); ok && exists(def) {
-		c.Revision, c.Variant = def, f.defVariant
+	c.Revision, c.Variant, c.FellBack = s.ServingRevision(m, value)
+	if c.FellBack {
+		c.Unknown = value
+	} else if value != "" {
+		c.Variant = r.Variant
 	}
 	return c
 }

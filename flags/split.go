@@ -1,7 +1,6 @@
 package flags
 
 import (
-	"encoding/json"
 	"fmt"
 	"maps"
 	"math"
@@ -48,190 +47,129 @@ func (s Split) Restrict(available []string, fallback string) Split {
 	return normalise(order, weights)
 }
 
-// flagd's JSON format, read generically: only what the split needs, so this
-// package does not depend on the router's flag provider.
-type splitFile struct {
-	Flags      map[string]splitFlag       `json:"flags"`
-	Evaluators map[string]json.RawMessage `json:"$evaluators"`
-}
-
-type splitFlag struct {
-	State          string          `json:"state"`
-	Variants       map[string]any  `json:"variants"`
-	DefaultVariant string          `json:"defaultVariant"`
-	Targeting      json.RawMessage `json:"targeting"`
-}
-
-// SplitFromFlags derives a function's Knative traffic split from its flag in a
-// flagd flag file (flagsFile names the file in errors). The split is what the
-// flag gives a request that matches no targeting rule: the catch-all branch of
-// the targeting's if/else chain. A "fractional" there becomes its weights in
-// percent; a variant or no targeting at all sends 100% to that variant's
-// revision (the defaultVariant when nothing else says). Targeted users (an
-// ends_with rule, say) reach their revision through the router, which
-// evaluates the flag itself and uses the revision's tag URL. A function
-// without a flag in the file gets 100% on its newest revision.
+// SplitFromFlags parses a flag file (flagsFile names it in errors) and
+// derives the function's Knative traffic split from it (see Set.Split).
 func SplitFromFlags(m *functions.Manifest, flagsFile string, raw []byte) (Split, error) {
-	var f splitFile
-	if err := json.Unmarshal(raw, &f); err != nil {
-		return nil, fmt.Errorf("%s: decode flagd JSON: %w", flagsFile, err)
-	}
-	def, ok := f.Flags[m.Flag]
-	if !ok {
-		return Split{m.Revisions[len(m.Revisions)-1].Name: 100}, nil
-	}
-	where := fmt.Sprintf("%s: flag %q", flagsFile, m.Flag)
-	revisionOf := func(variant string) (string, error) {
-		v, ok := def.Variants[variant]
-		if !ok {
-			return "", fmt.Errorf("%s: variant %q is not defined (variants: %v)", where, variant, slices.Sorted(maps.Keys(def.Variants)))
-		}
-		name, ok := v.(string)
-		if !ok {
-			return "", fmt.Errorf("%s: variant %q is %v, not a revision name", where, variant, v)
-		}
-		if _, ok := m.Revision(name); !ok {
-			return "", fmt.Errorf("%s: variant %q names revision %q, which function %s does not have (%v)", where, variant, name, m.Name, functions.RevisionNames(m.Revisions))
-		}
-		return name, nil
-	}
-	// Check every variant up front, so a typo fails even when unused.
-	for _, v := range slices.Sorted(maps.Keys(def.Variants)) {
-		if _, err := revisionOf(v); err != nil {
-			return nil, err
-		}
-	}
-	// The defaultVariant may be null in flagd (the caller's default then);
-	// it is only needed when nothing else decides.
-	byDefault := func() (Split, error) {
-		if def.DefaultVariant == "" {
-			return nil, fmt.Errorf("%s: no defaultVariant, and no targeting rule that answers every request", where)
-		}
-		rev, err := revisionOf(def.DefaultVariant)
-		if err != nil {
-			return nil, err
-		}
-		return Split{rev: 100}, nil
-	}
-	var targeting any
-	if len(def.Targeting) > 0 {
-		if err := json.Unmarshal(def.Targeting, &targeting); err != nil {
-			return nil, fmt.Errorf("%s: targeting: %w", where, err)
-		}
-	}
-	if def.State == "DISABLED" || targeting == nil {
-		return byDefault()
-	}
-	node, err := splitCatchAll(targeting, f.Evaluators, 0)
+	s, err := Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%s: targeting: %w", where, err)
+		return nil, fmt.Errorf("%s: %w", flagsFile, err)
 	}
-	switch n := node.(type) {
-	case string:
-		rev, err := revisionOf(n)
-		if err != nil {
-			return nil, err
+	return s.Split(m), nil
+}
+
+// Split is the traffic a request that matches no targeting rule gets from
+// m's flag (m.Flag): the catch-all branch of the targeting's if/else chain.
+// A "fractional" there becomes its weights in percent; anything else is
+// one outcome, 100%. Each outcome (a bucket's variant, a literal, null for
+// the default variant) is read as Evaluate reads targeting's result and
+// mapped to a revision by ServingRevision, so the split and the local
+// router agree in every state: a missing or DISABLED flag, a code default
+// and an evaluation error all give m.DefaultRevision(). Targeted users (an
+// ends_with rule, say) reach their revision through the router, which
+// evaluates the flag itself and uses the revision's tag URL.
+func (s *Set) Split(m *functions.Manifest) Split {
+	f := s.flags[m.Flag]
+	revisionOf := func(r Result) string {
+		value, _ := r.Value.(string)
+		if r.ErrorCode != "" {
+			value = ""
 		}
-		return Split{rev: 100}, nil
-	case splitBuckets:
-		weights := map[string]float64{}
-		var order []string
-		for _, b := range n {
-			rev, err := revisionOf(b.variant)
-			if err != nil {
-				return nil, err
-			}
-			if _, seen := weights[rev]; !seen {
-				order = append(order, rev)
-			}
-			weights[rev] += b.weight
-		}
-		return normalise(order, weights), nil
-	default:
-		return byDefault()
+		rev, _, _ := s.ServingRevision(m, value)
+		return rev
 	}
+	switch {
+	case f == nil || f.state == StateDisabled || f.parseErr != "":
+		return Split{m.DefaultRevision(): 100}
+	case !f.targeted:
+		return Split{revisionOf(s.Evaluate(m.Flag, nil)): 100}
+	}
+	node := catchAll(f.targeting)
+	buckets, ok := fractionalBuckets(node)
+	if !ok {
+		if !isLiteral(node) {
+			node = nil // an expression we cannot fold: as if it gave null
+		}
+		return Split{revisionOf(f.outcome(node)): 100}
+	}
+	weights := map[string]float64{}
+	var order []string
+	for _, b := range buckets {
+		rev := revisionOf(f.outcome(b.variant))
+		if _, seen := weights[rev]; !seen {
+			order = append(order, rev)
+		}
+		weights[rev] += b.weight
+	}
+	return normalise(order, weights)
 }
 
 type splitBucket struct {
-	variant string
+	variant any
 	weight  float64
 }
 
-type splitBuckets []splitBucket
-
-const maxSplitRefDepth = 16
-
-// splitCatchAll follows a JSONLogic expression down the path a request takes
-// when no condition holds: the else branch of each if. It returns a variant
-// name (string), a splitBuckets, or nil (the flag's defaultVariant).
-func splitCatchAll(node any, evaluators map[string]json.RawMessage, depth int) (any, error) {
-	if depth > maxSplitRefDepth {
-		return nil, fmt.Errorf("$ref nesting deeper than %d", maxSplitRefDepth)
+// catchAll follows a (substituted) JSONLogic rule down the path a request
+// takes when no condition holds: the else branch of each if.
+func catchAll(node any) any {
+	for {
+		m, ok := node.(map[string]any)
+		if !ok || len(m) != 1 {
+			return node
+		}
+		args, ok := m["if"].([]any)
+		if !ok {
+			return node
+		}
+		if len(args)%2 == 0 {
+			return nil // if without else: null
+		}
+		node = args[len(args)-1]
 	}
-	switch n := node.(type) {
-	case string:
-		return n, nil
-	case map[string]any:
-		if ref, ok := n["$ref"]; ok {
-			name, _ := ref.(string)
-			raw, ok := evaluators[name]
-			if !ok {
-				return nil, fmt.Errorf("$ref %q: no such evaluator in $evaluators", name)
-			}
-			var inner any
-			if err := json.Unmarshal(raw, &inner); err != nil {
-				return nil, fmt.Errorf("$evaluators.%s: %w", name, err)
-			}
-			return splitCatchAll(inner, evaluators, depth+1)
-		}
-		if args, ok := n["if"].([]any); ok {
-			if len(args)%2 == 1 {
-				return splitCatchAll(args[len(args)-1], evaluators, depth)
-			}
-			return nil, nil
-		}
-		if args, ok := n["fractional"].([]any); ok {
-			return parseSplitBuckets(args)
-		}
-	}
-	return nil, nil
 }
 
-// parseSplitBuckets reads flagd's splitBuckets: an optional bucketing expression
-// first, then [variant, weight] pairs (weight 1 when omitted).
-func parseSplitBuckets(args []any) (splitBuckets, error) {
-	var out splitBuckets
-	for i, a := range args {
+// fractionalBuckets reads a fractional's literal buckets as flagd's
+// fractional does: a missing or null weight counts 1, a negative one 0. It
+// reports false when node is no fractional, or one flagd would evaluate to
+// null (all weights 0, a bucket or weight it refuses, an expression).
+func fractionalBuckets(node any) ([]splitBucket, bool) {
+	m, ok := node.(map[string]any)
+	if !ok || len(m) != 1 {
+		return nil, false
+	}
+	args, ok := m[opFractional].([]any)
+	if !ok || len(args) == 0 {
+		return nil, false
+	}
+	if _, isBucket := args[0].([]any); !isBucket {
+		args = args[1:] // the bucketing value
+	}
+	var out []splitBucket
+	var total float64
+	for _, a := range args {
 		pair, ok := a.([]any)
-		if !ok {
-			if i == 0 {
-				continue // the bucketing-key expression
-			}
-			return nil, fmt.Errorf("splitBuckets[%d]: want [variant, weight], got %v", i, a)
+		if !ok || len(pair) == 0 || len(pair) > 2 {
+			return nil, false
 		}
-		if len(pair) < 1 || len(pair) > 2 {
-			return nil, fmt.Errorf("splitBuckets[%d]: want [variant, weight], got %v", i, pair)
-		}
-		name, ok := pair[0].(string)
-		if !ok {
-			return nil, fmt.Errorf("splitBuckets[%d]: variant %v is not a string", i, pair[0])
+		switch pair[0].(type) {
+		case string, bool, float64, nil:
+		default:
+			return nil, false
 		}
 		w := 1.0
-		if len(pair) == 2 {
-			if w, ok = pair[1].(float64); !ok || w < 0 || math.IsInf(w, 0) {
-				return nil, fmt.Errorf("splitBuckets[%d]: weight %v is not a non-negative number", i, pair[1])
+		if len(pair) == 2 && pair[1] != nil {
+			n, ok := pair[1].(float64)
+			if !ok || n != math.Trunc(n) || n > math.MaxInt32 {
+				return nil, false
 			}
+			w = math.Max(n, 0)
 		}
-		out = append(out, splitBucket{variant: name, weight: w})
+		out = append(out, splitBucket{variant: pair[0], weight: w})
+		total += w
 	}
-	var total float64
-	for _, b := range out {
-		total += b.weight
+	if total == 0 || total > math.MaxInt32 {
+		return nil, false
 	}
-	if len(out) == 0 || total == 0 {
-		return nil, fmt.Errorf("fractional has no bucket with a positive weight")
-	}
-	return out, nil
+	return out, true
 }
 
 // normalise turns weights into whole percents summing to 100 by the largest

@@ -40,14 +40,19 @@ func TestSplitFromFlags(t *testing.T) {
 		{"uneven weights round to 100", flag(`,"targeting":{"fractional":[["stable",1],["canary",2]]}`), Split{"fraud-00001": 33, "fraud-00002": 67}, ""},
 		{"$ref and default weights", flag(`,"targeting":{"$ref":"half"}`), Split{"fraud-00001": 50, "fraud-00002": 50}, ""},
 		{"disabled flag", strings.Replace(flag(`,"targeting":{"fractional":[["canary",1]]}`), "ENABLED", "DISABLED", 1), Split{"fraud-00001": 100}, ""},
-		{"no flag for the function", `{"flags":{}}`, Split{"fraud-00002": 100}, ""},
-		{"variant names a missing revision", strings.Replace(flag(``), `"fraud-00002"`, `"fraud-00009"`, 1), nil, `variant "canary" names revision "fraud-00009"`},
-		{"unknown variant in fractional", flag(`,"targeting":{"fractional":[["stable",50],["beta",50]]}`), nil, `variant "beta" is not defined`},
-		{"zero weights", flag(`,"targeting":{"fractional":[["stable",0]]}`), nil, "no bucket with a positive weight"},
-		{"not JSON", `{`, nil, "decode flagd JSON"},
+		// The one rule (ServingRevision), as the local router applies it:
+		// no flag, a disabled flag or no usable variant is the manifest's
+		// DefaultRevision (tagged stable), not the newest revision.
+		{"no flag for the function", `{"flags":{}}`, Split{"fraud-00001": 100}, ""},
+		{"variant names a missing revision: the default variant", strings.Replace(flag(`,"targeting":{"fractional":[["stable",50],["canary",50]]}`), `"fraud-00002"`, `"fraud-00009"`, 1), Split{"fraud-00001": 100}, ""},
+		{"unknown variant in fractional: an ERROR, so DefaultRevision", flag(`,"targeting":{"fractional":[["stable",50],["beta",50]]}`), Split{"fraud-00001": 100}, ""},
+		{"zero weights: null, the default variant", strings.Replace(flag(`,"targeting":{"fractional":[["stable",0],["canary",0]]}`), `"defaultVariant":"stable"`, `"defaultVariant":"canary"`, 1), Split{"fraud-00002": 100}, ""},
+		{"negative weight counts 0", flag(`,"targeting":{"fractional":[["stable",-5],["canary",5]]}`), Split{"fraud-00001": 0, "fraud-00002": 100}, ""},
+		{"missing $ref: PARSE_ERROR, so DefaultRevision", strings.Replace(flag(`,"targeting":{"$ref":"nope"}`), `"defaultVariant":"stable"`, `"defaultVariant":"canary"`, 1), Split{"fraud-00001": 100}, ""},
+		{"not JSON", `{`, nil, "malformed JSON"},
 		{"empty targeting (a static flag as the rollout controller writes it)", flag(`,"targeting":{}`), Split{"fraud-00001": 100}, ""},
 		{"null defaultVariant with a fractional", strings.Replace(flag(`,"targeting":{"fractional":[["stable",100],["canary",0]]}`), `"defaultVariant":"stable"`, `"defaultVariant":null`, 1), Split{"fraud-00001": 100, "fraud-00002": 0}, ""},
-		{"null defaultVariant and nothing else", strings.Replace(flag(``), `"defaultVariant":"stable"`, `"defaultVariant":null`, 1), nil, "no defaultVariant"},
+		{"null defaultVariant and nothing else: DefaultRevision", strings.Replace(strings.Replace(flag(``), `"defaultVariant":"stable"`, `"defaultVariant":null`, 1), `"stable":"fraud-00001","canary":"fraud-00002"`, `"canary":"fraud-00002"`, 1), Split{"fraud-00001": 100}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -52,6 +53,12 @@ type Watcher struct {
 	path     string
 	provider *Provider
 	reloads  *prometheus.CounterVec
+	reloadMu sync.Mutex
+	// warnedVersion is the last version whose warnings were logged (under reloadMu).
+	warnedVersion string
+	// watching is closed once Run watches the directory (tests wait on it).
+	watching     chan struct{}
+	watchingOnce sync.Once
 }
 
 // NewWatcher reads the file (it must exist and be valid) and returns a
@@ -67,7 +74,7 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("flag file %s: %w", cfg.Path, err)
 	}
-	w := &Watcher{cfg: cfg, log: cfg.Logger.With("flags", path), path: path}
+	w := &Watcher{cfg: cfg, log: cfg.Logger.With("flags", path), path: path, watching: make(chan struct{})}
 	w.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pilotlight_flags_reload_total",
 		Help: "Reloads of the flag file by result: success (parsed and served), error (rejected; the last good flags stay), missing (file gone; the last good flags stay).",
@@ -91,7 +98,8 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	}
 	w.reloads.WithLabelValues(ReloadSuccess).Inc()
 	w.provider = NewProvider(s)
-	w.log.Info("flags loaded", "version", short(s.version), "flags", len(s.flags))
+	w.log.Info("flags loaded", "version", short(s.version), "flags", len(s.flags), "warnings", len(s.warnings))
+	w.logWarnings(s)
 	return w, nil
 }
 
@@ -128,6 +136,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 	// Catch a change made between NewWatcher and now.
 	w.reload(true)
+	w.watchingOnce.Do(func() { close(w.watching) })
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -158,9 +167,18 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 }
 
-// reload re-reads the file and swaps the set when it parses. The check at
-// start (quiet) counts nothing when the file is as it was loaded.
+// ReloadNow re-reads the file at once, without waiting for the file
+// event and the debounce: whoever just wrote the file (the rollout
+// controller's atomic flag write) has the change served when this returns.
+// The watcher's own reload of the same bytes then changes nothing.
+func (w *Watcher) ReloadNow() { w.reload(true) }
+
+// reload re-reads the file and swaps the set when it parses. A quiet
+// reload counts nothing when the file is as it was loaded. Reloads are
+// serialised: Run's and ReloadNow's.
 func (w *Watcher) reload(quiet bool) {
+	w.reloadMu.Lock()
+	defer w.reloadMu.Unlock()
 	raw, err := os.ReadFile(w.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		w.reloads.WithLabelValues(ReloadMissing).Inc()
@@ -186,9 +204,22 @@ func (w *Watcher) reload(quiet bool) {
 		return
 	}
 	changed := w.provider.Swap(s)
-	w.log.Info("flags reloaded", "version", short(s.version), "changed", changed)
+	w.log.Info("flags reloaded", "version", short(s.version), "changed", changed, "warnings", len(s.warnings))
+	w.logWarnings(s)
 	if w.cfg.OnChange != nil {
 		w.cfg.OnChange(s, changed)
+	}
+}
+
+// logWarnings logs each of a set's warnings once per file version: a
+// reload of the same bytes (an editor's save dance, a touch) repeats none.
+func (w *Watcher) logWarnings(s *Set) {
+	if s.version == w.warnedVersion {
+		return
+	}
+	w.warnedVersion = s.version
+	for _, p := range s.warnings {
+		w.log.Warn("flag file: "+p.Msg, "path", p.Path, "version", short(s.version))
 	}
 }
 

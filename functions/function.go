@@ -7,6 +7,7 @@ package functions
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -144,40 +145,41 @@ func Parse(file string, raw []byte) (*Manifest, error) {
 	return &m, nil
 }
 
+// DefaultFlagKey is the flag that picks a function's revision when its
+// manifest names none: "<function>-revision". The one place this default
+// is computed.
+func DefaultFlagKey(function string) string { return function + "-revision" }
+
+// DefaultRevision is the revision that serves a request when the
+// function's flag gives no usable revision (the flag is missing, DISABLED,
+// has no defaultVariant, fails to evaluate, or names a revision the
+// function does not have): the revision tagged stable, else the newest
+// (the last listed). The local router and the generated Knative traffic
+// block both use it, so they agree in every state of the flag.
+func (m *Manifest) DefaultRevision() string {
+	for _, r := range m.Revisions {
+		if r.Tag == "stable" {
+			return r.Name
+		}
+	}
+	return m.Revisions[len(m.Revisions)-1].Name
+}
+
+// applyDefaults sets each omitted (zero) field to its default.
 func (m *Manifest) applyDefaults() {
 	if m.Flag == "" && m.Name != "" {
-		m.Flag = m.Name + "-revision"
+		m.Flag = DefaultFlagKey(m.Name)
 	}
-	if m.Runtime.Sessions == 0 {
-		m.Runtime.Sessions = DefaultSessions
-	}
-	if m.Runtime.Provider == "" {
-		m.Runtime.Provider = DefaultProvider
-	}
-	if m.Runtime.IntraOpThreads == 0 {
-		m.Runtime.IntraOpThreads = DefaultIntraOpThreads
-	}
-	if m.Runtime.MaxBodyBytes == 0 {
-		m.Runtime.MaxBodyBytes = DefaultMaxBodyBytes
-	}
-	if m.Runtime.MaxRequestRows == 0 {
-		m.Runtime.MaxRequestRows = DefaultMaxRequestRows
-	}
-	if m.Batching.MaxBatch == 0 {
-		m.Batching.MaxBatch = DefaultMaxBatch
-	}
-	if m.Batching.MaxDelay == 0 {
-		m.Batching.MaxDelay = DefaultMaxDelay
-	}
-	if m.Scaling.MaxScale == 0 {
-		m.Scaling.MaxScale = DefaultMaxScale
-	}
-	if m.Scaling.TargetConcurrency == 0 {
-		m.Scaling.TargetConcurrency = DefaultTargetConcurrency
-	}
-	if m.Scaling.ScaleToZeroAfter == 0 {
-		m.Scaling.ScaleToZeroAfter = DefaultScaleToZeroAfter
-	}
+	m.Runtime.Sessions = cmp.Or(m.Runtime.Sessions, DefaultSessions)
+	m.Runtime.Provider = cmp.Or(m.Runtime.Provider, DefaultProvider)
+	m.Runtime.IntraOpThreads = cmp.Or(m.Runtime.IntraOpThreads, DefaultIntraOpThreads)
+	m.Runtime.MaxBodyBytes = cmp.Or(m.Runtime.MaxBodyBytes, DefaultMaxBodyBytes)
+	m.Runtime.MaxRequestRows = cmp.Or(m.Runtime.MaxRequestRows, DefaultMaxRequestRows)
+	m.Batching.MaxBatch = cmp.Or(m.Batching.MaxBatch, DefaultMaxBatch)
+	m.Batching.MaxDelay = cmp.Or(m.Batching.MaxDelay, DefaultMaxDelay)
+	m.Scaling.MaxScale = cmp.Or(m.Scaling.MaxScale, DefaultMaxScale)
+	m.Scaling.TargetConcurrency = cmp.Or(m.Scaling.TargetConcurrency, DefaultTargetConcurrency)
+	m.Scaling.ScaleToZeroAfter = cmp.Or(m.Scaling.ScaleToZeroAfter, DefaultScaleToZeroAfter)
 }
 
 // Validate reports every problem in the manifest, each naming file and field.

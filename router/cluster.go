@@ -23,7 +23,7 @@ func (b KnativeBackend) Acquire(ctx context.Context, function, revision string) 
 		if ctx.Err() != nil {
 			return Target{}, ctx.Err()
 		}
-		return Target{}, &statusErr{code: http.StatusServiceUnavailable, msg: err.Error()}
+		return Target{}, &httpErr{code: http.StatusServiceUnavailable, msg: err.Error()}
 	}
 	return Target{
 		BaseURL: strings.TrimSuffix(u.String(), "/"),

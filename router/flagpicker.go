@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"sync/atomic"
 
@@ -29,7 +28,6 @@ var secretHeaders = map[string]bool{"authorization": true, "cookie": true, "x-ap
 // stable revision, and the fallback is counted.
 type FlagPicker struct {
 	watcher   *flags.Watcher
-	path      string
 	client    *openfeature.Client
 	fallbacks *prometheus.CounterVec
 }
@@ -38,12 +36,12 @@ var pickerDomains atomic.Int64
 
 // NewFlagPicker registers the watcher's provider with OpenFeature under a
 // domain of its own and returns the picker.
-func NewFlagPicker(w *flags.Watcher, path string, reg prometheus.Registerer) (*FlagPicker, error) {
+func NewFlagPicker(w *flags.Watcher, _ string, reg prometheus.Registerer) (*FlagPicker, error) {
 	domain := fmt.Sprintf("pilotlight-router-%d", pickerDomains.Add(1))
 	if err := openfeature.SetNamedProviderAndWait(domain, w.Provider()); err != nil {
 		return nil, fmt.Errorf("register the flag provider with OpenFeature: %w", err)
 	}
-	p := &FlagPicker{watcher: w, path: path, client: openfeature.NewClient(domain),
+	p := &FlagPicker{watcher: w, client: openfeature.NewClient(domain),
 		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_flags_fallback_total",
 			Help: "Requests whose flag gave no usable revision (reason: unknown_revision, or the evaluation's reason or error code), served by the default instead."},
 			[]string{"function", "reason"})}
@@ -71,46 +69,29 @@ func attributes(fn *functions.Manifest, r *http.Request) map[string]any {
 	return attrs
 }
 
-// Pick implements Picker.
+// Pick implements Picker: the flag is evaluated through the OpenFeature SDK
+// and its value mapped to a revision by flags' one rule (ServingRevision).
 func (p *FlagPicker) Pick(fn *functions.Manifest, r *http.Request, body []byte) (string, error) {
 	key, _ := TargetingKey(r, body)
-	attrs := attributes(fn, r)
-	exists := func(rev string) bool { _, ok := fn.Revision(rev); return ok }
-	d, _ := p.client.StringValueDetails(context.WithoutCancel(r.Context()), fn.Flag, "", openfeature.NewEvaluationContext(key, attrs))
+	d, _ := p.client.StringValueDetails(context.WithoutCancel(r.Context()), fn.Flag, "", openfeature.NewEvaluationContext(key, attributes(fn, r)))
+	rev, _, fellBack := p.watcher.Set().ServingRevision(fn, d.Value)
 	switch {
-	case d.Value != "" && exists(d.Value):
-		return d.Value, nil
-	case d.Value != "":
-		// The guard: a typo or an undeployed revision degrades to the default variant.
-		flat := map[string]any{"targetingKey": key}
-		for k, v := range attrs {
-			flat[k] = v
-		}
+	case fellBack:
 		p.fallbacks.WithLabelValues(fn.Name, "unknown_revision").Inc()
-		if c := p.watcher.Set().PickRevision(fn.Flag, flat, exists); c.Revision != "" {
-			return c.Revision, nil
-		}
-	default:
+	case d.Value == "":
 		reason := string(d.Reason)
 		if d.ErrorCode != "" {
 			reason = string(d.ErrorCode)
 		}
 		p.fallbacks.WithLabelValues(fn.Name, strings.ToLower(reason)).Inc()
 	}
-	return DefaultRevision(fn), nil
+	return rev, nil
 }
 
 // Weights implements Picker: the split for requests no targeting rule
 // matches, as the Knative traffic block has it.
 func (p *FlagPicker) Weights(fn *functions.Manifest) map[string]int {
-	raw, err := os.ReadFile(p.path)
-	if err != nil {
-		return DefaultPicker{}.Weights(fn)
-	}
-	split, err := flags.SplitFromFlags(fn, p.path, raw)
-	if err != nil {
-		return DefaultPicker{}.Weights(fn)
-	}
+	split := p.watcher.Set().Split(fn)
 	out := make(map[string]int, len(split))
 	for rev, pct := range split {
 		out[rev] = int(pct)

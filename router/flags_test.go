@@ -54,7 +54,7 @@ func twoRevisions(t *testing.T, root, name string, canaryFails bool) *functions.
 	return m
 }
 
-func flagFile(t *testing.T, dir, doc string) string {
+func flagFile(t testing.TB, dir, doc string) string {
 	t.Helper()
 	p := filepath.Join(dir, "flags.json")
 	if err := os.WriteFile(p, []byte(doc), 0o644); err != nil {
@@ -67,10 +67,12 @@ type flagPlatform struct {
 	*platform
 	reg      *prometheus.Registry
 	rollouts *rollout.Controller
+	shadow   *router.Shadower
+	watcher  *flags.Watcher
 }
 
 // startFlagPlatform runs engine, flag watcher, picker, rollout controller and router, as serve does.
-func startFlagPlatform(t *testing.T, fns []*functions.Manifest, flagsPath string) *flagPlatform {
+func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string) *flagPlatform {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	eng, err := engine.New(engine.Config{Functions: fns, PoolSize: 1, Binary: testbin.Pilotlight(t), Registerer: reg, Logger: quietLogger(), TickInterval: 20 * time.Millisecond})
@@ -85,9 +87,13 @@ func startFlagPlatform(t *testing.T, fns []*functions.Manifest, flagsPath string
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: quietLogger()})
 	b := router.LocalBackend{Engine: eng}
-	rt, err := router.New(router.Config{Functions: fns, Backend: b, Admin: b, Picker: picker, Rollouts: ctl, Registry: reg, Logger: quietLogger()})
+	shadow, err := router.NewShadower(router.ShadowConfig{Functions: fns, Backend: b, Registerer: reg, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: quietLogger(), Shadow: shadow, Scaler: eng, Reload: w.ReloadNow})
+	rt, err := router.New(router.Config{Functions: fns, Backend: b, Admin: b, Picker: picker, Rollouts: ctl, Registry: reg, Logger: quietLogger(), Shadow: shadow})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,13 +104,14 @@ func startFlagPlatform(t *testing.T, fns []*functions.Manifest, flagsPath string
 	ts := newTestServer(rt.Handler())
 	t.Cleanup(func() {
 		ctl.Close()
+		shadow.Close()
 		ts.Close()
 		rt.Close()
 		cancel()
 		<-done
 		<-done
 	})
-	return &flagPlatform{platform: &platform{url: ts.URL, eng: eng}, reg: reg, rollouts: ctl}
+	return &flagPlatform{platform: &platform{url: ts.URL, eng: eng}, reg: reg, rollouts: ctl, shadow: shadow, watcher: w}
 }
 
 const splitFlags = `{"flags": {"demo-revision": {"state": "ENABLED",
@@ -169,8 +176,7 @@ func TestFlagSplitsUsersStickilyThroughThePlatform(t *testing.T) {
 		t.Fatalf("canary share %.2f%% of %d users, want 10 ± 1.5", share, users)
 	}
 	// Sticky across repeats and across a reload of the same flags (a rewrite).
-	os.WriteFile(path, []byte(splitFlags+"\n"), 0o644)
-	time.Sleep(300 * time.Millisecond)
+	p.rewrite(t, path, splitFlags+"\n", flags.ReloadSuccess)
 	for u := 0; u < users; u += 10 {
 		if got := revisionFor(t, client, url, map[string]string{"X-User-ID": fmt.Sprintf("user-%d", u)}); got != assigned[u] {
 			t.Fatalf("user-%d moved from %s to %s", u, assigned[u], got)
@@ -187,33 +193,64 @@ func TestFlagSplitsUsersStickilyThroughThePlatform(t *testing.T) {
 		t.Errorf("fallbacks counted %v, want 1", n)
 	}
 	// An invalid change is refused and the last good flags stay; so does a deleted file.
-	os.WriteFile(path, []byte(`{"flags": {"demo-revision": {"state": "ENABLED", "variants": `), 0o644)
-	time.Sleep(300 * time.Millisecond)
-	os.Remove(path)
-	time.Sleep(300 * time.Millisecond)
+	p.rewrite(t, path, `{"flags": {"demo-revision": {"state": "ENABLED", "variants": `, flags.ReloadError)
+	p.remove(t, path)
 	for u := 0; u < 200; u++ {
 		if got := revisionFor(t, client, url, map[string]string{"X-User-ID": fmt.Sprintf("user-%d", u)}); got != assigned[u] {
 			t.Fatalf("after a bad write and a delete, user-%d moved from %s to %s", u, assigned[u], got)
 		}
 	}
-	// A valid change takes effect within a second: everyone to stable.
-	os.WriteFile(path, []byte(strings.Replace(splitFlags, `["canary", 10]`, `["canary", 0]`, 1)), 0o644)
-	deadline := time.Now().Add(time.Second)
-	for {
-		moved := 0
-		for u := 0; u < users; u += 50 {
-			if assigned[u] == "demo-00002" && revisionFor(t, client, url, map[string]string{"X-User-ID": fmt.Sprintf("user-%d", u)}) == "demo-00001" {
-				moved++
-			}
+	// The canary grows from 10% to 25%: every canary user stays on the
+	// canary (flagd's buckets are ordered ranges, the canary's last), and
+	// about 15% of the others join them.
+	p.rewrite(t, path, strings.Replace(splitFlags, `[["stable", 90], ["canary", 10]]`, `[["stable", 75], ["canary", 25]]`, 1), flags.ReloadSuccess)
+	grown := 0
+	for u := 0; u < users; u++ {
+		got := revisionFor(t, client, url, map[string]string{"X-User-ID": fmt.Sprintf("user-%d", u)})
+		if assigned[u] == "demo-00002" && got != "demo-00002" {
+			t.Fatalf("user-%d was on the canary at 10%% and moved to %s at 25%%", u, got)
 		}
-		if moved > 0 {
-			break
+		if got == "demo-00002" {
+			grown++
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("a valid flag change did not take effect within 1 s")
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	if share := 100 * float64(grown) / users; share < 25-1.5 || share > 25+1.5 {
+		t.Errorf("canary share %.2f%% at weight 25, want 25 ± 1.5", share)
+	}
+	// A valid change is served once reloaded: everyone to stable.
+	p.rewrite(t, path, strings.Replace(splitFlags, `["canary", 10]`, `["canary", 0]`, 1), flags.ReloadSuccess)
+	for u := 0; u < users; u += 10 {
+		if got := revisionFor(t, client, url, map[string]string{"X-User-ID": fmt.Sprintf("user-%d", u)}); got != "demo-00001" {
+			t.Fatalf("after the canary's weight went to 0, user-%d is on %s", u, got)
+		}
+	}
+}
+
+// reloads reads pilotlight_flags_reload_total{result}.
+func (p *flagPlatform) reloads(t *testing.T, result string) float64 {
+	t.Helper()
+	return metricValue(t, p.reg, "pilotlight_flags_reload_total", map[string]string{"result": result})
+}
+
+// rewrite writes doc to path in place and waits (bounded) until the watcher
+// has reloaded it with the given result.
+func (p *flagPlatform) rewrite(t *testing.T, path, doc, result string) {
+	t.Helper()
+	before := p.reloads(t, result)
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a flag reload with result "+result, func() bool { return p.reloads(t, result) > before })
+}
+
+// remove deletes the flag file and waits until the watcher has seen it go.
+func (p *flagPlatform) remove(t *testing.T, path string) {
+	t.Helper()
+	before := p.reloads(t, flags.ReloadMissing)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the watcher to see the flag file gone", func() bool { return p.reloads(t, flags.ReloadMissing) > before })
 }
 
 func (p *flagPlatform) pickFallbacks(fn, reason string) prometheus.Collector {

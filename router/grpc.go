@@ -50,7 +50,8 @@ type grpcProxy struct {
 	own       *grpc.Server // ServerLive, ServerReady, ServerMetadata, reflection
 	transport *http.Transport
 	maxBody   int64 // the largest runtime.maxBodyBytes of any function: nothing longer is read
-	bufs      sync.Pool
+	bufs      sync.Pool // request messages
+	copyBufs  sync.Pool // response copies: io.Copy would allocate 32 KiB per call
 }
 
 func newGRPCProxy(rt *Router) *grpcProxy {
@@ -69,6 +70,7 @@ func newGRPCProxy(rt *Router) *grpcProxy {
 		Protocols:          &protocols,
 	}
 	p.bufs.New = func() any { return new(bytes.Buffer) }
+	p.copyBufs.New = func() any { b := make([]byte, 8<<10); return &b }
 	p.own = grpc.NewServer(grpc.MaxRecvMsgSize(64 << 10))
 	pb.RegisterGRPCInferenceServiceServer(p.own, routerService{})
 	reflection.Register(p.own)
@@ -133,10 +135,7 @@ func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field
 	code := codes.OK
 	defer func() {
 		if _, known := p.rt.fns[fnName]; known {
-			p.rt.m.requests.WithLabelValues(fnName, revision, strconv.Itoa(pb.HTTPStatusFor(code))).Inc()
-			if revision != "" {
-				p.rt.m.duration.WithLabelValues(fnName, revision).Observe(time.Since(start).Seconds())
-			}
+			p.rt.m.observe(fnName, revision, pb.HTTPStatusFor(code), time.Since(start))
 		}
 	}()
 	fail := func(e *grpcError) {
@@ -230,16 +229,10 @@ func (p *grpcProxy) authenticate(r *http.Request) (*auth.Identity, *grpcError) {
 	if keys == nil {
 		return nil, nil
 	}
-	presented, err := auth.PresentedKey(r)
-	switch {
-	case err != nil:
-		return nil, grpcErrorf(codes.Unauthenticated, "%v", err)
-	case presented == "":
-		return nil, grpcErrorf(codes.Unauthenticated, "missing API key: send metadata authorization: Bearer <key> or x-api-key: <key>")
-	}
-	id := keys.Identify(presented)
-	if id == nil {
-		return nil, grpcErrorf(codes.Unauthenticated, "invalid API key")
+	// The function is checked once the message names it (serveModelCall).
+	id, denied := keys.Authorize(r.Header.Get("Authorization"), r.Header.Get(auth.HeaderAPIKey), "")
+	if denied != nil {
+		return nil, grpcErrorf(pb.CodeForHTTP(denied.Status), "%s", denied.Msg)
 	}
 	return id, nil
 }
@@ -477,13 +470,15 @@ func (p *grpcProxy) acquireError(ctx context.Context, r *http.Request, fn *funct
 	return grpcErrorf(codes.Internal, "revision %s/%s: %v", fn.Name, revision, err)
 }
 
-// grpcDropHeaders are not forwarded: hop-by-hop headers, and credentials,
-// which stop at the router.
-var grpcDropHeaders = map[string]bool{
-	"Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
-	"Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true, "Content-Length": true,
-	"Authorization": true, "X-Api-Key": true, "Cookie": true,
-}
+// grpcDropHeaders are not passed on either way: hop-by-hop headers, the
+// length (each side frames its own), and credentials, which stop at the router.
+var grpcDropHeaders = func() map[string]bool {
+	m := map[string]bool{"Content-Length": true, "Cookie": true}
+	for _, h := range append(append([]string{}, hopByHop...), credentials...) {
+		m[http.CanonicalHeaderKey(h)] = true
+	}
+	return m
+}()
 
 func (p *grpcProxy) send(ctx context.Context, in *http.Request, base string, msg []byte) (*http.Response, error) {
 	out, err := http.NewRequestWithContext(ctx, http.MethodPost, base+in.URL.Path, bytes.NewReader(msg))
@@ -510,7 +505,7 @@ func (p *grpcProxy) copyResponse(w http.ResponseWriter, resp *http.Response, rev
 	h := w.Header()
 	status := map[string][]string{}
 	for key, vs := range resp.Header {
-		if hopHeaders[key] {
+		if grpcDropHeaders[key] {
 			continue
 		}
 		h[key] = vs
@@ -521,24 +516,24 @@ func (p *grpcProxy) copyResponse(w http.ResponseWriter, resp *http.Response, rev
 			delete(h, k)
 		}
 	}
-	h.Set("X-Pilotlight-Revision", revision)
+	h.Set(HeaderRevision, revision)
 	if cold > 0 {
-		h.Set("X-Pilotlight-Cold-Start", strconv.FormatFloat(cold.Seconds(), 'f', 6, 64))
+		h.Set(HeaderColdStart, strconv.FormatFloat(cold.Seconds(), 'f', 6, 64))
 	}
 	if resp.StatusCode != http.StatusOK {
 		// Not a gRPC answer (an instance or ingress refusing at the HTTP level).
 		for k := range h {
 			delete(h, k)
 		}
-		h.Set("X-Pilotlight-Revision", revision)
+		h.Set(HeaderRevision, revision)
 		code := pb.CodeForHTTP(resp.StatusCode)
 		pb.WriteStatus(w, code, fmt.Sprintf("instance answered HTTP %d instead of gRPC", resp.StatusCode))
 		return code
 	}
 	w.WriteHeader(http.StatusOK)
-	cb := p.rt.copyBufs.Get().(*[]byte)
+	cb := p.copyBufs.Get().(*[]byte)
 	_, copyErr := io.CopyBuffer(w, resp.Body, *cb)
-	p.rt.copyBufs.Put(cb)
+	p.copyBufs.Put(cb)
 	if copyErr != nil {
 		p.rt.log.Debug("copying gRPC response", "err", copyErr)
 	}

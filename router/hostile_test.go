@@ -2,16 +2,16 @@ package router_test
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/pilotlight/pilotlight/functions"
 	_ "github.com/pilotlight/pilotlight/functions/all"
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router/engine"
@@ -27,14 +27,7 @@ func v2(shape, data string) string {
 // whole platform (router and real instances): each gets a 4xx naming the
 // problem, memory stays bounded, and the platform serves afterwards.
 func TestHostileInput(t *testing.T) {
-	var fns []*functions.Manifest
-	for _, name := range []string{"fraud", "example-tensor"} {
-		m, err := functions.LoadDir(filepath.Join(testbin.Root(), "functions", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		fns = append(fns, m)
-	}
+	fns := testbin.Functions(t, "fraud", "example-tensor")
 	p := startPlatformWith(t, engine.Config{PoolSize: 1}, 20*time.Second, fns)
 	if code, _, out := post(t, p.url+"/functions/fraud", goodTx); code != 200 {
 		t.Fatalf("a good transaction: %d %v", code, out)
@@ -70,10 +63,9 @@ func TestHostileInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			code, _, out := post(t, p.url+tc.path, tc.body)
-			msg := fmt.Sprint(out["error"])
-			if code != tc.code || msg == "" || !strings.Contains(msg, tc.mentions) {
-				t.Fatalf("status %d %q, want %d with a JSON error mentioning %q", code, msg, tc.code, tc.mentions)
+			code, msg := postForError(t, p.url+tc.path, tc.body)
+			if code != tc.code || strings.TrimSpace(msg) == "" || !strings.Contains(msg, tc.mentions) {
+				t.Fatalf("status %d error %q, want %d with a non-empty JSON error mentioning %q", code, msg, tc.code, tc.mentions)
 			}
 		})
 	}
@@ -128,4 +120,20 @@ func TestHostileInput(t *testing.T) {
 	if code, _, out := post(t, p.url+"/functions/fraud", goodTx); code != 200 {
 		t.Fatalf("after hostile input: %d %v", code, out)
 	}
+}
+
+// postForError posts body and decodes the answer as the error contract
+// {"error": "..."}: a body that is not exactly that object fails the test.
+func postForError(t *testing.T, url, body string) (int, string) {
+	t.Helper()
+	code, _, raw := postRaw(t, url, body)
+	var e struct {
+		Error string `json:"error"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		t.Fatalf("status %d: body %q is not the {\"error\": \"...\"} contract: %v", code, raw, err)
+	}
+	return code, e.Error
 }

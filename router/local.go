@@ -15,17 +15,10 @@ type LocalBackend struct {
 	// Timelines, when set, adds the latest eBPF cold-start timeline per
 	// "function/revision" to the admin view.
 	Timelines func() map[string]any
+	// Connections, when set, adds the last unexpected outbound connections
+	// per "function/revision" the eBPF probes saw.
+	Connections func() map[string]any
 }
-
-type statusErr struct {
-	code int
-	msg  string
-	shed bool // deliberate overload shedding, marked for clients and the fault suite
-}
-
-func (e *statusErr) Error() string   { return e.msg }
-func (e *statusErr) HTTPStatus() int { return e.code }
-func (e *statusErr) Shed() bool      { return e.shed }
 
 // Acquire implements Backend.
 func (b LocalBackend) Acquire(ctx context.Context, function, revision string) (Target, error) {
@@ -34,13 +27,13 @@ func (b LocalBackend) Acquire(ctx context.Context, function, revision string) (T
 		var se *engine.StartError
 		switch {
 		case errors.Is(err, engine.ErrQueueFull):
-			return Target{}, &statusErr{http.StatusServiceUnavailable, fmt.Sprintf("revision %s/%s: too many requests waiting for an instance to start; retry later", function, revision), true}
+			return Target{}, &httpErr{code: http.StatusServiceUnavailable, shed: true, msg: fmt.Sprintf("revision %s/%s: too many requests waiting for an instance to start; retry later", function, revision)}
 		case errors.As(err, &se):
-			return Target{}, &statusErr{code: http.StatusServiceUnavailable, msg: se.Error()}
+			return Target{}, &httpErr{code: http.StatusServiceUnavailable, msg: se.Error()}
 		case errors.Is(err, engine.ErrUnknownRevision):
-			return Target{}, &statusErr{code: http.StatusNotFound, msg: err.Error()}
+			return Target{}, &httpErr{code: http.StatusNotFound, msg: err.Error()}
 		case errors.Is(err, engine.ErrStopped):
-			return Target{}, &statusErr{code: http.StatusServiceUnavailable, msg: "the platform is shutting down"}
+			return Target{}, &httpErr{code: http.StatusServiceUnavailable, msg: "the platform is shutting down"}
 		}
 		return Target{}, err
 	}
@@ -49,9 +42,12 @@ func (b LocalBackend) Acquire(ctx context.Context, function, revision string) (T
 
 // AdminRevisions implements AdminSource.
 func (b LocalBackend) AdminRevisions() map[string]any {
-	var timelines map[string]any
+	var timelines, conns map[string]any
 	if b.Timelines != nil {
 		timelines = b.Timelines()
+	}
+	if b.Connections != nil {
+		conns = b.Connections()
 	}
 	out := map[string]any{}
 	for _, st := range b.Engine.Statuses() {
@@ -62,6 +58,9 @@ func (b LocalBackend) AdminRevisions() map[string]any {
 		}
 		if tl, ok := timelines[key]; ok {
 			d["cold_start_timeline"] = tl
+		}
+		if c, ok := conns[key]; ok {
+			d["unexpected_connections"] = c
 		}
 		out[key] = d
 	}

@@ -1,11 +1,31 @@
 package router
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	retries  *prometheus.CounterVec
+
+	// Children looked up once per (function, revision, code): hashing
+	// three label values on every request costs more than counting.
+	children sync.Map // seriesKey → *series
+}
+
+type seriesKey struct {
+	function, revision string
+	code               int
+}
+
+type series struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -20,4 +40,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.requests, m.duration, m.retries)
 	return m
+}
+
+// observe records one answered request of a known function: the one place
+// pilotlight_requests_total and the duration histogram are written.
+// revision is "" for requests refused before a revision was picked.
+func (m *metrics) observe(function, revision string, code int, d time.Duration) {
+	k := seriesKey{function, revision, code}
+	v, ok := m.children.Load(k)
+	if !ok {
+		v, _ = m.children.LoadOrStore(k, &series{
+			requests: m.requests.WithLabelValues(function, revision, strconv.Itoa(code)),
+			duration: m.duration.WithLabelValues(function, revision),
+		})
+	}
+	s := v.(*series)
+	s.requests.Inc()
+	s.duration.Observe(d.Seconds())
 }

@@ -2,20 +2,21 @@
 // function (path or Host header, as Knative does), lets the function's flag
 // pick the revision, asks the backend (the local engine, or Knative) for a
 // ready instance — held by the activator while one starts — and proxies to
-// it over pooled loopback connections, retrying once elsewhere if the
-// instance dies mid-request. It also serves /metrics, /healthz and
-// GET /admin/functions.
+// it over pooled keep-alive connections, retrying once elsewhere if the
+// instance dies mid-request. The data path runs on fasthttp (proxy.go,
+// frontdoor.go); the few other endpoints (/healthz, /v2 metadata,
+// /metrics, /admin/*) are an echo mux (this file).
 package router
 
 import (
-	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,8 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router/auth"
@@ -37,9 +40,6 @@ const (
 	DefaultRequestTimeout = 30 * time.Second
 	DefaultMaxBodyBytes   = functions.DefaultMaxBodyBytes
 )
-
-// countedKey marks a request the proxy counts in pilotlight_requests_total itself.
-const countedKey = "pilotlight.counted"
 
 // ShedHeader marks a 503/429 answered on purpose to shed load.
 const ShedHeader = "X-Pilotlight-Shed"
@@ -66,10 +66,25 @@ type Picker interface {
 	Weights(fn *functions.Manifest) map[string]int
 }
 
-// StatusError lets a backend choose the HTTP status of its error.
-type StatusError interface {
-	error
-	HTTPStatus() int
+// Shadow is told about every buffered proxied answer once it is known,
+// before it is written to the client: the hook for copying a share of a
+// revision's traffic to a candidate and comparing answers. It runs on the
+// request's goroutine, so it must return at once (sample, copy what it
+// keeps — the slices are reused after it returns — and hand off to its own
+// goroutine). Large streamed answers (over 64 KiB, or of unknown length)
+// are not shown to it.
+type Shadow interface {
+	Shadow(ctx context.Context, call ShadowCall)
+}
+
+// ShadowCall is one primary request and its answer, as Shadow sees it.
+type ShadowCall struct {
+	Function, Revision string
+	Method, Path       string // Path as the client sent it (/functions/fraud, /v2/models/...)
+	Query              string
+	Body               []byte // the request body (valid during the call only)
+	Status             int
+	Response           []byte // the primary's response body (valid during the call only)
 }
 
 // Config configures the router.
@@ -80,6 +95,8 @@ type Config struct {
 	RequestTimeout time.Duration
 	Registry       *prometheus.Registry
 	Logger         *slog.Logger
+	// Limits are the front door's protections (zero: DefaultLimits).
+	Limits Limits
 	// Admin, when set, adds extra per-revision detail to GET /admin/functions.
 	Admin AdminSource
 	// Rollouts, when set, serves /admin/rollouts (the canary controller).
@@ -92,6 +109,15 @@ type Config struct {
 	Concurrency *ratelimit.ConcurrencyLimiter
 	// SeparateAdmin moves /metrics and /admin/* off the main handler to AdminHandler.
 	SeparateAdmin bool
+	// HTTP2Handler, when set, serves the listener's HTTP/2 connections:
+	// those opening with the HTTP/2 client preface on a plain listener
+	// (h2c, prior knowledge), and those negotiating "h2" by ALPN under TLS.
+	// HTTP/1.1 keeps the fast path. nil: no HTTP/2. Handler() serves the
+	// router's own routes over any protocol, so an HTTP/2 handler (gRPC)
+	// can pass what it does not take to it.
+	HTTP2Handler http.Handler
+	// Shadow, when set, sees each primary answer (see Shadow).
+	Shadow Shadow
 }
 
 // AdminSource supplies what the admin view shows beyond weights.
@@ -106,12 +132,17 @@ type Router struct {
 	log       *slog.Logger
 	echo      *echo.Echo
 	admin     *echo.Echo // nil unless SeparateAdmin
+	slow      fasthttp.RequestHandler
 	fns       map[string]*functions.Manifest
-	transport *http.Transport
+	defaults  map[string]string // function → DefaultRevision
+	maxBody   int64             // the largest maxBodyBytes of any function
+	client    *fasthttp.Client
 	m         *metrics
-	bufs      sync.Pool // request bodies
-	copyBufs  sync.Pool // response copies: io.Copy would allocate 32 KiB per request
-	grpc      *grpcProxy
+	exchanges sync.Pool
+	grpc      *grpcProxy // the gRPC side (GRPCHandler)
+
+	mu   sync.Mutex
+	srvs []*frontDoor
 }
 
 // New builds the router.
@@ -131,27 +162,38 @@ func New(cfg Config) (*Router, error) {
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
 	}
-	rt := &Router{cfg: cfg, log: cfg.Logger, fns: map[string]*functions.Manifest{}, m: newMetrics(cfg.Registry)}
+	if cfg.Limits == (Limits{}) {
+		cfg.Limits = DefaultLimits()
+	}
+	rt := &Router{cfg: cfg, log: cfg.Logger, fns: map[string]*functions.Manifest{}, defaults: map[string]string{},
+		m: newMetrics(cfg.Registry), maxBody: DefaultMaxBodyBytes}
 	for _, fn := range cfg.Functions {
 		rt.fns[fn.Name] = fn
+		rt.defaults[fn.Name] = DefaultRevision(fn)
+		rt.maxBody = max(rt.maxBody, fn.Runtime.MaxBodyBytes)
 	}
-	rt.transport = &http.Transport{
-		Proxy:               nil, // loopback only: never through an environment proxy
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
+	rt.client = &fasthttp.Client{
+		Name:                          "", // the client's User-Agent passes through
+		NoDefaultUserAgentHeader:      true,
+		MaxConnsPerHost:               1024,
+		MaxIdleConnDuration:           90 * time.Second,
+		MaxIdemponentCallAttempts:     1, // the router retries once itself, on another instance
+		DisableHeaderNamesNormalizing: true,
+		DisablePathNormalizing:        true,
+		ReadBufferSize:                16 << 10,
+		Dial:                          (&fasthttp.TCPDialer{Concurrency: 0}).Dial,
 	}
-	rt.bufs.New = func() any { return new(bytes.Buffer) }
-	rt.copyBufs.New = func() any { b := make([]byte, 8<<10); return &b }
+	rt.exchanges.New = func() any { return &exchange{rt: rt} }
 	rt.echo = rt.routes()
+	rt.slow = fasthttpadaptor.NewFastHTTPHandler(rt.echo)
 	rt.grpc = newGRPCProxy(rt)
 	return rt, nil
 }
 
-// Handler is the router's http.Handler.
-func (rt *Router) Handler() http.Handler { return rt.echo }
+// Handler is the router over net/http: the same data path as the fast
+// listener (adapted), plus the echo routes. Serve is the fast listener;
+// Handler serves HTTP/2 and tests.
+func (rt *Router) Handler() http.Handler { return http.HandlerFunc(rt.serveHTTP) }
 
 // AdminHandler serves /metrics, /admin/* and /healthz when SeparateAdmin is
 // set (nil otherwise: they are on Handler).
@@ -162,9 +204,23 @@ func (rt *Router) AdminHandler() http.Handler {
 	return rt.admin
 }
 
+// MountAdmin serves h for GET path and everything under it (path ends in
+// "/") on the admin endpoints: the admin listener, or the main one under
+// --dev. With keys on, it needs an admin key like /admin/*.
+func (rt *Router) MountAdmin(path string, h http.Handler) {
+	e := rt.echo
+	if rt.admin != nil {
+		e = rt.admin
+	}
+	e.GET(path, echo.WrapHandler(h))
+	if strings.HasSuffix(path, "/") {
+		e.GET(path+"*", echo.WrapHandler(h))
+	}
+}
+
 // Close releases idle upstream connections.
 func (rt *Router) Close() {
-	rt.transport.CloseIdleConnections()
+	rt.client.CloseIdleConnections()
 	rt.grpc.transport.CloseIdleConnections()
 }
 
@@ -175,28 +231,32 @@ func (rt *Router) newEcho() *echo.Echo {
 	return e
 }
 
-// routes builds the handler. Middleware order, outermost first: host
-// routing rewrites the path before routing; recover wraps everything;
-// authentication answers 401/403 before any limit spends a token; the
-// per-key rate limit; the per-function concurrency cap; then the proxy.
+// routes builds the echo mux for what is not the data path. Middleware
+// order, outermost first: recover; authentication (401/403) on everything
+// but the public probes. On the admin listener /metrics stays open for
+// scrapers (SECURITY.md), /admin/* needs an admin key.
 func (rt *Router) routes() *echo.Echo {
 	e := rt.newEcho()
-	e.Pre(rt.hostRouting)
 	e.Use(middleware.Recover())
 	if rt.cfg.Keys != nil {
 		e.Use(rt.cfg.Keys.Middleware(auth.FunctionParam))
 	}
-	if rt.cfg.RateLimit != nil {
-		e.Use(rt.cfg.RateLimit.Middleware(auth.KeyID, auth.RateOf))
-	}
-	if rt.cfg.Concurrency != nil {
-		e.Use(rt.cfg.Concurrency.Middleware(auth.FunctionParam))
-	}
-
 	admin := e
 	if rt.cfg.SeparateAdmin {
 		rt.admin = rt.newEcho()
 		rt.admin.Use(middleware.Recover())
+		if rt.cfg.Keys != nil {
+			mw := rt.cfg.Keys.Middleware(auth.FunctionParam)
+			rt.admin.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
+				checked := mw(next)
+				return func(c echo.Context) error {
+					if p := c.Request().URL.Path; p == "/metrics" || p == "/healthz" {
+						return next(c)
+					}
+					return checked(c)
+				}
+			})
+		}
 		admin = rt.admin
 	}
 	for _, a := range []*echo.Echo{e, admin} {
@@ -206,249 +266,131 @@ func (rt *Router) routes() *echo.Echo {
 		}
 		a.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(rt.cfg.Registry, promhttp.HandlerOpts{})))
 		a.GET("/admin/functions", rt.adminFunctions)
-		if rt.cfg.Rollouts != nil {
-			a.GET("/admin/rollouts", rt.listRollouts)
-			a.POST("/admin/rollouts", rt.startRollout)
-			a.GET("/admin/rollouts/:function", rt.rolloutStatus)
-			a.DELETE("/admin/rollouts/:function", rt.abortRollout)
-		}
+		rt.rolloutRoutes(a)
 	}
-
 	e.GET("/v2", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]any{"name": "pilotlight", "version": "router", "extensions": []string{}})
 	})
 	e.GET("/v2/health/live", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]bool{"live": true}) })
 	e.GET("/v2/health/ready", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]bool{"ready": true}) })
-
-	e.POST("/functions/:function", rt.proxy(kindFunction))
-	for _, p := range []string{"/v2/models/:model", "/v2/models/:model/ready", "/v2/models/:model/versions/:version", "/v2/models/:model/versions/:version/ready"} {
-		e.GET(p, rt.proxy(kindV2))
-	}
-	e.POST("/v2/models/:model/infer", rt.proxy(kindV2))
-	e.POST("/v2/models/:model/versions/:version/infer", rt.proxy(kindV2))
 	return e
 }
 
-// hostRouting sends POST / with Host "<function>.<anything>" to the function, as Knative routes by host.
-func (rt *Router) hostRouting(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		r := c.Request()
-		if r.URL.Path == "/" {
-			host := r.Host
-			if h, _, err := net.SplitHostPort(host); err == nil {
-				host = h
-			}
-			if name, _, ok := strings.Cut(host, "."); ok {
-				if _, known := rt.fns[name]; known {
-					r.URL.Path = "/functions/" + name
-				}
-			}
-		}
-		return next(c)
-	}
-}
-
-type kind int
-
-const (
-	kindFunction kind = iota
-	kindV2
-)
-
-// httpError writes {"error": ...} with the right status for every error.
+// httpError writes {"error": ...} for the echo routes, with the status answerFor gives.
 func (rt *Router) httpError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	code, msg := http.StatusInternalServerError, err.Error()
-	var he *echo.HTTPError
-	var se StatusError
-	switch {
-	case errors.As(err, &se):
-		code = se.HTTPStatus()
-	case errors.As(err, &he):
-		code = he.Code
-		if m, ok := he.Message.(string); ok {
-			msg = m
-		} else {
-			msg = http.StatusText(code)
-		}
+	a := answerFor(err)
+	if a.retryAfter != "" && c.Response().Header().Get("Retry-After") == "" {
+		c.Response().Header().Set("Retry-After", a.retryAfter)
 	}
-	if code == http.StatusServiceUnavailable || code == http.StatusTooManyRequests {
-		if c.Response().Header().Get("Retry-After") == "" {
-			c.Response().Header().Set("Retry-After", "1")
-		}
-	}
-	var shed interface{ Shed() bool }
-	if errors.As(err, &shed) && shed.Shed() {
-		// Deliberate overload shedding, as opposed to a failure.
+	if a.shed {
 		c.Response().Header().Set(ShedHeader, "overload")
 	}
-	if code >= 500 && code != http.StatusServiceUnavailable {
-		rt.log.Warn("request failed", "path", c.Request().URL.Path, "status", code, "err", err)
+	if a.code >= 500 && a.code != http.StatusServiceUnavailable {
+		rt.log.Warn("request failed", "path", c.Request().URL.Path, "status", a.code, "err", err)
 	}
-	if code == http.StatusInternalServerError && se == nil && he == nil {
-		msg = "internal error; the platform log has the details" // a panic's value is not the client's business
-	}
-	// Requests refused before the proxy (auth, rate, concurrency, unknown
-	// function) are counted here; the proxy counts what it answers itself.
-	if c.Get(countedKey) == nil {
-		if fn := auth.FunctionParam(c); fn != "" {
-			if _, known := rt.fns[fn]; known {
-				rt.m.requests.WithLabelValues(fn, "", strconv.Itoa(code)).Inc()
-			}
-		}
-	}
-	_ = c.JSON(code, map[string]string{"error": msg})
+	_ = c.JSON(a.code, map[string]string{"error": a.msg})
 }
 
-// errorf makes an error with an HTTP status.
-func errorf(code int, format string, args ...any) error {
-	return echo.NewHTTPError(code, fmt.Sprintf(format, args...))
-}
-
-func (rt *Router) proxy(k kind) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		start := time.Now()
-		name := c.Param("function")
-		if k == kindV2 {
-			name = c.Param("model")
-		}
-		fn, ok := rt.fns[name]
-		if !ok {
-			return errorf(http.StatusNotFound, "unknown function %q", name)
-		}
-		buf := rt.bufs.Get().(*bytes.Buffer)
-		buf.Reset()
-		defer rt.bufs.Put(buf)
-		if c.Request().Method == http.MethodPost {
-			limit := fn.Runtime.MaxBodyBytes
-			if c.Request().ContentLength > limit {
-				return errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes (function %s's runtime.maxBodyBytes)", limit, fn.Name)
-			}
-			n, err := buf.ReadFrom(io.LimitReader(c.Request().Body, limit+1))
-			if err != nil {
-				return errorf(http.StatusBadRequest, "reading request body: %v", err)
-			}
-			if n > limit {
-				return errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes (function %s's runtime.maxBodyBytes)", limit, fn.Name)
-			}
-		}
-		body := buf.Bytes()
-		revision := c.Param("version")
-		if revision != "" {
-			if _, ok := fn.Revision(revision); !ok {
-				return errorf(http.StatusNotFound, "function %s has no revision %q", fn.Name, revision)
-			}
-		} else {
-			var err error
-			if revision, err = rt.cfg.Picker.Pick(fn, c.Request(), body); err != nil {
-				return err
-			}
-		}
-		c.Set(countedKey, true)
-		code := rt.forward(c, fn, revision, k, body)
-		rt.m.requests.WithLabelValues(fn.Name, revision, strconv.Itoa(code)).Inc()
-		rt.m.duration.WithLabelValues(fn.Name, revision).Observe(time.Since(start).Seconds())
-		return nil
+// serveHTTP is Handler: data-path requests go through the proxy (adapted
+// from net/http), the rest to echo.
+func (rt *Router) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
 	}
-}
-
-// forward acquires an instance and proxies, retrying once on another
-// instance when the first could not be reached. It writes the response
-// (or the error) itself and returns the status sent.
-func (rt *Router) forward(c echo.Context, fn *functions.Manifest, revision string, k kind, body []byte) int {
-	ctx, cancel := context.WithTimeout(c.Request().Context(), rt.cfg.RequestTimeout)
-	defer cancel()
-	var lastErr error
-	var cold time.Duration
-	for attempt := 0; attempt < 2; attempt++ {
-		t, err := rt.cfg.Backend.Acquire(ctx, fn.Name, revision)
-		if err != nil {
-			return rt.fail(c, rt.acquireError(ctx, c, fn, revision, err))
+	rq, ok := rt.match([]byte(r.Method), []byte(r.URL.Path), []byte(host))
+	if !ok {
+		rt.echo.ServeHTTP(w, r)
+		return
+	}
+	ctx := new(fasthttp.RequestCtx)
+	var conn net.Conn = &addrConn{remote: remoteAddr(r.RemoteAddr)}
+	if r.TLS != nil {
+		conn = &tlsAddrConn{addrConn{remote: remoteAddr(r.RemoteAddr)}, *r.TLS}
+	}
+	ctx.Init2(conn, nil, false)
+	req := &ctx.Request
+	req.Header.SetMethod(r.Method)
+	req.SetRequestURI(r.URL.RequestURI())
+	req.Header.SetHost(r.Host)
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			req.Header.Add(k, v)
 		}
-		cold += t.ColdStart
-		resp, err := rt.send(ctx, c.Request(), t.BaseURL, k, body)
-		if err != nil {
-			// The request's own deadline or the client going away says
-			// nothing about the instance; only a connection failure does.
-			t.Release(ctx.Err() == nil)
-			lastErr = err
-			if ctx.Err() != nil {
-				break
-			}
-			rt.m.retries.WithLabelValues(fn.Name, revision).Inc()
-			rt.log.Warn("instance unreachable; retrying once on another instance", "function", fn.Name, "revision", revision, "err", err)
+	}
+	if err := readBody(req, r.Body, r.ContentLength, rt.maxBody); err != nil {
+		rt.writeError(ctx, err)
+	} else {
+		rt.proxy(ctx, rq, r.Context(), nil, r)
+	}
+	resp := &ctx.Response
+	h := w.Header()
+	for k, v := range resp.Header.All() {
+		switch string(k) {
+		case "Content-Length", "Date", "Server":
 			continue
 		}
-		h := c.Response().Header()
-		for key, vs := range resp.Header {
-			if hopHeaders[key] {
-				continue
-			}
-			h[key] = vs
-		}
-		h.Set("X-Pilotlight-Revision", revision)
-		if cold > 0 {
-			h.Set("X-Pilotlight-Cold-Start", strconv.FormatFloat(cold.Seconds(), 'f', 6, 64))
-		}
-		c.Response().WriteHeader(resp.StatusCode)
-		cb := rt.copyBufs.Get().(*[]byte)
-		_, copyErr := io.CopyBuffer(c.Response(), resp.Body, *cb)
-		rt.copyBufs.Put(cb)
-		resp.Body.Close()
-		t.Release(false)
-		if copyErr != nil {
-			rt.log.Debug("copying response", "err", copyErr)
-		}
-		return resp.StatusCode
+		h.Add(string(k), string(v))
 	}
-	if ctx.Err() != nil {
-		return rt.fail(c, rt.acquireError(ctx, c, fn, revision, ctx.Err()))
+	if resp.IsBodyStream() {
+		w.WriteHeader(resp.StatusCode())
+		var buf [8 << 10]byte
+		_, _ = io.CopyBuffer(w, resp.BodyStream(), buf[:])
+		_ = resp.CloseBodyStream()
+		return
 	}
-	return rt.fail(c, errorf(http.StatusBadGateway, "revision %s/%s: instance unreachable twice: %v", fn.Name, revision, lastErr))
+	h.Set("Content-Length", strconv.Itoa(len(resp.Body())))
+	w.WriteHeader(resp.StatusCode())
+	_, _ = w.Write(resp.Body())
 }
 
-func (rt *Router) fail(c echo.Context, err error) int {
-	rt.httpError(err, c)
-	return c.Response().Status
-}
-
-func (rt *Router) acquireError(ctx context.Context, c echo.Context, fn *functions.Manifest, revision string, err error) error {
-	var se StatusError
+// readBody reads a net/http request body into req, up to limit bytes.
+func readBody(req *fasthttp.Request, body io.Reader, length, limit int64) error {
+	if body == nil || body == http.NoBody {
+		return nil
+	}
+	if length > limit {
+		return errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", limit)
+	}
+	b, err := io.ReadAll(io.LimitReader(body, limit+1))
 	switch {
-	case errors.As(err, &se):
-		return err
-	case c.Request().Context().Err() != nil:
-		return errorf(499, "client closed the request")
-	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
-		return errorf(http.StatusGatewayTimeout, "revision %s/%s: no instance became ready within the request timeout %s", fn.Name, revision, rt.cfg.RequestTimeout)
+	case err != nil:
+		return errorf(http.StatusBadRequest, "reading request body: %v", err)
+	case int64(len(b)) > limit:
+		return errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", limit)
 	}
-	return err
+	req.SetBodyRaw(b)
+	return nil
 }
 
-var hopHeaders = map[string]bool{
-	"Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
-	"Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true, "Content-Length": true,
+// addrConn stands in for the connection of a request that came through
+// net/http: the proxy reads only its addresses.
+type addrConn struct {
+	net.Conn
+	remote net.Addr
 }
 
-func (rt *Router) send(ctx context.Context, in *http.Request, base string, k kind, body []byte) (*http.Response, error) {
-	path := in.URL.Path
-	if k == kindFunction {
-		path = "/" // Knative style: an instance takes the function's JSON at POST /
-	}
-	out, err := http.NewRequestWithContext(ctx, in.Method, base+path, bytes.NewReader(body))
+func (c *addrConn) RemoteAddr() net.Addr { return c.remote }
+func (c *addrConn) LocalAddr() net.Addr  { return &net.TCPAddr{} }
+
+// tlsAddrConn is an addrConn of a TLS request: fasthttp then reports IsTLS.
+type tlsAddrConn struct {
+	addrConn
+	state tls.ConnectionState
+}
+
+func (c *tlsAddrConn) Handshake() error                     { return nil }
+func (c *tlsAddrConn) ConnectionState() tls.ConnectionState { return c.state }
+
+func remoteAddr(s string) net.Addr {
+	ap, err := netip.ParseAddrPort(s)
 	if err != nil {
-		return nil, err
+		return &net.TCPAddr{}
 	}
-	out.URL.RawQuery = in.URL.RawQuery
-	for key, vs := range in.Header {
-		if !hopHeaders[key] {
-			out.Header[key] = vs
-		}
-	}
-	out.ContentLength = int64(len(body))
-	return rt.transport.RoundTrip(out)
+	return net.TCPAddrFromAddrPort(ap)
 }
 
 // DefaultPicker routes every request to the revision tagged "stable", else the newest.
@@ -464,26 +406,13 @@ func (DefaultPicker) Weights(fn *functions.Manifest) map[string]int {
 	return map[string]int{DefaultRevision(fn): 100}
 }
 
-// DefaultRevision is the revision tagged stable, else the newest.
-func DefaultRevision(fn *functions.Manifest) string {
-	for _, r := range fn.Revisions {
-		if r.Tag == "stable" {
-			return r.Name
-		}
-	}
-	return fn.Revisions[len(fn.Revisions)-1].Name
-}
+// DefaultRevision is the manifest's DefaultRevision (the one rule lives there).
+func DefaultRevision(fn *functions.Manifest) string { return fn.DefaultRevision() }
 
 func (rt *Router) adminFunctions(c echo.Context) error {
 	var detail, extra map[string]any
 	if rt.cfg.Admin != nil {
 		detail, extra = rt.cfg.Admin.AdminRevisions(), rt.cfg.Admin.AdminExtra()
-	}
-	type revOut struct {
-		Name   string `json:"name"`
-		Weight int    `json:"weight"`
-		Tag    string `json:"tag,omitempty"`
-		any
 	}
 	fnsOut := make([]map[string]any, 0, len(rt.cfg.Functions))
 	for _, fn := range rt.cfg.Functions {

@@ -34,7 +34,7 @@ func TestServeAuthenticatesOutsideDevelopment(t *testing.T) {
 	client, _ := auth.NewKey()
 	ops, _ := auth.NewKey()
 	keysFile := filepath.Join(t.TempDir(), "keys.yaml")
-	doc := fmt.Sprintf("keys:\n  - id: client\n    hash: %s\n    functions: [example-tensor]\n    rate: {rps: 1, burst: 3}\n  - id: ops\n    hash: %s\n    admin: true\n", auth.Sum(client), auth.Sum(ops))
+	doc := fmt.Sprintf("keys:\n  - id: client\n    hash: %s\n    functions: [example-tensor]\n    rate: {rps: 0.001, burst: 3}\n  - id: ops\n    hash: %s\n    admin: true\n", auth.Sum(client), auth.Sum(ops))
 	if err := os.WriteFile(keysFile, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -79,25 +79,24 @@ func TestServeAuthenticatesOutsideDevelopment(t *testing.T) {
 	if code, _ := send(infer, "pl_not-a-real-key-but-long-enough-000000000000"); code != 401 {
 		t.Errorf("wrong key: %d, want 401", code)
 	}
-	if code, _ := send(base+"/functions/fraud", client); code != 403 {
-		t.Errorf("key without fraud: %d, want 403", code)
+	// More refusals than the burst: a 403 must not spend the key's tokens.
+	for i := 0; i < 4; i++ {
+		if code, _ := send(base+"/functions/fraud", client); code != 403 {
+			t.Fatalf("key without fraud: %d, want 403", code)
+		}
 	}
 	if code, _ := send(infer, ops); code != 403 {
 		t.Errorf("admin key on a function it does not list: %d, want 403", code)
 	}
-	if code, _ := send(infer, client); code != 200 {
-		t.Errorf("allowed key: %d, want 200", code)
-	}
-	// burst 3, one used: two more pass, then 429 with Retry-After.
-	var got429 bool
-	for i := 0; i < 4; i++ {
-		if code, h := send(infer, client); code == 429 {
-			got429 = h.Get("Retry-After") != ""
-			break
+	// rps 0.001 refills one token in 1000 s: exactly the burst of 3 passes,
+	// then 429 with Retry-After.
+	for i := 0; i < 3; i++ {
+		if code, _ := send(infer, client); code != 200 {
+			t.Fatalf("allowed key, request %d of its burst of 3: %d, want 200", i+1, code)
 		}
 	}
-	if !got429 {
-		t.Error("a key over its burst was never answered 429 with Retry-After")
+	if code, h := send(infer, client); code != 429 || h.Get("Retry-After") == "" {
+		t.Errorf("a key past its burst of 3: %d (Retry-After %q), want 429 with Retry-After", code, h.Get("Retry-After"))
 	}
 	get := func(url, key string) int {
 		req, _ := http.NewRequest("GET", url, nil)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -27,7 +28,9 @@ order, each by its own update of the Service's template, waiting for it to be Re
 before the next; then the traffic block is set from the function's flag (tags from
 function.yaml, percents from the flag's fractional rule). Conflicting writes are
 retried. The cluster comes from --kubeconfig, $KUBECONFIG, ~/.kube/config or, inside
-a pod, the in-cluster service account.`,
+a pod, the in-cluster service account. --dry-run prints the steps that cluster needs;
+with no cluster configured, the steps an empty cluster would need (its first line
+says which).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := src.Function(args[0])
@@ -37,8 +40,14 @@ a pod, the in-cluster service account.`,
 			if opts.Traffic, err = src.Split(m); err != nil {
 				return err
 			}
-			client, _, err := knative.NewClient(kubeconfig, kctx)
-			if err != nil {
+			client, host, err := knative.NewClient(kubeconfig, kctx)
+			header := "# dry run against " + host + ": the steps this cluster needs, each Service as it would be applied"
+			switch {
+			case opts.DryRun && errors.Is(err, knative.ErrNoCluster):
+				client = nil
+				header = "# dry run without a cluster (none configured: --kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster): " +
+					"the steps an EMPTY cluster would need, each Service as it would be applied"
+			case err != nil:
 				return err
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -49,6 +58,9 @@ a pod, the in-cluster service account.`,
 				return err
 			}
 			out := cmd.OutOrStdout()
+			if opts.DryRun {
+				fmt.Fprintln(out, header)
+			}
 			for _, s := range res.Steps {
 				if opts.DryRun {
 					raw, err := knative.Render(s.Service, fmt.Sprintf("# step: %s %s (dry run)\n", s.Action, s.Revision))

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -105,11 +106,18 @@ func TestServeWithEBPF(t *testing.T) {
 			Revisions []struct {
 				Name     string
 				Timeline *struct {
-					PID    int `json:"pid"`
+					PID    int    `json:"pid"`
+					Source string `json:"source"`
 					Events []struct {
 						Name     string  `json:"name"`
 						OffsetMS float64 `json:"offset_ms"`
 					} `json:"events"`
+					Anatomy []struct {
+						Phase      string             `json:"phase"`
+						WallMS     float64            `json:"wall_ms"`
+						StatesMS   map[string]float64 `json:"states_ms"`
+						ModelBytes int64              `json:"model_bytes"`
+					} `json:"anatomy"`
 				} `json:"cold_start_timeline"`
 				Instances []struct{ PID int }
 			}
@@ -149,6 +157,37 @@ func TestServeWithEBPF(t *testing.T) {
 							t.Errorf("timeline lacks %s: %+v", want, r.Timeline.Events)
 						}
 					}
+					// The anatomy adds up to the cold start, from exec (or
+					// the warm-pool process's specialisation) to the
+					// response, and saw the revision's model file read.
+					at := map[string]float64{}
+					for _, e := range r.Timeline.Events {
+						at[e.Name] = e.OffsetMS
+					}
+					from := "exec"
+					if r.Timeline.Source == "pool" {
+						from = "specialise_start"
+					}
+					wall := at["first_write"] - at[from]
+					var sum float64
+					var modelBytes int64
+					for _, ph := range r.Timeline.Anatomy {
+						for _, v := range ph.StatesMS {
+							sum += v
+						}
+						modelBytes += ph.ModelBytes
+						t.Logf("%s %s %-22s wall %8.3f ms %v model bytes %d", r.Name, r.Timeline.Source, ph.Phase, ph.WallMS, ph.StatesMS, ph.ModelBytes)
+					}
+					if len(r.Timeline.Anatomy) == 0 || math.Abs(sum-wall) > 0.1*wall {
+						t.Errorf("anatomy of %s adds up to %.3f ms, its cold start took %.3f ms: %+v", r.Name, sum, wall, r.Timeline.Anatomy)
+					}
+					model, err := os.Stat(filepath.Join("../../functions/fraud/models", r.Name+".onnx"))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if modelBytes < model.Size() {
+						t.Errorf("%s: %d bytes read from *.onnx during its cold start, the model has %d", r.Name, modelBytes, model.Size())
+					}
 					found = true
 				}
 			}
@@ -162,7 +201,9 @@ func TestServeWithEBPF(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	m := metricsText(t, url)
-	for _, want := range []string{"pilotlight_bpf_enabled 1", `pilotlight_bpf_runqueue_delay_seconds_count{function="fraud"`, `pilotlight_bpf_network_syscall_seconds_count{function="fraud"`, `pilotlight_bpf_cold_start_phase_seconds_count{function="fraud"`} {
+	for _, want := range []string{"pilotlight_bpf_enabled 1", `pilotlight_bpf_runqueue_delay_seconds_count{function="fraud"`,
+		`pilotlight_bpf_socket_receive_queue_seconds_count{function="fraud"`, `pilotlight_bpf_cold_start_phase_seconds_count{function="fraud"`,
+		`pilotlight_bpf_cold_start_time_seconds_count{function="fraud"`, `pilotlight_bpf_connections_total{direction="inbound",function="fraud",peer_class="router"`} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
@@ -193,8 +234,12 @@ func TestServeWithoutBPFPrivilegeKeepsServing(t *testing.T) {
 	if m := metricsText(t, url); !strings.Contains(m, "pilotlight_bpf_enabled 0") {
 		t.Error("pilotlight_bpf_enabled is not 0")
 	}
-	time.Sleep(100 * time.Millisecond)
-	if !strings.Contains(log.String(), "eBPF probes disabled") {
-		t.Errorf("no line saying why the probes are off:\n%s", log.String())
+	// serve logs why before it listens; the log is read concurrently.
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(log.String(), "eBPF probes disabled") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no line saying why the probes are off:\n%s", log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -99,10 +99,21 @@ is a result, printed with exit status 0; only a misused command fails.`,
 }
 
 func newFlagsValidateCmd() *cobra.Command {
-	return &cobra.Command{
+	var strict bool
+	cmd := &cobra.Command{
 		Use:   "validate FILE",
-		Short: "Report every problem in a flag file with its JSON path; exit 1 if there is any",
-		Args:  cobra.ExactArgs(1),
+		Short: "Report every problem in a flag file with its JSON path; exit 1 on errors (or on warnings with --strict)",
+		Long: `Report every problem in a flag file with its JSON path, one per line.
+
+Errors are what flagd refuses to load (malformed JSON, a field of the wrong
+JSON type, a defaultVariant that is not a variant, an empty evaluator): the
+router refuses such a file and keeps its last good flags. Warnings are what
+flagd loads and evaluates by its own rules (an operator given the wrong
+arguments yields null, so the default variant; a negative fractional weight
+counts as 0; a $ref to a missing evaluator makes that flag a PARSE_ERROR):
+the router serves such a file and logs each warning once per file version.
+Exit status 1 on any error, or on any warning with --strict.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			raw, err := readFlagFile(args[0])
 			if err != nil {
@@ -110,18 +121,29 @@ func newFlagsValidateCmd() *cobra.Command {
 			}
 			problems := flags.Validate(raw)
 			w := cmd.OutOrStdout()
-			if len(problems) == 0 {
-				fmt.Fprintln(w, "ok")
-				return nil
-			}
+			errs := len(flags.Errors(problems))
+			warnings := len(problems) - errs
 			for _, p := range problems {
 				fmt.Fprintln(w, p.String())
 			}
+			if errs == 0 && (warnings == 0 || !strict) {
+				if warnings == 0 {
+					fmt.Fprintln(w, "ok")
+				} else {
+					fmt.Fprintf(w, "ok: %d warning(s); flagd and Pilotlight load this file (--strict refuses it)\n", warnings)
+				}
+				return nil
+			}
 			cmd.SilenceErrors = true
 			cmd.SilenceUsage = true
-			return fmt.Errorf("%s: %d problem(s)", args[0], len(problems))
+			if errs == 0 {
+				return fmt.Errorf("%s: %d warning(s), refused by --strict", args[0], warnings)
+			}
+			return fmt.Errorf("%s: %d error(s), %d warning(s)", args[0], errs, warnings)
 		},
 	}
+	cmd.Flags().BoolVar(&strict, "strict", false, "treat warnings as errors")
+	return cmd
 }
 
 type evalOutput struct {

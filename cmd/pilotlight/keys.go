@@ -41,25 +41,26 @@ func (kf *keyFlags) register(cmd *cobra.Command) {
 	f.IntVar(&kf.burst, "burst", 0, "token-bucket burst for this key (0: 2 x rps, or the router's default 200)")
 }
 
-func (kf *keyFlags) entry(hash string) (auth.Entry, error) {
+// entry builds the key's entry and its YAML, validated exactly as the
+// router will validate them when it loads the file.
+func (kf *keyFlags) entry(hash string) (auth.Entry, string, error) {
 	e := auth.Entry{ID: kf.id, Hash: hash, Functions: kf.functions, Admin: kf.admin}
 	switch {
 	case kf.rps < 0 || kf.burst < 0:
-		return e, errors.New("--rps and --burst must not be negative")
+		return e, "", errors.New("--rps and --burst must not be negative")
 	case kf.burst > 0 && kf.rps == 0:
-		return e, errors.New("--burst needs --rps")
+		return e, "", errors.New("--burst needs --rps")
 	case kf.rps > 0:
 		e.Rate = &auth.Rate{RPS: kf.rps, Burst: kf.burst}
 	}
-	// Validate exactly as the router will when it loads the file.
 	doc, err := auth.EntryYAML(e)
 	if err != nil {
-		return e, err
+		return e, "", err
 	}
 	if _, err := auth.Parse([]byte("keys:\n"+indent(doc)), "the new key"); err != nil {
-		return e, err
+		return e, "", err
 	}
-	return e, nil
+	return e, doc, nil
 }
 
 func newKeysNewCmd() *cobra.Command {
@@ -81,7 +82,7 @@ func newKeysNewCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			e, err := kf.entry(auth.Sum(key))
+			e, _, err := kf.entry(auth.Sum(key))
 			if err != nil {
 				return err
 			}
@@ -121,11 +122,7 @@ func newKeysHashCmd() *cobra.Command {
 				fmt.Fprintln(cmd.OutOrStdout(), hash)
 				return nil
 			}
-			e, err := kf.entry(hash)
-			if err != nil {
-				return err
-			}
-			doc, err := auth.EntryYAML(e)
+			_, doc, err := kf.entry(hash)
 			if err != nil {
 				return err
 			}

@@ -17,14 +17,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/listener"
 	"github.com/pilotlight/pilotlight/runtime/ort"
 	"github.com/pilotlight/pilotlight/runtime/prewarm"
 	"github.com/pilotlight/pilotlight/runtime/server"
 )
-
-// listeningPrefix starts the line a runtime prints once it accepts
-// connections; the local engine reads the address from it.
-const listeningPrefix = "PILOTLIGHT_LISTENING "
 
 func newRuntimeCmd() *cobra.Command {
 	var (
@@ -96,7 +93,7 @@ and waits, not ready, for POST /admin/specialise (the local engine's warm pool).
 			if err != nil {
 				return fmt.Errorf("listen on %s:%d: %w", listen, port, err)
 			}
-			fmt.Fprintf(os.Stdout, "%s%s\n", listeningPrefix, ln.Addr())
+			fmt.Fprintf(os.Stdout, "%s%s\n", listener.ReadyPrefix, ln.Addr())
 			if m != nil {
 				go func() {
 					if err := srv.Load(ctx, m, revision); err != nil {

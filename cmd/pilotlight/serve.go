@@ -25,6 +25,7 @@ import (
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
+	"github.com/pilotlight/pilotlight/router/console"
 	"github.com/pilotlight/pilotlight/router/engine"
 	"github.com/pilotlight/pilotlight/router/knative"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
@@ -36,6 +37,7 @@ func newServeCmd() *cobra.Command {
 		addr, fnDir      string
 		flagsPath        string
 		withEBPF         bool
+		syscallLatency   bool
 		dev              bool
 		keysFile         string
 		adminAddr        string
@@ -90,7 +92,7 @@ func newServeCmd() *cobra.Command {
 			if os.Getenv("PILOTLIGHT_EBPF") == "1" {
 				withEBPF = true
 			}
-			probes := startProbes(withEBPF, reg, log)
+			probes := startProbes(withEBPF, syscallLatency, reg, log)
 			if probes != nil {
 				defer probes.Close()
 			}
@@ -108,6 +110,13 @@ func newServeCmd() *cobra.Command {
 						out := map[string]any{}
 						for k, tl := range probes.LatestTimelines() {
 							out[k] = tl
+						}
+						return out
+					}
+					lb.Connections = func() map[string]any {
+						out := map[string]any{}
+						for k, c := range probes.LatestConnections() {
+							out[k] = c
 						}
 						return out
 					}
@@ -149,6 +158,7 @@ func newServeCmd() *cobra.Command {
 				authNote = fmt.Sprintf("authentication on: %d API keys", keys.Len())
 				log.Info("authentication on", "keys", keys.IDs(), "admin_addr", adminAddr)
 			}
+			var flagWatcher *flags.Watcher
 			if flagsPath != "" {
 				w, err := flags.NewWatcher(flags.WatcherConfig{Path: flagsPath, Registerer: reg, Logger: log})
 				if err != nil {
@@ -165,9 +175,15 @@ func newServeCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				rcfg.Picker = picker
+				rcfg.Picker, flagWatcher = picker, w
 				log.Info("flags", "file", flagsPath, "version", w.Set().Version())
-				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log})
+				shadow, err := router.NewShadower(router.ShadowConfig{Functions: fns, Backend: backend, Registerer: reg, Logger: log})
+				if err != nil {
+					return err
+				}
+				defer shadow.Close()
+				rcfg.Shadow = shadow
+				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log, Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow})
 				defer ctl.Close()
 				rcfg.Rollouts = ctl
 			}
@@ -176,6 +192,11 @@ func newServeCmd() *cobra.Command {
 				return err
 			}
 			defer rt.Close()
+			ui, err := console.New(console.Config{Source: console.Platform{Functions: fns, Picker: rcfg.Picker, Engine: eng, Probes: probes, Rollouts: rcfg.Rollouts, Flags: flagWatcher, FlagsPath: flagsPath}, Gatherer: reg, Keys: rcfg.Keys, Logger: log})
+			if err != nil {
+				return fmt.Errorf("console: %w", err)
+			}
+			defer ui.Close()
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			ln, err := net.Listen("tcp", addr)
@@ -192,6 +213,11 @@ func newServeCmd() *cobra.Command {
 				scheme = "https"
 			}
 			fmt.Fprintf(os.Stdout, "pilotlight: listening on %s://%s (functions: %v; %s)\n", scheme, ln.Addr(), names, authNote)
+			mainHandler := rt.Handler()
+			if rt.AdminHandler() == nil { // the console sits beside /admin
+				mainHandler = ui.Wrap(mainHandler)
+				fmt.Fprintf(os.Stdout, "pilotlight: console on %s://%s%s\n", scheme, ln.Addr(), console.Path)
+			}
 			engDone := make(chan error, 1)
 			engCtx, engStop := context.WithCancel(context.Background())
 			defer engStop()
@@ -200,7 +226,7 @@ func newServeCmd() *cobra.Command {
 			} else {
 				engDone <- nil
 			}
-			srv := limits.Server(rt.GRPCHandler(rt.Handler()), log)
+			srv := limits.Server(rt.GRPCHandler(mainHandler), log)
 			if tlsCert == "" {
 				// gRPC without TLS: h2c on the same listener (with TLS, ALPN offers h2).
 				srv.Protocols = new(http.Protocols)
@@ -221,7 +247,8 @@ func newServeCmd() *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("admin listener on %s: %w (pass --admin-addr)", adminAddr, err)
 				}
-				asrv := limits.Server(h, log)
+				asrv := limits.Server(ui.Wrap(h), log)
+				fmt.Fprintf(os.Stdout, "pilotlight: console on http://%s%s\n", aln.Addr(), console.Path)
 				defer asrv.Close()
 				go func() { _ = asrv.Serve(aln) }()
 				log.Info("admin endpoints (/metrics, /admin) on their own listener", "addr", aln.Addr().String())
@@ -245,6 +272,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&addr, "addr", "127.0.0.1:8080", "router listen address")
 	f.StringVar(&fnDir, "functions", "functions", "directory whose subdirectories hold function.yaml files")
 	f.BoolVar(&withEBPF, "ebpf", false, "attach the eBPF probes (cold-start timelines, kernel latency per function); also PILOTLIGHT_EBPF=1")
+	f.BoolVar(&syscallLatency, "ebpf-syscall-latency", false, "with --ebpf, also time network syscalls (keeps syscall tracepoints attached: costs throughput, see bpf/README.md)")
 	f.BoolVar(&dev, "dev", false, "local development: authentication off and admin endpoints on the main listener (loopback only; make run uses it)")
 	f.StringVar(&keysFile, "keys-file", "", "API keys file (hashed at rest; see pilotlight keys new); keys in $PILOTLIGHT_API_KEYS are added")
 	f.StringVar(&adminAddr, "admin-addr", "127.0.0.1:9090", "listener for /metrics and /admin outside --dev (empty: main listener, admin keys required)")
@@ -288,12 +316,12 @@ func isLoopback(addr string) bool {
 
 // startProbes attaches the eBPF probes when asked; without privilege or
 // kernel support serving goes on and one line says why.
-func startProbes(want bool, reg prometheus.Registerer, log *slog.Logger) *bpf.Probes {
+func startProbes(want, syscallLatency bool, reg prometheus.Registerer, log *slog.Logger) *bpf.Probes {
 	if !want {
 		_ = bpf.Disabled(reg)
 		return nil
 	}
-	p, err := bpf.New(bpf.Config{ParentPID: os.Getpid(), Registerer: reg, Logger: log})
+	p, err := bpf.New(bpf.Config{ParentPID: os.Getpid(), Registerer: reg, Logger: log, SyscallLatency: syscallLatency})
 	if err != nil {
 		log.Warn(err.Error())
 		_ = bpf.Disabled(reg)

@@ -1,12 +1,17 @@
 package knative
 
 import (
+	"errors"
 	"fmt"
 
 	"k8s.io/client-go/tools/clientcmd"
 	servingclientset "knative.dev/serving/pkg/client/clientset/versioned"
 	servingclient "knative.dev/serving/pkg/client/clientset/versioned/typed/serving/v1"
 )
+
+// ErrNoCluster is what NewClient's error wraps when no cluster is configured
+// at all (no kubeconfig anywhere and not inside a pod).
+var ErrNoCluster = errors.New("no cluster configured")
 
 // NewClient connects to a cluster's Knative Serving API the way kubectl and
 // kn do: the kubeconfig file given, else $KUBECONFIG, else ~/.kube/config,
@@ -18,6 +23,9 @@ func NewClient(kubeconfig, kubeContext string) (servingclient.ServingV1Interface
 	rules.ExplicitPath = kubeconfig
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
 		&clientcmd.ConfigOverrides{CurrentContext: kubeContext}).ClientConfig()
+	if clientcmd.IsEmptyConfig(err) {
+		return nil, "", fmt.Errorf("load cluster config: %w (pass --kubeconfig, set $KUBECONFIG, write ~/.kube/config, or run in a pod)", ErrNoCluster)
+	}
 	if err != nil {
 		return nil, "", fmt.Errorf("load cluster config (--kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster): %w", err)
 	}

@@ -29,11 +29,15 @@ type cluster struct {
 	t  *testing.T
 	cs *fake.Clientset
 
-	mu      sync.Mutex
-	ready   bool                    // reconcile to Ready=True
-	urlFor  func(tag string) string // status URL for a tag ("" = the service URL)
-	creates int
-	updates int
+	mu    sync.Mutex
+	ready bool // reconcile to Ready=True
+	// routeLag keeps the Service's first generation Ready=Unknown
+	// IngressNotConfigured while its revision is Ready, as a live cluster
+	// does until the networking layer programs the route.
+	routeLag bool
+	urlFor   func(tag string) string // status URL for a tag ("" = the service URL)
+	creates  int
+	updates  int
 }
 
 var (
@@ -111,6 +115,14 @@ func (c *cluster) reconcile(svc *servingv1.Service) {
 		Name: tmpl, Namespace: svc.Namespace,
 		Labels: map[string]string{serving.ServiceLabelKey: svc.Name},
 	}}
+	revReady := corev1.ConditionUnknown
+	if c.ready {
+		revReady = corev1.ConditionTrue
+	}
+	rev.Status.Conditions = duckv1.Conditions{{Type: servingv1.RevisionConditionReady, Status: revReady}}
+	if !c.ready {
+		rev.Status.Conditions[0].Reason, rev.Status.Conditions[0].Message = "Deploying", "waiting for the deployment's pods"
+	}
 	if err := c.cs.Tracker().Create(revisionsGVR, rev, svc.Namespace); err != nil && !apierrors.IsAlreadyExists(err) {
 		c.t.Errorf("create revision: %v", err)
 	}
@@ -122,6 +134,11 @@ func (c *cluster) reconcile(svc *servingv1.Service) {
 		return
 	}
 	svc.Status.LatestReadyRevisionName = tmpl
+	if c.routeLag && svc.Generation == 1 {
+		svc.Status.Conditions = duckv1.Conditions{{Type: servingv1.ServiceConditionReady, Status: corev1.ConditionUnknown,
+			Reason: "IngressNotConfigured", Message: "Ingress has not yet been reconciled."}}
+		return
+	}
 	svc.Status.Conditions = duckv1.Conditions{{Type: servingv1.ServiceConditionReady, Status: corev1.ConditionTrue}}
 	svc.Status.URL, _ = apis.ParseURL(c.urlFor(""))
 	svc.Status.Traffic = nil
@@ -131,6 +148,23 @@ func (c *cluster) reconcile(svc *servingv1.Service) {
 			t.URL, _ = apis.ParseURL(c.urlFor(t.Tag))
 		}
 		svc.Status.Traffic = append(svc.Status.Traffic, t)
+	}
+}
+
+// resync republishes the stored Service's status, as Knative's controllers
+// do on their own when something they watch changes (urlFor, say).
+func (c *cluster) resync(t *testing.T) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	obj, err := c.cs.Tracker().Get(servicesGVR, DefaultNamespace, "fraud")
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := obj.(*servingv1.Service).DeepCopy()
+	c.reconcile(svc)
+	if err := c.cs.Tracker().Update(servicesGVR, svc, svc.Namespace); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -65,6 +65,7 @@ type Result struct {
 // revision missing in the cluster is created by its own apply, oldest first,
 // and the traffic block only ever names revisions that exist.
 type Deployer struct {
+	// Client reaches the cluster; nil plans a dry run for an empty cluster.
 	Client servingclient.ServingV1Interface
 	Log    *slog.Logger
 	// Progress receives a line whenever the awaited state changes, and every
@@ -92,16 +93,25 @@ func (d *Deployer) Deploy(ctx context.Context, m *functions.Manifest, opts Deplo
 		split = flags.Split{opts.Revision: 100}
 	}
 
-	current, err := d.Client.Services(opts.Namespace).Get(ctx, m.Name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		current = nil
-	case err != nil:
-		return nil, fmt.Errorf("deploy %s: get service %s/%s: %w", m.Name, opts.Namespace, m.Name, err)
-	}
-	exists, err := d.existingRevisions(ctx, m, opts.Namespace, m.Revisions[:target+1])
-	if err != nil {
-		return nil, err
+	var current *servingv1.Service
+	exists := map[string]bool{}
+	if d.Client == nil {
+		// No cluster: a dry run plans for an empty one.
+		if !opts.DryRun {
+			return nil, fmt.Errorf("deploy %s: %w", m.Name, ErrNoCluster)
+		}
+	} else {
+		var err error
+		current, err = d.Client.Services(opts.Namespace).Get(ctx, m.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			current = nil
+		case err != nil:
+			return nil, fmt.Errorf("deploy %s: get service %s/%s: %w", m.Name, opts.Namespace, m.Name, err)
+		}
+		if exists, err = d.existingRevisions(ctx, m, opts.Namespace, m.Revisions[:target+1]); err != nil {
+			return nil, err
+		}
 	}
 
 	// One step per missing revision, oldest first; if the target already
@@ -162,9 +172,26 @@ func (d *Deployer) Deploy(ctx context.Context, m *functions.Manifest, opts Deplo
 		if err != nil {
 			return res, fmt.Errorf("deploy %s revision %s: %w", m.Name, rev, err)
 		}
-		current, exists[rev] = applied, true
+		if applied == nil {
+			// Nothing differed from the cluster: nothing was sent.
+			res.Steps[len(res.Steps)-1].Action = "unchanged"
+			log.Info("knative service already as wanted", "revision", rev)
+		} else {
+			current = applied
+		}
+		exists[rev] = true
 		if last && !opts.Wait {
 			break
+		}
+		if !last {
+			// The next step's traffic block names this revision: it must
+			// exist and be Ready itself. The Service as a whole may not be
+			// Ready yet (its route waits on the networking layer), and
+			// nothing in the next step depends on that.
+			if err := d.waitRevisionReady(ctx, opts.Namespace, m.Name, desired.Spec.Template.Name, opts.Timeout); err != nil {
+				return res, err
+			}
+			continue
 		}
 		ready, err := d.waitReady(ctx, opts.Namespace, m.Name, desired.Spec.Template.Name, opts.Timeout)
 		if err != nil {
@@ -235,7 +262,8 @@ func (d *Deployer) existingRevisions(ctx context.Context, m *functions.Manifest,
 }
 
 // apply creates or updates, re-reading and retrying when someone else
-// changed the Service in between (409 Conflict), as kubectl apply would.
+// changed the Service in between (409 Conflict), as kubectl apply would. It
+// returns nil, nil when the Service already is as desired (nothing sent).
 func (d *Deployer) apply(ctx context.Context, desired *servingv1.Service) (*servingv1.Service, error) {
 	client := d.Client.Services(desired.Namespace)
 	var out *servingv1.Service
@@ -259,6 +287,10 @@ func (d *Deployer) apply(ctx context.Context, desired *servingv1.Service) (*serv
 		}
 		next.Annotations = mergeMaps(cur.Annotations, desired.Annotations)
 		next.Spec = desired.Spec
+		if equality.Semantic.DeepEqual(next.ObjectMeta, cur.ObjectMeta) && equality.Semantic.DeepEqual(next.Spec, cur.Spec) {
+			out = nil // a second deploy of the same thing writes nothing
+			return nil
+		}
 		out, err = client.Update(ctx, next, metav1.UpdateOptions{})
 		return err
 	})
@@ -292,7 +324,7 @@ func (d *Deployer) waitReady(ctx context.Context, ns, name, revision string, tim
 			ready, state := readiness(svc, revision)
 			// One line per change of state, and a heartbeat while it lasts.
 			if state != lastState || time.Since(lastPrint) >= progressHeartbeat {
-				d.progress("%s: waiting for revision %s: %s (%s)\n", name, revision, state, time.Since(start).Round(time.Second))
+				d.progress("%s: waiting for service %s to be Ready with revision %s: %s (%s)\n", name, name, revision, state, time.Since(start).Round(time.Second))
 				lastState, lastPrint = state, time.Now()
 			}
 			if ready {
@@ -313,6 +345,81 @@ func (d *Deployer) waitReady(ctx context.Context, ns, name, revision string, tim
 		case <-tick.C:
 		}
 	}
+}
+
+// waitRevisionReady polls until the Revision itself is Ready (an older
+// revision, before the next step names it in the traffic block); it fails
+// early when Knative reports the revision failed.
+func (d *Deployer) waitRevisionReady(ctx context.Context, ns, service, revision string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	interval := d.PollInterval
+	if interval <= 0 {
+		interval = defaultPollInterval
+	}
+	start := time.Now()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	state := "never read"
+	var lastState string
+	var lastPrint time.Time
+	for {
+		rev, err := d.Client.Revisions(ns).Get(ctx, revision, metav1.GetOptions{})
+		switch {
+		case err == nil:
+			var ready, failed bool
+			ready, failed, state = revisionReadiness(rev)
+			if state != lastState || time.Since(lastPrint) >= progressHeartbeat {
+				d.progress("%s: waiting for revision %s to be Ready: %s (%s)\n", service, revision, state, time.Since(start).Round(time.Second))
+				lastState, lastPrint = state, time.Now()
+			}
+			if ready {
+				return nil
+			}
+			if failed {
+				return revisionNotReady(ns, service, revision, "failed: "+state)
+			}
+		case apierrors.IsNotFound(err):
+			state = "not created yet"
+			if state != lastState {
+				d.progress("%s: waiting for revision %s to be Ready: %s (%s)\n", service, revision, state, time.Since(start).Round(time.Second))
+				lastState, lastPrint = state, time.Now()
+			}
+		case ctx.Err() == nil:
+			d.logger().Warn("get revision while waiting", "revision", revision, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return revisionNotReady(ns, service, revision, "not ready after "+timeout.String()+": "+state)
+			}
+			return fmt.Errorf("wait for revision %s/%s: %w", ns, revision, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+func revisionReadiness(rev *servingv1.Revision) (ready, failed bool, state string) {
+	if rev.Status.ObservedGeneration < rev.Generation {
+		return false, false, fmt.Sprintf("generation %d not observed yet", rev.Generation)
+	}
+	c := rev.Status.GetCondition(servingv1.RevisionConditionReady)
+	switch {
+	case c == nil:
+		return false, false, "Ready unknown"
+	case c.IsTrue():
+		return true, false, "Ready"
+	case c.IsFalse():
+		return false, true, fmt.Sprintf("Ready=False %s %s", c.Reason, c.Message)
+	}
+	return false, false, fmt.Sprintf("Ready=%s %s %s", c.Status, c.Reason, c.Message)
+}
+
+func revisionNotReady(ns, service, revision, what string) error {
+	return fmt.Errorf("service %s/%s: revision %s %s; check `kubectl -n %s describe revision %s` and "+
+		"`kubectl -n %s get pods -l serving.knative.dev/revision=%s` "+
+		"(image pull errors, the readiness probe /v2/health/ready, missing model files under /functions/%s)",
+		ns, service, revision, what, ns, revision, ns, revision, service)
 }
 
 func readiness(svc *servingv1.Service, revision string) (bool, string) {

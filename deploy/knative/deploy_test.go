@@ -72,8 +72,36 @@ func TestDeployFirstTimeCreatesRevisionsInOrder(t *testing.T) {
 	if res.URL != "http://fraud.pilotlight.svc.cluster.local" {
 		t.Errorf("URL %q", res.URL)
 	}
-	if !strings.Contains(progress.String(), "fraud: waiting for revision fraud-00002: Ready") {
-		t.Errorf("no progress line: %q", progress.String())
+	// The older revision is awaited on its own readiness, the Service only at
+	// the end; each line names what it waits on.
+	for _, want := range []string{"fraud: waiting for revision fraud-00001 to be Ready: Ready",
+		"fraud: waiting for service fraud to be Ready with revision fraud-00002: Ready"} {
+		if !strings.Contains(progress.String(), want) {
+			t.Errorf("no progress line %q in %q", want, progress.String())
+		}
+	}
+	if strings.Contains(progress.String(), "service fraud to be Ready with revision fraud-00001") {
+		t.Errorf("waited on the Service for the intermediate revision: %q", progress.String())
+	}
+}
+
+// TestDeployWaitsOnTheRevisionForOlderSteps: a live cluster showed the
+// older revision Ready=True while the Service still said Ready=Unknown
+// IngressNotConfigured; the next step needs only the revision.
+func TestDeployWaitsOnTheRevisionForOlderSteps(t *testing.T) {
+	c := newCluster(t)
+	c.routeLag = true
+	m := fraudManifest(t)
+	var progress bytes.Buffer
+	res, err := deployer(c, &progress).Deploy(context.Background(), m, DeployOptions{Options: Options{Traffic: fraudSplit(t, m)}, Wait: true, Timeout: time.Second})
+	if err != nil {
+		t.Fatalf("deploy: %v (progress %q)", err, progress.String())
+	}
+	if got := stepsOf(res); !slices.Equal(got, []string{"create fraud-00001", "update fraud-00002"}) {
+		t.Errorf("steps %v", got)
+	}
+	if strings.Contains(progress.String(), "IngressNotConfigured") {
+		t.Errorf("the intermediate step waited on the Service's route: %q", progress.String())
 	}
 }
 
@@ -98,17 +126,18 @@ func TestDeployUpdateAddsOneRevision(t *testing.T) {
 		t.Errorf("traffic %q", got)
 	}
 
-	// Re-running is a no-op update Knative accepts.
-	gen := c.service(t).Generation
+	// Re-running with nothing changed sends nothing.
+	gen, rv, updates := c.service(t).Generation, c.service(t).ResourceVersion, c.updates
 	res, err = d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: fraudSplit(t, m)}, Wait: true, Timeout: time.Second})
 	if err != nil {
 		t.Fatalf("redeploy: %v", err)
 	}
-	if got := stepsOf(res); !slices.Equal(got, []string{"traffic fraud-00002"}) {
+	if got := stepsOf(res); !slices.Equal(got, []string{"unchanged fraud-00002"}) {
 		t.Errorf("redeploy steps %v", got)
 	}
-	if c.service(t).Generation != gen {
-		t.Error("redeploying the same inputs changed the spec")
+	if svc := c.service(t); svc.Generation != gen || svc.ResourceVersion != rv || c.updates != updates {
+		t.Errorf("redeploying the same inputs wrote the Service (generation %d->%d, resourceVersion %s->%s, %d updates)",
+			gen, svc.Generation, rv, svc.ResourceVersion, c.updates-updates)
 	}
 	// A flag change moves only traffic.
 	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: flags.Split{"fraud-00001": 50, "fraud-00002": 50}}}); err != nil {
@@ -142,7 +171,7 @@ func TestDeployUpdateAddsOneRevision(t *testing.T) {
 		t.Error("service not cluster-local again")
 	}
 	// A changed image under an existing revision name is refused before sending.
-	updates := c.updates
+	updates = c.updates
 	_, err = d.Deploy(ctx, m, DeployOptions{Options: Options{Image: "registry.example/other:1"}})
 	if err == nil || !strings.Contains(err.Error(), "revision fraud-00002 already exists in pilotlight with a different image (registry.example/other:1") {
 		t.Fatalf("err = %v, want a refusal to rewrite an existing revision", err)
@@ -193,7 +222,7 @@ func TestDeployNotReadyTimesOut(t *testing.T) {
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("took %s for a 100ms timeout", time.Since(start))
 	}
-	for _, want := range []string{"revision fraud-00001", "not ready after 100ms", "RevisionMissing", "kubectl -n pilotlight describe revision fraud-00001", "/v2/health/ready"} {
+	for _, want := range []string{"revision fraud-00001", "not ready after 100ms", "Deploying", "kubectl -n pilotlight describe revision fraud-00001", "/v2/health/ready"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
@@ -202,7 +231,7 @@ func TestDeployNotReadyTimesOut(t *testing.T) {
 	if tmpl := c.service(t).Spec.Template.Name; tmpl != "fraud-00001" {
 		t.Errorf("template moved on to %s before the first revision was ready", tmpl)
 	}
-	if !strings.Contains(progress.String(), "Ready=Unknown RevisionMissing") {
+	if !strings.Contains(progress.String(), "waiting for revision fraud-00001 to be Ready: Ready=Unknown Deploying") {
 		t.Errorf("progress %q", progress.String())
 	}
 }
@@ -234,5 +263,32 @@ func TestDeployRefusesForeignRevision(t *testing.T) {
 	_, err := deployer(c, nil).Deploy(context.Background(), m, DeployOptions{})
 	if err == nil || !strings.Contains(err.Error(), `belongs to service "impostor"`) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestDryRunWithoutAClusterPlansForAnEmptyOne: with no cluster configured,
+// NewClient says so (ErrNoCluster) and a dry run with no client plans every
+// revision from scratch; a real deploy without a client is refused.
+func TestDryRunWithoutAClusterPlansForAnEmptyOne(t *testing.T) {
+	t.Setenv("KUBECONFIG", "")
+	t.Setenv("HOME", t.TempDir())
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	if _, _, err := NewClient("", ""); !errors.Is(err, ErrNoCluster) {
+		t.Fatalf("NewClient with nothing configured: %v, want ErrNoCluster", err)
+	}
+	m := fraudManifest(t)
+	d := &Deployer{}
+	res, err := d.Deploy(context.Background(), m, DeployOptions{Options: Options{Traffic: fraudSplit(t, m)}, DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stepsOf(res); !slices.Equal(got, []string{"create fraud-00001", "update fraud-00002"}) {
+		t.Errorf("dry run for an empty cluster: steps %v", got)
+	}
+	if got := trafficOf(res.Steps[1].Service); got != "stable=fraud-00001:90 canary=fraud-00002:10" {
+		t.Errorf("last step's traffic %q", got)
+	}
+	if _, err := d.Deploy(context.Background(), m, DeployOptions{}); !errors.Is(err, ErrNoCluster) {
+		t.Errorf("deploy without a cluster: %v, want ErrNoCluster", err)
 	}
 }

@@ -129,9 +129,7 @@ func TestResolverTTLAndUntaggedRevision(t *testing.T) {
 	}
 	// The tag "next" moves to a URL the cache does not know yet.
 	c.urlFor = func(tag string) string { return "http://" + tag + "-moved.example" }
-	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: flags.Split{"fraud-00001": 100}}, Wait: true, Timeout: time.Second}); err != nil {
-		t.Fatal(err)
-	}
+	c.resync(t)
 	// Still cached, and fraud-00002 was cached too by the first read.
 	if u, _ := r.Resolve(ctx, "fraud", "fraud-00002"); u.String() != "http://next-fraud.pilotlight.svc.cluster.local" {
 		t.Errorf("within TTL: %v", u)
@@ -141,9 +139,7 @@ func TestResolverTTLAndUntaggedRevision(t *testing.T) {
 		t.Errorf("after TTL: %v, want the moved URL", u)
 	}
 	c.urlFor = func(tag string) string { return "http://" + tag + "-again.example" }
-	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: flags.Split{"fraud-00001": 100}}, Wait: true, Timeout: time.Second}); err != nil {
-		t.Fatal(err)
-	}
+	c.resync(t)
 	r.Invalidate("fraud")
 	if u, _ := r.Resolve(ctx, "fraud", "fraud-00002"); u.String() != "http://next-again.example" {
 		t.Errorf("after Invalidate: %v", u)

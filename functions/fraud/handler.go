@@ -10,9 +10,7 @@ package fraud
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"math"
 	"sort"
 	"strconv"
@@ -27,7 +25,7 @@ const HandlerName = "fraud"
 
 // Limits and thresholds of the handler.
 const (
-	MaxBatch        = 256   // transactions in one {"transactions": [...]} request
+	MaxTransactions = 256   // transactions in one {"transactions": [...]} request
 	MaxAmount       = 1e9   // amount and avg_amount_30d upper bound
 	MaxTxLast24h    = 10000 // tx_last_24h upper bound
 	BlockThreshold  = 0.8   // fraud_probability >= this: "block"
@@ -108,12 +106,9 @@ type request struct {
 
 // Decode implements functions.Handler.
 func (Handler) Decode(body []byte) (*functions.Invocation, error) {
-	var top map[string]json.RawMessage
-	if err := strictDecode(body, &top, ""); err != nil {
+	top, err := functions.StrictJSON{}.Object(body, `a JSON object (a transaction or {"transactions": [...]})`)
+	if err != nil {
 		return nil, err
-	}
-	if top == nil {
-		return nil, functions.Badf("request body must be a JSON object (a transaction or {\"transactions\": [...]})")
 	}
 	raw, isBatch := top["transactions"]
 	var txs []Transaction
@@ -132,14 +127,14 @@ func (Handler) Decode(body []byte) (*functions.Invocation, error) {
 			}
 		}
 		var items []json.RawMessage
-		if err := strictDecode(raw, &items, "transactions"); err != nil {
+		if err := (functions.StrictJSON{At: "transactions"}).Decode(raw, &items); err != nil {
 			return nil, err
 		}
 		switch {
 		case len(items) == 0:
 			return nil, functions.Badf("transactions: must hold at least one transaction")
-		case len(items) > MaxBatch:
-			return nil, functions.Badf("transactions: %d transactions, at most %d per request", len(items), MaxBatch)
+		case len(items) > MaxTransactions:
+			return nil, functions.Badf("transactions: %d transactions, at most %d per request", len(items), MaxTransactions)
 		}
 		txs = make([]Transaction, len(items))
 		for i, it := range items {
@@ -172,96 +167,27 @@ func (Handler) Decode(body []byte) (*functions.Invocation, error) {
 	}, nil
 }
 
-// strictDecode decodes exactly one JSON value with unknown fields rejected,
-// turning decoder errors into BadRequests that name the field (prefixed by at).
-func strictDecode(raw []byte, v any, at string) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return badJSON(err, at)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return functions.Badf("%smalformed JSON: unexpected data after the top-level value", where(at))
-	}
-	return nil
-}
-
-func where(at string) string {
-	if at == "" {
-		return ""
-	}
-	return strings.TrimSuffix(at, ".") + ": "
-}
-
-func badJSON(err error, at string) error {
-	var typeErr *json.UnmarshalTypeError
-	var syntaxErr *json.SyntaxError
-	switch {
-	case errors.As(err, &typeErr):
-		field := at + typeErr.Field
-		if typeErr.Field == "" {
-			field = strings.TrimSuffix(at, ".")
-		}
-		if field == "" {
-			return functions.Badf("request body must be a JSON object, got a JSON %s", typeErr.Value)
-		}
-		return functions.Badf("%s: must be %s, got JSON %s", field, kind(typeErr.Type.Kind().String()), typeErr.Value)
-	case errors.As(err, &syntaxErr):
-		return functions.Badf("%smalformed JSON at byte %d: %v", where(at), syntaxErr.Offset, syntaxErr)
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return functions.Badf("%smalformed JSON: unexpected end of input", where(at))
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return functions.Badf("%s%s: unknown field", at, name)
-	}
-	return functions.Badf("%smalformed JSON: %v", where(at), err)
-}
-
-func kind(k string) string {
-	switch k {
-	case "float64", "float32":
-		return "a number"
-	case "int", "int64", "int32":
-		return "an integer"
-	case "string":
-		return "a string"
-	case "bool":
-		return "a boolean"
-	case "slice":
-		return "an array"
-	case "map", "struct":
-		return "an object"
-	}
-	return "a " + k
-}
-
 // decodeTx strictly decodes and validates one transaction; at prefixes field names.
 func decodeTx(raw []byte, at string) (Transaction, error) {
 	var r request
-	if err := strictDecode(raw, &r, at); err != nil {
+	if err := (functions.StrictJSON{At: at}).Decode(raw, &r); err != nil {
 		return Transaction{}, err
 	}
 	if bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
 		return Transaction{}, functions.Badf("%s: must be a transaction object, got null", strings.TrimSuffix(at, ".")+orRequest(at))
 	}
-	missing := func(f string) error { return functions.Badf("%s%s: required field is missing", at, f) }
-	switch {
-	case r.Amount == nil:
-		return Transaction{}, missing("amount")
-	case r.AvgAmount == nil:
-		return Transaction{}, missing("avg_amount_30d")
-	case r.MerchantCategory == nil:
-		return Transaction{}, missing("merchant_category")
-	case r.Country == nil:
-		return Transaction{}, missing("country")
-	case r.HomeCountry == nil:
-		return Transaction{}, missing("home_country")
-	case r.Hour == nil:
-		return Transaction{}, missing("hour")
-	case r.DeviceNew == nil:
-		return Transaction{}, missing("device_new")
-	case r.TxLast24h == nil:
-		return Transaction{}, missing("tx_last_24h")
+	for _, f := range []struct {
+		name    string
+		missing bool
+	}{
+		{"amount", r.Amount == nil}, {"avg_amount_30d", r.AvgAmount == nil},
+		{"merchant_category", r.MerchantCategory == nil}, {"country", r.Country == nil},
+		{"home_country", r.HomeCountry == nil}, {"hour", r.Hour == nil},
+		{"device_new", r.DeviceNew == nil}, {"tx_last_24h", r.TxLast24h == nil},
+	} {
+		if f.missing {
+			return Transaction{}, functions.Badf("%s%s: required field is missing", at, f.name)
+		}
 	}
 	for _, f := range []struct {
 		name string

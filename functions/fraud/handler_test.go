@@ -46,7 +46,7 @@ func TestDecodeValid(t *testing.T) {
 		{"zero amount", with("amount", "0"), 1},
 		{"hour 23", with("hour", "23"), 1},
 		{"batch of one", batchOf(1, validTx), 1},
-		{"batch of 256", batchOf(fraud.MaxBatch, validTx), fraud.MaxBatch},
+		{"batch of 256", batchOf(fraud.MaxTransactions, validTx), fraud.MaxTransactions},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			inv, err := fraud.Handler{}.Decode([]byte(tc.body))
@@ -130,7 +130,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"negative velocity", with("tx_last_24h", `-2`), "tx_last_24h: -2 out of range"},
 		{"empty batch", `{"transactions": []}`, "transactions: must hold at least one"},
 		{"null batch", `{"transactions": null}`, "transactions: must hold at least one"},
-		{"batch too big", batchOf(fraud.MaxBatch+1, validTx), "transactions: 257 transactions, at most 256"},
+		{"batch too big", batchOf(fraud.MaxTransactions+1, validTx), "transactions: 257 transactions, at most 256"},
 		{"batch not array", `{"transactions": {}}`, "transactions: must be an array"},
 		{"batch item bad", batchOf(2, validTx)[:len(batchOf(2, validTx))-2] + `, {"amount": "x"}]}`, "transactions[2].amount: must be a number"},
 		{"batch item not object", `{"transactions": [5]}`, "transactions[0]: must be an object"},
@@ -248,7 +248,7 @@ func FuzzDecode(f *testing.F) {
 			}
 			return
 		}
-		if inv.Rows < 1 || inv.Rows > fraud.MaxBatch || len(inv.Inputs) != 1 {
+		if inv.Rows < 1 || inv.Rows > fraud.MaxTransactions || len(inv.Inputs) != 1 {
 			t.Fatalf("rows %d, inputs %d", inv.Rows, len(inv.Inputs))
 		}
 		x := inv.Inputs[0]

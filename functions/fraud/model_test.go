@@ -1,15 +1,13 @@
 package fraud_test
 
 import (
-	"bytes"
-	"context"
 	"math"
-	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/fraud"
+	"github.com/pilotlight/pilotlight/functions/functionstest"
 	"github.com/pilotlight/pilotlight/functions/tensor"
 	"github.com/pilotlight/pilotlight/runtime/ort"
 )
@@ -104,7 +102,8 @@ func TestLRContributionsSumToLogit(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, c := out["probability"].Data.([]float32), out["contributions"].Data.([]float32)
-	var bias float64
+	var first float64
+	compared := 0
 	for i := range 200 {
 		pi := float64(p[i])
 		if pi < 1e-5 || pi > 1-1e-5 {
@@ -115,45 +114,26 @@ func TestLRContributionsSumToLogit(t *testing.T) {
 			sum += float64(v)
 		}
 		b := math.Log(pi/(1-pi)) - sum
-		if i > 0 && bias != 0 && math.Abs(b-bias) > 1e-3 {
-			t.Fatalf("row %d: logit - sum(contributions) = %.5f, earlier rows %.5f", i, b, bias)
+		if compared == 0 {
+			first = b // every later row is compared with this one: no drift
+		} else if math.Abs(b-first) > 1e-3 {
+			t.Fatalf("row %d: logit - sum(contributions) = %.5f, the first compared row %.5f", i, b, first)
 		}
-		bias = b
+		compared++
+	}
+	if compared < 100 {
+		t.Fatalf("only %d of 200 rows had a probability away from 0 and 1; want at least 100 compared", compared)
 	}
 }
 
 // TestReexportReproducesCommittedModels retrains into a temporary directory
 // and compares with the committed files byte for byte.
 func TestReexportReproducesCommittedModels(t *testing.T) {
-	dir := t.TempDir()
-	var progress bytes.Buffer
-	if err := fraud.Train(context.Background(), dir, &progress); err != nil {
-		t.Fatalf("train: %v\n%s", err, progress.String())
-	}
-	for _, rev := range []string{fraud.RevisionLR, fraud.RevisionMLP} {
-		fresh, err := os.ReadFile(filepath.Join(dir, rev+".onnx"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		committed, err := os.ReadFile(filepath.Join("models", rev+".onnx"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(fresh, committed) {
-			t.Errorf("%s: re-exported model (%d bytes) differs from models/%s.onnx (%d bytes); run `pilotlight train fraud` and commit", rev, len(fresh), rev, len(committed))
-		}
-	}
-	if !bytes.Contains(progress.Bytes(), []byte("holdout_auc")) {
-		t.Errorf("progress has no holdout_auc lines:\n%s", progress.String())
-	}
+	functionstest.Reexport(t, "fraud", fraud.Train, "models", []string{fraud.RevisionLR, fraud.RevisionMLP}, "holdout_auc")
 }
 
 func TestTrainHonoursCancellation(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := fraud.Train(ctx, t.TempDir(), nil); err == nil {
-		t.Fatal("Train with a cancelled context succeeded")
-	}
+	functionstest.TrainHonoursCancellation(t, fraud.Train)
 }
 
 // TestManifest loads function.yaml with its models and builds its handler.

@@ -7,14 +7,9 @@
 package recommend
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"math"
 	"strconv"
-	"strings"
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/tensor"
@@ -62,6 +57,12 @@ type ItemScore struct {
 	Score  float64 `json:"score"`
 }
 
+// requestJSON decodes a request, naming what each field must be.
+var requestJSON = functions.StrictJSON{
+	Want:  map[string]string{"user_id": "an integer", "k": "an integer", "candidates": "an array of integer item ids"},
+	Known: "(known: user_id, k, candidates)",
+}
+
 type request struct {
 	UserID     *int64  `json:"user_id"`
 	K          *int    `json:"k"`
@@ -70,15 +71,12 @@ type request struct {
 
 // Decode implements functions.Handler.
 func (Handler) Decode(body []byte) (*functions.Invocation, error) {
-	var top map[string]json.RawMessage
-	if err := strictDecode(body, &top); err != nil {
+	// An object first, so a non-object body is named as such, not as a field.
+	if _, err := (functions.StrictJSON{}).Object(body, "a JSON object with user_id"); err != nil {
 		return nil, err
 	}
-	if top == nil {
-		return nil, functions.Badf("request body must be a JSON object with user_id")
-	}
 	var r request
-	if err := strictDecode(body, &r); err != nil {
+	if err := requestJSON.Decode(body, &r); err != nil {
 		return nil, err
 	}
 	if r.UserID == nil {
@@ -160,44 +158,6 @@ func encode(out map[string]*tensor.Tensor, uid int64, k int, allowed map[int64]b
 		return Response{}, fmt.Errorf("recommend model returned %d usable items, want %d", len(resp.Items), k)
 	}
 	return resp, nil
-}
-
-// strictDecode decodes exactly one JSON value with unknown fields rejected,
-// turning decoder errors into BadRequests that name the field.
-func strictDecode(raw []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return badJSON(err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return functions.Badf("malformed JSON: unexpected data after the top-level value")
-	}
-	return nil
-}
-
-func badJSON(err error) error {
-	var typeErr *json.UnmarshalTypeError
-	var syntaxErr *json.SyntaxError
-	switch {
-	case errors.As(err, &typeErr):
-		if typeErr.Field == "" {
-			return functions.Badf("request body must be a JSON object, got a JSON %s", typeErr.Value)
-		}
-		want := "an integer"
-		if typeErr.Field == "candidates" {
-			want = "an array of integer item ids"
-		}
-		return functions.Badf("%s: must be %s, got JSON %s", typeErr.Field, want, typeErr.Value)
-	case errors.As(err, &syntaxErr):
-		return functions.Badf("malformed JSON at byte %d: %v", syntaxErr.Offset, syntaxErr)
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return functions.Badf("malformed JSON: unexpected end of input")
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return functions.Badf("%s: unknown field (known: user_id, k, candidates)", name)
-	}
-	return functions.Badf("malformed JSON: %v", err)
 }
 
 // shortest widens a model's float32 to the float64 with the same shortest

@@ -1,15 +1,14 @@
 package recommend_test
 
 import (
-	"bytes"
 	"cmp"
-	"context"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/functions/functionstest"
 	"github.com/pilotlight/pilotlight/functions/recommend"
 	"github.com/pilotlight/pilotlight/functions/tensor"
 	"github.com/pilotlight/pilotlight/runtime/ort"
@@ -109,33 +108,11 @@ func TestModelSignature(t *testing.T) {
 }
 
 func TestReexportReproducesCommittedModel(t *testing.T) {
-	dir := t.TempDir()
-	var progress bytes.Buffer
-	if err := recommend.Train(context.Background(), dir, &progress); err != nil {
-		t.Fatalf("train: %v\n%s", err, progress.String())
-	}
-	fresh, err := os.ReadFile(filepath.Join(dir, recommend.Revision+".onnx"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	committed, err := os.ReadFile(modelPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(fresh, committed) {
-		t.Errorf("re-exported model (%d bytes) differs from %s (%d bytes); run `pilotlight train recommend` and commit", len(fresh), modelPath, len(committed))
-	}
-	if !bytes.Contains(progress.Bytes(), []byte("holdout_recall@10")) {
-		t.Errorf("progress has no recall lines:\n%s", progress.String())
-	}
+	functionstest.Reexport(t, "recommend", recommend.Train, "models", []string{recommend.Revision}, "holdout_recall@10")
 }
 
 func TestTrainHonoursCancellation(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := recommend.Train(ctx, t.TempDir(), nil); err == nil {
-		t.Fatal("Train with a cancelled context succeeded")
-	}
+	functionstest.TrainHonoursCancellation(t, recommend.Train)
 }
 
 func TestManifest(t *testing.T) {

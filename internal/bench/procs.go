@@ -18,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pilotlight/pilotlight/listener"
 )
 
 // Proc is a pilotlight child process started by a benchmark.
@@ -79,7 +81,7 @@ func start(bin string, args []string, prefix string, logTo io.Writer) (*Proc, er
 
 // StartRuntime runs one instance of a revision on a free loopback port.
 func StartRuntime(bin, fnDir, revision string, logTo io.Writer) (*Proc, error) {
-	return start(bin, []string{"runtime", "--function", fnDir, "--revision", revision, "--listen", "127.0.0.1", "--port", "0"}, "PILOTLIGHT_LISTENING ", logTo)
+	return start(bin, []string{"runtime", "--function", fnDir, "--revision", revision, "--listen", "127.0.0.1", "--port", "0"}, listener.ReadyPrefix, logTo)
 }
 
 // StartServe runs the platform on a free loopback port.

@@ -23,6 +23,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/pilotlight/pilotlight/atomicfile"
 	"github.com/pilotlight/pilotlight/internal/bench"
 	"github.com/pilotlight/pilotlight/internal/loadgen"
 	"github.com/pilotlight/pilotlight/router"
@@ -119,6 +120,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	args := []string{"--functions", cfg.Functions, "--pool-size", "1", "--scale-to-zero-after", "1s", "--stable-window", "6s", "--panic-window", "1s"}
 	var flagsPath string
 	if cfg.FlagsFile != "" {
+		if !serveHasFlags(cfg.Bin) {
+			return nil, fmt.Errorf("flags phase: %s serve takes no --flags; rebuild it (make build) or pass an empty flag file to skip the phase", cfg.Bin)
+		}
 		dir, err := os.MkdirTemp("", "pilotlight-loadtest-")
 		if err != nil {
 			return nil, err
@@ -126,7 +130,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer os.RemoveAll(dir)
 		raw, err := os.ReadFile(cfg.FlagsFile)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("flags phase: %w (pass an empty flag file to skip the phase)", err)
 		}
 		flagsPath = filepath.Join(dir, "flags.json")
 		if err := os.WriteFile(flagsPath, raw, 0o644); err != nil {
@@ -217,7 +221,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			for i := 0; ; i++ {
 				select {
 				case <-ctx.Done():
-					_ = atomicWrite(flagsPath, good)
+					_ = atomicfile.Write(flagsPath, good, 0o644)
 					return fmt.Sprintf("%d rewrites, every third one invalid JSON", writes)
 				case <-time.After(200 * time.Millisecond):
 				}
@@ -225,7 +229,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				if i%3 == 2 {
 					content = []byte(`{"flags": {"fraud-revision": {"state": "ENABLED", "variants": `)
 				}
-				if atomicWrite(flagsPath, content) == nil {
+				if atomicfile.Write(flagsPath, content, 0o644) == nil {
 					writes++
 				}
 			}
@@ -286,14 +290,6 @@ func runMixed(ctx context.Context, client *http.Client, base string, clients int
 	fr.Merge(rr)
 	fr.Elapsed = d
 	return fr
-}
-
-func atomicWrite(path string, content []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, content, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // serveHasFlags reports whether this binary's serve takes --flags.

@@ -3,7 +3,6 @@ package loadtest
 import (
 	"bytes"
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,10 +17,10 @@ func TestShortSuite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the fault suite starts real processes for ~15 s; skipped with -short")
 	}
-	cfg := Config{Bin: testbin.Pilotlight(t), Functions: filepath.Join(testbin.Root(), "functions"), Phase: 1500 * time.Millisecond, Clients: 2}
-	if flags := filepath.Join(testbin.Root(), "config", "flags", "flags.json"); fileExists(flags) && serveHasFlags(cfg.Bin) {
-		cfg.FlagsFile = flags
-	}
+	// The flags phase is part of the suite: a missing flag file or a serve
+	// without --flags fails the run instead of skipping the phase.
+	cfg := Config{Bin: testbin.Pilotlight(t), Functions: filepath.Join(testbin.Root(), "functions"), Phase: 1500 * time.Millisecond, Clients: 2,
+		FlagsFile: filepath.Join(testbin.Root(), "config", "flags", "flags.json")}
 	rep, err := Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -32,7 +31,14 @@ func TestShortSuite(t *testing.T) {
 	if !rep.OK() {
 		t.Fatal("requests were lost or answered with unexpected 5xx")
 	}
+	flagPhase := false
 	for _, p := range rep.Phases {
+		if strings.HasPrefix(p.Name, "flag file rewritten") {
+			flagPhase = true
+			if strings.HasPrefix(p.Note, "0 ") {
+				t.Errorf("the flags phase rewrote nothing: %s", p.Note)
+			}
+		}
 		if p.Result.Sent == 0 || p.Result.Succeeded == 0 {
 			t.Errorf("phase %q sent %d, succeeded %d", p.Name, p.Result.Sent, p.Result.Succeeded)
 		}
@@ -43,9 +49,18 @@ func TestShortSuite(t *testing.T) {
 			t.Errorf("scale-from-zero phase: %s", p.Note)
 		}
 	}
+	if !flagPhase {
+		t.Error("the flags phase did not run")
+	}
 	if rep.MaxRSS <= 0 || rep.MaxRSS > 2<<30 {
 		t.Errorf("max RSS %d bytes is implausible or unbounded", rep.MaxRSS)
 	}
 }
 
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+func TestRunRefusesAFlagsPhaseItCannotRun(t *testing.T) {
+	// A binary whose serve has no --flags (here: /bin/true prints no help).
+	_, err := Run(context.Background(), Config{Bin: "/bin/true", FlagsFile: "flags.json"})
+	if err == nil || !strings.Contains(err.Error(), "--flags") {
+		t.Fatalf("Run with a serve lacking --flags: %v; want an error naming --flags", err)
+	}
+}

@@ -9,6 +9,9 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/pilotlight/pilotlight/functions"
 )
 
 var (
@@ -42,4 +45,47 @@ func Pilotlight(t testing.TB) string {
 		t.Fatalf("build pilotlight: %v\n%s", err, out)
 	}
 	return path
+}
+
+// Functions loads the named functions shipped in functions/ (their handlers
+// must be registered: import functions/all).
+func Functions(t testing.TB, names ...string) []*functions.Manifest {
+	t.Helper()
+	out := make([]*functions.Manifest, 0, len(names))
+	for _, name := range names {
+		m, err := functions.LoadDir(filepath.Join(Root(), "functions", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// WaitFor polls cond until it holds: tests wait on what they expect, never on
+// a fixed sleep. within only turns a hang into a failure naming what.
+func WaitFor(t testing.TB, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// WriteFunction writes raw as dir's function.yaml and parses it: a function
+// made for one test (the child runtime reads the file itself).
+func WriteFunction(t testing.TB, dir, raw string) *functions.Manifest {
+	t.Helper()
+	path := filepath.Join(dir, functions.ManifestFile)
+	if err := os.WriteFile(path, []byte(raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := functions.Parse(path, []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

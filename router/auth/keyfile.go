@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/pilotlight/pilotlight/atomicfile"
 )
 
 // KeyPrefix starts every generated key, so a leaked key is recognisable
@@ -92,7 +94,7 @@ func AppendEntry(path string, e Entry) error {
 	if _, err := Parse(out, path); err != nil {
 		return fmt.Errorf("adding key %q would make an invalid keys file: %w", e.ID, err)
 	}
-	return writeAtomic(path, out, mode)
+	return atomicfile.Write(path, out, mode)
 }
 
 func appendJSON(old []byte, e Entry) ([]byte, error) {
@@ -169,32 +171,4 @@ func encodeYAML(n *yaml.Node) ([]byte, error) {
 		return nil, fmt.Errorf("encode keys file: %w", err)
 	}
 	return buf.Bytes(), nil
-}
-
-func writeAtomic(path string, data []byte, mode fs.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("create temporary keys file: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("chmod temporary keys file: %w", err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write temporary keys file: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync temporary keys file: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close temporary keys file: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replace keys file: %w", err)
-	}
-	return nil
 }

@@ -77,19 +77,9 @@ func (k *Keys) Middleware(functionOf func(echo.Context) string) echo.MiddlewareF
 			if !admin && IsPublicPath(r.URL.Path) && (c.Path() == "" || IsPublicPath(c.Path())) {
 				return next(c)
 			}
-			presented, err := presentedKey(r)
+			id, err := k.Authorize(r.Header.Get(echo.HeaderAuthorization), r.Header.Get(HeaderAPIKey), "")
 			if err != nil {
-				c.Response().Header().Set(echo.HeaderWWWAuthenticate, Challenge+`, error="invalid_request"`)
-				return echo.NewHTTPError(http.StatusUnauthorized, err.Error())
-			}
-			if presented == "" {
-				c.Response().Header().Set(echo.HeaderWWWAuthenticate, Challenge)
-				return echo.NewHTTPError(http.StatusUnauthorized, "missing API key: send Authorization: Bearer <key> or X-API-Key: <key>")
-			}
-			id := k.lookup(presented)
-			if id == nil {
-				c.Response().Header().Set(echo.HeaderWWWAuthenticate, Challenge+`, error="invalid_token"`)
-				return echo.NewHTTPError(http.StatusUnauthorized, "invalid API key")
+				return deny(c, err)
 			}
 			c.Set(ContextKey, id)
 			if admin {
@@ -106,15 +96,55 @@ func (k *Keys) Middleware(functionOf func(echo.Context) string) echo.MiddlewareF
 	}
 }
 
-// PresentedKey is the key a request presents (for the router's gRPC side,
-// whose metadata arrives as these same HTTP/2 headers); "" when none.
-func PresentedKey(r *http.Request) (string, error) { return presentedKey(r) }
+// HeaderAPIKey is the other header a key may come in (besides Authorization: Bearer).
+const HeaderAPIKey = "X-API-Key"
+
+// Denial is a refused request: its status, the reason, and the
+// WWW-Authenticate challenge a 401 carries.
+type Denial struct {
+	Status    int
+	Msg       string
+	Challenge string // "" unless Status is 401
+}
+
+func (d *Denial) Error() string   { return d.Msg }
+func (d *Denial) HTTPStatus() int { return d.Status }
+func (d *Denial) WWWAuth() string { return d.Challenge }
+
+func deny(c echo.Context, d *Denial) error {
+	if d.Challenge != "" {
+		c.Response().Header().Set(echo.HeaderWWWAuthenticate, d.Challenge)
+	}
+	return echo.NewHTTPError(d.Status, d.Msg)
+}
+
+// Authorize checks the key presented in the Authorization and X-API-Key
+// header values against the keys, and, when function is not "", that the
+// key may call it. It is the check Middleware makes, for front doors that
+// are not echo (the router's fast path).
+func (k *Keys) Authorize(authorization, apiKey, function string) (*Identity, *Denial) {
+	presented, err := presentedKey(authorization, apiKey)
+	if err != nil {
+		return nil, &Denial{http.StatusUnauthorized, err.Error(), Challenge + `, error="invalid_request"`}
+	}
+	if presented == "" {
+		return nil, &Denial{http.StatusUnauthorized, "missing API key: send Authorization: Bearer <key> or X-API-Key: <key>", Challenge}
+	}
+	id := k.lookup(presented)
+	if id == nil {
+		return nil, &Denial{http.StatusUnauthorized, "invalid API key", Challenge + `, error="invalid_token"`}
+	}
+	if function != "" && !id.Allows(function) {
+		return id, &Denial{Status: http.StatusForbidden, Msg: fmt.Sprintf("key %q may not call function %q", id.ID, function)}
+	}
+	return id, nil
+}
 
 // presentedKey reads the key from Authorization: Bearer or X-API-Key.
 // Both may be sent only if they agree.
-func presentedKey(r *http.Request) (string, error) {
+func presentedKey(authorization, apiKeyHeader string) (string, error) {
 	var bearer string
-	if h := r.Header.Get(echo.HeaderAuthorization); h != "" {
+	if h := authorization; h != "" {
 		scheme, rest, ok := strings.Cut(h, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") {
 			return "", fmt.Errorf("authorization header must be %q", "Bearer <key>")
@@ -124,7 +154,7 @@ func presentedKey(r *http.Request) (string, error) {
 			return "", fmt.Errorf("authorization header must be %q", "Bearer <key>")
 		}
 	}
-	apiKey := strings.TrimSpace(r.Header.Get("X-API-Key"))
+	apiKey := strings.TrimSpace(apiKeyHeader)
 	switch {
 	case bearer != "" && apiKey != "" && subtle.ConstantTimeCompare([]byte(bearer), []byte(apiKey)) != 1:
 		return "", fmt.Errorf("authorization and X-API-Key carry different keys; send one")

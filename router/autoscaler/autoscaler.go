@@ -15,6 +15,7 @@
 package autoscaler
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -50,27 +51,13 @@ type Config struct {
 
 // WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
-	if c.TargetConcurrency == 0 {
-		c.TargetConcurrency = DefaultTargetConcurrency
-	}
-	if c.StableWindow == 0 {
-		c.StableWindow = DefaultStableWindow
-	}
-	if c.PanicWindow == 0 {
-		c.PanicWindow = DefaultPanicWindow
-	}
-	if c.PanicThreshold == 0 {
-		c.PanicThreshold = DefaultPanicThreshold
-	}
-	if c.ScaleToZeroAfter == 0 {
-		c.ScaleToZeroAfter = DefaultScaleToZeroAfter
-	}
-	if c.MaxScaleUpRate == 0 {
-		c.MaxScaleUpRate = DefaultMaxScaleUpRate
-	}
-	if c.MaxScaleDownRate == 0 {
-		c.MaxScaleDownRate = DefaultMaxScaleDownRate
-	}
+	c.TargetConcurrency = cmp.Or(c.TargetConcurrency, DefaultTargetConcurrency)
+	c.StableWindow = cmp.Or(c.StableWindow, DefaultStableWindow)
+	c.PanicWindow = cmp.Or(c.PanicWindow, DefaultPanicWindow)
+	c.PanicThreshold = cmp.Or(c.PanicThreshold, DefaultPanicThreshold)
+	c.ScaleToZeroAfter = cmp.Or(c.ScaleToZeroAfter, DefaultScaleToZeroAfter)
+	c.MaxScaleUpRate = cmp.Or(c.MaxScaleUpRate, DefaultMaxScaleUpRate)
+	c.MaxScaleDownRate = cmp.Or(c.MaxScaleDownRate, DefaultMaxScaleDownRate)
 	return c
 }
 

@@ -55,7 +55,8 @@ type Config struct {
 	Functions []*functions.Manifest
 	// PoolSize is how many generic runtime processes stay pre-started (0 disables the pilot light).
 	PoolSize int
-	// ScaleToZeroAfter and MinScale override every function's scaling block when >= 0 / set.
+	// ScaleToZeroAfter, when > 0, overrides every function's
+	// scaling.scaleToZeroAfter; min and max scale always come from function.yaml.
 	ScaleToZeroAfter time.Duration
 	QueueCapacity    int
 	StartTimeout     time.Duration
@@ -202,12 +203,12 @@ func (e *Engine) shutdown() {
 		r.queue.Release(-1) // held requests see ErrStopped
 		for _, in := range r.snapshotInstances() {
 			wg.Add(1)
-			go func(in *Instance) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
+			go func(in *Process) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
 		}
 	}
 	for _, in := range e.pool.drainAll() {
 		wg.Add(1)
-		go func(in *Instance) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
+		go func(in *Process) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
 	}
 	wg.Wait()
 	// Anything started while the stops above ran (a pool refill, a start
@@ -229,7 +230,7 @@ type Lease struct {
 	PID      int
 	// ColdStart is how long the request waited for an instance to start (0 when one was ready).
 	ColdStart time.Duration
-	inst      *Instance
+	inst      *Process
 	rev       *revision
 	eng       *Engine
 	done      atomic.Bool
@@ -252,6 +253,9 @@ func (l *Lease) Release(failed bool) {
 	}
 	l.inst.inflight.Add(-1)
 	l.rev.touch(time.Now())
+	if l.ColdStart > 0 {
+		l.rev.responded(l.PID, time.Now())
+	}
 	if l.rev.fn.Scaling.ContainerConcurrency > 0 {
 		l.rev.queue.Release(1)
 	}
@@ -322,18 +326,18 @@ func (e *Engine) HasRevision(function, revision string) bool {
 
 // Status is a revision's state for GET /admin/functions.
 type Status struct {
-	Function  string           `json:"function"`
-	Revision  string           `json:"revision"`
-	Desired   int              `json:"desired"`
-	Queued    int              `json:"queued"`
-	Panic     bool             `json:"panic"`
-	Reason    string           `json:"reason,omitempty"`
-	Instances []InstanceStatus `json:"instances"`
-	LastCold  *ColdStart       `json:"last_cold_start,omitempty"`
+	Function  string          `json:"function"`
+	Revision  string          `json:"revision"`
+	Desired   int             `json:"desired"`
+	Queued    int             `json:"queued"`
+	Panic     bool            `json:"panic"`
+	Reason    string          `json:"reason,omitempty"`
+	Instances []ProcessStatus `json:"instances"`
+	LastCold  *ColdStart      `json:"last_cold_start,omitempty"`
 }
 
-// InstanceStatus is one instance in Status.
-type InstanceStatus struct {
+// ProcessStatus is one runtime process in Status or PoolStatus.
+type ProcessStatus struct {
 	PID          int     `json:"pid"`
 	Port         int     `json:"port"`
 	State        string  `json:"state"`
@@ -344,11 +348,20 @@ type InstanceStatus struct {
 
 // ColdStart describes the latest cold start of a revision.
 type ColdStart struct {
-	Source       string    `json:"source"`
-	PID          int       `json:"pid"`
-	Trigger      time.Time `json:"trigger"`
-	Ready        time.Time `json:"ready"`
-	TotalSeconds float64   `json:"total_seconds"`
+	Source  string    `json:"source"`
+	PID     int       `json:"pid"`
+	Trigger time.Time `json:"trigger"`
+	// Launch is when the engine began the start: exec, or taking a pool
+	// process to specialise. Launched is when that step returned: the
+	// exec'd process listened, or the pool process answered its
+	// specialise call with its sessions warm.
+	Launch   time.Time `json:"launch"`
+	Launched time.Time `json:"launched"`
+	Ready    time.Time `json:"ready"`
+	// FirstResponse is when a request that waited for this instance got
+	// its response (zero until then).
+	FirstResponse time.Time `json:"first_response,omitzero"`
+	TotalSeconds  float64   `json:"total_seconds"`
 }
 
 // Statuses reports every revision, in manifest order.
@@ -363,7 +376,7 @@ func (e *Engine) Statuses() []Status {
 		r.mu.Unlock()
 		st.Queued = r.queue.Len()
 		if st.Instances == nil {
-			st.Instances = []InstanceStatus{}
+			st.Instances = []ProcessStatus{}
 		}
 		sort.Slice(st.Instances, func(i, j int) bool { return st.Instances[i].PID < st.Instances[j].PID })
 		out = append(out, st)
@@ -372,6 +385,6 @@ func (e *Engine) Statuses() []Status {
 }
 
 // PoolStatus lists the idle generic processes of the pilot light.
-func (e *Engine) PoolStatus() []InstanceStatus {
+func (e *Engine) PoolStatus() []ProcessStatus {
 	return e.pool.status()
 }

@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pilotlight/pilotlight/listener"
 )
 
 type state int32
@@ -41,11 +43,10 @@ const (
 	sourceExec = "exec"
 )
 
-// listeningPrefix is what `pilotlight runtime` prints once it accepts connections.
-const listeningPrefix = "PILOTLIGHT_LISTENING "
-
-// Instance is one child runtime process.
-type Instance struct {
+// Process is one child runtime process: generic while it waits in the warm
+// pool, then serving one revision. Not runtime/instance.Instance, which is the
+// revision loaded inside such a process.
+type Process struct {
 	id       int64
 	pid      int
 	addr     string
@@ -61,7 +62,7 @@ type Instance struct {
 	labels   atomic.Pointer[[2]string] // function, revision; empty while generic
 	mu       sync.Mutex
 	// adoptedBy is the revision's slot a pool process now serves as.
-	adoptedBy *Instance
+	adoptedBy *Process
 	// lastWords is the child's latest warning or error, quoted when it fails to start.
 	lastWords atomic.Pointer[string]
 	// missed counts liveness checks failed in a row; checking is set while one runs.
@@ -69,19 +70,19 @@ type Instance struct {
 	checking atomic.Bool
 }
 
-func (in *Instance) said() string {
+func (in *Process) said() string {
 	if p := in.lastWords.Load(); p != nil {
 		return ": " + *p
 	}
 	return " (no error logged)"
 }
 
-func (in *Instance) getState() state  { return state(in.state.Load()) }
-func (in *Instance) setState(s state) { in.state.Store(int32(s)) }
+func (in *Process) getState() state  { return state(in.state.Load()) }
+func (in *Process) setState(s state) { in.state.Store(int32(s)) }
 
-func (in *Instance) status() InstanceStatus {
+func (in *Process) status() ProcessStatus {
 	in.mu.Lock()
-	st := InstanceStatus{PID: in.pid, Port: in.port, State: in.getState().String(), Inflight: in.inflight.Load(), Source: in.source}
+	st := ProcessStatus{PID: in.pid, Port: in.port, State: in.getState().String(), Inflight: in.inflight.Load(), Source: in.source}
 	if !in.readyAt.IsZero() {
 		st.StartSeconds = in.readyAt.Sub(in.started).Seconds()
 	}
@@ -89,7 +90,7 @@ func (in *Instance) status() InstanceStatus {
 	return st
 }
 
-func (in *Instance) alive() bool {
+func (in *Process) alive() bool {
 	select {
 	case <-in.exited:
 		return false
@@ -100,8 +101,8 @@ func (in *Instance) alive() bool {
 
 // reserve places a starting instance in r (caller holds r.mu) so concurrent
 // decisions count it; start fills it in.
-func (e *Engine) reserve(r *revision) *Instance {
-	in := &Instance{id: e.nextID.Add(1), exited: make(chan struct{})}
+func (e *Engine) reserve(r *revision) *Process {
+	in := &Process{id: e.nextID.Add(1), exited: make(chan struct{})}
 	in.setState(stateStarting)
 	in.labels.Store(&[2]string{r.fn.Name, r.rev.Name})
 	r.instances = append(r.instances, in)
@@ -111,12 +112,13 @@ func (e *Engine) reserve(r *revision) *Instance {
 // start turns a reserved instance into a ready one: a specialised pool
 // process when one is idle, else a fresh exec. trigger is the arrival of
 // the request that asked for it (zero for autoscaler-driven starts).
-func (e *Engine) start(r *revision, slot *Instance, trigger time.Time) {
+func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 	begin := time.Now()
 	if trigger.IsZero() {
 		trigger = begin
 	}
 	in, err := e.launch(r, slot)
+	launched := time.Now()
 	if err == nil {
 		err = e.waitReady(in)
 	}
@@ -149,7 +151,7 @@ func (e *Engine) start(r *revision, slot *Instance, trigger time.Time) {
 	}
 	r.mu.Lock()
 	r.startErr = nil
-	r.lastCold = &ColdStart{Source: in.source, PID: in.pid, Trigger: trigger, Ready: now, TotalSeconds: total.Seconds()}
+	r.lastCold = &ColdStart{Source: in.source, PID: in.pid, Trigger: trigger, Launch: begin, Launched: launched, Ready: now, TotalSeconds: total.Seconds()}
 	r.mu.Unlock()
 	e.log.Info("instance ready", "function", r.fn.Name, "revision", r.rev.Name, "pid", in.pid, "source", in.source,
 		"cold_start_ms", float64(total.Microseconds())/1000)
@@ -158,7 +160,7 @@ func (e *Engine) start(r *revision, slot *Instance, trigger time.Time) {
 
 // launch fills slot with a running process for r: a specialised pool
 // process, or a new one.
-func (e *Engine) launch(r *revision, slot *Instance) (*Instance, error) {
+func (e *Engine) launch(r *revision, slot *Process) (*Process, error) {
 	if p := e.pool.take(); p != nil {
 		adopt(slot, p)
 		e.pool.refill()
@@ -185,7 +187,7 @@ func childEnv() []string {
 }
 
 // adopt moves a pool process into slot (the slot keeps its place in the revision).
-func adopt(slot, p *Instance) {
+func adopt(slot, p *Process) {
 	// started is the specialisation's start: the process itself was started ahead of demand.
 	slot.mu.Lock()
 	defer slot.mu.Unlock()
@@ -197,7 +199,7 @@ func adopt(slot, p *Instance) {
 }
 
 // spawn starts a child `pilotlight runtime` and waits for its listening line.
-func (e *Engine) spawn(in *Instance, args, env []string) error {
+func (e *Engine) spawn(in *Process, args, env []string) error {
 	cmd := exec.Command(e.cfg.Binary, args...)
 	cmd.Env = env
 	// Own process group: a terminal's Ctrl-C reaches serve, which drains the
@@ -238,10 +240,16 @@ func (e *Engine) spawn(in *Instance, args, env []string) error {
 		}
 	}
 	addrc := make(chan string, 1)
-	go func() { defer e.wg.Done(); e.fold(in, stdout, addrc) }()
-	go func() { defer e.wg.Done(); e.fold(in, stderr, nil) }()
+	// Wait closes the pipes once the child exits, so it runs only after both
+	// have been read to the end: otherwise the child's last words (why it
+	// failed to start) could be lost.
+	var folds sync.WaitGroup
+	folds.Add(2)
+	go func() { defer e.wg.Done(); defer folds.Done(); e.fold(in, stdout, addrc) }()
+	go func() { defer e.wg.Done(); defer folds.Done(); e.fold(in, stderr, nil) }()
 	go func() {
 		defer e.wg.Done()
+		folds.Wait()
 		err := cmd.Wait()
 		e.spawnMu.Lock()
 		delete(e.children, in.pid)
@@ -266,13 +274,13 @@ func (e *Engine) spawn(in *Instance, args, env []string) error {
 
 // fold copies a child's output into the platform log, labelled with the
 // function and revision it serves; the first listening line gives its address.
-func (e *Engine) fold(in *Instance, r io.Reader, addrc chan<- string) {
+func (e *Engine) fold(in *Process, r io.Reader, addrc chan<- string) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if addrc != nil && strings.HasPrefix(line, listeningPrefix) {
-			addrc <- strings.TrimSpace(strings.TrimPrefix(line, listeningPrefix))
+		if addrc != nil && strings.HasPrefix(line, listener.ReadyPrefix) {
+			addrc <- strings.TrimSpace(strings.TrimPrefix(line, listener.ReadyPrefix))
 			addrc = nil
 			continue
 		}
@@ -300,6 +308,9 @@ func (e *Engine) fold(in *Instance, r io.Reader, addrc chan<- string) {
 		attrs = append(attrs, slog.String("function", fn), slog.String("revision", rev), slog.Int("pid", in.pid))
 		e.log.LogAttrs(context.Background(), level, msg, attrs...)
 	}
+	// A line too long for the scanner ends the loop: keep reading, so the
+	// child never blocks on a full pipe and its exit is still seen.
+	_, _ = io.Copy(io.Discard, r)
 }
 
 // parseRecord reads one JSON log record of a child (PILOTLIGHT_LOG_FORMAT=json);
@@ -328,7 +339,7 @@ func parseRecord(line string) (slog.Level, string, []slog.Attr) {
 var readyClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
 // waitReady polls GET /v2/health/ready until 200, the process exits, or StartTimeout.
-func (e *Engine) waitReady(in *Instance) error {
+func (e *Engine) waitReady(in *Process) error {
 	deadline := time.Now().Add(e.cfg.StartTimeout)
 	wait := 500 * time.Microsecond
 	url := "http://" + in.addr + "/v2/health/ready"
@@ -363,7 +374,7 @@ func (e *Engine) waitReady(in *Instance) error {
 }
 
 // specialise asks a generic pool process to load r's model.
-func (e *Engine) specialise(in *Instance, r *revision) error {
+func (e *Engine) specialise(in *Process, r *revision) error {
 	body, _ := json.Marshal(map[string]string{"function_dir": r.dir, "revision": r.rev.Name})
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.StartTimeout)
 	defer cancel()
@@ -384,7 +395,7 @@ func (e *Engine) specialise(in *Instance, r *revision) error {
 // stopInstance drains an instance: no new requests, wait for in-flight ones
 // (up to DrainTimeout), SIGTERM (the runtime drains too), SIGKILL if it
 // does not exit.
-func (e *Engine) stopInstance(in *Instance, why string) {
+func (e *Engine) stopInstance(in *Process, why string) {
 	in.stopping.Store(true)
 	if in.getState() != stateFailed {
 		in.setState(stateDraining)
@@ -410,7 +421,7 @@ func (e *Engine) stopInstance(in *Instance, why string) {
 }
 
 // exited runs when a child process ends, for whatever reason.
-func (e *Engine) exited(in *Instance, err error) {
+func (e *Engine) exited(in *Process, err error) {
 	in.mu.Lock()
 	owner := in
 	if in.adoptedBy != nil {
@@ -470,7 +481,7 @@ func (e *Engine) checkLiveness() {
 			if in.getState() != stateReady || !in.checking.CompareAndSwap(false, true) {
 				continue
 			}
-			go func(r *revision, in *Instance) {
+			go func(r *revision, in *Process) {
 				defer in.checking.Store(false)
 				resp, err := liveClient.Get("http://" + in.addr + "/v2/health/live")
 				if err == nil {

@@ -12,7 +12,7 @@ type warmPool struct {
 	e     *Engine
 	size  int
 	mu    sync.Mutex
-	idle  []*Instance
+	idle  []*Process
 	spawn int // starts in progress
 }
 
@@ -34,7 +34,7 @@ func (p *warmPool) fill() {
 func (p *warmPool) refill() { p.fill() }
 
 func (p *warmPool) startOne() {
-	in := &Instance{id: p.e.nextID.Add(1), exited: make(chan struct{}), source: sourcePool}
+	in := &Process{id: p.e.nextID.Add(1), exited: make(chan struct{}), source: sourcePool}
 	in.setState(stateStarting)
 	err := p.e.spawn(in, []string{"runtime", "--generic", "--listen", "127.0.0.1", "--port", "0"}, childEnv())
 	p.mu.Lock()
@@ -57,7 +57,7 @@ func (p *warmPool) startOne() {
 }
 
 // take hands out an idle generic process, or nil.
-func (p *warmPool) take() *Instance {
+func (p *warmPool) take() *Process {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for len(p.idle) > 0 {
@@ -72,7 +72,7 @@ func (p *warmPool) take() *Instance {
 }
 
 // forget drops a generic process that exited while idle, and replaces it.
-func (p *warmPool) forget(in *Instance) {
+func (p *warmPool) forget(in *Process) {
 	p.mu.Lock()
 	for i, x := range p.idle {
 		if x == in {
@@ -94,7 +94,7 @@ func (p *warmPool) idleCount() int {
 }
 
 // drainAll removes every idle process (for shutdown).
-func (p *warmPool) drainAll() []*Instance {
+func (p *warmPool) drainAll() []*Process {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := p.idle
@@ -102,12 +102,12 @@ func (p *warmPool) drainAll() []*Instance {
 	return out
 }
 
-func (p *warmPool) status() []InstanceStatus {
+func (p *warmPool) status() []ProcessStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]InstanceStatus, 0, len(p.idle))
+	out := make([]ProcessStatus, 0, len(p.idle))
 	for _, in := range p.idle {
-		out = append(out, InstanceStatus{PID: in.pid, Port: in.port, State: "idle", Source: sourcePool})
+		out = append(out, ProcessStatus{PID: in.pid, Port: in.port, State: "idle", Source: sourcePool})
 	}
 	return out
 }

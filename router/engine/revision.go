@@ -22,7 +22,7 @@ type revision struct {
 	lastActive atomic.Int64 // unix nanos of the last request seen
 
 	mu         sync.Mutex
-	instances  []*Instance
+	instances  []*Process
 	rr         uint64
 	desired    int
 	decision   autoscaler.Decision
@@ -30,9 +30,25 @@ type revision struct {
 	startErr   error
 	startErrAt time.Time
 	retryAfter time.Time
+	// floor keeps at least floor instances until floorUntil (Hold): a
+	// rollout pre-scales a candidate and keeps the previous revision warm.
+	floor      int
+	floorUntil time.Time
 }
 
 func (r *revision) touch(now time.Time) { r.lastActive.Store(now.UnixNano()) }
+
+// responded marks the first response of the latest cold start, once. The
+// record is replaced, not changed: Statuses hands out the pointer.
+func (r *revision) responded(pid int, at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.lastCold; c != nil && c.PID == pid && c.FirstResponse.IsZero() {
+		cp := *c
+		cp.FirstResponse = at
+		r.lastCold = &cp
+	}
+}
 
 func (r *revision) lastActiveTime() time.Time {
 	n := r.lastActive.Load()
@@ -45,11 +61,11 @@ func (r *revision) lastActiveTime() time.Time {
 // pick takes the ready instance with the fewest requests in flight (round
 // robin among equals) and counts the new request against it, respecting
 // containerConcurrency when it is set.
-func (r *revision) pick() *Instance {
+func (r *revision) pick() *Process {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	limit := int64(r.fn.Scaling.ContainerConcurrency)
-	var best *Instance
+	var best *Process
 	n := len(r.instances)
 	r.rr++
 	for i := 0; i < n; i++ {
@@ -71,13 +87,13 @@ func (r *revision) pick() *Instance {
 	return best
 }
 
-func (r *revision) snapshotInstances() []*Instance {
+func (r *revision) snapshotInstances() []*Process {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]*Instance(nil), r.instances...)
+	return append([]*Process(nil), r.instances...)
 }
 
-func (r *revision) remove(in *Instance) {
+func (r *revision) remove(in *Process) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, x := range r.instances {

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"sort"
 	"time"
 )
@@ -23,6 +24,9 @@ func (e *Engine) tick(now time.Time) {
 		current := c[stateStarting] + c[stateReady]
 		d := r.scaler.Scale(now, current, r.lastActiveTime())
 		r.mu.Lock()
+		if now.Before(r.floorUntil) && d.Desired < r.floor {
+			d.Desired, d.Reason = r.floor, "held by a rollout"
+		}
 		if d.Desired != r.desired {
 			e.log.Info("autoscaler decision", "function", r.fn.Name, "revision", r.rev.Name, "current", current, "desired", d.Desired, "panic", d.Panic, "reason", d.Reason)
 		}
@@ -40,7 +44,7 @@ func (e *Engine) tick(now time.Time) {
 		switch {
 		case d.Desired > current && !blocked:
 			r.mu.Lock()
-			var slots []*Instance
+			var slots []*Process
 			for i := 0; i < d.Desired-current; i++ {
 				slots = append(slots, e.reserve(r))
 			}
@@ -61,10 +65,10 @@ func (e *Engine) tick(now time.Time) {
 
 // surplus picks n instances to drain: those still starting first (they
 // serve nobody yet), then the ready ones with the fewest requests in flight.
-func (r *revision) surplus(n int) []*Instance {
+func (r *revision) surplus(n int) []*Process {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var cands []*Instance
+	var cands []*Process
 	for _, in := range r.instances {
 		if s := in.getState(); s == stateReady {
 			cands = append(cands, in)
@@ -75,4 +79,31 @@ func (r *revision) surplus(n int) []*Instance {
 		n = len(cands)
 	}
 	return cands[:n]
+}
+
+// Hold keeps at least n instances of a revision running (started now if
+// need be) until until, whatever the autoscaler says; a later Hold replaces
+// it. The rollout controller pre-scales a blue-green candidate with it and
+// keeps the previous revision warm for an instant undo.
+func (e *Engine) Hold(function, revision string, n int, until time.Time) error {
+	r, ok := e.revs[function+"/"+revision]
+	if !ok {
+		return fmt.Errorf("%w %s/%s", ErrUnknownRevision, function, revision)
+	}
+	if maxScale := r.fn.Scaling.MaxScale; maxScale > 0 && n > maxScale {
+		n = maxScale
+	}
+	r.mu.Lock()
+	r.floor, r.floorUntil = n, until
+	r.mu.Unlock()
+	return nil
+}
+
+// ReadyInstances counts a revision's ready instances.
+func (e *Engine) ReadyInstances(function, revision string) int {
+	r, ok := e.revs[function+"/"+revision]
+	if !ok {
+		return 0
+	}
+	return r.counts()[stateReady]
 }

@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 
 	"github.com/labstack/echo/v4"
@@ -95,6 +96,21 @@ func (cl *ConcurrencyLimiter) InFlight(fn string) int {
 	return cl.inFlight[fn]
 }
 
+// Enter takes a slot of fn's limit; at the limit it counts the request as
+// shed and returns a 503 Refusal. release must be called exactly once when
+// r is nil. It is the check Middleware makes, for front doors that are not echo.
+func (cl *ConcurrencyLimiter) Enter(fn string) (release func(), r *Refusal) {
+	release, ok := cl.Acquire(fn)
+	if ok {
+		return release, nil
+	}
+	if cl.shed != nil {
+		cl.shed.Inc()
+	}
+	return nil, &Refusal{Status: http.StatusServiceUnavailable, RetryAfter: 1, shed: true,
+		Msg: fmt.Sprintf("function %s has %d requests in flight, its maximum; retry shortly", fn, cl.Limit(fn))}
+}
+
 // shedError marks a 503 as deliberate load shedding; the router's
 // HTTPErrorHandler finds it through errors.As and sets X-Pilotlight-Shed.
 type shedError struct{}
@@ -112,14 +128,10 @@ func (cl *ConcurrencyLimiter) Middleware(functionOf func(echo.Context) string) e
 			if fn == "" {
 				return next(c)
 			}
-			release, ok := cl.Acquire(fn)
-			if !ok {
-				if cl.shed != nil {
-					cl.shed.Inc()
-				}
-				c.Response().Header().Set("Retry-After", "1")
-				return echo.NewHTTPError(http.StatusServiceUnavailable,
-					fmt.Sprintf("function %s has %d requests in flight, its maximum; retry shortly", fn, cl.Limit(fn))).SetInternal(shedError{})
+			release, r := cl.Enter(fn)
+			if r != nil {
+				c.Response().Header().Set("Retry-After", strconv.Itoa(r.RetryAfter))
+				return echo.NewHTTPError(r.Status, r.Msg).SetInternal(shedError{})
 			}
 			defer release()
 			return next(c)

@@ -1,24 +1,63 @@
 package ratelimit_test
 
 import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
 
-	"github.com/labstack/echo/v4"
-	"github.com/labstack/echo/v4/middleware"
-
+	_ "github.com/pilotlight/pilotlight/functions/all" // the fraud and recommend handlers
+	"github.com/pilotlight/pilotlight/internal/testbin"
+	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
 )
 
-// TestWiring runs the order the router is meant to use — recover, auth,
-// per-key rate, per-function concurrency — and checks each gate answers
-// before the next one spends anything.
+// upstream stands in for a runtime instance (the gates under test answer
+// before any instance is reached); hold, when set, keeps requests in flight
+// until it is closed.
+type upstream struct {
+	srv     *httptest.Server
+	reached atomic.Int64
+	hold    chan struct{}
+	held    chan struct{}
+}
+
+func newUpstream(t *testing.T) *upstream {
+	u := &upstream{held: make(chan struct{}, 16)}
+	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		u.reached.Add(1)
+		if u.hold != nil {
+			u.held <- struct{}{}
+			<-u.hold
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{}`)
+	}))
+	t.Cleanup(u.srv.Close)
+	return u
+}
+
+// Acquire implements router.Backend: every revision is the upstream.
+func (u *upstream) Acquire(ctx context.Context, function, revision string) (router.Target, error) {
+	return router.Target{BaseURL: u.srv.URL, Release: func(bool) {}}, nil
+}
+
+// TestWiring checks the router's own middleware order, through router.New
+// with Keys, RateLimit and Concurrency set: authentication answers 401/403
+// before the per-key rate limit spends a token, the key's own burst applies,
+// and the per-function concurrency cap sheds what exceeds it.
 func TestWiring(t *testing.T) {
 	const (
 		limitedKey = "pl_wiring-test-limited-key-0123456789abcdefgh"
 		openKey    = "pl_wiring-test-default-key-0123456789abcdefgh"
+		burst      = 2
 	)
 	keys, err := auth.Parse([]byte(`{"keys":[
 		{"id":"limited","hash":"`+auth.Sum(limitedKey)+`","functions":["fraud"],"rate":{"rps":0.001,"burst":2}},
@@ -26,41 +65,79 @@ func TestWiring(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk := newClock()
+	fns := testbin.Functions(t, "fraud", "recommend")
+	clk := newClock() // never advanced: a spent token does not come back
 	lim := ratelimit.New(ratelimit.Config{RPS: 1000, Burst: 1000, Now: clk.Now})
 	conc := ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: 1})
-	e := echo.New()
-	e.HTTPErrorHandler = routerErrors
-	e.Use(middleware.Recover(), keys.Middleware(auth.FunctionParam), lim.Middleware(auth.KeyID, auth.RateOf), conc.Middleware(auth.FunctionParam))
-	e.POST("/functions/:function", func(c echo.Context) error { return c.NoContent(http.StatusOK) })
+	up := newUpstream(t)
+	rt, err := router.New(router.Config{Functions: fns, Backend: up, Keys: keys, RateLimit: lim, Concurrency: conc,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	srv := httptest.NewServer(rt.Handler())
+	defer srv.Close()
 
-	send := func(key, fn string) int {
-		req := httptest.NewRequest("POST", "/functions/"+fn, nil)
+	send := func(key, fn string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", srv.URL+"/functions/"+fn, strings.NewReader(`{}`))
 		if key != "" {
 			req.Header.Set("X-API-Key", key)
 		}
-		rec := httptest.NewRecorder()
-		e.ServeHTTP(rec, req)
-		return rec.Code
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Error string `json:"error"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body.Error
 	}
-	steps := []struct {
-		key, fn string
-		want    int
-	}{
-		{"", "fraud", 401},
-		{limitedKey, "recommend", 403}, // refused before it costs a token
-		{limitedKey, "fraud", 200},
-		{limitedKey, "fraud", 200},
-		{limitedKey, "fraud", 429}, // the key's own burst of 2, not the default 1000
-		{openKey, "fraud", 200},    // another key's bucket
-		{openKey, "recommend", 200},
-	}
-	for i, s := range steps {
-		if got := send(s.key, s.fn); got != s.want {
-			t.Fatalf("step %d (%s -> %s): %d, want %d", i, s.key, s.fn, got, s.want)
+	expect := func(step, key, fn string, want int) {
+		t.Helper()
+		if got, msg := send(key, fn); got != want {
+			t.Fatalf("%s: %s -> %s answered %d (%q), want %d", step, key, fn, got, msg, want)
 		}
 	}
+
+	expect("no key", "", "fraud", http.StatusUnauthorized)
+	// Refused keys must not spend the key's tokens: more 403s than the burst.
+	for i := 0; i < 2*burst+1; i++ {
+		expect("key without the function", limitedKey, "recommend", http.StatusForbidden)
+	}
+	if n := up.reached.Load(); n != 0 {
+		t.Fatalf("%d requests reached an instance past 401/403", n)
+	}
+	for i := 0; i < burst; i++ {
+		expect("within the key's burst", limitedKey, "fraud", http.StatusOK)
+	}
+	if code, msg := send(limitedKey, "fraud"); code != http.StatusTooManyRequests || !strings.Contains(msg, `key "limited"`) {
+		t.Fatalf("past the key's burst (its own 2, not the default 1000): %d %q, want 429 with an error naming the key", code, msg)
+	}
+	expect("another key's bucket", openKey, "fraud", http.StatusOK)
 	if n := lim.Len(); n != 2 {
-		t.Fatalf("%d buckets, want 2 (401 and 403 must not create one)", n)
+		t.Fatalf("%d token buckets, want 2 (401 and 403 must not create one)", n)
+	}
+
+	// The concurrency cap: one fraud request held in the instance, the next
+	// fraud request is shed, a recommend request is not.
+	up.hold = make(chan struct{})
+	done := make(chan int, 1)
+	go func() { code, _ := send(openKey, "fraud"); done <- code }()
+	<-up.held
+	code, msg := send(openKey, "fraud")
+	if code != http.StatusServiceUnavailable || msg == "" {
+		t.Fatalf("second fraud request while one is in flight: %d %q, want 503 with a message", code, msg)
+	}
+	go func() { code, _ := send(openKey, "recommend"); done <- code }()
+	<-up.held // recommend reached its instance: the cap is per function
+	close(up.hold)
+	for i := 0; i < 2; i++ {
+		if code := <-done; code != http.StatusOK {
+			t.Fatalf("held request answered %d, want 200", code)
+		}
 	}
 }

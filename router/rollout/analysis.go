@@ -1,9 +1,11 @@
 package rollout
 
 import (
+	"fmt"
 	"math"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,13 +83,23 @@ func (w window) ErrorRate() float64 {
 
 func between(a, b sample) window {
 	w := window{Requests: b.requests - a.requests, Errors: b.errors - a.errors}
-	var bs []bucket
+	delta := make(map[float64]float64, len(b.buckets))
 	for le, c := range b.buckets {
-		bs = append(bs, bucket{le, c - a.buckets[le]})
+		delta[le] = c - a.buckets[le]
+	}
+	w.P99 = Quantile(0.99, delta)
+	return w
+}
+
+// Quantile estimates the q-quantile of a cumulative histogram (upper bound
+// in seconds -> count, +Inf included), as PromQL's histogram_quantile does.
+func Quantile(q float64, cumulative map[float64]float64) time.Duration {
+	bs := make([]bucket, 0, len(cumulative))
+	for le, c := range cumulative {
+		bs = append(bs, bucket{le, c})
 	}
 	sort.Slice(bs, func(i, j int) bool { return bs[i].le < bs[j].le })
-	w.P99 = quantile(0.99, bs)
-	return w
+	return quantile(q, bs)
 }
 
 // bucket is one cumulative histogram bucket.
@@ -117,4 +129,76 @@ func quantile(q float64, bs []bucket) time.Duration {
 	return seconds(prevLE)
 }
 
-func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+func seconds(s float64) time.Duration { return time.Duration(math.Round(s * float64(time.Second))) }
+
+// Interval is what one analysis interval observed: the candidate's live
+// requests through the router, and the shadow comparisons of its answers
+// with the serving revision's.
+type Interval struct {
+	window
+	Compared, Agreed, DeltaSum, ShadowFailed float64
+}
+
+// Agreement is the share of compared answers that agreed (0 with none).
+func (in Interval) Agreement() float64 {
+	if in.Compared == 0 {
+		return 0
+	}
+	return in.Agreed / in.Compared
+}
+
+// MeanDelta is the mean |Δ score| of the compared answers.
+func (in Interval) MeanDelta() float64 {
+	if in.Compared == 0 {
+		return 0
+	}
+	return in.DeltaSum / in.Compared
+}
+
+// Judge decides one interval, a pure function of the observed numbers:
+// rollback (with the check that failed), hold (too little to judge) or
+// advance. onShadow judges shadow comparisons only: no live traffic has
+// moved to the candidate yet. Live errors and p99 are judged on any
+// traffic, as before; prediction gates only once MinRequests answers were
+// compared, so one odd answer does not decide.
+func Judge(s Spec, in Interval, onShadow bool, weight int) (verdict, check, reason string) {
+	if !onShadow && in.Requests > 0 {
+		if in.ErrorRate() > s.MaxErrorRate {
+			return VerdictRollback, CheckErrorRate, fmt.Sprintf("error rate %.4f over %.0f requests exceeds %.4f", in.ErrorRate(), in.Requests, s.MaxErrorRate)
+		}
+		if in.P99 > s.MaxP99 {
+			return VerdictRollback, CheckP99, fmt.Sprintf("p99 %s exceeds %s", in.P99, s.MaxP99)
+		}
+	}
+	if sent := in.Compared + in.ShadowFailed; sent > 0 && in.ShadowFailed/sent > s.MaxErrorRate {
+		return VerdictRollback, CheckShadow, fmt.Sprintf("%.0f of %.0f shadow requests failed (%.4f > %.4f)", in.ShadowFailed, sent, in.ShadowFailed/sent, s.MaxErrorRate)
+	}
+	needShadow := onShadow || s.gated()
+	if needShadow && in.Compared >= float64(s.MinRequests) {
+		if s.MinAgreement > 0 && in.Agreement() < s.MinAgreement {
+			return VerdictRollback, CheckAgreement, fmt.Sprintf("agreement %.4f over %.0f compared answers is below %.4f", in.Agreement(), in.Compared, s.MinAgreement)
+		}
+		if s.MaxScoreDelta > 0 && in.MeanDelta() > s.MaxScoreDelta {
+			return VerdictRollback, CheckScoreDelta, fmt.Sprintf("mean |Δ score| %.4f over %.0f compared answers exceeds %.4f", in.MeanDelta(), in.Compared, s.MaxScoreDelta)
+		}
+	}
+	switch {
+	case !onShadow && in.Requests < float64(s.MinRequests):
+		return VerdictHold, CheckTraffic, fmt.Sprintf("%.0f candidate requests, need %d to judge", in.Requests, s.MinRequests)
+	case needShadow && in.Compared < float64(s.MinRequests):
+		return VerdictHold, CheckTraffic, fmt.Sprintf("%.0f compared shadow answers, need %d to judge", in.Compared, s.MinRequests)
+	}
+	var b strings.Builder
+	if onShadow {
+		fmt.Fprintf(&b, "healthy on shadow traffic: %.0f compared", in.Compared)
+	} else {
+		fmt.Fprintf(&b, "healthy at %d%%: error rate %.4f ≤ %.4f, p99 %s ≤ %s", weight, in.ErrorRate(), s.MaxErrorRate, in.P99, s.MaxP99)
+	}
+	if s.MinAgreement > 0 {
+		fmt.Fprintf(&b, ", agreement %.4f ≥ %.4f", in.Agreement(), s.MinAgreement)
+	}
+	if s.MaxScoreDelta > 0 {
+		fmt.Fprintf(&b, ", mean |Δ score| %.4f ≤ %.4f", in.MeanDelta(), s.MaxScoreDelta)
+	}
+	return VerdictAdvance, CheckHealthy, b.String()
+}

@@ -1,63 +1,38 @@
-// Package rollout is the canary controller (Flagger / Argo Rollouts style)
-// that runs inside the platform: it moves a function's flag step by step
-// toward a new revision, and between steps judges the canary by the
-// router's own metrics (success rate and p99 over the step), promoting it at
-// the end or rolling back to the stable revision on a failed check. Every
-// decision is logged with its numbers and metered.
+// Package rollout is the rollout controller (Flagger / Argo Rollouts style)
+// that runs inside the platform. It judges a candidate revision by what the
+// model answers as well as by HTTP health: an optional shadow phase copies
+// a share of the serving revision's live requests to the candidate and
+// compares the two answers (prediction gates: agreement, mean |Δ score|),
+// then either moves the function's flag step by step (canary, judging the
+// router's own metrics and a shadow copy of stable traffic at each step) or
+// switches it in one flag write after pre-scaling the candidate
+// (blue-green, with the previous revision kept warm for an instant undo).
+// Every decision is logged with its numbers and metered.
 package rollout
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/pilotlight/pilotlight/flags"
-
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
 )
 
-// Defaults for a Spec's zero fields.
 const (
-	DefaultInterval     = 30 * time.Second
-	DefaultMaxErrorRate = 0.01
-	DefaultMaxP99       = 500 * time.Millisecond
-	DefaultMinRequests  = 20
 	// maxHolds is how many intervals in a row a step may lack traffic before the rollout fails.
 	maxHolds = 5
+	// prescaleTimeout bounds the wait for a blue-green candidate's instances.
+	prescaleTimeout = 2 * time.Minute
+	// readyPollInterval is how often the pre-scale wait looks at the ready count.
+	readyPollInterval = 50 * time.Millisecond
 )
-
-// DefaultSteps are the canary weights, in percent.
-var DefaultSteps = []int{5, 25, 50, 100}
-
-// Spec asks for one rollout.
-type Spec struct {
-	Function     string        `json:"function"`
-	To           string        `json:"to"`
-	Steps        []int         `json:"steps"`
-	Interval     time.Duration `json:"interval"`
-	MaxErrorRate float64       `json:"max_error_rate"`
-	MaxP99       time.Duration `json:"max_p99"`
-	MinRequests  int           `json:"min_requests"`
-}
-
-// MarshalJSON writes durations as Go duration strings ("30s"), as the CLI takes them.
-func (s Spec) MarshalJSON() ([]byte, error) {
-	type plain Spec
-	return json.Marshal(struct {
-		plain
-		Interval string `json:"interval"`
-		MaxP99   string `json:"max_p99"`
-	}{plain(s), s.Interval.String(), s.MaxP99.String()})
-}
 
 // States of a rollout.
 const (
@@ -66,18 +41,59 @@ const (
 	StateRolledBack = "rolled_back"
 	StateAborted    = "aborted"
 	StateFailed     = "failed"
+	StateUndone     = "undone"
+)
+
+// Verdicts of a Decision (the verdict label of pilotlight_rollout_decisions_total).
+const (
+	VerdictAdvance  = "advance"
+	VerdictHold     = "hold"
+	VerdictPromote  = "promote"
+	VerdictRollback = "rollback"
+	VerdictAbort    = "abort"
+	VerdictUndo     = "undo"
+)
+
+// Checks name what decided (the check label of pilotlight_rollout_decisions_total).
+const (
+	CheckHealthy    = "healthy"
+	CheckErrorRate  = "error_rate"
+	CheckP99        = "p99"
+	CheckTraffic    = "traffic"
+	CheckAgreement  = "agreement"
+	CheckScoreDelta = "score_delta"
+	CheckShadow     = "shadow_failures"
+	CheckPrescale   = "prescale"
+	CheckRequest    = "request"
+	CheckFlagFile   = "flag_file"
+)
+
+// Phases of a rollout.
+const (
+	PhaseShadow   = "shadow"
+	PhasePrescale = "prescale"
+	PhaseCanary   = "canary"
+	PhaseSwitched = "switched"
+	PhaseDone     = "done"
 )
 
 // Decision is one analysis and what the controller did about it.
 type Decision struct {
 	At        time.Time `json:"at"`
+	Phase     string    `json:"phase"`
 	Weight    int       `json:"weight"`
 	Requests  float64   `json:"requests"`
 	Errors    float64   `json:"errors"`
 	ErrorRate float64   `json:"error_rate"`
 	P99       string    `json:"p99"`
-	Verdict   string    `json:"verdict"` // advance | hold | promote | rollback | abort
-	Reason    string    `json:"reason"`
+	// Shadow comparisons over the interval (zero when none ran).
+	Compared     float64 `json:"compared"`
+	ShadowFailed float64 `json:"shadow_failed"`
+	Agreement    float64 `json:"agreement"`
+	ScoreDelta   float64 `json:"score_delta"`
+	Verdict      string  `json:"verdict"` // advance | hold | promote | rollback | abort | undo
+	Check        string  `json:"check"`
+	Reason       string  `json:"reason"`
 }
 
 // Status is a rollout's progress.
@@ -85,11 +101,36 @@ type Status struct {
 	Spec      Spec       `json:"spec"`
 	From      string     `json:"from"`
 	State     string     `json:"state"`
+	Phase     string     `json:"phase"`
 	Step      int        `json:"step"` // index into Spec.Steps
 	Weight    int        `json:"weight"`
 	Started   time.Time  `json:"started"`
 	Updated   time.Time  `json:"updated"`
+	Finished  time.Time  `json:"finished,omitzero"`
+	KeptUntil time.Time  `json:"kept_until,omitzero"` // the previous revision is warm until then
 	Decisions []Decision `json:"decisions"`
+}
+
+// ShadowTotals are a candidate's cumulative shadow counters.
+type ShadowTotals struct {
+	Compared, Agreed, DeltaSum, Failed, Dropped float64
+}
+
+// Shadow is what the controller needs of the shadow machinery (the
+// router's Shadower satisfies it).
+type Shadow interface {
+	// Mirror copies percent of function's requests served by from to to.
+	Mirror(function, from, to string, percent int)
+	// StopMirror stops copying function's requests.
+	StopMirror(function string)
+	// Totals are the cumulative comparisons of function's answers by revision.
+	Totals(function, revision string) ShadowTotals
+}
+
+// Scaler is what blue-green needs of the engine (engine.Engine satisfies it).
+type Scaler interface {
+	ReadyInstances(function, revision string) int
+	Hold(function, revision string, n int, until time.Time) error
 }
 
 // Config wires a controller to the platform.
@@ -99,6 +140,16 @@ type Config struct {
 	Gatherer   prometheus.Gatherer // the router's registry
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
+	// Shadow, when set, enables --shadow and the prediction gates.
+	Shadow Shadow
+	// Scaler, when set, pre-scales blue-green candidates and keeps the
+	// previous revision warm (without it, blue-green relies on shadow
+	// traffic and the autoscaler).
+	Scaler Scaler
+	// Reload, when set, is called after each flag write so the router
+	// serves it at once rather than after the file watcher's debounce
+	// (flags.Watcher.ReloadNow): an undo is one write and one swap.
+	Reload func()
 }
 
 // Controller runs at most one rollout per function.
@@ -130,9 +181,10 @@ func New(cfg Config) *Controller {
 	}
 	c := &Controller{cfg: cfg, log: cfg.Logger, fns: map[string]*functions.Manifest{}, runs: map[string]*run{},
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_rollout_decisions_total",
-			Help: "Rollout analyses by verdict (advance, hold, promote, rollback, abort)."}, []string{"function", "revision", "verdict"}),
+			Help: "Rollout analyses by verdict (advance, hold, promote, rollback, abort, undo) and the check that decided (healthy, error_rate, p99, traffic, agreement, score_delta, shadow_failures, prescale, request, flag_file)."},
+			[]string{"function", "revision", "verdict", "check"}),
 		weight: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pilotlight_rollout_canary_weight_percent",
-			Help: "The canary's share of the fractional split set by the rollout controller."}, []string{"function", "revision"}),
+			Help: "The candidate's share of the function's traffic set by the rollout controller."}, []string{"function", "revision"}),
 	}
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(c.decisions, c.weight)
@@ -151,13 +203,36 @@ func (e *SpecError) Error() string { return e.Msg }
 // ErrRunning says a rollout of the function is already under way (409 upstream).
 var ErrRunning = errors.New("a rollout of this function is already running")
 
+// ConflictError is a request that cannot apply to the rollout's state (409 upstream).
+type ConflictError struct{ Msg string }
+
+func (e *ConflictError) Error() string { return e.Msg }
+
+// NotFoundError names a function with no rollout (404 upstream).
+type NotFoundError struct{ Function string }
+
+func (e *NotFoundError) Error() string { return fmt.Sprintf("no rollout of %q", e.Function) }
+
 func (c *Controller) validate(s *Spec) (*functions.Manifest, error) {
+	bad := func(format string, args ...any) (*functions.Manifest, error) {
+		return nil, &SpecError{fmt.Sprintf(format, args...)}
+	}
 	fn, ok := c.fns[s.Function]
 	if !ok {
-		return nil, &SpecError{fmt.Sprintf("unknown function %q", s.Function)}
+		return bad("unknown function %q", s.Function)
 	}
 	if _, ok := fn.Revision(s.To); !ok {
-		return nil, &SpecError{fmt.Sprintf("function %s has no revision %q", s.Function, s.To)}
+		return bad("function %s has no revision %q (have %v)", s.Function, s.To, functions.RevisionNames(fn.Revisions))
+	}
+	switch s.Strategy {
+	case "":
+		s.Strategy = StrategyCanary
+	case StrategyCanary, StrategyBlueGreen:
+	default:
+		return bad("strategy %q: want %s or %s", s.Strategy, StrategyCanary, StrategyBlueGreen)
+	}
+	if s.Strategy == StrategyBlueGreen {
+		s.Steps = []int{100}
 	}
 	if len(s.Steps) == 0 {
 		s.Steps = DefaultSteps
@@ -165,7 +240,7 @@ func (c *Controller) validate(s *Spec) (*functions.Manifest, error) {
 	prev := 0
 	for i, w := range s.Steps {
 		if w <= prev || w > 100 {
-			return nil, &SpecError{fmt.Sprintf("steps[%d] = %d: steps must increase, each in (0, 100]", i, w)}
+			return bad("steps[%d] = %d: steps must increase, each in (0, 100]", i, w)
 		}
 		prev = w
 	}
@@ -175,23 +250,44 @@ func (c *Controller) validate(s *Spec) (*functions.Manifest, error) {
 	if s.Interval == 0 {
 		s.Interval = DefaultInterval
 	}
-	if s.Interval < 100*time.Millisecond {
-		return nil, &SpecError{fmt.Sprintf("interval %s is too short to judge anything (at least 100ms)", s.Interval)}
+	if s.Interval < minInterval {
+		return bad("interval %s is too short to judge anything (at least %s)", s.Interval, minInterval)
 	}
 	if s.MaxErrorRate == 0 {
 		s.MaxErrorRate = DefaultMaxErrorRate
 	}
 	if s.MaxErrorRate < 0 || s.MaxErrorRate > 1 {
-		return nil, &SpecError{fmt.Sprintf("max error rate %v must be in [0, 1]", s.MaxErrorRate)}
+		return bad("max error rate %v must be in [0, 1]", s.MaxErrorRate)
 	}
 	if s.MaxP99 == 0 {
 		s.MaxP99 = DefaultMaxP99
 	}
 	if s.MaxP99 < 0 {
-		return nil, &SpecError{"max p99 must be positive"}
+		return bad("max p99 %s must be positive", s.MaxP99)
 	}
 	if s.MinRequests == 0 {
 		s.MinRequests = DefaultMinRequests
+	}
+	if s.MinRequests < 0 {
+		return bad("min requests %d must be positive", s.MinRequests)
+	}
+	if s.Shadow < 0 || s.Shadow > 100 {
+		return bad("shadow %d%% must be in [0, 100]", s.Shadow)
+	}
+	if s.MinAgreement < 0 || s.MinAgreement > 1 {
+		return bad("min agreement %v must be in [0, 1]", s.MinAgreement)
+	}
+	if s.MaxScoreDelta < 0 {
+		return bad("max score delta %v must not be negative", s.MaxScoreDelta)
+	}
+	if (s.Shadow > 0 || s.gated()) && c.cfg.Shadow == nil {
+		return bad("shadow traffic and prediction gates need the platform's shadow machinery, which this router runs without")
+	}
+	if s.KeepPrevious < 0 {
+		return bad("keep previous %s must not be negative", s.KeepPrevious)
+	}
+	if s.KeepPrevious == 0 && s.Strategy == StrategyBlueGreen {
+		s.KeepPrevious = DefaultKeepPrevious
 	}
 	return fn, nil
 }
@@ -223,19 +319,29 @@ func (c *Controller) Start(spec Spec) (Status, error) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	now := time.Now()
 	r := &run{cancel: cancel, abort: make(chan struct{}), done: make(chan struct{}),
-		status: Status{Spec: spec, From: from, State: StateRunning, Started: time.Now(), Updated: time.Now()}}
+		status: Status{Spec: spec, From: from, State: StateRunning, Started: now, Updated: now}}
 	c.runs[fn.Name] = r
 	go c.drive(ctx, fn, r)
 	return r.snapshot(), nil
 }
 
+// latest is the function's latest rollout.
+func (c *Controller) latest(function string) (*run, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.runs[function]
+	if !ok {
+		return nil, &NotFoundError{function}
+	}
+	return r, nil
+}
+
 // Status reports the latest rollout of a function.
 func (c *Controller) Status(function string) (Status, bool) {
-	c.mu.Lock()
-	r, ok := c.runs[function]
-	c.mu.Unlock()
-	if !ok {
+	r, err := c.latest(function)
+	if err != nil {
 		return Status{}, false
 	}
 	return r.snapshot(), true
@@ -255,11 +361,9 @@ func (c *Controller) List() []Status {
 
 // Abort stops a running rollout and routes everything back to the stable revision.
 func (c *Controller) Abort(function string) (Status, error) {
-	c.mu.Lock()
-	r, ok := c.runs[function]
-	c.mu.Unlock()
-	if !ok {
-		return Status{}, &SpecError{fmt.Sprintf("no rollout of %q", function)}
+	r, err := c.latest(function)
+	if err != nil {
+		return Status{}, err
 	}
 	select {
 	case <-r.done:
@@ -272,6 +376,37 @@ func (c *Controller) Abort(function string) (Status, error) {
 		close(r.abort)
 	}
 	<-r.done
+	return r.snapshot(), nil
+}
+
+// Undo switches a promoted function back to the revision it came from, in
+// one flag write, while that revision is still kept warm (Spec.KeepPrevious).
+func (c *Controller) Undo(function string) (Status, error) {
+	r, err := c.latest(function)
+	if err != nil {
+		return Status{}, err
+	}
+	st := r.snapshot()
+	switch {
+	case st.State == StateRunning:
+		return st, &ConflictError{fmt.Sprintf("the rollout of %s to %s is still running: abort it instead (`pilotlight rollout abort %s`)", function, st.Spec.To, function)}
+	case st.State != StatePromoted:
+		return st, &ConflictError{fmt.Sprintf("the rollout of %s to %s ended %s: %s still serves, nothing to undo", function, st.Spec.To, st.State, st.From)}
+	case st.KeptUntil.IsZero() || time.Now().After(st.KeptUntil):
+		return st, &ConflictError{fmt.Sprintf("%s is no longer kept warm (keep previous %s): start a rollout back instead (`pilotlight rollout start %s --to %s`)",
+			st.From, st.Spec.KeepPrevious, function, st.From)}
+	}
+	fn := c.fns[function]
+	start := time.Now()
+	if err := c.setStatic(fn, st.From); err != nil {
+		return st, fmt.Errorf("undo %s: write the flag file: %w", function, err)
+	}
+	d := Decision{At: time.Now(), Phase: PhaseDone, Verdict: VerdictUndo, Check: CheckRequest,
+		Reason: fmt.Sprintf("undo by request: %s serves again (one flag write, %s)", st.From, time.Since(start).Round(time.Microsecond))}
+	c.decisions.WithLabelValues(fn.Name, st.Spec.To, VerdictUndo, CheckRequest).Inc()
+	c.weight.WithLabelValues(fn.Name, st.Spec.To).Set(0)
+	c.log.Info("rollout undo", "function", fn.Name, "revision", st.Spec.To, "to", st.From, "reason", d.Reason)
+	r.update(func(s *Status) { s.State, s.Weight = StateUndone, 0; s.Decisions = append(s.Decisions, d) })
 	return r.snapshot(), nil
 }
 
@@ -303,126 +438,4 @@ func (r *run) update(f func(*Status)) {
 	f(&r.status)
 	r.status.Updated = time.Now()
 	r.mu.Unlock()
-}
-
-// drive runs the steps: set the split, wait an interval, judge, repeat.
-func (c *Controller) drive(ctx context.Context, fn *functions.Manifest, r *run) {
-	defer close(r.done)
-	spec := r.snapshot().Spec
-	from := r.snapshot().From
-	log := c.log.With("function", fn.Name, "revision", spec.To, "from", from)
-	finish := func(state, verdict, reason string, d Decision) {
-		d.Verdict, d.Reason, d.At = verdict, reason, time.Now()
-		c.decisions.WithLabelValues(fn.Name, spec.To, verdict).Inc()
-		var err error
-		switch state {
-		case StatePromoted:
-			err = c.setStatic(fn, spec.To)
-			c.weight.WithLabelValues(fn.Name, spec.To).Set(100)
-		case StateRolledBack, StateAborted:
-			err = c.setStatic(fn, from)
-			c.weight.WithLabelValues(fn.Name, spec.To).Set(0)
-		}
-		if err != nil {
-			state, d.Reason = StateFailed, reason+"; and the flag file could not be written: "+err.Error()
-		}
-		log.Info("rollout "+verdict, "state", state, "weight", d.Weight, "requests", d.Requests, "errors", d.Errors,
-			"error_rate", d.ErrorRate, "p99", d.P99, "reason", d.Reason)
-		r.update(func(s *Status) { s.State = state; s.Decisions = append(s.Decisions, d) })
-	}
-	for step, weight := range spec.Steps {
-		if err := c.setSplit(fn, from, spec.To, weight); err != nil {
-			finish(StateFailed, "rollback", "could not write the flag file: "+err.Error(), Decision{Weight: weight})
-			return
-		}
-		c.weight.WithLabelValues(fn.Name, spec.To).Set(float64(weight))
-		r.update(func(s *Status) { s.Step, s.Weight = step, weight })
-		log.Info("rollout step", "step", step+1, "of", len(spec.Steps), "weight", weight)
-		for holds := 0; ; holds++ {
-			before, err := takeSample(c.cfg.Gatherer, fn.Name, spec.To)
-			if err != nil {
-				finish(StateFailed, "rollback", "reading the router's metrics: "+err.Error(), Decision{Weight: weight})
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-r.abort:
-				finish(StateAborted, "abort", "aborted by request", Decision{Weight: weight})
-				return
-			case <-time.After(spec.Interval):
-			}
-			after, err := takeSample(c.cfg.Gatherer, fn.Name, spec.To)
-			if err != nil {
-				finish(StateFailed, "rollback", "reading the router's metrics: "+err.Error(), Decision{Weight: weight})
-				return
-			}
-			w := between(before, after)
-			d := Decision{Weight: weight, Requests: w.Requests, Errors: w.Errors, ErrorRate: w.ErrorRate(), P99: w.P99.String()}
-			switch {
-			case w.Requests > 0 && w.ErrorRate() > spec.MaxErrorRate:
-				finish(StateRolledBack, "rollback", fmt.Sprintf("error rate %.4f over %.0f requests exceeds %.4f", w.ErrorRate(), w.Requests, spec.MaxErrorRate), d)
-				return
-			case w.Requests > 0 && w.P99 > spec.MaxP99:
-				finish(StateRolledBack, "rollback", fmt.Sprintf("p99 %s exceeds %s", w.P99, spec.MaxP99), d)
-				return
-			case w.Requests < float64(spec.MinRequests):
-				if holds+1 >= maxHolds {
-					finish(StateRolledBack, "rollback", fmt.Sprintf("only %.0f canary requests in each of %d intervals (need %d): cannot judge", w.Requests, maxHolds, spec.MinRequests), d)
-					return
-				}
-				d.Verdict, d.Reason, d.At = "hold", fmt.Sprintf("%.0f canary requests, need %d to judge; waiting", w.Requests, spec.MinRequests), time.Now()
-				c.decisions.WithLabelValues(fn.Name, spec.To, "hold").Inc()
-				log.Info("rollout hold", "weight", weight, "requests", w.Requests, "reason", d.Reason)
-				r.update(func(s *Status) { s.Decisions = append(s.Decisions, d) })
-				continue
-			}
-			if step == len(spec.Steps)-1 {
-				finish(StatePromoted, "promote", fmt.Sprintf("healthy at 100%%: error rate %.4f, p99 %s", w.ErrorRate(), w.P99), d)
-				return
-			}
-			d.Verdict, d.Reason, d.At = "advance", fmt.Sprintf("healthy at %d%%: error rate %.4f ≤ %.4f, p99 %s ≤ %s", weight, w.ErrorRate(), spec.MaxErrorRate, w.P99, spec.MaxP99), time.Now()
-			c.decisions.WithLabelValues(fn.Name, spec.To, "advance").Inc()
-			log.Info("rollout advance", "weight", weight, "requests", w.Requests, "error_rate", d.ErrorRate, "p99", d.P99)
-			r.update(func(s *Status) { s.Decisions = append(s.Decisions, d) })
-			break
-		}
-	}
-}
-
-func (c *Controller) setSplit(fn *functions.Manifest, from, to string, weight int) error {
-	c.fileMu.Lock()
-	defer c.fileMu.Unlock()
-	ff, err := flags.OpenFlagEdit(c.cfg.FlagsPath, fn.Flag)
-	if err != nil {
-		return err
-	}
-	stable := ff.VariantFor(from)
-	canary := ff.VariantFor(to)
-	ff.SetSplit(stable, canary, weight)
-	return ff.Write()
-}
-
-func (c *Controller) setStatic(fn *functions.Manifest, revision string) error {
-	c.fileMu.Lock()
-	defer c.fileMu.Unlock()
-	ff, err := flags.OpenFlagEdit(c.cfg.FlagsPath, fn.Flag)
-	if err != nil {
-		return err
-	}
-	ff.SetStatic(ff.VariantFor(revision))
-	return ff.Write()
-}
-
-// ParseSteps reads "5,25,50,100".
-func ParseSteps(s string) ([]int, error) {
-	var out []int
-	for _, part := range strings.Split(s, ",") {
-		w, err := strconv.Atoi(strings.TrimSpace(part))
-		if err != nil {
-			return nil, fmt.Errorf("steps %q: %q is not a whole percent", s, part)
-		}
-		out = append(out, w)
-	}
-	return out, nil
 }

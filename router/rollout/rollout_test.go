@@ -173,3 +173,22 @@ func TestSpecJSONUsesDurationStrings(t *testing.T) {
 		t.Fatalf("spec JSON = %s", b)
 	}
 }
+
+// The admin API writes a Spec's durations as strings; the CLI reads them back.
+func TestSpecJSONRoundTrip(t *testing.T) {
+	in := Spec{Function: "fraud", To: "fraud-00002", Steps: []int{5, 100}, Interval: 1500 * time.Millisecond, MaxErrorRate: 0.01, MaxP99: 250 * time.Millisecond, MinRequests: 3}
+	b, err := json.Marshal(Status{Spec: in, State: StateRunning})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out Status
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("decode %s: %v", b, err)
+	}
+	if !reflect.DeepEqual(out.Spec, in) {
+		t.Errorf("round trip: %+v, want %+v", out.Spec, in)
+	}
+	if err := json.Unmarshal([]byte(`{"interval":"soon"}`), &out.Spec); err == nil {
+		t.Error("a malformed interval decoded without error")
+	}
+}

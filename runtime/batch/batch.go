@@ -43,6 +43,14 @@ type Batcher struct {
 	wg      sync.WaitGroup
 	stop    chan struct{}
 	once    sync.Once
+	// accepting guards sends on in against Stop: Submit enqueues under the
+	// read lock while stopped is false, Stop sets stopped under the write
+	// lock, so every call Submit enqueued is in the channel before the loop
+	// drains it.
+	accepting sync.RWMutex
+	stopped   bool
+	// after, when set (tests), replaces the MaxDelay timer.
+	after func(time.Duration) <-chan time.Time
 	// lastRequests is how many requests the previous batch held: a lone
 	// request after a lone request does not wait for company that is not coming.
 	lastRequests int
@@ -64,14 +72,17 @@ type result struct {
 }
 
 // New starts a batcher over run.
-func New(cfg Config, run Runner) *Batcher {
+func New(cfg Config, run Runner) *Batcher { return start(cfg, run, nil) }
+
+// start is New with after replacing the MaxDelay timer when set (tests).
+func start(cfg Config, run Runner, after func(time.Duration) <-chan time.Time) *Batcher {
 	if cfg.MaxBatch < 1 {
 		cfg.MaxBatch = 1
 	}
 	if cfg.Parallel < 1 {
 		cfg.Parallel = 1
 	}
-	b := &Batcher{cfg: cfg, run: run, in: make(chan *call, 4*cfg.MaxBatch), running: make(chan struct{}, cfg.Parallel), stop: make(chan struct{})}
+	b := &Batcher{cfg: cfg, run: run, in: make(chan *call, 4*cfg.MaxBatch), running: make(chan struct{}, cfg.Parallel), stop: make(chan struct{}), after: after}
 	b.wg.Add(1)
 	go b.loop()
 	return b
@@ -84,18 +95,18 @@ func (b *Batcher) Submit(ctx context.Context, inputs []*tensor.Tensor, rows int)
 	b.pending.Add(1)
 	defer b.pending.Add(-1)
 	c := &call{ctx: ctx, inputs: inputs, rows: rows, key: signature(inputs), done: make(chan result, 1)}
-	select {
-	case <-b.stop:
+	b.accepting.RLock()
+	if b.stopped {
+		b.accepting.RUnlock()
 		return nil, ErrStopped
-	default:
 	}
 	select {
 	case b.in <- c:
 	case <-ctx.Done():
+		b.accepting.RUnlock()
 		return nil, ctx.Err()
-	case <-b.stop:
-		return nil, ErrStopped
 	}
+	b.accepting.RUnlock()
 	select {
 	case r := <-c.done:
 		return r.outputs, r.err
@@ -107,7 +118,13 @@ func (b *Batcher) Submit(ctx context.Context, inputs []*tensor.Tensor, rows int)
 
 // Stop finishes every queued batch and stops the loop; later Submits fail.
 func (b *Batcher) Stop() {
-	b.once.Do(func() { close(b.stop) })
+	b.once.Do(func() {
+		// The loop keeps consuming while Stop waits here for enqueues under way.
+		b.accepting.Lock()
+		b.stopped = true
+		b.accepting.Unlock()
+		close(b.stop)
+	})
 	b.wg.Wait()
 }
 
@@ -154,8 +171,12 @@ func (b *Batcher) loop() {
 		// through to default).
 		var wait <-chan time.Time
 		if rows < b.cfg.MaxBatch && b.cfg.MaxDelay > 0 && busy {
-			timer.Reset(b.cfg.MaxDelay)
-			wait = timer.C
+			if b.after != nil {
+				wait = b.after(b.cfg.MaxDelay)
+			} else {
+				timer.Reset(b.cfg.MaxDelay)
+				wait = timer.C
+			}
 		}
 	collect:
 		for rows < b.cfg.MaxBatch {
@@ -182,7 +203,7 @@ func (b *Batcher) loop() {
 			batch = append(batch, c)
 			rows += c.rows
 		}
-		if wait != nil && !timer.Stop() {
+		if wait != nil && b.after == nil && !timer.Stop() {
 			select {
 			case <-timer.C:
 			default:

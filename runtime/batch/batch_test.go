@@ -11,26 +11,79 @@ import (
 )
 
 // doubler is a Runner that doubles its input "x" into output "y" and
-// records each call's rows; it stands in for the session pool so the tests
-// can control and observe timing (the pool itself is tested with ONNX
-// Runtime in runtime/server).
+// records each call's rows and width; it stands in for the session pool so
+// the tests can hold calls and observe them (the pool itself is tested with
+// ONNX Runtime in runtime/server).
 type doubler struct {
 	mu    sync.Mutex
-	calls []int
-	delay time.Duration
+	calls []int // rows per call
+	// widths holds, per call, the trailing width of its tensor and every
+	// distinct value its rows carried (tests fill a row with its width).
+	widths []callWidths
+	// gate, when set, holds every call until it is closed; entered receives
+	// one value per call that reached the gate.
+	gate    chan struct{}
+	entered chan struct{}
+}
+
+type callWidths struct {
+	shape  int64
+	values map[float32]bool
 }
 
 func (d *doubler) Run(_ context.Context, in []*tensor.Tensor) (map[string]*tensor.Tensor, time.Duration, error) {
-	time.Sleep(d.delay)
 	x := in[0].Data.([]float32)
 	y := make([]float32, len(x))
+	seen := map[float32]bool{}
 	for i, v := range x {
 		y[i] = 2 * v
+		seen[v] = true
 	}
 	d.mu.Lock()
 	d.calls = append(d.calls, int(in[0].Shape[0]))
+	d.widths = append(d.widths, callWidths{shape: in[0].Shape[1], values: seen})
 	d.mu.Unlock()
-	return map[string]*tensor.Tensor{"y": {Name: "y", Datatype: tensor.FP32, Shape: append([]int64(nil), in[0].Shape...), Data: y}}, d.delay, nil
+	if d.gate != nil {
+		d.entered <- struct{}{}
+		<-d.gate
+	}
+	return map[string]*tensor.Tensor{"y": {Name: "y", Datatype: tensor.FP32, Shape: append([]int64(nil), in[0].Shape...), Data: y}}, 0, nil
+}
+
+// fakeTimer replaces the MaxDelay timer: armed records every wait the
+// batcher starts, fire ends the current one.
+type fakeTimer struct {
+	mu    sync.Mutex
+	armed []time.Duration
+	c     chan time.Time
+}
+
+func newFakeTimer() *fakeTimer { return &fakeTimer{c: make(chan time.Time, 1)} }
+
+func (ft *fakeTimer) after(d time.Duration) <-chan time.Time {
+	ft.mu.Lock()
+	ft.armed = append(ft.armed, d)
+	ft.mu.Unlock()
+	return ft.c
+}
+
+func (ft *fakeTimer) waits() []time.Duration {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	return append([]time.Duration(nil), ft.armed...)
+}
+
+// waitFor polls cond (no fixed sleep decides the outcome); the deadline only
+// turns a hang into a failure.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func row(v float32, rows int) []*tensor.Tensor {
@@ -42,7 +95,7 @@ func row(v float32, rows int) []*tensor.Tensor {
 }
 
 func TestRowsGoBackToTheirRequests(t *testing.T) {
-	d := &doubler{delay: 5 * time.Millisecond}
+	d := &doubler{}
 	b := New(Config{MaxBatch: 64, MaxDelay: 10 * time.Millisecond, Parallel: 1}, d)
 	defer b.Stop()
 	var wg sync.WaitGroup
@@ -86,90 +139,157 @@ func TestRowsGoBackToTheirRequests(t *testing.T) {
 	}
 }
 
+// TestNeverWaitsLongerThanMaxDelay: with company expected, a lone request
+// waits on a timer of exactly MaxDelay and runs alone when it fires (a fake
+// timer: the test asserts what the batcher waits for, not how long it took).
 func TestNeverWaitsLongerThanMaxDelay(t *testing.T) {
 	d := &doubler{}
 	const maxDelay = 30 * time.Millisecond
-	b := New(Config{MaxBatch: 1000, MaxDelay: maxDelay, Parallel: 1}, d)
+	ft := newFakeTimer()
+	b := start(Config{MaxBatch: 1000, MaxDelay: maxDelay, Parallel: 1}, d, ft.after)
 	defer b.Stop()
-	// Make the batcher expect company (previous batch held two requests),
-	// then send one request alone: it waits at most MaxDelay.
+	// Make the batcher expect company: the previous batch held two requests.
+	d.gate, d.entered = make(chan struct{}), make(chan struct{}, 8)
+	go b.Submit(context.Background(), row(1, 1), 1) // holds the one session
+	<-d.entered
 	var wg sync.WaitGroup
 	for i := 0; i < 2; i++ {
 		wg.Add(1)
 		go func() { defer wg.Done(); b.Submit(context.Background(), row(1, 1), 1) }()
 	}
+	waitFor(t, "two requests queued behind the held one", func() bool { return b.pending.Load() == 3 })
+	close(d.gate)      // later calls pass straight through
+	ft.c <- time.Now() // the pair may wait for a third; let it go
 	wg.Wait()
-	for i := 0; i < 5; i++ {
-		begin := time.Now()
-		if _, err := b.Submit(context.Background(), row(1, 1), 1); err != nil {
-			t.Fatal(err)
-		}
-		if took := time.Since(begin); took > maxDelay+20*time.Millisecond {
-			t.Fatalf("a lone request took %s with MaxDelay %s", took, maxDelay)
-		}
+	d.mu.Lock()
+	if last := d.calls[len(d.calls)-1]; last != 2 {
+		t.Fatalf("the two queued requests ran as calls %v, want one call of 2 rows", d.calls)
+	}
+	d.mu.Unlock()
+
+	done := make(chan error, 1)
+	go func() { _, err := b.Submit(context.Background(), row(1, 1), 1); done <- err }()
+	waitFor(t, "the lone request to wait for company", func() bool { return len(ft.waits()) == 2 })
+	select {
+	case err := <-done:
+		t.Fatalf("the lone request finished (%v) before its MaxDelay timer fired", err)
+	default:
+	}
+	if w := ft.waits()[1]; w != maxDelay {
+		t.Fatalf("the lone request waits on a %s timer, want MaxDelay %s", w, maxDelay)
+	}
+	ft.c <- time.Now()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if last := d.calls[len(d.calls)-1]; last != 1 {
+		t.Fatalf("the lone request ran in a call of %d rows, want 1", last)
 	}
 }
 
+// TestLoneRequestsAtLowLoadDoNotWait: sequential requests never arm the
+// MaxDelay timer (company is not coming).
 func TestLoneRequestsAtLowLoadDoNotWait(t *testing.T) {
 	d := &doubler{}
-	b := New(Config{MaxBatch: 32, MaxDelay: 200 * time.Millisecond, Parallel: 1}, d)
+	ft := newFakeTimer()
+	b := start(Config{MaxBatch: 32, MaxDelay: time.Hour, Parallel: 1}, d, ft.after)
 	defer b.Stop()
-	b.Submit(context.Background(), row(1, 1), 1)
-	begin := time.Now()
 	for i := 0; i < 10; i++ {
 		if _, err := b.Submit(context.Background(), row(1, 1), 1); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if took := time.Since(begin); took > 100*time.Millisecond {
-		t.Fatalf("10 sequential requests took %s: each waited for company that never came", took)
+	if w := ft.waits(); len(w) != 0 {
+		t.Fatalf("10 sequential requests armed the MaxDelay timer %d times: they waited for company that never came", len(w))
 	}
 }
 
+// TestIncompatibleShapesAreNotMixedAndStopDrains stops the batcher while
+// submissions are held behind busy sessions: every one must get its own
+// result, and no call may mix the two widths.
 func TestIncompatibleShapesAreNotMixedAndStopDrains(t *testing.T) {
-	d := &doubler{delay: 2 * time.Millisecond}
-	b := New(Config{MaxBatch: 64, MaxDelay: 5 * time.Millisecond, Parallel: 2}, d)
+	d := &doubler{gate: make(chan struct{}), entered: make(chan struct{}, 64)}
+	const parallel, n = 2, 20
+	b := New(Config{MaxBatch: 64, MaxDelay: 5 * time.Millisecond, Parallel: parallel}, d)
 	var wg sync.WaitGroup
-	errs := make(chan error, 20)
-	for i := 0; i < 20; i++ {
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
 			width := 2 + i%2 // two trailing shapes that cannot share a call
 			data := make([]float32, width)
+			for j := range data {
+				data[j] = float32(width)
+			}
 			in := []*tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, int64(width)}, Data: data}}
 			out, err := b.Submit(context.Background(), in, 1)
 			if err != nil {
-				errs <- err
+				errs <- fmt.Errorf("width %d: %w", width, err)
 				return
 			}
-			if got := out["y"].Shape[1]; got != int64(width) {
-				errs <- fmt.Errorf("width %d came back as %d", width, got)
+			y := out["y"]
+			if y.Shape[0] != 1 || y.Shape[1] != int64(width) {
+				errs <- fmt.Errorf("width %d came back with shape %v", width, y.Shape)
+				return
+			}
+			for _, v := range y.Data.([]float32) {
+				if v != float32(2*width) {
+					errs <- fmt.Errorf("width %d got %v: another request's rows", width, v)
+					return
+				}
 			}
 		}(i)
 	}
+	// Both sessions busy and every submission accepted and waiting.
+	for i := 0; i < parallel; i++ {
+		<-d.entered
+	}
+	waitFor(t, "every submission to be under way", func() bool { return b.pending.Load() == n })
+	stopped := make(chan struct{})
+	go func() { b.Stop(); close(stopped) }()
+	<-b.stop // Stop has begun while the submissions are held
+	if _, err := b.Submit(context.Background(), row(1, 1), 1); err != ErrStopped {
+		t.Errorf("submit after Stop: %v, want ErrStopped", err)
+	}
+	close(d.gate)
 	wg.Wait()
-	b.Stop()
+	<-stopped
 	close(errs)
 	for err := range errs {
 		t.Error(err)
 	}
-	if _, err := b.Submit(context.Background(), row(1, 1), 1); err != ErrStopped {
-		t.Errorf("submit after Stop: %v, want ErrStopped", err)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rows := 0
+	for i, c := range d.widths {
+		rows += d.calls[i]
+		if len(c.values) != 1 || !c.values[float32(c.shape)] {
+			t.Errorf("call %d (width %d, %d rows) mixed rows of widths %v", i, c.shape, d.calls[i], c.values)
+		}
+	}
+	if rows != n {
+		t.Errorf("%d rows ran, %d were submitted", rows, n)
 	}
 }
 
 func TestCancelledRequestDoesNotBlockOthers(t *testing.T) {
-	d := &doubler{delay: 20 * time.Millisecond}
+	d := &doubler{gate: make(chan struct{}), entered: make(chan struct{}, 8)}
 	b := New(Config{MaxBatch: 8, MaxDelay: time.Millisecond, Parallel: 1}, d)
 	defer b.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
-	defer cancel()
 	go b.Submit(context.Background(), row(1, 1), 1) // occupies the session
-	time.Sleep(2 * time.Millisecond)
-	if _, err := b.Submit(ctx, row(2, 1), 1); err == nil {
-		t.Fatal("a request past its deadline succeeded")
+	<-d.entered
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { _, err := b.Submit(ctx, row(2, 1), 1); errc <- err }()
+	waitFor(t, "the second request to queue", func() bool { return b.pending.Load() == 2 })
+	cancel()
+	if err := <-errc; err == nil {
+		t.Fatal("a cancelled request succeeded")
 	}
+	close(d.gate) // later calls pass straight through
 	out, err := b.Submit(context.Background(), row(3, 1), 1)
 	if err != nil || out["y"].Data.([]float32)[0] != 6 {
 		t.Fatalf("after a cancellation: %v %v", out, err)

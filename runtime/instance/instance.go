@@ -14,7 +14,7 @@ import (
 	"github.com/pilotlight/pilotlight/functions/tensor"
 	"github.com/pilotlight/pilotlight/runtime/batch"
 	"github.com/pilotlight/pilotlight/runtime/ort"
-	"github.com/pilotlight/pilotlight/runtime/pool"
+	"github.com/pilotlight/pilotlight/runtime/sessions"
 )
 
 // Instance serves one revision of one function.
@@ -22,7 +22,7 @@ type Instance struct {
 	Manifest *functions.Manifest
 	Revision functions.Revision
 	Handler  functions.Handler // nil for V2-only (tensor) functions
-	Pool     *pool.Pool
+	Pool     *sessions.Pool
 	Batcher  *batch.Batcher
 	// LoadTime is how long creating and warming the session pool took.
 	LoadTime time.Duration
@@ -47,7 +47,7 @@ func Load(ctx context.Context, m *functions.Manifest, revision string, obs Obser
 		return nil, err
 	}
 	start := time.Now()
-	p, err := pool.New(ctx, m.ModelPath(rev), m.Runtime.Sessions, ort.Options{Provider: m.Runtime.Provider, IntraOpThreads: m.Runtime.IntraOpThreads})
+	p, err := sessions.New(ctx, m.ModelPath(rev), m.Runtime.Sessions, ort.Options{Provider: m.Runtime.Provider, IntraOpThreads: m.Runtime.IntraOpThreads})
 	if err != nil {
 		return nil, fmt.Errorf("load %s/%s: %w", m.Name, revision, err)
 	}

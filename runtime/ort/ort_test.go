@@ -11,7 +11,7 @@ import (
 
 	"github.com/pilotlight/pilotlight/functions/tensor"
 	"github.com/pilotlight/pilotlight/runtime/ort"
-	"github.com/pilotlight/pilotlight/runtime/pool"
+	"github.com/pilotlight/pilotlight/runtime/sessions"
 )
 
 func root() string {
@@ -85,7 +85,7 @@ func BenchmarkSessionRun(b *testing.B) {
 			b.Fatal(err)
 		}
 		for _, rows := range []int64{1, 32} {
-			inputs := pool.WarmupInputs(s.Inputs())
+			inputs := sessions.WarmupInputs(s.Inputs())
 			for _, in := range inputs {
 				in.Shape[0] = rows
 				n, _ := tensor.Elements(in.Shape)

@@ -29,10 +29,11 @@ import (
 
 // The instance's gRPC face: the Open Inference Protocol's
 // inference.GRPCInferenceService, on the same port as REST. Serve's
-// http.Server speaks HTTP/1.1 and h2c on one listener; dispatch answers
-// ModelInfer itself (serveInfer), sends the other gRPC calls to grpc-go
-// (its ServeHTTP: the model-less methods, reflection) and everything else,
-// REST over HTTP/2 included, to echo. ModelInfer reuses the REST path's rules
+// http.Server speaks HTTP/1.1 and h2c on one listener; echo's first step
+// sends gRPC calls to serveGRPC, which answers ModelInfer itself
+// (serveInfer) and hands the other calls to grpc-go (its ServeHTTP: the
+// model-less methods, reflection); everything else, REST over HTTP/2
+// included, goes on through echo. ModelInfer reuses the REST path's rules
 // (inputChecker, resolve, checkRows), batcher, pool, limits and metrics.
 
 // grpcRoute is the route label of gRPC ModelInfer calls in pilotlight_runtime_requests_total.
@@ -58,7 +59,7 @@ func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 // newGRPC builds the gRPC server; maxMessageBytes bounds every message
-// grpc-go reads (the body limit in force; dispatch answers ModelInfer's
+// grpc-go reads (the body limit in force; serveGRPC answers the inference calls.
 // oversize messages first, with REST's message).
 func (s *Server) newGRPC(maxMessageBytes int64) *grpc.Server {
 	g := grpc.NewServer(
@@ -112,12 +113,8 @@ func unary[Req any, PReq interface {
 	}}
 }
 
-// dispatch sends gRPC calls to grpc-go and everything else to echo.
-func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
-	if !pb.IsGRPC(r) {
-		s.echo.ServeHTTP(w, r)
-		return
-	}
+// serveGRPC answers a gRPC call: ModelInfer itself, the rest through grpc-go.
+func (s *Server) serveGRPC(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == grpcServicePrefix+"ModelInfer" {
 		s.serveInfer(w, r)
 		return

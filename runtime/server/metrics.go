@@ -49,7 +49,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_execution_provider_fallback_total",
 			Help: "Sessions that fell back to CPU because the requested provider was unavailable."}, []string{"function", "revision", "from", "to"}),
 		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pilotlight_session_pool_size",
-			Help: "Sessions in the revision's warm pool."}, []string{"function", "revision"}),
+			Help: "Sessions in the revision's session pool."}, []string{"function", "revision"}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.batchRows, m.batchReqs, m.batchRun, m.batchErrors, m.loadSeconds, m.provider, m.fallbacks, m.sessions)
 	return m

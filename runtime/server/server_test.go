@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -260,30 +262,52 @@ func TestNotReadyUntilLoadedAndReasonOnFailure(t *testing.T) {
 }
 
 func TestDrainFinishesInFlightRequests(t *testing.T) {
-	s, _, reg := loaded(t, func(m *functions.Manifest) { m.Batching.MaxDelay = 200 * time.Millisecond; m.Batching.MaxBatch = 64 })
+	s, ts, reg := loaded(t, nil)
+	// entered fires once a request is inside the handler chain: in flight.
+	entered := make(chan struct{}, 1)
+	e, ok := s.Handler().(*echo.Echo)
+	if !ok {
+		t.Fatalf("Handler is a %T; this test observes requests through echo middleware", s.Handler())
+	}
+	e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			select {
+			case entered <- struct{}{}:
+			default:
+			}
+			return next(c)
+		}
+	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ctx, ln) }()
-	url := "http://" + ln.Addr().String() + "/v2/models/example-tensor/infer"
-	// The request sits in the batcher's 200 ms window when SIGTERM (cancel) arrives.
-	got := make(chan int, 1)
-	go func() {
-		resp, err := http.Post(url, "application/json", strings.NewReader(`{"inputs":[{"name":"input_vectors","shape":[1,10],"datatype":"FP32","data":`+vec(1, 1)+`}]}`))
-		if err != nil {
-			got <- -1
-			return
-		}
-		resp.Body.Close()
-		got <- resp.StatusCode
-	}()
-	time.Sleep(50 * time.Millisecond)
+	// Half a request's body is sent, the request is seen in flight, then
+	// SIGTERM (cancel) arrives, then the rest of the body: it must be served.
+	body := `{"inputs":[{"name":"input_vectors","shape":[1,10],"datatype":"FP32","data":` + vec(1, 1) + `}]}`
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v2/models/example-tensor/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:len(body)/2])
+	<-entered
 	cancel()
-	if code := <-got; code != 200 {
-		t.Fatalf("in-flight request during drain: status %d, want 200", code)
+	waitDraining(t, ts.URL)
+	if _, err := io.WriteString(conn, body[len(body)/2:]); err != nil {
+		t.Fatalf("finish the in-flight request's body during drain: %v", err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("in-flight request during drain: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("in-flight request during drain: status %d, want 200", resp.StatusCode)
 	}
 	if err := <-served; err != nil {
 		t.Fatalf("serve: %v", err)
@@ -293,5 +317,21 @@ func TestDrainFinishesInFlightRequests(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(reg, "pilotlight_runtime_requests_total"); n == 0 {
 		t.Error("request not counted")
+	}
+}
+
+// waitDraining waits until Serve has begun draining: readiness (asked on
+// the test's other listener, since Serve's own is closing) answers 503.
+func waitDraining(t *testing.T, base string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code, _ := do(t, "GET", base+"/v2/health/ready", ""); code == http.StatusServiceUnavailable {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("readiness did not turn false after cancel")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

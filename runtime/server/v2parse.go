@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // v2parser reads the V2 infer request envelope in one pass without
@@ -271,42 +272,84 @@ func (p *v2parser) int64() (int64, error) {
 }
 
 // parseInferRequest decodes a V2 infer request; unknown fields are errors.
+// field is the envelope field key names: encoding/json matches names
+// case-insensitively, and so must this parser (clients that worked before it
+// keep working).
+func field(key string, names ...string) string {
+	for _, n := range names {
+		if key == n {
+			return n
+		}
+	}
+	for _, n := range names {
+		if strings.EqualFold(key, n) {
+			return n
+		}
+	}
+	return key
+}
+
+// strOrNull reads a string field; null leaves it as it was (as encoding/json does).
+func (p *v2parser) strOrNull(dst *string) error {
+	if p.peek() == 'n' {
+		return p.null()
+	}
+	s, err := p.str()
+	*dst = s
+	return err
+}
+
+// params passes over a parameters object (null is none); anything else is
+// refused, as encoding/json refuses it for a map.
+func (p *v2parser) params(depth int) error {
+	switch p.peek() {
+	case 'n':
+		return p.null()
+	case '{':
+		return p.skip(depth)
+	}
+	return p.errorf("parameters must be an object")
+}
+
+// elem reads one object element of an array; null is a zero element.
+func (p *v2parser) elem(field func(key string) error) error {
+	if p.peek() == 'n' {
+		return p.null()
+	}
+	return p.object(field)
+}
+
 func parseInferRequest(body []byte) (*inferRequest, error) {
 	p := &v2parser{b: body}
 	req := &inferRequest{}
-	err := p.object(func(key string) error {
-		switch key {
+	err := p.elem(func(key string) error { // null: an empty envelope, as encoding/json reads it
+		switch field(key, "id", "parameters", "inputs", "outputs") {
 		case "id":
-			if p.peek() == 'n' {
-				return p.null()
-			}
-			s, err := p.str()
-			req.ID = s
-			return err
+			return p.strOrNull(&req.ID)
 		case "parameters":
-			return p.skip(1)
+			return p.params(1)
 		case "inputs":
+			req.Inputs = nil // a repeated key (another case) replaces, as in encoding/json
 			return p.array(func() error {
 				var in requestInput
-				err := p.object(func(key string) error {
-					switch key {
+				err := p.elem(func(key string) error {
+					switch field(key, "name", "datatype", "shape", "parameters", "data") {
 					case "name":
-						s, err := p.str()
-						in.Name = s
-						return err
+						return p.strOrNull(&in.Name)
 					case "datatype":
-						s, err := p.str()
-						in.Datatype = s
-						return err
+						return p.strOrNull(&in.Datatype)
 					case "shape":
 						in.Shape = []int64{}
+						if p.peek() == 'n' {
+							in.Shape = nil
+						}
 						return p.array(func() error {
 							v, err := p.int64()
 							in.Shape = append(in.Shape, v)
 							return err
 						})
 					case "parameters":
-						return p.skip(2)
+						return p.params(2)
 					case "data":
 						d, err := p.span()
 						in.Data = d
@@ -318,16 +361,15 @@ func parseInferRequest(body []byte) (*inferRequest, error) {
 				return err
 			})
 		case "outputs":
+			req.Outputs = nil
 			return p.array(func() error {
 				var out requestOutput
-				err := p.object(func(key string) error {
-					switch key {
+				err := p.elem(func(key string) error {
+					switch field(key, "name", "parameters") {
 					case "name":
-						s, err := p.str()
-						out.Name = s
-						return err
+						return p.strOrNull(&out.Name)
 					case "parameters":
-						return p.skip(2)
+						return p.params(2)
 					}
 					return fmt.Errorf("json: unknown field %q in an output", key)
 				})
@@ -340,7 +382,7 @@ func parseInferRequest(body []byte) (*inferRequest, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.peek() != 0 {
+	if p.ws(); p.i < len(p.b) { // not peek: a NUL byte is data too
 		return nil, p.errorf("trailing data after the JSON object")
 	}
 	return req, nil

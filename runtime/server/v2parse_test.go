@@ -3,6 +3,8 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"io"
 	"reflect"
 	"strings"
 	"testing"
@@ -20,16 +22,37 @@ var envelopeSeeds = []string{
 	`{"inputs":[{"name":"x","oops":1}]}`,
 	`{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,]}]}`,
 	`{"inputs":`, `[]`, ``, `{}`, `{"id":1}`,
+	// encoding/json's leniencies the parser must share: names in any case,
+	// null for a string, a shape or an element, and a later key replacing an earlier.
+	`{"Inputs":[{"NAME":"x","Shape":[1],"DataType":"FP32","Data":[1]}],"OUTPUTS":[{"Name":"y"}]}`,
+	`{"inputs":[null,{"name":null,"shape":null,"datatype":"FP32","data":null,"parameters":null}],"outputs":[null],"parameters":null}`,
+	`{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[1]}],"INPUTS":[{"name":"b","shape":[1],"datatype":"FP32","data":[2]}]}`,
+	// and its refusals: parameters that are not an object.
+	`{"inputs":[],"parameters":5}`,
+	`{"inputs":[{"name":"x","parameters":"p"}]}`,
 }
 
-// The hand-written envelope parser must never accept what encoding/json
-// (with unknown fields refused) would not, and must read the same values.
+// The hand-written envelope parser and encoding/json (unknown fields
+// refused) must agree both ways on whatever passes checkJSON: the parser
+// accepts exactly what encoding/json accepts, and reads the same values.
 func checkAgainstEncodingJSON(t *testing.T, body []byte) {
 	if checkJSON(body) != nil {
 		return // refused before the envelope parser runs (duplicate keys, bad UTF-8, depth)
 	}
+	var std inferRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	stdErr := dec.Decode(&std)
+	if stdErr == nil {
+		if _, err := dec.Token(); err != io.EOF {
+			stdErr = errors.New("data after the top-level value")
+		}
+	}
 	ours, err := parseInferRequest(body)
 	if err != nil {
+		if stdErr == nil {
+			t.Fatalf("refused %q (%v), which encoding/json and checkJSON accept", body, err)
+		}
 		return
 	}
 	// The envelope checks data's brackets only; decodeData validates its
@@ -45,11 +68,8 @@ func checkAgainstEncodingJSON(t *testing.T, body []byte) {
 			return
 		}
 	}
-	var std inferRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&std); err != nil {
-		t.Fatalf("accepted %q, which encoding/json refuses: %v", body, err)
+	if stdErr != nil {
+		t.Fatalf("accepted %q, which encoding/json refuses: %v", body, stdErr)
 	}
 	if ours.ID != std.ID || len(ours.Inputs) != len(std.Inputs) || len(ours.Outputs) != len(std.Outputs) {
 		t.Fatalf("%q: ours %+v, encoding/json %+v", body, ours, std)
@@ -77,9 +97,9 @@ func TestEnvelopeMatchesEncodingJSON(t *testing.T) {
 		}
 	}
 	// Four full requests, two empty envelopes (decodeInfer then asks for
-	// inputs), and one whose bad data decodeData refuses.
-	if accepted != 7 {
-		t.Errorf("accepted %d of the seeds, want 7", accepted)
+	// inputs), one whose bad data decodeData refuses, and the three lenient ones.
+	if accepted != 10 {
+		t.Errorf("accepted %d of the seeds, want 10", accepted)
 	}
 	if _, err := decodeData([]byte("[1,]"), "FP32", 1); err == nil {
 		t.Error("a trailing comma in data was accepted")

@@ -1,7 +1,7 @@
-// Package pool is the warm pool inside one instance: N ONNX Runtime sessions
+// Package sessions is the session pool inside one instance: N ONNX Runtime sessions
 // for one revision, created and warmed before the instance reports ready, and
 // lent to one batch at a time.
-package pool
+package sessions
 
 import (
 	"context"
