@@ -49,7 +49,7 @@ type grpcProxy struct {
 	rt        *Router
 	own       *grpc.Server // ServerLive, ServerReady, ServerMetadata, reflection
 	transport *http.Transport
-	maxBody   int64 // the largest runtime.maxBodyBytes of any function: nothing longer is read
+	maxBody   int64     // the largest runtime.maxBodyBytes of any function: nothing longer is read
 	bufs      sync.Pool // request messages
 	copyBufs  sync.Pool // response copies: io.Copy would allocate 32 KiB per call
 }

@@ -59,8 +59,8 @@ func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 // newGRPC builds the gRPC server; maxMessageBytes bounds every message
-// grpc-go reads (the body limit in force; serveGRPC answers the inference calls.
-// oversize messages first, with REST's message).
+// grpc-go reads (the body limit in force; serveGRPC answers the inference
+// calls' oversize messages first, with REST's message).
 func (s *Server) newGRPC(maxMessageBytes int64) *grpc.Server {
 	g := grpc.NewServer(
 		grpc.ForceServerCodecV2(rawCodec{encoding.GetCodecV2(protocodec.Name)}),

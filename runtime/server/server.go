@@ -27,8 +27,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/pilotlight/pilotlight/functions"
-	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/listener"
+	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/runtime/instance"
 	"github.com/pilotlight/pilotlight/runtime/ort"
 )
