@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -189,26 +186,8 @@ func TestServeGRPC(t *testing.T) {
 		if err := os.WriteFile(keysFile, []byte("keys:\n  - id: client\n    hash: "+auth.Sum(key)+"\n    functions: [example-tensor]\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		root, _ := filepath.Abs("../..")
-		cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--keys-file", keysFile, "--admin-addr", "", "--pool-size", "0",
-			"--functions", filepath.Join(root, "functions"))
-		cmd.Dir = root
-		stdout, _ := cmd.StdoutPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err != nil || !strings.Contains(line, "authentication on") {
-			t.Fatalf("serve with keys: %q %v", line, err)
-		}
-		go io.Copy(io.Discard, stdout)
-		var base string
-		for _, w := range strings.Fields(line) {
-			if strings.HasPrefix(w, "http://") {
-				base = w
-			}
-		}
+		// startServe passes --dev; a later --dev=false turns authentication back on.
+		_, base := startServe(t, bin, "--dev=false", "--keys-file", keysFile, "--admin-addr", "", "--pool-size", "0")
 		ac := dialServe(t, base)
 		req := oneRowNoMetadata("example-tensor", 10)
 		with := func(md ...string) context.Context {
