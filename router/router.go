@@ -139,6 +139,7 @@ type Router struct {
 	client    *fasthttp.Client
 	m         *metrics
 	exchanges sync.Pool
+	grpc      *grpcProxy // the gRPC side (GRPCHandler)
 
 	mu   sync.Mutex
 	srvs []*frontDoor
@@ -185,6 +186,7 @@ func New(cfg Config) (*Router, error) {
 	rt.exchanges.New = func() any { return &exchange{rt: rt} }
 	rt.echo = rt.routes()
 	rt.slow = fasthttpadaptor.NewFastHTTPHandler(rt.echo)
+	rt.grpc = newGRPCProxy(rt)
 	return rt, nil
 }
 
@@ -217,7 +219,10 @@ func (rt *Router) MountAdmin(path string, h http.Handler) {
 }
 
 // Close releases idle upstream connections.
-func (rt *Router) Close() { rt.client.CloseIdleConnections() }
+func (rt *Router) Close() {
+	rt.client.CloseIdleConnections()
+	rt.grpc.transport.CloseIdleConnections()
+}
 
 func (rt *Router) newEcho() *echo.Echo {
 	e := echo.New()

@@ -21,9 +21,9 @@ func newBenchCmd() *cobra.Command {
 		verbose       bool
 	)
 	cmd := &cobra.Command{
-		Use:       "bench [instance|coldstart|hop|step|memory|ebpf|all]...",
+		Use:       "bench [instance|coldstart|hop|grpc|step|memory|ebpf|all]...",
 		Short:     "Measure the platform on loopback and print Markdown tables (make bench)",
-		ValidArgs: []string{"instance", "coldstart", "hop", "step", "memory", "ebpf", "all"},
+		ValidArgs: []string{"instance", "coldstart", "hop", "grpc", "step", "memory", "ebpf", "all"},
 		Args:      cobra.OnlyValidArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := os.Executable()
@@ -69,6 +69,7 @@ func newBenchCmd() *cobra.Command {
 				{"coldstart", "Scale from zero: warm pool", func(ctx context.Context) ([]bench.Row, error) { return bench.ColdStart(ctx, env, 1, coldStarts) }},
 				{"coldstart", "Scale from zero: exec (no pool)", func(ctx context.Context) ([]bench.Row, error) { return bench.ColdStart(ctx, env, 0, coldStarts) }},
 				{"hop", "Router hop", func(ctx context.Context) ([]bench.Row, error) { return bench.Hop(ctx, env) }},
+				{"grpc", "V2 over gRPC vs REST, direct and through the router (same run)", func(ctx context.Context) ([]bench.Row, error) { return bench.GRPC(ctx, env) }},
 				{"step", "Load step", func(ctx context.Context) ([]bench.Row, error) { return bench.Step(ctx, env) }},
 				{"memory", "Memory", func(ctx context.Context) ([]bench.Row, error) { return bench.Memory(ctx, env, fnRoot) }},
 				{"ebpf", "eBPF probe overhead (probes on vs off, same run)", func(ctx context.Context) ([]bench.Row, error) {

@@ -226,7 +226,13 @@ func newServeCmd() *cobra.Command {
 			} else {
 				engDone <- nil
 			}
-			srv := limits.Server(mainHandler, log)
+			srv := limits.Server(rt.GRPCHandler(mainHandler), log)
+			if tlsCert == "" {
+				// gRPC without TLS: h2c on the same listener (with TLS, ALPN offers h2).
+				srv.Protocols = new(http.Protocols)
+				srv.Protocols.SetHTTP1(true)
+				srv.Protocols.SetUnencryptedHTTP2(true)
+			}
 			srvDone := make(chan error, 1)
 			go func() {
 				if tlsCert != "" {

@@ -191,7 +191,8 @@ func container(m *functions.Manifest, rev functions.Revision, image string) core
 		Args: []string{"runtime",
 			"--function", FunctionsDir + "/" + m.Name,
 			"--revision", rev.Name},
-		Ports: []corev1.ContainerPort{{Name: "http1", ContainerPort: ContainerPort, Protocol: corev1.ProtocolTCP}},
+		// "h2c": Knative carries HTTP/2 end to end, so gRPC reaches the runtime; REST works over it too (the runtime takes both on $PORT).
+		Ports: []corev1.ContainerPort{{Name: "h2c", ContainerPort: ContainerPort, Protocol: corev1.ProtocolTCP}},
 		Env: []corev1.EnvVar{
 			{Name: "ONNXRUNTIME_LIB", Value: ORTLibrary},
 			// The Go runtime does not read cgroup limits for memory: say it.

@@ -2,9 +2,11 @@ package inference
 
 import (
 	"encoding/binary"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 )
@@ -121,4 +123,40 @@ func HTTPStatusFor(c codes.Code) int {
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
+}
+
+// ParseTimeout reads a grpc-timeout header value ("100m", "5S": at most 8
+// digits and a unit of H, M, S, m, u or n); ok is false when v is empty or malformed.
+func ParseTimeout(v string) (d time.Duration, ok bool) {
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v[:len(v)-1], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	unit := map[byte]time.Duration{'H': time.Hour, 'M': time.Minute, 'S': time.Second, 'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond}[v[len(v)-1]]
+	if unit == 0 {
+		return 0, false
+	}
+	if n > int64(math.MaxInt64/unit) {
+		return math.MaxInt64, true
+	}
+	return time.Duration(n) * unit, true
+}
+
+// WriteMessage answers a unary gRPC call with one message and status OK.
+func WriteMessage(w http.ResponseWriter, msg []byte) error {
+	h := w.Header()
+	h.Set("Content-Type", "application/grpc")
+	h.Del("Content-Length")
+	w.WriteHeader(http.StatusOK)
+	var prefix [FrameHeaderBytes]byte
+	binary.BigEndian.PutUint32(prefix[1:], uint32(len(msg)))
+	if _, err := w.Write(prefix[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(msg)
+	h.Set(http.TrailerPrefix+"Grpc-Status", "0")
+	return err
 }

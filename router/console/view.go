@@ -14,13 +14,13 @@ type View struct {
 	Seq       uint64    `json:"seq"`
 	Generated time.Time `json:"generated"`
 	// StepSeconds is the spacing of the series' points.
-	StepSeconds  float64                 `json:"step_seconds"`
-	SeriesPoints int                     `json:"series_points"`
-	Backend      string                  `json:"backend"`
-	Probes       bool                    `json:"probes"`
-	Functions    []FunctionView          `json:"functions"`
+	StepSeconds  float64                `json:"step_seconds"`
+	SeriesPoints int                    `json:"series_points"`
+	Backend      string                 `json:"backend"`
+	Probes       bool                   `json:"probes"`
+	Functions    []FunctionView         `json:"functions"`
 	Pool         []engine.ProcessStatus `json:"pool"`
-	RolloutsOn   bool                    `json:"rollouts_on"`
+	RolloutsOn   bool                   `json:"rollouts_on"`
 	// Rollouts are in flight; Finished are the latest that ended, newest first.
 	Rollouts []rollout.Status `json:"rollouts"`
 	Finished []rollout.Status `json:"finished"`
@@ -41,17 +41,17 @@ type RevisionView struct {
 	Tag    string `json:"tag,omitempty"`
 	Weight int    `json:"weight"`
 	// Local is false on Knative, where instances are the cluster's.
-	Local      bool                    `json:"local"`
-	Starting   int                     `json:"starting"`
-	Ready      int                     `json:"ready"`
-	Draining   int                     `json:"draining"`
-	Desired    int                     `json:"desired"`
-	Queued     int                     `json:"queued"`
-	Panic      bool                    `json:"panic"`
-	Reason     string                  `json:"reason,omitempty"`
+	Local      bool                   `json:"local"`
+	Starting   int                    `json:"starting"`
+	Ready      int                    `json:"ready"`
+	Draining   int                    `json:"draining"`
+	Desired    int                    `json:"desired"`
+	Queued     int                    `json:"queued"`
+	Panic      bool                   `json:"panic"`
+	Reason     string                 `json:"reason,omitempty"`
 	Instances  []engine.ProcessStatus `json:"instances"`
-	ColdStarts []ColdStartView         `json:"cold_starts"`
-	Series     Series                  `json:"series"`
+	ColdStarts []ColdStartView        `json:"cold_starts"`
+	Series     Series                 `json:"series"`
 }
 
 // Series are the revision's request rate and latency per step, oldest

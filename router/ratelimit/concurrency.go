@@ -81,6 +81,14 @@ func (cl *ConcurrencyLimiter) Acquire(fn string) (release func(), ok bool) {
 	}, true
 }
 
+// CountShed counts a request Acquire refused outside Middleware (the
+// router's gRPC side) in pilotlight_concurrency_shed_requests_total.
+func (cl *ConcurrencyLimiter) CountShed() {
+	if cl.shed != nil {
+		cl.shed.Inc()
+	}
+}
+
 // InFlight is the requests in flight for fn.
 func (cl *ConcurrencyLimiter) InFlight(fn string) int {
 	cl.mu.Lock()

@@ -134,6 +134,19 @@ func (l *Limiter) Allow(key string, rps float64, burst int) (ok bool, retryAfter
 	return true, 0
 }
 
+// CountRejected counts a request Allow refused outside Middleware (the
+// router's gRPC side) in pilotlight_ratelimit_rejected_requests_total;
+// keyID "" is "anonymous".
+func (l *Limiter) CountRejected(keyID string) {
+	if l.rejected == nil {
+		return
+	}
+	if keyID == "" {
+		keyID = "anonymous"
+	}
+	l.rejected.WithLabelValues(keyID).Inc()
+}
+
 // Len is the number of buckets held.
 func (l *Limiter) Len() int {
 	l.mu.Lock()

@@ -29,9 +29,11 @@ import (
 
 // The instance's gRPC face: the Open Inference Protocol's
 // inference.GRPCInferenceService, on the same port as REST. Serve's
-// http.Server speaks HTTP/1.1 and h2c on one listener; dispatch sends gRPC
-// calls to grpc-go (its ServeHTTP) and everything else, REST over HTTP/2
-// included, to echo. ModelInfer reuses the REST path's rules
+// http.Server speaks HTTP/1.1 and h2c on one listener; echo's first step
+// sends gRPC calls to serveGRPC, which answers ModelInfer itself
+// (serveInfer) and hands the other calls to grpc-go (its ServeHTTP: the
+// model-less methods, reflection); everything else, REST over HTTP/2
+// included, goes on through echo. ModelInfer reuses the REST path's rules
 // (inputChecker, resolve, checkRows), batcher, pool, limits and metrics.
 
 // grpcRoute is the route label of gRPC ModelInfer calls in pilotlight_runtime_requests_total.
@@ -57,8 +59,8 @@ func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 // newGRPC builds the gRPC server; maxMessageBytes bounds every message
-// grpc-go reads (the body limit in force; dispatch answers ModelInfer's
-// oversize messages first, with REST's message).
+// grpc-go reads (the body limit in force; serveGRPC answers the inference
+// calls' oversize messages first, with REST's message).
 func (s *Server) newGRPC(maxMessageBytes int64) *grpc.Server {
 	g := grpc.NewServer(
 		grpc.ForceServerCodecV2(rawCodec{encoding.GetCodecV2(protocodec.Name)}),
@@ -77,6 +79,8 @@ func (s *Server) newGRPC(maxMessageBytes int64) *grpc.Server {
 			return &pb.ServerMetadataResponse{Name: "pilotlight", Version: Version, Extensions: []string{}}, nil
 		}),
 		unary("ModelMetadata", s.grpcModelMetadata),
+		// Served by serveInfer on the hot path; registered so reflection and
+		// grpc-go callers (tests embedding the server) see the whole service.
 		{MethodName: "ModelInfer", Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 			var raw rawMessage
 			if err := dec(&raw); err != nil {
@@ -109,10 +113,10 @@ func unary[Req any, PReq interface {
 	}}
 }
 
-// dispatch sends gRPC calls to grpc-go and everything else to echo.
-func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
-	if !pb.IsGRPC(r) {
-		s.echo.ServeHTTP(w, r)
+// serveGRPC answers a gRPC call: ModelInfer itself, the rest through grpc-go.
+func (s *Server) serveGRPC(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == grpcServicePrefix+"ModelInfer" {
+		s.serveInfer(w, r)
 		return
 	}
 	if strings.HasPrefix(r.URL.Path, grpcServicePrefix) {
@@ -123,11 +127,7 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 		if err == nil {
 			limit := s.bodyLimitBytes()
 			if _, length := pb.ParseFrameHeader(hdr[:]); int64(length) > limit {
-				msg := fmt.Sprintf("request body larger than %d bytes", limit)
-				if r.URL.Path == grpcServicePrefix+"ModelInfer" {
-					s.countGRPC(codes.ResourceExhausted, time.Now())
-				}
-				pb.WriteStatus(w, codes.ResourceExhausted, msg)
+				pb.WriteStatus(w, codes.ResourceExhausted, fmt.Sprintf("request body larger than %d bytes", limit))
 				return
 			}
 		}
@@ -137,6 +137,57 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 		}{io.MultiReader(bytes.NewReader(hdr[:n]), r.Body), r.Body}
 	}
 	s.grpc.Load().ServeHTTP(w, r)
+}
+
+// serveInfer answers ModelInfer on net/http directly, without grpc-go's
+// ServeHTTP (its per-call goroutines and buffers cost more than the
+// inference on the hot path); grpc-go keeps the other methods and
+// reflection. A unary call is one length-prefixed message each way and a
+// status in the trailers.
+func (s *Server) serveInfer(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	if d, ok := pb.ParseTimeout(r.Header.Get("Grpc-Timeout")); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	refuse := func(code codes.Code, msg string) {
+		s.countGRPC(code, time.Now())
+		pb.WriteStatus(w, code, msg)
+	}
+	var hdr [pb.FrameHeaderBytes]byte
+	if _, err := io.ReadFull(r.Body, hdr[:]); err != nil {
+		refuse(codes.InvalidArgument, fmt.Sprintf("reading the request message: %v", err))
+		return
+	}
+	compressed, length := pb.ParseFrameHeader(hdr[:])
+	if compressed {
+		refuse(codes.Unimplemented, fmt.Sprintf("compressed requests are not accepted (grpc-encoding %q); send them uncompressed", r.Header.Get("Grpc-Encoding")))
+		return
+	}
+	if limit := s.bodyLimitBytes(); int64(length) > limit {
+		refuse(codes.ResourceExhausted, fmt.Sprintf("request body larger than %d bytes", limit))
+		return
+	}
+	body := make([]byte, length)
+	if _, err := io.ReadFull(r.Body, body); err != nil {
+		refuse(codes.InvalidArgument, fmt.Sprintf("reading the request message: %v", err))
+		return
+	}
+	resp, err := s.grpcInfer(ctx, body) // counts the call
+	if err != nil {
+		st := status.Convert(err)
+		pb.WriteStatus(w, st.Code(), st.Message())
+		return
+	}
+	out, err := proto.Marshal(resp)
+	if err != nil {
+		pb.WriteStatus(w, codes.Internal, fmt.Sprintf("encoding the response: %v", err))
+		return
+	}
+	if err := pb.WriteMessage(w, out); err != nil {
+		s.log.Debug("writing a gRPC response", "err", err)
+	}
 }
 
 // bodyLimitBytes is the request size limit in force: the loaded function's

@@ -206,6 +206,7 @@ func TestGRPCOnTheRESTPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	h2c.CloseIdleConnections()
 	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
 		t.Errorf("REST over h2c: %d, HTTP/%d", resp.StatusCode, resp.ProtoMajor)
 	}

@@ -28,6 +28,7 @@ import (
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/listener"
+	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/runtime/instance"
 	"github.com/pilotlight/pilotlight/runtime/ort"
 )
@@ -83,9 +84,9 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// Handler is the server's http.Handler (for tests and embedding): gRPC
-// calls to the gRPC service, everything else to the REST routes.
-func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.dispatch) }
+// Handler is the server's http.Handler (for tests and embedding): the echo
+// router, whose first (Pre) step hands gRPC calls to the gRPC service.
+func (s *Server) Handler() http.Handler { return s.echo }
 
 // Instance is the loaded revision, or nil.
 func (s *Server) Instance() *instance.Instance { return s.inst.Load() }
@@ -116,6 +117,16 @@ func (s *Server) routes() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.httpError
+	// gRPC first: before routing, recovery and the REST body limit, which are not its.
+	e.Pre(func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			if r := c.Request(); pb.IsGRPC(r) {
+				s.serveGRPC(c.Response().Writer, r)
+				return nil
+			}
+			return next(c)
+		}
+	})
 	// Order: recover first so nothing escapes, then the body limit so no handler reads more than allowed.
 	e.Use(middleware.Recover())
 	e.Use(s.bodyLimit)

@@ -1,0 +1,553 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/pilotlight/pilotlight/functions"
+	pb "github.com/pilotlight/pilotlight/proto/inference"
+	"github.com/pilotlight/pilotlight/router/auth"
+	"github.com/pilotlight/pilotlight/router/ratelimit"
+)
+
+// The router's gRPC side: the Open Inference Protocol's
+// inference.GRPCInferenceService through the same gates as REST. The calls
+// that name a model (ModelInfer, ModelMetadata, ModelReady) are proxied
+// without decoding their tensors: the router reads fields 1 and 2
+// (model_name and model_version, or name and version) and ModelInfer's
+// "user_id" parameter from the protobuf wire format, lets the model's flag
+// pick the revision, waits in the activator through a cold start, and
+// forwards the message as it came to the instance over h2c, copying back
+// headers, message and trailers. ServerLive, ServerReady, ServerMetadata and
+// server reflection are the router's own, like GET /v2 and the health paths.
+
+var (
+	grpcServicePath = "/" + pb.GRPCInferenceService_ServiceDesc.ServiceName + "/"
+	// grpcModelCalls are the calls routed by model, with what their name field is called in errors.
+	grpcModelCalls = map[string]string{
+		grpcServicePath + "ModelInfer":    "model_name",
+		grpcServicePath + "ModelMetadata": "name",
+		grpcServicePath + "ModelReady":    "name",
+	}
+)
+
+// grpcProxy is the gRPC half of the router.
+type grpcProxy struct {
+	rt        *Router
+	own       *grpc.Server // ServerLive, ServerReady, ServerMetadata, reflection
+	transport *http.Transport
+	maxBody   int64     // the largest runtime.maxBodyBytes of any function: nothing longer is read
+	bufs      sync.Pool // request messages
+	copyBufs  sync.Pool // response copies: io.Copy would allocate 32 KiB per call
+}
+
+func newGRPCProxy(rt *Router) *grpcProxy {
+	p := &grpcProxy{rt: rt, maxBody: DefaultMaxBodyBytes}
+	for _, fn := range rt.cfg.Functions {
+		p.maxBody = max(p.maxBody, fn.Runtime.MaxBodyBytes)
+	}
+	var protocols http.Protocols
+	protocols.SetHTTP2(true)            // https:// instances (TLS and ALPN)
+	protocols.SetUnencryptedHTTP2(true) // http:// instances: h2c with prior knowledge, as Knative's h2c port speaks
+	p.transport = &http.Transport{
+		Proxy:              nil,
+		DialContext:        (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		IdleConnTimeout:    90 * time.Second,
+		DisableCompression: true,
+		Protocols:          &protocols,
+	}
+	p.bufs.New = func() any { return new(bytes.Buffer) }
+	p.copyBufs.New = func() any { b := make([]byte, 8<<10); return &b }
+	p.own = grpc.NewServer(grpc.MaxRecvMsgSize(64 << 10))
+	pb.RegisterGRPCInferenceServiceServer(p.own, routerService{})
+	reflection.Register(p.own)
+	return p
+}
+
+// routerService answers the calls that name no model.
+type routerService struct {
+	pb.UnimplementedGRPCInferenceServiceServer
+}
+
+func (routerService) ServerLive(context.Context, *pb.ServerLiveRequest) (*pb.ServerLiveResponse, error) {
+	return &pb.ServerLiveResponse{Live: true}, nil
+}
+
+func (routerService) ServerReady(context.Context, *pb.ServerReadyRequest) (*pb.ServerReadyResponse, error) {
+	return &pb.ServerReadyResponse{Ready: true}, nil
+}
+
+func (routerService) ServerMetadata(context.Context, *pb.ServerMetadataRequest) (*pb.ServerMetadataResponse, error) {
+	return &pb.ServerMetadataResponse{Name: "pilotlight", Version: "router", Extensions: []string{}}, nil
+}
+
+// GRPCHandler serves gRPC calls and hands every other request to next (the
+// REST handler): give it the HTTP/2 side of the listener (h2c, or TLS with
+// ALPN h2). gRPC calls need HTTP/2; over HTTP/1.1 they reach next, which
+// answers 404.
+func (rt *Router) GRPCHandler(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !pb.IsGRPC(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if field, ok := grpcModelCalls[r.URL.Path]; ok {
+			rt.grpc.serveModelCall(w, r, field)
+			return
+		}
+		rt.grpc.own.ServeHTTP(w, r)
+	})
+}
+
+// grpcError is a refusal: its code, its message, and headers that go with it.
+type grpcError struct {
+	code    codes.Code
+	msg     string
+	headers map[string]string
+}
+
+func (e *grpcError) Error() string { return e.msg }
+
+func grpcErrorf(code codes.Code, format string, args ...any) *grpcError {
+	return &grpcError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// serveModelCall gates, routes and forwards one call that names a model.
+// Order as REST's middleware: authenticate and rate-limit on the headers
+// (before reading the message), then read the message, find the function,
+// check the key may call it, cap its concurrency, pick the revision.
+func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field string) {
+	start := time.Now()
+	fnName, revision := "", ""
+	code := codes.OK
+	defer func() {
+		if _, known := p.rt.fns[fnName]; known {
+			p.rt.m.observe(fnName, revision, pb.HTTPStatusFor(code), time.Since(start))
+		}
+	}()
+	fail := func(e *grpcError) {
+		code = e.code
+		for k, v := range e.headers {
+			w.Header().Set(k, v)
+		}
+		if e.code == codes.Unavailable || e.code == codes.ResourceExhausted {
+			if w.Header().Get("Retry-After") == "" {
+				w.Header().Set("Retry-After", "1")
+			}
+		}
+		pb.WriteStatus(w, e.code, e.msg)
+	}
+
+	id, gerr := p.authenticate(r)
+	if gerr != nil {
+		fail(gerr)
+		return
+	}
+	if gerr := p.rateLimit(r, id); gerr != nil {
+		fail(gerr)
+		return
+	}
+	buf := p.bufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer p.bufs.Put(buf)
+	if gerr := p.readMessage(r, buf); gerr != nil {
+		fail(gerr)
+		return
+	}
+	msg := buf.Bytes()
+	call, err := readModelCall(msg[pb.FrameHeaderBytes:])
+	if err != nil {
+		fail(grpcErrorf(codes.InvalidArgument, "malformed request: %v", err))
+		return
+	}
+	if call.name == "" {
+		fail(grpcErrorf(codes.InvalidArgument, "%s is required: it names the function", field))
+		return
+	}
+	fn, ok := p.rt.fns[call.name]
+	if !ok {
+		fail(grpcErrorf(codes.NotFound, "unknown function %q", call.name))
+		return
+	}
+	fnName = fn.Name
+	if id != nil && !id.Allows(fn.Name) {
+		fail(grpcErrorf(codes.PermissionDenied, "key %q may not call function %q", id.ID, fn.Name))
+		return
+	}
+	if limit := fn.Runtime.MaxBodyBytes; int64(len(msg)-pb.FrameHeaderBytes) > limit {
+		fail(grpcErrorf(codes.ResourceExhausted, "request body larger than %d bytes (function %s's runtime.maxBodyBytes)", limit, fn.Name))
+		return
+	}
+	if cl := p.rt.cfg.Concurrency; cl != nil {
+		release, ok := cl.Acquire(fn.Name)
+		if !ok {
+			cl.CountShed()
+			fail(&grpcError{code: codes.Unavailable, msg: fmt.Sprintf("function %s has %d requests in flight, its maximum; retry shortly", fn.Name, cl.Limit(fn.Name)),
+				headers: map[string]string{ShedHeader: "overload"}})
+			return
+		}
+		defer release()
+	}
+	if call.version != "" {
+		if _, ok := fn.Revision(call.version); !ok {
+			fail(grpcErrorf(codes.NotFound, "function %s has no revision %q", fn.Name, call.version))
+			return
+		}
+		revision = call.version
+	} else {
+		pr := r
+		if call.userID != "" && r.Header.Get(UserIDHeader) == "" {
+			// The targeting key: metadata x-user-id, else the request's user_id parameter.
+			pr = r.Clone(r.Context())
+			pr.Header.Set(UserIDHeader, call.userID)
+		}
+		if revision, err = p.rt.cfg.Picker.Pick(fn, pr, nil); err != nil {
+			fail(grpcErrorf(codes.Internal, "picking a revision of %s: %v", fn.Name, err))
+			return
+		}
+	}
+	code = p.forward(w, r, fn, revision, msg, fail)
+}
+
+// authenticate checks the key in the authorization (Bearer) or x-api-key
+// metadata, as REST checks those headers; nil identity when auth is off.
+func (p *grpcProxy) authenticate(r *http.Request) (*auth.Identity, *grpcError) {
+	keys := p.rt.cfg.Keys
+	if keys == nil {
+		return nil, nil
+	}
+	// The function is checked once the message names it (serveModelCall).
+	id, denied := keys.Authorize(r.Header.Get("Authorization"), r.Header.Get(auth.HeaderAPIKey), "")
+	if denied != nil {
+		return nil, grpcErrorf(pb.CodeForHTTP(denied.Status), "%s", denied.Msg)
+	}
+	return id, nil
+}
+
+// rateLimit spends a token of the key's bucket (the client address's
+// without a key, as REST does).
+func (p *grpcProxy) rateLimit(r *http.Request, id *auth.Identity) *grpcError {
+	l := p.rt.cfg.RateLimit
+	if l == nil {
+		return nil
+	}
+	key, who := "", ""
+	var rps float64
+	var burst int
+	if id != nil {
+		key, who = id.ID, fmt.Sprintf("key %q", id.ID)
+		if id.Rate != nil {
+			rps, burst = id.Rate.RPS, id.Rate.Burst
+		}
+	} else {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			host = r.RemoteAddr
+		}
+		key, who = "addr:"+host, "client "+host
+	}
+	ok, wait := l.Allow(key, rps, burst)
+	if ok {
+		return nil
+	}
+	if id != nil {
+		l.CountRejected(id.ID)
+	} else {
+		l.CountRejected("")
+	}
+	secs := ratelimit.RetryAfterSeconds(wait)
+	return &grpcError{code: codes.ResourceExhausted, msg: fmt.Sprintf("rate limit exceeded for %s; retry after %d s", who, secs),
+		headers: map[string]string{"Retry-After": strconv.Itoa(secs)}}
+}
+
+// readMessage reads the call's one length-prefixed message (prefix
+// included) into buf, refusing more than any function accepts.
+func (p *grpcProxy) readMessage(r *http.Request, buf *bytes.Buffer) *grpcError {
+	var hdr [pb.FrameHeaderBytes]byte
+	if _, err := io.ReadFull(r.Body, hdr[:]); err != nil {
+		return grpcErrorf(codes.InvalidArgument, "reading the request message: %v", err)
+	}
+	compressed, length := pb.ParseFrameHeader(hdr[:])
+	if compressed {
+		return grpcErrorf(codes.Unimplemented, "compressed requests are not accepted (grpc-encoding %q); send them uncompressed", r.Header.Get("Grpc-Encoding"))
+	}
+	if int64(length) > p.maxBody {
+		return grpcErrorf(codes.ResourceExhausted, "request body larger than %d bytes", p.maxBody)
+	}
+	buf.Grow(pb.FrameHeaderBytes + int(length))
+	buf.Write(hdr[:])
+	if n, err := io.CopyN(buf, r.Body, int64(length)); err != nil {
+		return grpcErrorf(codes.InvalidArgument, "reading the request message: %d of %d bytes: %v", n, length, err)
+	}
+	var one [1]byte
+	if n, _ := r.Body.Read(one[:]); n > 0 {
+		return grpcErrorf(codes.InvalidArgument, "a unary call carries one message; more followed")
+	}
+	return nil
+}
+
+// modelCall is what routing needs from a request message.
+type modelCall struct {
+	name, version, userID string
+}
+
+// readModelCall walks the top level of the message: fields 1 and 2 (the
+// model's name and version in ModelInferRequest, ModelMetadataRequest and
+// ModelReadyRequest alike) and, in field 4 (ModelInferRequest.parameters),
+// the entry "user_id". Tensors (fields 5-7) are skipped, not decoded.
+func readModelCall(b []byte) (modelCall, error) {
+	var c modelCall
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return c, protowire.ParseError(n)
+		}
+		b = b[n:]
+		if typ == protowire.BytesType && (num == 1 || num == 2 || num == 4) {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return c, fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
+			}
+			b = b[n:]
+			switch num {
+			case 1:
+				c.name = string(v)
+			case 2:
+				c.version = string(v)
+			case 4:
+				key, val, err := readParameter(v)
+				if err != nil {
+					return c, fmt.Errorf("parameters: %w", err)
+				}
+				if key == "user_id" && val != "" {
+					c.userID = val
+				}
+			}
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return c, fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
+		}
+		b = b[n:]
+	}
+	return c, nil
+}
+
+// readParameter reads one map<string, InferParameter> entry: the key, and
+// the value when it is a string_param (3) or an int64_param (2).
+func readParameter(b []byte) (key, val string, err error) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return "", "", protowire.ParseError(n)
+		}
+		b = b[n:]
+		if typ == protowire.BytesType && (num == 1 || num == 2) {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return "", "", protowire.ParseError(n)
+			}
+			b = b[n:]
+			if num == 1 {
+				key = string(v)
+				continue
+			}
+			if val, err = readParameterValue(v); err != nil {
+				return "", "", err
+			}
+			continue
+		}
+		if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+			return "", "", protowire.ParseError(n)
+		}
+		b = b[n:]
+	}
+	return key, val, nil
+}
+
+func readParameterValue(b []byte) (string, error) {
+	val := ""
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return "", protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch {
+		case num == 3 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return "", protowire.ParseError(n)
+			}
+			val, b = string(v), b[n:]
+		case num == 2 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return "", protowire.ParseError(n)
+			}
+			val, b = strconv.FormatInt(int64(v), 10), b[n:]
+		default:
+			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+				return "", protowire.ParseError(n)
+			}
+			b = b[n:]
+		}
+	}
+	return val, nil
+}
+
+// forward acquires an instance (the activator holds the call through a
+// cold start) and proxies the message, retrying once on another instance
+// when the first could not be reached. It returns the call's final code.
+func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *functions.Manifest, revision string, msg []byte, fail func(*grpcError)) codes.Code {
+	rt := p.rt
+	ctx, cancel := context.WithTimeout(r.Context(), rt.cfg.RequestTimeout)
+	defer cancel()
+	var cold time.Duration
+	var lastErr error
+	for attempt := 0; attempt < 2; attempt++ {
+		t, err := rt.cfg.Backend.Acquire(ctx, fn.Name, revision)
+		if err != nil {
+			e := p.acquireError(ctx, r, fn, revision, err)
+			fail(e)
+			return e.code
+		}
+		cold += t.ColdStart
+		resp, err := p.send(ctx, r, t.BaseURL, msg)
+		if err != nil {
+			t.Release(ctx.Err() == nil)
+			lastErr = err
+			if ctx.Err() != nil {
+				break
+			}
+			rt.m.retries.WithLabelValues(fn.Name, revision).Inc()
+			rt.log.Warn("instance unreachable; retrying the gRPC call once on another instance", "function", fn.Name, "revision", revision, "err", err)
+			continue
+		}
+		code := p.copyResponse(w, resp, revision, cold)
+		t.Release(false)
+		return code
+	}
+	if ctx.Err() != nil {
+		e := p.acquireError(ctx, r, fn, revision, ctx.Err())
+		fail(e)
+		return e.code
+	}
+	e := grpcErrorf(codes.Unavailable, "revision %s/%s: instance unreachable twice: %v", fn.Name, revision, lastErr)
+	fail(e)
+	return e.code
+}
+
+func (p *grpcProxy) acquireError(ctx context.Context, r *http.Request, fn *functions.Manifest, revision string, err error) *grpcError {
+	var se StatusError
+	var shed interface{ Shed() bool }
+	switch {
+	case errors.As(err, &se):
+		e := grpcErrorf(pb.CodeForHTTP(se.HTTPStatus()), "%s", se.Error())
+		if errors.As(err, &shed) && shed.Shed() {
+			e.headers = map[string]string{ShedHeader: "overload"}
+		}
+		return e
+	case r.Context().Err() != nil:
+		return grpcErrorf(codes.Canceled, "client closed the request")
+	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
+		return grpcErrorf(codes.DeadlineExceeded, "revision %s/%s: no instance became ready within the request timeout %s", fn.Name, revision, p.rt.cfg.RequestTimeout)
+	}
+	return grpcErrorf(codes.Internal, "revision %s/%s: %v", fn.Name, revision, err)
+}
+
+// grpcDropHeaders are not passed on either way: hop-by-hop headers, the
+// length (each side frames its own), and credentials, which stop at the router.
+var grpcDropHeaders = func() map[string]bool {
+	m := map[string]bool{"Content-Length": true, "Cookie": true}
+	for _, h := range append(append([]string{}, hopByHop...), credentials...) {
+		m[http.CanonicalHeaderKey(h)] = true
+	}
+	return m
+}()
+
+func (p *grpcProxy) send(ctx context.Context, in *http.Request, base string, msg []byte) (*http.Response, error) {
+	out, err := http.NewRequestWithContext(ctx, http.MethodPost, base+in.URL.Path, bytes.NewReader(msg))
+	if err != nil {
+		return nil, err
+	}
+	for key, vs := range in.Header {
+		if !grpcDropHeaders[key] {
+			out.Header[key] = vs
+		}
+	}
+	out.Header.Set("Te", "trailers")
+	out.ContentLength = int64(len(msg))
+	return p.transport.RoundTrip(out)
+}
+
+// grpcStatusKeys end a call; an instance may send them as headers
+// (trailers-only) or trailers, and the router always sends them as trailers.
+var grpcStatusKeys = []string{"Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin"}
+
+// copyResponse relays the instance's answer and returns its grpc-status.
+func (p *grpcProxy) copyResponse(w http.ResponseWriter, resp *http.Response, revision string, cold time.Duration) codes.Code {
+	defer resp.Body.Close()
+	h := w.Header()
+	status := map[string][]string{}
+	for key, vs := range resp.Header {
+		if grpcDropHeaders[key] {
+			continue
+		}
+		h[key] = vs
+	}
+	for _, k := range grpcStatusKeys {
+		if vs, ok := h[k]; ok {
+			status[k] = vs
+			delete(h, k)
+		}
+	}
+	h.Set(HeaderRevision, revision)
+	if cold > 0 {
+		h.Set(HeaderColdStart, strconv.FormatFloat(cold.Seconds(), 'f', 6, 64))
+	}
+	if resp.StatusCode != http.StatusOK {
+		// Not a gRPC answer (an instance or ingress refusing at the HTTP level).
+		for k := range h {
+			delete(h, k)
+		}
+		h.Set(HeaderRevision, revision)
+		code := pb.CodeForHTTP(resp.StatusCode)
+		pb.WriteStatus(w, code, fmt.Sprintf("instance answered HTTP %d instead of gRPC", resp.StatusCode))
+		return code
+	}
+	w.WriteHeader(http.StatusOK)
+	cb := p.copyBufs.Get().(*[]byte)
+	_, copyErr := io.CopyBuffer(w, resp.Body, *cb)
+	p.copyBufs.Put(cb)
+	if copyErr != nil {
+		p.rt.log.Debug("copying gRPC response", "err", copyErr)
+	}
+	for key, vs := range resp.Trailer {
+		status[key] = vs
+	}
+	code := codes.Unknown
+	for key, vs := range status {
+		h[http.TrailerPrefix+key] = vs
+		if key == "Grpc-Status" && len(vs) > 0 {
+			if n, err := strconv.Atoi(vs[0]); err == nil {
+				code = codes.Code(n)
+			}
+		}
+	}
+	return code
+}

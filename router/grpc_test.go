@@ -1,0 +1,366 @@
+package router_test
+
+import (
+	"context"
+	"crypto/x509"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pilotlight/pilotlight/functions"
+	pb "github.com/pilotlight/pilotlight/proto/inference"
+	"github.com/pilotlight/pilotlight/router"
+	"github.com/pilotlight/pilotlight/router/auth"
+	"github.com/pilotlight/pilotlight/router/ratelimit"
+)
+
+// recordingInstance is a stand-in instance (a grpc-go server over h2c) that
+// records the metadata each call arrived with, so the test can see what
+// the router forwards. The real instance is tested in runtime/server and
+// end to end through pilotlight serve (cmd/pilotlight).
+type recordingInstance struct {
+	pb.UnimplementedGRPCInferenceServiceServer
+	mu   sync.Mutex
+	seen []metadata.MD
+}
+
+func (ri *recordingInstance) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*pb.ModelInferResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	ri.mu.Lock()
+	ri.seen = append(ri.seen, md)
+	ri.mu.Unlock()
+	if req.Id == "fail" {
+		return nil, status.Error(codes.InvalidArgument, "input \"x\": the instance refuses this")
+	}
+	_ = grpc.SetTrailer(ctx, metadata.Pairs("x-instance-trailer", "kept"))
+	return &pb.ModelInferResponse{ModelName: req.ModelName, Id: req.Id, RawOutputContents: req.RawInputContents}, nil
+}
+
+func (ri *recordingInstance) last() metadata.MD {
+	ri.mu.Lock()
+	defer ri.mu.Unlock()
+	return ri.seen[len(ri.seen)-1]
+}
+
+// h2cServer serves h over h2c on a loopback port.
+func h2cServer(t *testing.T, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, Protocols: new(http.Protocols)}
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln.Addr().String()
+}
+
+// fakeBackend hands out the one instance; cold says the first acquire of each revision waited.
+type fakeBackend struct {
+	addr string
+	mu   sync.Mutex
+	warm map[string]bool
+	err  error
+}
+
+func (b *fakeBackend) Acquire(ctx context.Context, fn, rev string) (router.Target, error) {
+	if b.err != nil {
+		return router.Target{}, b.err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cold := time.Duration(0)
+	if !b.warm[rev] {
+		b.warm[rev], cold = true, 5*time.Millisecond
+	}
+	return router.Target{BaseURL: "http://" + b.addr, ColdStart: cold, Release: func(bool) {}}, nil
+}
+
+type statusErr struct{ code int }
+
+func (e statusErr) Error() string   { return "revision busy" }
+func (e statusErr) HTTPStatus() int { return e.code }
+
+func grpcRouter(t *testing.T, mutate func(*router.Config)) (pb.GRPCInferenceServiceClient, *grpc.ClientConn, *recordingInstance, *fakeBackend) {
+	t.Helper()
+	inst := &recordingInstance{}
+	g := grpc.NewServer()
+	pb.RegisterGRPCInferenceServiceServer(g, inst)
+	be := &fakeBackend{addr: h2cServer(t, g), warm: map[string]bool{}}
+	fn := &functions.Manifest{Name: "m", Handler: "tensor", Revisions: []functions.Revision{{Name: "m-00001"}, {Name: "m-00002", Tag: "stable"}}}
+	fn.Runtime.MaxBodyBytes = 1000
+	other := &functions.Manifest{Name: "other", Handler: "tensor", Revisions: []functions.Revision{{Name: "other-00001"}}}
+	other.Runtime.MaxBodyBytes = 1000
+	cfg := router.Config{Functions: []*functions.Manifest{fn, other}, Backend: be, Registry: prometheus.NewRegistry(), Logger: quietLogger()}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	rt, err := router.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rt.Close)
+	addr := h2cServer(t, rt.GRPCHandler(rt.Handler()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewGRPCInferenceServiceClient(conn), conn, inst, be
+}
+
+func TestGRPCProxyForwardsAndMarks(t *testing.T) {
+	c, conn, inst, _ := grpcRouter(t, nil)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-user-id", "u1", "authorization", "Bearer secret-key", "x-api-key", "secret-key")
+	var hdr, trl metadata.MD
+	req := &pb.ModelInferRequest{ModelName: "m", Id: "r1", RawInputContents: [][]byte{[]byte("tensor bytes pass untouched")},
+		Inputs: []*pb.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{1}}}}
+	resp, err := c.ModelInfer(ctx, req, grpc.Header(&hdr), grpc.Trailer(&trl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Id != "r1" || string(resp.RawOutputContents[0]) != "tensor bytes pass untouched" {
+		t.Errorf("response = %v", resp)
+	}
+	if got := hdr.Get("x-pilotlight-revision"); len(got) != 1 || got[0] != "m-00002" {
+		t.Errorf("x-pilotlight-revision = %v, want the stable m-00002", got)
+	}
+	if len(hdr.Get("x-pilotlight-cold-start")) != 1 {
+		t.Errorf("first call to a cold revision has no x-pilotlight-cold-start: %v", hdr)
+	}
+	if got := trl.Get("x-instance-trailer"); len(got) != 1 || got[0] != "kept" {
+		t.Errorf("instance trailer lost: %v", trl)
+	}
+	md := inst.last()
+	if len(md.Get("authorization")) != 0 || len(md.Get("x-api-key")) != 0 {
+		t.Errorf("credentials reached the instance: %v", md)
+	}
+	if got := md.Get("x-user-id"); len(got) != 1 || got[0] != "u1" {
+		t.Errorf("x-user-id not forwarded: %v", md)
+	}
+	// Warm now: no cold-start header.
+	hdr = nil
+	if _, err := c.ModelInfer(ctx, req, grpc.Header(&hdr)); err != nil {
+		t.Fatal(err)
+	}
+	if len(hdr.Get("x-pilotlight-cold-start")) != 0 {
+		t.Errorf("warm call carries x-pilotlight-cold-start: %v", hdr)
+	}
+	// An explicit version routes there.
+	req.ModelVersion = "m-00001"
+	hdr = nil
+	if _, err := c.ModelInfer(ctx, req, grpc.Header(&hdr)); err != nil || hdr.Get("x-pilotlight-revision")[0] != "m-00001" {
+		t.Errorf("model_version m-00001: %v %v", hdr, err)
+	}
+	// The instance's own refusal comes back with its code and message.
+	req.Id = "fail"
+	_, err = c.ModelInfer(ctx, req)
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "the instance refuses this") {
+		t.Errorf("instance error: %v %q", st.Code(), st.Message())
+	}
+	// The router answers the model-less calls and reflection itself.
+	if r, err := c.ServerLive(context.Background(), &pb.ServerLiveRequest{}); err != nil || !r.Live {
+		t.Errorf("ServerLive: %v %v", r, err)
+	}
+	if r, err := c.ServerMetadata(context.Background(), &pb.ServerMetadataRequest{}); err != nil || r.Name != "pilotlight" {
+		t.Errorf("ServerMetadata: %v %v", r, err)
+	}
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
+	lr, err := stream.Recv()
+	if err != nil || !strings.Contains(lr.String(), "inference.GRPCInferenceService") {
+		t.Errorf("reflection: %v %v", lr, err)
+	}
+	_ = stream.CloseSend()
+}
+
+func TestGRPCProxyRefusals(t *testing.T) {
+	client, _ := auth.NewKey()
+	keys, err := auth.Parse([]byte("keys:\n  - id: client\n    hash: "+auth.Sum(client)+"\n    functions: [m]\n    rate: {rps: 0.001, burst: 8}\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	c, conn, _, be := grpcRouter(t, func(cfg *router.Config) {
+		cfg.Keys = keys
+		cfg.RateLimit = ratelimit.New(ratelimit.Config{Registerer: reg})
+	})
+	with := func(md ...string) context.Context {
+		return metadata.AppendToOutgoingContext(context.Background(), md...)
+	}
+	good := &pb.ModelInferRequest{ModelName: "m"}
+	cases := []struct {
+		name     string
+		ctx      context.Context
+		req      *pb.ModelInferRequest
+		code     codes.Code
+		mentions string
+	}{
+		{"no key", context.Background(), good, codes.Unauthenticated, "missing API key"},
+		{"wrong key", with("authorization", "Bearer pl_wrong-key-000000000000000000000000000"), good, codes.Unauthenticated, "invalid API key"},
+		{"not Bearer", with("authorization", "Basic abc"), good, codes.Unauthenticated, "Bearer"},
+		{"function the key may not call", with("x-api-key", client), &pb.ModelInferRequest{ModelName: "other"}, codes.PermissionDenied, `may not call function "other"`},
+		{"unknown function", with("x-api-key", client), &pb.ModelInferRequest{ModelName: "nope"}, codes.NotFound, `unknown function "nope"`},
+		{"unknown revision", with("x-api-key", client), &pb.ModelInferRequest{ModelName: "m", ModelVersion: "m-00009"}, codes.NotFound, `no revision "m-00009"`},
+		{"no model name", with("x-api-key", client), &pb.ModelInferRequest{}, codes.InvalidArgument, "model_name is required"},
+		{"over maxBodyBytes", with("x-api-key", client), &pb.ModelInferRequest{ModelName: "m", RawInputContents: [][]byte{make([]byte, 2000)}}, codes.ResourceExhausted, "larger than 1000 bytes"},
+		{"good", with("authorization", "Bearer "+client), good, codes.OK, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := c.ModelInfer(tc.ctx, tc.req)
+			if st := status.Convert(err); st.Code() != tc.code || !strings.Contains(st.Message(), tc.mentions) {
+				t.Fatalf("%v %q, want %v mentioning %q", st.Code(), st.Message(), tc.code, tc.mentions)
+			}
+		})
+	}
+	// Malformed protobuf, sent as raw bytes.
+	var out pb.ModelInferResponse
+	forced := grpc.ForceCodec(rawCodec{})
+	err = conn.Invoke(with("x-api-key", client), "/inference.GRPCInferenceService/ModelInfer", rawMsg{0x0a, 0xff}, &out, forced)
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "malformed") {
+		t.Errorf("malformed: %v %q", st.Code(), st.Message())
+	}
+	// Shedding by the backend is Unavailable.
+	be.err = statusErr{503}
+	if _, err := c.ModelInfer(with("x-api-key", client), good); status.Code(err) != codes.Unavailable {
+		t.Errorf("backend 503: %v, want Unavailable", err)
+	}
+	be.err = nil
+	// The key's burst of 8 is spent by now (the calls above that authenticated): ResourceExhausted.
+	var last error
+	for i := 0; i < 10 && status.Code(last) != codes.ResourceExhausted; i++ {
+		_, last = c.ModelInfer(with("x-api-key", client), good)
+	}
+	if st := status.Convert(last); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "rate limit") {
+		t.Errorf("over the rate: %v %q, want ResourceExhausted", st.Code(), st.Message())
+	}
+	if v := gathered(t, reg, "pilotlight_ratelimit_rejected_requests_total"); v != 1 {
+		t.Errorf("pilotlight_ratelimit_rejected_requests_total = %v, want 1", v)
+	}
+	// Public, as REST's /v2 and health paths are.
+	if _, err := c.ServerReady(context.Background(), &pb.ServerReadyRequest{}); err != nil {
+		t.Errorf("ServerReady without a key: %v", err)
+	}
+}
+
+func TestGRPCConcurrencyCapIsUnavailable(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	cl := ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: 1, Registerer: reg})
+	c, _, _, _ := grpcRouter(t, func(cfg *router.Config) { cfg.Concurrency = cl })
+	release, ok := cl.Acquire("m")
+	if !ok {
+		t.Fatal("no slot")
+	}
+	defer release()
+	var hdr metadata.MD
+	_, err := c.ModelInfer(context.Background(), &pb.ModelInferRequest{ModelName: "m"}, grpc.Header(&hdr))
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "in flight") {
+		t.Fatalf("at the cap: %v %q", st.Code(), st.Message())
+	}
+	if got := hdr.Get(strings.ToLower(router.ShedHeader)); len(got) != 1 {
+		t.Errorf("shed call not marked %s: %v", router.ShedHeader, hdr)
+	}
+	if v := gathered(t, reg, "pilotlight_concurrency_shed_requests_total"); v != 1 {
+		t.Errorf("pilotlight_concurrency_shed_requests_total = %v, want 1", v)
+	}
+}
+
+type rawMsg []byte
+
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) {
+	if b, ok := v.(rawMsg); ok {
+		return b, nil
+	}
+	return proto.Marshal(v.(proto.Message))
+}
+func (rawCodec) Unmarshal(b []byte, v any) error { return proto.Unmarshal(b, v.(proto.Message)) }
+func (rawCodec) Name() string                    { return "proto" }
+
+// TestGRPCOverTLSAndRESTOverHTTP2 checks the two other ways onto the one
+// listener: gRPC over TLS (ALPN h2, as serve --tls-cert runs), and plain
+// REST over h2c, which must still reach the REST routes.
+func TestGRPCOverTLSAndRESTOverHTTP2(t *testing.T) {
+	inst := &recordingInstance{}
+	g := grpc.NewServer()
+	pb.RegisterGRPCInferenceServiceServer(g, inst)
+	be := &fakeBackend{addr: h2cServer(t, g), warm: map[string]bool{}}
+	fn := &functions.Manifest{Name: "m", Handler: "tensor", Revisions: []functions.Revision{{Name: "m-00001"}}}
+	fn.Runtime.MaxBodyBytes = 1000
+	rt, err := router.New(router.Config{Functions: []*functions.Manifest{fn}, Backend: be, Registry: prometheus.NewRegistry(), Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	h := rt.GRPCHandler(rt.Handler())
+
+	ts := httptest.NewUnstartedServer(h)
+	ts.EnableHTTP2 = true
+	ts.StartTLS()
+	defer ts.Close()
+	pool := x509.NewCertPool()
+	pool.AddCert(ts.Certificate())
+	conn, err := grpc.NewClient(strings.TrimPrefix(ts.URL, "https://"), grpc.WithTransportCredentials(credentials.NewClientTLSFromCert(pool, "example.com")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var hdr metadata.MD
+	if _, err := pb.NewGRPCInferenceServiceClient(conn).ModelInfer(context.Background(), &pb.ModelInferRequest{ModelName: "m"}, grpc.Header(&hdr)); err != nil {
+		t.Fatalf("gRPC over TLS: %v", err)
+	}
+	if got := hdr.Get("x-pilotlight-revision"); len(got) != 1 || got[0] != "m-00001" {
+		t.Errorf("x-pilotlight-revision over TLS = %v", got)
+	}
+
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: &p}}
+	resp, err := client.Get("http://" + h2cServer(t, h) + "/v2/health/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Errorf("REST over h2c: %d over HTTP/%d", resp.StatusCode, resp.ProtoMajor)
+	}
+}
+
+// gathered sums every series of a counter in reg.
+func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.Metric {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
