@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,16 +27,8 @@ func (p *peer) stop() {
 	if p == nil {
 		return
 	}
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-done
-		}
+	if p.cmd != nil {
+		(&Proc{Cmd: p.cmd}).Stop()
 	}
 	os.RemoveAll(p.dir)
 }
@@ -178,5 +169,3 @@ func peerVersion(name string) string {
 	}
 	return "?"
 }
-
-var _ = http.StatusOK

@@ -198,8 +198,10 @@ func Instance(ctx context.Context, e Env) ([]Row, error) {
 	return rows, nil
 }
 
-// ColdStart measures the first request's latency after scale to zero, n times.
-func ColdStart(ctx context.Context, e Env, poolSize, n int) ([]Row, error) {
+// ColdStart measures the first request's latency after scale to zero, n
+// times, as a client sees it (the request's wall time); extra are more
+// serve flags (--runtime-bin to compare instance binaries).
+func ColdStart(ctx context.Context, e Env, poolSize, n int, extra ...string) ([]Row, error) {
 	m0, err := e.manifest()
 	if err != nil {
 		return nil, err
@@ -209,7 +211,7 @@ func ColdStart(ctx context.Context, e Env, poolSize, n int) ([]Row, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(root)
-	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", strconv.Itoa(poolSize)}, e.Log)
+	s, err := StartServe(e.Bin, append([]string{"--functions", root, "--pool-size", strconv.Itoa(poolSize), "--flags", ""}, extra...), e.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -263,9 +265,12 @@ func ColdStart(ctx context.Context, e Env, poolSize, n int) ([]Row, error) {
 		first = append(first, d)
 		header = append(header, time.Duration(cs*float64(time.Second)))
 	}
-	source, goal := "warm pool", 25*time.Millisecond
+	source, goal := "warm pool", 10*time.Millisecond
 	if poolSize == 0 {
-		source, goal = "exec", 250*time.Millisecond
+		source, goal = "exec", 70*time.Millisecond
+	}
+	if len(extra) > 0 {
+		source += " (" + strings.Join(extra, " ") + ")"
 	}
 	p50 := quantile(first, .5)
 	return []Row{
