@@ -14,6 +14,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/router/ratelimit"
 )
 
 // cannedUpstream answers every request on its connections with the same
@@ -70,7 +71,8 @@ type staticBackend struct{ t Target }
 func (s staticBackend) Acquire(context.Context, string, string) (Target, error) { return s.t, nil }
 
 // BenchmarkProxyAllocs reports the router's allocations per proxied
-// request (the handler called in process, the upstream a canned server);
+// request (the handler called in process, the upstream a canned server,
+// the per-function concurrency cap on as serve has it; no flag file);
 // the body sizes show whether anything grows with the body.
 func BenchmarkProxyAllocs(b *testing.B) {
 	for _, size := range []int{200, 64 << 10, 512 << 10} {
@@ -79,7 +81,8 @@ func BenchmarkProxyAllocs(b *testing.B) {
 			fn := &functions.Manifest{Name: "echo", Handler: "tensor", Revisions: []functions.Revision{{Name: "echo-00001"}},
 				Runtime: functions.Runtime{MaxBodyBytes: 1 << 20}}
 			rt, err := New(Config{Functions: []*functions.Manifest{fn}, Backend: staticBackend{Target{BaseURL: base, Release: func(bool) {}}},
-				Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+				Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				Concurrency: ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{})}) // as serve has it
 			if err != nil {
 				b.Fatal(err)
 			}

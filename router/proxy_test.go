@@ -357,7 +357,9 @@ func TestLargeBodyRejectedEarly(t *testing.T) {
 	for i := 0; i < n; i++ {
 		b.script = append(b.script, b.target(up.URL))
 	}
-	f := startFake(t, b, 10*time.Second, nil)
+	// Two dozen 3 MiB uploads at once under -race on a shared machine: the
+	// read timeout must not be what the test measures.
+	f := startFake(t, b, time.Minute, func(c *router.Config) { c.Limits.ReadTimeout = time.Minute; c.Limits.WriteTimeout = 2 * time.Minute })
 	var wg sync.WaitGroup
 	errs := make(chan string, n)
 	for i := 0; i < n; i++ {
@@ -441,5 +443,65 @@ func TestHTTP2OnTheSameListener(t *testing.T) {
 	line, _ := bufio.NewReader(conn).ReadString('\n')
 	if !strings.Contains(line, "200") {
 		t.Fatalf("raw HTTP/1.1: %q", line)
+	}
+}
+
+// TestLargeResponsesStream: answers over the buffered size (known length or
+// chunked) reach the client whole, through both front doors, and the
+// instance is given back (not failed) only once they have.
+func TestLargeResponsesStream(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 128<<10) // 2 MiB
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("chunked") == "1" {
+			for i := 0; i < 4; i++ {
+				io.WriteString(w, big[:len(big)/4])
+				w.(http.Flusher).Flush()
+			}
+			return
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(len(big)))
+		io.WriteString(w, big)
+	}))
+	defer up.Close()
+	for _, via := range []string{"fast listener", "net/http handler"} {
+		for _, q := range []string{"", "?chunked=1"} {
+			t.Run(via+q, func(t *testing.T) {
+				b := &fakeBackend{}
+				b.script = []func(context.Context) (router.Target, error){b.target(up.URL)}
+				reg := prometheus.NewRegistry()
+				rt, err := router.New(router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, Registry: reg, Logger: quietLogger()})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer rt.Close()
+				url := ""
+				if via == "fast listener" {
+					url = serveRouter(t, rt)
+				} else {
+					ts := httptest.NewServer(rt.Handler())
+					defer ts.Close()
+					url = ts.URL
+				}
+				resp, err := http.Post(url+"/functions/echo"+q, "application/json", strings.NewReader(`{}`))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != 200 || len(got) != len(big) || string(got) != big {
+					t.Fatalf("status %d, %d of %d bytes, err %v", resp.StatusCode, len(got), len(big), err)
+				}
+				deadline := time.Now().Add(5 * time.Second)
+				for len(b.releases()) == 0 {
+					if time.Now().After(deadline) {
+						t.Fatal("the instance was never given back after a streamed answer")
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				if r := b.releases(); len(r) != 1 || r[0] {
+					t.Errorf("Release calls %v, want one Release(false)", r)
+				}
+			})
+		}
 	}
 }
