@@ -271,22 +271,7 @@ func TestProxyHeaders(t *testing.T) {
 	}
 	for _, via := range []string{"fast listener", "net/http handler"} {
 		t.Run(via, func(t *testing.T) {
-			b := &fakeBackend{}
-			b.script = []func(context.Context) (router.Target, error){b.target(up.URL)}
-			reg := prometheus.NewRegistry()
-			rt, err := router.New(router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, Registry: reg, Logger: quietLogger(), Keys: keys})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rt.Close()
-			url := ""
-			if via == "fast listener" {
-				url = serveRouter(t, rt)
-			} else {
-				ts := httptest.NewServer(rt.Handler())
-				defer ts.Close()
-				url = ts.URL
-			}
+			_, url := oneTargetRouter(t, up.URL, via, keys)
 			req, _ := http.NewRequest("POST", url+"/functions/echo?x=1", strings.NewReader(`{}`))
 			req.Header.Set("Authorization", "Bearer "+client)
 			req.Header.Set("X-API-Key", client)
@@ -466,22 +451,7 @@ func TestLargeResponsesStream(t *testing.T) {
 	for _, via := range []string{"fast listener", "net/http handler"} {
 		for _, q := range []string{"", "?chunked=1"} {
 			t.Run(via+q, func(t *testing.T) {
-				b := &fakeBackend{}
-				b.script = []func(context.Context) (router.Target, error){b.target(up.URL)}
-				reg := prometheus.NewRegistry()
-				rt, err := router.New(router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, Registry: reg, Logger: quietLogger()})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer rt.Close()
-				url := ""
-				if via == "fast listener" {
-					url = serveRouter(t, rt)
-				} else {
-					ts := httptest.NewServer(rt.Handler())
-					defer ts.Close()
-					url = ts.URL
-				}
+				b, url := oneTargetRouter(t, up.URL, via, nil)
 				resp, err := http.Post(url+"/functions/echo"+q, "application/json", strings.NewReader(`{}`))
 				if err != nil {
 					t.Fatal(err)
@@ -504,4 +474,23 @@ func TestLargeResponsesStream(t *testing.T) {
 			})
 		}
 	}
+}
+
+// oneTargetRouter runs a router whose backend hands out base once, behind
+// the fast listener or the net/http Handler (via).
+func oneTargetRouter(t *testing.T, base, via string, keys *auth.Keys) (*fakeBackend, string) {
+	t.Helper()
+	b := &fakeBackend{}
+	b.script = []func(context.Context) (router.Target, error){b.target(base)}
+	rt, err := router.New(router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, Registry: prometheus.NewRegistry(), Logger: quietLogger(), Keys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rt.Close)
+	if via == "fast listener" {
+		return b, serveRouter(t, rt)
+	}
+	ts := httptest.NewServer(rt.Handler())
+	t.Cleanup(ts.Close)
+	return b, ts.URL
 }
