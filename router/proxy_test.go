@@ -3,13 +3,23 @@ package router_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	cryptorand "crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -493,4 +503,84 @@ func oneTargetRouter(t *testing.T, base, via string, keys *auth.Keys) (*fakeBack
 	ts := httptest.NewServer(rt.Handler())
 	t.Cleanup(ts.Close)
 	return b, ts.URL
+}
+
+// selfSigned writes a certificate and key for 127.0.0.1 into dir.
+func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(cryptorand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	cert, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}
+
+// TestTLSFrontDoor: under TLS, HTTP/1.1 takes the fast path (and the
+// instance learns X-Forwarded-Proto: https) while ALPN "h2" reaches the
+// HTTP/2 handler on the same port.
+func TestTLSFrontDoor(t *testing.T) {
+	var proto string
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proto = r.Header.Get("X-Forwarded-Proto")
+		fmt.Fprint(w, `{}`)
+	}))
+	defer up.Close()
+	certFile, keyFile, pool := selfSigned(t, t.TempDir())
+	b := &fakeBackend{}
+	b.script = []func(context.Context) (router.Target, error){b.target(up.URL)}
+	h2 := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "h2 %d", r.ProtoMajor) })
+	rt, err := router.New(router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, Registry: prometheus.NewRegistry(), Logger: quietLogger(), HTTP2Handler: h2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- rt.ServeTLS(ln, certFile, keyFile) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = rt.Shutdown(ctx)
+		<-done
+	}()
+	url := "https://" + ln.Addr().String()
+	h1 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}} // no ForceAttemptHTTP2: HTTP/1.1
+	resp, err := h1.Post(url+"/functions/echo", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ProtoMajor != 1 || proto != "https" {
+		t.Fatalf("HTTP/1.1 over TLS: %d HTTP/%d, instance saw X-Forwarded-Proto %q", resp.StatusCode, resp.ProtoMajor, proto)
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
+	resp, err = (&http.Client{Transport: tr}).Get(url + "/anything")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(raw) != "h2 2" {
+		t.Fatalf("ALPN h2 request answered %q (HTTP/%d), want the HTTP/2 handler", raw, resp.ProtoMajor)
+	}
 }
