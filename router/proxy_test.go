@@ -584,3 +584,48 @@ func TestTLSFrontDoor(t *testing.T) {
 		t.Fatalf("ALPN h2 request answered %q (HTTP/%d), want the HTTP/2 handler", raw, resp.ProtoMajor)
 	}
 }
+
+// TestMountAdmin: a handler mounted on the admin endpoints (the console)
+// needs an admin key when keys are on, on the admin listener as elsewhere.
+func TestMountAdmin(t *testing.T) {
+	client, ops := "pl_client-key-000000000000000000000000", "pl_ops-key-00000000000000000000000000000"
+	keys, err := auth.Parse([]byte(fmt.Sprintf("keys:\n  - id: client\n    hash: %s\n    functions: [echo]\n  - id: ops\n    hash: %s\n    admin: true\n", auth.Sum(client), auth.Sum(ops))), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := router.New(router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: &fakeBackend{}, Registry: prometheus.NewRegistry(),
+		Logger: quietLogger(), Keys: keys, SeparateAdmin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	rt.MountAdmin("/ui/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "console "+r.URL.Path) }))
+	admin := httptest.NewServer(rt.AdminHandler())
+	defer admin.Close()
+	for _, tc := range []struct {
+		key  string
+		code int
+	}{{"", 401}, {client, 403}, {ops, 200}} {
+		req, _ := http.NewRequest("GET", admin.URL+"/ui/app.js", nil)
+		if tc.key != "" {
+			req.Header.Set("Authorization", "Bearer "+tc.key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || (tc.code == 200 && string(raw) != "console /ui/app.js") {
+			t.Errorf("GET /ui/app.js with key %q: %d %q, want %d", tc.key, resp.StatusCode, raw, tc.code)
+		}
+	}
+	resp, err := http.Get(admin.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/metrics on the admin listener: %d, want 200 without a key (open to scrapers)", resp.StatusCode)
+	}
+}

@@ -210,9 +210,23 @@ func (rt *Router) MountAdmin(path string, h http.Handler) {
 	if rt.admin != nil {
 		e = rt.admin
 	}
-	e.GET(path, echo.WrapHandler(h))
+	e.GET(path, echo.WrapHandler(h), rt.requireAdmin)
 	if strings.HasSuffix(path, "/") {
-		e.GET(path+"*", echo.WrapHandler(h))
+		e.GET(path+"*", echo.WrapHandler(h), rt.requireAdmin)
+	}
+}
+
+// requireAdmin lets only admin keys through when keys are on (the auth
+// middleware before it has already answered 401 to requests without one).
+func (rt *Router) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if rt.cfg.Keys == nil {
+			return next(c)
+		}
+		if id, ok := auth.IdentityOf(c); !ok || !id.Admin {
+			return errorf(http.StatusForbidden, "%s needs a key with admin: true", c.Request().URL.Path)
+		}
+		return next(c)
 	}
 }
 
