@@ -11,8 +11,9 @@ export CGO_ENABLED := 1
 
 all: build
 
-build: ## build bin/pilotlight
+build: ## build bin/pilotlight and the lean instance binary bin/pilotlight-runtime (serve execs it when present)
 	$(GO) build -trimpath -o $(BIN) ./cmd/pilotlight
+	$(GO) build -trimpath -tags runtimeonly -o $(BIN)-runtime ./cmd/pilotlight
 
 ort: $(ORT_LIB) ## fetch ONNX Runtime's shared library (npm onnxruntime-node, no install scripts)
 $(ORT_LIB):
@@ -40,8 +41,9 @@ test: ort vet bpf-check proto-check ## everything CI runs
 bpf-overhead: build ort ## print the eBPF probes' overhead ratios and cold-start anatomy (printed, not asserted)
 	./$(BIN) bench ebpf --duration 3s
 
-bench: build ort ## speed figures (numbers go into README)
+bench: build ort ## speed figures (numbers go into README); the hop puts nginx and haproxy (hack/deps/bench.apt) beside the router
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./runtime/ort/ ./flags/
+	$(GO) test -run '^$$' -bench BenchmarkProxyAllocs -benchtime 2000x ./router/
 	./$(BIN) bench all
 
 bpf: ## regenerate the eBPF objects and bindings (installs clang/libbpf-dev/bpftool via apt when missing)

@@ -203,6 +203,38 @@ func (rt *Router) fastError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	rt.writeError(ctx, errorf(code, "%s", msg))
 	ctx.SetConnectionClose()
+	if code == http.StatusRequestEntityTooLarge {
+		lingerClose(ctx)
+	}
+}
+
+// lingerDrain bounds what lingerClose reads and discards.
+const (
+	lingerDrainBytes = 8 << 20
+	lingerDrainTime  = 500 * time.Millisecond
+)
+
+// lingerClose sends the answer now, half-closes, and reads what the client
+// is still sending for a moment before closing: closing a socket with
+// unread data resets it, and the client, still writing its oversized body,
+// would see "connection reset" instead of the 413 (net/http lingers the same
+// way). fasthttp's own write of the answer afterwards fails on the closed
+// connection, which is harmless.
+func lingerClose(ctx *fasthttp.RequestCtx) {
+	c := ctx.Conn()
+	if _, err := ctx.Response.WriteTo(c); err != nil {
+		return
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	} else if w, ok := c.(netConner); ok {
+		if cw, ok := w.NetConn().(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+	}
+	_ = c.SetReadDeadline(time.Now().Add(lingerDrainTime))
+	_, _ = io.CopyN(io.Discard, c, lingerDrainBytes)
+	_ = c.Close()
 }
 
 func isTimeout(err error) bool {
@@ -275,5 +307,3 @@ func (l *connListener) Close() error {
 }
 
 func (l *connListener) Addr() net.Addr { return l.addr }
-
-var _ io.Reader = (*prefixConn)(nil)

@@ -71,15 +71,15 @@ func h2cServer(t *testing.T, h http.Handler) string {
 	return ln.Addr().String()
 }
 
-// fakeBackend hands out the one instance; cold says the first acquire of each revision waited.
-type fakeBackend struct {
+// instanceBackend hands out the one instance (proxy_test.go's fakeBackend scripts many); cold says the first acquire of each revision waited.
+type instanceBackend struct {
 	addr string
 	mu   sync.Mutex
 	warm map[string]bool
 	err  error
 }
 
-func (b *fakeBackend) Acquire(ctx context.Context, fn, rev string) (router.Target, error) {
+func (b *instanceBackend) Acquire(ctx context.Context, fn, rev string) (router.Target, error) {
 	if b.err != nil {
 		return router.Target{}, b.err
 	}
@@ -92,17 +92,12 @@ func (b *fakeBackend) Acquire(ctx context.Context, fn, rev string) (router.Targe
 	return router.Target{BaseURL: "http://" + b.addr, ColdStart: cold, Release: func(bool) {}}, nil
 }
 
-type statusErr struct{ code int }
-
-func (e statusErr) Error() string   { return "revision busy" }
-func (e statusErr) HTTPStatus() int { return e.code }
-
-func grpcRouter(t *testing.T, mutate func(*router.Config)) (pb.GRPCInferenceServiceClient, *grpc.ClientConn, *recordingInstance, *fakeBackend) {
+func grpcRouter(t *testing.T, mutate func(*router.Config)) (pb.GRPCInferenceServiceClient, *grpc.ClientConn, *recordingInstance, *instanceBackend) {
 	t.Helper()
 	inst := &recordingInstance{}
 	g := grpc.NewServer()
 	pb.RegisterGRPCInferenceServiceServer(g, inst)
-	be := &fakeBackend{addr: h2cServer(t, g), warm: map[string]bool{}}
+	be := &instanceBackend{addr: h2cServer(t, g), warm: map[string]bool{}}
 	fn := &functions.Manifest{Name: "m", Handler: "tensor", Revisions: []functions.Revision{{Name: "m-00001"}, {Name: "m-00002", Tag: "stable"}}}
 	fn.Runtime.MaxBodyBytes = 1000
 	other := &functions.Manifest{Name: "other", Handler: "tensor", Revisions: []functions.Revision{{Name: "other-00001"}}}
@@ -305,7 +300,7 @@ func TestGRPCOverTLSAndRESTOverHTTP2(t *testing.T) {
 	inst := &recordingInstance{}
 	g := grpc.NewServer()
 	pb.RegisterGRPCInferenceServiceServer(g, inst)
-	be := &fakeBackend{addr: h2cServer(t, g), warm: map[string]bool{}}
+	be := &instanceBackend{addr: h2cServer(t, g), warm: map[string]bool{}}
 	fn := &functions.Manifest{Name: "m", Handler: "tensor", Revisions: []functions.Revision{{Name: "m-00001"}}}
 	fn.Runtime.MaxBodyBytes = 1000
 	rt, err := router.New(router.Config{Functions: []*functions.Manifest{fn}, Backend: be, Registry: prometheus.NewRegistry(), Logger: quietLogger()})

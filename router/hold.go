@@ -36,7 +36,17 @@ func (h *holdCtx) reset(parent context.Context, deadline time.Time, conn net.Con
 
 func (h *holdCtx) start() {
 	h.once.Do(func() {
-		ctx, cancel := context.WithDeadline(h.parent, h.deadline)
+		// On the fast path the parent is fasthttp's RequestCtx, which the
+		// server reuses for the connection's next request: a cancellation
+		// goroutine watching it could outlive this request and race with
+		// that reuse. Its only cancellation is server shutdown, which ends
+		// held requests through the engine anyway; so the client's leaving
+		// (the watcher) and the deadline are what end this context there.
+		cancelParent := h.parent
+		if h.conn != nil {
+			cancelParent = context.Background()
+		}
+		ctx, cancel := context.WithDeadline(cancelParent, h.deadline)
 		inner, cancelCause := context.WithCancelCause(ctx)
 		h.inner = inner
 		h.cancel = func(cause error) { cancelCause(cause); cancel() }
@@ -73,7 +83,9 @@ func (h *holdCtx) Err() error {
 // Value implements context.Context.
 func (h *holdCtx) Value(key any) any {
 	if h.started.Load() {
-		return h.inner.Value(key) // context.Cause finds the inner cancellation through it
+		if v := h.inner.Value(key); v != nil {
+			return v // context.Cause finds the inner cancellation through it
+		}
 	}
 	return h.parent.Value(key)
 }

@@ -274,7 +274,11 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, x *exchange, fn *functions.M
 			// A large answer streams through after the handler returns;
 			// the instance is given back when it ends (exchange.Close).
 			x.lease, x.stream, x.code = t, x.in.BodyStream(), code
-			ctx.Response.SetBodyStream(x, x.in.Header.ContentLength())
+			size := x.in.Header.ContentLength()
+			if size < 0 {
+				size = -1 // chunked, or until the instance closes: chunked to the client
+			}
+			ctx.Response.SetBodyStream(x, size)
 			return code
 		}
 		t.Release(false)

@@ -112,9 +112,8 @@ type Config struct {
 	// HTTP2Handler, when set, serves the listener's HTTP/2 connections:
 	// those opening with the HTTP/2 client preface on a plain listener
 	// (h2c, prior knowledge), and those negotiating "h2" by ALPN under TLS.
-	// HTTP/1.1 keeps the fast path. nil: no HTTP/2. Handler() serves the
-	// router's own routes over any protocol, so an HTTP/2 handler (gRPC)
-	// can pass what it does not take to it.
+	// HTTP/1.1 keeps the fast path. nil: the router's own, GRPCHandler over
+	// Handler(): V2 gRPC, and REST over HTTP/2 for what is not gRPC.
 	HTTP2Handler http.Handler
 	// Shadow, when set, sees each primary answer (see Shadow).
 	Shadow Shadow
@@ -187,6 +186,9 @@ func New(cfg Config) (*Router, error) {
 	rt.echo = rt.routes()
 	rt.slow = fasthttpadaptor.NewFastHTTPHandler(rt.echo)
 	rt.grpc = newGRPCProxy(rt)
+	if rt.cfg.HTTP2Handler == nil {
+		rt.cfg.HTTP2Handler = rt.GRPCHandler(rt.Handler())
+	}
 	return rt, nil
 }
 
@@ -212,9 +214,23 @@ func (rt *Router) MountAdmin(path string, h http.Handler) {
 	if rt.admin != nil {
 		e = rt.admin
 	}
-	e.GET(path, echo.WrapHandler(h))
+	e.GET(path, echo.WrapHandler(h), rt.requireAdmin)
 	if strings.HasSuffix(path, "/") {
-		e.GET(path+"*", echo.WrapHandler(h))
+		e.GET(path+"*", echo.WrapHandler(h), rt.requireAdmin)
+	}
+}
+
+// requireAdmin lets only admin keys through when keys are on (the auth
+// middleware before it has already answered 401 to requests without one).
+func (rt *Router) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if rt.cfg.Keys == nil {
+			return next(c)
+		}
+		if id, ok := auth.IdentityOf(c); !ok || !id.Admin {
+			return errorf(http.StatusForbidden, "%s needs a key with admin: true", c.Request().URL.Path)
+		}
+		return next(c)
 	}
 }
 

@@ -120,8 +120,14 @@ func TestServeAuthenticatesOutsideDevelopment(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if code := get("http://"+adminAddr+"/admin/functions", ""); code != 200 {
-		t.Errorf("admin listener /admin/functions: %d", code)
+	if code := get("http://"+adminAddr+"/admin/functions", ""); code != 401 {
+		t.Errorf("admin listener /admin/functions without a key: %d, want 401", code)
+	}
+	if code := get("http://"+adminAddr+"/admin/functions", client); code != 403 {
+		t.Errorf("admin listener /admin/functions with a non-admin key: %d, want 403", code)
+	}
+	if code := get("http://"+adminAddr+"/admin/functions", ops); code != 200 {
+		t.Errorf("admin listener /admin/functions with the admin key: %d, want 200", code)
 	}
 	if code := get(base+"/healthz", ""); code != 200 {
 		t.Errorf("/healthz must stay public for probes: %d", code)

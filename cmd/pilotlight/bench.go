@@ -1,3 +1,5 @@
+//go:build !runtimeonly
+
 package main
 
 import (
@@ -68,6 +70,9 @@ func newBenchCmd() *cobra.Command {
 				{"instance", "One instance (runtime only)", func(ctx context.Context) ([]bench.Row, error) { return bench.Instance(ctx, env) }},
 				{"coldstart", "Scale from zero: warm pool", func(ctx context.Context) ([]bench.Row, error) { return bench.ColdStart(ctx, env, 1, coldStarts) }},
 				{"coldstart", "Scale from zero: exec (no pool)", func(ctx context.Context) ([]bench.Row, error) { return bench.ColdStart(ctx, env, 0, coldStarts) }},
+				{"coldstart", "Scale from zero: exec of the full binary (what the lean runtime build saves)", func(ctx context.Context) ([]bench.Row, error) {
+					return bench.ColdStart(ctx, env, 0, coldStarts, "--runtime-bin", bin)
+				}},
 				{"hop", "Router hop", func(ctx context.Context) ([]bench.Row, error) { return bench.Hop(ctx, env) }},
 				{"grpc", "V2 over gRPC vs REST, direct and through the router (same run)", func(ctx context.Context) ([]bench.Row, error) { return bench.GRPC(ctx, env) }},
 				{"step", "Load step", func(ctx context.Context) ([]bench.Row, error) { return bench.Step(ctx, env) }},

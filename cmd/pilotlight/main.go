@@ -2,6 +2,8 @@
 // the local engine, `runtime` runs one function instance, and the other
 // subcommands train models, evaluate flags, drive rollouts and produce the
 // Knative manifests. main only wires subcommands; the logic lives in packages.
+// `go build -tags runtimeonly` builds the lean instance binary: `runtime`
+// only, without the router's and Kubernetes' packages and their inits.
 package main
 
 import (
@@ -13,13 +15,15 @@ import (
 )
 
 func main() {
+	handOff(os.Args)
 	root := &cobra.Command{
 		Use:           "pilotlight",
 		Short:         "Serverless, scale-to-zero inference for ONNX models",
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(newRuntimeCmd(), newServeCmd(), newBenchCmd(), newLoadtestCmd(), newTrainCmd(), newRolloutCmd(), newManifestsCmd(), newDeployCmd(), newKeysCmd(), newFlagsCmd(), newBPFCmd())
+	root.AddCommand(newRuntimeCmd())
+	root.AddCommand(platformCommands()...)
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
 	}

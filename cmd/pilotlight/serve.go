@@ -1,15 +1,15 @@
+//go:build !runtimeonly
+
 package main
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/pilotlight/pilotlight/bpf"
 	deployknative "github.com/pilotlight/pilotlight/deploy/knative"
@@ -32,273 +33,351 @@ import (
 	"github.com/pilotlight/pilotlight/router/rollout"
 )
 
+// serveOptions are serve's flags.
+type serveOptions struct {
+	addr, fnDir, flagsPath    string
+	withEBPF, dev             bool
+	syscallLatency            bool
+	keysFile, adminAddr       string
+	tlsCert, tlsKey           string
+	rateRPS                   float64
+	rateBurst, maxConcurrent  int
+	backend, namespace        string
+	kubeconfig, kubeContext   string
+	cpuProfile, runtimeBin    string
+	limits                    router.Limits
+	poolSize, queueCapacity   int
+	scaleToZeroAfter          time.Duration
+	requestTimeout            time.Duration
+	stableWindow, panicWindow time.Duration
+}
+
 func newServeCmd() *cobra.Command {
-	var (
-		addr, fnDir      string
-		flagsPath        string
-		withEBPF         bool
-		syscallLatency   bool
-		dev              bool
-		keysFile         string
-		adminAddr        string
-		tlsCert, tlsKey  string
-		rateRPS          float64
-		rateBurst        int
-		maxConcurrent    int
-		backendName      string
-		namespace        string
-		kubeconfig       string
-		kubeContext      string
-		cpuProfile       string
-		limits           = router.DefaultLimits()
-		poolSize         int
-		scaleToZeroAfter time.Duration
-		requestTimeout   time.Duration
-		queueCapacity    int
-		stableWindow     time.Duration
-		panicWindow      time.Duration
-	)
+	o := &serveOptions{limits: router.DefaultLimits()}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the platform on one machine: router, activator, autoscaler and warm pool over child runtime processes",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := newLogger()
-			tuneGC()
-			if cpuProfile != "" {
-				f, err := os.Create(cpuProfile)
-				if err != nil {
-					return err
-				}
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
-			}
-			fns, err := functions.LoadAll(fnDir)
-			if len(fns) == 0 {
-				return fmt.Errorf("no function could be loaded from %s (each needs a valid function.yaml): %v", fnDir, err)
-			}
-			if err != nil {
-				// One broken function must not take the others down.
-				log.Error("some functions were skipped; fix their function.yaml and restart", "err", err)
-			}
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			var (
-				eng     *engine.Engine
-				backend router.Backend
-				admin   router.AdminSource
-			)
 			if os.Getenv("PILOTLIGHT_EBPF") == "1" {
-				withEBPF = true
+				o.withEBPF = true
 			}
-			probes := startProbes(withEBPF, syscallLatency, reg, log)
-			if probes != nil {
-				defer probes.Close()
-			}
-			switch backendName {
-			case "local":
-				ecfg := engine.Config{
-					Functions: fns, PoolSize: poolSize, ScaleToZeroAfter: scaleToZeroAfter, QueueCapacity: queueCapacity,
-					StableWindow: stableWindow, PanicWindow: panicWindow, Logger: log, Registerer: reg,
-				}
-				lb := router.LocalBackend{}
-				if probes != nil {
-					// Only a live *Probes: a nil pointer in the interface would not be nil.
-					ecfg.Probes = probes
-					lb.Timelines = func() map[string]any {
-						out := map[string]any{}
-						for k, tl := range probes.LatestTimelines() {
-							out[k] = tl
-						}
-						return out
-					}
-					lb.Connections = func() map[string]any {
-						out := map[string]any{}
-						for k, c := range probes.LatestConnections() {
-							out[k] = c
-						}
-						return out
-					}
-				}
-				eng, err = engine.New(ecfg)
-				if err != nil {
-					return err
-				}
-				lb.Engine = eng
-				backend, admin = lb, lb
-			case "knative":
-				client, host, err := deployknative.NewClient(kubeconfig, kubeContext)
-				if err != nil {
-					return fmt.Errorf("knative backend: %w", err)
-				}
-				log.Info("knative backend", "api_server", host, "namespace", namespace)
-				backend = router.KnativeBackend{Resolver: knative.NewResolver(client, namespace, 0)}
-			default:
-				return fmt.Errorf("--backend %q: use local (child processes on this machine) or knative", backendName)
-			}
-			rcfg := router.Config{Functions: fns, Backend: backend, Admin: admin, RequestTimeout: requestTimeout, Registry: reg, Logger: log,
-				Concurrency: ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: maxConcurrent, Registerer: reg}),
-			}
-			authNote := "authentication off: local development"
-			if dev {
-				if !isLoopback(addr) {
-					return fmt.Errorf("--dev turns authentication off, so it only listens on loopback; %s is not (drop --dev and pass --keys-file)", addr)
-				}
-			} else {
-				keys, err := auth.LoadSources(keysFile, os.Getenv(auth.EnvVar))
-				if err != nil {
-					return fmt.Errorf("authentication is on outside local development: %w; create a key with `pilotlight keys new --id NAME --functions '*' --file keys.yaml` and pass --keys-file keys.yaml (or run `make run` / serve --dev on loopback)", err)
-				}
-				rcfg.Keys = keys
-				// Rate limits are per API key, so they apply when keys do.
-				rcfg.RateLimit = ratelimit.New(ratelimit.Config{RPS: rateRPS, Burst: rateBurst, Registerer: reg,
-					Skipper: func(c echo.Context) bool { return auth.IsPublicPath(c.Path()) }})
-				rcfg.SeparateAdmin = adminAddr != ""
-				authNote = fmt.Sprintf("authentication on: %d API keys", keys.Len())
-				log.Info("authentication on", "keys", keys.IDs(), "admin_addr", adminAddr)
-			}
-			var flagWatcher *flags.Watcher
-			if flagsPath != "" {
-				w, err := flags.NewWatcher(flags.WatcherConfig{Path: flagsPath, Registerer: reg, Logger: log})
-				if err != nil {
-					return fmt.Errorf("flags: %w (fix the file, or pass --flags \"\" to send every request to each function's stable revision)", err)
-				}
-				wctx, wstop := context.WithCancel(context.Background())
-				defer wstop()
-				go func() {
-					if err := w.Run(wctx); err != nil {
-						log.Error("flag watcher stopped; the last good flags stay in force", "err", err)
-					}
-				}()
-				picker, err := router.NewFlagPicker(w, flagsPath, reg)
-				if err != nil {
-					return err
-				}
-				rcfg.Picker, flagWatcher = picker, w
-				log.Info("flags", "file", flagsPath, "version", w.Set().Version())
-				shadow, err := router.NewShadower(router.ShadowConfig{Functions: fns, Backend: backend, Registerer: reg, Logger: log})
-				if err != nil {
-					return err
-				}
-				defer shadow.Close()
-				rcfg.Shadow = shadow
-				ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log, Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow})
-				defer ctl.Close()
-				rcfg.Rollouts = ctl
-			}
-			rt, err := router.New(rcfg)
-			if err != nil {
+			if err := o.validate(); err != nil {
 				return err
 			}
-			defer rt.Close()
-			ui, err := console.New(console.Config{Source: console.Platform{Functions: fns, Picker: rcfg.Picker, Engine: eng, Probes: probes, Rollouts: rcfg.Rollouts, Flags: flagWatcher, FlagsPath: flagsPath}, Gatherer: reg, Keys: rcfg.Keys, Logger: log})
-			if err != nil {
-				return fmt.Errorf("console: %w", err)
-			}
-			defer ui.Close()
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-			defer stop()
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				return fmt.Errorf("listen on %s: %w (is another pilotlight running? pass --addr)", addr, err)
-			}
-			names := make([]string, len(fns))
-			for i, f := range fns {
-				names[i] = f.Name
-			}
-			log.Info("pilotlight serving", "addr", ln.Addr().String(), "functions", names, "warm_pool", poolSize)
-			scheme := "http"
-			if tlsCert != "" {
-				scheme = "https"
-			}
-			fmt.Fprintf(os.Stdout, "pilotlight: listening on %s://%s (functions: %v; %s)\n", scheme, ln.Addr(), names, authNote)
-			mainHandler := rt.Handler()
-			if rt.AdminHandler() == nil { // the console sits beside /admin
-				mainHandler = ui.Wrap(mainHandler)
-				fmt.Fprintf(os.Stdout, "pilotlight: console on %s://%s%s\n", scheme, ln.Addr(), console.Path)
-			}
-			engDone := make(chan error, 1)
-			engCtx, engStop := context.WithCancel(context.Background())
-			defer engStop()
-			if eng != nil {
-				go func() { engDone <- eng.Run(engCtx) }()
-			} else {
-				engDone <- nil
-			}
-			srv := limits.Server(rt.GRPCHandler(mainHandler), log)
-			if tlsCert == "" {
-				// gRPC without TLS: h2c on the same listener (with TLS, ALPN offers h2).
-				srv.Protocols = new(http.Protocols)
-				srv.Protocols.SetHTTP1(true)
-				srv.Protocols.SetUnencryptedHTTP2(true)
-			}
-			srvDone := make(chan error, 1)
-			go func() {
-				if tlsCert != "" {
-					srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-					srvDone <- srv.ServeTLS(ln, tlsCert, tlsKey)
-					return
-				}
-				srvDone <- srv.Serve(ln)
-			}()
-			if h := rt.AdminHandler(); h != nil {
-				aln, err := net.Listen("tcp", adminAddr)
-				if err != nil {
-					return fmt.Errorf("admin listener on %s: %w (pass --admin-addr)", adminAddr, err)
-				}
-				asrv := limits.Server(ui.Wrap(h), log)
-				fmt.Fprintf(os.Stdout, "pilotlight: console on http://%s%s\n", aln.Addr(), console.Path)
-				defer asrv.Close()
-				go func() { _ = asrv.Serve(aln) }()
-				log.Info("admin endpoints (/metrics, /admin) on their own listener", "addr", aln.Addr().String())
-			}
-			select {
-			case <-ctx.Done():
-			case err := <-srvDone:
-				if !errors.Is(err, http.ErrServerClosed) {
-					log.Error("router stopped", "err", err)
-				}
-			}
-			log.Info("shutting down: draining requests, then instances")
-			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-			engStop()
-			return <-engDone
+			return o.run()
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&addr, "addr", "127.0.0.1:8080", "router listen address")
-	f.StringVar(&fnDir, "functions", "functions", "directory whose subdirectories hold function.yaml files")
-	f.BoolVar(&withEBPF, "ebpf", false, "attach the eBPF probes (cold-start timelines, kernel latency per function); also PILOTLIGHT_EBPF=1")
-	f.BoolVar(&syscallLatency, "ebpf-syscall-latency", false, "with --ebpf, also time network syscalls (keeps syscall tracepoints attached: costs throughput, see bpf/README.md)")
-	f.BoolVar(&dev, "dev", false, "local development: authentication off and admin endpoints on the main listener (loopback only; make run uses it)")
-	f.StringVar(&keysFile, "keys-file", "", "API keys file (hashed at rest; see pilotlight keys new); keys in $PILOTLIGHT_API_KEYS are added")
-	f.StringVar(&adminAddr, "admin-addr", "127.0.0.1:9090", "listener for /metrics and /admin outside --dev (empty: main listener, admin keys required)")
-	f.StringVar(&tlsCert, "tls-cert", "", "serve TLS (1.2+) with this certificate (PEM)")
-	f.StringVar(&tlsKey, "tls-key", "", "private key for --tls-cert (PEM)")
-	f.Float64Var(&rateRPS, "rate-rps", 100, "requests per second per API key (a key's own rate in the keys file wins)")
-	f.IntVar(&rateBurst, "rate-burst", 200, "burst per API key")
-	f.IntVar(&maxConcurrent, "max-concurrent", ratelimit.DefaultMaxConcurrent, "requests in flight per function before 503s are shed")
-	f.StringVar(&backendName, "backend", "local", "where instances run: local (child processes, scale to zero on this machine) or knative (a cluster's tag URLs)")
-	f.StringVar(&namespace, "namespace", deployknative.DefaultNamespace, "knative backend: namespace of the functions' Services")
-	f.StringVar(&kubeconfig, "kubeconfig", "", "knative backend: kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)")
-	f.StringVar(&kubeContext, "context", "", "knative backend: kubeconfig context")
-	f.StringVar(&flagsPath, "flags", "config/flags/flags.json", "flag file (flagd format) that picks each request's revision; empty: every request goes to the stable revision")
-	f.IntVar(&poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
-	f.DurationVar(&scaleToZeroAfter, "scale-to-zero-after", 0, "override every function's scaling.scaleToZeroAfter (0 keeps each function's)")
-	f.DurationVar(&requestTimeout, "request-timeout", router.DefaultRequestTimeout, "longest a request may take, cold start included (504 after)")
-	f.IntVar(&queueCapacity, "queue-capacity", engine.DefaultQueueCapacity, "requests the activator holds per revision while an instance starts (503 beyond)")
-	f.DurationVar(&stableWindow, "stable-window", 0, "autoscaler stable window (default 60s)")
-	f.DurationVar(&limits.ReadHeaderTimeout, "read-header-timeout", limits.ReadHeaderTimeout, "longest a client may take to send request headers")
-	f.DurationVar(&limits.ReadTimeout, "read-timeout", limits.ReadTimeout, "longest a client may take to send a whole request (slow bodies are cut off)")
-	f.DurationVar(&limits.WriteTimeout, "write-timeout", limits.WriteTimeout, "longest a response may take, cold start included (keep above --request-timeout)")
-	f.DurationVar(&limits.IdleTimeout, "idle-timeout", limits.IdleTimeout, "how long an idle keep-alive connection stays open")
-	f.IntVar(&limits.MaxHeaderBytes, "max-header-bytes", limits.MaxHeaderBytes, "largest request header block accepted (431 beyond)")
-	f.StringVar(&cpuProfile, "cpuprofile", "", "write the router's CPU profile to this file until serve exits (for profiling the hop)")
-	f.DurationVar(&panicWindow, "panic-window", 0, "autoscaler panic window (default 6s)")
+	o.register(cmd.Flags())
 	return cmd
+}
+
+func (o *serveOptions) register(f *pflag.FlagSet) {
+	f.StringVar(&o.addr, "addr", "127.0.0.1:8080", "router listen address")
+	f.StringVar(&o.fnDir, "functions", "functions", "directory whose subdirectories hold function.yaml files")
+	f.BoolVar(&o.withEBPF, "ebpf", false, "attach the eBPF probes (cold-start timelines, kernel latency per function); also PILOTLIGHT_EBPF=1")
+	f.BoolVar(&o.syscallLatency, "ebpf-syscall-latency", false, "with --ebpf, also time network syscalls (keeps syscall tracepoints attached: costs throughput, see bpf/README.md)")
+	f.BoolVar(&o.dev, "dev", false, "local development: authentication off and admin endpoints on the main listener (loopback only; make run uses it)")
+	f.StringVar(&o.keysFile, "keys-file", "", "API keys file (hashed at rest; see pilotlight keys new); keys in $PILOTLIGHT_API_KEYS are added")
+	f.StringVar(&o.adminAddr, "admin-addr", "127.0.0.1:9090", "listener for /metrics (open to scrapers) and /admin (admin key) outside --dev (empty: main listener, admin keys required for both)")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "serve TLS (1.2+) with this certificate (PEM)")
+	f.StringVar(&o.tlsKey, "tls-key", "", "private key for --tls-cert (PEM)")
+	f.Float64Var(&o.rateRPS, "rate-rps", 100, "requests per second per API key (a key's own rate in the keys file wins)")
+	f.IntVar(&o.rateBurst, "rate-burst", 200, "burst per API key")
+	f.IntVar(&o.maxConcurrent, "max-concurrent", ratelimit.DefaultMaxConcurrent, "requests in flight per function before 503s are shed")
+	f.StringVar(&o.backend, "backend", "local", "where instances run: local (child processes, scale to zero on this machine) or knative (a cluster's tag URLs)")
+	f.StringVar(&o.namespace, "namespace", deployknative.DefaultNamespace, "knative backend: namespace of the functions' Services")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "knative backend: kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)")
+	f.StringVar(&o.kubeContext, "context", "", "knative backend: kubeconfig context")
+	f.StringVar(&o.flagsPath, "flags", "config/flags/flags.json", "flag file (flagd format) that picks each request's revision; empty: every request goes to the stable revision")
+	f.IntVar(&o.poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
+	f.StringVar(&o.runtimeBin, "runtime-bin", "", "executable the local engine runs instances with (default: "+runtimeBinary+" beside this binary when present, else this binary)")
+	f.DurationVar(&o.scaleToZeroAfter, "scale-to-zero-after", 0, "override every function's scaling.scaleToZeroAfter (0 keeps each function's)")
+	f.DurationVar(&o.requestTimeout, "request-timeout", router.DefaultRequestTimeout, "longest a request may take, cold start included (504 after)")
+	f.IntVar(&o.queueCapacity, "queue-capacity", engine.DefaultQueueCapacity, "requests the activator holds per revision while an instance starts (503 beyond)")
+	f.DurationVar(&o.stableWindow, "stable-window", 0, "autoscaler stable window (default 60s)")
+	f.DurationVar(&o.panicWindow, "panic-window", 0, "autoscaler panic window (default 6s)")
+	f.DurationVar(&o.limits.ReadHeaderTimeout, "read-header-timeout", o.limits.ReadHeaderTimeout, "longest a client may take to send request headers")
+	f.DurationVar(&o.limits.ReadTimeout, "read-timeout", o.limits.ReadTimeout, "longest a client may take to send a request body (slow bodies are cut off)")
+	f.DurationVar(&o.limits.WriteTimeout, "write-timeout", o.limits.WriteTimeout, "longest a response may take, cold start included (must exceed --request-timeout)")
+	f.DurationVar(&o.limits.IdleTimeout, "idle-timeout", o.limits.IdleTimeout, "how long an idle keep-alive connection stays open")
+	f.IntVar(&o.limits.MaxHeaderBytes, "max-header-bytes", o.limits.MaxHeaderBytes, "largest request header block accepted (431 beyond)")
+	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write the router's CPU profile to this file until serve exits (for profiling the hop)")
+}
+
+// validate refuses flag combinations that cannot work, saying why.
+func (o *serveOptions) validate() error {
+	if o.limits.WriteTimeout <= o.requestTimeout {
+		return fmt.Errorf("--write-timeout %s must exceed --request-timeout %s: the connection's write deadline would cut off answers the router is still allowed to wait for (a cold start, a slow instance), so clients would see a dropped connection instead of the answer or a 504", o.limits.WriteTimeout, o.requestTimeout)
+	}
+	if o.dev && !isLoopback(o.addr) {
+		return fmt.Errorf("--dev turns authentication off, so it only listens on loopback; %s is not (drop --dev and pass --keys-file)", o.addr)
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return fmt.Errorf("--tls-cert and --tls-key go together")
+	}
+	if o.backend != "local" && o.backend != "knative" {
+		return fmt.Errorf("--backend %q: use local (child processes on this machine) or knative", o.backend)
+	}
+	return nil
+}
+
+// run serves until SIGTERM or interrupt: functions, backend, router, listeners, then the drain.
+func (o *serveOptions) run() error {
+	log := newLogger()
+	tuneGC()
+	if o.cpuProfile != "" {
+		stop, err := startCPUProfile(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	fns, err := o.loadFunctions(log)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	probes := startProbes(o.withEBPF, o.syscallLatency, reg, log)
+	if probes != nil {
+		defer probes.Close()
+	}
+	eng, rcfg, err := o.newBackend(fns, probes, reg, log)
+	if err != nil {
+		return err
+	}
+	authNote, err := o.secure(&rcfg, reg, log)
+	if err != nil {
+		return err
+	}
+	wctx, wstop := context.WithCancel(context.Background())
+	defer wstop()
+	flagWatcher, closeFlags, err := o.withFlags(wctx, &rcfg, eng, fns, reg, log)
+	if err != nil {
+		return err
+	}
+	defer closeFlags()
+	rt, err := router.New(rcfg)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	ui, err := console.New(console.Config{Source: console.Platform{Functions: fns, Picker: rcfg.Picker, Engine: eng, Probes: probes,
+		Rollouts: rcfg.Rollouts, Flags: flagWatcher, FlagsPath: o.flagsPath}, Gatherer: reg, Keys: rcfg.Keys, Logger: log})
+	if err != nil {
+		return fmt.Errorf("console: %w", err)
+	}
+	defer ui.Close()
+	// The console sits beside /admin: on the admin listener, or on the main one under --dev.
+	rt.MountAdmin(console.Path, ui)
+	return o.listenAndServe(rt, eng, fns, authNote, log)
+}
+
+// loadFunctions loads every function.yaml; one broken function does not take the others down.
+func (o *serveOptions) loadFunctions(log *slog.Logger) ([]*functions.Manifest, error) {
+	fns, err := functions.LoadAll(o.fnDir)
+	if len(fns) == 0 {
+		return nil, fmt.Errorf("no function could be loaded from %s (each needs a valid function.yaml): %v", o.fnDir, err)
+	}
+	if err != nil {
+		log.Error("some functions were skipped; fix their function.yaml and restart", "err", err)
+	}
+	return fns, nil
+}
+
+// newBackend builds where instances run: the local engine (returned, to
+// run) or a Knative cluster's tag URLs; and the router config around it.
+func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes, reg *prometheus.Registry, log *slog.Logger) (*engine.Engine, router.Config, error) {
+	rcfg := router.Config{Functions: fns, RequestTimeout: o.requestTimeout, Registry: reg, Logger: log, Limits: o.limits,
+		Concurrency: ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: o.maxConcurrent, Registerer: reg})}
+	if o.backend == "knative" {
+		client, host, err := deployknative.NewClient(o.kubeconfig, o.kubeContext)
+		if err != nil {
+			return nil, rcfg, fmt.Errorf("knative backend: %w", err)
+		}
+		log.Info("knative backend", "api_server", host, "namespace", o.namespace)
+		rcfg.Backend = router.KnativeBackend{Resolver: knative.NewResolver(client, o.namespace, 0)}
+		return nil, rcfg, nil
+	}
+	ecfg := engine.Config{
+		Functions: fns, Binary: o.instanceBinary(), PoolSize: o.poolSize, ScaleToZeroAfter: o.scaleToZeroAfter, QueueCapacity: o.queueCapacity,
+		StableWindow: o.stableWindow, PanicWindow: o.panicWindow, Logger: log, Registerer: reg,
+	}
+	lb := router.LocalBackend{}
+	if probes != nil {
+		// Only a live *Probes: a nil pointer in the interface would not be nil.
+		ecfg.Probes = probes
+		lb.Timelines = func() map[string]any {
+			out := map[string]any{}
+			for k, tl := range probes.LatestTimelines() {
+				out[k] = tl
+			}
+			return out
+		}
+		lb.Connections = func() map[string]any {
+			out := map[string]any{}
+			for k, c := range probes.LatestConnections() {
+				out[k] = c
+			}
+			return out
+		}
+	}
+	eng, err := engine.New(ecfg)
+	if err != nil {
+		return nil, rcfg, err
+	}
+	lb.Engine = eng
+	rcfg.Backend, rcfg.Admin = lb, lb
+	return eng, rcfg, nil
+}
+
+// runtimeBinary is the lean build of `pilotlight runtime` (make build puts
+// it beside bin/pilotlight): without the Kubernetes packages an instance
+// starts measurably sooner.
+const runtimeBinary = "pilotlight-runtime"
+
+// instanceBinary is what the local engine execs for instances.
+func (o *serveOptions) instanceBinary() string {
+	if o.runtimeBin != "" {
+		return o.runtimeBin
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	lean := filepath.Join(filepath.Dir(exe), runtimeBinary)
+	if st, err := os.Stat(lean); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+		return lean
+	}
+	return exe
+}
+
+// secure turns authentication, per-key rate limits and the admin listener
+// on outside --dev, and says which in one line.
+func (o *serveOptions) secure(rcfg *router.Config, reg prometheus.Registerer, log *slog.Logger) (string, error) {
+	if o.dev {
+		return "authentication off: local development", nil
+	}
+	keys, err := auth.LoadSources(o.keysFile, os.Getenv(auth.EnvVar))
+	if err != nil {
+		return "", fmt.Errorf("authentication is on outside local development: %w; create a key with `pilotlight keys new --id NAME --functions '*' --file keys.yaml` and pass --keys-file keys.yaml (or run `make run` / serve --dev on loopback)", err)
+	}
+	rcfg.Keys = keys
+	// Rate limits are per API key, so they apply when keys do.
+	rcfg.RateLimit = ratelimit.New(ratelimit.Config{RPS: o.rateRPS, Burst: o.rateBurst, Registerer: reg,
+		Skipper: func(c echo.Context) bool { return auth.IsPublicPath(c.Path()) }})
+	rcfg.SeparateAdmin = o.adminAddr != ""
+	log.Info("authentication on", "keys", keys.IDs(), "admin_addr", o.adminAddr)
+	return fmt.Sprintf("authentication on: %d API keys", keys.Len()), nil
+}
+
+// withFlags makes the flag file pick revisions and serves rollouts; the
+// watcher runs until ctx ends.
+func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *engine.Engine, fns []*functions.Manifest, reg *prometheus.Registry, log *slog.Logger) (*flags.Watcher, func(), error) {
+	if o.flagsPath == "" {
+		return nil, func() {}, nil
+	}
+	w, err := flags.NewWatcher(flags.WatcherConfig{Path: o.flagsPath, Registerer: reg, Logger: log})
+	if err != nil {
+		return nil, nil, fmt.Errorf("flags: %w (fix the file, or pass --flags \"\" to send every request to each function's stable revision)", err)
+	}
+	go func() {
+		if err := w.Run(ctx); err != nil {
+			log.Error("flag watcher stopped; the last good flags stay in force", "err", err)
+		}
+	}()
+	picker, err := router.NewFlagPicker(w, o.flagsPath, reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	rcfg.Picker = picker
+	log.Info("flags", "file", o.flagsPath, "version", w.Set().Version())
+	shadow, err := router.NewShadower(router.ShadowConfig{Functions: fns, Backend: rcfg.Backend, Registerer: reg, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	rcfg.Shadow = shadow
+	ctl := rollout.New(rollout.Config{FlagsPath: o.flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log,
+		Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow})
+	rcfg.Rollouts = ctl
+	return w, func() { ctl.Close(); shadow.Close() }, nil
+}
+
+// listenAndServe opens the listeners, runs the engine, serves until a
+// signal, then drains: requests first, instances after.
+func (o *serveOptions) listenAndServe(rt *router.Router, eng *engine.Engine, fns []*functions.Manifest, authNote string, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	ln, err := net.Listen("tcp", o.addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another pilotlight running? pass --addr)", o.addr, err)
+	}
+	names := make([]string, len(fns))
+	for i, f := range fns {
+		names[i] = f.Name
+	}
+	log.Info("pilotlight serving", "addr", ln.Addr().String(), "functions", names, "warm_pool", o.poolSize)
+	scheme := "http"
+	if o.tlsCert != "" {
+		scheme = "https"
+	}
+	fmt.Fprintf(os.Stdout, "pilotlight: listening on %s://%s (functions: %v; %s)\n", scheme, ln.Addr(), names, authNote)
+	if rt.AdminHandler() == nil {
+		fmt.Fprintf(os.Stdout, "pilotlight: console on %s://%s%s\n", scheme, ln.Addr(), console.Path)
+	}
+	engDone := make(chan error, 1)
+	engCtx, engStop := context.WithCancel(context.Background())
+	defer engStop()
+	if eng != nil {
+		go func() { engDone <- eng.Run(engCtx) }()
+	} else {
+		engDone <- nil
+	}
+	srvDone := make(chan error, 1)
+	go func() {
+		if o.tlsCert != "" {
+			srvDone <- rt.ServeTLS(ln, o.tlsCert, o.tlsKey)
+			return
+		}
+		srvDone <- rt.Serve(ln)
+	}()
+	if h := rt.AdminHandler(); h != nil {
+		aln, err := net.Listen("tcp", o.adminAddr)
+		if err != nil {
+			return fmt.Errorf("admin listener on %s: %w (pass --admin-addr)", o.adminAddr, err)
+		}
+		asrv := o.limits.Server(h, log)
+		fmt.Fprintf(os.Stdout, "pilotlight: console on http://%s%s\n", aln.Addr(), console.Path)
+		defer asrv.Close()
+		go func() { _ = asrv.Serve(aln) }()
+		log.Info("admin endpoints (/metrics open, /admin with an admin key) on their own listener", "addr", aln.Addr().String())
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-srvDone:
+		if err != nil {
+			log.Error("router stopped", "err", err)
+		}
+	}
+	log.Info("shutting down: draining requests, then instances")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = rt.Shutdown(sctx)
+	engStop()
+	return <-engDone
+}
+
+// startCPUProfile writes a CPU profile to path until stop.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // isLoopback reports whether a listen address only binds loopback.

@@ -1,0 +1,119 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/router/ratelimit"
+)
+
+// cannedUpstream answers every request on its connections with the same
+// bytes and allocates nothing per request, so a benchmark's allocations
+// are the router's own.
+func cannedUpstream(b *testing.B) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReaderSize(c, 64<<10)
+				for {
+					cl := -1
+					for {
+						line, err := r.ReadSlice('\n')
+						if err != nil {
+							return
+						}
+						if len(line) <= 2 {
+							break
+						}
+						const h = "Content-Length: "
+						if len(line) > len(h) && string(line[:len(h)]) == h {
+							cl, _ = strconv.Atoi(string(line[len(h) : len(line)-2]))
+						}
+					}
+					if cl > 0 {
+						if _, err := r.Discard(cl); err != nil {
+							return
+						}
+					}
+					if _, err := c.Write(resp); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return "http://" + ln.Addr().String()
+}
+
+type staticBackend struct{ t Target }
+
+func (s staticBackend) Acquire(context.Context, string, string) (Target, error) { return s.t, nil }
+
+// BenchmarkProxyAllocs reports the router's allocations per proxied
+// request (the handler called in process, the upstream a canned server,
+// the per-function concurrency cap on as serve has it; no flag file);
+// the body sizes show whether anything grows with the body.
+func BenchmarkProxyAllocs(b *testing.B) {
+	for _, size := range []int{200, 64 << 10, 512 << 10} {
+		b.Run(fmt.Sprintf("body=%d", size), func(b *testing.B) {
+			base := cannedUpstream(b)
+			fn := &functions.Manifest{Name: "echo", Handler: "tensor", Revisions: []functions.Revision{{Name: "echo-00001"}},
+				Runtime: functions.Runtime{MaxBodyBytes: 1 << 20}}
+			rt, err := New(Config{Functions: []*functions.Manifest{fn}, Backend: staticBackend{Target{BaseURL: base, Release: func(bool) {}}},
+				Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				Concurrency: ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{})}) // as serve has it
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer rt.Close()
+			body := make([]byte, size)
+			for i := range body {
+				body[i] = 'x'
+			}
+			var ctx fasthttp.RequestCtx
+			ctx.Init2(&addrConn{remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}}, nil, false)
+			prepare := func() {
+				ctx.Request.Reset()
+				ctx.Response.Reset()
+				ctx.Request.Header.SetMethod("POST")
+				ctx.Request.SetRequestURI("/v2/models/echo/infer")
+				ctx.Request.Header.SetHost("router")
+				ctx.Request.Header.Set("Content-Type", "application/json")
+				ctx.Request.SetBodyRaw(body)
+			}
+			prepare()
+			rt.serveFast(&ctx)
+			if ctx.Response.StatusCode() != 200 {
+				b.Fatalf("status %d: %s", ctx.Response.StatusCode(), ctx.Response.Body())
+			}
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				prepare()
+				rt.serveFast(&ctx)
+			}
+		})
+	}
+}
