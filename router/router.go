@@ -25,11 +25,13 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router/auth"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
 	"github.com/pilotlight/pilotlight/router/rollout"
+	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // Defaults for Config's zero fields.
@@ -92,6 +94,8 @@ type Config struct {
 	Concurrency *ratelimit.ConcurrencyLimiter
 	// SeparateAdmin moves /metrics and /admin/* off the main handler to AdminHandler.
 	SeparateAdmin bool
+	// Telemetry turns tracing on (nil: off); see tracing.go.
+	Telemetry *telemetry.Telemetry
 }
 
 // AdminSource supplies what the admin view shows beyond weights.
@@ -111,6 +115,7 @@ type Router struct {
 	m         *metrics
 	bufs      sync.Pool // request bodies
 	copyBufs  sync.Pool // response copies: io.Copy would allocate 32 KiB per request
+	tr        *tracing  // nil: tracing off
 }
 
 // New builds the router.
@@ -130,7 +135,7 @@ func New(cfg Config) (*Router, error) {
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
 	}
-	rt := &Router{cfg: cfg, log: cfg.Logger, fns: map[string]*functions.Manifest{}, m: newMetrics(cfg.Registry)}
+	rt := &Router{cfg: cfg, log: cfg.Logger, fns: map[string]*functions.Manifest{}, m: newMetrics(cfg.Registry), tr: newTracing(cfg)}
 	for _, fn := range cfg.Functions {
 		rt.fns[fn.Name] = fn
 	}
@@ -199,7 +204,7 @@ func (rt *Router) routes() *echo.Echo {
 		if a == e && rt.admin != nil {
 			continue
 		}
-		a.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(rt.cfg.Registry, promhttp.HandlerOpts{})))
+		a.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(rt.cfg.Registry, promhttp.HandlerOpts{EnableOpenMetrics: true})))
 		a.GET("/admin/functions", rt.adminFunctions)
 		if rt.cfg.Rollouts != nil {
 			a.GET("/admin/rollouts", rt.listRollouts)
@@ -303,7 +308,7 @@ func errorf(code int, format string, args ...any) error {
 }
 
 func (rt *Router) proxy(k kind) echo.HandlerFunc {
-	return func(c echo.Context) error {
+	return rt.traceRequest(func(c echo.Context) error {
 		start := time.Now()
 		name := c.Param("function")
 		if k == kindV2 {
@@ -344,9 +349,9 @@ func (rt *Router) proxy(k kind) echo.HandlerFunc {
 		c.Set(countedKey, true)
 		code := rt.forward(c, fn, revision, k, body)
 		rt.m.requests.WithLabelValues(fn.Name, revision, strconv.Itoa(code)).Inc()
-		rt.m.duration.WithLabelValues(fn.Name, revision).Observe(time.Since(start).Seconds())
+		telemetry.Observe(c.Request().Context(), rt.m.duration.WithLabelValues(fn.Name, revision), time.Since(start).Seconds())
 		return nil
-	}
+	})
 }
 
 // forward acquires an instance and proxies, retrying once on another
@@ -358,13 +363,17 @@ func (rt *Router) forward(c echo.Context, fn *functions.Manifest, revision strin
 	var lastErr error
 	var cold time.Duration
 	for attempt := 0; attempt < 2; attempt++ {
+		wait := rt.tr.startWait(ctx, fn.Name, revision)
 		t, err := rt.cfg.Backend.Acquire(ctx, fn.Name, revision)
+		rt.tr.endWait(ctx, wait, fn.Name, revision, t, err)
 		if err != nil {
 			return rt.fail(c, rt.acquireError(ctx, c, fn, revision, err))
 		}
 		cold += t.ColdStart
+		ps := rt.tr.startProxy(ctx, propagation.HeaderCarrier(c.Request().Header), t.BaseURL)
 		resp, err := rt.send(ctx, c.Request(), t.BaseURL, k, body)
 		if err != nil {
+			rt.tr.endProxy(ps, 0, err)
 			// The request's own deadline or the client going away says
 			// nothing about the instance; only a connection failure does.
 			t.Release(ctx.Err() == nil)
@@ -392,6 +401,7 @@ func (rt *Router) forward(c echo.Context, fn *functions.Manifest, revision strin
 		_, copyErr := io.CopyBuffer(c.Response(), resp.Body, *cb)
 		rt.copyBufs.Put(cb)
 		resp.Body.Close()
+		rt.tr.endProxy(ps, resp.StatusCode, copyErr)
 		t.Release(false)
 		if copyErr != nil {
 			rt.log.Debug("copying response", "err", copyErr)

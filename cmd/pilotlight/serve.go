@@ -29,6 +29,7 @@ import (
 	"github.com/pilotlight/pilotlight/router/knative"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
 	"github.com/pilotlight/pilotlight/router/rollout"
+	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 func newServeCmd() *cobra.Command {
@@ -82,6 +83,11 @@ func newServeCmd() *cobra.Command {
 			}
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			tel, err := telemetry.SetupFromEnv("pilotlight-router", reg, log)
+			if err != nil {
+				return err
+			}
+			defer shutdownTelemetry(tel, log)
 			var (
 				eng     *engine.Engine
 				backend router.Backend
@@ -128,7 +134,7 @@ func newServeCmd() *cobra.Command {
 			default:
 				return fmt.Errorf("--backend %q: use local (child processes on this machine) or knative", backendName)
 			}
-			rcfg := router.Config{Functions: fns, Backend: backend, Admin: admin, RequestTimeout: requestTimeout, Registry: reg, Logger: log,
+			rcfg := router.Config{Functions: fns, Backend: backend, Admin: admin, RequestTimeout: requestTimeout, Registry: reg, Logger: log, Telemetry: tel,
 				Concurrency: ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: maxConcurrent, Registerer: reg}),
 			}
 			authNote := "authentication off: local development"

@@ -28,6 +28,7 @@ import (
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/runtime/instance"
 	"github.com/pilotlight/pilotlight/runtime/ort"
+	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // Version is reported by GET /v2.
@@ -44,6 +45,7 @@ type Config struct {
 	DrainTimeout time.Duration
 	Registry     *prometheus.Registry
 	Logger       *slog.Logger
+	Telemetry    *telemetry.Telemetry // nil: tracing off
 }
 
 // Server is one runtime process's HTTP server.
@@ -111,6 +113,7 @@ func (s *Server) routes() *echo.Echo {
 	// Order: recover first so nothing escapes, then the body limit so no handler reads more than allowed.
 	e.Use(middleware.Recover())
 	e.Use(s.bodyLimit)
+	e.Use(s.traceRequests)
 
 	e.GET("/v2", s.serverMetadata)
 	e.GET("/v2/health/live", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]bool{"live": true}) })
@@ -123,7 +126,7 @@ func (s *Server) routes() *echo.Echo {
 	e.POST("/v2/models/:model/versions/:version/infer", s.infer, s.measure("infer"))
 	e.POST("/", s.invoke, s.measure("function"))
 	e.POST("/functions/:function", s.invoke, s.measure("function"))
-	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{})))
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{EnableOpenMetrics: true})))
 	if s.cfg.AllowSpecialise {
 		e.POST("/admin/specialise", s.specialise)
 	}
@@ -281,7 +284,9 @@ func (s *Server) infer(c echo.Context) error {
 	if err := checkJSON(body); err != nil {
 		return err
 	}
+	endDecode := phase(c.Request().Context(), "decode")
 	req, inputs, rows, err := decodeInfer(body, in.Pool.Inputs(), in.Pool.Outputs())
+	endDecode(err)
 	if err != nil {
 		return err
 	}
@@ -292,6 +297,7 @@ func (s *Server) infer(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	defer phase(c.Request().Context(), "encode")(nil)
 	b := make([]byte, 0, 256)
 	b = append(b, `{"model_name":`...)
 	b = strconv.AppendQuote(b, in.Manifest.Name)
@@ -336,7 +342,9 @@ func (s *Server) invoke(c echo.Context) error {
 	if err := checkJSON(body); err != nil {
 		return err
 	}
+	endDecode := phase(c.Request().Context(), "decode")
 	inv, err := in.Handler.Decode(body)
+	endDecode(err)
 	if err != nil {
 		return err
 	}
@@ -347,6 +355,7 @@ func (s *Server) invoke(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	defer phase(c.Request().Context(), "encode")(nil)
 	resp, err := inv.Encode(outs)
 	if err != nil {
 		return err
