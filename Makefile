@@ -64,8 +64,8 @@ jaeger: jaeger-bin ## run Jaeger on 127.0.0.1 (OTLP/HTTP :4318, OTLP/gRPC :4317,
 trace-check: jaeger-bin ort ## one request with a traceparent through serve; Jaeger's query API must hold router and instance spans in one trace
 	JAEGER_BIN=$(CURDIR)/$(JAEGER) $(GO) test -count=1 -tags jaeger -run TestTraceInJaeger -v ./telemetry/
 
-bench-tracing: ort ## router throughput with tracing off, 1% and 100% sampled, side by side
-	$(GO) test -run '^$$' -bench BenchmarkTracing -benchtime 3s ./router/
+bench-tracing: jaeger-bin ort ## throughput through serve with tracing off, 1% and 100% sampled into Jaeger, interleaved rounds
+	JAEGER_BIN=$(CURDIR)/$(JAEGER) $(GO) test -count=1 -tags jaeger -run TestTracingThroughput -v -timeout 20m ./telemetry/
 
 clean:
 	rm -rf bin

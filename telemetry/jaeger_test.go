@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/pilotlight/pilotlight/internal/bench"
+	"github.com/pilotlight/pilotlight/internal/loadgen"
 	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
@@ -272,4 +273,103 @@ func TestTraceInJaeger(t *testing.T) {
 		t.Errorf("eBPF is on but the cold start span has no kernel events: %v", events)
 	}
 	t.Logf("trace %s: %d spans from %v; cold start trace %s with events %v", traceID, len(tr.Spans), services, coldTrace, events)
+}
+
+// startJaeger runs Jaeger on free loopback ports and returns its OTLP/HTTP endpoint.
+func startJaeger(t *testing.T) (otlp string) {
+	t.Helper()
+	root := testbin.Root()
+	jaegerBin := os.Getenv("JAEGER_BIN")
+	if jaegerBin == "" {
+		jaegerBin = filepath.Join(root, "bin", "jaeger")
+	}
+	queryPort, otlpPort := freePort(t), freePort(t)
+	var jlog bytes.Buffer
+	cmd := exec.Command(jaegerBin, "--config=file:"+filepath.Join(root, "hack", "jaeger", "config.yaml"))
+	cmd.Env = append(os.Environ(), "JAEGER_QUERY_PORT="+queryPort, "JAEGER_OTLP_HTTP_PORT="+otlpPort,
+		"JAEGER_OTLP_GRPC_PORT="+freePort(t), "JAEGER_HEALTH_PORT="+freePort(t), "JAEGER_QUERY_GRPC_PORT="+freePort(t))
+	cmd.Stdout, cmd.Stderr = &jlog, &jlog
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%v (make jaeger-bin builds it)", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	ctx, cancel := context.WithTimeout(context.Background(), traceWait)
+	defer cancel()
+	if err := bench.WaitReady(ctx, "http://127.0.0.1:"+queryPort+"/api/services"); err != nil {
+		t.Fatalf("jaeger: %v\n%s", err, jlog.String())
+	}
+	return "http://127.0.0.1:" + otlpPort
+}
+
+// Bounds of the throughput comparison.
+const (
+	throughputRounds      = 3
+	throughputRound       = 5 * time.Second
+	throughputConcurrency = 16
+)
+
+// TestTracingThroughput measures requests per second through `pilotlight
+// serve` (router and instance) with tracing off, and on at 1% and 100% of
+// new traces exported to a real Jaeger, in interleaved rounds so the
+// machine's load drifts equally over the three. It asserts only that every
+// request succeeded; the figures go to the log (make bench-tracing).
+func TestTracingThroughput(t *testing.T) {
+	root := testbin.Root()
+	otlp := startJaeger(t)
+	body, err := os.ReadFile(filepath.Join(root, "functions", "fraud", "testdata", "infer.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	modes := []struct {
+		name string
+		env  map[string]string
+	}{
+		{"off", map[string]string{"OTEL_TRACES_EXPORTER": "none"}},
+		{"on, 1%", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}},
+		{"on, 100%", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_TRACES_SAMPLER": "parentbased_always_on"}},
+	}
+	urls := make([]string, len(modes))
+	for i, m := range modes {
+		for _, k := range []string{"OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"} {
+			t.Setenv(k, m.env[k])
+		}
+		serve, err := bench.StartServe(testbin.Pilotlight(t), []string{"--functions", filepath.Join(root, "functions"), "--flags", "", "--pool-size", "0"}, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(serve.Stop)
+		urls[i] = "http://" + serve.Addr + "/v2/models/fraud/infer"
+		warm := loadgen.Run(context.Background(), loadgen.Config{URL: urls[i], Body: func(int, int) []byte { return body },
+			Header: http.Header{"Content-Type": {"application/json"}}, Concurrency: 1, Requests: 20})
+		if warm.Succeeded == 0 {
+			t.Fatalf("%s: warm-up failed: %v", m.name, warm.Status)
+		}
+	}
+	rps := make([][]float64, len(modes))
+	for round := 0; round < throughputRounds; round++ {
+		for i, m := range modes {
+			res := loadgen.Run(context.Background(), loadgen.Config{URL: urls[i], Body: func(int, int) []byte { return body },
+				Header: http.Header{"Content-Type": {"application/json"}}, Concurrency: throughputConcurrency, Duration: throughputRound})
+			if res.Succeeded != res.Sent {
+				t.Errorf("%s round %d: %d of %d requests failed: %v", m.name, round, res.Sent-res.Succeeded, res.Sent, res.Status)
+			}
+			rps[i] = append(rps[i], res.RPS())
+			t.Logf("round %d %-9s %8.0f req/s  p50 %v p99 %v", round, m.name, res.RPS(), res.Quantile(0.5), res.Quantile(0.99))
+		}
+	}
+	median := func(v []float64) float64 {
+		s := append([]float64(nil), v...)
+		for i := range s {
+			for j := i + 1; j < len(s); j++ {
+				if s[j] < s[i] {
+					s[i], s[j] = s[j], s[i]
+				}
+			}
+		}
+		return s[len(s)/2]
+	}
+	off := median(rps[0])
+	for i, m := range modes {
+		t.Logf("%-9s median %8.0f req/s  ratio to off %.2f  (rounds %v)", m.name, median(rps[i]), median(rps[i])/off, rps[i])
+	}
 }
