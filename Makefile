@@ -7,7 +7,13 @@ ARGS    ?=
 ORT_LIB := .cache/onnxruntime/1.24.1/libonnxruntime.so.1
 export CGO_ENABLED := 1
 
-.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check proto proto-check loadtest manifests clean bpf-overhead cluster-test
+.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check proto proto-check loadtest manifests clean bpf-overhead cluster-test jaeger jaeger-bin trace-check bench-tracing
+
+# Tracing is configured by the standard OTEL_* variables. make hands them to
+# every recipe, from the environment or its own command line
+# (make run OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318), and serve
+# hands them to every instance it starts. Unset, tracing is off.
+JAEGER  := bin/jaeger
 
 all: build
 
@@ -66,6 +72,19 @@ cluster-test: ## the Knative path against a live control plane (kube-apiserver, 
 
 manifests: ## regenerate config/knative from function.yaml and the flags
 	$(GO) run ./cmd/pilotlight manifests
+
+jaeger-bin: $(JAEGER) ## build Jaeger v2 from its Go module (nested module hack/jaeger: the main go.mod stays lean)
+$(JAEGER): hack/jaeger/go.mod hack/jaeger/go.sum
+	cd hack/jaeger && $(GO) build -trimpath -o ../../$(JAEGER) github.com/jaegertracing/jaeger/cmd/jaeger
+
+jaeger: jaeger-bin ## run Jaeger on 127.0.0.1 (OTLP/HTTP :4318, OTLP/gRPC :4317, query API :16686); then: OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 make run
+	./$(JAEGER) --config=file:hack/jaeger/config.yaml
+
+trace-check: jaeger-bin ort ## one request with a traceparent through serve; Jaeger's query API must hold router and instance spans in one trace
+	JAEGER_BIN=$(CURDIR)/$(JAEGER) $(GO) test -count=1 -tags jaeger -run TestTraceInJaeger -v ./telemetry/
+
+bench-tracing: jaeger-bin ort ## throughput through serve with tracing off, 1% and 100% sampled into Jaeger, interleaved rounds
+	JAEGER_BIN=$(CURDIR)/$(JAEGER) $(GO) test -count=1 -tags jaeger -run TestTracingThroughput -v -timeout 20m ./telemetry/
 
 clean:
 	rm -rf bin

@@ -37,7 +37,7 @@ func (d document) String() string { return fmt.Sprintf("%s#%d (%s)", d.file, d.i
 var ownDirs = []string{"knative", "security", "monitoring", "router"}
 
 // nonKubernetes are files in ownDirs that are not Kubernetes objects.
-var nonKubernetes = map[string]bool{"security/falco-rules.yaml": true}
+var nonKubernetes = map[string]bool{"security/falco-rules.yaml": true, "monitoring/alerts.test.yaml": true}
 
 // kinds maps apiVersion/Kind to a typed object. Types come from k8s.io/api and
 // Knative where the module graph has them; the Prometheus Operator's are the
@@ -45,6 +45,7 @@ var nonKubernetes = map[string]bool{"security/falco-rules.yaml": true}
 var kinds = map[string]func() any{
 	"v1/Namespace":                             func() any { return &corev1.Namespace{} },
 	"v1/ServiceAccount":                        func() any { return &corev1.ServiceAccount{} },
+	"v1/ConfigMap":                             func() any { return &corev1.ConfigMap{} },
 	"rbac.authorization.k8s.io/v1/Role":        func() any { return &rbacv1.Role{} },
 	"rbac.authorization.k8s.io/v1/RoleBinding": func() any { return &rbacv1.RoleBinding{} },
 	"networking.k8s.io/v1/NetworkPolicy":       func() any { return &networkingv1.NetworkPolicy{} },

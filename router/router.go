@@ -33,6 +33,7 @@ import (
 	"github.com/pilotlight/pilotlight/router/auth"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
 	"github.com/pilotlight/pilotlight/router/rollout"
+	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // Defaults for Config's zero fields.
@@ -117,6 +118,8 @@ type Config struct {
 	HTTP2Handler http.Handler
 	// Shadow, when set, sees each primary answer (see Shadow).
 	Shadow Shadow
+	// Telemetry turns tracing on (nil: off); see tracing.go.
+	Telemetry *telemetry.Telemetry
 }
 
 // AdminSource supplies what the admin view shows beyond weights.
@@ -139,6 +142,7 @@ type Router struct {
 	m         *metrics
 	exchanges sync.Pool
 	grpc      *grpcProxy // the gRPC side (GRPCHandler)
+	tr        *tracing   // nil: tracing off
 
 	mu   sync.Mutex
 	srvs []*frontDoor
@@ -186,6 +190,7 @@ func New(cfg Config) (*Router, error) {
 	rt.echo = rt.routes()
 	rt.slow = fasthttpadaptor.NewFastHTTPHandler(rt.echo)
 	rt.grpc = newGRPCProxy(rt)
+	rt.tr = newTracing(rt.cfg)
 	if rt.cfg.HTTP2Handler == nil {
 		rt.cfg.HTTP2Handler = rt.GRPCHandler(rt.Handler())
 	}
@@ -280,7 +285,7 @@ func (rt *Router) routes() *echo.Echo {
 		if a == e && rt.admin != nil {
 			continue
 		}
-		a.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(rt.cfg.Registry, promhttp.HandlerOpts{})))
+		a.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(rt.cfg.Registry, promhttp.HandlerOpts{EnableOpenMetrics: true})))
 		a.GET("/admin/functions", rt.adminFunctions)
 		rt.rolloutRoutes(a)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/pilotlight/pilotlight/runtime/ort"
 	"github.com/pilotlight/pilotlight/runtime/prewarm"
 	"github.com/pilotlight/pilotlight/runtime/server"
+	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 func newRuntimeCmd() *cobra.Command {
@@ -88,7 +89,12 @@ and waits, not ready, for POST /admin/specialise (the local engine's warm pool).
 			}
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			srv := server.New(server.Config{AllowSpecialise: generic, DrainTimeout: drain, Registry: reg, Logger: log})
+			tel, err := telemetry.SetupFromEnv("pilotlight-runtime", reg, log)
+			if err != nil {
+				return err
+			}
+			defer shutdownTelemetry(tel, log)
+			srv := server.New(server.Config{AllowSpecialise: generic, DrainTimeout: drain, Registry: reg, Logger: log, Telemetry: tel})
 			ln, err := net.Listen("tcp", net.JoinHostPort(listen, strconv.Itoa(port)))
 			if err != nil {
 				return fmt.Errorf("listen on %s:%d: %w", listen, port, err)

@@ -31,6 +31,7 @@ import (
 	"github.com/pilotlight/pilotlight/router/knative"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
 	"github.com/pilotlight/pilotlight/router/rollout"
+	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // serveOptions are serve's flags.
@@ -138,6 +139,11 @@ func (o *serveOptions) run() error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	tel, err := telemetry.SetupFromEnv("pilotlight-router", reg, log)
+	if err != nil {
+		return err
+	}
+	defer shutdownTelemetry(tel, log)
 	probes := startProbes(o.withEBPF, o.syscallLatency, reg, log)
 	if probes != nil {
 		defer probes.Close()
@@ -146,6 +152,7 @@ func (o *serveOptions) run() error {
 	if err != nil {
 		return err
 	}
+	rcfg.Telemetry = tel
 	authNote, err := o.secure(&rcfg, reg, log)
 	if err != nil {
 		return err

@@ -67,6 +67,8 @@ type call struct {
 	rows   int
 	key    string
 	done   chan result
+	// queued is when a traced request joined the queue (zero when untraced).
+	queued time.Time
 }
 
 type result struct {
@@ -98,6 +100,9 @@ func (b *Batcher) Submit(ctx context.Context, inputs []*tensor.Tensor, rows int)
 	b.pending.Add(1)
 	defer b.pending.Add(-1)
 	c := &call{ctx: ctx, inputs: inputs, rows: rows, key: signature(inputs), done: make(chan result, 1)}
+	if traced(ctx) {
+		c.queued = time.Now()
+	}
 	b.accepting.RLock()
 	if b.stopped {
 		b.accepting.RUnlock()
@@ -269,7 +274,14 @@ func (b *Batcher) execute(batch []*call) {
 	}
 	// The batch runs to completion even if its first requester gives up:
 	// the others still want their rows.
+	var started time.Time
+	if tracedBatch(batch) {
+		started = time.Now()
+	}
 	out, took, err := b.run.Run(context.WithoutCancel(batch[0].ctx), inputs)
+	if !started.IsZero() {
+		traceBatch(batch, rows, started, time.Now(), err)
+	}
 	if b.cfg.Observe != nil {
 		b.cfg.Observe(rows, len(batch), took, err)
 	}

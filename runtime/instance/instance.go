@@ -10,6 +10,9 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/tensor"
 	"github.com/pilotlight/pilotlight/runtime/batch"
@@ -85,6 +88,11 @@ func batchable(ios []ort.IO) bool {
 // Infer runs inputs with rows rows through the batcher (or alone when the
 // model cannot be batched).
 func (in *Instance) Infer(ctx context.Context, inputs []*tensor.Tensor, rows int) (map[string]*tensor.Tensor, error) {
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		// What the request's trace needs to explain its ONNX time.
+		span.SetAttributes(attribute.Int("pilotlight.request.rows", rows), attribute.String("pilotlight.execution_provider", in.Pool.Provider),
+			attribute.Int("pilotlight.sessions", in.Pool.Size()), attribute.Bool("pilotlight.batchable", in.batchable))
+	}
 	return in.Batcher.Submit(ctx, inputs, rows)
 }
 

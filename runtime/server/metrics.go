@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pilotlight/pilotlight/runtime/instance"
+	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // metrics are the runtime's Prometheus series, labelled by function and revision.
@@ -103,7 +104,7 @@ func (s *Server) measure(route string) echo.MiddlewareFunc {
 				fn, rev = in.Manifest.Name, in.Revision.Name
 			}
 			s.metrics.requests.WithLabelValues(fn, rev, route, strconv.Itoa(c.Response().Status)).Inc()
-			s.metrics.duration.WithLabelValues(fn, rev, route).Observe(time.Since(start).Seconds())
+			telemetry.Observe(c.Request().Context(), s.metrics.duration.WithLabelValues(fn, rev, route), time.Since(start).Seconds())
 			return nil
 		}
 	}

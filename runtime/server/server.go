@@ -31,6 +31,7 @@ import (
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/runtime/instance"
 	"github.com/pilotlight/pilotlight/runtime/ort"
+	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // Version is reported by GET /v2.
@@ -47,6 +48,7 @@ type Config struct {
 	DrainTimeout time.Duration
 	Registry     *prometheus.Registry
 	Logger       *slog.Logger
+	Telemetry    *telemetry.Telemetry // nil: tracing off
 }
 
 // Server is one runtime process's HTTP server.
@@ -130,6 +132,7 @@ func (s *Server) routes() *echo.Echo {
 	// Order: recover first so nothing escapes, then the body limit so no handler reads more than allowed.
 	e.Use(middleware.Recover())
 	e.Use(s.bodyLimit)
+	e.Use(s.traceRequests)
 
 	e.GET("/v2", s.serverMetadata)
 	e.GET("/v2/health/live", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]bool{"live": true}) })
@@ -142,7 +145,7 @@ func (s *Server) routes() *echo.Echo {
 	e.POST("/v2/models/:model/versions/:version/infer", s.infer, s.measure("infer"))
 	e.POST("/", s.invoke, s.measure("function"))
 	e.POST("/functions/:function", s.invoke, s.measure("function"))
-	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{})))
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{EnableOpenMetrics: true})))
 	if s.cfg.AllowSpecialise {
 		e.POST("/admin/specialise", s.specialise)
 	}
@@ -303,7 +306,9 @@ func (s *Server) infer(c echo.Context) error {
 	if err := checkJSON(body); err != nil {
 		return err
 	}
+	endDecode := phase(c.Request().Context(), "decode")
 	req, inputs, rows, err := decodeInfer(body, in.Pool.Inputs(), in.Pool.Outputs())
+	endDecode(err)
 	if err != nil {
 		return err
 	}
@@ -314,6 +319,7 @@ func (s *Server) infer(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	defer phase(c.Request().Context(), "encode")(nil)
 	b := make([]byte, 0, 256)
 	b = append(b, `{"model_name":`...)
 	b = strconv.AppendQuote(b, in.Manifest.Name)
@@ -358,7 +364,9 @@ func (s *Server) invoke(c echo.Context) error {
 	if err := checkJSON(body); err != nil {
 		return err
 	}
+	endDecode := phase(c.Request().Context(), "decode")
 	inv, err := in.Handler.Decode(body)
+	endDecode(err)
 	if err != nil {
 		return err
 	}
@@ -369,6 +377,7 @@ func (s *Server) invoke(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	defer phase(c.Request().Context(), "encode")(nil)
 	resp, err := inv.Encode(outs)
 	if err != nil {
 		return err

@@ -1,0 +1,125 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/runtime/server"
+	"github.com/pilotlight/pilotlight/telemetry"
+)
+
+type consoleSpan struct {
+	Name        string
+	SpanContext struct{ TraceID, SpanID string }
+	Parent      struct{ TraceID, SpanID string }
+	Attributes  []struct {
+		Key   string
+		Value struct{ Value any }
+	}
+}
+
+func (s consoleSpan) attr(key string) any {
+	for _, a := range s.Attributes {
+		if a.Key == key {
+			return a.Value.Value
+		}
+	}
+	return nil
+}
+
+// TestInstanceSpans serves a real model with tracing on (console exporter)
+// and checks the instance's spans continue the caller's traceparent.
+func TestInstanceSpans(t *testing.T) {
+	requireORT(t)
+	m, err := functions.LoadDir(filepath.Join(repoRoot(t), "functions", "example-tensor"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	reg := prometheus.NewRegistry()
+	tel, err := telemetry.Setup(telemetry.Config{Exporter: telemetry.ExporterConsole, Console: &out, ServiceName: "instance-test", QueueSpans: 256}, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := server.New(server.Config{Registry: reg, Telemetry: tel})
+	if err := s.Load(context.Background(), m, m.Revisions[0].Name); err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	const trace, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+	for _, tp := range []string{"00-" + trace + "-" + parent + "-01", "00-garbage"} {
+		req, _ := http.NewRequest(http.MethodPost, ts.URL+"/v2/models/example-tensor/infer",
+			strings.NewReader(`{"inputs":[{"name":"input_vectors","shape":[2,10],"datatype":"FP32","data":`+vec(2, 1)+`}]}`))
+		req.Header.Set("traceparent", tp)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("traceparent %q: status %d", tp, resp.StatusCode)
+		}
+	}
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var spans []consoleSpan
+	dec := json.NewDecoder(&out)
+	for {
+		var sp consoleSpan
+		if err := dec.Decode(&sp); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		spans = append(spans, sp)
+	}
+	var root *consoleSpan
+	for i, sp := range spans {
+		if sp.Name == "instance POST /v2/models/:model/infer" && sp.SpanContext.TraceID == trace {
+			root = &spans[i]
+		}
+	}
+	if root == nil || root.Parent.SpanID != parent {
+		t.Fatalf("no instance span continuing the caller's trace among %d spans", len(spans))
+	}
+	if root.attr("pilotlight.function") != "example-tensor" || root.attr("pilotlight.request.rows") != float64(2) {
+		t.Errorf("instance span function %v rows %v", root.attr("pilotlight.function"), root.attr("pilotlight.request.rows"))
+	}
+	children := map[string]consoleSpan{}
+	for _, sp := range spans {
+		if sp.Parent.SpanID == root.SpanContext.SpanID {
+			children[sp.Name] = sp
+		}
+	}
+	for _, name := range []string{"decode", "batch wait", "onnx run", "encode"} {
+		if _, ok := children[name]; !ok {
+			t.Errorf("no %q span under the instance span", name)
+		}
+	}
+	if w := children["batch wait"]; w.attr("pilotlight.batch.rows") == nil || w.attr("pilotlight.request.rows") != float64(2) {
+		t.Errorf("batch wait: batch rows %v, request rows %v", w.attr("pilotlight.batch.rows"), w.attr("pilotlight.request.rows"))
+	}
+	fresh := 0
+	for _, sp := range spans {
+		if sp.Name == "instance POST /v2/models/:model/infer" && sp.SpanContext.TraceID != trace && strings.Trim(sp.Parent.SpanID, "0") == "" {
+			fresh++
+		}
+	}
+	if fresh != 1 {
+		t.Errorf("%d new traces for the malformed traceparent; want 1", fresh)
+	}
+}
