@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -125,16 +126,20 @@ func TestWiring(t *testing.T) {
 	// The concurrency cap: one fraud request held in the instance, the next
 	// fraud request is shed, a recommend request is not.
 	up.hold = make(chan struct{})
+	release := sync.OnceFunc(func() { close(up.hold) })
+	defer release() // a failure below must not leave the server waiting on held requests
 	done := make(chan int, 1)
 	go func() { code, _ := send(openKey, "fraud"); done <- code }()
 	<-up.held
+	// Authentication still answers first while the cap is reached.
+	expect("no key while fraud is at its cap", "", "fraud", http.StatusUnauthorized)
 	code, msg := send(openKey, "fraud")
 	if code != http.StatusServiceUnavailable || msg == "" {
 		t.Fatalf("second fraud request while one is in flight: %d %q, want 503 with a message", code, msg)
 	}
 	go func() { code, _ := send(openKey, "recommend"); done <- code }()
 	<-up.held // recommend reached its instance: the cap is per function
-	close(up.hold)
+	release()
 	for i := 0; i < 2; i++ {
 		if code := <-done; code != http.StatusOK {
 			t.Fatalf("held request answered %d, want 200", code)
