@@ -92,7 +92,7 @@ func BenchmarkProxyAllocs(b *testing.B) {
 				body[i] = 'x'
 			}
 			var ctx fasthttp.RequestCtx
-			ctx.Init2(&addrConn{remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}}, nil, false)
+			ctx.Init2(&addrConn{remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}}, fastLogger{slog.Default()}, false)
 			prepare := func() {
 				ctx.Request.Reset()
 				ctx.Response.Reset()

@@ -332,7 +332,7 @@ func (rt *Router) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		conn = &tlsAddrConn{addrConn{remote: remoteAddr(r.RemoteAddr)}, *r.TLS}
 	}
-	ctx.Init2(conn, nil, false)
+	ctx.Init2(conn, fastLogger{rt.log}, false)
 	req := &ctx.Request
 	req.Header.SetMethod(r.Method)
 	req.SetRequestURI(r.URL.RequestURI())
