@@ -214,13 +214,9 @@ func TestDeployNotReadyTimesOut(t *testing.T) {
 	c.ready = false
 	m := fraudManifest(t)
 	var progress bytes.Buffer
-	start := time.Now()
 	_, err := deployer(c, &progress).Deploy(context.Background(), m, DeployOptions{Options: Options{Traffic: fraudSplit(t, m)}, Wait: true, Timeout: 100 * time.Millisecond})
 	if err == nil {
 		t.Fatal("deploy of a never-ready revision succeeded")
-	}
-	if time.Since(start) > 5*time.Second {
-		t.Errorf("took %s for a 100ms timeout", time.Since(start))
 	}
 	for _, want := range []string{"revision fraud-00001", "not ready after 100ms", "Deploying", "kubectl -n pilotlight describe revision fraud-00001", "/v2/health/ready"} {
 		if !strings.Contains(err.Error(), want) {
