@@ -143,6 +143,7 @@ type Router struct {
 	exchanges sync.Pool
 	grpc      *grpcProxy // the gRPC side (GRPCHandler)
 	tr        *tracing   // nil: tracing off
+	selfAuth  []string   // paths mounted with MountAdminPage (set before serving)
 
 	mu   sync.Mutex
 	srvs []*frontDoor
@@ -225,6 +226,33 @@ func (rt *Router) MountAdmin(path string, h http.Handler) {
 	}
 }
 
+// MountAdminPage is MountAdmin for a handler that authenticates its own
+// data requests (the console: its page and assets hold no data and ask the
+// person for a key; its API checks for an admin key itself), so the router
+// lets requests under path through without a key. Call it before serving.
+func (rt *Router) MountAdminPage(path string, h http.Handler) {
+	e := rt.echo
+	if rt.admin != nil {
+		e = rt.admin
+	}
+	rt.selfAuth = append(rt.selfAuth, path)
+	e.GET(path, echo.WrapHandler(h))
+	if strings.HasSuffix(path, "/") {
+		e.GET(path+"*", echo.WrapHandler(h))
+	}
+}
+
+// selfAuthenticated reports whether p is under a path mounted with
+// MountAdminPage.
+func (rt *Router) selfAuthenticated(p string) bool {
+	for _, prefix := range rt.selfAuth {
+		if p == prefix || strings.HasPrefix(p, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
 // requireAdmin lets only admin keys through when keys are on (the auth
 // middleware before it has already answered 401 to requests without one).
 func (rt *Router) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
@@ -260,7 +288,16 @@ func (rt *Router) routes() *echo.Echo {
 	e := rt.newEcho()
 	e.Use(middleware.Recover())
 	if rt.cfg.Keys != nil {
-		e.Use(rt.cfg.Keys.Middleware(auth.FunctionParam))
+		mw := rt.cfg.Keys.Middleware(auth.FunctionParam)
+		e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
+			checked := mw(next)
+			return func(c echo.Context) error {
+				if rt.selfAuthenticated(c.Request().URL.Path) {
+					return next(c)
+				}
+				return checked(c)
+			}
+		})
 	}
 	admin := e
 	if rt.cfg.SeparateAdmin {
@@ -271,7 +308,7 @@ func (rt *Router) routes() *echo.Echo {
 			rt.admin.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
 				checked := mw(next)
 				return func(c echo.Context) error {
-					if p := c.Request().URL.Path; p == "/metrics" || p == "/healthz" {
+					if p := c.Request().URL.Path; p == "/metrics" || p == "/healthz" || rt.selfAuthenticated(p) {
 						return next(c)
 					}
 					return checked(c)

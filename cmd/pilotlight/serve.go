@@ -175,8 +175,9 @@ func (o *serveOptions) run() error {
 		return fmt.Errorf("console: %w", err)
 	}
 	defer ui.Close()
-	// The console sits beside /admin: on the admin listener, or on the main one under --dev.
-	rt.MountAdmin(console.Path, ui)
+	// The console sits beside /admin: on the admin listener, or on the main one under
+	// --dev. Its page asks for a key; its API requires an admin key itself.
+	rt.MountAdminPage(console.Path, ui)
 	return o.listenAndServe(rt, eng, fns, authNote, log)
 }
 
