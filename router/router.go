@@ -292,7 +292,9 @@ func (rt *Router) routes() *echo.Echo {
 		e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
 			checked := mw(next)
 			return func(c echo.Context) error {
-				if rt.selfAuthenticated(c.Request().URL.Path) {
+				// Self-authenticated pages live on the main listener only
+				// when there is no admin listener.
+				if rt.admin == nil && rt.selfAuthenticated(c.Request().URL.Path) {
 					return next(c)
 				}
 				return checked(c)
