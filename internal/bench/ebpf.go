@@ -17,7 +17,6 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/internal/loadgen"
 )
 
@@ -281,32 +280,13 @@ func latestTimeline(base, function, revision string) (*anatomyTimeline, error) {
 // on, through a fresh exec (poolSize 0) or the warm pool, and reports the
 // mean of each anatomy phase and state.
 func ColdStartAnatomy(ctx context.Context, e Env, poolSize, n int) ([]Row, error) {
-	m0, err := e.manifest()
+	ct, err := e.coldStartTarget([]string{"--pool-size", strconv.Itoa(poolSize), "--ebpf"})
 	if err != nil {
 		return nil, err
 	}
-	root, m, err := e.functionRoot(functions.Scaling{MinScale: 0, MaxScale: 1, TargetConcurrency: m0.Scaling.TargetConcurrency, ScaleToZeroAfter: 50 * time.Millisecond})
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(root)
-	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", strconv.Itoa(poolSize), "--ebpf"}, e.Log)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Stop()
-	base := "http://" + s.Addr
-	rev := m.Revisions[0].Name
-	for _, r := range m.Revisions {
-		if r.Tag == "stable" {
-			rev = r.Name
-		}
-	}
-	body, err := V2Body(base, m.Name, 1)
-	if err != nil {
-		return nil, err
-	}
-	url := base + "/v2/models/" + m.Name + "/versions/" + rev + "/infer"
+	defer ct.close()
+	m, base, body, url := ct.m, ct.base, ct.body, ct.url
+	rev := m.DefaultRevision()
 	type sums struct {
 		wall, faults, bytes float64
 		states              map[string]float64

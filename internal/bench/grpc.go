@@ -172,14 +172,9 @@ func GRPC(ctx context.Context, e Env) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	instance, revision := "", ""
-	for _, r := range m.Revisions {
-		if _, ports, ready := a.Instances(m.Name, r.Name); ready > 0 && len(ports) > 0 {
-			instance, revision = fmt.Sprintf("127.0.0.1:%d", ports[0]), r.Name
-		}
-	}
-	if instance == "" {
-		return nil, fmt.Errorf("no ready instance of %s to compare with", m.Name)
+	instance, revision, err := readyInstance(a, m)
+	if err != nil {
+		return nil, err
 	}
 	typed, raw, err := GRPCRequests(m.Name, body)
 	if err != nil {

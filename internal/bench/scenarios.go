@@ -202,32 +202,13 @@ func Instance(ctx context.Context, e Env) ([]Row, error) {
 // times, as a client sees it (the request's wall time); extra are more
 // serve flags (--runtime-bin to compare instance binaries).
 func ColdStart(ctx context.Context, e Env, poolSize, n int, extra ...string) ([]Row, error) {
-	m0, err := e.manifest()
+	ct, err := e.coldStartTarget(append([]string{"--pool-size", strconv.Itoa(poolSize), "--flags", ""}, extra...))
 	if err != nil {
 		return nil, err
 	}
-	root, m, err := e.functionRoot(functions.Scaling{MinScale: 0, MaxScale: 1, TargetConcurrency: m0.Scaling.TargetConcurrency, ScaleToZeroAfter: 50 * time.Millisecond})
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(root)
-	s, err := StartServe(e.Bin, append([]string{"--functions", root, "--pool-size", strconv.Itoa(poolSize), "--flags", ""}, extra...), e.Log)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Stop()
-	base := "http://" + s.Addr
-	rev := m.Revisions[0].Name
-	for _, r := range m.Revisions {
-		if r.Tag == "stable" {
-			rev = r.Name
-		}
-	}
-	body, err := V2Body(base, m.Name, 1)
-	if err != nil {
-		return nil, err
-	}
-	url := base + "/v2/models/" + m.Name + "/versions/" + rev + "/infer"
+	defer ct.close()
+	m, base, body, url := ct.m, ct.base, ct.body, ct.url
+	rev := m.DefaultRevision()
 	var first, header []time.Duration
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 	for i := 0; i < n; i++ {
@@ -332,20 +313,10 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	var port int
-	for _, f := range a.Functions {
-		for _, r := range f.Revisions {
-			for _, in := range r.Instances {
-				if in.State == "ready" {
-					port = in.Port
-				}
-			}
-		}
+	instance, _, err := readyInstance(a, m)
+	if err != nil {
+		return nil, err
 	}
-	if port == 0 {
-		return nil, fmt.Errorf("no ready instance to compare with")
-	}
-	instance := fmt.Sprintf("127.0.0.1:%d", port)
 	path := "/v2/models/" + m.Name + "/infer"
 	type hopPath struct {
 		name   string
@@ -534,4 +505,53 @@ func Memory(ctx context.Context, e Env, fnRoot string) ([]Row, error) {
 		{Name: "generic warm-pool process RSS (ONNX Runtime initialised, no model)", Value: mib(poolRSS)},
 		{Name: fmt.Sprintf("specialised %s instance RSS after 200 requests", m.Name), Value: mib(instRSS)},
 	}, nil
+}
+
+// coldStartTarget is serve over a copy of the function that scales to zero
+// 50 ms after its last request, with the stable revision's V2 infer URL and
+// a one-row body for it: what every cold-start measurement starts from.
+type coldStartTarget struct {
+	serve           *Proc
+	m               *functions.Manifest
+	base, url, root string
+	body            []byte
+}
+
+func (e Env) coldStartTarget(serveArgs []string) (*coldStartTarget, error) {
+	m0, err := e.manifest()
+	if err != nil {
+		return nil, err
+	}
+	root, m, err := e.functionRoot(functions.Scaling{MinScale: 0, MaxScale: 1, TargetConcurrency: m0.Scaling.TargetConcurrency, ScaleToZeroAfter: 50 * time.Millisecond})
+	if err != nil {
+		return nil, err
+	}
+	s, err := StartServe(e.Bin, append([]string{"--functions", root}, serveArgs...), e.Log)
+	if err != nil {
+		os.RemoveAll(root)
+		return nil, err
+	}
+	ct := &coldStartTarget{serve: s, m: m, root: root, base: "http://" + s.Addr}
+	if ct.body, err = V2Body(ct.base, m.Name, 1); err != nil {
+		ct.close()
+		return nil, err
+	}
+	ct.url = ct.base + "/v2/models/" + m.Name + "/versions/" + m.DefaultRevision() + "/infer"
+	return ct, nil
+}
+
+func (ct *coldStartTarget) close() {
+	ct.serve.Stop()
+	os.RemoveAll(ct.root)
+}
+
+// readyInstance is the address and revision of a ready instance of m, for
+// the scenarios that compare the router with calling that instance directly.
+func readyInstance(a *Admin, m *functions.Manifest) (addr, revision string, err error) {
+	for _, r := range m.Revisions {
+		if _, ports, ready := a.Instances(m.Name, r.Name); ready > 0 && len(ports) > 0 {
+			return fmt.Sprintf("127.0.0.1:%d", ports[0]), r.Name, nil
+		}
+	}
+	return "", "", fmt.Errorf("no ready instance of %s to compare with", m.Name)
 }
