@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/pilotlight/pilotlight/functions"
@@ -21,7 +19,6 @@ import (
 	"github.com/pilotlight/pilotlight/runtime/ort"
 	"github.com/pilotlight/pilotlight/runtime/prewarm"
 	"github.com/pilotlight/pilotlight/runtime/server"
-	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 func newRuntimeCmd() *cobra.Command {
@@ -87,13 +84,11 @@ and waits, not ready, for POST /admin/specialise (the local engine's warm pool).
 					}
 				}
 			}
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			tel, err := telemetry.SetupFromEnv("pilotlight-runtime", reg, log)
+			reg, tel, shutdown, err := newObservability("pilotlight-runtime", log)
 			if err != nil {
 				return err
 			}
-			defer shutdownTelemetry(tel, log)
+			defer shutdown()
 			srv := server.New(server.Config{AllowSpecialise: generic, DrainTimeout: drain, Registry: reg, Logger: log, Telemetry: tel})
 			ln, err := net.Listen("tcp", net.JoinHostPort(listen, strconv.Itoa(port)))
 			if err != nil {

@@ -16,7 +16,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -31,7 +30,6 @@ import (
 	"github.com/pilotlight/pilotlight/router/knative"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
 	"github.com/pilotlight/pilotlight/router/rollout"
-	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // serveOptions are serve's flags.
@@ -137,13 +135,11 @@ func (o *serveOptions) run() error {
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	tel, err := telemetry.SetupFromEnv("pilotlight-router", reg, log)
+	reg, tel, shutdown, err := newObservability("pilotlight-router", log)
 	if err != nil {
 		return err
 	}
-	defer shutdownTelemetry(tel, log)
+	defer shutdown()
 	probes := startProbes(o.withEBPF, o.syscallLatency, reg, log)
 	if probes != nil {
 		defer probes.Close()

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"sync"
 	"time"
 
@@ -157,25 +156,12 @@ func dialGRPC(addr string) ([]pb.GRPCInferenceServiceClient, func(), error) {
 // each direct to one instance and through the router, in one run on the
 // same instance, at concurrency 32.
 func GRPC(ctx context.Context, e Env) ([]Row, error) {
-	root, m, err := e.oneInstanceRoot()
+	oi, err := e.oneInstance()
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(root)
-	// No flags: every call goes to the stable revision, the one instance measured both ways.
-	s, base, body, err := e.serveWithBody([]string{"--functions", root, "--pool-size", "0", "--flags", ""}, m)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Stop()
-	a, err := GetAdmin(base)
-	if err != nil {
-		return nil, err
-	}
-	instance, revision, err := readyInstance(a, m)
-	if err != nil {
-		return nil, err
-	}
+	defer oi.close()
+	s, m, base, body, instance, revision := oi.serve, oi.m, oi.base, oi.body, oi.addr, oi.revision
 	typed, raw, err := GRPCRequests(m.Name, body)
 	if err != nil {
 		return nil, err

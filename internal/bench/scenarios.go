@@ -299,24 +299,12 @@ const hopRounds = 3
 // latency each hop adds when the CPU is not saturated. The router runs with
 // no flag file, as the peers do no flag work.
 func Hop(ctx context.Context, e Env) ([]Row, error) {
-	root, m, err := e.oneInstanceRoot()
+	oi, err := e.oneInstance()
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(root)
-	s, base, body, err := e.serveWithBody([]string{"--functions", root, "--pool-size", "0", "--flags", ""}, m)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Stop()
-	a, err := GetAdmin(base)
-	if err != nil {
-		return nil, err
-	}
-	instance, _, err := readyInstance(a, m)
-	if err != nil {
-		return nil, err
-	}
+	defer oi.close()
+	m, base, body, instance := oi.m, oi.base, oi.body, oi.addr
 	path := "/v2/models/" + m.Name + "/infer"
 	type hopPath struct {
 		name   string
@@ -543,6 +531,46 @@ func (e Env) coldStartTarget(serveArgs []string) (*coldStartTarget, error) {
 func (ct *coldStartTarget) close() {
 	ct.serve.Stop()
 	os.RemoveAll(ct.root)
+}
+
+// oneInstance is serve pinned to one always-on instance of the function
+// (no flags, no warm pool), that instance's address and revision, and a
+// V2 body: what the scenarios comparing the router with calling the
+// instance directly start from.
+type oneInstance struct {
+	serve          *Proc
+	m              *functions.Manifest
+	base, root     string
+	addr, revision string
+	body           []byte
+}
+
+func (e Env) oneInstance() (*oneInstance, error) {
+	root, m, err := e.oneInstanceRoot()
+	if err != nil {
+		return nil, err
+	}
+	// No flags: every call goes to the stable revision, the one instance measured both ways.
+	s, base, body, err := e.serveWithBody([]string{"--functions", root, "--pool-size", "0", "--flags", ""}, m)
+	if err != nil {
+		os.RemoveAll(root)
+		return nil, err
+	}
+	oi := &oneInstance{serve: s, m: m, base: base, root: root, body: body}
+	a, err := GetAdmin(base)
+	if err == nil {
+		oi.addr, oi.revision, err = readyInstance(a, m)
+	}
+	if err != nil {
+		oi.close()
+		return nil, err
+	}
+	return oi, nil
+}
+
+func (oi *oneInstance) close() {
+	oi.serve.Stop()
+	os.RemoveAll(oi.root)
 }
 
 // readyInstance is the address and revision of a ready instance of m, for
