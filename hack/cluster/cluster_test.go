@@ -388,7 +388,9 @@ func testConflictRetried(t *testing.T, kc string) {
 	// The proxy serves the API server's own certificate (valid for
 	// 127.0.0.1), so the deployer's token only ever travels over TLS.
 	srv := &http.Server{Handler: handler}
-	go func() { _ = srv.ServeTLS(ln, filepath.Join(env.work, "apiserver.crt"), filepath.Join(env.work, "apiserver.key")) }()
+	go func() {
+		_ = srv.ServeTLS(ln, filepath.Join(env.work, "apiserver.crt"), filepath.Join(env.work, "apiserver.key"))
+	}()
 	defer srv.Close()
 
 	token := kubeconfigToken(t, kc)
