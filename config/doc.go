@@ -1,5 +1,6 @@
 // Package config holds the platform's deployment files, not code: the
-// generated Knative Services (knative/), RBAC, NetworkPolicies, the eBPF
+// generated Knative Services (knative/), the router's Deployment, Service and
+// PodDisruptionBudget (router/), RBAC, NetworkPolicies, the eBPF
 // agent's DaemonSet and Falco rules (security/), Prometheus Operator objects
 // (monitoring/) and the flag definitions (flags/). Its tests decode every
 // YAML document strictly into its typed object, run Knative's own defaulting

@@ -465,7 +465,17 @@ func validateCreate(ctx context.Context, svc *servingv1.Service) error {
 
 func validateUpdate(ctx context.Context, svc, current *servingv1.Service) error {
 	s := svc.DeepCopy()
-	ctx = apis.WithinUpdate(ctx, current)
+	// A stored template is what the webhook defaulted when it was created;
+	// Knative skips defaulting an unchanged template on update, so default
+	// it here as the webhook did. (A cluster without the webhook, like the
+	// live control plane of make cluster-test, stores it undefaulted, and
+	// validating it raw refused a successThreshold of 0.)
+	old := current.DeepCopy()
+	if s.Spec.Template.Name == old.Spec.Template.Name {
+		s.Spec.Template.SetDefaults(ctx)
+		old.Spec.Template.SetDefaults(ctx)
+	}
+	ctx = apis.WithinUpdate(ctx, old)
 	s.SetDefaults(ctx)
 	if err := s.Validate(ctx); err != nil {
 		return err

@@ -288,3 +288,32 @@ func TestDryRunWithoutAClusterPlansForAnEmptyOne(t *testing.T) {
 		t.Errorf("deploy without a cluster: %v, want ErrNoCluster", err)
 	}
 }
+
+// TestRedeployOverAnUndefaultedTemplate: a cluster without Knative's webhook
+// (the live control plane of make cluster-test) stores the template as sent,
+// without defaults such as the readiness probe's successThreshold. A
+// re-deploy must validate it as the webhook would have stored it, not refuse
+// it.
+func TestRedeployOverAnUndefaultedTemplate(t *testing.T) {
+	c := newCluster(t)
+	m := fraudManifest(t)
+	svc, err := Service(m, Options{Traffic: fraudSplit(t, m)}.withDefaults(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Generation, svc.ResourceVersion = 1, "1"
+	c.reconcile(svc)
+	if err := c.cs.Tracker().Create(servicesGVR, svc, svc.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	first := svc.DeepCopy()
+	first.Spec.Template.Name = "fraud-00001"
+	c.reconcile(first) // fraud-00001's Revision exists too
+	res, err := deployer(c, nil).Deploy(context.Background(), m, DeployOptions{Options: Options{Traffic: fraudSplit(t, m)}, Wait: true, Timeout: time.Second})
+	if err != nil {
+		t.Fatalf("re-deploy over an undefaulted stored template: %v", err)
+	}
+	if got := stepsOf(res); !slices.Equal(got, []string{"unchanged fraud-00002"}) {
+		t.Errorf("steps %v", got)
+	}
+}

@@ -385,12 +385,16 @@ func testConflictRetried(t *testing.T, kc string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The proxy serves the API server's own certificate (valid for
+	// 127.0.0.1), so the deployer's token only ever travels over TLS.
 	srv := &http.Server{Handler: handler}
-	go func() { _ = srv.Serve(ln) }()
+	go func() {
+		_ = srv.ServeTLS(ln, filepath.Join(env.work, "apiserver.crt"), filepath.Join(env.work, "apiserver.key"))
+	}()
 	defer srv.Close()
 
 	token := kubeconfigToken(t, kc)
-	proxied, err := WriteKubeconfig(filepath.Join(t.TempDir(), "proxied.kubeconfig"), "http://"+ln.Addr().String(), nil, token)
+	proxied, err := WriteKubeconfig(filepath.Join(t.TempDir(), "proxied.kubeconfig"), "https://"+ln.Addr().String(), plane.CA, token)
 	if err != nil {
 		t.Fatal(err)
 	}
