@@ -52,7 +52,7 @@ bench: build ort ## speed figures (numbers go into README); the hop puts nginx a
 	$(GO) test -run '^$$' -bench BenchmarkProxyAllocs -benchtime 2000x ./router/
 	./$(BIN) bench all
 
-bpf: ## regenerate the eBPF objects and bindings (installs clang/libbpf-dev/bpftool via apt when missing)
+bpf: ## regenerate the eBPF objects and bindings (needs clang, llvm, libbpf-dev, bpftool: hack/deps/bpf.apt)
 	./hack/bpf-gen.sh
 
 bpf-check: ## fail if the committed eBPF objects differ from their sources
