@@ -508,7 +508,7 @@ var grpcDropHeaders = func() map[string]bool {
 func (p *grpcProxy) send(ctx context.Context, in *http.Request, base string, msg []byte) (*http.Response, trace.Span, error) {
 	out, err := http.NewRequestWithContext(ctx, http.MethodPost, base+in.URL.Path, bytes.NewReader(msg))
 	if err != nil {
-		return nil, nil, err
+		return nil, noSpan, err
 	}
 	for key, vs := range in.Header {
 		if !grpcDropHeaders[key] {

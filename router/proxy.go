@@ -352,7 +352,7 @@ func (x *exchange) finish() {
 	if x.function != "" {
 		rt.m.observe(x.traceCtx, x.function, x.revision, x.code, time.Since(x.start))
 	}
-	if rt.tr != nil {
+	if rt.tr != nil && x.span != nil { // nil: a panic before the span started
 		rt.tr.endRequest(x.span, x.code, x.revision, nil)
 		x.traceCtx, x.span, x.proxySpan = nil, nil, nil
 	}
