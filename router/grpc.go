@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/reflection"
@@ -133,9 +135,18 @@ func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field
 	start := time.Now()
 	fnName, revision := "", ""
 	code := codes.OK
+	var traceCtx context.Context // the request span's (tracing on only)
+	var span trace.Span
+	if p.rt.tr != nil {
+		traceCtx, span = p.rt.tr.startGRPC(r)
+		r = r.WithContext(traceCtx)
+	}
 	defer func() {
 		if _, known := p.rt.fns[fnName]; known {
-			p.rt.m.observe(fnName, revision, pb.HTTPStatusFor(code), time.Since(start))
+			p.rt.m.observe(traceCtx, fnName, revision, pb.HTTPStatusFor(code), time.Since(start))
+		}
+		if p.rt.tr != nil {
+			p.rt.tr.endGRPC(span, fnName, revision, code)
 		}
 	}()
 	fail := func(e *grpcError) {
@@ -420,15 +431,25 @@ func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *function
 	var cold time.Duration
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {
+		var wait trace.Span
+		if rt.tr != nil {
+			wait = rt.tr.startWait(ctx, fn.Name, revision)
+		}
 		t, err := rt.cfg.Backend.Acquire(ctx, fn.Name, revision)
+		if rt.tr != nil {
+			rt.tr.endWait(ctx, wait, fn.Name, revision, t, err)
+		}
 		if err != nil {
 			e := p.acquireError(ctx, r, fn, revision, err)
 			fail(e)
 			return e.code
 		}
 		cold += t.ColdStart
-		resp, err := p.send(ctx, r, t.BaseURL, msg)
+		resp, ps, err := p.send(ctx, r, t.BaseURL, msg)
 		if err != nil {
+			if rt.tr != nil {
+				rt.tr.endProxy(ps, 0, err)
+			}
 			t.Release(ctx.Err() == nil)
 			lastErr = err
 			if ctx.Err() != nil {
@@ -439,6 +460,10 @@ func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *function
 			continue
 		}
 		code := p.copyResponse(w, resp, revision, cold)
+		if rt.tr != nil {
+			ps.SetAttributes(attrGRPCStatus.Int(int(code)))
+			rt.tr.endProxy(ps, resp.StatusCode, nil)
+		}
 		t.Release(false)
 		return code
 	}
@@ -480,10 +505,10 @@ var grpcDropHeaders = func() map[string]bool {
 	return m
 }()
 
-func (p *grpcProxy) send(ctx context.Context, in *http.Request, base string, msg []byte) (*http.Response, error) {
+func (p *grpcProxy) send(ctx context.Context, in *http.Request, base string, msg []byte) (*http.Response, trace.Span, error) {
 	out, err := http.NewRequestWithContext(ctx, http.MethodPost, base+in.URL.Path, bytes.NewReader(msg))
 	if err != nil {
-		return nil, err
+		return nil, noSpan, err
 	}
 	for key, vs := range in.Header {
 		if !grpcDropHeaders[key] {
@@ -492,7 +517,12 @@ func (p *grpcProxy) send(ctx context.Context, in *http.Request, base string, msg
 	}
 	out.Header.Set("Te", "trailers")
 	out.ContentLength = int64(len(msg))
-	return p.transport.RoundTrip(out)
+	var ps trace.Span
+	if p.rt.tr != nil {
+		ps = p.rt.tr.startProxy(ctx, propagation.HeaderCarrier(out.Header), base) // traceparent toward the instance
+	}
+	resp, err := p.transport.RoundTrip(out)
+	return resp, ps, err
 }
 
 // grpcStatusKeys end a call; an instance may send them as headers

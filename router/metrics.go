@@ -1,11 +1,14 @@
 package router
 
 import (
+	"context"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 type metrics struct {
@@ -44,8 +47,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 
 // observe records one answered request of a known function: the one place
 // pilotlight_requests_total and the duration histogram are written.
-// revision is "" for requests refused before a revision was picked.
-func (m *metrics) observe(function, revision string, code int, d time.Duration) {
+// revision is "" for requests refused before a revision was picked. ctx
+// is the request span's context (nil with tracing off): a sampled trace
+// becomes the latency bucket's exemplar.
+func (m *metrics) observe(ctx context.Context, function, revision string, code int, d time.Duration) {
 	k := seriesKey{function, revision, code}
 	v, ok := m.children.Load(k)
 	if !ok {
@@ -56,5 +61,9 @@ func (m *metrics) observe(function, revision string, code int, d time.Duration) 
 	}
 	s := v.(*series)
 	s.requests.Inc()
+	if ctx != nil {
+		telemetry.Observe(ctx, s.duration, d.Seconds())
+		return
+	}
 	s.duration.Observe(d.Seconds())
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router/auth"
@@ -120,6 +121,12 @@ type exchange struct {
 	code     int
 	httpReq  *http.Request // the original request on the net/http path (for the Picker)
 	copyBuf  [8 << 10]byte
+
+	// Tracing on only (rt.tr != nil): the request span and its context,
+	// and a streaming response's proxy span, ended by Close.
+	traceCtx  context.Context
+	span      trace.Span
+	proxySpan trace.Span
 }
 
 // maxBufferedResponse is the largest response read whole before it is
@@ -152,6 +159,9 @@ func (rt *Router) handle(ctx *fasthttp.RequestCtx, x *exchange, rq route, parent
 	fn := rt.fns[string(rq.name)]
 	if fn != nil {
 		x.function = fn.Name
+	}
+	if rt.tr != nil {
+		parent = rt.startRequestSpan(ctx, x, rq, fn, parent)
 	}
 	var id *auth.Identity
 	if rt.cfg.Keys != nil {
@@ -209,6 +219,9 @@ func (rt *Router) handle(ctx *fasthttp.RequestCtx, x *exchange, rq route, parent
 		if r == nil {
 			r = httpRequestOf(ctx)
 		}
+		if rt.tr != nil {
+			r = r.WithContext(x.traceCtx) // the flag hook puts the evaluation on the request span
+		}
 		rev, err := rt.cfg.Picker.Pick(fn, r, body)
 		if err != nil {
 			return rt.writeError(ctx, err)
@@ -228,15 +241,27 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, x *exchange, fn *functions.M
 	var cold time.Duration
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {
+		var wait trace.Span
+		if rt.tr != nil {
+			wait = rt.tr.startWait(parent, fn.Name, x.revision)
+		}
 		t, err := rt.cfg.Backend.Acquire(&x.hold, fn.Name, x.revision)
+		if rt.tr != nil {
+			rt.tr.endWait(parent, wait, fn.Name, x.revision, t, err)
+		}
 		if err != nil {
 			return rt.writeError(ctx, rt.holdError(&x.hold, fn.Name, x.revision, err))
 		}
 		cold += t.ColdStart
 		rt.upstreamRequest(&x.out, ctx, t.BaseURL, k, body)
+		var ps trace.Span
+		if rt.tr != nil {
+			ps = rt.tr.startProxy(parent, fastCarrier{&x.out.Header}, t.BaseURL)
+		}
 		x.in.Reset()
 		x.in.StreamBody = true
 		err = rt.client.DoDeadline(&x.out, &x.in, deadline)
+		reached := err == nil
 		buffered := true
 		if err == nil {
 			cl := x.in.Header.ContentLength()
@@ -250,6 +275,13 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, x *exchange, fn *functions.M
 			} else {
 				buffered = false
 			}
+		}
+		if rt.tr != nil && (err != nil || buffered) {
+			status := 0 // the instance could not be reached
+			if reached {
+				status = x.in.StatusCode()
+			}
+			rt.tr.endProxy(ps, status, err)
 		}
 		if err != nil {
 			// The request's own deadline or the client going away says
@@ -273,7 +305,7 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, x *exchange, fn *functions.M
 		if !buffered {
 			// A large answer streams through after the handler returns;
 			// the instance is given back when it ends (exchange.Close).
-			x.lease, x.stream, x.code = t, x.in.BodyStream(), code
+			x.lease, x.stream, x.code, x.proxySpan = t, x.in.BodyStream(), code, ps
 			size := x.in.Header.ContentLength()
 			if size < 0 {
 				size = -1 // chunked, or until the instance closes: chunked to the client
@@ -304,7 +336,10 @@ func (x *exchange) Read(p []byte) (int, error) { return x.stream.Read(p) }
 // Close ends a streamed response: the upstream connection and the
 // instance are given back and the request is counted.
 func (x *exchange) Close() error {
-	_ = x.in.CloseBodyStream()
+	err := x.in.CloseBodyStream()
+	if x.rt.tr != nil {
+		x.rt.tr.endProxy(x.proxySpan, x.code, err)
+	}
 	x.lease.Release(false)
 	x.stream = nil
 	x.finish()
@@ -315,7 +350,11 @@ func (x *exchange) Close() error {
 func (x *exchange) finish() {
 	rt := x.rt
 	if x.function != "" {
-		rt.m.observe(x.function, x.revision, x.code, time.Since(x.start))
+		rt.m.observe(x.traceCtx, x.function, x.revision, x.code, time.Since(x.start))
+	}
+	if rt.tr != nil && x.span != nil { // nil: a panic before the span started
+		rt.tr.endRequest(x.span, x.code, x.revision, nil)
+		x.traceCtx, x.span, x.proxySpan = nil, nil, nil
 	}
 	x.function, x.revision, x.lease, x.stream, x.code, x.httpReq = "", "", Target{}, nil, 0, nil
 	x.out.Reset()

@@ -17,6 +17,7 @@ package router
 // waited for it.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -26,13 +27,15 @@ import (
 	"sync"
 	"time"
 
-	"github.com/labstack/echo/v4"
 	"github.com/open-feature/go-sdk/openfeature"
+	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	grpccodes "google.golang.org/grpc/codes"
 
+	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/telemetry"
 )
 
@@ -50,6 +53,7 @@ const (
 	attrFlagVariant     = attribute.Key("feature_flag.result.variant")
 	attrFlagReason      = attribute.Key("feature_flag.result.reason")
 	attrFlagProvider    = attribute.Key("feature_flag.provider.name")
+	attrGRPCStatus      = attribute.Key("rpc.grpc.status_code")
 )
 
 // Bounds on the cold-start spans kept for linking, and on how long a cold
@@ -141,26 +145,70 @@ func (tr *tracing) endRequest(span trace.Span, status int, revision string, err 
 	span.End()
 }
 
-// traceRequest is startRequest/endRequest as echo middleware around the proxy handler.
-func (rt *Router) traceRequest(next echo.HandlerFunc) echo.HandlerFunc {
-	if rt.tr == nil {
-		return next
+// startRequestSpan opens the request span of a proxied request (tracing
+// on only: the caller checks rt.tr), continuing the client's traceparent
+// from its headers, and returns parent with the span in it. The span ends
+// in exchange.finish, once the status is known (a streamed response's at
+// its end).
+func (rt *Router) startRequestSpan(ctx *fasthttp.RequestCtx, x *exchange, rq route, fn *functions.Manifest, parent context.Context) context.Context {
+	function := string(rq.name)
+	if fn != nil {
+		function = fn.Name
 	}
-	return func(c echo.Context) error {
-		r := c.Request()
-		function := c.Param("function")
-		if function == "" {
-			function = c.Param("model")
+	x.traceCtx, x.span = rt.tr.startRequest(parent, fastCarrier{&ctx.Request.Header}, string(ctx.Method()), routeTemplate(rq, ctx.Path()), function)
+	return x.traceCtx
+}
+
+// routeTemplate names a proxied request's route with its parameters as
+// names, as http.route and the span name want (low cardinality).
+func routeTemplate(rq route, path []byte) string {
+	if rq.kind == kindFunction {
+		if bytes.HasPrefix(path, pathFunctions) {
+			return "/functions/:function"
 		}
-		ctx, span := rt.tr.startRequest(r.Context(), propagation.HeaderCarrier(r.Header), r.Method, c.Path(), function)
-		c.SetRequest(r.WithContext(ctx))
-		err := next(c)
-		if err != nil {
-			c.Error(err) // the status is known once the error handler wrote it
-		}
-		rt.tr.endRequest(span, c.Response().Status, c.Response().Header().Get(revisionHeader), err)
-		return nil
+		return "/" // Host routing
 	}
+	t := "/v2/models/:model"
+	if len(rq.version) > 0 {
+		t += "/versions/:version"
+	}
+	switch {
+	case bytes.HasSuffix(path, []byte("/infer")):
+		t += "/infer"
+	case bytes.HasSuffix(path, []byte("/ready")):
+		t += "/ready"
+	}
+	return t
+}
+
+// startGRPC opens the request span of a gRPC call that names a model,
+// continuing the client's traceparent metadata. The function is known only
+// once the message is read: endGRPC records it.
+func (tr *tracing) startGRPC(r *http.Request) (context.Context, trace.Span) {
+	ctx := tr.tel.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	method := strings.TrimPrefix(r.URL.Path, "/")
+	service, name, _ := strings.Cut(method, "/")
+	return tr.tracer.Start(ctx, "router "+method, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("rpc.system", "grpc"), attribute.String("rpc.service", service), attribute.String("rpc.method", name)))
+}
+
+// endGRPC closes a gRPC call's span with its function, revision and status code.
+func (tr *tracing) endGRPC(span trace.Span, function, revision string, code grpccodes.Code) {
+	if !span.IsRecording() {
+		return
+	}
+	if function != "" {
+		span.SetAttributes(attrFunction.String(function))
+	}
+	if revision != "" {
+		span.SetAttributes(attrRevision.String(revision))
+	}
+	span.SetAttributes(attrGRPCStatus.Int(int(code)))
+	switch code { // server errors, as OpenTelemetry's RPC conventions count them
+	case grpccodes.Unknown, grpccodes.DeadlineExceeded, grpccodes.Unimplemented, grpccodes.Internal, grpccodes.Unavailable, grpccodes.DataLoss:
+		span.SetStatus(codes.Error, code.String())
+	}
+	span.End()
 }
 
 // startWait opens the activator-wait span around acquiring an instance.

@@ -7,15 +7,19 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/internal/testbin"
+	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/engine"
 	"github.com/pilotlight/pilotlight/telemetry"
@@ -230,4 +234,168 @@ func names(spans []exportedSpan) []string {
 		out[i] = s.Name
 	}
 	return out
+}
+
+// consoleTelemetry is tracing on with every span written to out.
+func consoleTelemetry(t *testing.T, out io.Writer) *telemetry.Telemetry {
+	t.Helper()
+	tel, err := telemetry.Setup(telemetry.Config{Exporter: telemetry.ExporterConsole, Console: out, ServiceName: "router-test", QueueSpans: 1024}, prometheus.NewRegistry(), quietLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tel
+}
+
+// traceparentOf splits a W3C traceparent into its trace and parent ids.
+func traceparentOf(t *testing.T, v string) (traceID, parentID string) {
+	t.Helper()
+	parts := strings.Split(v, "-")
+	if len(parts) != 4 || len(parts[1]) != 32 || len(parts[2]) != 16 {
+		t.Fatalf("traceparent %q is not W3C's", v)
+	}
+	return parts[1], parts[2]
+}
+
+// spanByID finds the span with id among spans.
+func spanByID(t *testing.T, spans []exportedSpan, id string) exportedSpan {
+	t.Helper()
+	for _, s := range spans {
+		if s.SpanContext.SpanID == id {
+			return s
+		}
+	}
+	t.Fatalf("no span %s among %v", id, names(spans))
+	return exportedSpan{}
+}
+
+// TestFastPathTracePropagation sends requests through the real front door
+// (fasthttp) to an instance that records the traceparent it was sent: the
+// client's trace continues through the router's proxy span to the
+// instance, a malformed traceparent starts a new trace and is no error,
+// and a large (streamed) response still ends its spans.
+func TestFastPathTracePropagation(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string // traceparent of each call the instance got
+	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Get("traceparent"))
+		mu.Unlock()
+		body, _ := io.ReadAll(r.Body)
+		if string(body) == "big" {
+			w.Write(bytes.Repeat([]byte("x"), 200<<10)) // over the proxy's buffered limit: streamed
+			return
+		}
+		w.Write([]byte(`{"ok":true}`))
+	}))
+	defer inst.Close()
+	var out bytes.Buffer
+	tel := consoleTelemetry(t, &out)
+	fn := &functions.Manifest{Name: "m", Handler: "tensor", Revisions: []functions.Revision{{Name: "m-00001"}}}
+	fn.Runtime.MaxBodyBytes = 1000
+	rt, err := router.New(router.Config{Functions: []*functions.Manifest{fn}, Registry: prometheus.NewRegistry(), Logger: quietLogger(), Telemetry: tel,
+		Backend: &instanceBackend{addr: strings.TrimPrefix(inst.URL, "http://"), warm: map[string]bool{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rt.Close)
+	base := serveRouter(t, rt)
+
+	send := func(traceparent, body string) int {
+		req, _ := http.NewRequest(http.MethodPost, base+"/v2/models/m/infer", strings.NewReader(body))
+		if traceparent != "" {
+			req.Header.Set("traceparent", traceparent)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("traceparent %q: status %d", traceparent, resp.StatusCode)
+		}
+		return int(n)
+	}
+	send("00-"+clientTrace+"-"+clientParent+"-01", "{}")
+	send("00-"+clientTrace+"-zz-01", "{}") // malformed: a new trace
+	if n := send("", "big"); n != 200<<10 {
+		t.Fatalf("streamed response: %d bytes, want %d", n, 200<<10)
+	}
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	spans := decodeSpans(t, out.Bytes())
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 3 {
+		t.Fatalf("the instance got %d calls, want 3", len(seen))
+	}
+	for i, tp := range seen {
+		traceID, parentID := traceparentOf(t, tp)
+		proxy := spanByID(t, spans, parentID)
+		if proxy.Name != "proxy" || proxy.SpanContext.TraceID != traceID || proxy.attr("http.response.status_code") != float64(200) {
+			t.Errorf("call %d: the instance's parent is %q (trace %s, status %v); want the router's proxy span, status 200", i, proxy.Name, proxy.SpanContext.TraceID, proxy.attr("http.response.status_code"))
+		}
+		req := spanByID(t, spans, proxy.Parent.SpanID)
+		if req.Name != "router POST /v2/models/:model/infer" || req.attr("pilotlight.revision") != "m-00001" || req.attr("http.response.status_code") != float64(200) {
+			t.Errorf("call %d: the proxy span's parent is %q revision %v status %v", i, req.Name, req.attr("pilotlight.revision"), req.attr("http.response.status_code"))
+		}
+		switch i {
+		case 0:
+			if traceID != clientTrace || req.Parent.SpanID != clientParent {
+				t.Errorf("call with a valid traceparent: instance in trace %s, request span's parent %s; want the client's %s/%s", traceID, req.Parent.SpanID, clientTrace, clientParent)
+			}
+		case 1:
+			if traceID == clientTrace || (req.Parent.SpanID != "" && req.Parent.SpanID != "0000000000000000") {
+				t.Errorf("call with a malformed traceparent continued trace %s (parent %s); want a new trace", traceID, req.Parent.SpanID)
+			}
+		}
+	}
+}
+
+// TestGRPCSpans calls ModelInfer through the router with a traceparent in
+// the metadata: the call's span continues the client's trace, and the
+// instance (a grpc-go server) is called with the router's proxy span as
+// its parent.
+func TestGRPCSpans(t *testing.T) {
+	var out bytes.Buffer
+	tel := consoleTelemetry(t, &out)
+	c, _, inst, _ := grpcRouter(t, func(cfg *router.Config) { cfg.Telemetry = tel })
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "traceparent", "00-"+clientTrace+"-"+clientParent+"-01")
+	req := &pb.ModelInferRequest{ModelName: "m", Id: "r1", RawInputContents: [][]byte{[]byte("x")},
+		Inputs: []*pb.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{1}}}}
+	if _, err := c.ModelInfer(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	spans := decodeSpans(t, out.Bytes())
+	tp := inst.last().Get("traceparent")
+	if len(tp) != 1 {
+		t.Fatalf("the instance got traceparent %v, want one", tp)
+	}
+	traceID, parentID := traceparentOf(t, tp[0])
+	proxy := spanByID(t, spans, parentID)
+	if proxy.Name != "proxy" || traceID != clientTrace || proxy.attr("rpc.grpc.status_code") != float64(0) {
+		t.Errorf("the instance's parent: %q in trace %s, grpc status %v; want the proxy span in the client's trace, status 0", proxy.Name, traceID, proxy.attr("rpc.grpc.status_code"))
+	}
+	call := spanByID(t, spans, proxy.Parent.SpanID)
+	for key, want := range map[string]any{"pilotlight.function": "m", "pilotlight.revision": "m-00002", "rpc.system": "grpc", "rpc.grpc.status_code": float64(0)} {
+		if got := call.attr(key); got != want {
+			t.Errorf("call span %q: %s = %v, want %v", call.Name, key, got, want)
+		}
+	}
+	if call.Name != "router inference.GRPCInferenceService/ModelInfer" || call.Parent.SpanID != clientParent {
+		t.Errorf("call span %q with parent %s; want the ModelInfer call under the client's %s", call.Name, call.Parent.SpanID, clientParent)
+	}
+	var wait bool
+	for _, s := range spans {
+		if s.Name == "activator wait" && s.Parent.SpanID == call.SpanContext.SpanID {
+			wait = s.attr("pilotlight.cold_start") == true // instanceBackend's first acquire of a revision is cold
+		}
+	}
+	if !wait {
+		t.Errorf("no cold activator wait under the call span; spans: %v", names(spans))
+	}
 }
