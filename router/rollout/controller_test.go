@@ -151,19 +151,6 @@ func (r *rig) wait(t *testing.T) Status {
 	return st
 }
 
-// waitFor blocks until the rollout has at least n decisions (bounded).
-func (r *rig) waitFor(t *testing.T, n int) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if st, _ := r.c.Status("fraud"); len(st.Decisions) >= n {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("fewer than %d decisions", n)
-}
-
 func (r *rig) decided(verdict, check string) float64 {
 	return testutil.ToFloat64(r.c.decisions.WithLabelValues("fraud", "fraud-00002", verdict, check))
 }
