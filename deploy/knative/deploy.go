@@ -300,10 +300,15 @@ func (d *Deployer) apply(ctx context.Context, desired *servingv1.Service) (*serv
 	return out, nil
 }
 
-// waitReady polls until the Service has observed its spec, created the
-// template's revision and is Ready; it fails early when Knative reports the
-// current generation failed, and on timeout names what to look at.
-func (d *Deployer) waitReady(ctx context.Context, ns, name, revision string, timeout time.Duration) (*servingv1.Service, error) {
+// errWaitTimedOut is what poll returns when its timeout passes first.
+var errWaitTimedOut = errors.New("wait timed out")
+
+// poll calls look every PollInterval until it reports done or fails, the
+// one wait loop of the deployer. It prints "prefix: state (elapsed)" once
+// per change of state and every progressHeartbeat while a state lasts; a
+// look that could not read anything returns state "" and prints nothing.
+// It returns errWaitTimedOut when timeout passes first.
+func (d *Deployer) poll(ctx context.Context, timeout time.Duration, prefix string, look func(context.Context) (done bool, state string, err error)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	interval := d.PollInterval
@@ -313,90 +318,91 @@ func (d *Deployer) waitReady(ctx context.Context, ns, name, revision string, tim
 	start := time.Now()
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	var last *servingv1.Service
 	var lastState string
 	var lastPrint time.Time
 	for {
-		svc, err := d.Client.Services(ns).Get(ctx, name, metav1.GetOptions{})
-		switch {
-		case err == nil:
-			last = svc
-			ready, state := readiness(svc, revision)
-			// One line per change of state, and a heartbeat while it lasts.
-			if state != lastState || time.Since(lastPrint) >= progressHeartbeat {
-				d.progress("%s: waiting for service %s to be Ready with revision %s: %s (%s)\n", name, name, revision, state, time.Since(start).Round(time.Second))
-				lastState, lastPrint = state, time.Now()
-			}
-			if ready {
-				return svc, nil
-			}
-			if svc.IsFailed() && svc.Status.LatestCreatedRevisionName == revision {
-				return nil, notReady(ns, name, revision, svc, "failed")
-			}
-		case ctx.Err() == nil:
-			d.logger().Warn("get service while waiting", "service", name, "err", err)
+		done, state, err := look(ctx)
+		if state != "" && (state != lastState || time.Since(lastPrint) >= progressHeartbeat) {
+			d.progress("%s: %s (%s)\n", prefix, state, time.Since(start).Round(time.Second))
+			lastState, lastPrint = state, time.Now()
+		}
+		if err != nil || done {
+			return err
 		}
 		select {
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return nil, notReady(ns, name, revision, last, "not ready after "+timeout.String())
+				return errWaitTimedOut
 			}
-			return nil, fmt.Errorf("wait for service %s/%s: %w", ns, name, ctx.Err())
+			return ctx.Err()
 		case <-tick.C:
 		}
 	}
+}
+
+// waitReady polls until the Service has observed its spec, created the
+// template's revision and is Ready; it fails early when Knative reports the
+// current generation failed, and on timeout names what to look at.
+func (d *Deployer) waitReady(ctx context.Context, ns, name, revision string, timeout time.Duration) (*servingv1.Service, error) {
+	var last *servingv1.Service
+	err := d.poll(ctx, timeout, fmt.Sprintf("%s: waiting for service %s to be Ready with revision %s", name, name, revision),
+		func(ctx context.Context) (bool, string, error) {
+			svc, err := d.Client.Services(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				if ctx.Err() == nil {
+					d.logger().Warn("get service while waiting", "service", name, "err", err)
+				}
+				return false, "", nil
+			}
+			last = svc
+			ready, state := readiness(svc, revision)
+			if !ready && svc.IsFailed() && svc.Status.LatestCreatedRevisionName == revision {
+				return false, state, notReady(ns, name, revision, svc, "failed")
+			}
+			return ready, state, nil
+		})
+	switch {
+	case errors.Is(err, errWaitTimedOut):
+		return nil, notReady(ns, name, revision, last, "not ready after "+timeout.String())
+	case errors.Is(err, context.Canceled):
+		return nil, fmt.Errorf("wait for service %s/%s: %w", ns, name, err)
+	case err != nil:
+		return nil, err
+	}
+	return last, nil
 }
 
 // waitRevisionReady polls until the Revision itself is Ready (an older
 // revision, before the next step names it in the traffic block); it fails
 // early when Knative reports the revision failed.
 func (d *Deployer) waitRevisionReady(ctx context.Context, ns, service, revision string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	interval := d.PollInterval
-	if interval <= 0 {
-		interval = defaultPollInterval
-	}
-	start := time.Now()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
 	state := "never read"
-	var lastState string
-	var lastPrint time.Time
-	for {
-		rev, err := d.Client.Revisions(ns).Get(ctx, revision, metav1.GetOptions{})
-		switch {
-		case err == nil:
-			var ready, failed bool
-			ready, failed, state = revisionReadiness(rev)
-			if state != lastState || time.Since(lastPrint) >= progressHeartbeat {
-				d.progress("%s: waiting for revision %s to be Ready: %s (%s)\n", service, revision, state, time.Since(start).Round(time.Second))
-				lastState, lastPrint = state, time.Now()
+	err := d.poll(ctx, timeout, fmt.Sprintf("%s: waiting for revision %s to be Ready", service, revision),
+		func(ctx context.Context) (bool, string, error) {
+			rev, err := d.Client.Revisions(ns).Get(ctx, revision, metav1.GetOptions{})
+			switch {
+			case err == nil:
+				var ready, failed bool
+				ready, failed, state = revisionReadiness(rev)
+				if failed {
+					return false, state, revisionNotReady(ns, service, revision, "failed: "+state)
+				}
+				return ready, state, nil
+			case apierrors.IsNotFound(err):
+				state = "not created yet"
+				return false, state, nil
+			case ctx.Err() == nil:
+				d.logger().Warn("get revision while waiting", "revision", revision, "err", err)
 			}
-			if ready {
-				return nil
-			}
-			if failed {
-				return revisionNotReady(ns, service, revision, "failed: "+state)
-			}
-		case apierrors.IsNotFound(err):
-			state = "not created yet"
-			if state != lastState {
-				d.progress("%s: waiting for revision %s to be Ready: %s (%s)\n", service, revision, state, time.Since(start).Round(time.Second))
-				lastState, lastPrint = state, time.Now()
-			}
-		case ctx.Err() == nil:
-			d.logger().Warn("get revision while waiting", "revision", revision, "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return revisionNotReady(ns, service, revision, "not ready after "+timeout.String()+": "+state)
-			}
-			return fmt.Errorf("wait for revision %s/%s: %w", ns, revision, ctx.Err())
-		case <-tick.C:
-		}
+			return false, "", nil
+		})
+	switch {
+	case errors.Is(err, errWaitTimedOut):
+		return revisionNotReady(ns, service, revision, "not ready after "+timeout.String()+": "+state)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("wait for revision %s/%s: %w", ns, revision, err)
 	}
+	return err
 }
 
 func revisionReadiness(rev *servingv1.Revision) (ready, failed bool, state string) {
