@@ -37,7 +37,7 @@ func (b LocalBackend) Acquire(ctx context.Context, function, revision string) (T
 		}
 		return Target{}, err
 	}
-	return Target{BaseURL: "http://" + l.Addr, ColdStart: l.ColdStart, Release: l.Release}, nil
+	return Target{BaseURL: "http://" + l.Addr, Socket: l.Socket, ColdStart: l.ColdStart, Release: l.Release}, nil
 }
 
 // AdminRevisions implements AdminSource.

@@ -117,7 +117,8 @@ type exchange struct {
 	function string // "" until the function is known: such requests are not counted
 	revision string
 	lease    Target
-	stream   io.Reader // the upstream body while a large response streams
+	stream   io.Reader  // the upstream body while a large response streams
+	fc       *frameConn // the framed connection the answer is read from (nil: HTTP)
 	code     int
 	httpReq  *http.Request // the original request on the net/http path (for the Picker)
 	copyBuf  [8 << 10]byte
@@ -259,8 +260,12 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, x *exchange, fn *functions.M
 			ps = rt.tr.startProxy(parent, fastCarrier{&x.out.Header}, t.BaseURL)
 		}
 		x.in.Reset()
-		x.in.StreamBody = true
-		err = rt.client.DoDeadline(&x.out, &x.in, deadline)
+		if t.Socket != "" && framable(x.out.Header.Method(), x.out.URI().RequestURI()) {
+			err = rt.frames.do(x, t.Socket, deadline)
+		} else {
+			x.in.StreamBody = true
+			err = rt.client.DoDeadline(&x.out, &x.in, deadline)
+		}
 		reached := err == nil
 		buffered := true
 		if err == nil {
@@ -268,8 +273,8 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, x *exchange, fn *functions.M
 			if cl >= 0 && cl <= maxBufferedResponse {
 				// Read it whole now: a failure here can still be retried.
 				ctx.Response.ResetBody()
-				_, err = io.CopyBuffer(ctx.Response.BodyWriter(), x.in.BodyStream(), x.copyBuf[:])
-				if cerr := x.in.CloseBodyStream(); err == nil {
+				_, err = io.CopyBuffer(ctx.Response.BodyWriter(), x.upstreamBody(), x.copyBuf[:])
+				if cerr := x.closeUpstream(); err == nil {
 					err = cerr
 				}
 			} else {
@@ -305,7 +310,7 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, x *exchange, fn *functions.M
 		if !buffered {
 			// A large answer streams through after the handler returns;
 			// the instance is given back when it ends (exchange.Close).
-			x.lease, x.stream, x.code, x.proxySpan = t, x.in.BodyStream(), code, ps
+			x.lease, x.stream, x.code, x.proxySpan = t, x.upstreamBody(), code, ps
 			size := x.in.Header.ContentLength()
 			if size < 0 {
 				size = -1 // chunked, or until the instance closes: chunked to the client
@@ -336,7 +341,7 @@ func (x *exchange) Read(p []byte) (int, error) { return x.stream.Read(p) }
 // Close ends a streamed response: the upstream connection and the
 // instance are given back and the request is counted.
 func (x *exchange) Close() error {
-	err := x.in.CloseBodyStream()
+	err := x.closeUpstream()
 	if x.rt.tr != nil {
 		x.rt.tr.endProxy(x.proxySpan, x.code, err)
 	}
@@ -344,6 +349,25 @@ func (x *exchange) Close() error {
 	x.stream = nil
 	x.finish()
 	return nil
+}
+
+// upstreamBody is the instance's answer's body.
+func (x *exchange) upstreamBody() io.Reader {
+	if x.fc != nil {
+		return &x.fc.body
+	}
+	return x.in.BodyStream()
+}
+
+// closeUpstream ends reading the answer: a framed connection read to the
+// end goes back to its pool, an HTTP one to fasthttp's.
+func (x *exchange) closeUpstream() error {
+	if x.fc != nil {
+		x.rt.frames.put(x.fc)
+		x.fc = nil
+		return nil
+	}
+	return x.in.CloseBodyStream()
 }
 
 // finish counts the answered request (the one metrics path) and returns x to the pool.
@@ -355,6 +379,10 @@ func (x *exchange) finish() {
 	if rt.tr != nil && x.span != nil { // nil: a panic before the span started
 		rt.tr.endRequest(x.span, x.code, x.revision, nil)
 		x.traceCtx, x.span, x.proxySpan = nil, nil, nil
+	}
+	if x.fc != nil { // a panic between the answer and its body
+		x.fc.c.Close()
+		x.fc = nil
 	}
 	x.function, x.revision, x.lease, x.stream, x.code, x.httpReq = "", "", Target{}, nil, 0, nil
 	x.out.Reset()

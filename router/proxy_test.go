@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/pilotlight/pilotlight/frame"
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
@@ -55,8 +56,12 @@ func (b *fakeBackend) Acquire(ctx context.Context, function, revision string) (r
 }
 
 func (b *fakeBackend) target(base string) func(context.Context) (router.Target, error) {
+	return b.targetAt(upstream{base: base})
+}
+
+func (b *fakeBackend) targetAt(up upstream) func(context.Context) (router.Target, error) {
 	return func(context.Context) (router.Target, error) {
-		return router.Target{BaseURL: base, Release: func(failed bool) {
+		return router.Target{BaseURL: up.base, Socket: up.socket, Release: func(failed bool) {
 			b.mu.Lock()
 			b.released = append(b.released, failed)
 			b.mu.Unlock()
@@ -265,7 +270,7 @@ func TestProxyOutcomes(t *testing.T) {
 // set; traceparent passes; the answer's hop-by-hop headers are dropped too.
 func TestProxyHeaders(t *testing.T) {
 	var got http.Header
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ups := upstreams(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got = r.Header.Clone()
 		got.Set("X-Seen-Path", r.URL.Path)
 		w.Header().Set("Connection", "X-Instance-Private")
@@ -273,57 +278,59 @@ func TestProxyHeaders(t *testing.T) {
 		w.Header().Set("X-Instance-Public", "ok")
 		fmt.Fprint(w, `{}`)
 	}))
-	defer up.Close()
 	client, ops := "pl_client-key-000000000000000000000000", "pl_ops-key-00000000000000000000000000000"
 	keys, err := auth.Parse([]byte(fmt.Sprintf("keys:\n  - id: client\n    hash: %s\n    functions: [echo]\n  - id: ops\n    hash: %s\n    admin: true\n", auth.Sum(client), auth.Sum(ops))), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, via := range []string{"fast listener", "net/http handler"} {
-		t.Run(via, func(t *testing.T) {
-			_, url := oneTargetRouter(t, up.URL, via, keys)
-			req, _ := http.NewRequest("POST", url+"/functions/echo?x=1", strings.NewReader(`{}`))
-			req.Header.Set("Authorization", "Bearer "+client)
-			req.Header.Set("X-API-Key", client)
-			req.Header.Set("Connection", "keep-alive, X-Hop-Secret")
-			req.Header.Set("X-Hop-Secret", "must not pass")
-			req.Header.Set("Proxy-Authorization", "Basic eA==")
-			req.Header.Set("X-Forwarded-For", "203.0.113.9")
-			req.Header.Set("Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-			req.Header.Set("X-User-Header", "kept")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != 200 {
-				t.Fatalf("status %d", resp.StatusCode)
-			}
-			for _, h := range []string{"Authorization", "X-Api-Key", "X-Hop-Secret", "Proxy-Authorization"} {
-				if v := got.Get(h); v != "" {
-					t.Errorf("the instance saw %s: %q", h, v)
+	for _, up := range ups {
+		for _, via := range []string{"fast listener", "net/http handler"} {
+			t.Run(up.name+"/"+via, func(t *testing.T) {
+				got = nil
+				_, url := oneTargetRouter(t, up, via, keys)
+				req, _ := http.NewRequest("POST", url+"/functions/echo?x=1", strings.NewReader(`{}`))
+				req.Header.Set("Authorization", "Bearer "+client)
+				req.Header.Set("X-API-Key", client)
+				req.Header.Set("Connection", "keep-alive, X-Hop-Secret")
+				req.Header.Set("X-Hop-Secret", "must not pass")
+				req.Header.Set("Proxy-Authorization", "Basic eA==")
+				req.Header.Set("X-Forwarded-For", "203.0.113.9")
+				req.Header.Set("Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+				req.Header.Set("X-User-Header", "kept")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			if v := got.Get("X-Forwarded-For"); v != "203.0.113.9, 127.0.0.1" {
-				t.Errorf("X-Forwarded-For %q, want the client's chain plus 127.0.0.1", v)
-			}
-			if v := got.Get("X-Forwarded-Proto"); v != "http" {
-				t.Errorf("X-Forwarded-Proto %q", v)
-			}
-			if got.Get("Traceparent") == "" || got.Get("X-User-Header") != "kept" {
-				t.Errorf("end-to-end headers lost: %v", got)
-			}
-			if got.Get("X-Seen-Path") != "/" {
-				t.Errorf("a function call reached the instance at %q, want POST / (Knative style)", got.Get("X-Seen-Path"))
-			}
-			if resp.Header.Get("X-Instance-Private") != "" || resp.Header.Get("X-Instance-Public") != "ok" {
-				t.Errorf("answer headers: %v (the one Connection names must go, the others stay)", resp.Header)
-			}
-			if resp.Header.Get("X-Pilotlight-Revision") != "echo-00001" {
-				t.Errorf("X-Pilotlight-Revision %q", resp.Header.Get("X-Pilotlight-Revision"))
-			}
-		})
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Fatalf("status %d", resp.StatusCode)
+				}
+				for _, h := range []string{"Authorization", "X-Api-Key", "X-Hop-Secret", "Proxy-Authorization"} {
+					if v := got.Get(h); v != "" {
+						t.Errorf("the instance saw %s: %q", h, v)
+					}
+				}
+				if v := got.Get("X-Forwarded-For"); v != "203.0.113.9, 127.0.0.1" {
+					t.Errorf("X-Forwarded-For %q, want the client's chain plus 127.0.0.1", v)
+				}
+				if v := got.Get("X-Forwarded-Proto"); v != "http" {
+					t.Errorf("X-Forwarded-Proto %q", v)
+				}
+				if got.Get("Traceparent") == "" || got.Get("X-User-Header") != "kept" {
+					t.Errorf("end-to-end headers lost: %v", got)
+				}
+				if got.Get("X-Seen-Path") != "/" {
+					t.Errorf("a function call reached the instance at %q, want POST / (Knative style)", got.Get("X-Seen-Path"))
+				}
+				if resp.Header.Get("X-Instance-Private") != "" || resp.Header.Get("X-Instance-Public") != "ok" {
+					t.Errorf("answer headers: %v (the one Connection names must go, the others stay)", resp.Header)
+				}
+				if resp.Header.Get("X-Pilotlight-Revision") != "echo-00001" {
+					t.Errorf("X-Pilotlight-Revision %q", resp.Header.Get("X-Pilotlight-Revision"))
+				}
+			})
+		}
 	}
 }
 
@@ -334,7 +341,7 @@ func TestProxyHeaders(t *testing.T) {
 // with different bodies run concurrently and each instance sees only its own.
 func TestLargeBodyRejectedEarly(t *testing.T) {
 	var mismatched atomic.Int64
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ups := upstreams(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("X-Early") == "1" {
 			w.WriteHeader(http.StatusNotFound)
 			fmt.Fprint(w, `{"error":"V2 only"}`)
@@ -346,11 +353,16 @@ func TestLargeBodyRejectedEarly(t *testing.T) {
 		}
 		fmt.Fprint(w, `{}`)
 	}))
-	defer up.Close()
+	for _, up := range ups {
+		t.Run(up.name, func(t *testing.T) { largeBodiesRejectedEarly(t, up, &mismatched) })
+	}
+}
+
+func largeBodiesRejectedEarly(t *testing.T, up upstream, mismatched *atomic.Int64) {
 	const n = 24
 	b := &fakeBackend{}
 	for i := 0; i < n; i++ {
-		b.script = append(b.script, b.target(up.URL))
+		b.script = append(b.script, b.targetAt(up))
 	}
 	// Two dozen 3 MiB uploads at once under -race on a shared machine: the
 	// read timeout must not be what the test measures.
@@ -446,7 +458,7 @@ func TestHTTP2OnTheSameListener(t *testing.T) {
 // instance is given back (not failed) only once they have.
 func TestLargeResponsesStream(t *testing.T) {
 	big := strings.Repeat("0123456789abcdef", 128<<10) // 2 MiB
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ups := upstreams(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("chunked") == "1" {
 			for i := 0; i < 4; i++ {
 				io.WriteString(w, big[:len(big)/4])
@@ -457,11 +469,15 @@ func TestLargeResponsesStream(t *testing.T) {
 		w.Header().Set("Content-Length", fmt.Sprint(len(big)))
 		io.WriteString(w, big)
 	}))
-	defer up.Close()
-	for _, via := range []string{"fast listener", "net/http handler"} {
-		for _, q := range []string{"", "?chunked=1"} {
-			t.Run(via+q, func(t *testing.T) {
-				b, url := oneTargetRouter(t, up.URL, via, nil)
+	for _, c := range []struct {
+		up     upstream
+		via, q string
+	}{{ups[0], "fast listener", ""}, {ups[0], "fast listener", "?chunked=1"}, {ups[0], "net/http handler", ""},
+		{ups[0], "net/http handler", "?chunked=1"}, {ups[1], "fast listener", ""}, {ups[1], "net/http handler", ""}} {
+		up, via, q := c.up, c.via, c.q
+		{
+			t.Run(up.name+"/"+via+q, func(t *testing.T) {
+				b, url := oneTargetRouter(t, up, via, nil)
 				resp, err := http.Post(url+"/functions/echo"+q, "application/json", strings.NewReader(`{}`))
 				if err != nil {
 					t.Fatal(err)
@@ -486,12 +502,36 @@ func TestLargeResponsesStream(t *testing.T) {
 	}
 }
 
-// oneTargetRouter runs a router whose backend hands out base once, behind
+// upstream is a test instance: reached over HTTP at base, or, when socket
+// is set, over its framed Unix socket (as the local engine's instances).
+type upstream struct{ name, base, socket string }
+
+// upstreams serves h both ways: over HTTP, and over a framed socket with
+// the same frame.Server the runtime uses. The framed one's base is a port
+// nothing listens on, so a request that went over HTTP would fail.
+func upstreams(t *testing.T, h http.Handler) []upstream {
+	t.Helper()
+	ts := httptest.NewServer(h)
+	t.Cleanup(ts.Close)
+	sock := filepath.Join(t.TempDir(), "instance.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	fs := &frame.Server{Handler: h, Limit: func() int { return 64 << 20 }, DrainTimeout: time.Second, Log: quietLogger()}
+	done := make(chan struct{})
+	go func() { fs.Serve(ctx, ln); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return []upstream{{name: "http", base: ts.URL}, {name: "frames", base: "http://127.0.0.1:1", socket: sock}}
+}
+
+// oneTargetRouter runs a router whose backend hands out up once, behind
 // the fast listener or the net/http Handler (via).
-func oneTargetRouter(t *testing.T, base, via string, keys *auth.Keys) (*fakeBackend, string) {
+func oneTargetRouter(t *testing.T, up upstream, via string, keys *auth.Keys) (*fakeBackend, string) {
 	t.Helper()
 	b := &fakeBackend{}
-	b.script = []func(context.Context) (router.Target, error){b.target(base)}
+	b.script = []func(context.Context) (router.Target, error){b.targetAt(up)}
 	rt, err := router.New(router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, Registry: prometheus.NewRegistry(), Logger: quietLogger(), Keys: keys})
 	if err != nil {
 		t.Fatal(err)
@@ -627,5 +667,61 @@ func TestMountAdmin(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("/metrics on the admin listener: %d, want 200 without a key (open to scrapers)", resp.StatusCode)
+	}
+}
+
+// TestFramedConnectionClosedByInstance: the router keeps framed
+// connections between requests; when the instance closed its side (here:
+// its frame server restarted on the same socket), the next request goes
+// out on a new connection instead of failing, and the instance is not
+// marked failed. A socket nobody listens on is unreachable (502 after the
+// retry), with the instance released as failed.
+func TestFramedConnectionClosedByInstance(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "instance.sock")
+	var served atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { served.Add(1); fmt.Fprint(w, `{}`) })
+	serveOn := func() (stop func()) {
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		fs := &frame.Server{Handler: h, Limit: func() int { return 1 << 20 }, DrainTimeout: time.Second, Log: quietLogger()}
+		go func() { fs.Serve(ctx, ln); close(done) }()
+		return func() { cancel(); <-done }
+	}
+	stop := serveOn()
+	up := upstream{base: "http://127.0.0.1:1", socket: sock}
+	b := &fakeBackend{}
+	b.script = append(b.script, b.targetAt(up), b.targetAt(up), b.targetAt(upstream{base: up.base, socket: sock + ".gone"}), b.targetAt(upstream{base: up.base, socket: sock + ".gone"}))
+	f := startFake(t, b, 5*time.Second, nil)
+	post := func() int {
+		resp, err := http.Post(f.url+"/functions/echo", "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(); code != 200 {
+		t.Fatalf("first request: %d", code)
+	}
+	stop() // closes the kept connection from the instance's side
+	os.Remove(sock)
+	stop = serveOn()
+	defer stop()
+	if code := post(); code != 200 {
+		t.Fatalf("request after the instance closed the kept connection: %d, want 200 on a new connection", code)
+	}
+	if served.Load() != 2 {
+		t.Errorf("instance served %d requests, want 2", served.Load())
+	}
+	if code := post(); code != http.StatusBadGateway {
+		t.Errorf("a socket nobody listens on: %d, want 502", code)
+	}
+	if r := b.releases(); len(r) != 4 || r[0] || r[1] || !r[2] || !r[3] {
+		t.Errorf("Release calls %v, want false, false, then true twice (unreachable, retried once)", r)
 	}
 }

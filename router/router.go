@@ -50,6 +50,7 @@ const ShedHeader = "X-Pilotlight-Shed"
 // the instance back (failed: it could not be reached).
 type Target struct {
 	BaseURL   string
+	Socket    string // a local instance's framed Unix socket (package frame): used instead of BaseURL when set
 	ColdStart time.Duration
 	Release   func(failed bool)
 }
@@ -139,6 +140,7 @@ type Router struct {
 	defaults  map[string]string // function → DefaultRevision
 	maxBody   int64             // the largest maxBodyBytes of any function
 	client    *fasthttp.Client
+	frames    framePool // connections to local instances' framed sockets
 	m         *metrics
 	exchanges sync.Pool
 	grpc      *grpcProxy // the gRPC side (GRPCHandler)
@@ -270,6 +272,7 @@ func (rt *Router) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 // Close releases idle upstream connections.
 func (rt *Router) Close() {
 	rt.client.CloseIdleConnections()
+	rt.frames.closeAll()
 	rt.grpc.transport.CloseIdleConnections()
 }
 

@@ -27,6 +27,7 @@ func newRuntimeCmd() *cobra.Command {
 		port                  int
 		generic               bool
 		drain                 time.Duration
+		socket                string
 	)
 	cmd := &cobra.Command{
 		Use:   "runtime",
@@ -94,6 +95,18 @@ and waits, not ready, for POST /admin/specialise (the local engine's warm pool).
 			if err != nil {
 				return fmt.Errorf("listen on %s:%d: %w", listen, port, err)
 			}
+			var frames net.Listener
+			if socket != "" {
+				// Only serve's user may connect: the socket file is 0600 (umask may widen it).
+				os.Remove(socket)
+				if frames, err = net.Listen("unix", socket); err != nil {
+					return fmt.Errorf("listen on the router's socket %s: %w", socket, err)
+				}
+				if err := os.Chmod(socket, 0o600); err != nil {
+					return fmt.Errorf("restricting the router's socket %s: %w", socket, err)
+				}
+				defer os.Remove(socket)
+			}
 			fmt.Fprintf(os.Stdout, "%s%s\n", listener.ReadyPrefix, ln.Addr())
 			if m != nil {
 				go func() {
@@ -102,12 +115,13 @@ and waits, not ready, for POST /admin/specialise (the local engine's warm pool).
 					}
 				}()
 			}
-			return srv.Serve(ctx, ln)
+			return srv.ServeWithFrames(ctx, ln, frames)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "function", "", "function directory holding function.yaml")
 	cmd.Flags().StringVar(&revision, "revision", "", "revision to serve (default $K_REVISION, else the newest)")
 	cmd.Flags().StringVar(&listen, "listen", "0.0.0.0", "address to listen on")
+	cmd.Flags().StringVar(&socket, "socket", "", "also serve the local router's framed requests on this Unix socket (the local engine sets it; Knative does not)")
 	cmd.Flags().IntVar(&port, "port", 8080, "port to listen on (default $PORT, else 8080; 0 picks a free port)")
 	cmd.Flags().BoolVar(&generic, "generic", false, "start without a function and wait for POST /admin/specialise (warm pool)")
 	cmd.Flags().DurationVar(&drain, "drain-timeout", 30*time.Second, "how long SIGTERM waits for in-flight requests")

@@ -44,6 +44,7 @@ type serveOptions struct {
 	backend, namespace        string
 	kubeconfig, kubeContext   string
 	cpuProfile, runtimeBin    string
+	instanceHTTP              bool
 	limits                    router.Limits
 	poolSize, queueCapacity   int
 	scaleToZeroAfter          time.Duration
@@ -89,6 +90,7 @@ func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.kubeContext, "context", "", "knative backend: kubeconfig context")
 	f.StringVar(&o.flagsPath, "flags", "config/flags/flags.json", "flag file (flagd format) that picks each request's revision; empty: every request goes to the stable revision")
 	f.IntVar(&o.poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
+	f.BoolVar(&o.instanceHTTP, "instance-http", false, "reach local instances over HTTP on their port instead of their framed Unix socket (slower; for comparison, as bench hop does)")
 	f.StringVar(&o.runtimeBin, "runtime-bin", "", "executable the local engine runs instances with (default: "+runtimeBinary+" beside this binary when present, else this binary)")
 	f.DurationVar(&o.scaleToZeroAfter, "scale-to-zero-after", 0, "override every function's scaling.scaleToZeroAfter (0 keeps each function's)")
 	f.DurationVar(&o.requestTimeout, "request-timeout", router.DefaultRequestTimeout, "longest a request may take, cold start included (504 after)")
@@ -205,7 +207,7 @@ func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes,
 	}
 	ecfg := engine.Config{
 		Functions: fns, Binary: o.instanceBinary(), PoolSize: o.poolSize, ScaleToZeroAfter: o.scaleToZeroAfter, QueueCapacity: o.queueCapacity,
-		StableWindow: o.stableWindow, PanicWindow: o.panicWindow, Logger: log, Registerer: reg,
+		StableWindow: o.stableWindow, PanicWindow: o.panicWindow, Logger: log, Registerer: reg, HTTPOnly: o.instanceHTTP,
 	}
 	lb := router.LocalBackend{}
 	if probes != nil {

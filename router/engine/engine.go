@@ -68,6 +68,9 @@ type Config struct {
 	Logger           *slog.Logger
 	Registerer       prometheus.Registerer
 	Probes           Probes
+	// HTTPOnly leaves instances without the router's framed Unix socket
+	// (package frame), so the router reaches them over HTTP on their port.
+	HTTPOnly bool
 }
 
 // Errors Acquire returns; the router maps them to statuses.
@@ -104,6 +107,9 @@ type Engine struct {
 	spawnMu  sync.Mutex
 	children map[int]*os.Process
 	nextID   atomic.Int64
+	// sockDir holds the instances' framed sockets ("" : HTTPOnly); sockSeq names them.
+	sockDir string
+	sockSeq atomic.Int64
 }
 
 // New checks the configuration and builds an engine; Run starts it.
@@ -140,6 +146,14 @@ func New(cfg Config) (*Engine, error) {
 		cfg.TickInterval = DefaultTickInterval
 	}
 	e := &Engine{cfg: cfg, log: cfg.Logger, revs: map[string]*revision{}, children: map[int]*os.Process{}}
+	if !cfg.HTTPOnly {
+		// One directory (0700) for every instance's socket, removed at shutdown.
+		dir, err := os.MkdirTemp("", "pilotlight-sockets-")
+		if err != nil {
+			return nil, fmt.Errorf("create the instances' socket directory: %w", err)
+		}
+		e.sockDir = dir
+	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.m = newMetrics(cfg.Registerer)
 	e.pool = newWarmPool(e, cfg.PoolSize)
@@ -220,11 +234,15 @@ func (e *Engine) shutdown() {
 	}
 	e.spawnMu.Unlock()
 	e.wg.Wait()
+	if e.sockDir != "" {
+		os.RemoveAll(e.sockDir)
+	}
 }
 
 // Lease is one request's hold on a ready instance.
 type Lease struct {
 	Addr     string // host:port on loopback
+	Socket   string // the instance's framed Unix socket ("" : HTTP on Addr only)
 	Function string
 	Revision string
 	PID      int
@@ -277,7 +295,7 @@ func (e *Engine) Acquire(ctx context.Context, function, revision string) (*Lease
 			return nil, ErrStopped
 		}
 		if in := r.pick(); in != nil {
-			l := &Lease{Addr: in.addr, Function: function, Revision: revision, PID: in.pid, inst: in, rev: r, eng: e}
+			l := &Lease{Addr: in.addr, Socket: in.sock, Function: function, Revision: revision, PID: in.pid, inst: in, rev: r, eng: e}
 			if waited {
 				l.ColdStart = time.Since(arrival)
 			}

@@ -1,11 +1,13 @@
 package engine_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
-
 	"log/slog"
+	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/pilotlight/pilotlight/frame"
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router/engine"
@@ -117,6 +120,29 @@ func infer(t *testing.T, l *engine.Lease) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("infer on leased instance: %d", resp.StatusCode)
+	}
+	// The same request over the instance's framed socket, which only serve's user may open.
+	if l.Socket == "" {
+		t.Fatal("the lease has no framed socket; the engine gives every instance one unless HTTPOnly")
+	}
+	if fi, err := os.Stat(l.Socket); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket %s: %v, mode %v; want 0600", l.Socket, err, fi.Mode().Perm())
+	}
+	c, err := net.Dial("unix", l.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var enc frame.Encoder
+	enc.StartRequest([]byte("POST"), []byte("/v2/models/"+fn+"/infer"))
+	f, _ := enc.Finish([]byte(body))
+	if _, err := c.Write(f); err != nil {
+		t.Fatal(err)
+	}
+	var h frame.ResponseHead
+	var buf []byte
+	if err := frame.ReadResponseHead(bufio.NewReader(c), &buf, 64<<10, &h); err != nil || h.Status != 200 {
+		t.Fatalf("framed infer on leased instance: status %d, %v", h.Status, err)
 	}
 }
 
@@ -306,6 +332,9 @@ func TestStopDrainsInFlightRequestsFirst(t *testing.T) {
 	}
 	if alive(l.PID) {
 		t.Fatal("the instance outlived the engine")
+	}
+	if _, err := os.Stat(filepath.Dir(l.Socket)); !os.IsNotExist(err) {
+		t.Errorf("the instances' socket directory %s outlived the engine (%v)", filepath.Dir(l.Socket), err)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,6 +52,7 @@ type Process struct {
 	pid      int
 	addr     string
 	port     int
+	sock     string // the framed Unix socket, "" when the engine runs HTTPOnly
 	source   string
 	state    atomic.Int32
 	inflight atomic.Int64
@@ -192,7 +194,7 @@ func adopt(slot, p *Process) {
 	slot.mu.Lock()
 	defer slot.mu.Unlock()
 	slot.source = sourcePool
-	slot.pid, slot.addr, slot.port, slot.cmd, slot.exited, slot.started = p.pid, p.addr, p.port, p.cmd, p.exited, time.Now()
+	slot.pid, slot.addr, slot.port, slot.sock, slot.cmd, slot.exited, slot.started = p.pid, p.addr, p.port, p.sock, p.cmd, p.exited, time.Now()
 	p.mu.Lock()
 	p.adoptedBy = slot
 	p.mu.Unlock()
@@ -200,6 +202,11 @@ func adopt(slot, p *Process) {
 
 // spawn starts a child `pilotlight runtime` and waits for its listening line.
 func (e *Engine) spawn(in *Process, args, env []string) error {
+	var sock string
+	if e.sockDir != "" {
+		sock = filepath.Join(e.sockDir, strconv.FormatInt(e.sockSeq.Add(1), 10)+".sock")
+		args = append(args, "--socket", sock)
+	}
 	cmd := exec.Command(e.cfg.Binary, args...)
 	cmd.Env = env
 	// Own process group: a terminal's Ctrl-C reaches serve, which drains the
@@ -254,6 +261,9 @@ func (e *Engine) spawn(in *Process, args, env []string) error {
 		e.spawnMu.Lock()
 		delete(e.children, in.pid)
 		e.spawnMu.Unlock()
+		if sock != "" {
+			os.Remove(sock) // a killed child leaves it behind
+		}
 		close(in.exited)
 		e.exited(in, err)
 	}()
@@ -261,7 +271,7 @@ func (e *Engine) spawn(in *Process, args, env []string) error {
 	case addr := <-addrc:
 		_, port, _ := net.SplitHostPort(addr)
 		in.mu.Lock()
-		in.addr = addr
+		in.addr, in.sock = addr, sock
 		in.port, _ = strconv.Atoi(port)
 		in.mu.Unlock()
 		return nil

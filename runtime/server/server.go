@@ -428,14 +428,31 @@ func (s *Server) specialise(c echo.Context) error {
 // h2c (HTTP/2 without TLS, as Knative's h2c port carries it): REST on both,
 // gRPC on HTTP/2.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	return s.ServeWithFrames(ctx, ln, nil)
+}
+
+// ServeWithFrames is Serve plus the local router's framed requests on
+// frames (nil: none); both drain before the sessions are released.
+func (s *Server) ServeWithFrames(ctx context.Context, ln, frames net.Listener) error {
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
 	srv := listener.DefaultLimits().Server(s.Handler(), nil)
 	srv.Protocols = &protocols
 	srv.ErrorLog = slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	framesDone := make(chan struct{})
+	if frames != nil {
+		go func() {
+			defer close(framesDone)
+			if err := s.ServeFrames(ctx, frames); err != nil {
+				errc <- fmt.Errorf("framed listener: %w", err)
+			}
+		}()
+	} else {
+		close(framesDone)
+	}
 	select {
 	case err := <-errc:
 		return err
@@ -446,6 +463,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 	err := srv.Shutdown(sctx)
+	<-framesDone // ServeFrames drains on the same ctx, bounded by DrainTimeout
 	if in := s.inst.Load(); in != nil {
 		if cerr := in.Close(); cerr != nil {
 			s.log.Warn("closing sessions", "err", cerr)

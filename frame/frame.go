@@ -1,0 +1,280 @@
+// Package frame is the framed protocol between the router and the local
+// engine's instances, over a Unix socket each instance opens beside its
+// HTTP port: one HTTP exchange per frame pair, with the request line and
+// headers already split, so neither side formats or parses HTTP text and
+// no TCP stack sits between two processes on one machine. HTTP on $PORT
+// stays for Knative, health checks and direct callers; an instance serves
+// a frame with the same handler chain as an HTTP request.
+//
+// A frame is a 4-byte little-endian length and that many bytes:
+//
+//	request:  'P' version(1) | u8 len, method | u16 len, request URI | u16 count, headers | body
+//	response: u16 status | u16 count, headers | body
+//	header:   u16 len, name | u32 len, value
+//
+// The body is what is left of the frame. A reader refuses a frame longer
+// than its limit, and the connection is closed after any error: a frame
+// stream cannot resynchronise.
+package frame
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+const (
+	magic   = 'P'
+	version = 1
+)
+
+// ErrTooLarge is a frame longer than the reader's limit.
+var ErrTooLarge = errors.New("frame: frame larger than the limit")
+
+// Header is one header line of a frame.
+type Header struct{ Name, Value []byte }
+
+// Request is a decoded request frame; its slices alias the reader's buffer
+// and are valid until the next read.
+type Request struct {
+	Method, URI []byte
+	Headers     []Header
+	Body        []byte
+}
+
+// Encoder writes frames into a reusable buffer.
+type Encoder struct {
+	b       []byte
+	countAt int // where the current frame's header count sits
+}
+
+// StartRequest begins a request frame; method and uri must be Valid.
+func (e *Encoder) StartRequest(method, uri []byte) {
+	e.b = append(e.b[:0], 0, 0, 0, 0, magic, version, byte(len(method)))
+	e.b = append(e.b, method...)
+	e.b = binary.LittleEndian.AppendUint16(e.b, uint16(len(uri)))
+	e.b = append(e.b, uri...)
+	e.countAt = len(e.b)
+	e.b = append(e.b, 0, 0)
+}
+
+// StartResponse begins a response frame.
+func (e *Encoder) StartResponse(status int) {
+	e.b = append(e.b[:0], 0, 0, 0, 0)
+	e.b = binary.LittleEndian.AppendUint16(e.b, uint16(status))
+	e.countAt = len(e.b)
+	e.b = append(e.b, 0, 0)
+}
+
+// Header adds a header between Start* and Finish; names longer than 64 KiB
+// and more than 65,535 headers are dropped (HTTP limits are far lower).
+func (e *Encoder) Header(name, value []byte) {
+	n := binary.LittleEndian.Uint16(e.b[e.countAt:])
+	if len(name) >= 1<<16 || n == 1<<16-1 {
+		return
+	}
+	e.b = binary.LittleEndian.AppendUint16(e.b, uint16(len(name)))
+	e.b = append(e.b, name...)
+	e.b = binary.LittleEndian.AppendUint32(e.b, uint32(len(value)))
+	e.b = append(e.b, value...)
+	binary.LittleEndian.PutUint16(e.b[e.countAt:], n+1)
+}
+
+// Finish appends the body, sets the length and returns the frame; it is
+// valid until the next Start*.
+func (e *Encoder) Finish(body []byte) ([]byte, error) {
+	if uint64(len(e.b)-4+len(body)) > 1<<32-1 {
+		return nil, ErrTooLarge
+	}
+	e.b = append(e.b, body...)
+	binary.LittleEndian.PutUint32(e.b, uint32(len(e.b)-4))
+	return e.b, nil
+}
+
+// Valid reports whether a method, URI and header fit the format's fields.
+func Valid(method, uri int) bool { return method < 256 && uri < 1<<16 }
+
+// ReadRequest reads one request frame of at most limit bytes into *buf
+// (grown as needed) and decodes it.
+func ReadRequest(r *bufio.Reader, buf *[]byte, limit int, req *Request) error {
+	b, err := readFrame(r, buf, limit)
+	if err != nil {
+		return err
+	}
+	d := decoder{b: b}
+	if d.u8() != magic || d.u8() != version {
+		return errors.New("frame: not a Pilotlight request frame (bad magic or version)")
+	}
+	req.Method = d.bytes(int(d.u8()))
+	req.URI = d.bytes(int(d.u16()))
+	req.Headers = d.headers(req.Headers[:0])
+	req.Body = d.b
+	return d.err
+}
+
+// ResponseHead is a response frame's status and headers; Body bytes of
+// body follow on the reader.
+type ResponseHead struct {
+	Status  int
+	Headers []Header
+	Body    int
+}
+
+// ReadResponseHead reads a response frame's status and headers (at most
+// limit bytes of them) into *buf, leaving the body on r for the caller to
+// read whole or stream.
+func ReadResponseHead(r *bufio.Reader, buf *[]byte, limit int, h *ResponseHead) error {
+	var fixed [8]byte
+	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+		return err // io.EOF before a frame: the peer closed
+	}
+	n := int(binary.LittleEndian.Uint32(fixed[:])) - 4
+	if n < 0 {
+		return errors.New("frame: response frame too short")
+	}
+	h.Status = int(binary.LittleEndian.Uint16(fixed[4:]))
+	count := int(binary.LittleEndian.Uint16(fixed[6:]))
+	// Read the header block field by field into b, then slice it.
+	b := (*buf)[:0]
+	type span struct{ k, v, end int }
+	var spans [16]span
+	sp := spans[:0]
+	var err error
+	for i := 0; i < count; i++ {
+		if b, err = appendN(r, b, 2, limit); err != nil {
+			return err
+		}
+		k := int(binary.LittleEndian.Uint16(b[len(b)-2:]))
+		if b, err = appendN(r, b, k+4, limit); err != nil {
+			return err
+		}
+		v := int(binary.LittleEndian.Uint32(b[len(b)-4:]))
+		kStart := len(b) - 4 - k
+		if b, err = appendN(r, b, v, limit); err != nil {
+			return err
+		}
+		sp = append(sp, span{k: kStart, v: len(b) - v, end: len(b)})
+	}
+	*buf = b
+	h.Headers = h.Headers[:0]
+	for _, s := range sp {
+		h.Headers = append(h.Headers, Header{Name: b[s.k : s.v-4 : s.v-4], Value: b[s.v:s.end:s.end]})
+	}
+	if h.Body = n - len(b); h.Body < 0 {
+		return errors.New("frame: response headers longer than the frame")
+	}
+	return nil
+}
+
+// WriteResponse writes a whole response frame and flushes w.
+func WriteResponse(w *bufio.Writer, e *Encoder, status int, headers func(add func(name, value []byte)), body []byte) error {
+	e.StartResponse(status)
+	headers(e.Header)
+	f, err := e.Finish(body)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(f); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+func readFrame(r *bufio.Reader, buf *[]byte, limit int) ([]byte, error) {
+	var lb [4]byte
+	if _, err := io.ReadFull(r, lb[:]); err != nil {
+		return nil, err // io.EOF between frames: the peer closed
+	}
+	n := int(binary.LittleEndian.Uint32(lb[:]))
+	if n > limit {
+		return nil, fmt.Errorf("%w (%d > %d bytes)", ErrTooLarge, n, limit)
+	}
+	b, err := appendN(r, (*buf)[:0], n, limit)
+	*buf = b
+	return b, err
+}
+
+// appendN appends n bytes read from r to b, refusing to grow b past limit.
+func appendN(r io.Reader, b []byte, n, limit int) ([]byte, error) {
+	if len(b)+n > limit {
+		return b, fmt.Errorf("%w (%d > %d bytes)", ErrTooLarge, len(b)+n, limit)
+	}
+	if cap(b)-len(b) < n {
+		nb := make([]byte, len(b), len(b)+n)
+		copy(nb, b)
+		b = nb
+	}
+	start := len(b)
+	b = b[:start+n]
+	if _, err := io.ReadFull(r, b[start:]); err != nil {
+		return b[:start], unexpected(err)
+	}
+	return b, nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) need(n int) bool {
+	if d.err == nil && len(d.b) < n {
+		d.err = errors.New("frame: truncated request frame")
+	}
+	return d.err == nil
+}
+
+func (d *decoder) u8() byte {
+	if !d.need(1) {
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+func (d *decoder) u16() uint16 {
+	if !d.need(2) {
+		return 0
+	}
+	v := binary.LittleEndian.Uint16(d.b)
+	d.b = d.b[2:]
+	return v
+}
+
+func (d *decoder) u32() uint32 {
+	if !d.need(4) {
+		return 0
+	}
+	v := binary.LittleEndian.Uint32(d.b)
+	d.b = d.b[4:]
+	return v
+}
+
+func (d *decoder) bytes(n int) []byte {
+	if !d.need(n) {
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) headers(hs []Header) []Header {
+	count := int(d.u16())
+	for i := 0; i < count && d.err == nil; i++ {
+		k := d.bytes(int(d.u16()))
+		v := d.bytes(int(d.u32()))
+		hs = append(hs, Header{Name: k, Value: v})
+	}
+	return hs
+}

@@ -1,0 +1,178 @@
+package frame
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sync"
+	"time"
+)
+
+// Server serves framed requests with an http.Handler, so an instance
+// answers a frame with the same handler chain as an HTTP request.
+type Server struct {
+	Handler http.Handler
+	// Limit is the largest request frame accepted (body plus request line
+	// and headers); larger ones close the connection.
+	Limit func() int
+	// DrainTimeout bounds how long Serve waits for frames in flight once
+	// its context ends.
+	DrainTimeout time.Duration
+	Log          *slog.Logger
+}
+
+// Serve accepts on ln until ctx ends, then stops accepting and waits (up to
+// DrainTimeout) for the frames in flight, which finish with a context that
+// is not cancelled by ctx.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	var (
+		mu     sync.Mutex
+		conns  = map[net.Conn]struct{}{}
+		active sync.WaitGroup
+	)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-done:
+		}
+		ln.Close()
+	}()
+	defer close(done)
+	var err error
+	for {
+		var c net.Conn
+		if c, err = ln.Accept(); err != nil {
+			break
+		}
+		mu.Lock()
+		conns[c] = struct{}{}
+		mu.Unlock()
+		active.Add(1)
+		go func() {
+			defer active.Done()
+			s.serveConn(ctx, c)
+			mu.Lock()
+			delete(conns, c)
+			mu.Unlock()
+		}()
+	}
+	if ctx.Err() == nil {
+		return err
+	}
+	// Draining: a connection waiting between frames is woken and closed;
+	// one inside a frame finishes it first.
+	waited := make(chan struct{})
+	go func() { active.Wait(); close(waited) }()
+	mu.Lock()
+	for c := range conns {
+		c.SetReadDeadline(time.Now())
+	}
+	mu.Unlock()
+	select {
+	case <-waited:
+	case <-time.After(s.DrainTimeout):
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	}
+	return nil
+}
+
+func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	reqCtx := context.WithoutCancel(ctx) // draining finishes the frame in flight
+	br := bufio.NewReaderSize(c, 16<<10)
+	bw := bufio.NewWriterSize(c, 16<<10)
+	var (
+		buf []byte
+		req Request
+		enc Encoder
+		w   responseWriter
+	)
+	for ctx.Err() == nil {
+		err := ReadRequest(br, &buf, s.Limit(), &req)
+		var r *http.Request
+		if err == nil {
+			r, err = req.httpRequest(reqCtx)
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
+				s.Log.Warn("framed request refused; closing the router's connection", "err", err)
+			}
+			return
+		}
+		w.reset()
+		s.Handler.ServeHTTP(&w, r)
+		if w.status == 0 {
+			w.status = http.StatusOK
+		}
+		err = WriteResponse(bw, &enc, w.status, func(add func(k, v []byte)) {
+			for k, vs := range w.h {
+				for _, v := range vs {
+					add([]byte(k), []byte(v))
+				}
+			}
+		}, w.body.Bytes())
+		if err != nil {
+			return
+		}
+	}
+}
+
+// httpRequest is the http.Request a frame stands for; Host goes to r.Host
+// as net/http's server puts it.
+func (f *Request) httpRequest(ctx context.Context) (*http.Request, error) {
+	u, err := url.ParseRequestURI(string(f.URI))
+	if err != nil {
+		return nil, err
+	}
+	r := &http.Request{Method: string(f.Method), URL: u, RequestURI: string(f.URI), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: make(http.Header, len(f.Headers)), Host: "localhost", RemoteAddr: "@router", ContentLength: int64(len(f.Body)),
+		Body: io.NopCloser(bytes.NewReader(f.Body))}
+	for _, hd := range f.Headers {
+		k := http.CanonicalHeaderKey(string(hd.Name))
+		if k == "Host" {
+			r.Host = string(hd.Value)
+			continue
+		}
+		r.Header[k] = append(r.Header[k], string(hd.Value))
+	}
+	return r.WithContext(ctx), nil
+}
+
+// responseWriter buffers a framed request's answer, sent as one frame.
+type responseWriter struct {
+	h      http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (w *responseWriter) reset() {
+	w.h, w.status = make(http.Header, 2), 0
+	w.body.Reset()
+}
+
+func (w *responseWriter) Header() http.Header { return w.h }
+
+func (w *responseWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+}
+
+func (w *responseWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.body.Write(p)
+}
