@@ -74,6 +74,19 @@ func (s *Set) Evaluate(flagKey string, ctx map[string]any) Result {
 	return f.outcome(out)
 }
 
+// ContextFree evaluates a flag whose answer cannot depend on the
+// evaluation context — missing, DISABLED, without targeting, or whose
+// targeting cannot run — and reports true; for any other flag it returns
+// false and the caller must Evaluate with the request's context. The
+// router skips building a context per request for such flags.
+func (s *Set) ContextFree(flagKey string) (Result, bool) {
+	f, ok := s.flags[flagKey]
+	if ok && f.state != StateDisabled && f.targeted && f.parseErr == "" {
+		return Result{}, false
+	}
+	return s.Evaluate(flagKey, nil), true
+}
+
 // outcome is the result of targeting that returned out, as flagd reads it:
 // null is the default variant (DEFAULT), anything else names a variant by
 // its text, and a name that is not a variant is an ERROR (GENERAL).

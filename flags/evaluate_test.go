@@ -1,6 +1,7 @@
 package flags
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -267,5 +268,46 @@ func TestRefSubstitution(t *testing.T) {
 	f, _ := s.Flag("f")
 	if strings.Contains(string(f.Targeting), "$ref") {
 		t.Errorf("Flag().Targeting still has the $ref: %s", f.Targeting)
+	}
+}
+
+// TestReads: the attributes a flag's targeting can read, so a caller may
+// leave the others out of the context without changing any answer.
+func TestReads(t *testing.T) {
+	file := `{"flags": {
+	  "plain":   {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a"},
+	  "email":   {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a", "targeting": {"if": [{"$ref": "staff"}, "b", null]}},
+	  "header":  {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a", "targeting": {"if": [{"==": [{"var": ["headers.x-beta", "no"]}, "yes"]}, "b", null]}},
+	  "frac":    {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a", "targeting": {"fractional": [["a", 50], ["b", 50]]}},
+	  "dynamic": {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a", "targeting": {"if": [{"var": {"cat": ["head", "ers"]}}, "b", null]}},
+	  "missing": {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a", "targeting": {"if": [{"missing": ["region"]}, "b", null]}}
+	}, "$evaluators": {"staff": {"ends_with": [{"var": "email"}, "@pilotlight.dev"]}}}`
+	s, err := Parse([]byte(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		flag, attr string
+		want       bool
+	}{
+		{"plain", "headers", false}, {"email", "email", true}, {"email", "headers", false},
+		{"header", "headers", true}, {"header", "email", false}, {"frac", "headers", false},
+		{"dynamic", "headers", true}, {"missing", "headers", true}, {"absent", "headers", false},
+	} {
+		if got := s.Reads(c.flag, c.attr); got != c.want {
+			t.Errorf("Reads(%s, %s) = %v, want %v", c.flag, c.attr, got, c.want)
+		}
+	}
+	// Leaving out what a flag does not read changes nothing: same answer
+	// with and without the unread attribute, for many keys.
+	for i := 0; i < 200; i++ {
+		key := fmt.Sprintf("user-%d", i)
+		with := map[string]any{"targetingKey": key, "email": "x@example.com", "headers": map[string]any{"x-beta": "yes"}}
+		without := map[string]any{"targetingKey": key, "email": "x@example.com"}
+		for _, f := range []string{"email", "frac"} {
+			if a, b := s.Evaluate(f, with), s.Evaluate(f, without); a.Variant != b.Variant || a.Reason != b.Reason {
+				t.Fatalf("%s for %s: %v with headers, %v without", f, key, a, b)
+			}
+		}
 	}
 }

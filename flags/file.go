@@ -107,11 +107,63 @@ type flag struct {
 	hasDefault bool
 	targeting  any  // $ref resolved
 	targeted   bool // the flag has targeting other than {} (even null: flagd evaluates it)
+	// reads are the top-level context attributes the targeting reads with
+	// var; readsAll when a var path is computed, empty or an index.
+	reads    map[string]bool
+	readsAll bool
 	// parseErr is set when flagd could not run the targeting at all (a $ref
 	// it could not substitute): every evaluation is ERROR / PARSE_ERROR.
 	parseErr string
 	metadata map[string]any
 	raw      Flag
+}
+
+// Reads reports whether evaluating the flag can read the context
+// attribute name (a top-level key: "headers" for {"var": "headers.x-a"}):
+// false for flags without targeting, true when a var path is computed.
+// A caller may leave out of the context what no flag it evaluates reads.
+func (s *Set) Reads(flagKey, name string) bool {
+	f, ok := s.flags[flagKey]
+	return ok && f.targeted && (f.readsAll || f.reads[name])
+}
+
+// attributesRead adds to names the top-level attributes rule reads with
+// var (and missing, missing_some), and reports true when it cannot tell
+// (a computed, empty or numeric path).
+func attributesRead(rule any, names map[string]bool) (all bool) {
+	switch n := rule.(type) {
+	case map[string]any:
+		for op, args := range n {
+			switch op {
+			case "var":
+				path := args
+				if list, ok := args.([]any); ok {
+					if len(list) == 0 {
+						return true
+					}
+					path = list[0]
+					for _, d := range list[1:] { // the default may itself be a rule
+						all = attributesRead(d, names) || all
+					}
+				}
+				p, ok := path.(string)
+				if !ok || p == "" {
+					return true
+				}
+				top, _, _ := strings.Cut(p, ".")
+				names[top] = true
+			case "missing", "missing_some":
+				return true
+			default:
+				all = attributesRead(args, names) || all
+			}
+		}
+	case []any:
+		for _, a := range n {
+			all = attributesRead(a, names) || all
+		}
+	}
+	return all
 }
 
 // Version identifies the Set's content: the hex SHA-256 of the file's bytes.
@@ -413,6 +465,8 @@ func (v *validator) flag(path, key string, node any, setMeta map[string]any, inA
 			resolved := v.resolveRefs(tp, t, nil)
 			v.logic(tp, resolved, f, true)
 			f.targeting, f.targeted, f.parseErr = resolved, true, v.unresolved
+			f.reads = map[string]bool{}
+			f.readsAll = attributesRead(resolved, f.reads)
 		}
 	}
 	if v.errorsSince(before) {

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/open-feature/go-sdk/openfeature"
+	"github.com/valyala/fasthttp"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pilotlight/pilotlight/flags"
@@ -30,6 +31,7 @@ type FlagPicker struct {
 	watcher   *flags.Watcher
 	client    *openfeature.Client
 	fallbacks *prometheus.CounterVec
+	hooked    atomic.Bool // an OpenFeature hook watches every evaluation (tracing)
 }
 
 var pickerDomains atomic.Int64
@@ -51,30 +53,56 @@ func NewFlagPicker(w *flags.Watcher, _ string, reg prometheus.Registerer) (*Flag
 	return p, nil
 }
 
-func attributes(fn *functions.Manifest, r *http.Request) map[string]any {
-	headers := make(map[string]any, len(r.Header))
-	for k, vs := range r.Header {
-		lk := strings.ToLower(k)
-		if len(vs) > 0 && !secretHeaders[lk] {
-			headers[lk] = vs[0]
-		}
+// attributes is the evaluation context's attributes; "headers" only when
+// the flag's targeting reads it (building it copies every header).
+func attributes(fn *functions.Manifest, r requestView, set *flags.Set) map[string]any {
+	attrs := map[string]any{"function": fn.Name}
+	if set.Reads(fn.Flag, "headers") {
+		headers := map[string]any{}
+		r.eachHeader(func(k, v string) {
+			if lk := strings.ToLower(k); !secretHeaders[lk] {
+				headers[lk] = v
+			}
+		})
+		attrs["headers"] = headers
 	}
-	attrs := map[string]any{"function": fn.Name, "headers": headers}
-	if v := r.Header.Get("X-User-Email"); v != "" {
+	if v := r.header("X-User-Email"); v != "" {
 		attrs["email"] = v
 	}
-	if v := r.Header.Get("X-Region"); v != "" {
+	if v := r.header("X-Region"); v != "" {
 		attrs["region"] = v
 	}
 	return attrs
 }
 
-// Pick implements Picker: the flag is evaluated through the OpenFeature SDK
-// and its value mapped to a revision by flags' one rule (ServingRevision).
+// Pick implements Picker: the flag is evaluated through OpenFeature and
+// its value mapped to a revision by flags' one rule (ServingRevision).
 func (p *FlagPicker) Pick(fn *functions.Manifest, r *http.Request, body []byte) (string, error) {
-	key, _ := TargetingKey(r, body)
-	d, _ := p.client.StringValueDetails(context.WithoutCancel(r.Context()), fn.Flag, "", openfeature.NewEvaluationContext(key, attributes(fn, r)))
-	rev, _, fellBack := p.watcher.Set().ServingRevision(fn, d.Value)
+	return p.pick(r.Context(), fn, httpView{r}, body), nil
+}
+
+// PickFast is Pick for the fast path's request, read in place.
+func (p *FlagPicker) PickFast(ctx context.Context, fn *functions.Manifest, h *fasthttp.RequestHeader, body []byte) string {
+	return p.pick(ctx, fn, fastView{h}, body)
+}
+
+func (p *FlagPicker) pick(ctx context.Context, fn *functions.Manifest, r requestView, body []byte) string {
+	key, _ := targetingKey(r, body)
+	set := p.watcher.Set()
+	attrs := attributes(fn, r, set)
+	var d openfeature.StringEvaluationDetails
+	if p.hooked.Load() {
+		// Hooks (the tracing span) see every evaluation through the SDK.
+		d, _ = p.client.StringValueDetails(context.WithoutCancel(ctx), fn.Flag, "", openfeature.NewEvaluationContext(key, attrs))
+	} else {
+		// No hook to run: ask the provider the SDK would ask, with the
+		// flattened context the SDK would give it (targetingKey plus the
+		// attributes; no API or client context is ever set here).
+		attrs[openfeature.TargetingKey] = key
+		res := p.watcher.Provider().StringEvaluation(ctx, fn.Flag, "", attrs)
+		d.Value, d.Reason, d.ErrorCode = res.Value, res.Reason, res.ResolutionDetail().ErrorCode
+	}
+	rev, _, fellBack := set.ServingRevision(fn, d.Value)
 	switch {
 	case fellBack:
 		p.fallbacks.WithLabelValues(fn.Name, "unknown_revision").Inc()
@@ -85,7 +113,39 @@ func (p *FlagPicker) Pick(fn *functions.Manifest, r *http.Request, body []byte) 
 		}
 		p.fallbacks.WithLabelValues(fn.Name, strings.ToLower(reason)).Inc()
 	}
-	return rev, nil
+	return rev
+}
+
+// PickContextFree implements ContextFreePicker: when the function's flag
+// cannot depend on the request (flags.Set.ContextFree), the revision comes
+// from the flag file alone, with the fallbacks Pick would count, and no
+// evaluation context is built. With tracing on every evaluation goes
+// through OpenFeature (its hook puts the result on the request's span).
+func (p *FlagPicker) PickContextFree(fn *functions.Manifest) (string, bool) {
+	if p.hooked.Load() {
+		return "", false
+	}
+	set := p.watcher.Set()
+	r, ok := set.ContextFree(fn.Flag)
+	if !ok {
+		return "", false
+	}
+	value, isString := r.Value.(string)
+	if r.Value != nil && !isString {
+		return "", false // a type mismatch: leave its reporting to OpenFeature
+	}
+	rev, _, fellBack := set.ServingRevision(fn, value)
+	switch {
+	case fellBack:
+		p.fallbacks.WithLabelValues(fn.Name, "unknown_revision").Inc()
+	case value == "":
+		reason := r.Reason
+		if r.ErrorCode != "" {
+			reason = r.ErrorCode
+		}
+		p.fallbacks.WithLabelValues(fn.Name, strings.ToLower(reason)).Inc()
+	}
+	return rev, true
 }
 
 // Weights implements Picker: the split for requests no targeting rule

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -95,9 +96,31 @@ func TestOneRevisionRuleLocalAndKnative(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			picker, err := router.NewFlagPicker(w, path, prometheus.NewRegistry())
+			reg := prometheus.NewRegistry()
+			picker, err := router.NewFlagPicker(w, path, reg)
 			if err != nil {
 				t.Fatal(err)
+			}
+			// The context-free shortcut answers exactly the flags whose answer
+			// cannot depend on the request, with the revision and the fallback
+			// count a full OpenFeature evaluation gives.
+			fullFallbacks := fallbackCounts(t, reg)
+			req := httptest.NewRequest("POST", "/functions/demo", strings.NewReader("{}"))
+			full, _ := picker.Pick(m, req, nil)
+			afterFull := fallbackCounts(t, reg)
+			fast, ok := picker.PickContextFree(m)
+			afterFast := fallbackCounts(t, reg)
+			wantFree := tt.state == "flag missing" || tt.state == "DISABLED" || strings.HasPrefix(tt.state, "static") || strings.HasPrefix(tt.state, "PARSE_ERROR")
+			if ok != wantFree {
+				t.Errorf("PickContextFree answered %v, want %v for a %s flag", ok, wantFree, tt.state)
+			}
+			if ok {
+				if fast != full {
+					t.Errorf("PickContextFree %s, OpenFeature evaluation %s", fast, full)
+				}
+				if d1, d2 := diff(fullFallbacks, afterFull), diff(afterFull, afterFast); d1 != d2 {
+					t.Errorf("fallbacks counted by the evaluation %q, by the shortcut %q", d1, d2)
+				}
 			}
 			const users = 4000
 			count := map[string]int{}
@@ -161,4 +184,35 @@ func asInt(split map[string]int64, like map[string]int) map[string]int {
 		out[k] = int(v)
 	}
 	return out
+}
+
+// fallbackCounts reads pilotlight_flags_fallback_total by its labels.
+func fallbackCounts(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "pilotlight_flags_fallback_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			out[fmt.Sprint(m.GetLabel())] = m.GetCounter().GetValue()
+		}
+	}
+	return out
+}
+
+// diff names the series that grew from a to b, and by how much.
+func diff(a, b map[string]float64) string {
+	var out []string
+	for k, v := range b {
+		if v != a[k] {
+			out = append(out, fmt.Sprintf("%s+%g", k, v-a[k]))
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
 }

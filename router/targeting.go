@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
+
+	"github.com/valyala/fasthttp"
 )
 
 // Where a request's targeting key comes from, in order. A user keeps the
@@ -24,11 +26,15 @@ var bodyKeyFields = []string{"user_id", "card_id"}
 // none, it returns a fresh random key (random is true): such a request is
 // split by the flag's weights but is not sticky.
 func TargetingKey(r *http.Request, body []byte) (key string, random bool) {
-	if v := strings.TrimSpace(r.Header.Get(UserIDHeader)); v != "" {
+	return targetingKey(httpView{r}, body)
+}
+
+func targetingKey(r requestView, body []byte) (key string, random bool) {
+	if v := strings.TrimSpace(r.header(UserIDHeader)); v != "" {
 		return v, false
 	}
-	if c, err := r.Cookie(UserCookie); err == nil && c.Value != "" {
-		return c.Value, false
+	if v := r.cookie(UserCookie); v != "" {
+		return v, false
 	}
 	if k := bodyKey(body); k != "" {
 		return k, false
@@ -38,6 +44,51 @@ func TargetingKey(r *http.Request, body []byte) (key string, random bool) {
 	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
 	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
 	return hex.EncodeToString(b[:]), true
+}
+
+// requestView is what targeting reads of a request, on either front door:
+// net/http's request (HTTP/2, tests) or the fast path's fasthttp header,
+// which is read in place rather than copied into a net/http request.
+type requestView interface {
+	header(name string) string // first value, "" when absent
+	cookie(name string) string
+	eachHeader(f func(name, value string)) // every header once, first value
+}
+
+type httpView struct{ r *http.Request }
+
+func (v httpView) header(name string) string { return v.r.Header.Get(name) }
+
+func (v httpView) cookie(name string) string {
+	if c, err := v.r.Cookie(name); err == nil {
+		return c.Value
+	}
+	return ""
+}
+
+func (v httpView) eachHeader(f func(name, value string)) {
+	for k, vs := range v.r.Header {
+		if len(vs) > 0 {
+			f(k, vs[0])
+		}
+	}
+}
+
+type fastView struct{ h *fasthttp.RequestHeader }
+
+func (v fastView) header(name string) string { return string(v.h.Peek(name)) }
+
+func (v fastView) cookie(name string) string { return string(v.h.Cookie(name)) }
+
+func (v fastView) eachHeader(f func(name, value string)) {
+	seen := make(map[string]bool, 8)
+	for k, val := range v.h.All() {
+		name := http.CanonicalHeaderKey(string(k))
+		if !seen[name] {
+			seen[name] = true
+			f(name, string(val))
+		}
+	}
 }
 
 // bodyKey reads the top-level user_id or card_id of a JSON object in one

@@ -109,6 +109,7 @@ func newTracing(cfg Config) *tracing {
 	tr.timelines, _ = cfg.Backend.(TimelineSource)
 	if fp, ok := cfg.Picker.(*FlagPicker); ok {
 		fp.client.AddHooks(flagSpanHook{})
+		fp.hooked.Store(true)
 	}
 	return tr
 }
