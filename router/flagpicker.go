@@ -8,8 +8,8 @@ import (
 	"sync/atomic"
 
 	"github.com/open-feature/go-sdk/openfeature"
-	"github.com/valyala/fasthttp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
