@@ -18,14 +18,15 @@ import (
 func newBenchCmd() *cobra.Command {
 	var (
 		fnDir, fnRoot string
+		flagsFile     string
 		duration      time.Duration
 		coldStarts    int
 		verbose       bool
 	)
 	cmd := &cobra.Command{
-		Use:       "bench [instance|coldstart|hop|grpc|step|memory|ebpf|all]...",
+		Use:       "bench [instance|coldstart|hop|platform|grpc|step|memory|ebpf|all]...",
 		Short:     "Measure the platform on loopback and print Markdown tables (make bench)",
-		ValidArgs: []string{"instance", "coldstart", "hop", "grpc", "step", "memory", "ebpf", "all"},
+		ValidArgs: []string{"instance", "coldstart", "hop", "platform", "grpc", "step", "memory", "ebpf", "all"},
 		Args:      cobra.OnlyValidArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := os.Executable()
@@ -42,7 +43,7 @@ func newBenchCmd() *cobra.Command {
 			if verbose {
 				logTo = os.Stderr
 			}
-			env := bench.Env{Bin: bin, Function: fnDir, Duration: duration, Log: logTo}
+			env := bench.Env{Bin: bin, Function: fnDir, Duration: duration, Log: logTo, FlagsFile: flagsFile}
 			ctx := cmd.Context()
 			out := cmd.OutOrStdout()
 			want := map[string]bool{}
@@ -74,6 +75,7 @@ func newBenchCmd() *cobra.Command {
 					return bench.ColdStart(ctx, env, 0, coldStarts, "--runtime-bin", bin)
 				}},
 				{"hop", "Router hop", func(ctx context.Context) ([]bench.Row, error) { return bench.Hop(ctx, env) }},
+				{"platform", "Through the platform (make run's flag file)", func(ctx context.Context) ([]bench.Row, error) { return bench.Platform(ctx, env) }},
 				{"grpc", "V2 over gRPC vs REST, direct and through the router (same run)", func(ctx context.Context) ([]bench.Row, error) { return bench.GRPC(ctx, env) }},
 				{"step", "Load step", func(ctx context.Context) ([]bench.Row, error) { return bench.Step(ctx, env) }},
 				{"memory", "Memory", func(ctx context.Context) ([]bench.Row, error) { return bench.Memory(ctx, env, fnRoot) }},
@@ -95,6 +97,7 @@ func newBenchCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&fnDir, "function", "functions/fraud", "function directory to benchmark")
 	f.StringVar(&fnRoot, "functions", "functions", "functions root for the memory figure (every function at zero)")
+	f.StringVar(&flagsFile, "flags-file", "config/flags/flags.json", "flag file the platform figure serves")
 	f.DurationVar(&duration, "duration", 5*time.Second, "length of each load")
 	f.IntVar(&coldStarts, "cold-starts", 20, "scale-from-zero cycles per source")
 	f.BoolVar(&verbose, "v", false, "show the processes' logs")

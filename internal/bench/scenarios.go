@@ -50,6 +50,8 @@ type Env struct {
 	Function string // function directory to benchmark (e.g. functions/fraud)
 	Duration time.Duration
 	Log      io.Writer // child processes' stderr
+	// FlagsFile is the flag file the platform figure serves (make run's).
+	FlagsFile string
 }
 
 // manifest loads the function under test.
