@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,30 +29,45 @@ type Pool struct {
 
 // New creates size sessions for the model at path and warms each with one
 // inference of zeros (dynamic dimensions set to 1), so the first real request
-// pays no lazy initialisation.
+// pays no lazy initialisation. The sessions are created and warmed at the
+// same time, each on its own thread: a cold start waits for the slowest
+// one, not for their sum.
 func New(ctx context.Context, path string, size int, opts ort.Options) (*Pool, error) {
 	if size < 1 {
 		return nil, fmt.Errorf("session pool size %d: must be >= 1", size)
 	}
-	p := &Pool{free: make(chan *ort.Session, size)}
-	for i := 0; i < size; i++ {
-		if err := ctx.Err(); err != nil {
-			p.destroy()
-			return nil, err
-		}
-		s, err := ort.NewSession(path, opts)
+	p := &Pool{free: make(chan *ort.Session, size), all: make([]*ort.Session, size)}
+	errs := make([]error, size)
+	var wg sync.WaitGroup
+	for i := range size {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := ctx.Err(); err != nil {
+				errs[i] = err
+				return
+			}
+			s, err := ort.NewSession(path, opts)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			p.all[i] = s
+			if _, err := s.Run(WarmupInputs(s.Inputs())); err != nil {
+				errs[i] = fmt.Errorf("warm-up inference on session %d of %s: %w", i, path, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs { // the first failure by session order, whichever finished first
 		if err != nil {
 			p.destroy()
 			return nil, err
 		}
-		p.all = append(p.all, s)
-		if i == 0 {
-			p.inputs, p.outputs, p.Provider, p.Fallback = s.Inputs(), s.Outputs(), s.Provider, s.Fallback
-		}
-		if _, err := s.Run(WarmupInputs(p.inputs)); err != nil {
-			p.destroy()
-			return nil, fmt.Errorf("warm-up inference on session %d of %s: %w", i, path, err)
-		}
+	}
+	first := p.all[0]
+	p.inputs, p.outputs, p.Provider, p.Fallback = first.Inputs(), first.Outputs(), first.Provider, first.Fallback
+	for _, s := range p.all {
 		p.free <- s
 	}
 	return p, nil
@@ -131,7 +147,9 @@ func (p *Pool) Close() error {
 func (p *Pool) destroy() error {
 	var errs []error
 	for _, s := range p.all {
-		errs = append(errs, s.Close())
+		if s != nil { // a session that failed to be created
+			errs = append(errs, s.Close())
+		}
 	}
 	p.all = nil
 	return errors.Join(errs...)
