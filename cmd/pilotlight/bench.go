@@ -19,6 +19,7 @@ func newBenchCmd() *cobra.Command {
 	var (
 		fnDir, fnRoot string
 		flagsFile     string
+		serveArgs     []string
 		duration      time.Duration
 		coldStarts    int
 		verbose       bool
@@ -43,7 +44,7 @@ func newBenchCmd() *cobra.Command {
 			if verbose {
 				logTo = os.Stderr
 			}
-			env := bench.Env{Bin: bin, Function: fnDir, Duration: duration, Log: logTo, FlagsFile: flagsFile}
+			env := bench.Env{Bin: bin, Function: fnDir, Duration: duration, Log: logTo, FlagsFile: flagsFile, ServeArgs: serveArgs}
 			ctx := cmd.Context()
 			out := cmd.OutOrStdout()
 			want := map[string]bool{}
@@ -97,6 +98,7 @@ func newBenchCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&fnDir, "function", "functions/fraud", "function directory to benchmark")
 	f.StringVar(&fnRoot, "functions", "functions", "functions root for the memory figure (every function at zero)")
+	f.StringArrayVar(&serveArgs, "serve-arg", nil, "an extra serve argument for the one-instance figures (hop, ebpf), e.g. --serve-arg=--instance-http to reach the instance over HTTP instead of its framed socket")
 	f.StringVar(&flagsFile, "flags-file", "config/flags/flags.json", "flag file the platform figure serves")
 	f.DurationVar(&duration, "duration", 5*time.Second, "length of each load")
 	f.IntVar(&coldStarts, "cold-starts", 20, "scale-from-zero cycles per source")

@@ -52,6 +52,9 @@ type Env struct {
 	Log      io.Writer // child processes' stderr
 	// FlagsFile is the flag file the platform figure serves (make run's).
 	FlagsFile string
+	// ServeArgs are added to serve's arguments where one instance is
+	// measured through the router (hop, ebpf), e.g. --instance-http.
+	ServeArgs []string
 }
 
 // manifest loads the function under test.
@@ -325,7 +328,7 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 		defer p.stop()
 		paths = append(paths, &hopPath{name: fmt.Sprint(strings.Replace(p.name, name, name+" "+peerVersion(name), 1)), url: "http://" + p.addr + path})
 	}
-	router := &hopPath{name: "pilotlight serve (--flags \"\")", url: base + path}
+	router := &hopPath{name: strings.Join(append([]string{`pilotlight serve (--flags "")`}, e.ServeArgs...), " "), url: base + path}
 	paths = append(paths, router)
 	bodyFn := func(int, int) []byte { return body }
 	for _, p := range paths {
@@ -553,7 +556,7 @@ func (e Env) oneInstance() (*oneInstance, error) {
 		return nil, err
 	}
 	// No flags: every call goes to the stable revision, the one instance measured both ways.
-	s, base, body, err := e.serveWithBody([]string{"--functions", root, "--pool-size", "0", "--flags", ""}, m)
+	s, base, body, err := e.serveWithBody(append([]string{"--functions", root, "--pool-size", "0", "--flags", ""}, e.ServeArgs...), m)
 	if err != nil {
 		os.RemoveAll(root)
 		return nil, err
