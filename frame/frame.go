@@ -42,6 +42,7 @@ type Request struct {
 	Method, URI []byte
 	Headers     []Header
 	Body        []byte
+	length      [4]byte // scratch: a heap field, so reading into it allocates nothing
 }
 
 // Encoder writes frames into a reusable buffer.
@@ -82,6 +83,17 @@ func (e *Encoder) Header(name, value []byte) {
 	binary.LittleEndian.PutUint16(e.b[e.countAt:], n+1)
 }
 
+// Head sets the length for a body of n bytes and returns the frame without
+// it, for a caller that writes the body itself (a large body is not
+// copied); it is valid until the next Start*.
+func (e *Encoder) Head(n int) ([]byte, error) {
+	if uint64(len(e.b)-4+n) > 1<<32-1 {
+		return nil, ErrTooLarge
+	}
+	binary.LittleEndian.PutUint32(e.b, uint32(len(e.b)-4+n))
+	return e.b, nil
+}
+
 // Finish appends the body, sets the length and returns the frame; it is
 // valid until the next Start*.
 func (e *Encoder) Finish(body []byte) ([]byte, error) {
@@ -99,7 +111,7 @@ func Valid(method, uri int) bool { return method < 256 && uri < 1<<16 }
 // ReadRequest reads one request frame of at most limit bytes into *buf
 // (grown as needed) and decodes it.
 func ReadRequest(r *bufio.Reader, buf *[]byte, limit int, req *Request) error {
-	b, err := readFrame(r, buf, limit)
+	b, err := readFrame(r, req.length[:], buf, limit)
 	if err != nil {
 		return err
 	}
@@ -120,17 +132,22 @@ type ResponseHead struct {
 	Status  int
 	Headers []Header
 	Body    int
+	spans   []span  // scratch, kept between reads
+	fixed   [8]byte // scratch: a heap field, so reading into it allocates nothing
 }
+
+// span locates one header's name and value in the read buffer.
+type span struct{ k, v, end int }
 
 // ReadResponseHead reads a response frame's status and headers (at most
 // limit bytes of them) into *buf, leaving the body on r for the caller to
 // read whole or stream.
 func ReadResponseHead(r *bufio.Reader, buf *[]byte, limit int, h *ResponseHead) error {
-	var fixed [8]byte
-	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+	fixed := h.fixed[:]
+	if _, err := io.ReadFull(r, fixed); err != nil {
 		return err // io.EOF before a frame: the peer closed
 	}
-	n := int(binary.LittleEndian.Uint32(fixed[:])) - 4
+	n := int(binary.LittleEndian.Uint32(fixed)) - 4
 	if n < 0 {
 		return errors.New("frame: response frame too short")
 	}
@@ -138,9 +155,7 @@ func ReadResponseHead(r *bufio.Reader, buf *[]byte, limit int, h *ResponseHead) 
 	count := int(binary.LittleEndian.Uint16(fixed[6:]))
 	// Read the header block field by field into b, then slice it.
 	b := (*buf)[:0]
-	type span struct{ k, v, end int }
-	var spans [16]span
-	sp := spans[:0]
+	sp := h.spans[:0]
 	var err error
 	for i := 0; i < count; i++ {
 		if b, err = appendN(r, b, 2, limit); err != nil {
@@ -157,7 +172,7 @@ func ReadResponseHead(r *bufio.Reader, buf *[]byte, limit int, h *ResponseHead) 
 		}
 		sp = append(sp, span{k: kStart, v: len(b) - v, end: len(b)})
 	}
-	*buf = b
+	*buf, h.spans = b, sp
 	h.Headers = h.Headers[:0]
 	for _, s := range sp {
 		h.Headers = append(h.Headers, Header{Name: b[s.k : s.v-4 : s.v-4], Value: b[s.v:s.end:s.end]})
@@ -182,12 +197,11 @@ func WriteResponse(w *bufio.Writer, e *Encoder, status int, headers func(add fun
 	return w.Flush()
 }
 
-func readFrame(r *bufio.Reader, buf *[]byte, limit int) ([]byte, error) {
-	var lb [4]byte
-	if _, err := io.ReadFull(r, lb[:]); err != nil {
+func readFrame(r *bufio.Reader, lb []byte, buf *[]byte, limit int) ([]byte, error) {
+	if _, err := io.ReadFull(r, lb); err != nil {
 		return nil, err // io.EOF between frames: the peer closed
 	}
-	n := int(binary.LittleEndian.Uint32(lb[:]))
+	n := int(binary.LittleEndian.Uint32(lb))
 	if n > limit {
 		return nil, fmt.Errorf("%w (%d > %d bytes)", ErrTooLarge, n, limit)
 	}

@@ -17,11 +17,20 @@ func TestRequestRoundTrip(t *testing.T) {
 		e.StartRequest([]byte("POST"), []byte("/v2/models/fraud/infer?x=1"))
 		e.Header([]byte("Content-Type"), []byte("application/json"))
 		e.Header([]byte("Traceparent"), []byte(strings.Repeat("0", i)))
-		f, err := e.Finish(body)
-		if err != nil {
-			t.Fatal(err)
+		if i%2 == 0 {
+			f, err := e.Finish(body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stream.Write(f)
+		} else { // the head, then the body written by the caller
+			h, err := e.Head(len(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			stream.Write(h)
+			stream.Write(body)
 		}
-		stream.Write(f)
 	}
 	r := bufio.NewReader(&stream)
 	var buf []byte

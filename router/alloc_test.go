@@ -7,12 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strconv"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
+	"github.com/pilotlight/pilotlight/frame"
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
 )
@@ -66,21 +68,68 @@ func cannedUpstream(b *testing.B) string {
 	return "http://" + ln.Addr().String()
 }
 
+// cannedFrameUpstream is cannedUpstream over a framed Unix socket.
+func cannedFrameUpstream(b *testing.B) string {
+	sock := filepath.Join(b.TempDir(), "canned.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	var enc frame.Encoder
+	enc.StartResponse(200)
+	enc.Header([]byte("Content-Type"), []byte("application/json"))
+	resp, _ := enc.Finish([]byte(`{"ok":true}`))
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReaderSize(c, 64<<10)
+				var buf []byte
+				var req frame.Request
+				for {
+					if err := frame.ReadRequest(r, &buf, 2<<20, &req); err != nil {
+						return
+					}
+					if _, err := c.Write(resp); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return sock
+}
+
 type staticBackend struct{ t Target }
 
 func (s staticBackend) Acquire(context.Context, string, string) (Target, error) { return s.t, nil }
 
 // BenchmarkProxyAllocs reports the router's allocations per proxied
-// request (the handler called in process, the upstream a canned server,
+// request (the handler called in process, the upstream a canned server
+// over HTTP or over a framed socket,
 // the per-function concurrency cap on as serve has it; no flag file);
 // the body sizes show whether anything grows with the body.
 func BenchmarkProxyAllocs(b *testing.B) {
-	for _, size := range []int{200, 64 << 10, 512 << 10} {
-		b.Run(fmt.Sprintf("body=%d", size), func(b *testing.B) {
-			base := cannedUpstream(b)
+	for _, c := range []struct {
+		transport string
+		size      int
+	}{{"http", 200}, {"http", 64 << 10}, {"http", 512 << 10}, {"frames", 200}, {"frames", 64 << 10}, {"frames", 512 << 10}} {
+		size := c.size
+		b.Run(fmt.Sprintf("%s/body=%d", c.transport, size), func(b *testing.B) {
+			target := Target{BaseURL: "http://127.0.0.1:1", Release: func(bool) {}}
+			if c.transport == "frames" {
+				target.Socket = cannedFrameUpstream(b)
+			} else {
+				target.BaseURL = cannedUpstream(b)
+			}
 			fn := &functions.Manifest{Name: "echo", Handler: "tensor", Revisions: []functions.Revision{{Name: "echo-00001"}},
 				Runtime: functions.Runtime{MaxBodyBytes: 1 << 20}}
-			rt, err := New(Config{Functions: []*functions.Manifest{fn}, Backend: staticBackend{Target{BaseURL: base, Release: func(bool) {}}},
+			rt, err := New(Config{Functions: []*functions.Manifest{fn}, Backend: staticBackend{target},
 				Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 				Concurrency: ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{})}) // as serve has it
 			if err != nil {

@@ -25,7 +25,8 @@ type frameConn struct {
 	c        net.Conn
 	sock     string
 	br       *bufio.Reader
-	bw       *bufio.Writer
+	vec      [2][]byte   // a request frame's head and body, written at once
+	bufs     net.Buffers // over vec (a field, so writing it allocates nothing)
 	enc      frame.Encoder
 	buf      []byte
 	head     frame.ResponseHead
@@ -65,7 +66,7 @@ func (p *framePool) get(sock string) (*frameConn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &frameConn{c: c, sock: sock, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}, false, nil
+	return &frameConn{c: c, sock: sock, br: bufio.NewReaderSize(c, 16<<10)}, false, nil
 }
 
 // put keeps c for the next request when its answer was read to the end.
@@ -159,14 +160,15 @@ func (c *frameConn) exchange(x *exchange, deadline time.Time) error {
 		}
 		c.enc.Header(k, v)
 	}
-	f, err := c.enc.Finish(x.out.Body())
+	body := x.out.Body()
+	head, err := c.enc.Head(len(body))
 	if err != nil {
 		return err
 	}
-	if _, err := c.bw.Write(f); err != nil {
-		return err
-	}
-	if err := c.bw.Flush(); err != nil {
+	// One writev of the head and the body: the body is not copied.
+	c.vec[0], c.vec[1] = head, body
+	c.bufs = c.vec[:]
+	if _, err := c.bufs.WriteTo(c.c); err != nil {
 		return err
 	}
 	if err := frame.ReadResponseHead(c.br, &c.buf, frameHeadLimit, &c.head); err != nil {
