@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
@@ -189,7 +188,7 @@ func TestFlagSplitsUsersStickilyThroughThePlatform(t *testing.T) {
 	if got := revisionFor(t, client, url, map[string]string{"X-User-ID": "user-1", "X-Region": "atlantis"}); got != "demo-00001" {
 		t.Errorf("a variant naming a missing revision: served by %s, want the default variant's demo-00001", got)
 	}
-	if n := testutil.ToFloat64(p.pickFallbacks("demo", "unknown_revision")); n != 1 {
+	if n := testbin.Metric(t, p.reg, "pilotlight_flags_fallback_total", map[string]string{"function": "demo", "reason": "unknown_revision"}); n != 1 {
 		t.Errorf("fallbacks counted %v, want 1", n)
 	}
 	// An invalid change is refused and the last good flags stay; so does a deleted file.
@@ -229,7 +228,7 @@ func TestFlagSplitsUsersStickilyThroughThePlatform(t *testing.T) {
 // reloads reads pilotlight_flags_reload_total{result}.
 func (p *flagPlatform) reloads(t *testing.T, result string) float64 {
 	t.Helper()
-	return metricValue(t, p.reg, "pilotlight_flags_reload_total", map[string]string{"result": result})
+	return testbin.Metric(t, p.reg, "pilotlight_flags_reload_total", map[string]string{"result": result})
 }
 
 // rewrite writes doc to path in place and waits (bounded) until the watcher
@@ -251,29 +250,4 @@ func (p *flagPlatform) remove(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the watcher to see the flag file gone", func() bool { return p.reloads(t, flags.ReloadMissing) > before })
-}
-
-func (p *flagPlatform) pickFallbacks(fn, reason string) prometheus.Collector {
-	mfs, _ := p.reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() != "pilotlight_flags_fallback_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var f, r string
-			for _, l := range m.GetLabel() {
-				switch l.GetName() {
-				case "function":
-					f = l.GetValue()
-				case "reason":
-					r = l.GetValue()
-				}
-			}
-			if f == fn && r == reason {
-				v := m.GetCounter().GetValue()
-				return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "v", Help: "v"}, func() float64 { return v })
-			}
-		}
-	}
-	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "v", Help: "v"}, func() float64 { return 0 })
 }

@@ -205,14 +205,14 @@ func TestGatesRollBackAnInvertedFraudModel(t *testing.T) {
 			t.Fatalf("a client got %d from %q: only the serving revision answers clients", s.status, s.revision)
 		}
 	}
-	if v := metricValue(t, p.reg, "pilotlight_rollout_decisions_total", map[string]string{"function": "fraud", "verdict": "rollback", "check": "agreement"}); v != 1 {
+	if v := testbin.Metric(t, p.reg, "pilotlight_rollout_decisions_total", map[string]string{"function": "fraud", "verdict": "rollback", "check": "agreement"}); v != 1 {
 		t.Errorf("pilotlight_rollout_decisions_total{rollback,agreement} = %v", v)
 	}
 	// The candidate scaled from zero for shadow traffic alone (a cold start, counted like any).
-	if v := metricValue(t, p.reg, "pilotlight_shadow_requests_total", map[string]string{"function": "fraud", "revision": "fraud-00002", "result": "compared"}); !(v >= 10) {
+	if v := testbin.Metric(t, p.reg, "pilotlight_shadow_requests_total", map[string]string{"function": "fraud", "revision": "fraud-00002", "result": "compared"}); !(v >= 10) {
 		t.Errorf("compared shadow requests %v", v)
 	}
-	if v := metricValue(t, p.reg, "pilotlight_cold_starts_total", map[string]string{"function": "fraud", "revision": "fraud-00002"}); !(v >= 1) {
+	if v := testbin.Metric(t, p.reg, "pilotlight_cold_starts_total", map[string]string{"function": "fraud", "revision": "fraud-00002"}); !(v >= 1) {
 		t.Errorf("candidate cold starts %v, want it started for shadow traffic", v)
 	}
 }

@@ -27,9 +27,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
 )
@@ -92,6 +92,7 @@ func deadAddr(t *testing.T) string {
 }
 
 type fakeRouter struct {
+	t   testing.TB
 	url string
 	reg *prometheus.Registry
 	b   *fakeBackend
@@ -109,38 +110,11 @@ func startFake(t *testing.T, b *fakeBackend, timeout time.Duration, mutate func(
 		t.Fatal(err)
 	}
 	t.Cleanup(rt.Close)
-	return &fakeRouter{url: serveRouter(t, rt), reg: reg, b: b}
+	return &fakeRouter{t: t, url: serveRouter(t, rt), reg: reg, b: b}
 }
 
 func (f *fakeRouter) count(code string) float64 {
-	return testutil.ToFloat64(counterOf(f.reg, "pilotlight_requests_total", map[string]string{"function": "echo", "code": code}))
-}
-
-// counterOf sums a counter family's series whose labels include want.
-func counterOf(reg *prometheus.Registry, name string, want map[string]string) prometheus.Collector {
-	mfs, _ := reg.Gather()
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue series
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "sum"})
-	c.Add(sum)
-	return c
+	return testbin.Metric(f.t, f.reg, "pilotlight_requests_total", map[string]string{"function": "echo", "code": code})
 }
 
 // TestProxyOutcomes is the router's status mapping, table-driven over a

@@ -15,7 +15,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/runtime/server"
 )
@@ -228,7 +228,7 @@ func TestGRPCOnTheRESTPort(t *testing.T) {
 	}
 	_ = stream.CloseSend()
 
-	if got := testutil.ToFloat64(counter(t, reg, "grpc", "200")); got != 2 {
+	if got := testbin.Metric(t, reg, "pilotlight_runtime_requests_total", map[string]string{"route": "grpc", "code": "200"}); got != 2 {
 		t.Errorf("pilotlight_runtime_requests_total{route=grpc,code=200} = %v, want 2", got)
 	}
 }
@@ -237,31 +237,6 @@ func h2cOnly() *http.Protocols {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
 	return &p
-}
-
-// counter is pilotlight_runtime_requests_total for the example function's route and code.
-func counter(t *testing.T, reg *prometheus.Registry, route, code string) prometheus.Collector {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
-	for _, mf := range mfs {
-		if mf.GetName() != "pilotlight_runtime_requests_total" {
-			continue
-		}
-		for _, m := range mf.Metric {
-			labels := map[string]string{}
-			for _, l := range m.Label {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["route"] == route && labels["code"] == code {
-				c.Add(m.Counter.GetValue())
-			}
-		}
-	}
-	return c
 }
 
 // rawBytes sends its bytes as the request message unchanged, so tests can
@@ -376,10 +351,10 @@ func TestGRPCBadInputGivesRESTsMessageWithACode(t *testing.T) {
 	if _, err := c.ModelInfer(ctx, in(nil)); err != nil {
 		t.Fatalf("after bad input: %v", err)
 	}
-	if got := testutil.ToFloat64(counter(t, reg, "grpc", "400")); got < 10 {
+	if got := testbin.Metric(t, reg, "pilotlight_runtime_requests_total", map[string]string{"route": "grpc", "code": "400"}); got < 10 {
 		t.Errorf("refused gRPC calls counted as code 400: %v", got)
 	}
-	if got := testutil.ToFloat64(counter(t, reg, "grpc", "429")); got != 2 {
+	if got := testbin.Metric(t, reg, "pilotlight_runtime_requests_total", map[string]string{"route": "grpc", "code": "429"}); got != 2 {
 		t.Errorf("ResourceExhausted gRPC calls counted as code 429: %v, want 2", got)
 	}
 }
