@@ -3,8 +3,6 @@ package server_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,28 +13,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/runtime/server"
 	"github.com/pilotlight/pilotlight/telemetry"
 )
-
-type consoleSpan struct {
-	Name        string
-	SpanContext struct{ TraceID, SpanID string }
-	Parent      struct{ TraceID, SpanID string }
-	Attributes  []struct {
-		Key   string
-		Value struct{ Value any }
-	}
-}
-
-func (s consoleSpan) attr(key string) any {
-	for _, a := range s.Attributes {
-		if a.Key == key {
-			return a.Value.Value
-		}
-	}
-	return nil
-}
 
 // TestInstanceSpans serves a real model with tracing on (console exporter)
 // and checks the instance's spans continue the caller's traceparent.
@@ -76,18 +56,8 @@ func TestInstanceSpans(t *testing.T) {
 	if err := tel.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	var spans []consoleSpan
-	dec := json.NewDecoder(&out)
-	for {
-		var sp consoleSpan
-		if err := dec.Decode(&sp); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		spans = append(spans, sp)
-	}
-	var root *consoleSpan
+	spans := testbin.DecodeSpans(t, out.Bytes())
+	var root *testbin.Span
 	for i, sp := range spans {
 		if sp.Name == "instance POST /v2/models/:model/infer" && sp.SpanContext.TraceID == trace {
 			root = &spans[i]
@@ -96,10 +66,10 @@ func TestInstanceSpans(t *testing.T) {
 	if root == nil || root.Parent.SpanID != parent {
 		t.Fatalf("no instance span continuing the caller's trace among %d spans", len(spans))
 	}
-	if root.attr("pilotlight.function") != "example-tensor" || root.attr("pilotlight.request.rows") != float64(2) {
-		t.Errorf("instance span function %v rows %v", root.attr("pilotlight.function"), root.attr("pilotlight.request.rows"))
+	if root.Attr("pilotlight.function") != "example-tensor" || root.Attr("pilotlight.request.rows") != float64(2) {
+		t.Errorf("instance span function %v rows %v", root.Attr("pilotlight.function"), root.Attr("pilotlight.request.rows"))
 	}
-	children := map[string]consoleSpan{}
+	children := map[string]testbin.Span{}
 	for _, sp := range spans {
 		if sp.Parent.SpanID == root.SpanContext.SpanID {
 			children[sp.Name] = sp
@@ -110,8 +80,8 @@ func TestInstanceSpans(t *testing.T) {
 			t.Errorf("no %q span under the instance span", name)
 		}
 	}
-	if w := children["batch wait"]; w.attr("pilotlight.batch.rows") == nil || w.attr("pilotlight.request.rows") != float64(2) {
-		t.Errorf("batch wait: batch rows %v, request rows %v", w.attr("pilotlight.batch.rows"), w.attr("pilotlight.request.rows"))
+	if w := children["batch wait"]; w.Attr("pilotlight.batch.rows") == nil || w.Attr("pilotlight.request.rows") != float64(2) {
+		t.Errorf("batch wait: batch rows %v, request rows %v", w.Attr("pilotlight.batch.rows"), w.Attr("pilotlight.request.rows"))
 	}
 	fresh := 0
 	for _, sp := range spans {
