@@ -74,18 +74,7 @@ type flagPlatform struct {
 func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string) *flagPlatform {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	eng, err := engine.New(engine.Config{Functions: fns, PoolSize: 1, Binary: testbin.Pilotlight(t), Registerer: reg, Logger: quietLogger(), TickInterval: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := flags.NewWatcher(flags.WatcherConfig{Path: flagsPath, Registerer: reg, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	picker, err := router.NewFlagPicker(w, flagsPath, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng, w, picker := flagPicking(t, fns, flagsPath, reg)
 	b := router.LocalBackend{Engine: eng}
 	shadow, err := router.NewShadower(router.ShadowConfig{Functions: fns, Backend: b, Registerer: reg, Logger: quietLogger()})
 	if err != nil {
@@ -111,6 +100,27 @@ func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string
 		<-done
 	})
 	return &flagPlatform{platform: &platform{url: ts.URL, eng: eng}, reg: reg, rollouts: ctl, shadow: shadow, watcher: w}
+}
+
+// flagPicking builds what picks a revision by flag, as serve does: an
+// engine (child processes from the real binary), a watcher on flagsPath and
+// the picker reading it. The caller runs the engine and, if it wants
+// reloads, the watcher.
+func flagPicking(t testing.TB, fns []*functions.Manifest, flagsPath string, reg *prometheus.Registry) (*engine.Engine, *flags.Watcher, *router.FlagPicker) {
+	t.Helper()
+	eng, err := engine.New(engine.Config{Functions: fns, PoolSize: 1, Binary: testbin.Pilotlight(t), Registerer: reg, Logger: quietLogger(), TickInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := flags.NewWatcher(flags.WatcherConfig{Path: flagsPath, Registerer: reg, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	picker, err := router.NewFlagPicker(w, flagsPath, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eng, w, picker
 }
 
 const splitFlags = `{"flags": {"demo-revision": {"state": "ENABLED",
@@ -239,7 +249,7 @@ func (p *flagPlatform) rewrite(t *testing.T, path, doc, result string) {
 	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "a flag reload with result "+result, func() bool { return p.reloads(t, result) > before })
+	testbin.WaitFor(t, "a flag reload with result "+result, 5*time.Second, func() bool { return p.reloads(t, result) > before })
 }
 
 // remove deletes the flag file and waits until the watcher has seen it go.
@@ -249,5 +259,5 @@ func (p *flagPlatform) remove(t *testing.T, path string) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the watcher to see the flag file gone", func() bool { return p.reloads(t, flags.ReloadMissing) > before })
+	testbin.WaitFor(t, "the watcher to see the flag file gone", 5*time.Second, func() bool { return p.reloads(t, flags.ReloadMissing) > before })
 }

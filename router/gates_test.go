@@ -258,9 +258,9 @@ func runBlueGreenUndo(t testing.TB) blueGreenResult {
 	// Warm both revisions, then alternate one-second windows without and
 	// with shadow traffic (every request copied to the candidate), so drift
 	// in the shared machine's load falls on both sides alike.
-	waitFor(t, 30*time.Second, "the serving revision to answer", func() bool { return p.eng.ReadyInstances("fraud", "fraud-00001") > 0 })
+	testbin.WaitFor(t, "the serving revision to answer", 30*time.Second, func() bool { return p.eng.ReadyInstances("fraud", "fraud-00001") > 0 })
 	p.shadow.Mirror("fraud", "fraud-00001", "fraud-00002", 100)
-	waitFor(t, 30*time.Second, "the candidate to answer shadow copies", func() bool { return p.shadow.Totals("fraud", "fraud-00002").Compared > 0 })
+	testbin.WaitFor(t, "the candidate to answer shadow copies", 30*time.Second, func() bool { return p.shadow.Totals("fraud", "fraud-00002").Compared > 0 })
 	p.shadow.StopMirror("fraud")
 	type window struct {
 		from, to time.Time
@@ -293,7 +293,7 @@ func runBlueGreenUndo(t testing.TB) blueGreenResult {
 		t.Fatalf("no passing shadow phase: %+v", st.Decisions)
 	}
 	switched := st.Finished
-	waitFor(t, 5*time.Second, "every request on the candidate", func() bool {
+	testbin.WaitFor(t, "every request on the candidate", 5*time.Second, func() bool {
 		ss := load.snapshot()
 		return len(ss) > 0 && ss[len(ss)-1].revision == "fraud-00002"
 	})
@@ -305,7 +305,7 @@ func runBlueGreenUndo(t testing.TB) blueGreenResult {
 		t.Fatal(err)
 	}
 	// Keep the load on until requests have run on the previous revision for a while.
-	waitFor(t, 10*time.Second, "requests on the previous revision after the undo", func() bool {
+	testbin.WaitFor(t, "requests on the previous revision after the undo", 10*time.Second, func() bool {
 		return len(between(load.snapshot(), undoAt.Add(time.Second), time.Now().Add(time.Hour))) >= 50
 	})
 	samples := load.finish()
@@ -343,15 +343,4 @@ func (l *fraudLoad) snapshot() []sample {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Clone(l.samples)
-}
-
-func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting %s for %s", limit, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/router"
-	"github.com/pilotlight/pilotlight/router/engine"
 	"github.com/pilotlight/pilotlight/telemetry"
 )
 
@@ -41,18 +40,7 @@ func TestRouterSpans(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := engine.New(engine.Config{Functions: []*functions.Manifest{fn}, PoolSize: 1, Binary: testbin.Pilotlight(t), Registerer: reg, Logger: quietLogger(), TickInterval: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := flags.NewWatcher(flags.WatcherConfig{Path: flagsPath, Registerer: reg, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	picker, err := router.NewFlagPicker(w, flagsPath, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng, _, picker := flagPicking(t, []*functions.Manifest{fn}, flagsPath, reg)
 	b := router.LocalBackend{Engine: eng}
 	rt, err := router.New(router.Config{Functions: []*functions.Manifest{fn}, Backend: b, Admin: b, Picker: picker, Registry: reg, Logger: quietLogger(), Telemetry: tel})
 	if err != nil {
@@ -87,11 +75,7 @@ func TestRouterSpans(t *testing.T) {
 		return resp
 	}
 	// A warm-pool process is specialised for the cold start (source pool) once one is idle.
-	for deadline := time.Now().Add(time.Minute); len(eng.PoolStatus()) == 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("no warm-pool process became idle within a minute")
-		}
-	}
+	testbin.WaitFor(t, "a warm-pool process to become idle", time.Minute, func() bool { return len(eng.PoolStatus()) > 0 })
 	first := send("00-" + clientTrace + "-" + clientParent + "-01") // scale from zero: a cold start
 	if first.Header.Get("X-Pilotlight-Cold-Start") == "" {
 		t.Fatal("the first request did not wait for a cold start; the test needs one")

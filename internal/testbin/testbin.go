@@ -1,5 +1,7 @@
-// Package testbin builds the real pilotlight binary once per test process,
-// so engine and router tests start real child runtime processes.
+// Package testbin holds what tests in several packages share: it builds the
+// real pilotlight binary once per test process (so engine and router tests
+// start real child runtime processes), starts the real servers tests talk to,
+// waits on conditions, and reads metrics and exported spans.
 package testbin
 
 import (
@@ -62,16 +64,24 @@ func Functions(t testing.TB, names ...string) []*functions.Manifest {
 	return out
 }
 
-// WaitFor polls cond until it holds: tests wait on what they expect, never on
-// a fixed sleep. within only turns a hang into a failure naming what.
+// WaitFor polls cond every 5ms until it holds: tests wait on what they
+// expect, never on a fixed sleep. within only turns a hang into a failure
+// naming what.
 func WaitFor(t testing.TB, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	Poll(t, what, within, 5*time.Millisecond, cond)
+}
+
+// Poll is WaitFor with a slower pace, for a cond that asks another process
+// (a Prometheus query) and should not be asked 200 times a second.
+func Poll(t testing.TB, what string, within, every time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %s waiting for %s", within, what)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
 
