@@ -9,6 +9,7 @@ import (
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/fraud"
 	"github.com/pilotlight/pilotlight/functions/tensor"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
 const validTx = `{"amount": 912.40, "avg_amount_30d": 85.0, "merchant_category": "electronics", "card_id": "c-1234", "country": "BR", "home_country": "US", "hour": 3, "device_new": true, "tx_last_24h": 7}`
@@ -140,14 +141,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"batch mixed with tx", `{"transactions": [` + validTx + `], "amount": 3}`, `field "amount": a batch request holds only`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			inv, err := fraud.Handler{}.Decode([]byte(tc.body))
-			var bad *functions.BadRequest
-			if !errors.As(err, &bad) {
-				t.Fatalf("Decode(%s) = %v, %v; want *functions.BadRequest", tc.body, inv, err)
-			}
-			if !strings.Contains(bad.Msg, tc.want) {
-				t.Fatalf("error %q does not mention %q", bad.Msg, tc.want)
-			}
+			testbin.RejectsBadRequest(t, fraud.Handler{}, tc.body, tc.want)
 		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/pilotlight/pilotlight/functions/fraud"
 	"github.com/pilotlight/pilotlight/functions/functionstest"
 	"github.com/pilotlight/pilotlight/functions/tensor"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/runtime/ort"
 )
 
@@ -161,19 +162,7 @@ func TestEndToEnd(t *testing.T) {
 		for _, tc := range []struct {
 			body, decision string
 		}{{ordinary, fraud.DecisionApprove}, {thief, fraud.DecisionBlock}} {
-			inv, err := fraud.Handler{}.Decode([]byte(tc.body))
-			if err != nil {
-				t.Fatal(err)
-			}
-			out, err := s.Run(inv.Inputs)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp, err := inv.Encode(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := resp.(fraud.Result)
+			r := testbin.Invoke(t, fraud.Handler{}, s, tc.body).(fraud.Result)
 			if r.Decision != tc.decision || len(r.TopFeatures) != 3 {
 				t.Errorf("%s: %s -> %+v, want decision %s", rev, tc.body, r, tc.decision)
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/recommend"
 	"github.com/pilotlight/pilotlight/functions/tensor"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
 func ids(n int) string {
@@ -99,14 +100,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"too many candidates", `{"user_id": 1, "candidates": ` + ids(recommend.MaxCandidates+1) + `}`, "candidates: 1001 ids, at most 1000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			inv, err := recommend.Handler{}.Decode([]byte(tc.body))
-			var bad *functions.BadRequest
-			if !errors.As(err, &bad) {
-				t.Fatalf("Decode(%s) = %v, %v; want *functions.BadRequest", tc.body, inv, err)
-			}
-			if !strings.Contains(bad.Msg, tc.want) {
-				t.Fatalf("error %q does not mention %q", bad.Msg, tc.want)
-			}
+			testbin.RejectsBadRequest(t, recommend.Handler{}, tc.body, tc.want)
 		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/pilotlight/pilotlight/functions/functionstest"
 	"github.com/pilotlight/pilotlight/functions/recommend"
 	"github.com/pilotlight/pilotlight/functions/tensor"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/runtime/ort"
 )
 
@@ -141,19 +142,7 @@ func TestEndToEnd(t *testing.T) {
 		{`{"user_id": 7, "k": 5, "candidates": [3, 1400, 3, 77]}`, 3, []int64{3, 1400, 77}},
 		{`{"user_id": 7, "k": 2, "candidates": [3, 1400, 77, 900, 12]}`, 2, []int64{3, 1400, 77, 900, 12}},
 	} {
-		inv, err := recommend.Handler{}.Decode([]byte(tc.body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := s.Run(inv.Inputs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := inv.Encode(out)
-		if err != nil {
-			t.Fatalf("%s: %v", tc.body, err)
-		}
-		r := resp.(recommend.Response)
+		r := testbin.Invoke(t, recommend.Handler{}, s, tc.body).(recommend.Response)
 		if len(r.Items) != tc.want {
 			t.Fatalf("%s: %d items, want %d: %+v", tc.body, len(r.Items), tc.want, r)
 		}

@@ -10,7 +10,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -33,19 +32,7 @@ import (
 // (Serve: HTTP/1.1 and h2c on one port) and dials it with grpc-go.
 func servedInstance(t *testing.T, mutate func(*functions.Manifest)) (addr string, client pb.GRPCInferenceServiceClient, conn *grpc.ClientConn, reg *prometheus.Registry) {
 	t.Helper()
-	requireORT(t)
-	m, err := functions.LoadDir(filepath.Join(repoRoot(t), "functions", "example-tensor"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if mutate != nil {
-		mutate(m)
-	}
-	reg = prometheus.NewRegistry()
-	s := server.New(server.Config{Registry: reg})
-	if err := s.Load(context.Background(), m, m.Revisions[0].Name); err != nil {
-		t.Fatal(err)
-	}
+	s, reg := loadExample(t, mutate)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
