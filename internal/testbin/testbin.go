@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -98,4 +99,21 @@ func WriteFunction(t testing.TB, dir, raw string) *functions.Manifest {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// ExpectError checks err against a table case's wanted error: when want is
+// not empty err must mention it, and ExpectError returns true (the case
+// ends there); when want is empty err must be nil.
+func ExpectError(t testing.TB, err error, want string) bool {
+	t.Helper()
+	if want != "" {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("err %v, want one mentioning %q", err, want)
+		}
+		return true
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return false
 }
