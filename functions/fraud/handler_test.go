@@ -2,14 +2,12 @@ package fraud_test
 
 import (
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 
-	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/fraud"
+	"github.com/pilotlight/pilotlight/functions/functionstest"
 	"github.com/pilotlight/pilotlight/functions/tensor"
-	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
 const validTx = `{"amount": 912.40, "avg_amount_30d": 85.0, "merchant_category": "electronics", "card_id": "c-1234", "country": "BR", "home_country": "US", "hour": 3, "device_new": true, "tx_last_24h": 7}`
@@ -141,7 +139,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"batch mixed with tx", `{"transactions": [` + validTx + `], "amount": 3}`, `field "amount": a batch request holds only`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			testbin.RejectsBadRequest(t, fraud.Handler{}, tc.body, tc.want)
+			functionstest.RejectsBadRequest(t, fraud.Handler{}, tc.body, tc.want)
 		})
 	}
 }
@@ -234,12 +232,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(validTx))
 	f.Add([]byte(batchOf(3, validTx)))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		inv, err := fraud.Handler{}.Decode(body)
-		if err != nil {
-			var bad *functions.BadRequest
-			if !errors.As(err, &bad) || bad.Msg == "" {
-				t.Fatalf("Decode error %T %v is not a *functions.BadRequest", err, err)
-			}
+		inv := functionstest.DecodeOrBadRequest(t, fraud.Handler{}, body)
+		if inv == nil {
 			return
 		}
 		if inv.Rows < 1 || inv.Rows > fraud.MaxTransactions || len(inv.Inputs) != 1 {

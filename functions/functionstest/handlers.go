@@ -1,4 +1,4 @@
-package testbin
+package functionstest
 
 import (
 	"errors"
@@ -47,4 +47,35 @@ func RejectsBadRequest(t testing.TB, h functions.Handler, body, want string) {
 	if !strings.Contains(bad.Msg, want) {
 		t.Fatalf("error %q does not mention %q", bad.Msg, want)
 	}
+}
+
+// DecodeOrBadRequest is Decode as a fuzz target sees it: the invocation
+// when h accepts body, nil when h refuses it with a *functions.BadRequest
+// that says why; any other error fails the test.
+func DecodeOrBadRequest(t testing.TB, h functions.Handler, body []byte) *functions.Invocation {
+	t.Helper()
+	inv, err := h.Decode(body)
+	if err != nil {
+		var bad *functions.BadRequest
+		if !errors.As(err, &bad) || bad.Msg == "" {
+			t.Fatalf("Decode error %T %v is not a *functions.BadRequest", err, err)
+		}
+		return nil
+	}
+	return inv
+}
+
+// LoadManifest loads the function in dir with its models, as the runtime
+// does, and builds its handler (the function's package must be imported so
+// its handler is registered).
+func LoadManifest(t testing.TB, dir string) *functions.Manifest {
+	t.Helper()
+	m, err := functions.LoadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := functions.NewHandler(m); err != nil || h == nil {
+		t.Fatalf("NewHandler: %v, %v", h, err)
+	}
+	return m
 }
