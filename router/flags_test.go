@@ -3,7 +3,6 @@ package router_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -136,16 +135,7 @@ func revisionFor(t *testing.T, client *http.Client, url string, headers map[stri
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("status %d", resp.StatusCode)
-	}
-	return resp.Header.Get("X-Pilotlight-Revision")
+	return testbin.DoOK(t, client, req).Header.Get("X-Pilotlight-Revision")
 }
 
 func TestFlagSplitsUsersStickilyThroughThePlatform(t *testing.T) {

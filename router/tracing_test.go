@@ -63,16 +63,7 @@ func TestRouterSpans(t *testing.T) {
 		if traceparent != "" {
 			req.Header.Set("traceparent", traceparent)
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("traceparent %q: status %d", traceparent, resp.StatusCode)
-		}
-		return resp
+		return testbin.DoOK(t, nil, req)
 	}
 	// A warm-pool process is specialised for the cold start (source pool) once one is idle.
 	testbin.WaitFor(t, "a warm-pool process to become idle", time.Minute, func() bool { return len(eng.PoolStatus()) > 0 })

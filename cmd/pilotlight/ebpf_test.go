@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
 // startServeAs runs serve --dev --ebpf, optionally as another user, and
@@ -90,15 +92,9 @@ func TestServeWithEBPF(t *testing.T) {
 	bin := buildBinary(t)
 	url, log := startServeAs(t, bin, nil)
 	for i := 0; i < 20; i++ {
-		resp, err := http.Post(url+"/functions/fraud", "application/json", strings.NewReader(fraudTx))
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("fraud: %d", resp.StatusCode)
-		}
+		req, _ := http.NewRequest(http.MethodPost, url+"/functions/fraud", strings.NewReader(fraudTx))
+		req.Header.Set("Content-Type", "application/json")
+		testbin.DoOK(t, nil, req)
 	}
 	var admin struct {
 		Functions []struct {

@@ -1,12 +1,10 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"net/http"
@@ -67,17 +65,7 @@ func fp32Input(rows int, v float32) *pb.ModelInferRequest_InferInputTensor {
 // the status and the decoded body.
 func restInfer(t *testing.T, addr, path string, body []byte) (int, map[string]any) {
 	t.Helper()
-	resp, err := http.Post("http://"+addr+path, "application/json", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	if err := json.Unmarshal(raw, &out); err != nil {
-		t.Fatalf("REST %s: status %d, not JSON: %q", path, resp.StatusCode, raw)
-	}
-	return resp.StatusCode, out
+	return do(t, http.MethodPost, "http://"+addr+path, string(body))
 }
 
 // restBody is req as the V2 REST JSON body.

@@ -3,7 +3,6 @@ package server_test
 import (
 	"bytes"
 	"context"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -43,15 +42,7 @@ func TestInstanceSpans(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodPost, ts.URL+"/v2/models/example-tensor/infer",
 			strings.NewReader(`{"inputs":[{"name":"input_vectors","shape":[2,10],"datatype":"FP32","data":`+vec(2, 1)+`}]}`))
 		req.Header.Set("traceparent", tp)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("traceparent %q: status %d", tp, resp.StatusCode)
-		}
+		testbin.DoOK(t, nil, req)
 	}
 	if err := tel.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
