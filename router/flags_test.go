@@ -41,12 +41,8 @@ func twoRevisions(t *testing.T, root, name string, canaryFails bool) *functions.
 	os.WriteFile(filepath.Join(dir, "a.onnx"), model, 0o644)
 	os.WriteFile(filepath.Join(dir, "b.onnx"), canary, 0o644)
 	raw := fmt.Sprintf("name: %s\nhandler: tensor\nrevisions:\n  - name: %s-00001\n    model: a.onnx\n    tag: stable\n  - name: %s-00002\n    model: b.onnx\n    tag: canary\nscaling:\n  maxScale: 2\n", name, name, name)
-	path := filepath.Join(dir, functions.ManifestFile)
-	if err := os.WriteFile(path, []byte(raw), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err := functions.Load(path)
-	if err != nil {
+	m := testbin.WriteFunction(t, dir, raw)
+	if err := m.CheckModels(); err != nil {
 		t.Fatal(err)
 	}
 	return m

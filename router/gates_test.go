@@ -62,12 +62,8 @@ func fraudRevisions(t testing.TB, root string, candidate func([]byte) []byte) *f
 	os.WriteFile(filepath.Join(dir, "a.onnx"), model, 0o644)
 	os.WriteFile(filepath.Join(dir, "b.onnx"), candidate(model), 0o644)
 	manifest := "name: fraud\nhandler: fraud\nrevisions:\n  - name: fraud-00001\n    model: a.onnx\n    tag: stable\n  - name: fraud-00002\n    model: b.onnx\n    tag: canary\nruntime:\n  sessions: 1\nscaling:\n  maxScale: 2\n"
-	path := filepath.Join(dir, functions.ManifestFile)
-	if err := os.WriteFile(path, []byte(manifest), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err := functions.Load(path)
-	if err != nil {
+	m := testbin.WriteFunction(t, dir, manifest)
+	if err := m.CheckModels(); err != nil {
 		t.Fatal(err)
 	}
 	return m

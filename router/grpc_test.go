@@ -103,15 +103,7 @@ func grpcRouter(t *testing.T, mutate func(*router.Config)) (pb.GRPCInferenceServ
 	fn.Runtime.MaxBodyBytes = 1000
 	other := &functions.Manifest{Name: "other", Handler: "tensor", Revisions: []functions.Revision{{Name: "other-00001"}}}
 	other.Runtime.MaxBodyBytes = 1000
-	cfg := router.Config{Functions: []*functions.Manifest{fn, other}, Backend: be, Registry: prometheus.NewRegistry(), Logger: quietLogger()}
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	rt, err := router.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rt.Close)
+	rt := newRouter(t, router.Config{Functions: []*functions.Manifest{fn, other}, Backend: be, Registry: prometheus.NewRegistry(), Logger: quietLogger()}, mutate)
 	addr := h2cServer(t, rt.GRPCHandler(rt.Handler()))
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

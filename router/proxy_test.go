@@ -101,7 +101,14 @@ type fakeRouter struct {
 func startFake(t *testing.T, b *fakeBackend, timeout time.Duration, mutate func(*router.Config)) *fakeRouter {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	cfg := router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, RequestTimeout: timeout, Registry: reg, Logger: quietLogger(), Limits: testLimits()}
+	rt := newRouter(t, router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, RequestTimeout: timeout, Registry: reg, Logger: quietLogger(), Limits: testLimits()}, mutate)
+	return &fakeRouter{t: t, url: serveRouter(t, rt), reg: reg, b: b}
+}
+
+// newRouter is router.New(cfg) after mutate (when not nil) changed cfg,
+// closed when the test ends.
+func newRouter(t *testing.T, cfg router.Config, mutate func(*router.Config)) *router.Router {
+	t.Helper()
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -110,7 +117,7 @@ func startFake(t *testing.T, b *fakeBackend, timeout time.Duration, mutate func(
 		t.Fatal(err)
 	}
 	t.Cleanup(rt.Close)
-	return &fakeRouter{t: t, url: serveRouter(t, rt), reg: reg, b: b}
+	return rt
 }
 
 func (f *fakeRouter) count(code string) float64 {
