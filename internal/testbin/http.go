@@ -25,3 +25,18 @@ func DoOK(t testing.TB, client *http.Client, req *http.Request) *http.Response {
 	}
 	return resp
 }
+
+// Scrape is the text of base's /metrics, as Prometheus would read it.
+func Scrape(t testing.TB, base string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read %s/metrics: %v", base, err)
+	}
+	return string(raw)
+}
