@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -71,7 +70,7 @@ func TestEveryQueryAgainstRealPrometheus(t *testing.T) {
 	rulesPath, _ := writeRuleFile(t, dir)
 	targetsPath := filepath.Join(dir, "targets.json")
 	writeTargets(t, targetsPath, []string{serve.Addr})
-	promAddr := freeAddr(t)
+	promAddr := testbin.FreeAddr(t)
 	promCfg := fmt.Sprintf(`global:
   scrape_interval: 1s
   evaluation_interval: 1s
@@ -85,20 +84,10 @@ scrape_configs:
 	if err := os.WriteFile(cfgPath, []byte(promCfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var promLog bytes.Buffer
+	promURL := "http://" + promAddr
 	prom := exec.Command(promBin, "--config.file="+cfgPath, "--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
 		"--web.listen-address="+promAddr, "--enable-feature=exemplar-storage")
-	prom.Stdout, prom.Stderr = &promLog, &promLog
-	if err := prom.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = prom.Process.Kill(); _ = prom.Wait() }()
-	promURL := "http://" + promAddr
-	ctx, cancel := context.WithTimeout(context.Background(), liveWait)
-	defer cancel()
-	if err := bench.WaitReady(ctx, promURL+"/-/ready"); err != nil {
-		t.Fatalf("%v\n%s", err, promLog.String())
-	}
+	testbin.StartDaemon(t, prom, promURL+"/-/ready", liveWait, "hack/deps/monitoring.apt installs it")
 
 	body, err := bench.V2Body(base, "fraud", 1)
 	if err != nil {
@@ -147,7 +136,7 @@ scrape_configs:
 	// Scale to zero and come back, twice, each time from the warm pool: the
 	// cold-start series exist before Prometheus watches the second one.
 	for i := 0; i < 2; i++ {
-		waitFor(t, "fraud to scale to zero and the warm pool to refill", func() bool {
+		testbin.Poll(t, "fraud to scale to zero and the warm pool to refill", liveWait, 100*time.Millisecond, func() bool {
 			a, err := bench.GetAdmin(base)
 			if err != nil {
 				return false
@@ -159,7 +148,7 @@ scrape_configs:
 		load()
 	}
 	// Let the last scrapes land: the latest cold start is in Prometheus.
-	waitFor(t, "Prometheus to see the last cold start", func() bool {
+	testbin.Poll(t, "Prometheus to see the last cold start", liveWait, 100*time.Millisecond, func() bool {
 		v, _ := query(promURL, `sum(rate(pilotlight_cold_start_duration_seconds_count[`+liveRange+`]))`)
 		return len(v) > 0 && v[0] > 0
 	})
@@ -191,7 +180,7 @@ scrape_configs:
 
 	// Every recording and alerting rule has been evaluated, without error.
 	var unevaluated []string
-	waitFor(t, "every rule group to be evaluated", func() bool {
+	testbin.Poll(t, "every rule group to be evaluated", liveWait, 100*time.Millisecond, func() bool {
 		unevaluated = unevaluated[:0]
 		rs, err := rules(promURL)
 		if err != nil {
@@ -239,17 +228,6 @@ func startRollout(t *testing.T, base string) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(liveWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", liveWait, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func writeTargets(t *testing.T, path string, targets []string) {
 	raw, _ := json.Marshal([]map[string]any{{"targets": targets}})
 	tmp := path + ".tmp"
@@ -260,19 +238,8 @@ func writeTargets(t *testing.T, path string, targets []string) {
 	_ = os.Rename(tmp, path) // atomic: Prometheus never reads half a file
 }
 
-// freeAddr is a loopback address nothing listens on now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
-func closedAddr(t *testing.T) string { return freeAddr(t) }
+// closedAddr is a loopback address nothing listens on now.
+func closedAddr(t *testing.T) string { return testbin.FreeAddr(t) }
 
 // query runs an instant query and returns the sample values.
 func query(base, expr string) ([]float64, error) {

@@ -300,7 +300,11 @@ func TestMetricsScrapeReachesTheAdminListener(t *testing.T) {
 	}
 }
 
-// admitsIngressOnPort is admitsIngress with the rule's ports applied.
+// anyPort asks admitsIngressOnPort to ignore the rules' ports.
+const anyPort = 0
+
+// admitsIngressOnPort reports whether any policy selecting dst lets src in
+// on port (a rule's ports applied unless port is anyPort).
 func admitsIngressOnPort(t *testing.T, ps map[string]*networkingv1.NetworkPolicy, dst, srcNS, srcPod map[string]string, port int) bool {
 	t.Helper()
 	for _, p := range ps {
@@ -308,7 +312,7 @@ func admitsIngressOnPort(t *testing.T, ps map[string]*networkingv1.NetworkPolicy
 			continue
 		}
 		for _, rule := range p.Spec.Ingress {
-			portOK := len(rule.Ports) == 0
+			portOK := port == anyPort || len(rule.Ports) == 0
 			for _, rp := range rule.Ports {
 				portOK = portOK || rp.Port == nil || rp.Port.IntValue() == port
 			}

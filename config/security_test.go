@@ -85,25 +85,11 @@ func functionPodLabels(t *testing.T) map[string]string {
 
 var routerPod = map[string]string{"app.kubernetes.io/part-of": "pilotlight", "app.kubernetes.io/component": "router"}
 
-// admitsIngress reports whether any policy selecting dst lets src in.
+// admitsIngress reports whether any policy selecting dst lets src in, on
+// any port.
 func admitsIngress(t *testing.T, ps map[string]*networkingv1.NetworkPolicy, dst, srcNS, srcPod map[string]string) bool {
 	t.Helper()
-	for _, p := range ps {
-		if !selects(t, p, dst) {
-			continue
-		}
-		for _, rule := range p.Spec.Ingress {
-			if len(rule.From) == 0 {
-				return true
-			}
-			for _, peer := range rule.From {
-				if peerAdmits(t, peer, p.Namespace, srcNS, srcPod) {
-					return true
-				}
-			}
-		}
-	}
-	return false
+	return admitsIngressOnPort(t, ps, dst, srcNS, srcPod, anyPort)
 }
 
 func TestNetworkPolicies(t *testing.T) {

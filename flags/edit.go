@@ -3,7 +3,6 @@ package flags
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 
 	"github.com/pilotlight/pilotlight/atomicfile"
 )
@@ -24,13 +23,9 @@ type FlagEdit struct {
 
 // OpenFlagEdit reads path for an edit of flag key.
 func OpenFlagEdit(path, key string) (*FlagEdit, error) {
-	raw, err := os.ReadFile(path)
+	raw, set, err := read(path)
 	if err != nil {
-		return nil, fmt.Errorf("read flag file: %w", err)
-	}
-	set, err := Parse(raw)
-	if err != nil {
-		return nil, fmt.Errorf("flag file %s: %w", path, err)
+		return nil, err
 	}
 	if _, ok := set.flags[key]; !ok {
 		return nil, fmt.Errorf("flag file %s has no flag %q", path, key)

@@ -187,14 +187,7 @@ func TestReasonsAndErrors(t *testing.T) {
 		"engine-fails": {"state": "ENABLED", "variants": {"a": "A"}, "defaultVariant": "a", "targeting": {"?:": [{"var": "c"}, "a", "a"]}},
 		"booleans": {"state": "ENABLED", "variants": {"true": 2, "false": 1}, "defaultVariant": "false", "targeting": {"if": [true, true, false]}}
 	}}`)
-	tests := []struct {
-		flag    string
-		ctx     map[string]any
-		value   any
-		variant string
-		reason  string
-		code    string
-	}{
+	checkEvaluations(t, s, []evaluation{
 		{"static", nil, "B", "b", ReasonStatic, ""},
 		{"static-empty", nil, "A", "a", ReasonStatic, ""},
 		// flagd keeps "targeting": null as the raw JSON null, which is not
@@ -212,16 +205,7 @@ func TestReasonsAndErrors(t *testing.T) {
 		{"computed", map[string]any{"pick": "zzz"}, nil, "", ReasonError, ErrGeneral},
 		{"engine-fails", map[string]any{"c": "not a boolean"}, nil, "", ReasonError, ErrParse},
 		{"booleans", nil, 2.0, "true", ReasonTargetingMatch, ""},
-	}
-	for _, tt := range tests {
-		r := s.Evaluate(tt.flag, tt.ctx)
-		if r.Value != tt.value || r.Variant != tt.variant || r.Reason != tt.reason || r.ErrorCode != tt.code {
-			t.Errorf("%s %v: got %+v, want value %v variant %q reason %s code %q", tt.flag, tt.ctx, r, tt.value, tt.variant, tt.reason, tt.code)
-		}
-		if tt.code != "" && r.ErrorMessage == "" {
-			t.Errorf("%s: error without a message", tt.flag)
-		}
-	}
+	})
 	// Flag metadata overrides the set's; the set's shows through.
 	if m := s.Evaluate("static", nil).Metadata; m["team"] != "risk" || m["owner"] != "fraud" {
 		t.Errorf("metadata %v", m)
@@ -231,6 +215,31 @@ func TestReasonsAndErrors(t *testing.T) {
 	}
 	if m := s.Evaluate("missing", nil).Metadata; m["team"] != "ml" {
 		t.Errorf("metadata of a missing flag %v", m)
+	}
+}
+
+// evaluation is one flag evaluated in a context and what flagd answers.
+type evaluation struct {
+	flag    string
+	ctx     map[string]any
+	value   any
+	variant string
+	reason  string
+	code    string
+}
+
+// checkEvaluations evaluates each case in s; an error code must come with
+// a message.
+func checkEvaluations(t *testing.T, s *Set, cases []evaluation) {
+	t.Helper()
+	for _, tt := range cases {
+		r := s.Evaluate(tt.flag, tt.ctx)
+		if r.Value != tt.value || r.Variant != tt.variant || r.Reason != tt.reason || r.ErrorCode != tt.code {
+			t.Errorf("%s %v: got %+v, want value %v variant %q reason %s code %q", tt.flag, tt.ctx, r, tt.value, tt.variant, tt.reason, tt.code)
+		}
+		if tt.code != "" && r.ErrorMessage == "" {
+			t.Errorf("%s: error without a message", tt.flag)
+		}
 	}
 }
 

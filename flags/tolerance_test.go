@@ -68,14 +68,7 @@ func TestFlagdToleratedOddities(t *testing.T) {
 	}
 
 	ada := map[string]any{"targetingKey": "user-1", "email": "ada@pilotlight.dev", "version": "2.0.0"}
-	tests := []struct {
-		flag    string
-		ctx     map[string]any
-		value   any
-		variant string
-		reason  string
-		code    string
-	}{
+	checkEvaluations(t, set, []evaluation{
 		// Ordinary flags serve as usual beside the odd ones.
 		{"ordinary", ada, "fraud-00002", "on", ReasonTargetingMatch, ""},
 		{"ordinary", map[string]any{"email": "x@example.com"}, "fraud-00001", "off", ReasonDefault, ""},
@@ -100,14 +93,7 @@ func TestFlagdToleratedOddities(t *testing.T) {
 		// Operators given invalid input (null) yield null: DEFAULT.
 		{"sem-ver-operator", map[string]any{"version": nil}, "B", "off", ReasonTargetingMatch, ""},
 		{"ends-with-arity", map[string]any{"email": nil}, "B", "off", ReasonDefault, ""},
-	}
-	for _, tt := range tests {
-		r := set.Evaluate(tt.flag, tt.ctx)
-		if r.Value != tt.value || r.Variant != tt.variant || r.Reason != tt.reason || r.ErrorCode != tt.code {
-			t.Errorf("%s %v: got value %v variant %q reason %s code %q, want %v %q %s %q",
-				tt.flag, tt.ctx, r.Value, r.Variant, r.Reason, r.ErrorCode, tt.value, tt.variant, tt.reason, tt.code)
-		}
-	}
+	})
 }
 
 // TestOperatorsGivenNullAreDefault: each custom operator given null where

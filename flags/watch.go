@@ -105,15 +105,22 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 
 // Load reads and parses a flag file.
 func Load(path string) (*Set, error) {
+	_, s, err := read(path)
+	return s, err
+}
+
+// read reads and parses a flag file, keeping its bytes for those that
+// edit it.
+func read(path string) ([]byte, *Set, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read flag file: %w", err)
+		return nil, nil, fmt.Errorf("read flag file: %w", err)
 	}
 	s, err := Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("flag file %s: %w", path, err)
+		return nil, nil, fmt.Errorf("flag file %s: %w", path, err)
 	}
-	return s, nil
+	return raw, s, nil
 }
 
 // Provider is the OpenFeature provider the watcher keeps up to date.

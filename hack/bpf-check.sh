@@ -16,18 +16,5 @@ find bpf -maxdepth 1 -type f ! -name '*_bpfel.o' ! -name '*_bpfel.go' -exec cp {
 [ -d bpf/testdata ] && cp -r bpf/testdata "$tmp/bpf/"
 (cd "$tmp" && go generate ./bpf/)
 
-status=0
-for f in $( (cd bpf && ls *_bpfel.o *_bpfel.go; cd "$tmp/bpf" && ls *_bpfel.o *_bpfel.go) | sort -u); do
-	if [ ! -f "bpf/$f" ]; then
-		echo "bpf-check: bpf/$f is generated but not committed (run ./hack/bpf-gen.sh)" >&2
-		status=1
-	elif [ ! -f "$tmp/bpf/$f" ]; then
-		echo "bpf-check: bpf/$f is committed but no source generates it (delete it)" >&2
-		status=1
-	elif ! cmp -s "bpf/$f" "$tmp/bpf/$f"; then
-		echo "bpf-check: bpf/$f differs from what its source compiles to (run ./hack/bpf-gen.sh and commit)" >&2
-		status=1
-	fi
-done
-[ $status -eq 0 ] && echo "bpf-check: generated eBPF objects and bindings are up to date"
-exit $status
+./hack/gen-compare.sh bpf-check bpf "$tmp/bpf" ./hack/bpf-gen.sh '*_bpfel.o *_bpfel.go'
+echo "bpf-check: generated eBPF objects and bindings are up to date"

@@ -6,18 +6,5 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 ./hack/proto-gen.sh "$tmp" >/dev/null
-status=0
-for f in $( (cd proto/inference && ls *.pb.go; cd "$tmp" && ls *.pb.go) | sort -u); do
-	if [ ! -f "proto/inference/$f" ]; then
-		echo "proto-check: proto/inference/$f is generated but not committed (run make proto)" >&2
-		status=1
-	elif [ ! -f "$tmp/$f" ]; then
-		echo "proto-check: proto/inference/$f is committed but nothing generates it (delete it)" >&2
-		status=1
-	elif ! cmp -s "proto/inference/$f" "$tmp/$f"; then
-		echo "proto-check: proto/inference/$f differs from what the .proto generates (run make proto and commit)" >&2
-		status=1
-	fi
-done
-[ $status -eq 0 ] && echo "proto-check: generated gRPC code is up to date"
-exit $status
+./hack/gen-compare.sh proto-check proto/inference "$tmp" "make proto" '*.pb.go'
+echo "proto-check: generated gRPC code is up to date"

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
 // BenchmarkRouterHop sends V2 infer through the router to one warm instance
@@ -30,19 +31,5 @@ func BenchmarkRouterHop(b *testing.B) {
 	for warm() != nil && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	b.SetParallelism(16)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			resp, err := client.Post(url, "application/json", bytes.NewReader([]byte(inferBody)))
-			if err != nil {
-				b.Fatal(err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != 200 {
-				b.Fatal(resp.Status)
-			}
-		}
-	})
+	testbin.PostParallel(b, client, url, []byte(inferBody))
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
 // TestPickPathsAgree: the picker answers the same through OpenFeature's
@@ -90,26 +91,16 @@ func TestPickPathsAgree(t *testing.T) {
 			t.Errorf("no request answered %s; seen %v", want, seen)
 		}
 	}
-	d, s, f := gather(t, direct.fallbacks), gather(t, viaSDK.fallbacks), gather(t, fast.fallbacks)
+	d, s, f := values(t, direct.fallbacks), values(t, viaSDK.fallbacks), values(t, fast.fallbacks)
 	if len(d) == 0 || fmt.Sprint(d) != fmt.Sprint(s) || fmt.Sprint(d) != fmt.Sprint(f) {
 		t.Errorf("fallbacks: provider path %v, SDK path %v, fast path %v (want equal, and some)", d, s, f)
 	}
 }
 
-// gather reads a counter vector by its labels.
-func gather(t *testing.T, c *prometheus.CounterVec) map[string]float64 {
+// values reads a counter vector's series by their labels.
+func values(t *testing.T, c *prometheus.CounterVec) map[string]float64 {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			out[fmt.Sprint(m.GetLabel())] = m.GetCounter().GetValue()
-		}
-	}
-	return out
+	return testbin.Values(t, reg, "pilotlight_flags_fallback_total")
 }

@@ -3,7 +3,6 @@ package router_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
@@ -43,12 +41,8 @@ func twoRevisions(t *testing.T, root, name string, canaryFails bool) *functions.
 	os.WriteFile(filepath.Join(dir, "a.onnx"), model, 0o644)
 	os.WriteFile(filepath.Join(dir, "b.onnx"), canary, 0o644)
 	raw := fmt.Sprintf("name: %s\nhandler: tensor\nrevisions:\n  - name: %s-00001\n    model: a.onnx\n    tag: stable\n  - name: %s-00002\n    model: b.onnx\n    tag: canary\nscaling:\n  maxScale: 2\n", name, name, name)
-	path := filepath.Join(dir, functions.ManifestFile)
-	if err := os.WriteFile(path, []byte(raw), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err := functions.Load(path)
-	if err != nil {
+	m := testbin.WriteFunction(t, dir, raw)
+	if err := m.CheckModels(); err != nil {
 		t.Fatal(err)
 	}
 	return m
@@ -75,18 +69,7 @@ type flagPlatform struct {
 func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string) *flagPlatform {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	eng, err := engine.New(engine.Config{Functions: fns, PoolSize: 1, Binary: testbin.Pilotlight(t), Registerer: reg, Logger: quietLogger(), TickInterval: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := flags.NewWatcher(flags.WatcherConfig{Path: flagsPath, Registerer: reg, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	picker, err := router.NewFlagPicker(w, flagsPath, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng, w, picker := flagPicking(t, fns, flagsPath, reg)
 	b := router.LocalBackend{Engine: eng}
 	shadow, err := router.NewShadower(router.ShadowConfig{Functions: fns, Backend: b, Registerer: reg, Logger: quietLogger()})
 	if err != nil {
@@ -114,6 +97,27 @@ func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string
 	return &flagPlatform{platform: &platform{url: ts.URL, eng: eng}, reg: reg, rollouts: ctl, shadow: shadow, watcher: w}
 }
 
+// flagPicking builds what picks a revision by flag, as serve does: an
+// engine (child processes from the real binary), a watcher on flagsPath and
+// the picker reading it. The caller runs the engine and, if it wants
+// reloads, the watcher.
+func flagPicking(t testing.TB, fns []*functions.Manifest, flagsPath string, reg *prometheus.Registry) (*engine.Engine, *flags.Watcher, *router.FlagPicker) {
+	t.Helper()
+	eng, err := engine.New(engine.Config{Functions: fns, PoolSize: 1, Binary: testbin.Pilotlight(t), Registerer: reg, Logger: quietLogger(), TickInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := flags.NewWatcher(flags.WatcherConfig{Path: flagsPath, Registerer: reg, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	picker, err := router.NewFlagPicker(w, flagsPath, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eng, w, picker
+}
+
 const splitFlags = `{"flags": {"demo-revision": {"state": "ENABLED",
   "variants": {"stable": "demo-00001", "canary": "demo-00002", "ghost": "demo-00009"},
   "defaultVariant": "stable",
@@ -127,16 +131,7 @@ func revisionFor(t *testing.T, client *http.Client, url string, headers map[stri
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("status %d", resp.StatusCode)
-	}
-	return resp.Header.Get("X-Pilotlight-Revision")
+	return testbin.DoOK(t, client, req).Header.Get("X-Pilotlight-Revision")
 }
 
 func TestFlagSplitsUsersStickilyThroughThePlatform(t *testing.T) {
@@ -189,7 +184,7 @@ func TestFlagSplitsUsersStickilyThroughThePlatform(t *testing.T) {
 	if got := revisionFor(t, client, url, map[string]string{"X-User-ID": "user-1", "X-Region": "atlantis"}); got != "demo-00001" {
 		t.Errorf("a variant naming a missing revision: served by %s, want the default variant's demo-00001", got)
 	}
-	if n := testutil.ToFloat64(p.pickFallbacks("demo", "unknown_revision")); n != 1 {
+	if n := testbin.Metric(t, p.reg, "pilotlight_flags_fallback_total", map[string]string{"function": "demo", "reason": "unknown_revision"}); n != 1 {
 		t.Errorf("fallbacks counted %v, want 1", n)
 	}
 	// An invalid change is refused and the last good flags stay; so does a deleted file.
@@ -229,7 +224,7 @@ func TestFlagSplitsUsersStickilyThroughThePlatform(t *testing.T) {
 // reloads reads pilotlight_flags_reload_total{result}.
 func (p *flagPlatform) reloads(t *testing.T, result string) float64 {
 	t.Helper()
-	return metricValue(t, p.reg, "pilotlight_flags_reload_total", map[string]string{"result": result})
+	return testbin.Metric(t, p.reg, "pilotlight_flags_reload_total", map[string]string{"result": result})
 }
 
 // rewrite writes doc to path in place and waits (bounded) until the watcher
@@ -240,7 +235,7 @@ func (p *flagPlatform) rewrite(t *testing.T, path, doc, result string) {
 	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "a flag reload with result "+result, func() bool { return p.reloads(t, result) > before })
+	testbin.WaitFor(t, "a flag reload with result "+result, 5*time.Second, func() bool { return p.reloads(t, result) > before })
 }
 
 // remove deletes the flag file and waits until the watcher has seen it go.
@@ -250,30 +245,5 @@ func (p *flagPlatform) remove(t *testing.T, path string) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the watcher to see the flag file gone", func() bool { return p.reloads(t, flags.ReloadMissing) > before })
-}
-
-func (p *flagPlatform) pickFallbacks(fn, reason string) prometheus.Collector {
-	mfs, _ := p.reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() != "pilotlight_flags_fallback_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var f, r string
-			for _, l := range m.GetLabel() {
-				switch l.GetName() {
-				case "function":
-					f = l.GetValue()
-				case "reason":
-					r = l.GetValue()
-				}
-			}
-			if f == fn && r == reason {
-				v := m.GetCounter().GetValue()
-				return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "v", Help: "v"}, func() float64 { return v })
-			}
-		}
-	}
-	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "v", Help: "v"}, func() float64 { return 0 })
+	testbin.WaitFor(t, "the watcher to see the flag file gone", 5*time.Second, func() bool { return p.reloads(t, flags.ReloadMissing) > before })
 }

@@ -62,12 +62,8 @@ func fraudRevisions(t testing.TB, root string, candidate func([]byte) []byte) *f
 	os.WriteFile(filepath.Join(dir, "a.onnx"), model, 0o644)
 	os.WriteFile(filepath.Join(dir, "b.onnx"), candidate(model), 0o644)
 	manifest := "name: fraud\nhandler: fraud\nrevisions:\n  - name: fraud-00001\n    model: a.onnx\n    tag: stable\n  - name: fraud-00002\n    model: b.onnx\n    tag: canary\nruntime:\n  sessions: 1\nscaling:\n  maxScale: 2\n"
-	path := filepath.Join(dir, functions.ManifestFile)
-	if err := os.WriteFile(path, []byte(manifest), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err := functions.Load(path)
-	if err != nil {
+	m := testbin.WriteFunction(t, dir, manifest)
+	if err := m.CheckModels(); err != nil {
 		t.Fatal(err)
 	}
 	return m
@@ -205,14 +201,14 @@ func TestGatesRollBackAnInvertedFraudModel(t *testing.T) {
 			t.Fatalf("a client got %d from %q: only the serving revision answers clients", s.status, s.revision)
 		}
 	}
-	if v := metricValue(t, p.reg, "pilotlight_rollout_decisions_total", map[string]string{"function": "fraud", "verdict": "rollback", "check": "agreement"}); v != 1 {
+	if v := testbin.Metric(t, p.reg, "pilotlight_rollout_decisions_total", map[string]string{"function": "fraud", "verdict": "rollback", "check": "agreement"}); v != 1 {
 		t.Errorf("pilotlight_rollout_decisions_total{rollback,agreement} = %v", v)
 	}
 	// The candidate scaled from zero for shadow traffic alone (a cold start, counted like any).
-	if v := metricValue(t, p.reg, "pilotlight_shadow_requests_total", map[string]string{"function": "fraud", "revision": "fraud-00002", "result": "compared"}); !(v >= 10) {
+	if v := testbin.Metric(t, p.reg, "pilotlight_shadow_requests_total", map[string]string{"function": "fraud", "revision": "fraud-00002", "result": "compared"}); !(v >= 10) {
 		t.Errorf("compared shadow requests %v", v)
 	}
-	if v := metricValue(t, p.reg, "pilotlight_cold_starts_total", map[string]string{"function": "fraud", "revision": "fraud-00002"}); !(v >= 1) {
+	if v := testbin.Metric(t, p.reg, "pilotlight_cold_starts_total", map[string]string{"function": "fraud", "revision": "fraud-00002"}); !(v >= 1) {
 		t.Errorf("candidate cold starts %v, want it started for shadow traffic", v)
 	}
 }
@@ -258,9 +254,9 @@ func runBlueGreenUndo(t testing.TB) blueGreenResult {
 	// Warm both revisions, then alternate one-second windows without and
 	// with shadow traffic (every request copied to the candidate), so drift
 	// in the shared machine's load falls on both sides alike.
-	waitFor(t, 30*time.Second, "the serving revision to answer", func() bool { return p.eng.ReadyInstances("fraud", "fraud-00001") > 0 })
+	testbin.WaitFor(t, "the serving revision to answer", 30*time.Second, func() bool { return p.eng.ReadyInstances("fraud", "fraud-00001") > 0 })
 	p.shadow.Mirror("fraud", "fraud-00001", "fraud-00002", 100)
-	waitFor(t, 30*time.Second, "the candidate to answer shadow copies", func() bool { return p.shadow.Totals("fraud", "fraud-00002").Compared > 0 })
+	testbin.WaitFor(t, "the candidate to answer shadow copies", 30*time.Second, func() bool { return p.shadow.Totals("fraud", "fraud-00002").Compared > 0 })
 	p.shadow.StopMirror("fraud")
 	type window struct {
 		from, to time.Time
@@ -293,7 +289,7 @@ func runBlueGreenUndo(t testing.TB) blueGreenResult {
 		t.Fatalf("no passing shadow phase: %+v", st.Decisions)
 	}
 	switched := st.Finished
-	waitFor(t, 5*time.Second, "every request on the candidate", func() bool {
+	testbin.WaitFor(t, "every request on the candidate", 5*time.Second, func() bool {
 		ss := load.snapshot()
 		return len(ss) > 0 && ss[len(ss)-1].revision == "fraud-00002"
 	})
@@ -305,7 +301,7 @@ func runBlueGreenUndo(t testing.TB) blueGreenResult {
 		t.Fatal(err)
 	}
 	// Keep the load on until requests have run on the previous revision for a while.
-	waitFor(t, 10*time.Second, "requests on the previous revision after the undo", func() bool {
+	testbin.WaitFor(t, "requests on the previous revision after the undo", 10*time.Second, func() bool {
 		return len(between(load.snapshot(), undoAt.Add(time.Second), time.Now().Add(time.Hour))) >= 50
 	})
 	samples := load.finish()
@@ -343,15 +339,4 @@ func (l *fraudLoad) snapshot() []sample {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Clone(l.samples)
-}
-
-func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting %s for %s", limit, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

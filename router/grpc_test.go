@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
@@ -102,15 +103,7 @@ func grpcRouter(t *testing.T, mutate func(*router.Config)) (pb.GRPCInferenceServ
 	fn.Runtime.MaxBodyBytes = 1000
 	other := &functions.Manifest{Name: "other", Handler: "tensor", Revisions: []functions.Revision{{Name: "other-00001"}}}
 	other.Runtime.MaxBodyBytes = 1000
-	cfg := router.Config{Functions: []*functions.Manifest{fn, other}, Backend: be, Registry: prometheus.NewRegistry(), Logger: quietLogger()}
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	rt, err := router.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rt.Close)
+	rt := newRouter(t, router.Config{Functions: []*functions.Manifest{fn, other}, Backend: be, Registry: prometheus.NewRegistry(), Logger: quietLogger()}, mutate)
 	addr := h2cServer(t, rt.GRPCHandler(rt.Handler()))
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -249,7 +242,7 @@ func TestGRPCProxyRefusals(t *testing.T) {
 	if st := status.Convert(last); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "rate limit") {
 		t.Errorf("over the rate: %v %q, want ResourceExhausted", st.Code(), st.Message())
 	}
-	if v := gathered(t, reg, "pilotlight_ratelimit_rejected_requests_total"); v != 1 {
+	if v := testbin.Metric(t, reg, "pilotlight_ratelimit_rejected_requests_total", nil); v != 1 {
 		t.Errorf("pilotlight_ratelimit_rejected_requests_total = %v, want 1", v)
 	}
 	// Public, as REST's /v2 and health paths are.
@@ -275,7 +268,7 @@ func TestGRPCConcurrencyCapIsUnavailable(t *testing.T) {
 	if got := hdr.Get(strings.ToLower(router.ShedHeader)); len(got) != 1 {
 		t.Errorf("shed call not marked %s: %v", router.ShedHeader, hdr)
 	}
-	if v := gathered(t, reg, "pilotlight_concurrency_shed_requests_total"); v != 1 {
+	if v := testbin.Metric(t, reg, "pilotlight_concurrency_shed_requests_total", nil); v != 1 {
 		t.Errorf("pilotlight_concurrency_shed_requests_total = %v, want 1", v)
 	}
 }
@@ -340,22 +333,4 @@ func TestGRPCOverTLSAndRESTOverHTTP2(t *testing.T) {
 	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
 		t.Errorf("REST over h2c: %d over HTTP/%d", resp.StatusCode, resp.ProtoMajor)
 	}
-}
-
-// gathered sums every series of a counter in reg.
-func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.Metric {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
 }

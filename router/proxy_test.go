@@ -27,10 +27,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pilotlight/pilotlight/frame"
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
 )
@@ -97,6 +97,7 @@ func deadAddr(t *testing.T) string {
 }
 
 type fakeRouter struct {
+	t   testing.TB
 	url string
 	reg *prometheus.Registry
 	b   *fakeBackend
@@ -105,7 +106,14 @@ type fakeRouter struct {
 func startFake(t *testing.T, b *fakeBackend, timeout time.Duration, mutate func(*router.Config)) *fakeRouter {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	cfg := router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, RequestTimeout: timeout, Registry: reg, Logger: quietLogger(), Limits: testLimits()}
+	rt := newRouter(t, router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, RequestTimeout: timeout, Registry: reg, Logger: quietLogger(), Limits: testLimits()}, mutate)
+	return &fakeRouter{t: t, url: serveRouter(t, rt), reg: reg, b: b}
+}
+
+// newRouter is router.New(cfg) after mutate (when not nil) changed cfg,
+// closed when the test ends.
+func newRouter(t *testing.T, cfg router.Config, mutate func(*router.Config)) *router.Router {
+	t.Helper()
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -114,38 +122,11 @@ func startFake(t *testing.T, b *fakeBackend, timeout time.Duration, mutate func(
 		t.Fatal(err)
 	}
 	t.Cleanup(rt.Close)
-	return &fakeRouter{url: serveRouter(t, rt), reg: reg, b: b}
+	return rt
 }
 
 func (f *fakeRouter) count(code string) float64 {
-	return testutil.ToFloat64(counterOf(f.reg, "pilotlight_requests_total", map[string]string{"function": "echo", "code": code}))
-}
-
-// counterOf sums a counter family's series whose labels include want.
-func counterOf(reg *prometheus.Registry, name string, want map[string]string) prometheus.Collector {
-	mfs, _ := reg.Gather()
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue series
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "sum"})
-	c.Add(sum)
-	return c
+	return testbin.Metric(f.t, f.reg, "pilotlight_requests_total", map[string]string{"function": "echo", "code": code})
 }
 
 // TestProxyOutcomes is the router's status mapping, table-driven over a
@@ -297,15 +278,7 @@ func TestProxyHeaders(t *testing.T) {
 				req.Header.Set("X-Forwarded-For", "203.0.113.9")
 				req.Header.Set("Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 				req.Header.Set("X-User-Header", "kept")
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					t.Fatalf("status %d", resp.StatusCode)
-				}
+				resp := testbin.DoOK(t, nil, req)
 				for _, h := range []string{"Authorization", "X-Api-Key", "X-Hop-Secret", "Proxy-Authorization"} {
 					if v := got.Get(h); v != "" {
 						t.Errorf("the instance saw %s: %q", h, v)

@@ -15,6 +15,7 @@ import (
 	"github.com/pilotlight/pilotlight/deploy/knative"
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router"
 )
 
@@ -104,12 +105,12 @@ func TestOneRevisionRuleLocalAndKnative(t *testing.T) {
 			// The context-free shortcut answers exactly the flags whose answer
 			// cannot depend on the request, with the revision and the fallback
 			// count a full OpenFeature evaluation gives.
-			fullFallbacks := fallbackCounts(t, reg)
+			fullFallbacks := testbin.Values(t, reg, "pilotlight_flags_fallback_total")
 			req := httptest.NewRequest("POST", "/functions/demo", strings.NewReader("{}"))
 			full, _ := picker.Pick(m, req, nil)
-			afterFull := fallbackCounts(t, reg)
+			afterFull := testbin.Values(t, reg, "pilotlight_flags_fallback_total")
 			fast, ok := picker.PickContextFree(m)
-			afterFast := fallbackCounts(t, reg)
+			afterFast := testbin.Values(t, reg, "pilotlight_flags_fallback_total")
 			wantFree := tt.state == "flag missing" || tt.state == "DISABLED" || strings.HasPrefix(tt.state, "static") || strings.HasPrefix(tt.state, "PARSE_ERROR")
 			if ok != wantFree {
 				t.Errorf("PickContextFree answered %v, want %v for a %s flag", ok, wantFree, tt.state)
@@ -182,25 +183,6 @@ func asInt(split map[string]int64, like map[string]int) map[string]int {
 	}
 	for k, v := range split {
 		out[k] = int(v)
-	}
-	return out
-}
-
-// fallbackCounts reads pilotlight_flags_fallback_total by its labels.
-func fallbackCounts(t *testing.T, reg *prometheus.Registry) map[string]float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() != "pilotlight_flags_fallback_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			out[fmt.Sprint(m.GetLabel())] = m.GetCounter().GetValue()
-		}
 	}
 	return out
 }

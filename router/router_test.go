@@ -294,14 +294,8 @@ func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
 // labels contain match.
 func metricSum(t *testing.T, base, name, match string) float64 {
 	t.Helper()
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
 	sum := 0.0
-	for _, line := range strings.Split(string(raw), "\n") {
+	for _, line := range strings.Split(testbin.Scrape(t, base), "\n") {
 		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") || !strings.Contains(line, match) {
 			continue
 		}

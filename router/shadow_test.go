@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router"
 )
 
@@ -117,36 +118,6 @@ func (r *shadowRig) waitCompared(t *testing.T, n float64) {
 	}
 }
 
-func metricValue(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if want, ok := labels[l.GetName()]; ok && want != l.GetValue() {
-					continue metrics
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				return m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				return m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				return float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return math.NaN()
-}
-
 // Clients get only the serving revision's answers, while every copy is
 // sent to the candidate and compared: an inverted candidate agrees on
 // nothing and is 0.82 away in probability.
@@ -169,18 +140,18 @@ func TestShadowClientsGetOnlyTheServingAnswer(t *testing.T) {
 		t.Errorf("candidate saw %d copies, want %d", got, n)
 	}
 	labels := map[string]string{"function": "fraud", "revision": "fraud-00002"}
-	if v := metricValue(t, r.reg, "pilotlight_shadow_requests_total", map[string]string{"function": "fraud", "revision": "fraud-00002", "result": "compared"}); v != n {
+	if v := testbin.Metric(t, r.reg, "pilotlight_shadow_requests_total", map[string]string{"function": "fraud", "revision": "fraud-00002", "result": "compared"}); v != n {
 		t.Errorf("pilotlight_shadow_requests_total{compared} = %v", v)
 	}
-	if v := metricValue(t, r.reg, "pilotlight_shadow_agreement_ratio", labels); v != 0 {
+	if v := testbin.Metric(t, r.reg, "pilotlight_shadow_agreement_ratio", labels); v != 0 || testbin.Series(t, r.reg, "pilotlight_shadow_agreement_ratio", labels) != 1 {
 		t.Errorf("pilotlight_shadow_agreement_ratio = %v, want 0", v)
 	}
-	if v := metricValue(t, r.reg, "pilotlight_shadow_score_delta", labels); v != n {
+	if v := testbin.Metric(t, r.reg, "pilotlight_shadow_score_delta", labels); v != n {
 		t.Errorf("pilotlight_shadow_score_delta count = %v, want %d", v, n)
 	}
 	// The router's own request metrics count client requests only.
-	if v := metricValue(t, r.reg, "pilotlight_requests_total", map[string]string{"revision": "fraud-00002"}); !math.IsNaN(v) {
-		t.Errorf("shadow copies counted as client requests: %v", v)
+	if n := testbin.Series(t, r.reg, "pilotlight_requests_total", map[string]string{"revision": "fraud-00002"}); n != 0 {
+		t.Errorf("shadow copies counted as client requests: %d series", n)
 	}
 	// Mirroring off: no more copies.
 	r.shadow.StopMirror("fraud")
@@ -203,7 +174,7 @@ func TestShadowFullQueueDropsAndCounts(t *testing.T) {
 			t.Fatalf("client got %s", body)
 		}
 	}
-	dropped := metricValue(t, r.reg, "pilotlight_shadow_requests_total", map[string]string{"function": "fraud", "revision": "fraud-00002", "result": "dropped"})
+	dropped := testbin.Metric(t, r.reg, "pilotlight_shadow_requests_total", map[string]string{"function": "fraud", "revision": "fraud-00002", "result": "dropped"})
 	if dropped != 7 || r.shadow.Totals("fraud", "fraud-00002").Dropped != 7 {
 		t.Errorf("dropped %v, want 7 (10 copies: 1 in flight, 2 queued)", dropped)
 	}

@@ -43,8 +43,8 @@ const tracerName = "github.com/pilotlight/pilotlight/router"
 
 // Span attribute keys (feature_flag.* are OpenTelemetry's semantic conventions).
 const (
-	attrFunction        = attribute.Key("pilotlight.function")
-	attrRevision        = attribute.Key("pilotlight.revision")
+	attrFunction        = telemetry.AttrFunction // shared with the instance's spans
+	attrRevision        = telemetry.AttrRevision
 	attrColdStart       = attribute.Key("pilotlight.cold_start")
 	attrColdStartSource = attribute.Key("pilotlight.cold_start.source")
 	attrColdStartWait   = attribute.Key("pilotlight.cold_start.wait_seconds")

@@ -3,8 +3,6 @@ package router_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -21,48 +19,8 @@ import (
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/router"
-	"github.com/pilotlight/pilotlight/router/engine"
 	"github.com/pilotlight/pilotlight/telemetry"
 )
-
-// exportedSpan is a span as the console exporter writes it.
-type exportedSpan struct {
-	Name        string
-	SpanContext struct{ TraceID, SpanID string }
-	Parent      struct{ TraceID, SpanID string }
-	Attributes  []struct {
-		Key   string
-		Value struct{ Value any }
-	}
-	Links []struct {
-		SpanContext struct{ TraceID, SpanID string }
-	}
-	Events []struct{ Name string }
-}
-
-func (s exportedSpan) attr(key string) any {
-	for _, a := range s.Attributes {
-		if a.Key == key {
-			return a.Value.Value
-		}
-	}
-	return nil
-}
-
-func decodeSpans(t *testing.T, raw []byte) []exportedSpan {
-	t.Helper()
-	var out []exportedSpan
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	for {
-		var s exportedSpan
-		if err := dec.Decode(&s); errors.Is(err, io.EOF) {
-			return out
-		} else if err != nil {
-			t.Fatalf("decoding the console exporter's output: %v", err)
-		}
-		out = append(out, s)
-	}
-}
 
 const (
 	clientTrace  = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -82,18 +40,7 @@ func TestRouterSpans(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := engine.New(engine.Config{Functions: []*functions.Manifest{fn}, PoolSize: 1, Binary: testbin.Pilotlight(t), Registerer: reg, Logger: quietLogger(), TickInterval: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := flags.NewWatcher(flags.WatcherConfig{Path: flagsPath, Registerer: reg, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	picker, err := router.NewFlagPicker(w, flagsPath, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng, _, picker := flagPicking(t, []*functions.Manifest{fn}, flagsPath, reg)
 	b := router.LocalBackend{Engine: eng}
 	rt, err := router.New(router.Config{Functions: []*functions.Manifest{fn}, Backend: b, Admin: b, Picker: picker, Registry: reg, Logger: quietLogger(), Telemetry: tel})
 	if err != nil {
@@ -116,23 +63,10 @@ func TestRouterSpans(t *testing.T) {
 		if traceparent != "" {
 			req.Header.Set("traceparent", traceparent)
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("traceparent %q: status %d", traceparent, resp.StatusCode)
-		}
-		return resp
+		return testbin.DoOK(t, nil, req)
 	}
 	// A warm-pool process is specialised for the cold start (source pool) once one is idle.
-	for deadline := time.Now().Add(time.Minute); len(eng.PoolStatus()) == 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("no warm-pool process became idle within a minute")
-		}
-	}
+	testbin.WaitFor(t, "a warm-pool process to become idle", time.Minute, func() bool { return len(eng.PoolStatus()) > 0 })
 	first := send("00-" + clientTrace + "-" + clientParent + "-01") // scale from zero: a cold start
 	if first.Header.Get("X-Pilotlight-Cold-Start") == "" {
 		t.Fatal("the first request did not wait for a cold start; the test needs one")
@@ -156,8 +90,8 @@ func TestRouterSpans(t *testing.T) {
 	if err := tel.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	spans := decodeSpans(t, out.Bytes())
-	byName := map[string][]exportedSpan{}
+	spans := testbin.DecodeSpans(t, out.Bytes())
+	byName := map[string][]testbin.Span{}
 	for _, s := range spans {
 		byName[s.Name] = append(byName[s.Name], s)
 	}
@@ -165,7 +99,7 @@ func TestRouterSpans(t *testing.T) {
 	if len(requests) != 3 {
 		t.Fatalf("%d request spans, want 3; spans: %v", len(requests), names(spans))
 	}
-	var continued *exportedSpan
+	var continued *testbin.Span
 	for i, s := range requests {
 		if s.SpanContext.TraceID == clientTrace {
 			continued = &requests[i]
@@ -179,7 +113,7 @@ func TestRouterSpans(t *testing.T) {
 		"feature_flag.key": "demo-revision", "feature_flag.result.variant": "canary", "feature_flag.result.reason": "targeting_match",
 		"feature_flag.provider.name": flags.ProviderName,
 	} {
-		if got := continued.attr(key); got != want {
+		if got := continued.Attr(key); got != want {
 			t.Errorf("request span %s = %v, want %v", key, got, want)
 		}
 	}
@@ -189,7 +123,7 @@ func TestRouterSpans(t *testing.T) {
 		}
 	}
 
-	child := func(name string) exportedSpan {
+	child := func(name string) testbin.Span {
 		t.Helper()
 		for _, s := range byName[name] {
 			if s.Parent.SpanID == continued.SpanContext.SpanID {
@@ -197,11 +131,11 @@ func TestRouterSpans(t *testing.T) {
 			}
 		}
 		t.Fatalf("no %q span under the client's request span; spans: %v", name, names(spans))
-		return exportedSpan{}
+		return testbin.Span{}
 	}
 	wait := child("activator wait")
-	if wait.attr("pilotlight.cold_start") != true || wait.attr("pilotlight.cold_start.source") != "pool" {
-		t.Errorf("activator wait: cold_start %v source %v; want true, pool", wait.attr("pilotlight.cold_start"), wait.attr("pilotlight.cold_start.source"))
+	if wait.Attr("pilotlight.cold_start") != true || wait.Attr("pilotlight.cold_start.source") != "pool" {
+		t.Errorf("activator wait: cold_start %v source %v; want true, pool", wait.Attr("pilotlight.cold_start"), wait.Attr("pilotlight.cold_start.source"))
 	}
 	if len(byName["cold start"]) != 1 {
 		t.Fatalf("%d cold start spans, want 1", len(byName["cold start"]))
@@ -215,7 +149,7 @@ func TestRouterSpans(t *testing.T) {
 	}
 	warm := 0
 	for _, s := range byName["activator wait"] {
-		if s.attr("pilotlight.cold_start") == false {
+		if s.Attr("pilotlight.cold_start") == false {
 			warm++
 		}
 	}
@@ -223,12 +157,12 @@ func TestRouterSpans(t *testing.T) {
 		t.Errorf("%d warm activator waits, want 2", warm)
 	}
 	proxy := child("proxy")
-	if proxy.attr("http.response.status_code") != float64(200) {
-		t.Errorf("proxy span status %v", proxy.attr("http.response.status_code"))
+	if proxy.Attr("http.response.status_code") != float64(200) {
+		t.Errorf("proxy span status %v", proxy.Attr("http.response.status_code"))
 	}
 }
 
-func names(spans []exportedSpan) []string {
+func names(spans []testbin.Span) []string {
 	out := make([]string, len(spans))
 	for i, s := range spans {
 		out[i] = s.Name
@@ -257,7 +191,7 @@ func traceparentOf(t *testing.T, v string) (traceID, parentID string) {
 }
 
 // spanByID finds the span with id among spans.
-func spanByID(t *testing.T, spans []exportedSpan, id string) exportedSpan {
+func spanByID(t *testing.T, spans []testbin.Span, id string) testbin.Span {
 	t.Helper()
 	for _, s := range spans {
 		if s.SpanContext.SpanID == id {
@@ -265,7 +199,7 @@ func spanByID(t *testing.T, spans []exportedSpan, id string) exportedSpan {
 		}
 	}
 	t.Fatalf("no span %s among %v", id, names(spans))
-	return exportedSpan{}
+	return testbin.Span{}
 }
 
 // TestFastPathTracePropagation sends requests through the real front door
@@ -324,7 +258,7 @@ func TestFastPathTracePropagation(t *testing.T) {
 	if err := tel.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	spans := decodeSpans(t, out.Bytes())
+	spans := testbin.DecodeSpans(t, out.Bytes())
 	mu.Lock()
 	defer mu.Unlock()
 	if len(seen) != 3 {
@@ -333,12 +267,12 @@ func TestFastPathTracePropagation(t *testing.T) {
 	for i, tp := range seen {
 		traceID, parentID := traceparentOf(t, tp)
 		proxy := spanByID(t, spans, parentID)
-		if proxy.Name != "proxy" || proxy.SpanContext.TraceID != traceID || proxy.attr("http.response.status_code") != float64(200) {
-			t.Errorf("call %d: the instance's parent is %q (trace %s, status %v); want the router's proxy span, status 200", i, proxy.Name, proxy.SpanContext.TraceID, proxy.attr("http.response.status_code"))
+		if proxy.Name != "proxy" || proxy.SpanContext.TraceID != traceID || proxy.Attr("http.response.status_code") != float64(200) {
+			t.Errorf("call %d: the instance's parent is %q (trace %s, status %v); want the router's proxy span, status 200", i, proxy.Name, proxy.SpanContext.TraceID, proxy.Attr("http.response.status_code"))
 		}
 		req := spanByID(t, spans, proxy.Parent.SpanID)
-		if req.Name != "router POST /v2/models/:model/infer" || req.attr("pilotlight.revision") != "m-00001" || req.attr("http.response.status_code") != float64(200) {
-			t.Errorf("call %d: the proxy span's parent is %q revision %v status %v", i, req.Name, req.attr("pilotlight.revision"), req.attr("http.response.status_code"))
+		if req.Name != "router POST /v2/models/:model/infer" || req.Attr("pilotlight.revision") != "m-00001" || req.Attr("http.response.status_code") != float64(200) {
+			t.Errorf("call %d: the proxy span's parent is %q revision %v status %v", i, req.Name, req.Attr("pilotlight.revision"), req.Attr("http.response.status_code"))
 		}
 		switch i {
 		case 0:
@@ -370,19 +304,19 @@ func TestGRPCSpans(t *testing.T) {
 	if err := tel.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	spans := decodeSpans(t, out.Bytes())
+	spans := testbin.DecodeSpans(t, out.Bytes())
 	tp := inst.last().Get("traceparent")
 	if len(tp) != 1 {
 		t.Fatalf("the instance got traceparent %v, want one", tp)
 	}
 	traceID, parentID := traceparentOf(t, tp[0])
 	proxy := spanByID(t, spans, parentID)
-	if proxy.Name != "proxy" || traceID != clientTrace || proxy.attr("rpc.grpc.status_code") != float64(0) {
-		t.Errorf("the instance's parent: %q in trace %s, grpc status %v; want the proxy span in the client's trace, status 0", proxy.Name, traceID, proxy.attr("rpc.grpc.status_code"))
+	if proxy.Name != "proxy" || traceID != clientTrace || proxy.Attr("rpc.grpc.status_code") != float64(0) {
+		t.Errorf("the instance's parent: %q in trace %s, grpc status %v; want the proxy span in the client's trace, status 0", proxy.Name, traceID, proxy.Attr("rpc.grpc.status_code"))
 	}
 	call := spanByID(t, spans, proxy.Parent.SpanID)
 	for key, want := range map[string]any{"pilotlight.function": "m", "pilotlight.revision": "m-00002", "rpc.system": "grpc", "rpc.grpc.status_code": float64(0)} {
-		if got := call.attr(key); got != want {
+		if got := call.Attr(key); got != want {
 			t.Errorf("call span %q: %s = %v, want %v", call.Name, key, got, want)
 		}
 	}
@@ -392,7 +326,7 @@ func TestGRPCSpans(t *testing.T) {
 	var wait bool
 	for _, s := range spans {
 		if s.Name == "activator wait" && s.Parent.SpanID == call.SpanContext.SpanID {
-			wait = s.attr("pilotlight.cold_start") == true // instanceBackend's first acquire of a revision is cold
+			wait = s.Attr("pilotlight.cold_start") == true // instanceBackend's first acquire of a revision is cold
 		}
 	}
 	if !wait {

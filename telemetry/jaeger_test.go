@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,17 +28,6 @@ import (
 )
 
 const traceWait = 60 * time.Second
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
-}
 
 // jaegerSpan is a span as Jaeger's query API (/api/traces/{id}) returns it.
 type jaegerSpan struct {
@@ -123,31 +111,9 @@ func (s jaegerSpan) tag(key string) any {
 // spans, plus the cold start's own trace linked from the request.
 func TestTraceInJaeger(t *testing.T) {
 	root := testbin.Root()
-	jaegerBin := os.Getenv("JAEGER_BIN")
-	if jaegerBin == "" {
-		jaegerBin = filepath.Join(root, "bin", "jaeger")
-	}
-	if _, err := os.Stat(jaegerBin); err != nil {
-		t.Fatalf("%v: build Jaeger first (make jaeger-bin), or set JAEGER_BIN", err)
-	}
-	queryPort, otlpPort := freePort(t), freePort(t)
-	var jlog bytes.Buffer
-	jaeger := exec.Command(jaegerBin, "--config=file:"+filepath.Join(root, "hack", "jaeger", "config.yaml"))
-	jaeger.Env = append(os.Environ(), "JAEGER_QUERY_PORT="+queryPort, "JAEGER_OTLP_HTTP_PORT="+otlpPort,
-		"JAEGER_OTLP_GRPC_PORT="+freePort(t), "JAEGER_HEALTH_PORT="+freePort(t), "JAEGER_QUERY_GRPC_PORT="+freePort(t))
-	jaeger.Stdout, jaeger.Stderr = &jlog, &jlog
-	if err := jaeger.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = jaeger.Process.Kill(); _ = jaeger.Wait() }()
-	jaegerURL := "http://127.0.0.1:" + queryPort
-	ctx, cancel := context.WithTimeout(context.Background(), traceWait)
-	defer cancel()
-	if err := bench.WaitReady(ctx, jaegerURL+"/api/services"); err != nil {
-		t.Fatalf("jaeger: %v\n%s", err, jlog.String())
-	}
+	jaegerURL, otlp := startJaeger(t)
 
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:"+otlpPort)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
 	t.Setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
 	var serveLog bytes.Buffer
 	serve, err := bench.StartServe(testbin.Pilotlight(t), []string{"--functions", filepath.Join(root, "functions"), "--flags", "", "--pool-size", "1", "--ebpf"}, &serveLog)
@@ -275,30 +241,25 @@ func TestTraceInJaeger(t *testing.T) {
 	t.Logf("trace %s: %d spans from %v; cold start trace %s with events %v", traceID, len(tr.Spans), services, coldTrace, events)
 }
 
-// startJaeger runs Jaeger on free loopback ports and returns its OTLP/HTTP endpoint.
-func startJaeger(t *testing.T) (otlp string) {
+// startJaeger runs Jaeger on free loopback ports and returns its query API's
+// and its OTLP/HTTP endpoint's URLs.
+func startJaeger(t *testing.T) (query, otlp string) {
 	t.Helper()
 	root := testbin.Root()
 	jaegerBin := os.Getenv("JAEGER_BIN")
 	if jaegerBin == "" {
 		jaegerBin = filepath.Join(root, "bin", "jaeger")
 	}
-	queryPort, otlpPort := freePort(t), freePort(t)
-	var jlog bytes.Buffer
+	if _, err := os.Stat(jaegerBin); err != nil {
+		t.Fatalf("%v: build Jaeger first (make jaeger-bin), or set JAEGER_BIN", err)
+	}
+	queryPort, otlpPort := testbin.FreePort(t), testbin.FreePort(t)
 	cmd := exec.Command(jaegerBin, "--config=file:"+filepath.Join(root, "hack", "jaeger", "config.yaml"))
 	cmd.Env = append(os.Environ(), "JAEGER_QUERY_PORT="+queryPort, "JAEGER_OTLP_HTTP_PORT="+otlpPort,
-		"JAEGER_OTLP_GRPC_PORT="+freePort(t), "JAEGER_HEALTH_PORT="+freePort(t), "JAEGER_QUERY_GRPC_PORT="+freePort(t))
-	cmd.Stdout, cmd.Stderr = &jlog, &jlog
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("%v (make jaeger-bin builds it)", err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	ctx, cancel := context.WithTimeout(context.Background(), traceWait)
-	defer cancel()
-	if err := bench.WaitReady(ctx, "http://127.0.0.1:"+queryPort+"/api/services"); err != nil {
-		t.Fatalf("jaeger: %v\n%s", err, jlog.String())
-	}
-	return "http://127.0.0.1:" + otlpPort
+		"JAEGER_OTLP_GRPC_PORT="+testbin.FreePort(t), "JAEGER_HEALTH_PORT="+testbin.FreePort(t), "JAEGER_QUERY_GRPC_PORT="+testbin.FreePort(t))
+	query = "http://127.0.0.1:" + queryPort
+	testbin.StartDaemon(t, cmd, query+"/api/services", traceWait, "make jaeger-bin builds it")
+	return query, "http://127.0.0.1:" + otlpPort
 }
 
 // Bounds of the throughput comparison.
@@ -315,7 +276,7 @@ const (
 // request succeeded; the figures go to the log (make bench-tracing).
 func TestTracingThroughput(t *testing.T) {
 	root := testbin.Root()
-	otlp := startJaeger(t)
+	_, otlp := startJaeger(t)
 	body, err := os.ReadFile(filepath.Join(root, "functions", "fraud", "testdata", "infer.json"))
 	if err != nil {
 		t.Fatal(err)

@@ -108,14 +108,17 @@ func (q *queueProcessor) loop() {
 		clear(batch)
 		batch = batch[:0]
 	}
+	add := func(s sdktrace.ReadOnlySpan) {
+		batch = append(batch, s)
+		if len(batch) == exportBatchSpans {
+			export()
+		}
+	}
 	drain := func() {
 		for {
 			select {
 			case s := <-q.queue:
-				batch = append(batch, s)
-				if len(batch) == exportBatchSpans {
-					export()
-				}
+				add(s)
 			default:
 				export()
 				return
@@ -125,10 +128,7 @@ func (q *queueProcessor) loop() {
 	for {
 		select {
 		case s := <-q.queue:
-			batch = append(batch, s)
-			if len(batch) == exportBatchSpans {
-				export()
-			}
+			add(s)
 		case <-ticker.C:
 			export()
 		case ack := <-q.flushReq:

@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
@@ -40,6 +41,13 @@ const (
 const (
 	ProtocolGRPC = "grpc"
 	ProtocolHTTP = "http/protobuf"
+)
+
+// Span attribute keys the router's and the instance's spans both carry, so
+// one query finds a function's or a revision's spans on either side.
+const (
+	AttrFunction = attribute.Key("pilotlight.function")
+	AttrRevision = attribute.Key("pilotlight.revision")
 )
 
 // DefaultQueueSpans bounds the spans waiting for export

@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
 func env(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
@@ -42,14 +44,8 @@ func TestFromEnv(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg, err := FromEnv(env(tt.env), "pilotlight-router")
-			if tt.wantError != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantError) {
-					t.Fatalf("err = %v, want one mentioning %q", err, tt.wantError)
-				}
+			if testbin.ExpectError(t, err, tt.wantError) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if cfg.Exporter != tt.exporter || cfg.Protocol != tt.protocol || cfg.SamplerName != tt.sampler || cfg.ServiceName != tt.service {
 				t.Errorf("got exporter %q protocol %q sampler %q service %q", cfg.Exporter, cfg.Protocol, cfg.SamplerName, cfg.ServiceName)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,18 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router/auth"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // TestServeAuthenticatesOutsideDevelopment runs serve without --dev: every
 // function call needs a key allowed for that function, keys are rate
@@ -39,7 +29,7 @@ func TestServeAuthenticatesOutsideDevelopment(t *testing.T) {
 		t.Fatal(err)
 	}
 	root, _ := filepath.Abs("../..")
-	adminAddr := freeAddr(t)
+	adminAddr := testbin.FreeAddr(t)
 	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--keys-file", keysFile, "--admin-addr", adminAddr, "--functions", filepath.Join(root, "functions"))
 	cmd.Dir = root
 	stdout, _ := cmd.StdoutPipe()

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
 // startServeAs runs serve --dev --ebpf, optionally as another user, and
@@ -67,17 +69,6 @@ func startServeAs(t *testing.T, bin string, cred *syscall.Credential) (string, *
 	return "", nil
 }
 
-func metricsText(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
-}
-
 const fraudTx = `{"amount": 912.40, "avg_amount_30d": 85.0, "merchant_category": "electronics", "country": "BR", "home_country": "US", "hour": 3, "device_new": true, "tx_last_24h": 7}`
 
 // TestServeWithEBPF scales fraud from zero through the real platform with
@@ -90,15 +81,9 @@ func TestServeWithEBPF(t *testing.T) {
 	bin := buildBinary(t)
 	url, log := startServeAs(t, bin, nil)
 	for i := 0; i < 20; i++ {
-		resp, err := http.Post(url+"/functions/fraud", "application/json", strings.NewReader(fraudTx))
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("fraud: %d", resp.StatusCode)
-		}
+		req, _ := http.NewRequest(http.MethodPost, url+"/functions/fraud", strings.NewReader(fraudTx))
+		req.Header.Set("Content-Type", "application/json")
+		testbin.DoOK(t, nil, req)
 	}
 	var admin struct {
 		Functions []struct {
@@ -200,7 +185,7 @@ func TestServeWithEBPF(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	m := metricsText(t, url)
+	m := testbin.Scrape(t, url)
 	for _, want := range []string{"pilotlight_bpf_enabled 1", `pilotlight_bpf_runqueue_delay_seconds_count{function="fraud"`,
 		`pilotlight_bpf_socket_receive_queue_seconds_count{function="fraud"`, `pilotlight_bpf_cold_start_phase_seconds_count{function="fraud"`,
 		`pilotlight_bpf_cold_start_time_seconds_count{function="fraud"`, `pilotlight_bpf_connections_total{direction="inbound",function="fraud",peer_class="router"`} {
@@ -231,7 +216,7 @@ func TestServeWithoutBPFPrivilegeKeepsServing(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("fraud without eBPF privilege: %d %s\n%s", resp.StatusCode, body, log.String())
 	}
-	if m := metricsText(t, url); !strings.Contains(m, "pilotlight_bpf_enabled 0") {
+	if m := testbin.Scrape(t, url); !strings.Contains(m, "pilotlight_bpf_enabled 0") {
 		t.Error("pilotlight_bpf_enabled is not 0")
 	}
 	// serve logs why before it listens; the log is read concurrently.

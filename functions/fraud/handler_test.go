@@ -2,12 +2,11 @@ package fraud_test
 
 import (
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 
-	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/fraud"
+	"github.com/pilotlight/pilotlight/functions/functionstest"
 	"github.com/pilotlight/pilotlight/functions/tensor"
 )
 
@@ -140,14 +139,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"batch mixed with tx", `{"transactions": [` + validTx + `], "amount": 3}`, `field "amount": a batch request holds only`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			inv, err := fraud.Handler{}.Decode([]byte(tc.body))
-			var bad *functions.BadRequest
-			if !errors.As(err, &bad) {
-				t.Fatalf("Decode(%s) = %v, %v; want *functions.BadRequest", tc.body, inv, err)
-			}
-			if !strings.Contains(bad.Msg, tc.want) {
-				t.Fatalf("error %q does not mention %q", bad.Msg, tc.want)
-			}
+			functionstest.RejectsBadRequest(t, fraud.Handler{}, tc.body, tc.want)
 		})
 	}
 }
@@ -240,12 +232,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(validTx))
 	f.Add([]byte(batchOf(3, validTx)))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		inv, err := fraud.Handler{}.Decode(body)
-		if err != nil {
-			var bad *functions.BadRequest
-			if !errors.As(err, &bad) || bad.Msg == "" {
-				t.Fatalf("Decode error %T %v is not a *functions.BadRequest", err, err)
-			}
+		inv := functionstest.DecodeOrBadRequest(t, fraud.Handler{}, body)
+		if inv == nil {
 			return
 		}
 		if inv.Rows < 1 || inv.Rows > fraud.MaxTransactions || len(inv.Inputs) != 1 {

@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/fraud"
 	"github.com/pilotlight/pilotlight/functions/functionstest"
 	"github.com/pilotlight/pilotlight/functions/tensor"
@@ -138,15 +137,9 @@ func TestTrainHonoursCancellation(t *testing.T) {
 
 // TestManifest loads function.yaml with its models and builds its handler.
 func TestManifest(t *testing.T) {
-	m, err := functions.LoadDir(".")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := functionstest.LoadManifest(t, ".")
 	if m.Name != "fraud" || m.Handler != fraud.HandlerName || len(m.Revisions) != 2 {
 		t.Fatalf("manifest %+v", m)
-	}
-	if h, err := functions.NewHandler(m); err != nil || h == nil {
-		t.Fatalf("NewHandler: %v, %v", h, err)
 	}
 }
 
@@ -161,19 +154,7 @@ func TestEndToEnd(t *testing.T) {
 		for _, tc := range []struct {
 			body, decision string
 		}{{ordinary, fraud.DecisionApprove}, {thief, fraud.DecisionBlock}} {
-			inv, err := fraud.Handler{}.Decode([]byte(tc.body))
-			if err != nil {
-				t.Fatal(err)
-			}
-			out, err := s.Run(inv.Inputs)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp, err := inv.Encode(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := resp.(fraud.Result)
+			r := functionstest.Invoke(t, fraud.Handler{}, s, tc.body).(fraud.Result)
 			if r.Decision != tc.decision || len(r.TopFeatures) != 3 {
 				t.Errorf("%s: %s -> %+v, want decision %s", rev, tc.body, r, tc.decision)
 			}

@@ -1,7 +1,8 @@
 // Package functionstest holds the checks every function package's tests run
-// on its training code (as net/http/httptest does for handlers): re-export
-// reproduces the committed models byte for byte, and training honours
-// cancellation. Only tests import it.
+// (as net/http/httptest does for handlers): on its training code, re-export
+// reproduces the committed models byte for byte and training honours
+// cancellation; on its handler, a body's whole way through decode, model and
+// encode, and refusals as *functions.BadRequest. Only tests import it.
 package functionstest
 
 import (

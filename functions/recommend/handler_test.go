@@ -2,13 +2,12 @@ package recommend_test
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/functions/functionstest"
 	"github.com/pilotlight/pilotlight/functions/recommend"
 	"github.com/pilotlight/pilotlight/functions/tensor"
 )
@@ -99,14 +98,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"too many candidates", `{"user_id": 1, "candidates": ` + ids(recommend.MaxCandidates+1) + `}`, "candidates: 1001 ids, at most 1000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			inv, err := recommend.Handler{}.Decode([]byte(tc.body))
-			var bad *functions.BadRequest
-			if !errors.As(err, &bad) {
-				t.Fatalf("Decode(%s) = %v, %v; want *functions.BadRequest", tc.body, inv, err)
-			}
-			if !strings.Contains(bad.Msg, tc.want) {
-				t.Fatalf("error %q does not mention %q", bad.Msg, tc.want)
-			}
+			functionstest.RejectsBadRequest(t, recommend.Handler{}, tc.body, tc.want)
 		})
 	}
 }
@@ -187,12 +179,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"user_id": 42, "k": 10}`))
 	f.Add([]byte(`{"user_id": 7, "k": 5, "candidates": [3, 1400, 3, 77]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		inv, err := recommend.Handler{}.Decode(body)
-		if err != nil {
-			var bad *functions.BadRequest
-			if !errors.As(err, &bad) || bad.Msg == "" {
-				t.Fatalf("Decode error %T %v is not a *functions.BadRequest", err, err)
-			}
+		inv := functionstest.DecodeOrBadRequest(t, recommend.Handler{}, body)
+		if inv == nil {
 			return
 		}
 		if inv.Rows != 1 || len(inv.Inputs) != 2 {

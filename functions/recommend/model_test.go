@@ -7,7 +7,6 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/functionstest"
 	"github.com/pilotlight/pilotlight/functions/recommend"
 	"github.com/pilotlight/pilotlight/functions/tensor"
@@ -116,15 +115,9 @@ func TestTrainHonoursCancellation(t *testing.T) {
 }
 
 func TestManifest(t *testing.T) {
-	m, err := functions.LoadDir(".")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := functionstest.LoadManifest(t, ".")
 	if m.Name != "recommend" || m.Handler != recommend.HandlerName || len(m.Revisions) != 1 || m.Revisions[0].Name != recommend.Revision {
 		t.Fatalf("manifest %+v", m)
-	}
-	if h, err := functions.NewHandler(m); err != nil || h == nil {
-		t.Fatalf("NewHandler: %v, %v", h, err)
 	}
 }
 
@@ -141,19 +134,7 @@ func TestEndToEnd(t *testing.T) {
 		{`{"user_id": 7, "k": 5, "candidates": [3, 1400, 3, 77]}`, 3, []int64{3, 1400, 77}},
 		{`{"user_id": 7, "k": 2, "candidates": [3, 1400, 77, 900, 12]}`, 2, []int64{3, 1400, 77, 900, 12}},
 	} {
-		inv, err := recommend.Handler{}.Decode([]byte(tc.body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := s.Run(inv.Inputs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := inv.Encode(out)
-		if err != nil {
-			t.Fatalf("%s: %v", tc.body, err)
-		}
-		r := resp.(recommend.Response)
+		r := functionstest.Invoke(t, recommend.Handler{}, s, tc.body).(recommend.Response)
 		if len(r.Items) != tc.want {
 			t.Fatalf("%s: %d items, want %d: %+v", tc.body, len(r.Items), tc.want, r)
 		}

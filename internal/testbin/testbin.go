@@ -1,5 +1,7 @@
-// Package testbin builds the real pilotlight binary once per test process,
-// so engine and router tests start real child runtime processes.
+// Package testbin holds what tests in several packages share: it builds the
+// real pilotlight binary once per test process (so engine and router tests
+// start real child runtime processes), starts the real servers tests talk to,
+// waits on conditions, and reads metrics and exported spans.
 package testbin
 
 import (
@@ -7,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -62,16 +65,24 @@ func Functions(t testing.TB, names ...string) []*functions.Manifest {
 	return out
 }
 
-// WaitFor polls cond until it holds: tests wait on what they expect, never on
-// a fixed sleep. within only turns a hang into a failure naming what.
+// WaitFor polls cond every 5ms until it holds: tests wait on what they
+// expect, never on a fixed sleep. within only turns a hang into a failure
+// naming what.
 func WaitFor(t testing.TB, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	Poll(t, what, within, 5*time.Millisecond, cond)
+}
+
+// Poll is WaitFor with a slower pace, for a cond that asks another process
+// (a Prometheus query) and should not be asked 200 times a second.
+func Poll(t testing.TB, what string, within, every time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %s waiting for %s", within, what)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
 
@@ -88,4 +99,21 @@ func WriteFunction(t testing.TB, dir, raw string) *functions.Manifest {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// ExpectError checks err against a table case's wanted error: when want is
+// not empty err must mention it, and ExpectError returns true (the case
+// ends there); when want is empty err must be nil.
+func ExpectError(t testing.TB, err error, want string) bool {
+	t.Helper()
+	if want != "" {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("err %v, want one mentioning %q", err, want)
+		}
+		return true
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return false
 }

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pilotlight/pilotlight/frame"
 	"github.com/pilotlight/pilotlight/functions"
@@ -195,7 +194,7 @@ func TestScaleFromZeroToZeroAndBack(t *testing.T) {
 			if pids[0] == pids[1] {
 				t.Errorf("the second cold start reused pid %d: the first process did not exit", pids[0])
 			}
-			if got := testutil.ToFloat64(counter(t, reg, "pilotlight_cold_starts_total", map[string]string{"source": tc.source})); got != 2 {
+			if got := testbin.Metric(t, reg, "pilotlight_cold_starts_total", map[string]string{"source": tc.source}); got != 2 {
 				t.Errorf("pilotlight_cold_starts_total{source=%q} = %v, want 2", tc.source, got)
 			}
 			if st := status(e); st.LastCold == nil || st.LastCold.Source != tc.source {
@@ -262,7 +261,7 @@ func TestCrashedInstanceIsReplaced(t *testing.T) {
 		st := status(e)
 		return len(st.Instances) == 1 && st.Instances[0].State == "ready" && st.Instances[0].PID != first
 	})
-	if got := testutil.ToFloat64(counter(t, reg, "pilotlight_instance_exits_total", map[string]string{"reason": "crashed"})); got != 1 {
+	if got := testbin.Metric(t, reg, "pilotlight_instance_exits_total", map[string]string{"reason": "crashed"}); got != 1 {
 		t.Errorf("crashed exits = %v, want 1", got)
 	}
 }

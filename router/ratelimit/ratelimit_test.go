@@ -15,6 +15,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
 )
 
@@ -153,27 +154,6 @@ func TestBoundedKeepsRecentlyUsed(t *testing.T) {
 	}
 }
 
-func rejected(t *testing.T, reg *prometheus.Registry, key string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "pilotlight_ratelimit_rejected_requests_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == "key" && lp.GetValue() == key {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
-}
-
 // keyHeader stands in for auth.KeyID in these tests.
 func keyHeader(c echo.Context) string { return c.Request().Header.Get("X-Test-Key") }
 
@@ -253,10 +233,10 @@ func TestMiddleware(t *testing.T) {
 	if rec := do(e, "", "192.0.2.2:1234"); rec.Code != 200 {
 		t.Fatalf("another anonymous client: %d, want 200", rec.Code)
 	}
-	if got := rejected(t, reg, "team-a"); got != 1 {
+	if got := testbin.Metric(t, reg, "pilotlight_ratelimit_rejected_requests_total", map[string]string{"key": "team-a"}); got != 1 {
 		t.Errorf("rejected{key=team-a} = %v, want 1", got)
 	}
-	if got := rejected(t, reg, "anonymous"); got != 1 {
+	if got := testbin.Metric(t, reg, "pilotlight_ratelimit_rejected_requests_total", map[string]string{"key": "anonymous"}); got != 1 {
 		t.Errorf("rejected{key=anonymous} = %v, want 1", got)
 	}
 }

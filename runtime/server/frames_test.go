@@ -15,6 +15,7 @@ import (
 
 	"github.com/pilotlight/pilotlight/frame"
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
 // frameClient sends request frames on one connection to an instance's socket.
@@ -122,27 +123,8 @@ func TestFramesServeAsHTTP(t *testing.T) {
 		}
 	}
 	// Both inference requests (framed and HTTP) are counted alike.
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ok200 float64
-	for _, mf := range mfs {
-		if mf.GetName() != "pilotlight_runtime_requests_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			l := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				l[lp.GetName()] = lp.GetValue()
-			}
-			if l["route"] == "infer" && l["code"] == "200" {
-				ok200 += m.GetCounter().GetValue()
-			}
-		}
-	}
-	if ok200 != 2 {
-		t.Errorf("pilotlight_runtime_requests_total{route=infer,code=200} = %v, want 2 (one framed, one HTTP)", ok200)
+	if n := testbin.Metric(t, reg, "pilotlight_runtime_requests_total", map[string]string{"route": "infer", "code": "200"}); n != 2 {
+		t.Errorf("pilotlight_runtime_requests_total{route=infer,code=200} = %v, want 2 (one framed, one HTTP)", n)
 	}
 
 	// A frame over the frame limit (body limit + 128 KiB) closes the connection.

@@ -1,21 +1,17 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/runtime/server"
 )
@@ -33,19 +30,7 @@ import (
 // (Serve: HTTP/1.1 and h2c on one port) and dials it with grpc-go.
 func servedInstance(t *testing.T, mutate func(*functions.Manifest)) (addr string, client pb.GRPCInferenceServiceClient, conn *grpc.ClientConn, reg *prometheus.Registry) {
 	t.Helper()
-	requireORT(t)
-	m, err := functions.LoadDir(filepath.Join(repoRoot(t), "functions", "example-tensor"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if mutate != nil {
-		mutate(m)
-	}
-	reg = prometheus.NewRegistry()
-	s := server.New(server.Config{Registry: reg})
-	if err := s.Load(context.Background(), m, m.Revisions[0].Name); err != nil {
-		t.Fatal(err)
-	}
+	s, reg := loadExample(t, mutate)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -80,17 +65,7 @@ func fp32Input(rows int, v float32) *pb.ModelInferRequest_InferInputTensor {
 // the status and the decoded body.
 func restInfer(t *testing.T, addr, path string, body []byte) (int, map[string]any) {
 	t.Helper()
-	resp, err := http.Post("http://"+addr+path, "application/json", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	if err := json.Unmarshal(raw, &out); err != nil {
-		t.Fatalf("REST %s: status %d, not JSON: %q", path, resp.StatusCode, raw)
-	}
-	return resp.StatusCode, out
+	return do(t, http.MethodPost, "http://"+addr+path, string(body))
 }
 
 // restBody is req as the V2 REST JSON body.
@@ -228,7 +203,7 @@ func TestGRPCOnTheRESTPort(t *testing.T) {
 	}
 	_ = stream.CloseSend()
 
-	if got := testutil.ToFloat64(counter(t, reg, "grpc", "200")); got != 2 {
+	if got := testbin.Metric(t, reg, "pilotlight_runtime_requests_total", map[string]string{"route": "grpc", "code": "200"}); got != 2 {
 		t.Errorf("pilotlight_runtime_requests_total{route=grpc,code=200} = %v, want 2", got)
 	}
 }
@@ -237,31 +212,6 @@ func h2cOnly() *http.Protocols {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
 	return &p
-}
-
-// counter is pilotlight_runtime_requests_total for the example function's route and code.
-func counter(t *testing.T, reg *prometheus.Registry, route, code string) prometheus.Collector {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
-	for _, mf := range mfs {
-		if mf.GetName() != "pilotlight_runtime_requests_total" {
-			continue
-		}
-		for _, m := range mf.Metric {
-			labels := map[string]string{}
-			for _, l := range m.Label {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["route"] == route && labels["code"] == code {
-				c.Add(m.Counter.GetValue())
-			}
-		}
-	}
-	return c
 }
 
 // rawBytes sends its bytes as the request message unchanged, so tests can
@@ -376,10 +326,10 @@ func TestGRPCBadInputGivesRESTsMessageWithACode(t *testing.T) {
 	if _, err := c.ModelInfer(ctx, in(nil)); err != nil {
 		t.Fatalf("after bad input: %v", err)
 	}
-	if got := testutil.ToFloat64(counter(t, reg, "grpc", "400")); got < 10 {
+	if got := testbin.Metric(t, reg, "pilotlight_runtime_requests_total", map[string]string{"route": "grpc", "code": "400"}); got < 10 {
 		t.Errorf("refused gRPC calls counted as code 400: %v", got)
 	}
-	if got := testutil.ToFloat64(counter(t, reg, "grpc", "429")); got != 2 {
+	if got := testbin.Metric(t, reg, "pilotlight_runtime_requests_total", map[string]string{"route": "grpc", "code": "429"}); got != 2 {
 		t.Errorf("ResourceExhausted gRPC calls counted as code 429: %v, want 2", got)
 	}
 }

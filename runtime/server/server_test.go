@@ -41,6 +41,16 @@ func requireORT(t testing.TB) {
 // loaded starts a server with the bring-your-own example model loaded.
 func loaded(t testing.TB, mutate func(*functions.Manifest)) (*server.Server, *httptest.Server, *prometheus.Registry) {
 	t.Helper()
+	s, reg := loadExample(t, mutate)
+	ts := httptest.NewServer(s.Handler())
+	t.Cleanup(ts.Close)
+	return s, ts, reg
+}
+
+// loadExample is a server, not yet serving, with example-tensor's first
+// revision loaded after mutate (when not nil) changed its manifest.
+func loadExample(t testing.TB, mutate func(*functions.Manifest)) (*server.Server, *prometheus.Registry) {
+	t.Helper()
 	requireORT(t)
 	m, err := functions.LoadDir(filepath.Join(repoRoot(t), "functions", "example-tensor"))
 	if err != nil {
@@ -54,9 +64,7 @@ func loaded(t testing.TB, mutate func(*functions.Manifest)) (*server.Server, *ht
 	if err := s.Load(context.Background(), m, m.Revisions[0].Name); err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(s.Handler())
-	t.Cleanup(ts.Close)
-	return s, ts, reg
+	return s, reg
 }
 
 func do(t testing.TB, method, url, body string) (int, map[string]any) {

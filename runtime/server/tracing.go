@@ -9,15 +9,17 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // tracerName is the instrumentation scope of the instance's spans.
 const tracerName = "github.com/pilotlight/pilotlight/runtime/server"
 
-// Span attribute keys shared with the router's spans, so one query finds both.
+// Span attribute keys shared with the router's spans (telemetry owns them).
 const (
-	attrFunction = attribute.Key("pilotlight.function")
-	attrRevision = attribute.Key("pilotlight.revision")
+	attrFunction = telemetry.AttrFunction
+	attrRevision = telemetry.AttrRevision
 )
 
 // traceRequests continues the caller's trace (the router's proxy span, via

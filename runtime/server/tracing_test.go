@@ -3,9 +3,6 @@ package server_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -15,28 +12,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/runtime/server"
 	"github.com/pilotlight/pilotlight/telemetry"
 )
-
-type consoleSpan struct {
-	Name        string
-	SpanContext struct{ TraceID, SpanID string }
-	Parent      struct{ TraceID, SpanID string }
-	Attributes  []struct {
-		Key   string
-		Value struct{ Value any }
-	}
-}
-
-func (s consoleSpan) attr(key string) any {
-	for _, a := range s.Attributes {
-		if a.Key == key {
-			return a.Value.Value
-		}
-	}
-	return nil
-}
 
 // TestInstanceSpans serves a real model with tracing on (console exporter)
 // and checks the instance's spans continue the caller's traceparent.
@@ -63,31 +42,13 @@ func TestInstanceSpans(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodPost, ts.URL+"/v2/models/example-tensor/infer",
 			strings.NewReader(`{"inputs":[{"name":"input_vectors","shape":[2,10],"datatype":"FP32","data":`+vec(2, 1)+`}]}`))
 		req.Header.Set("traceparent", tp)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("traceparent %q: status %d", tp, resp.StatusCode)
-		}
+		testbin.DoOK(t, nil, req)
 	}
 	if err := tel.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	var spans []consoleSpan
-	dec := json.NewDecoder(&out)
-	for {
-		var sp consoleSpan
-		if err := dec.Decode(&sp); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		spans = append(spans, sp)
-	}
-	var root *consoleSpan
+	spans := testbin.DecodeSpans(t, out.Bytes())
+	var root *testbin.Span
 	for i, sp := range spans {
 		if sp.Name == "instance POST /v2/models/:model/infer" && sp.SpanContext.TraceID == trace {
 			root = &spans[i]
@@ -96,10 +57,10 @@ func TestInstanceSpans(t *testing.T) {
 	if root == nil || root.Parent.SpanID != parent {
 		t.Fatalf("no instance span continuing the caller's trace among %d spans", len(spans))
 	}
-	if root.attr("pilotlight.function") != "example-tensor" || root.attr("pilotlight.request.rows") != float64(2) {
-		t.Errorf("instance span function %v rows %v", root.attr("pilotlight.function"), root.attr("pilotlight.request.rows"))
+	if root.Attr("pilotlight.function") != "example-tensor" || root.Attr("pilotlight.request.rows") != float64(2) {
+		t.Errorf("instance span function %v rows %v", root.Attr("pilotlight.function"), root.Attr("pilotlight.request.rows"))
 	}
-	children := map[string]consoleSpan{}
+	children := map[string]testbin.Span{}
 	for _, sp := range spans {
 		if sp.Parent.SpanID == root.SpanContext.SpanID {
 			children[sp.Name] = sp
@@ -110,8 +71,8 @@ func TestInstanceSpans(t *testing.T) {
 			t.Errorf("no %q span under the instance span", name)
 		}
 	}
-	if w := children["batch wait"]; w.attr("pilotlight.batch.rows") == nil || w.attr("pilotlight.request.rows") != float64(2) {
-		t.Errorf("batch wait: batch rows %v, request rows %v", w.attr("pilotlight.batch.rows"), w.attr("pilotlight.request.rows"))
+	if w := children["batch wait"]; w.Attr("pilotlight.batch.rows") == nil || w.Attr("pilotlight.request.rows") != float64(2) {
+		t.Errorf("batch wait: batch rows %v, request rows %v", w.Attr("pilotlight.batch.rows"), w.Attr("pilotlight.request.rows"))
 	}
 	fresh := 0
 	for _, sp := range spans {
