@@ -119,8 +119,8 @@ func ReadRequest(r *bufio.Reader, buf *[]byte, limit int, req *Request) error {
 	if d.u8() != magic || d.u8() != version {
 		return errors.New("frame: not a Pilotlight request frame (bad magic or version)")
 	}
-	req.Method = d.bytes(int(d.u8()))
-	req.URI = d.bytes(int(d.u16()))
+	req.Method = d.take(int(d.u8()))
+	req.URI = d.take(int(d.u16()))
 	req.Headers = d.headers(req.Headers[:0])
 	req.Body = d.b
 	return d.err
@@ -240,42 +240,12 @@ type decoder struct {
 	err error
 }
 
-func (d *decoder) need(n int) bool {
+// take consumes n bytes, or records a truncated frame and returns nil.
+func (d *decoder) take(n int) []byte {
 	if d.err == nil && len(d.b) < n {
 		d.err = errors.New("frame: truncated request frame")
 	}
-	return d.err == nil
-}
-
-func (d *decoder) u8() byte {
-	if !d.need(1) {
-		return 0
-	}
-	v := d.b[0]
-	d.b = d.b[1:]
-	return v
-}
-
-func (d *decoder) u16() uint16 {
-	if !d.need(2) {
-		return 0
-	}
-	v := binary.LittleEndian.Uint16(d.b)
-	d.b = d.b[2:]
-	return v
-}
-
-func (d *decoder) u32() uint32 {
-	if !d.need(4) {
-		return 0
-	}
-	v := binary.LittleEndian.Uint32(d.b)
-	d.b = d.b[4:]
-	return v
-}
-
-func (d *decoder) bytes(n int) []byte {
-	if !d.need(n) {
+	if d.err != nil {
 		return nil
 	}
 	v := d.b[:n:n]
@@ -283,11 +253,32 @@ func (d *decoder) bytes(n int) []byte {
 	return v
 }
 
+func (d *decoder) u8() byte {
+	if v := d.take(1); v != nil {
+		return v[0]
+	}
+	return 0
+}
+
+func (d *decoder) u16() uint16 {
+	if v := d.take(2); v != nil {
+		return binary.LittleEndian.Uint16(v)
+	}
+	return 0
+}
+
+func (d *decoder) u32() uint32 {
+	if v := d.take(4); v != nil {
+		return binary.LittleEndian.Uint32(v)
+	}
+	return 0
+}
+
 func (d *decoder) headers(hs []Header) []Header {
 	count := int(d.u16())
 	for i := 0; i < count && d.err == nil; i++ {
-		k := d.bytes(int(d.u16()))
-		v := d.bytes(int(d.u32()))
+		k := d.take(int(d.u16()))
+		v := d.take(int(d.u32()))
 		hs = append(hs, Header{Name: k, Value: v})
 	}
 	return hs

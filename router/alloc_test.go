@@ -23,63 +23,56 @@ import (
 // bytes and allocates nothing per request, so a benchmark's allocations
 // are the router's own.
 func cannedUpstream(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
 	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReaderSize(c, 64<<10)
-				for {
-					cl := -1
-					for {
-						line, err := r.ReadSlice('\n')
-						if err != nil {
-							return
-						}
-						if len(line) <= 2 {
-							break
-						}
-						const h = "Content-Length: "
-						if len(line) > len(h) && string(line[:len(h)]) == h {
-							cl, _ = strconv.Atoi(string(line[len(h) : len(line)-2]))
-						}
-					}
-					if cl > 0 {
-						if _, err := r.Discard(cl); err != nil {
-							return
-						}
-					}
-					if _, err := c.Write(resp); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
+	ln := cannedServer(b, "tcp", "127.0.0.1:0", resp, func() func(*bufio.Reader) error { return readHTTPRequest })
 	return "http://" + ln.Addr().String()
+}
+
+// readHTTPRequest consumes one HTTP/1.1 request with a Content-Length body.
+func readHTTPRequest(r *bufio.Reader) error {
+	cl := -1
+	for {
+		line, err := r.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(line) <= 2 {
+			break
+		}
+		const h = "Content-Length: "
+		if len(line) > len(h) && string(line[:len(h)]) == h {
+			cl, _ = strconv.Atoi(string(line[len(h) : len(line)-2]))
+		}
+	}
+	if cl > 0 {
+		_, err := r.Discard(cl)
+		return err
+	}
+	return nil
 }
 
 // cannedFrameUpstream is cannedUpstream over a framed Unix socket.
 func cannedFrameUpstream(b *testing.B) string {
-	sock := filepath.Join(b.TempDir(), "canned.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
 	var enc frame.Encoder
 	enc.StartResponse(200)
 	enc.Header([]byte("Content-Type"), []byte("application/json"))
 	resp, _ := enc.Finish([]byte(`{"ok":true}`))
+	ln := cannedServer(b, "unix", filepath.Join(b.TempDir(), "canned.sock"), resp, func() func(*bufio.Reader) error {
+		var buf []byte
+		var req frame.Request
+		return func(r *bufio.Reader) error { return frame.ReadRequest(r, &buf, 2<<20, &req) }
+	})
+	return ln.Addr().String()
+}
+
+// cannedServer answers each request a connection's reader (newReader, once
+// per connection) consumes with resp.
+func cannedServer(b *testing.B, network, addr string, resp []byte, newReader func() func(*bufio.Reader) error) net.Listener {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -88,13 +81,8 @@ func cannedFrameUpstream(b *testing.B) string {
 			}
 			go func() {
 				defer c.Close()
-				r := bufio.NewReaderSize(c, 64<<10)
-				var buf []byte
-				var req frame.Request
-				for {
-					if err := frame.ReadRequest(r, &buf, 2<<20, &req); err != nil {
-						return
-					}
+				r, readOne := bufio.NewReaderSize(c, 64<<10), newReader()
+				for readOne(r) == nil {
 					if _, err := c.Write(resp); err != nil {
 						return
 					}
@@ -102,7 +90,7 @@ func cannedFrameUpstream(b *testing.B) string {
 			}()
 		}
 	}()
-	return sock
+	return ln
 }
 
 type staticBackend struct{ t Target }
