@@ -236,17 +236,8 @@ func (s *Server) grpcInfer(ctx context.Context, body []byte) (resp *pb.ModelInfe
 		return nil, s.grpcError(err)
 	}
 	resp = &pb.ModelInferResponse{ModelName: in.Manifest.Name, ModelVersion: in.Revision.Name, Id: req.Id}
-	wanted := make([]string, 0, len(req.Outputs))
-	for _, o := range req.Outputs {
-		wanted = append(wanted, o.Name)
-	}
-	if len(wanted) == 0 {
-		for _, o := range in.Pool.Outputs() {
-			wanted = append(wanted, o.Name)
-		}
-	}
 	var raws [][]byte
-	for _, name := range wanted {
+	for _, name := range wantedOutputs(req.Outputs, (*pb.ModelInferRequest_InferRequestedOutputTensor).GetName, in) {
 		var o *pb.ModelInferResponse_InferOutputTensor
 		o, raws = outputTensor(outs[name], raw, raws)
 		resp.Outputs = append(resp.Outputs, o)

@@ -290,8 +290,29 @@ func (s *Server) modelReady(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"name": in.Manifest.Name, "version": in.Revision.Name, "ready": true})
 }
 
-func readBody(c echo.Context) ([]byte, error) {
-	return io.ReadAll(c.Request().Body)
+// readJSON reads the request body (through the body limit) and checks it
+// is JSON the decoders may parse.
+func readJSON(c echo.Context) ([]byte, error) {
+	body, err := io.ReadAll(c.Request().Body)
+	if err != nil {
+		return nil, err
+	}
+	return body, checkJSON(body)
+}
+
+// wantedOutputs names the outputs to answer: those the request asks for
+// (name of each), else every output of the model, in the model's order.
+func wantedOutputs[T any](requested []T, name func(T) string, in *instance.Instance) []string {
+	wanted := make([]string, 0, max(len(requested), len(in.Pool.Outputs())))
+	for _, o := range requested {
+		wanted = append(wanted, name(o))
+	}
+	if len(wanted) == 0 {
+		for _, o := range in.Pool.Outputs() {
+			wanted = append(wanted, o.Name)
+		}
+	}
+	return wanted
 }
 
 func (s *Server) infer(c echo.Context) error {
@@ -299,11 +320,8 @@ func (s *Server) infer(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	body, err := readBody(c)
+	body, err := readJSON(c)
 	if err != nil {
-		return err
-	}
-	if err := checkJSON(body); err != nil {
 		return err
 	}
 	endDecode := phase(c.Request().Context(), "decode")
@@ -330,16 +348,7 @@ func (s *Server) infer(c echo.Context) error {
 		b = strconv.AppendQuote(b, req.ID)
 	}
 	b = append(b, `,"outputs":[`...)
-	wanted := make([]string, 0, len(req.Outputs))
-	for _, o := range req.Outputs {
-		wanted = append(wanted, o.Name)
-	}
-	if len(wanted) == 0 {
-		for _, o := range in.Pool.Outputs() {
-			wanted = append(wanted, o.Name)
-		}
-	}
-	for i, name := range wanted {
+	for i, name := range wantedOutputs(req.Outputs, func(o requestOutput) string { return o.Name }, in) {
 		if i > 0 {
 			b = append(b, ',')
 		}
@@ -357,11 +366,8 @@ func (s *Server) invoke(c echo.Context) error {
 	if in.Handler == nil {
 		return echo.NewHTTPError(http.StatusNotFound, fmt.Sprintf("function %q uses handler %q, which is served through the V2 API only: POST /v2/models/%s/infer", in.Manifest.Name, in.Manifest.Handler, in.Manifest.Name))
 	}
-	body, err := readBody(c)
+	body, err := readJSON(c)
 	if err != nil {
-		return err
-	}
-	if err := checkJSON(body); err != nil {
 		return err
 	}
 	endDecode := phase(c.Request().Context(), "decode")
