@@ -190,11 +190,11 @@ func (rt *Router) handle(ctx *fasthttp.RequestCtx, x *exchange, rq route, parent
 		return rt.writeError(ctx, errorf(http.StatusNotFound, "unknown function %q", rq.name))
 	}
 	if rt.cfg.Concurrency != nil {
-		release, r := rt.cfg.Concurrency.Enter(fn.Name)
+		slot, r := rt.cfg.Concurrency.Enter(fn.Name)
 		if r != nil {
 			return rt.writeError(ctx, r)
 		}
-		defer release()
+		defer slot.Release()
 	}
 	if string(ctx.Method()) != rq.method {
 		ctx.Response.Header.Set("Allow", rq.method)

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,8 +32,8 @@ type ConcurrencyLimiter struct {
 	cfg  ConcurrencyConfig
 	shed prometheus.Counter
 
-	mu       sync.Mutex
-	inFlight map[string]int
+	mu       sync.RWMutex
+	inFlight map[string]*atomic.Int64 // per function, created on first use and kept
 }
 
 // NewConcurrencyLimiter builds a ConcurrencyLimiter.
@@ -40,7 +41,7 @@ func NewConcurrencyLimiter(cfg ConcurrencyConfig) *ConcurrencyLimiter {
 	if cfg.Max <= 0 {
 		cfg.Max = DefaultMaxConcurrent
 	}
-	cl := &ConcurrencyLimiter{cfg: cfg, inFlight: map[string]int{}}
+	cl := &ConcurrencyLimiter{cfg: cfg, inFlight: map[string]*atomic.Int64{}}
 	if cfg.Registerer != nil {
 		cl.shed = prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pilotlight_concurrency_shed_requests_total",
@@ -59,26 +60,60 @@ func (cl *ConcurrencyLimiter) Limit(fn string) int {
 	return cl.cfg.Max
 }
 
-// Acquire takes a slot for fn; ok is false when fn is at its limit.
-// release must be called exactly once when ok.
-func (cl *ConcurrencyLimiter) Acquire(fn string) (release func(), ok bool) {
-	limit := cl.Limit(fn)
+// Slot is a request's place in its function's limit; Release gives it
+// back (once; a zero Slot's Release does nothing).
+type Slot struct{ n *atomic.Int64 }
+
+// Release gives the slot back.
+func (s *Slot) Release() {
+	if s.n != nil {
+		s.n.Add(-1)
+		s.n = nil
+	}
+}
+
+// counter is fn's in-flight count (the read lock is the common path).
+func (cl *ConcurrencyLimiter) counter(fn string) *atomic.Int64 {
+	cl.mu.RLock()
+	n := cl.inFlight[fn]
+	cl.mu.RUnlock()
+	if n != nil {
+		return n
+	}
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	if cl.inFlight[fn] >= limit {
+	if n = cl.inFlight[fn]; n == nil {
+		n = new(atomic.Int64)
+		cl.inFlight[fn] = n
+	}
+	return n
+}
+
+// TryEnter takes a slot for fn; ok is false when fn is at its limit. It
+// allocates nothing (the proxy's path).
+func (cl *ConcurrencyLimiter) TryEnter(fn string) (s Slot, ok bool) {
+	limit := int64(cl.Limit(fn))
+	n := cl.counter(fn)
+	for {
+		cur := n.Load()
+		if cur >= limit {
+			return Slot{}, false
+		}
+		if n.CompareAndSwap(cur, cur+1) {
+			return Slot{n: n}, true
+		}
+	}
+}
+
+// Acquire takes a slot for fn; ok is false when fn is at its limit.
+// release must be called exactly once when ok (later calls do nothing).
+func (cl *ConcurrencyLimiter) Acquire(fn string) (release func(), ok bool) {
+	s, ok := cl.TryEnter(fn)
+	if !ok {
 		return nil, false
 	}
-	cl.inFlight[fn]++
 	var once sync.Once
-	return func() {
-		once.Do(func() {
-			cl.mu.Lock()
-			defer cl.mu.Unlock()
-			if cl.inFlight[fn]--; cl.inFlight[fn] <= 0 {
-				delete(cl.inFlight, fn)
-			}
-		})
-	}, true
+	return func() { once.Do(s.Release) }, true
 }
 
 // CountShed counts a request Acquire refused outside Middleware (the
@@ -91,23 +126,22 @@ func (cl *ConcurrencyLimiter) CountShed() {
 
 // InFlight is the requests in flight for fn.
 func (cl *ConcurrencyLimiter) InFlight(fn string) int {
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	return cl.inFlight[fn]
+	return int(cl.counter(fn).Load())
 }
 
 // Enter takes a slot of fn's limit; at the limit it counts the request as
-// shed and returns a 503 Refusal. release must be called exactly once when
-// r is nil. It is the check Middleware makes, for front doors that are not echo.
-func (cl *ConcurrencyLimiter) Enter(fn string) (release func(), r *Refusal) {
-	release, ok := cl.Acquire(fn)
+// shed and returns a 503 Refusal. The slot must be released exactly once
+// when r is nil. It is the check Middleware makes, for front doors that
+// are not echo.
+func (cl *ConcurrencyLimiter) Enter(fn string) (s Slot, r *Refusal) {
+	s, ok := cl.TryEnter(fn)
 	if ok {
-		return release, nil
+		return s, nil
 	}
 	if cl.shed != nil {
 		cl.shed.Inc()
 	}
-	return nil, &Refusal{Status: http.StatusServiceUnavailable, RetryAfter: 1, shed: true,
+	return Slot{}, &Refusal{Status: http.StatusServiceUnavailable, RetryAfter: 1, shed: true,
 		Msg: fmt.Sprintf("function %s has %d requests in flight, its maximum; retry shortly", fn, cl.Limit(fn))}
 }
 
@@ -128,12 +162,12 @@ func (cl *ConcurrencyLimiter) Middleware(functionOf func(echo.Context) string) e
 			if fn == "" {
 				return next(c)
 			}
-			release, r := cl.Enter(fn)
+			slot, r := cl.Enter(fn)
 			if r != nil {
 				c.Response().Header().Set("Retry-After", strconv.Itoa(r.RetryAfter))
 				return echo.NewHTTPError(r.Status, r.Msg).SetInternal(shedError{})
 			}
-			defer release()
+			defer slot.Release()
 			return next(c)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -350,6 +351,45 @@ func TestConcurrencyAcquire(t *testing.T) {
 	}
 	if _, ok := cl.Acquire("f"); ok {
 		t.Fatal("double release freed two slots")
+	}
+}
+
+// TestConcurrencySlotsUnderContention: slots taken and released from many
+// goroutines at once never exceed the limit and all come back; a slot
+// released twice frees one place.
+func TestConcurrencySlotsUnderContention(t *testing.T) {
+	cl := ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: 3})
+	var inside, peak atomic.Int64
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				s, ok := cl.TryEnter("f")
+				if !ok {
+					continue
+				}
+				n := inside.Add(1)
+				for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+				}
+				inside.Add(-1)
+				s.Release()
+			}
+		}()
+	}
+	wg.Wait()
+	if peak.Load() > 3 || peak.Load() < 1 {
+		t.Errorf("peak in flight %d, want 1..3", peak.Load())
+	}
+	if n := cl.InFlight("f"); n != 0 {
+		t.Fatalf("in flight after every release: %d", n)
+	}
+	s, _ := cl.TryEnter("f")
+	s.Release()
+	s.Release()
+	if n := cl.InFlight("f"); n != 0 {
+		t.Fatalf("a double Release: in flight %d, want 0", n)
 	}
 }
 
