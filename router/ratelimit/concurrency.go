@@ -73,6 +73,7 @@ func (s *Slot) Release() {
 }
 
 // counter is fn's in-flight count (the read lock is the common path).
+// Callers pass known function names only, so the map stays bounded.
 func (cl *ConcurrencyLimiter) counter(fn string) *atomic.Int64 {
 	cl.mu.RLock()
 	n := cl.inFlight[fn]
@@ -154,6 +155,8 @@ func (shedError) Shed() bool    { return true }
 
 // Middleware holds a slot of functionOf(c)'s limit for the whole request;
 // requests that target no function ("" : admin, metrics, probes) pass.
+// functionOf must name only functions that exist: a counter is kept per
+// name for the limiter's life.
 // At the limit: 503 {"error": ...} with Retry-After: 1, marked as shed.
 func (cl *ConcurrencyLimiter) Middleware(functionOf func(echo.Context) string) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
