@@ -91,6 +91,11 @@ type Config struct {
 	// tracepoints attached, which puts every task's system calls on the
 	// kernel's tracing path: README.md gives the measured cost.
 	SyscallLatency bool
+	// Programs, when not nil, attaches only the named programs (a
+	// measurement aid: `pilotlight bench ebpf-programs` loads the probes
+	// with each program alone to find what each costs). An empty non-nil
+	// list loads the maps and the reader and attaches nothing.
+	Programs []string
 }
 
 // Probes is the loaded and attached set of BPF programs. Its methods are
@@ -110,6 +115,7 @@ type Probes struct {
 	userGenVal uint32
 
 	syscallLatency bool
+	only           map[string]bool // Config.Programs; nil: every program
 	marked         bool                 // an engine marks cold starts (ParentPID set)
 	dynLinks       map[string]link.Link // attached dynamicPrograms
 	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
@@ -188,6 +194,12 @@ func New(cfg Config) (*Probes, error) {
 			p.release()
 		}
 	}()
+	if cfg.Programs != nil {
+		p.only = map[string]bool{}
+		for _, name := range cfg.Programs {
+			p.only[name] = true
+		}
+	}
 	if err := p.load(uint32(cfg.ParentPID), cfg.SyscallLatency); err != nil {
 		return nil, err
 	}
@@ -245,6 +257,11 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 		return loadError("loading the programs", err)
 	}
 	p.coll = coll
+	for name := range p.only {
+		if coll.Programs[name] == nil {
+			return fmt.Errorf("bpf config: no program %q in the object", name)
+		}
+	}
 	if p.userGen = coll.Variables["user_gen"]; p.userGen == nil {
 		return errors.New("variable user_gen missing from the object")
 	}
@@ -259,15 +276,8 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 			return fmt.Errorf("map %s missing from the object", name)
 		}
 	}
-	for name, prog := range coll.Programs {
-		if slices.Contains(dynamicPrograms, name) {
-			continue
-		}
-		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
-		if err != nil {
-			return loadError("attaching "+name+" ("+spec.Programs[name].SectionName+")", err)
-		}
-		p.links = append(p.links, l)
+	if err := p.attachStatic(); err != nil {
+		return err
 	}
 	if syscallLatency {
 		if err := p.attach(syscallPrograms...); err != nil {
@@ -280,6 +290,48 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 	}
 	p.rd = rd
 	return nil
+}
+
+// attachStatic attaches the programs that stay attached (not the dynamic ones).
+func (p *Probes) attachStatic() error {
+	for name, prog := range p.coll.Programs {
+		if slices.Contains(dynamicPrograms, name) || !p.wanted(name) {
+			continue
+		}
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+		if err != nil {
+			return loadError("attaching "+name+" (tp_btf)", err)
+		}
+		p.links = append(p.links, l)
+	}
+	return nil
+}
+
+// Pause detaches the programs that stay attached, keeping every map and
+// the reader; Resume attaches them again. For measuring what the programs
+// cost: `bench ebpf` alternates them in windows of one continuous load.
+// Events while paused are missed (connections opened meanwhile are not
+// followed). The cold-start programs keep their own schedule.
+func (p *Probes) Pause() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.links {
+		l.Close()
+	}
+	p.links = nil
+}
+
+// Resume attaches again what Pause detached.
+func (p *Probes) Resume() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errors.New("resume: probes closed")
+	}
+	if len(p.links) > 0 {
+		return nil
+	}
+	return p.attachStatic()
 }
 
 // bumpGen tells the programs that tracked or anatomies changed. Callers hold p.mu.
@@ -574,7 +626,7 @@ func (p *Probes) syncLinks() {
 // attach attaches the named dynamic programs that are not attached.
 func (p *Probes) attach(names ...string) error {
 	for _, name := range names {
-		if p.dynLinks[name] != nil {
+		if p.dynLinks[name] != nil || !p.wanted(name) {
 			continue
 		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: p.coll.Programs[name], AttachType: ebpf.AttachTraceRawTp})
@@ -584,6 +636,11 @@ func (p *Probes) attach(names ...string) error {
 		p.dynLinks[name] = l
 	}
 	return nil
+}
+
+// wanted says whether Config.Programs lets program name be attached.
+func (p *Probes) wanted(name string) bool {
+	return p.only == nil || p.only[name]
 }
 
 func (p *Probes) detach(names ...string) {

@@ -23,9 +23,9 @@ func newBenchCmd() *cobra.Command {
 		verbose       bool
 	)
 	cmd := &cobra.Command{
-		Use:       "bench [instance|coldstart|hop|grpc|step|memory|ebpf|all]...",
+		Use:       "bench [instance|coldstart|hop|grpc|step|memory|ebpf|all|ebpf-programs]...",
 		Short:     "Measure the platform on loopback and print Markdown tables (make bench)",
-		ValidArgs: []string{"instance", "coldstart", "hop", "grpc", "step", "memory", "ebpf", "all"},
+		ValidArgs: []string{"instance", "coldstart", "hop", "grpc", "step", "memory", "ebpf", "all", "ebpf-programs"},
 		Args:      cobra.OnlyValidArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := os.Executable()
@@ -52,7 +52,8 @@ func newBenchCmd() *cobra.Command {
 			all := want["all"]
 			fmt.Fprintf(out, "pilotlight bench: %s, %s per load, on %s\n", fnDir, duration, time.Now().UTC().Format(time.RFC3339))
 			run := func(name, title string, f func(context.Context) ([]bench.Row, error)) error {
-				if !all && !want[name] {
+				// ebpf-programs is a diagnosis, not a figure: only when asked.
+				if !want[name] && (!all || name == "ebpf-programs") {
 					return nil
 				}
 				fmt.Fprintf(os.Stderr, "bench: %s...\n", name)
@@ -82,6 +83,12 @@ func newBenchCmd() *cobra.Command {
 						return []bench.Row{{Name: "eBPF overhead", Value: "skipped: the probes need root (CAP_BPF, CAP_PERFMON)"}}, nil
 					}
 					return bench.EBPF(ctx, env)
+				}},
+				{"ebpf-programs", "eBPF probe overhead by program (each attached alone, same run)", func(ctx context.Context) ([]bench.Row, error) {
+					if os.Geteuid() != 0 {
+						return []bench.Row{{Name: "eBPF overhead by program", Value: "skipped: the probes need root (CAP_BPF, CAP_PERFMON)"}}, nil
+					}
+					return bench.EBPFPrograms(ctx, env)
 				}},
 			}
 			for _, s := range steps {
