@@ -115,7 +115,7 @@ type Probes struct {
 	userGenVal uint32
 
 	syscallLatency bool
-	only           map[string]bool // Config.Programs; nil: every program
+	only           map[string]bool      // Config.Programs; nil: every program
 	marked         bool                 // an engine marks cold starts (ParentPID set)
 	dynLinks       map[string]link.Link // attached dynamicPrograms
 	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
