@@ -60,8 +60,13 @@ const modelReadProgram = "on_sys_exit"
 // start is open.
 const wakeupProgram = "on_wakeup"
 
+// coldStartPrograms serve only a cold start's first response and run per
+// send: attached while a tracked instance's cold start is open, until its
+// response (at most maxColdStart).
+var coldStartPrograms = []string{"on_send_length"}
+
 // dynamicPrograms are attached and detached as cold starts come and go.
-var dynamicPrograms = append([]string{wakeupProgram}, syscallPrograms...)
+var dynamicPrograms = slices.Concat([]string{wakeupProgram}, syscallPrograms, coldStartPrograms)
 
 // maxColdStart is how long a cold start may stay open before the syscall
 // programs stop waiting for it (an instance that never became ready).
@@ -119,7 +124,8 @@ type Probes struct {
 	marked         bool                 // an engine marks cold starts (ParentPID set)
 	dynLinks       map[string]link.Link // attached dynamicPrograms
 	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
-	anatOpen       map[uint32]time.Time // tracked pids whose cold start is open (until the response), until
+	anatOpen       map[uint32]time.Time // tracked pids whose cold start wants wakeups (until the response or readyGrace), until
+	tlOpen         map[uint32]time.Time // tracked pids whose cold start is open (until the response), until
 
 	coldStart      *prometheus.HistogramVec
 	coldStartTime  *prometheus.HistogramVec
@@ -183,6 +189,7 @@ func New(cfg Config) (*Probes, error) {
 		lastConns: map[string][]UnexpectedConnection{},
 		coldOpen:  map[uint32]time.Time{},
 		anatOpen:  map[uint32]time.Time{},
+		tlOpen:    map[uint32]time.Time{},
 		dynLinks:  map[string]link.Link{},
 
 		syscallLatency: cfg.SyscallLatency,
@@ -405,7 +412,7 @@ func (p *Probes) Track(pid int, function, revision string) error {
 	}
 	slot := p.freeSlots[len(p.freeSlots)-1]
 	in := &instance{labels: labels{function, revision}, slot: slot}
-	if err := p.hists.Lookup(slot, &in.seen); err != nil {
+	if err := p.readSlot(slot, &in.seen); err != nil {
 		return fmt.Errorf("track pid %d: read histogram slot %d: %w", pid, slot, err)
 	}
 	if err := p.tracked.Update(key, slot, ebpf.UpdateAny); err != nil {
@@ -556,7 +563,8 @@ func (p *Probes) openTimeline(pid uint32) {
 
 // openColdStart attaches what tracked pid's cold start needs: on_sys_exit
 // until it is ready (its model-file reads), on_wakeup until its response
-// (its anatomy).
+// or readyGrace after ready, and on_send_length (its response) until its
+// response.
 func (p *Probes) openColdStart(pid uint32) {
 	if p.done[pid] {
 		return
@@ -568,7 +576,10 @@ func (p *Probes) openColdStart(pid uint32) {
 	if _, ok := p.anatOpen[pid]; !ok {
 		p.anatOpen[pid] = now.Add(maxColdStart)
 	}
-	if err := p.attach(wakeupProgram, modelReadProgram); err != nil {
+	if _, ok := p.tlOpen[pid]; !ok {
+		p.tlOpen[pid] = now.Add(maxColdStart)
+	}
+	if err := p.attach(slices.Concat([]string{wakeupProgram, modelReadProgram}, coldStartPrograms)...); err != nil {
 		p.log.Warn("bpf: attach the cold-start programs; this cold start's anatomy and model-file bytes are incomplete", "pid", pid, "err", err)
 	}
 }
@@ -598,6 +609,7 @@ func (p *Probes) loaded(pid uint32) {
 func (p *Probes) closeColdStart(pid uint32) {
 	delete(p.coldOpen, pid)
 	delete(p.anatOpen, pid)
+	delete(p.tlOpen, pid)
 	p.syncLinks()
 }
 
@@ -610,9 +622,11 @@ func (p *Probes) syncLinks() {
 			delete(p.coldOpen, pid)
 		}
 	}
-	for pid, until := range p.anatOpen {
-		if now.After(until) {
-			delete(p.anatOpen, pid)
+	for _, open := range []map[uint32]time.Time{p.anatOpen, p.tlOpen} {
+		for pid, until := range open {
+			if now.After(until) {
+				delete(open, pid)
+			}
 		}
 	}
 	if len(p.coldOpen) == 0 && !p.syscallLatency {
@@ -620,6 +634,9 @@ func (p *Probes) syncLinks() {
 	}
 	if len(p.anatOpen) == 0 {
 		p.detach(wakeupProgram)
+	}
+	if len(p.tlOpen) == 0 {
+		p.detach(coldStartPrograms...)
 	}
 }
 
@@ -696,7 +713,7 @@ func (p *Probes) addPort(pid, port uint32) {
 // fold adds what in's slot counted since the last fold to its labels' totals.
 func (p *Probes) fold(in *instance) {
 	var cur slotHists
-	if err := p.hists.Lookup(in.slot, &cur); err != nil {
+	if err := p.readSlot(in.slot, &cur); err != nil {
 		p.log.Debug("bpf: read histograms", "slot", in.slot, "err", err)
 		return
 	}
@@ -705,6 +722,19 @@ func (p *Probes) fold(in *instance) {
 		tot[k].addDelta(&cur[k], &in.seen[k])
 	}
 	in.seen = cur
+}
+
+// readSlot sums the CPUs' copies of a histogram slot into h.
+func (p *Probes) readSlot(slot uint32, h *slotHists) error {
+	var cpus []slotHists
+	if err := p.hists.Lookup(slot, &cpus); err != nil {
+		return err
+	}
+	*h = slotHists{}
+	for i := range cpus {
+		h.add(&cpus[i])
+	}
+	return nil
 }
 
 // readHistograms folds every tracked pid's counts. Callers hold p.mu.
@@ -731,7 +761,7 @@ func (p *Probes) tick(every time.Duration) {
 				p.log.Debug("bpf: read clocks", "err", err)
 			}
 			p.readHistograms()
-			if len(p.coldOpen)+len(p.anatOpen) > 0 {
+			if len(p.coldOpen)+len(p.anatOpen)+len(p.tlOpen) > 0 {
 				p.syncLinks()
 			}
 			p.mu.Unlock()

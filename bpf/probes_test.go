@@ -588,7 +588,7 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 
 	// Tracking a pid opens its cold start: on_sys_exit (model reads)
 	// attaches until it is ready, on_wakeup until its response (or until
-	// forgotten); on_sys_enter only with the syscall-latency option.
+	// forgotten), on_send_length until its response (or until forgotten); on_sys_enter only with the syscall-latency option.
 	a, b := startServer(t), startServer(t)
 	for _, c := range []*child{a, b} {
 		if err := p.Track(c.pid, "f", "r"); err != nil {
@@ -597,18 +597,20 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 	}
 	wakeup := []string{wakeupProgram}
 	for _, step := range []struct {
-		what            string
-		do              func()
-		syscall, wakeup int
+		what                  string
+		do                    func()
+		syscall, wakeup, cold int
 	}{
-		{"two cold starts", func() {}, 1, 1},
-		{"one ready, one loading", func() { p.Mark(a.pid, MarkReady, time.Now()) }, 1, 1},
-		{"one ready, one gone", func() { p.Untrack(b.pid) }, 0, 1},
-		{"none", func() { p.Untrack(a.pid) }, 0, 0},
+		{"two cold starts", func() {}, 1, 1, 1},
+		{"one ready, one loading", func() { p.Mark(a.pid, MarkReady, time.Now()) }, 1, 1, 1},
+		{"one ready, one gone", func() { p.Untrack(b.pid) }, 0, 1, 1},
+		{"none", func() { p.Untrack(a.pid) }, 0, 0, 0},
 	} {
 		step.do()
-		if s, w := attachedOf(p, syscallPrograms), attachedOf(p, wakeup); s != step.syscall || w != step.wakeup {
-			t.Errorf("%s: %d syscall programs and %d on_wakeup attached, want %d and %d", step.what, s, w, step.syscall, step.wakeup)
+		s, w, c := attachedOf(p, syscallPrograms), attachedOf(p, wakeup), attachedOf(p, coldStartPrograms)
+		if s != step.syscall || w != step.wakeup || c != step.cold {
+			t.Errorf("%s: %d syscall programs, %d on_wakeup and %d other cold-start programs attached, want %d, %d and %d",
+				step.what, s, w, c, step.syscall, step.wakeup, step.cold)
 		}
 	}
 	// A ready instance whose first request does not come lets on_wakeup go
@@ -619,6 +621,10 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 	}
 	p.Mark(c.pid, MarkReady, time.Now())
 	waitFor(t, "on_wakeup to detach after the grace", 10*time.Second, func() bool { return attachedOf(p, wakeup) == 0 })
+	// The response is still awaited.
+	if n := attachedOf(p, coldStartPrograms); n != len(coldStartPrograms) {
+		t.Errorf("%d cold-start programs attached while the ready instance awaits its first request, want %d", n, len(coldStartPrograms))
+	}
 }
 
 // attachedOf counts the named dynamic programs that are attached.
