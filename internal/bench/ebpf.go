@@ -83,6 +83,7 @@ func EBPF(ctx context.Context, e Env) ([]Row, error) {
 	}
 	defer os.RemoveAll(root)
 	rows, err := ebpfInterleaved(ctx, e, root, m.Name, []ebpfProbeSet{
+		ebpfNoProgram,
 		{name: "on"},
 		{name: "on, --ebpf-syscall-latency", syscallLatency: true},
 	}, ebpfWindowPairs(e.Duration))
@@ -105,9 +106,13 @@ func EBPF(ctx context.Context, e Env) ([]Row, error) {
 	return rows, nil
 }
 
+// ebpfNoProgram loads the probes and attaches nothing: user space alone,
+// and the interleaved method's noise.
+var ebpfNoProgram = ebpfProbeSet{name: "loaded, no program attached", programs: []string{}}
+
 // ebpfHotPrograms are the programs that run per request (the rest run per
 // process, thread or connection).
-var ebpfHotPrograms = []string{"on_switch", "on_recv_length", "on_data_ready", "on_send_length", "on_sock_state"}
+var ebpfHotPrograms = []string{"on_switch", "on_recv_length", "on_data_ready", "on_sock_state"}
 
 // EBPFPrograms finds what each probe costs, in the interleaved load: the
 // probes loaded with no program attached (user space alone: the ring
@@ -119,7 +124,7 @@ func EBPFPrograms(ctx context.Context, e Env) ([]Row, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(root)
-	sets := []ebpfProbeSet{{name: "loaded, no program attached", programs: []string{}}}
+	sets := []ebpfProbeSet{ebpfNoProgram}
 	for _, prog := range ebpfHotPrograms {
 		sets = append(sets, ebpfProbeSet{name: prog + " alone", programs: []string{prog}})
 	}
@@ -527,12 +532,13 @@ func waitFor(ctx context.Context, what string, cond func() (bool, error)) error 
 
 // ebpfWindow is one window of the interleaved load; a pair is one window
 // with the probes attached and one without, in alternating order.
-const ebpfWindow = 500 * time.Millisecond
+const ebpfWindow = 250 * time.Millisecond
 
 // ebpfWindowPairs is how many pairs an interleaved comparison loads for a
-// --duration of d: as much load per state as the rounds give.
+// --duration of d (48 for 3 s): a busy neighbour moves one pair's ratio
+// by ±10%, and the median of n pairs by about 1/√n of that.
 func ebpfWindowPairs(d time.Duration) int {
-	return max(8, int(2*d/ebpfWindow))
+	return max(16, int(4*d/ebpfWindow))
 }
 
 // ebpfProbeSet is one set of probes the interleaved load alternates.
@@ -555,12 +561,15 @@ func (w windowRun) perRequest() float64 {
 	return w.cpu.total() / float64(w.res.Succeeded)
 }
 
-// ebpfInterleaved is the comparison a shared machine cannot blur: one serve
-// without probes under one continuous load at c=32, and this process
-// loading the probes as serve --ebpf would (ParentPID serve, its instance
-// tracked and marked ready), attached in every other half-second window.
-// Neighbours' load drifts over seconds; adjacent windows see the same
-// machine, and the median of per-pair ratios drops the pairs a burst hit.
+// ebpfInterleaved is the comparison a shared machine blurs least: one
+// serve without probes under one continuous load at c=32, and this process
+// loading the probes and tracking serve's instance as serve --ebpf does once
+// the instance's cold start is over (the cold-start programs detached, no
+// timeline open), attached in every other quarter-second window.
+// Neighbours' load drifts over seconds; adjacent windows see nearly the
+// same machine, and the median of per-pair ratios drops the pairs a burst
+// hit. The set "loaded, no program attached" measures the method's own
+// resolution: its ratios would be 1 but for noise.
 func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []ebpfProbeSet, pairs int) ([]Row, error) {
 	m, err := e.manifest()
 	if err != nil {
@@ -598,7 +607,9 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 	for _, set := range sets {
 		fmt.Fprintf(os.Stderr, "bench ebpf: %s, %d pairs of %s windows\n", set.name, pairs, ebpfWindow)
 		reg := prometheus.NewRegistry()
-		p, err := bpf.New(bpf.Config{ParentPID: s.Pid(), Registerer: reg, SyscallLatency: set.syscallLatency, Programs: set.programs})
+		// No ParentPID: Track then follows no cold start (the instance is
+		// warm), as in serve once the instance's first response is out.
+		p, err := bpf.New(bpf.Config{Registerer: reg, SyscallLatency: set.syscallLatency, Programs: set.programs})
 		if err != nil {
 			return nil, fmt.Errorf("load the probes (%s): %w", set.name, err)
 		}
@@ -606,9 +617,6 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 			p.Close()
 			return nil, err
 		}
-		// As the engine does once the instance answers: the cold-start
-		// programs detach (on_wakeup a second later, within the warm-up).
-		p.Mark(pids[0], bpf.MarkReady, time.Now())
 		window(ebpfWarmup)
 		var on, off []windowRun
 		for i := range pairs {
