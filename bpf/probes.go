@@ -123,6 +123,7 @@ type Probes struct {
 	only           map[string]bool      // Config.Programs; nil: every program
 	marked         bool                 // an engine marks cold starts (ParentPID set)
 	dynLinks       map[string]link.Link // attached dynamicPrograms
+	paused         bool                 // Pause detached everything
 	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
 	anatOpen       map[uint32]time.Time // tracked pids whose cold start wants wakeups (until the response or readyGrace), until
 	tlOpen         map[uint32]time.Time // tracked pids whose cold start is open (until the response), until
@@ -314,18 +315,23 @@ func (p *Probes) attachStatic() error {
 	return nil
 }
 
-// Pause detaches the programs that stay attached, keeping every map and
-// the reader; Resume attaches them again. For measuring what the programs
-// cost: `bench ebpf` alternates them in windows of one continuous load.
-// Events while paused are missed (connections opened meanwhile are not
-// followed). The cold-start programs keep their own schedule.
+// Pause detaches every program, keeping every map and the reader; Resume
+// attaches them again. For measuring what the programs cost: `bench ebpf`
+// alternates them in windows of one continuous load. Events while paused
+// are missed (connections opened meanwhile are not followed), and a cold
+// start opened meanwhile gets its programs only at Resume.
 func (p *Probes) Pause() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.paused {
+		return
+	}
+	p.paused = true
 	for _, l := range p.links {
 		l.Close()
 	}
 	p.links = nil
+	p.detach(dynamicPrograms...)
 }
 
 // Resume attaches again what Pause detached.
@@ -335,10 +341,32 @@ func (p *Probes) Resume() error {
 	if p.closed {
 		return errors.New("resume: probes closed")
 	}
-	if len(p.links) > 0 {
+	if !p.paused {
 		return nil
 	}
-	return p.attachStatic()
+	p.paused = false
+	if err := p.attachStatic(); err != nil {
+		return err
+	}
+	// The dynamic programs the open cold starts and the options need.
+	var dyn []string
+	if p.syscallLatency {
+		dyn = append(dyn, syscallPrograms...)
+	}
+	if len(p.coldOpen) > 0 {
+		dyn = append(dyn, modelReadProgram)
+	}
+	if len(p.anatOpen) > 0 {
+		dyn = append(dyn, wakeupProgram)
+	}
+	if len(p.tlOpen) > 0 {
+		dyn = append(dyn, coldStartPrograms...)
+	}
+	if err := p.attach(dyn...); err != nil {
+		return err
+	}
+	p.syncLinks()
+	return nil
 }
 
 // bumpGen tells the programs that tracked or anatomies changed. Callers hold p.mu.
@@ -643,7 +671,7 @@ func (p *Probes) syncLinks() {
 // attach attaches the named dynamic programs that are not attached.
 func (p *Probes) attach(names ...string) error {
 	for _, name := range names {
-		if p.dynLinks[name] != nil || !p.wanted(name) {
+		if p.dynLinks[name] != nil || !p.wanted(name) || p.paused {
 			continue
 		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: p.coll.Programs[name], AttachType: ebpf.AttachTraceRawTp})
