@@ -51,7 +51,6 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define S_IFREG 0100000
-#define MSG_PEEK 2
 #define TASK_RUNNING 0
 #define AF_INET 2
 #define AF_INET6 10
@@ -795,15 +794,18 @@ int BPF_PROG(on_data_ready, const struct sock *sk)
 	return 0;
 }
 
-SEC("tp_btf/sock_recv_length")
-int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
+// A read took data from a tracked instance's connection. tcp_rcv_space_adjust
+// runs for each buffer a TCP read copies (recvmsg, splice, zero-copy), and
+// only then: not for a read that finds the queue empty (Go reads until
+// EAGAIN), nor for other socket families, as sock_recv_length did, at half
+// the runs per request. A MSG_PEEK read counts too (no instance peeks).
+SEC("tp_btf/tcp_rcv_space_adjust")
+int BPF_PROG(on_tcp_read, struct sock *sk)
 {
 	struct task_info *ti;
 	struct sk_info *si;
 	__u64 now;
 
-	if (ret <= 0 || (flags & MSG_PEEK))
-		return 0;
 	si = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
 	if (!si || !si->ready_ns)
 		return 0;

@@ -510,7 +510,7 @@ var verifiedBudget = map[string]uint32{
 	"on_wakeup_new":  400,
 	"on_switch":      2500,
 	"on_data_ready":  50,
-	"on_recv_length": 1200,
+	"on_tcp_read":    1200,
 	"on_send_length": 300,
 	"on_sock_state":  2000,
 }

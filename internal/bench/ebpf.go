@@ -112,7 +112,7 @@ var ebpfNoProgram = ebpfProbeSet{name: "loaded, no program attached", programs: 
 
 // ebpfHotPrograms are the programs that run per request (the rest run per
 // process, thread or connection).
-var ebpfHotPrograms = []string{"on_switch", "on_recv_length", "on_data_ready", "on_sock_state"}
+var ebpfHotPrograms = []string{"on_switch", "on_tcp_read", "on_data_ready", "on_sock_state"}
 
 // EBPFPrograms finds what each probe costs, in the interleaved load: the
 // probes loaded with no program attached (user space alone: the ring
