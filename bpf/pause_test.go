@@ -2,7 +2,11 @@ package bpf
 
 import (
 	"os"
+	"slices"
 	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestPauseDetachesEverything: bench ebpf alternates Pause and Resume to
@@ -46,5 +50,55 @@ func TestPauseDetachesEverything(t *testing.T) {
 	}
 	if n := attachedOf(p, coldStartPrograms); n != len(coldStartPrograms) {
 		t.Errorf("resumed with a cold start open: %d of its programs attached, want %d", n, len(coldStartPrograms))
+	}
+}
+
+// TestSocketQueueIsAnOption: the socket receive-queue programs run for
+// every packet and TCP read on the machine, so they are attached, and the
+// histogram exported, only with Config.SocketQueue.
+func TestSocketQueueIsAnOption(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		reg := prometheus.NewRegistry()
+		p := newProbesWith(t, Config{ParentPID: os.Getpid(), Registerer: reg, SocketQueue: on})
+		c := startServer(t)
+		if err := p.Track(c.pid, "f", "r"); err != nil {
+			t.Fatal(err)
+		}
+		p.mu.Lock()
+		n := 0
+		for _, l := range p.links {
+			info, err := l.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			prog, err := ebpf.NewProgramFromID(info.Program)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pi, err := prog.Info()
+			prog.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if slices.Contains(socketQueuePrograms, pi.Name) {
+				n++
+			}
+		}
+		p.mu.Unlock()
+		want := 0
+		if on {
+			want = len(socketQueuePrograms)
+		}
+		if n != want {
+			t.Errorf("SocketQueue %v: %d socket-queue programs attached, want %d", on, n, want)
+		}
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		exported := hasSeries(mfs, mSockq, map[string]string{"function": "f"})
+		if exported != on {
+			t.Errorf("SocketQueue %v: %s exported: %v", on, mSockq, exported)
+		}
 	}
 }

@@ -51,6 +51,11 @@ const (
 // its model-file reads), or always with SyscallLatency.
 var syscallPrograms = []string{"on_sys_enter", "on_sys_exit"}
 
+// socketQueuePrograms time request bytes in the socket receive queue: one
+// runs per packet delivered to any socket, the other per TCP read, on the
+// whole machine. Attached only with SocketQueue.
+var socketQueuePrograms = []string{"on_data_ready", "on_tcp_read"}
+
 // modelReadProgram is the one syscall program a cold start needs (to count
 // its model-file reads); on_sys_enter only times syscalls.
 const modelReadProgram = "on_sys_exit"
@@ -96,6 +101,13 @@ type Config struct {
 	// tracepoints attached, which puts every task's system calls on the
 	// kernel's tracing path: README.md gives the measured cost.
 	SyscallLatency bool
+	// SocketQueue also measures how long request bytes wait in tracked
+	// instances' socket receive queues
+	// (pilotlight_bpf_socket_receive_queue_seconds). Its two programs run
+	// for every packet delivered to a socket and every TCP read on the
+	// machine, four of each per request through the router: README.md
+	// gives the measured cost.
+	SocketQueue bool
 	// Programs, when not nil, attaches only the named programs (a
 	// measurement aid: `pilotlight bench ebpf-programs` loads the probes
 	// with each program alone to find what each costs). An empty non-nil
@@ -120,6 +132,7 @@ type Probes struct {
 	userGenVal uint32
 
 	syscallLatency bool
+	socketQueue    bool
 	only           map[string]bool      // Config.Programs; nil: every program
 	marked         bool                 // an engine marks cold starts (ParentPID set)
 	dynLinks       map[string]link.Link // attached dynamicPrograms
@@ -194,6 +207,7 @@ func New(cfg Config) (*Probes, error) {
 		dynLinks:  map[string]link.Link{},
 
 		syscallLatency: cfg.SyscallLatency,
+		socketQueue:    cfg.SocketQueue,
 		marked:         cfg.ParentPID != 0,
 	}
 	ok := false
@@ -233,7 +247,8 @@ func New(cfg Config) (*Probes, error) {
 	go p.readEvents()
 	go p.tick(cfg.ReadInterval)
 	ok = true
-	log.Info("eBPF probes loaded", "programs", len(p.links)+len(p.dynLinks), "parent_pid", cfg.ParentPID, "syscall_latency", cfg.SyscallLatency)
+	log.Info("eBPF probes loaded", "programs", len(p.links)+len(p.dynLinks), "parent_pid", cfg.ParentPID,
+		"syscall_latency", cfg.SyscallLatency, "socket_queue", cfg.SocketQueue)
 	return p, nil
 }
 
@@ -303,7 +318,8 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 // attachStatic attaches the programs that stay attached (not the dynamic ones).
 func (p *Probes) attachStatic() error {
 	for name, prog := range p.coll.Programs {
-		if slices.Contains(dynamicPrograms, name) || !p.wanted(name) {
+		if slices.Contains(dynamicPrograms, name) || !p.wanted(name) ||
+			(!p.socketQueue && slices.Contains(socketQueuePrograms, name)) {
 			continue
 		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})

@@ -264,8 +264,8 @@ const (
 
 func TestProbesMeasureAChildServer(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	// With the syscall-latency option: all three kernel histograms.
-	p := newProbesWith(t, Config{ParentPID: os.Getpid(), Registerer: reg, ReadInterval: 100 * time.Millisecond, SyscallLatency: true})
+	// With the syscall-latency and socket-queue options: all three kernel histograms.
+	p := newProbesWith(t, Config{ParentPID: os.Getpid(), Registerer: reg, ReadInterval: 100 * time.Millisecond, SyscallLatency: true, SocketQueue: true})
 	if got := gauge(t, reg, "pilotlight_bpf_enabled"); got != 1 {
 		t.Errorf("pilotlight_bpf_enabled = %v, want 1", got)
 	}
@@ -545,8 +545,9 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 	if len(p.coll.Programs) != len(verifiedBudget) {
 		t.Errorf("%d programs loaded, the budget names %d", len(p.coll.Programs), len(verifiedBudget))
 	}
-	// The cold-start programs wait for a cold start; every other one is attached.
-	if want := len(p.coll.Programs) - len(dynamicPrograms); len(p.links) != want || len(p.dynLinks) != 0 {
+	// The cold-start programs wait for a cold start, the socket-queue ones
+	// for their option; every other one is attached.
+	if want := len(p.coll.Programs) - len(dynamicPrograms) - len(socketQueuePrograms); len(p.links) != want || len(p.dynLinks) != 0 {
 		t.Errorf("%d links attached and %d cold-start programs, want %d and none", len(p.links), len(p.dynLinks), want)
 	}
 	for name, prog := range p.coll.Programs {

@@ -38,7 +38,7 @@ var (
 	ebpfModes = []ebpfMode{
 		ebpfOff,
 		{"on", []string{"--ebpf"}},
-		{"on, --ebpf-syscall-latency", []string{"--ebpf", "--ebpf-syscall-latency"}},
+		{"on, --ebpf-socket-queue --ebpf-syscall-latency", []string{"--ebpf", "--ebpf-socket-queue", "--ebpf-syscall-latency"}},
 	}
 )
 
@@ -85,6 +85,7 @@ func EBPF(ctx context.Context, e Env) ([]Row, error) {
 	rows, err := ebpfInterleaved(ctx, e, root, m.Name, []ebpfProbeSet{
 		ebpfNoProgram,
 		{name: "on"},
+		{name: "on, --ebpf-socket-queue", socketQueue: true},
 		{name: "on, --ebpf-syscall-latency", syscallLatency: true},
 	}, ebpfWindowPairs(e.Duration))
 	if err != nil {
@@ -126,9 +127,9 @@ func EBPFPrograms(ctx context.Context, e Env) ([]Row, error) {
 	defer os.RemoveAll(root)
 	sets := []ebpfProbeSet{ebpfNoProgram}
 	for _, prog := range ebpfHotPrograms {
-		sets = append(sets, ebpfProbeSet{name: prog + " alone", programs: []string{prog}})
+		sets = append(sets, ebpfProbeSet{name: prog + " alone", programs: []string{prog}, socketQueue: true})
 	}
-	sets = append(sets, ebpfProbeSet{name: "on (all)"})
+	sets = append(sets, ebpfProbeSet{name: "on (default)"}, ebpfProbeSet{name: "on, --ebpf-socket-queue", socketQueue: true})
 	return ebpfInterleaved(ctx, e, root, m.Name, sets, ebpfWindowPairs(e.Duration))
 }
 
@@ -545,6 +546,7 @@ func ebpfWindowPairs(d time.Duration) int {
 type ebpfProbeSet struct {
 	name           string
 	syscallLatency bool
+	socketQueue    bool
 	programs       []string // nil: all
 }
 
@@ -609,7 +611,7 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 		reg := prometheus.NewRegistry()
 		// No ParentPID: Track then follows no cold start (the instance is
 		// warm), as in serve once the instance's first response is out.
-		p, err := bpf.New(bpf.Config{Registerer: reg, SyscallLatency: set.syscallLatency, Programs: set.programs})
+		p, err := bpf.New(bpf.Config{Registerer: reg, SyscallLatency: set.syscallLatency, SocketQueue: set.socketQueue, Programs: set.programs})
 		if err != nil {
 			return nil, fmt.Errorf("load the probes (%s): %w", set.name, err)
 		}
