@@ -643,7 +643,7 @@ func attachedOf(p *Probes, names []string) int {
 
 func TestProbesTimelineOfAWarmPoolProcess(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	p := newProbes(t, reg)
+	p := newProbesWith(t, Config{ParentPID: os.Getpid(), Registerer: reg, ReadInterval: 100 * time.Millisecond, SocketQueue: true})
 	// Started ahead of demand: exec, bind and listen happen untracked.
 	srv := startServer(t)
 	poll := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
