@@ -106,7 +106,8 @@ type Config struct {
 	// (pilotlight_bpf_socket_receive_queue_seconds). Its two programs run
 	// for every packet delivered to a socket and every TCP read on the
 	// machine, four of each per request through the router: README.md
-	// gives the measured cost.
+	// gives the measured cost. serve and the agent turn it on unless told
+	// not to (--ebpf-socket-queue=false, --socket-queue=false).
 	SocketQueue bool
 	// Programs, when not nil, attaches only the named programs (a
 	// measurement aid: `pilotlight bench ebpf-programs` loads the probes

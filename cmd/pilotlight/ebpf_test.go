@@ -29,7 +29,7 @@ func (l *syncLog) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b
 func startServeAs(t *testing.T, bin string, cred *syscall.Credential) (string, *syncLog) {
 	t.Helper()
 	root, _ := filepath.Abs("../..")
-	cmd := exec.Command(bin, "serve", "--dev", "--ebpf", "--ebpf-socket-queue", "--addr", "127.0.0.1:0", "--functions", filepath.Join(root, "functions"), "--pool-size", "1")
+	cmd := exec.Command(bin, "serve", "--dev", "--ebpf", "--addr", "127.0.0.1:0", "--functions", filepath.Join(root, "functions"), "--pool-size", "1")
 	cmd.Dir = root
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
 	log := &syncLog{}

@@ -38,7 +38,7 @@ var (
 	ebpfModes = []ebpfMode{
 		ebpfOff,
 		{"on", []string{"--ebpf"}},
-		{"on, --ebpf-socket-queue --ebpf-syscall-latency", []string{"--ebpf", "--ebpf-socket-queue", "--ebpf-syscall-latency"}},
+		{"on, --ebpf-syscall-latency", []string{"--ebpf", "--ebpf-syscall-latency"}},
 	}
 )
 
@@ -84,9 +84,9 @@ func EBPF(ctx context.Context, e Env) ([]Row, error) {
 	defer os.RemoveAll(root)
 	rows, err := ebpfInterleaved(ctx, e, root, m.Name, []ebpfProbeSet{
 		ebpfNoProgram,
-		{name: "on"},
-		{name: "on, --ebpf-socket-queue", socketQueue: true},
-		{name: "on, --ebpf-syscall-latency", syscallLatency: true},
+		{name: "on", socketQueue: true},
+		{name: "on, --ebpf-socket-queue=false"},
+		{name: "on, --ebpf-syscall-latency", socketQueue: true, syscallLatency: true},
 	}, ebpfWindowPairs(e.Duration))
 	if err != nil {
 		return nil, err
@@ -129,7 +129,7 @@ func EBPFPrograms(ctx context.Context, e Env) ([]Row, error) {
 	for _, prog := range ebpfHotPrograms {
 		sets = append(sets, ebpfProbeSet{name: prog + " alone", programs: []string{prog}, socketQueue: true})
 	}
-	sets = append(sets, ebpfProbeSet{name: "on (default)"}, ebpfProbeSet{name: "on, --ebpf-socket-queue", socketQueue: true})
+	sets = append(sets, ebpfProbeSet{name: "on (serve's default)", socketQueue: true}, ebpfProbeSet{name: "on, --ebpf-socket-queue=false"})
 	return ebpfInterleaved(ctx, e, root, m.Name, sets, ebpfWindowPairs(e.Duration))
 }
 
