@@ -27,8 +27,19 @@ type log2Hist struct {
 	Buckets [histBuckets]uint64
 }
 
-// slotHists mirrors struct hists, the value of the hists map.
+// slotHists mirrors struct hists, the value of the hists map (one per CPU).
 type slotHists [histKinds]log2Hist
+
+// add adds o's counts to every histogram of h.
+func (h *slotHists) add(o *slotHists) {
+	for k := range h {
+		h[k].Count += o[k].Count
+		h[k].SumNS += o[k].SumNS
+		for i := range h[k].Buckets {
+			h[k].Buckets[i] += o[k].Buckets[i]
+		}
+	}
+}
 
 // addDelta adds cur-prev to h. BPF counters only grow; a counter that went
 // backwards (it cannot, short of a bug) contributes nothing rather than

@@ -17,7 +17,7 @@ var (
 		"Time an instance's threads waited in the run queue between wakeup (or preemption) and running.",
 		[]string{"function", "revision"}, nil)
 	descSockq = prometheus.NewDesc("pilotlight_bpf_socket_receive_queue_seconds",
-		"Time request bytes waited in an instance's socket receive queue between arriving and being read.",
+		"Time request bytes waited in an instance's socket receive queue between arriving and being read; only with the socket-queue option.",
 		[]string{"function", "revision"}, nil)
 	descSyscall = prometheus.NewDesc("pilotlight_bpf_network_syscall_seconds",
 		"Time an instance spent inside network syscalls (accept, read/write on sockets, send*/recv*, connect); only with the syscall-latency option.",
@@ -126,7 +126,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descTracked, prometheus.GaugeValue, float64(tracked))
 	for _, r := range rows {
 		for k, d := range kindDescs {
-			if k == kindSyscall && !p.syscallLatency {
+			if (k == kindSyscall && !p.syscallLatency) || (k == kindSockq && !p.socketQueue) {
 				continue
 			}
 			count, sum, buckets := r.h[k].promBuckets()

@@ -18,6 +18,11 @@
 // only while a tracked instance's cold start is open (or always, when
 // network syscall latency is asked for): a syscall tracepoint puts every
 // task's system calls on the kernel's slow path, whatever the program does.
+// The programs that serve only a cold start (on_wakeup, on_send_length,
+// on_sys_exit) are attached only while one is open too: whatever a program
+// does, the machine's every wakeup or send pays for its call. What stays
+// attached does a storage lookup or two for everyone but the tracked
+// instances.
 //
 // Syscall numbers and pt_regs are x86-64's: built with bpf2go -target amd64.
 
@@ -46,7 +51,6 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define S_IFREG 0100000
-#define MSG_PEEK 2
 #define TASK_RUNNING 0
 #define AF_INET 2
 #define AF_INET6 10
@@ -170,7 +174,9 @@ struct timeline {
 struct task_info {
 	__u64 gen;
 	__u32 flags;
+	__u32 slot;      // hists slot of the task's process, when TI_TRACKED
 	__u32 state;     // enum thread_state, for the anatomy
+	__u32 pad;
 	__u64 maj_flt;   // the thread's maj_flt when last accounted
 	__u64 run_delay; // the thread's sched_info.run_delay when last switched out
 	__u64 sys_ns;    // network syscall entry (syscall_latency)
@@ -210,9 +216,12 @@ struct {
 	__type(value, __u32);
 } tracked SEC(".maps");
 
-// Per-slot log2 histograms. Counters only grow: user space reads deltas.
+// Per-slot log2 histograms, one copy per CPU: an instance's threads run
+// on every CPU, and shared counters would bounce their cache lines
+// between them on every sample. Counters only grow: user space sums the
+// CPUs' copies and reads deltas.
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MAX_TRACKED);
 	__type(key, __u32);
 	__type(value, struct hists);
@@ -347,16 +356,15 @@ static __always_inline void emit(__u32 tgid, __u32 kind, __s64 arg, __u64 ts)
 		bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline void record(__u32 tgid, __u32 kind, __u64 delta)
+// record adds a sample to slot's histogram of kind, on this CPU's copy
+// (atomically: a preempted program may share the copy with the next one).
+static __always_inline void record(__u32 slot, __u32 kind, __u64 delta)
 {
-	__u32 *slot = bpf_map_lookup_elem(&tracked, &tgid);
 	struct hists *hs;
 	struct hist *h;
 	__u32 b;
 
-	if (!slot)
-		return;
-	hs = bpf_map_lookup_elem(&hists, slot);
+	hs = bpf_map_lookup_elem(&hists, &slot);
 	if (!hs || kind >= HIST_KINDS)
 		return;
 	h = &hs->h[kind];
@@ -412,8 +420,8 @@ static __always_inline void count_state(struct anatomy *a, __u32 st, int d)
 static __always_inline struct task_info *info(struct task_struct *p)
 {
 	struct task_info *ti = bpf_task_storage_get(&task_infos, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	__u32 tgid, *slot;
 	__u64 gen;
-	__u32 tgid;
 
 	if (!ti)
 		return NULL;
@@ -424,10 +432,13 @@ static __always_inline struct task_info *info(struct task_struct *p)
 	// now or at the next bump.
 	tgid = p->tgid;
 	ti->flags = 0;
-	if (bpf_map_lookup_elem(&tracked, &tgid))
+	slot = bpf_map_lookup_elem(&tracked, &tgid);
+	if (slot) {
 		ti->flags |= TI_TRACKED;
-	else
+		ti->slot = *slot;
+	} else {
 		ti->run_delay = 0; // tracked again later: start from its next run
+	}
 	if (bpf_map_lookup_elem(&anatomies, &tgid))
 		ti->flags |= TI_ANATOMY;
 	ti->gen = gen;
@@ -624,8 +635,8 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	if (!ti || !ti->sys_ns)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (ti->sys_nr == nr && now >= ti->sys_ns)
-		record(bpf_get_current_pid_tgid() >> 32, HIST_SYSCALL, now - ti->sys_ns);
+	if (ti->sys_nr == nr && now >= ti->sys_ns && (ti->flags & TI_TRACKED))
+		record(ti->slot, HIST_SYSCALL, now - ti->sys_ns);
 	ti->sys_ns = 0;
 	return 0;
 }
@@ -732,6 +743,11 @@ static __always_inline int in_fault(struct task_struct *p)
 	return (long)BPF_CORE_READ(regs, orig_ax) == -1;
 }
 
+// Run-queue delay of tracked threads and the anatomy's thread states.
+// Always attached: the anatomy needs every switch of a process from its
+// exec on (a switch missed leaves a thread's state stale until its next
+// one), and user space learns of an exec only after it. For the machine's
+// other tasks it costs two storage lookups.
 SEC("tp_btf/sched_switch")
 int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
@@ -746,7 +762,7 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 			// run_delay when prev arrived on the CPU: one wait per run.
 			delay = prev->sched_info.run_delay;
 			if (ti->run_delay && delay > ti->run_delay)
-				record(prev->tgid, HIST_RUNQ, delay - ti->run_delay);
+				record(ti->slot, HIST_RUNQ, delay - ti->run_delay);
 			ti->run_delay = delay ? delay : 1;
 		}
 		if (ti->flags & TI_ANATOMY) {
@@ -778,26 +794,32 @@ int BPF_PROG(on_data_ready, const struct sock *sk)
 	return 0;
 }
 
-SEC("tp_btf/sock_recv_length")
-int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
+// A read took data from a tracked instance's connection. tcp_rcv_space_adjust
+// runs for each buffer a TCP read copies (recvmsg, splice, zero-copy), and
+// only then: not for a read that finds the queue empty (Go reads until
+// EAGAIN), nor for other socket families, as sock_recv_length did, at half
+// the runs per request. A MSG_PEEK read counts too (no instance peeks).
+SEC("tp_btf/tcp_rcv_space_adjust")
+int BPF_PROG(on_tcp_read, struct sock *sk)
 {
+	struct task_info *ti;
 	struct sk_info *si;
 	__u64 now;
 
-	if (ret <= 0 || (flags & MSG_PEEK))
-		return 0;
 	si = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
 	if (!si || !si->ready_ns)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (now >= si->ready_ns)
-		record(bpf_get_current_pid_tgid() >> 32, HIST_SOCKQ, now - si->ready_ns);
+	ti = info(bpf_get_current_task_btf());
+	if (now >= si->ready_ns && ti && (ti->flags & TI_TRACKED))
+		record(ti->slot, HIST_SOCKQ, now - si->ready_ns);
 	si->ready_ns = 0;
 	return 0;
 }
 
 // The cold-start response: the first send on the connection accepted after
-// the ready mark, by the instance itself.
+// the ready mark, by the instance itself. Attached by user space while a
+// tracked instance's cold start is open: sends are per request.
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 {

@@ -51,6 +51,11 @@ const (
 // its model-file reads), or always with SyscallLatency.
 var syscallPrograms = []string{"on_sys_enter", "on_sys_exit"}
 
+// socketQueuePrograms time request bytes in the socket receive queue: one
+// runs per packet delivered to any socket, the other per TCP read, on the
+// whole machine. Attached only with SocketQueue.
+var socketQueuePrograms = []string{"on_data_ready", "on_tcp_read"}
+
 // modelReadProgram is the one syscall program a cold start needs (to count
 // its model-file reads); on_sys_enter only times syscalls.
 const modelReadProgram = "on_sys_exit"
@@ -60,8 +65,13 @@ const modelReadProgram = "on_sys_exit"
 // start is open.
 const wakeupProgram = "on_wakeup"
 
+// coldStartPrograms serve only a cold start's first response and run per
+// send: attached while a tracked instance's cold start is open, until its
+// response (at most maxColdStart).
+var coldStartPrograms = []string{"on_send_length"}
+
 // dynamicPrograms are attached and detached as cold starts come and go.
-var dynamicPrograms = append([]string{wakeupProgram}, syscallPrograms...)
+var dynamicPrograms = slices.Concat([]string{wakeupProgram}, syscallPrograms, coldStartPrograms)
 
 // maxColdStart is how long a cold start may stay open before the syscall
 // programs stop waiting for it (an instance that never became ready).
@@ -91,6 +101,19 @@ type Config struct {
 	// tracepoints attached, which puts every task's system calls on the
 	// kernel's tracing path: README.md gives the measured cost.
 	SyscallLatency bool
+	// SocketQueue also measures how long request bytes wait in tracked
+	// instances' socket receive queues
+	// (pilotlight_bpf_socket_receive_queue_seconds). Its two programs run
+	// for every packet delivered to a socket and every TCP read on the
+	// machine, four of each per request through the router: README.md
+	// gives the measured cost. serve and the agent turn it on unless told
+	// not to (--ebpf-socket-queue=false, --socket-queue=false).
+	SocketQueue bool
+	// Programs, when not nil, attaches only the named programs (a
+	// measurement aid: `pilotlight bench ebpf-programs` loads the probes
+	// with each program alone to find what each costs). An empty non-nil
+	// list loads the maps and the reader and attaches nothing.
+	Programs []string
 }
 
 // Probes is the loaded and attached set of BPF programs. Its methods are
@@ -110,10 +133,14 @@ type Probes struct {
 	userGenVal uint32
 
 	syscallLatency bool
+	socketQueue    bool
+	only           map[string]bool      // Config.Programs; nil: every program
 	marked         bool                 // an engine marks cold starts (ParentPID set)
 	dynLinks       map[string]link.Link // attached dynamicPrograms
+	paused         bool                 // Pause detached everything
 	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
-	anatOpen       map[uint32]time.Time // tracked pids whose cold start is open (until the response), until
+	anatOpen       map[uint32]time.Time // tracked pids whose cold start wants wakeups (until the response or readyGrace), until
+	tlOpen         map[uint32]time.Time // tracked pids whose cold start is open (until the response), until
 
 	coldStart      *prometheus.HistogramVec
 	coldStartTime  *prometheus.HistogramVec
@@ -177,9 +204,11 @@ func New(cfg Config) (*Probes, error) {
 		lastConns: map[string][]UnexpectedConnection{},
 		coldOpen:  map[uint32]time.Time{},
 		anatOpen:  map[uint32]time.Time{},
+		tlOpen:    map[uint32]time.Time{},
 		dynLinks:  map[string]link.Link{},
 
 		syscallLatency: cfg.SyscallLatency,
+		socketQueue:    cfg.SocketQueue,
 		marked:         cfg.ParentPID != 0,
 	}
 	ok := false
@@ -188,6 +217,12 @@ func New(cfg Config) (*Probes, error) {
 			p.release()
 		}
 	}()
+	if cfg.Programs != nil {
+		p.only = map[string]bool{}
+		for _, name := range cfg.Programs {
+			p.only[name] = true
+		}
+	}
 	if err := p.load(uint32(cfg.ParentPID), cfg.SyscallLatency); err != nil {
 		return nil, err
 	}
@@ -213,7 +248,8 @@ func New(cfg Config) (*Probes, error) {
 	go p.readEvents()
 	go p.tick(cfg.ReadInterval)
 	ok = true
-	log.Info("eBPF probes loaded", "programs", len(p.links)+len(p.dynLinks), "parent_pid", cfg.ParentPID, "syscall_latency", cfg.SyscallLatency)
+	log.Info("eBPF probes loaded", "programs", len(p.links)+len(p.dynLinks), "parent_pid", cfg.ParentPID,
+		"syscall_latency", cfg.SyscallLatency, "socket_queue", cfg.SocketQueue)
 	return p, nil
 }
 
@@ -245,6 +281,11 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 		return loadError("loading the programs", err)
 	}
 	p.coll = coll
+	for name := range p.only {
+		if coll.Programs[name] == nil {
+			return fmt.Errorf("bpf config: no program %q in the object", name)
+		}
+	}
 	if p.userGen = coll.Variables["user_gen"]; p.userGen == nil {
 		return errors.New("variable user_gen missing from the object")
 	}
@@ -259,15 +300,8 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 			return fmt.Errorf("map %s missing from the object", name)
 		}
 	}
-	for name, prog := range coll.Programs {
-		if slices.Contains(dynamicPrograms, name) {
-			continue
-		}
-		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
-		if err != nil {
-			return loadError("attaching "+name+" ("+spec.Programs[name].SectionName+")", err)
-		}
-		p.links = append(p.links, l)
+	if err := p.attachStatic(); err != nil {
+		return err
 	}
 	if syscallLatency {
 		if err := p.attach(syscallPrograms...); err != nil {
@@ -279,6 +313,76 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 		return loadError("opening the event ring buffer", err)
 	}
 	p.rd = rd
+	return nil
+}
+
+// attachStatic attaches the programs that stay attached (not the dynamic ones).
+func (p *Probes) attachStatic() error {
+	for name, prog := range p.coll.Programs {
+		if slices.Contains(dynamicPrograms, name) || !p.wanted(name) ||
+			(!p.socketQueue && slices.Contains(socketQueuePrograms, name)) {
+			continue
+		}
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+		if err != nil {
+			return loadError("attaching "+name+" (tp_btf)", err)
+		}
+		p.links = append(p.links, l)
+	}
+	return nil
+}
+
+// Pause detaches every program, keeping every map and the reader; Resume
+// attaches them again. For measuring what the programs cost: `bench ebpf`
+// alternates them in windows of one continuous load. Events while paused
+// are missed (connections opened meanwhile are not followed), and a cold
+// start opened meanwhile gets its programs only at Resume.
+func (p *Probes) Pause() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.paused {
+		return
+	}
+	p.paused = true
+	for _, l := range p.links {
+		l.Close()
+	}
+	p.links = nil
+	p.detach(dynamicPrograms...)
+}
+
+// Resume attaches again what Pause detached.
+func (p *Probes) Resume() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errors.New("resume: probes closed")
+	}
+	if !p.paused {
+		return nil
+	}
+	p.paused = false
+	if err := p.attachStatic(); err != nil {
+		return err
+	}
+	// The dynamic programs the open cold starts and the options need.
+	var dyn []string
+	if p.syscallLatency {
+		dyn = append(dyn, syscallPrograms...)
+	}
+	if len(p.coldOpen) > 0 {
+		dyn = append(dyn, modelReadProgram)
+	}
+	if len(p.anatOpen) > 0 {
+		dyn = append(dyn, wakeupProgram)
+	}
+	if len(p.tlOpen) > 0 {
+		dyn = append(dyn, coldStartPrograms...)
+	}
+	if err := p.attach(dyn...); err != nil {
+		return err
+	}
+	p.syncLinks()
 	return nil
 }
 
@@ -353,7 +457,7 @@ func (p *Probes) Track(pid int, function, revision string) error {
 	}
 	slot := p.freeSlots[len(p.freeSlots)-1]
 	in := &instance{labels: labels{function, revision}, slot: slot}
-	if err := p.hists.Lookup(slot, &in.seen); err != nil {
+	if err := p.readSlot(slot, &in.seen); err != nil {
 		return fmt.Errorf("track pid %d: read histogram slot %d: %w", pid, slot, err)
 	}
 	if err := p.tracked.Update(key, slot, ebpf.UpdateAny); err != nil {
@@ -504,7 +608,8 @@ func (p *Probes) openTimeline(pid uint32) {
 
 // openColdStart attaches what tracked pid's cold start needs: on_sys_exit
 // until it is ready (its model-file reads), on_wakeup until its response
-// (its anatomy).
+// or readyGrace after ready, and on_send_length (its response) until its
+// response.
 func (p *Probes) openColdStart(pid uint32) {
 	if p.done[pid] {
 		return
@@ -516,7 +621,10 @@ func (p *Probes) openColdStart(pid uint32) {
 	if _, ok := p.anatOpen[pid]; !ok {
 		p.anatOpen[pid] = now.Add(maxColdStart)
 	}
-	if err := p.attach(wakeupProgram, modelReadProgram); err != nil {
+	if _, ok := p.tlOpen[pid]; !ok {
+		p.tlOpen[pid] = now.Add(maxColdStart)
+	}
+	if err := p.attach(slices.Concat([]string{wakeupProgram, modelReadProgram}, coldStartPrograms)...); err != nil {
 		p.log.Warn("bpf: attach the cold-start programs; this cold start's anatomy and model-file bytes are incomplete", "pid", pid, "err", err)
 	}
 }
@@ -546,6 +654,7 @@ func (p *Probes) loaded(pid uint32) {
 func (p *Probes) closeColdStart(pid uint32) {
 	delete(p.coldOpen, pid)
 	delete(p.anatOpen, pid)
+	delete(p.tlOpen, pid)
 	p.syncLinks()
 }
 
@@ -558,9 +667,11 @@ func (p *Probes) syncLinks() {
 			delete(p.coldOpen, pid)
 		}
 	}
-	for pid, until := range p.anatOpen {
-		if now.After(until) {
-			delete(p.anatOpen, pid)
+	for _, open := range []map[uint32]time.Time{p.anatOpen, p.tlOpen} {
+		for pid, until := range open {
+			if now.After(until) {
+				delete(open, pid)
+			}
 		}
 	}
 	if len(p.coldOpen) == 0 && !p.syscallLatency {
@@ -569,12 +680,15 @@ func (p *Probes) syncLinks() {
 	if len(p.anatOpen) == 0 {
 		p.detach(wakeupProgram)
 	}
+	if len(p.tlOpen) == 0 {
+		p.detach(coldStartPrograms...)
+	}
 }
 
 // attach attaches the named dynamic programs that are not attached.
 func (p *Probes) attach(names ...string) error {
 	for _, name := range names {
-		if p.dynLinks[name] != nil {
+		if p.dynLinks[name] != nil || !p.wanted(name) || p.paused {
 			continue
 		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: p.coll.Programs[name], AttachType: ebpf.AttachTraceRawTp})
@@ -584,6 +698,11 @@ func (p *Probes) attach(names ...string) error {
 		p.dynLinks[name] = l
 	}
 	return nil
+}
+
+// wanted says whether Config.Programs lets program name be attached.
+func (p *Probes) wanted(name string) bool {
+	return p.only == nil || p.only[name]
 }
 
 func (p *Probes) detach(names ...string) {
@@ -639,7 +758,7 @@ func (p *Probes) addPort(pid, port uint32) {
 // fold adds what in's slot counted since the last fold to its labels' totals.
 func (p *Probes) fold(in *instance) {
 	var cur slotHists
-	if err := p.hists.Lookup(in.slot, &cur); err != nil {
+	if err := p.readSlot(in.slot, &cur); err != nil {
 		p.log.Debug("bpf: read histograms", "slot", in.slot, "err", err)
 		return
 	}
@@ -648,6 +767,19 @@ func (p *Probes) fold(in *instance) {
 		tot[k].addDelta(&cur[k], &in.seen[k])
 	}
 	in.seen = cur
+}
+
+// readSlot sums the CPUs' copies of a histogram slot into h.
+func (p *Probes) readSlot(slot uint32, h *slotHists) error {
+	var cpus []slotHists
+	if err := p.hists.Lookup(slot, &cpus); err != nil {
+		return err
+	}
+	*h = slotHists{}
+	for i := range cpus {
+		h.add(&cpus[i])
+	}
+	return nil
 }
 
 // readHistograms folds every tracked pid's counts. Callers hold p.mu.
@@ -674,7 +806,7 @@ func (p *Probes) tick(every time.Duration) {
 				p.log.Debug("bpf: read clocks", "err", err)
 			}
 			p.readHistograms()
-			if len(p.coldOpen)+len(p.anatOpen) > 0 {
+			if len(p.coldOpen)+len(p.anatOpen)+len(p.tlOpen) > 0 {
 				p.syncLinks()
 			}
 			p.mu.Unlock()

@@ -264,8 +264,8 @@ const (
 
 func TestProbesMeasureAChildServer(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	// With the syscall-latency option: all three kernel histograms.
-	p := newProbesWith(t, Config{ParentPID: os.Getpid(), Registerer: reg, ReadInterval: 100 * time.Millisecond, SyscallLatency: true})
+	// With the syscall-latency and socket-queue options: all three kernel histograms.
+	p := newProbesWith(t, Config{ParentPID: os.Getpid(), Registerer: reg, ReadInterval: 100 * time.Millisecond, SyscallLatency: true, SocketQueue: true})
 	if got := gauge(t, reg, "pilotlight_bpf_enabled"); got != 1 {
 		t.Errorf("pilotlight_bpf_enabled = %v, want 1", got)
 	}
@@ -510,7 +510,7 @@ var verifiedBudget = map[string]uint32{
 	"on_wakeup_new":  400,
 	"on_switch":      2500,
 	"on_data_ready":  50,
-	"on_recv_length": 1200,
+	"on_tcp_read":    1200,
 	"on_send_length": 300,
 	"on_sock_state":  2000,
 }
@@ -545,8 +545,9 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 	if len(p.coll.Programs) != len(verifiedBudget) {
 		t.Errorf("%d programs loaded, the budget names %d", len(p.coll.Programs), len(verifiedBudget))
 	}
-	// The cold-start programs wait for a cold start; every other one is attached.
-	if want := len(p.coll.Programs) - len(dynamicPrograms); len(p.links) != want || len(p.dynLinks) != 0 {
+	// The cold-start programs wait for a cold start, the socket-queue ones
+	// for their option; every other one is attached.
+	if want := len(p.coll.Programs) - len(dynamicPrograms) - len(socketQueuePrograms); len(p.links) != want || len(p.dynLinks) != 0 {
 		t.Errorf("%d links attached and %d cold-start programs, want %d and none", len(p.links), len(p.dynLinks), want)
 	}
 	for name, prog := range p.coll.Programs {
@@ -588,7 +589,7 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 
 	// Tracking a pid opens its cold start: on_sys_exit (model reads)
 	// attaches until it is ready, on_wakeup until its response (or until
-	// forgotten); on_sys_enter only with the syscall-latency option.
+	// forgotten), on_send_length until its response (or until forgotten); on_sys_enter only with the syscall-latency option.
 	a, b := startServer(t), startServer(t)
 	for _, c := range []*child{a, b} {
 		if err := p.Track(c.pid, "f", "r"); err != nil {
@@ -597,18 +598,20 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 	}
 	wakeup := []string{wakeupProgram}
 	for _, step := range []struct {
-		what            string
-		do              func()
-		syscall, wakeup int
+		what                  string
+		do                    func()
+		syscall, wakeup, cold int
 	}{
-		{"two cold starts", func() {}, 1, 1},
-		{"one ready, one loading", func() { p.Mark(a.pid, MarkReady, time.Now()) }, 1, 1},
-		{"one ready, one gone", func() { p.Untrack(b.pid) }, 0, 1},
-		{"none", func() { p.Untrack(a.pid) }, 0, 0},
+		{"two cold starts", func() {}, 1, 1, 1},
+		{"one ready, one loading", func() { p.Mark(a.pid, MarkReady, time.Now()) }, 1, 1, 1},
+		{"one ready, one gone", func() { p.Untrack(b.pid) }, 0, 1, 1},
+		{"none", func() { p.Untrack(a.pid) }, 0, 0, 0},
 	} {
 		step.do()
-		if s, w := attachedOf(p, syscallPrograms), attachedOf(p, wakeup); s != step.syscall || w != step.wakeup {
-			t.Errorf("%s: %d syscall programs and %d on_wakeup attached, want %d and %d", step.what, s, w, step.syscall, step.wakeup)
+		s, w, c := attachedOf(p, syscallPrograms), attachedOf(p, wakeup), attachedOf(p, coldStartPrograms)
+		if s != step.syscall || w != step.wakeup || c != step.cold {
+			t.Errorf("%s: %d syscall programs, %d on_wakeup and %d other cold-start programs attached, want %d, %d and %d",
+				step.what, s, w, c, step.syscall, step.wakeup, step.cold)
 		}
 	}
 	// A ready instance whose first request does not come lets on_wakeup go
@@ -619,6 +622,10 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 	}
 	p.Mark(c.pid, MarkReady, time.Now())
 	waitFor(t, "on_wakeup to detach after the grace", 10*time.Second, func() bool { return attachedOf(p, wakeup) == 0 })
+	// The response is still awaited.
+	if n := attachedOf(p, coldStartPrograms); n != len(coldStartPrograms) {
+		t.Errorf("%d cold-start programs attached while the ready instance awaits its first request, want %d", n, len(coldStartPrograms))
+	}
 }
 
 // attachedOf counts the named dynamic programs that are attached.
@@ -636,7 +643,7 @@ func attachedOf(p *Probes, names []string) int {
 
 func TestProbesTimelineOfAWarmPoolProcess(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	p := newProbes(t, reg)
+	p := newProbesWith(t, Config{ParentPID: os.Getpid(), Registerer: reg, ReadInterval: 100 * time.Millisecond, SocketQueue: true})
 	// Started ahead of demand: exec, bind and listen happen untracked.
 	srv := startServer(t)
 	poll := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}

@@ -30,12 +30,12 @@ const (
 	probesProgOnDataReady   = "on_data_ready"
 	probesProgOnExec        = "on_exec"
 	probesProgOnExit        = "on_exit"
-	probesProgOnRecvLength  = "on_recv_length"
 	probesProgOnSendLength  = "on_send_length"
 	probesProgOnSockState   = "on_sock_state"
 	probesProgOnSwitch      = "on_switch"
 	probesProgOnSysEnter    = "on_sys_enter"
 	probesProgOnSysExit     = "on_sys_exit"
+	probesProgOnTcpRead     = "on_tcp_read"
 	probesProgOnWakeup      = "on_wakeup"
 	probesProgOnWakeupNew   = "on_wakeup_new"
 	probesVarBpfGen         = "bpf_gen"
@@ -89,12 +89,12 @@ type probesProgramSpecs struct {
 	OnDataReady  *ebpf.ProgramSpec `ebpf:"on_data_ready"`
 	OnExec       *ebpf.ProgramSpec `ebpf:"on_exec"`
 	OnExit       *ebpf.ProgramSpec `ebpf:"on_exit"`
-	OnRecvLength *ebpf.ProgramSpec `ebpf:"on_recv_length"`
 	OnSendLength *ebpf.ProgramSpec `ebpf:"on_send_length"`
 	OnSockState  *ebpf.ProgramSpec `ebpf:"on_sock_state"`
 	OnSwitch     *ebpf.ProgramSpec `ebpf:"on_switch"`
 	OnSysEnter   *ebpf.ProgramSpec `ebpf:"on_sys_enter"`
 	OnSysExit    *ebpf.ProgramSpec `ebpf:"on_sys_exit"`
+	OnTcpRead    *ebpf.ProgramSpec `ebpf:"on_tcp_read"`
 	OnWakeup     *ebpf.ProgramSpec `ebpf:"on_wakeup"`
 	OnWakeupNew  *ebpf.ProgramSpec `ebpf:"on_wakeup_new"`
 }
@@ -192,12 +192,12 @@ type probesPrograms struct {
 	OnDataReady  *ebpf.Program `ebpf:"on_data_ready"`
 	OnExec       *ebpf.Program `ebpf:"on_exec"`
 	OnExit       *ebpf.Program `ebpf:"on_exit"`
-	OnRecvLength *ebpf.Program `ebpf:"on_recv_length"`
 	OnSendLength *ebpf.Program `ebpf:"on_send_length"`
 	OnSockState  *ebpf.Program `ebpf:"on_sock_state"`
 	OnSwitch     *ebpf.Program `ebpf:"on_switch"`
 	OnSysEnter   *ebpf.Program `ebpf:"on_sys_enter"`
 	OnSysExit    *ebpf.Program `ebpf:"on_sys_exit"`
+	OnTcpRead    *ebpf.Program `ebpf:"on_tcp_read"`
 	OnWakeup     *ebpf.Program `ebpf:"on_wakeup"`
 	OnWakeupNew  *ebpf.Program `ebpf:"on_wakeup_new"`
 }
@@ -207,12 +207,12 @@ func (p *probesPrograms) Close() error {
 		p.OnDataReady,
 		p.OnExec,
 		p.OnExit,
-		p.OnRecvLength,
 		p.OnSendLength,
 		p.OnSockState,
 		p.OnSwitch,
 		p.OnSysEnter,
 		p.OnSysExit,
+		p.OnTcpRead,
 		p.OnWakeup,
 		p.OnWakeupNew,
 	)

@@ -25,9 +25,9 @@ func newBenchCmd() *cobra.Command {
 		verbose       bool
 	)
 	cmd := &cobra.Command{
-		Use:       "bench [instance|coldstart|hop|platform|grpc|step|memory|ebpf|all]...",
+		Use:       "bench [instance|coldstart|hop|platform|grpc|step|memory|ebpf|all|ebpf-programs]...",
 		Short:     "Measure the platform on loopback and print Markdown tables (make bench)",
-		ValidArgs: []string{"instance", "coldstart", "hop", "platform", "grpc", "step", "memory", "ebpf", "all"},
+		ValidArgs: []string{"instance", "coldstart", "hop", "platform", "grpc", "step", "memory", "ebpf", "all", "ebpf-programs"},
 		Args:      cobra.OnlyValidArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := os.Executable()
@@ -54,7 +54,8 @@ func newBenchCmd() *cobra.Command {
 			all := want["all"]
 			fmt.Fprintf(out, "pilotlight bench: %s, %s per load, on %s\n", fnDir, duration, time.Now().UTC().Format(time.RFC3339))
 			run := func(name, title string, f func(context.Context) ([]bench.Row, error)) error {
-				if !all && !want[name] {
+				// ebpf-programs is a diagnosis, not a figure: only when asked.
+				if !want[name] && (!all || name == "ebpf-programs") {
 					return nil
 				}
 				fmt.Fprintf(os.Stderr, "bench: %s...\n", name)
@@ -86,6 +87,12 @@ func newBenchCmd() *cobra.Command {
 					}
 					return bench.EBPF(ctx, env)
 				}},
+				{"ebpf-programs", "eBPF probe overhead by program (each attached alone, same run)", func(ctx context.Context) ([]bench.Row, error) {
+					if os.Geteuid() != 0 {
+						return []bench.Row{{Name: "eBPF overhead by program", Value: "skipped: the probes need root (CAP_BPF, CAP_PERFMON)"}}, nil
+					}
+					return bench.EBPFPrograms(ctx, env)
+				}},
 			}
 			for _, s := range steps {
 				if err := run(s.name, s.title, s.f); err != nil {
@@ -98,7 +105,7 @@ func newBenchCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&fnDir, "function", "functions/fraud", "function directory to benchmark")
 	f.StringVar(&fnRoot, "functions", "functions", "functions root for the memory figure (every function at zero)")
-	f.StringArrayVar(&serveArgs, "serve-arg", nil, "an extra serve argument for the one-instance figures (hop, ebpf), e.g. --serve-arg=--instance-http to reach the instance over HTTP instead of its framed socket")
+	f.StringArrayVar(&serveArgs, "serve-arg", nil, "an extra serve argument for the hop figure, e.g. --serve-arg=--instance-http to reach the instance over HTTP instead of its framed socket")
 	f.StringVar(&flagsFile, "flags-file", "config/flags/flags.json", "flag file the platform figure serves")
 	f.DurationVar(&duration, "duration", 5*time.Second, "length of each load")
 	f.IntVar(&coldStarts, "cold-starts", 20, "scale-from-zero cycles per source")

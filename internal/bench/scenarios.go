@@ -52,8 +52,8 @@ type Env struct {
 	Log      io.Writer // child processes' stderr
 	// FlagsFile is the flag file the platform figure serves (make run's).
 	FlagsFile string
-	// ServeArgs are added to serve's arguments where one instance is
-	// measured through the router (hop, ebpf), e.g. --instance-http.
+	// ServeArgs are added to serve's arguments in the hop figure, e.g.
+	// --instance-http.
 	ServeArgs []string
 }
 
