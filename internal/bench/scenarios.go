@@ -385,6 +385,13 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 		}
 	}
 	rows = append(rows, notes...)
+	rows = append(rows, hopWithWrk(ctx, e, body, func(yield func(name, url string) bool) {
+		for _, p := range paths {
+			if !yield(p.name, p.url) {
+				return
+			}
+		}
+	})...)
 	rr := ratio(router)
 	rows = append(rows, Row{Name: "router ÷ direct throughput (median of rounds)", Value: fmt.Sprintf("%.2f", rr), Goal: "≥ 0.70", Met: met(rr >= 0.7)})
 	routerAdd := router.paced.Quantile(.5) - direct.paced.Quantile(.5)
@@ -394,6 +401,71 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 			Row{Name: fmt.Sprintf("added p50 at a quarter of capacity (%.0f req/s): router vs the best peer", direct.paced.RPS()), Value: ms(routerAdd) + " vs " + ms(bestPeerAdd), Goal: "≤ the peer's", Met: met(routerAdd <= bestPeerAdd)})
 	}
 	return rows, nil
+}
+
+// hopWithWrk loads the same paths (the first is direct, the last the
+// router) with wrk, alternating over hopRounds rounds, and gives each
+// path's rates and median ratio to direct, and the router's against the
+// best peer's: the hop with a load generator that leaves more of the
+// machine to the path under test.
+func hopWithWrk(ctx context.Context, e Env, body []byte, paths func(func(name, url string) bool)) []Row {
+	dir, err := os.MkdirTemp("", "pilotlight-bench-wrk-")
+	if err != nil {
+		return []Row{{Name: "wrk", Value: "not measured: " + err.Error()}}
+	}
+	defer os.RemoveAll(dir)
+	w, err := newWrk(dir, body)
+	if err != nil {
+		return []Row{{Name: "wrk", Value: "not measured: " + err.Error()}}
+	}
+	type res struct {
+		name  string
+		url   string
+		rps   []float64
+		fails int
+	}
+	var rs []*res
+	for name, url := range paths {
+		rs = append(rs, &res{name: name, url: url})
+	}
+	d := max(e.Duration, time.Second)
+	for round := 0; round < hopRounds; round++ {
+		for _, r := range rs {
+			rps, _, failed, err := w.run(ctx, r.url, d)
+			if err != nil {
+				return []Row{{Name: "wrk", Value: "not measured: " + err.Error()}}
+			}
+			r.rps, r.fails = append(r.rps, rps), r.fails+failed
+		}
+	}
+	ratio := func(r *res) float64 {
+		var xs []float64
+		for i := range r.rps {
+			xs = append(xs, r.rps[i]/rs[0].rps[i])
+		}
+		sort.Float64s(xs)
+		return xs[len(xs)/2]
+	}
+	var rows []Row
+	best := 0.0
+	for i, r := range rs {
+		var vs []string
+		for _, x := range r.rps {
+			vs = append(vs, fmt.Sprintf("%.0f", x))
+		}
+		v := fmt.Sprintf("%s req/s; ÷ direct %.2f", strings.Join(vs, " / "), ratio(r))
+		if r.fails > 0 {
+			v += fmt.Sprintf("; %d failed", r.fails)
+		}
+		rows = append(rows, Row{Name: "wrk (1 thread, 32 connections): " + r.name, Value: v})
+		if i > 0 && i < len(rs)-1 {
+			best = max(best, ratio(r))
+		}
+	}
+	if rr := ratio(rs[len(rs)-1]); best > 0 {
+		rows = append(rows, Row{Name: "wrk: router ÷ direct vs the best peer's", Value: fmt.Sprintf("%.2f vs %.2f", rr, best), Goal: "≥ the peer's and ≥ 0.70", Met: met(rr >= best && rr >= 0.7)})
+	}
+	return rows
 }
 
 // Step measures how fast a second instance serves after load steps from 1 to 64 clients.
