@@ -165,7 +165,6 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 func (e *Engine) launch(r *revision, slot *Process) (*Process, error) {
 	if p := e.pool.take(); p != nil {
 		adopt(slot, p)
-		e.pool.refill()
 		slot.labels.Store(&[2]string{r.fn.Name, r.rev.Name})
 		if pr := e.cfg.Probes; pr != nil {
 			if err := pr.Track(slot.pid, r.fn.Name, r.rev.Name); err != nil {
@@ -173,7 +172,12 @@ func (e *Engine) launch(r *revision, slot *Process) (*Process, error) {
 			}
 			pr.Mark(slot.pid, "specialise_start", time.Now())
 		}
-		return slot, e.specialise(slot, r)
+		err := e.specialise(slot, r)
+		// The replacement starts once this cold start's sessions exist: a
+		// new process's start-up (exec, ONNX Runtime, prewarm) would
+		// otherwise take the CPUs the specialisation creates them on.
+		e.pool.refill()
+		return slot, err
 	}
 	slot.mu.Lock()
 	slot.source = sourceExec
