@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -178,7 +179,10 @@ func (s *Server) httpError(err error, c echo.Context) {
 	case errors.Is(err, context.DeadlineExceeded):
 		code = http.StatusGatewayTimeout
 	}
-	if code >= 500 {
+	// A readiness probe answering 503 (loading, draining) is the probe
+	// working, not a failure: the engine polls every few milliseconds
+	// while an instance starts.
+	if code >= 500 && (code != http.StatusServiceUnavailable || !strings.HasSuffix(c.Path(), "/ready")) {
 		s.log.Error("request failed", "method", c.Request().Method, "path", c.Request().URL.Path, "status", code, "err", err)
 	}
 	if c.Request().Method == http.MethodHead {
