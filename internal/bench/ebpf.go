@@ -156,7 +156,9 @@ const ebpfWarmup = 1500 * time.Millisecond
 
 // ebpfLoad starts serve in mode, warms it up and measures one load.
 func ebpfLoad(ctx context.Context, e Env, root, function string, mode ebpfMode) (ebpfRun, error) {
-	args := append([]string{"--functions", root, "--pool-size", "0", "--flags", ""}, mode.args...)
+	// --instance-http in every mode: serve --ebpf reaches instances over
+	// HTTP (the probes watch TCP), so the path compared is the same.
+	args := append([]string{"--functions", root, "--pool-size", "0", "--flags", "", "--instance-http"}, mode.args...)
 	s, err := StartServe(e.Bin, args, e.Log)
 	if err != nil {
 		return ebpfRun{}, err
@@ -577,7 +579,8 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 	if err != nil {
 		return nil, err
 	}
-	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", "0", "--flags", ""}, e.Log)
+	// Over HTTP to the instance, as serve --ebpf runs (the probes watch TCP).
+	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", "0", "--flags", "", "--instance-http"}, e.Log)
 	if err != nil {
 		return nil, err
 	}
