@@ -74,17 +74,13 @@ func (s *Set) Evaluate(flagKey string, ctx map[string]any) Result {
 	return f.outcome(out)
 }
 
-// ContextFree evaluates a flag whose answer cannot depend on the
-// evaluation context — missing, DISABLED, without targeting, or whose
-// targeting cannot run — and reports true; for any other flag it returns
-// false and the caller must Evaluate with the request's context. The
-// router skips building a context per request for such flags.
-func (s *Set) ContextFree(flagKey string) (Result, bool) {
+// ContextFree reports whether a flag's answer cannot depend on the
+// evaluation context: missing, DISABLED, without targeting, or with
+// targeting that cannot run. The router evaluates such a flag without
+// building a context per request.
+func (s *Set) ContextFree(flagKey string) bool {
 	f, ok := s.flags[flagKey]
-	if ok && f.state != StateDisabled && f.targeted && f.parseErr == "" {
-		return Result{}, false
-	}
-	return s.Evaluate(flagKey, nil), true
+	return !ok || f.state == StateDisabled || !f.targeted || f.parseErr != ""
 }
 
 // outcome is the result of targeting that returned out, as flagd reads it:

@@ -8,9 +8,9 @@
 //
 // A frame is a 4-byte little-endian length and that many bytes:
 //
-//	request:  'P' version(1) | u8 len, method | u16 len, request URI | u16 count, headers | body
-//	response: u16 status | u16 count, headers | body
-//	header:   u16 len, name | u32 len, value
+//	request:  'P' version(1) | u32 len, method | u32 len, request URI | u32 count, headers | body
+//	response: u16 status | u32 count, headers | body
+//	header:   u32 len, name | u32 len, value
 //
 // The body is what is left of the frame. A reader refuses a frame longer
 // than its limit, and the connection is closed after any error: a frame
@@ -51,14 +51,13 @@ type Encoder struct {
 	countAt int // where the current frame's header count sits
 }
 
-// StartRequest begins a request frame; method and uri must be Valid.
+// StartRequest begins a request frame.
 func (e *Encoder) StartRequest(method, uri []byte) {
-	e.b = append(e.b[:0], 0, 0, 0, 0, magic, version, byte(len(method)))
-	e.b = append(e.b, method...)
-	e.b = binary.LittleEndian.AppendUint16(e.b, uint16(len(uri)))
-	e.b = append(e.b, uri...)
+	e.b = append(e.b[:0], 0, 0, 0, 0, magic, version)
+	e.b = appendBytes(e.b, method)
+	e.b = appendBytes(e.b, uri)
 	e.countAt = len(e.b)
-	e.b = append(e.b, 0, 0)
+	e.b = append(e.b, 0, 0, 0, 0)
 }
 
 // StartResponse begins a response frame.
@@ -66,21 +65,18 @@ func (e *Encoder) StartResponse(status int) {
 	e.b = append(e.b[:0], 0, 0, 0, 0)
 	e.b = binary.LittleEndian.AppendUint16(e.b, uint16(status))
 	e.countAt = len(e.b)
-	e.b = append(e.b, 0, 0)
+	e.b = append(e.b, 0, 0, 0, 0)
 }
 
-// Header adds a header between Start* and Finish; names longer than 64 KiB
-// and more than 65,535 headers are dropped (HTTP limits are far lower).
+// Header adds a header between Start* and Head or Finish.
 func (e *Encoder) Header(name, value []byte) {
-	n := binary.LittleEndian.Uint16(e.b[e.countAt:])
-	if len(name) >= 1<<16 || n == 1<<16-1 {
-		return
-	}
-	e.b = binary.LittleEndian.AppendUint16(e.b, uint16(len(name)))
-	e.b = append(e.b, name...)
-	e.b = binary.LittleEndian.AppendUint32(e.b, uint32(len(value)))
-	e.b = append(e.b, value...)
-	binary.LittleEndian.PutUint16(e.b[e.countAt:], n+1)
+	e.b = appendBytes(appendBytes(e.b, name), value)
+	binary.LittleEndian.PutUint32(e.b[e.countAt:], binary.LittleEndian.Uint32(e.b[e.countAt:])+1)
+}
+
+// appendBytes appends p with its length before it.
+func appendBytes(b, p []byte) []byte {
+	return append(binary.LittleEndian.AppendUint32(b, uint32(len(p))), p...)
 }
 
 // Head sets the length for a body of n bytes and returns the frame without
@@ -105,9 +101,6 @@ func (e *Encoder) Finish(body []byte) ([]byte, error) {
 	return e.b, nil
 }
 
-// Valid reports whether a method, URI and header fit the format's fields.
-func Valid(method, uri int) bool { return method < 256 && uri < 1<<16 }
-
 // ReadRequest reads one request frame of at most limit bytes into *buf
 // (grown as needed) and decodes it.
 func ReadRequest(r *bufio.Reader, buf *[]byte, limit int, req *Request) error {
@@ -119,8 +112,8 @@ func ReadRequest(r *bufio.Reader, buf *[]byte, limit int, req *Request) error {
 	if d.u8() != magic || d.u8() != version {
 		return errors.New("frame: not a Pilotlight request frame (bad magic or version)")
 	}
-	req.Method = d.take(int(d.u8()))
-	req.URI = d.take(int(d.u16()))
+	req.Method = d.take(int(d.u32()))
+	req.URI = d.take(int(d.u32()))
 	req.Headers = d.headers(req.Headers[:0])
 	req.Body = d.b
 	return d.err
@@ -133,7 +126,7 @@ type ResponseHead struct {
 	Headers []Header
 	Body    int
 	spans   []span  // scratch, kept between reads
-	fixed   [8]byte // scratch: a heap field, so reading into it allocates nothing
+	fixed   [10]byte // scratch: a heap field, so reading into it allocates nothing
 }
 
 // span locates one header's name and value in the read buffer.
@@ -147,21 +140,21 @@ func ReadResponseHead(r *bufio.Reader, buf *[]byte, limit int, h *ResponseHead) 
 	if _, err := io.ReadFull(r, fixed); err != nil {
 		return err // io.EOF before a frame: the peer closed
 	}
-	n := int(binary.LittleEndian.Uint32(fixed)) - 4
+	n := int(binary.LittleEndian.Uint32(fixed)) - (len(fixed) - 4)
 	if n < 0 {
 		return errors.New("frame: response frame too short")
 	}
 	h.Status = int(binary.LittleEndian.Uint16(fixed[4:]))
-	count := int(binary.LittleEndian.Uint16(fixed[6:]))
+	count := int(binary.LittleEndian.Uint32(fixed[6:]))
 	// Read the header block field by field into b, then slice it.
 	b := (*buf)[:0]
 	sp := h.spans[:0]
 	var err error
 	for i := 0; i < count; i++ {
-		if b, err = appendN(r, b, 2, limit); err != nil {
+		if b, err = appendN(r, b, 4, limit); err != nil {
 			return err
 		}
-		k := int(binary.LittleEndian.Uint16(b[len(b)-2:]))
+		k := int(binary.LittleEndian.Uint32(b[len(b)-4:]))
 		if b, err = appendN(r, b, k+4, limit); err != nil {
 			return err
 		}
@@ -260,13 +253,6 @@ func (d *decoder) u8() byte {
 	return 0
 }
 
-func (d *decoder) u16() uint16 {
-	if v := d.take(2); v != nil {
-		return binary.LittleEndian.Uint16(v)
-	}
-	return 0
-}
-
 func (d *decoder) u32() uint32 {
 	if v := d.take(4); v != nil {
 		return binary.LittleEndian.Uint32(v)
@@ -275,9 +261,9 @@ func (d *decoder) u32() uint32 {
 }
 
 func (d *decoder) headers(hs []Header) []Header {
-	count := int(d.u16())
+	count := int(d.u32())
 	for i := 0; i < count && d.err == nil; i++ {
-		k := d.take(int(d.u16()))
+		k := d.take(int(d.u32()))
 		v := d.take(int(d.u32()))
 		hs = append(hs, Header{Name: k, Value: v})
 	}

@@ -113,8 +113,10 @@ func TestLimitsAndDamage(t *testing.T) {
 		t.Fatalf("bad magic: %v", err)
 	}
 	// A header count that promises more than the frame holds.
-	lying := append([]byte(nil), f[:4+2+1+4+2]...)
-	lying[len(lying)-2] = 9
+	// length | 'P' 1 | 4 "POST" | 1 "/" | header count: claim 9 headers, send none.
+	countAt := 4 + 2 + 4 + len("POST") + 4 + len("/")
+	lying := append([]byte(nil), f[:countAt+4]...)
+	lying[countAt] = 9
 	lying[0], lying[1], lying[2], lying[3] = byte(len(lying)-4), 0, 0, 0
 	if err := ReadRequest(bufio.NewReader(bytes.NewReader(lying)), &buf, 1<<20, &req); err == nil || !strings.Contains(err.Error(), "truncated") {
 		t.Fatalf("lying header count: %v", err)

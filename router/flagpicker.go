@@ -87,65 +87,38 @@ func (p *FlagPicker) PickFast(ctx context.Context, fn *functions.Manifest, h *fa
 }
 
 func (p *FlagPicker) pick(ctx context.Context, fn *functions.Manifest, r requestView, body []byte) string {
-	key, _ := targetingKey(r, body)
 	set := p.watcher.Set()
-	attrs := attributes(fn, r, set)
-	var d openfeature.StringEvaluationDetails
+	var value, reason, code string
 	if p.hooked.Load() {
 		// Hooks (the tracing span) see every evaluation through the SDK.
-		d, _ = p.client.StringValueDetails(context.WithoutCancel(ctx), fn.Flag, "", openfeature.NewEvaluationContext(key, attrs))
+		key, _ := targetingKey(r, body)
+		d, _ := p.client.StringValueDetails(context.WithoutCancel(ctx), fn.Flag, "", openfeature.NewEvaluationContext(key, attributes(fn, r, set)))
+		value, reason, code = d.Value, string(d.Reason), string(d.ErrorCode)
 	} else {
 		// No hook to run: ask the provider the SDK would ask, with the
 		// flattened context the SDK would give it (targetingKey plus the
-		// attributes; no API or client context is ever set here).
-		attrs[openfeature.TargetingKey] = key
-		res := p.watcher.Provider().StringEvaluation(ctx, fn.Flag, "", attrs)
-		d.Value, d.Reason, d.ErrorCode = res.Value, res.Reason, res.ResolutionDetail().ErrorCode
-	}
-	rev, _, fellBack := set.ServingRevision(fn, d.Value)
-	switch {
-	case fellBack:
-		p.fallbacks.WithLabelValues(fn.Name, "unknown_revision").Inc()
-	case d.Value == "":
-		reason := string(d.Reason)
-		if d.ErrorCode != "" {
-			reason = string(d.ErrorCode)
+		// attributes; no API or client context is ever set here), and none
+		// at all for a flag whose answer cannot depend on the request.
+		var attrs map[string]any
+		if !set.ContextFree(fn.Flag) {
+			key, _ := targetingKey(r, body)
+			attrs = attributes(fn, r, set)
+			attrs[openfeature.TargetingKey] = key
 		}
-		p.fallbacks.WithLabelValues(fn.Name, strings.ToLower(reason)).Inc()
-	}
-	return rev
-}
-
-// PickContextFree implements ContextFreePicker: when the function's flag
-// cannot depend on the request (flags.Set.ContextFree), the revision comes
-// from the flag file alone, with the fallbacks Pick would count, and no
-// evaluation context is built. With tracing on every evaluation goes
-// through OpenFeature (its hook puts the result on the request's span).
-func (p *FlagPicker) PickContextFree(fn *functions.Manifest) (string, bool) {
-	if p.hooked.Load() {
-		return "", false
-	}
-	set := p.watcher.Set()
-	r, ok := set.ContextFree(fn.Flag)
-	if !ok {
-		return "", false
-	}
-	value, isString := r.Value.(string)
-	if r.Value != nil && !isString {
-		return "", false // a type mismatch: leave its reporting to OpenFeature
+		res := p.watcher.Provider().StringEvaluation(ctx, fn.Flag, "", attrs)
+		value, reason, code = res.Value, string(res.Reason), string(res.ResolutionDetail().ErrorCode)
 	}
 	rev, _, fellBack := set.ServingRevision(fn, value)
 	switch {
 	case fellBack:
 		p.fallbacks.WithLabelValues(fn.Name, "unknown_revision").Inc()
 	case value == "":
-		reason := r.Reason
-		if r.ErrorCode != "" {
-			reason = r.ErrorCode
+		if code != "" {
+			reason = code
 		}
 		p.fallbacks.WithLabelValues(fn.Name, strings.ToLower(reason)).Inc()
 	}
-	return rev, true
+	return rev
 }
 
 // Weights implements Picker: the split for requests no targeting rule

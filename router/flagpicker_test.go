@@ -21,14 +21,19 @@ import (
 // SDK (taken when a hook such as tracing watches evaluations) and through
 // the provider directly (otherwise), and the same from a net/http request
 // and from the fast path's header read in place — for targeted, header-
-// reading, fractional, missing and mistyped flags, sticky and random users.
+// reading, fractional, missing, mistyped, static, disabled and unparseable
+// flags (the last four answered without a context on the provider path).
 func TestPickPathsAgree(t *testing.T) {
 	const file = `{"flags": {
 	  "demo-revision": {"state": "ENABLED", "variants": {"stable": "demo-00001", "canary": "demo-00002", "ghost": "demo-00009"}, "defaultVariant": "stable",
 	    "targeting": {"if": [{"$ref": "staff"}, "canary",
 	                         {"==": [{"var": "headers.x-beta"}, "yes"]}, "ghost",
 	                         {"fractional": [["stable", 60], ["canary", 40]]}]}},
-	  "typed-revision": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on", "targeting": {"if": [{"var": "email"}, "on", null]}}
+	  "typed-revision": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on", "targeting": {"if": [{"var": "email"}, "on", null]}},
+	  "static-revision": {"state": "ENABLED", "variants": {"canary": "demo-00002"}, "defaultVariant": "canary"},
+	  "off-revision": {"state": "DISABLED", "variants": {"canary": "demo-00002"}, "defaultVariant": "canary"},
+	  "typed-static-revision": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on"},
+	  "broken-revision": {"state": "ENABLED", "variants": {"canary": "demo-00002"}, "defaultVariant": "canary", "targeting": {"if": [{"$ref": "nobody"}, "canary", null]}}
 	}, "$evaluators": {"staff": {"ends_with": [{"var": "email"}, "@pilotlight.dev"]}}}`
 	dir := t.TempDir()
 	path := filepath.Join(dir, "flags.json")
@@ -53,7 +58,7 @@ func TestPickPathsAgree(t *testing.T) {
 		t.Fatal(err)
 	}
 	fns := map[string]*functions.Manifest{}
-	for _, flag := range []string{"demo-revision", "typed-revision", "absent-revision"} {
+	for _, flag := range []string{"demo-revision", "typed-revision", "absent-revision", "static-revision", "off-revision", "typed-static-revision", "broken-revision"} {
 		fns[flag] = &functions.Manifest{Name: "demo", Flag: flag, Revisions: []functions.Revision{{Name: "demo-00001", Tag: "stable"}, {Name: "demo-00002"}}}
 	}
 	seen := map[string]bool{}
@@ -86,7 +91,8 @@ func TestPickPathsAgree(t *testing.T) {
 			seen[flag+"/"+a] = true
 		}
 	}
-	for _, want := range []string{"demo-revision/demo-00001", "demo-revision/demo-00002", "typed-revision/demo-00001", "absent-revision/demo-00001"} {
+	for _, want := range []string{"demo-revision/demo-00001", "demo-revision/demo-00002", "typed-revision/demo-00001", "absent-revision/demo-00001",
+		"static-revision/demo-00002", "off-revision/demo-00001", "typed-static-revision/demo-00001", "broken-revision/demo-00001"} {
 		if !seen[want] {
 			t.Errorf("no request answered %s; seen %v", want, seen)
 		}

@@ -121,9 +121,6 @@ func (p *framePool) closeAll() {
 	p.idle = nil
 }
 
-// framable reports whether the upstream request fits a frame's fields.
-func framable(method, uri []byte) bool { return frame.Valid(len(method), len(uri)) }
-
 var hdrContentLength = []byte("Content-Length")
 
 // do sends x.out as a frame on sock and reads the answer's status and

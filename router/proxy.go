@@ -215,8 +215,6 @@ func (rt *Router) handle(ctx *fasthttp.RequestCtx, x *exchange, rq route, parent
 		}
 	} else if _, plain := rt.cfg.Picker.(DefaultPicker); plain {
 		x.revision = rt.defaults[fn.Name]
-	} else if rev, ok := rt.pickContextFree(fn); ok {
-		x.revision = rev
 	} else if fp, ok := rt.cfg.Picker.(*FlagPicker); ok && x.httpReq == nil {
 		x.revision = fp.PickFast(parent, fn, &ctx.Request.Header, body) // parent carries the request span, for the flag hook
 	} else {
@@ -234,14 +232,6 @@ func (rt *Router) handle(ctx *fasthttp.RequestCtx, x *exchange, rq route, parent
 		x.revision = rev
 	}
 	return rt.forward(ctx, x, fn, rq.kind, body, parent, conn)
-}
-
-// pickContextFree asks the picker for a revision that needs nothing of the request.
-func (rt *Router) pickContextFree(fn *functions.Manifest) (string, bool) {
-	if cf, ok := rt.cfg.Picker.(ContextFreePicker); ok {
-		return cf.PickContextFree(fn)
-	}
-	return "", false
 }
 
 // forward acquires an instance and proxies, retrying once on another
@@ -272,7 +262,7 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, x *exchange, fn *functions.M
 			ps = rt.tr.startProxy(parent, fastCarrier{&x.out.Header}, t.BaseURL)
 		}
 		x.in.Reset()
-		if t.Socket != "" && framable(x.out.Header.Method(), x.out.URI().RequestURI()) {
+		if t.Socket != "" {
 			err = rt.frames.do(x, t.Socket, deadline)
 		} else {
 			x.in.StreamBody = true

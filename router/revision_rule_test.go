@@ -102,25 +102,33 @@ func TestOneRevisionRuleLocalAndKnative(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// The context-free shortcut answers exactly the flags whose answer
-			// cannot depend on the request, with the revision and the fallback
-			// count a full OpenFeature evaluation gives.
-			fullFallbacks := testbin.Values(t, reg, "pilotlight_flags_fallback_total")
-			req := httptest.NewRequest("POST", "/functions/demo", strings.NewReader("{}"))
-			full, _ := picker.Pick(m, req, nil)
-			afterFull := testbin.Values(t, reg, "pilotlight_flags_fallback_total")
-			fast, ok := picker.PickContextFree(m)
-			afterFast := testbin.Values(t, reg, "pilotlight_flags_fallback_total")
+			// A flag whose answer cannot depend on the request is evaluated
+			// without a context: the picker's revision and fallback count are
+			// still those of flags' own full evaluation.
+			set := w.Set()
 			wantFree := tt.state == "flag missing" || tt.state == "DISABLED" || strings.HasPrefix(tt.state, "static") || strings.HasPrefix(tt.state, "PARSE_ERROR")
-			if ok != wantFree {
-				t.Errorf("PickContextFree answered %v, want %v for a %s flag", ok, wantFree, tt.state)
+			if free := set.ContextFree(m.Flag); free != wantFree {
+				t.Errorf("ContextFree %v, want %v for a %s flag", free, wantFree, tt.state)
 			}
-			if ok {
-				if fast != full {
-					t.Errorf("PickContextFree %s, OpenFeature evaluation %s", fast, full)
+			if wantFree {
+				before := testbin.Values(t, reg, "pilotlight_flags_fallback_total")
+				got, _ := picker.Pick(m, httptest.NewRequest("POST", "/functions/demo", strings.NewReader("{}")), nil)
+				counted := diff(before, testbin.Values(t, reg, "pilotlight_flags_fallback_total"))
+				c := set.PickRevision(m, map[string]any{"targetingKey": "someone"})
+				if got != c.Revision {
+					t.Errorf("picker %s, full evaluation %s", got, c.Revision)
 				}
-				if d1, d2 := diff(fullFallbacks, afterFull), diff(afterFull, afterFast); d1 != d2 {
-					t.Errorf("fallbacks counted by the evaluation %q, by the shortcut %q", d1, d2)
+				want := ""
+				switch {
+				case c.FellBack:
+					want = "unknown_revision"
+				case c.Variant == "" && c.ErrorCode != "":
+					want = strings.ToLower(c.ErrorCode)
+				case c.Variant == "":
+					want = strings.ToLower(c.Reason)
+				}
+				if (want == "" && counted != "") || (want != "" && !strings.Contains(counted, `"`+want+`"`)) {
+					t.Errorf("fallbacks counted %q, the full evaluation says %q", counted, want)
 				}
 			}
 			const users = 4000

@@ -68,13 +68,6 @@ type Picker interface {
 	Weights(fn *functions.Manifest) map[string]int
 }
 
-// ContextFreePicker is a Picker that can sometimes answer from its
-// configuration alone (a flag without targeting): PickContextFree returns
-// the revision and true then, sparing the request's evaluation context.
-type ContextFreePicker interface {
-	PickContextFree(fn *functions.Manifest) (string, bool)
-}
-
 // Shadow is told about every buffered proxied answer once it is known,
 // before it is written to the client: the hook for copying a share of a
 // revision's traffic to a candidate and comparing answers. It runs on the
