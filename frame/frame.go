@@ -125,7 +125,7 @@ type ResponseHead struct {
 	Status  int
 	Headers []Header
 	Body    int
-	spans   []span  // scratch, kept between reads
+	spans   []span   // scratch, kept between reads
 	fixed   [10]byte // scratch: a heap field, so reading into it allocates nothing
 }
 

@@ -158,7 +158,11 @@ type responseWriter struct {
 }
 
 func (w *responseWriter) reset() {
-	w.h, w.status = make(http.Header, 2), 0
+	if w.h == nil {
+		w.h = make(http.Header, 2)
+	}
+	clear(w.h) // the last answer's headers were written out; the map is reused
+	w.status = 0
 	w.body.Reset()
 }
 

@@ -60,8 +60,9 @@ func attributes(fn *functions.Manifest, r requestView, set *flags.Set) map[strin
 	if set.Reads(fn.Flag, "headers") {
 		headers := map[string]any{}
 		r.eachHeader(func(k, v string) {
-			if lk := strings.ToLower(k); !secretHeaders[lk] {
-				headers[lk] = v
+			lk := strings.ToLower(k)
+			if _, seen := headers[lk]; !seen && !secretHeaders[lk] {
+				headers[lk] = v // the first value, as net/http's Header.Get
 			}
 		})
 		attrs["headers"] = headers

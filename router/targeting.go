@@ -52,7 +52,7 @@ func targetingKey(r requestView, body []byte) (key string, random bool) {
 type requestView interface {
 	header(name string) string // first value, "" when absent
 	cookie(name string) string
-	eachHeader(f func(name, value string)) // every header once, first value
+	eachHeader(f func(name, value string)) // every header line (a repeated name may come again)
 }
 
 type httpView struct{ r *http.Request }
@@ -81,13 +81,8 @@ func (v fastView) header(name string) string { return string(v.h.Peek(name)) }
 func (v fastView) cookie(name string) string { return string(v.h.Cookie(name)) }
 
 func (v fastView) eachHeader(f func(name, value string)) {
-	seen := make(map[string]bool, 8)
 	for k, val := range v.h.All() {
-		name := http.CanonicalHeaderKey(string(k))
-		if !seen[name] {
-			seen[name] = true
-			f(name, string(val))
-		}
+		f(string(k), string(val))
 	}
 }
 

@@ -292,6 +292,14 @@ func (e Env) serveWithBody(args []string, m *functions.Manifest) (*Proc, string,
 	return s, base, body, nil
 }
 
+// hopPath is one way to the instance in the hop figure.
+type hopPath struct {
+	name   string
+	url    string
+	rounds []*loadgen.Result
+	paced  *loadgen.Result
+}
+
 // hopRounds is how many times each path is loaded, alternating, so drift
 // in the shared machine falls on every path alike.
 const hopRounds = 3
@@ -311,12 +319,6 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 	defer oi.close()
 	m, base, body, instance := oi.m, oi.base, oi.body, oi.addr
 	path := "/v2/models/" + m.Name + "/infer"
-	type hopPath struct {
-		name   string
-		url    string
-		rounds []*loadgen.Result
-		paced  *loadgen.Result
-	}
 	paths := []*hopPath{{name: "direct to the instance", url: "http://" + instance + path}}
 	var notes []Row
 	for _, name := range []string{"nginx", "haproxy"} {
@@ -385,13 +387,7 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 		}
 	}
 	rows = append(rows, notes...)
-	rows = append(rows, hopWithWrk(ctx, e, body, func(yield func(name, url string) bool) {
-		for _, p := range paths {
-			if !yield(p.name, p.url) {
-				return
-			}
-		}
-	})...)
+	rows = append(rows, hopWithWrk(ctx, e, body, paths)...)
 	rr := ratio(router)
 	rows = append(rows, Row{Name: "router ÷ direct throughput (median of rounds)", Value: fmt.Sprintf("%.2f", rr), Goal: "≥ 0.70", Met: met(rr >= 0.7)})
 	routerAdd := router.paced.Quantile(.5) - direct.paced.Quantile(.5)
@@ -408,7 +404,7 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 // path's rates and median ratio to direct, and the router's against the
 // best peer's: the hop with a load generator that leaves more of the
 // machine to the path under test.
-func hopWithWrk(ctx context.Context, e Env, body []byte, paths func(func(name, url string) bool)) []Row {
+func hopWithWrk(ctx context.Context, e Env, body []byte, paths []*hopPath) []Row {
 	dir, err := os.MkdirTemp("", "pilotlight-bench-wrk-")
 	if err != nil {
 		return []Row{{Name: "wrk", Value: "not measured: " + err.Error()}}
@@ -419,14 +415,13 @@ func hopWithWrk(ctx context.Context, e Env, body []byte, paths func(func(name, u
 		return []Row{{Name: "wrk", Value: "not measured: " + err.Error()}}
 	}
 	type res struct {
-		name  string
-		url   string
+		*hopPath
 		rps   []float64
 		fails int
 	}
 	var rs []*res
-	for name, url := range paths {
-		rs = append(rs, &res{name: name, url: url})
+	for _, p := range paths {
+		rs = append(rs, &res{hopPath: p})
 	}
 	d := max(e.Duration, time.Second)
 	for round := 0; round < hopRounds; round++ {

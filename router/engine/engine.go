@@ -107,9 +107,8 @@ type Engine struct {
 	spawnMu  sync.Mutex
 	children map[int]*os.Process
 	nextID   atomic.Int64
-	// sockDir holds the instances' framed sockets ("" : HTTPOnly); sockSeq names them.
+	// sockDir holds the instances' framed sockets, named by process id ("" : HTTPOnly).
 	sockDir string
-	sockSeq atomic.Int64
 }
 
 // New checks the configuration and builds an engine; Run starts it.

@@ -208,7 +208,7 @@ func adopt(slot, p *Process) {
 func (e *Engine) spawn(in *Process, args, env []string) error {
 	var sock string
 	if e.sockDir != "" {
-		sock = filepath.Join(e.sockDir, strconv.FormatInt(e.sockSeq.Add(1), 10)+".sock")
+		sock = filepath.Join(e.sockDir, strconv.FormatInt(in.id, 10)+".sock") // ids are never reused
 		args = append(args, "--socket", sock)
 	}
 	cmd := exec.Command(e.cfg.Binary, args...)
