@@ -43,13 +43,7 @@ func (e *Engine) tick(now time.Time) {
 
 		switch {
 		case d.Desired > current && !blocked:
-			r.mu.Lock()
-			var slots []*Process
-			for i := 0; i < d.Desired-current; i++ {
-				slots = append(slots, e.reserve(r))
-			}
-			r.mu.Unlock()
-			for _, in := range slots {
+			for _, in := range e.reserveUpTo(r, d.Desired) {
 				go e.start(r, in, time.Time{})
 			}
 		case d.Desired < current:
@@ -61,6 +55,26 @@ func (e *Engine) tick(now time.Time) {
 			}
 		}
 	}
+}
+
+// reserveUpTo reserves the instances the revision lacks to have desired
+// starting or ready. It counts under the same lock it reserves under: a
+// request's ensureStarting may have reserved one since the tick counted,
+// and counting again keeps maxScale = 1 at one instance.
+func (e *Engine) reserveUpTo(r *revision, desired int) []*Process {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	current := 0
+	for _, in := range r.instances {
+		if s := in.getState(); s == stateStarting || s == stateReady {
+			current++
+		}
+	}
+	var slots []*Process
+	for ; current < desired; current++ {
+		slots = append(slots, e.reserve(r))
+	}
+	return slots
 }
 
 // surplus picks n instances to drain: those still starting first (they
