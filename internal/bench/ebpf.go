@@ -595,9 +595,9 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 	if err != nil {
 		return nil, err
 	}
-	pids, _, _ := a.Instances(function, rev)
+	pids, _, ready := a.Instances(function, rev)
 	if len(pids) != 1 {
-		return nil, fmt.Errorf("want one instance of %s, admin lists %v", rev, pids)
+		return nil, fmt.Errorf("want one instance of %s, admin lists %v (%d ready)", rev, pids, ready)
 	}
 	client := loadgen.NewClient(32)
 	cfg := loadgen.Config{URL: base + "/v2/models/" + function + "/infer", Concurrency: 32, Body: func(int, int) []byte { return body }}
