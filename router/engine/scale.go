@@ -47,8 +47,7 @@ func (e *Engine) tick(now time.Time) {
 				go e.start(r, in, time.Time{})
 			}
 		case d.Desired < current:
-			for _, in := range r.surplus(current - d.Desired) {
-				in.setState(stateDraining)
+			for _, in := range r.surplus(d.Desired) {
 				go func() {
 					e.stopInstance(in, "scale down")
 				}()
@@ -77,20 +76,29 @@ func (e *Engine) reserveUpTo(r *revision, desired int) []*Process {
 	return slots
 }
 
-// surplus picks n instances to drain: those still starting first (they
-// serve nobody yet), then the ready ones with the fewest requests in flight.
-func (r *revision) surplus(n int) []*Process {
+// surplus marks draining, and returns, the instances beyond desired
+// starting or ready: the ready ones with the fewest requests in flight
+// (one still starting finishes and serves the next burst). It counts under
+// the lock it marks under, as reserveUpTo does, so an instance that exited
+// since the tick counted is not replaced by draining a live one.
+func (r *revision) surplus(desired int) []*Process {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	current := 0
 	var cands []*Process
 	for _, in := range r.instances {
-		if s := in.getState(); s == stateReady {
+		switch in.getState() {
+		case stateStarting:
+			current++
+		case stateReady:
+			current++
 			cands = append(cands, in)
 		}
 	}
 	sort.SliceStable(cands, func(i, j int) bool { return cands[i].inflight.Load() < cands[j].inflight.Load() })
-	if n > len(cands) {
-		n = len(cands)
+	n := min(max(current-desired, 0), len(cands))
+	for _, in := range cands[:n] {
+		in.setState(stateDraining)
 	}
 	return cands[:n]
 }

@@ -26,3 +26,24 @@ func TestReserveUpToCountsUnderItsLock(t *testing.T) {
 		t.Fatalf("reserved %d towards 3 with two starting and one draining; want 1", len(got))
 	}
 }
+
+// surplus counts under its lock too: with one instance gone since the tick
+// counted two, scaling to one drains nothing.
+func TestSurplusCountsUnderItsLock(t *testing.T) {
+	e := &Engine{}
+	m := &functions.Manifest{Name: "f", Revisions: []functions.Revision{{Name: "f-00001"}}}
+	r := &revision{fn: m, rev: m.Revisions[0]}
+	busy, idle := e.reserve(r), e.reserve(r)
+	busy.setState(stateReady)
+	idle.setState(stateReady)
+	busy.inflight.Add(3)
+	idle.setState(stateStopped) // exited after the tick counted two
+	if got := r.surplus(1); len(got) != 0 {
+		t.Fatalf("drained %d of one live instance scaling to 1; want 0", len(got))
+	}
+	idle.setState(stateReady)
+	got := r.surplus(1)
+	if len(got) != 1 || got[0] != idle || idle.getState() != stateDraining {
+		t.Fatalf("scaling two ready to one drained %v; want the idle one, marked draining", got)
+	}
+}
