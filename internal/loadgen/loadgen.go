@@ -137,9 +137,12 @@ func RunWith(ctx context.Context, client *http.Client, cfg Config) *Result {
 			method = http.MethodPost
 		}
 	}
+	// The window is measured from the instant its deadline is set from, so
+	// Elapsed is never shorter than Duration.
+	start := time.Now()
 	if cfg.Duration > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		ctx, cancel = context.WithDeadline(ctx, start.Add(cfg.Duration))
 		defer cancel()
 	}
 	var issued atomic.Int64
@@ -151,7 +154,6 @@ func RunWith(ctx context.Context, client *http.Client, cfg Config) *Result {
 		lost     int
 	}
 	locals := make([]*local, cfg.Concurrency)
-	start := time.Now()
 	var wg sync.WaitGroup
 	for w := 0; w < cfg.Concurrency; w++ {
 		l := &local{status: map[int]int{}, lostErrs: map[string]int{}}
