@@ -8,9 +8,14 @@
 //
 // A frame is a 4-byte little-endian length and that many bytes:
 //
-//	request:  'P' version(1) | u32 len, method | u32 len, request URI | u32 count, headers | body
+//	request:  'P' version(2) | u64 timeout ns | u32 len, method | u32 len, request URI | u32 count, headers | body
 //	response: u16 status | u32 count, headers | body
 //	header:   u32 len, name | u32 len, value
+//
+// The timeout is how long the router still waits for the answer (0: no
+// bound). The instance ends the request's context when it passes, as
+// net/http's server does when a proxy closes the connection: a request
+// the router has given up on leaves the batch queue instead of running.
 //
 // The body is what is left of the frame. A reader refuses a frame longer
 // than its limit, and the connection is closed after any error: a frame
@@ -23,11 +28,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 const (
 	magic   = 'P'
-	version = 1
+	version = 2
 )
 
 // ErrTooLarge is a frame longer than the reader's limit.
@@ -39,6 +45,7 @@ type Header struct{ Name, Value []byte }
 // Request is a decoded request frame; its slices alias the reader's buffer
 // and are valid until the next read.
 type Request struct {
+	Timeout     time.Duration // how long the router still waits (0: no bound)
 	Method, URI []byte
 	Headers     []Header
 	Body        []byte
@@ -51,9 +58,15 @@ type Encoder struct {
 	countAt int // where the current frame's header count sits
 }
 
-// StartRequest begins a request frame.
-func (e *Encoder) StartRequest(method, uri []byte) {
+// StartRequest begins a request frame; timeout is how long the sender
+// will wait for the answer (0: no bound; a negative one is sent as 1 ns,
+// already over).
+func (e *Encoder) StartRequest(method, uri []byte, timeout time.Duration) {
+	if timeout < 0 {
+		timeout = 1
+	}
 	e.b = append(e.b[:0], 0, 0, 0, 0, magic, version)
+	e.b = binary.LittleEndian.AppendUint64(e.b, uint64(timeout))
 	e.b = appendBytes(e.b, method)
 	e.b = appendBytes(e.b, uri)
 	e.countAt = len(e.b)
@@ -112,6 +125,7 @@ func ReadRequest(r *bufio.Reader, buf *[]byte, limit int, req *Request) error {
 	if d.u8() != magic || d.u8() != version {
 		return errors.New("frame: not a Pilotlight request frame (bad magic or version)")
 	}
+	req.Timeout = time.Duration(min(d.u64(), 1<<63-1))
 	req.Method = d.take(int(d.u32()))
 	req.URI = d.take(int(d.u32()))
 	req.Headers = d.headers(req.Headers[:0])
@@ -256,6 +270,13 @@ func (d *decoder) u8() byte {
 func (d *decoder) u32() uint32 {
 	if v := d.take(4); v != nil {
 		return binary.LittleEndian.Uint32(v)
+	}
+	return 0
+}
+
+func (d *decoder) u64() uint64 {
+	if v := d.take(8); v != nil {
+		return binary.LittleEndian.Uint64(v)
 	}
 	return 0
 }

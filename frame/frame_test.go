@@ -7,14 +7,17 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestRequestRoundTrip(t *testing.T) {
 	var e Encoder
 	var stream bytes.Buffer
 	bodies := [][]byte{[]byte(`{"inputs":[]}`), nil, bytes.Repeat([]byte("x"), 200<<10)}
+	timeouts := []time.Duration{0, 1500 * time.Millisecond, -time.Second} // none, a bound, already over
+	wantTimeouts := []time.Duration{0, 1500 * time.Millisecond, 1}
 	for i, body := range bodies {
-		e.StartRequest([]byte("POST"), []byte("/v2/models/fraud/infer?x=1"))
+		e.StartRequest([]byte("POST"), []byte("/v2/models/fraud/infer?x=1"), timeouts[i])
 		e.Header([]byte("Content-Type"), []byte("application/json"))
 		e.Header([]byte("Traceparent"), []byte(strings.Repeat("0", i)))
 		if i%2 == 0 {
@@ -41,6 +44,9 @@ func TestRequestRoundTrip(t *testing.T) {
 		}
 		if string(req.Method) != "POST" || string(req.URI) != "/v2/models/fraud/infer?x=1" || !bytes.Equal(req.Body, body) {
 			t.Fatalf("frame %d: got %s %s body %d bytes", i, req.Method, req.URI, len(req.Body))
+		}
+		if req.Timeout != wantTimeouts[i] {
+			t.Fatalf("frame %d: timeout %v, want %v", i, req.Timeout, wantTimeouts[i])
 		}
 		if len(req.Headers) != 2 || string(req.Headers[0].Name) != "Content-Type" || string(req.Headers[0].Value) != "application/json" ||
 			string(req.Headers[1].Value) != strings.Repeat("0", i) {
@@ -96,7 +102,7 @@ func TestResponseRoundTrip(t *testing.T) {
 
 func TestLimitsAndDamage(t *testing.T) {
 	var e Encoder
-	e.StartRequest([]byte("POST"), []byte("/"))
+	e.StartRequest([]byte("POST"), []byte("/"), 0)
 	f, _ := e.Finish(make([]byte, 1000))
 	var buf []byte
 	var req Request
@@ -113,8 +119,8 @@ func TestLimitsAndDamage(t *testing.T) {
 		t.Fatalf("bad magic: %v", err)
 	}
 	// A header count that promises more than the frame holds.
-	// length | 'P' 1 | 4 "POST" | 1 "/" | header count: claim 9 headers, send none.
-	countAt := 4 + 2 + 4 + len("POST") + 4 + len("/")
+	// length | 'P' 2 | timeout | 4 "POST" | 1 "/" | header count: claim 9 headers, send none.
+	countAt := 4 + 2 + 8 + 4 + len("POST") + 4 + len("/")
 	lying := append([]byte(nil), f[:countAt+4]...)
 	lying[countAt] = 9
 	lying[0], lying[1], lying[2], lying[3] = byte(len(lying)-4), 0, 0, 0

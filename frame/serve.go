@@ -101,11 +101,19 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	)
 	for ctx.Err() == nil {
 		err := ReadRequest(br, &buf, s.Limit(), &req)
-		var r *http.Request
+		var (
+			r      *http.Request
+			rctx   = reqCtx
+			cancel = context.CancelFunc(func() {})
+		)
 		if err == nil {
-			r, err = req.httpRequest(reqCtx)
+			if req.Timeout > 0 {
+				rctx, cancel = context.WithTimeout(reqCtx, req.Timeout)
+			}
+			r, err = req.httpRequest(rctx)
 		}
 		if err != nil {
+			cancel()
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
 				s.Log.Warn("framed request refused; closing the router's connection", "err", err)
 			}
@@ -113,6 +121,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		}
 		w.reset()
 		s.Handler.ServeHTTP(&w, r)
+		cancel()
 		if w.status == 0 {
 			w.status = http.StatusOK
 		}

@@ -698,3 +698,43 @@ func TestFramedConnectionClosedByInstance(t *testing.T) {
 		t.Errorf("Release calls %v, want false, false, then true twice (unreachable, retried once)", r)
 	}
 }
+
+// A framed request carries how long the router still waits: when the
+// router answers 504 at its request timeout, the instance's handler sees
+// its context end too (over HTTP the closed connection does that), so a
+// request nobody waits for leaves the instance's batch queue.
+func TestFramedRequestEndsWithTheRoutersTimeout(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "instance.sock")
+	ended := make(chan error, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+		ended <- r.Context().Err()
+	})
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	fs := &frame.Server{Handler: h, Limit: func() int { return 1 << 20 }, DrainTimeout: time.Second, Log: quietLogger()}
+	go func() { fs.Serve(ctx, ln); close(done) }()
+	defer func() { cancel(); <-done }()
+	b := &fakeBackend{}
+	b.script = append(b.script, b.targetAt(upstream{base: "http://127.0.0.1:1", socket: sock}))
+	f := startFake(t, b, 200*time.Millisecond, nil)
+	resp, err := http.Post(f.url+"/functions/echo", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("a request the instance holds past the router's timeout: %d, want 504", resp.StatusCode)
+	}
+	if err := <-ended; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the instance's request context after the router's 504: %v, want it ended by the relayed deadline", err)
+	}
+}
