@@ -591,13 +591,9 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 		return nil, err
 	}
 	rev := m.DefaultRevision()
-	a, err := GetAdmin(base)
+	pid, _, err := OneInstance(ctx, base, function, rev)
 	if err != nil {
 		return nil, err
-	}
-	pids, _, ready := a.Instances(function, rev)
-	if len(pids) != 1 {
-		return nil, fmt.Errorf("want one instance of %s, admin lists %v (%d ready)", rev, pids, ready)
 	}
 	client := loadgen.NewClient(32)
 	cfg := loadgen.Config{URL: base + "/v2/models/" + function + "/infer", Concurrency: 32, Body: func(int, int) []byte { return body }}
@@ -618,7 +614,7 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 		if err != nil {
 			return nil, fmt.Errorf("load the probes (%s): %w", set.name, err)
 		}
-		if err := p.Track(pids[0], function, rev); err != nil {
+		if err := p.Track(pid, function, rev); err != nil {
 			p.Close()
 			return nil, err
 		}

@@ -35,16 +35,12 @@ func Platform(ctx context.Context, e Env) ([]Row, error) {
 	loadgen.Run(ctx, loadgen.Config{URL: infer, Concurrency: 32, Requests: 2000, Body: bodyFn}) // warm both revisions
 	// The same two calls on the default revision's instance directly: the
 	// ratio no router can beat, since infer there costs what it costs.
-	a, err := GetAdmin(base)
+	rev := m.DefaultRevision()
+	_, port, err := OneInstance(ctx, base, m.Name, rev)
 	if err != nil {
 		return nil, err
 	}
-	rev := m.DefaultRevision()
-	_, ports, _ := a.Instances(m.Name, rev)
-	if len(ports) != 1 {
-		return nil, fmt.Errorf("want one instance of %s, admin lists ports %v", rev, ports)
-	}
-	direct := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	direct := fmt.Sprintf("http://127.0.0.1:%d", port)
 	var ready, inf, dReady, dInf []*loadgen.Result
 	var ratios, dRatios, hops []float64
 	for round := 0; round < hopRounds; round++ {

@@ -178,6 +178,27 @@ func GetAdmin(base string) (*Admin, error) {
 	return &a, json.NewDecoder(resp.Body).Decode(&a)
 }
 
+// OneInstance waits (up to 30 s) until the router's admin view lists
+// exactly one instance of the revision, ready, and returns its pid and
+// port. A figure pinned to one instance measures that one; a start that
+// failed and was replaced leaves the failed one listed until it exits.
+func OneInstance(ctx context.Context, base, function, revision string) (pid, port int, err error) {
+	var pids, ports []int
+	var ready int
+	err = waitFor(ctx, fmt.Sprintf("one ready instance of %s", revision), func() (bool, error) {
+		a, err := GetAdmin(base)
+		if err != nil {
+			return false, err
+		}
+		pids, ports, ready = a.Instances(function, revision)
+		return len(pids) == 1 && ready == 1, nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w (admin lists %v, %d ready)", err, pids, ready)
+	}
+	return pids[0], ports[0], nil
+}
+
 // Instances lists (pid, port, state) of a revision's instances.
 func (a *Admin) Instances(function, revision string) (pids, ports []int, ready int) {
 	for _, f := range a.Functions {
