@@ -653,17 +653,7 @@ func TestFramedConnectionClosedByInstance(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "instance.sock")
 	var served atomic.Int64
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { served.Add(1); fmt.Fprint(w, `{}`) })
-	serveOn := func() (stop func()) {
-		ln, err := net.Listen("unix", sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		fs := &frame.Server{Handler: h, Limit: func() int { return 1 << 20 }, DrainTimeout: time.Second, Log: quietLogger()}
-		go func() { fs.Serve(ctx, ln); close(done) }()
-		return func() { cancel(); <-done }
-	}
+	serveOn := func() (stop func()) { return serveFrames(t, sock, h) }
 	stop := serveOn()
 	up := upstream{base: "http://127.0.0.1:1", socket: sock}
 	b := &fakeBackend{}
@@ -699,6 +689,21 @@ func TestFramedConnectionClosedByInstance(t *testing.T) {
 	}
 }
 
+// serveFrames stands in for an instance's framed socket at sock, answering
+// with h; stop ends it and waits.
+func serveFrames(t *testing.T, sock string, h http.Handler) (stop func()) {
+	t.Helper()
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	fs := &frame.Server{Handler: h, Limit: func() int { return 1 << 20 }, DrainTimeout: time.Second, Log: quietLogger()}
+	go func() { fs.Serve(ctx, ln); close(done) }()
+	return func() { cancel(); <-done }
+}
+
 // A framed request carries how long the router still waits: when the
 // router answers 504 at its request timeout, the instance's handler sees
 // its context end too (over HTTP the closed connection does that), so a
@@ -713,15 +718,7 @@ func TestFramedRequestEndsWithTheRoutersTimeout(t *testing.T) {
 		}
 		ended <- r.Context().Err()
 	})
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	fs := &frame.Server{Handler: h, Limit: func() int { return 1 << 20 }, DrainTimeout: time.Second, Log: quietLogger()}
-	go func() { fs.Serve(ctx, ln); close(done) }()
-	defer func() { cancel(); <-done }()
+	defer serveFrames(t, sock, h)()
 	b := &fakeBackend{}
 	b.script = append(b.script, b.targetAt(upstream{base: "http://127.0.0.1:1", socket: sock}))
 	f := startFake(t, b, 200*time.Millisecond, nil)
