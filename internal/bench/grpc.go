@@ -203,7 +203,7 @@ func GRPC(ctx context.Context, e Env) ([]Row, error) {
 		rawDirect.merge(runGRPC(ctx, direct, raw, conc, slice))
 		rawRouted.merge(runGRPC(ctx, routed, raw, conc, slice))
 	}
-	failed := typedDirect.failed + typedRouted.failed + rawDirect.failed + rawRouted.failed + len(restDirect.Failed()) + len(restRouted.Failed())
+	failed := typedDirect.failed + typedRouted.failed + rawDirect.failed + rawRouted.failed + restDirect.Unanswered() + restRouted.Unanswered()
 	sent := typedDirect.sent + typedRouted.sent + rawDirect.sent + rawRouted.sent + restDirect.Sent + restRouted.Sent
 	for _, l := range []*grpcLoad{typedDirect, typedRouted, rawDirect, rawRouted} {
 		for msg, n := range l.errors {

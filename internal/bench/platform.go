@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"sort"
-	"strings"
 
 	"github.com/pilotlight/pilotlight/internal/loadgen"
 )
@@ -54,22 +52,13 @@ func Platform(ctx context.Context, e Env) ([]Row, error) {
 		hops = append(hops, i.RPS()/di.RPS())
 	}
 	rates := func(rs []*loadgen.Result) string {
-		var out []string
-		failed := 0
-		for _, r := range rs {
-			out = append(out, fmt.Sprintf("%.0f", r.RPS()))
-			failed += r.Lost
-			for _, n := range r.Failed() {
-				failed += n
-			}
-		}
-		v := strings.Join(out, " / ") + " req/s"
+		v, failed := roundRates(rs)
+		v += " req/s"
 		if failed > 0 {
 			v += fmt.Sprintf("; %d failed", failed)
 		}
 		return v
 	}
-	median := func(v []float64) float64 { sort.Float64s(v); return v[len(v)/2] }
 	ratio, dRatio, hop := median(ratios), median(dRatios), median(hops)
 	return []Row{
 		{Name: "router GET /v2/health/ready, c=32", Value: rates(ready)},

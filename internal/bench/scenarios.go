@@ -199,7 +199,7 @@ func Instance(ctx context.Context, e Env) ([]Row, error) {
 		{Name: "infer / health throughput", Value: fmt.Sprintf("%.2f", ratio), Goal: "≥ 0.50", Met: met(ratio >= 0.5)},
 		{Name: "infer p99", Value: ms(infer.Quantile(.99)), Goal: "< 10 ms", Met: met(infer.Quantile(.99) < 10*time.Millisecond)},
 		{Name: "mean batch size (rows per ONNX call)", Value: fmt.Sprintf("%.1f", sum/max(count, 1))},
-		{Name: "failed or lost requests", Value: fmt.Sprintf("%d / %d", len(infer.Failed())+infer.Lost+health.Lost, infer.Sent+health.Sent), Goal: "0", Met: met(len(infer.Failed())+infer.Lost+health.Lost == 0)},
+		{Name: "failed or lost requests", Value: fmt.Sprintf("%d / %d", infer.Unanswered()+health.Unanswered(), infer.Sent+health.Sent), Goal: "0", Met: met(infer.Unanswered()+health.Unanswered() == 0)},
 	}
 	return rows, nil
 }
@@ -293,6 +293,18 @@ func (e Env) serveWithBody(args []string, m *functions.Manifest) (*Proc, string,
 	return s, base, body, nil
 }
 
+// roundRates is each round's throughput, "a / b / c", and how many of the
+// rounds' requests got no 2xx answer.
+func roundRates(rs []*loadgen.Result) (string, int) {
+	out := make([]string, 0, len(rs))
+	failed := 0
+	for _, r := range rs {
+		out = append(out, fmt.Sprintf("%.0f", r.RPS()))
+		failed += r.Unanswered()
+	}
+	return strings.Join(out, " / "), failed
+}
+
 // hopPath is one way to the instance in the hop figure.
 type hopPath struct {
 	name   string
@@ -381,23 +393,14 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 		for i, r := range p.rounds {
 			rs = append(rs, r.RPS()/direct.rounds[i].RPS())
 		}
-		sort.Float64s(rs)
-		return rs[len(rs)/2]
+		return median(rs)
 	}
 	rows := []Row{}
 	bestPeer, bestPeerAdd := 0.0, time.Duration(-1)
 	for _, p := range paths {
-		var rps []string
-		failed := 0
-		for _, r := range p.rounds {
-			rps = append(rps, fmt.Sprintf("%.0f", r.RPS()))
-			failed += r.Lost
-			for _, n := range r.Failed() {
-				failed += n
-			}
-		}
+		rps, failed := roundRates(p.rounds)
 		added := addedP50(p)
-		v := fmt.Sprintf("%s req/s; ÷ direct %.2f; paced p50 %s (+%s)", strings.Join(rps, " / "), ratio(p), ms(pacedP50(p)), ms(added))
+		v := fmt.Sprintf("%s req/s; ÷ direct %.2f; paced p50 %s (+%s)", rps, ratio(p), ms(pacedP50(p)), ms(added))
 		if failed > 0 {
 			v += fmt.Sprintf("; %d failed", failed)
 		}

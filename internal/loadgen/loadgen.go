@@ -78,6 +78,18 @@ func (r *Result) Failed() map[int]int {
 	return out
 }
 
+// Unanswered counts the requests that got no 2xx answer: lost ones (no
+// answer at all) and those answered with another status.
+func (r *Result) Unanswered() int {
+	n := r.Lost
+	for code, c := range r.Status {
+		if code < 200 || code > 299 {
+			n += c
+		}
+	}
+	return n
+}
+
 func (r *Result) String() string {
 	return fmt.Sprintf("sent %d, ok %d, failed %v, lost %d, %.0f req/s, p50 %s, p99 %s, max %s",
 		r.Sent, r.Succeeded, r.Failed(), r.Lost, r.RPS(), r.Quantile(.5), r.Quantile(.99), r.Quantile(1))

@@ -35,6 +35,9 @@ func TestAccountsForEveryRequest(t *testing.T) {
 	if res.Lost == 0 || res.Status[503] == 0 || res.Succeeded == 0 {
 		t.Fatalf("each outcome should appear: %s", res)
 	}
+	if got, want := res.Unanswered(), res.Status[503]+res.Lost; got != want {
+		t.Errorf("Unanswered %d, want %d (every 503 and every lost request)", got, want)
+	}
 	if res.Quantile(0.5) <= 0 || res.Quantile(1) < res.Quantile(0.5) {
 		t.Errorf("quantiles: p50 %s max %s", res.Quantile(.5), res.Quantile(1))
 	}
