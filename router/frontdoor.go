@@ -203,8 +203,8 @@ func (rt *Router) fastError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	rt.writeError(ctx, errorf(code, "%s", msg))
 	ctx.SetConnectionClose()
-	if code == http.StatusRequestEntityTooLarge {
-		lingerClose(ctx)
+	if code == http.StatusRequestEntityTooLarge || code == http.StatusRequestHeaderFieldsTooLarge {
+		lingerClose(ctx) // the client may still be sending what did not fit
 	}
 }
 
@@ -216,9 +216,9 @@ const (
 
 // lingerClose sends the answer now, half-closes, and reads what the client
 // is still sending for a moment before closing: closing a socket with
-// unread data resets it, and the client, still writing its oversized body,
-// would see "connection reset" instead of the 413 (net/http lingers the same
-// way). fasthttp's own write of the answer afterwards fails on the closed
+// unread data resets it, and the client, still writing its oversized body
+// or headers, would see "connection reset" instead of the 413 or 431
+// (net/http lingers the same way). fasthttp's own write of the answer afterwards fails on the closed
 // connection, which is harmless.
 func lingerClose(ctx *fasthttp.RequestCtx) {
 	c := ctx.Conn()
