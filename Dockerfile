@@ -1,14 +1,13 @@
 # syntax=docker/dockerfile:1
-# The Pilotlight image: the pilotlight binary, ONNX Runtime's shared library
-# and the built-in functions' manifests and models.
+# The Pilotlight image: both binaries, ONNX Runtime's shared library and the
+# built-in functions' manifests and models.
 #   docker build -t ghcr.io/pilotlight/pilotlight:0.1.0 .
-# A function pod runs `pilotlight runtime --function /functions/<name>
-# --revision <rev>` (the Knative manifests pass those args). The image's
-# pilotlight is the lean build (-tags runtimeonly): it links no Kubernetes or
-# router package, so an instance starts without their package inits, as
-# `make build`'s bin/pilotlight-runtime does for local instances. Any other
-# subcommand (serve, ...) is handed to the full build beside it,
-# pilotlight-platform.
+# A function pod runs `pilotlight-runtime --function /functions/<name>
+# --revision <rev>` (the entrypoint; the Knative manifests pass those args).
+# pilotlight-runtime (cmd/pilotlight-runtime) links no Kubernetes or router
+# package, so an instance starts without their package inits. The router
+# Deployment runs `pilotlight serve` (cmd/pilotlight) from the same image.
+# `make images` builds the same layout without a container engine.
 
 # --- build: cgo is required, onnxruntime_go dlopens ONNX Runtime through C.
 FROM golang:1.26-bookworm AS build
@@ -17,8 +16,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ENV CGO_ENABLED=1
-RUN go build -trimpath -ldflags="-s -w" -tags runtimeonly -o /out/pilotlight ./cmd/pilotlight \
- && go build -trimpath -ldflags="-s -w" -o /out/pilotlight-platform ./cmd/pilotlight
+RUN go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/pilotlight ./cmd/pilotlight-runtime
 # Only what a function needs at run time: function.yaml, models, notices.
 RUN find functions \( -name function.yaml -o -name '*.onnx' -o -name NOTICE \) -print0 \
       | tar --null -cf - -T - | tar -xf - -C /out \
@@ -39,12 +37,12 @@ RUN npm pack onnxruntime-node@${ORT_VERSION} --ignore-scripts --silent \
 
 # --- runtime: glibc + libstdc++ (ONNX Runtime needs both), no shell, non-root.
 FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/pilotlight-runtime /usr/local/bin/pilotlight-runtime
 COPY --from=build /out/pilotlight /usr/local/bin/pilotlight
-COPY --from=build /out/pilotlight-platform /usr/local/bin/pilotlight-platform
 # The runtime looks here when ONNXRUNTIME_LIB is unset.
 COPY --from=ort /ort/libonnxruntime.so.1 /usr/local/lib/pilotlight/libonnxruntime.so.1
 COPY --from=build /out/functions /functions
 USER 65532:65532
 EXPOSE 8080
-ENTRYPOINT ["pilotlight"]
-CMD ["runtime", "--function", "/functions/fraud"]
+ENTRYPOINT ["pilotlight-runtime"]
+CMD ["--function", "/functions/fraud"]

@@ -17,9 +17,8 @@ JAEGER  := bin/jaeger
 
 all: build
 
-build: ## build bin/pilotlight and the lean instance binary bin/pilotlight-runtime (serve execs it when present)
-	$(GO) build -trimpath -o $(BIN) ./cmd/pilotlight
-	$(GO) build -trimpath -tags runtimeonly -o $(BIN)-runtime ./cmd/pilotlight
+build: ## build bin/pilotlight (the platform CLI) and bin/pilotlight-runtime (what instances run; serve finds it beside itself)
+	$(GO) build -trimpath -o bin/ ./cmd/pilotlight ./cmd/pilotlight-runtime
 
 ort: $(ORT_LIB) ## fetch ONNX Runtime's shared library (npm onnxruntime-node, no install scripts)
 $(ORT_LIB):
@@ -81,10 +80,10 @@ jaeger: jaeger-bin ## run Jaeger on 127.0.0.1 (OTLP/HTTP :4318, OTLP/gRPC :4317,
 	./$(JAEGER) --config=file:hack/jaeger/config.yaml
 
 trace-check: jaeger-bin ort ## one request with a traceparent through serve; Jaeger's query API must hold router and instance spans in one trace
-	JAEGER_BIN=$(CURDIR)/$(JAEGER) $(GO) test -count=1 -tags jaeger -run TestTraceInJaeger -v ./telemetry/
+	JAEGER_BIN=$(CURDIR)/$(JAEGER) $(GO) test -count=1 -tags jaeger -run TestTraceInJaeger -v ./internal/telemetry/
 
 bench-tracing: jaeger-bin ort ## throughput through serve with tracing off, 1% and 100% sampled into Jaeger, interleaved rounds
-	JAEGER_BIN=$(CURDIR)/$(JAEGER) $(GO) test -count=1 -tags jaeger -run TestTracingThroughput -v -timeout 20m ./telemetry/
+	JAEGER_BIN=$(CURDIR)/$(JAEGER) $(GO) test -count=1 -tags jaeger -run TestTracingThroughput -v -timeout 20m ./internal/telemetry/
 
 clean:
 	rm -rf bin

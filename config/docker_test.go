@@ -7,7 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pilotlight/pilotlight/deploy/knative"
+	"github.com/pilotlight/pilotlight/internal/listener"
+	"github.com/pilotlight/pilotlight/knative"
 )
 
 // dockerfile is the repository's Dockerfile, parsed just enough: logical
@@ -180,15 +181,17 @@ func TestDockerfile(t *testing.T) {
 		t.Errorf("runtime stage does not bake the functions in under %s", knative.FunctionsDir)
 	}
 	ep := final.all("ENTRYPOINT")
-	if len(ep) != 1 || strings.Join(execForm(t, ep[0]), " ") != "pilotlight" {
-		t.Errorf(`want ENTRYPOINT ["pilotlight"], got %v`, ep)
+	if len(ep) != 1 || strings.Join(execForm(t, ep[0]), " ") != listener.RuntimeBinary {
+		t.Errorf(`want ENTRYPOINT [%q], got %v`, listener.RuntimeBinary, ep)
 	}
 	cmd := final.all("CMD")
-	if len(cmd) != 1 || strings.Join(execForm(t, cmd[0]), " ") != "runtime --function /functions/fraud" {
-		t.Errorf(`want CMD ["runtime","--function","/functions/fraud"], got %v`, cmd)
+	if len(cmd) != 1 || strings.Join(execForm(t, cmd[0]), " ") != "--function /functions/fraud" {
+		t.Errorf(`want CMD ["--function","/functions/fraud"], got %v`, cmd)
 	}
-	if !strings.Contains(copies, "/usr/local/bin/pilotlight") {
-		t.Error("pilotlight is not on the runtime stage's PATH (/usr/local/bin)")
+	for _, bin := range []string{"pilotlight", listener.RuntimeBinary} {
+		if !regexp.MustCompile(`COPY --from=\S+ \S+ /usr/local/bin/` + bin + `\n`).MatchString(copies) {
+			t.Errorf("%s is not on the runtime stage's PATH (/usr/local/bin)", bin)
+		}
 	}
 }
 

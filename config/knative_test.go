@@ -24,8 +24,8 @@ import (
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/pilotlight/pilotlight/deploy/knative"
 	_ "github.com/pilotlight/pilotlight/functions/all"
+	"github.com/pilotlight/pilotlight/knative"
 )
 
 var update = flag.Bool("update", false, "rewrite config/knative from function.yaml and flags.json")

@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"github.com/pilotlight/pilotlight/atomicfile"
+	"github.com/pilotlight/pilotlight/internal/atomicfile"
 )
 
 // FlagEdit edits one flag of a flagd-format file, keeping everything else

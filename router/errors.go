@@ -35,6 +35,17 @@ func (e *httpErr) Error() string   { return e.msg }
 func (e *httpErr) HTTPStatus() int { return e.code }
 func (e *httpErr) Shed() bool      { return e.shed }
 
+// Errorf makes an error with the HTTP status the client gets (and the
+// matching gRPC code): what a Backend returns for a failure it can name.
+func Errorf(code int, format string, args ...any) error {
+	return &httpErr{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// Shed is Errorf for load shed on purpose (X-Pilotlight-Shed: overload).
+func Shed(code int, format string, args ...any) error {
+	return &httpErr{code: code, shed: true, msg: fmt.Sprintf(format, args...)}
+}
+
 // errorf makes an error with an HTTP status.
 func errorf(code int, format string, args ...any) error {
 	return &httpErr{code: code, msg: fmt.Sprintf(format, args...)}

@@ -13,12 +13,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pilotlight/pilotlight/admin"
+	"github.com/pilotlight/pilotlight/engine"
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/internal/testbin"
+	"github.com/pilotlight/pilotlight/rollout"
 	"github.com/pilotlight/pilotlight/router"
-	"github.com/pilotlight/pilotlight/router/engine"
-	"github.com/pilotlight/pilotlight/router/rollout"
 )
 
 // twoRevisions writes a function whose two revisions serve the
@@ -61,7 +62,7 @@ type flagPlatform struct {
 	*platform
 	reg      *prometheus.Registry
 	rollouts *rollout.Controller
-	shadow   *router.Shadower
+	shadow   *rollout.Shadower
 	watcher  *flags.Watcher
 }
 
@@ -70,16 +71,17 @@ func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	eng, w, picker := flagPicking(t, fns, flagsPath, reg)
-	b := router.LocalBackend{Engine: eng}
-	shadow, err := router.NewShadower(router.ShadowConfig{Functions: fns, Backend: b, Registerer: reg, Logger: quietLogger()})
+	b := engine.Backend{Engine: eng}
+	shadow, err := rollout.NewShadower(rollout.ShadowConfig{Functions: fns, Backend: b, Registerer: reg, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctl := rollout.New(rollout.Config{FlagsPath: flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: quietLogger(), Shadow: shadow, Scaler: eng, Reload: w.ReloadNow})
-	rt, err := router.New(router.Config{Functions: fns, Backend: b, Admin: b, Picker: picker, Rollouts: ctl, Registry: reg, Logger: quietLogger(), Shadow: shadow})
+	rt, err := router.New(router.Config{Functions: fns, Backend: b, Picker: picker, Registry: reg, Logger: quietLogger(), Shadow: shadow})
 	if err != nil {
 		t.Fatal(err)
 	}
+	admin.Mount(rt, admin.Config{Functions: fns, Picker: picker, Source: b, Rollouts: ctl, Gatherer: reg})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 2)
 	go func() { done <- eng.Run(ctx) }()
@@ -103,7 +105,7 @@ func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string
 // reloads, the watcher.
 func flagPicking(t testing.TB, fns []*functions.Manifest, flagsPath string, reg *prometheus.Registry) (*engine.Engine, *flags.Watcher, *router.FlagPicker) {
 	t.Helper()
-	eng, err := engine.New(engine.Config{Functions: fns, PoolSize: 1, Binary: testbin.Pilotlight(t), Registerer: reg, Logger: quietLogger(), TickInterval: 20 * time.Millisecond})
+	eng, err := engine.New(engine.Config{Functions: fns, PoolSize: 1, Binary: testbin.Runtime(t), Registerer: reg, Logger: quietLogger(), TickInterval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pilotlight/pilotlight/frame"
+	"github.com/pilotlight/pilotlight/internal/frame"
 )
 
 // The framed path to local instances: the same upstream request the HTTP

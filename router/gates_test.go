@@ -18,7 +18,7 @@ import (
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/fraud"
 	"github.com/pilotlight/pilotlight/internal/testbin"
-	"github.com/pilotlight/pilotlight/router/rollout"
+	"github.com/pilotlight/pilotlight/rollout"
 )
 
 // invertModel returns the fraud model with its probability output replaced

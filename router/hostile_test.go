@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pilotlight/pilotlight/engine"
 	_ "github.com/pilotlight/pilotlight/functions/all"
 	"github.com/pilotlight/pilotlight/internal/testbin"
-	"github.com/pilotlight/pilotlight/router/engine"
 )
 
 const goodTx = `{"amount": 912.40, "avg_amount_30d": 85.0, "merchant_category": "electronics", "country": "BR", "home_country": "US", "hour": 3, "device_new": true, "tx_last_24h": 7}`

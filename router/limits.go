@@ -1,6 +1,6 @@
 package router
 
-import "github.com/pilotlight/pilotlight/listener"
+import "github.com/pilotlight/pilotlight/internal/listener"
 
 // Limits are the router listener's protections against slow or oversized
 // clients; every one is a serve flag. The type and its defaults are

@@ -8,7 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pilotlight/pilotlight/telemetry"
+	"github.com/pilotlight/pilotlight/internal/telemetry"
 )
 
 type metrics struct {

@@ -28,8 +28,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pilotlight/pilotlight/frame"
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/frame"
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
@@ -599,7 +599,8 @@ func TestTLSFrontDoor(t *testing.T) {
 }
 
 // TestMountAdmin: a handler mounted on the admin endpoints (the console)
-// needs an admin key when keys are on, on the admin listener as elsewhere.
+// needs an admin key when keys are on, on the admin listener as elsewhere;
+// one mounted for scrapers (/metrics) is open there.
 func TestMountAdmin(t *testing.T) {
 	client, ops := "pl_client-key-000000000000000000000000", "pl_ops-key-00000000000000000000000000000"
 	keys, err := auth.Parse([]byte(fmt.Sprintf("keys:\n  - id: client\n    hash: %s\n    functions: [echo]\n  - id: ops\n    hash: %s\n    admin: true\n", auth.Sum(client), auth.Sum(ops))), "test")
@@ -613,6 +614,7 @@ func TestMountAdmin(t *testing.T) {
 	}
 	defer rt.Close()
 	rt.MountAdmin("/ui/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "console "+r.URL.Path) }))
+	rt.MountMetrics("/metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "# metrics\n") }))
 	admin := httptest.NewServer(rt.AdminHandler())
 	defer admin.Close()
 	for _, tc := range []struct {

@@ -12,10 +12,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pilotlight/pilotlight/deploy/knative"
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/internal/testbin"
+	"github.com/pilotlight/pilotlight/knative"
 	"github.com/pilotlight/pilotlight/router"
 )
 

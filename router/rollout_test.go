@@ -12,11 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/pilotlight/pilotlight/functions"
-	"github.com/pilotlight/pilotlight/router"
-	"github.com/pilotlight/pilotlight/router/rollout"
+	"github.com/pilotlight/pilotlight/rollout"
 )
 
 const rolloutFlags = `{"flags": {
@@ -112,86 +109,5 @@ func TestRolloutPromotesAHealthyCanaryAndRollsBackAFailingOne(t *testing.T) {
 		if rev := revisionFor(t, client, p.url+"/v2/models/good/infer", map[string]string{"X-User-ID": fmt.Sprint(i)}); rev != "good-00002" {
 			t.Fatalf("after promotion a request went to %s", rev)
 		}
-	}
-}
-
-// TestRolloutAdminOverHTTP drives /admin/rollouts over HTTP on both
-// listener layouts: the main handler (local development) and the separate
-// admin handler (--admin-addr), where the main handler must not serve it.
-func TestRolloutAdminOverHTTP(t *testing.T) {
-	for _, separate := range []bool{false, true} {
-		t.Run(fmt.Sprintf("separate admin %v", separate), func(t *testing.T) {
-			dir := t.TempDir()
-			path := flagFile(t, dir, `{"flags": {"fraud-revision": {"state": "ENABLED", "variants": {"stable": "fraud-00001"}, "defaultVariant": "stable"}}}`)
-			fns := []*functions.Manifest{fraudManifest()}
-			backend := revisionServers{"fraud-00001": (&answering{}).server(t, servingAnswer), "fraud-00002": (&answering{}).server(t, servingAnswer)}
-			reg := prometheus.NewRegistry()
-			ctl := rollout.New(rollout.Config{FlagsPath: path, Functions: fns, Gatherer: reg, Registerer: reg, Logger: quietLogger()})
-			t.Cleanup(ctl.Close)
-			rt, err := router.New(router.Config{Functions: fns, Backend: backend, Rollouts: ctl, Registry: reg, Logger: quietLogger(), SeparateAdmin: separate})
-			if err != nil {
-				t.Fatal(err)
-			}
-			main := newTestServer(rt.Handler())
-			t.Cleanup(main.Close)
-			admin := main
-			if separate {
-				admin = newTestServer(rt.AdminHandler())
-				t.Cleanup(admin.Close)
-			}
-			do := func(base, method, path, body string) (int, map[string]any) {
-				t.Helper()
-				req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
-				req.Header.Set("Content-Type", "application/json")
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer resp.Body.Close()
-				var out map[string]any
-				json.NewDecoder(resp.Body).Decode(&out)
-				return resp.StatusCode, out
-			}
-			start := `{"function": "fraud", "to": "fraud-00002", "steps": [50, 100], "interval": "1h"}`
-			if separate {
-				if code, _ := do(main.URL, "POST", "/admin/rollouts", start); code != http.StatusNotFound {
-					t.Errorf("the main listener served POST /admin/rollouts: %d", code)
-				}
-			}
-			for _, bad := range []struct{ body, msg string }{
-				{`{"function": "fraud", "to": `, "malformed rollout request"},
-				{`{"function": "fraud", "to": "fraud-00002", "intervall": "1s"}`, "unknown field"},
-				{`{"function": "fraud", "to": "fraud-00002", "interval": "soon"}`, "not a duration"},
-				{`{"function": "fraud", "to": "fraud-00009"}`, `no revision "fraud-00009"`},
-			} {
-				code, out := do(admin.URL, "POST", "/admin/rollouts", bad.body)
-				if msg, _ := out["error"].(string); code != http.StatusBadRequest || !strings.Contains(msg, bad.msg) {
-					t.Errorf("POST %s: %d %v, want 400 saying %q", bad.body, code, out, bad.msg)
-				}
-			}
-			code, out := do(admin.URL, "POST", "/admin/rollouts", start)
-			if code != http.StatusAccepted || out["state"] != "running" || out["spec"].(map[string]any)["interval"] != "1h0m0s" {
-				t.Fatalf("POST: %d %v", code, out)
-			}
-			if code, out := do(admin.URL, "POST", "/admin/rollouts", start); code != http.StatusConflict || out["error"] == nil {
-				t.Errorf("second POST: %d %v, want 409", code, out)
-			}
-			if code, out := do(admin.URL, "POST", "/admin/rollouts/fraud/undo", ""); code != http.StatusConflict || !strings.Contains(fmt.Sprint(out["error"]), "abort it instead") {
-				t.Errorf("undo while running: %d %v, want 409", code, out)
-			}
-			if code, out := do(admin.URL, "GET", "/admin/rollouts", ""); code != http.StatusOK || len(out["rollouts"].([]any)) != 1 {
-				t.Errorf("GET list: %d %v", code, out)
-			}
-			code, out = do(admin.URL, "DELETE", "/admin/rollouts/fraud", "")
-			if code != http.StatusOK || out["state"] != "aborted" {
-				t.Fatalf("DELETE: %d %v", code, out)
-			}
-			if code, out := do(admin.URL, "DELETE", "/admin/rollouts/recommend", ""); code != http.StatusNotFound || out["error"] == nil {
-				t.Errorf("DELETE of no rollout: %d %v, want 404", code, out)
-			}
-			if code, _ := do(admin.URL, "GET", "/admin/rollouts/fraud", ""); code != http.StatusOK {
-				t.Errorf("GET status: %d", code)
-			}
-		})
 	}
 }

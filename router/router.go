@@ -1,11 +1,15 @@
-// Package router is the platform's front door: it resolves a request to a
-// function (path or Host header, as Knative does), lets the function's flag
-// pick the revision, asks the backend (the local engine, or Knative) for a
-// ready instance — held by the activator while one starts — and proxies to
-// it over pooled keep-alive connections, retrying once elsewhere if the
-// instance dies mid-request. The data path runs on fasthttp (proxy.go,
-// frontdoor.go); the few other endpoints (/healthz, /v2 metadata,
-// /metrics, /admin/*) are an echo mux (this file).
+// Package router is the data plane, and only the data plane: the front door
+// resolves a request to a function (path or Host header, as Knative does),
+// one admission pipeline admits it (key, rate, function, body size,
+// concurrency), the function's flag picks the revision, the Backend (the
+// local engine, or Knative: both outside this package, behind the
+// interface it declares) hands over a ready instance — held while one
+// starts — and the router proxies to it over pooled keep-alive connections
+// or framed sockets, retrying once elsewhere if the instance dies
+// mid-request. The data path runs on fasthttp (proxy.go, frontdoor.go) and
+// gRPC (grpc.go); the few other endpoints (/healthz, /v2 metadata) are an
+// echo mux (this file), on which the admin side mounts its routes
+// (MountAdmin, MountMetrics): the router imports no control plane.
 package router
 
 import (
@@ -25,15 +29,13 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/telemetry"
 	"github.com/pilotlight/pilotlight/router/auth"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
-	"github.com/pilotlight/pilotlight/router/rollout"
-	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // Defaults for Config's zero fields.
@@ -99,10 +101,6 @@ type Config struct {
 	Logger         *slog.Logger
 	// Limits are the front door's protections (zero: DefaultLimits).
 	Limits Limits
-	// Admin, when set, adds extra per-revision detail to GET /admin/functions.
-	Admin AdminSource
-	// Rollouts, when set, serves /admin/rollouts (the canary controller).
-	Rollouts *rollout.Controller
 	// Keys turns authentication on (nil: off, local development only).
 	Keys *auth.Keys
 	// RateLimit limits requests per key (nil: no limit).
@@ -121,12 +119,6 @@ type Config struct {
 	Shadow Shadow
 	// Telemetry turns tracing on (nil: off); see tracing.go.
 	Telemetry *telemetry.Telemetry
-}
-
-// AdminSource supplies what the admin view shows beyond weights.
-type AdminSource interface {
-	AdminRevisions() map[string]any // "function/revision" → detail (instances, queue, cold starts)
-	AdminExtra() map[string]any     // top-level additions (warm pool, probes)
 }
 
 // Router is the front door.
@@ -149,6 +141,7 @@ type Router struct {
 
 	mu   sync.Mutex
 	srvs []*frontDoor
+	open []string // paths open to scrapers on the admin listener (MountMetrics)
 }
 
 // New builds the router.
@@ -218,14 +211,47 @@ func (rt *Router) AdminHandler() http.Handler {
 // "/") on the admin endpoints: the admin listener, or the main one under
 // --dev. With keys on, it needs an admin key like /admin/*.
 func (rt *Router) MountAdmin(path string, h http.Handler) {
-	e := rt.echo
-	if rt.admin != nil {
-		e = rt.admin
-	}
-	e.GET(path, echo.WrapHandler(h), rt.requireAdmin)
+	rt.AdminRoute(http.MethodGet, path, echo.WrapHandler(h))
 	if strings.HasSuffix(path, "/") {
-		e.GET(path+"*", echo.WrapHandler(h), rt.requireAdmin)
+		rt.AdminRoute(http.MethodGet, path+"*", echo.WrapHandler(h))
 	}
+}
+
+// AdminRoute serves h for method and path (echo's path syntax) on the admin
+// endpoints, behind an admin key when keys are on. Errors h returns are
+// answered as the data path's are ({"error": ...}, the status a
+// StatusError or *echo.HTTPError carries).
+func (rt *Router) AdminRoute(method, path string, h echo.HandlerFunc) {
+	rt.adminEcho().Add(method, path, h, rt.requireAdmin)
+}
+
+// MountMetrics serves h for GET path for scrapers: open on the admin
+// listener (SECURITY.md), behind any valid key on the main listener when
+// there is no admin listener and keys are on.
+func (rt *Router) MountMetrics(path string, h http.Handler) {
+	rt.mu.Lock()
+	rt.open = append(rt.open, path)
+	rt.mu.Unlock()
+	rt.adminEcho().GET(path, echo.WrapHandler(h))
+}
+
+func (rt *Router) adminEcho() *echo.Echo {
+	if rt.admin != nil {
+		return rt.admin
+	}
+	return rt.echo
+}
+
+// openOnAdmin reports whether p is mounted with MountMetrics.
+func (rt *Router) openOnAdmin(p string) bool {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for _, o := range rt.open {
+		if p == o {
+			return true
+		}
+	}
+	return false
 }
 
 // MountAdminPage is MountAdmin for a handler that authenticates its own
@@ -233,10 +259,7 @@ func (rt *Router) MountAdmin(path string, h http.Handler) {
 // person for a key; its API checks for an admin key itself), so the router
 // lets requests under path through without a key. Call it before serving.
 func (rt *Router) MountAdminPage(path string, h http.Handler) {
-	e := rt.echo
-	if rt.admin != nil {
-		e = rt.admin
-	}
+	e := rt.adminEcho()
 	rt.selfAuth = append(rt.selfAuth, path)
 	e.GET(path, echo.WrapHandler(h))
 	if strings.HasSuffix(path, "/") {
@@ -313,7 +336,7 @@ func (rt *Router) routes() *echo.Echo {
 			rt.admin.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
 				checked := mw(next)
 				return func(c echo.Context) error {
-					if p := c.Request().URL.Path; p == "/metrics" || p == "/healthz" || rt.selfAuthenticated(p) {
+					if p := c.Request().URL.Path; p == "/healthz" || rt.openOnAdmin(p) || rt.selfAuthenticated(p) {
 						return next(c)
 					}
 					return checked(c)
@@ -324,12 +347,6 @@ func (rt *Router) routes() *echo.Echo {
 	}
 	for _, a := range []*echo.Echo{e, admin} {
 		a.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
-		if a == e && rt.admin != nil {
-			continue
-		}
-		a.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(rt.cfg.Registry, promhttp.HandlerOpts{EnableOpenMetrics: true})))
-		a.GET("/admin/functions", rt.adminFunctions)
-		rt.rolloutRoutes(a)
 	}
 	e.GET("/v2", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]any{"name": "pilotlight", "version": "router", "extensions": []string{}})
@@ -471,33 +488,3 @@ func (DefaultPicker) Weights(fn *functions.Manifest) map[string]int {
 
 // DefaultRevision is the manifest's DefaultRevision (the one rule lives there).
 func DefaultRevision(fn *functions.Manifest) string { return fn.DefaultRevision() }
-
-func (rt *Router) adminFunctions(c echo.Context) error {
-	var detail, extra map[string]any
-	if rt.cfg.Admin != nil {
-		detail, extra = rt.cfg.Admin.AdminRevisions(), rt.cfg.Admin.AdminExtra()
-	}
-	fnsOut := make([]map[string]any, 0, len(rt.cfg.Functions))
-	for _, fn := range rt.cfg.Functions {
-		weights := rt.cfg.Picker.Weights(fn)
-		revs := make([]map[string]any, 0, len(fn.Revisions))
-		for _, r := range fn.Revisions {
-			o := map[string]any{"name": r.Name, "weight": weights[r.Name], "instances": []any{}}
-			if r.Tag != "" {
-				o["tag"] = r.Tag
-			}
-			if d, ok := detail[fn.Name+"/"+r.Name].(map[string]any); ok {
-				for k, v := range d {
-					o[k] = v
-				}
-			}
-			revs = append(revs, o)
-		}
-		fnsOut = append(fnsOut, map[string]any{"name": fn.Name, "handler": fn.Handler, "flag": fn.Flag, "revisions": revs})
-	}
-	out := map[string]any{"functions": fnsOut}
-	for k, v := range extra {
-		out[k] = v
-	}
-	return c.JSON(http.StatusOK, out)
-}

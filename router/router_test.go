@@ -22,10 +22,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pilotlight/pilotlight/admin"
+	"github.com/pilotlight/pilotlight/engine"
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/router"
-	"github.com/pilotlight/pilotlight/router/engine"
 )
 
 const inferBody = `{"inputs":[{"name":"input_vectors","shape":[1,10],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10]}]}`
@@ -35,12 +36,7 @@ type platform struct {
 	eng *engine.Engine
 }
 
-func quietLogger() *slog.Logger {
-	if os.Getenv("ROUTER_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
+func quietLogger() *slog.Logger { return testbin.QuietLogger() }
 
 // startPlatform runs a real engine (child processes) behind a real router on loopback.
 func startPlatform(t *testing.T, ecfg engine.Config, timeout time.Duration, mutate func(*functions.Manifest)) *platform {
@@ -68,7 +64,7 @@ func startPlatformWith(t testing.TB, ecfg engine.Config, timeout time.Duration, 
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	ecfg.Functions = fns
-	ecfg.Binary = testbin.Pilotlight(t)
+	ecfg.Binary = testbin.Runtime(t)
 	ecfg.Registerer = reg
 	ecfg.Logger = quietLogger()
 	ecfg.TickInterval = 20 * time.Millisecond
@@ -76,11 +72,12 @@ func startPlatformWith(t testing.TB, ecfg engine.Config, timeout time.Duration, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := router.LocalBackend{Engine: eng}
-	rt, err := router.New(router.Config{Functions: ecfg.Functions, Backend: b, Admin: b, RequestTimeout: timeout, Registry: reg, Logger: quietLogger(), Limits: testLimits()})
+	b := engine.Backend{Engine: eng}
+	rt, err := router.New(router.Config{Functions: ecfg.Functions, Backend: b, RequestTimeout: timeout, Registry: reg, Logger: quietLogger(), Limits: testLimits()})
 	if err != nil {
 		t.Fatal(err)
 	}
+	admin.Mount(rt, admin.Config{Functions: ecfg.Functions, Source: b, Gatherer: reg})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- eng.Run(ctx) }()

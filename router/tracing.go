@@ -36,7 +36,7 @@ import (
 	grpccodes "google.golang.org/grpc/codes"
 
 	"github.com/pilotlight/pilotlight/functions"
-	"github.com/pilotlight/pilotlight/telemetry"
+	"github.com/pilotlight/pilotlight/internal/telemetry"
 )
 
 const tracerName = "github.com/pilotlight/pilotlight/router"
@@ -392,24 +392,4 @@ func (flagSpanHook) Error(ctx context.Context, hc openfeature.HookContext, err e
 		attrFlagReason.String("error"), attribute.String("error.type", fmt.Sprint(err))}
 	span.SetAttributes(attrs...)
 	span.AddEvent(flagEvaluationEvent, trace.WithAttributes(attrs...))
-}
-
-// LastColdStart implements ColdStartSource from the engine's record of each
-// revision's latest cold start.
-func (b LocalBackend) LastColdStart(function, revision string) (ColdStartInfo, bool) {
-	for _, st := range b.Engine.Statuses() {
-		if st.Function == function && st.Revision == revision && st.LastCold != nil {
-			c := st.LastCold
-			return ColdStartInfo{Source: c.Source, PID: c.PID, Trigger: c.Trigger, Ready: c.Ready}, true
-		}
-	}
-	return ColdStartInfo{}, false
-}
-
-// ColdStartTimelines implements TimelineSource (empty without --ebpf).
-func (b LocalBackend) ColdStartTimelines() map[string]any {
-	if b.Timelines == nil {
-		return nil
-	}
-	return b.Timelines()
 }

@@ -14,12 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/pilotlight/pilotlight/admin"
+	"github.com/pilotlight/pilotlight/engine"
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/telemetry"
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/router"
-	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 const (
@@ -41,11 +43,12 @@ func TestRouterSpans(t *testing.T) {
 		t.Fatal(err)
 	}
 	eng, _, picker := flagPicking(t, []*functions.Manifest{fn}, flagsPath, reg)
-	b := router.LocalBackend{Engine: eng}
-	rt, err := router.New(router.Config{Functions: []*functions.Manifest{fn}, Backend: b, Admin: b, Picker: picker, Registry: reg, Logger: quietLogger(), Telemetry: tel})
+	b := engine.Backend{Engine: eng}
+	rt, err := router.New(router.Config{Functions: []*functions.Manifest{fn}, Backend: b, Picker: picker, Registry: reg, Logger: quietLogger(), Telemetry: tel})
 	if err != nil {
 		t.Fatal(err)
 	}
+	admin.Mount(rt, admin.Config{Functions: []*functions.Manifest{fn}, Picker: picker, Source: b, Gatherer: reg})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- eng.Run(ctx) }()

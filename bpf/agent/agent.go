@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/pilotlight/pilotlight/internal/listener"
 )
 
 // Tracker is what the agent drives (the eBPF probes satisfy it).
@@ -28,7 +30,7 @@ type Instance struct {
 	Function, Revision string
 }
 
-// Scan lists the pilotlight runtime processes under procRoot (normally
+// Scan lists the pilotlight-runtime processes under procRoot (normally
 // /proc; the agent runs with hostPID) with their Knative labels. A process
 // without K_SERVICE/K_REVISION is skipped: it is not a function pod.
 func Scan(procRoot string) []Instance {
@@ -47,7 +49,7 @@ func Scan(procRoot string) []Instance {
 			continue
 		}
 		args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
-		if len(args) < 2 || filepath.Base(string(args[0])) != "pilotlight" || string(args[1]) != "runtime" {
+		if len(args) < 1 || filepath.Base(string(args[0])) != listener.RuntimeBinary {
 			continue
 		}
 		environ, err := os.ReadFile(filepath.Join(procRoot, e.Name(), "environ"))

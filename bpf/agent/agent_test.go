@@ -53,10 +53,10 @@ func (r *recorder) get() map[int]string {
 
 func TestFindsFunctionPodsAndFollowsThem(t *testing.T) {
 	root := t.TempDir()
-	fakeProc(t, root, 10, []string{"/usr/local/bin/pilotlight", "runtime", "--function", "/functions/fraud"}, []string{"K_SERVICE=fraud", "K_REVISION=fraud-00002", "PORT=8080"})
+	fakeProc(t, root, 10, []string{"/usr/local/bin/pilotlight-runtime", "--function", "/functions/fraud"}, []string{"K_SERVICE=fraud", "K_REVISION=fraud-00002", "PORT=8080"})
 	fakeProc(t, root, 11, []string{"/usr/local/bin/pilotlight", "serve"}, []string{"K_SERVICE=x", "K_REVISION=y"})
-	fakeProc(t, root, 12, []string{"/usr/local/bin/pilotlight", "runtime", "--generic"}, []string{"PATH=/bin"})
-	fakeProc(t, root, 13, []string{"/bin/sh", "runtime"}, []string{"K_SERVICE=a", "K_REVISION=b"})
+	fakeProc(t, root, 12, []string{"/usr/local/bin/pilotlight-runtime", "--generic"}, []string{"PATH=/bin"})
+	fakeProc(t, root, 13, []string{"/bin/sh", "pilotlight-runtime"}, []string{"K_SERVICE=a", "K_REVISION=b"})
 	got := Scan(root)
 	if len(got) != 1 || got[0] != (Instance{PID: 10, Function: "fraud", Revision: "fraud-00002"}) {
 		t.Fatalf("Scan = %+v, want only pid 10 as fraud/fraud-00002", got)
@@ -85,14 +85,14 @@ func TestFindsFunctionPodsAndFollowsThem(t *testing.T) {
 		}
 	}
 	waitFor(map[int]string{10: "fraud/fraud-00002"})
-	fakeProc(t, root, 20, []string{"pilotlight", "runtime"}, []string{"K_SERVICE=recommend", "K_REVISION=recommend-00001"})
+	fakeProc(t, root, 20, []string{"pilotlight-runtime"}, []string{"K_SERVICE=recommend", "K_REVISION=recommend-00001"})
 	waitFor(map[int]string{10: "fraud/fraud-00002", 20: "recommend/recommend-00001"})
 	os.RemoveAll(filepath.Join(root, "10"))
 	waitFor(map[int]string{20: "recommend/recommend-00001"})
 }
 
 // TestScanRealProc finds a real process on this machine's /proc: a copy of
-// yes(1) named pilotlight and started as `pilotlight runtime`, with the
+// yes(1) named pilotlight-runtime, with the
 // environment Knative gives a function pod.
 func TestScanRealProc(t *testing.T) {
 	yes, err := exec.LookPath("yes")
@@ -103,11 +103,11 @@ func TestScanRealProc(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(t.TempDir(), "pilotlight")
+	bin := filepath.Join(t.TempDir(), "pilotlight-runtime")
 	if err := os.WriteFile(bin, raw, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "runtime")
+	cmd := exec.Command(bin, "--generic")
 	cmd.Env = []string{"K_SERVICE=fraud", "K_REVISION=fraud-00001"}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,5 +1,3 @@
-//go:build !runtimeonly
-
 package main
 
 import (
@@ -18,6 +16,7 @@ import (
 
 	"github.com/pilotlight/pilotlight/bpf"
 	"github.com/pilotlight/pilotlight/bpf/agent"
+	"github.com/pilotlight/pilotlight/internal/telemetry"
 )
 
 func newBPFCmd() *cobra.Command {
@@ -32,7 +31,7 @@ func newBPFCmd() *cobra.Command {
 		Use:   "agent",
 		Short: "Per-node agent (a Kubernetes DaemonSet): probe the node's function pods and export /metrics",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := newLogger()
+			log := telemetry.Logger()
 			reg := prometheus.NewRegistry()
 			p, err := bpf.New(bpf.Config{Registerer: reg, Logger: log, SyscallLatency: syscallLatency, SocketQueue: socketQueue})
 			if err != nil {

@@ -1,5 +1,3 @@
-//go:build !runtimeonly
-
 package main
 
 import (
@@ -12,7 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pilotlight/pilotlight/deploy/knative"
+	"github.com/pilotlight/pilotlight/internal/telemetry"
+	"github.com/pilotlight/pilotlight/knative"
 )
 
 func newDeployCmd() *cobra.Command {
@@ -54,7 +53,7 @@ says which).`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			d := &knative.Deployer{Client: client, Log: newLogger(), Progress: cmd.ErrOrStderr()}
+			d := &knative.Deployer{Client: client, Log: telemetry.Logger(), Progress: cmd.ErrOrStderr()}
 			res, err := d.Deploy(ctx, m, opts)
 			if err != nil {
 				return err

@@ -1,9 +1,8 @@
-// Command pilotlight is the platform's one binary: `serve` runs the router and
-// the local engine, `runtime` runs one function instance, and the other
-// subcommands train models, evaluate flags, drive rollouts and produce the
-// Knative manifests. main only wires subcommands; the logic lives in packages.
-// `go build -tags runtimeonly` builds the lean instance binary: `runtime`
-// only, without the router's and Kubernetes' packages and their inits.
+// Command pilotlight is the platform's CLI: `serve` runs the router and the
+// local engine, and the other subcommands train models, evaluate flags,
+// drive rollouts, deploy to Knative and measure. Instances run the other
+// binary, cmd/pilotlight-runtime. main only wires subcommands; the logic
+// lives in packages.
 package main
 
 import (
@@ -15,15 +14,14 @@ import (
 )
 
 func main() {
-	handOff(os.Args)
 	root := &cobra.Command{
 		Use:           "pilotlight",
 		Short:         "Serverless, scale-to-zero inference for ONNX models",
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(newRuntimeCmd())
-	root.AddCommand(platformCommands()...)
+	root.AddCommand(newServeCmd(), newBenchCmd(), newLoadtestCmd(), newTrainCmd(), newRolloutCmd(), newManifestsCmd(),
+		newDeployCmd(), newKeysCmd(), newFlagsCmd(), newBPFCmd())
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
 	}

@@ -1,5 +1,3 @@
-//go:build !runtimeonly
-
 package main
 
 import (
@@ -11,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pilotlight/pilotlight/deploy/knative"
+	"github.com/pilotlight/pilotlight/knative"
 )
 
 func newManifestsCmd() *cobra.Command {

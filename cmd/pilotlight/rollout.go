@@ -1,5 +1,3 @@
-//go:build !runtimeonly
-
 package main
 
 import (
@@ -16,8 +14,8 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
 
-	"github.com/pilotlight/pilotlight/router/engine"
-	"github.com/pilotlight/pilotlight/router/rollout"
+	"github.com/pilotlight/pilotlight/engine"
+	"github.com/pilotlight/pilotlight/rollout"
 )
 
 // followPollInterval is how often `rollout start` asks for progress.

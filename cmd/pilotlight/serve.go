@@ -1,5 +1,3 @@
-//go:build !runtimeonly
-
 package main
 
 import (
@@ -8,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
@@ -19,17 +18,19 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/pilotlight/pilotlight/admin"
+	"github.com/pilotlight/pilotlight/admin/console"
 	"github.com/pilotlight/pilotlight/bpf"
-	deployknative "github.com/pilotlight/pilotlight/deploy/knative"
+	"github.com/pilotlight/pilotlight/engine"
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/listener"
+	"github.com/pilotlight/pilotlight/internal/telemetry"
+	"github.com/pilotlight/pilotlight/knative"
+	"github.com/pilotlight/pilotlight/rollout"
 	"github.com/pilotlight/pilotlight/router"
 	"github.com/pilotlight/pilotlight/router/auth"
-	"github.com/pilotlight/pilotlight/router/console"
-	"github.com/pilotlight/pilotlight/router/engine"
-	"github.com/pilotlight/pilotlight/router/knative"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
-	"github.com/pilotlight/pilotlight/router/rollout"
 )
 
 // serveOptions are serve's flags.
@@ -87,13 +88,13 @@ func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.IntVar(&o.rateBurst, "rate-burst", 200, "burst per API key")
 	f.IntVar(&o.maxConcurrent, "max-concurrent", ratelimit.DefaultMaxConcurrent, "requests in flight per function before 503s are shed")
 	f.StringVar(&o.backend, "backend", "local", "where instances run: local (child processes, scale to zero on this machine) or knative (a cluster's tag URLs)")
-	f.StringVar(&o.namespace, "namespace", deployknative.DefaultNamespace, "knative backend: namespace of the functions' Services")
+	f.StringVar(&o.namespace, "namespace", knative.DefaultNamespace, "knative backend: namespace of the functions' Services")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "knative backend: kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)")
 	f.StringVar(&o.kubeContext, "context", "", "knative backend: kubeconfig context")
 	f.StringVar(&o.flagsPath, "flags", "config/flags/flags.json", "flag file (flagd format) that picks each request's revision; empty: every request goes to the stable revision")
 	f.IntVar(&o.poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
 	f.BoolVar(&o.instanceHTTP, "instance-http", false, "reach local instances over HTTP on their port instead of their framed Unix socket (slower; for comparison, as bench hop does)")
-	f.StringVar(&o.runtimeBin, "runtime-bin", "", "executable the local engine runs instances with (default: "+runtimeBinary+" beside this binary when present, else this binary)")
+	f.StringVar(&o.runtimeBin, "runtime-bin", "", "executable the local engine runs instances with (default: "+listener.RuntimeBinary+" beside this binary, else on PATH)")
 	f.DurationVar(&o.scaleToZeroAfter, "scale-to-zero-after", 0, "override every function's scaling.scaleToZeroAfter (0 keeps each function's)")
 	f.DurationVar(&o.requestTimeout, "request-timeout", router.DefaultRequestTimeout, "longest a request may take, cold start included (504 after)")
 	f.IntVar(&o.queueCapacity, "queue-capacity", engine.DefaultQueueCapacity, "requests the activator holds per revision while an instance starts (503 beyond)")
@@ -126,8 +127,8 @@ func (o *serveOptions) validate() error {
 
 // run serves until SIGTERM or interrupt: functions, backend, router, listeners, then the drain.
 func (o *serveOptions) run() error {
-	log := newLogger()
-	tuneGC()
+	log := telemetry.Logger()
+	telemetry.TuneGC()
 	if o.cpuProfile != "" {
 		stop, err := startCPUProfile(o.cpuProfile)
 		if err != nil {
@@ -139,7 +140,7 @@ func (o *serveOptions) run() error {
 	if err != nil {
 		return err
 	}
-	reg, tel, shutdown, err := newObservability("pilotlight-router", log)
+	reg, tel, shutdown, err := telemetry.ForProcess("pilotlight-router", log)
 	if err != nil {
 		return err
 	}
@@ -148,7 +149,7 @@ func (o *serveOptions) run() error {
 	if probes != nil {
 		defer probes.Close()
 	}
-	eng, rcfg, err := o.newBackend(fns, probes, reg, log)
+	eng, rcfg, source, err := o.newBackend(fns, probes, reg, log)
 	if err != nil {
 		return err
 	}
@@ -159,7 +160,7 @@ func (o *serveOptions) run() error {
 	}
 	wctx, wstop := context.WithCancel(context.Background())
 	defer wstop()
-	flagWatcher, closeFlags, err := o.withFlags(wctx, &rcfg, eng, fns, reg, log)
+	flagWatcher, rollouts, closeFlags, err := o.withFlags(wctx, &rcfg, eng, fns, reg, log)
 	if err != nil {
 		return err
 	}
@@ -169,8 +170,9 @@ func (o *serveOptions) run() error {
 		return err
 	}
 	defer rt.Close()
+	admin.Mount(rt, admin.Config{Functions: fns, Picker: rcfg.Picker, Source: source, Rollouts: rollouts, Gatherer: reg})
 	ui, err := console.New(console.Config{Source: console.Platform{Functions: fns, Picker: rcfg.Picker, Engine: eng, Probes: probes,
-		Rollouts: rcfg.Rollouts, Flags: flagWatcher, FlagsPath: o.flagsPath}, Gatherer: reg, Keys: rcfg.Keys, Logger: log})
+		Rollouts: rollouts, Flags: flagWatcher, FlagsPath: o.flagsPath}, Gatherer: reg, Keys: rcfg.Keys, Logger: log})
 	if err != nil {
 		return fmt.Errorf("console: %w", err)
 	}
@@ -194,21 +196,26 @@ func (o *serveOptions) loadFunctions(log *slog.Logger) ([]*functions.Manifest, e
 }
 
 // newBackend builds where instances run: the local engine (returned, to
-// run) or a Knative cluster's tag URLs; and the router config around it.
-func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes, reg *prometheus.Registry, log *slog.Logger) (*engine.Engine, router.Config, error) {
+// run) or a Knative cluster's tag URLs; the router config around it; and
+// what the admin view shows of it (nil for Knative).
+func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes, reg *prometheus.Registry, log *slog.Logger) (*engine.Engine, router.Config, admin.Source, error) {
 	rcfg := router.Config{Functions: fns, RequestTimeout: o.requestTimeout, Registry: reg, Logger: log, Limits: o.limits,
 		Concurrency: ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: o.maxConcurrent, Registerer: reg})}
 	if o.backend == "knative" {
-		client, host, err := deployknative.NewClient(o.kubeconfig, o.kubeContext)
+		client, host, err := knative.NewClient(o.kubeconfig, o.kubeContext)
 		if err != nil {
-			return nil, rcfg, fmt.Errorf("knative backend: %w", err)
+			return nil, rcfg, nil, fmt.Errorf("knative backend: %w", err)
 		}
 		log.Info("knative backend", "api_server", host, "namespace", o.namespace)
-		rcfg.Backend = router.KnativeBackend{Resolver: knative.NewResolver(client, o.namespace, 0)}
-		return nil, rcfg, nil
+		rcfg.Backend = knative.Backend{Resolver: knative.NewResolver(client, o.namespace, 0)}
+		return nil, rcfg, nil, nil
+	}
+	bin, err := o.instanceBinary()
+	if err != nil {
+		return nil, rcfg, nil, err
 	}
 	ecfg := engine.Config{
-		Functions: fns, Binary: o.instanceBinary(), PoolSize: o.poolSize, ScaleToZeroAfter: o.scaleToZeroAfter, QueueCapacity: o.queueCapacity,
+		Functions: fns, Binary: bin, PoolSize: o.poolSize, ScaleToZeroAfter: o.scaleToZeroAfter, QueueCapacity: o.queueCapacity,
 		StableWindow: o.stableWindow, PanicWindow: o.panicWindow, Logger: log, Registerer: reg,
 		// The probes' timeline (the first request's connection and answer),
 		// socket-queue times and connection accounting come from TCP
@@ -219,7 +226,7 @@ func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes,
 	if probes != nil && !o.instanceHTTP {
 		log.Info("eBPF probes on: the router reaches instances over HTTP instead of their framed socket, so the kernel sees each request's connection")
 	}
-	lb := router.LocalBackend{}
+	lb := engine.Backend{}
 	if probes != nil {
 		// Only a live *Probes: a nil pointer in the interface would not be nil.
 		ecfg.Probes = probes
@@ -240,32 +247,30 @@ func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes,
 	}
 	eng, err := engine.New(ecfg)
 	if err != nil {
-		return nil, rcfg, err
+		return nil, rcfg, nil, err
 	}
 	lb.Engine = eng
-	rcfg.Backend, rcfg.Admin = lb, lb
-	return eng, rcfg, nil
+	rcfg.Backend = lb
+	return eng, rcfg, lb, nil
 }
 
-// runtimeBinary is the lean build of `pilotlight runtime` (make build puts
-// it beside bin/pilotlight): without the Kubernetes packages an instance
-// starts measurably sooner.
-const runtimeBinary = "pilotlight-runtime"
-
-// instanceBinary is what the local engine execs for instances.
-func (o *serveOptions) instanceBinary() string {
+// instanceBinary is what the local engine execs for instances:
+// --runtime-bin, else pilotlight-runtime beside this binary (make build puts
+// both in bin/), else on PATH.
+func (o *serveOptions) instanceBinary() (string, error) {
 	if o.runtimeBin != "" {
-		return o.runtimeBin
+		return o.runtimeBin, nil
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return ""
+	if exe, err := os.Executable(); err == nil {
+		beside := filepath.Join(filepath.Dir(exe), listener.RuntimeBinary)
+		if st, err := os.Stat(beside); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return beside, nil
+		}
 	}
-	lean := filepath.Join(filepath.Dir(exe), runtimeBinary)
-	if st, err := os.Stat(lean); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-		return lean
+	if p, err := exec.LookPath(listener.RuntimeBinary); err == nil {
+		return p, nil
 	}
-	return exe
+	return "", fmt.Errorf("no %s beside this binary or on PATH: run `make build` (it builds bin/pilotlight and bin/%s), or pass --runtime-bin", listener.RuntimeBinary, listener.RuntimeBinary)
 }
 
 // secure turns authentication, per-key rate limits and the admin listener
@@ -289,13 +294,13 @@ func (o *serveOptions) secure(rcfg *router.Config, reg prometheus.Registerer, lo
 
 // withFlags makes the flag file pick revisions and serves rollouts; the
 // watcher runs until ctx ends.
-func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *engine.Engine, fns []*functions.Manifest, reg *prometheus.Registry, log *slog.Logger) (*flags.Watcher, func(), error) {
+func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *engine.Engine, fns []*functions.Manifest, reg *prometheus.Registry, log *slog.Logger) (*flags.Watcher, *rollout.Controller, func(), error) {
 	if o.flagsPath == "" {
-		return nil, func() {}, nil
+		return nil, nil, func() {}, nil
 	}
 	w, err := flags.NewWatcher(flags.WatcherConfig{Path: o.flagsPath, Registerer: reg, Logger: log})
 	if err != nil {
-		return nil, nil, fmt.Errorf("flags: %w (fix the file, or pass --flags \"\" to send every request to each function's stable revision)", err)
+		return nil, nil, nil, fmt.Errorf("flags: %w (fix the file, or pass --flags \"\" to send every request to each function's stable revision)", err)
 	}
 	go func() {
 		if err := w.Run(ctx); err != nil {
@@ -304,19 +309,18 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 	}()
 	picker, err := router.NewFlagPicker(w, o.flagsPath, reg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	rcfg.Picker = picker
 	log.Info("flags", "file", o.flagsPath, "version", w.Set().Version())
-	shadow, err := router.NewShadower(router.ShadowConfig{Functions: fns, Backend: rcfg.Backend, Registerer: reg, Logger: log})
+	shadow, err := rollout.NewShadower(rollout.ShadowConfig{Functions: fns, Backend: rcfg.Backend, Registerer: reg, Logger: log})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	rcfg.Shadow = shadow
 	ctl := rollout.New(rollout.Config{FlagsPath: o.flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log,
 		Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow})
-	rcfg.Rollouts = ctl
-	return w, func() { ctl.Close(); shadow.Close() }, nil
+	return w, ctl, func() { ctl.Close(); shadow.Close() }, nil
 }
 
 // listenAndServe opens the listeners, runs the engine, serves until a

@@ -1,5 +1,5 @@
 // Package bench measures the platform as a user would see it: real
-// `pilotlight serve` and `pilotlight runtime` processes on loopback, driven
+// `pilotlight serve` and pilotlight-runtime processes on loopback, driven
 // by the loadgen package, with the figures README quotes (instance
 // throughput, start time, scale-from-zero latency, router hop, load-step
 // reaction, memory). `make bench` runs it through `pilotlight bench`.
@@ -14,12 +14,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/pilotlight/pilotlight/listener"
+	"github.com/pilotlight/pilotlight/internal/listener"
 )
 
 // Proc is a pilotlight child process started by a benchmark.
@@ -79,9 +80,16 @@ func start(bin string, args []string, prefix string, logTo io.Writer) (*Proc, er
 	return nil, fmt.Errorf("%s %v exited before printing %q", bin, args, prefix)
 }
 
-// StartRuntime runs one instance of a revision on a free loopback port.
+// RuntimeBeside is the pilotlight-runtime executable beside the pilotlight
+// binary bin (make build puts them in one folder).
+func RuntimeBeside(bin string) string {
+	return filepath.Join(filepath.Dir(bin), listener.RuntimeBinary)
+}
+
+// StartRuntime runs one instance of a revision on a free loopback port;
+// bin is the pilotlight-runtime executable.
 func StartRuntime(bin, fnDir, revision string, logTo io.Writer) (*Proc, error) {
-	return start(bin, []string{"runtime", "--function", fnDir, "--revision", revision, "--listen", "127.0.0.1", "--port", "0"}, listener.ReadyPrefix, logTo)
+	return start(bin, []string{"--function", fnDir, "--revision", revision, "--listen", "127.0.0.1", "--port", "0"}, listener.ReadyPrefix, logTo)
 }
 
 // StartServe runs the platform on a free loopback port.

@@ -156,7 +156,7 @@ func Instance(ctx context.Context, e Env) ([]Row, error) {
 	rev := m.Revisions[0].Name
 	var starts []time.Duration
 	for i := 0; i < 10; i++ {
-		p, err := StartRuntime(e.Bin, e.Function, rev, e.Log)
+		p, err := StartRuntime(RuntimeBeside(e.Bin), e.Function, rev, e.Log)
 		if err != nil {
 			return nil, err
 		}
@@ -169,7 +169,7 @@ func Instance(ctx context.Context, e Env) ([]Row, error) {
 			return nil, err
 		}
 	}
-	p, err := StartRuntime(e.Bin, e.Function, rev, e.Log)
+	p, err := StartRuntime(RuntimeBeside(e.Bin), e.Function, rev, e.Log)
 	if err != nil {
 		return nil, err
 	}

@@ -23,7 +23,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/pilotlight/pilotlight/atomicfile"
+	"github.com/pilotlight/pilotlight/internal/atomicfile"
 	"github.com/pilotlight/pilotlight/internal/bench"
 	"github.com/pilotlight/pilotlight/internal/loadgen"
 	"github.com/pilotlight/pilotlight/router"

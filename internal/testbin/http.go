@@ -2,7 +2,9 @@ package testbin
 
 import (
 	"io"
+	"log/slog"
 	"net/http"
+	"os"
 	"testing"
 )
 
@@ -39,4 +41,13 @@ func Scrape(t testing.TB, base string) string {
 		t.Fatalf("read %s/metrics: %v", base, err)
 	}
 	return string(raw)
+}
+
+// QuietLogger is the logger tests hand the platform's pieces: silent,
+// unless TEST_LOG is set (then text on stderr).
+func QuietLogger() *slog.Logger {
+	if os.Getenv("TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/listener"
 )
 
 var (
@@ -30,7 +31,9 @@ func Root() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
-// Pilotlight returns the path of a freshly built bin/pilotlight (cached per process).
+// Pilotlight returns the path of a freshly built bin/pilotlight, with
+// pilotlight-runtime beside it as make build leaves them (cached per
+// process).
 func Pilotlight(t testing.TB) string {
 	t.Helper()
 	once.Do(func() {
@@ -40,14 +43,21 @@ func Pilotlight(t testing.TB) string {
 			return
 		}
 		path = filepath.Join(dir, "pilotlight")
-		cmd := exec.Command("go", "build", "-o", path, "./cmd/pilotlight")
+		cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/pilotlight", "./cmd/pilotlight-runtime")
 		cmd.Dir = Root()
 		out, err = cmd.CombinedOutput()
 	})
 	if err != nil {
-		t.Fatalf("build pilotlight: %v\n%s", err, out)
+		t.Fatalf("build pilotlight and pilotlight-runtime: %v\n%s", err, out)
 	}
 	return path
+}
+
+// Runtime returns the path of a freshly built pilotlight-runtime, the
+// executable the engine runs instances with.
+func Runtime(t testing.TB) string {
+	t.Helper()
+	return filepath.Join(filepath.Dir(Pilotlight(t)), listener.RuntimeBinary)
 }
 
 // Functions loads the named functions shipped in functions/ (their handlers

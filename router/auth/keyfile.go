@@ -14,7 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/pilotlight/pilotlight/atomicfile"
+	"github.com/pilotlight/pilotlight/internal/atomicfile"
 )
 
 // KeyPrefix starts every generated key, so a leaked key is recognisable

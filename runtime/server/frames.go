@@ -4,7 +4,7 @@ import (
 	"context"
 	"net"
 
-	"github.com/pilotlight/pilotlight/frame"
+	"github.com/pilotlight/pilotlight/internal/frame"
 )
 
 // ServeFrames serves the local router's framed requests (package frame) on

@@ -7,8 +7,8 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pilotlight/pilotlight/internal/telemetry"
 	"github.com/pilotlight/pilotlight/runtime/instance"
-	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // metrics are the runtime's Prometheus series, labelled by function and revision.

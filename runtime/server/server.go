@@ -28,11 +28,11 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/pilotlight/pilotlight/functions"
-	"github.com/pilotlight/pilotlight/listener"
+	"github.com/pilotlight/pilotlight/internal/listener"
+	"github.com/pilotlight/pilotlight/internal/telemetry"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/runtime/instance"
 	"github.com/pilotlight/pilotlight/runtime/ort"
-	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // Version is reported by GET /v2.

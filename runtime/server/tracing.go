@@ -10,7 +10,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/pilotlight/pilotlight/telemetry"
+	"github.com/pilotlight/pilotlight/internal/telemetry"
 )
 
 // tracerName is the instrumentation scope of the instance's spans.

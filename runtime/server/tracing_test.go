@@ -12,9 +12,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/telemetry"
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/runtime/server"
-	"github.com/pilotlight/pilotlight/telemetry"
 )
 
 // TestInstanceSpans serves a real model with tracing on (console exporter)

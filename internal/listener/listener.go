@@ -1,0 +1,48 @@
+// Package listener is how every Pilotlight HTTP listener is set up, stated
+// once: the limits that protect it from slow or oversized clients (the
+// router's listeners and every instance share the defaults SECURITY.md lists),
+// and the runtime process's contract with whoever starts it: its executable's
+// name and the line it prints once it accepts connections, from which the
+// local engine learns its address. It imports nothing of Pilotlight.
+package listener
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// ReadyPrefix starts the line pilotlight-runtime prints on stdout once its
+// listener accepts: ReadyPrefix + "127.0.0.1:PORT".
+const ReadyPrefix = "PILOTLIGHT_LISTENING "
+
+// RuntimeBinary is the name of the runtime's executable (cmd/pilotlight-runtime):
+// what make build puts in bin/, the engine execs, the image's entrypoint,
+// and what the eBPF agent looks for on a node.
+const RuntimeBinary = "pilotlight-runtime"
+
+// Limits are a listener's protections against slow or oversized clients.
+type Limits struct {
+	ReadHeaderTimeout time.Duration // slowloris headers
+	ReadTimeout       time.Duration // slow bodies: the whole request must arrive within this
+	WriteTimeout      time.Duration // must exceed the request timeout, cold starts included
+	IdleTimeout       time.Duration // keep-alive connections with no request
+	MaxHeaderBytes    int
+}
+
+// DefaultLimits are the defaults documented in SECURITY.md.
+func DefaultLimits() Limits {
+	return Limits{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second,
+		IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
+}
+
+// Server is an http.Server for h with these limits; its own errors (TLS
+// handshakes, hijacked connections) go to log at debug level when log is set.
+func (l Limits) Server(h http.Handler, log *slog.Logger) *http.Server {
+	s := &http.Server{Handler: h, ReadHeaderTimeout: l.ReadHeaderTimeout, ReadTimeout: l.ReadTimeout,
+		WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes}
+	if log != nil {
+		s.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	}
+	return s
+}

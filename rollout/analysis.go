@@ -1,0 +1,221 @@
+package rollout
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// The router's own series the analysis reads.
+const (
+	requestsMetric = "pilotlight_requests_total"
+	durationMetric = "pilotlight_request_duration_seconds"
+)
+
+// sample is one revision's cumulative counters at one moment.
+type sample struct {
+	requests, errors float64
+	buckets          map[float64]float64 // upper bound -> cumulative count
+}
+
+func takeSample(g prometheus.Gatherer, function, revision string) (sample, error) {
+	s := sample{buckets: map[float64]float64{}}
+	mfs, err := g.Gather()
+	if err != nil {
+		return s, err
+	}
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case requestsMetric:
+			for _, m := range mf.GetMetric() {
+				if label(m, "function") != function || label(m, "revision") != revision {
+					continue
+				}
+				v := m.GetCounter().GetValue()
+				s.requests += v
+				if code, _ := strconv.Atoi(label(m, "code")); code >= 500 {
+					s.errors += v
+				}
+			}
+		case durationMetric:
+			for _, m := range mf.GetMetric() {
+				if label(m, "function") != function || label(m, "revision") != revision {
+					continue
+				}
+				for _, b := range m.GetHistogram().GetBucket() {
+					s.buckets[b.GetUpperBound()] += float64(b.GetCumulativeCount())
+				}
+				s.buckets[math.Inf(1)] += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return s, nil
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+// window is what happened between two samples.
+type window struct {
+	Requests, Errors float64
+	P99              time.Duration
+}
+
+// ErrorRate is the share of requests answered 5xx.
+func (w window) ErrorRate() float64 {
+	if w.Requests == 0 {
+		return 0
+	}
+	return w.Errors / w.Requests
+}
+
+func between(a, b sample) window {
+	w := window{Requests: b.requests - a.requests, Errors: b.errors - a.errors}
+	delta := make(map[float64]float64, len(b.buckets))
+	for le, c := range b.buckets {
+		delta[le] = c - a.buckets[le]
+	}
+	w.P99 = Quantile(0.99, delta)
+	return w
+}
+
+// Quantile estimates the q-quantile of a cumulative histogram (upper bound
+// in seconds -> count, +Inf included), as PromQL's histogram_quantile does.
+func Quantile(q float64, cumulative map[float64]float64) time.Duration {
+	bs := make([]bucket, 0, len(cumulative))
+	for le, c := range cumulative {
+		bs = append(bs, bucket{le, c})
+	}
+	sort.Slice(bs, func(i, j int) bool { return bs[i].le < bs[j].le })
+	return quantile(q, bs)
+}
+
+// bucket is one cumulative histogram bucket.
+type bucket struct{ le, count float64 }
+
+// quantile estimates like PromQL's histogram_quantile: linear within the
+// bucket that holds the rank; a rank in the +Inf bucket answers the
+// highest finite bound.
+func quantile(q float64, bs []bucket) time.Duration {
+	if len(bs) == 0 || bs[len(bs)-1].count <= 0 {
+		return 0
+	}
+	rank := q * bs[len(bs)-1].count
+	prevLE, prevCount := 0.0, 0.0
+	for _, b := range bs {
+		if b.count >= rank {
+			if math.IsInf(b.le, 1) {
+				return seconds(prevLE)
+			}
+			if b.count == prevCount {
+				return seconds(b.le)
+			}
+			return seconds(prevLE + (b.le-prevLE)*(rank-prevCount)/(b.count-prevCount))
+		}
+		prevLE, prevCount = b.le, b.count
+	}
+	return seconds(prevLE)
+}
+
+// Millis is a latency as a person reads it: milliseconds to three
+// significant figures ("24.3 ms", "0.512 ms", "1250 ms").
+func Millis(d time.Duration) string {
+	ms := float64(d) / float64(time.Millisecond)
+	switch {
+	case ms >= 100:
+		return strconv.FormatFloat(math.Round(ms), 'f', -1, 64) + " ms"
+	case ms >= 10:
+		return strconv.FormatFloat(ms, 'f', 1, 64) + " ms"
+	case ms >= 1:
+		return strconv.FormatFloat(ms, 'f', 2, 64) + " ms"
+	}
+	return strconv.FormatFloat(ms, 'f', 3, 64) + " ms"
+}
+
+func seconds(s float64) time.Duration { return time.Duration(math.Round(s * float64(time.Second))) }
+
+// Interval is what one analysis interval observed: the candidate's live
+// requests through the router, and the shadow comparisons of its answers
+// with the serving revision's.
+type Interval struct {
+	window
+	Compared, Agreed, DeltaSum, ShadowFailed, ShadowIncomparable float64
+}
+
+// Agreement is the share of compared answers that agreed (0 with none).
+func (in Interval) Agreement() float64 {
+	if in.Compared == 0 {
+		return 0
+	}
+	return in.Agreed / in.Compared
+}
+
+// MeanDelta is the mean |Δ score| of the compared answers.
+func (in Interval) MeanDelta() float64 {
+	if in.Compared == 0 {
+		return 0
+	}
+	return in.DeltaSum / in.Compared
+}
+
+// Judge decides one interval, a pure function of the observed numbers:
+// rollback (with the check that failed), hold (too little to judge) or
+// advance. onShadow judges shadow comparisons only: no live traffic has
+// moved to the candidate yet. Live errors and p99 are judged on any
+// traffic, as before; prediction gates only once MinRequests answers were
+// compared, so one odd answer does not decide.
+func Judge(s Spec, in Interval, onShadow bool, weight int) (verdict, check, reason string) {
+	if !onShadow && in.Requests > 0 {
+		if in.ErrorRate() > s.MaxErrorRate {
+			return VerdictRollback, CheckErrorRate, fmt.Sprintf("error rate %.4f over %.0f requests exceeds %.4f", in.ErrorRate(), in.Requests, s.MaxErrorRate)
+		}
+		if in.P99 > s.MaxP99 {
+			return VerdictRollback, CheckP99, fmt.Sprintf("p99 %s exceeds %s", Millis(in.P99), Millis(s.MaxP99))
+		}
+	}
+	if sent := in.Compared + in.ShadowFailed; sent > 0 && in.ShadowFailed/sent > s.MaxErrorRate {
+		return VerdictRollback, CheckShadow, fmt.Sprintf("%.0f of %.0f shadow requests failed (%.4f > %.4f)", in.ShadowFailed, sent, in.ShadowFailed/sent, s.MaxErrorRate)
+	}
+	needShadow := onShadow || s.gated()
+	if needShadow && in.Compared >= float64(s.MinRequests) {
+		if s.MinAgreement > 0 && in.Agreement() < s.MinAgreement {
+			return VerdictRollback, CheckAgreement, fmt.Sprintf("agreement %.4f over %.0f compared answers is below %.4f", in.Agreement(), in.Compared, s.MinAgreement)
+		}
+		if s.MaxScoreDelta > 0 && in.MeanDelta() > s.MaxScoreDelta {
+			return VerdictRollback, CheckScoreDelta, fmt.Sprintf("mean |Δ score| %.4f over %.0f compared answers exceeds %.4f", in.MeanDelta(), in.Compared, s.MaxScoreDelta)
+		}
+	}
+	switch {
+	case !onShadow && in.Requests < float64(s.MinRequests):
+		return VerdictHold, CheckTraffic, fmt.Sprintf("%.0f candidate requests, need %d to judge", in.Requests, s.MinRequests)
+	case needShadow && in.Compared < float64(s.MinRequests) && in.ShadowIncomparable > 0:
+		return VerdictHold, CheckTraffic, fmt.Sprintf("%.0f compared shadow answers, need %d to judge (%.0f answered copies could not be compared: the platform log says why)", in.Compared, s.MinRequests, in.ShadowIncomparable)
+	case needShadow && in.Compared < float64(s.MinRequests):
+		return VerdictHold, CheckTraffic, fmt.Sprintf("%.0f compared shadow answers, need %d to judge", in.Compared, s.MinRequests)
+	}
+	var b strings.Builder
+	if onShadow {
+		fmt.Fprintf(&b, "healthy on shadow traffic: %.0f compared", in.Compared)
+	} else {
+		fmt.Fprintf(&b, "healthy at %d%%: error rate %.4f ≤ %.4f, p99 %s ≤ %s", weight, in.ErrorRate(), s.MaxErrorRate, Millis(in.P99), Millis(s.MaxP99))
+	}
+	if s.MinAgreement > 0 {
+		fmt.Fprintf(&b, ", agreement %.4f ≥ %.4f", in.Agreement(), s.MinAgreement)
+	}
+	if s.MaxScoreDelta > 0 {
+		fmt.Fprintf(&b, ", mean |Δ score| %.4f ≤ %.4f", in.MeanDelta(), s.MaxScoreDelta)
+	}
+	return VerdictAdvance, CheckHealthy, b.String()
+}
