@@ -25,8 +25,8 @@ import (
 // headerPicker routes by the X-Want-Revision header, standing in for a flag.
 type headerPicker struct{}
 
-func (headerPicker) Pick(fn *functions.Manifest, r *http.Request, _ []byte) (string, error) {
-	return r.Header.Get("X-Want-Revision"), nil
+func (headerPicker) Pick(_ context.Context, fn *functions.Manifest, r router.RequestView, _ []byte) (string, error) {
+	return r.Header("X-Want-Revision"), nil
 }
 func (headerPicker) Weights(*functions.Manifest) map[string]int { return nil }
 

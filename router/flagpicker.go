@@ -3,13 +3,11 @@ package router
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"strings"
 	"sync/atomic"
 
 	"github.com/open-feature/go-sdk/openfeature"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/valyala/fasthttp"
 
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
@@ -55,11 +53,11 @@ func NewFlagPicker(w *flags.Watcher, _ string, reg prometheus.Registerer) (*Flag
 
 // attributes is the evaluation context's attributes; "headers" only when
 // the flag's targeting reads it (building it copies every header).
-func attributes(fn *functions.Manifest, r requestView, set *flags.Set) map[string]any {
+func attributes(fn *functions.Manifest, r RequestView, set *flags.Set) map[string]any {
 	attrs := map[string]any{"function": fn.Name}
 	if set.Reads(fn.Flag, "headers") {
 		headers := map[string]any{}
-		r.eachHeader(func(k, v string) {
+		r.EachHeader(func(k, v string) {
 			lk := strings.ToLower(k)
 			if _, seen := headers[lk]; !seen && !secretHeaders[lk] {
 				headers[lk] = v // the first value, as net/http's Header.Get
@@ -67,27 +65,23 @@ func attributes(fn *functions.Manifest, r requestView, set *flags.Set) map[strin
 		})
 		attrs["headers"] = headers
 	}
-	if v := r.header("X-User-Email"); v != "" {
+	if v := r.Header("X-User-Email"); v != "" {
 		attrs["email"] = v
 	}
-	if v := r.header("X-Region"); v != "" {
+	if v := r.Header("X-Region"); v != "" {
 		attrs["region"] = v
 	}
 	return attrs
 }
 
 // Pick implements Picker: the flag is evaluated through OpenFeature and
-// its value mapped to a revision by flags' one rule (ServingRevision).
-func (p *FlagPicker) Pick(fn *functions.Manifest, r *http.Request, body []byte) (string, error) {
-	return p.pick(r.Context(), fn, httpView{r}, body), nil
+// its value mapped to a revision by flags' one rule (ServingRevision). ctx
+// carries the request's span, for the tracing hook.
+func (p *FlagPicker) Pick(ctx context.Context, fn *functions.Manifest, r RequestView, body []byte) (string, error) {
+	return p.pick(ctx, fn, r, body), nil
 }
 
-// PickFast is Pick for the fast path's request, read in place.
-func (p *FlagPicker) PickFast(ctx context.Context, fn *functions.Manifest, h *fasthttp.RequestHeader, body []byte) string {
-	return p.pick(ctx, fn, fastView{h}, body)
-}
-
-func (p *FlagPicker) pick(ctx context.Context, fn *functions.Manifest, r requestView, body []byte) string {
+func (p *FlagPicker) pick(ctx context.Context, fn *functions.Manifest, r RequestView, body []byte) string {
 	set := p.watcher.Set()
 	var value, reason, code string
 	if p.hooked.Load() {

@@ -82,9 +82,9 @@ func TestPickPathsAgree(t *testing.T) {
 				r.Header.Set(k, v)
 				fh.Set(k, v)
 			}
-			a, _ := direct.Pick(fn, r, nil)
-			b, _ := viaSDK.Pick(fn, r, nil)
-			c := fast.PickFast(context.Background(), fn, &fh, nil)
+			a, _ := direct.Pick(context.Background(), fn, httpView{r}, nil)
+			b, _ := viaSDK.Pick(context.Background(), fn, httpView{r}, nil)
+			c, _ := fast.Pick(context.Background(), fn, fastView{&fh}, nil)
 			if a != b || a != c {
 				t.Fatalf("%s, user %d %v: provider %s, SDK %s, fast path %s", flag, i, hdrs, a, b, c)
 			}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,7 +23,6 @@ import (
 	"github.com/pilotlight/pilotlight/functions"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/router/auth"
-	"github.com/pilotlight/pilotlight/router/ratelimit"
 )
 
 // The router's gRPC side: the Open Inference Protocol's
@@ -162,56 +162,35 @@ func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field
 		pb.WriteStatus(w, e.code, e.msg)
 	}
 
-	id, gerr := p.authenticate(r)
-	if gerr != nil {
-		fail(gerr)
-		return
-	}
-	if gerr := p.rateLimit(r, id); gerr != nil {
-		fail(gerr)
-		return
-	}
 	buf := p.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer p.bufs.Put(buf)
+	a := admission{authorization: r.Header.Get("Authorization"), apiKey: r.Header.Get(auth.HeaderAPIKey), remoteIP: remoteHost(r.RemoteAddr)}
+	var call modelCall
+	var msg []byte
 	if gerr := p.readMessage(r, buf); gerr != nil {
-		fail(gerr)
-		return
-	}
-	msg := buf.Bytes()
-	call, err := readModelCall(msg[pb.FrameHeaderBytes:])
-	if err != nil {
-		fail(grpcErrorf(codes.InvalidArgument, "malformed request: %v", err))
-		return
-	}
-	if call.name == "" {
-		fail(grpcErrorf(codes.InvalidArgument, "%s is required: it names the function", field))
-		return
-	}
-	fn, ok := p.rt.fns[call.name]
-	if !ok {
-		fail(grpcErrorf(codes.NotFound, "unknown function %q", call.name))
-		return
-	}
-	fnName = fn.Name
-	if id != nil && !id.Allows(fn.Name) {
-		fail(grpcErrorf(codes.PermissionDenied, "key %q may not call function %q", id.ID, fn.Name))
-		return
-	}
-	if limit := fn.Runtime.MaxBodyBytes; int64(len(msg)-pb.FrameHeaderBytes) > limit {
-		fail(grpcErrorf(codes.ResourceExhausted, "request body larger than %d bytes (function %s's runtime.maxBodyBytes)", limit, fn.Name))
-		return
-	}
-	if cl := p.rt.cfg.Concurrency; cl != nil {
-		release, ok := cl.Acquire(fn.Name)
-		if !ok {
-			cl.CountShed()
-			fail(&grpcError{code: codes.Unavailable, msg: fmt.Sprintf("function %s has %d requests in flight, its maximum; retry shortly", fn.Name, cl.Limit(fn.Name)),
-				headers: map[string]string{ShedHeader: "overload"}})
-			return
+		a.malformed = gerr
+	} else {
+		msg = buf.Bytes()
+		a.bodyBytes = int64(len(msg) - pb.FrameHeaderBytes)
+		var err error
+		switch call, err = readModelCall(msg[pb.FrameHeaderBytes:]); {
+		case err != nil:
+			a.malformed = grpcErrorf(codes.InvalidArgument, "malformed request: %v", err)
+		case call.name == "":
+			a.malformed = grpcErrorf(codes.InvalidArgument, "%s is required: it names the function", field)
 		}
-		defer release()
+		a.function = call.name
 	}
+	if fn, ok := p.rt.fns[call.name]; ok {
+		fnName = fn.Name // counted in the metrics even when refused, as REST counts it
+	}
+	fn, slot, err := p.rt.admit(&a)
+	if err != nil {
+		fail(grpcErrorFor(err))
+		return
+	}
+	defer slot.Release()
 	if call.version != "" {
 		if _, ok := fn.Revision(call.version); !ok {
 			fail(grpcErrorf(codes.NotFound, "function %s has no revision %q", fn.Name, call.version))
@@ -219,69 +198,59 @@ func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field
 		}
 		revision = call.version
 	} else {
-		pr := r
-		if call.userID != "" && r.Header.Get(UserIDHeader) == "" {
-			// The targeting key: metadata x-user-id, else the request's user_id parameter.
-			pr = r.Clone(r.Context())
-			pr.Header.Set(UserIDHeader, call.userID)
-		}
-		if revision, err = p.rt.cfg.Picker.Pick(fn, pr, nil); err != nil {
-			fail(grpcErrorf(codes.Internal, "picking a revision of %s: %v", fn.Name, err))
+		// The targeting key: metadata x-user-id, else the request's user_id parameter.
+		if revision, err = p.rt.cfg.Picker.Pick(r.Context(), fn, grpcView{httpView{r}, call.userID}, nil); err != nil {
+			fail(grpcErrorFor(err))
 			return
 		}
 	}
 	code = p.forward(w, r, fn, revision, msg, fail)
 }
 
-// authenticate checks the key in the authorization (Bearer) or x-api-key
-// metadata, as REST checks those headers; nil identity when auth is off.
-func (p *grpcProxy) authenticate(r *http.Request) (*auth.Identity, *grpcError) {
-	keys := p.rt.cfg.Keys
-	if keys == nil {
-		return nil, nil
-	}
-	// The function is checked once the message names it (serveModelCall).
-	id, denied := keys.Authorize(r.Header.Get("Authorization"), r.Header.Get(auth.HeaderAPIKey), "")
-	if denied != nil {
-		return nil, grpcErrorf(pb.CodeForHTTP(denied.Status), "%s", denied.Msg)
-	}
-	return id, nil
+// grpcView is a call's metadata as a RequestView, with the request's
+// user_id parameter as X-User-ID when the metadata carries none.
+type grpcView struct {
+	httpView
+	userID string
 }
 
-// rateLimit spends a token of the key's bucket (the client address's
-// without a key, as REST does).
-func (p *grpcProxy) rateLimit(r *http.Request, id *auth.Identity) *grpcError {
-	l := p.rt.cfg.RateLimit
-	if l == nil {
-		return nil
+// Header implements RequestView.
+func (v grpcView) Header(name string) string {
+	h := v.httpView.Header(name)
+	if h == "" && v.userID != "" && strings.EqualFold(name, UserIDHeader) {
+		return v.userID
 	}
-	key, who := "", ""
-	var rps float64
-	var burst int
-	if id != nil {
-		key, who = id.ID, fmt.Sprintf("key %q", id.ID)
-		if id.Rate != nil {
-			rps, burst = id.Rate.RPS, id.Rate.Burst
+	return h
+}
+
+// grpcErrorFor is the gRPC answer to an error the shared pipeline (or a
+// backend) gives: the code of its HTTP status (CodeForHTTP), the same
+// message, and the same Retry-After and shed headers REST sends.
+func grpcErrorFor(err error) *grpcError {
+	var ge *grpcError
+	if errors.As(err, &ge) {
+		return ge
+	}
+	a := answerFor(err)
+	e := &grpcError{code: pb.CodeForHTTP(a.code), msg: a.msg}
+	if a.retryAfter != "" || a.shed {
+		e.headers = map[string]string{}
+		if a.retryAfter != "" {
+			e.headers["Retry-After"] = a.retryAfter
 		}
-	} else {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if err != nil {
-			host = r.RemoteAddr
+		if a.shed {
+			e.headers[ShedHeader] = "overload"
 		}
-		key, who = "addr:"+host, "client "+host
 	}
-	ok, wait := l.Allow(key, rps, burst)
-	if ok {
-		return nil
+	return e
+}
+
+// remoteHost is the host part of a net/http RemoteAddr.
+func remoteHost(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
 	}
-	if id != nil {
-		l.CountRejected(id.ID)
-	} else {
-		l.CountRejected("")
-	}
-	secs := ratelimit.RetryAfterSeconds(wait)
-	return &grpcError{code: codes.ResourceExhausted, msg: fmt.Sprintf("rate limit exceeded for %s; retry after %d s", who, secs),
-		headers: map[string]string{"Retry-After": strconv.Itoa(secs)}}
+	return addr
 }
 
 // readMessage reads the call's one length-prefixed message (prefix

@@ -207,7 +207,8 @@ func TestGRPCProxyRefusals(t *testing.T) {
 		{"wrong key", with("authorization", "Bearer pl_wrong-key-000000000000000000000000000"), good, codes.Unauthenticated, "invalid API key"},
 		{"not Bearer", with("authorization", "Basic abc"), good, codes.Unauthenticated, "Bearer"},
 		{"function the key may not call", with("x-api-key", client), &pb.ModelInferRequest{ModelName: "other"}, codes.PermissionDenied, `may not call function "other"`},
-		{"unknown function", with("x-api-key", client), &pb.ModelInferRequest{ModelName: "nope"}, codes.NotFound, `unknown function "nope"`},
+		// A key limited to some functions cannot tell unknown from forbidden (as over REST).
+		{"unknown function", with("x-api-key", client), &pb.ModelInferRequest{ModelName: "nope"}, codes.PermissionDenied, `may not call function "nope"`},
 		{"unknown revision", with("x-api-key", client), &pb.ModelInferRequest{ModelName: "m", ModelVersion: "m-00009"}, codes.NotFound, `no revision "m-00009"`},
 		{"no model name", with("x-api-key", client), &pb.ModelInferRequest{}, codes.InvalidArgument, "model_name is required"},
 		{"over maxBodyBytes", with("x-api-key", client), &pb.ModelInferRequest{ModelName: "m", RawInputContents: [][]byte{make([]byte, 2000)}}, codes.ResourceExhausted, "larger than 1000 bytes"},
@@ -255,11 +256,11 @@ func TestGRPCConcurrencyCapIsUnavailable(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	cl := ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: 1, Registerer: reg})
 	c, _, _, _ := grpcRouter(t, func(cfg *router.Config) { cfg.Concurrency = cl })
-	release, ok := cl.Acquire("m")
-	if !ok {
+	slot, r := cl.Enter("m")
+	if r != nil {
 		t.Fatal("no slot")
 	}
-	defer release()
+	defer slot.Release()
 	var hdr metadata.MD
 	_, err := c.ModelInfer(context.Background(), &pb.ModelInferRequest{ModelName: "m"}, grpc.Header(&hdr))
 	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "in flight") {

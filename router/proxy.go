@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -164,46 +163,26 @@ func (rt *Router) handle(ctx *fasthttp.RequestCtx, x *exchange, rq route, parent
 	if rt.tr != nil {
 		parent = rt.startRequestSpan(ctx, x, rq, fn, parent)
 	}
-	var id *auth.Identity
+	a := admission{function: x.function, wantMethod: rq.method, otherMethod: string(ctx.Method()) != rq.method, path: ctx.Path(), bodyBytes: int64(len(ctx.PostBody()))}
+	if fn == nil {
+		a.function = string(rq.name)
+	}
 	if rt.cfg.Keys != nil {
-		var d *auth.Denial
-		id, d = rt.cfg.Keys.Authorize(string(ctx.Request.Header.Peek("Authorization")), string(ctx.Request.Header.Peek(auth.HeaderAPIKey)), string(rq.name))
-		if d != nil {
-			return rt.writeError(ctx, d)
-		}
+		a.authorization, a.apiKey = string(ctx.Request.Header.Peek("Authorization")), string(ctx.Request.Header.Peek(auth.HeaderAPIKey))
 	}
 	if rt.cfg.RateLimit != nil {
-		var keyID string
-		var rps float64
-		var burst int
-		if id != nil {
-			keyID = id.ID
-			if id.Rate != nil {
-				rps, burst = id.Rate.RPS, id.Rate.Burst
-			}
+		a.remoteIP = ctx.RemoteIP().String()
+	}
+	fn, slot, err := rt.admit(&a)
+	if err != nil {
+		var me *methodErr
+		if errors.As(err, &me) {
+			ctx.Response.Header.Set("Allow", me.allow)
 		}
-		if r := rt.cfg.RateLimit.Check(keyID, ctx.RemoteIP().String(), rps, burst); r != nil {
-			return rt.writeError(ctx, &httpErr{code: r.Status, msg: r.Msg, retry: strconv.Itoa(r.RetryAfter)})
-		}
+		return rt.writeError(ctx, err)
 	}
-	if fn == nil {
-		return rt.writeError(ctx, errorf(http.StatusNotFound, "unknown function %q", rq.name))
-	}
-	if rt.cfg.Concurrency != nil {
-		slot, r := rt.cfg.Concurrency.Enter(fn.Name)
-		if r != nil {
-			return rt.writeError(ctx, r)
-		}
-		defer slot.Release()
-	}
-	if string(ctx.Method()) != rq.method {
-		ctx.Response.Header.Set("Allow", rq.method)
-		return rt.writeError(ctx, errorf(http.StatusMethodNotAllowed, "%s takes %s", ctx.Path(), rq.method))
-	}
+	defer slot.Release()
 	body := ctx.PostBody()
-	if limit := fn.Runtime.MaxBodyBytes; int64(len(body)) > limit {
-		return rt.writeError(ctx, errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes (function %s's runtime.maxBodyBytes)", limit, fn.Name))
-	}
 	if len(rq.version) > 0 {
 		for _, r := range fn.Revisions {
 			if r.Name == string(rq.version) {
@@ -213,19 +192,12 @@ func (rt *Router) handle(ctx *fasthttp.RequestCtx, x *exchange, rq route, parent
 		if x.revision == "" {
 			return rt.writeError(ctx, errorf(http.StatusNotFound, "function %s has no revision %q", fn.Name, rq.version))
 		}
-	} else if _, plain := rt.cfg.Picker.(DefaultPicker); plain {
-		x.revision = rt.defaults[fn.Name]
-	} else if fp, ok := rt.cfg.Picker.(*FlagPicker); ok && x.httpReq == nil {
-		x.revision = fp.PickFast(parent, fn, &ctx.Request.Header, body) // parent carries the request span, for the flag hook
 	} else {
-		r := x.httpReq
-		if r == nil {
-			r = httpRequestOf(ctx)
+		var view RequestView = fastView{&ctx.Request.Header}
+		if x.httpReq != nil {
+			view = httpView{x.httpReq}
 		}
-		if rt.tr != nil {
-			r = r.WithContext(x.traceCtx) // the flag hook puts the evaluation on the request span
-		}
-		rev, err := rt.cfg.Picker.Pick(fn, r, body)
+		rev, err := rt.cfg.Picker.Pick(parent, fn, view, body) // parent carries the request span, for the flag hook
 		if err != nil {
 			return rt.writeError(ctx, err)
 		}
@@ -499,18 +471,6 @@ func appendIP(b []byte, ip net.IP) []byte {
 		return b
 	}
 	return append(b, ip.String()...)
-}
-
-// httpRequestOf builds the net/http view of a fast-path request a Picker
-// needs (headers and cookies for targeting); only functions whose picker
-// is not the default pay for it.
-func httpRequestOf(ctx *fasthttp.RequestCtx) *http.Request {
-	r := &http.Request{Method: string(ctx.Method()), Header: make(http.Header, 8), Host: string(ctx.Host()),
-		URL: &url.URL{Path: string(ctx.Path()), RawQuery: string(ctx.URI().QueryString())}, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}
-	for k, v := range ctx.Request.Header.All() {
-		r.Header.Add(string(k), string(v))
-	}
-	return r.WithContext(ctx)
 }
 
 // writeError writes {"error": ...} with the status answerFor gives and returns the status.

@@ -1,6 +1,7 @@
 package router_test
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"net/http/httptest"
@@ -112,7 +113,7 @@ func TestOneRevisionRuleLocalAndKnative(t *testing.T) {
 			}
 			if wantFree {
 				before := testbin.Values(t, reg, "pilotlight_flags_fallback_total")
-				got, _ := picker.Pick(m, httptest.NewRequest("POST", "/functions/demo", strings.NewReader("{}")), nil)
+				got, _ := picker.Pick(context.Background(), m, router.HTTPView(httptest.NewRequest("POST", "/functions/demo", strings.NewReader("{}"))), nil)
 				counted := diff(before, testbin.Values(t, reg, "pilotlight_flags_fallback_total"))
 				c := set.PickRevision(m, map[string]any{"targetingKey": "someone"})
 				if got != c.Revision {
@@ -136,7 +137,7 @@ func TestOneRevisionRuleLocalAndKnative(t *testing.T) {
 			for u := range users {
 				req := httptest.NewRequest("POST", "/functions/demo", strings.NewReader("{}"))
 				req.Header.Set("X-User-ID", fmt.Sprintf("user-%d", u))
-				rev, err := picker.Pick(m, req, nil)
+				rev, err := picker.Pick(context.Background(), m, router.HTTPView(req), nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -147,7 +148,7 @@ func TestOneRevisionRuleLocalAndKnative(t *testing.T) {
 				req := httptest.NewRequest("POST", "/functions/demo", strings.NewReader("{}"))
 				req.Header.Set("X-User-ID", "u")
 				req.Header.Set("X-User-Email", "ada@pilotlight.dev")
-				if rev, _ := picker.Pick(m, req, nil); rev == "" {
+				if rev, _ := picker.Pick(context.Background(), m, router.HTTPView(req), nil); rev == "" {
 					t.Error("staff got no revision")
 				}
 			}

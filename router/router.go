@@ -63,10 +63,12 @@ type Backend interface {
 	Acquire(ctx context.Context, function, revision string) (Target, error)
 }
 
-// Picker chooses the revision that serves a request (the flags integration
-// satisfies it); Weights reports the configured split for the admin view.
+// Picker chooses the revision that serves a request (FlagPicker, from the
+// flag file; DefaultPicker without one), called the same way for every
+// protocol and on the fast path; Weights reports the configured split for
+// the admin view. Pick must not keep r or body past the call.
 type Picker interface {
-	Pick(fn *functions.Manifest, r *http.Request, body []byte) (string, error)
+	Pick(ctx context.Context, fn *functions.Manifest, r RequestView, body []byte) (string, error)
 	Weights(fn *functions.Manifest) map[string]int
 }
 
@@ -129,8 +131,7 @@ type Router struct {
 	admin     *echo.Echo // nil unless SeparateAdmin
 	slow      fasthttp.RequestHandler
 	fns       map[string]*functions.Manifest
-	defaults  map[string]string // function → DefaultRevision
-	maxBody   int64             // the largest maxBodyBytes of any function
+	maxBody   int64 // the largest maxBodyBytes of any function
 	client    *fasthttp.Client
 	frames    framePool // connections to local instances' framed sockets
 	m         *metrics
@@ -164,11 +165,10 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Limits == (Limits{}) {
 		cfg.Limits = DefaultLimits()
 	}
-	rt := &Router{cfg: cfg, log: cfg.Logger, fns: map[string]*functions.Manifest{}, defaults: map[string]string{},
+	rt := &Router{cfg: cfg, log: cfg.Logger, fns: map[string]*functions.Manifest{},
 		m: newMetrics(cfg.Registry), maxBody: DefaultMaxBodyBytes}
 	for _, fn := range cfg.Functions {
 		rt.fns[fn.Name] = fn
-		rt.defaults[fn.Name] = DefaultRevision(fn)
 		rt.maxBody = max(rt.maxBody, fn.Runtime.MaxBodyBytes)
 	}
 	rt.client = &fasthttp.Client{
@@ -477,7 +477,7 @@ func remoteAddr(s string) net.Addr {
 type DefaultPicker struct{}
 
 // Pick implements Picker.
-func (DefaultPicker) Pick(fn *functions.Manifest, _ *http.Request, _ []byte) (string, error) {
+func (DefaultPicker) Pick(_ context.Context, fn *functions.Manifest, _ RequestView, _ []byte) (string, error) {
 	return DefaultRevision(fn), nil
 }
 

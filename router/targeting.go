@@ -29,11 +29,14 @@ func TargetingKey(r *http.Request, body []byte) (key string, random bool) {
 	return targetingKey(httpView{r}, body)
 }
 
-func targetingKey(r requestView, body []byte) (key string, random bool) {
-	if v := strings.TrimSpace(r.header(UserIDHeader)); v != "" {
+// HTTPView is the RequestView of a net/http request.
+func HTTPView(r *http.Request) RequestView { return httpView{r} }
+
+func targetingKey(r RequestView, body []byte) (key string, random bool) {
+	if v := strings.TrimSpace(r.Header(UserIDHeader)); v != "" {
 		return v, false
 	}
-	if v := r.cookie(UserCookie); v != "" {
+	if v := r.Cookie(UserCookie); v != "" {
 		return v, false
 	}
 	if k := bodyKey(body); k != "" {
@@ -46,27 +49,28 @@ func targetingKey(r requestView, body []byte) (key string, random bool) {
 	return hex.EncodeToString(b[:]), true
 }
 
-// requestView is what targeting reads of a request, on either front door:
-// net/http's request (HTTP/2, tests) or the fast path's fasthttp header,
-// which is read in place rather than copied into a net/http request.
-type requestView interface {
-	header(name string) string // first value, "" when absent
-	cookie(name string) string
-	eachHeader(f func(name, value string)) // every header line (a repeated name may come again)
+// RequestView is what picking a revision reads of a request, whatever the
+// protocol: net/http's request (HTTP/2, tests), the fast path's fasthttp
+// header, read in place rather than copied into a net/http request, or a
+// gRPC call's metadata. A Picker gets one per request.
+type RequestView interface {
+	Header(name string) string // first value, "" when absent
+	Cookie(name string) string
+	EachHeader(f func(name, value string)) // every header line (a repeated name may come again)
 }
 
 type httpView struct{ r *http.Request }
 
-func (v httpView) header(name string) string { return v.r.Header.Get(name) }
+func (v httpView) Header(name string) string { return v.r.Header.Get(name) }
 
-func (v httpView) cookie(name string) string {
+func (v httpView) Cookie(name string) string {
 	if c, err := v.r.Cookie(name); err == nil {
 		return c.Value
 	}
 	return ""
 }
 
-func (v httpView) eachHeader(f func(name, value string)) {
+func (v httpView) EachHeader(f func(name, value string)) {
 	for k, vs := range v.r.Header {
 		if len(vs) > 0 {
 			f(k, vs[0])
@@ -76,11 +80,11 @@ func (v httpView) eachHeader(f func(name, value string)) {
 
 type fastView struct{ h *fasthttp.RequestHeader }
 
-func (v fastView) header(name string) string { return string(v.h.Peek(name)) }
+func (v fastView) Header(name string) string { return string(v.h.Peek(name)) }
 
-func (v fastView) cookie(name string) string { return string(v.h.Cookie(name)) }
+func (v fastView) Cookie(name string) string { return string(v.h.Cookie(name)) }
 
-func (v fastView) eachHeader(f func(name, value string)) {
+func (v fastView) EachHeader(f func(name, value string)) {
 	for k, val := range v.h.All() {
 		f(string(k), string(val))
 	}

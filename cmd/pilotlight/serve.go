@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -285,8 +284,7 @@ func (o *serveOptions) secure(rcfg *router.Config, reg prometheus.Registerer, lo
 	}
 	rcfg.Keys = keys
 	// Rate limits are per API key, so they apply when keys do.
-	rcfg.RateLimit = ratelimit.New(ratelimit.Config{RPS: o.rateRPS, Burst: o.rateBurst, Registerer: reg,
-		Skipper: func(c echo.Context) bool { return auth.IsPublicPath(c.Path()) }})
+	rcfg.RateLimit = ratelimit.New(ratelimit.Config{RPS: o.rateRPS, Burst: o.rateBurst, Registerer: reg})
 	rcfg.SeparateAdmin = o.adminAddr != ""
 	log.Info("authentication on", "keys", keys.IDs(), "admin_addr", o.adminAddr)
 	return fmt.Sprintf("authentication on: %d API keys", keys.Len()), nil

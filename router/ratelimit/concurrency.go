@@ -3,11 +3,9 @@ package ratelimit
 import (
 	"fmt"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 
-	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -90,9 +88,9 @@ func (cl *ConcurrencyLimiter) counter(fn string) *atomic.Int64 {
 	return n
 }
 
-// TryEnter takes a slot for fn; ok is false when fn is at its limit. It
+// tryEnter takes a slot for fn; ok is false when fn is at its limit. It
 // allocates nothing (the proxy's path).
-func (cl *ConcurrencyLimiter) TryEnter(fn string) (s Slot, ok bool) {
+func (cl *ConcurrencyLimiter) tryEnter(fn string) (s Slot, ok bool) {
 	limit := int64(cl.Limit(fn))
 	n := cl.counter(fn)
 	for {
@@ -106,36 +104,17 @@ func (cl *ConcurrencyLimiter) TryEnter(fn string) (s Slot, ok bool) {
 	}
 }
 
-// Acquire takes a slot for fn; ok is false when fn is at its limit.
-// release must be called exactly once when ok (later calls do nothing).
-func (cl *ConcurrencyLimiter) Acquire(fn string) (release func(), ok bool) {
-	s, ok := cl.TryEnter(fn)
-	if !ok {
-		return nil, false
-	}
-	var once sync.Once
-	return func() { once.Do(s.Release) }, true
-}
-
-// CountShed counts a request Acquire refused outside Middleware (the
-// router's gRPC side) in pilotlight_concurrency_shed_requests_total.
-func (cl *ConcurrencyLimiter) CountShed() {
-	if cl.shed != nil {
-		cl.shed.Inc()
-	}
-}
-
 // InFlight is the requests in flight for fn.
 func (cl *ConcurrencyLimiter) InFlight(fn string) int {
 	return int(cl.counter(fn).Load())
 }
 
 // Enter takes a slot of fn's limit; at the limit it counts the request as
-// shed and returns a 503 Refusal. The slot must be released exactly once
-// when r is nil. It is the check Middleware makes, for front doors that
-// are not echo.
+// shed and returns a 503 Refusal. The slot must be released when r is nil
+// (a second Release does nothing). It is the one entry point: the router's
+// admission pipeline calls it for every protocol.
 func (cl *ConcurrencyLimiter) Enter(fn string) (s Slot, r *Refusal) {
-	s, ok := cl.TryEnter(fn)
+	s, ok := cl.tryEnter(fn)
 	if ok {
 		return s, nil
 	}
@@ -144,34 +123,4 @@ func (cl *ConcurrencyLimiter) Enter(fn string) (s Slot, r *Refusal) {
 	}
 	return Slot{}, &Refusal{Status: http.StatusServiceUnavailable, RetryAfter: 1, shed: true,
 		Msg: fmt.Sprintf("function %s has %d requests in flight, its maximum; retry shortly", fn, cl.Limit(fn))}
-}
-
-// shedError marks a 503 as deliberate load shedding; the router's
-// HTTPErrorHandler finds it through errors.As and sets X-Pilotlight-Shed.
-type shedError struct{}
-
-func (shedError) Error() string { return "shed: concurrency limit" }
-func (shedError) Shed() bool    { return true }
-
-// Middleware holds a slot of functionOf(c)'s limit for the whole request;
-// requests that target no function ("" : admin, metrics, probes) pass.
-// functionOf must name only functions that exist: a counter is kept per
-// name for the limiter's life.
-// At the limit: 503 {"error": ...} with Retry-After: 1, marked as shed.
-func (cl *ConcurrencyLimiter) Middleware(functionOf func(echo.Context) string) echo.MiddlewareFunc {
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			fn := functionOf(c)
-			if fn == "" {
-				return next(c)
-			}
-			slot, r := cl.Enter(fn)
-			if r != nil {
-				c.Response().Header().Set("Retry-After", strconv.Itoa(r.RetryAfter))
-				return echo.NewHTTPError(r.Status, r.Msg).SetInternal(shedError{})
-			}
-			defer slot.Release()
-			return next(c)
-		}
-	}
 }

@@ -9,13 +9,10 @@ import (
 	"container/list"
 	"fmt"
 	"math"
-	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
-	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
@@ -41,8 +38,6 @@ type Config struct {
 	// dropped. A dropped bucket comes back full, which only matters for a
 	// key idle long enough to be least recently used among MaxBuckets.
 	MaxBuckets int
-	// Skipper exempts requests (probes, say); nil limits every request.
-	Skipper func(echo.Context) bool
 	// Registerer, when set, gets pilotlight_ratelimit_rejected_requests_total{key}.
 	Registerer prometheus.Registerer
 	// Now is the clock (tests); nil: time.Now.
@@ -134,19 +129,6 @@ func (l *Limiter) Allow(key string, rps float64, burst int) (ok bool, retryAfter
 	return true, 0
 }
 
-// CountRejected counts a request Allow refused outside Middleware (the
-// router's gRPC side) in pilotlight_ratelimit_rejected_requests_total;
-// keyID "" is "anonymous".
-func (l *Limiter) CountRejected(keyID string) {
-	if l.rejected == nil {
-		return
-	}
-	if keyID == "" {
-		keyID = "anonymous"
-	}
-	l.rejected.WithLabelValues(keyID).Inc()
-}
-
 // Len is the number of buckets held.
 func (l *Limiter) Len() int {
 	l.mu.Lock()
@@ -164,34 +146,6 @@ func RetryAfterSeconds(d time.Duration) int {
 	return s
 }
 
-// Middleware limits each request by the bucket of keyOf(c) (the API key id;
-// "" falls back to the client's address, so auth-off development still has
-// a limit) shaped by rateOf(c) ((0, 0): the default). Over the limit: 429
-// {"error": ...} with Retry-After in whole seconds (>= 1).
-func (l *Limiter) Middleware(keyOf func(echo.Context) string, rateOf func(echo.Context) (rps float64, burst int)) echo.MiddlewareFunc {
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			if l.cfg.Skipper != nil && l.cfg.Skipper(c) {
-				return next(c)
-			}
-			key := ""
-			if keyOf != nil {
-				key = keyOf(c)
-			}
-			var rps float64
-			var burst int
-			if rateOf != nil {
-				rps, burst = rateOf(c)
-			}
-			if r := l.Check(key, clientAddr(c.Request()), rps, burst); r != nil {
-				c.Response().Header().Set("Retry-After", strconv.Itoa(r.RetryAfter))
-				return echo.NewHTTPError(http.StatusTooManyRequests, r.Msg)
-			}
-			return next(c)
-		}
-	}
-}
-
 // Refusal is a request over its limit: 429 (rate) or a shed 503
 // (concurrency), with the Retry-After seconds to send.
 type Refusal struct {
@@ -207,8 +161,8 @@ func (r *Refusal) Shed() bool      { return r.shed }
 
 // Check takes a token from the bucket of key (the API key id; "" uses the
 // client's address, so auth-off development still has a limit) shaped by
-// (rps, burst) ((0, 0): the default); nil when allowed. It is the check
-// Middleware makes, for front doors that are not echo.
+// (rps, burst) ((0, 0): the default); nil when allowed. It is the one
+// entry point: the router's admission pipeline calls it for every protocol.
 func (l *Limiter) Check(key, addr string, rps float64, burst int) *Refusal {
 	label, who := "anonymous", ""
 	if key == "" {
@@ -229,13 +183,4 @@ func (l *Limiter) Check(key, addr string, rps float64, burst int) *Refusal {
 	secs := RetryAfterSeconds(wait)
 	return &Refusal{Status: http.StatusTooManyRequests, RetryAfter: secs,
 		Msg: fmt.Sprintf("rate limit exceeded for %s (%g requests/s, burst %d); retry after %d s", who, rps, burst, secs)}
-}
-
-// clientAddr is the connection's peer address. Forwarding headers are not
-// trusted: anyone can send X-Forwarded-For.
-func clientAddr(r *http.Request) string {
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		return host
-	}
-	return r.RemoteAddr
 }

@@ -1,19 +1,14 @@
 package ratelimit_test
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pilotlight/pilotlight/internal/testbin"
@@ -155,84 +150,50 @@ func TestBoundedKeepsRecentlyUsed(t *testing.T) {
 	}
 }
 
-// keyHeader stands in for auth.KeyID in these tests.
-func keyHeader(c echo.Context) string { return c.Request().Header.Get("X-Test-Key") }
-
-func newApp(l *ratelimit.Limiter, rateOf func(echo.Context) (float64, int)) *echo.Echo {
-	// echo's own error handler: the limiter's message is in "message" here;
-	// TestWiring checks the router's {"error": ...} rendering of it.
-	e := echo.New()
-	e.Use(l.Middleware(keyHeader, rateOf))
-	e.POST("/functions/:function", func(c echo.Context) error { return c.NoContent(http.StatusOK) })
-	return e
-}
-
-func do(e *echo.Echo, key, remote string) *httptest.ResponseRecorder {
-	req := httptest.NewRequest("POST", "/functions/fraud", nil)
-	if key != "" {
-		req.Header.Set("X-Test-Key", key)
-	}
-	if remote != "" {
-		req.RemoteAddr = remote
-	}
-	rec := httptest.NewRecorder()
-	e.ServeHTTP(rec, req)
-	return rec
-}
-
-func TestMiddleware(t *testing.T) {
+// TestCheck: a bucket per key, shaped by the key's own rate when it has
+// one; without a key, a bucket per client address; a 429 names who is
+// limited and how long to wait, and is counted by key.
+func TestCheck(t *testing.T) {
 	clk := newClock()
 	reg := prometheus.NewRegistry()
 	l := ratelimit.New(ratelimit.Config{RPS: 2, Burst: 4, Now: clk.Now, Registerer: reg})
-	perKey := func(c echo.Context) (float64, int) {
-		if keyHeader(c) == "slow" {
-			return 0.25, 1 // one request per 4 s
+	check := func(key, addr string) *ratelimit.Refusal {
+		if key == "slow" {
+			return l.Check(key, addr, 0.25, 1) // one request per 4 s
 		}
-		return 0, 0
+		return l.Check(key, addr, 0, 0)
 	}
-	e := newApp(l, perKey)
-
 	for i := 0; i < 4; i++ {
-		if rec := do(e, "team-a", ""); rec.Code != 200 {
-			t.Fatalf("request %d within burst: %d %s", i, rec.Code, rec.Body)
+		if r := check("team-a", "192.0.2.9"); r != nil {
+			t.Fatalf("request %d within burst: %v", i, r)
 		}
 	}
-	rec := do(e, "team-a", "")
-	if rec.Code != http.StatusTooManyRequests {
-		t.Fatalf("request past burst: %d, want 429", rec.Code)
+	r := check("team-a", "192.0.2.9")
+	if r == nil || r.Status != http.StatusTooManyRequests || r.HTTPStatus() != http.StatusTooManyRequests {
+		t.Fatalf("request past burst: %+v, want 429", r)
 	}
-	ra, err := strconv.Atoi(rec.Header().Get("Retry-After"))
-	if err != nil || ra < 1 {
-		t.Fatalf("Retry-After %q, want an integer >= 1", rec.Header().Get("Retry-After"))
+	if r.RetryAfter < 1 || !strings.Contains(r.Msg, `key "team-a"`) {
+		t.Fatalf("429 %+v, want Retry-After >= 1 and a message naming the key", r)
 	}
-	var body map[string]string
-	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || !strings.Contains(body["message"], `key "team-a"`) {
-		t.Fatalf("429 body %s, want a message naming the key", rec.Body)
+	if r := check("team-b", "192.0.2.9"); r != nil {
+		t.Fatalf("another key was limited by team-a's bucket: %v", r)
 	}
-	if rec := do(e, "team-b", ""); rec.Code != 200 {
-		t.Fatalf("another key was limited by team-a's bucket: %d", rec.Code)
+	clk.Advance(time.Duration(r.RetryAfter) * time.Second)
+	if r := check("team-a", "192.0.2.9"); r != nil {
+		t.Fatalf("after waiting Retry-After: %v", r)
 	}
-	clk.Advance(time.Duration(ra) * time.Second)
-	if rec := do(e, "team-a", ""); rec.Code != 200 {
-		t.Fatalf("after waiting Retry-After (%d s): %d, want 200", ra, rec.Code)
+	check("slow", "")
+	if r := check("slow", ""); r == nil || r.RetryAfter != 4 {
+		t.Fatalf("slow key: %+v, want 429 with Retry-After 4", r)
 	}
-
-	// The key's own rate: 0.25 rps, burst 1 -> Retry-After 4.
-	do(e, "slow", "")
-	rec = do(e, "slow", "")
-	if rec.Code != 429 || rec.Header().Get("Retry-After") != "4" {
-		t.Fatalf("slow key: %d Retry-After %q, want 429 and 4", rec.Code, rec.Header().Get("Retry-After"))
-	}
-
-	// No key: per client address.
 	for i := 0; i < 4; i++ {
-		do(e, "", "192.0.2.1:1234")
+		check("", "192.0.2.1")
 	}
-	if rec := do(e, "", "192.0.2.1:5678"); rec.Code != 429 {
-		t.Fatalf("anonymous client past burst from another port: %d, want 429", rec.Code)
+	if r := check("", "192.0.2.1"); r == nil || !strings.Contains(r.Msg, "client 192.0.2.1") {
+		t.Fatalf("anonymous client past burst: %+v, want 429 naming the address", r)
 	}
-	if rec := do(e, "", "192.0.2.2:1234"); rec.Code != 200 {
-		t.Fatalf("another anonymous client: %d, want 200", rec.Code)
+	if r := check("", "192.0.2.2"); r != nil {
+		t.Fatalf("another anonymous client: %v", r)
 	}
 	if got := testbin.Metric(t, reg, "pilotlight_ratelimit_rejected_requests_total", map[string]string{"key": "team-a"}); got != 1 {
 		t.Errorf("rejected{key=team-a} = %v, want 1", got)
@@ -242,114 +203,64 @@ func TestMiddleware(t *testing.T) {
 	}
 }
 
-func TestMiddlewareSkipper(t *testing.T) {
-	l := ratelimit.New(ratelimit.Config{RPS: 1, Burst: 1, Skipper: func(c echo.Context) bool { return c.Request().Header.Get("X-Probe") != "" }})
-	e := newApp(l, nil)
-	for i := 0; i < 5; i++ {
-		req := httptest.NewRequest("POST", "/functions/fraud", nil)
-		req.Header.Set("X-Probe", "1")
-		rec := httptest.NewRecorder()
-		e.ServeHTTP(rec, req)
-		if rec.Code != 200 {
-			t.Fatalf("skipped request %d: %d", i, rec.Code)
-		}
-	}
-}
-
+// TestConcurrencyLimiter: a function's cap holds, another function has its
+// own, a refusal is a shed 503 with Retry-After 1, and it is counted.
 func TestConcurrencyLimiter(t *testing.T) {
-	cl := ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: 3, PerFunction: map[string]int{"fraud": 2}})
-	e := echo.New()
-	var shedErr error
-	e.HTTPErrorHandler = func(err error, c echo.Context) {
-		shedErr = err
-		e.DefaultHTTPErrorHandler(err, c)
+	reg := prometheus.NewRegistry()
+	cl := ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: 3, PerFunction: map[string]int{"fraud": 2}, Registerer: reg})
+	a, r1 := cl.Enter("fraud")
+	b, r2 := cl.Enter("fraud")
+	if r1 != nil || r2 != nil || cl.InFlight("fraud") != 2 {
+		t.Fatalf("two fraud slots: %v %v, in flight %d", r1, r2, cl.InFlight("fraud"))
 	}
-	release := make(chan struct{})
-	entered := make(chan struct{}, 16)
-	e.Use(cl.Middleware(func(c echo.Context) string { return c.Param("function") }))
-	e.POST("/functions/:function", func(c echo.Context) error {
-		entered <- struct{}{}
-		<-release
-		return c.NoContent(http.StatusOK)
-	})
-	e.GET("/metrics", func(c echo.Context) error { return c.NoContent(http.StatusOK) })
-	srv := httptest.NewServer(e)
-	defer srv.Close()
-
-	post := func(fn string) *http.Response {
-		resp, err := http.Post(srv.URL+"/functions/"+fn, "application/json", nil)
-		if err != nil {
-			t.Error(err)
-			return nil
-		}
-		resp.Body.Close()
-		return resp
+	_, r := cl.Enter("fraud")
+	if r == nil || r.Status != http.StatusServiceUnavailable || r.RetryAfter != 1 || !r.Shed() || !strings.Contains(r.Msg, "2 requests in flight") {
+		t.Fatalf("third fraud request: %+v, want a shed 503 with Retry-After 1", r)
 	}
-	var wg sync.WaitGroup
-	codes := make(chan int, 8)
-	for i := 0; i < 2; i++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); codes <- post("fraud").StatusCode }()
+	if got := testbin.Metric(t, reg, "pilotlight_concurrency_shed_requests_total", nil); got != 1 {
+		t.Errorf("shed counter %v, want 1", got)
 	}
-	for i := 0; i < 2; i++ {
-		<-entered
+	c, r3 := cl.Enter("recommend")
+	if r3 != nil {
+		t.Fatalf("another function was limited by fraud's cap: %v", r3)
 	}
-	if n := cl.InFlight("fraud"); n != 2 {
-		t.Fatalf("in flight %d, want 2", n)
-	}
-	resp := post("fraud")
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
-		t.Fatalf("third fraud request: %d Retry-After %q, want 503 and 1", resp.StatusCode, resp.Header.Get("Retry-After"))
-	}
-	var shed interface{ Shed() bool }
-	if !errors.As(shedErr, &shed) || !shed.Shed() {
-		t.Fatalf("503 error %v does not say it is shedding (router sets X-Pilotlight-Shed from it)", shedErr)
-	}
-	// Another function has its own limit (the default 3); paths with no function are not limited.
-	wg.Add(1)
-	go func() { defer wg.Done(); codes <- post("recommend").StatusCode }()
-	<-entered
-	if resp, err := http.Get(srv.URL + "/metrics"); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("/metrics while functions are full: %v %v", resp, err)
-	}
-	close(release)
-	wg.Wait()
-	close(codes)
-	for c := range codes {
-		if c != 200 {
-			t.Errorf("admitted request finished %d", c)
-		}
-	}
+	a.Release()
+	b.Release()
+	c.Release()
 	if n := cl.InFlight("fraud"); n != 0 {
 		t.Fatalf("in flight after release: %d", n)
 	}
-	if resp := post("fraud"); resp.StatusCode != 200 {
-		t.Fatalf("after release: %d", resp.StatusCode)
+	if s, r := cl.Enter("fraud"); r != nil {
+		t.Fatalf("after release: %v", r)
+	} else {
+		s.Release()
 	}
 }
 
-func TestConcurrencyAcquire(t *testing.T) {
+// TestConcurrencyDefaultAndDoubleRelease: the default cap, and a slot
+// released twice frees one place.
+func TestConcurrencyDefaultAndDoubleRelease(t *testing.T) {
 	cl := ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{})
 	if got := cl.Limit("any"); got != ratelimit.DefaultMaxConcurrent {
 		t.Fatalf("default limit %d, want %d", got, ratelimit.DefaultMaxConcurrent)
 	}
-	var releases []func()
+	var slots []ratelimit.Slot
 	for i := 0; i < ratelimit.DefaultMaxConcurrent; i++ {
-		r, ok := cl.Acquire("f")
-		if !ok {
+		s, r := cl.Enter("f")
+		if r != nil {
 			t.Fatalf("slot %d refused", i)
 		}
-		releases = append(releases, r)
+		slots = append(slots, s)
 	}
-	if _, ok := cl.Acquire("f"); ok {
+	if _, r := cl.Enter("f"); r == nil {
 		t.Fatal("slot beyond the limit granted")
 	}
-	releases[0]()
-	releases[0]() // double release must not free a second slot
-	if _, ok := cl.Acquire("f"); !ok {
+	slots[0].Release()
+	slots[0].Release() // double release must not free a second slot
+	if _, r := cl.Enter("f"); r != nil {
 		t.Fatal("slot not freed by release")
 	}
-	if _, ok := cl.Acquire("f"); ok {
+	if _, r := cl.Enter("f"); r == nil {
 		t.Fatal("double release freed two slots")
 	}
 }
@@ -366,8 +277,8 @@ func TestConcurrencySlotsUnderContention(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 2000; i++ {
-				s, ok := cl.TryEnter("f")
-				if !ok {
+				s, ok := cl.Enter("f")
+				if ok != nil {
 					continue
 				}
 				n := inside.Add(1)
@@ -385,7 +296,7 @@ func TestConcurrencySlotsUnderContention(t *testing.T) {
 	if n := cl.InFlight("f"); n != 0 {
 		t.Fatalf("in flight after every release: %d", n)
 	}
-	s, _ := cl.TryEnter("f")
+	s, _ := cl.Enter("f")
 	s.Release()
 	s.Release()
 	if n := cl.InFlight("f"); n != 0 {
