@@ -1,12 +1,16 @@
 package rollout
 
 import (
+	"encoding/binary"
 	"math"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/pilotlight/pilotlight/functions"
 	_ "github.com/pilotlight/pilotlight/functions/all"
+	pb "github.com/pilotlight/pilotlight/proto/inference"
 )
 
 // TestCompare: each handler's answers compare in the protocol they were
@@ -77,6 +81,55 @@ func TestMillis(t *testing.T) {
 	} {
 		if got := Millis(tt.d); got != tt.want {
 			t.Errorf("Millis(%v) = %q, want %q", tt.d, got, tt.want)
+		}
+	}
+}
+
+// TestCompareGRPC: gRPC answers compare by their outputs, typed contents or
+// raw little-endian bytes alike; a message that is not a ModelInferResponse
+// is incomparable.
+func TestCompareGRPC(t *testing.T) {
+	frame := func(m *pb.ModelInferResponse) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hdr := make([]byte, pb.FrameHeaderBytes)
+		binary.BigEndian.PutUint32(hdr[1:], uint32(len(b)))
+		return append(hdr, b...)
+	}
+	typed := func(ps ...float32) []byte {
+		return frame(&pb.ModelInferResponse{Outputs: []*pb.ModelInferResponse_InferOutputTensor{{Name: "probability", Datatype: "FP32",
+			Shape: []int64{int64(len(ps)), 1}, Contents: &pb.InferTensorContents{Fp32Contents: ps}}}})
+	}
+	raw := func(ps ...float32) []byte {
+		b := make([]byte, 4*len(ps))
+		for i, p := range ps {
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(p))
+		}
+		return frame(&pb.ModelInferResponse{Outputs: []*pb.ModelInferResponse_InferOutputTensor{{Name: "probability", Datatype: "FP32",
+			Shape: []int64{int64(len(ps)), 1}}}, RawOutputContents: [][]byte{b}})
+	}
+	fraudC := functions.ComparerFor(&functions.Manifest{Name: "fraud", Handler: "fraud"})
+	for _, tt := range []struct {
+		name         string
+		a, b         []byte
+		agree, delta float64
+		err          bool
+	}{
+		{"typed, equal", typed(0.91, 0.2), typed(0.91, 0.2), 1, 0, false},
+		{"raw against typed, one decision flipped", raw(0.91, 0.2), typed(0.91, 0.85), 0.5, 0.325, false},
+		{"inverted", raw(0.91), raw(0.09), 0, 0.82, false},
+		{"not a message", typed(0.5), []byte("{}"), 0, 0, true},
+		{"no outputs", typed(0.5), frame(&pb.ModelInferResponse{}), 0, 0, true},
+	} {
+		c, err := compare(fraudC, protocolV2GRPC, tt.a, tt.b)
+		if (err != nil) != tt.err {
+			t.Errorf("%s: err %v", tt.name, err)
+			continue
+		}
+		if !tt.err && (math.Abs(c.Agreement-tt.agree) > 1e-6 || math.Abs(c.Delta-tt.delta) > 1e-6) {
+			t.Errorf("%s: %+v, want agreement %v delta %v", tt.name, c, tt.agree, tt.delta)
 		}
 	}
 }

@@ -64,7 +64,8 @@ type Shadower struct {
 	log       *slog.Logger
 	fns       map[string]*functions.Manifest
 	cmps      map[string]functions.Comparer // function → its handler's
-	transport *http.Transport
+	transport *http.Transport               // REST copies, HTTP/1.1
+	h2c       *http.Transport               // gRPC copies, HTTP/2 with prior knowledge as instances and Knative's h2c port speak it
 	queue     chan shadowJob
 	targets   atomic.Pointer[map[string]shadowTarget] // function -> target
 	targetsMu sync.Mutex                              // serialises writers of targets
@@ -141,6 +142,11 @@ func NewShadower(cfg ShadowConfig) (*Shadower, error) {
 			Help:    "Score difference per compared request (fraud: mean |Δ probability|, recommend: 1 - top-k overlap, tensor: max |Δ output|).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}, []string{"function", "revision"}),
 	}
+	var protocols http.Protocols
+	protocols.SetHTTP2(true)
+	protocols.SetUnencryptedHTTP2(true)
+	s.h2c = &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		IdleConnTimeout: 90 * time.Second, DisableCompression: true, Protocols: &protocols}
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	empty := map[string]shadowTarget{}
 	s.targets.Store(&empty)
@@ -167,6 +173,7 @@ func (s *Shadower) Close() {
 	s.stop()
 	s.wg.Wait()
 	s.transport.CloseIdleConnections()
+	s.h2c.CloseIdleConnections()
 }
 
 // Mirror implements rollout.Shadow.
@@ -253,6 +260,8 @@ func candidatePath(fn *functions.Manifest, path string) (string, protocol, bool)
 		return "/", protocolFunction, true
 	case path == "/v2/models/"+fn.Name+"/infer":
 		return path, protocolV2REST, true
+	case path == grpcInferPath: // the router copies only calls not pinned to a version
+		return path, protocolV2GRPC, true
 	}
 	return "", 0, false
 }
@@ -317,8 +326,15 @@ func (s *Shadower) ask(ctx context.Context, job shadowJob) ([]byte, error) {
 		t.Release(false)
 		return nil, err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := s.transport.RoundTrip(req)
+	transport := s.transport
+	if job.protocol == protocolV2GRPC {
+		transport = s.h2c
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("Te", "trailers")
+	} else {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := transport.RoundTrip(req)
 	if err != nil {
 		t.Release(ctx.Err() == nil)
 		return nil, err
@@ -333,6 +349,11 @@ func (s *Shadower) ask(ctx context.Context, job shadowJob) ([]byte, error) {
 		return nil, fmt.Errorf("candidate answered %d", resp.StatusCode)
 	case len(answer) > maxShadowBytes:
 		return nil, fmt.Errorf("candidate answer larger than %d bytes", maxShadowBytes)
+	}
+	if job.protocol == protocolV2GRPC {
+		if st := resp.Trailer.Get("Grpc-Status"); st != "0" && resp.Header.Get("Grpc-Status") != "0" {
+			return nil, fmt.Errorf("candidate ended the call with grpc-status %q: %s", st+resp.Header.Get("Grpc-Status"), resp.Trailer.Get("Grpc-Message")+resp.Header.Get("Grpc-Message"))
+		}
 	}
 	return answer, nil
 }

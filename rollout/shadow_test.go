@@ -1,6 +1,7 @@
 package rollout_test
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"math"
@@ -40,6 +41,7 @@ func fraudManifest() *functions.Manifest {
 }
 
 type answering struct {
+	body string // the candidate's answer when not "" (startShadowRig: else invertedAnswer)
 	hits atomic.Int64
 	seen chan struct{} // gets a value per request when not nil
 	gate chan struct{} // blocks each request until closed, when not nil
@@ -74,7 +76,7 @@ type shadowRig struct {
 func startShadowRig(t *testing.T, cfg rollout.ShadowConfig, invert *answering) *shadowRig {
 	t.Helper()
 	r := &shadowRig{reg: prometheus.NewRegistry(), serving: &answering{}, invert: invert, client: &http.Client{}}
-	backend := revisionServers{"fraud-00001": r.serving.server(t, servingAnswer), "fraud-00002": invert.server(t, invertedAnswer)}
+	backend := revisionServers{"fraud-00001": r.serving.server(t, servingAnswer), "fraud-00002": invert.server(t, cmp.Or(invert.body, invertedAnswer))}
 	fns := []*functions.Manifest{fraudManifest()}
 	cfg.Functions, cfg.Backend, cfg.Registerer, cfg.Logger = fns, backend, r.reg, testbin.QuietLogger()
 	sh, err := rollout.NewShadower(cfg)
@@ -159,6 +161,30 @@ func TestShadowClientsGetOnlyTheServingAnswer(t *testing.T) {
 	r.post(t)
 	if r.shadow.Mirroring("fraud", "fraud-00001") || r.invert.hits.Load() != n {
 		t.Error("still copying after StopMirror")
+	}
+}
+
+// An answer the comparator cannot read (here a 200 whose body is not a
+// fraud answer) is incomparable: counted as such, never as failed, and a
+// rollout judging it holds instead of rolling the candidate back.
+func TestShadowIncomparableIsNotFailure(t *testing.T) {
+	r := startShadowRig(t, rollout.ShadowConfig{}, &answering{body: `{"unexpected": true}`})
+	r.shadow.Mirror("fraud", "fraud-00001", "fraud-00002", 100)
+	const n = 20
+	for range n {
+		r.post(t)
+	}
+	testbin.WaitFor(t, "every copy judged", 10*time.Second, func() bool { return r.shadow.Totals("fraud", "fraud-00002").Incomparable == n })
+	if tot := r.shadow.Totals("fraud", "fraud-00002"); tot.Failed != 0 || tot.Compared != 0 {
+		t.Errorf("totals %+v: want %d incomparable, none failed or compared", tot, n)
+	}
+	if v := testbin.Metric(t, r.reg, "pilotlight_shadow_requests_total", map[string]string{"function": "fraud", "revision": "fraud-00002", "result": "incomparable"}); v != n {
+		t.Errorf("pilotlight_shadow_requests_total{incomparable} = %v, want %d", v, n)
+	}
+	spec := rollout.Spec{Function: "fraud", To: "fraud-00002", Strategy: rollout.StrategyBlueGreen, Shadow: 50, MinRequests: 5, MinAgreement: 0.95, MaxErrorRate: 0.01}
+	verdict, check, reason := rollout.Judge(spec, rollout.Interval{ShadowIncomparable: n}, true, 0)
+	if verdict != rollout.VerdictHold || !strings.Contains(reason, "could not be compared") {
+		t.Errorf("judged %s (%s): %s; want hold, saying the copies could not be compared", verdict, check, reason)
 	}
 }
 

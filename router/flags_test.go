@@ -64,6 +64,7 @@ type flagPlatform struct {
 	rollouts *rollout.Controller
 	shadow   *rollout.Shadower
 	watcher  *flags.Watcher
+	grpcAddr string // the router's h2c listener for gRPC
 }
 
 // startFlagPlatform runs engine, flag watcher, picker, rollout controller and router, as serve does.
@@ -87,6 +88,7 @@ func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string
 	go func() { done <- eng.Run(ctx) }()
 	go func() { done <- w.Run(ctx) }()
 	ts := newTestServer(rt.Handler())
+	grpcAddr := h2cServer(t, rt.GRPCHandler(rt.Handler()))
 	t.Cleanup(func() {
 		ctl.Close()
 		shadow.Close()
@@ -96,7 +98,7 @@ func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string
 		<-done
 		<-done
 	})
-	return &flagPlatform{platform: &platform{url: ts.URL, eng: eng}, reg: reg, rollouts: ctl, shadow: shadow, watcher: w}
+	return &flagPlatform{platform: &platform{url: ts.URL, eng: eng}, grpcAddr: grpcAddr, reg: reg, rollouts: ctl, shadow: shadow, watcher: w}
 }
 
 // flagPicking builds what picks a revision by flag, as serve does: an

@@ -204,7 +204,31 @@ func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field
 			return
 		}
 	}
-	code = p.forward(w, r, fn, revision, msg, fail)
+	var keep *shadowCopy
+	if sh := p.rt.cfg.Shadow; sh != nil && call.version == "" && r.URL.Path == grpcServicePath+"ModelInfer" && sh.Mirroring(fn.Name, revision) {
+		keep = &shadowCopy{}
+	}
+	code = p.forward(w, r, fn, revision, msg, fail, keep)
+	if keep != nil && code == codes.OK && !keep.over {
+		p.rt.cfg.Shadow.Shadow(r.Context(), ShadowCall{Function: fn.Name, Revision: revision, Method: http.MethodPost, Path: r.URL.Path,
+			Body: msg, Status: http.StatusOK, Response: keep.buf.Bytes()})
+	}
+}
+
+// shadowCopy keeps a mirrored gRPC answer as it streams to the client, up
+// to maxBufferedResponse (over: not shown to Shadow, as on REST).
+type shadowCopy struct {
+	buf  bytes.Buffer
+	over bool
+}
+
+func (c *shadowCopy) Write(b []byte) (int, error) {
+	if !c.over && c.buf.Len()+len(b) <= maxBufferedResponse {
+		c.buf.Write(b)
+	} else {
+		c.over = true
+	}
+	return len(b), nil
 }
 
 // grpcView is a call's metadata as a RequestView, with the request's
@@ -393,7 +417,7 @@ func readParameterValue(b []byte) (string, error) {
 // forward acquires an instance (the activator holds the call through a
 // cold start) and proxies the message, retrying once on another instance
 // when the first could not be reached. It returns the call's final code.
-func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *functions.Manifest, revision string, msg []byte, fail func(*grpcError)) codes.Code {
+func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *functions.Manifest, revision string, msg []byte, fail func(*grpcError), keep *shadowCopy) codes.Code {
 	rt := p.rt
 	ctx, cancel := context.WithTimeout(r.Context(), rt.cfg.RequestTimeout)
 	defer cancel()
@@ -428,7 +452,7 @@ func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *function
 			rt.log.Warn("instance unreachable; retrying the gRPC call once on another instance", "function", fn.Name, "revision", revision, "err", err)
 			continue
 		}
-		code := p.copyResponse(w, resp, revision, cold)
+		code := p.copyResponse(w, resp, revision, cold, keep)
 		if rt.tr != nil {
 			ps.SetAttributes(attrGRPCStatus.Int(int(code)))
 			rt.tr.endProxy(ps, resp.StatusCode, nil)
@@ -499,7 +523,7 @@ func (p *grpcProxy) send(ctx context.Context, in *http.Request, base string, msg
 var grpcStatusKeys = []string{"Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin"}
 
 // copyResponse relays the instance's answer and returns its grpc-status.
-func (p *grpcProxy) copyResponse(w http.ResponseWriter, resp *http.Response, revision string, cold time.Duration) codes.Code {
+func (p *grpcProxy) copyResponse(w http.ResponseWriter, resp *http.Response, revision string, cold time.Duration, keep *shadowCopy) codes.Code {
 	defer resp.Body.Close()
 	h := w.Header()
 	status := map[string][]string{}
@@ -531,7 +555,11 @@ func (p *grpcProxy) copyResponse(w http.ResponseWriter, resp *http.Response, rev
 	}
 	w.WriteHeader(http.StatusOK)
 	cb := p.copyBufs.Get().(*[]byte)
-	_, copyErr := io.CopyBuffer(w, resp.Body, *cb)
+	var dst io.Writer = w
+	if keep != nil {
+		dst = io.MultiWriter(w, keep)
+	}
+	_, copyErr := io.CopyBuffer(dst, resp.Body, *cb)
 	p.copyBufs.Put(cb)
 	if copyErr != nil {
 		p.rt.log.Debug("copying gRPC response", "err", copyErr)

@@ -58,7 +58,7 @@ func (ri *recordingInstance) last() metadata.MD {
 }
 
 // h2cServer serves h over h2c on a loopback port.
-func h2cServer(t *testing.T, h http.Handler) string {
+func h2cServer(t testing.TB, h http.Handler) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

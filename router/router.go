@@ -78,12 +78,17 @@ type Picker interface {
 // request's goroutine, so it must return at once (sample, copy what it
 // keeps — the slices are reused after it returns — and hand off to its own
 // goroutine). Large streamed answers (over 64 KiB, or of unknown length)
-// are not shown to it.
+// are not shown to it. gRPC answers stream through the router, so the gRPC
+// side keeps a copy only while Mirroring says the revision is mirrored.
 type Shadow interface {
 	Shadow(ctx context.Context, call ShadowCall)
+	Mirroring(function, revision string) bool
 }
 
 // ShadowCall is one primary request and its answer, as Shadow sees it.
+// For a gRPC call Path is the method's (/inference.GRPCInferenceService/
+// ModelInfer), Body and Response are the length-prefixed messages, and
+// Status is 200 when the call ended OK.
 type ShadowCall struct {
 	Function, Revision string
 	Method, Path       string // Path as the client sent it (/functions/fraud, /v2/models/...)
