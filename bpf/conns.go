@@ -3,6 +3,7 @@ package bpf
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -88,4 +89,16 @@ func newUnexpected(at time.Time, pid uint32, l labels, c connEvent) UnexpectedCo
 // String is the log form of an unexpected connection.
 func (u UnexpectedConnection) String() string {
 	return u.Function + "/" + u.Revision + " pid " + strconv.Itoa(u.PID) + " -> " + u.Peer
+}
+
+// LatestConnections returns the last unexpected connections (newest last)
+// of each revision, keyed "function/revision".
+func (p *Probes) LatestConnections() map[string][]UnexpectedConnection {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string][]UnexpectedConnection, len(p.lastConns))
+	for k, v := range p.lastConns {
+		out[k] = slices.Clone(v)
+	}
+	return out
 }

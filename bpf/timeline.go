@@ -1,8 +1,12 @@
 package bpf
 
 import (
+	"errors"
+	"slices"
 	"sort"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // Event and mark names in a Timeline, in the order they normally happen.
@@ -151,4 +155,191 @@ func eventOrder(name string) int {
 		}
 	}
 	return 100
+}
+
+// Mark records a point of pid's cold start that only user space knows:
+// MarkRequestArrival, MarkReady, MarkSpecialiseStart. MarkReady also arms
+// the kernel side: the next accept is the cold-start request's.
+func (p *Probes) Mark(pid int, phase string, t time.Time) {
+	if pid <= 0 || phase == "" {
+		return
+	}
+	key := uint32(pid)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.done[key] {
+		return
+	}
+	// Marks are for instances the engine tracks (or whose exec was seen):
+	// a stray pid must not leave state nobody cleans up.
+	if p.instances[key] == nil && p.states[key] == nil {
+		return
+	}
+	st := p.state(key)
+	st.points[phase] = t.Round(0)
+	if phase == MarkRequestArrival {
+		return
+	}
+	// The other marks start or end an anatomy phase: take the kernel's
+	// counters as of the mark.
+	p.openTimeline(key)
+	var a anatomyEntry
+	if err := p.anatomies.Lookup(key, &a); err == nil {
+		st.snaps[phase] = a.at(p.clock.mono(t))
+	}
+	if phase != MarkReady {
+		return
+	}
+	if err := p.ready.Update(key, uint64(1), ebpf.UpdateAny); err != nil {
+		p.log.Debug("bpf: arm ready", "pid", pid, "err", err)
+	}
+	// Ready means the model is loaded: its reads are counted. The first
+	// request may come much later (an idle minimum-scale instance), and
+	// the syscall tracepoints cost every task meanwhile.
+	p.loaded(key)
+}
+
+// LatestTimelines returns the latest complete cold-start timeline of each
+// revision, keyed "function/revision".
+func (p *Probes) LatestTimelines() map[string]Timeline {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]Timeline, len(p.latest))
+	for k, v := range p.latest {
+		out[k] = v
+	}
+	return out
+}
+
+// state returns pid's open timeline, creating it.
+func (p *Probes) state(pid uint32) *timelineState {
+	st := p.states[pid]
+	if st == nil {
+		st = newTimelineState(pid)
+		if in := p.instances[pid]; in != nil {
+			st.function, st.revision = in.function, in.revision
+		}
+		p.states[pid] = st
+	}
+	return st
+}
+
+// openTimeline makes sure the kernel follows pid's listen/accept/write and
+// its anatomy even when its exec was not seen (not a child of ParentPID).
+func (p *Probes) openTimeline(pid uint32) {
+	if p.done[pid] {
+		return
+	}
+	err := p.timelines.Update(pid, [3]uint64{}, ebpf.UpdateNoExist)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		p.log.Debug("bpf: open timeline", "pid", pid, "err", err)
+	}
+	// Its threads' states are unknown until each next switches: counted
+	// blocked until then.
+	a := anatomyEntry{LastNS: p.clock.mono(time.Now())}
+	err = p.anatomies.Update(pid, a, ebpf.UpdateNoExist)
+	switch {
+	case err == nil:
+		p.bumpGen()
+	case !errors.Is(err, ebpf.ErrKeyExist):
+		p.log.Debug("bpf: open anatomy", "pid", pid, "err", err)
+	}
+}
+
+// openColdStart attaches what tracked pid's cold start needs: on_sys_exit
+// until it is ready (its model-file reads), on_wakeup until its response
+// or readyGrace after ready, and on_send_length (its response) until its
+// response.
+func (p *Probes) openColdStart(pid uint32) {
+	if p.done[pid] {
+		return
+	}
+	now := time.Now()
+	if _, ok := p.coldOpen[pid]; !ok {
+		p.coldOpen[pid] = now
+	}
+	if _, ok := p.anatOpen[pid]; !ok {
+		p.anatOpen[pid] = now.Add(maxColdStart)
+	}
+	if _, ok := p.tlOpen[pid]; !ok {
+		p.tlOpen[pid] = now.Add(maxColdStart)
+	}
+	if err := p.attach(slices.Concat([]string{wakeupProgram, modelReadProgram}, coldStartPrograms)...); err != nil {
+		p.log.Warn("bpf: attach the cold-start programs; this cold start's anatomy and model-file bytes are incomplete", "pid", pid, "err", err)
+	}
+}
+
+// loaded ends pid's loading: the syscall programs detach once no tracked
+// instance is loading, and on_wakeup readyGrace later unless the response
+// came first.
+func (p *Probes) loaded(pid uint32) {
+	delete(p.coldOpen, pid)
+	if until, ok := p.anatOpen[pid]; ok {
+		if end := time.Now().Add(readyGrace); end.Before(until) {
+			p.anatOpen[pid] = end
+		}
+		time.AfterFunc(readyGrace+10*time.Millisecond, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if !p.closed {
+				p.syncLinks()
+			}
+		})
+	}
+	p.syncLinks()
+}
+
+// closeColdStart ends pid's cold start: what it needed detaches once no
+// other needs it.
+func (p *Probes) closeColdStart(pid uint32) {
+	delete(p.coldOpen, pid)
+	delete(p.anatOpen, pid)
+	delete(p.tlOpen, pid)
+	p.syncLinks()
+}
+
+// stateIfOpen is pid's timeline, or a throwaway one when it completed already.
+func (p *Probes) stateIfOpen(pid uint32) *timelineState {
+	if p.done[pid] {
+		return newTimelineState(pid)
+	}
+	return p.state(pid)
+}
+
+// complete publishes pid's timeline and observes its phases.
+func (p *Probes) complete(pid uint32, st *timelineState) {
+	if st.done || p.done[pid] {
+		return
+	}
+	st.done = true
+	p.done[pid] = true
+	delete(p.states, pid)
+	p.closeColdStart(pid)
+	if st.function == "" {
+		p.log.Debug("bpf: timeline of an untracked pid dropped", "pid", pid)
+		return
+	}
+	tl := st.build()
+	for _, d := range phaseDefs {
+		if v, ok := tl.Phases[d.name]; ok {
+			p.coldStart.WithLabelValues(st.function, st.revision, d.name).Observe(v / 1000)
+		}
+	}
+	for _, ph := range tl.Anatomy {
+		for _, state := range anatStates {
+			p.coldStartTime.WithLabelValues(st.function, st.revision, ph.Phase, state).Observe(ph.StatesMS[state] / 1000)
+		}
+		p.coldMajFaults.WithLabelValues(st.function, st.revision, ph.Phase).Add(float64(ph.MajorFaults))
+		p.coldModelBytes.WithLabelValues(st.function, st.revision, ph.Phase).Add(float64(ph.ModelBytes))
+	}
+	p.latest[st.function+"/"+st.revision] = tl
+	p.log.Debug("bpf: cold start timeline", "function", st.function, "revision", st.revision, "pid", pid, "phases_ms", tl.Phases)
+}
+
+func (s *timelineState) execTime() (time.Time, bool) {
+	if s == nil {
+		return time.Time{}, false
+	}
+	t, ok := s.points[EventExec]
+	return t, ok
 }

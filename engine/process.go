@@ -1,27 +1,22 @@
 package engine
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/pilotlight/pilotlight/internal/listener"
 )
 
 type state int32
@@ -286,106 +281,7 @@ func (e *Engine) spawn(in *Process, args, env []string) error {
 	}
 }
 
-// fold copies a child's output into the platform log, labelled with the
-// function and revision it serves; the first listening line gives its address.
-func (e *Engine) fold(in *Process, r io.Reader, addrc chan<- string) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if addrc != nil && strings.HasPrefix(line, listener.ReadyPrefix) {
-			addrc <- strings.TrimSpace(strings.TrimPrefix(line, listener.ReadyPrefix))
-			addrc = nil
-			continue
-		}
-		target := in
-		in.mu.Lock()
-		if in.adoptedBy != nil {
-			target = in.adoptedBy
-		}
-		in.mu.Unlock()
-		l := target.labels.Load()
-		fn, rev := "", ""
-		if l != nil {
-			fn, rev = l[0], l[1]
-		}
-		level, msg, attrs := parseRecord(line)
-		if level >= slog.LevelWarn || strings.HasPrefix(line, "Error:") {
-			words := msg
-			for _, a := range attrs {
-				if a.Key == "err" {
-					words += ": " + a.Value.String()
-				}
-			}
-			in.lastWords.Store(&words)
-		}
-		attrs = append(attrs, slog.String("function", fn), slog.String("revision", rev), slog.Int("pid", in.pid))
-		e.log.LogAttrs(context.Background(), level, msg, attrs...)
-	}
-	// A line too long for the scanner ends the loop: keep reading, so the
-	// child never blocks on a full pipe and its exit is still seen.
-	_, _ = io.Copy(io.Discard, r)
-}
-
-// parseRecord reads one JSON log record of a child (PILOTLIGHT_LOG_FORMAT=json);
-// anything else (ONNX Runtime's own prints) is passed on as a plain message.
-func parseRecord(line string) (slog.Level, string, []slog.Attr) {
-	var rec map[string]any
-	if !strings.HasPrefix(line, "{") || json.Unmarshal([]byte(line), &rec) != nil {
-		return slog.LevelInfo, strings.TrimSpace(line), []slog.Attr{slog.String("source", "instance")}
-	}
-	var level slog.Level
-	if s, ok := rec["level"].(string); ok {
-		_ = level.UnmarshalText([]byte(s))
-	}
-	msg, _ := rec["msg"].(string)
-	attrs := []slog.Attr{slog.String("source", "instance")}
-	for k, v := range rec {
-		switch k {
-		case "time", "level", "msg", "function", "revision":
-			continue
-		}
-		attrs = append(attrs, slog.Any(k, v))
-	}
-	return level, msg, attrs
-}
-
 var readyClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-
-// waitReady polls GET /v2/health/ready until 200, the process exits, or StartTimeout.
-func (e *Engine) waitReady(in *Process) error {
-	deadline := time.Now().Add(e.cfg.StartTimeout)
-	wait := 500 * time.Microsecond
-	url := "http://" + in.addr + "/v2/health/ready"
-	var last string
-	for time.Now().Before(deadline) {
-		if !in.alive() {
-			return fmt.Errorf("runtime process %d exited while starting%s", in.pid, in.said())
-		}
-		resp, err := readyClient.Get(url)
-		if err == nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = strings.TrimSpace(string(body))
-			if strings.Contains(last, "failed to load") {
-				return fmt.Errorf("%s", last)
-			}
-		} else {
-			last = err.Error()
-		}
-		select {
-		case <-time.After(wait):
-		case <-in.exited:
-		}
-		if wait < 2*time.Millisecond { // a cap of 20 ms added up to 20 ms to an exec cold start (ready at 60 ms, seen at 71.5)
-			wait *= 2
-		}
-	}
-	return fmt.Errorf("not ready within %s: %s", e.cfg.StartTimeout, last)
-}
 
 // specialise asks a generic pool process to load r's model.
 func (e *Engine) specialise(in *Process, r *revision) error {
@@ -484,42 +380,3 @@ func errString(err error) string {
 }
 
 var liveClient = &http.Client{Timeout: 2 * time.Second}
-
-// checkLiveness asks every ready instance GET /v2/health/live, each in its
-// own goroutine so a hung one delays nothing. An instance that misses
-// livenessFailures checks in a row is hung, not crashed (its process is
-// still there): it is killed, and the autoscaler starts a replacement.
-func (e *Engine) checkLiveness() {
-	for _, r := range e.order {
-		for _, in := range r.snapshotInstances() {
-			if in.getState() != stateReady || !in.checking.CompareAndSwap(false, true) {
-				continue
-			}
-			go func(r *revision, in *Process) {
-				defer in.checking.Store(false)
-				resp, err := liveClient.Get("http://" + in.addr + "/v2/health/live")
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode == http.StatusOK {
-						in.missed.Store(0)
-						return
-					}
-				}
-				if in.missed.Add(1) < livenessFailures || in.getState() != stateReady {
-					return
-				}
-				e.log.Error("instance stopped answering its liveness check; killing it so it is replaced",
-					"function", r.fn.Name, "revision", r.rev.Name, "pid", in.pid, "missed", livenessFailures, "err", err)
-				// Its exit is then counted as a crash: it failed, the engine only ended it.
-				in.setState(stateFailed)
-				in.mu.Lock()
-				cmd := in.cmd
-				in.mu.Unlock()
-				if cmd != nil && cmd.Process != nil {
-					_ = cmd.Process.Kill()
-				}
-			}(r, in)
-		}
-	}
-}
