@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/pilotlight/pilotlight/functions"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
@@ -166,7 +165,7 @@ func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field
 	buf.Reset()
 	defer p.bufs.Put(buf)
 	a := admission{authorization: r.Header.Get("Authorization"), apiKey: r.Header.Get(auth.HeaderAPIKey), remoteIP: remoteHost(r.RemoteAddr)}
-	var call modelCall
+	var call pb.ModelCall
 	var msg []byte
 	if gerr := p.readMessage(r, buf); gerr != nil {
 		a.malformed = gerr
@@ -174,15 +173,15 @@ func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field
 		msg = buf.Bytes()
 		a.bodyBytes = int64(len(msg) - pb.FrameHeaderBytes)
 		var err error
-		switch call, err = readModelCall(msg[pb.FrameHeaderBytes:]); {
+		switch call, err = pb.ReadModelCall(msg[pb.FrameHeaderBytes:]); {
 		case err != nil:
 			a.malformed = grpcErrorf(codes.InvalidArgument, "malformed request: %v", err)
-		case call.name == "":
+		case call.Name == "":
 			a.malformed = grpcErrorf(codes.InvalidArgument, "%s is required: it names the function", field)
 		}
-		a.function = call.name
+		a.function = call.Name
 	}
-	if fn, ok := p.rt.fns[call.name]; ok {
+	if fn, ok := p.rt.fns[call.Name]; ok {
 		fnName = fn.Name // counted in the metrics even when refused, as REST counts it
 	}
 	fn, slot, err := p.rt.admit(&a)
@@ -191,21 +190,21 @@ func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field
 		return
 	}
 	defer slot.Release()
-	if call.version != "" {
-		if _, ok := fn.Revision(call.version); !ok {
-			fail(grpcErrorf(codes.NotFound, "function %s has no revision %q", fn.Name, call.version))
+	if call.Version != "" {
+		if _, ok := fn.Revision(call.Version); !ok {
+			fail(grpcErrorf(codes.NotFound, "function %s has no revision %q", fn.Name, call.Version))
 			return
 		}
-		revision = call.version
+		revision = call.Version
 	} else {
 		// The targeting key: metadata x-user-id, else the request's user_id parameter.
-		if revision, err = p.rt.cfg.Picker.Pick(r.Context(), fn, grpcView{httpView{r}, call.userID}, nil); err != nil {
+		if revision, err = p.rt.cfg.Picker.Pick(r.Context(), fn, grpcView{httpView{r}, call.UserID}, nil); err != nil {
 			fail(grpcErrorFor(err))
 			return
 		}
 	}
 	var keep *shadowCopy
-	if sh := p.rt.cfg.Shadow; sh != nil && call.version == "" && r.URL.Path == grpcServicePath+"ModelInfer" && sh.Mirroring(fn.Name, revision) {
+	if sh := p.rt.cfg.Shadow; sh != nil && call.Version == "" && r.URL.Path == grpcServicePath+"ModelInfer" && sh.Mirroring(fn.Name, revision) {
 		keep = &shadowCopy{}
 	}
 	code = p.forward(w, r, fn, revision, msg, fail, keep)
@@ -301,117 +300,6 @@ func (p *grpcProxy) readMessage(r *http.Request, buf *bytes.Buffer) *grpcError {
 		return grpcErrorf(codes.InvalidArgument, "a unary call carries one message; more followed")
 	}
 	return nil
-}
-
-// modelCall is what routing needs from a request message.
-type modelCall struct {
-	name, version, userID string
-}
-
-// readModelCall walks the top level of the message: fields 1 and 2 (the
-// model's name and version in ModelInferRequest, ModelMetadataRequest and
-// ModelReadyRequest alike) and, in field 4 (ModelInferRequest.parameters),
-// the entry "user_id". Tensors (fields 5-7) are skipped, not decoded.
-func readModelCall(b []byte) (modelCall, error) {
-	var c modelCall
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return c, protowire.ParseError(n)
-		}
-		b = b[n:]
-		if typ == protowire.BytesType && (num == 1 || num == 2 || num == 4) {
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return c, fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
-			}
-			b = b[n:]
-			switch num {
-			case 1:
-				c.name = string(v)
-			case 2:
-				c.version = string(v)
-			case 4:
-				key, val, err := readParameter(v)
-				if err != nil {
-					return c, fmt.Errorf("parameters: %w", err)
-				}
-				if key == "user_id" && val != "" {
-					c.userID = val
-				}
-			}
-			continue
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return c, fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
-		}
-		b = b[n:]
-	}
-	return c, nil
-}
-
-// readParameter reads one map<string, InferParameter> entry: the key, and
-// the value when it is a string_param (3) or an int64_param (2).
-func readParameter(b []byte) (key, val string, err error) {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return "", "", protowire.ParseError(n)
-		}
-		b = b[n:]
-		if typ == protowire.BytesType && (num == 1 || num == 2) {
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return "", "", protowire.ParseError(n)
-			}
-			b = b[n:]
-			if num == 1 {
-				key = string(v)
-				continue
-			}
-			if val, err = readParameterValue(v); err != nil {
-				return "", "", err
-			}
-			continue
-		}
-		if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
-			return "", "", protowire.ParseError(n)
-		}
-		b = b[n:]
-	}
-	return key, val, nil
-}
-
-func readParameterValue(b []byte) (string, error) {
-	val := ""
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return "", protowire.ParseError(n)
-		}
-		b = b[n:]
-		switch {
-		case num == 3 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return "", protowire.ParseError(n)
-			}
-			val, b = string(v), b[n:]
-		case num == 2 && typ == protowire.VarintType:
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return "", protowire.ParseError(n)
-			}
-			val, b = strconv.FormatInt(int64(v), 10), b[n:]
-		default:
-			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
-				return "", protowire.ParseError(n)
-			}
-			b = b[n:]
-		}
-	}
-	return val, nil
 }
 
 // forward acquires an instance (the activator holds the call through a

@@ -2,6 +2,7 @@ package inference
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"net/http"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // Wire helpers for the places that answer or route gRPC over HTTP/2 before
@@ -159,4 +161,116 @@ func WriteMessage(w http.ResponseWriter, msg []byte) error {
 	_, err := w.Write(msg)
 	h.Set(http.TrailerPrefix+"Grpc-Status", "0")
 	return err
+}
+
+// ModelCall is what routing needs from a request message that names a
+// model (ModelInferRequest, ModelMetadataRequest, ModelReadyRequest).
+type ModelCall struct {
+	Name, Version, UserID string
+}
+
+// ReadModelCall walks the top level of the message: fields 1 and 2 (the
+// model's name and version in ModelInferRequest, ModelMetadataRequest and
+// ModelReadyRequest alike) and, in field 4 (ModelInferRequest.parameters),
+// the entry "user_id". Tensors (fields 5-7) are skipped, not decoded.
+func ReadModelCall(b []byte) (ModelCall, error) {
+	var c ModelCall
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return c, protowire.ParseError(n)
+		}
+		b = b[n:]
+		if typ == protowire.BytesType && (num == 1 || num == 2 || num == 4) {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return c, fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
+			}
+			b = b[n:]
+			switch num {
+			case 1:
+				c.Name = string(v)
+			case 2:
+				c.Version = string(v)
+			case 4:
+				key, val, err := readParameter(v)
+				if err != nil {
+					return c, fmt.Errorf("parameters: %w", err)
+				}
+				if key == "user_id" && val != "" {
+					c.UserID = val
+				}
+			}
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return c, fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
+		}
+		b = b[n:]
+	}
+	return c, nil
+}
+
+// readParameter reads one map<string, InferParameter> entry: the key, and
+// the value when it is a string_param (3) or an int64_param (2).
+func readParameter(b []byte) (key, val string, err error) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return "", "", protowire.ParseError(n)
+		}
+		b = b[n:]
+		if typ == protowire.BytesType && (num == 1 || num == 2) {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return "", "", protowire.ParseError(n)
+			}
+			b = b[n:]
+			if num == 1 {
+				key = string(v)
+				continue
+			}
+			if val, err = readParameterValue(v); err != nil {
+				return "", "", err
+			}
+			continue
+		}
+		if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+			return "", "", protowire.ParseError(n)
+		}
+		b = b[n:]
+	}
+	return key, val, nil
+}
+
+func readParameterValue(b []byte) (string, error) {
+	val := ""
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return "", protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch {
+		case num == 3 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return "", protowire.ParseError(n)
+			}
+			val, b = string(v), b[n:]
+		case num == 2 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return "", protowire.ParseError(n)
+			}
+			val, b = strconv.FormatInt(int64(v), 10), b[n:]
+		default:
+			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+				return "", protowire.ParseError(n)
+			}
+			b = b[n:]
+		}
+	}
+	return val, nil
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 )
 
 func TestParseTimeout(t *testing.T) {
@@ -33,5 +34,33 @@ func TestWriteStatusEncodesTheMessage(t *testing.T) {
 	}
 	if w.Code != 200 || w.Header().Get("Content-Type") != "application/grpc" {
 		t.Errorf("status %d, content-type %q", w.Code, w.Header().Get("Content-Type"))
+	}
+}
+
+// TestReadModelCall reads the name, version and user_id parameter of a
+// request message without decoding its tensors, as protobuf itself would.
+func TestReadModelCall(t *testing.T) {
+	for _, tt := range []struct {
+		req  *ModelInferRequest
+		want ModelCall
+	}{
+		{&ModelInferRequest{ModelName: "fraud", ModelVersion: "fraud-00002", Parameters: map[string]*InferParameter{
+			"user_id": {ParameterChoice: &InferParameter_StringParam{StringParam: "u-7"}}}}, ModelCall{"fraud", "fraud-00002", "u-7"}},
+		{&ModelInferRequest{ModelName: "recommend", Parameters: map[string]*InferParameter{
+			"user_id": {ParameterChoice: &InferParameter_Int64Param{Int64Param: 42}}, "other": {ParameterChoice: &InferParameter_StringParam{StringParam: "x"}}},
+			RawInputContents: [][]byte{make([]byte, 64)}}, ModelCall{"recommend", "", "42"}},
+		{&ModelInferRequest{}, ModelCall{}},
+	} {
+		b, err := proto.Marshal(tt.req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ReadModelCall(b)
+		if err != nil || got != tt.want {
+			t.Errorf("ReadModelCall = %+v, %v; want %+v", got, err, tt.want)
+		}
+	}
+	if _, err := ReadModelCall([]byte{0x0a, 0x05, 'a'}); err == nil {
+		t.Error("a truncated name was read")
 	}
 }
