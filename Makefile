@@ -31,11 +31,9 @@ run: build ort ## start the platform on 127.0.0.1:8080 (local development: auth 
 	@mkdir -p .cache/run && cp config/flags/flags.json .cache/run/flags.json
 	./$(BIN) serve --dev --addr 127.0.0.1:8080 --flags .cache/run/flags.json $(ARGS)
 
-STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-
-vet: ## go vet, staticcheck (pinned; `go run pkg@version` keeps it out of go.mod) and gofmt
+vet: ## go vet, staticcheck (pinned by its tool directive in go.mod) and gofmt
 	$(GO) vet ./...
-	$(GO) run $(STATICCHECK) ./...
+	$(GO) tool staticcheck ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 
 test: ort vet bpf-check proto-check ## everything CI runs
