@@ -7,7 +7,7 @@ ARGS    ?=
 ORT_LIB := .cache/onnxruntime/1.24.1/libonnxruntime.so.1
 export CGO_ENABLED := 1
 
-.PHONY: all build ort models run test test-short vet fmt bench bpf bpf-check proto proto-check loadtest manifests clean bpf-overhead cluster-test jaeger jaeger-bin trace-check bench-tracing
+.PHONY: all help deps build ort models run test test-unit vet bench bpf-overhead bpf bpf-check proto proto-check loadtest cluster-test manifests jaeger jaeger-bin trace-check bench-tracing clean
 
 # Tracing is configured by the standard OTEL_* variables. make hands them to
 # every recipe, from the environment or its own command line
@@ -16,6 +16,12 @@ export CGO_ENABLED := 1
 JAEGER  := bin/jaeger
 
 all: build
+
+help: ## list the targets and what each does
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+deps: ## install the Debian packages in hack/deps/*.apt that are missing (as root; otherwise print the apt-get command and fail)
+	./hack/install-deps.sh
 
 build: ## build bin/pilotlight (the platform CLI) and bin/pilotlight-runtime (what instances run; serve finds it beside itself)
 	$(GO) build -trimpath -o bin/ ./cmd/pilotlight ./cmd/pilotlight-runtime
@@ -36,18 +42,27 @@ vet: ## go vet, staticcheck (pinned by its tool directive in go.mod) and gofmt
 	$(GO) tool staticcheck ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 
-test: ort vet bpf-check proto-check ## everything CI runs
+# The fast tier: packages whose tests need neither ONNX Runtime nor root
+# (checked with ONNXRUNTIME_LIB unset and no .cache/onnxruntime). The rest
+# start instances with warm sessions, load eBPF programs or drive a browser.
+UNIT_PKGS := ./internal/atomicfile/ ./internal/frame/ ./internal/telemetry/ ./internal/loadgen/ \
+	./flags/ ./functions/ ./functions/all/ ./proto/inference/ ./runtime/batch/ ./router/auth/ \
+	./router/ratelimit/ ./engine/activator/ ./engine/autoscaler/ ./rollout/ ./knative/ ./bpf/agent/
+
+test-unit: ## the fast tier: no ONNX Runtime, no root, under a minute (.ci/run runs it first)
+	$(GO) test -count=1 -timeout 5m $(UNIT_PKGS)
+
+test: deps ort vet bpf-check proto-check ## everything CI runs; installs missing Debian packages first (make deps)
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 15m ./runtime/... ./router/... ./bpf/...
-	$(MAKE) bpf-overhead
 
-bpf-overhead: build ort ## print the eBPF probes' overhead ratios and cold-start anatomy (printed, not asserted)
-	./$(BIN) bench ebpf --duration 3s
-
-bench: build ort ## speed figures (numbers go into README); the hop puts nginx and haproxy (hack/deps/bench.apt) beside the router
+bench: deps build ort ## speed figures (docs/benchmarks.md), the eBPF overhead among them; the hop puts nginx and haproxy (hack/deps/bench.apt) beside the router
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./runtime/ort/ ./flags/
 	$(GO) test -run '^$$' -bench BenchmarkProxyAllocs -benchtime 2000x ./router/
 	./$(BIN) bench all
+
+bpf-overhead: build ort ## only the eBPF figure of make bench: the probes' overhead and cold-start anatomy (root; printed, not asserted)
+	./$(BIN) bench ebpf --duration 3s
 
 bpf: ## regenerate the eBPF objects and bindings (needs clang, llvm, libbpf-dev, bpftool: hack/deps/bpf.apt)
 	./hack/bpf-gen.sh
@@ -55,7 +70,7 @@ bpf: ## regenerate the eBPF objects and bindings (needs clang, llvm, libbpf-dev,
 bpf-check: ## fail if the committed eBPF objects differ from their sources
 	./hack/bpf-check.sh
 
-proto: ## regenerate proto/inference's Go code (Debian's protoc from hack/deps/proto.apt; Go plugins at pinned versions)
+proto: ## regenerate proto/inference's Go code (Debian's protoc from hack/deps/proto.apt; Go plugins pinned in go.mod)
 	./hack/proto-gen.sh
 
 proto-check: ## fail if the committed gRPC code differs from what proto/inference/*.proto generates
@@ -83,5 +98,5 @@ trace-check: jaeger-bin ort ## one request with a traceparent through serve; Jae
 bench-tracing: jaeger-bin ort ## throughput through serve with tracing off, 1% and 100% sampled into Jaeger, interleaved rounds
 	JAEGER_BIN=$(CURDIR)/$(JAEGER) $(GO) test -count=1 -tags jaeger -run TestTracingThroughput -v -timeout 20m ./internal/telemetry/
 
-clean:
+clean: ## remove bin/ (the .cache folder with ONNX Runtime and the cluster build stays)
 	rm -rf bin

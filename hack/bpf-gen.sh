@@ -7,8 +7,8 @@
 #   ./hack/bpf-gen.sh --deps      only check that the tools are there
 #
 # Needs Debian's clang, llvm (llvm-strip), libbpf-dev and bpftool (listed in
-# hack/deps/bpf.apt); when one is missing it says which and stops, since
-# make targets never run apt-get. The committed objects are built with Debian 12's clang 14;
+# hack/deps/bpf.apt; `make deps` installs them); when one is missing it says
+# which and stops. The committed objects are built with Debian 12's clang 14;
 # another clang produces different bytes (./hack/bpf-check.sh would say so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
