@@ -107,7 +107,9 @@ func TestScanRealProc(t *testing.T) {
 	if err := os.WriteFile(bin, raw, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--generic")
+	// No arguments: yes(1) would parse an option such as --generic, refuse it
+	// and exit, and a zombie's cmdline is empty, so Scan would miss it.
+	cmd := exec.Command(bin)
 	cmd.Env = []string{"K_SERVICE=fraud", "K_REVISION=fraud-00001"}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
