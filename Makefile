@@ -47,7 +47,8 @@ vet: ## go vet, staticcheck (pinned by its tool directive in go.mod) and gofmt
 # start instances with warm sessions, load eBPF programs or drive a browser.
 UNIT_PKGS := ./internal/atomicfile/ ./internal/frame/ ./internal/telemetry/ ./internal/loadgen/ \
 	./flags/ ./functions/ ./functions/all/ ./proto/inference/ ./runtime/batch/ ./router/auth/ \
-	./router/ratelimit/ ./engine/activator/ ./engine/autoscaler/ ./rollout/ ./knative/ ./bpf/agent/
+	./router/ratelimit/ ./engine/activator/ ./engine/autoscaler/ ./rollout/ ./knative/ ./admin/ \
+	./bpf/agent/
 
 test-unit: ## the fast tier: no ONNX Runtime, no root, under a minute (.ci/run runs it first)
 	$(GO) test -count=1 -timeout 5m $(UNIT_PKGS)
