@@ -188,7 +188,10 @@ func Judge(s Spec, in Interval, onShadow bool, weight int) (verdict, check, reas
 	if sent := in.Compared + in.ShadowFailed; sent > 0 && in.ShadowFailed/sent > s.MaxErrorRate {
 		return VerdictRollback, CheckShadow, fmt.Sprintf("%.0f of %.0f shadow requests failed (%.4f > %.4f)", in.ShadowFailed, sent, in.ShadowFailed/sent, s.MaxErrorRate)
 	}
-	needShadow := onShadow || s.gated()
+	// The prediction gates judge shadow copies of the serving revision's
+	// traffic; at 100% the candidate serves it all and nothing is left to
+	// copy, so the gates judged the steps before and do not hold this one.
+	needShadow := onShadow || (s.gated() && weight < 100)
 	if needShadow && in.Compared >= float64(s.MinRequests) {
 		if s.MinAgreement > 0 && in.Agreement() < s.MinAgreement {
 			return VerdictRollback, CheckAgreement, fmt.Sprintf("agreement %.4f over %.0f compared answers is below %.4f", in.Agreement(), in.Compared, s.MinAgreement)
