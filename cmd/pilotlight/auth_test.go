@@ -20,7 +20,7 @@ import (
 // function call needs a key allowed for that function, keys are rate
 // limited, and /metrics and /admin are only on the admin listener.
 func TestServeAuthenticatesOutsideDevelopment(t *testing.T) {
-	bin := buildBinary(t)
+	bin := testbin.Pilotlight(t)
 	client, _ := auth.NewKey()
 	ops, _ := auth.NewKey()
 	keysFile := filepath.Join(t.TempDir(), "keys.yaml")

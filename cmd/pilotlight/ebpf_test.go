@@ -78,7 +78,7 @@ func TestServeWithEBPF(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("eBPF probes need root (CAP_BPF and CAP_PERFMON); this test process is not root")
 	}
-	bin := buildBinary(t)
+	bin := testbin.Pilotlight(t)
 	url, log := startServeAs(t, bin, nil)
 	for i := 0; i < 20; i++ {
 		req, _ := http.NewRequest(http.MethodPost, url+"/functions/fraud", strings.NewReader(fraudTx))
@@ -202,7 +202,7 @@ func TestServeWithoutBPFPrivilegeKeepsServing(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to start serve as an unprivileged user")
 	}
-	bin := buildBinary(t)
+	bin := testbin.Pilotlight(t)
 	dir := filepath.Dir(bin)
 	os.Chmod(dir, 0o755)
 	os.Chmod(filepath.Dir(dir), 0o755)

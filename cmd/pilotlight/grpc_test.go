@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pilotlight/pilotlight/functions/fraud"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/router/auth"
 )
@@ -66,7 +67,7 @@ func oneRow(t *testing.T, c pb.GRPCInferenceServiceClient, model string) *pb.Mod
 // x-user-id (and by the user_id parameter), bad input answered with codes,
 // and authentication on.
 func TestServeGRPC(t *testing.T) {
-	bin := buildBinary(t)
+	bin := testbin.Pilotlight(t)
 	flagsFile := filepath.Join(t.TempDir(), "flags.json")
 	if err := os.WriteFile(flagsFile, []byte(`{"flags": {"fraud-revision": {"state": "ENABLED",
 		"variants": {"stable": "fraud-00001", "canary": "fraud-00002"}, "defaultVariant": "stable",

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/pilotlight/pilotlight/functions/fraud"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 )
 
 // TestRolloutCLIAsAUserRunsIt runs the real binary as the README tells a
@@ -20,7 +21,7 @@ import (
 // table and as JSON, `abort`, a blue-green rollout with shadow traffic and
 // gates, and `undo`.
 func TestRolloutCLIAsAUserRunsIt(t *testing.T) {
-	bin := buildBinary(t)
+	bin := testbin.Pilotlight(t)
 	root, _ := filepath.Abs("../..")
 	committed, err := os.ReadFile(filepath.Join(root, "config", "flags", "flags.json"))
 	if err != nil {

@@ -14,18 +14,8 @@ import (
 	"time"
 
 	"github.com/pilotlight/pilotlight/internal/bench"
+	"github.com/pilotlight/pilotlight/internal/testbin"
 )
-
-// buildBinary builds the real pilotlight binary for end-to-end tests.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "pilotlight")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
 
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -67,7 +57,7 @@ func startServe(t *testing.T, bin string, args ...string) (*exec.Cmd, string) {
 }
 
 func TestServeLeavesNoOrphans(t *testing.T) {
-	bin := buildBinary(t)
+	bin := testbin.Pilotlight(t)
 	for _, tc := range []struct {
 		name string
 		sig  syscall.Signal
