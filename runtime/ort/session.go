@@ -1,6 +1,7 @@
 package ort
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -64,22 +65,51 @@ func convertInfo(infos []onnx.InputOutputInfo) []IO {
 	return out
 }
 
-func datatypeOf(t onnx.TensorElementDataType) tensor.Datatype {
-	switch t {
-	case onnx.TensorElementDataTypeFloat:
-		return tensor.FP32
-	case onnx.TensorElementDataTypeDouble:
-		return tensor.FP64
-	case onnx.TensorElementDataTypeInt64:
-		return tensor.INT64
-	case onnx.TensorElementDataTypeInt32:
-		return tensor.INT32
-	case onnx.TensorElementDataTypeBool:
-		return tensor.BOOL
-	case onnx.TensorElementDataTypeString:
-		return tensor.BYTES
+// elementTypes maps ONNX element types to the V2 datatypes the runtime serves.
+var elementTypes = map[onnx.TensorElementDataType]tensor.Datatype{
+	onnx.TensorElementDataTypeFloat16: tensor.FP16, onnx.TensorElementDataTypeBFloat16: tensor.BF16,
+	onnx.TensorElementDataTypeFloat: tensor.FP32, onnx.TensorElementDataTypeDouble: tensor.FP64,
+	onnx.TensorElementDataTypeInt8: tensor.INT8, onnx.TensorElementDataTypeInt16: tensor.INT16,
+	onnx.TensorElementDataTypeInt32: tensor.INT32, onnx.TensorElementDataTypeInt64: tensor.INT64,
+	onnx.TensorElementDataTypeUint8: tensor.UINT8, onnx.TensorElementDataTypeUint16: tensor.UINT16,
+	onnx.TensorElementDataTypeUint32: tensor.UINT32, onnx.TensorElementDataTypeUint64: tensor.UINT64,
+	onnx.TensorElementDataTypeBool: tensor.BOOL, onnx.TensorElementDataTypeString: tensor.BYTES,
+}
+
+func datatypeOf(t onnx.TensorElementDataType) tensor.Datatype { return elementTypes[t] }
+
+// checkServable says why the runtime cannot serve io ("" when it can):
+// its element type has no V2 name, or onnxruntime_go (v1.27) cannot build
+// or read back a value of that type and shape. Refusing at load names the
+// tensor; the same limit met at the first request would only be a 500.
+func checkServable(io IO, output bool) string {
+	switch {
+	case io.Datatype == "":
+		return fmt.Sprintf("element type %s has no Open Inference Protocol datatype the runtime serves (%s)", io.ONNXType, datatypeList())
+	case len(io.Shape) == 0 && (io.Datatype == tensor.BYTES || io.Datatype == tensor.FP16 || io.Datatype == tensor.BF16):
+		return fmt.Sprintf("is a rank-0 %s scalar, which onnxruntime_go cannot build", io.Datatype)
+	case output && (io.Datatype == tensor.FP16 || io.Datatype == tensor.BF16) && !static(io.Shape):
+		return fmt.Sprintf("is %s with dynamic shape %v: onnxruntime_go reads back only 16-bit float outputs whose shape the model fixes", io.Datatype, io.Shape)
 	}
 	return ""
+}
+
+func datatypeList() string {
+	names := make([]string, len(tensor.Datatypes))
+	for i, dt := range tensor.Datatypes {
+		names[i] = string(dt)
+	}
+	return strings.Join(names, ", ")
+}
+
+// static reports whether every dimension of shape is fixed.
+func static(shape []int64) bool {
+	for _, d := range shape {
+		if d < 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // NewSession creates a session for the model at path. With Provider "auto" it
@@ -93,9 +123,13 @@ func NewSession(path string, opts Options) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, io := range append(append([]IO{}, inputs...), outputs...) {
-		if io.Datatype == "" {
-			return nil, fmt.Errorf("model %s: tensor %q has element type %s, which the runtime does not serve (FP32, FP64, INT64, INT32, BOOL, BYTES)", path, io.Name, io.ONNXType)
+	for i, io := range append(append([]IO{}, inputs...), outputs...) {
+		kind := "input"
+		if i >= len(inputs) {
+			kind = "output"
+		}
+		if why := checkServable(io, kind == "output"); why != "" {
+			return nil, fmt.Errorf("model %s: %s %q %s", path, kind, io.Name, why)
 		}
 	}
 	so, err := onnx.NewSessionOptions()
@@ -211,6 +245,20 @@ func (s *Session) Run(inputs []*tensor.Tensor) (map[string]*tensor.Tensor, error
 		values[i] = v
 	}
 	outs := make([]onnx.Value, len(s.outputs))
+	defer func() {
+		for _, v := range outs {
+			if v != nil {
+				v.Destroy()
+			}
+		}
+	}()
+	for i, io := range s.outputs {
+		v, err := preallocate(io)
+		if err != nil {
+			return nil, fmt.Errorf("output %q: %w", io.Name, err)
+		}
+		outs[i] = v
+	}
 	if err := s.s.Run(values, outs); err != nil {
 		return nil, err
 	}
@@ -220,8 +268,7 @@ func (s *Session) Run(inputs []*tensor.Tensor) (map[string]*tensor.Tensor, error
 		if v == nil {
 			continue
 		}
-		t, err := fromValue(s.outputs[i].Name, v)
-		v.Destroy()
+		t, err := fromValue(s.outputs[i], v)
 		if err != nil && firstErr == nil {
 			firstErr = err
 		}
@@ -230,19 +277,41 @@ func (s *Session) Run(inputs []*tensor.Tensor) (map[string]*tensor.Tensor, error
 	return result, firstErr
 }
 
+// toValue builds ONNX Runtime's value for t: a scalar for rank 0 (ONNX
+// Runtime refuses a tensor with no dimensions), raw little-endian bytes for
+// the 16-bit floats, which onnxruntime_go has no Go type for.
 func toValue(t *tensor.Tensor) (onnx.Value, error) {
+	if len(t.Shape) == 0 {
+		return scalarValue(t)
+	}
 	shape := onnx.NewShape(t.Shape...)
 	switch d := t.Data.(type) {
+	case []tensor.Float16:
+		return onnx.NewCustomDataTensor(shape, halfBytes(d), onnx.TensorElementDataTypeFloat16)
+	case []tensor.BFloat16:
+		return onnx.NewCustomDataTensor(shape, halfBytes(d), onnx.TensorElementDataTypeBFloat16)
 	case []float32:
-		return onnx.NewTensor(shape, d)
+		return newTensor(shape, d)
 	case []float64:
-		return onnx.NewTensor(shape, d)
-	case []int64:
-		return onnx.NewTensor(shape, d)
+		return newTensor(shape, d)
+	case []int8:
+		return newTensor(shape, d)
+	case []int16:
+		return newTensor(shape, d)
 	case []int32:
-		return onnx.NewTensor(shape, d)
+		return newTensor(shape, d)
+	case []int64:
+		return newTensor(shape, d)
+	case []uint8:
+		return newTensor(shape, d)
+	case []uint16:
+		return newTensor(shape, d)
+	case []uint32:
+		return newTensor(shape, d)
+	case []uint64:
+		return newTensor(shape, d)
 	case []bool:
-		return onnx.NewTensor(shape, d)
+		return newTensor(shape, d)
 	case []string:
 		st, err := onnx.NewStringTensor(shape)
 		if err != nil {
@@ -257,27 +326,191 @@ func toValue(t *tensor.Tensor) (onnx.Value, error) {
 	return nil, fmt.Errorf("tensor %q: unsupported data %T", t.Name, t.Data)
 }
 
-func fromValue(name string, v onnx.Value) (*tensor.Tensor, error) {
+// newTensor wraps onnx.NewTensor so a zero-element tensor (a dimension of
+// 0) gets a backing array: onnxruntime_go takes the address of data[0].
+func newTensor[T onnx.TensorData](shape onnx.Shape, d []T) (onnx.Value, error) {
+	if len(d) == 0 {
+		return onnx.NewTensor(shape, make([]T, 1))
+	}
+	return onnx.NewTensor(shape, d)
+}
+
+func scalarValue(t *tensor.Tensor) (onnx.Value, error) {
+	if t.Len() != 1 {
+		return nil, fmt.Errorf("tensor %q: a scalar holds one value, got %d", t.Name, t.Len())
+	}
+	switch d := t.Data.(type) {
+	case []float32:
+		return onnx.NewScalar(d[0])
+	case []float64:
+		return onnx.NewScalar(d[0])
+	case []int8:
+		return onnx.NewScalar(d[0])
+	case []int16:
+		return onnx.NewScalar(d[0])
+	case []int32:
+		return onnx.NewScalar(d[0])
+	case []int64:
+		return onnx.NewScalar(d[0])
+	case []uint8:
+		return onnx.NewScalar(d[0])
+	case []uint16:
+		return onnx.NewScalar(d[0])
+	case []uint32:
+		return onnx.NewScalar(d[0])
+	case []uint64:
+		return onnx.NewScalar(d[0])
+	case []bool:
+		return onnx.NewScalar(d[0])
+	}
+	return nil, fmt.Errorf("tensor %q: a rank-0 %s cannot be built by onnxruntime_go", t.Name, t.Datatype)
+}
+
+// preallocate makes the value ONNX Runtime writes output io into when
+// onnxruntime_go could not wrap the one ONNX Runtime would allocate: a
+// rank-0 output (it refuses a shape with no dimensions) and a 16-bit float
+// (it copies half of the bytes). Both have shapes the model fixes
+// (checkServable refused the others at load). nil: let ONNX Runtime allocate.
+func preallocate(io IO) (onnx.Value, error) {
+	if len(io.Shape) == 0 {
+		switch io.Datatype {
+		case tensor.FP32:
+			return onnx.NewEmptyScalar[float32]()
+		case tensor.FP64:
+			return onnx.NewEmptyScalar[float64]()
+		case tensor.INT8:
+			return onnx.NewEmptyScalar[int8]()
+		case tensor.INT16:
+			return onnx.NewEmptyScalar[int16]()
+		case tensor.INT32:
+			return onnx.NewEmptyScalar[int32]()
+		case tensor.INT64:
+			return onnx.NewEmptyScalar[int64]()
+		case tensor.UINT8:
+			return onnx.NewEmptyScalar[uint8]()
+		case tensor.UINT16:
+			return onnx.NewEmptyScalar[uint16]()
+		case tensor.UINT32:
+			return onnx.NewEmptyScalar[uint32]()
+		case tensor.UINT64:
+			return onnx.NewEmptyScalar[uint64]()
+		case tensor.BOOL:
+			return onnx.NewEmptyScalar[bool]()
+		}
+		return nil, fmt.Errorf("a rank-0 %s cannot be built by onnxruntime_go", io.Datatype)
+	}
+	if (io.Datatype == tensor.FP16 || io.Datatype == tensor.BF16) && static(io.Shape) {
+		n, err := tensor.Elements(io.Shape)
+		if err != nil {
+			return nil, err
+		}
+		var kind onnx.TensorElementDataType = onnx.TensorElementDataTypeFloat16
+		if io.Datatype == tensor.BF16 {
+			kind = onnx.TensorElementDataTypeBFloat16
+		}
+		return onnx.NewCustomDataTensor(onnx.NewShape(io.Shape...), make([]byte, 2*max(n, 1)), kind)
+	}
+	return nil, nil
+}
+
+func halfBytes[T ~uint16](d []T) []byte {
+	b := make([]byte, 0, 2*max(len(d), 1))
+	for _, v := range d {
+		b = binary.LittleEndian.AppendUint16(b, uint16(v))
+	}
+	if len(b) == 0 {
+		b = append(b, 0, 0) // onnxruntime_go refuses an empty buffer, even for zero elements
+	}
+	return b
+}
+
+func fromHalfBytes[T ~uint16](b []byte, n int) []T {
+	out := make([]T, n)
+	for i := range out {
+		out[i] = T(binary.LittleEndian.Uint16(b[2*i:]))
+	}
+	return out
+}
+
+// copyOut copies a value's data out of ONNX Runtime's (or onnxruntime_go's) memory.
+func copyOut[T any](d []T) []T { return append([]T(nil), d...) }
+
+func fromValue(io IO, v onnx.Value) (*tensor.Tensor, error) {
+	name := io.Name
 	shape := []int64(v.GetShape().Clone())
+	if shape == nil {
+		shape = []int64{}
+	}
+	out := &tensor.Tensor{Name: name, Shape: shape}
 	switch x := v.(type) {
 	case *onnx.Tensor[float32]:
-		return &tensor.Tensor{Name: name, Datatype: tensor.FP32, Shape: shape, Data: append([]float32(nil), x.GetData()...)}, nil
+		out.Data = copyOut(x.GetData())
 	case *onnx.Tensor[float64]:
-		return &tensor.Tensor{Name: name, Datatype: tensor.FP64, Shape: shape, Data: append([]float64(nil), x.GetData()...)}, nil
-	case *onnx.Tensor[int64]:
-		return &tensor.Tensor{Name: name, Datatype: tensor.INT64, Shape: shape, Data: append([]int64(nil), x.GetData()...)}, nil
+		out.Data = copyOut(x.GetData())
+	case *onnx.Tensor[int8]:
+		out.Data = copyOut(x.GetData())
+	case *onnx.Tensor[int16]:
+		out.Data = copyOut(x.GetData())
 	case *onnx.Tensor[int32]:
-		return &tensor.Tensor{Name: name, Datatype: tensor.INT32, Shape: shape, Data: append([]int32(nil), x.GetData()...)}, nil
+		out.Data = copyOut(x.GetData())
+	case *onnx.Tensor[int64]:
+		out.Data = copyOut(x.GetData())
+	case *onnx.Tensor[uint8]:
+		out.Data = copyOut(x.GetData())
+	case *onnx.Tensor[uint16]:
+		out.Data = copyOut(x.GetData())
+	case *onnx.Tensor[uint32]:
+		out.Data = copyOut(x.GetData())
+	case *onnx.Tensor[uint64]:
+		out.Data = copyOut(x.GetData())
 	case *onnx.Tensor[bool]:
-		return &tensor.Tensor{Name: name, Datatype: tensor.BOOL, Shape: shape, Data: append([]bool(nil), x.GetData()...)}, nil
+		out.Data = copyOut(x.GetData())
+	case *onnx.Scalar[float32]:
+		out.Data = []float32{x.GetData()}
+	case *onnx.Scalar[float64]:
+		out.Data = []float64{x.GetData()}
+	case *onnx.Scalar[int8]:
+		out.Data = []int8{x.GetData()}
+	case *onnx.Scalar[int16]:
+		out.Data = []int16{x.GetData()}
+	case *onnx.Scalar[int32]:
+		out.Data = []int32{x.GetData()}
+	case *onnx.Scalar[int64]:
+		out.Data = []int64{x.GetData()}
+	case *onnx.Scalar[uint8]:
+		out.Data = []uint8{x.GetData()}
+	case *onnx.Scalar[uint16]:
+		out.Data = []uint16{x.GetData()}
+	case *onnx.Scalar[uint32]:
+		out.Data = []uint32{x.GetData()}
+	case *onnx.Scalar[uint64]:
+		out.Data = []uint64{x.GetData()}
+	case *onnx.Scalar[bool]:
+		out.Data = []bool{x.GetData()}
+	case *onnx.CustomDataTensor:
+		n, err := tensor.Elements(shape)
+		if err != nil {
+			return nil, fmt.Errorf("output %q: %w", name, err)
+		}
+		switch io.Datatype {
+		case tensor.FP16:
+			out.Data = fromHalfBytes[tensor.Float16](x.GetData(), int(n))
+		case tensor.BF16:
+			out.Data = fromHalfBytes[tensor.BFloat16](x.GetData(), int(n))
+		default:
+			return nil, fmt.Errorf("output %q: raw ONNX Runtime value for %s", name, io.Datatype)
+		}
 	case *onnx.StringTensor:
 		s, err := x.GetContents()
 		if err != nil {
 			return nil, fmt.Errorf("output %q: %w", name, err)
 		}
-		return &tensor.Tensor{Name: name, Datatype: tensor.BYTES, Shape: shape, Data: s}, nil
+		out.Data = s
+	default:
+		return nil, fmt.Errorf("output %q: unsupported ONNX Runtime value %T", name, v)
 	}
-	return nil, fmt.Errorf("output %q: unsupported ONNX Runtime value %T", name, v)
+	out.Datatype = tensor.DatatypeOf(out.Data)
+	return out, nil
 }
 
 // Prewarm creates, runs once and destroys a session on model (ONNX bytes),
