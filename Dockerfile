@@ -17,8 +17,9 @@ RUN go mod download
 COPY . .
 ENV CGO_ENABLED=1
 RUN go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/pilotlight ./cmd/pilotlight-runtime
-# Only what a function needs at run time: function.yaml, models, notices.
-RUN find functions \( -name function.yaml -o -name '*.onnx' -o -name NOTICE \) -print0 \
+# Only what a function needs at run time: function.yaml, models, notices,
+# warm-up requests (function.yaml's warmup, named warmup*.json).
+RUN find functions \( -name function.yaml -o -name '*.onnx' -o -name NOTICE -o -name 'warmup*.json' \) -print0 \
       | tar --null -cf - -T - | tar -xf - -C /out \
  && test -n "$(find /out/functions -name '*.onnx')" \
  || { echo "no models under functions/: run make models" >&2; exit 1; }

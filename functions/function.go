@@ -54,6 +54,10 @@ type Manifest struct {
 	Runtime   Runtime    `yaml:"runtime"`
 	Batching  Batching   `yaml:"batching"`
 	Scaling   Scaling    `yaml:"scaling"`
+	// Warmup names a V2 infer request file (relative to the manifest) that
+	// warms each session before the instance is ready, as Triton's
+	// model_warmup does. Empty: the runtime synthesises zeros.
+	Warmup string `yaml:"warmup,omitempty"`
 
 	// Dir is the directory the manifest was read from; model paths are relative to it.
 	Dir string `yaml:"-"`
@@ -77,10 +81,47 @@ type Runtime struct {
 	MaxRequestRows int `yaml:"maxRequestRows"`
 }
 
-// Batching configures the dynamic batcher.
+// Batching configures the dynamic batcher. Whether requests may share a
+// call at all is decided at load from the model (see runtime/instance);
+// `batching: none` turns it off whatever the model allows.
 type Batching struct {
 	MaxBatch int           `yaml:"maxBatch"`
 	MaxDelay time.Duration `yaml:"maxDelay"`
+	// None is `batching: none`: every request runs alone.
+	None bool `yaml:"-"`
+}
+
+// BatchingNone is the scalar form of batching that turns it off.
+const BatchingNone = "none"
+
+// UnmarshalYAML reads `batching: none` or the mapping {maxBatch, maxDelay};
+// unknown keys are errors, as everywhere in function.yaml.
+func (b *Batching) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		if n.Value != BatchingNone {
+			return fmt.Errorf("line %d: batching: %q: want %q or a mapping (maxBatch, maxDelay)", n.Line, n.Value, BatchingNone)
+		}
+		*b = Batching{None: true}
+		return nil
+	}
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i].Value; k != "maxBatch" && k != "maxDelay" {
+				return fmt.Errorf("line %d: field %s not found in type functions.Batching", n.Content[i].Line, k)
+			}
+		}
+	}
+	type plain Batching // without this method
+	return n.Decode((*plain)(b))
+}
+
+// MarshalYAML writes `none` for batching turned off, so a written manifest reads back the same.
+func (b Batching) MarshalYAML() (any, error) {
+	if b.None {
+		return BatchingNone, nil
+	}
+	type plain Batching
+	return plain(b), nil
 }
 
 // Scaling configures the autoscaler (locally) and Knative's KPA (in a cluster).
@@ -175,6 +216,9 @@ func (m *Manifest) applyDefaults() {
 	m.Runtime.IntraOpThreads = cmp.Or(m.Runtime.IntraOpThreads, DefaultIntraOpThreads)
 	m.Runtime.MaxBodyBytes = cmp.Or(m.Runtime.MaxBodyBytes, DefaultMaxBodyBytes)
 	m.Runtime.MaxRequestRows = cmp.Or(m.Runtime.MaxRequestRows, DefaultMaxRequestRows)
+	if m.Batching.None {
+		m.Batching.MaxBatch = 1
+	}
 	m.Batching.MaxBatch = cmp.Or(m.Batching.MaxBatch, DefaultMaxBatch)
 	m.Batching.MaxDelay = cmp.Or(m.Batching.MaxDelay, DefaultMaxDelay)
 	m.Scaling.MaxScale = cmp.Or(m.Scaling.MaxScale, DefaultMaxScale)
@@ -270,9 +314,16 @@ func (m *Manifest) Validate(file string) error {
 	return errors.Join(errs...)
 }
 
-// CheckModels reports revisions whose model file does not exist.
+// CheckModels reports revisions whose model file does not exist, and a
+// warm-up file that does not.
 func (m *Manifest) CheckModels() error {
 	var errs []error
+	if m.Warmup != "" {
+		if _, err := os.Stat(m.WarmupPath()); err != nil {
+			errs = append(errs, &FieldError{File: filepath.Join(m.Dir, ManifestFile), Field: "warmup",
+				Msg: fmt.Sprintf("warm-up request %s: %v", m.WarmupPath(), errors.Unwrap(err))})
+		}
+	}
 	for i, r := range m.Revisions {
 		if _, err := os.Stat(m.ModelPath(r)); err != nil {
 			errs = append(errs, &FieldError{File: filepath.Join(m.Dir, ManifestFile), Field: fmt.Sprintf("revisions[%d].model", i),
@@ -288,6 +339,14 @@ func (m *Manifest) ModelPath(r Revision) string {
 		return r.Model
 	}
 	return filepath.Join(m.Dir, r.Model)
+}
+
+// WarmupPath resolves the warm-up request file against the manifest's directory ("" when none).
+func (m *Manifest) WarmupPath() string {
+	if m.Warmup == "" || filepath.IsAbs(m.Warmup) {
+		return m.Warmup
+	}
+	return filepath.Join(m.Dir, m.Warmup)
 }
 
 // Revision finds a revision by name.

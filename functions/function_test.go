@@ -24,6 +24,39 @@ scaling:
   maxScale: 3
 `
 
+// TestBatchingNoneAndWarmup: `batching: none` reads back as batching off
+// (and writes back as none), and a warm-up file that is not there is named
+// with the manifest and field, like a missing model.
+func TestBatchingNoneAndWarmup(t *testing.T) {
+	m, err := functions.Parse("f.yaml", []byte(valid+"batching: none\nwarmup: warmup.json\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.Batching.None || m.Batching.MaxBatch != 1 || m.Warmup != "warmup.json" {
+		t.Errorf("batching %+v, warmup %q", m.Batching, m.Warmup)
+	}
+	out, err := yaml.Marshal(m)
+	if err != nil || !strings.Contains(string(out), "batching: none") {
+		t.Errorf("marshalled: %v\n%s", err, out)
+	}
+	m, err = functions.Parse("f.yaml", []byte(valid+"batching:\n  maxBatch: 8\n"))
+	if err != nil || m.Batching.None || m.Batching.MaxBatch != 8 || m.Batching.MaxDelay != functions.DefaultMaxDelay {
+		t.Errorf("mapping form: %+v, %v", m.Batching, err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "m.onnx"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(dir, functions.ManifestFile), []byte(valid+"warmup: warmup.json\n"), 0o644)
+	_, err = functions.LoadDir(dir)
+	var fe *functions.FieldError
+	if !errors.As(err, &fe) || fe.Field != "warmup" || !strings.Contains(err.Error(), filepath.Join(dir, "warmup.json")) {
+		t.Errorf("missing warm-up file: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "warmup.json"), []byte("{}"), 0o644)
+	if m, err := functions.LoadDir(dir); err != nil || m.WarmupPath() != filepath.Join(dir, "warmup.json") {
+		t.Errorf("present warm-up file: %v", err)
+	}
+}
+
 func TestManifestErrorsNameFileAndField(t *testing.T) {
 	cases := []struct{ name, yaml, field string }{
 		{"unknown key", valid + "colour: blue\n", "colour"},
@@ -34,6 +67,8 @@ func TestManifestErrorsNameFileAndField(t *testing.T) {
 		{"unknown handler", strings.Replace(valid, "handler: fraud", "handler: magic", 1), "handler"},
 		{"bad provider", valid + "runtime:\n  provider: tpu\n", "runtime.provider"},
 		{"zero request rows", valid + "runtime:\n  maxRequestRows: -2\n", "runtime.maxRequestRows"},
+		{"batching neither none nor a mapping", valid + "batching: off\n", `batching: "off"`},
+		{"unknown key under batching", valid + "batching:\n  maxBatch: 4\n  axis: 1\n", "axis"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -68,6 +103,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(valid))
 	f.Add([]byte("name: x\nhandler: tensor\nrevisions: [{name: x-1, model: a, tag: canary}]\nbatching: {maxDelay: 1ms}\n"))
 	f.Add([]byte("name: x\nhandler: tensor\nflag: f\nrevisions: [{name: x-1, model: a}]\nscaling: {scaleToZeroAfter: 90s, initialScale: 2}\nruntime: {provider: cpu, maxBodyBytes: 4096}\n"))
+	f.Add([]byte("name: x\nhandler: tensor\nrevisions: [{name: x-1, model: a}]\nbatching: none\nwarmup: w.json\n"))
 	f.Add([]byte("{{{"))
 	f.Add([]byte("name: &a x\nhandler: *a\n"))
 	f.Fuzz(func(t *testing.T, raw []byte) {

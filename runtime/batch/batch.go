@@ -146,8 +146,11 @@ func signature(inputs []*tensor.Tensor) string {
 		sb.WriteString(t.Name)
 		sb.WriteByte(':')
 		sb.WriteString(string(t.Datatype))
-		for _, d := range t.Shape[1:] {
-			fmt.Fprintf(&sb, ",%d", d)
+		if len(t.Shape) == 0 {
+			sb.WriteString(",scalar") // never batched (the instance turns batching off), but signed
+		}
+		for i := 1; i < len(t.Shape); i++ {
+			fmt.Fprintf(&sb, ",%d", t.Shape[i])
 		}
 		sb.WriteByte(';')
 	}

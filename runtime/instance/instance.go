@@ -8,6 +8,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -29,9 +31,23 @@ type Instance struct {
 	Batcher  *batch.Batcher
 	// LoadTime is how long creating and warming the session pool took.
 	LoadTime time.Duration
-	// batchable says whether every input and output has a dynamic first
-	// dimension, so rows of several requests can share one call.
-	batchable bool
+	// Batching is the batching decision made at load: whether rows of
+	// several requests share one call, and why not when they do not.
+	Batching Batching
+}
+
+// Batching is whether an instance concatenates requests, decided once at load.
+type Batching struct {
+	On       bool
+	MaxBatch int    // rows per call: the manifest's maxBatch when On, else 1
+	Reason   string // why it is off ("" when on)
+}
+
+// Options are what the loader's caller adds to the manifest.
+type Options struct {
+	// DecodeWarmup turns the function's warmup.json (a V2 infer request)
+	// into inputs for the model's declarations; the server owns that format.
+	DecodeWarmup func(body []byte, inputs, outputs []ort.IO) ([]*tensor.Tensor, error)
 }
 
 // Observer receives the instance's measurements (the server wires them to Prometheus).
@@ -40,7 +56,7 @@ type Observer interface {
 }
 
 // Load creates the revision's session pool (each session warmed) and batcher.
-func Load(ctx context.Context, m *functions.Manifest, revision string, obs Observer, log *slog.Logger) (*Instance, error) {
+func Load(ctx context.Context, m *functions.Manifest, revision string, obs Observer, log *slog.Logger, opts Options) (*Instance, error) {
 	rev, ok := m.Revision(revision)
 	if !ok {
 		return nil, fmt.Errorf("function %s has no revision %q (known: %v)", m.Name, revision, functions.RevisionNames(m.Revisions))
@@ -49,40 +65,91 @@ func Load(ctx context.Context, m *functions.Manifest, revision string, obs Obser
 	if err != nil {
 		return nil, err
 	}
+	var warm sessions.Warmup
+	if path := m.WarmupPath(); path != "" {
+		if opts.DecodeWarmup == nil {
+			return nil, fmt.Errorf("function %s names warm-up request %s, but this loader cannot read one", m.Name, path)
+		}
+		body, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("function %s: warm-up request: %w", m.Name, err)
+		}
+		warm = sessions.Warmup{Source: path, Inputs: func(inputs, outputs []ort.IO) ([]*tensor.Tensor, error) {
+			return opts.DecodeWarmup(body, inputs, outputs)
+		}}
+	}
 	start := time.Now()
-	p, err := sessions.New(ctx, m.ModelPath(rev), m.Runtime.Sessions, ort.Options{Provider: m.Runtime.Provider, IntraOpThreads: m.Runtime.IntraOpThreads})
+	p, err := sessions.New(ctx, m.ModelPath(rev), m.Runtime.Sessions, ort.Options{Provider: m.Runtime.Provider, IntraOpThreads: m.Runtime.IntraOpThreads}, warm)
 	if err != nil {
 		return nil, fmt.Errorf("load %s/%s: %w", m.Name, revision, err)
 	}
 	in := &Instance{Manifest: m, Revision: rev, Handler: h, Pool: p, LoadTime: time.Since(start)}
-	in.batchable = batchable(p.Inputs()) && batchable(p.Outputs())
-	maxBatch := m.Batching.MaxBatch
-	if !in.batchable {
-		maxBatch = 1
+	if p.Unwarmed != "" {
+		// log already carries function and revision (the runtime command labels it).
+		log.Warn("synthetic warm-up failed; the sessions serve unwarmed (their first call is slower): name a V2 request in function.yaml's warmup to warm them",
+			"err", p.Unwarmed, "inputs_synthesised", sessions.Guesses(p.Inputs()))
 	}
-	in.Batcher = batch.New(batch.Config{MaxBatch: maxBatch, MaxDelay: m.Batching.MaxDelay, Parallel: p.Size(), Observe: func(rows, reqs int, run time.Duration, err error) {
+	in.Batching = decideBatching(m.Batching, p.Inputs(), p.Outputs())
+	if !in.Batching.On {
+		log.Info("batching off for this function: each request runs alone", "reason", in.Batching.Reason)
+	}
+	in.Batcher = batch.New(batch.Config{MaxBatch: in.Batching.MaxBatch, MaxDelay: m.Batching.MaxDelay, Parallel: p.Size(), Observe: func(rows, reqs int, run time.Duration, err error) {
 		if obs != nil {
 			obs.Batch(rows, reqs, run, err)
 		}
 	}}, p)
-	// log already carries function and revision (the runtime command labels it).
 	log.Info("revision loaded", "sessions", p.Size(), "provider", p.Provider,
-		"fallback", p.Fallback, "batchable", in.batchable, "load_seconds", in.LoadTime.Seconds())
+		"fallback", p.Fallback, "batching", in.Batching.On, "warm", p.Unwarmed == "", "load_seconds", in.LoadTime.Seconds())
 	return in, nil
 }
 
-func batchable(ios []ort.IO) bool {
-	for _, io := range ios {
-		if len(io.Shape) == 0 || io.Shape[0] >= 0 {
-			return false
-		}
-		for _, d := range io.Shape[1:] {
-			if d < 0 {
-				return false
+// decideBatching says whether rows of several requests may be concatenated
+// into one call of this model, from the model's own declarations: only when
+// every input and output has a dynamic first dimension (the batch axis the
+// batcher concatenates and splits along) and every other dimension fixed
+// (so the rows of two requests always line up). A state tensor batched on
+// another axis ([2, batch, 64]), a scalar, or a fixed-size input would be
+// merged into one wrong tensor. `batching: none` turns it off regardless.
+func decideBatching(b functions.Batching, inputs, outputs []ort.IO) Batching {
+	off := func(format string, args ...any) Batching {
+		return Batching{MaxBatch: 1, Reason: fmt.Sprintf(format, args...)}
+	}
+	if b.None {
+		return off("function.yaml says batching: none")
+	}
+	sets := []struct {
+		kind string
+		ios  []ort.IO
+	}{{"input", inputs}, {"output", outputs}}
+	// Every tensor with no batch axis first is named (Silero VAD's scalar
+	// and its state), before one whose other dimensions merely vary.
+	var noAxis []string
+	for _, set := range sets {
+		for _, io := range set.ios {
+			switch {
+			case len(io.Shape) == 0:
+				noAxis = append(noAxis, fmt.Sprintf("%s %q is a scalar", set.kind, io.Name))
+			case io.Shape[0] >= 0:
+				noAxis = append(noAxis, fmt.Sprintf("%s %q has a fixed first dimension (%v)", set.kind, io.Name, io.Shape))
 			}
 		}
 	}
-	return true
+	if len(noAxis) > 0 {
+		return off("%s: requests cannot be concatenated along a first dimension every tensor lacks", strings.Join(noAxis, "; "))
+	}
+	for _, set := range sets {
+		for _, io := range set.ios {
+			for d, n := range io.Shape[1:] {
+				if n < 0 {
+					return off("%s %q has a dynamic dimension %d (%v) besides the first: only the first may vary", set.kind, io.Name, d+1, io.Shape)
+				}
+			}
+		}
+	}
+	if b.MaxBatch <= 1 {
+		return off("batching.maxBatch is 1")
+	}
+	return Batching{On: true, MaxBatch: b.MaxBatch}
 }
 
 // Infer runs inputs with rows rows through the batcher (or alone when the
@@ -91,7 +158,7 @@ func (in *Instance) Infer(ctx context.Context, inputs []*tensor.Tensor, rows int
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
 		// What the request's trace needs to explain its ONNX time.
 		span.SetAttributes(attribute.Int("pilotlight.request.rows", rows), attribute.String("pilotlight.execution_provider", in.Pool.Provider),
-			attribute.Int("pilotlight.sessions", in.Pool.Size()), attribute.Bool("pilotlight.batchable", in.batchable))
+			attribute.Int("pilotlight.sessions", in.Pool.Size()), attribute.Bool("pilotlight.batchable", in.Batching.On))
 	}
 	return in.Batcher.Submit(ctx, inputs, rows)
 }

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/functions/tensor"
 	"github.com/pilotlight/pilotlight/internal/listener"
 	"github.com/pilotlight/pilotlight/internal/telemetry"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
@@ -102,7 +103,7 @@ func (s *Server) Load(ctx context.Context, m *functions.Manifest, revision strin
 	if cur := s.inst.Load(); cur != nil {
 		return fmt.Errorf("already serving %s/%s", cur.Manifest.Name, cur.Revision.Name)
 	}
-	in, err := instance.Load(ctx, m, revision, s.metrics.observer(m.Name, revision), s.log)
+	in, err := instance.Load(ctx, m, revision, s.metrics.observer(m.Name, revision), s.log, instance.Options{DecodeWarmup: decodeWarmup})
 	if err != nil {
 		msg := err.Error()
 		s.loadErr.Store(&msg)
@@ -271,16 +272,37 @@ func (s *Server) modelMetadata(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, map[string]any{
-		"name":     in.Manifest.Name,
-		"versions": []string{in.Revision.Name},
-		"platform": "onnxruntime_onnx",
-		"inputs":   describe(in.Pool.Inputs()),
-		"outputs":  describe(in.Pool.Outputs()),
-		"parameters": map[string]any{
-			"handler": in.Manifest.Handler, "provider": in.Pool.Provider, "sessions": in.Pool.Size(),
-			"max_batch": in.Manifest.Batching.MaxBatch, "max_delay": in.Manifest.Batching.MaxDelay.String(),
-		},
+		"name":       in.Manifest.Name,
+		"versions":   []string{in.Revision.Name},
+		"platform":   "onnxruntime_onnx",
+		"inputs":     describe(in.Pool.Inputs()),
+		"outputs":    describe(in.Pool.Outputs()),
+		"parameters": modelParameters(in),
 	})
+}
+
+// modelParameters are the model metadata's parameters, REST and gRPC alike:
+// how the revision is served, including whether batching is on and why not.
+func modelParameters(in *instance.Instance) map[string]string {
+	p := map[string]string{
+		"handler": in.Manifest.Handler, "provider": in.Pool.Provider, "sessions": strconv.Itoa(in.Pool.Size()),
+		"max_batch": strconv.Itoa(in.Batching.MaxBatch), "max_delay": in.Manifest.Batching.MaxDelay.String(),
+		"batching": "on", "warm": strconv.FormatBool(in.Pool.Unwarmed == ""),
+	}
+	if !in.Batching.On {
+		p["batching"] = "off: " + in.Batching.Reason
+	}
+	return p
+}
+
+// decodeWarmup reads a function's warmup.json: a V2 infer request, checked
+// against the model's declarations as a client's request would be.
+func decodeWarmup(body []byte, inputs, outputs []ort.IO) ([]*tensor.Tensor, error) {
+	if err := checkJSON(body); err != nil {
+		return nil, err
+	}
+	_, ts, _, err := decodeInfer(body, inputs, outputs)
+	return ts, err
 }
 
 func (s *Server) modelReady(c echo.Context) error {

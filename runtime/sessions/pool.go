@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,19 +26,50 @@ type Pool struct {
 	outputs  []ort.IO
 	Provider string // the provider every session got
 	Fallback string // why CUDA was not used, when it was asked for and not used
+	// Unwarmed says why the synthetic warm-up failed ("" when every session
+	// was warmed). The sessions still serve: an unwarmed session pays its
+	// lazy initialisation on its first call instead of before readiness.
+	Unwarmed string
+}
+
+// Warmup is what each session runs once before the pool is ready.
+type Warmup struct {
+	// Inputs, when set, builds the warm-up inputs from the model's own
+	// declarations (the function's warmup.json, decoded as a V2 infer
+	// request). Its failure, or the model's on its inputs, fails the pool:
+	// the user asked for that warm-up.
+	Inputs func(inputs, outputs []ort.IO) ([]*tensor.Tensor, error)
+	// Source names Inputs in errors (the warm-up file).
+	Source string
 }
 
 // New creates size sessions for the model at path and warms each with one
-// inference of zeros (dynamic dimensions set to 1), so the first real request
-// pays no lazy initialisation. The sessions are created and warmed at the
-// same time, each on its own thread: a cold start waits for the slowest
-// one, not for their sum.
-func New(ctx context.Context, path string, size int, opts ort.Options) (*Pool, error) {
+// inference, so the first real request pays no lazy initialisation: of
+// warm.Inputs when set, else of zeros (dynamic dimensions set to 1). A model
+// may refuse zeros (a sample rate it checks, an index out of range); then
+// the pool is still made, with Unwarmed saying why, because an unwarmed
+// session is slower on its first call, not broken. The sessions are created
+// and warmed at the same time, each on its own thread: a cold start waits
+// for the slowest one, not for their sum.
+func New(ctx context.Context, path string, size int, opts ort.Options, warm Warmup) (*Pool, error) {
 	if size < 1 {
 		return nil, fmt.Errorf("session pool size %d: must be >= 1", size)
 	}
 	p := &Pool{free: make(chan *ort.Session, size), all: make([]*ort.Session, size)}
 	errs := make([]error, size)
+	synthErrs := make([]error, size)
+	// The warm-up file is decoded once, by whichever session is made first
+	// (every session describes the same model), and shared: Run only reads it.
+	var given func(s *ort.Session) ([]*tensor.Tensor, error)
+	if warm.Inputs != nil {
+		var once sync.Once
+		var ts []*tensor.Tensor
+		var err error
+		given = func(s *ort.Session) ([]*tensor.Tensor, error) {
+			once.Do(func() { ts, err = warm.Inputs(s.Inputs(), s.Outputs()) })
+			return ts, err
+		}
+	}
 	var wg sync.WaitGroup
 	for i := range size {
 		wg.Add(1)
@@ -53,8 +85,19 @@ func New(ctx context.Context, path string, size int, opts ort.Options) (*Pool, e
 				return
 			}
 			p.all[i] = s
-			if _, err := s.Run(WarmupInputs(s.Inputs())); err != nil {
-				errs[i] = fmt.Errorf("warm-up inference on session %d of %s: %w", i, path, err)
+			if given == nil {
+				if _, err := s.Run(WarmupInputs(s.Inputs())); err != nil {
+					synthErrs[i] = err
+				}
+				return
+			}
+			ts, err := given(s)
+			if err != nil {
+				errs[i] = fmt.Errorf("warm-up request %s: %w", warm.Source, err)
+				return
+			}
+			if _, err := s.Run(ts); err != nil {
+				errs[i] = fmt.Errorf("warm-up inference (%s) on session %d of %s: %w", warm.Source, i, path, err)
 			}
 		}()
 	}
@@ -67,6 +110,9 @@ func New(ctx context.Context, path string, size int, opts ort.Options) (*Pool, e
 	}
 	first := p.all[0]
 	p.inputs, p.outputs, p.Provider, p.Fallback = first.Inputs(), first.Outputs(), first.Provider, first.Fallback
+	if err := errors.Join(synthErrs...); err != nil {
+		p.Unwarmed = synthErrs[slices.IndexFunc(synthErrs, func(e error) bool { return e != nil })].Error()
+	}
 	for _, s := range p.all {
 		p.free <- s
 	}
@@ -74,7 +120,7 @@ func New(ctx context.Context, path string, size int, opts ort.Options) (*Pool, e
 }
 
 // WarmupInputs builds one row of zeros (empty strings, false) for every
-// input, with every dynamic dimension set to 1.
+// input, with every dynamic dimension set to 1 (a scalar stays a scalar).
 func WarmupInputs(ios []ort.IO) []*tensor.Tensor {
 	out := make([]*tensor.Tensor, len(ios))
 	for i, io := range ios {
@@ -87,22 +133,30 @@ func WarmupInputs(ios []ort.IO) []*tensor.Tensor {
 			shape[j] = d
 			n *= int(d)
 		}
-		t := &tensor.Tensor{Name: io.Name, Datatype: io.Datatype, Shape: shape}
-		switch io.Datatype {
-		case tensor.FP32:
-			t.Data = make([]float32, n)
-		case tensor.FP64:
-			t.Data = make([]float64, n)
-		case tensor.INT64:
-			t.Data = make([]int64, n)
-		case tensor.INT32:
-			t.Data = make([]int32, n)
-		case tensor.BOOL:
-			t.Data = make([]bool, n)
-		case tensor.BYTES:
-			t.Data = make([]string, n)
+		out[i] = &tensor.Tensor{Name: io.Name, Datatype: io.Datatype, Shape: shape, Data: tensor.Zeros(io.Datatype, n)}
+	}
+	return out
+}
+
+// Guesses names the inputs whose synthetic warm-up value is a guess a model
+// may refuse: a value it may check (a scalar, an integer: a sample rate, a
+// length, an index) or a dynamic dimension set to 1. When zeros fail, these
+// are the inputs a warmup.json has to give.
+func Guesses(ios []ort.IO) []string {
+	var out []string
+	for _, io := range ios {
+		why := ""
+		switch {
+		case len(io.Shape) == 0:
+			why = "scalar 0"
+		case io.Datatype != tensor.FP16 && io.Datatype != tensor.BF16 && io.Datatype != tensor.FP32 && io.Datatype != tensor.FP64:
+			why = string(io.Datatype) + " zeros"
+		case slices.ContainsFunc(io.Shape, func(d int64) bool { return d < 0 }):
+			why = "dynamic dimensions set to 1"
 		}
-		out[i] = t
+		if why != "" {
+			out = append(out, fmt.Sprintf("%s (%s %v: %s)", io.Name, io.Datatype, io.Shape, why))
+		}
 	}
 	return out
 }

@@ -23,7 +23,7 @@ func model(t *testing.T) string {
 // TestPoolCreatesEverySessionWarm: sessions created at the same time all
 // end up in the pool, each usable, and one caller per session runs at once.
 func TestPoolCreatesEverySessionWarm(t *testing.T) {
-	p, err := New(context.Background(), model(t), 3, ort.Options{Provider: "cpu", IntraOpThreads: 1})
+	p, err := New(context.Background(), model(t), 3, ort.Options{Provider: "cpu", IntraOpThreads: 1}, Warmup{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,15 +62,15 @@ func TestPoolCreatesEverySessionWarm(t *testing.T) {
 // reason, and a cancelled context stops it; nothing is left half made.
 func TestPoolFailsWhole(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := New(context.Background(), filepath.Join(dir, "missing.onnx"), 2, ort.Options{Provider: "cpu"}); err == nil || !strings.Contains(err.Error(), "missing.onnx") {
+	if _, err := New(context.Background(), filepath.Join(dir, "missing.onnx"), 2, ort.Options{Provider: "cpu"}, Warmup{}); err == nil || !strings.Contains(err.Error(), "missing.onnx") {
 		t.Fatalf("missing model: %v, want an error naming it", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := New(ctx, model(t), 2, ort.Options{Provider: "cpu"}); err != context.Canceled {
+	if _, err := New(ctx, model(t), 2, ort.Options{Provider: "cpu"}, Warmup{}); err != context.Canceled {
 		t.Fatalf("cancelled: %v, want context.Canceled", err)
 	}
-	if _, err := New(context.Background(), model(t), 0, ort.Options{}); err == nil {
+	if _, err := New(context.Background(), model(t), 0, ort.Options{}, Warmup{}); err == nil {
 		t.Fatal("size 0 accepted")
 	}
 }
