@@ -209,7 +209,8 @@ func (s *Server) countGRPC(code codes.Code, start time.Time) {
 }
 
 // grpcInfer is ModelInfer: decode and validate as REST does, infer through
-// the batcher, answer raw_output_contents when the request sent raw inputs.
+// the batcher, answer raw_output_contents when the request sent raw inputs
+// or an output has no typed contents field (FP16, BF16).
 func (s *Server) grpcInfer(ctx context.Context, body []byte) (resp *pb.ModelInferResponse, err error) {
 	start := time.Now()
 	defer func() { s.countGRPC(status.Code(err), start) }()
@@ -237,7 +238,13 @@ func (s *Server) grpcInfer(ctx context.Context, body []byte) (resp *pb.ModelInfe
 	}
 	resp = &pb.ModelInferResponse{ModelName: in.Manifest.Name, ModelVersion: in.Revision.Name, Id: req.Id}
 	var raws [][]byte
-	for _, name := range wantedOutputs(req.Outputs, (*pb.ModelInferRequest_InferRequestedOutputTensor).GetName, in) {
+	wanted := wantedOutputs(req.Outputs, (*pb.ModelInferRequest_InferRequestedOutputTensor).GetName, in)
+	// raw_output_contents is all or nothing: one FP16 or BF16 output, which
+	// only travels raw, makes every output raw.
+	for _, name := range wanted {
+		raw = raw || needsRaw(outs[name])
+	}
+	for _, name := range wanted {
 		var o *pb.ModelInferResponse_InferOutputTensor
 		o, raws = outputTensor(outs[name], raw, raws)
 		resp.Outputs = append(resp.Outputs, o)
@@ -273,10 +280,7 @@ func (s *Server) grpcModelMetadata(ctx context.Context, req *pb.ModelMetadataReq
 	return &pb.ModelMetadataResponse{
 		Name: in.Manifest.Name, Versions: []string{in.Revision.Name}, Platform: "onnxruntime_onnx",
 		Inputs: describe(in.Pool.Inputs()), Outputs: describe(in.Pool.Outputs()),
-		Properties: map[string]string{
-			"handler": in.Manifest.Handler, "provider": in.Pool.Provider, "sessions": strconv.Itoa(in.Pool.Size()),
-			"max_batch": strconv.Itoa(in.Manifest.Batching.MaxBatch), "max_delay": in.Manifest.Batching.MaxDelay.String(),
-		},
+		Properties: modelParameters(in),
 	}, nil
 }
 

@@ -102,6 +102,23 @@ func decodeContents(c *pb.InferTensorContents, dt tensor.Datatype, want int) (an
 		field, data, got = "int64_contents", c.Int64Contents, len(c.Int64Contents)
 	case tensor.INT32:
 		field, data, got = "int_contents", c.IntContents, len(c.IntContents)
+	case tensor.INT8, tensor.INT16:
+		// The protocol carries the narrow integers widened: int_contents.
+		d, err := narrowInts(c.IntContents, dt)
+		if err != nil {
+			return nil, err
+		}
+		field, data, got = "int_contents", d, len(c.IntContents)
+	case tensor.UINT8, tensor.UINT16, tensor.UINT32:
+		d, err := narrowUints(c.UintContents, dt)
+		if err != nil {
+			return nil, err
+		}
+		field, data, got = "uint_contents", d, len(c.UintContents)
+	case tensor.UINT64:
+		field, data, got = "uint64_contents", c.Uint64Contents, len(c.Uint64Contents)
+	case tensor.FP16, tensor.BF16:
+		return nil, fmt.Errorf("%s has no typed contents field in the Open Inference Protocol: send its values as raw_input_contents (2 bytes each, little-endian)", dt)
 	case tensor.BOOL:
 		field, data, got = "bool_contents", c.BoolContents, len(c.BoolContents)
 	case tensor.BYTES:
@@ -124,15 +141,63 @@ func decodeContents(c *pb.InferTensorContents, dt tensor.Datatype, want int) (an
 	return data, nil
 }
 
+func narrowInts(vs []int32, dt tensor.Datatype) (any, error) {
+	lo, hi := int32(math.MinInt8), int32(math.MaxInt8)
+	if dt == tensor.INT16 {
+		lo, hi = math.MinInt16, math.MaxInt16
+	}
+	for i, v := range vs {
+		if v < lo || v > hi {
+			return nil, fmt.Errorf("int_contents[%d] is %d, out of %s's range [%d, %d]", i, v, dt, lo, hi)
+		}
+	}
+	if dt == tensor.INT8 {
+		return convert[int8](vs), nil
+	}
+	return convert[int16](vs), nil
+}
+
+func narrowUints(vs []uint32, dt tensor.Datatype) (any, error) {
+	hi := uint32(math.MaxUint32)
+	switch dt {
+	case tensor.UINT8:
+		hi = math.MaxUint8
+	case tensor.UINT16:
+		hi = math.MaxUint16
+	}
+	for i, v := range vs {
+		if v > hi {
+			return nil, fmt.Errorf("uint_contents[%d] is %d, out of %s's range [0, %d]", i, v, dt, hi)
+		}
+	}
+	switch dt {
+	case tensor.UINT8:
+		return convert[uint8](vs), nil
+	case tensor.UINT16:
+		return convert[uint16](vs), nil
+	}
+	return vs, nil
+}
+
+func convert[T, F int8 | int16 | int32 | uint8 | uint16 | uint32](vs []F) []T {
+	out := make([]T, len(vs))
+	for i, v := range vs {
+		out[i] = T(v)
+	}
+	return out
+}
+
 // rawElementBytes is the size of one value in raw contents (0: BYTES,
 // whose values are each a 4-byte little-endian length and the bytes).
 func rawElementBytes(dt tensor.Datatype) int {
 	switch dt {
-	case tensor.FP32, tensor.INT32:
+	case tensor.FP32, tensor.INT32, tensor.UINT32:
 		return 4
-	case tensor.FP64, tensor.INT64:
+	case tensor.FP64, tensor.INT64, tensor.UINT64:
 		return 8
-	case tensor.BOOL:
+	case tensor.FP16, tensor.BF16, tensor.INT16, tensor.UINT16:
+		return 2
+	case tensor.BOOL, tensor.INT8, tensor.UINT8:
 		return 1
 	}
 	return 0
@@ -178,6 +243,58 @@ func decodeRaw(b []byte, dt tensor.Datatype, want int) (any, error) {
 			out[i] = int32(le.Uint32(b[4*i:]))
 		}
 		return out, nil
+	case tensor.UINT64:
+		out := make([]uint64, want)
+		for i := range out {
+			out[i] = le.Uint64(b[8*i:])
+		}
+		return out, nil
+	case tensor.UINT32:
+		out := make([]uint32, want)
+		for i := range out {
+			out[i] = le.Uint32(b[4*i:])
+		}
+		return out, nil
+	case tensor.INT16:
+		out := make([]int16, want)
+		for i := range out {
+			out[i] = int16(le.Uint16(b[2*i:]))
+		}
+		return out, nil
+	case tensor.UINT16:
+		out := make([]uint16, want)
+		for i := range out {
+			out[i] = le.Uint16(b[2*i:])
+		}
+		return out, nil
+	case tensor.INT8:
+		out := make([]int8, want)
+		for i := range out {
+			out[i] = int8(b[i])
+		}
+		return out, nil
+	case tensor.UINT8:
+		return append([]uint8(nil), b...), nil
+	case tensor.FP16, tensor.BF16:
+		vals := make([]uint16, want)
+		for i := range vals {
+			vals[i] = le.Uint16(b[2*i:])
+		}
+		for i, v := range vals {
+			var f float32
+			if dt == tensor.FP16 {
+				f = tensor.Float16(v).Float32()
+			} else {
+				f = tensor.BFloat16(v).Float32()
+			}
+			if math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
+				return nil, fmt.Errorf("raw value %d is not a finite %s number", i, dt)
+			}
+		}
+		if dt == tensor.FP16 {
+			return convert16[tensor.Float16](vals), nil
+		}
+		return convert16[tensor.BFloat16](vals), nil
 	case tensor.BOOL:
 		out := make([]bool, want)
 		for i, c := range b {
@@ -211,6 +328,18 @@ func decodeRaw(b []byte, dt tensor.Datatype, want int) (any, error) {
 	return nil, fmt.Errorf("datatype %s is not served", dt)
 }
 
+func convert16[T ~uint16](vs []uint16) []T {
+	out := make([]T, len(vs))
+	for i, v := range vs {
+		out[i] = T(v)
+	}
+	return out
+}
+
+// needsRaw reports whether an output can only travel as raw contents: the
+// 16-bit floats have no typed contents field in the protocol.
+func needsRaw(t *tensor.Tensor) bool { return t.Datatype == tensor.FP16 || t.Datatype == tensor.BF16 }
+
 // outputTensor describes t as a ModelInferResponse output; with raw false
 // its values go in contents, else they are appended to raws.
 func outputTensor(t *tensor.Tensor, raw bool, raws [][]byte) (*pb.ModelInferResponse_InferOutputTensor, [][]byte) {
@@ -228,6 +357,18 @@ func outputTensor(t *tensor.Tensor, raw bool, raws [][]byte) (*pb.ModelInferResp
 		c.Int64Contents = d
 	case []int32:
 		c.IntContents = d
+	case []int16:
+		c.IntContents = widen[int32](d)
+	case []int8:
+		c.IntContents = widen[int32](d)
+	case []uint32:
+		c.UintContents = d
+	case []uint16:
+		c.UintContents = widen[uint32](d)
+	case []uint8:
+		c.UintContents = widen[uint32](d)
+	case []uint64:
+		c.Uint64Contents = d
 	case []bool:
 		c.BoolContents = d
 	case []string:
@@ -238,6 +379,14 @@ func outputTensor(t *tensor.Tensor, raw bool, raws [][]byte) (*pb.ModelInferResp
 	}
 	o.Contents = c
 	return o, raws
+}
+
+func widen[T int32 | uint32, F int8 | int16 | uint8 | uint16](vs []F) []T {
+	out := make([]T, len(vs))
+	for i, v := range vs {
+		out[i] = T(v)
+	}
+	return out
 }
 
 // encodeRaw lays t's values out as decodeRaw reads them.
@@ -268,6 +417,34 @@ func encodeRaw(t *tensor.Tensor) []byte {
 			b = le.AppendUint32(b, uint32(v))
 		}
 		return b
+	case []uint64:
+		b := make([]byte, 0, 8*len(d))
+		for _, v := range d {
+			b = le.AppendUint64(b, v)
+		}
+		return b
+	case []uint32:
+		b := make([]byte, 0, 4*len(d))
+		for _, v := range d {
+			b = le.AppendUint32(b, v)
+		}
+		return b
+	case []int16:
+		return append16(d)
+	case []uint16:
+		return append16(d)
+	case []tensor.Float16:
+		return append16(d)
+	case []tensor.BFloat16:
+		return append16(d)
+	case []int8:
+		b := make([]byte, len(d))
+		for i, v := range d {
+			b[i] = byte(v)
+		}
+		return b
+	case []uint8:
+		return append([]byte(nil), d...)
 	case []bool:
 		b := make([]byte, len(d))
 		for i, v := range d {
@@ -285,4 +462,12 @@ func encodeRaw(t *tensor.Tensor) []byte {
 		return b
 	}
 	return nil
+}
+
+func append16[T ~int16 | ~uint16](d []T) []byte {
+	b := make([]byte, 0, 2*len(d))
+	for _, v := range d {
+		b = binary.LittleEndian.AppendUint16(b, uint16(v))
+	}
+	return b
 }

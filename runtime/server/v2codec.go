@@ -195,28 +195,38 @@ func decodeData(raw json.RawMessage, dt tensor.Datatype, want int) (any, error) 
 			return err
 		})
 		return out, err
-	case tensor.INT64:
-		out := make([]int64, 0, want)
+	case tensor.FP16:
+		out := make([]tensor.Float16, 0, want)
 		err := scanTokens(raw, want, func(tok []byte) error {
-			v, err := strconv.ParseInt(string(tok), 10, 64)
-			if err != nil {
-				return fmt.Errorf("%s is not an INT64", tok)
-			}
-			out = append(out, v)
-			return nil
+			f, err := parseHalf(tok, dt)
+			out = append(out, tensor.Float16From(f))
+			return err
 		})
 		return out, err
+	case tensor.BF16:
+		out := make([]tensor.BFloat16, 0, want)
+		err := scanTokens(raw, want, func(tok []byte) error {
+			f, err := parseHalf(tok, dt)
+			out = append(out, tensor.BFloat16From(f))
+			return err
+		})
+		return out, err
+	case tensor.INT8:
+		return decodeInts[int8](raw, dt, want, 8)
+	case tensor.INT16:
+		return decodeInts[int16](raw, dt, want, 16)
 	case tensor.INT32:
-		out := make([]int32, 0, want)
-		err := scanTokens(raw, want, func(tok []byte) error {
-			v, err := strconv.ParseInt(string(tok), 10, 32)
-			if err != nil {
-				return fmt.Errorf("%s is not an INT32", tok)
-			}
-			out = append(out, int32(v))
-			return nil
-		})
-		return out, err
+		return decodeInts[int32](raw, dt, want, 32)
+	case tensor.INT64:
+		return decodeInts[int64](raw, dt, want, 64)
+	case tensor.UINT8:
+		return decodeUints[uint8](raw, dt, want, 8)
+	case tensor.UINT16:
+		return decodeUints[uint16](raw, dt, want, 16)
+	case tensor.UINT32:
+		return decodeUints[uint32](raw, dt, want, 32)
+	case tensor.UINT64:
+		return decodeUints[uint64](raw, dt, want, 64)
 	case tensor.BOOL:
 		out := make([]bool, 0, want)
 		err := scanTokens(raw, want, func(tok []byte) error {
@@ -262,6 +272,53 @@ func decodeData(raw json.RawMessage, dt tensor.Datatype, want int) (any, error) 
 		return out, walk(nested, 0)
 	}
 	return nil, fmt.Errorf("datatype %s is not served", dt)
+}
+
+// decodeInts reads want integers that fit bits (a JSON number such as 3.0
+// or 1e2 is refused: an integer tensor takes integers).
+func decodeInts[T int8 | int16 | int32 | int64](raw []byte, dt tensor.Datatype, want, bits int) ([]T, error) {
+	out := make([]T, 0, want)
+	err := scanTokens(raw, want, func(tok []byte) error {
+		v, err := strconv.ParseInt(string(tok), 10, bits)
+		if err != nil {
+			return fmt.Errorf("%s is not an %s (an integer in [%d, %d])", tok, dt, int64(-1)<<(bits-1), uint64(1)<<(bits-1)-1)
+		}
+		out = append(out, T(v))
+		return nil
+	})
+	return out, err
+}
+
+func decodeUints[T uint8 | uint16 | uint32 | uint64](raw []byte, dt tensor.Datatype, want, bits int) ([]T, error) {
+	out := make([]T, 0, want)
+	err := scanTokens(raw, want, func(tok []byte) error {
+		v, err := strconv.ParseUint(string(tok), 10, bits)
+		if err != nil {
+			return fmt.Errorf("%s is not a %s (an integer in [0, %d])", tok, dt, uint64(1)<<(bits-1)-1+uint64(1)<<(bits-1))
+		}
+		out = append(out, T(v))
+		return nil
+	})
+	return out, err
+}
+
+// parseHalf reads a number for FP16 or BF16 and refuses one the type
+// cannot hold: rounding 1e6 to FP16 would give Inf, not the caller's number.
+func parseHalf(tok []byte, dt tensor.Datatype) (float32, error) {
+	f, err := strconv.ParseFloat(string(tok), 32)
+	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+		return 0, fmt.Errorf("%s is not a finite %s number", tok, dt)
+	}
+	var back float32
+	if dt == tensor.FP16 {
+		back = tensor.Float16From(float32(f)).Float32()
+	} else {
+		back = tensor.BFloat16From(float32(f)).Float32()
+	}
+	if math.IsInf(float64(back), 0) {
+		return 0, fmt.Errorf("%s is out of %s's range", tok, dt)
+	}
+	return float32(f), nil
 }
 
 func parseFloat(tok []byte, bits int) (float64, error) {
@@ -381,20 +438,36 @@ func appendTensorJSON(b []byte, t *tensor.Tensor) []byte {
 			}
 			b = appendFloat(b, v, 64)
 		}
-	case []int64:
+	case []tensor.Float16:
 		for i, v := range d {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = strconv.AppendInt(b, v, 10)
+			b = appendFloat(b, float64(v.Float32()), 32)
 		}
+	case []tensor.BFloat16:
+		for i, v := range d {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendFloat(b, float64(v.Float32()), 32)
+		}
+	case []int8:
+		b = appendInts(b, d)
+	case []int16:
+		b = appendInts(b, d)
 	case []int32:
-		for i, v := range d {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = strconv.AppendInt(b, int64(v), 10)
-		}
+		b = appendInts(b, d)
+	case []int64:
+		b = appendInts(b, d)
+	case []uint8:
+		b = appendUints(b, d)
+	case []uint16:
+		b = appendUints(b, d)
+	case []uint32:
+		b = appendUints(b, d)
+	case []uint64:
+		b = appendUints(b, d)
 	case []bool:
 		for i, v := range d {
 			if i > 0 {
@@ -412,6 +485,26 @@ func appendTensorJSON(b []byte, t *tensor.Tensor) []byte {
 		}
 	}
 	return append(b, "]}"...)
+}
+
+func appendInts[T int8 | int16 | int32 | int64](b []byte, d []T) []byte {
+	for i, v := range d {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, int64(v), 10)
+	}
+	return b
+}
+
+func appendUints[T uint8 | uint16 | uint32 | uint64](b []byte, d []T) []byte {
+	for i, v := range d {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, uint64(v), 10)
+	}
+	return b
 }
 
 // appendFloat writes a finite float; a model that produced NaN or Inf gets
