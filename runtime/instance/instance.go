@@ -110,6 +110,9 @@ func Load(ctx context.Context, m *functions.Manifest, revision string, obs Obser
 // (so the rows of two requests always line up). A state tensor batched on
 // another axis ([2, batch, 64]), a scalar, or a fixed-size input would be
 // merged into one wrong tensor. `batching: none` turns it off regardless.
+// maxReasons bounds how many tensors the batching reason names.
+const maxReasons = 4
+
 func decideBatching(b functions.Batching, inputs, outputs []ort.IO) Batching {
 	off := func(format string, args ...any) Batching {
 		return Batching{MaxBatch: 1, Reason: fmt.Sprintf(format, args...)}
@@ -133,6 +136,9 @@ func decideBatching(b functions.Batching, inputs, outputs []ort.IO) Batching {
 				noAxis = append(noAxis, fmt.Sprintf("%s %q has a fixed first dimension (%v)", set.kind, io.Name, io.Shape))
 			}
 		}
+	}
+	if len(noAxis) > maxReasons {
+		noAxis = append(noAxis[:maxReasons], fmt.Sprintf("%d more", len(noAxis)-maxReasons))
 	}
 	if len(noAxis) > 0 {
 		return off("%s: requests cannot be concatenated along a first dimension every tensor lacks", strings.Join(noAxis, "; "))
