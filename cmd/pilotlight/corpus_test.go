@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -159,15 +160,23 @@ func sameAnswer(t *testing.T, what string, got, want map[string]answer) {
 	}
 }
 
-// postInfer sends a V2 REST infer through serve and reports whether it waited for a cold start.
+// postInfer sends a V2 REST infer through serve and reports whether it
+// waited for a cold start (logging how long, and the call's round trip).
 func postInfer(t *testing.T, url, model string, body []byte) (v2Answer, bool) {
 	t.Helper()
+	start := time.Now()
 	resp, err := http.Post(url+"/v2/models/"+model+"/infer", "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
+	took := time.Since(start)
+	if cold := resp.Header.Get("X-Pilotlight-Cold-Start"); cold != "" {
+		t.Logf("%s: cold start %ss, round trip %v", model, cold, took.Round(time.Microsecond))
+	} else {
+		t.Logf("%s: warm round trip %v", model, took.Round(time.Microsecond))
+	}
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST %s infer: %d %s", model, resp.StatusCode, raw)
 	}
