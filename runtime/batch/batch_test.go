@@ -300,3 +300,28 @@ func TestCancelledRequestDoesNotBlockOthers(t *testing.T) {
 		t.Fatalf("after a cancellation: %v %v", out, err)
 	}
 }
+
+// TestSignatureOfScalars: a request carrying a rank-0 tensor (Silero VAD's
+// sr) is signed without slicing its empty shape, and a scalar never shares
+// a signature with a one-element vector.
+func TestSignatureOfScalars(t *testing.T) {
+	scalar := []*tensor.Tensor{{Name: "sr", Datatype: tensor.INT64, Shape: []int64{}, Data: []int64{16000}}}
+	vector := []*tensor.Tensor{{Name: "sr", Datatype: tensor.INT64, Shape: []int64{1}, Data: []int64{16000}}}
+	if a, b := signature(scalar), signature(vector); a == b {
+		t.Errorf("scalar and vector signed alike: %q", a)
+	}
+	b := New(Config{MaxBatch: 1}, runnerFunc(func(_ context.Context, in []*tensor.Tensor) (map[string]*tensor.Tensor, time.Duration, error) {
+		return map[string]*tensor.Tensor{"sr": in[0]}, 0, nil
+	}))
+	defer b.Stop()
+	out, err := b.Submit(context.Background(), scalar, 1)
+	if err != nil || out["sr"].Data.([]int64)[0] != 16000 || len(out["sr"].Shape) != 0 {
+		t.Fatalf("scalar through the batcher: %v %+v", err, out)
+	}
+}
+
+type runnerFunc func(context.Context, []*tensor.Tensor) (map[string]*tensor.Tensor, time.Duration, error)
+
+func (f runnerFunc) Run(ctx context.Context, in []*tensor.Tensor) (map[string]*tensor.Tensor, time.Duration, error) {
+	return f(ctx, in)
+}
