@@ -103,6 +103,9 @@ func Load(ctx context.Context, m *functions.Manifest, revision string, obs Obser
 	return in, nil
 }
 
+// maxReasons bounds how many tensors the batching reason names.
+const maxReasons = 4
+
 // decideBatching says whether rows of several requests may be concatenated
 // into one call of this model, from the model's own declarations: only when
 // every input and output has a dynamic first dimension (the batch axis the
@@ -110,9 +113,6 @@ func Load(ctx context.Context, m *functions.Manifest, revision string, obs Obser
 // (so the rows of two requests always line up). A state tensor batched on
 // another axis ([2, batch, 64]), a scalar, or a fixed-size input would be
 // merged into one wrong tensor. `batching: none` turns it off regardless.
-// maxReasons bounds how many tensors the batching reason names.
-const maxReasons = 4
-
 func decideBatching(b functions.Batching, inputs, outputs []ort.IO) Batching {
 	off := func(format string, args ...any) Batching {
 		return Batching{MaxBatch: 1, Reason: fmt.Sprintf(format, args...)}

@@ -110,8 +110,11 @@ func New(ctx context.Context, path string, size int, opts ort.Options, warm Warm
 	}
 	first := p.all[0]
 	p.inputs, p.outputs, p.Provider, p.Fallback = first.Inputs(), first.Outputs(), first.Provider, first.Fallback
-	if err := errors.Join(synthErrs...); err != nil {
-		p.Unwarmed = synthErrs[slices.IndexFunc(synthErrs, func(e error) bool { return e != nil })].Error()
+	for _, err := range synthErrs { // every session runs the same zeros: the first reason says it
+		if err != nil {
+			p.Unwarmed = err.Error()
+			break
+		}
 	}
 	for _, s := range p.all {
 		p.free <- s
