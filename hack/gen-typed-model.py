@@ -3,8 +3,9 @@
 inputs and outputs cover the tensor types and shapes no downloaded model
 does (FP16, BF16, FP64, INT8/16, UINT8/16/32/64, BOOL, BYTES strings,
 rank-0 scalars in and out), and "fp16_dynamic", an FP16 output of dynamic
-shape, which onnxruntime_go v1.27 cannot read back (the runtime refuses it
-at load). Built with Debian's python3-onnx (hack/deps/models.apt); the bytes
+shape, which onnxruntime_go v1.27 cannot read back, and "sequence_output",
+a sequence where the protocol carries tensors only (the runtime refuses
+both at load). Built with Debian's python3-onnx (hack/deps/models.apt); the bytes
 are deterministic, so `--check` fails when the committed file is stale.
 Run by Debian's /usr/bin/python3, where python3-onnx installs, whatever
 python3 comes first on PATH.
@@ -25,6 +26,17 @@ def fp16_dynamic():
     graph = h.make_graph([h.make_node("Identity", ["x"], ["y"])], "fp16_dynamic",
                          [h.make_tensor_value_info("x", T.FLOAT16, ["n"])],
                          [h.make_tensor_value_info("y", T.FLOAT16, ["n"])])
+    model = h.make_model(graph, producer_name="pilotlight hack/gen-typed-model.py",
+                         opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def sequence_output():
+    graph = h.make_graph([h.make_node("SequenceConstruct", ["x"], ["y"])], "sequence_output",
+                         [h.make_tensor_value_info("x", T.FLOAT, [2])],
+                         [h.make_tensor_sequence_value_info("y", T.FLOAT, [2])])
     model = h.make_model(graph, producer_name="pilotlight hack/gen-typed-model.py",
                          opset_imports=[h.make_opsetid("", 17)])
     model.ir_version = 8
@@ -99,7 +111,8 @@ def main(argv):
     args = [a for a in argv if a != "--check"]
     root = args[0] if args else DEFAULT_DIR
     stale = 0
-    for rel, build in (("typed/model.onnx", typed), ("unservable/fp16_dynamic.onnx", fp16_dynamic)):
+    for rel, build in (("typed/model.onnx", typed), ("unservable/fp16_dynamic.onnx", fp16_dynamic),
+                       ("unservable/sequence_output.onnx", sequence_output)):
         out = os.path.join(root, rel)
         data = build()
         if check:

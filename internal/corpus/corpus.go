@@ -52,8 +52,9 @@ func Typed() string {
 	return filepath.Join(Root(), "cmd", "pilotlight", "testdata", "corpus", "typed", "model.onnx")
 }
 
-// Unservable is a generated model the runtime must refuse at load: an FP16
-// output of dynamic shape.
-func Unservable() string {
-	return filepath.Join(Root(), "cmd", "pilotlight", "testdata", "corpus", "unservable", "fp16_dynamic.onnx")
+// Unservable is a generated model the runtime must refuse at load (name:
+// fp16_dynamic.onnx, an FP16 output of dynamic shape; sequence_output.onnx,
+// an output that is a sequence).
+func Unservable(name string) string {
+	return filepath.Join(Root(), "cmd", "pilotlight", "testdata", "corpus", "unservable", name)
 }

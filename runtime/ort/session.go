@@ -61,6 +61,10 @@ func convertInfo(infos []onnx.InputOutputInfo) []IO {
 	out := make([]IO, len(infos))
 	for i, info := range infos {
 		out[i] = IO{Name: info.Name, Datatype: datatypeOf(info.DataType), ONNXType: info.DataType.String(), Shape: append([]int64(nil), info.Dimensions...)}
+		if info.OrtValueType != onnx.ONNXTypeTensor {
+			// A sequence or map (scikit-learn's ZipMap, say) has no tensor datatype.
+			out[i].Datatype, out[i].ONNXType, out[i].Shape = "", info.OrtValueType.String(), nil
+		}
 	}
 	return out
 }
@@ -84,8 +88,10 @@ func datatypeOf(t onnx.TensorElementDataType) tensor.Datatype { return elementTy
 // tensor; the same limit met at the first request would only be a 500.
 func checkServable(io IO, output bool) string {
 	switch {
+	case io.Datatype == "" && !strings.HasPrefix(io.ONNXType, "ONNX_TENSOR_ELEMENT_DATA_TYPE_"):
+		return fmt.Sprintf("is not a tensor (%s): the Open Inference Protocol carries tensors only", io.ONNXType)
 	case io.Datatype == "":
-		return fmt.Sprintf("element type %s has no Open Inference Protocol datatype the runtime serves (%s)", io.ONNXType, datatypeList())
+		return fmt.Sprintf("has element type %s, which has no Open Inference Protocol datatype the runtime serves (%s)", io.ONNXType, datatypeList())
 	case len(io.Shape) == 0 && (io.Datatype == tensor.BYTES || io.Datatype == tensor.FP16 || io.Datatype == tensor.BF16):
 		return fmt.Sprintf("is a rank-0 %s scalar, which onnxruntime_go cannot build", io.Datatype)
 	case output && (io.Datatype == tensor.FP16 || io.Datatype == tensor.BF16) && !static(io.Shape):

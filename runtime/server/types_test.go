@@ -195,7 +195,7 @@ func TestEveryDatatypeOverRESTAndGRPC(t *testing.T) {
 // TestUnservableModelIsNotReady: a model with an output the runtime cannot
 // read back fails to load, and readiness says which output and why.
 func TestUnservableModelIsNotReady(t *testing.T) {
-	_, _, err := serveModel(t, corpus.Unservable(), "", map[string]string{})
+	_, _, err := serveModel(t, corpus.Unservable("fp16_dynamic.onnx"), "", map[string]string{})
 	if err == nil || !strings.Contains(err.Error(), `output "y" is FP16 with dynamic shape [-1]`) {
 		t.Fatalf("load: %v", err)
 	}
