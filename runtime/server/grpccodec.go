@@ -274,7 +274,9 @@ func decodeRaw(b []byte, dt tensor.Datatype, want int) (any, error) {
 		}
 		return out, nil
 	case tensor.UINT8:
-		return append([]uint8(nil), b...), nil
+		out := make([]uint8, want)
+		copy(out, b)
+		return out, nil
 	case tensor.FP16, tensor.BF16:
 		vals := make([]uint16, want)
 		for i := range vals {

@@ -269,7 +269,13 @@ func decodeData(raw json.RawMessage, dt tensor.Datatype, want int) (any, error) 
 			}
 			return nil
 		}
-		return out, walk(nested, 0)
+		if err := walk(nested, 0); err != nil {
+			return nil, err
+		}
+		if len(out) != want {
+			return nil, fmt.Errorf("data has %d values, shape needs %d", len(out), want)
+		}
+		return out, nil
 	}
 	return nil, fmt.Errorf("datatype %s is not served", dt)
 }
