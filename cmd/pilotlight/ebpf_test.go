@@ -203,9 +203,11 @@ func TestServeWithoutBPFPrivilegeKeepsServing(t *testing.T) {
 		t.Skip("needs root to start serve as an unprivileged user")
 	}
 	bin := testbin.Pilotlight(t)
-	dir := filepath.Dir(bin)
-	os.Chmod(dir, 0o755)
-	os.Chmod(filepath.Dir(dir), 0o755)
+	// The test binaries' folder (testbin's, under the temporary directory)
+	// must be reachable by the unprivileged user; its parent is /tmp.
+	if err := os.Chmod(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	url, log := startServeAs(t, bin, &syscall.Credential{Uid: 65534, Gid: 65534})
 	resp, err := http.Post(url+"/functions/fraud", "application/json", strings.NewReader(fraudTx))
 	if err != nil {
