@@ -172,6 +172,7 @@ func New(cfg Config) (*Engine, error) {
 				ScaleToZeroAfter:  sc.ScaleToZeroAfter,
 			})
 			r := &revision{fn: fn, rev: rv, dir: dir, queue: activator.New(cfg.QueueCapacity), scaler: as}
+			e.m.known(fn.Name, rv.Name)
 			e.revs[fn.Name+"/"+rv.Name] = r
 			e.order = append(e.order, r)
 		}

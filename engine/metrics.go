@@ -37,3 +37,25 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.instances, m.coldStarts, m.coldStartSeconds, m.queueDepth, m.desired, m.exits, m.startFailures, m.poolIdle)
 	return m
 }
+
+// Exit reasons (the reason label of pilotlight_instance_exits_total).
+const (
+	exitStopped = "stopped"
+	exitCrashed = "crashed"
+)
+
+// known creates a revision's counters at 0 before anything happens to it.
+// Alerts (increase(...start_failures_total[10m]) > 0, crashed exits) and
+// the dashboard's increase() panels need the series before its first
+// event: a counter that appears at 1 has no earlier sample, so increase()
+// and rate() never see that first failure or cold start.
+func (m *metrics) known(fn, rev string) {
+	m.startFailures.WithLabelValues(fn, rev)
+	for _, reason := range []string{exitStopped, exitCrashed} {
+		m.exits.WithLabelValues(fn, rev, reason)
+	}
+	for _, source := range []string{sourcePool, sourceExec} {
+		m.coldStarts.WithLabelValues(fn, rev, source)
+		m.coldStartSeconds.WithLabelValues(fn, rev, source)
+	}
+}

@@ -348,11 +348,11 @@ func (e *Engine) exited(in *Process, err error) {
 	}
 	if owner.stopping.Load() {
 		owner.setState(stateStopped)
-		e.m.exits.WithLabelValues(fn, rev, "stopped").Inc()
+		e.m.exits.WithLabelValues(fn, rev, exitStopped).Inc()
 		e.log.Info("instance stopped", "function", fn, "revision", rev, "pid", in.pid)
 	} else {
 		owner.setState(stateFailed)
-		e.m.exits.WithLabelValues(fn, rev, "crashed").Inc()
+		e.m.exits.WithLabelValues(fn, rev, exitCrashed).Inc()
 		e.log.Error("instance exited unexpectedly; it will be replaced if still needed", "function", fn, "revision", rev, "pid", in.pid, "err", errString(err))
 	}
 	if fn == "" {
