@@ -1,8 +1,9 @@
 // Package admin is the operators' side of the router, off the request
 // path: the admin API (/admin/functions, /admin/rollouts), the metrics
-// endpoint for scrapers, and (in admin/console) the live console. It mounts
-// its routes on the router's admin endpoints (router.AdminRoute,
-// MountMetrics), so the data plane knows nothing of what is served there.
+// endpoint and Prometheus's service discovery for scrapers, and (in
+// admin/console) the live console. It mounts its routes on the router's
+// admin endpoints (router.AdminRoute, MountMetrics, ScrapeRoute), so the
+// data plane knows nothing of what is served there.
 package admin
 
 import (
@@ -33,17 +34,23 @@ type Config struct {
 	Source Source
 	// Rollouts, when set, serves /admin/rollouts (the rollout controller).
 	Rollouts *rollout.Controller
-	// Gatherer is what GET /metrics serves (nil: no /metrics).
+	// Gatherer is what GET /metrics serves (nil: no /metrics, and no
+	// service discovery at TargetsPath).
 	Gatherer prometheus.Gatherer
+	// Targets, when set, lists the runtime processes TargetsPath offers
+	// Prometheus beside the router (the local engine's children).
+	Targets func() []ScrapeTarget
 }
 
-// Mount serves the admin API and /metrics on rt's admin endpoints.
+// Mount serves the admin API, /metrics and Prometheus's service discovery
+// (TargetsPath) on rt's admin endpoints.
 func Mount(rt *router.Router, cfg Config) {
 	if cfg.Picker == nil {
 		cfg.Picker = router.DefaultPicker{}
 	}
 	if cfg.Gatherer != nil {
 		rt.MountMetrics("/metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+		rt.ScrapeRoute(TargetsPath, targets{cfg.Targets}.serve)
 	}
 	a := &api{cfg: cfg}
 	rt.AdminRoute(http.MethodGet, "/admin/functions", a.functions)

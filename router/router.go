@@ -234,10 +234,17 @@ func (rt *Router) AdminRoute(method, path string, h echo.HandlerFunc) {
 // listener (SECURITY.md), behind any valid key on the main listener when
 // there is no admin listener and keys are on.
 func (rt *Router) MountMetrics(path string, h http.Handler) {
+	rt.ScrapeRoute(path, echo.WrapHandler(h))
+}
+
+// ScrapeRoute is MountMetrics for a handler that may fail: GET path, open
+// to scrapers on the admin listener, its errors answered as AdminRoute's
+// are ({"error": ...} with the status they carry).
+func (rt *Router) ScrapeRoute(path string, h echo.HandlerFunc) {
 	rt.mu.Lock()
 	rt.open = append(rt.open, path)
 	rt.mu.Unlock()
-	rt.adminEcho().GET(path, echo.WrapHandler(h))
+	rt.adminEcho().GET(path, h)
 }
 
 func (rt *Router) adminEcho() *echo.Echo {

@@ -169,7 +169,17 @@ func (o *serveOptions) run() error {
 		return err
 	}
 	defer rt.Close()
-	admin.Mount(rt, admin.Config{Functions: fns, Picker: rcfg.Picker, Source: source, Rollouts: rollouts, Gatherer: reg})
+	acfg := admin.Config{Functions: fns, Picker: rcfg.Picker, Source: source, Rollouts: rollouts, Gatherer: reg}
+	if eng != nil {
+		acfg.Targets = func() []admin.ScrapeTarget {
+			var out []admin.ScrapeTarget
+			for _, p := range eng.Endpoints() {
+				out = append(out, admin.ScrapeTarget{Addr: p.Addr, PID: p.PID, Function: p.Function, Revision: p.Revision})
+			}
+			return out
+		}
+	}
+	admin.Mount(rt, acfg)
 	ui, err := console.New(console.Config{Source: console.Platform{Functions: fns, Picker: rcfg.Picker, Engine: eng, Probes: probes,
 		Rollouts: rollouts, Flags: flagWatcher, FlagsPath: o.flagsPath}, Gatherer: reg, Keys: rcfg.Keys, Logger: log})
 	if err != nil {
