@@ -37,7 +37,7 @@ func (d document) String() string { return fmt.Sprintf("%s#%d (%s)", d.file, d.i
 var ownDirs = []string{"knative", "security", "monitoring", "router"}
 
 // nonKubernetes are files in ownDirs that are not Kubernetes objects.
-var nonKubernetes = map[string]bool{"security/falco-rules.yaml": true, "monitoring/alerts.test.yaml": true}
+var nonKubernetes = map[string]bool{"security/falco-rules.yaml": true, "monitoring/alerts.test.yaml": true, "monitoring/prometheus-local.yml": true}
 
 // kinds maps apiVersion/Kind to a typed object. Types come from k8s.io/api and
 // Knative where the module graph has them; the Prometheus Operator's are the
