@@ -21,17 +21,6 @@ const (
 // bodyKeyFields are the top-level JSON fields that identify a user, in order.
 var bodyKeyFields = []string{"user_id", "card_id"}
 
-// TargetingKey finds the request's targeting key: the X-User-ID header, else
-// the pl_uid cookie, else the JSON body's top-level user_id or card_id. With
-// none, it returns a fresh random key (random is true): such a request is
-// split by the flag's weights but is not sticky.
-func TargetingKey(r *http.Request, body []byte) (key string, random bool) {
-	return targetingKey(httpView{r}, body)
-}
-
-// HTTPView is the RequestView of a net/http request.
-func HTTPView(r *http.Request) RequestView { return httpView{r} }
-
 func targetingKey(r RequestView, body []byte) (key string, random bool) {
 	if v := strings.TrimSpace(r.Header(UserIDHeader)); v != "" {
 		return v, false

@@ -29,12 +29,12 @@ func TestTargetingKeyOrder(t *testing.T) {
 			if tc.cookie != "" {
 				r.Header.Set("Cookie", UserCookie+"="+tc.cookie)
 			}
-			key, random := TargetingKey(r, []byte(tc.body))
+			key, random := targetingKey(httpView{r}, []byte(tc.body))
 			if random != tc.random || (!tc.random && key != tc.want) {
 				t.Fatalf("key %q random %v, want %q random %v", key, random, tc.want, tc.random)
 			}
 			if random {
-				again, _ := TargetingKey(r, []byte(tc.body))
+				again, _ := targetingKey(httpView{r}, []byte(tc.body))
 				if len(key) != 32 || again == key {
 					t.Errorf("random keys %q, %q: want fresh 128-bit keys", key, again)
 				}

@@ -142,16 +142,6 @@ func AttrInt(name string, v int64) Attr {
 	return &onnx.AttributeProto{Name: name, Type: onnx.AttributeProto_INT, I: v}
 }
 
-// AttrFloat is a float attribute.
-func AttrFloat(name string, v float32) Attr {
-	return &onnx.AttributeProto{Name: name, Type: onnx.AttributeProto_FLOAT, F: v}
-}
-
-// AttrInts is an integer-list attribute.
-func AttrInts(name string, v ...int64) Attr {
-	return &onnx.AttributeProto{Name: name, Type: onnx.AttributeProto_INTS, Ints: append([]int64(nil), v...)}
-}
-
 // Node adds a node with explicit output names and returns them.
 func (b *Graph) Node(op string, inputs, outputs []string, attrs ...Attr) []string {
 	for _, o := range outputs {
@@ -202,17 +192,6 @@ func (b *Graph) Relu(x string) string { return b.Op("Relu", []string{x}) }
 // Sign is -1, 0 or 1 elementwise.
 func (b *Graph) Sign(x string) string { return b.Op("Sign", []string{x}) }
 
-// Gemm is alpha*A'*B' + beta*C with optional transposes.
-func (b *Graph) Gemm(a, bb, c string, transA, transB bool) string {
-	bit := func(v bool) int64 {
-		if v {
-			return 1
-		}
-		return 0
-	}
-	return b.Op("Gemm", []string{a, bb, c}, AttrInt("transA", bit(transA)), AttrInt("transB", bit(transB)))
-}
-
 // Gather takes slices of data along axis at indices.
 func (b *Graph) Gather(data, indices string, axis int64) string {
 	return b.Op("Gather", []string{data, indices}, AttrInt("axis", axis))
@@ -226,12 +205,6 @@ func (b *Graph) ReduceSum(x string, keepDims bool, axes ...int64) string {
 	}
 	ax := b.InitInt64(b.fresh("axes"), []int64{int64(len(axes))}, axes)
 	return b.Op("ReduceSum", []string{x, ax}, AttrInt("keepdims", k))
-}
-
-// Unsqueeze inserts size-1 dimensions at axes (opset 13+: axes are an input).
-func (b *Graph) Unsqueeze(x string, axes ...int64) string {
-	ax := b.InitInt64(b.fresh("axes"), []int64{int64(len(axes))}, axes)
-	return b.Op("Unsqueeze", []string{x, ax})
 }
 
 // TopK returns the k largest values along the last axis, sorted descending,

@@ -63,7 +63,11 @@ func newApp(k *auth.Keys) *echo.Echo {
 	}
 	e.Use(k.Middleware(auth.FunctionParam))
 	ok := func(c echo.Context) error {
-		return c.JSON(http.StatusOK, map[string]string{"key": auth.KeyID(c)})
+		key := ""
+		if id, ok := auth.IdentityOf(c); ok {
+			key = id.ID
+		}
+		return c.JSON(http.StatusOK, map[string]string{"key": key})
 	}
 	e.GET("/healthz", ok)
 	e.GET("/v2/health/ready", ok)
@@ -150,14 +154,17 @@ func TestMiddleware(t *testing.T) {
 	}
 }
 
-func TestRateOfAndIdentity(t *testing.T) {
+func TestRateAndIdentity(t *testing.T) {
 	k := testKeys(t)
 	e := echo.New()
 	e.Use(k.Middleware(nil))
 	var rps float64
 	var burst int
 	e.POST("/functions/:function", func(c echo.Context) error {
-		rps, burst = auth.RateOf(c)
+		rps, burst = 0, 0
+		if id, ok := auth.IdentityOf(c); ok && id.Rate != nil {
+			rps, burst = id.Rate.RPS, id.Rate.Burst
+		}
 		return c.NoContent(http.StatusOK)
 	})
 	for _, tc := range []struct {

@@ -197,21 +197,3 @@ func IdentityOf(c echo.Context) (*Identity, bool) {
 	id, ok := c.Get(ContextKey).(*Identity)
 	return id, ok && id != nil
 }
-
-// KeyID is the authenticated key's id, or "" (public path, or auth off).
-func KeyID(c echo.Context) string {
-	if id, ok := IdentityOf(c); ok {
-		return id.ID
-	}
-	return ""
-}
-
-// RateOf is the authenticated key's configured rate, or (0, 0) when the key
-// sets none (or no key was authenticated): the rate limiter then uses its
-// default. Its signature matches ratelimit.Limiter.Middleware's rateOf.
-func RateOf(c echo.Context) (rps float64, burst int) {
-	if id, ok := IdentityOf(c); ok && id.Rate != nil {
-		return id.Rate.RPS, id.Rate.Burst
-	}
-	return 0, 0
-}
