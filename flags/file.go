@@ -111,6 +111,10 @@ type flag struct {
 	// var; readsAll when a var path is computed, empty or an index.
 	reads    map[string]bool
 	readsAll bool
+	// inputs are what Inputs reports: every attribute the targeting can
+	// read, when inputsKnown proves the list complete.
+	inputs      []string
+	inputsKnown bool
 	// parseErr is set when flagd could not run the targeting at all (a $ref
 	// it could not substitute): every evaluation is ERROR / PARSE_ERROR.
 	parseErr string
@@ -467,6 +471,7 @@ func (v *validator) flag(path, key string, node any, setMeta map[string]any, inA
 			f.targeting, f.targeted, f.parseErr = resolved, true, v.unresolved
 			f.reads = map[string]bool{}
 			f.readsAll = attributesRead(resolved, f.reads)
+			f.inputs, f.inputsKnown = ruleInputs(resolved)
 		}
 	}
 	if v.errorsSince(before) {

@@ -103,7 +103,14 @@ func (p *Provider) BooleanEvaluation(_ context.Context, flag string, def bool, c
 
 // StringEvaluation implements openfeature.FeatureProvider.
 func (p *Provider) StringEvaluation(_ context.Context, flag string, def string, ctx openfeature.FlattenedContext) openfeature.StringResolutionDetail {
-	return resolve(p.Set().Evaluate(flag, ctx), def, "string", func(v any) (string, bool) { s, ok := v.(string); return s, ok })
+	return p.Set().ResolveString(flag, def, ctx)
+}
+
+// ResolveString is StringEvaluation against s rather than the provider's
+// current set, for a caller that must answer from the one Set it read
+// (the router, which also maps the value to a revision with that Set).
+func (s *Set) ResolveString(flag string, def string, ctx openfeature.FlattenedContext) openfeature.StringResolutionDetail {
+	return resolve(s.Evaluate(flag, ctx), def, "string", func(v any) (string, bool) { s, ok := v.(string); return s, ok })
 }
 
 // FloatEvaluation implements openfeature.FeatureProvider.
