@@ -30,6 +30,7 @@ type FlagPicker struct {
 	client    *openfeature.Client
 	fallbacks *prometheus.CounterVec
 	hooked    atomic.Bool // an OpenFeature hook watches every evaluation (tracing)
+	cache     *flagCache  // nil: every evaluation runs the rule
 }
 
 var pickerDomains atomic.Int64
@@ -45,8 +46,23 @@ func NewFlagPicker(w *flags.Watcher, _ string, reg prometheus.Registerer) (*Flag
 		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_flags_fallback_total",
 			Help: "Requests whose flag gave no usable revision (reason: unknown_revision, or the evaluation's reason or error code), served by the default instead."},
 			[]string{"function", "reason"})}
+	p.cache = newFlagCache()
 	if reg != nil {
 		reg.MustRegister(p.fallbacks)
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilotlight_flags_cache_entries",
+				Help: "Flag evaluations the router remembers for the current flag file (bounded)."},
+				func() float64 { n, _ := p.cache.stats(); return float64(n) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilotlight_flags_cache_bytes",
+				Help: "Estimated memory of the remembered flag evaluations (bounded)."},
+				func() float64 { _, b := p.cache.stats(); return float64(b) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pilotlight_flags_cache_hits_total",
+				Help: "Flag evaluations answered from the cache."},
+				func() float64 { return float64(p.cache.hits.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pilotlight_flags_cache_misses_total",
+				Help: "Cacheable flag evaluations that ran the rule (then remembered)."},
+				func() float64 { return float64(p.cache.misses.Load()) }),
+		)
 	}
 	return p, nil
 }
@@ -65,13 +81,30 @@ func attributes(fn *functions.Manifest, r RequestView, set *flags.Set) map[strin
 		})
 		attrs["headers"] = headers
 	}
-	if v := r.Header("X-User-Email"); v != "" {
-		attrs["email"] = v
-	}
-	if v := r.Header("X-Region"); v != "" {
-		attrs["region"] = v
+	for _, name := range headerAttributes {
+		if v, ok := stringAttribute(name, fn, r); ok {
+			attrs[name] = v
+		}
 	}
 	return attrs
+}
+
+// headerAttributes are the string attributes taken from one header each.
+var headerAttributes = [...]string{"email", "region"}
+
+// stringAttribute is one string attribute of the evaluation context, as
+// attributes builds it: the one place that says where each comes from.
+func stringAttribute(name string, fn *functions.Manifest, r RequestView) (string, bool) {
+	var v string
+	switch name {
+	case "function":
+		return fn.Name, true
+	case "email":
+		v = r.Header("X-User-Email")
+	case "region":
+		v = r.Header("X-Region")
+	}
+	return v, v != ""
 }
 
 // Pick implements Picker: the flag is evaluated through OpenFeature and
@@ -90,18 +123,8 @@ func (p *FlagPicker) pick(ctx context.Context, fn *functions.Manifest, r Request
 		d, _ := p.client.StringValueDetails(context.WithoutCancel(ctx), fn.Flag, "", openfeature.NewEvaluationContext(key, attributes(fn, r, set)))
 		value, reason, code = d.Value, string(d.Reason), string(d.ErrorCode)
 	} else {
-		// No hook to run: ask the provider the SDK would ask, with the
-		// flattened context the SDK would give it (targetingKey plus the
-		// attributes; no API or client context is ever set here), and none
-		// at all for a flag whose answer cannot depend on the request.
-		var attrs map[string]any
-		if !set.ContextFree(fn.Flag) {
-			key, _ := targetingKey(r, body)
-			attrs = attributes(fn, r, set)
-			attrs[openfeature.TargetingKey] = key
-		}
-		res := p.watcher.Provider().StringEvaluation(ctx, fn.Flag, "", attrs)
-		value, reason, code = res.Value, string(res.Reason), string(res.ResolutionDetail().ErrorCode)
+		e := p.evaluate(set, fn, r, body)
+		value, reason, code = e.value, e.reason, e.code
 	}
 	rev, _, fellBack := set.ServingRevision(fn, value)
 	switch {
@@ -114,6 +137,78 @@ func (p *FlagPicker) pick(ctx context.Context, fn *functions.Manifest, r Request
 		p.fallbacks.WithLabelValues(fn.Name, strings.ToLower(reason)).Inc()
 	}
 	return rev
+}
+
+// evaluate answers as the provider would (no hook to run): from the cache
+// when the flag's rule reads only attributes taken from the request and
+// this request carries its own targeting key (a random one would never
+// come again), else by running the rule.
+func (p *FlagPicker) evaluate(set *flags.Set, fn *functions.Manifest, r RequestView, body []byte) evaluation {
+	if p.cache == nil || set.ContextFree(fn.Flag) {
+		return evaluateUncached(set, fn, r, body)
+	}
+	inputs, ok := set.Inputs(fn.Flag)
+	if !ok {
+		return evaluateUncached(set, fn, r, body)
+	}
+	var buf [256]byte
+	key := appendInput(buf[:0], fn.Flag, true)
+	tk, haveTK := "", false
+	for _, name := range inputs {
+		switch name {
+		case "headers": // every header: no better than running the rule
+			return evaluateUncached(set, fn, r, body)
+		case openfeature.TargetingKey:
+			var random bool
+			if tk, random = targetingKey(r, body); random {
+				return evaluateWith(set, fn, r, tk)
+			}
+			haveTK = true
+			key = appendInput(key, tk, true)
+		default:
+			v, present := stringAttribute(name, fn, r)
+			key = appendInput(key, v, present)
+		}
+	}
+	g, h := p.cache.generation(set), p.cache.hash(key)
+	if e, ok := p.cache.get(g, key, h); ok {
+		return e
+	}
+	if !haveTK {
+		tk, _ = targetingKey(r, body)
+	}
+	e := evaluateWith(set, fn, r, tk)
+	if p.cache.admit(h) {
+		p.cache.put(g, key, h, e)
+	}
+	return e
+}
+
+// evaluateUncached asks set what the provider would answer the SDK, with
+// the flattened context the SDK would give it (targetingKey plus the
+// attributes; no API or client context is ever set here), and none at all
+// for a flag whose answer cannot depend on the request.
+func evaluateUncached(set *flags.Set, fn *functions.Manifest, r RequestView, body []byte) evaluation {
+	if set.ContextFree(fn.Flag) {
+		return resolved(set.ResolveString(fn.Flag, "", nil))
+	}
+	key, _ := targetingKey(r, body)
+	return evaluateWith(set, fn, r, key)
+}
+
+// evaluateWith is evaluateUncached for a flag that reads the request, with
+// its targeting key already found.
+func evaluateWith(set *flags.Set, fn *functions.Manifest, r RequestView, key string) evaluation {
+	attrs := attributes(fn, r, set)
+	attrs[openfeature.TargetingKey] = key
+	return resolved(set.ResolveString(fn.Flag, "", attrs))
+}
+
+// resolved keeps what the picker reads of an answer. The metadata is
+// dropped first: ResolutionDetail would copy it, per request, for nothing.
+func resolved(res openfeature.StringResolutionDetail) evaluation {
+	res.FlagMetadata = nil
+	return evaluation{value: res.Value, reason: string(res.Reason), code: string(res.ResolutionDetail().ErrorCode)}
 }
 
 // Weights implements Picker: the split for requests no targeting rule
