@@ -21,10 +21,13 @@ import (
 
 // Config describes one load.
 type Config struct {
-	Method      string // default POST when Body is set, else GET
-	URL         string
-	Body        func(worker, i int) []byte // nil: no body
-	Header      http.Header
+	Method string // default POST when Body is set, else GET
+	URL    string
+	Body   func(worker, i int) []byte // nil: no body
+	Header http.Header
+	// Headers, when set, adds per-request headers (after Header): a user
+	// id per request, say.
+	Headers     func(worker, i int, h http.Header)
 	Concurrency int
 	Duration    time.Duration // stop after this long (0: only Requests bounds it)
 	Requests    int           // stop after this many (0: only Duration bounds it)
@@ -205,6 +208,9 @@ func RunWith(ctx context.Context, client *http.Client, cfg Config) *Result {
 				}
 				for k, vs := range cfg.Header {
 					req.Header[k] = vs
+				}
+				if cfg.Headers != nil {
+					cfg.Headers(w, i, req.Header)
 				}
 				if cfg.Body != nil && req.Header.Get("Content-Type") == "" {
 					req.Header.Set("Content-Type", "application/json")

@@ -2,8 +2,11 @@ package loadgen
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -60,5 +63,27 @@ func TestDurationBound(t *testing.T) {
 	}
 	if n := arrived.Load(); n != int64(res.Sent) {
 		t.Errorf("the server saw %d requests, the run reports %d sent: requests outlived Run", n, res.Sent)
+	}
+}
+
+// Headers sets each request's own headers, after the shared ones.
+func TestPerRequestHeaders(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen[r.Header.Get("X-User-ID")+"/"+r.Header.Get("X-Shared")] = true
+		mu.Unlock()
+	}))
+	defer ts.Close()
+	res := Run(context.Background(), Config{URL: ts.URL, Concurrency: 3, Requests: 30, Header: http.Header{"X-Shared": {"s"}},
+		Headers: func(w, i int, h http.Header) { h.Set("X-User-ID", fmt.Sprintf("%d-%d", w, i)) }})
+	if res.Succeeded != 30 || len(seen) != 30 {
+		t.Fatalf("%s; %d distinct user/shared pairs, want 30: %v", res, len(seen), seen)
+	}
+	for k := range seen {
+		if !strings.HasSuffix(k, "/s") {
+			t.Fatalf("shared header lost: %q", k)
+		}
 	}
 }
