@@ -1,9 +1,16 @@
 package bench
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net/http"
 	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
 
 	"github.com/pilotlight/pilotlight/internal/loadgen"
 )
@@ -69,4 +76,143 @@ func Platform(ctx context.Context, e Env) ([]Row, error) {
 		{Name: "infer ÷ health on the instance directly, no router (median of rounds): the ceiling of the figure above", Value: fmt.Sprintf("%.2f", dRatio)},
 		{Name: "infer through the platform (flags on) ÷ infer on the instance directly (median of rounds)", Value: fmt.Sprintf("%.2f", hop)},
 	}, nil
+}
+
+// The users of PlatformUsers. rand.Zipf needs an exponent above 1; 1.1
+// is near the s ≈ 1 measured for web traffic.
+const (
+	zipfUsers    = 10_000
+	zipfExponent = 1.1
+	// flagCostGoal is issue 25's goal for infer with the shipped flags ÷
+	// infer with no flag file.
+	flagCostGoal = 0.95
+)
+
+// PlatformUsers measures what the flag file costs with realistic users:
+// the function served twice, once with e.FlagsFile and once with no flag
+// file (every request to the stable revision), loaded in alternating rounds
+// at c=32 in one run. Each request carries its user in X-User-ID: in one
+// mode 10,000 users drawn from a Zipf distribution, in the other a new
+// user every request. After each mode it reads the flag cache's size and
+// hits from the flagged serve's /metrics.
+func PlatformUsers(ctx context.Context, e Env) ([]Row, error) {
+	if _, err := os.Stat(e.FlagsFile); err != nil {
+		return nil, fmt.Errorf("the flag file to serve: %w (run from the repository root, or pass --flags-file)", err)
+	}
+	type serve struct {
+		name, infer, metrics string
+		rounds               []*loadgen.Result
+	}
+	var serves []*serve
+	var body []byte
+	for _, flagsArg := range []string{e.FlagsFile, ""} {
+		root, m, err := e.oneInstanceRoot()
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(root)
+		s, base, b, err := e.serveWithBody([]string{"--functions", root, "--pool-size", "0", "--flags", flagsArg, "--dev"}, m)
+		if err != nil {
+			return nil, err
+		}
+		defer s.Stop()
+		body = b
+		name := "flags from " + flagsArg
+		if flagsArg == "" {
+			name = "no flag file"
+		}
+		sv := &serve{name: name, infer: base + "/v2/models/" + m.Name + "/infer", metrics: base + "/metrics"}
+		loadgen.Run(ctx, loadgen.Config{URL: sv.infer, Concurrency: 32, Requests: 2000, Body: func(int, int) []byte { return body }}) // warm every revision
+		serves = append(serves, sv)
+	}
+	flagged, plain := serves[0], serves[1]
+	bodyFn := func(int, int) []byte { return body }
+
+	zipfs := make([]*rand.Zipf, 32)
+	for w := range zipfs {
+		zipfs[w] = rand.NewZipf(rand.New(rand.NewPCG(25, uint64(w))), zipfExponent, 1, zipfUsers-1)
+	}
+	var fresh atomic.Int64
+	modes := []struct {
+		name    string
+		headers func(w, i int, h http.Header)
+	}{
+		{fmt.Sprintf("%d users, Zipf s=%.1f", zipfUsers, zipfExponent), func(w, _ int, h http.Header) {
+			h.Set("X-User-ID", "user-"+strconv.FormatUint(zipfs[w].Uint64(), 10))
+		}},
+		{"a new user every request", func(_, _ int, h http.Header) {
+			h.Set("X-User-ID", "new-"+strconv.FormatInt(fresh.Add(1), 10))
+		}},
+	}
+	var rows []Row
+	for _, mode := range modes {
+		hits0, _ := metricValue(flagged.metrics, "pilotlight_flags_cache_hits_total")
+		misses0, _ := metricValue(flagged.metrics, "pilotlight_flags_cache_misses_total")
+		var ratios []float64
+		for _, s := range serves {
+			s.rounds = nil
+		}
+		for round := 0; round < hopRounds; round++ {
+			order := serves
+			if round%2 == 1 { // alternate who goes first, so drift falls on both
+				order = []*serve{plain, flagged}
+			}
+			for _, s := range order {
+				s.rounds = append(s.rounds, loadgen.Run(ctx, loadgen.Config{URL: s.infer, Concurrency: 32, Duration: e.Duration, Body: bodyFn, Headers: mode.headers}))
+			}
+			ratios = append(ratios, flagged.rounds[round].RPS()/plain.rounds[round].RPS())
+		}
+		for _, s := range serves {
+			v, failed := roundRates(s.rounds)
+			v += " req/s"
+			if failed > 0 {
+				v += fmt.Sprintf("; %d failed", failed)
+			}
+			rows = append(rows, Row{Name: fmt.Sprintf("%s: V2 infer through the platform, %s, c=32", mode.name, s.name), Value: v})
+		}
+		ratio := median(ratios)
+		rows = append(rows, Row{Name: fmt.Sprintf("%s: infer with the flags ÷ with no flag file (median of %d alternating rounds)", mode.name, hopRounds),
+			Value: fmt.Sprintf("%.3f", ratio), Goal: fmt.Sprintf("≥ %.2f", flagCostGoal), Met: met(ratio >= flagCostGoal)})
+		entries, err1 := metricValue(flagged.metrics, "pilotlight_flags_cache_entries")
+		size, err2 := metricValue(flagged.metrics, "pilotlight_flags_cache_bytes")
+		hits, _ := metricValue(flagged.metrics, "pilotlight_flags_cache_hits_total")
+		misses, _ := metricValue(flagged.metrics, "pilotlight_flags_cache_misses_total")
+		v := fmt.Sprintf("%.0f entries, %.1f MiB; %.0f hits, %.0f misses in this mode", entries, size/(1<<20), hits-hits0, misses-misses0)
+		if err := errors.Join(err1, err2); err != nil {
+			v = "unreadable: " + err.Error()
+		}
+		rows = append(rows, Row{Name: fmt.Sprintf("%s: the router's flag cache afterwards (bounded: 65,536 entries, 16 MiB)", mode.name), Value: v})
+	}
+	return rows, nil
+}
+
+// metricValue sums a counter's or gauge's series on a /metrics page.
+func metricValue(url, name string) (float64, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var sum float64
+	found := false
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 2 || (f[0] != name && !strings.HasPrefix(f[0], name+"{")) {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", name, err)
+		}
+		sum, found = sum+v, true
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	if !found {
+		return 0, fmt.Errorf("%s not on %s", name, url)
+	}
+	return sum, nil
 }
