@@ -101,7 +101,9 @@ func PlatformUsers(ctx context.Context, e Env) ([]Row, error) {
 	}
 	type serve struct {
 		name, infer, metrics string
+		pid                  int
 		rounds               []*loadgen.Result
+		cpu                  []pathCPU // per round, per answered request
 	}
 	var serves []*serve
 	var body []byte
@@ -121,7 +123,7 @@ func PlatformUsers(ctx context.Context, e Env) ([]Row, error) {
 		if flagsArg == "" {
 			name = "no flag file"
 		}
-		sv := &serve{name: name, infer: base + "/v2/models/" + m.Name + "/infer", metrics: base + "/metrics"}
+		sv := &serve{name: name, infer: base + "/v2/models/" + m.Name + "/infer", metrics: base + "/metrics", pid: s.Pid()}
 		loadgen.Run(ctx, loadgen.Config{URL: sv.infer, Concurrency: 32, Requests: 2000, Body: func(int, int) []byte { return body }}) // warm every revision
 		serves = append(serves, sv)
 	}
@@ -150,7 +152,7 @@ func PlatformUsers(ctx context.Context, e Env) ([]Row, error) {
 		misses0, _ := metricValue(flagged.metrics, "pilotlight_flags_cache_misses_total")
 		var ratios []float64
 		for _, s := range serves {
-			s.rounds = nil
+			s.rounds, s.cpu = nil, nil
 		}
 		for round := 0; round < hopRounds; round++ {
 			order := serves
@@ -158,7 +160,10 @@ func PlatformUsers(ctx context.Context, e Env) ([]Row, error) {
 				order = []*serve{plain, flagged}
 			}
 			for _, s := range order {
-				s.rounds = append(s.rounds, loadgen.Run(ctx, loadgen.Config{URL: s.infer, Concurrency: 32, Duration: e.Duration, Body: bodyFn, Headers: mode.headers}))
+				before := readPathCPU(s.pid)
+				r := loadgen.Run(ctx, loadgen.Config{URL: s.infer, Concurrency: 32, Duration: e.Duration, Body: bodyFn, Headers: mode.headers})
+				used, n := readPathCPU(s.pid).sub(before), float64(max(r.Sent-r.Unanswered(), 1))
+				s.rounds, s.cpu = append(s.rounds, r), append(s.cpu, pathCPU{serve: used.serve / n, instances: used.instances / n})
 			}
 			ratios = append(ratios, flagged.rounds[round].RPS()/plain.rounds[round].RPS())
 		}
@@ -171,6 +176,20 @@ func PlatformUsers(ctx context.Context, e Env) ([]Row, error) {
 			rows = append(rows, Row{Name: fmt.Sprintf("%s: V2 infer through the platform, %s, c=32", mode.name, s.name), Value: v})
 		}
 		ratio := median(ratios)
+		perReq := func(s *serve, f func(pathCPU) float64) float64 {
+			v := make([]float64, len(s.cpu))
+			for i, c := range s.cpu {
+				v[i] = f(c) * 1e6
+			}
+			return median(v)
+		}
+		serveOnly := func(c pathCPU) float64 { return c.serve }
+		path := func(c pathCPU) float64 { return c.serve + c.instances }
+		rows = append(rows,
+			Row{Name: fmt.Sprintf("%s: serve's CPU per request, flags vs no flag file (median of rounds; steadier than req/s on a shared machine)", mode.name),
+				Value: fmt.Sprintf("%.1f µs vs %.1f µs", perReq(flagged, serveOnly), perReq(plain, serveOnly))},
+			Row{Name: fmt.Sprintf("%s: CPU per request on the path (serve + instances), no flag file ÷ flags: the throughput ratio a CPU-bound machine would show", mode.name),
+				Value: fmt.Sprintf("%.3f", perReq(plain, path)/perReq(flagged, path))})
 		rows = append(rows, Row{Name: fmt.Sprintf("%s: infer with the flags ÷ with no flag file (median of %d alternating rounds)", mode.name, hopRounds),
 			Value: fmt.Sprintf("%.3f", ratio), Goal: fmt.Sprintf("≥ %.2f", flagCostGoal), Met: met(ratio >= flagCostGoal)})
 		entries, err1 := metricValue(flagged.metrics, "pilotlight_flags_cache_entries")
