@@ -48,6 +48,12 @@ type Result struct {
 // value; "targetingKey" is the subject's key), as flagd does. The context is
 // not modified.
 func (s *Set) Evaluate(flagKey string, ctx map[string]any) Result {
+	return s.evaluate(flagKey, ctx, false)
+}
+
+// evaluate is Evaluate; owned says ctx may become the rule's data (the
+// caller built it for this one evaluation), which spares a copy.
+func (s *Set) evaluate(flagKey string, ctx map[string]any, owned bool) Result {
 	f, ok := s.flags[flagKey]
 	if !ok {
 		return Result{Reason: ReasonError, ErrorCode: ErrFlagNotFound,
@@ -66,7 +72,7 @@ func (s *Set) Evaluate(flagKey string, ctx map[string]any) Result {
 		return Result{Reason: ReasonError, ErrorCode: ErrParse,
 			ErrorMessage: fmt.Sprintf("flag %q: targeting cannot run: %s", flagKey, f.parseErr), Metadata: f.metadata}
 	}
-	out, err := applyRule(f.targeting, contextData(flagKey, ctx))
+	out, err := applyRule(f.targeting, contextData(flagKey, ctx, owned))
 	if err != nil {
 		return Result{Reason: ReasonError, ErrorCode: ErrParse,
 			ErrorMessage: fmt.Sprintf("flag %q: targeting failed: %v", flagKey, err), Metadata: f.metadata}
@@ -117,10 +123,20 @@ func applyRule(rule, data any) (out any, err error) {
 }
 
 // contextData is what targeting sees: the context with JSON types only (as
-// flagd, which round-trips it through JSON) plus the injected $flagd.
-func contextData(flagKey string, ctx map[string]any) map[string]any {
-	data := make(map[string]any, len(ctx)+1)
+// flagd, which round-trips it through JSON) plus the injected $flagd. An
+// owned ctx is converted in place and becomes the data.
+func contextData(flagKey string, ctx map[string]any, owned bool) map[string]any {
+	data := ctx
+	if !owned || data == nil {
+		data = make(map[string]any, len(ctx)+1)
+	}
 	for k, v := range ctx {
+		switch v.(type) {
+		case string, bool, float64, nil: // already JSON's
+			if owned {
+				continue
+			}
+		}
 		data[k] = jsonValue(v)
 	}
 	data[flagdKey] = map[string]any{"flagKey": flagKey, "timestamp": float64(time.Now().Unix())}

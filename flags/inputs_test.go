@@ -186,3 +186,30 @@ func TestInputsDecideTheEvaluation(t *testing.T) {
 		t.Fatalf("only %d flags with provable inputs: the test proves little", cached)
 	}
 }
+
+// An owned context (converted in place, no copy) evaluates as a copied one,
+// numbers of other Go types included.
+func TestOwnedContextEvaluatesTheSame(t *testing.T) {
+	rng := rand.New(rand.NewPCG(25, 3))
+	for name, s := range flagFiles(t) {
+		for _, key := range s.Keys() {
+			for range 100 {
+				ctx := randomContext(rng)
+				if rng.IntN(2) == 0 {
+					ctx["n"] = rng.IntN(3) // an int: jsonValue makes it 0, 1 or 2.0
+				}
+				owned := map[string]any{}
+				for k, v := range ctx {
+					owned[k] = v
+				}
+				want, got := s.Evaluate(key, ctx), s.evaluate(key, owned, true)
+				if !reflect.DeepEqual(want, got) {
+					t.Fatalf("%s: flag %s, context %v: copied %+v, owned %+v", name, key, ctx, want, got)
+				}
+				if r := s.ResolveStringOwned(key, "d", map[string]any{"email": "a"}); r.Reason == "" {
+					t.Fatalf("%s: flag %s: ResolveStringOwned gave no reason", name, key)
+				}
+			}
+		}
+	}
+}

@@ -110,8 +110,17 @@ func (p *Provider) StringEvaluation(_ context.Context, flag string, def string, 
 // current set, for a caller that must answer from the one Set it read
 // (the router, which also maps the value to a revision with that Set).
 func (s *Set) ResolveString(flag string, def string, ctx openfeature.FlattenedContext) openfeature.StringResolutionDetail {
-	return resolve(s.Evaluate(flag, ctx), def, "string", func(v any) (string, bool) { s, ok := v.(string); return s, ok })
+	return resolve(s.Evaluate(flag, ctx), def, "string", asString)
 }
+
+// ResolveStringOwned is ResolveString for a context built for this one
+// evaluation: it becomes the rule's data (the caller must not use it
+// again), sparing a copy per request.
+func (s *Set) ResolveStringOwned(flag string, def string, ctx map[string]any) openfeature.StringResolutionDetail {
+	return resolve(s.evaluate(flag, ctx, true), def, "string", asString)
+}
+
+func asString(v any) (string, bool) { s, ok := v.(string); return s, ok }
 
 // FloatEvaluation implements openfeature.FeatureProvider.
 func (p *Provider) FloatEvaluation(_ context.Context, flag string, def float64, ctx openfeature.FlattenedContext) openfeature.FloatResolutionDetail {

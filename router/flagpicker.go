@@ -201,7 +201,7 @@ func evaluateUncached(set *flags.Set, fn *functions.Manifest, r RequestView, bod
 func evaluateWith(set *flags.Set, fn *functions.Manifest, r RequestView, key string) evaluation {
 	attrs := attributes(fn, r, set)
 	attrs[openfeature.TargetingKey] = key
-	return resolved(set.ResolveString(fn.Flag, "", attrs))
+	return resolved(set.ResolveStringOwned(fn.Flag, "", attrs)) // attrs is this call's alone
 }
 
 // resolved keeps what the picker reads of an answer. The metadata is
