@@ -72,7 +72,7 @@ func (s *Set) evaluate(flagKey string, ctx map[string]any, owned bool) Result {
 		return Result{Reason: ReasonError, ErrorCode: ErrParse,
 			ErrorMessage: fmt.Sprintf("flag %q: targeting cannot run: %s", flagKey, f.parseErr), Metadata: f.metadata}
 	}
-	out, err := applyRule(f.targeting, contextData(flagKey, ctx, owned))
+	out, err := applyRule(f.targeting, contextData(f, ctx, owned))
 	if err != nil {
 		return Result{Reason: ReasonError, ErrorCode: ErrParse,
 			ErrorMessage: fmt.Sprintf("flag %q: targeting failed: %v", flagKey, err), Metadata: f.metadata}
@@ -125,7 +125,7 @@ func applyRule(rule, data any) (out any, err error) {
 // contextData is what targeting sees: the context with JSON types only (as
 // flagd, which round-trips it through JSON) plus the injected $flagd. An
 // owned ctx is converted in place and becomes the data.
-func contextData(flagKey string, ctx map[string]any, owned bool) map[string]any {
+func contextData(f *flag, ctx map[string]any, owned bool) map[string]any {
 	data := ctx
 	if !owned || data == nil {
 		data = make(map[string]any, len(ctx)+1)
@@ -139,8 +139,25 @@ func contextData(flagKey string, ctx map[string]any, owned bool) map[string]any 
 		}
 		data[k] = jsonValue(v)
 	}
-	data[flagdKey] = map[string]any{"flagKey": flagKey, "timestamp": float64(time.Now().Unix())}
+	data[flagdKey] = f.flagdProps(time.Now().Unix())
 	return data
+}
+
+// flagdProps is $flagd for an evaluation in second now. It is built once
+// a second per flag and shared: nothing in an evaluation writes to its data
+// (jsonlogic's own operators build new maps; flagd's read only).
+func (f *flag) flagdProps(now int64) map[string]any {
+	if p := f.flagd.Load(); p != nil && p.second == now {
+		return p.props
+	}
+	p := &flagdProps{second: now, props: map[string]any{"flagKey": f.key, "timestamp": float64(now)}}
+	f.flagd.Store(p)
+	return p.props
+}
+
+type flagdProps struct {
+	second int64
+	props  map[string]any
 }
 
 // jsonValue converts a Go value to what encoding/json would decode it as.

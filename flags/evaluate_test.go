@@ -264,6 +264,28 @@ func TestTimestampIsNow(t *testing.T) {
 	}
 }
 
+// $flagd is built once a second per flag and shared: the next second
+// sees the next timestamp, and each flag its own key.
+func TestFlagdPropsFollowTheClock(t *testing.T) {
+	s := mustParse(t, `{"flags": {
+	  "f": {"state": "ENABLED", "variants": {"early": "early", "late": "late"}, "defaultVariant": "early",
+	    "targeting": {"if": [{">=": [{"var": "$flagd.timestamp"}, {"var": "at"}]}, "late", "early"]}},
+	  "g": {"state": "ENABLED", "variants": {"f": "f", "g": "g"}, "defaultVariant": "f", "targeting": {"var": "$flagd.flagKey"}}}}`)
+	t0 := time.Now().Unix()
+	if r := s.Evaluate("f", map[string]any{"at": t0}); r.Variant != "late" {
+		t.Fatalf("at the current second: %+v", r)
+	}
+	for time.Now().Unix() == t0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if r := s.Evaluate("f", map[string]any{"at": t0 + 1}); r.Variant != "late" {
+		t.Fatalf("a second later, $flagd.timestamp is stale: %+v", r)
+	}
+	if r := s.Evaluate("g", nil); r.Variant != "g" {
+		t.Fatalf("$flagd.flagKey of g: %+v", r)
+	}
+}
+
 func TestRefSubstitution(t *testing.T) {
 	s := mustParse(t, `{"flags": {"f": {"state": "ENABLED", "variants": {"hi": "hi", "bye": "bye"}, "defaultVariant": "bye",
 		"targeting": {"if": [{"$ref": "macrosoft"}, "hi", null]}}},

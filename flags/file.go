@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // Flag states.
@@ -120,6 +121,7 @@ type flag struct {
 	parseErr string
 	metadata map[string]any
 	raw      Flag
+	flagd    atomic.Pointer[flagdProps] // this second's $flagd, shared by evaluations
 }
 
 // Reads reports whether evaluating the flag can read the context
