@@ -133,7 +133,7 @@ func infer(t *testing.T, l *engine.Lease) {
 	}
 	defer c.Close()
 	var enc frame.Encoder
-	enc.StartRequest([]byte("POST"), []byte("/v2/models/"+fn+"/infer"), 0)
+	enc.StartRequest("", []byte("POST"), []byte("/v2/models/"+fn+"/infer"), 0)
 	f, _ := enc.Finish([]byte(body))
 	if _, err := c.Write(f); err != nil {
 		t.Fatal(err)

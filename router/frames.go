@@ -154,7 +154,7 @@ func (c *frameConn) exchange(x *exchange, deadline time.Time) error {
 	if !deadline.IsZero() {
 		timeout = time.Until(deadline) // the instance drops the request when the router stops waiting
 	}
-	c.enc.StartRequest(x.out.Header.Method(), uri.RequestURI(), timeout)
+	c.enc.StartRequest(x.revision, x.out.Header.Method(), uri.RequestURI(), timeout)
 	for k, v := range x.out.Header.All() {
 		if bytes.EqualFold(k, hdrContentLength) {
 			continue // the frame's length is the body's

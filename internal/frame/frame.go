@@ -8,7 +8,7 @@
 //
 // A frame is a 4-byte little-endian length and that many bytes:
 //
-//	request:  'P' version(2) | u64 timeout ns | u32 len, method | u32 len, request URI | u32 count, headers | body
+//	request:  'P' version(3) | u64 timeout ns | u32 len, revision | u32 len, method | u32 len, request URI | u32 count, headers | body
 //	response: u16 status | u32 count, headers | body
 //	header:   u32 len, name | u32 len, value
 //
@@ -16,6 +16,20 @@
 // bound). The instance ends the request's context when it passes, as
 // net/http's server does when a proxy closes the connection: a request
 // the router has given up on leaves the batch queue instead of running.
+//
+// The revision names the revision the request is for: empty means the
+// instance's one revision; an instance that does not serve the named one
+// answers 404 with {"error": "..."} (a process serving several revisions
+// picks the sessions by it).
+//
+// gRPC rides the same frames, so the router terminates HTTP/2 once: a
+// request whose Content-Type is application/grpc is a unary gRPC call,
+// its URI the method's path, its headers the call's metadata, its body
+// the length-prefixed request message; the instance sees it as the
+// HTTP/2 request it stands for. A response header whose name starts with
+// "Trailer:" (net/http's TrailerPrefix) is a trailer: grpc-status and
+// grpc-message come back that way, whether the instance declared them as
+// trailers or set them with the prefix.
 //
 // The body is what is left of the frame. A reader refuses a frame longer
 // than its limit, and the connection is closed after any error: a frame
@@ -33,8 +47,12 @@ import (
 
 const (
 	magic   = 'P'
-	version = 2
+	version = 3
 )
+
+// TrailerPrefix starts the name of a response header that is a trailer
+// (the same prefix net/http's ResponseWriter takes).
+const TrailerPrefix = "Trailer:"
 
 // ErrTooLarge is a frame longer than the reader's limit.
 var ErrTooLarge = errors.New("frame: frame larger than the limit")
@@ -46,6 +64,7 @@ type Header struct{ Name, Value []byte }
 // and are valid until the next read.
 type Request struct {
 	Timeout     time.Duration // how long the router still waits (0: no bound)
+	Revision    []byte        // the revision the request is for (empty: the instance's one)
 	Method, URI []byte
 	Headers     []Header
 	Body        []byte
@@ -58,15 +77,17 @@ type Encoder struct {
 	countAt int // where the current frame's header count sits
 }
 
-// StartRequest begins a request frame; timeout is how long the sender
-// will wait for the answer (0: no bound; a negative one is sent as 1 ns,
-// already over).
-func (e *Encoder) StartRequest(method, uri []byte, timeout time.Duration) {
+// StartRequest begins a request frame for revision ("": the instance's
+// one); timeout is how long the sender will wait for the answer (0: no
+// bound; a negative one is sent as 1 ns, already over).
+func (e *Encoder) StartRequest(revision string, method, uri []byte, timeout time.Duration) {
 	if timeout < 0 {
 		timeout = 1
 	}
 	e.b = append(e.b[:0], 0, 0, 0, 0, magic, version)
 	e.b = binary.LittleEndian.AppendUint64(e.b, uint64(timeout))
+	e.b = binary.LittleEndian.AppendUint32(e.b, uint32(len(revision)))
+	e.b = append(e.b, revision...)
 	e.b = appendBytes(e.b, method)
 	e.b = appendBytes(e.b, uri)
 	e.countAt = len(e.b)
@@ -84,6 +105,16 @@ func (e *Encoder) StartResponse(status int) {
 // Header adds a header between Start* and Head or Finish.
 func (e *Encoder) Header(name, value []byte) {
 	e.b = appendBytes(appendBytes(e.b, name), value)
+	binary.LittleEndian.PutUint32(e.b[e.countAt:], binary.LittleEndian.Uint32(e.b[e.countAt:])+1)
+}
+
+// HeaderString is Header for a name and value held as strings (no copy
+// to []byte first).
+func (e *Encoder) HeaderString(name, value string) {
+	e.b = binary.LittleEndian.AppendUint32(e.b, uint32(len(name)))
+	e.b = append(e.b, name...)
+	e.b = binary.LittleEndian.AppendUint32(e.b, uint32(len(value)))
+	e.b = append(e.b, value...)
 	binary.LittleEndian.PutUint32(e.b[e.countAt:], binary.LittleEndian.Uint32(e.b[e.countAt:])+1)
 }
 
@@ -126,6 +157,7 @@ func ReadRequest(r *bufio.Reader, buf *[]byte, limit int, req *Request) error {
 		return errors.New("frame: not a Pilotlight request frame (bad magic or version)")
 	}
 	req.Timeout = time.Duration(min(d.u64(), 1<<63-1))
+	req.Revision = d.take(int(d.u32()))
 	req.Method = d.take(int(d.u32()))
 	req.URI = d.take(int(d.u32()))
 	req.Headers = d.headers(req.Headers[:0])
@@ -190,10 +222,11 @@ func ReadResponseHead(r *bufio.Reader, buf *[]byte, limit int, h *ResponseHead) 
 	return nil
 }
 
-// WriteResponse writes a whole response frame and flushes w.
-func WriteResponse(w *bufio.Writer, e *Encoder, status int, headers func(add func(name, value []byte)), body []byte) error {
+// WriteResponse writes a whole response frame and flushes w; headers adds
+// the headers (and the trailers, named with TrailerPrefix).
+func WriteResponse(w *bufio.Writer, e *Encoder, status int, headers func(e *Encoder), body []byte) error {
 	e.StartResponse(status)
-	headers(e.Header)
+	headers(e)
 	f, err := e.Finish(body)
 	if err != nil {
 		return err

@@ -16,8 +16,9 @@ func TestRequestRoundTrip(t *testing.T) {
 	bodies := [][]byte{[]byte(`{"inputs":[]}`), nil, bytes.Repeat([]byte("x"), 200<<10)}
 	timeouts := []time.Duration{0, 1500 * time.Millisecond, -time.Second} // none, a bound, already over
 	wantTimeouts := []time.Duration{0, 1500 * time.Millisecond, 1}
+	revisions := []string{"", "fraud-00002", "r"}
 	for i, body := range bodies {
-		e.StartRequest([]byte("POST"), []byte("/v2/models/fraud/infer?x=1"), timeouts[i])
+		e.StartRequest(revisions[i], []byte("POST"), []byte("/v2/models/fraud/infer?x=1"), timeouts[i])
 		e.Header([]byte("Content-Type"), []byte("application/json"))
 		e.Header([]byte("Traceparent"), []byte(strings.Repeat("0", i)))
 		if i%2 == 0 {
@@ -45,6 +46,9 @@ func TestRequestRoundTrip(t *testing.T) {
 		if string(req.Method) != "POST" || string(req.URI) != "/v2/models/fraud/infer?x=1" || !bytes.Equal(req.Body, body) {
 			t.Fatalf("frame %d: got %s %s body %d bytes", i, req.Method, req.URI, len(req.Body))
 		}
+		if string(req.Revision) != revisions[i] {
+			t.Fatalf("frame %d: revision %q, want %q", i, req.Revision, revisions[i])
+		}
 		if req.Timeout != wantTimeouts[i] {
 			t.Fatalf("frame %d: timeout %v, want %v", i, req.Timeout, wantTimeouts[i])
 		}
@@ -66,15 +70,19 @@ func TestResponseRoundTrip(t *testing.T) {
 	for i := 0; i < 20; i++ { // more headers than the reader's fixed scratch
 		headers = append(headers, [2]string{"X-N", strings.Repeat("n", i)})
 	}
-	add := func(add func(k, v []byte)) {
-		for _, h := range headers {
-			add([]byte(h[0]), []byte(h[1]))
+	add := func(e *Encoder) {
+		for i, h := range headers {
+			if i%2 == 0 {
+				e.Header([]byte(h[0]), []byte(h[1]))
+			} else {
+				e.HeaderString(h[0], h[1])
+			}
 		}
 	}
 	if err := WriteResponse(w, &e, 201, add, []byte("answer")); err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteResponse(w, &e, 404, func(func(k, v []byte)) {}, nil); err != nil {
+	if err := WriteResponse(w, &e, 404, func(*Encoder) {}, nil); err != nil {
 		t.Fatal(err)
 	}
 	r := bufio.NewReaderSize(&stream, 16)
@@ -102,7 +110,7 @@ func TestResponseRoundTrip(t *testing.T) {
 
 func TestLimitsAndDamage(t *testing.T) {
 	var e Encoder
-	e.StartRequest([]byte("POST"), []byte("/"), 0)
+	e.StartRequest("rev", []byte("POST"), []byte("/"), 0)
 	f, _ := e.Finish(make([]byte, 1000))
 	var buf []byte
 	var req Request
@@ -118,9 +126,15 @@ func TestLimitsAndDamage(t *testing.T) {
 	if err := ReadRequest(bufio.NewReader(bytes.NewReader(bad)), &buf, 1<<20, &req); err == nil || !strings.Contains(err.Error(), "magic") {
 		t.Fatalf("bad magic: %v", err)
 	}
+	// A version 2 frame (no revision field) from an older router.
+	old := append([]byte(nil), f...)
+	old[5] = 2
+	if err := ReadRequest(bufio.NewReader(bytes.NewReader(old)), &buf, 1<<20, &req); err == nil || !strings.Contains(err.Error(), "version") {
+		t.Fatalf("version 2 frame: %v", err)
+	}
 	// A header count that promises more than the frame holds.
-	// length | 'P' 2 | timeout | 4 "POST" | 1 "/" | header count: claim 9 headers, send none.
-	countAt := 4 + 2 + 8 + 4 + len("POST") + 4 + len("/")
+	// length | 'P' 3 | timeout | 4 "rev" | 4 "POST" | 1 "/" | header count: claim 9 headers, send none.
+	countAt := 4 + 2 + 8 + 4 + len("rev") + 4 + len("POST") + 4 + len("/")
 	lying := append([]byte(nil), f[:countAt+4]...)
 	lying[countAt] = 9
 	lying[0], lying[1], lying[2], lying[3] = byte(len(lying)-4), 0, 0, 0
@@ -130,7 +144,7 @@ func TestLimitsAndDamage(t *testing.T) {
 	var h ResponseHead
 	var w bytes.Buffer
 	bw := bufio.NewWriter(&w)
-	WriteResponse(bw, &e, 200, func(add func(k, v []byte)) { add([]byte("X-Big"), make([]byte, 2000)) }, nil)
+	WriteResponse(bw, &e, 200, func(e *Encoder) { e.Header([]byte("X-Big"), make([]byte, 2000)) }, nil)
 	if err := ReadResponseHead(bufio.NewReader(&w), &buf, 1000, &h); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversized response head: %v, want ErrTooLarge", err)
 	}

@@ -4,13 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -26,6 +29,10 @@ type Server struct {
 	// its context ends.
 	DrainTimeout time.Duration
 	Log          *slog.Logger
+	// Serves reports whether the instance serves a request frame's named
+	// revision (never asked about an empty one); a frame for one it does
+	// not serve is answered 404 without reaching Handler. Nil: any.
+	Serves func(revision []byte) bool
 }
 
 // Serve accepts on ln until ctx ends, then stops accepting and waits (up to
@@ -120,22 +127,57 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		w.reset()
-		s.Handler.ServeHTTP(&w, r)
+		if len(req.Revision) > 0 && s.Serves != nil && !s.Serves(req.Revision) {
+			w.h.Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			msg, _ := json.Marshal(map[string]string{"error": fmt.Sprintf("revision %q is not served by this instance", req.Revision)})
+			w.Write(append(msg, '\n'))
+		} else {
+			s.Handler.ServeHTTP(&w, r)
+		}
 		cancel()
 		if w.status == 0 {
 			w.status = http.StatusOK
 		}
-		err = WriteResponse(bw, &enc, w.status, func(add func(k, v []byte)) {
-			for k, vs := range w.h {
-				for _, v := range vs {
-					add([]byte(k), []byte(v))
-				}
-			}
-		}, w.body.Bytes())
-		if err != nil {
+		if err := WriteResponse(bw, &enc, w.status, w.encodeHeaders, w.body.Bytes()); err != nil {
 			return
 		}
 	}
+}
+
+// encodeHeaders adds the answer's headers to e, and its trailers as
+// net/http would send them: the keys the Trailer header declared and those
+// set with TrailerPrefix, named with TrailerPrefix (the Trailer header
+// itself is a declaration, not sent).
+func (w *responseWriter) encodeHeaders(e *Encoder) {
+	declared := w.h["Trailer"]
+	for k, vs := range w.h {
+		switch {
+		case k == "Trailer":
+			continue
+		case len(declared) > 0 && declares(declared, k):
+			w.name = append(append(w.name[:0], TrailerPrefix...), k...)
+			for _, v := range vs {
+				e.Header(w.name, []byte(v))
+			}
+			continue
+		}
+		for _, v := range vs {
+			e.HeaderString(k, v)
+		}
+	}
+}
+
+// declares reports whether the Trailer header values name key.
+func declares(values []string, key string) bool {
+	for _, v := range values {
+		for _, name := range strings.Split(v, ",") {
+			if http.CanonicalHeaderKey(strings.TrimSpace(name)) == key {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // httpRequest is the http.Request a frame stands for; Host goes to r.Host
@@ -156,7 +198,18 @@ func (f *Request) httpRequest(ctx context.Context) (*http.Request, error) {
 		}
 		r.Header[k] = append(r.Header[k], string(hd.Value))
 	}
+	if isGRPC(r.Header.Get("Content-Type")) {
+		// gRPC runs on HTTP/2 only: the call is the HTTP/2 request it stands for.
+		r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/2.0", 2, 0
+	}
 	return r.WithContext(ctx), nil
+}
+
+// isGRPC reports a gRPC content type: application/grpc, alone or with a
+// +subtype or parameters.
+func isGRPC(ct string) bool {
+	const g = "application/grpc"
+	return strings.HasPrefix(ct, g) && (len(ct) == len(g) || ct[len(g)] == '+' || ct[len(g)] == ';')
 }
 
 // responseWriter buffers a framed request's answer, sent as one frame.
@@ -164,6 +217,7 @@ type responseWriter struct {
 	h      http.Header
 	status int
 	body   bytes.Buffer
+	name   []byte // scratch for trailer names
 }
 
 func (w *responseWriter) reset() {
@@ -180,6 +234,14 @@ func (w *responseWriter) Header() http.Header { return w.h }
 func (w *responseWriter) WriteHeader(code int) {
 	if w.status == 0 {
 		w.status = code
+	}
+}
+
+// Flush is a no-op (the answer goes out as one frame); grpc-go's handler
+// needs an http.Flusher, and flushing commits the status, as in net/http.
+func (w *responseWriter) Flush() {
+	if w.status == 0 {
+		w.status = http.StatusOK
 	}
 }
 

@@ -11,10 +11,19 @@ import (
 // ln, a Unix socket only serve's user can open, with the same handler
 // chain as HTTP (routes, body limit, metrics, tracing, errors), until ctx
 // ends; then it drains as Serve does. A frame carries the request the
-// router would have sent over HTTP, credentials already stripped.
+// router would have sent over HTTP, credentials already stripped; a gRPC
+// call in a frame gets what the same call gets over h2c.
 func (s *Server) ServeFrames(ctx context.Context, ln net.Listener) error {
-	fs := &frame.Server{Handler: s.echo, Limit: s.frameLimit, DrainTimeout: s.cfg.DrainTimeout, Log: s.log}
+	fs := &frame.Server{Handler: s.echo, Limit: s.frameLimit, DrainTimeout: s.cfg.DrainTimeout, Log: s.log, Serves: s.serves}
 	return fs.Serve(ctx, ln)
+}
+
+// serves reports whether a frame's named revision is this process's.
+// Before a revision is loaded (a warm-pool process), frames go on to the
+// handlers, which answer 503 as they do over HTTP.
+func (s *Server) serves(revision []byte) bool {
+	in := s.inst.Load()
+	return in == nil || string(revision) == in.Revision.Name
 }
 
 // frameLimit bounds a request frame: the body limit plus room for the

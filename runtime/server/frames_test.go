@@ -28,7 +28,7 @@ type frameClient struct {
 
 func (fc *frameClient) do(t *testing.T, method, uri, body string) (int, http.Header, []byte, error) {
 	t.Helper()
-	fc.enc.StartRequest([]byte(method), []byte(uri), 0)
+	fc.enc.StartRequest("", []byte(method), []byte(uri), 0)
 	fc.enc.Header([]byte("Content-Type"), []byte("application/json"))
 	f, err := fc.enc.Finish([]byte(body))
 	if err != nil {
@@ -137,7 +137,7 @@ func TestFramesServeAsHTTP(t *testing.T) {
 	held := dial()
 	answered := make(chan int, 1)
 	go func() {
-		held.enc.StartRequest([]byte("POST"), []byte("/v2/models/example-tensor/infer"), 0)
+		held.enc.StartRequest("", []byte("POST"), []byte("/v2/models/example-tensor/infer"), 0)
 		held.enc.Header([]byte("X-Hold"), []byte("1"))
 		f, _ := held.enc.Finish([]byte(infer))
 		held.c.Write(f)
