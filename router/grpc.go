@@ -31,9 +31,11 @@ import (
 // (model_name and model_version, or name and version) and ModelInfer's
 // "user_id" parameter from the protobuf wire format, lets the model's flag
 // pick the revision, waits in the activator through a cold start, and
-// forwards the message as it came to the instance over h2c, copying back
-// headers, message and trailers. ServerLive, ServerReady, ServerMetadata and
-// server reflection are the router's own, like GET /v2 and the health paths.
+// forwards the message as it came to the instance, copying back headers,
+// message and trailers: as one frame pair on a local instance's Unix socket
+// (grpcframes.go), over h2c to a remote one. ServerLive, ServerReady,
+// ServerMetadata and server reflection are the router's own, like GET /v2
+// and the health paths.
 
 var (
 	grpcServicePath = "/" + pb.GRPCInferenceService_ServiceDesc.ServiceName + "/"
@@ -326,7 +328,13 @@ func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *function
 			return e.code
 		}
 		cold += t.ColdStart
-		resp, ps, err := p.send(ctx, r, t.BaseURL, msg)
+		var resp *http.Response
+		var ps trace.Span
+		if t.Socket != "" {
+			resp, ps, err = p.sendFrame(ctx, r, t, revision, msg)
+		} else {
+			resp, ps, err = p.send(ctx, r, t.BaseURL, msg)
+		}
 		if err != nil {
 			if rt.tr != nil {
 				rt.tr.endProxy(ps, 0, err)

@@ -3,9 +3,11 @@ package router_test
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/frame"
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/router"
@@ -35,14 +38,20 @@ import (
 // end to end through pilotlight serve (cmd/pilotlight).
 type recordingInstance struct {
 	pb.UnimplementedGRPCInferenceServiceServer
-	mu   sync.Mutex
-	seen []metadata.MD
+	mu        sync.Mutex
+	seen      []metadata.MD
+	deadlines []time.Duration // how long each call had left when it arrived (0: no deadline)
 }
 
 func (ri *recordingInstance) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*pb.ModelInferResponse, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
+	var left time.Duration
+	if d, ok := ctx.Deadline(); ok {
+		left = time.Until(d)
+	}
 	ri.mu.Lock()
 	ri.seen = append(ri.seen, md)
+	ri.deadlines = append(ri.deadlines, left)
 	ri.mu.Unlock()
 	if req.Id == "fail" {
 		return nil, status.Error(codes.InvalidArgument, "input \"x\": the instance refuses this")
@@ -55,6 +64,29 @@ func (ri *recordingInstance) last() metadata.MD {
 	ri.mu.Lock()
 	defer ri.mu.Unlock()
 	return ri.seen[len(ri.seen)-1]
+}
+
+func (ri *recordingInstance) lastDeadline() time.Duration {
+	ri.mu.Lock()
+	defer ri.mu.Unlock()
+	return ri.deadlines[len(ri.deadlines)-1]
+}
+
+// frameServer serves h on a framed Unix socket (package frame), as a local
+// instance's runtime does beside its port.
+func frameServer(t testing.TB, h http.Handler) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "instance.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	fs := &frame.Server{Handler: h, Limit: func() int { return 1 << 20 }, DrainTimeout: time.Second, Log: quietLogger()}
+	done := make(chan error, 1)
+	go func() { done <- fs.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return sock
 }
 
 // h2cServer serves h over h2c on a loopback port.
@@ -74,10 +106,11 @@ func h2cServer(t testing.TB, h http.Handler) string {
 
 // instanceBackend hands out the one instance (proxy_test.go's fakeBackend scripts many); cold says the first acquire of each revision waited.
 type instanceBackend struct {
-	addr string
-	mu   sync.Mutex
-	warm map[string]bool
-	err  error
+	addr   string
+	socket string // the instance's framed socket ("": reach it over h2c, as a remote revision)
+	mu     sync.Mutex
+	warm   map[string]bool
+	err    error
 }
 
 func (b *instanceBackend) Acquire(ctx context.Context, fn, rev string) (router.Target, error) {
@@ -90,15 +123,30 @@ func (b *instanceBackend) Acquire(ctx context.Context, fn, rev string) (router.T
 	if !b.warm[rev] {
 		b.warm[rev], cold = true, 5*time.Millisecond
 	}
-	return router.Target{BaseURL: "http://" + b.addr, ColdStart: cold, Release: func(bool) {}}, nil
+	return router.Target{BaseURL: "http://" + b.addr, Socket: b.socket, ColdStart: cold, Release: func(bool) {}}, nil
 }
 
+// transports are the two ways the router reaches an instance with a gRPC
+// call: frames on a local instance's socket, h2c to a remote revision.
+var transports = []string{"frames", "h2c"}
+
+// grpcRouter is a router in front of one recording instance, reached
+// over frames as serve's local instances are.
 func grpcRouter(t *testing.T, mutate func(*router.Config)) (pb.GRPCInferenceServiceClient, *grpc.ClientConn, *recordingInstance, *instanceBackend) {
+	return grpcRouterOver(t, "frames", mutate)
+}
+
+// grpcRouterOver is grpcRouter with the instance reached over transport
+// ("frames" or "h2c"); the instance serves both.
+func grpcRouterOver(t *testing.T, transport string, mutate func(*router.Config)) (pb.GRPCInferenceServiceClient, *grpc.ClientConn, *recordingInstance, *instanceBackend) {
 	t.Helper()
 	inst := &recordingInstance{}
 	g := grpc.NewServer()
 	pb.RegisterGRPCInferenceServiceServer(g, inst)
 	be := &instanceBackend{addr: h2cServer(t, g), warm: map[string]bool{}}
+	if transport == "frames" {
+		be.socket = frameServer(t, g)
+	}
 	fn := &functions.Manifest{Name: "m", Handler: "tensor", Revisions: []functions.Revision{{Name: "m-00001"}, {Name: "m-00002", Tag: "stable"}}}
 	fn.Runtime.MaxBodyBytes = 1000
 	other := &functions.Manifest{Name: "other", Handler: "tensor", Revisions: []functions.Revision{{Name: "other-00001"}}}
@@ -113,8 +161,19 @@ func grpcRouter(t *testing.T, mutate func(*router.Config)) (pb.GRPCInferenceServ
 	return pb.NewGRPCInferenceServiceClient(conn), conn, inst, be
 }
 
+// TestGRPCProxyForwardsAndMarks: a call reaches the instance with its
+// metadata but no credentials, within the router's timeout, and comes back
+// with the instance's message, trailers and status, marked with the
+// revision — over frames (local instances) and h2c (remote revisions) alike.
 func TestGRPCProxyForwardsAndMarks(t *testing.T) {
-	c, conn, inst, _ := grpcRouter(t, nil)
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) { testGRPCProxyForwardsAndMarks(t, transport) })
+	}
+}
+
+func testGRPCProxyForwardsAndMarks(t *testing.T, transport string) {
+	const timeout = 7 * time.Second
+	c, conn, inst, _ := grpcRouterOver(t, transport, func(cfg *router.Config) { cfg.RequestTimeout = timeout })
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-user-id", "u1", "authorization", "Bearer secret-key", "x-api-key", "secret-key")
 	var hdr, trl metadata.MD
 	req := &pb.ModelInferRequest{ModelName: "m", Id: "r1", RawInputContents: [][]byte{[]byte("tensor bytes pass untouched")},
@@ -142,6 +201,13 @@ func TestGRPCProxyForwardsAndMarks(t *testing.T) {
 	if got := md.Get("x-user-id"); len(got) != 1 || got[0] != "u1" {
 		t.Errorf("x-user-id not forwarded: %v", md)
 	}
+	if transport == "frames" {
+		// The frame carries the router's timeout: the instance drops a
+		// call the router stopped waiting for.
+		if left := inst.lastDeadline(); left <= 0 || left > timeout {
+			t.Errorf("the instance's deadline: %v left, want within the router's %v", left, timeout)
+		}
+	}
 	// Warm now: no cold-start header.
 	hdr = nil
 	if _, err := c.ModelInfer(ctx, req, grpc.Header(&hdr)); err != nil {
@@ -158,9 +224,13 @@ func TestGRPCProxyForwardsAndMarks(t *testing.T) {
 	}
 	// The instance's own refusal comes back with its code and message.
 	req.Id = "fail"
-	_, err = c.ModelInfer(ctx, req)
+	trl = nil
+	_, err = c.ModelInfer(ctx, req, grpc.Trailer(&trl))
 	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "the instance refuses this") {
 		t.Errorf("instance error: %v %q", st.Code(), st.Message())
+	}
+	if got := trl.Get("x-pilotlight-revision"); len(got) != 0 {
+		t.Errorf("the revision header went out as a trailer: %v", trl)
 	}
 	// The router answers the model-less calls and reflection itself.
 	if r, err := c.ServerLive(context.Background(), &pb.ServerLiveRequest{}); err != nil || !r.Live {
@@ -333,5 +403,40 @@ func TestGRPCOverTLSAndRESTOverHTTP2(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
 		t.Errorf("REST over h2c: %d over HTTP/%d", resp.StatusCode, resp.ProtoMajor)
+	}
+}
+
+// TestGRPCFramesRetryOnceOnUnreachable: a local instance whose socket is
+// gone (it exited between the acquire and the call) is reported failed,
+// and the call is retried once on the next instance, as on REST.
+func TestGRPCFramesRetryOnceOnUnreachable(t *testing.T) {
+	inst := &recordingInstance{}
+	g := grpc.NewServer()
+	pb.RegisterGRPCInferenceServiceServer(g, inst)
+	good := frameServer(t, g)
+	gone := filepath.Join(t.TempDir(), "exited.sock")
+	b := &fakeBackend{}
+	b.script = append(b.script, b.targetAt(upstream{base: deadAddr(t), socket: gone}), b.targetAt(upstream{base: deadAddr(t), socket: good}),
+		b.targetAt(upstream{base: deadAddr(t), socket: gone}), b.targetAt(upstream{base: deadAddr(t), socket: gone}))
+	reg := prometheus.NewRegistry()
+	rt := newRouter(t, router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, Registry: reg, Logger: quietLogger()}, nil)
+	conn, err := grpc.NewClient(h2cServer(t, rt.GRPCHandler(rt.Handler())), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := pb.NewGRPCInferenceServiceClient(conn)
+	if _, err := c.ModelInfer(context.Background(), &pb.ModelInferRequest{ModelName: "echo", Id: "r1"}); err != nil {
+		t.Fatalf("retried call: %v", err)
+	}
+	if got := testbin.Metric(t, reg, "pilotlight_router_retries_total", map[string]string{"function": "echo"}); got != 1 {
+		t.Errorf("pilotlight_router_retries_total = %v, want 1", got)
+	}
+	_, err = c.ModelInfer(context.Background(), &pb.ModelInferRequest{ModelName: "echo", Id: "r2"})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "unreachable twice") {
+		t.Errorf("two unreachable instances: %v %q, want Unavailable", st.Code(), st.Message())
+	}
+	if got, want := b.releases(), []bool{true, false, true, true}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("releases %v, want %v (failed, served, failed, failed)", got, want)
 	}
 }

@@ -297,9 +297,15 @@ func TestFastPathTracePropagation(t *testing.T) {
 // instance (a grpc-go server) is called with the router's proxy span as
 // its parent.
 func TestGRPCSpans(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) { testGRPCSpans(t, transport) })
+	}
+}
+
+func testGRPCSpans(t *testing.T, transport string) {
 	var out bytes.Buffer
 	tel := consoleTelemetry(t, &out)
-	c, _, inst, _ := grpcRouter(t, func(cfg *router.Config) { cfg.Telemetry = tel })
+	c, _, inst, _ := grpcRouterOver(t, transport, func(cfg *router.Config) { cfg.Telemetry = tel })
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "traceparent", "00-"+clientTrace+"-"+clientParent+"-01")
 	req := &pb.ModelInferRequest{ModelName: "m", Id: "r1", RawInputContents: [][]byte{[]byte("x")},
 		Inputs: []*pb.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{1}}}}

@@ -1,0 +1,140 @@
+package router
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/pilotlight/pilotlight/internal/frame"
+)
+
+// The gRPC call to a local instance, framed: the router terminates the
+// client's HTTP/2 and carries the unary call to the instance as one frame
+// pair on its Unix socket (package frame), instead of opening a second
+// HTTP/2 connection to its port. The request frame holds the method's
+// path as its URI, the call's metadata as headers (credentials and
+// hop-by-hop headers dropped as over h2c, the proxy span's traceparent
+// injected), the length-prefixed message as its body and the router's
+// remaining time as its timeout; the answer's trailers come back as
+// headers named with frame.TrailerPrefix. The answer is handed on as an
+// *http.Response, so copyResponse relays a framed answer exactly as it
+// relays an h2c one. Remote (Knative) revisions keep h2c (send).
+
+var (
+	methodPost = []byte(http.MethodPost)
+	teTrailers = "trailers"
+)
+
+// sendFrame sends the call on the instance's socket t.Socket. A
+// connection kept from an earlier call that turns out closed before any
+// answer is replaced once, as on the REST path (framePool.do).
+func (p *grpcProxy) sendFrame(ctx context.Context, in *http.Request, t Target, revision string, msg []byte) (*http.Response, trace.Span, error) {
+	var traced propagation.HeaderCarrier
+	var ps trace.Span
+	if p.rt.tr != nil {
+		traced = propagation.HeaderCarrier{}
+		ps = p.rt.tr.startProxy(ctx, traced, t.BaseURL) // traceparent toward the instance
+	}
+	deadline, _ := ctx.Deadline()
+	pool := &p.rt.frames
+	for {
+		c, reused, err := pool.get(t.Socket)
+		if err != nil {
+			return nil, ps, err
+		}
+		// The client going away ends the exchange at once, as it resets
+		// the h2c stream: the connection's deadline is moved to now.
+		stop := context.AfterFunc(ctx, func() { c.c.SetDeadline(time.Unix(1, 0)) })
+		resp, err := c.grpcExchange(in, revision, msg, http.Header(traced), deadline)
+		if err == nil {
+			resp.Body = &frameBody{c: c, pool: pool, stop: stop}
+			return resp, ps, nil
+		}
+		stop()
+		c.c.Close()
+		if !reused || !closedBeforeAnswer(err) || ctx.Err() != nil {
+			return nil, ps, err
+		}
+	}
+}
+
+// grpcExchange writes the call's frame and reads the answer's status and
+// headers; the message is left on c.body.
+func (c *frameConn) grpcExchange(in *http.Request, revision string, msg []byte, traced http.Header, deadline time.Time) (*http.Response, error) {
+	if err := c.c.SetDeadline(deadline); err != nil {
+		return nil, err
+	}
+	var timeout time.Duration
+	if !deadline.IsZero() {
+		timeout = time.Until(deadline) // the instance drops the call when the router stops waiting
+	}
+	c.enc.StartRequest(revision, methodPost, []byte(in.URL.Path), timeout)
+	for k, vs := range in.Header {
+		if grpcDropHeaders[k] {
+			continue
+		}
+		if _, replaced := traced[k]; replaced {
+			continue
+		}
+		for _, v := range vs {
+			c.enc.HeaderString(k, v)
+		}
+	}
+	for k, vs := range traced {
+		for _, v := range vs {
+			c.enc.HeaderString(k, v)
+		}
+	}
+	c.enc.HeaderString("Te", teTrailers)
+	head, err := c.enc.Head(len(msg))
+	if err != nil {
+		return nil, err
+	}
+	c.vec[0], c.vec[1] = head, msg
+	c.bufs = c.vec[:]
+	if _, err := c.bufs.WriteTo(c.c); err != nil {
+		return nil, err
+	}
+	if err := frame.ReadResponseHead(c.br, &c.buf, frameHeadLimit, &c.head); err != nil {
+		return nil, err
+	}
+	resp := &http.Response{StatusCode: c.head.Status, Header: make(http.Header, len(c.head.Headers)), Trailer: http.Header{}}
+	for _, hd := range c.head.Headers {
+		h, name := resp.Header, string(hd.Name)
+		if t, ok := strings.CutPrefix(name, frame.TrailerPrefix); ok {
+			h, name = resp.Trailer, t
+		}
+		name = http.CanonicalHeaderKey(name)
+		h[name] = append(h[name], string(hd.Value))
+	}
+	c.body = io.LimitedReader{R: c.br, N: int64(c.head.Body)}
+	return resp, nil
+}
+
+// frameBody is a framed answer's message; Close gives the connection back
+// when the message was read to the end and the call was not cancelled.
+type frameBody struct {
+	c    *frameConn
+	pool *framePool
+	stop func() bool
+}
+
+func (b *frameBody) Read(p []byte) (int, error) { return b.c.body.Read(p) }
+
+func (b *frameBody) Close() error {
+	if b.c == nil {
+		return nil
+	}
+	if b.stop() {
+		b.pool.put(b.c) // closes it when the message was not read whole
+	} else {
+		b.c.c.Close() // cancelled: its deadline is spoiled
+	}
+	b.c = nil
+	return nil
+}
