@@ -309,8 +309,12 @@ func (p *grpcProxy) readMessage(r *http.Request, buf *bytes.Buffer) *grpcError {
 // when the first could not be reached. It returns the call's final code.
 func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *functions.Manifest, revision string, msg []byte, fail func(*grpcError), keep *shadowCopy) codes.Code {
 	rt := p.rt
-	ctx, cancel := context.WithTimeout(r.Context(), rt.cfg.RequestTimeout)
-	defer cancel()
+	// A hold context as on REST: the deadline without a timer and a
+	// cancellation registration per call, armed only if the activator
+	// waits or the h2c transport asks for Done.
+	ctx := &holdCtx{}
+	ctx.reset(r.Context(), time.Now().Add(rt.cfg.RequestTimeout), nil)
+	defer ctx.end()
 	var cold time.Duration
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {

@@ -3,6 +3,7 @@ package router_test
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -438,5 +439,55 @@ func TestGRPCFramesRetryOnceOnUnreachable(t *testing.T) {
 	}
 	if got, want := b.releases(), []bool{true, false, true, true}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("releases %v, want %v (failed, served, failed, failed)", got, want)
+	}
+}
+
+// TestGRPCHoldEndsAtTheDeadlineOrWhenTheClientLeaves: a call held for a
+// cold start ends at the router's request timeout with DeadlineExceeded,
+// and the hold ends as soon as the client gives up on the call.
+func TestGRPCHoldEndsAtTheDeadlineOrWhenTheClientLeaves(t *testing.T) {
+	ended := make(chan error, 2)
+	hold := func(ctx context.Context) (router.Target, error) {
+		<-ctx.Done()
+		ended <- ctx.Err()
+		return router.Target{}, ctx.Err()
+	}
+	b := &fakeBackend{script: []func(context.Context) (router.Target, error){hold, hold}}
+	rt := newRouter(t, router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, RequestTimeout: 300 * time.Millisecond,
+		Registry: prometheus.NewRegistry(), Logger: quietLogger()}, nil)
+	conn, err := grpc.NewClient(h2cServer(t, rt.GRPCHandler(rt.Handler())), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := pb.NewGRPCInferenceServiceClient(conn)
+	start := time.Now()
+	_, err = c.ModelInfer(context.Background(), &pb.ModelInferRequest{ModelName: "echo"})
+	if st := status.Convert(err); st.Code() != codes.DeadlineExceeded || !strings.Contains(st.Message(), "within the request timeout") {
+		t.Errorf("held past the request timeout: %v %q, want DeadlineExceeded", st.Code(), st.Message())
+	}
+	if d := time.Since(start); d < 300*time.Millisecond || d > 3*time.Second {
+		t.Errorf("answered after %v, want about the 300ms request timeout", d)
+	}
+	<-ended
+	rt2 := newRouter(t, router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, RequestTimeout: time.Minute,
+		Registry: prometheus.NewRegistry(), Logger: quietLogger()}, nil)
+	conn2, err := grpc.NewClient(h2cServer(t, rt2.GRPCHandler(rt2.Handler())), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := pb.NewGRPCInferenceServiceClient(conn2).ModelInfer(ctx, &pb.ModelInferRequest{ModelName: "echo"}); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("the client's own deadline: %v", err)
+	}
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("the hold ended with %v, want the client's cancellation", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hold outlived the client's call")
 	}
 }

@@ -47,15 +47,14 @@ func (p *grpcProxy) sendFrame(ctx context.Context, in *http.Request, t Target, r
 		if err != nil {
 			return nil, ps, err
 		}
-		// The client going away ends the exchange at once, as it resets
-		// the h2c stream: the connection's deadline is moved to now.
-		stop := context.AfterFunc(ctx, func() { c.c.SetDeadline(time.Unix(1, 0)) })
+		// As on the REST path, the exchange is bounded by the deadline (the
+		// instance's too: the frame carries it), not by the client's
+		// cancellation, which would cost a context registration per call.
 		resp, err := c.grpcExchange(in, revision, msg, http.Header(traced), deadline)
 		if err == nil {
-			resp.Body = &frameBody{c: c, pool: pool, stop: stop}
+			resp.Body = &frameBody{c: c, pool: pool}
 			return resp, ps, nil
 		}
-		stop()
 		c.c.Close()
 		if !reused || !closedBeforeAnswer(err) || ctx.Err() != nil {
 			return nil, ps, err
@@ -117,11 +116,10 @@ func (c *frameConn) grpcExchange(in *http.Request, revision string, msg []byte, 
 }
 
 // frameBody is a framed answer's message; Close gives the connection back
-// when the message was read to the end and the call was not cancelled.
+// when the message was read to the end.
 type frameBody struct {
 	c    *frameConn
 	pool *framePool
-	stop func() bool
 }
 
 func (b *frameBody) Read(p []byte) (int, error) { return b.c.body.Read(p) }
@@ -130,11 +128,7 @@ func (b *frameBody) Close() error {
 	if b.c == nil {
 		return nil
 	}
-	if b.stop() {
-		b.pool.put(b.c) // closes it when the message was not read whole
-	} else {
-		b.c.c.Close() // cancelled: its deadline is spoiled
-	}
+	b.pool.put(b.c) // closes it when the message was not read whole
 	b.c = nil
 	return nil
 }
