@@ -77,7 +77,7 @@ func newBenchCmd() *cobra.Command {
 				{"hop", "Router hop", func(ctx context.Context) ([]bench.Row, error) { return bench.Hop(ctx, env) }},
 				{"platform", "Through the platform (make run's flag file)", func(ctx context.Context) ([]bench.Row, error) { return bench.Platform(ctx, env) }},
 				{"platform", "What the flag file costs, with realistic users (shipped flags vs none, same run)", func(ctx context.Context) ([]bench.Row, error) { return bench.PlatformUsers(ctx, env) }},
-				{"grpc", "V2 over gRPC vs REST, direct and through the router (same run)", func(ctx context.Context) ([]bench.Row, error) { return bench.GRPC(ctx, env) }},
+				{"grpc", "V2 over gRPC vs REST, direct, through nginx grpc_pass and through the router (same run)", func(ctx context.Context) ([]bench.Row, error) { return bench.GRPC(ctx, env) }},
 				{"step", "Load step", func(ctx context.Context) ([]bench.Row, error) { return bench.Step(ctx, env) }},
 				{"memory", "Memory", func(ctx context.Context) ([]bench.Row, error) { return bench.Memory(ctx, env, fnRoot) }},
 				{"ebpf", "eBPF probe overhead (probes on vs off, same run)", func(ctx context.Context) ([]bench.Row, error) {

@@ -6,14 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"sync"
+	"os"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
-	"github.com/pilotlight/pilotlight/internal/loadgen"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 )
 
@@ -66,72 +65,6 @@ func GRPCRequests(model string, body []byte) (typed, raw *pb.ModelInferRequest, 
 	return typed, raw, nil
 }
 
-// grpcLoad is one closed-loop gRPC load: concurrency workers calling
-// ModelInfer back to back for d.
-type grpcLoad struct {
-	sent, failed int
-	errors       map[string]int // status code and message → calls
-	elapsed      time.Duration
-	latencies    []time.Duration
-}
-
-func (l *grpcLoad) merge(o *grpcLoad) {
-	l.sent += o.sent
-	l.failed += o.failed
-	l.elapsed += o.elapsed
-	l.latencies = append(l.latencies, o.latencies...)
-	for k, n := range o.errors {
-		l.errors[k] += n
-	}
-}
-
-func (l *grpcLoad) rps() float64 { return float64(l.sent-l.failed) / l.elapsed.Seconds() }
-
-func (l *grpcLoad) String() string {
-	return fmt.Sprintf("%.0f req/s, p50 %s, p99 %s", l.rps(), ms(quantile(l.latencies, .5)), ms(quantile(l.latencies, .99)))
-}
-
-func runGRPC(ctx context.Context, clients []pb.GRPCInferenceServiceClient, req *pb.ModelInferRequest, concurrency int, d time.Duration) *grpcLoad {
-	var mu sync.Mutex
-	out := &grpcLoad{errors: map[string]int{}}
-	var wg sync.WaitGroup
-	start := time.Now()
-	end := start.Add(d)
-	for w := 0; w < concurrency; w++ {
-		wg.Add(1)
-		go func(c pb.GRPCInferenceServiceClient) {
-			defer wg.Done()
-			var lat []time.Duration
-			sent, failed := 0, 0
-			errs := map[string]int{}
-			// Calls in flight at the end finish and count: none is cut off.
-			for ctx.Err() == nil && time.Now().Before(end) {
-				t := time.Now()
-				_, err := c.ModelInfer(ctx, req)
-				sent++
-				if err != nil {
-					failed++
-					st := status.Convert(err)
-					errs[st.Code().String()+": "+st.Message()]++
-					continue
-				}
-				lat = append(lat, time.Since(t))
-			}
-			mu.Lock()
-			out.sent += sent
-			out.failed += failed
-			out.latencies = append(out.latencies, lat...)
-			for k, n := range errs {
-				out.errors[k] += n
-			}
-			mu.Unlock()
-		}(clients[w%len(clients)])
-	}
-	wg.Wait()
-	out.elapsed = time.Since(start)
-	return out
-}
-
 func dialGRPC(addr string) ([]pb.GRPCInferenceServiceClient, func(), error) {
 	var conns []*grpc.ClientConn
 	closeAll := func() {
@@ -152,10 +85,19 @@ func dialGRPC(addr string) ([]pb.GRPCInferenceServiceClient, func(), error) {
 	return clients, closeAll, nil
 }
 
-// GRPC compares V2 inference over gRPC (typed and raw contents) with REST,
-// each direct to one instance and through the router, in one run on the
-// same instance, at concurrency 32.
+// GRPC compares V2 inference over gRPC (typed and raw contents) with
+// REST, in one run on the same instance at 32 requests in flight: direct
+// to the instance, through nginx's grpc_pass (the yardstick: a C proxy
+// with one worker, as in the hop figure), and through the router, which
+// carries a call to a local instance as frames on its socket. The gRPC
+// loads are h2load's (4 connections of 8 streams), REST's wrk's (32
+// connections): C load generators, so the client is not what is measured.
+// Rounds alternate every path so drift on the shared machine falls on all.
 func GRPC(ctx context.Context, e Env) ([]Row, error) {
+	h2, err := newH2load(e.Log)
+	if err != nil {
+		return nil, err
+	}
 	oi, err := e.oneInstance()
 	if err != nil {
 		return nil, err
@@ -167,66 +109,136 @@ func GRPC(ctx context.Context, e Env) ([]Row, error) {
 		return nil, err
 	}
 	typed.ModelVersion, raw.ModelVersion = revision, revision
-	direct, closeDirect, err := dialGRPC(instance)
+	dir, err := os.MkdirTemp("", "pilotlight-bench-grpc-")
 	if err != nil {
 		return nil, err
 	}
-	defer closeDirect()
-	routed, closeRouted, err := dialGRPC(s.Addr)
+	defer os.RemoveAll(dir)
+	w, err := newWrk(dir, body)
 	if err != nil {
 		return nil, err
 	}
-	defer closeRouted()
-	for _, c := range [][]pb.GRPCInferenceServiceClient{direct, routed} {
-		if _, err := c[0].ModelInfer(ctx, typed); err != nil {
-			return nil, fmt.Errorf("gRPC ModelInfer before the load: %w", err)
+	nginx, err := startPeer(ctx, "nginx-grpc", instance, e.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer nginx.stop()
+
+	// Every path answers the same call alike (grpc-go's client checks the
+	// status); the answer's size tells h2load's successes from gRPC errors.
+	hosts := []struct{ name, addr string }{{"direct", instance}, {"nginx grpc_pass", nginx.addr}, {"router", s.Addr}}
+	calls := map[string]map[string]grpcCall{} // contents → path → call
+	for contents, req := range map[string]*pb.ModelInferRequest{"typed": typed, "raw": raw} {
+		msg, err := proto.Marshal(req)
+		if err != nil {
+			return nil, err
+		}
+		file, err := writeGRPCCall(dir, contents+".bin", msg)
+		if err != nil {
+			return nil, err
+		}
+		calls[contents] = map[string]grpcCall{}
+		for _, h := range hosts {
+			clients, closeClients, err := dialGRPC(h.addr)
+			if err != nil {
+				return nil, err
+			}
+			resp, err := clients[0].ModelInfer(ctx, req)
+			closeClients()
+			if err != nil {
+				return nil, fmt.Errorf("gRPC ModelInfer %s before the load: %w", h.name, err)
+			}
+			calls[contents][h.name] = grpcCall{url: "http://" + h.addr + "/" + pb.GRPCInferenceService_ServiceDesc.ServiceName + "/ModelInfer",
+				file: file, replySize: pb.FrameHeaderBytes + proto.Size(resp)}
 		}
 	}
-	const conc = 32
 	path := "/v2/models/" + m.Name + "/versions/" + revision + "/infer"
-	bodyFn := func(int, int) []byte { return body }
-	// Warm every path, then measure each in turn on the same instance.
-	loadgen.Run(ctx, loadgen.Config{URL: base + path, Concurrency: conc, Requests: 500, Body: bodyFn})
-	runGRPC(ctx, routed, typed, conc, e.Duration/5)
-	runGRPC(ctx, direct, typed, conc, e.Duration/5)
-	// Rounds of every load in turn, so drift in what else the machine runs
-	// spreads over all six instead of landing on one.
-	const rounds = 3
-	slice := e.Duration / rounds
-	restDirect, restRouted := &loadgen.Result{}, &loadgen.Result{}
-	typedDirect, typedRouted, rawDirect, rawRouted := &grpcLoad{errors: map[string]int{}}, &grpcLoad{errors: map[string]int{}}, &grpcLoad{errors: map[string]int{}}, &grpcLoad{errors: map[string]int{}}
-	for r := 0; r < rounds; r++ {
-		restDirect.Merge(loadgen.Run(ctx, loadgen.Config{URL: "http://" + instance + path, Concurrency: conc, Duration: slice, Body: bodyFn}))
-		restRouted.Merge(loadgen.Run(ctx, loadgen.Config{URL: base + path, Concurrency: conc, Duration: slice, Body: bodyFn}))
-		typedDirect.merge(runGRPC(ctx, direct, typed, conc, slice))
-		typedRouted.merge(runGRPC(ctx, routed, typed, conc, slice))
-		rawDirect.merge(runGRPC(ctx, direct, raw, conc, slice))
-		rawRouted.merge(runGRPC(ctx, routed, raw, conc, slice))
-	}
-	failed := typedDirect.failed + typedRouted.failed + rawDirect.failed + rawRouted.failed + restDirect.Unanswered() + restRouted.Unanswered()
-	sent := typedDirect.sent + typedRouted.sent + rawDirect.sent + rawRouted.sent + restDirect.Sent + restRouted.Sent
-	for _, l := range []*grpcLoad{typedDirect, typedRouted, rawDirect, rawRouted} {
-		for msg, n := range l.errors {
-			fmt.Fprintf(e.Log, "bench grpc: %d calls failed: %s\n", n, msg)
+	rest := []struct{ name, url string }{{"direct", "http://" + instance + path}, {"router", base + path}}
+	slice := max(2*time.Second, (e.Duration / 3).Round(time.Second))
+	// Warm every path.
+	for _, r := range rest {
+		if _, _, _, err := w.run(ctx, r.url, time.Second); err != nil {
+			return nil, err
 		}
 	}
-	restStr := func(r *loadgen.Result) string {
-		return fmt.Sprintf("%.0f req/s, p50 %s, p99 %s", r.RPS(), ms(r.Quantile(.5)), ms(r.Quantile(.99)))
+	for _, contents := range []string{"typed", "raw"} {
+		for _, h := range hosts {
+			if _, err := h2.run(ctx, calls[contents][h.name], time.Second); err != nil {
+				return nil, err
+			}
+		}
 	}
+	const rounds = 3
+	restRPS := map[string][]float64{}
+	restFailed := 0
+	grpcRes := map[string]*h2loadResult{} // "typed/router" → merged rounds
+	for r := 0; r < rounds; r++ {
+		for _, p := range rest {
+			rps, _, failed, err := w.run(ctx, p.url, slice)
+			if err != nil {
+				return nil, err
+			}
+			restRPS[p.name] = append(restRPS[p.name], rps)
+			restFailed += failed
+		}
+		for _, contents := range []string{"typed", "raw"} {
+			for _, h := range hosts {
+				res, err := h2.run(ctx, calls[contents][h.name], slice)
+				if err != nil {
+					return nil, err
+				}
+				key := contents + "/" + h.name
+				if grpcRes[key] == nil {
+					grpcRes[key] = &h2loadResult{}
+				}
+				grpcRes[key].merge(res)
+			}
+		}
+	}
+	meanRPS := func(xs []float64) float64 {
+		t := 0.0
+		for _, x := range xs {
+			t += x
+		}
+		return t / float64(len(xs))
+	}
+	grpcStr := func(k string) string {
+		r := grpcRes[k]
+		v := fmt.Sprintf("%.0f req/s, mean %s", r.rps(), ms(r.mean/rounds))
+		if r.failed > 0 {
+			v += fmt.Sprintf(", %d failed", r.failed)
+		}
+		return v
+	}
+	rps := func(k string) float64 { return grpcRes[k].rps() }
 	ratio := func(a, b float64) string { return fmt.Sprintf("%.2f", a/b) }
-	return []Row{
-		{Name: "REST direct to instance, c=32", Value: restStr(restDirect)},
-		{Name: "REST through the router, c=32", Value: restStr(restRouted)},
-		{Name: "gRPC typed contents, direct, c=32", Value: typedDirect.String()},
-		{Name: "gRPC typed contents, through the router, c=32", Value: typedRouted.String()},
-		{Name: "gRPC raw contents, direct, c=32", Value: rawDirect.String()},
-		{Name: "gRPC raw contents, through the router, c=32", Value: rawRouted.String()},
-		{Name: "router / direct throughput: REST", Value: ratio(restRouted.RPS(), restDirect.RPS())},
-		{Name: "router / direct throughput: gRPC typed", Value: ratio(typedRouted.rps(), typedDirect.rps()), Goal: "≥ 0.70", Met: met(typedRouted.rps() >= 0.7*typedDirect.rps())},
-		{Name: "router / direct throughput: gRPC raw", Value: ratio(rawRouted.rps(), rawDirect.rps()), Goal: "≥ 0.70", Met: met(rawRouted.rps() >= 0.7*rawDirect.rps())},
-		{Name: "gRPC typed / REST throughput, direct", Value: ratio(typedDirect.rps(), restDirect.RPS())},
-		{Name: "gRPC typed / REST throughput, through the router", Value: ratio(typedRouted.rps(), restRouted.RPS())},
-		{Name: "gRPC raw / typed throughput, through the router", Value: ratio(rawRouted.rps(), typedRouted.rps())},
-		{Name: "failed requests", Value: fmt.Sprintf("%d / %d", failed, sent), Goal: "0", Met: met(failed == 0)},
-	}, nil
+	failed := restFailed
+	for _, r := range grpcRes {
+		failed += r.failed
+	}
+	restRouted, restDirect := meanRPS(restRPS["router"]), meanRPS(restRPS["direct"])
+	rows := []Row{
+		{Name: "REST direct to instance (wrk c=32)", Value: fmt.Sprintf("%.0f req/s", restDirect)},
+		{Name: "REST through the router (wrk c=32)", Value: fmt.Sprintf("%.0f req/s", restRouted)},
+		{Name: "load generators", Value: fmt.Sprintf("gRPC: h2load %d connections × %d streams; REST: wrk 32 connections; %d rounds of %s per path", h2loadConns, h2loadStreams, rounds, slice)},
+	}
+	for _, contents := range []string{"typed", "raw"} {
+		direct := rps(contents + "/direct")
+		rows = append(rows,
+			Row{Name: "gRPC " + contents + " contents, direct", Value: grpcStr(contents + "/direct")},
+			Row{Name: "gRPC " + contents + " contents, nginx " + peerVersion("nginx") + " grpc_pass", Value: grpcStr(contents + "/nginx grpc_pass")},
+			Row{Name: "gRPC " + contents + " contents, through the router", Value: grpcStr(contents + "/router")},
+			Row{Name: "nginx grpc_pass / direct: gRPC " + contents, Value: ratio(rps(contents+"/nginx grpc_pass"), direct)},
+			Row{Name: "router / direct: gRPC " + contents, Value: ratio(rps(contents+"/router"), direct), Goal: "≥ nginx's",
+				Met: met(rps(contents+"/router") >= rps(contents+"/nginx grpc_pass"))},
+		)
+	}
+	rows = append(rows,
+		Row{Name: "router / direct: REST", Value: ratio(restRouted, restDirect)},
+		Row{Name: "gRPC typed / REST, through the router", Value: ratio(rps("typed/router"), restRouted), Goal: "≥ 1.00", Met: met(rps("typed/router") >= restRouted)},
+		Row{Name: "gRPC raw / REST, through the router", Value: ratio(rps("raw/router"), restRouted), Goal: "≥ 1.00", Met: met(rps("raw/router") >= restRouted)},
+		Row{Name: "gRPC typed / REST, direct", Value: ratio(rps("typed/direct"), restDirect)},
+		Row{Name: "failed calls (HTTP errors, gRPC errors: answers without the message)", Value: fmt.Sprint(failed), Goal: "0", Met: met(failed == 0)},
+	)
+	return rows, nil
 }

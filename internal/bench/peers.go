@@ -69,6 +69,33 @@ http {
 }
 `
 
+// nginxGRPCConf is nginx's gRPC proxy as the yardstick for gRPC through
+// the router: one worker, HTTP/2 (h2c, prior knowledge) from the client,
+// grpc_pass to the instance's h2c port with upstream keepalive 64.
+const nginxGRPCConf = `worker_processes 1;
+daemon off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path %[1]s/body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+    client_max_body_size 1m;
+    upstream instance { server %[2]s; keepalive 64; keepalive_requests 1000000; }
+    server {
+        listen %[3]s http2;
+        keepalive_requests 1000000; # a load generator does not reconnect after the default 1000 (GOAWAY)
+        location / {
+            grpc_pass grpc://instance;
+        }
+    }
+}
+`
+
 // haproxyConf is haproxy as the issue measured it: one thread, http-reuse always.
 const haproxyConf = `global
     nbthread 1
@@ -88,8 +115,11 @@ backend instance
 `
 
 // startPeer writes name's config in a temp dir and starts it in front of
-// instance (host:port); missing binaries are reported as such.
+// instance (host:port); missing binaries are reported as such. "nginx-grpc"
+// is nginx with grpc_pass (HTTP/2 only: ready once it accepts).
 func startPeer(ctx context.Context, name, instance string, logTo io.Writer) (*peer, error) {
+	kind := name
+	name = strings.TrimSuffix(name, "-grpc")
 	bin, err := exec.LookPath(name)
 	if err != nil {
 		for _, d := range []string{"/usr/sbin", "/sbin"} {
@@ -112,7 +142,11 @@ func startPeer(ctx context.Context, name, instance string, logTo io.Writer) (*pe
 	p := &peer{addr: fmt.Sprintf("127.0.0.1:%d", port), dir: dir}
 	conf := filepath.Join(dir, name+".conf")
 	var args []string
-	switch name {
+	switch kind {
+	case "nginx-grpc":
+		p.name = "nginx grpc_pass (1 worker, upstream keepalive 64)"
+		err = os.WriteFile(conf, []byte(fmt.Sprintf(nginxGRPCConf, dir, instance, p.addr)), 0o644)
+		args = []string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}
 	case "nginx":
 		p.name = "nginx (1 worker, upstream keepalive 64)"
 		err = os.WriteFile(conf, []byte(fmt.Sprintf(nginxConf, dir, instance, p.addr)), 0o644)
@@ -141,11 +175,30 @@ func startPeer(ctx context.Context, name, instance string, logTo io.Writer) (*pe
 	}
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := WaitReady(wctx, "http://"+p.addr+"/v2/health/ready"); err != nil {
+	ready := func() error { return WaitReady(wctx, "http://"+p.addr+"/v2/health/ready") }
+	if kind == "nginx-grpc" {
+		ready = func() error { return waitListening(wctx, p.addr) }
+	}
+	if err := ready(); err != nil {
 		p.stop()
 		return nil, fmt.Errorf("%s in front of %s: %w", name, instance, err)
 	}
 	return p, nil
+}
+
+// waitListening waits until addr accepts a connection.
+func waitListening(ctx context.Context, addr string) error {
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			return c.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s not listening: %w", addr, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // peerVersion is the installed version line of a peer, for the table.
