@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync/atomic"
 
@@ -107,6 +108,30 @@ func stringAttribute(name string, fn *functions.Manifest, r RequestView) (string
 	return v, v != ""
 }
 
+// Set is the flag state the picker evaluates now (a FlagSource: OFREP
+// answers from it).
+func (p *FlagPicker) Set() *flags.Set { return p.watcher.Set() }
+
+// EvaluationContext is the context the picker evaluates fn's flag with
+// for a request (and its body), flattened as OpenFeature hands it to a
+// provider: the targeting key under "targetingKey" plus the attributes.
+// It is built by the one builder Pick uses (flatContext): an application
+// that sends this context over OFREP gets the variant the router picks
+// for the request.
+func (p *FlagPicker) EvaluationContext(fn *functions.Manifest, r *http.Request, body []byte) map[string]any {
+	view := httpView{r}
+	key, _ := targetingKey(view, body)
+	return flatContext(fn, view, p.watcher.Set(), key)
+}
+
+// flatContext is the flattened evaluation context: the attributes and
+// the targeting key.
+func flatContext(fn *functions.Manifest, r RequestView, set *flags.Set, key string) map[string]any {
+	attrs := attributes(fn, r, set)
+	attrs[openfeature.TargetingKey] = key
+	return attrs
+}
+
 // Pick implements Picker: the flag is evaluated through OpenFeature and
 // its value mapped to a revision by flags' one rule (ServingRevision). ctx
 // carries the request's span, for the tracing hook.
@@ -199,9 +224,7 @@ func evaluateUncached(set *flags.Set, fn *functions.Manifest, r RequestView, bod
 // evaluateWith is evaluateUncached for a flag that reads the request, with
 // its targeting key already found.
 func evaluateWith(set *flags.Set, fn *functions.Manifest, r RequestView, key string) evaluation {
-	attrs := attributes(fn, r, set)
-	attrs[openfeature.TargetingKey] = key
-	return resolved(set.ResolveStringOwned(fn.Flag, "", attrs)) // attrs is this call's alone
+	return resolved(set.ResolveStringOwned(fn.Flag, "", flatContext(fn, r, set, key))) // the context is this call's alone
 }
 
 // resolved keeps what the picker reads of an answer. The metadata is

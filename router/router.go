@@ -126,6 +126,9 @@ type Config struct {
 	Shadow Shadow
 	// Telemetry turns tracing on (nil: off); see tracing.go.
 	Telemetry *telemetry.Telemetry
+	// Flags, when set, is served over OFREP (ofrep.go): the flag state
+	// the Picker routes by.
+	Flags FlagSource
 }
 
 // Router is the front door.
@@ -365,6 +368,9 @@ func (rt *Router) routes() *echo.Echo {
 	})
 	e.GET("/v2/health/live", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]bool{"live": true}) })
 	e.GET("/v2/health/ready", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]bool{"ready": true}) })
+	if rt.cfg.Flags != nil {
+		rt.mountOFREP(e)
+	}
 	return e
 }
 

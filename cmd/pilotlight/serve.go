@@ -320,6 +320,7 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 		return nil, nil, nil, err
 	}
 	rcfg.Picker = picker
+	rcfg.Flags = picker
 	log.Info("flags", "file", o.flagsPath, "version", w.Set().Version())
 	shadow, err := rollout.NewShadower(rollout.ShadowConfig{Functions: fns, Backend: rcfg.Backend, Registerer: reg, Logger: log})
 	if err != nil {
