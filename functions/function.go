@@ -38,6 +38,14 @@ const (
 	DefaultScaleToZeroAfter  = 30 * time.Second
 	DefaultMaxBodyBytes      = 1 << 20
 	DefaultMaxRequestRows    = 256
+	// Outcomes (recording on): a prediction waits a day for its label;
+	// 0.5 is a probability's neutral cut; users look at the first ten items.
+	DefaultOutcomeWindow    = 24 * time.Hour
+	DefaultOutcomeThreshold = 0.5
+	DefaultOutcomeK         = 10
+	// MaxOutcomePredictions bounds a function's window (memory: about 200
+	// bytes a prediction, so 10^6 is some 200 MB).
+	MaxOutcomePredictions = 1_000_000
 )
 
 // Handler names a manifest may use.
@@ -54,6 +62,7 @@ type Manifest struct {
 	Runtime   Runtime    `yaml:"runtime"`
 	Batching  Batching   `yaml:"batching"`
 	Scaling   Scaling    `yaml:"scaling"`
+	Outcomes  Outcomes   `yaml:"outcomes"`
 	// Warmup names a V2 infer request file (relative to the manifest) that
 	// warms each session before the instance is ready, as Triton's
 	// model_warmup does. Empty: the runtime synthesises zeros.
@@ -133,6 +142,27 @@ type Scaling struct {
 	ContainerConcurrency int           `yaml:"containerConcurrency"`
 	ScaleToZeroAfter     time.Duration `yaml:"scaleToZeroAfter"`
 }
+
+// Outcomes configures the recording of predictions for outcomes posted
+// later (labels: a chargeback, a click) and how they are scored. Recording
+// is off unless MaxPredictions is set.
+type Outcomes struct {
+	// MaxPredictions bounds the recorded predictions (the window's size); a
+	// full window evicts the oldest first and counts what it evicted.
+	MaxPredictions int `yaml:"maxPredictions"`
+	// Window is how long a prediction waits for its outcome (default DefaultOutcomeWindow).
+	Window time.Duration `yaml:"window"`
+	// Threshold is the decision threshold of a scored function (fraud): a
+	// score at or above it is a positive prediction, for precision and
+	// recall (default DefaultOutcomeThreshold).
+	Threshold float64 `yaml:"threshold"`
+	// K is the cut-off of a ranking function's hit rate (recommend: hit
+	// rate at k; default DefaultOutcomeK).
+	K int `yaml:"k"`
+}
+
+// Records reports whether predictions are recorded for outcomes.
+func (o Outcomes) Records() bool { return o.MaxPredictions > 0 }
 
 // FieldError names the file and field a manifest problem is in.
 type FieldError struct {
@@ -224,6 +254,11 @@ func (m *Manifest) applyDefaults() {
 	m.Scaling.MaxScale = cmp.Or(m.Scaling.MaxScale, DefaultMaxScale)
 	m.Scaling.TargetConcurrency = cmp.Or(m.Scaling.TargetConcurrency, DefaultTargetConcurrency)
 	m.Scaling.ScaleToZeroAfter = cmp.Or(m.Scaling.ScaleToZeroAfter, DefaultScaleToZeroAfter)
+	if m.Outcomes.Records() {
+		m.Outcomes.Window = cmp.Or(m.Outcomes.Window, DefaultOutcomeWindow)
+		m.Outcomes.Threshold = cmp.Or(m.Outcomes.Threshold, DefaultOutcomeThreshold)
+		m.Outcomes.K = cmp.Or(m.Outcomes.K, DefaultOutcomeK)
+	}
 }
 
 // Validate reports every problem in the manifest, each naming file and field.
@@ -310,6 +345,19 @@ func (m *Manifest) Validate(file string) error {
 	}
 	if s.ScaleToZeroAfter < 0 {
 		bad("scaling.scaleToZeroAfter", "%s must be >= 0", s.ScaleToZeroAfter)
+	}
+	o := m.Outcomes
+	if o.MaxPredictions < 0 || o.MaxPredictions > MaxOutcomePredictions {
+		bad("outcomes.maxPredictions", "%d out of range [0, %d] (0: not recorded)", o.MaxPredictions, MaxOutcomePredictions)
+	}
+	if o.Window < 0 {
+		bad("outcomes.window", "%s must be >= 0", o.Window)
+	}
+	if o.Threshold < 0 || o.Threshold >= 1 {
+		bad("outcomes.threshold", "%g out of range (0, 1)", o.Threshold)
+	}
+	if o.K < 0 {
+		bad("outcomes.k", "%d must be >= 1", o.K)
 	}
 	return errors.Join(errs...)
 }

@@ -152,6 +152,10 @@ func seconds(s float64) time.Duration { return time.Duration(math.Round(s * floa
 type Interval struct {
 	window
 	Compared, Agreed, DeltaSum, ShadowFailed, ShadowIncomparable float64
+	// Outcomes and ServingOutcomes are the candidate's and the serving
+	// revision's labelled live predictions since the rollout started
+	// (labels arrive late, so they are not cut per interval).
+	Outcomes, ServingOutcomes OutcomeTotals
 }
 
 // Agreement is the share of compared answers that agreed (0 with none).
@@ -200,6 +204,19 @@ func Judge(s Spec, in Interval, onShadow bool, weight int) (verdict, check, reas
 			return VerdictRollback, CheckScoreDelta, fmt.Sprintf("mean |Δ score| %.4f over %.0f compared answers exceeds %.4f", in.MeanDelta(), in.Compared, s.MaxScoreDelta)
 		}
 	}
+	outcomes := s.outcomeGated() && !onShadow // shadow answers are not recorded: only live ones get labels
+	minLabelled := float64(s.MinLabelled)
+	if outcomes && in.Outcomes.Labelled >= minLabelled {
+		if s.MinPrecision > 0 && in.Outcomes.Precision() < s.MinPrecision {
+			return VerdictRollback, CheckPrecision, fmt.Sprintf("precision %.4f over %.0f labelled outcomes is below %.4f", in.Outcomes.Precision(), in.Outcomes.Labelled, s.MinPrecision)
+		}
+		if s.MaxLogLossDelta > 0 && in.ServingOutcomes.Labelled >= minLabelled {
+			if d := in.Outcomes.LogLoss() - in.ServingOutcomes.LogLoss(); d > s.MaxLogLossDelta {
+				return VerdictRollback, CheckLogLoss, fmt.Sprintf("log loss %.4f over %.0f labelled outcomes exceeds the serving revision's %.4f (over %.0f) by %.4f > %.4f",
+					in.Outcomes.LogLoss(), in.Outcomes.Labelled, in.ServingOutcomes.LogLoss(), in.ServingOutcomes.Labelled, d, s.MaxLogLossDelta)
+			}
+		}
+	}
 	switch {
 	case !onShadow && in.Requests < float64(s.MinRequests):
 		return VerdictHold, CheckTraffic, fmt.Sprintf("%.0f candidate requests, need %d to judge", in.Requests, s.MinRequests)
@@ -207,6 +224,10 @@ func Judge(s Spec, in Interval, onShadow bool, weight int) (verdict, check, reas
 		return VerdictHold, CheckTraffic, fmt.Sprintf("%.0f compared shadow answers, need %d to judge (%.0f answered copies could not be compared: the platform log says why)", in.Compared, s.MinRequests, in.ShadowIncomparable)
 	case needShadow && in.Compared < float64(s.MinRequests):
 		return VerdictHold, CheckTraffic, fmt.Sprintf("%.0f compared shadow answers, need %d to judge", in.Compared, s.MinRequests)
+	case outcomes && in.Outcomes.Labelled < minLabelled:
+		return VerdictHold, CheckTraffic, fmt.Sprintf("%.0f labelled outcomes of the candidate, need %d to judge", in.Outcomes.Labelled, s.MinLabelled)
+	case outcomes && s.MaxLogLossDelta > 0 && in.ServingOutcomes.Labelled < minLabelled:
+		return VerdictHold, CheckTraffic, fmt.Sprintf("%.0f labelled outcomes of the serving revision, need %d to compare log loss", in.ServingOutcomes.Labelled, s.MinLabelled)
 	}
 	var b strings.Builder
 	if onShadow {
@@ -219,6 +240,12 @@ func Judge(s Spec, in Interval, onShadow bool, weight int) (verdict, check, reas
 	}
 	if s.MaxScoreDelta > 0 {
 		fmt.Fprintf(&b, ", mean |Δ score| %.4f ≤ %.4f", in.MeanDelta(), s.MaxScoreDelta)
+	}
+	if outcomes && s.MinPrecision > 0 {
+		fmt.Fprintf(&b, ", precision %.4f ≥ %.4f over %.0f labelled", in.Outcomes.Precision(), s.MinPrecision, in.Outcomes.Labelled)
+	}
+	if outcomes && s.MaxLogLossDelta > 0 {
+		fmt.Fprintf(&b, ", log loss %.4f vs serving %.4f (Δ ≤ %.4f)", in.Outcomes.LogLoss(), in.ServingOutcomes.LogLoss(), s.MaxLogLossDelta)
 	}
 	return VerdictAdvance, CheckHealthy, b.String()
 }

@@ -24,6 +24,9 @@ type driver struct {
 	spec Spec
 	from string
 	log  *slog.Logger
+	// outcomesAtStart are the candidate's and the serving revision's
+	// labelled outcomes when the rollout started: gates judge what came after.
+	outcomesAtStart, servingAtStart OutcomeTotals
 }
 
 // drive runs the phases: shadow (when asked), then canary steps or the
@@ -35,6 +38,9 @@ func (c *Controller) drive(ctx context.Context, fn *functions.Manifest, r *run) 
 		log: c.log.With("function", fn.Name, "revision", st.Spec.To, "from", st.From, "strategy", st.Spec.Strategy)}
 	if c.cfg.Shadow != nil {
 		defer c.cfg.Shadow.StopMirror(fn.Name)
+	}
+	if c.cfg.Outcomes != nil {
+		d.outcomesAtStart, d.servingAtStart = c.cfg.Outcomes.Totals(fn.Name, d.spec.To), c.cfg.Outcomes.Totals(fn.Name, d.from)
 	}
 	if d.spec.Shadow > 0 {
 		c.cfg.Shadow.Mirror(fn.Name, d.from, d.spec.To, d.spec.Shadow)
@@ -231,9 +237,14 @@ func (d *driver) analyse(phase string, weight int, onShadow bool) (dec Decision,
 		in.Compared, in.Agreed, in.DeltaSum, in.ShadowFailed = sh.Compared-shBefore.Compared, sh.Agreed-shBefore.Agreed, sh.DeltaSum-shBefore.DeltaSum, sh.Failed-shBefore.Failed
 		in.ShadowIncomparable = sh.Incomparable - shBefore.Incomparable
 	}
+	if c.cfg.Outcomes != nil && d.spec.outcomeGated() {
+		in.Outcomes = c.cfg.Outcomes.Totals(fn.Name, to).Sub(d.outcomesAtStart)
+		in.ServingOutcomes = c.cfg.Outcomes.Totals(fn.Name, d.from).Sub(d.servingAtStart)
+	}
 	verdict, check, reason = Judge(d.spec, in, onShadow, weight)
 	dec = Decision{Phase: phase, Weight: weight, Requests: in.Requests, Errors: in.Errors, ErrorRate: in.ErrorRate(), P99: Millis(in.P99),
-		Compared: in.Compared, ShadowFailed: in.ShadowFailed, ShadowIncomparable: in.ShadowIncomparable, Agreement: in.Agreement(), ScoreDelta: in.MeanDelta()}
+		Compared: in.Compared, ShadowFailed: in.ShadowFailed, ShadowIncomparable: in.ShadowIncomparable, Agreement: in.Agreement(), ScoreDelta: in.MeanDelta(),
+		Labelled: in.Outcomes.Labelled, Precision: in.Outcomes.Precision(), Recall: in.Outcomes.Recall(), LogLoss: in.Outcomes.LogLoss(), ServingLogLoss: in.ServingOutcomes.LogLoss()}
 	return dec, verdict, check, reason, nil
 }
 

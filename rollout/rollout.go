@@ -62,6 +62,8 @@ const (
 	CheckTraffic    = "traffic"
 	CheckAgreement  = "agreement"
 	CheckScoreDelta = "score_delta"
+	CheckPrecision  = "precision"
+	CheckLogLoss    = "log_loss"
 	CheckShadow     = "shadow_failures"
 	CheckPrescale   = "prescale"
 	CheckRequest    = "request"
@@ -94,9 +96,17 @@ type Decision struct {
 	ShadowIncomparable float64 `json:"shadow_incomparable"`
 	Agreement          float64 `json:"agreement"`
 	ScoreDelta         float64 `json:"score_delta"`
-	Verdict            string  `json:"verdict"` // advance | hold | promote | rollback | abort | undo
-	Check              string  `json:"check"`
-	Reason             string  `json:"reason"`
+	// Outcomes joined since the rollout started (outcome gates only):
+	// the candidate's labelled count, precision, recall and mean log loss,
+	// and the serving revision's mean log loss.
+	Labelled       float64 `json:"labelled,omitempty"`
+	Precision      float64 `json:"precision,omitempty"`
+	Recall         float64 `json:"recall,omitempty"`
+	LogLoss        float64 `json:"log_loss,omitempty"`
+	ServingLogLoss float64 `json:"serving_log_loss,omitempty"`
+	Verdict        string  `json:"verdict"` // advance | hold | promote | rollback | abort | undo
+	Check          string  `json:"check"`
+	Reason         string  `json:"reason"`
 }
 
 // Status is a rollout's progress.
@@ -156,6 +166,16 @@ type Config struct {
 	// serves it at once rather than after the file watcher's debounce
 	// (flags.Watcher.ReloadNow): an undo is one write and one swap.
 	Reload func()
+	// Outcomes, when set, enables the outcome gates (MinPrecision,
+	// MaxLogLossDelta): the labelled outcomes of each revision so far.
+	Outcomes OutcomeSource
+}
+
+// OutcomeSource is what the controller needs of the outcome store (an
+// *Outcomes satisfies it).
+type OutcomeSource interface {
+	Records(function string) bool
+	Totals(function, revision string) OutcomeTotals
 }
 
 // Controller runs at most one rollout per function.
@@ -288,6 +308,23 @@ func (c *Controller) validate(s *Spec) (*functions.Manifest, error) {
 	}
 	if (s.Shadow > 0 || s.gated()) && c.cfg.Shadow == nil {
 		return bad("shadow traffic and prediction gates need the platform's shadow machinery, which this router runs without")
+	}
+	if s.MinPrecision < 0 || s.MinPrecision > 1 {
+		return bad("min precision %v must be in [0, 1]", s.MinPrecision)
+	}
+	if s.MaxLogLossDelta < 0 {
+		return bad("max log loss delta %v must not be negative", s.MaxLogLossDelta)
+	}
+	if s.MinLabelled < 0 {
+		return bad("min labelled %d must not be negative", s.MinLabelled)
+	}
+	if s.outcomeGated() {
+		if s.MinLabelled == 0 {
+			s.MinLabelled = DefaultMinLabelled
+		}
+		if c.cfg.Outcomes == nil || !c.cfg.Outcomes.Records(fn.Name) {
+			return bad("outcome gates need function %s to record predictions: set outcomes.maxPredictions in its function.yaml", fn.Name)
+		}
 	}
 	if s.KeepPrevious < 0 {
 		return bad("keep previous %s must not be negative", s.KeepPrevious)

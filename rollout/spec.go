@@ -31,6 +31,9 @@ const (
 	// DefaultGateShadowPercent is the share of stable traffic copied to the
 	// canary during canary steps when prediction gates are set without --shadow.
 	DefaultGateShadowPercent = 20
+	// DefaultMinLabelled is how many labelled outcomes an outcome gate
+	// waits for: precision over fewer swings by tenths with one label.
+	DefaultMinLabelled = 50
 	// minInterval is the shortest analysis interval that can judge anything.
 	minInterval = 100 * time.Millisecond
 )
@@ -58,6 +61,16 @@ type Spec struct {
 	MaxScoreDelta float64 `json:"max_score_delta"`
 	// KeepPrevious keeps the previous revision warm after promotion, for Undo.
 	KeepPrevious time.Duration `json:"keep_previous"`
+	// Outcome gates (outcomes.go), judged on the candidate's labelled live
+	// predictions since the rollout started: MinPrecision is the lowest
+	// precision at the function's decision threshold (0: off);
+	// MaxLogLossDelta the most the candidate's mean log loss may exceed
+	// the serving revision's (0: off). Neither judges before MinLabelled
+	// outcomes were joined (default DefaultMinLabelled), the serving
+	// revision's too for the log loss.
+	MinPrecision    float64 `json:"min_precision"`
+	MaxLogLossDelta float64 `json:"max_log_loss_delta"`
+	MinLabelled     int     `json:"min_labelled"`
 }
 
 // specJSON is Spec on the wire.
@@ -74,6 +87,10 @@ type specJSON struct {
 	MinAgreement  float64 `json:"min_agreement"`
 	MaxScoreDelta float64 `json:"max_score_delta"`
 	KeepPrevious  jsonDur `json:"keep_previous"`
+	// omitempty: a client that knows no outcome gates sends none.
+	MinPrecision    float64 `json:"min_precision,omitempty"`
+	MaxLogLossDelta float64 `json:"max_log_loss_delta,omitempty"`
+	MinLabelled     int     `json:"min_labelled,omitempty"`
 }
 
 // jsonDur is a duration written as a Go duration string and read from one
@@ -110,7 +127,7 @@ func (d *jsonDur) UnmarshalJSON(b []byte) error {
 // MarshalJSON writes durations as Go duration strings ("30s").
 func (s Spec) MarshalJSON() ([]byte, error) {
 	return json.Marshal(specJSON{s.Function, s.To, s.Strategy, s.Steps, jsonDur(s.Interval), s.MaxErrorRate, jsonDur(s.MaxP99),
-		s.MinRequests, s.Shadow, s.MinAgreement, s.MaxScoreDelta, jsonDur(s.KeepPrevious)})
+		s.MinRequests, s.Shadow, s.MinAgreement, s.MaxScoreDelta, jsonDur(s.KeepPrevious), s.MinPrecision, s.MaxLogLossDelta, s.MinLabelled})
 }
 
 // UnmarshalJSON reads what MarshalJSON writes; unknown fields are refused,
@@ -123,12 +140,15 @@ func (s *Spec) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*s = Spec{j.Function, j.To, j.Strategy, j.Steps, time.Duration(j.Interval), j.MaxErrorRate, time.Duration(j.MaxP99),
-		j.MinRequests, j.Shadow, j.MinAgreement, j.MaxScoreDelta, time.Duration(j.KeepPrevious)}
+		j.MinRequests, j.Shadow, j.MinAgreement, j.MaxScoreDelta, time.Duration(j.KeepPrevious), j.MinPrecision, j.MaxLogLossDelta, j.MinLabelled}
 	return nil
 }
 
 // gated says whether a prediction gate is set.
 func (s Spec) gated() bool { return s.MinAgreement > 0 || s.MaxScoreDelta > 0 }
+
+// outcomeGated says whether an outcome gate is set.
+func (s Spec) outcomeGated() bool { return s.MinPrecision > 0 || s.MaxLogLossDelta > 0 }
 
 // ParseSteps reads "5,25,50,100".
 func ParseSteps(s string) ([]int, error) {

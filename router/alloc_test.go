@@ -93,6 +93,13 @@ func cannedServer(b *testing.B, network, addr string, resp []byte, newReader fun
 	return ln
 }
 
+// recordsNothing is a Recorder for a platform where no function records
+// predictions: the data path must then cost nothing more.
+type recordsNothing struct{}
+
+func (recordsNothing) Records(string) bool   { return false }
+func (recordsNothing) Record(PredictionCall) { panic("recorded a function that records nothing") }
+
 type staticBackend struct{ t Target }
 
 func (s staticBackend) Acquire(context.Context, string, string) (Target, error) { return s.t, nil }
@@ -100,7 +107,8 @@ func (s staticBackend) Acquire(context.Context, string, string) (Target, error) 
 // BenchmarkProxyAllocs reports the router's allocations per proxied
 // request (the handler called in process, the upstream a canned server
 // over HTTP or over a framed socket,
-// the per-function concurrency cap on as serve has it; no flag file);
+// the per-function concurrency cap on as serve has it, and an outcome
+// store that records no function; no flag file);
 // the body sizes show whether anything grows with the body.
 func BenchmarkProxyAllocs(b *testing.B) {
 	for _, c := range []struct {
@@ -119,7 +127,8 @@ func BenchmarkProxyAllocs(b *testing.B) {
 				Runtime: functions.Runtime{MaxBodyBytes: 1 << 20}}
 			rt, err := New(Config{Functions: []*functions.Manifest{fn}, Backend: staticBackend{target},
 				Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-				Concurrency: ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{})}) // as serve has it
+				Concurrency: ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{}), // as serve has it
+				Recorder:    recordsNothing{}})
 			if err != nil {
 				b.Fatal(err)
 			}

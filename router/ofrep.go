@@ -3,10 +3,8 @@ package router
 import (
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"slices"
-	"strconv"
 
 	"github.com/labstack/echo/v4"
 
@@ -36,15 +34,12 @@ const ofrepMaxBodyBytes = 64 << 10
 // limited key alike for a function it may not call and one that does not
 // exist: a caller learns nothing about functions its key may not call.
 func (rt *Router) mountOFREP(e *echo.Echo) {
-	e.POST("/ofrep/v1/evaluate/flags/:key", rt.ofrepFlag)
-	e.POST("/ofrep/v1/evaluate/flags", rt.ofrepBulk)
+	e.POST("/ofrep/v1/evaluate/flags/:key", rt.ofrepFlag, rt.spendRate)
+	e.POST("/ofrep/v1/evaluate/flags", rt.ofrepBulk, rt.spendRate)
 }
 
 func (rt *Router) ofrepFlag(c echo.Context) error {
-	visible, err := rt.ofrepAdmit(c)
-	if err != nil {
-		return err
-	}
+	visible := rt.ofrepVisible(c)
 	key := c.Param("key")
 	ctx, err := readOFREPContext(c)
 	if he := (*httpErr)(nil); errors.As(err, &he) {
@@ -60,10 +55,7 @@ func (rt *Router) ofrepFlag(c echo.Context) error {
 }
 
 func (rt *Router) ofrepBulk(c echo.Context) error {
-	visible, err := rt.ofrepAdmit(c)
-	if err != nil {
-		return err
-	}
+	visible := rt.ofrepVisible(c)
 	ctx, err := readOFREPContext(c)
 	if he := (*httpErr)(nil); errors.As(err, &he) {
 		return err
@@ -83,30 +75,11 @@ func (rt *Router) ofrepBulk(c echo.Context) error {
 	return c.JSONBlob(http.StatusOK, body)
 }
 
-// ofrepAdmit spends a token of the caller's rate and returns which flags
-// the caller may see (see mountOFREP). Authentication already ran.
-func (rt *Router) ofrepAdmit(c echo.Context) (visible func(flag string) bool, err error) {
+// ofrepVisible says which flags the caller may see (see mountOFREP).
+func (rt *Router) ofrepVisible(c echo.Context) func(flag string) bool {
 	id, _ := auth.IdentityOf(c)
-	if rt.cfg.RateLimit != nil {
-		var keyID string
-		var rps float64
-		var burst int
-		if id != nil {
-			keyID = id.ID
-			if id.Rate != nil {
-				rps, burst = id.Rate.RPS, id.Rate.Burst
-			}
-		}
-		ip, _, splitErr := net.SplitHostPort(c.Request().RemoteAddr)
-		if splitErr != nil {
-			ip = c.Request().RemoteAddr
-		}
-		if r := rt.cfg.RateLimit.Check(keyID, ip, rps, burst); r != nil {
-			return nil, &httpErr{code: r.Status, msg: r.Msg, retry: strconv.Itoa(r.RetryAfter)}
-		}
-	}
 	if id == nil || slices.Contains(id.Functions, "*") {
-		return func(string) bool { return true }, nil
+		return func(string) bool { return true }
 	}
 	allowed := map[string]bool{}
 	for name, fn := range rt.fns {
@@ -114,7 +87,7 @@ func (rt *Router) ofrepAdmit(c echo.Context) (visible func(flag string) bool, er
 			allowed[fn.Flag] = true
 		}
 	}
-	return func(flag string) bool { return allowed[flag] }, nil
+	return func(flag string) bool { return allowed[flag] }
 }
 
 func readOFREPContext(c echo.Context) (map[string]any, error) {

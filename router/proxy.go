@@ -297,6 +297,9 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, x *exchange, fn *functions.M
 			rt.cfg.Shadow.Shadow(ctx, ShadowCall{Function: fn.Name, Revision: x.revision, Method: string(ctx.Method()),
 				Path: string(ctx.Path()), Query: string(ctx.URI().QueryString()), Body: body, Status: code, Response: ctx.Response.Body()})
 		}
+		if rec := rt.cfg.Recorder; rec != nil && code == http.StatusOK && rec.Records(fn.Name) {
+			rt.record(rec, ctx, x, fn.Name, k, body)
+		}
 		return code
 	}
 	if x.hold.Err() != nil {
@@ -307,6 +310,22 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, x *exchange, fn *functions.M
 		return rt.writeError(ctx, rt.holdError(&x.hold, fn.Name, x.revision, err))
 	}
 	return rt.writeError(ctx, errorf(http.StatusBadGateway, "revision %s/%s: instance unreachable twice: %v", fn.Name, x.revision, lastErr))
+}
+
+// record hands a buffered answer to the Recorder, with what names it: the
+// X-Request-Id header and the targeting key (none when the request had
+// none: a random key would join nothing).
+func (rt *Router) record(rec Recorder, ctx *fasthttp.RequestCtx, x *exchange, fn string, k kind, body []byte) {
+	var view RequestView = fastView{&ctx.Request.Header}
+	if x.httpReq != nil {
+		view = httpView{x.httpReq}
+	}
+	key, random := targetingKey(view, body)
+	if random {
+		key = ""
+	}
+	rec.Record(PredictionCall{Function: fn, Revision: x.revision, V2: k == kindV2, RequestID: view.Header(HeaderRequestID),
+		TargetingKey: key, Body: body, Response: ctx.Response.Body()})
 }
 
 // Read streams a large upstream body to the client.

@@ -126,6 +126,9 @@ type Config struct {
 	Shadow Shadow
 	// Telemetry turns tracing on (nil: off); see tracing.go.
 	Telemetry *telemetry.Telemetry
+	// Recorder, when set, keeps predictions of the functions it records,
+	// for outcomes posted later (record.go).
+	Recorder Recorder
 	// Flags, when set, is served over OFREP (ofrep.go): the flag state
 	// the Picker routes by.
 	Flags FlagSource
