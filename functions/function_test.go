@@ -69,6 +69,9 @@ func TestManifestErrorsNameFileAndField(t *testing.T) {
 		{"zero request rows", valid + "runtime:\n  maxRequestRows: -2\n", "runtime.maxRequestRows"},
 		{"batching neither none nor a mapping", valid + "batching: off\n", `batching: "off"`},
 		{"unknown key under batching", valid + "batching:\n  maxBatch: 4\n  axis: 1\n", "axis"},
+		{"outcome window too large", valid + "outcomes:\n  maxPredictions: 2000000\n", "outcomes.maxPredictions"},
+		{"outcome threshold of 1", valid + "outcomes:\n  maxPredictions: 10\n  threshold: 1\n", "outcomes.threshold"},
+		{"negative outcome window", valid + "outcomes:\n  maxPredictions: 10\n  window: -1h\n", "outcomes.window"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -84,6 +87,14 @@ func TestManifestErrorsNameFileAndField(t *testing.T) {
 	}
 	if m.Flag != "fraud-revision" || m.Runtime.Sessions != functions.DefaultSessions || m.Runtime.MaxRequestRows != functions.DefaultMaxRequestRows {
 		t.Errorf("defaults not applied: %+v", m)
+	}
+	if m.Outcomes.Records() || m.Outcomes.Window != 0 {
+		t.Errorf("outcomes recorded without maxPredictions: %+v", m.Outcomes)
+	}
+	rec, err := functions.Parse("f.yaml", []byte(valid+"outcomes:\n  maxPredictions: 1000\n"))
+	if err != nil || rec.Outcomes != (functions.Outcomes{MaxPredictions: 1000, Window: functions.DefaultOutcomeWindow,
+		Threshold: functions.DefaultOutcomeThreshold, K: functions.DefaultOutcomeK}) {
+		t.Errorf("outcome defaults: %+v, %v", rec.Outcomes, err)
 	}
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, functions.ManifestFile), []byte(valid), 0o644)

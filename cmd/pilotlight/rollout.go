@@ -46,6 +46,10 @@ and keeps the previous revision warm for --keep-previous (see rollout undo).
 --shadow N first copies N% of the serving revision's requests to REVISION
 and compares the answers; --min-agreement and --max-score-delta roll back a
 candidate whose predictions drift, even when its HTTP metrics are perfect.
+--min-precision and --max-log-loss-delta judge the candidate's live answers
+by their outcomes (labels posted to POST /v2/models/FUNCTION/outcomes; the
+function records predictions when outcomes.maxPredictions is set in its
+function.yaml), once --min-labelled outcomes were joined.
 Exit status 0 when promoted, 1 otherwise.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -81,6 +85,9 @@ Exit status 0 when promoted, 1 otherwise.`,
 	f.IntVar(&spec.Shadow, "shadow", 0, "percent of the serving revision's requests copied to the candidate before live traffic moves (0: no shadow phase)")
 	f.Float64Var(&spec.MinAgreement, "min-agreement", 0, "lowest share of compared answers that must agree (fraud decisions, recommend top-k overlap, tensor outputs); 0: off")
 	f.Float64Var(&spec.MaxScoreDelta, "max-score-delta", 0, "highest mean |Δ score| of compared answers (fraud probability, 1 - overlap, tensor output); 0: off")
+	f.Float64Var(&spec.MinPrecision, "min-precision", 0, "lowest precision of the candidate's labelled live predictions, at the function's outcomes.threshold; 0: off")
+	f.Float64Var(&spec.MaxLogLossDelta, "max-log-loss-delta", 0, "most the candidate's mean log loss over labelled predictions may exceed the serving revision's; 0: off")
+	f.IntVar(&spec.MinLabelled, "min-labelled", 0, fmt.Sprintf("labelled outcomes needed (of each revision compared) before an outcome gate judges (0: %d)", rollout.DefaultMinLabelled))
 	f.DurationVar(&spec.KeepPrevious, "keep-previous", 0, "keep the previous revision warm this long after promotion, for `rollout undo` (bluegreen default 10m)")
 	f.BoolVar(&detach, "detach", false, "return once started instead of following progress")
 	_ = start.MarkFlagRequired("to")

@@ -159,7 +159,7 @@ func (o *serveOptions) run() error {
 	}
 	wctx, wstop := context.WithCancel(context.Background())
 	defer wstop()
-	flagWatcher, rollouts, closeFlags, err := o.withFlags(wctx, &rcfg, eng, fns, reg, log)
+	flagWatcher, rollouts, outcomes, closeFlags, err := o.withFlags(wctx, &rcfg, eng, fns, reg, log)
 	if err != nil {
 		return err
 	}
@@ -169,6 +169,9 @@ func (o *serveOptions) run() error {
 		return err
 	}
 	defer rt.Close()
+	if outcomes != nil {
+		rollout.MountOutcomes(rt, fns, outcomes)
+	}
 	acfg := admin.Config{Functions: fns, Picker: rcfg.Picker, Source: source, Rollouts: rollouts, Gatherer: reg}
 	if eng != nil {
 		acfg.Targets = func() []admin.ScrapeTarget {
@@ -300,15 +303,16 @@ func (o *serveOptions) secure(rcfg *router.Config, reg prometheus.Registerer, lo
 	return fmt.Sprintf("authentication on: %d API keys", keys.Len()), nil
 }
 
-// withFlags makes the flag file pick revisions and serves rollouts; the
-// watcher runs until ctx ends.
-func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *engine.Engine, fns []*functions.Manifest, reg *prometheus.Registry, log *slog.Logger) (*flags.Watcher, *rollout.Controller, func(), error) {
+// withFlags makes the flag file pick revisions and serves rollouts (and
+// OFREP, and the outcome store the rollouts gate on); the watcher runs
+// until ctx ends.
+func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *engine.Engine, fns []*functions.Manifest, reg *prometheus.Registry, log *slog.Logger) (*flags.Watcher, *rollout.Controller, *rollout.Outcomes, func(), error) {
 	if o.flagsPath == "" {
-		return nil, nil, func() {}, nil
+		return nil, nil, nil, func() {}, nil
 	}
 	w, err := flags.NewWatcher(flags.WatcherConfig{Path: o.flagsPath, Registerer: reg, Logger: log})
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("flags: %w (fix the file, or pass --flags \"\" to send every request to each function's stable revision)", err)
+		return nil, nil, nil, nil, fmt.Errorf("flags: %w (fix the file, or pass --flags \"\" to send every request to each function's stable revision)", err)
 	}
 	go func() {
 		if err := w.Run(ctx); err != nil {
@@ -317,19 +321,24 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 	}()
 	picker, err := router.NewFlagPicker(w, o.flagsPath, reg)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	rcfg.Picker = picker
 	rcfg.Flags = picker
 	log.Info("flags", "file", o.flagsPath, "version", w.Set().Version())
 	shadow, err := rollout.NewShadower(rollout.ShadowConfig{Functions: fns, Backend: rcfg.Backend, Registerer: reg, Logger: log})
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	rcfg.Shadow = shadow
+	outcomes, err := rollout.NewOutcomes(rollout.OutcomesConfig{Functions: fns, Registerer: reg, Logger: log})
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	rcfg.Recorder = outcomes
 	ctl := rollout.New(rollout.Config{FlagsPath: o.flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log,
-		Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow})
-	return w, ctl, func() { ctl.Close(); shadow.Close() }, nil
+		Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow, Outcomes: outcomes})
+	return w, ctl, outcomes, func() { ctl.Close(); shadow.Close() }, nil
 }
 
 // listenAndServe opens the listeners, runs the engine, serves until a
