@@ -27,15 +27,35 @@ func OpenFlagEdit(path, key string) (*FlagEdit, error) {
 	if err != nil {
 		return nil, err
 	}
+	f, err := edit(raw, set, path, key)
+	if err != nil {
+		return nil, err
+	}
+	f.path = path
+	return f, nil
+}
+
+// EditBytes reads a flag document held elsewhere than a file (a
+// ConfigMap's data; source names it in errors) for an edit of flag key:
+// Bytes gives the edited document, Write is not for it.
+func EditBytes(raw []byte, source, key string) (*FlagEdit, error) {
+	set, err := Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("flags in %s: %w", source, err)
+	}
+	return edit(raw, set, source, key)
+}
+
+func edit(raw []byte, set *Set, source, key string) (*FlagEdit, error) {
 	if _, ok := set.flags[key]; !ok {
-		return nil, fmt.Errorf("flag file %s has no flag %q", path, key)
+		return nil, fmt.Errorf("flags in %s have no flag %q", source, key)
 	}
 	doc, _ := decode(raw) // Parse succeeded, so decode does
 	flags, isMap := doc["flags"].(map[string]any)
 	if !isMap {
-		return nil, fmt.Errorf("flag file %s lists its flags as an array; rollouts edit the object form only", path)
+		return nil, fmt.Errorf("flags in %s are listed as an array; rollouts edit the object form only", source)
 	}
-	return &FlagEdit{path: path, key: key, set: set, doc: doc, flag: flags[key].(map[string]any)}, nil
+	return &FlagEdit{key: key, set: set, doc: doc, flag: flags[key].(map[string]any)}, nil
 }
 
 // Variants maps variant name to its value when that is a string (a
@@ -120,16 +140,28 @@ func (f *FlagEdit) SetStatic(variant string) {
 	f.flag["state"] = StateEnabled
 }
 
-// Write replaces the file with the edited document in one rename, after
-// checking that flagd would load the result.
-func (f *FlagEdit) Write() error {
+// Bytes is the edited document, checked to be one flagd would load.
+func (f *FlagEdit) Bytes() ([]byte, error) {
 	raw, err := json.MarshalIndent(f.doc, "", "  ")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	raw = append(raw, '\n')
 	if _, err := Parse(raw); err != nil {
-		return fmt.Errorf("edit of flag %s would make a file flagd refuses, not written: %w", f.key, err)
+		return nil, fmt.Errorf("edit of flag %s would make a file flagd refuses, not written: %w", f.key, err)
+	}
+	return raw, nil
+}
+
+// Write replaces the file with the edited document in one rename, after
+// checking that flagd would load the result.
+func (f *FlagEdit) Write() error {
+	if f.path == "" {
+		return fmt.Errorf("flag %s was not opened from a file: use Bytes", f.key)
+	}
+	raw, err := f.Bytes()
+	if err != nil {
+		return err
 	}
 	if err := atomicfile.Write(f.path, raw, 0o644); err != nil {
 		return fmt.Errorf("write flag file: %w", err)

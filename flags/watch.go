@@ -40,6 +40,13 @@ type WatcherConfig struct {
 	// OnChange, when set, is called from the watcher's goroutine after each
 	// reload that changed the set, with the flags that changed.
 	OnChange func(s *Set, changed []string)
+	// FileFallback, when set, makes the file a fallback: while it reports
+	// false, another source is in force (the ConfigMap followed through
+	// the Kubernetes API, applied with Apply) and file changes are not
+	// applied, so a kubelet's late sync of an older version never replaces
+	// a newer one; when it reports true (the API is unreachable), the file
+	// serves as it does alone.
+	FileFallback func() bool
 }
 
 // Watcher keeps a Provider's flag set in step with a file. It watches the
@@ -186,6 +193,9 @@ func (w *Watcher) ReloadNow() { w.reload(true) }
 func (w *Watcher) reload(quiet bool) {
 	w.reloadMu.Lock()
 	defer w.reloadMu.Unlock()
+	if w.cfg.FileFallback != nil && !w.cfg.FileFallback() {
+		return
+	}
 	raw, err := os.ReadFile(w.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		w.reloads.WithLabelValues(ReloadMissing).Inc()
@@ -197,25 +207,42 @@ func (w *Watcher) reload(quiet bool) {
 		w.log.Error("flag file unreadable; keeping the last good flags", "err", err)
 		return
 	}
+	_ = w.apply(raw, "flag file", quiet)
+}
+
+// Apply serves raw, a flag document from another source than the file
+// (the ConfigMap through the Kubernetes API; source names it in logs),
+// when it parses and differs from the set in force. A document that does
+// not parse leaves the last good flags and is returned as the error.
+func (w *Watcher) Apply(raw []byte, source string) error {
+	w.reloadMu.Lock()
+	defer w.reloadMu.Unlock()
+	return w.apply(raw, source, true)
+}
+
+// apply parses raw and swaps it in (under reloadMu). A quiet apply counts
+// nothing when raw is the version in force.
+func (w *Watcher) apply(raw []byte, source string, quiet bool) error {
 	s, err := Parse(raw)
 	if quiet && err == nil && s.version == w.Set().version {
-		return
+		return nil
 	}
 	if err != nil {
 		w.reloads.WithLabelValues(ReloadError).Inc()
-		w.log.Error("flag file rejected; keeping the last good flags", "err", err, "version", short(w.Set().version))
-		return
+		w.log.Error(source+" rejected; keeping the last good flags", "err", err, "version", short(w.Set().version))
+		return fmt.Errorf("%s: %w", source, err)
 	}
 	w.reloads.WithLabelValues(ReloadSuccess).Inc()
 	if s.version == w.Set().version {
-		return
+		return nil
 	}
 	changed := w.provider.Swap(s)
-	w.log.Info("flags reloaded", "version", short(s.version), "changed", changed, "warnings", len(s.warnings))
+	w.log.Info("flags reloaded", "source", source, "version", short(s.version), "changed", changed, "warnings", len(s.warnings))
 	w.logWarnings(s)
 	if w.cfg.OnChange != nil {
 		w.cfg.OnChange(s, changed)
 	}
+	return nil
 }
 
 // logWarnings logs each of a set's warnings once per file version: a

@@ -249,37 +249,14 @@ func (d *driver) analyse(phase string, weight int, onShadow bool) (dec Decision,
 }
 
 func (c *Controller) setSplit(fn *functions.Manifest, from, to string, weight int) error {
-	c.fileMu.Lock()
-	defer c.fileMu.Unlock()
-	ff, err := flags.OpenFlagEdit(c.cfg.FlagsPath, fn.Flag)
-	if err != nil {
-		return err
-	}
-	stable := ff.VariantFor(from)
-	canary := ff.VariantFor(to)
-	ff.SetSplit(stable, canary, weight)
-	return c.write(ff)
+	return c.flags.Edit(context.Background(), fn.Flag, func(ff *flags.FlagEdit) {
+		ff.SetSplit(ff.VariantFor(from), ff.VariantFor(to), weight)
+	})
 }
 
 // setStatic gives revision all of fn's traffic in one atomic flag write.
 func (c *Controller) setStatic(fn *functions.Manifest, revision string) error {
-	c.fileMu.Lock()
-	defer c.fileMu.Unlock()
-	ff, err := flags.OpenFlagEdit(c.cfg.FlagsPath, fn.Flag)
-	if err != nil {
-		return err
-	}
-	ff.SetStatic(ff.VariantFor(revision))
-	return c.write(ff)
-}
-
-// write replaces the flag file and has the router serve it at once.
-func (c *Controller) write(ff *flags.FlagEdit) error {
-	if err := ff.Write(); err != nil {
-		return err
-	}
-	if c.cfg.Reload != nil {
-		c.cfg.Reload()
-	}
-	return nil
+	return c.flags.Edit(context.Background(), fn.Flag, func(ff *flags.FlagEdit) {
+		ff.SetStatic(ff.VariantFor(revision))
+	})
 }

@@ -21,7 +21,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
 )
 
@@ -166,6 +165,12 @@ type Config struct {
 	// serves it at once rather than after the file watcher's debounce
 	// (flags.Watcher.ReloadNow): an undo is one write and one swap.
 	Reload func()
+	// Flags is where the flag state is read and written (nil: the file
+	// at FlagsPath, with Reload after each write).
+	Flags FlagStore
+	// Leader, when set, says whether this replica drives rollouts (one
+	// replica of several, holding the Lease); the others refuse to start one.
+	Leader Leadership
 	// Outcomes, when set, enables the outcome gates (MinPrecision,
 	// MaxLogLossDelta): the labelled outcomes of each revision so far.
 	Outcomes OutcomeSource
@@ -187,9 +192,7 @@ type Controller struct {
 	weight    *prometheus.GaugeVec
 	mu        sync.Mutex
 	runs      map[string]*run
-	// fileMu serialises read-modify-write of the flag file: rollouts of two
-	// functions edit the same file, and neither may lose the other's change.
-	fileMu sync.Mutex
+	flags     FlagStore
 }
 
 type run struct {
@@ -217,6 +220,10 @@ func New(cfg Config) *Controller {
 	}
 	for _, fn := range cfg.Functions {
 		c.fns[fn.Name] = fn
+	}
+	c.flags = cfg.Flags
+	if c.flags == nil {
+		c.flags = &FileStore{Path: cfg.FlagsPath, Reload: cfg.Reload}
 	}
 	return c
 }
@@ -341,7 +348,10 @@ func (c *Controller) Start(spec Spec) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	ff, err := flags.OpenFlagEdit(c.cfg.FlagsPath, fn.Flag)
+	if l := c.cfg.Leader; l != nil && !l.Leading() {
+		return Status{}, &ConflictError{fmt.Sprintf("this router replica does not drive rollouts; the leader (Lease holder) is %q: send the request to it", l.Holder())}
+	}
+	ff, err := c.flags.Open(context.Background(), fn.Flag)
 	if err != nil {
 		return Status{}, &SpecError{err.Error()}
 	}

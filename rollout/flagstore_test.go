@@ -1,0 +1,283 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/pilotlight/pilotlight/flags"
+	"github.com/pilotlight/pilotlight/functions"
+)
+
+const twoFlags = `{"flags": {
+  "fraud-revision": {"state": "ENABLED", "variants": {"stable": "fraud-00001", "canary": "fraud-00002"}, "defaultVariant": "stable"},
+  "recommend-revision": {"state": "ENABLED", "variants": {"stable": "recommend-00001"}, "defaultVariant": "stable"}}}`
+
+var configMaps = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+
+// apiServer is a fake clientset holding the flag ConfigMap, whose updates
+// are checked against the stored resourceVersion as the API server does
+// (the fake's own tracker does not check it).
+func apiServer(t *testing.T) *fake.Clientset {
+	t.Helper()
+	cs := fake.NewSimpleClientset(&corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "pilotlight", Name: "pilotlight-flags", ResourceVersion: "1"},
+		Data:       map[string]string{ConfigMapDataKey: twoFlags}})
+	var mu sync.Mutex
+	cs.PrependReactor("update", "configmaps", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		cm := a.(k8stesting.UpdateAction).GetObject().(*corev1.ConfigMap)
+		cur, err := cs.Tracker().Get(configMaps, cm.Namespace, cm.Name)
+		if err != nil {
+			return true, nil, err
+		}
+		stored := cur.(*corev1.ConfigMap).ResourceVersion
+		if cm.ResourceVersion != stored {
+			return true, nil, apierrors.NewConflict(configMaps.GroupResource(), cm.Name,
+				fmt.Errorf("the object has been modified; please apply your changes to the latest version (have %s, stored %s)", cm.ResourceVersion, stored))
+		}
+		n, _ := strconv.Atoi(stored)
+		next := cm.DeepCopy()
+		next.ResourceVersion = strconv.Itoa(n + 1)
+		return true, next, cs.Tracker().Update(configMaps, next, cm.Namespace)
+	})
+	return cs
+}
+
+func storedFlags(t *testing.T, cs *fake.Clientset) *flags.Set {
+	t.Helper()
+	cm, err := cs.CoreV1().ConfigMaps("pilotlight").Get(context.Background(), "pilotlight-flags", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := flags.Parse([]byte(cm.Data[ConfigMapDataKey]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestConfigMapEditRetriesAConflictWithoutLosingTheOtherWrite: another
+// writer changes the ConfigMap between this edit's read and its update;
+// the update is refused (409), the edit is re-read and re-applied, and
+// both changes are in the result.
+func TestConfigMapEditRetriesAConflictWithoutLosingTheOtherWrite(t *testing.T) {
+	cs := apiServer(t)
+	other := &ConfigMapStore{Client: cs, Namespace: "pilotlight", Name: "pilotlight-flags"}
+	var conflicts atomic.Int32
+	s := &ConfigMapStore{Client: cs, Namespace: "pilotlight", Name: "pilotlight-flags", OnConflict: func() { conflicts.Add(1) }}
+	interfered := false
+	err := s.Edit(context.Background(), "fraud-revision", func(ff *flags.FlagEdit) {
+		if !interfered { // the other replica writes after this read
+			interfered = true
+			if err := other.Edit(context.Background(), "recommend-revision", func(o *flags.FlagEdit) { o.SetStatic(o.VariantFor("recommend-00002")) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ff.SetSplit(ff.VariantFor("fraud-00001"), ff.VariantFor("fraud-00002"), 25)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if conflicts.Load() != 1 {
+		t.Fatalf("%d conflicts, want 1", conflicts.Load())
+	}
+	set := storedFlags(t, cs)
+	if f, _ := set.Flag("recommend-revision"); f.DefaultVariant == nil || *f.DefaultVariant != "recommend-00002" {
+		t.Fatalf("the other writer's change was lost: %+v", f)
+	}
+	if split := set.Evaluate("fraud-revision", map[string]any{"targetingKey": "u"}); split.Reason != flags.ReasonTargetingMatch {
+		t.Fatalf("this edit's split is missing: %+v", split)
+	}
+}
+
+// TestConfigMapConcurrentEditsAllLand: writers racing on one ConfigMap
+// (rollouts of different functions on different replicas, an operator's
+// edit) each add a variant; every one is there at the end.
+func TestConfigMapConcurrentEditsAllLand(t *testing.T) {
+	cs := apiServer(t)
+	var conflicts atomic.Int32
+	s := &ConfigMapStore{Client: cs, Namespace: "pilotlight", Name: "pilotlight-flags", OnConflict: func() { conflicts.Add(1) }}
+	const writers = 6
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- s.Edit(context.Background(), "fraud-revision", func(ff *flags.FlagEdit) { ff.VariantFor(fmt.Sprintf("fraud-%05d", 10+i)) })
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, _ := storedFlags(t, cs).Flag("fraud-revision")
+	for i := range writers {
+		if _, ok := f.Variants[fmt.Sprintf("fraud-%05d", 10+i)]; !ok {
+			t.Fatalf("writer %d's variant was lost (conflicts retried: %d): %v", i, conflicts.Load(), f.Variants)
+		}
+	}
+	t.Logf("%d writers, %d conflicts retried", writers, conflicts.Load())
+}
+
+// TestFollowConfigMapSeesWritesThroughTheWatch: a write through the API
+// reaches a follower without any file, and a document that does not
+// parse leaves the last good one.
+func TestFollowConfigMapSeesWritesThroughTheWatch(t *testing.T) {
+	cs := apiServer(t)
+	s := &ConfigMapStore{Client: cs, Namespace: "pilotlight", Name: "pilotlight-flags"}
+	got := make(chan string, 16)
+	var up atomic.Bool
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		_ = s.Follow(ctx, func(raw []byte) error {
+			if _, err := flags.Parse(raw); err != nil {
+				got <- "rejected"
+				return err
+			}
+			got <- string(raw)
+			return nil
+		}, up.Store, nil)
+	}()
+	wait := func(want string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		select {
+		case doc := <-got:
+			if !strings.Contains(doc, want) {
+				t.Fatalf("got %.80q, want it to contain %q", doc, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("nothing arrived for %q", want)
+		}
+		return time.Since(start)
+	}
+	wait("recommend-00001") // the initial list
+	if !up.Load() {
+		t.Fatal("following, but not reported healthy")
+	}
+	start := time.Now()
+	if err := s.Edit(ctx, "fraud-revision", func(ff *flags.FlagEdit) { ff.SetStatic(ff.VariantFor("fraud-00002")) }); err != nil {
+		t.Fatal(err)
+	}
+	wait(`"defaultVariant": "canary"`)
+	t.Logf("a write reached the follower in %s (fake API server, in process)", time.Since(start))
+	cm, _ := cs.CoreV1().ConfigMaps("pilotlight").Get(ctx, "pilotlight-flags", metav1.GetOptions{})
+	cm.Data[ConfigMapDataKey] = "{not json"
+	if _, err := cs.CoreV1().ConfigMaps("pilotlight").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait("rejected")
+}
+
+type fakeLeadership struct {
+	leading bool
+	holder  string
+}
+
+func (f fakeLeadership) Leading() bool  { return f.leading }
+func (f fakeLeadership) Holder() string { return f.holder }
+
+func TestOnlyTheLeaderStartsRollouts(t *testing.T) {
+	c := New(Config{FlagsPath: "unused", Functions: []*functions.Manifest{fraudFn()}, Leader: fakeLeadership{false, "router-7f9-abc"}})
+	_, err := c.Start(Spec{Function: "fraud", To: "fraud-00002"})
+	var ce *ConflictError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), `the leader (Lease holder) is "router-7f9-abc"`) {
+		t.Fatalf("a follower started a rollout: %v", err)
+	}
+}
+
+// TestLeaseHasOneLeaderAndHandsOver: two replicas campaign for one Lease;
+// exactly one leads at any moment, and when it stops (a replica shutting
+// down releases the Lease) the other takes over.
+func TestLeaseHasOneLeaderAndHandsOver(t *testing.T) {
+	cs := fake.NewSimpleClientset()
+	newLeader := func(id string) *Leader {
+		l, err := NewLeader(LeaderConfig{Client: cs, Namespace: "pilotlight", Name: "pilotlight-rollouts", Identity: id,
+			LeaseDuration: time.Second, RenewDeadline: 500 * time.Millisecond, RetryPeriod: 100 * time.Millisecond, Logger: quietLog()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	a, b := newLeader("router-a"), newLeader("router-b")
+	ctxA, stopA := context.WithCancel(context.Background())
+	ctxB, stopB := context.WithCancel(context.Background())
+	defer stopB()
+	doneA := make(chan struct{})
+	go func() { a.Run(ctxA); close(doneA) }()
+	go b.Run(ctxB)
+
+	var both atomic.Bool
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	go func() {
+		for watchCtx.Err() == nil {
+			if a.Leading() && b.Leading() {
+				both.Store(true)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	waitFor := func(what string, cond func() bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for !cond() {
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("%s: not within 10s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return time.Since(start)
+	}
+	waitFor("a leader", func() bool { return a.Leading() || b.Leading() })
+	leader, follower, stop, done := a, b, stopA, doneA
+	if b.Leading() {
+		// b won: stop b instead (its Run ends when its ctx does).
+		leader, follower, stop = b, a, stopB
+		done = make(chan struct{})
+		go func() {
+			for b.Leading() {
+				time.Sleep(5 * time.Millisecond)
+			}
+			close(done)
+		}()
+	}
+	if follower.Holder() != map[*Leader]string{a: "router-a", b: "router-b"}[leader] {
+		t.Fatalf("the follower sees %q as the holder", follower.Holder())
+	}
+	start := time.Now()
+	stop()
+	<-done
+	waitFor("hand-over", follower.Leading)
+	t.Logf("hand-over after the leader released the Lease: %s", time.Since(start))
+	if both.Load() {
+		t.Fatal("both replicas led at once")
+	}
+	stopA()
+	<-doneA
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
