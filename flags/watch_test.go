@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -315,5 +316,44 @@ func TestWatcherReloadNow(t *testing.T) {
 	r.w.ReloadNow() // the same bytes again: nothing to do, nothing counted as an error
 	if r.current() != "canary" || r.count(ReloadError) != before {
 		t.Error("a second ReloadNow of the same file changed something")
+	}
+}
+
+// TestWatcherFileIsFallbackWhileTheAPIServes: with another source in
+// force (the ConfigMap through the API), the mounted file's late sync of
+// an older version is not applied; once the API is unreachable, the file
+// serves again. A document from the API that does not parse is refused.
+func TestWatcherFileIsFallbackWhileTheAPIServes(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "flags.json")
+	if err := os.WriteFile(path, versionFile("stable"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var apiUp atomic.Bool
+	apiUp.Store(true)
+	w, err := NewWatcher(WatcherConfig{Path: path, Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil)),
+		FileFallback: func() bool { return !apiUp.Load() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := func() string { return w.Set().Evaluate("fraud-revision", nil).Variant }
+	if err := w.Apply(versionFile("canary"), "ConfigMap"); err != nil || def() != "canary" {
+		t.Fatalf("Apply: %v, serving %s", err, def())
+	}
+	if err := w.Apply([]byte("{nope"), "ConfigMap"); err == nil || def() != "canary" {
+		t.Fatalf("a bad document: %v, serving %s", err, def())
+	}
+	// The kubelet syncs the file late, to the older version: ignored.
+	if err := os.WriteFile(path, versionFile("stable"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.ReloadNow()
+	if def() != "canary" {
+		t.Fatal("the mounted file replaced the API's newer flags")
+	}
+	apiUp.Store(false)
+	w.ReloadNow()
+	if def() != "stable" {
+		t.Fatal("with the API unreachable, the file did not serve")
 	}
 }
