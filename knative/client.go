@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	servingclientset "knative.dev/serving/pkg/client/clientset/versioned"
 	servingclient "knative.dev/serving/pkg/client/clientset/versioned/typed/serving/v1"
@@ -19,19 +21,42 @@ var ErrNoCluster = errors.New("no cluster configured")
 // context other than the current one. It returns the API server's address
 // for messages.
 func NewClient(kubeconfig, kubeContext string) (servingclient.ServingV1Interface, string, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = kubeconfig
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: kubeContext}).ClientConfig()
-	if clientcmd.IsEmptyConfig(err) {
-		return nil, "", fmt.Errorf("load cluster config: %w (pass --kubeconfig, set $KUBECONFIG, write ~/.kube/config, or run in a pod)", ErrNoCluster)
-	}
+	cfg, err := restConfig(kubeconfig, kubeContext)
 	if err != nil {
-		return nil, "", fmt.Errorf("load cluster config (--kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster): %w", err)
+		return nil, "", err
 	}
 	cs, err := servingclientset.NewForConfig(cfg)
 	if err != nil {
 		return nil, "", fmt.Errorf("knative serving client for %s: %w", cfg.Host, err)
 	}
 	return cs.ServingV1(), cfg.Host, nil
+}
+
+// NewKubeClient is NewClient for the core Kubernetes API (ConfigMaps,
+// Leases): the flag ConfigMap and the rollout Lease.
+func NewKubeClient(kubeconfig, kubeContext string) (kubernetes.Interface, string, error) {
+	cfg, err := restConfig(kubeconfig, kubeContext)
+	if err != nil {
+		return nil, "", err
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, "", fmt.Errorf("kubernetes client for %s: %w", cfg.Host, err)
+	}
+	return cs, cfg.Host, nil
+}
+
+// restConfig finds the cluster as kubectl does (see NewClient).
+func restConfig(kubeconfig, kubeContext string) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
+		&clientcmd.ConfigOverrides{CurrentContext: kubeContext}).ClientConfig()
+	if clientcmd.IsEmptyConfig(err) {
+		return nil, fmt.Errorf("load cluster config: %w (pass --kubeconfig, set $KUBECONFIG, write ~/.kube/config, or run in a pod)", ErrNoCluster)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load cluster config (--kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster): %w", err)
+	}
+	return cfg, nil
 }

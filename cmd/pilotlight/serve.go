@@ -10,6 +10,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,6 +46,7 @@ type serveOptions struct {
 	rateBurst, maxConcurrent  int
 	backend, namespace        string
 	kubeconfig, kubeContext   string
+	flagsConfigMap, lease     string // NAMESPACE/NAME: the flag state in a ConfigMap, rollouts driven by the Lease holder
 	cpuProfile, runtimeBin    string
 	instanceHTTP              bool
 	limits                    router.Limits
@@ -91,6 +94,8 @@ func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "knative backend: kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)")
 	f.StringVar(&o.kubeContext, "context", "", "knative backend: kubeconfig context")
 	f.StringVar(&o.flagsPath, "flags", "config/flags/flags.json", "flag file (flagd format) that picks each request's revision; empty: every request goes to the stable revision")
+	f.StringVar(&o.flagsConfigMap, "flags-configmap", "", "NAMESPACE/NAME: keep the flag state in this ConfigMap (key "+rollout.ConfigMapDataKey+"), written through the Kubernetes API and followed with a watch; --flags is the mounted copy, served only while the API is unreachable")
+	f.StringVar(&o.lease, "lease", "", "NAMESPACE/NAME: of several router replicas, only the holder of this coordination Lease drives rollouts (identity: $POD_NAME, else the host name)")
 	f.IntVar(&o.poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
 	f.BoolVar(&o.instanceHTTP, "instance-http", false, "reach local instances over HTTP on their port instead of their framed Unix socket (slower; for comparison, as bench hop does)")
 	f.StringVar(&o.runtimeBin, "runtime-bin", "", "executable the local engine runs instances with (default: "+listener.RuntimeBinary+" beside this binary, else on PATH)")
@@ -310,9 +315,27 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 	if o.flagsPath == "" {
 		return nil, nil, nil, func() {}, nil
 	}
-	w, err := flags.NewWatcher(flags.WatcherConfig{Path: o.flagsPath, Registerer: reg, Logger: log})
+	cluster, err := o.clusterFlags(log)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	wcfg := flags.WatcherConfig{Path: o.flagsPath, Registerer: reg, Logger: log}
+	if cluster.store != nil {
+		wcfg.FileFallback = func() bool { return !cluster.apiUp.Load() }
+	}
+	w, err := flags.NewWatcher(wcfg)
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("flags: %w (fix the file, or pass --flags \"\" to send every request to each function's stable revision)", err)
+	}
+	if s := cluster.store; s != nil {
+		go func() {
+			if err := s.Follow(ctx, func(raw []byte) error { return w.Apply(raw, "ConfigMap "+o.flagsConfigMap) }, cluster.apiUp.Store, log); err != nil {
+				log.Error("following the flag ConfigMap stopped; the mounted file serves", "err", err)
+			}
+		}()
+	}
+	if cluster.leader != nil {
+		go cluster.leader.Run(ctx)
 	}
 	go func() {
 		if err := w.Run(ctx); err != nil {
@@ -336,9 +359,60 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 		return nil, nil, nil, nil, err
 	}
 	rcfg.Recorder = outcomes
-	ctl := rollout.New(rollout.Config{FlagsPath: o.flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log,
-		Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow, Outcomes: outcomes})
+	rc := rollout.Config{FlagsPath: o.flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log,
+		Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow, Outcomes: outcomes}
+	if cluster.store != nil {
+		rc.Flags = cluster.store // the watch delivers each write to every replica, this one included
+	}
+	if cluster.leader != nil {
+		rc.Leader = cluster.leader
+	}
+	ctl := rollout.New(rc)
 	return w, ctl, outcomes, func() { ctl.Close(); shadow.Close() }, nil
+}
+
+// clusterState is what --flags-configmap and --lease build.
+type clusterState struct {
+	store  *rollout.ConfigMapStore // nil: the flag file alone
+	apiUp  *atomic.Bool            // the ConfigMap is being followed through the API
+	leader *rollout.Leader         // nil: this replica drives every rollout
+}
+
+// clusterFlags connects to the Kubernetes API when --flags-configmap or
+// --lease asks for it.
+func (o *serveOptions) clusterFlags(log *slog.Logger) (clusterState, error) {
+	st := clusterState{apiUp: new(atomic.Bool)}
+	if o.flagsConfigMap == "" && o.lease == "" {
+		return st, nil
+	}
+	client, host, err := knative.NewKubeClient(o.kubeconfig, o.kubeContext)
+	if err != nil {
+		return st, fmt.Errorf("--flags-configmap / --lease: %w", err)
+	}
+	if o.flagsConfigMap != "" {
+		ns, name, ok := strings.Cut(o.flagsConfigMap, "/")
+		if !ok || ns == "" || name == "" {
+			return st, fmt.Errorf("--flags-configmap %q: want NAMESPACE/NAME", o.flagsConfigMap)
+		}
+		st.store = &rollout.ConfigMapStore{Client: client, Namespace: ns, Name: name}
+		log.Info("flags in a ConfigMap", "configmap", o.flagsConfigMap, "api_server", host, "fallback_file", o.flagsPath)
+	}
+	if o.lease != "" {
+		ns, name, ok := strings.Cut(o.lease, "/")
+		if !ok || ns == "" || name == "" {
+			return st, fmt.Errorf("--lease %q: want NAMESPACE/NAME", o.lease)
+		}
+		id := os.Getenv("POD_NAME")
+		if id == "" {
+			if id, err = os.Hostname(); err != nil {
+				return st, fmt.Errorf("--lease: this replica's identity: set POD_NAME: %w", err)
+			}
+		}
+		if st.leader, err = rollout.NewLeader(rollout.LeaderConfig{Client: client, Namespace: ns, Name: name, Identity: id, Logger: log}); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
 }
 
 // listenAndServe opens the listeners, runs the engine, serves until a
