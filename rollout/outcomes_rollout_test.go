@@ -302,3 +302,48 @@ func testKeys(t *testing.T) (keys *auth.Keys, all, plainOnly string) {
 	}
 	return keys, all, plainOnly
 }
+
+// BenchmarkOutcomePost is the join through the HTTP endpoint: batches of
+// 1,000 outcomes POSTed to the router's handler (in process, no network),
+// JSON decoding included, against a window of 100,000 predictions. Run it
+// with -benchtime 100x: one pass over the batches, so every join is a
+// first (later passes find duplicates).
+func BenchmarkOutcomePost(b *testing.B) {
+	const window, batchSize = 100_000, 1000
+	fn := &functions.Manifest{Name: "fraud", Handler: "fraud", Revisions: []functions.Revision{{Name: "fraud-00001"}},
+		Runtime: functions.Runtime{MaxBodyBytes: 1 << 20}, Outcomes: functions.Outcomes{MaxPredictions: window, Window: time.Hour, Threshold: 0.5}}
+	fns := []*functions.Manifest{fn}
+	store, err := rollout.NewOutcomes(rollout.OutcomesConfig{Functions: fns})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rt, err := router.New(router.Config{Functions: fns, Backend: revisionServers{}, Recorder: store, Logger: testbin.QuietLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rt.Close()
+	rollout.MountOutcomes(rt, fns, store)
+	h := rt.Handler()
+	answer := []byte(`{"fraud_probability": 0.7, "decision": "review", "top_features": []}`)
+	for i := range window {
+		store.Record(router.PredictionCall{Function: "fraud", Revision: "fraud-00001", RequestID: fmt.Sprintf("req-%d", i), Response: answer})
+	}
+	bodies := make([][]byte, window/batchSize)
+	for i := range bodies {
+		var batch []rollout.Outcome
+		for j := range batchSize {
+			batch = append(batch, rollout.Outcome{TrackingEventName: "chargeback", Details: map[string]any{"predictionId": fmt.Sprintf("req-%d", i*batchSize+j), "value": float64(j % 2)}})
+		}
+		bodies[i], _ = json.Marshal(map[string]any{"outcomes": batch})
+	}
+	b.SetBytes(int64(len(bodies[0])))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", "/v2/models/fraud/outcomes", bytes.NewReader(bodies[i%len(bodies)])))
+		if rec.Code != 200 {
+			b.Fatalf("%d %s", rec.Code, rec.Body)
+		}
+	}
+	b.ReportMetric(float64(b.N*batchSize)/b.Elapsed().Seconds(), "outcomes/s")
+}
