@@ -249,14 +249,28 @@ func (d *driver) analyse(phase string, weight int, onShadow bool) (dec Decision,
 }
 
 func (c *Controller) setSplit(fn *functions.Manifest, from, to string, weight int) error {
-	return c.flags.Edit(context.Background(), fn.Flag, func(ff *flags.FlagEdit) {
+	return c.editFlag(fn, func(ff *flags.FlagEdit) {
 		ff.SetSplit(ff.VariantFor(from), ff.VariantFor(to), weight)
 	})
 }
 
 // setStatic gives revision all of fn's traffic in one atomic flag write.
 func (c *Controller) setStatic(fn *functions.Manifest, revision string) error {
-	return c.flags.Edit(context.Background(), fn.Flag, func(ff *flags.FlagEdit) {
+	return c.editFlag(fn, func(ff *flags.FlagEdit) {
 		ff.SetStatic(ff.VariantFor(revision))
 	})
+}
+
+// errNotLeading refuses a flag write from a replica that no longer holds
+// the Lease: another replica may be driving now, and two drivers must
+// never both write.
+var errNotLeading = errors.New("this replica no longer holds the rollout Lease; it stops without writing the flags")
+
+// editFlag writes fn's flag through the store, only while this replica
+// leads (when there is a Lease).
+func (c *Controller) editFlag(fn *functions.Manifest, edit func(*flags.FlagEdit)) error {
+	if l := c.cfg.Leader; l != nil && !l.Leading() {
+		return errNotLeading
+	}
+	return c.flags.Edit(context.Background(), fn.Flag, edit)
 }

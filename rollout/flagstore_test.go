@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
@@ -281,3 +284,51 @@ func TestLeaseHasOneLeaderAndHandsOver(t *testing.T) {
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+type switchLeadership struct{ leading atomic.Bool }
+
+func (s *switchLeadership) Leading() bool  { return s.leading.Load() }
+func (s *switchLeadership) Holder() string { return "router-b" }
+
+// TestALeaderThatLosesTheLeaseStopsWriting: once another replica holds
+// the Lease, this one's rollout ends without a flag write (neither the
+// next step nor a rollback), so two replicas never both drive.
+func TestALeaderThatLosesTheLeaseStopsWriting(t *testing.T) {
+	r := newRig(t)
+	lead := &switchLeadership{}
+	lead.leading.Store(true)
+	r.c = New(Config{FlagsPath: r.path, Functions: []*functions.Manifest{fraudFn()}, Gatherer: r.g, Registerer: prometheus.NewRegistry(),
+		Logger: quietLog(), Leader: lead})
+	t.Cleanup(r.c.Close)
+	r.g.set(50, 0, time.Millisecond)
+	spec := canarySpec()
+	spec.Steps, spec.Interval = []int{50, 100}, 300*time.Millisecond
+	if _, err := r.c.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	// The first step is written at once; the Lease is lost during its interval.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if st, _ := r.c.Status("fraud"); st.Weight == 50 && st.Phase == PhaseCanary {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first step was never written")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	before, err := os.ReadFile(r.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lead.leading.Store(false)
+	st := r.wait(t)
+	last := st.Decisions[len(st.Decisions)-1]
+	if st.State != StateFailed || !strings.Contains(last.Reason, "no longer holds the rollout Lease") {
+		t.Fatalf("state %s: %s", st.State, last.Reason)
+	}
+	after, _ := os.ReadFile(r.path)
+	if string(after) != string(before) {
+		t.Fatal("a replica without the Lease wrote the flags")
+	}
+}
