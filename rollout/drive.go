@@ -153,6 +153,9 @@ func (d *driver) finish(state, verdict, check, reason string, dec Decision) {
 	}
 	d.log.Info("rollout "+verdict, "state", state, "check", check, "weight", dec.Weight, "requests", dec.Requests, "errors", dec.Errors,
 		"error_rate", dec.ErrorRate, "p99", dec.P99, "compared", dec.Compared, "agreement", dec.Agreement, "score_delta", dec.ScoreDelta, "reason", dec.Reason)
+	if !errors.Is(err, errNotLeading) { // a replica without the Lease leaves the record to the leader
+		c.record(fn.Name, RolloutRecord{From: d.from, To: d.spec.To, State: state})
+	}
 	d.r.update(func(s *Status) {
 		s.State, s.Weight, s.Phase, s.Finished = state, weight, PhaseDone, time.Now()
 		if state == StatePromoted && d.spec.KeepPrevious > 0 {

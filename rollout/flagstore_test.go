@@ -332,3 +332,60 @@ func TestALeaderThatLosesTheLeaseStopsWriting(t *testing.T) {
 		t.Fatal("a replica without the Lease wrote the flags")
 	}
 }
+
+// TestASuccessorRollsBackARolloutLeftMidway: replica A drives a rollout
+// through the ConfigMap and loses the Lease at its first step; replica B
+// takes the Lease over, finds the rollout recorded as running, and rolls
+// it back in one write: the flags serve the stable revision again, and
+// both the record and B's status say why.
+func TestASuccessorRollsBackARolloutLeftMidway(t *testing.T) {
+	cs := apiServer(t)
+	store := func() *ConfigMapStore {
+		return &ConfigMapStore{Client: cs, Namespace: "pilotlight", Name: "pilotlight-flags"}
+	}
+	leadA, leadB := &switchLeadership{}, &switchLeadership{}
+	leadA.leading.Store(true)
+	g := newFeeding()
+	g.set(50, 0, time.Millisecond)
+	a := New(Config{Functions: []*functions.Manifest{fraudFn()}, Gatherer: g, Registerer: prometheus.NewRegistry(), Logger: quietLog(), Flags: store(), Leader: leadA})
+	t.Cleanup(a.Close)
+	spec := canarySpec()
+	spec.Interval = 10 * time.Second
+	if _, err := a.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for st, _ := a.Status("fraud"); st.Weight != 50; st, _ = a.Status("fraud") {
+		if time.Now().After(deadline) {
+			t.Fatal("the first step was never written")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if e := storedFlags(t, cs).Evaluate("fraud-revision", map[string]any{"targetingKey": "u"}); e.Reason != flags.ReasonTargetingMatch {
+		t.Fatalf("A's 50%% split is not in the ConfigMap: %+v", e)
+	}
+	leadA.leading.Store(false) // A is cut off; B wins the Lease
+	leadB.leading.Store(true)
+	b := New(Config{Functions: []*functions.Manifest{fraudFn()}, Gatherer: g, Registerer: prometheus.NewRegistry(), Logger: quietLog(), Flags: store(), Leader: leadB})
+	t.Cleanup(b.Close)
+	rolled, err := b.Resume(context.Background())
+	if err != nil || len(rolled) != 1 || rolled[0] != "fraud" {
+		t.Fatalf("Resume = %v, %v", rolled, err)
+	}
+	set := storedFlags(t, cs)
+	if e := set.Evaluate("fraud-revision", map[string]any{"targetingKey": "u"}); e.Value != "fraud-00001" || e.Reason != flags.ReasonStatic {
+		t.Fatalf("not rolled back: %+v", e)
+	}
+	recs, _ := store().RecordedRollouts(context.Background())
+	if recs["fraud"].State != StateRolledBack {
+		t.Fatalf("record %+v", recs["fraud"])
+	}
+	st, _ := b.Status("fraud")
+	if st.State != StateRolledBack || st.Decisions[0].Check != CheckLeader || !strings.Contains(st.Decisions[0].Reason, "stopped holding the Lease mid-rollout") {
+		t.Fatalf("B's status %+v", st)
+	}
+	// Nothing is driven twice: a second take-over finds nothing to do.
+	if rolled, _ := b.Resume(context.Background()); len(rolled) != 0 {
+		t.Fatalf("rolled back again: %v", rolled)
+	}
+}

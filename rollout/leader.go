@@ -48,7 +48,12 @@ type Leader struct {
 	elector *leaderelection.LeaderElector
 	leading atomic.Bool
 	holder  atomic.Value // string
+	onLead  atomic.Pointer[func(context.Context)]
 }
+
+// OnLead sets what runs each time this replica starts leading (the
+// controller's Resume), after Leading reports true. Set it before Run.
+func (l *Leader) OnLead(f func(context.Context)) { l.onLead.Store(&f) }
 
 // NewLeader builds the elector; Run campaigns.
 func NewLeader(cfg LeaderConfig) (*Leader, error) {
@@ -74,9 +79,12 @@ func NewLeader(cfg LeaderConfig) (*Leader, error) {
 		ReleaseOnCancel: true, // a replica shutting down hands over at once, not after leaseDuration
 		Name:            cfg.Name,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(context.Context) {
+			OnStartedLeading: func(ctx context.Context) {
 				l.leading.Store(true)
 				log.Info("leading: this replica drives rollouts")
+				if f := l.onLead.Load(); f != nil {
+					(*f)(ctx)
+				}
 			},
 			OnStoppedLeading: func() {
 				l.leading.Store(false)

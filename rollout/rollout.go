@@ -67,6 +67,7 @@ const (
 	CheckPrescale   = "prescale"
 	CheckRequest    = "request"
 	CheckFlagFile   = "flag_file"
+	CheckLeader     = "leader"
 )
 
 // Phases of a rollout.
@@ -376,6 +377,7 @@ func (c *Controller) Start(spec Spec) (Status, error) {
 	r := &run{cancel: cancel, abort: make(chan struct{}), done: make(chan struct{}),
 		status: Status{Spec: spec, From: from, State: StateRunning, Started: now, Updated: now}}
 	c.runs[fn.Name] = r
+	c.record(fn.Name, RolloutRecord{From: from, To: spec.To, State: StateRunning})
 	go c.drive(ctx, fn, r)
 	return r.snapshot(), nil
 }

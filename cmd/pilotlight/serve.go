@@ -334,9 +334,7 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 			}
 		}()
 	}
-	if cluster.leader != nil {
-		go cluster.leader.Run(ctx)
-	}
+
 	go func() {
 		if err := w.Run(ctx); err != nil {
 			log.Error("flag watcher stopped; the last good flags stay in force", "err", err)
@@ -368,6 +366,16 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 		rc.Leader = cluster.leader
 	}
 	ctl := rollout.New(rc)
+	if l := cluster.leader; l != nil {
+		l.OnLead(func(ctx context.Context) {
+			if fns, err := ctl.Resume(ctx); err != nil {
+				log.Error("taking over rollouts", "err", err)
+			} else if len(fns) > 0 {
+				log.Warn("rolled back rollouts the previous leader left running", "functions", fns)
+			}
+		})
+		go l.Run(ctx)
+	}
 	return w, ctl, outcomes, func() { ctl.Close(); shadow.Close() }, nil
 }
 
