@@ -245,3 +245,20 @@ func BenchmarkOutcomeJoin(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*batchSize)/b.Elapsed().Seconds(), "outcomes/s")
 }
+
+// BenchmarkRecord is what recording adds to each answered request of a
+// function that records (on the request's goroutine): reading the answer
+// and keeping it, in a full window that evicts one per record.
+func BenchmarkRecord(b *testing.B) {
+	o, _ := newStore(b, nil, fraudRecording(10_000))
+	answer := []byte(`{"card_id": "c-1", "fraud_probability": 0.93, "decision": "block", "top_features": [{"feature": "amount_ratio", "contribution": 2.1}, {"feature": "hour", "contribution": 0.7}, {"feature": "device_new", "contribution": 0.5}]}`)
+	ids := make([]string, 20_000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("req-%d", i)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		o.Record(router.PredictionCall{Function: "fraud", Revision: "fraud-00002", RequestID: ids[i%len(ids)], TargetingKey: "c-1", Response: answer})
+	}
+}
