@@ -43,8 +43,8 @@ const (
 	DefaultOutcomeWindow    = 24 * time.Hour
 	DefaultOutcomeThreshold = 0.5
 	DefaultOutcomeK         = 10
-	// MaxOutcomePredictions bounds a function's window (memory: about 200
-	// bytes a prediction, so 10^6 is some 200 MB).
+	// MaxOutcomePredictions bounds a function's window (memory: a few hundred
+	// bytes a prediction, so 10^6 is a few hundred MB).
 	MaxOutcomePredictions = 1_000_000
 )
 
