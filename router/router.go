@@ -7,9 +7,11 @@
 // starts — and the router proxies to it over pooled keep-alive connections
 // or framed sockets, retrying once elsewhere if the instance dies
 // mid-request. The data path runs on fasthttp (proxy.go, frontdoor.go) and
-// gRPC (grpc.go); the few other endpoints (/healthz, /v2 metadata) are an
-// echo mux (this file), on which the admin side mounts its routes
-// (MountAdmin, MountMetrics): the router imports no control plane.
+// gRPC (grpc.go); the few other endpoints (/healthz, /v2 metadata, OFREP
+// in ofrep.go) are an echo mux (this file), on which the admin side mounts
+// its routes (MountAdmin, MountMetrics) and the rollout side its outcomes
+// endpoint (DataRoute; predictions reach it through Recorder, record.go):
+// the router imports no control plane.
 package router
 
 import (
