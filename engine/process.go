@@ -359,7 +359,7 @@ func (e *Engine) exited(in *Process, err error) {
 		e.pool.forget(in)
 		return
 	}
-	if r, ok := e.revs[fn+"/"+rev]; ok {
+	if r, ok := e.revs[revKey{fn, rev}]; ok {
 		r.remove(owner)
 		if r.waiting.Load() > 0 {
 			// Held requests go back through Acquire, which starts a replacement.

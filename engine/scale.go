@@ -108,7 +108,7 @@ func (r *revision) surplus(desired int) []*Process {
 // it. The rollout controller pre-scales a blue-green candidate with it and
 // keeps the previous revision warm for an instant undo.
 func (e *Engine) Hold(function, revision string, n int, until time.Time) error {
-	r, ok := e.revs[function+"/"+revision]
+	r, ok := e.revs[revKey{function, revision}]
 	if !ok {
 		return fmt.Errorf("%w %s/%s", ErrUnknownRevision, function, revision)
 	}
@@ -123,7 +123,7 @@ func (e *Engine) Hold(function, revision string, n int, until time.Time) error {
 
 // ReadyInstances counts a revision's ready instances.
 func (e *Engine) ReadyInstances(function, revision string) int {
-	r, ok := e.revs[function+"/"+revision]
+	r, ok := e.revs[revKey{function, revision}]
 	if !ok {
 		return 0
 	}
