@@ -41,9 +41,10 @@ run: build ort ## start the platform on 127.0.0.1:8080 (local development: auth 
 	@mkdir -p .cache/run && cp config/flags/flags.json .cache/run/flags.json
 	./$(BIN) serve --dev --addr 127.0.0.1:8080 --flags .cache/run/flags.json $(ARGS)
 
-vet: ## go vet, staticcheck (pinned by its tool directive in go.mod) and gofmt
+vet: ## go vet, staticcheck, deadcode (pinned by tool directives in go.mod) and gofmt
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
+	@dead=$$($(GO) tool deadcode ./cmd/...); if [ -n "$$dead" ]; then echo "unreachable from the binaries (delete it, or use it):"; echo "$$dead"; exit 1; fi
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 
 # The fast tier: packages whose tests need neither ONNX Runtime nor root

@@ -130,7 +130,7 @@ and waits, not ready, for POST /admin/specialise (the local engine's warm pool).
 					}
 				}()
 			}
-			return srv.ServeWithFrames(ctx, ln, frames)
+			return srv.Serve(ctx, ln, frames)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "function", "", "function directory holding function.yaml")

@@ -79,7 +79,7 @@ func TestFramesServeAsHTTP(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	served := make(chan error, 1)
-	go func() { served <- s.ServeWithFrames(ctx, ln, uln) }()
+	go func() { served <- s.Serve(ctx, ln, uln) }()
 	dial := func() *frameClient {
 		c, err := net.Dial("unix", sock)
 		if err != nil {

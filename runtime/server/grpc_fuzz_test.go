@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/tensor"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/runtime/ort"
@@ -107,4 +108,19 @@ func TestGRPCSeedsDecodeAsIntended(t *testing.T) {
 			t.Errorf("seed %d: err = %v, want ok = %v", i, err, wantOK)
 		}
 	}
+}
+
+// decodeInferProto is what the gRPC codec and ModelInfer do with a message:
+// it unmarshals a
+// ModelInferRequest and validates it with the same inputChecker, then
+// turns each input's typed contents, or its raw_input_contents, into a
+// tensor. raw reports that the request used raw contents (the response
+// then answers with raw_output_contents). Every problem is a *functions.BadRequest.
+func decodeInferProto(b []byte, inputs, outputs []ort.IO) (req *pb.ModelInferRequest, ts []*tensor.Tensor, rows int, raw bool, err error) {
+	req = &pb.ModelInferRequest{}
+	if err := proto.Unmarshal(b, req); err != nil {
+		return nil, nil, 0, false, functions.Badf("malformed infer request: %v", err)
+	}
+	ts, rows, raw, err = inferInputs(req, inputs, outputs)
+	return req, ts, rows, raw, err
 }

@@ -37,7 +37,7 @@ func servedInstance(t *testing.T, mutate func(*functions.Manifest)) (addr string
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, ln) }()
+	go func() { served <- s.Serve(ctx, ln, nil) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-served; err != nil {
@@ -343,7 +343,7 @@ func TestGRPCModelNotReadyIsUnavailable(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { _ = s.Serve(ctx, ln) }()
+	go func() { _ = s.Serve(ctx, ln, nil) }()
 	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

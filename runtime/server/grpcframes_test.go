@@ -76,7 +76,7 @@ func TestFramedGRPCAnswersAsH2C(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- s.ServeWithFrames(ctx, ln, uln) }()
+	go func() { served <- s.Serve(ctx, ln, uln) }()
 	defer func() {
 		cancel()
 		if err := <-served; err != nil {

@@ -92,9 +92,6 @@ func New(cfg Config) *Server {
 // router, whose first (Pre) step hands gRPC calls to the gRPC service.
 func (s *Server) Handler() http.Handler { return s.echo }
 
-// Instance is the loaded revision, or nil.
-func (s *Server) Instance() *instance.Instance { return s.inst.Load() }
-
 // Load loads a revision of m and makes the server ready. A failure leaves the
 // server live but not ready, with the reason reported by the readiness endpoints.
 func (s *Server) Load(ctx context.Context, m *functions.Manifest, revision string) error {
@@ -454,18 +451,13 @@ func (s *Server) specialise(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"function": m.Name, "revision": req.Revision, "load_seconds": time.Since(start).Seconds()})
 }
 
-// Serve accepts on ln until ctx is cancelled, then drains: readiness turns
-// false, the listener closes, in-flight requests finish (up to DrainTimeout),
-// and the revision's sessions are released. One listener takes HTTP/1.1 and
-// h2c (HTTP/2 without TLS, as Knative's h2c port carries it): REST on both,
+// Serve accepts on ln, and the local router's framed requests on frames
+// (nil: none), until ctx is cancelled, then drains: readiness turns false,
+// the listeners close, in-flight requests finish (up to DrainTimeout), and
+// the revision's sessions are released. One listener takes HTTP/1.1 and h2c
+// (HTTP/2 without TLS, as Knative's h2c port carries it): REST on both,
 // gRPC on HTTP/2.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	return s.ServeWithFrames(ctx, ln, nil)
-}
-
-// ServeWithFrames is Serve plus the local router's framed requests on
-// frames (nil: none); both drain before the sessions are released.
-func (s *Server) ServeWithFrames(ctx context.Context, ln, frames net.Listener) error {
+func (s *Server) Serve(ctx context.Context, ln, frames net.Listener) error {
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)

@@ -293,7 +293,7 @@ func TestDrainFinishesInFlightRequests(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, ln) }()
+	go func() { served <- s.Serve(ctx, ln, nil) }()
 	// Half a request's body is sent, the request is seen in flight, then
 	// SIGTERM (cancel) arrives, then the rest of the body: it must be served.
 	body := `{"inputs":[{"name":"input_vectors","shape":[1,10],"datatype":"FP32","data":` + vec(1, 1) + `}]}`
