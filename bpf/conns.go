@@ -33,7 +33,8 @@ const maxUnexpected = 16
 type connEvent struct {
 	rx, tx    uint64
 	dur       time.Duration
-	peer      netip.AddrPort
+	peer      netip.AddrPort // zero for a Unix socket
+	unix      bool           // a connection to the instance's Unix socket: no address, no sent bytes
 	direction string
 	peerClass string
 }
@@ -56,6 +57,9 @@ func decodeConn(b []byte) (connEvent, bool) {
 		addr = netip.AddrFrom4([4]byte(b[24:28]))
 	case 10: // AF_INET6
 		addr = netip.AddrFrom16([16]byte(b[24:40])).Unmap()
+	case 1: // AF_UNIX
+		c.unix = true
+		return c, true
 	default:
 		return c, false
 	}
@@ -82,8 +86,12 @@ type UnexpectedConnection struct {
 }
 
 func newUnexpected(at time.Time, pid uint32, l labels, c connEvent) UnexpectedConnection {
+	peer := netip.AddrPortFrom(c.peer.Addr(), c.peer.Port()).String()
+	if c.unix {
+		peer = "unix"
+	}
 	return UnexpectedConnection{Time: at, PID: int(pid), Function: l.function, Revision: l.revision,
-		Peer: netip.AddrPortFrom(c.peer.Addr(), c.peer.Port()).String(), Class: c.peerClass}
+		Peer: peer, Class: c.peerClass}
 }
 
 // String is the log form of an unexpected connection.

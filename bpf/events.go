@@ -99,7 +99,9 @@ func (p *Probes) connection(at time.Time, pid uint32, open bool, c connEvent) {
 	}
 	if !open {
 		p.connBytes.WithLabelValues(in.function, in.revision, c.direction, c.peerClass, "received").Observe(float64(c.rx))
-		p.connBytes.WithLabelValues(in.function, in.revision, c.direction, c.peerClass, "sent").Observe(float64(c.tx))
+		if !c.unix { // a Unix socket's sent bytes are not seen (README)
+			p.connBytes.WithLabelValues(in.function, in.revision, c.direction, c.peerClass, "sent").Observe(float64(c.tx))
+		}
 		return
 	}
 	p.connections.WithLabelValues(in.function, in.revision, c.direction, c.peerClass).Inc()

@@ -11,7 +11,10 @@
 //  * per-request kernel latency of tracked instances (run-queue delay,
 //    socket receive-queue delay, and, as an option, network syscall time);
 //  * every TCP connection of a tracked instance, by direction and peer, with
-//    its bytes at close; outbound ones to anything but DNS are reported.
+//    its bytes at close; outbound ones to anything but DNS are reported;
+//    and every connection to its listening Unix sockets (the router's framed
+//    transport), which fires no TCP tracepoint: seen at connect through the
+//    listener's sk_data_ready, its reads through sock_recv_length.
 //
 // Every program is tp_btf (BTF-typed raw tracepoint). Only on_sys_exit and
 // on_sys_enter sit on the system-call path, and user space attaches them
@@ -52,10 +55,13 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define S_IFSOCK 0140000
 #define S_IFREG 0100000
 #define TASK_RUNNING 0
+#define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
 #define DNS_PORT 53
 #define PF_KTHREAD 0x00200000
+#define RCV_SHUTDOWN 1
+#define MSG_PEEK 2
 
 // x86-64 syscall numbers.
 #define NR_read 0
@@ -192,6 +198,7 @@ struct task_info {
 struct sk_info {
 	__u64 ready_ns; // oldest unread data arrived; 0: none
 	__u64 start_ns;
+	__u64 rx_bytes; // read by the instance (Unix sockets: TCP counts its own)
 	__u32 tgid;
 	__u8 flags, direction, peer_class, pad;
 };
@@ -201,6 +208,10 @@ struct sk_info {
 const volatile __u32 parent_tgid = 0;
 // Set by the loader: time network syscalls of tracked instances.
 const volatile __u32 syscall_latency = 0;
+// Set by the loader: time request bytes in tracked instances' receive
+// queues. The Unix socket programs run without it too (they see the
+// connections), and then skip the timing.
+const volatile __u32 socket_queue = 0;
 
 // Generations of tracked and anatomies: user space bumps user_gen after
 // changing them, the programs bump bpf_gen; a task's cached flags are
@@ -267,6 +278,26 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } router_ports SEC(".maps");
+
+// A connection to a followed instance's Unix listener, from its connect to
+// its first data (unix_connect, unix_adopt): struct sock * -> what its
+// storage will say. LRU: a connection closed before any data leaves its
+// entry behind.
+struct unix_pending {
+	__u64 start_ns;
+	__u32 tgid;
+	__u8 conn;  // counted: the instance is tracked
+	__u8 cold;  // the cold-start request's connection
+	__u8 class; // enum peer_class
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_PORTS);
+	__type(key, __u64);
+	__type(value, struct unix_pending);
+} unix_pending SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -783,13 +814,33 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 
 // ---- sockets ----
 
+static __always_inline void unix_connect(const struct sock *lsk);
+static __always_inline struct sk_info *unix_adopt(const struct sock *sk);
+
+// Data (or, on a Unix listener, a connection) arrived on a socket. Always
+// attached: a Unix socket's connect fires nothing else the programs can
+// use (no inet_sock_set_state), and its listener's sk_data_ready runs in
+// the connecting process's context, right after the connection is queued.
 SEC("tp_btf/sk_data_ready")
 int BPF_PROG(on_data_ready, const struct sock *sk)
 {
-	struct sk_info *si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+	struct sk_info *si;
 
+	if (sk->__sk_common.skc_family == AF_UNIX) {
+		if (sk->__sk_common.skc_state == TCP_LISTEN) {
+			unix_connect(sk);
+			return 0;
+		}
+		si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+		if (!si)
+			si = unix_adopt(sk);
+	} else {
+		if (!socket_queue)
+			return 0;
+		si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+	}
 	// Keep the oldest unread arrival.
-	if (si && (si->flags & SK_CONN) && !si->ready_ns)
+	if (socket_queue && si && (si->flags & SK_CONN) && !si->ready_ns)
 		si->ready_ns = bpf_ktime_get_ns();
 	return 0;
 }
@@ -882,6 +933,8 @@ static __always_inline __u8 classify(const struct sock *sk, __u8 dir)
 static __always_inline void fill_peer(struct conn_payload *c, const struct sock *sk)
 {
 	c->family = sk->__sk_common.skc_family;
+	if (c->family == AF_UNIX)
+		return; // no address: the peer is the process that connected
 	c->port = bpf_ntohs(sk->__sk_common.skc_dport);
 	if (c->family == AF_INET)
 		bpf_probe_read_kernel(c->addr, 4, &sk->__sk_common.skc_daddr);
@@ -889,11 +942,10 @@ static __always_inline void fill_peer(struct conn_payload *c, const struct sock 
 		bpf_probe_read_kernel(c->addr, 16, &sk->__sk_common.skc_v6_daddr);
 }
 
-static __always_inline void conn_open(const struct sock *sk, __u32 tgid, __u8 dir, __u64 now)
+static __always_inline void conn_open(const struct sock *sk, __u32 tgid, __u8 dir, __u8 class, __u64 now)
 {
 	struct sk_info *si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	struct event *e;
-	__u8 class = classify(sk, dir);
 
 	if (!si) {
 		count_lost();
@@ -904,6 +956,7 @@ static __always_inline void conn_open(const struct sock *sk, __u32 tgid, __u8 di
 	si->direction = dir;
 	si->peer_class = class;
 	si->start_ns = now;
+	si->rx_bytes = 0;
 	e = reserve(tgid, EV_CONN_OPEN, 0, now);
 	if (!e)
 		return;
@@ -925,10 +978,162 @@ static __always_inline void conn_close(const struct sock *sk, struct sk_info *si
 	fill_peer(&e->conn, sk);
 	e->conn.direction = si->direction;
 	e->conn.peer_class = si->peer_class;
-	e->conn.rx_bytes = BPF_CORE_READ(tp, bytes_received);
-	e->conn.tx_bytes = BPF_CORE_READ(tp, bytes_acked);
+	if (e->conn.family == AF_UNIX) {
+		// Unix sockets keep no counters: what the instance read. What it
+		// sent would need its sends, which no attached program sees.
+		e->conn.rx_bytes = si->rx_bytes;
+	} else {
+		e->conn.rx_bytes = BPF_CORE_READ(tp, bytes_received);
+		e->conn.tx_bytes = BPF_CORE_READ(tp, bytes_acked);
+	}
 	e->conn.dur_ns = now - si->start_ns;
 	bpf_ringbuf_submit(e, 0);
+}
+
+// accept_point moves tgid's open cold-start timeline on for a connection
+// (key: its struct sock *) made at now: the first one (usually the engine's
+// readiness poll), and the first after the ready mark, which is the
+// cold-start request's; then it returns 1 (its first send is the response).
+static __always_inline int accept_point(__u32 tgid, __u64 key, __u64 now)
+{
+	struct timeline *t = bpf_map_lookup_elem(&timelines, &tgid);
+
+	if (!t)
+		return 0;
+	if (!t->first_accept_ns) {
+		t->first_accept_ns = now;
+		emit(tgid, EV_FIRST_ACCEPT, 0, now);
+	}
+	if (t->accept_ns || !bpf_map_lookup_elem(&ready, &tgid))
+		return 0;
+	t->accept_ns = now;
+	t->accept_sk = key;
+	emit_point(tgid, EV_ACCEPT, 0, now);
+	return 1;
+}
+
+// A TCP connection to tracked or starting instance tgid reached ESTABLISHED.
+static __always_inline void passive_open(const struct sock *sk, __u32 tgid, __u64 now)
+{
+	struct sk_info *si;
+
+	if (is_tracked(tgid))
+		conn_open(sk, tgid, DIR_INBOUND, classify(sk, DIR_INBOUND), now);
+	if (!accept_point(tgid, (__u64)sk, now))
+		return;
+	si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!si) {
+		count_lost();
+		return;
+	}
+	si->flags |= SK_COLD;
+}
+
+// A connection to a Unix listener: lsk's sk_data_ready, in the connecting
+// process's context, just after unix_stream_connect queued the new
+// connection's skb, whose owner is the listener's end of the connection
+// (the socket accept will return). The listener's owner is its
+// sk_peer_pid, which unix_listen sets to the listening process. The new
+// socket is reached through the queue, so the verifier holds it untrusted:
+// its storage is created at its first data (unix_adopt), from the pending
+// entry left here. A connect racing in between may make this read its
+// connection instead: the other one is then not followed.
+static __always_inline void unix_connect(const struct sock *lsk)
+{
+	struct unix_pending pd = {};
+	struct sk_buff *skb;
+	struct event *e;
+	__u32 tgid, cur;
+	__u64 key;
+
+	tgid = BPF_CORE_READ(lsk, sk_peer_pid, numbers[0].nr);
+	if (!tgid)
+		return;
+	pd.conn = is_tracked(tgid);
+	if (!pd.conn && !bpf_map_lookup_elem(&timelines, &tgid))
+		return;
+	skb = BPF_CORE_READ(lsk, sk_receive_queue.prev);
+	if (!skb || (void *)skb == (void *)&lsk->sk_receive_queue)
+		return;
+	key = (__u64)BPF_CORE_READ(skb, sk);
+	if (!key || bpf_map_lookup_elem(&unix_pending, &key))
+		return; // seen already
+	cur = bpf_get_current_pid_tgid() >> 32;
+	pd.tgid = tgid;
+	pd.class = parent_tgid != 0 && cur == parent_tgid ? PEER_ROUTER : PEER_LOOPBACK;
+	pd.start_ns = bpf_ktime_get_ns();
+	if (pd.conn) {
+		e = reserve(tgid, EV_CONN_OPEN, 0, pd.start_ns);
+		if (e) {
+			e->conn.family = AF_UNIX;
+			e->conn.direction = DIR_INBOUND;
+			e->conn.peer_class = pd.class;
+			bpf_ringbuf_submit(e, 0);
+		}
+	}
+	pd.cold = accept_point(tgid, key, pd.start_ns);
+	if (bpf_map_update_elem(&unix_pending, &key, &pd, BPF_ANY))
+		count_lost();
+}
+
+// unix_adopt gives Unix socket sk, at its first data, the storage its
+// connect left pending; NULL when it is no connection being followed.
+static __always_inline struct sk_info *unix_adopt(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct unix_pending *pd = bpf_map_lookup_elem(&unix_pending, &key);
+	struct sk_info *si;
+
+	if (!pd)
+		return NULL;
+	si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (si) {
+		si->flags = (pd->conn ? SK_CONN : 0) | (pd->cold ? SK_COLD : 0);
+		si->tgid = pd->tgid;
+		si->direction = DIR_INBOUND;
+		si->peer_class = pd->class;
+		si->start_ns = pd->start_ns;
+		si->rx_bytes = 0;
+		si->ready_ns = 0;
+	} else {
+		count_lost();
+	}
+	bpf_map_delete_elem(&unix_pending, &key);
+	return si;
+}
+
+// A read on a socket. Attached always: for a Unix connection of a tracked
+// instance it is the socket-queue delay's end, and a read of 0 bytes after
+// the peer shut down is the connection's close (a Unix socket fires no
+// state change). Runs for every read of every socket family on the machine
+// (empty ones too: that is how Go finds the queue drained), and returns
+// after a load or two for all but those connections.
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(on_sock_read, struct sock *sk, int ret, int flags)
+{
+	struct task_info *ti;
+	struct sk_info *si;
+	__u64 now;
+
+	if (ret < 0 || sk->__sk_common.skc_family != AF_UNIX || (flags & MSG_PEEK))
+		return 0;
+	si = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
+	if (!si || !(si->flags & SK_CONN))
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (ret == 0) {
+		if (sk->sk_shutdown & RCV_SHUTDOWN)
+			conn_close(sk, si, now);
+		return 0;
+	}
+	si->rx_bytes += ret;
+	if (!socket_queue || !si->ready_ns)
+		return 0;
+	ti = info(bpf_get_current_task_btf());
+	if (now >= si->ready_ns && ti && (ti->flags & TI_TRACKED))
+		record(ti->slot, HIST_SOCKQ, now - si->ready_ns);
+	si->ready_ns = 0;
+	return 0;
 }
 
 // Connection state changes: one event per transition of a TCP socket, not
@@ -936,10 +1141,9 @@ static __always_inline void conn_close(const struct sock *sk, struct sk_info *si
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_sock_state, const struct sock *sk, const int oldstate, const int newstate)
 {
-	__u64 key = (__u64)sk, now;
 	__u32 port, tgid, *owner, rkey;
-	struct timeline *t;
 	struct sk_info *si;
+	__u64 now;
 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
@@ -966,7 +1170,7 @@ int BPF_PROG(on_sock_state, const struct sock *sk, const int oldstate, const int
 			return 0;
 		}
 		if (is_tracked(tgid))
-			conn_open(sk, tgid, DIR_OUTBOUND, bpf_ktime_get_ns());
+			conn_open(sk, tgid, DIR_OUTBOUND, classify(sk, DIR_OUTBOUND), bpf_ktime_get_ns());
 		return 0;
 	case TCP_ESTABLISHED:
 		if (oldstate == TCP_SYN_SENT) {
@@ -984,28 +1188,7 @@ int BPF_PROG(on_sock_state, const struct sock *sk, const int oldstate, const int
 		owner = bpf_map_lookup_elem(&ports, &port);
 		if (!owner)
 			return 0;
-		tgid = *owner;
-		now = bpf_ktime_get_ns();
-		if (is_tracked(tgid))
-			conn_open(sk, tgid, DIR_INBOUND, now);
-		t = bpf_map_lookup_elem(&timelines, &tgid);
-		if (!t)
-			return 0;
-		if (!t->first_accept_ns) {
-			t->first_accept_ns = now;
-			emit(tgid, EV_FIRST_ACCEPT, 0, now);
-		}
-		if (!t->accept_ns && bpf_map_lookup_elem(&ready, &tgid)) {
-			si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-			if (!si) {
-				count_lost();
-				return 0;
-			}
-			si->flags |= SK_COLD;
-			t->accept_ns = now;
-			t->accept_sk = key;
-			emit_point(tgid, EV_ACCEPT, 0, now);
-		}
+		passive_open(sk, *owner, bpf_ktime_get_ns());
 		return 0;
 	case TCP_CLOSE:
 		break;

@@ -49,10 +49,12 @@ const (
 // its model-file reads), or always with SyscallLatency.
 var syscallPrograms = []string{"on_sys_enter", "on_sys_exit"}
 
-// socketQueuePrograms time request bytes in the socket receive queue: one
-// runs per packet delivered to any socket, the other per TCP read, on the
-// whole machine. Attached only with SocketQueue.
-var socketQueuePrograms = []string{"on_data_ready", "on_tcp_read"}
+// socketQueuePrograms serve only the socket-queue delay on TCP: one runs
+// per TCP read on the whole machine. Attached only with SocketQueue.
+// on_data_ready (per packet delivered to any socket) and on_sock_read (per
+// read of any socket) stay attached either way: a Unix socket's connect
+// and close fire nothing else, and without SocketQueue they skip the timing.
+var socketQueuePrograms = []string{"on_tcp_read"}
 
 // modelReadProgram is the one syscall program a cold start needs (to count
 // its model-file reads); on_sys_enter only times syscalls.
@@ -221,7 +223,7 @@ func New(cfg Config) (*Probes, error) {
 			p.only[name] = true
 		}
 	}
-	if err := p.load(uint32(cfg.ParentPID), cfg.SyscallLatency); err != nil {
+	if err := p.load(uint32(cfg.ParentPID), cfg.SyscallLatency, cfg.SocketQueue); err != nil {
 		return nil, err
 	}
 	if err := p.clock.measure(); err != nil {
@@ -253,7 +255,7 @@ func New(cfg Config) (*Probes, error) {
 
 // load checks the prerequisites, loads the collection and attaches the
 // programs (the syscall ones only with syscallLatency).
-func (p *Probes) load(parent uint32, syscallLatency bool) error {
+func (p *Probes) load(parent uint32, syscallLatency, socketQueue bool) error {
 	spec, err := loadProbes()
 	if err != nil {
 		return &LoadError{Reason: "eBPF probes disabled: " + err.Error() + " (run on linux/amd64)", Err: err}
@@ -267,12 +269,14 @@ func (p *Probes) load(parent uint32, syscallLatency bool) error {
 	if err := spec.Variables["parent_tgid"].Set(parent); err != nil {
 		return fmt.Errorf("set parent_tgid: %w", err)
 	}
-	var latency uint32
-	if syscallLatency {
-		latency = 1
-	}
-	if err := spec.Variables["syscall_latency"].Set(latency); err != nil {
-		return fmt.Errorf("set syscall_latency: %w", err)
+	for name, on := range map[string]bool{"syscall_latency": syscallLatency, "socket_queue": socketQueue} {
+		var v uint32
+		if on {
+			v = 1
+		}
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
 	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {

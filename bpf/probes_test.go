@@ -42,6 +42,10 @@ func TestMain(m *testing.M) {
 // instance reads its model.
 const modelEnv = "PILOTLIGHT_BPF_TEST_MODEL"
 
+// socketEnv names a Unix socket the test server also serves on, as a
+// runtime instance serves the router's framed transport beside $PORT.
+const socketEnv = "PILOTLIGHT_BPF_TEST_SOCKET"
+
 // testServer is a tiny HTTP server on 127.0.0.1:0 that prints its address.
 // /load reads $PILOTLIGHT_BPF_TEST_MODEL, computes for ?spin= and sleeps
 // for ?sleep= (a model load's shape); /dial?addr= opens a connection,
@@ -93,6 +97,14 @@ func testServer() {
 		}
 		fmt.Fprintf(w, "ok %d\n", sum)
 	})
+	if path := os.Getenv(socketEnv); path != "" {
+		uln, err := net.Listen("unix", path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		go func() { _ = http.Serve(uln, mux) }()
+	}
 	_ = http.Serve(ln, mux)
 }
 
@@ -509,7 +521,8 @@ var verifiedBudget = map[string]uint32{
 	"on_wakeup":      400,
 	"on_wakeup_new":  400,
 	"on_switch":      2500,
-	"on_data_ready":  50,
+	"on_data_ready":  1500,
+	"on_sock_read":   1200,
 	"on_tcp_read":    1200,
 	"on_send_length": 300,
 	"on_sock_state":  2000,
@@ -1097,4 +1110,104 @@ func TestConnectionToAnotherHostIsReported(t *testing.T) {
 	if v := counter(mfs, "pilotlight_bpf_connections_total", map[string]string{"revision": "fraud-00011", "direction": DirectionInbound, "peer_class": PeerRouter}); v < 1 {
 		t.Errorf("inbound connections from the parent %v, want at least 1", v)
 	}
+}
+
+// unixClient is an HTTP client whose every connection goes to the Unix
+// socket path, as the router's framed transport reaches an instance.
+func unixClient(path string) *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}}
+}
+
+// An instance reached over its Unix socket (serve's framed transport) fires
+// no TCP tracepoint on the request's path: the cold start's accept and
+// first write, the socket-queue delay and the connection's accounting come
+// from the Unix socket programs.
+func TestProbesFollowAUnixSocket(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := newProbesWith(t, Config{ParentPID: os.Getpid(), Registerer: reg, ReadInterval: 100 * time.Millisecond, SocketQueue: true})
+	sock := filepath.Join(t.TempDir(), "instance.sock")
+	srv := startServer(t, socketEnv+"="+sock)
+	if err := p.Track(srv.pid, "fraud", "fraud-00001"); err != nil {
+		t.Fatalf("Track: %v", err)
+	}
+	// The engine's way: readiness over TCP, the ready mark, then requests
+	// over the socket.
+	poll := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	waitFor(t, "the test server's socket", 5*time.Second, func() bool { _, err := os.Stat(sock); return err == nil })
+	get(t, poll, "http://"+srv.addr+"/v2/health/ready")
+	ready := time.Now()
+	p.Mark(srv.pid, MarkRequestArrival, ready)
+	p.Mark(srv.pid, MarkReady, ready)
+
+	client := unixClient(sock)
+	const requests = 40
+	var clientSum time.Duration
+	for range requests {
+		clientSum += get(t, client, "http://instance/")
+	}
+	var tl Timeline
+	waitFor(t, "the cold-start timeline over the socket", 5*time.Second, func() bool {
+		var ok bool
+		tl, ok = p.LatestTimelines()["fraud/fraud-00001"]
+		return ok
+	})
+	at := map[string]TimelineEvent{}
+	for _, e := range tl.Events {
+		at[e.Name] = e
+	}
+	order := []string{EventExec, EventListen, EventFirstAccept, MarkReady, EventAccept, EventFirstWrite}
+	for i, name := range order {
+		e, ok := at[name]
+		if !ok {
+			t.Fatalf("timeline has no %s: %+v", name, tl.Events)
+		}
+		if i > 0 && e.Time.Before(at[order[i-1]].Time) {
+			t.Errorf("%s at %s is before %s at %s", name, e.Time, order[i-1], at[order[i-1]].Time)
+		}
+	}
+	// The accept is the socket's connection, not a TCP one: no TCP
+	// connection reached the instance after the readiness poll.
+	if v := tl.Phases[PhaseAcceptToFirstWrite]; v <= 0 || v > clientSum.Seconds()*1000 {
+		t.Errorf("accept_to_first_write = %v ms, want > 0 and within the requests' %v", v, clientSum)
+	}
+
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	router := map[string]string{"function": "fraud", "revision": "fraud-00001", "direction": DirectionInbound, "peer_class": PeerRouter}
+	// One TCP connection (the readiness poll) and one to the socket, both from this process (ParentPID).
+	if n := counter(mfs, "pilotlight_bpf_connections_total", router); n != 2 {
+		t.Errorf("inbound connections from the router: %v, want 2 (the TCP readiness poll and the socket's)", n)
+	}
+	h := kernelHists(t, reg, "fraud", "fraud-00001")
+	if n := h[mSockq].GetSampleCount(); n < requests {
+		t.Errorf("%s: %d samples for %d requests over the socket", mSockq, n, requests)
+	}
+	if s := h[mSockq].GetSampleSum(); s <= 0 || s > clientSum.Seconds() {
+		t.Errorf("%s: %.3f ms in total, want > 0 and below the requests' own %.3f ms", mSockq, s*1000, clientSum.Seconds()*1000)
+	}
+
+	// Closing the socket's connection: the instance reads its end of file,
+	// and the connection's received bytes are observed (every request's).
+	client.CloseIdleConnections()
+	recv := map[string]string{"function": "fraud", "revision": "fraud-00001", "direction": DirectionInbound, "peer_class": PeerRouter, "flow": "received"}
+	var bytes *dto.Histogram
+	waitFor(t, "the socket's connection to close", 5*time.Second, func() bool {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bytes = histogram(mfs, "pilotlight_bpf_connection_bytes", recv)
+		return bytes != nil && bytes.GetSampleCount() == 2
+	})
+	// The TCP poll's request is ~100 bytes, the socket's 40 requests more than 40 × 50.
+	if sum := bytes.GetSampleSum(); sum < requests*50 {
+		t.Errorf("received bytes of the closed connections: %v, want the socket's %d requests' (> %d)", sum, requests, requests*50)
+	}
+	t.Logf("socket queue: %d samples, %.3f ms; connections closed: %d, %v bytes received; client %.3f ms",
+		h[mSockq].GetSampleCount(), h[mSockq].GetSampleSum()*1000, bytes.GetSampleCount(), bytes.GetSampleSum(), clientSum.Seconds()*1000)
 }

@@ -27,10 +27,12 @@ const (
 	probesMapTaskInfos      = "task_infos"
 	probesMapTimelines      = "timelines"
 	probesMapTracked        = "tracked"
+	probesMapUnixPending    = "unix_pending"
 	probesProgOnDataReady   = "on_data_ready"
 	probesProgOnExec        = "on_exec"
 	probesProgOnExit        = "on_exit"
 	probesProgOnSendLength  = "on_send_length"
+	probesProgOnSockRead    = "on_sock_read"
 	probesProgOnSockState   = "on_sock_state"
 	probesProgOnSwitch      = "on_switch"
 	probesProgOnSysEnter    = "on_sys_enter"
@@ -40,6 +42,7 @@ const (
 	probesProgOnWakeupNew   = "on_wakeup_new"
 	probesVarBpfGen         = "bpf_gen"
 	probesVarParentTgid     = "parent_tgid"
+	probesVarSocketQueue    = "socket_queue"
 	probesVarSyscallLatency = "syscall_latency"
 	probesVarUserGen        = "user_gen"
 )
@@ -90,6 +93,7 @@ type probesProgramSpecs struct {
 	OnExec       *ebpf.ProgramSpec `ebpf:"on_exec"`
 	OnExit       *ebpf.ProgramSpec `ebpf:"on_exit"`
 	OnSendLength *ebpf.ProgramSpec `ebpf:"on_send_length"`
+	OnSockRead   *ebpf.ProgramSpec `ebpf:"on_sock_read"`
 	OnSockState  *ebpf.ProgramSpec `ebpf:"on_sock_state"`
 	OnSwitch     *ebpf.ProgramSpec `ebpf:"on_switch"`
 	OnSysEnter   *ebpf.ProgramSpec `ebpf:"on_sys_enter"`
@@ -114,6 +118,7 @@ type probesMapSpecs struct {
 	TaskInfos   *ebpf.MapSpec `ebpf:"task_infos"`
 	Timelines   *ebpf.MapSpec `ebpf:"timelines"`
 	Tracked     *ebpf.MapSpec `ebpf:"tracked"`
+	UnixPending *ebpf.MapSpec `ebpf:"unix_pending"`
 }
 
 // probesVariableSpecs contains global variables before they are loaded into the kernel.
@@ -122,6 +127,7 @@ type probesMapSpecs struct {
 type probesVariableSpecs struct {
 	BpfGen         *ebpf.VariableSpec `ebpf:"bpf_gen"`
 	ParentTgid     *ebpf.VariableSpec `ebpf:"parent_tgid"`
+	SocketQueue    *ebpf.VariableSpec `ebpf:"socket_queue"`
 	SyscallLatency *ebpf.VariableSpec `ebpf:"syscall_latency"`
 	UserGen        *ebpf.VariableSpec `ebpf:"user_gen"`
 }
@@ -157,6 +163,7 @@ type probesMaps struct {
 	TaskInfos   *ebpf.Map `ebpf:"task_infos"`
 	Timelines   *ebpf.Map `ebpf:"timelines"`
 	Tracked     *ebpf.Map `ebpf:"tracked"`
+	UnixPending *ebpf.Map `ebpf:"unix_pending"`
 }
 
 func (m *probesMaps) Close() error {
@@ -172,6 +179,7 @@ func (m *probesMaps) Close() error {
 		m.TaskInfos,
 		m.Timelines,
 		m.Tracked,
+		m.UnixPending,
 	)
 }
 
@@ -181,6 +189,7 @@ func (m *probesMaps) Close() error {
 type probesVariables struct {
 	BpfGen         *ebpf.Variable `ebpf:"bpf_gen"`
 	ParentTgid     *ebpf.Variable `ebpf:"parent_tgid"`
+	SocketQueue    *ebpf.Variable `ebpf:"socket_queue"`
 	SyscallLatency *ebpf.Variable `ebpf:"syscall_latency"`
 	UserGen        *ebpf.Variable `ebpf:"user_gen"`
 }
@@ -193,6 +202,7 @@ type probesPrograms struct {
 	OnExec       *ebpf.Program `ebpf:"on_exec"`
 	OnExit       *ebpf.Program `ebpf:"on_exit"`
 	OnSendLength *ebpf.Program `ebpf:"on_send_length"`
+	OnSockRead   *ebpf.Program `ebpf:"on_sock_read"`
 	OnSockState  *ebpf.Program `ebpf:"on_sock_state"`
 	OnSwitch     *ebpf.Program `ebpf:"on_switch"`
 	OnSysEnter   *ebpf.Program `ebpf:"on_sys_enter"`
@@ -208,6 +218,7 @@ func (p *probesPrograms) Close() error {
 		p.OnExec,
 		p.OnExit,
 		p.OnSendLength,
+		p.OnSockRead,
 		p.OnSockState,
 		p.OnSwitch,
 		p.OnSysEnter,
