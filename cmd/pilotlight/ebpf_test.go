@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -137,7 +138,14 @@ func TestServeWithEBPF(t *testing.T) {
 						}
 						prev = e.OffsetMS
 					}
-					for _, want := range []string{"exec", "listen", "ready", "first_write"} {
+					// The request reached the instance over its framed
+					// socket (--ebpf changes no transport), and the
+					// timeline still has its connection and answer.
+					cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(r.Instances[0].PID) + "/cmdline")
+					if err != nil || !strings.Contains(string(cmdline), "--socket") {
+						t.Errorf("instance %d was not started with its framed socket (cmdline %q, %v)", r.Instances[0].PID, cmdline, err)
+					}
+					for _, want := range []string{"exec", "listen", "ready", "accept", "first_write"} {
 						if !names[want] {
 							t.Errorf("timeline lacks %s: %+v", want, r.Timeline.Events)
 						}

@@ -78,7 +78,7 @@ func newServeCmd() *cobra.Command {
 func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.addr, "addr", "127.0.0.1:8080", "router listen address")
 	f.StringVar(&o.fnDir, "functions", "functions", "directory whose subdirectories hold function.yaml files")
-	f.BoolVar(&o.withEBPF, "ebpf", false, "attach the eBPF probes (cold-start timelines, kernel latency per function; instances are then reached over HTTP, which the probes see, instead of their framed socket); also PILOTLIGHT_EBPF=1")
+	f.BoolVar(&o.withEBPF, "ebpf", false, "attach the eBPF probes (cold-start timelines, kernel latency and connections per function, over the framed socket or --instance-http alike); also PILOTLIGHT_EBPF=1")
 	f.BoolVar(&o.syscallLatency, "ebpf-syscall-latency", false, "with --ebpf, also time network syscalls (keeps syscall tracepoints attached: costs throughput, see bpf/README.md)")
 	f.BoolVar(&o.socketQueue, "ebpf-socket-queue", true, "with --ebpf, time request bytes in instances' socket receive queues (two programs on every packet and TCP read, ~0.6 µs per request: see bpf/README.md; =false drops them)")
 	f.BoolVar(&o.dev, "dev", false, "local development: authentication off and admin endpoints on the main listener (loopback only; make run uses it)")
@@ -234,14 +234,9 @@ func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes,
 	ecfg := engine.Config{
 		Functions: fns, Binary: bin, PoolSize: o.poolSize, ScaleToZeroAfter: o.scaleToZeroAfter, QueueCapacity: o.queueCapacity,
 		StableWindow: o.stableWindow, PanicWindow: o.panicWindow, Logger: log, Registerer: reg,
-		// The probes' timeline (the first request's connection and answer),
-		// socket-queue times and connection accounting come from TCP
-		// tracepoints, which a Unix socket never fires: with probes on,
-		// instances are reached over HTTP on their port.
-		HTTPOnly: o.instanceHTTP || probes != nil,
-	}
-	if probes != nil && !o.instanceHTTP {
-		log.Info("eBPF probes on: the router reaches instances over HTTP instead of their framed socket, so the kernel sees each request's connection")
+		// The probes follow the framed socket as they follow TCP: --ebpf
+		// changes no transport.
+		HTTPOnly: o.instanceHTTP,
 	}
 	lb := engine.Backend{}
 	if probes != nil {
