@@ -104,7 +104,7 @@ func newBenchCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&fnDir, "function", "functions/fraud", "function directory to benchmark")
 	f.StringVar(&fnRoot, "functions", "functions", "functions root for the memory figure (every function at zero)")
-	f.StringArrayVar(&serveArgs, "serve-arg", nil, "an extra serve argument for the hop figure, e.g. --serve-arg=--instance-http to reach the instance over HTTP instead of its framed socket")
+	f.StringArrayVar(&serveArgs, "serve-arg", nil, "an extra serve argument for the hop, grpc and ebpf figures, e.g. --serve-arg=--instance-http to reach the instance over HTTP instead of its framed socket")
 	f.StringVar(&flagsFile, "flags-file", "config/flags/flags.json", "flag file the platform figure serves")
 	f.DurationVar(&duration, "duration", 5*time.Second, "length of each load")
 	f.IntVar(&coldStarts, "cold-starts", 20, "scale-from-zero cycles per source")

@@ -95,7 +95,7 @@ func EBPF(ctx context.Context, e Env) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	rows = append(rows, ebpfRows(runs, ebpfModes, false)...)
+	rows = append(rows, ebpfRows(runs, ebpfModes, e.instanceTransport(), false)...)
 	// Where a cold start's milliseconds go, through each path.
 	for _, pool := range []int{0, 1} {
 		r, err := ColdStartAnatomy(ctx, e, pool, coldStartsPerSource)
@@ -113,7 +113,7 @@ var ebpfNoProgram = ebpfProbeSet{name: "loaded, no program attached", programs: 
 
 // ebpfHotPrograms are the programs that run per request (the rest run per
 // process, thread or connection).
-var ebpfHotPrograms = []string{"on_switch", "on_tcp_read", "on_data_ready", "on_sock_state"}
+var ebpfHotPrograms = []string{"on_switch", "on_tcp_read", "on_data_ready", "on_sock_read", "on_sock_state"}
 
 // EBPFPrograms finds what each probe costs, in the interleaved load: the
 // probes loaded with no program attached (user space alone: the ring
@@ -156,9 +156,9 @@ const ebpfWarmup = 1500 * time.Millisecond
 
 // ebpfLoad starts serve in mode, warms it up and measures one load.
 func ebpfLoad(ctx context.Context, e Env, root, function string, mode ebpfMode) (ebpfRun, error) {
-	// --instance-http in every mode: serve --ebpf reaches instances over
-	// HTTP (the probes watch TCP), so the path compared is the same.
-	args := append([]string{"--functions", root, "--pool-size", "0", "--flags", "", "--instance-http"}, mode.args...)
+	// The same transport in every mode: the framed socket unless
+	// e.ServeArgs says --instance-http (the probes follow both).
+	args := slices.Concat([]string{"--functions", root, "--pool-size", "0", "--flags", ""}, e.ServeArgs, mode.args)
 	s, err := StartServe(e.Bin, args, e.Log)
 	if err != nil {
 		return ebpfRun{}, err
@@ -180,7 +180,7 @@ func ebpfLoad(ctx context.Context, e Env, root, function string, mode ebpfMode) 
 
 // ebpfRows compares every mode with modes[0] (probes off), round by round;
 // with goals, the ratios are judged against the 2% budget.
-func ebpfRows(runs [][]ebpfRun, modes []ebpfMode, goals bool) []Row {
+func ebpfRows(runs [][]ebpfRun, modes []ebpfMode, transport string, goals bool) []Row {
 	var rows []Row
 	merged := make([]loadgen.Result, len(modes))
 	for i, mode := range modes {
@@ -192,7 +192,7 @@ func ebpfRows(runs [][]ebpfRun, modes []ebpfMode, goals bool) []Row {
 			machine += r.machine
 		}
 		n := float64(merged[i].Succeeded)
-		rows = append(rows, Row{Name: fmt.Sprintf("serve with probes %s, through the router, c=32 (%d loads, one serve each)", mode.name, len(runs[i])),
+		rows = append(rows, Row{Name: fmt.Sprintf("serve with probes %s, through the router (%s), c=32 (%d loads, one serve each)", mode.name, transport, len(runs[i])),
 			Value: fmt.Sprintf("%.0f req/s, p99 %s; CPU per request %.1f µs (router %.1f + instance %.1f + load generator %.1f); machine busy %.0f%% of its CPUs",
 				merged[i].RPS(), ms(merged[i].Quantile(.99)), 1e6*cpu.total()/n, 1e6*cpu.serve/n, 1e6*cpu.instances/n, 1e6*cpu.loadgen/n,
 				100*machine/(merged[i].Elapsed.Seconds()*float64(runtime.NumCPU())))})
@@ -237,104 +237,6 @@ func programRows(mode ebpfMode, r ebpfRun, d time.Duration) []Row {
 	wall := d.Seconds()
 	return []Row{{Name: fmt.Sprintf("CPU in BPF programs, probes %s (kernel BPF statistics, one load of %.0f req/s)", mode.name, r.res.RPS()),
 		Value: fmt.Sprintf("%.0f ns per request, %.2f%% of one CPU; %s", 1e9*cpu/float64(r.res.Succeeded), 100*cpu/wall, topPrograms(r.bpfSeconds, []ebpfRun{r}, wall))}}
-}
-
-// pathCPU is CPU time (user + system, seconds) of the processes a request
-// goes through.
-type pathCPU struct {
-	serve     float64 // the serve process: router, engine, probes' user space
-	instances float64 // its descendants (the runtime instance), reaped ones included
-	loadgen   float64 // this process: the load generator
-}
-
-func (c pathCPU) total() float64 { return c.serve + c.instances + c.loadgen }
-
-func (c pathCPU) add(o pathCPU) pathCPU {
-	return pathCPU{c.serve + o.serve, c.instances + o.instances, c.loadgen + o.loadgen}
-}
-
-func (c pathCPU) sub(o pathCPU) pathCPU {
-	return pathCPU{c.serve - o.serve, c.instances - o.instances, c.loadgen - o.loadgen}
-}
-
-// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times (100 on
-// every Linux architecture Go supports).
-const clockTicks = 100
-
-// threadsCPU is the run time of pid's live threads in seconds, to the
-// nanosecond: the sum of /proc/<pid>/task/*/schedstat's first field.
-func threadsCPU(pid int) float64 {
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	tasks, _ := os.ReadDir(dir)
-	var ns float64
-	for _, t := range tasks {
-		b, err := os.ReadFile(dir + "/" + t.Name() + "/schedstat")
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(b))
-		if len(f) > 0 {
-			v, _ := strconv.ParseFloat(f[0], 64)
-			ns += v
-		}
-	}
-	return ns / 1e9
-}
-
-// reapedCPU is the CPU time of pid's reaped children (cutime + cstime of
-// /proc/<pid>/stat), in seconds, at tick resolution.
-func reapedCPU(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	// Fields after the command name (which may hold spaces): state is
-	// field 3, cutime 16, cstime 17.
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	if len(f) < 15 {
-		return 0
-	}
-	var ticks float64
-	for _, v := range f[13:15] {
-		t, _ := strconv.ParseFloat(v, 64)
-		ticks += t
-	}
-	return ticks / clockTicks
-}
-
-// readPathCPU reads serve's, its descendants' and this process's CPU time.
-// Threads that exit between two readings take their time with them; the
-// processes on the path keep theirs for the whole load.
-func readPathCPU(serve int) pathCPU {
-	c := pathCPU{serve: threadsCPU(serve), loadgen: threadsCPU(os.Getpid()), instances: reapedCPU(serve)}
-	pending := Children(serve)
-	for len(pending) > 0 {
-		pid := pending[len(pending)-1]
-		pending = append(pending[:len(pending)-1], Children(pid)...)
-		c.instances += threadsCPU(pid) + reapedCPU(pid)
-	}
-	return c
-}
-
-// machineBusy is the machine's non-idle CPU time so far, in seconds
-// (/proc/stat: every column but idle and iowait; guest time is inside user).
-func machineBusy() float64 {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	var ticks float64
-	for i, v := range f[1:] {
-		if i == 3 || i == 4 || i >= 7 { // idle, iowait, steal, guest, guest_nice
-			continue
-		}
-		t, _ := strconv.ParseFloat(v, 64)
-		ticks += t
-	}
-	return ticks / clockTicks
 }
 
 // topPrograms lists the programs that ran, costliest first, with ns per run and runs per second.
@@ -579,8 +481,11 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 	if err != nil {
 		return nil, err
 	}
-	// Over HTTP to the instance, as serve --ebpf runs (the probes watch TCP).
-	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", "0", "--flags", "", "--instance-http"}, e.Log)
+	// The instance is reached over its framed socket, as serve --ebpf does,
+	// or over HTTP when e.ServeArgs says --instance-http. Its connections
+	// are followed from Track on: the one its cold start opened is not,
+	// the load's others are (the router opens them at the warm-up).
+	s, err := StartServe(e.Bin, slices.Concat([]string{"--functions", root, "--pool-size", "0", "--flags", ""}, e.ServeArgs), e.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -654,7 +559,7 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 		after, afterRuns := gatheredProgramStats(reg)
 		stats.Close()
 		p.Close()
-		rows = append(rows, interleavedRows(set.name, on, off)...)
+		rows = append(rows, interleavedRows(set.name, e.instanceTransport(), on, off)...)
 		r := ebpfRun{res: w.res, bpfSeconds: map[string]float64{}, bpfRuns: map[string]float64{}}
 		for prog, v := range after {
 			r.bpfSeconds[prog] = v - before[prog]
@@ -667,7 +572,7 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 
 // interleavedRows compares the windows with the probes attached with
 // their pairs without.
-func interleavedRows(name string, on, off []windowRun) []Row {
+func interleavedRows(name, transport string, on, off []windowRun) []Row {
 	var tput, cpu, extra []float64
 	var onRes, offRes loadgen.Result
 	for i := range on {
@@ -688,7 +593,7 @@ func interleavedRows(name string, on, off []windowRun) []Row {
 	aggCPU := (onCPU.total() / float64(onRes.Succeeded)) / (offCPU.total() / float64(offRes.Succeeded))
 	q1, q3 := quartiles(tput)
 	c1, c3 := quartiles(cpu)
-	desc := fmt.Sprintf("probes %s vs off, alternate %s windows of one load at c=32 (%d pairs)", name, ebpfWindow, len(on))
+	desc := fmt.Sprintf("probes %s vs off, alternate %s windows of one load at c=32 over the %s (%d pairs)", name, ebpfWindow, transport, len(on))
 	return []Row{
 		{Name: desc + ": req/s on, off; CPU per request on, off (all windows)", Value: fmt.Sprintf("%.0f, %.0f (ratio %.3f); p99 %s, %s; %.1f, %.1f µs (ratio %.3f)",
 			onRes.RPS(), offRes.RPS(), onRes.RPS()/offRes.RPS(), ms(onRes.Quantile(.99)), ms(offRes.Quantile(.99)),

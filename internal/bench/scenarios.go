@@ -53,9 +53,17 @@ type Env struct {
 	Log      io.Writer // child processes' stderr
 	// FlagsFile is the flag file the platform figure serves (make run's).
 	FlagsFile string
-	// ServeArgs are added to serve's arguments in the hop figure, e.g.
-	// --instance-http.
+	// ServeArgs are added to serve's arguments in the figures that pin
+	// one instance (hop, grpc) and in ebpf's, e.g. --instance-http.
 	ServeArgs []string
+}
+
+// instanceTransport names how serve reaches its instances under e.ServeArgs.
+func (e Env) instanceTransport() string {
+	if slices.Contains(e.ServeArgs, "--instance-http") {
+		return "HTTP instance transport"
+	}
+	return "framed socket"
 }
 
 // manifest loads the function under test.
