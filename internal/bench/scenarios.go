@@ -301,6 +301,19 @@ func (e Env) serveWithBody(args []string, m *functions.Manifest) (*Proc, string,
 	return s, base, body, nil
 }
 
+// microsRounds is the median of per-request CPU seconds over rounds, in µs,
+// with each round's: "31.2 (30.1 / 31.2 / 35.0)"; "-" when nothing was read.
+func microsRounds(v []float64) string {
+	if len(v) == 0 || slices.Max(v) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = fmt.Sprintf("%.1f", 1e6*x)
+	}
+	return fmt.Sprintf("%.1f (%s)", 1e6*median(v), strings.Join(parts, " / "))
+}
+
 // roundRates is each round's throughput, "a / b / c", and how many of the
 // rounds' requests got no 2xx answer.
 func roundRates(rs []*loadgen.Result) (string, int) {
@@ -319,6 +332,28 @@ type hopPath struct {
 	url    string
 	rounds []*loadgen.Result
 	paced  []*loadgen.Result // one paced load per round
+	// cpu reads the proxy's CPU seconds so far (nil: direct, no proxy).
+	cpu func() float64
+	// proxyCPU and instanceCPU are each round's CPU seconds per answered
+	// request, of the proxy and of the instance behind it.
+	proxyCPU, instanceCPU []float64
+}
+
+// load runs one round of p, c=32 for d, and records its CPU per request.
+func (p *hopPath) load(ctx context.Context, d time.Duration, body func(int, int) []byte, instancePID int) {
+	proxy0, inst0 := p.proxySeconds(), treeCPU(instancePID)
+	r := loadgen.Run(ctx, loadgen.Config{URL: p.url, Concurrency: 32, Duration: d, Body: body})
+	proxy, inst := p.proxySeconds()-proxy0, treeCPU(instancePID)-inst0
+	p.rounds = append(p.rounds, r)
+	n := float64(max(r.Succeeded, 1))
+	p.proxyCPU, p.instanceCPU = append(p.proxyCPU, proxy/n), append(p.instanceCPU, inst/n)
+}
+
+func (p *hopPath) proxySeconds() float64 {
+	if p.cpu == nil {
+		return 0
+	}
+	return p.cpu()
 }
 
 // hopRounds is how many times each path is loaded, alternating, so drift
@@ -341,6 +376,15 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 	}
 	defer oi.close()
 	m, base, body, instance := oi.m, oi.base, oi.body, oi.addr
+	a, err := GetAdmin(base)
+	if err != nil {
+		return nil, fmt.Errorf("find the instance's pid: %w", err)
+	}
+	pids, _, _ := a.Instances(m.Name, oi.revision)
+	if len(pids) != 1 {
+		return nil, fmt.Errorf("find the instance's pid: %s has %d instances, want 1", oi.revision, len(pids))
+	}
+	instancePID := pids[0]
 	path := "/v2/models/" + m.Name + "/infer"
 	paths := []*hopPath{{name: "direct to the instance", url: "http://" + instance + path}}
 	var notes []Row
@@ -351,9 +395,13 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 			continue
 		}
 		defer p.stop()
-		paths = append(paths, &hopPath{name: fmt.Sprint(strings.Replace(p.name, name, name+" "+peerVersion(name), 1)), url: "http://" + p.addr + path})
+		pid := p.cmd.Process.Pid
+		paths = append(paths, &hopPath{name: fmt.Sprint(strings.Replace(p.name, name, name+" "+peerVersion(name), 1)), url: "http://" + p.addr + path,
+			cpu: func() float64 { return treeCPU(pid) }}) // nginx's master and its worker
 	}
-	router := &hopPath{name: strings.Join(append([]string{`pilotlight serve (--flags "")`}, e.ServeArgs...), " "), url: base + path}
+	// serve's own threads: the router (and the engine, idle here), not its instance.
+	router := &hopPath{name: strings.Join(append([]string{`pilotlight serve (--flags "")`}, e.ServeArgs...), " "), url: base + path,
+		cpu: func() float64 { return threadsCPU(oi.serve.Pid()) }}
 	paths = append(paths, router)
 	bodyFn := func(int, int) []byte { return body }
 	for _, p := range paths {
@@ -362,7 +410,7 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 	}
 	for round := 0; round < hopRounds; round++ {
 		for _, p := range paths {
-			p.rounds = append(p.rounds, loadgen.Run(ctx, loadgen.Config{URL: p.url, Concurrency: 32, Duration: e.Duration, Body: bodyFn}))
+			p.load(ctx, e.Duration, bodyFn, instancePID)
 		}
 	}
 	direct := paths[0]
@@ -405,10 +453,15 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 	}
 	rows := []Row{}
 	bestPeer, bestPeerAdd := 0.0, time.Duration(-1)
+	nginxCPU := 0.0
 	for _, p := range paths {
 		rps, failed := roundRates(p.rounds)
 		added := addedP50(p)
-		v := fmt.Sprintf("%s req/s; ÷ direct %.2f; paced p50 %s (+%s)", rps, ratio(p), ms(pacedP50(p)), ms(added))
+		v := fmt.Sprintf("%s req/s; ÷ direct %.2f; paced p50 %s (+%s); CPU per request: proxy %s, instance %s µs",
+			rps, ratio(p), ms(pacedP50(p)), ms(added), microsRounds(p.proxyCPU), microsRounds(p.instanceCPU))
+		if strings.HasPrefix(p.name, "nginx") {
+			nginxCPU = median(p.proxyCPU)
+		}
 		if failed > 0 {
 			v += fmt.Sprintf("; %d failed", failed)
 		}
@@ -421,9 +474,14 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 		}
 	}
 	rows = append(rows, notes...)
-	rows = append(rows, hopWithWrk(ctx, e, body, paths)...)
+	rows = append(rows, hopWithWrk(ctx, e, body, paths, instancePID)...)
 	rr := ratio(router)
 	rows = append(rows, Row{Name: "router ÷ direct throughput (median of rounds)", Value: fmt.Sprintf("%.2f", rr), Goal: "≥ 0.70", Met: met(rr >= 0.7)})
+	if nginxCPU > 0 {
+		rc := median(router.proxyCPU)
+		rows = append(rows, Row{Name: fmt.Sprintf("proxy CPU per request, c=32 (schedstat; median of %d alternating rounds): router vs nginx", hopRounds),
+			Value: fmt.Sprintf("%.1f vs %.1f µs", 1e6*rc, 1e6*nginxCPU), Goal: "≤ nginx's", Met: met(rc <= nginxCPU)})
+	}
 	routerAdd := addedP50(router)
 	if bestPeer > 0 {
 		rows = append(rows,
@@ -438,7 +496,7 @@ func Hop(ctx context.Context, e Env) ([]Row, error) {
 // path's rates and median ratio to direct, and the router's against the
 // best peer's: the hop with a load generator that leaves more of the
 // machine to the path under test.
-func hopWithWrk(ctx context.Context, e Env, body []byte, paths []*hopPath) []Row {
+func hopWithWrk(ctx context.Context, e Env, body []byte, paths []*hopPath, instancePID int) []Row {
 	dir, err := os.MkdirTemp("", "pilotlight-bench-wrk-")
 	if err != nil {
 		return []Row{{Name: "wrk", Value: "not measured: " + err.Error()}}
@@ -450,8 +508,9 @@ func hopWithWrk(ctx context.Context, e Env, body []byte, paths []*hopPath) []Row
 	}
 	type res struct {
 		*hopPath
-		rps   []float64
-		fails int
+		rps        []float64
+		fails      int
+		proxy, ins []float64 // CPU seconds per request, per round
 	}
 	var rs []*res
 	for _, p := range paths {
@@ -460,10 +519,13 @@ func hopWithWrk(ctx context.Context, e Env, body []byte, paths []*hopPath) []Row
 	d := max(e.Duration, time.Second)
 	for round := 0; round < hopRounds; round++ {
 		for _, r := range rs {
+			proxy0, inst0 := r.proxySeconds(), treeCPU(instancePID)
 			rps, _, failed, err := w.run(ctx, r.url, d)
 			if err != nil {
 				return []Row{{Name: "wrk", Value: "not measured: " + err.Error()}}
 			}
+			n := max(rps*float64(int(d.Seconds())), 1) // wrk runs whole seconds
+			r.proxy, r.ins = append(r.proxy, (r.proxySeconds()-proxy0)/n), append(r.ins, (treeCPU(instancePID)-inst0)/n)
 			r.rps, r.fails = append(r.rps, rps), r.fails+failed
 		}
 	}
@@ -482,7 +544,7 @@ func hopWithWrk(ctx context.Context, e Env, body []byte, paths []*hopPath) []Row
 		for _, x := range r.rps {
 			vs = append(vs, fmt.Sprintf("%.0f", x))
 		}
-		v := fmt.Sprintf("%s req/s; ÷ direct %.2f", strings.Join(vs, " / "), ratio(r))
+		v := fmt.Sprintf("%s req/s; ÷ direct %.2f; CPU per request: proxy %s, instance %s µs", strings.Join(vs, " / "), ratio(r), microsRounds(r.proxy), microsRounds(r.ins))
 		if r.fails > 0 {
 			v += fmt.Sprintf("; %d failed", r.fails)
 		}
