@@ -5,7 +5,8 @@
 // each request's latency (run-queue delay, socket receive-queue delay, and
 // optionally time inside network syscalls); and account every TCP
 // connection of an instance by direction and peer, reporting outbound ones
-// to anything but DNS. Everything is attributed to function and revision
+// to anything but DNS, and every connection to its Unix socket (the
+// router's framed transport, which fires no TCP tracepoint). Everything is attributed to function and revision
 // and exported as Prometheus metrics. The engine hands it pids and labels
 // (Track, Untrack) and the cold-start points only it knows (Mark); the
 // package imports neither the router nor the runtime.
