@@ -50,6 +50,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define MAX_ROUTER_CONNS 4096 // connections the router holds open
 #define HIST_BUCKETS 40    // log2(ns) buckets: [2^i, 2^(i+1)) ns, last one open
 #define RINGBUF_BYTES (256 * 1024)
+#define UNIX_PENDING_NS 1000000000ULL // a connection's first data comes sooner, or never
 
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
@@ -218,6 +219,11 @@ const volatile __u32 socket_queue = 0;
 // recomputed when either moved.
 volatile __u32 user_gen = 1;
 volatile __u32 bpf_gen = 0;
+// Entries put in unix_pending and not yet adopted: while 0, a Unix
+// socket's data costs no lookup there (most of them are the router's
+// ends, reading answers). Entries the LRU evicts keep it above 0: the
+// lookups then go on, which is only their cost.
+volatile __u32 unix_pending_n = 0;
 
 // tgid -> histogram slot in hists; filled and emptied by Track/Untrack.
 struct {
@@ -832,7 +838,7 @@ int BPF_PROG(on_data_ready, const struct sock *sk)
 			return 0;
 		}
 		si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
-		if (!si)
+		if (!si && unix_pending_n)
 			si = unix_adopt(sk);
 	} else {
 		if (!socket_queue)
@@ -1040,7 +1046,7 @@ static __always_inline void passive_open(const struct sock *sk, __u32 tgid, __u6
 // connection instead: the other one is then not followed.
 static __always_inline void unix_connect(const struct sock *lsk)
 {
-	struct unix_pending pd = {};
+	struct unix_pending pd = {}, *old;
 	struct sk_buff *skb;
 	struct event *e;
 	__u32 tgid, cur;
@@ -1056,12 +1062,17 @@ static __always_inline void unix_connect(const struct sock *lsk)
 	if (!skb || (void *)skb == (void *)&lsk->sk_receive_queue)
 		return;
 	key = (__u64)BPF_CORE_READ(skb, sk);
-	if (!key || bpf_map_lookup_elem(&unix_pending, &key))
-		return; // seen already
+	if (!key)
+		return;
+	pd.start_ns = bpf_ktime_get_ns();
+	old = bpf_map_lookup_elem(&unix_pending, &key);
+	// Seen already, unless the entry is a dead connection's whose socket's
+	// address was reused.
+	if (old && pd.start_ns - old->start_ns < UNIX_PENDING_NS)
+		return;
 	cur = bpf_get_current_pid_tgid() >> 32;
 	pd.tgid = tgid;
 	pd.class = parent_tgid != 0 && cur == parent_tgid ? PEER_ROUTER : PEER_LOOPBACK;
-	pd.start_ns = bpf_ktime_get_ns();
 	if (pd.conn) {
 		e = reserve(tgid, EV_CONN_OPEN, 0, pd.start_ns);
 		if (e) {
@@ -1074,6 +1085,8 @@ static __always_inline void unix_connect(const struct sock *lsk)
 	pd.cold = accept_point(tgid, key, pd.start_ns);
 	if (bpf_map_update_elem(&unix_pending, &key, &pd, BPF_ANY))
 		count_lost();
+	else if (!old)
+		__sync_fetch_and_add(&unix_pending_n, 1);
 }
 
 // unix_adopt gives Unix socket sk, at its first data, the storage its
@@ -1098,7 +1111,8 @@ static __always_inline struct sk_info *unix_adopt(const struct sock *sk)
 	} else {
 		count_lost();
 	}
-	bpf_map_delete_elem(&unix_pending, &key);
+	if (bpf_map_delete_elem(&unix_pending, &key) == 0)
+		__sync_fetch_and_add(&unix_pending_n, -1);
 	return si;
 }
 

@@ -44,6 +44,7 @@ const (
 	probesVarParentTgid     = "parent_tgid"
 	probesVarSocketQueue    = "socket_queue"
 	probesVarSyscallLatency = "syscall_latency"
+	probesVarUnixPendingN   = "unix_pending_n"
 	probesVarUserGen        = "user_gen"
 )
 
@@ -129,6 +130,7 @@ type probesVariableSpecs struct {
 	ParentTgid     *ebpf.VariableSpec `ebpf:"parent_tgid"`
 	SocketQueue    *ebpf.VariableSpec `ebpf:"socket_queue"`
 	SyscallLatency *ebpf.VariableSpec `ebpf:"syscall_latency"`
+	UnixPendingN   *ebpf.VariableSpec `ebpf:"unix_pending_n"`
 	UserGen        *ebpf.VariableSpec `ebpf:"user_gen"`
 }
 
@@ -191,6 +193,7 @@ type probesVariables struct {
 	ParentTgid     *ebpf.Variable `ebpf:"parent_tgid"`
 	SocketQueue    *ebpf.Variable `ebpf:"socket_queue"`
 	SyscallLatency *ebpf.Variable `ebpf:"syscall_latency"`
+	UnixPendingN   *ebpf.Variable `ebpf:"unix_pending_n"`
 	UserGen        *ebpf.Variable `ebpf:"user_gen"`
 }
 
