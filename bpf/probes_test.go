@@ -522,7 +522,7 @@ var verifiedBudget = map[string]uint32{
 	"on_wakeup_new":  400,
 	"on_switch":      2500,
 	"on_data_ready":  2500,
-	"on_sock_read":   1200,
+	"on_sock_read":   300,
 	"on_tcp_read":    1200,
 	"on_send_length": 300,
 	"on_sock_state":  2000,

@@ -80,7 +80,7 @@ func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.fnDir, "functions", "functions", "directory whose subdirectories hold function.yaml files")
 	f.BoolVar(&o.withEBPF, "ebpf", false, "attach the eBPF probes (cold-start timelines, kernel latency and connections per function, over the framed socket or --instance-http alike); also PILOTLIGHT_EBPF=1")
 	f.BoolVar(&o.syscallLatency, "ebpf-syscall-latency", false, "with --ebpf, also time network syscalls (keeps syscall tracepoints attached: costs throughput, see bpf/README.md)")
-	f.BoolVar(&o.socketQueue, "ebpf-socket-queue", true, "with --ebpf, time request bytes in instances' socket receive queues (two programs on every packet and TCP read, ~0.6 µs per request: see bpf/README.md; =false drops them)")
+	f.BoolVar(&o.socketQueue, "ebpf-socket-queue", true, "with --ebpf, time request bytes in instances' socket receive queues (a program on every TCP read, and the timing in those on every packet and socket read, which stay for the Unix socket's connections: see bpf/README.md; =false drops them)")
 	f.BoolVar(&o.dev, "dev", false, "local development: authentication off and admin endpoints on the main listener (loopback only; make run uses it)")
 	f.StringVar(&o.keysFile, "keys-file", "", "API keys file (hashed at rest; see pilotlight keys new); keys in $PILOTLIGHT_API_KEYS are added")
 	f.StringVar(&o.adminAddr, "admin-addr", "127.0.0.1:9090", "listener for /metrics (open to scrapers) and /admin (admin key) outside --dev (empty: main listener, admin keys required for both)")
