@@ -1211,3 +1211,44 @@ func TestProbesFollowAUnixSocket(t *testing.T) {
 	t.Logf("socket queue: %d samples, %.3f ms; connections closed: %d, %v bytes received; client %.3f ms",
 		h[mSockq].GetSampleCount(), h[mSockq].GetSampleSum()*1000, bytes.GetSampleCount(), bytes.GetSampleSum(), clientSum.Seconds()*1000)
 }
+
+// Without a ParentPID (the node agent) nobody is the router: a connection
+// to an instance's Unix socket is counted as a loopback peer's, and its
+// socket-queue delay is measured all the same.
+func TestUnixSocketPeerWithoutParent(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := newProbesWith(t, Config{Registerer: reg, ReadInterval: 100 * time.Millisecond, SocketQueue: true})
+	sock := filepath.Join(t.TempDir(), "instance.sock")
+	srv := startServer(t, socketEnv+"="+sock)
+	waitFor(t, "the test server's socket", 5*time.Second, func() bool { _, err := os.Stat(sock); return err == nil })
+	if err := p.Track(srv.pid, "recommend", "recommend-00001"); err != nil {
+		t.Fatalf("Track: %v", err)
+	}
+	client := unixClient(sock)
+	for range 10 {
+		get(t, client, "http://instance/")
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := map[string]string{"function": "recommend", "revision": "recommend-00001", "direction": DirectionInbound}
+	if n := counter(mfs, "pilotlight_bpf_connections_total", with(base, "peer_class", PeerLoopback)); n != 1 {
+		t.Errorf("loopback connections to the socket: %v, want 1", n)
+	}
+	if n := counter(mfs, "pilotlight_bpf_connections_total", with(base, "peer_class", PeerRouter)); n != 0 {
+		t.Errorf("router connections without a ParentPID: %v, want 0", n)
+	}
+	if h := kernelHists(t, reg, "recommend", "recommend-00001"); h[mSockq].GetSampleCount() < 10 {
+		t.Errorf("%s: %d samples for 10 requests over the socket", mSockq, h[mSockq].GetSampleCount())
+	}
+}
+
+// with is m and one more label.
+func with(m map[string]string, k, v string) map[string]string {
+	out := map[string]string{k: v}
+	for mk, mv := range m {
+		out[mk] = mv
+	}
+	return out
+}
