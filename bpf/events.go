@@ -77,6 +77,12 @@ func (p *Probes) apply(ts uint64, pid, kind uint32, arg int64, payload []byte) {
 			p.userLost++
 			return
 		}
+		if c.unix && !p.unixSeen {
+			p.unixSeen = true
+			if err := p.attach(unixReadProgram); err != nil {
+				p.log.Warn("bpf: Unix socket reads will not be measured", "err", err)
+			}
+		}
 		p.connection(at, pid, kind == evConnOpen, c)
 	case evPort:
 		p.addPort(pid, uint32(arg))

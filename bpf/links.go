@@ -72,6 +72,9 @@ func (p *Probes) Resume() error {
 	if len(p.tlOpen) > 0 {
 		dyn = append(dyn, coldStartPrograms...)
 	}
+	if p.unixSeen {
+		dyn = append(dyn, unixReadProgram)
+	}
 	if err := p.attach(dyn...); err != nil {
 		return err
 	}

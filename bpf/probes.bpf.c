@@ -840,6 +840,11 @@ int BPF_PROG(on_data_ready, const struct sock *sk)
 		si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
 		if (!si && unix_pending_n)
 			si = unix_adopt(sk);
+		// A Unix stream queues one skb per send: with one queued, this
+		// data is the oldest unread, whatever a read unseen (before
+		// on_sock_read was attached) left in ready_ns.
+		if (socket_queue && si && (si->flags & SK_CONN) && sk->sk_receive_queue.qlen <= 1)
+			si->ready_ns = bpf_ktime_get_ns();
 	} else {
 		if (!socket_queue)
 			return 0;
@@ -1116,12 +1121,13 @@ static __always_inline struct sk_info *unix_adopt(const struct sock *sk)
 	return si;
 }
 
-// A read on a socket. Attached always: for a Unix connection of a tracked
-// instance it is the socket-queue delay's end, and a read of 0 bytes after
-// the peer shut down is the connection's close (a Unix socket fires no
-// state change). Runs for every read of every socket family on the machine
-// (empty ones too: that is how Go finds the queue drained), and returns
-// after a load or two for all but those connections.
+// A read on a socket. For a Unix connection of a tracked instance it is the
+// socket-queue delay's end, and a read of 0 bytes after the peer shut down
+// is the connection's close (a Unix socket fires no state change). Runs for
+// every read of every socket family on the machine (empty ones too: that
+// is how Go finds the queue drained), and returns after a load or two for
+// all but those connections: user space attaches it once it sees a tracked
+// instance's Unix connection.
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_sock_read, struct sock *sk, int ret, int flags)
 {

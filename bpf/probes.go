@@ -51,10 +51,18 @@ var syscallPrograms = []string{"on_sys_enter", "on_sys_exit"}
 
 // socketQueuePrograms serve only the socket-queue delay on TCP: one runs
 // per TCP read on the whole machine. Attached only with SocketQueue.
-// on_data_ready (per packet delivered to any socket) and on_sock_read (per
-// read of any socket) stay attached either way: a Unix socket's connect
-// and close fire nothing else, and without SocketQueue they skip the timing.
+// on_data_ready (per packet delivered to any socket) stays attached either
+// way: a Unix socket's connect fires nothing else, and without SocketQueue
+// it skips the timing.
 var socketQueuePrograms = []string{"on_tcp_read"}
+
+// unixReadProgram ends a Unix connection's socket-queue delay, counts its
+// bytes and sees its close. It runs for every read of every socket on the
+// machine, so it is attached only once a tracked instance's Unix
+// connection was seen (serve's framed transport), never where instances
+// are reached over TCP alone (--instance-http, Knative pods). The reads of
+// that first connection before user space attaches it are not seen.
+const unixReadProgram = "on_sock_read"
 
 // modelReadProgram is the one syscall program a cold start needs (to count
 // its model-file reads); on_sys_enter only times syscalls.
@@ -71,7 +79,7 @@ const wakeupProgram = "on_wakeup"
 var coldStartPrograms = []string{"on_send_length"}
 
 // dynamicPrograms are attached and detached as cold starts come and go.
-var dynamicPrograms = slices.Concat([]string{wakeupProgram}, syscallPrograms, coldStartPrograms)
+var dynamicPrograms = slices.Concat([]string{wakeupProgram, unixReadProgram}, syscallPrograms, coldStartPrograms)
 
 // maxColdStart is how long a cold start may stay open before the syscall
 // programs stop waiting for it (an instance that never became ready).
@@ -138,6 +146,7 @@ type Probes struct {
 	marked         bool                 // an engine marks cold starts (ParentPID set)
 	dynLinks       map[string]link.Link // attached dynamicPrograms
 	paused         bool                 // Pause detached everything
+	unixSeen       bool                 // a tracked instance's Unix connection was seen: on_sock_read is wanted
 	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
 	anatOpen       map[uint32]time.Time // tracked pids whose cold start wants wakeups (until the response or readyGrace), until
 	tlOpen         map[uint32]time.Time // tracked pids whose cold start is open (until the response), until

@@ -385,6 +385,10 @@ func TestProbesMeasureAChildServer(t *testing.T) {
 	if got := gauge(t, reg, "pilotlight_bpf_tracked_instances"); got != 0 {
 		t.Errorf("tracked instances after Untrack = %v", got)
 	}
+	// Over TCP alone the program for every socket read is never attached.
+	if n := attachedOf(p, []string{unixReadProgram}); n != 0 {
+		t.Errorf("%s attached with no Unix connection seen", unixReadProgram)
+	}
 }
 
 func TestProbesSurviveAPidExitingMidRequest(t *testing.T) {
@@ -1143,8 +1147,11 @@ func TestProbesFollowAUnixSocket(t *testing.T) {
 	p.Mark(srv.pid, MarkReady, ready)
 
 	client := unixClient(sock)
+	// The first request opens the connection; user space attaches
+	// on_sock_read when it learns of it, and the reads after are measured.
+	clientSum := get(t, client, "http://instance/")
+	waitFor(t, "on_sock_read to attach for the Unix connection", 5*time.Second, func() bool { return attachedOf(p, []string{unixReadProgram}) == 1 })
 	const requests = 40
-	var clientSum time.Duration
 	for range requests {
 		clientSum += get(t, client, "http://instance/")
 	}
@@ -1225,6 +1232,8 @@ func TestUnixSocketPeerWithoutParent(t *testing.T) {
 		t.Fatalf("Track: %v", err)
 	}
 	client := unixClient(sock)
+	get(t, client, "http://instance/")
+	waitFor(t, "on_sock_read to attach for the Unix connection", 5*time.Second, func() bool { return attachedOf(p, []string{unixReadProgram}) == 1 })
 	for range 10 {
 		get(t, client, "http://instance/")
 	}
