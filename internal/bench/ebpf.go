@@ -481,10 +481,28 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 	if err != nil {
 		return nil, err
 	}
-	// The instance is reached over its framed socket, as serve --ebpf does,
-	// or over HTTP when e.ServeArgs says --instance-http. Its connections
-	// are followed from Track on: the one its cold start opened is not,
-	// the load's others are (the router opens them at the warm-up).
+	rev := m.DefaultRevision()
+	var rows []Row
+	for _, set := range sets {
+		fmt.Fprintf(os.Stderr, "bench ebpf: %s, %d pairs of %s windows\n", set.name, pairs, ebpfWindow)
+		r, err := ebpfInterleavedSet(ctx, e, root, function, rev, set, pairs)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, r...)
+	}
+	return rows, nil
+}
+
+// ebpfInterleavedSet loads one probe set against a serve of its own. The
+// instance is reached over its framed socket, as serve --ebpf does, or
+// over HTTP when e.ServeArgs says --instance-http. The probes follow an
+// instance's connections opened after Track, as in serve (which tracks
+// from the spawn): a serve per set makes the router open the load's
+// connections after it (at the warm-up), where a serve shared by the sets
+// kept the first set's, which no later set followed. Only the connection
+// of the instance's first request is older than Track.
+func ebpfInterleavedSet(ctx context.Context, e Env, root, function, rev string, set ebpfProbeSet, pairs int) ([]Row, error) {
 	s, err := StartServe(e.Bin, slices.Concat([]string{"--functions", root, "--pool-size", "0", "--flags", ""}, e.ServeArgs), e.Log)
 	if err != nil {
 		return nil, err
@@ -495,7 +513,6 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 	if err != nil {
 		return nil, err
 	}
-	rev := m.DefaultRevision()
 	pid, _, err := OneInstance(ctx, base, function, rev)
 	if err != nil {
 		return nil, err
@@ -510,63 +527,60 @@ func ebpfInterleaved(ctx context.Context, e Env, root, function string, sets []e
 		return windowRun{res: res, cpu: readPathCPU(s.Pid()).sub(cpu0)}
 	}
 	var rows []Row
-	for _, set := range sets {
-		fmt.Fprintf(os.Stderr, "bench ebpf: %s, %d pairs of %s windows\n", set.name, pairs, ebpfWindow)
-		reg := prometheus.NewRegistry()
-		// No ParentPID: Track then follows no cold start (the instance is
-		// warm), as in serve once the instance's first response is out.
-		p, err := bpf.New(bpf.Config{Registerer: reg, SyscallLatency: set.syscallLatency, SocketQueue: set.socketQueue, Programs: set.programs})
-		if err != nil {
-			return nil, fmt.Errorf("load the probes (%s): %w", set.name, err)
-		}
-		if err := p.Track(pid, function, rev); err != nil {
-			p.Close()
-			return nil, err
-		}
-		window(ebpfWarmup)
-		var on, off []windowRun
-		for i := range pairs {
-			for j := range 2 {
-				attached := (i+j)%2 == 0 // on, off; then off, on
-				if attached {
-					err = p.Resume()
-				} else {
-					p.Pause()
-				}
-				if err != nil {
-					p.Close()
-					return nil, fmt.Errorf("attach the probes (%s): %w", set.name, err)
-				}
-				w := window(ebpfWindow)
-				if attached {
-					on = append(on, w)
-				} else {
-					off = append(off, w)
-				}
+	reg := prometheus.NewRegistry()
+	// No ParentPID: Track then follows no cold start (the instance is
+	// warm), as in serve once the instance's first response is out.
+	p, err := bpf.New(bpf.Config{Registerer: reg, SyscallLatency: set.syscallLatency, SocketQueue: set.socketQueue, Programs: set.programs})
+	if err != nil {
+		return nil, fmt.Errorf("load the probes (%s): %w", set.name, err)
+	}
+	if err := p.Track(pid, function, rev); err != nil {
+		p.Close()
+		return nil, err
+	}
+	window(ebpfWarmup)
+	var on, off []windowRun
+	for i := range pairs {
+		for j := range 2 {
+			attached := (i+j)%2 == 0 // on, off; then off, on
+			if attached {
+				err = p.Resume()
+			} else {
+				p.Pause()
+			}
+			if err != nil {
+				p.Close()
+				return nil, fmt.Errorf("attach the probes (%s): %w", set.name, err)
+			}
+			w := window(ebpfWindow)
+			if attached {
+				on = append(on, w)
+			} else {
+				off = append(off, w)
 			}
 		}
-		if err := p.Resume(); err != nil {
-			p.Close()
-			return nil, err
-		}
-		stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-		if err != nil {
-			p.Close()
-			return nil, fmt.Errorf("enable BPF statistics (per-program CPU figures): %w", err)
-		}
-		before, beforeRuns := gatheredProgramStats(reg)
-		w := window(e.Duration)
-		after, afterRuns := gatheredProgramStats(reg)
-		stats.Close()
-		p.Close()
-		rows = append(rows, interleavedRows(set.name, e.instanceTransport(), on, off)...)
-		r := ebpfRun{res: w.res, bpfSeconds: map[string]float64{}, bpfRuns: map[string]float64{}}
-		for prog, v := range after {
-			r.bpfSeconds[prog] = v - before[prog]
-			r.bpfRuns[prog] = afterRuns[prog] - beforeRuns[prog]
-		}
-		rows = append(rows, programRows(ebpfMode{name: set.name}, r, e.Duration)...)
 	}
+	if err := p.Resume(); err != nil {
+		p.Close()
+		return nil, err
+	}
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		p.Close()
+		return nil, fmt.Errorf("enable BPF statistics (per-program CPU figures): %w", err)
+	}
+	before, beforeRuns := gatheredProgramStats(reg)
+	w := window(e.Duration)
+	after, afterRuns := gatheredProgramStats(reg)
+	stats.Close()
+	p.Close()
+	rows = append(rows, interleavedRows(set.name, e.instanceTransport(), on, off)...)
+	r := ebpfRun{res: w.res, bpfSeconds: map[string]float64{}, bpfRuns: map[string]float64{}}
+	for prog, v := range after {
+		r.bpfSeconds[prog] = v - before[prog]
+		r.bpfRuns[prog] = afterRuns[prog] - beforeRuns[prog]
+	}
+	rows = append(rows, programRows(ebpfMode{name: set.name}, r, e.Duration)...)
 	return rows, nil
 }
 
