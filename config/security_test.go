@@ -169,12 +169,20 @@ func TestRBACIsNamespacedAndMinimal(t *testing.T) {
 	if !ok {
 		t.Fatal("no pilotlight-router Role")
 	}
+	// Grants are keyed by the object names they are limited to ("*": any):
+	// the router may write its flag ConfigMap and its Lease, nothing else.
 	granted := map[string]bool{}
 	for _, rule := range router.Rules {
+		names := rule.ResourceNames
+		if len(names) == 0 {
+			names = []string{"*"}
+		}
 		for _, g := range rule.APIGroups {
 			for _, res := range rule.Resources {
 				for _, v := range rule.Verbs {
-					granted[g+"/"+res+":"+v] = true
+					for _, n := range names {
+						granted[g+"/"+res+"/"+n+":"+v] = true
+					}
 				}
 			}
 		}
@@ -182,9 +190,13 @@ func TestRBACIsNamespacedAndMinimal(t *testing.T) {
 	var want []string
 	for _, res := range []string{"services", "routes", "revisions"} {
 		for _, v := range []string{"get", "list", "watch"} {
-			want = append(want, "serving.knative.dev/"+res+":"+v)
+			want = append(want, "serving.knative.dev/"+res+"/*:"+v)
 		}
 	}
+	for _, v := range []string{"get", "list", "watch", "update"} {
+		want = append(want, "/configmaps/pilotlight-flags:"+v)
+	}
+	want = append(want, "coordination.k8s.io/leases/*:create", "coordination.k8s.io/leases/pilotlight-router:get", "coordination.k8s.io/leases/pilotlight-router:update")
 	for _, w := range want {
 		if !granted[w] {
 			t.Errorf("router lacks %s", w)

@@ -685,6 +685,8 @@ func TestRBACMatrix(t *testing.T) {
 			{ns, "create", knative, "services", false}, {ns, "update", knative, "services", false}, {ns, "delete", knative, "services", false},
 			{ns, "get", "", "secrets", false}, {ns, "get", "", "configmaps", false}, {ns, "list", "", "pods", false},
 			{"default", "get", knative, "services", false}, {"knative-serving", "get", "", "configmaps", false},
+			{ns, "create", "coordination.k8s.io", "leases", true}, {ns, "delete", "coordination.k8s.io", "leases", false},
+			{ns, "update", "", "configmaps", false}, {ns, "create", "", "configmaps", false},
 		},
 		"pilotlight:pilotlight-deployer": {
 			{ns, "get", knative, "services", true}, {ns, "create", knative, "services", true}, {ns, "update", knative, "services", true},
@@ -714,6 +716,28 @@ func TestRBACMatrix(t *testing.T) {
 			}
 		}
 	}
+	// The router's flag ConfigMap and Lease by name: those two objects, no others.
+	for _, c := range []struct {
+		verb, group, resource, name string
+		want                        bool
+	}{
+		{"get", "", "configmaps", "pilotlight-flags", true}, {"watch", "", "configmaps", "pilotlight-flags", true},
+		{"update", "", "configmaps", "pilotlight-flags", true}, {"update", "", "configmaps", "pilotlight-router-keys", false},
+		{"get", "", "configmaps", "config-network", false}, {"delete", "", "configmaps", "pilotlight-flags", false},
+		{"get", "coordination.k8s.io", "leases", "pilotlight-router", true}, {"update", "coordination.k8s.io", "leases", "pilotlight-router", true},
+		{"update", "coordination.k8s.io", "leases", "kube-scheduler", false},
+	} {
+		r, err := plane.Kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+			User: "system:serviceaccount:pilotlight:pilotlight-router", Groups: []string{"system:serviceaccounts", "system:serviceaccounts:pilotlight", "system:authenticated"},
+			ResourceAttributes: &authzv1.ResourceAttributes{Namespace: ns, Verb: c.verb, Group: c.group, Resource: c.resource, Name: c.name},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Status.Allowed != c.want {
+			t.Errorf("pilotlight-router: can %s %s.%s %q = %v, want %v", c.verb, c.resource, c.group, c.name, r.Status.Allowed, c.want)
+		}
+	}
 
 	// Nothing more: the rules each account holds, with its own token, are
 	// exactly the Role's (beyond what every authenticated user may do).
@@ -721,6 +745,7 @@ func TestRBACMatrix(t *testing.T) {
 		"pilotlight:pilotlight-router": {
 			"serving.knative.dev/services": {"get", "list", "watch"}, "serving.knative.dev/routes": {"get", "list", "watch"},
 			"serving.knative.dev/revisions": {"get", "list", "watch"},
+			"/configmaps": {"get", "list", "update", "watch"}, "coordination.k8s.io/leases": {"create", "get", "update"},
 		},
 		"pilotlight:pilotlight-deployer": {
 			"serving.knative.dev/services":  {"create", "get", "list", "patch", "update", "watch"},
