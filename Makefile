@@ -7,7 +7,7 @@ ARGS    ?=
 ORT_LIB := .cache/onnxruntime/1.24.1/libonnxruntime.so.1
 export CGO_ENABLED := 1
 
-.PHONY: all help deps build ort models models-corpus run test test-unit vet bench bpf-overhead bpf bpf-check proto proto-check loadtest cluster-test manifests jaeger jaeger-bin trace-check bench-tracing clean
+.PHONY: all help deps build ort models models-corpus run test test-unit vet bench bpf-overhead bpf bpf-check proto proto-check loadtest cluster-test cluster-test-node images manifests jaeger jaeger-bin trace-check bench-tracing clean
 
 # Tracing is configured by the standard OTEL_* variables. make hands them to
 # every recipe, from the environment or its own command line
@@ -85,8 +85,14 @@ proto-check: ## fail if the committed gRPC code differs from what proto/inferenc
 loadtest: build ort ## load and fault suite against loopback (bounded)
 	./$(BIN) loadtest $(ARGS)
 
+cluster-test-node: ## the real node: containerd+runc, CNI bridge, kubelet, kube-proxy in the namespace; pods of the images `make images` builds
+	CLUSTER_NODE=1 ./hack/cluster/run.sh
+
 cluster-test: ## the Knative path against a live control plane (kube-apiserver, Knative's controllers; kwok for the kubelet), root, in its own network namespace
 	./hack/cluster/run.sh
+
+images: ## OCI images without a container engine (go-containerregistry, hack/images): runtime, router, pause, Knative's components; into .cache/images(.tar)
+	./hack/images/build.sh
 
 manifests: ## regenerate config/knative from function.yaml and the flags
 	$(GO) run ./cmd/pilotlight manifests
