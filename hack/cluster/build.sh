@@ -40,4 +40,13 @@ build kube-scheduler $K8S hack/cluster k8s.io/kubernetes/cmd/kube-scheduler "$ve
 build kwok $KWOK hack/cluster/kwok sigs.k8s.io/kwok/cmd/kwok
 build knative-controller $KNATIVE hack/cluster/knative ./cmd/controller
 build knative-autoscaler $KNATIVE hack/cluster/knative knative.dev/serving/cmd/autoscaler
+if [ "${CLUSTER_NODE:-}" = 1 ]; then
+	# The real node (make cluster-test-node): kubelet and kube-proxy from the
+	# same tree, and Knative's data path (activator, queue-proxy) and webhook.
+	build kubelet $K8S hack/cluster k8s.io/kubernetes/cmd/kubelet "$ver"
+	build kube-proxy $K8S hack/cluster k8s.io/kubernetes/cmd/kube-proxy "$ver"
+	build knative-activator $KNATIVE hack/cluster/knative knative.dev/serving/cmd/activator
+	build knative-queue $KNATIVE hack/cluster/knative knative.dev/serving/cmd/queue
+	build knative-webhook $KNATIVE hack/cluster/knative knative.dev/serving/cmd/webhook
+fi
 echo "$bin"

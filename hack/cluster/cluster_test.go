@@ -40,7 +40,7 @@ const ns = "pilotlight"
 
 var (
 	plane *Plane
-	env   struct{ repo, pilotlight, work string }
+	env   struct{ repo, pilotlight, runtime, work, images string }
 	// timings for the report (printed at the end of TestMain).
 	timingsMu sync.Mutex
 	timings   []Timing
@@ -68,6 +68,13 @@ func TestMain(m *testing.M) {
 		ServingDir: get("CLUSTER_SERVING_DIR"), NetworkingDir: get("CLUSTER_NETWORKING_DIR"),
 		CachingDir: get("CLUSTER_CACHING_DIR"), KwokDir: get("CLUSTER_KWOK_DIR"),
 		Dir: env.work, Log: log,
+	}
+	if os.Getenv("CLUSTER_NODE") == "1" {
+		cfg.RealNode = true
+		cfg.CgroupRoot = get("CLUSTER_CGROUP_ROOT")
+		cfg.ImagesTar = get("CLUSTER_IMAGES")
+		env.images = cfg.ImagesTar
+		env.runtime = get("CLUSTER_RUNTIME")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	start := time.Now()

@@ -69,7 +69,16 @@ type Config struct {
 	// Module directories (go list -m -f {{.Dir}}).
 	ServingDir, NetworkingDir, CachingDir, KwokDir string
 	Dir                                            string // scratch: certs, tokens, data, logs
-	Log                                            *slog.Logger
+	// RealNode starts containerd, the kubelet and kube-proxy (node.go)
+	// instead of kwok: pods run as containers.
+	RealNode bool
+	// CgroupRoot is the cgroup (v1, in every hierarchy) the real node's
+	// pods live under; hack/cluster/run.sh makes and removes it.
+	CgroupRoot string
+	// ImagesTar is the OCI layout tar `make images` wrote; the real node's
+	// containerd imports it.
+	ImagesTar string
+	Log       *slog.Logger
 }
 
 // Plane is a running control plane.
@@ -163,10 +172,17 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	phase("controller manager and scheduler running", t)
 
 	t = time.Now()
-	if err := p.startKwok(ctx); err != nil {
-		return nil, err
+	if cfg.RealNode {
+		if err := p.startNode(ctx); err != nil {
+			return nil, err
+		}
+		phase("real node Ready (containerd, kubelet, kube-proxy)", t)
+	} else {
+		if err := p.startKwok(ctx); err != nil {
+			return nil, err
+		}
+		phase("kwok node Ready", t)
 	}
-	phase("kwok node Ready", t)
 
 	t = time.Now()
 	if err := p.installKnative(ctx); err != nil {
@@ -174,6 +190,13 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	}
 	go MarkIngressesReady(ctx, p.Dynamic, cfg.Log)
 	phase("knative CRDs, config and controllers", t)
+	if cfg.RealNode {
+		t = time.Now()
+		if err := p.startDataPath(ctx); err != nil {
+			return nil, err
+		}
+		phase("knative data path (activator pod, queue-proxy image)", t)
+	}
 	return p, nil
 }
 
@@ -255,6 +278,11 @@ func (p *Plane) writeCredentials() error {
 	for _, u := range []string{"kcm", "scheduler", "kwok", "knative"} {
 		fmt.Fprintf(&csv, "%s,cluster-test:%s,uid-%s,\"system:masters\"\n", p.tokenFor(u), u, u)
 	}
+	// The real node's kubelet and kube-proxy under their own identities:
+	// the Node authorizer holds the kubelet to its node's objects, and the
+	// bootstrap binding system:node-proxier names system:kube-proxy.
+	fmt.Fprintf(&csv, "%s,system:node:%s,uid-node,\"system:nodes\"\n", p.tokenFor("node"), RealNodeName)
+	fmt.Fprintf(&csv, "%s,system:kube-proxy,uid-kube-proxy\n", p.tokenFor("kube-proxy"))
 	files["tokens.csv"] = []byte(csv.String())
 	for name, b := range files {
 		if err := os.WriteFile(p.path(name), b, 0o600); err != nil {

@@ -116,16 +116,25 @@ var docSep = regexp.MustCompile(`(?m)^---[ \t]*$`)
 // ApplyFiles server-side-applies every Kubernetes object in the YAML files,
 // CRDs first (waiting for them to be established), as the cluster admin.
 func (p *Plane) ApplyFiles(ctx context.Context, files ...string) error {
+	objs, err := readObjects(files...)
+	if err != nil {
+		return err
+	}
+	return p.Apply(ctx, p.Dynamic, objs...)
+}
+
+// readObjects reads every Kubernetes object in the YAML files.
+func readObjects(files ...string) ([]*unstructured.Unstructured, error) {
 	var objs []*unstructured.Unstructured
 	for _, f := range files {
 		raw, err := os.ReadFile(f)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, doc := range docSep.Split(string(raw), -1) {
 			var m map[string]any
 			if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
-				return fmt.Errorf("%s: %w", f, err)
+				return nil, fmt.Errorf("%s: %w", f, err)
 			}
 			if m == nil || m["kind"] == nil {
 				continue
@@ -133,7 +142,7 @@ func (p *Plane) ApplyFiles(ctx context.Context, files ...string) error {
 			objs = append(objs, &unstructured.Unstructured{Object: m})
 		}
 	}
-	return p.Apply(ctx, p.Dynamic, objs...)
+	return objs, nil
 }
 
 // Apply server-side-applies objects with client dc (a namespace and CRDs

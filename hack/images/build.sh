@@ -3,7 +3,7 @@
 # (go-containerregistry, hack/images), into .cache/images (an OCI layout)
 # and .cache/images.tar (what `ctr -n k8s.io images import` loads).
 #
-#   runtime  ghcr.io/pilotlight/pilotlight:dev         lean runtime, ONNX Runtime, glibc/libstdc++, models layer
+#   runtime  ghcr.io/pilotlight/pilotlight:dev         lean runtime (cmd/pilotlight-runtime), ONNX Runtime, glibc/libstdc++, models layer
 #   router   ghcr.io/pilotlight/pilotlight-router:dev  the platform binary (serve --backend knative)
 #   pause    registry.k8s.io/pause:3.10                the pod sandbox: pause.c from the k8s.io/kubernetes module, gcc -static
 #   knative  ko.local/knative/{activator,queue,webhook,controller,autoscaler}:v0.42.2
@@ -23,8 +23,7 @@ mkdir -p "$work"
 t0=$SECONDS
 
 [ -f "$ORT" ] || ./hack/fetch-ort.sh
-CGO_ENABLED=1 go build -trimpath -ldflags="-s -w" -tags runtimeonly -o "$work/pilotlight-runtime" ./cmd/pilotlight
-CGO_ENABLED=1 go build -trimpath -ldflags="-s -w" -o "$work/pilotlight" ./cmd/pilotlight
+CGO_ENABLED=1 go build -trimpath -ldflags="-s -w" -o "$work/" ./cmd/pilotlight ./cmd/pilotlight-runtime
 
 # The sandbox every pod starts in: Kubernetes' own pause, built as its
 # Makefile does (static, stripped) from the k8s.io/kubernetes module.

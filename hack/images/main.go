@@ -2,8 +2,9 @@
 // with go-containerregistry as ko does, and writes them into one OCI image
 // layout (and a tar of it that `ctr -n k8s.io images import` loads).
 //
-// The runtime image is the Dockerfile's layout without its base image: the
-// lean runtime binary, the glibc and libstdc++ it and ONNX Runtime link
+// The runtime image is the Dockerfile's layout without its base image and
+// without the platform CLI beside the runtime: the lean runtime binary
+// (cmd/pilotlight-runtime, the entrypoint), the glibc and libstdc++ it and ONNX Runtime link
 // (found with ldd on this machine, Debian's), ONNX Runtime's library from
 // the npm package, a non-root user, and the functions' models as a layer of
 // their own, last, so a new model does not change the layers below it. The
@@ -136,6 +137,7 @@ func build(spec string) (v1.Image, error) {
 
 // Where the Dockerfile puts things.
 const (
+	runtimePath  = "/usr/local/bin/pilotlight-runtime"
 	binPath      = "/usr/local/bin/pilotlight"
 	ortPath      = "/usr/local/lib/pilotlight/libonnxruntime.so.1"
 	functionsDir = "/functions"
@@ -150,7 +152,7 @@ func runtimeImage(bin, ort, functions string) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	binLayer, err := fileLayer(map[string]file{binPath: {src: bin, mode: 0o755}})
+	binLayer, err := fileLayer(map[string]file{runtimePath: {src: bin, mode: 0o755}})
 	if err != nil {
 		return nil, err
 	}
@@ -159,8 +161,8 @@ func runtimeImage(bin, ort, functions string) (v1.Image, error) {
 		return nil, err
 	}
 	return image([]v1.Layer{base, ortLayer, binLayer, models}, v1.Config{
-		Entrypoint:   []string{binPath},
-		Cmd:          []string{"runtime", "--function", functionsDir + "/fraud"},
+		Entrypoint:   []string{runtimePath},
+		Cmd:          []string{"--function", functionsDir + "/fraud"},
 		Env:          []string{"PATH=/usr/local/bin:/usr/bin:/bin", "ONNXRUNTIME_LIB=" + ortPath},
 		ExposedPorts: map[string]struct{}{"8080/tcp": {}},
 	})
