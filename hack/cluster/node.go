@@ -67,13 +67,17 @@ state = %[2]q
   netns_mounts_under_state_dir = true
   stream_server_address = "127.0.0.1"
   enable_unprivileged_ports = true
+  # This machine's root lacks CAP_SYS_RESOURCE, so no process may lower
+  # its oom_score_adj (the pause container asks for -998): containers get
+  # no lower a score than containerd's own.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = "runc"
+        BinaryName = %[9]q
         Root = %[6]q
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -81,7 +85,7 @@ state = %[2]q
     conf_dir = %[7]q
     max_conf_num = 1
 `, filepath.Join(cd, "root"), filepath.Join(cd, "state"), sock, filepath.Join(cd, "ttrpc.sock"),
-		SandboxImage, filepath.Join(cd, "runc"), filepath.Join(dir, "cni", "net.d"), filepath.Join(cd, "opt"))
+		SandboxImage, filepath.Join(cd, "runc"), filepath.Join(dir, "cni", "net.d"), filepath.Join(cd, "opt"), runcBinary())
 	if err := os.WriteFile(filepath.Join(cd, "config.toml"), []byte(conf), 0o644); err != nil {
 		return err
 	}
@@ -392,4 +396,13 @@ func (p *Plane) podsSummary(ctx context.Context, ns string) string {
 		out = append(out, s)
 	}
 	return strings.Join(out, "; ")
+}
+
+// runcBinary is the runtime containerd calls: runc, or $CLUSTER_RUNC (a
+// wrapper that logs runc's calls, when debugging the node).
+func runcBinary() string {
+	if r := os.Getenv("CLUSTER_RUNC"); r != "" {
+		return r
+	}
+	return "runc"
 }

@@ -79,7 +79,7 @@ func testRuntimePod(t *testing.T) {
 			EnableServiceLinks:           ptr.To(false),
 			Containers: []corev1.Container{{
 				Name: "runtime", Image: image, ImagePullPolicy: corev1.PullNever,
-				Args:  []string{"runtime", "--function", "/functions/fraud", "--revision", "fraud-00002"},
+				Args:  []string{"--function", "/functions/fraud", "--revision", "fraud-00002"},
 				Env:   []corev1.EnvVar{{Name: "GOMAXPROCS", Value: "2"}},
 				Ports: []corev1.ContainerPort{{ContainerPort: 8080, Name: "http"}},
 				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{

@@ -93,6 +93,10 @@ if [ "$node" != 1 ]; then
 	ip netns exec "$ns" "$root/.cache/cluster/cluster.test" -test.v -test.count=1 -test.timeout=20m "$@"
 	exit
 fi
+# Service addresses (10.96.0.0/16) need a route for a process of the
+# namespace to send to them at all; kube-proxy's OUTPUT rules then rewrite
+# the destination to a pod on cni0. The route is the namespace's own.
+ip -n "$ns" route add 10.96.0.0/16 dev lo
 for d in $(cgdirs); do
 	mkdir "$d$cgroot"
 	# A new cpuset cgroup starts with no CPUs and no memory nodes.
