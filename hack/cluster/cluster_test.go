@@ -75,6 +75,7 @@ func TestMain(m *testing.M) {
 		cfg.ImagesTar = get("CLUSTER_IMAGES")
 		env.images = cfg.ImagesTar
 		env.runtime = get("CLUSTER_RUNTIME")
+		cfg.HostsFile = get("CLUSTER_HOSTS")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	start := time.Now()

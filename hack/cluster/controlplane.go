@@ -78,6 +78,10 @@ type Config struct {
 	// ImagesTar is the OCI layout tar `make images` wrote; the real node's
 	// containerd imports it.
 	ImagesTar string
+	// HostsFile is /etc/netns/<namespace>/hosts, which `ip netns exec`
+	// mounts over /etc/hosts: the real node's cluster-DNS stand-in writes
+	// Services' names there (ServeHostsFile).
+	HostsFile string
 	Log       *slog.Logger
 }
 
@@ -175,6 +179,9 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if cfg.RealNode {
 		if err := p.startNode(ctx); err != nil {
 			return nil, err
+		}
+		if cfg.HostsFile != "" {
+			go p.ServeHostsFile(ctx, cfg.HostsFile)
 		}
 		phase("real node Ready (containerd, kubelet, kube-proxy)", t)
 	} else {

@@ -406,3 +406,44 @@ func runcBinary() string {
 	}
 	return "runc"
 }
+
+// ServeHostsFile is the STAND-IN for cluster DNS (CoreDNS is not built
+// here): every second it writes each Service's
+// <name>.<namespace>.svc.cluster.local and ClusterIP into the namespace's
+// /etc/hosts (the file `ip netns exec` mounts over /etc/hosts for the
+// harness's processes). Knative's autoscaler, a process of the namespace,
+// probes the activator through a revision's Service name before it scales
+// the revision to zero. Pods resolve nothing; the data path needs no name
+// inside a pod (the activator's one name is a hostAlias).
+func (p *Plane) ServeHostsFile(ctx context.Context, path string) {
+	base, err := os.ReadFile(path)
+	if err != nil {
+		p.cfg.Log.Warn("hosts stand-in: read", "path", path, "err", err)
+		return
+	}
+	last := ""
+	for {
+		svcs, err := p.Kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+		if err == nil {
+			var b strings.Builder
+			b.Write(base)
+			for _, s := range svcs.Items {
+				if ip := s.Spec.ClusterIP; ip != "" && ip != corev1.ClusterIPNone {
+					fmt.Fprintf(&b, "%s %s.%s.svc.cluster.local\n", ip, s.Name, s.Namespace)
+				}
+			}
+			if b.String() != last {
+				// In place: the file is a bind mount, a rename would not reach it.
+				if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+					p.cfg.Log.Warn("hosts stand-in: write", "err", err)
+				}
+				last = b.String()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -272,14 +274,35 @@ func revisionRequest(t *testing.T, rev, path, body string) (string, int, http.He
 	if err != nil {
 		t.Fatalf("revision Service %s: %v", rev, err)
 	}
-	req, _ := http.NewRequest(http.MethodPost, "http://"+svc.Spec.ClusterIP+path, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Knative-Serving-Revision", rev)
-	req.Header.Set("Knative-Serving-Namespace", ns)
+	// The revision's port: "http" (80), or "http2" (81) when its
+	// container port is named h2c, as the runtime's is.
+	addr := ""
+	for _, p := range svc.Spec.Ports {
+		if p.Name == "http" || (p.Name == "http2" && addr == "") {
+			addr = net.JoinHostPort(svc.Spec.ClusterIP, fmt.Sprint(p.Port))
+		}
+	}
+	if addr == "" {
+		t.Fatalf("revision Service %s has no http or http2 port: %v", rev, svc.Spec.Ports)
+	}
 	c := &http.Client{Timeout: 2 * time.Minute}
-	resp, err := c.Do(req)
+	var resp *http.Response
+	// kube-proxy writes a new Service's rules a moment after Knative
+	// calls the revision Ready: a refused or unroutable dial is retried.
+	for deadline := time.Now().Add(time.Minute); ; {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Knative-Serving-Revision", rev)
+		req.Header.Set("Knative-Serving-Namespace", ns)
+		resp, err = c.Do(req)
+		var op *net.OpError
+		if err == nil || !errors.As(err, &op) || op.Op != "dial" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if err != nil {
-		t.Fatalf("POST %s through Service %s: %v", path, rev, err)
+		t.Fatalf("POST %s through Service %s (%s): %v", path, rev, addr, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)

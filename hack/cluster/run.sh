@@ -96,7 +96,7 @@ fi
 # Service addresses (10.96.0.0/16) need a route for a process of the
 # namespace to send to them at all; kube-proxy's OUTPUT rules then rewrite
 # the destination to a pod on cni0. The route is the namespace's own.
-ip -n "$ns" route add 10.96.0.0/16 dev lo
+ip -n "$ns" route add 10.96.0.0/16 dev lo src 10.244.0.1
 for d in $(cgdirs); do
 	mkdir "$d$cgroot"
 	# A new cpuset cgroup starts with no CPUs and no memory nodes.
@@ -105,7 +105,7 @@ for d in $(cgdirs); do
 		cat "$d/cpuset.mems" > "$d$cgroot/cpuset.mems"
 	fi
 done
-export CLUSTER_NODE=1 CLUSTER_CGROUP_ROOT=$cgroot CLUSTER_IMAGES=$root/.cache/images.tar
+export CLUSTER_NODE=1 CLUSTER_CGROUP_ROOT=$cgroot CLUSTER_IMAGES=$root/.cache/images.tar CLUSTER_HOSTS=/etc/netns/$ns/hosts
 ip netns exec "$ns" bash -euc '
 	mount -t tmpfs -o mode=755 cgroup_root /sys/fs/cgroup
 	while read -r mp type opts; do
