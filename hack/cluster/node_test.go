@@ -348,13 +348,21 @@ func testKnativeDataPath(t *testing.T) {
 	t.Logf("fraud-00002 through Knative (activator or queue-proxy): %s", got)
 }
 
-// revisionPods counts the revision's pods that exist (any phase).
+// revisionPods counts the revision's pods that are not terminating. A pod
+// Knative scaled away drains for up to 30s (queue-proxy's drain, then the
+// runtime's); the revision is at zero once none is left that could serve.
 func revisionPods(ctx context.Context, rev string) int {
 	pods, err := plane.Kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "serving.knative.dev/revision=" + rev})
 	if err != nil {
 		return -1
 	}
-	return len(pods.Items)
+	n := 0
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			n++
+		}
+	}
+	return n
 }
 
 func testScaleFromZero(t *testing.T) {
