@@ -348,9 +348,11 @@ func testKnativeDataPath(t *testing.T) {
 	t.Logf("fraud-00002 through Knative (activator or queue-proxy): %s", got)
 }
 
-// revisionPods counts the revision's pods that are not terminating. A pod
-// Knative scaled away drains for up to 30s (queue-proxy's drain, then the
-// runtime's); the revision is at zero once none is left that could serve.
+// revisionPods counts the revision's pods that could serve: not
+// terminating, or still Ready. A pod Knative scaled away drains for up to
+// 30s (queue-proxy's drain, then the runtime's) and answers while it is
+// Ready, so the activator may still hold it as a backend; once it is
+// neither, the revision is at zero and the next request is a cold start.
 func revisionPods(ctx context.Context, rev string) int {
 	pods, err := plane.Kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "serving.knative.dev/revision=" + rev})
 	if err != nil {
@@ -358,7 +360,11 @@ func revisionPods(ctx context.Context, rev string) int {
 	}
 	n := 0
 	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil {
+		ready := false
+		for _, c := range p.Status.Conditions {
+			ready = ready || (c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue)
+		}
+		if p.DeletionTimestamp == nil || ready {
 			n++
 		}
 	}
