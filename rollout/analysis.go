@@ -235,10 +235,10 @@ func Judge(s Spec, in Interval, onShadow bool, weight int) (verdict, check, reas
 	} else {
 		fmt.Fprintf(&b, "healthy at %d%%: error rate %.4f ≤ %.4f, p99 %s ≤ %s", weight, in.ErrorRate(), s.MaxErrorRate, Millis(in.P99), Millis(s.MaxP99))
 	}
-	if s.MinAgreement > 0 {
+	if needShadow && s.MinAgreement > 0 {
 		fmt.Fprintf(&b, ", agreement %.4f ≥ %.4f", in.Agreement(), s.MinAgreement)
 	}
-	if s.MaxScoreDelta > 0 {
+	if needShadow && s.MaxScoreDelta > 0 {
 		fmt.Fprintf(&b, ", mean |Δ score| %.4f ≤ %.4f", in.MeanDelta(), s.MaxScoreDelta)
 	}
 	if outcomes && s.MinPrecision > 0 {

@@ -42,6 +42,10 @@ func TestJudge(t *testing.T) {
 		// At 100% no serving traffic is left to copy: the gates judged the earlier steps.
 		{"gated canary at 100%", gated, live(40, 0, 0), false, 100, VerdictAdvance, CheckHealthy, "healthy at 100%"},
 	}
+	// The 100% step's reason does not claim an agreement it did not judge.
+	if _, _, reason := Judge(gated, live(40, 0, 0), false, 100); strings.Contains(reason, "agreement") {
+		t.Errorf("at 100%% the reason speaks of agreement: %q", reason)
+	}
 	for _, tt := range tests {
 		verdict, check, reason := Judge(tt.spec, tt.in, tt.onShadow, tt.weight)
 		if verdict != tt.verdict || check != tt.check || !strings.Contains(reason, tt.says) {
