@@ -753,7 +753,7 @@ func TestRBACMatrix(t *testing.T) {
 		"pilotlight:pilotlight-router": {
 			"serving.knative.dev/services": {"get", "list", "watch"}, "serving.knative.dev/routes": {"get", "list", "watch"},
 			"serving.knative.dev/revisions": {"get", "list", "watch"},
-			"/configmaps": {"get", "list", "update", "watch"}, "coordination.k8s.io/leases": {"create", "get", "update"},
+			"/configmaps":                   {"get", "list", "update", "watch"}, "coordination.k8s.io/leases": {"create", "get", "update"},
 		},
 		"pilotlight:pilotlight-deployer": {
 			"serving.knative.dev/services":  {"create", "get", "list", "patch", "update", "watch"},
