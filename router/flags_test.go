@@ -88,7 +88,7 @@ func startFlagPlatform(t testing.TB, fns []*functions.Manifest, flagsPath string
 	go func() { done <- eng.Run(ctx) }()
 	go func() { done <- w.Run(ctx) }()
 	ts := newTestServer(rt.Handler())
-	grpcAddr := h2cServer(t, rt.GRPCHandler(rt.Handler()))
+	grpcAddr := strings.TrimPrefix(serveRouter(t, rt), "http://")
 	t.Cleanup(func() {
 		ctl.Close()
 		shadow.Close()

@@ -26,10 +26,13 @@ import (
 const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 type frontDoor struct {
-	fast  *fasthttp.Server
-	h2    *http.Server // nil without HTTP2Handler
-	h2ln  *connListener
-	outer net.Listener
+	fast *fasthttp.Server
+	h2   *http.Server // nil without HTTP2Handler
+	h2ln *connListener
+	// grpcln feeds grpc-go's transport the HTTP/2 connections whose first
+	// request is gRPC (h2sniff.go); nil when HTTP2Handler is the caller's.
+	grpcln *connListener
+	outer  net.Listener
 }
 
 // Serve answers on ln until Shutdown (plain HTTP; h2c when HTTP2Handler is set).
@@ -61,6 +64,10 @@ func (rt *Router) serve(ln net.Listener, tlsCfg *tls.Config) error {
 			d.h2.TLSConfig = tlsCfg
 		}
 		go func() { _ = d.h2.Serve(d.h2ln) }()
+		if rt.grpc.native != nil {
+			d.grpcln = newConnListener(ln.Addr())
+			go func() { _ = rt.grpc.native.Serve(d.grpcln) }()
+		}
 	}
 	rt.mu.Lock()
 	rt.srvs = append(rt.srvs, d)
@@ -81,17 +88,32 @@ func (rt *Router) serve(ln net.Listener, tlsCfg *tls.Config) error {
 		if err != nil {
 			fastln.Close()
 			d.h2ln.Close()
+			if d.grpcln != nil {
+				d.grpcln.Close()
+			}
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return err
 		}
-		go rt.classify(c, tlsCfg, fastln, d.h2ln)
+		go rt.classify(c, tlsCfg, fastln, d.h2ln, d.grpcln)
 	}
 }
 
-// classify hands c to HTTP/2 or to the fast path.
-func (rt *Router) classify(c net.Conn, tlsCfg *tls.Config, fast, h2 *connListener) {
+// classify hands c to HTTP/2 (h2c: grpc-go's transport when grpc is set
+// and the connection opens with a gRPC call) or to the fast path.
+func (rt *Router) classify(c net.Conn, tlsCfg *tls.Config, fast, h2, grpc *connListener) {
+	toH2 := func(c net.Conn, prefix []byte, deadline time.Time) {
+		if grpc == nil {
+			h2.put(&prefixConn{Conn: c, prefix: prefix})
+			return
+		}
+		if sc, isGRPC := sniffH2(c, prefix, deadline); isGRPC {
+			grpc.put(sc)
+		} else {
+			h2.put(sc)
+		}
+	}
 	deadline := time.Now().Add(rt.cfg.Limits.ReadHeaderTimeout)
 	if tlsCfg != nil {
 		tc := tls.Server(c, tlsCfg)
@@ -104,6 +126,8 @@ func (rt *Router) classify(c net.Conn, tlsCfg *tls.Config, fast, h2 *connListene
 			return
 		}
 		if tc.ConnectionState().NegotiatedProtocol == "h2" {
+			// net/http serves HTTP/2 under TLS only on the *tls.Conn itself,
+			// so these are not sniffed: gRPC over TLS stays on net/http.
 			h2.put(tc)
 		} else {
 			fast.put(tc)
@@ -127,12 +151,12 @@ func (rt *Router) classify(c net.Conn, tlsCfg *tls.Config, fast, h2 *connListene
 		}
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	pc := &prefixConn{Conn: c, prefix: append([]byte(nil), buf[:n]...)}
+	prefix := append([]byte(nil), buf[:n]...)
 	if n == len(buf) && string(buf[:]) == http2Preface {
-		h2.put(pc)
+		toH2(c, prefix, deadline)
 		return
 	}
-	fast.put(pc)
+	fast.put(&prefixConn{Conn: c, prefix: prefix})
 }
 
 // Shutdown stops accepting, lets requests in flight finish (bounded by
@@ -149,6 +173,16 @@ func (rt *Router) Shutdown(ctx context.Context) error {
 			errs = append(errs, d.h2.Shutdown(ctx))
 		}
 		errs = append(errs, d.fast.ShutdownWithContext(ctx))
+	}
+	if native := rt.grpc.native; native != nil && len(srvs) > 0 {
+		done := make(chan struct{})
+		go func() { native.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			native.Stop()
+			errs = append(errs, ctx.Err())
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -49,8 +49,11 @@ var (
 
 // grpcProxy is the gRPC half of the router.
 type grpcProxy struct {
-	rt        *Router
-	own       *grpc.Server // ServerLive, ServerReady, ServerMetadata, reflection
+	rt  *Router
+	own *grpc.Server // ServerLive, ServerReady, ServerMetadata, reflection
+	// native serves the connections whose first call is gRPC on grpc-go's
+	// own transport (grpcnative.go); nil when HTTP2Handler is the caller's.
+	native    *grpc.Server
 	transport *http.Transport
 	maxBody   int64     // the largest runtime.maxBodyBytes of any function: nothing longer is read
 	bufs      sync.Pool // request messages

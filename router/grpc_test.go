@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,7 +154,7 @@ func grpcRouterOver(t *testing.T, transport string, mutate func(*router.Config))
 	other := &functions.Manifest{Name: "other", Handler: "tensor", Revisions: []functions.Revision{{Name: "other-00001"}}}
 	other.Runtime.MaxBodyBytes = 1000
 	rt := newRouter(t, router.Config{Functions: []*functions.Manifest{fn, other}, Backend: be, Registry: prometheus.NewRegistry(), Logger: quietLogger()}, mutate)
-	addr := h2cServer(t, rt.GRPCHandler(rt.Handler()))
+	addr := strings.TrimPrefix(serveRouter(t, rt), "http://")
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -421,7 +422,7 @@ func TestGRPCFramesRetryOnceOnUnreachable(t *testing.T) {
 		b.targetAt(upstream{base: deadAddr(t), socket: gone}), b.targetAt(upstream{base: deadAddr(t), socket: gone}))
 	reg := prometheus.NewRegistry()
 	rt := newRouter(t, router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, Registry: reg, Logger: quietLogger()}, nil)
-	conn, err := grpc.NewClient(h2cServer(t, rt.GRPCHandler(rt.Handler())), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(strings.TrimPrefix(serveRouter(t, rt), "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -455,7 +456,7 @@ func TestGRPCHoldEndsAtTheDeadlineOrWhenTheClientLeaves(t *testing.T) {
 	b := &fakeBackend{script: []func(context.Context) (router.Target, error){hold, hold}}
 	rt := newRouter(t, router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, RequestTimeout: 300 * time.Millisecond,
 		Registry: prometheus.NewRegistry(), Logger: quietLogger()}, nil)
-	conn, err := grpc.NewClient(h2cServer(t, rt.GRPCHandler(rt.Handler())), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(strings.TrimPrefix(serveRouter(t, rt), "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,7 +473,7 @@ func TestGRPCHoldEndsAtTheDeadlineOrWhenTheClientLeaves(t *testing.T) {
 	<-ended
 	rt2 := newRouter(t, router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: b, RequestTimeout: time.Minute,
 		Registry: prometheus.NewRegistry(), Logger: quietLogger()}, nil)
-	conn2, err := grpc.NewClient(h2cServer(t, rt2.GRPCHandler(rt2.Handler())), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn2, err := grpc.NewClient(strings.TrimPrefix(serveRouter(t, rt2), "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -489,5 +490,54 @@ func TestGRPCHoldEndsAtTheDeadlineOrWhenTheClientLeaves(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the hold outlived the client's call")
+	}
+}
+
+// TestH2cConnectionsReachTheirServer: on the router's own front door an
+// h2c connection that opens with REST is served by net/http and one that
+// opens with gRPC by grpc-go's transport; both keep their one connection
+// across calls, so the SETTINGS the front door sends while it sniffs (and
+// the client's acknowledgement of it, which it drops) end no connection.
+func TestH2cConnectionsReachTheirServer(t *testing.T) {
+	rt := newRouter(t, router.Config{Functions: []*functions.Manifest{testFunction()}, Backend: &fakeBackend{}, Registry: prometheus.NewRegistry(), Logger: quietLogger()}, nil)
+	addr := strings.TrimPrefix(serveRouter(t, rt), "http://")
+	var dials atomic.Int32
+	dial := func(ctx context.Context, network, a string) (net.Conn, error) {
+		dials.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, network, a)
+	}
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: &p, DialContext: dial}}
+	for i := 0; i < 3; i++ {
+		resp, err := client.Get("http://" + addr + "/v2/health/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Fatalf("REST over h2c, call %d: %d over HTTP/%d", i, resp.StatusCode, resp.ProtoMajor)
+		}
+		time.Sleep(50 * time.Millisecond) // the acknowledgement arrives meanwhile
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("REST over h2c took %d connections for 3 calls, want 1", n)
+	}
+	dials.Store(0)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return dial(ctx, "tcp", a) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := pb.NewGRPCInferenceServiceClient(conn)
+	for i := 0; i < 3; i++ {
+		live, err := c.ServerLive(context.Background(), &pb.ServerLiveRequest{})
+		if err != nil || !live.Live {
+			t.Fatalf("ServerLive, call %d: %v %v", i, live, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("gRPC took %d connections for 3 calls, want 1", n)
 	}
 }

@@ -68,9 +68,13 @@ func TestRESTAndGRPCDecideAlike(t *testing.T) {
 				msg    string
 				shed   bool
 			}
-			var rest, grpcOut outcome
-			for _, protocol := range []string{"rest", "grpc"} {
-				url, cl := parityRouter(t, keys)
+			var rest outcome
+			grpcOut := map[string]outcome{}
+			for _, protocol := range []string{"rest", "grpc", "grpc over net/http"} {
+				url, netHTTP, cl := parityRouter(t, keys)
+				if protocol == "grpc over net/http" {
+					url = netHTTP // the path of a connection whose first request was REST
+				}
 				if tt.full {
 					slot, r := cl.Enter("m")
 					if r != nil {
@@ -109,14 +113,16 @@ func TestRESTAndGRPCDecideAlike(t *testing.T) {
 					_, err = pb.NewGRPCInferenceServiceClient(conn).ModelInfer(ctx, &pb.ModelInferRequest{ModelName: tt.function, Id: tt.id}, grpc.Header(&hdr))
 					conn.Close()
 					st := status.Convert(err)
-					grpcOut = outcome{code: st.Code(), msg: st.Message(), shed: len(hdr.Get(strings.ToLower(router.ShedHeader))) > 0}
+					grpcOut[protocol] = outcome{code: st.Code(), msg: st.Message(), shed: len(hdr.Get(strings.ToLower(router.ShedHeader))) > 0}
 				}
 			}
 			if rest.status != tt.status || !strings.HasPrefix(rest.msg, tt.msg) || rest.shed != tt.shed {
 				t.Errorf("REST: %d %q shed %v, want %d %q shed %v", rest.status, rest.msg, rest.shed, tt.status, tt.msg, tt.shed)
 			}
-			if grpcOut.code != rest.code || grpcOut.msg != rest.msg || grpcOut.shed != rest.shed {
-				t.Errorf("gRPC: %v %q shed %v; REST: %d (%v) %q shed %v", grpcOut.code, grpcOut.msg, grpcOut.shed, rest.status, rest.code, rest.msg, rest.shed)
+			for protocol, g := range grpcOut {
+				if g.code != rest.code || g.msg != rest.msg || g.shed != rest.shed {
+					t.Errorf("%s: %v %q shed %v; REST: %d (%v) %q shed %v", protocol, g.code, g.msg, g.shed, rest.status, rest.code, rest.msg, rest.shed)
+				}
 			}
 		})
 	}
@@ -125,8 +131,10 @@ func TestRESTAndGRPCDecideAlike(t *testing.T) {
 // parityRouter is a router with keys, a rate limiter and a concurrency cap
 // of 1 per function, in front of one stand-in instance that answers REST
 // and gRPC alike (the real one is tested in runtime/server); it returns
-// the router's address (REST and h2c gRPC on one listener) and the cap.
-func parityRouter(t *testing.T, keys *auth.Keys) (string, *ratelimit.ConcurrencyLimiter) {
+// the router's front door (REST, and gRPC on grpc-go's transport), the
+// router's handler on net/http's h2c server (gRPC as a connection that
+// mixes it with REST meets it) and the cap.
+func parityRouter(t *testing.T, keys *auth.Keys) (string, string, *ratelimit.ConcurrencyLimiter) {
 	t.Helper()
 	g := grpc.NewServer()
 	pb.RegisterGRPCInferenceServiceServer(g, &recordingInstance{})
@@ -147,5 +155,5 @@ func parityRouter(t *testing.T, keys *auth.Keys) (string, *ratelimit.Concurrency
 	cl := ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{Max: 1})
 	rt := newRouter(t, router.Config{Functions: []*functions.Manifest{m, other}, Backend: be, Registry: prometheus.NewRegistry(), Logger: quietLogger(),
 		Keys: keys, RateLimit: ratelimit.New(ratelimit.Config{RPS: 1000, Burst: 1000}), Concurrency: cl}, nil)
-	return h2cServer(t, rt.GRPCHandler(rt.Handler())), cl
+	return strings.TrimPrefix(serveRouter(t, rt), "http://"), h2cServer(t, rt.GRPCHandler(rt.Handler())), cl
 }

@@ -202,6 +202,7 @@ func New(cfg Config) (*Router, error) {
 	rt.tr = newTracing(rt.cfg)
 	if rt.cfg.HTTP2Handler == nil {
 		rt.cfg.HTTP2Handler = rt.GRPCHandler(rt.Handler())
+		rt.grpc.native = rt.grpc.newNativeServer()
 	}
 	return rt, nil
 }

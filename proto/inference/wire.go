@@ -66,6 +66,27 @@ func encodeMessage(msg string) string {
 	return b.String()
 }
 
+// DecodeMessage undoes grpc-message's percent-encoding (encodeMessage's,
+// or any sender's); a '%' not followed by two hex digits stays as it is,
+// as the gRPC spec asks of a receiver.
+func DecodeMessage(v string) string {
+	if !strings.Contains(v, "%") {
+		return v
+	}
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		if v[i] == '%' && i+2 < len(v) {
+			if n, err := strconv.ParseUint(v[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(v[i])
+	}
+	return b.String()
+}
+
 // CodeForHTTP is the gRPC code for an HTTP status the platform answers REST
 // calls with, so a refusal means the same on both protocols.
 func CodeForHTTP(status int) codes.Code {

@@ -64,3 +64,16 @@ func TestReadModelCall(t *testing.T) {
 		t.Error("a truncated name was read")
 	}
 }
+
+// TestDecodeMessageUndoesWriteStatus: what WriteStatus percent-encodes
+// comes back whole, and a stray '%' stays as it is.
+func TestDecodeMessageUndoesWriteStatus(t *testing.T) {
+	for _, msg := range []string{"plain", "100% sure", "naïve\nline", "%zz", "ends with %", "%4"} {
+		if got := DecodeMessage(encodeMessage(msg)); got != msg {
+			t.Errorf("DecodeMessage(encodeMessage(%q)) = %q", msg, got)
+		}
+	}
+	if got := DecodeMessage("50%zz%2"); got != "50%zz%2" {
+		t.Errorf("stray percent signs: %q", got)
+	}
+}
