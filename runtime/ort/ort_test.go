@@ -112,3 +112,46 @@ func BenchmarkSessionRun(b *testing.B) {
 		s.Close()
 	}
 }
+
+// TestDescribeFollowsTheFile: Describe's answers are kept per file, so a
+// model replaced at the same path is described again, and a caller that
+// changes what it got changes nobody else's.
+func TestDescribeFollowsTheFile(t *testing.T) {
+	if _, err := ort.Init(); err != nil {
+		t.Fatalf("ONNX Runtime must load here (make ort): %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "model.onnx")
+	copyFile := func(src string) {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil { // a new inode, as a deploy writes it
+			t.Fatal(err)
+		}
+	}
+	copyFile(example())
+	in, _, err := ort.Describe(path)
+	if err != nil || len(in) != 1 || in[0].Name != "input_vectors" {
+		t.Fatalf("example model: %+v %v", in, err)
+	}
+	in[0].Name, in[0].Shape[1] = "changed", 99
+	again, _, err := ort.Describe(path)
+	if err != nil || again[0].Name != "input_vectors" || again[0].Shape[1] != 10 {
+		t.Fatalf("described again after the caller changed its copy: %+v %v", again, err)
+	}
+	copyFile(filepath.Join(root(), "functions", "fraud", "models", "fraud-00001.onnx"))
+	in, _, err = ort.Describe(path)
+	if err != nil || len(in) == 0 || in[0].Name == "input_vectors" {
+		t.Fatalf("a model replaced at the same path is described as the old one: %+v %v", in, err)
+	}
+	if err := os.WriteFile(path, []byte("not a model"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ort.Describe(path); err == nil {
+		t.Fatal("a file that is no model described without an error")
+	}
+}

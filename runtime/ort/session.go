@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"syscall"
 
 	onnx "github.com/yalue/onnxruntime_go"
 
@@ -45,16 +48,79 @@ type Session struct {
 	Fallback string
 }
 
-// Describe reads a model's inputs and outputs without creating a session for serving.
+// Describe reads a model's inputs and outputs without creating a session
+// for serving. ONNX Runtime reads them from a temporary session; it is
+// made with one thread and no graph optimisation (neither changes what a
+// model declares), which cost 1.0 ms against 2.2 for fraud's with the
+// defaults, and its answer is kept per file (path, inode, size and
+// modification time), so the sessions of one pool, and a revision loaded
+// again into the same process, describe the model once.
 func Describe(path string) (inputs, outputs []IO, err error) {
 	if _, err := Init(); err != nil {
 		return nil, nil, err
 	}
-	in, out, err := onnx.GetInputOutputInfo(path)
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read model %s: %w", path, err)
+	}
+	key := describeKey{path: path, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		key.dev, key.ino = uint64(st.Dev), st.Ino
+	}
+	v, _ := described.LoadOrStore(key, &description{})
+	d := v.(*description)
+	d.once.Do(func() { d.inputs, d.outputs, d.err = describe(path) })
+	if d.err != nil {
+		described.Delete(key) // a failure is not kept: the next load tries again
+		return nil, nil, d.err
+	}
+	// Callers own what they get: copies, so no caller changes another's.
+	return cloneIO(d.inputs), cloneIO(d.outputs), nil
+}
+
+// described holds Describe's answers by file.
+var described sync.Map // describeKey → *description
+
+type describeKey struct {
+	path        string
+	dev, ino    uint64
+	size, mtime int64
+}
+
+type description struct {
+	once            sync.Once
+	inputs, outputs []IO
+	err             error
+}
+
+func describe(path string) (inputs, outputs []IO, err error) {
+	so, err := onnx.NewSessionOptions()
+	if err != nil {
+		return nil, nil, fmt.Errorf("session options: %w", err)
+	}
+	defer so.Destroy()
+	if err := so.SetIntraOpNumThreads(1); err != nil {
+		return nil, nil, fmt.Errorf("set intra-op threads: %w", err)
+	}
+	if err := so.SetInterOpNumThreads(1); err != nil {
+		return nil, nil, fmt.Errorf("set inter-op threads: %w", err)
+	}
+	if err := so.SetGraphOptimizationLevel(onnx.GraphOptimizationLevelDisableAll); err != nil {
+		return nil, nil, fmt.Errorf("set graph optimisation level: %w", err)
+	}
+	in, out, err := onnx.GetInputOutputInfoWithOptions(path, so)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read model %s: %w", path, err)
 	}
 	return convertInfo(in), convertInfo(out), nil
+}
+
+func cloneIO(ios []IO) []IO {
+	out := slices.Clone(ios)
+	for i := range out {
+		out[i].Shape = slices.Clone(out[i].Shape)
+	}
+	return out
 }
 
 func convertInfo(infos []onnx.InputOutputInfo) []IO {
