@@ -298,10 +298,14 @@ func writeDecisions(w io.Writer, ds []rollout.Decision) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tPHASE\tVERDICT\tCHECK\tWEIGHT\tREQUESTS\tERROR RATE\tP99\tCOMPARED\tAGREEMENT\tΔ SCORE\tREASON")
+	fmt.Fprintln(tw, "TIME\tPHASE\tVERDICT\tCHECK\tWEIGHT\tSOURCE\tREQUESTS\tERROR RATE\tP99\tCOMPARED\tAGREEMENT\tΔ SCORE\tREASON")
 	for _, d := range ds {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d%%\t%.0f\t%.4f\t%s\t%.0f\t%.4f\t%.4f\t%s\n", d.At.Format("15:04:05"), d.Phase, d.Verdict, d.Check, d.Weight,
-			d.Requests, d.ErrorRate, d.P99, d.Compared, d.Agreement, d.ScoreDelta, d.Reason)
+		source := "-"
+		if d.Source != "" {
+			source = fmt.Sprintf("%s %d/%d", d.Source, d.Replicas, d.ReplicasListed)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d%%\t%s\t%.0f\t%.4f\t%s\t%.0f\t%.4f\t%.4f\t%s\n", d.At.Format("15:04:05"), d.Phase, d.Verdict, d.Check, d.Weight,
+			source, d.Requests, d.ErrorRate, d.P99, d.Compared, d.Agreement, d.ScoreDelta, d.Reason)
 	}
 	tw.Flush()
 }
