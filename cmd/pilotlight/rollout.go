@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pilotlight/pilotlight/engine"
+	"github.com/pilotlight/pilotlight/knative"
 	"github.com/pilotlight/pilotlight/rollout"
 )
 
@@ -168,14 +169,18 @@ Exit status 0 when promoted, 1 otherwise.`,
 	return cmd
 }
 
-// rolloutScaler is the engine as the rollout controller's Scaler (nil
-// with the Knative backend, where Knative's autoscaler and min-scale
-// annotations own instance counts).
-func rolloutScaler(eng *engine.Engine) rollout.Scaler {
-	if eng == nil {
-		return nil
+// rolloutScaler is what pre-scales blue-green candidates and keeps the
+// previous revision warm: the local engine, or on the Knative backend the
+// Prescaler, which raises the revision's autoscaling.knative.dev/min-scale
+// through the deployer and releases it when the hold ends.
+func rolloutScaler(eng *engine.Engine, prescaler *knative.Prescaler) rollout.Scaler {
+	switch {
+	case eng != nil:
+		return eng
+	case prescaler != nil:
+		return prescaler
 	}
-	return eng
+	return nil
 }
 
 // servingOf is the revision serving all untargeted traffic after a rollout ended.

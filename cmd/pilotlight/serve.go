@@ -56,6 +56,9 @@ type serveOptions struct {
 	scaleToZeroAfter          time.Duration
 	requestTimeout            time.Duration
 	stableWindow, panicWindow time.Duration
+	// prescaler holds Knative revisions warm for blue-green rollouts
+	// (set by newBackend with --backend knative).
+	prescaler *knative.Prescaler
 }
 
 func newServeCmd() *cobra.Command {
@@ -229,6 +232,11 @@ func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes,
 		}
 		log.Info("knative backend", "api_server", host, "namespace", o.namespace)
 		rcfg.Backend = knative.Backend{Resolver: knative.NewResolver(client, o.namespace, 0)}
+		as, err := knative.NewAutoscalingClient(o.kubeconfig, o.kubeContext)
+		if err != nil {
+			return nil, rcfg, nil, fmt.Errorf("knative backend: %w", err)
+		}
+		o.prescaler = knative.NewPrescaler(&knative.Deployer{Client: client, Autoscaling: as, Log: log}, o.namespace, fns, log)
 		return nil, rcfg, nil, nil
 	}
 	bin, err := o.instanceBinary()
@@ -357,7 +365,7 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 	}
 	rcfg.Recorder = outcomes
 	rc := rollout.Config{FlagsPath: o.flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log,
-		Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow, Outcomes: outcomes}
+		Shadow: shadow, Scaler: rolloutScaler(eng, o.prescaler), Reload: w.ReloadNow, Outcomes: outcomes}
 	if cluster.store != nil {
 		rc.Flags = cluster.store // the watch delivers each write to every replica, this one included
 	}
@@ -375,6 +383,11 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 	ctl := rollout.New(rc)
 	if l := cluster.leader; l != nil {
 		l.OnLead(func(ctx context.Context) {
+			if p := o.prescaler; p != nil {
+				if revs, err := p.ReleaseExpired(ctx); len(revs) > 0 || err != nil {
+					log.Info("released revisions a previous leader held warm past their time", "revisions", revs, "err", err)
+				}
+			}
 			if fns, err := ctl.Resume(ctx); err != nil {
 				log.Error("taking over rollouts", "err", err)
 			} else if len(fns) > 0 {
