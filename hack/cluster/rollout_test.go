@@ -741,18 +741,30 @@ func TestKnativeBlueGreenPrescales(t *testing.T) {
 	rig := startRouterReplicas(t, []string{"--backend=knative", "--namespace=" + ns, "--functions=" + fns}, "10.244.0.23", "10.244.0.24")
 	lead := rig.leader(t, "")
 
-	// Watch both revisions' ready pods through the whole rollout.
+	// Watch the flag (through a replica's OFREP) and both revisions'
+	// ready pods through the whole rollout: the candidate's at the moment
+	// the flag switches, the previous revision's fewest after.
 	var (
-		mu       sync.Mutex
-		minPrev  = -1 // fraud-00001's fewest ready pods since the switch
-		switched atomic.Bool
+		mu           sync.Mutex
+		switched     bool
+		podsAtSwitch = -1 // fraud-00002's ready pods when the flag first gave it the traffic
+		minPrev      = -1 // fraud-00001's fewest ready pods since the switch
 	)
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
 		for watchCtx.Err() == nil {
-			if switched.Load() {
+			mu.Lock()
+			sw := switched
+			mu.Unlock()
+			if !sw && rig.ofrep(rig.replicas[0], "u") == "fraud-00002" {
+				n := readyRevisionPods(watchCtx, "fraud-00002")
+				mu.Lock()
+				switched, podsAtSwitch, sw = true, n, true
+				mu.Unlock()
+			}
+			if sw {
 				n := readyRevisionPods(watchCtx, "fraud-00001")
 				mu.Lock()
 				if n >= 0 && (minPrev < 0 || n < minPrev) {
@@ -760,7 +772,7 @@ func TestKnativeBlueGreenPrescales(t *testing.T) {
 				}
 				mu.Unlock()
 			}
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(50 * time.Millisecond)
 		}
 	}()
 	defer func() { stopWatch(); <-watchDone }()
@@ -770,8 +782,14 @@ func TestKnativeBlueGreenPrescales(t *testing.T) {
 	if err != nil || !strings.Contains(out, "fraud promoted: fraud-00002 serves") || !strings.Contains(out, "kept warm until") {
 		t.Fatalf("blue-green did not promote with the previous revision kept warm: %v", err)
 	}
-	switched.Store(true)
 	record("blue-green on Knative: pre-scale to 2 pods and switch", time.Since(start))
+	mu.Lock()
+	atSwitch := podsAtSwitch
+	mu.Unlock()
+	if atSwitch < servingPods {
+		t.Errorf("the candidate had %d ready pods when the flag switched to it, want %d: not pre-scaled before the switch", atSwitch, servingPods)
+	}
+	t.Logf("the candidate had %d ready pods when the flag switched to it", atSwitch)
 	if onRev, onPA := minScaleOf(t, "fraud-00002"); onRev != "2" || onPA != "2" {
 		t.Errorf("candidate min-scale: revision %q, PodAutoscaler %q; want 2 on both (the serving revision's ready pods)", onRev, onPA)
 	}
@@ -785,7 +803,7 @@ func TestKnativeBlueGreenPrescales(t *testing.T) {
 		t.Errorf("after the switch: %d served by %q, want fraud-00002", code, rev)
 	}
 
-	time.Sleep(3 * time.Second) // inside the keep-previous window
+	time.Sleep(time.Second) // inside the keep-previous window, some time after the switch
 	undoStart := time.Now()
 	if out, err := rig.cliRollout(t, lead, "undo", "fraud"); err != nil || !strings.Contains(out, "fraud-00001 serves again") {
 		t.Fatalf("undo: %v", err)
