@@ -4,7 +4,8 @@
 // a share of the serving revision's live requests to the candidate and
 // compares the two answers (prediction gates: agreement, mean |Δ score|),
 // then either moves the function's flag step by step (canary, judging the
-// router's own metrics and a shadow copy of stable traffic at each step) or
+// router's metrics, of every replica in a cluster (fleet.go), and a shadow
+// copy of stable traffic at each step) or
 // switches it in one flag write after pre-scaling the candidate
 // (blue-green, with the previous revision kept warm for an instant undo).
 // Every decision is logged with its numbers and metered.
