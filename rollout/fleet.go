@@ -202,10 +202,11 @@ type PrometheusSource struct {
 	HTTP *http.Client // nil: a client with scrapeTimeout
 }
 
-// PromQueries are the instant queries the analysis sends, each by
+// promQueries are the instant queries the analysis sends, each by
 // instance (one router replica), for one revision: requests, 5xx answers,
-// and the latency histogram's cumulative buckets.
-func PromQueries(function, revision string) (requests, errors, buckets string) {
+// and the latency histogram's cumulative buckets (written down in
+// docs/flags-and-rollouts.md).
+func promQueries(function, revision string) (requests, errors, buckets string) {
 	sel := fmt.Sprintf(`function=%q,revision=%q`, function, revision)
 	return fmt.Sprintf(`sum by (instance) (%s{%s})`, requestsMetric, sel),
 		fmt.Sprintf(`sum by (instance) (%s{%s,code=~"5.."})`, requestsMetric, sel),
@@ -213,45 +214,37 @@ func PromQueries(function, revision string) (requests, errors, buckets string) {
 }
 
 func (p *PrometheusSource) sample(ctx context.Context, function, revision string) (fleetSample, error) {
-	qr, qe, qb := PromQueries(function, revision)
+	qr, qe, qb := promQueries(function, revision)
 	out := fleetSample{source: SourcePrometheus, replicas: map[string]sample{}}
-	at := func(instance string) sample {
-		s, ok := out.replicas[instance]
-		if !ok {
-			s = sample{buckets: map[float64]float64{}}
-		}
-		return s
-	}
-	reqs, err := p.query(ctx, qr)
-	if err != nil {
-		return out, err
-	}
-	for _, v := range reqs {
-		s := at(v.instance)
-		s.requests = v.value
-		out.replicas[v.instance] = s
-	}
-	errs, err := p.query(ctx, qe)
-	if err != nil {
-		return out, err
-	}
-	for _, v := range errs {
-		s := at(v.instance)
-		s.errors = v.value
-		out.replicas[v.instance] = s
-	}
-	bs, err := p.query(ctx, qb)
-	if err != nil {
-		return out, err
-	}
-	for _, v := range bs {
-		le, err := strconv.ParseFloat(v.le, 64)
+	for _, q := range []struct {
+		expr string
+		set  func(*sample, promValue) error
+	}{
+		{qr, func(s *sample, v promValue) error { s.requests = v.value; return nil }},
+		{qe, func(s *sample, v promValue) error { s.errors = v.value; return nil }},
+		{qb, func(s *sample, v promValue) error {
+			le, err := strconv.ParseFloat(v.le, 64)
+			if err != nil {
+				return fmt.Errorf("prometheus %s: bucket le %q: %w", p.URL, v.le, err)
+			}
+			s.buckets[le] = v.value
+			return nil
+		}},
+	} {
+		vals, err := p.query(ctx, q.expr)
 		if err != nil {
-			return out, fmt.Errorf("prometheus %s: bucket le %q: %w", p.URL, v.le, err)
+			return out, err
 		}
-		s := at(v.instance)
-		s.buckets[le] = v.value
-		out.replicas[v.instance] = s
+		for _, v := range vals {
+			s, ok := out.replicas[v.instance]
+			if !ok {
+				s = sample{buckets: map[float64]float64{}}
+			}
+			if err := q.set(&s, v); err != nil {
+				return out, err
+			}
+			out.replicas[v.instance] = s
+		}
 	}
 	out.listed = len(out.replicas)
 	return out, nil
