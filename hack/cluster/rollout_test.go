@@ -496,6 +496,196 @@ func concurrentWriter(t *testing.T, period time.Duration) (stop func() []string)
 	return func() []string { close(quit); return <-done }
 }
 
+func finalDoc(t *testing.T) string {
+	t.Helper()
+	cm, err := plane.Kube.CoreV1().ConfigMaps(ns).Get(context.Background(), flagsConfigMap, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cm.Data["flags.json"]
+}
+
+func testPoll(t *testing.T, what string, within, every time.Duration, cond func() bool) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(context.Background(), every, within, true, func(context.Context) (bool, error) { return cond(), nil }); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
+	}
+}
+
+var paGVR = schema.GroupVersionResource{Group: "autoscaling.internal.knative.dev", Version: "v1alpha1", Resource: "podautoscalers"}
+
+// readyRevisionPods counts rev's pods that report Ready (kwok marks them).
+func readyRevisionPods(ctx context.Context, rev string) int {
+	pods, err := plane.Kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "serving.knative.dev/revision=" + rev})
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, p := range pods.Items {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue && p.DeletionTimestamp == nil {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// minScaleOf reads autoscaling.knative.dev/min-scale on rev's Revision
+// and PodAutoscaler.
+func minScaleOf(t *testing.T, rev string) (onRevision, onPA string) {
+	t.Helper()
+	ctx := context.Background()
+	r, err := plane.Dynamic.Resource(revGVR).Namespace(ns).Get(ctx, rev, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa, err := plane.Dynamic.Resource(paGVR).Namespace(ns).Get(ctx, rev, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.GetAnnotations()["autoscaling.knative.dev/min-scale"], pa.GetAnnotations()["autoscaling.knative.dev/min-scale"]
+}
+
+// TestKnativeBlueGreenPrescales runs a blue-green rollout on the Knative
+// backend: the candidate revision is pre-scaled to the serving revision's
+// ready pods with min-scale before the one flag write, the previous
+// revision keeps its pods for --keep-previous, and undo finds it warm.
+// Knative's real controller and autoscaler act on the annotation; kwok
+// stands in for the kubelet, so "ready" is kwok's Ready pod.
+func TestKnativeBlueGreenPrescales(t *testing.T) {
+	ctx := context.Background()
+	if err := plane.ApplyFiles(ctx, repoPath("config/security/namespaces.yaml"), repoPath("config/security/rbac.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if revs := revisions(t); revs["fraud-00001"] != "True" || revs["fraud-00002"] != "True" {
+		kc, _, err := plane.ServiceAccountKubeconfig(ctx, ns, "pilotlight-deployer")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := deploy(t, kc); err != nil {
+			t.Fatalf("deploy fraud: %v", err)
+		}
+	}
+	// The serving revision under load, as the admin would see it: two
+	// ready pods (held here with min-scale on its PodAutoscaler, which
+	// Knative's autoscaler honours as it would honour its own decision).
+	const servingPods = 2
+	patchPA := func(rev, minScale string) {
+		t.Helper()
+		p := fmt.Sprintf(`{"metadata":{"annotations":{"autoscaling.knative.dev/min-scale":%q}}}`, minScale)
+		if _, err := plane.Dynamic.Resource(paGVR).Namespace(ns).Patch(ctx, rev, types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	patchPA("fraud-00001", fmt.Sprint(servingPods))
+	t.Cleanup(func() { patchPA("fraud-00001", "0"); patchPA("fraud-00002", "0") })
+	testPoll(t, "fraud-00001 at 2 ready pods", 2*time.Minute, 200*time.Millisecond, func() bool { return readyRevisionPods(ctx, "fraud-00001") >= servingPods })
+
+	setFlags(t, strings.Replace(rolloutFlags, `, "broken": "fraud-00003"`, "", 1))
+	fns := filepath.Join(t.TempDir(), "functions")
+	if out, err := exec.Command("mkdir", "-p", fns).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if out, err := exec.Command("cp", "-r", repoPath("functions/fraud"), fns).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	functionStandIn(t) // the tag URLs' hosts answer (run.sh's hosts file)
+	rig := startRouterReplicas(t, []string{"--backend=knative", "--namespace=" + ns, "--functions=" + fns}, "10.244.0.23", "10.244.0.24")
+	lead := rig.leader(t, "")
+
+	// Watch the flag (through a replica's OFREP) and both revisions'
+	// ready pods through the whole rollout: the candidate's at the moment
+	// the flag switches, the previous revision's fewest after.
+	var (
+		mu           sync.Mutex
+		switched     bool
+		podsAtSwitch = -1 // fraud-00002's ready pods when the flag first gave it the traffic
+		minPrev      = -1 // fraud-00001's fewest ready pods since the switch
+	)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		for watchCtx.Err() == nil {
+			mu.Lock()
+			sw := switched
+			mu.Unlock()
+			if !sw && rig.ofrep(rig.replicas[0], "u") == "fraud-00002" {
+				n := readyRevisionPods(watchCtx, "fraud-00002")
+				mu.Lock()
+				switched, podsAtSwitch, sw = true, n, true
+				mu.Unlock()
+			}
+			if sw {
+				n := readyRevisionPods(watchCtx, "fraud-00001")
+				mu.Lock()
+				if n >= 0 && (minPrev < 0 || n < minPrev) {
+					minPrev = n
+				}
+				mu.Unlock()
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	defer func() { stopWatch(); <-watchDone }()
+
+	// A candidate Knative scaled to zero takes longer: its autoscaler
+	// applies a raised min-scale only once it has a metric for the
+	// revision (kpa/scaler.go: "Metrics are not yet being collected").
+	// This test runs before TestClusterRollouts, while the candidate
+	// deployed by TestKnativePath (or just above) still has its pod.
+	candidateBefore := readyRevisionPods(ctx, "fraud-00002")
+	t.Logf("the candidate has %d ready pods before the rollout", candidateBefore)
+	start := time.Now()
+	out, err := rig.cliRollout(t, lead, "start", "fraud", "--to", "fraud-00002", "--strategy", "bluegreen", "--keep-previous", "2m")
+	if err != nil || !strings.Contains(out, "fraud promoted: fraud-00002 serves") || !strings.Contains(out, "kept warm until") {
+		t.Fatalf("blue-green did not promote with the previous revision kept warm: %v", err)
+	}
+	record(fmt.Sprintf("blue-green on Knative: pre-scale %d → 2 pods and switch", candidateBefore), time.Since(start))
+	mu.Lock()
+	atSwitch := podsAtSwitch
+	mu.Unlock()
+	if atSwitch < servingPods {
+		t.Errorf("the candidate had %d ready pods when the flag switched to it, want %d: not pre-scaled before the switch", atSwitch, servingPods)
+	}
+	t.Logf("the candidate had %d ready pods when the flag switched to it", atSwitch)
+	if onRev, onPA := minScaleOf(t, "fraud-00002"); onRev != "2" || onPA != "2" {
+		t.Errorf("candidate min-scale: revision %q, PodAutoscaler %q; want 2 on both (the serving revision's ready pods)", onRev, onPA)
+	}
+	if n := readyRevisionPods(ctx, "fraud-00002"); n < servingPods {
+		t.Errorf("candidate has %d ready pods after the switch, want %d", n, servingPods)
+	}
+	if onRev, onPA := minScaleOf(t, "fraud-00001"); onRev != "2" || onPA != "2" {
+		t.Errorf("previous revision min-scale: revision %q, PodAutoscaler %q; want 2 kept for --keep-previous", onRev, onPA)
+	}
+	if code, rev := rig.infer(rig.replicas[1], "after-switch"); code != http.StatusOK || rev != "fraud-00002" {
+		t.Errorf("after the switch: %d served by %q, want fraud-00002", code, rev)
+	}
+
+	time.Sleep(time.Second) // inside the keep-previous window, some time after the switch
+	undoStart := time.Now()
+	if out, err := rig.cliRollout(t, lead, "undo", "fraud"); err != nil || !strings.Contains(out, "fraud-00001 serves again") {
+		t.Fatalf("undo: %v", err)
+	}
+	testPoll(t, "both replicas to route fraud to fraud-00001 again", 30*time.Second, 5*time.Millisecond, func() bool {
+		return rig.ofrep(rig.replicas[0], "u") == "fraud-00001" && rig.ofrep(rig.replicas[1], "u") == "fraud-00001"
+	})
+	record("blue-green undo on Knative: rollout undo → both replicas route to the previous revision", time.Since(undoStart))
+	mu.Lock()
+	fewest := minPrev
+	mu.Unlock()
+	if fewest < 1 {
+		t.Errorf("fraud-00001 had %d ready pods at some point between the switch and the undo: the undo would cold-start it", fewest)
+	}
+	t.Logf("fraud-00001 kept at least %d ready pods from the switch through the undo (no cold start)", fewest)
+	for _, r := range rig.replicas {
+		if code, rev := rig.infer(r, "after-undo"); code != http.StatusOK || rev != "fraud-00001" {
+			t.Errorf("%s after the undo: %d served by %q", r.name, code, rev)
+		}
+	}
+}
+
 // TestClusterRollouts: canary promotes, a failing candidate rolls back,
 // the leader killed mid-rollout hands over, every ConfigMap change seen.
 func TestClusterRollouts(t *testing.T) {
@@ -641,187 +831,4 @@ func TestClusterRollouts(t *testing.T) {
 		lead.start(t)
 		waitHTTP(t, lead.base()+"/healthz")
 	})
-}
-
-func finalDoc(t *testing.T) string {
-	t.Helper()
-	cm, err := plane.Kube.CoreV1().ConfigMaps(ns).Get(context.Background(), flagsConfigMap, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cm.Data["flags.json"]
-}
-
-func testPoll(t *testing.T, what string, within, every time.Duration, cond func() bool) {
-	t.Helper()
-	if err := wait.PollUntilContextTimeout(context.Background(), every, within, true, func(context.Context) (bool, error) { return cond(), nil }); err != nil {
-		t.Fatalf("waiting for %s: %v", what, err)
-	}
-}
-
-var paGVR = schema.GroupVersionResource{Group: "autoscaling.internal.knative.dev", Version: "v1alpha1", Resource: "podautoscalers"}
-
-// readyRevisionPods counts rev's pods that report Ready (kwok marks them).
-func readyRevisionPods(ctx context.Context, rev string) int {
-	pods, err := plane.Kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "serving.knative.dev/revision=" + rev})
-	if err != nil {
-		return -1
-	}
-	n := 0
-	for _, p := range pods.Items {
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue && p.DeletionTimestamp == nil {
-				n++
-			}
-		}
-	}
-	return n
-}
-
-// minScaleOf reads autoscaling.knative.dev/min-scale on rev's Revision
-// and PodAutoscaler.
-func minScaleOf(t *testing.T, rev string) (onRevision, onPA string) {
-	t.Helper()
-	ctx := context.Background()
-	r, err := plane.Dynamic.Resource(revGVR).Namespace(ns).Get(ctx, rev, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pa, err := plane.Dynamic.Resource(paGVR).Namespace(ns).Get(ctx, rev, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r.GetAnnotations()["autoscaling.knative.dev/min-scale"], pa.GetAnnotations()["autoscaling.knative.dev/min-scale"]
-}
-
-// TestKnativeBlueGreenPrescales runs a blue-green rollout on the Knative
-// backend: the candidate revision is pre-scaled to the serving revision's
-// ready pods with min-scale before the one flag write, the previous
-// revision keeps its pods for --keep-previous, and undo finds it warm.
-// Knative's real controller and autoscaler act on the annotation; kwok
-// stands in for the kubelet, so "ready" is kwok's Ready pod.
-func TestKnativeBlueGreenPrescales(t *testing.T) {
-	ctx := context.Background()
-	if err := plane.ApplyFiles(ctx, repoPath("config/security/namespaces.yaml"), repoPath("config/security/rbac.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	if revs := revisions(t); revs["fraud-00001"] != "True" || revs["fraud-00002"] != "True" {
-		kc, _, err := plane.ServiceAccountKubeconfig(ctx, ns, "pilotlight-deployer")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := deploy(t, kc); err != nil {
-			t.Fatalf("deploy fraud: %v", err)
-		}
-	}
-	// The serving revision under load, as the admin would see it: two
-	// ready pods (held here with min-scale on its PodAutoscaler, which
-	// Knative's autoscaler honours as it would honour its own decision).
-	const servingPods = 2
-	patchPA := func(rev, minScale string) {
-		t.Helper()
-		p := fmt.Sprintf(`{"metadata":{"annotations":{"autoscaling.knative.dev/min-scale":%q}}}`, minScale)
-		if _, err := plane.Dynamic.Resource(paGVR).Namespace(ns).Patch(ctx, rev, types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	patchPA("fraud-00001", fmt.Sprint(servingPods))
-	t.Cleanup(func() { patchPA("fraud-00001", "0"); patchPA("fraud-00002", "0") })
-	testPoll(t, "fraud-00001 at 2 ready pods", 2*time.Minute, 200*time.Millisecond, func() bool { return readyRevisionPods(ctx, "fraud-00001") >= servingPods })
-
-	setFlags(t, strings.Replace(rolloutFlags, `, "broken": "fraud-00003"`, "", 1))
-	fns := filepath.Join(t.TempDir(), "functions")
-	if out, err := exec.Command("mkdir", "-p", fns).CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	if out, err := exec.Command("cp", "-r", repoPath("functions/fraud"), fns).CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	functionStandIn(t) // the tag URLs' hosts answer (run.sh's hosts file)
-	rig := startRouterReplicas(t, []string{"--backend=knative", "--namespace=" + ns, "--functions=" + fns}, "10.244.0.23", "10.244.0.24")
-	lead := rig.leader(t, "")
-
-	// Watch the flag (through a replica's OFREP) and both revisions'
-	// ready pods through the whole rollout: the candidate's at the moment
-	// the flag switches, the previous revision's fewest after.
-	var (
-		mu           sync.Mutex
-		switched     bool
-		podsAtSwitch = -1 // fraud-00002's ready pods when the flag first gave it the traffic
-		minPrev      = -1 // fraud-00001's fewest ready pods since the switch
-	)
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		for watchCtx.Err() == nil {
-			mu.Lock()
-			sw := switched
-			mu.Unlock()
-			if !sw && rig.ofrep(rig.replicas[0], "u") == "fraud-00002" {
-				n := readyRevisionPods(watchCtx, "fraud-00002")
-				mu.Lock()
-				switched, podsAtSwitch, sw = true, n, true
-				mu.Unlock()
-			}
-			if sw {
-				n := readyRevisionPods(watchCtx, "fraud-00001")
-				mu.Lock()
-				if n >= 0 && (minPrev < 0 || n < minPrev) {
-					minPrev = n
-				}
-				mu.Unlock()
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}()
-	defer func() { stopWatch(); <-watchDone }()
-
-	start := time.Now()
-	out, err := rig.cliRollout(t, lead, "start", "fraud", "--to", "fraud-00002", "--strategy", "bluegreen", "--keep-previous", "2m")
-	if err != nil || !strings.Contains(out, "fraud promoted: fraud-00002 serves") || !strings.Contains(out, "kept warm until") {
-		t.Fatalf("blue-green did not promote with the previous revision kept warm: %v", err)
-	}
-	record("blue-green on Knative: pre-scale to 2 pods and switch", time.Since(start))
-	mu.Lock()
-	atSwitch := podsAtSwitch
-	mu.Unlock()
-	if atSwitch < servingPods {
-		t.Errorf("the candidate had %d ready pods when the flag switched to it, want %d: not pre-scaled before the switch", atSwitch, servingPods)
-	}
-	t.Logf("the candidate had %d ready pods when the flag switched to it", atSwitch)
-	if onRev, onPA := minScaleOf(t, "fraud-00002"); onRev != "2" || onPA != "2" {
-		t.Errorf("candidate min-scale: revision %q, PodAutoscaler %q; want 2 on both (the serving revision's ready pods)", onRev, onPA)
-	}
-	if n := readyRevisionPods(ctx, "fraud-00002"); n < servingPods {
-		t.Errorf("candidate has %d ready pods after the switch, want %d", n, servingPods)
-	}
-	if onRev, onPA := minScaleOf(t, "fraud-00001"); onRev != "2" || onPA != "2" {
-		t.Errorf("previous revision min-scale: revision %q, PodAutoscaler %q; want 2 kept for --keep-previous", onRev, onPA)
-	}
-	if code, rev := rig.infer(rig.replicas[1], "after-switch"); code != http.StatusOK || rev != "fraud-00002" {
-		t.Errorf("after the switch: %d served by %q, want fraud-00002", code, rev)
-	}
-
-	time.Sleep(time.Second) // inside the keep-previous window, some time after the switch
-	undoStart := time.Now()
-	if out, err := rig.cliRollout(t, lead, "undo", "fraud"); err != nil || !strings.Contains(out, "fraud-00001 serves again") {
-		t.Fatalf("undo: %v", err)
-	}
-	testPoll(t, "both replicas to route fraud to fraud-00001 again", 30*time.Second, 5*time.Millisecond, func() bool {
-		return rig.ofrep(rig.replicas[0], "u") == "fraud-00001" && rig.ofrep(rig.replicas[1], "u") == "fraud-00001"
-	})
-	record("blue-green undo on Knative: rollout undo → both replicas route to the previous revision", time.Since(undoStart))
-	mu.Lock()
-	fewest := minPrev
-	mu.Unlock()
-	if fewest < 1 {
-		t.Errorf("fraud-00001 had %d ready pods at some point between the switch and the undo: the undo would cold-start it", fewest)
-	}
-	t.Logf("fraud-00001 kept at least %d ready pods from the switch through the undo (no cold start)", fewest)
-	for _, r := range rig.replicas {
-		if code, rev := rig.infer(r, "after-undo"); code != http.StatusOK || rev != "fraud-00001" {
-			t.Errorf("%s after the undo: %d served by %q", r.name, code, rev)
-		}
-	}
 }
