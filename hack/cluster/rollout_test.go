@@ -205,6 +205,12 @@ func startRouterReplicas(t *testing.T, backend []string, ips ...string) *rollout
 		t.Fatal(err)
 	}
 
+	// A router an earlier test killed (testServeResolves runs the
+	// Deployment's arguments, --lease included) holds the Lease until it
+	// expires; an admin deletes a dead holder's Lease rather than wait.
+	if err := plane.Kube.CoordinationV1().Leases(ns).Delete(ctx, routerLease, metav1.DeleteOptions{}); IgnoreNotFound(err) != nil {
+		t.Fatal(err)
+	}
 	for i, ip := range ips {
 		r := &routerReplica{name: fmt.Sprintf("pilotlight-router-stand-in-%d", i), ip: ip, logs: &syncBuffer{}}
 		r.args = append([]string{"serve",
