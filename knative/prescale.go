@@ -87,7 +87,8 @@ type Prescaler struct {
 	Log       *slog.Logger
 
 	mu     sync.Mutex
-	timers map[string]*time.Timer // revision -> its release
+	timers map[string]*time.Timer // revision -> its pending release
+	gen    map[string]int         // revision -> the latest Hold's number, so a superseded release does nothing
 }
 
 // NewPrescaler builds a Prescaler over the Knative API.
@@ -95,7 +96,7 @@ func NewPrescaler(d *Deployer, ns string, fns []*functions.Manifest, log *slog.L
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Prescaler{Deployer: d, Namespace: ns, Functions: fns, Log: log, timers: map[string]*time.Timer{}}
+	return &Prescaler{Deployer: d, Namespace: ns, Functions: fns, Log: log, timers: map[string]*time.Timer{}, gen: map[string]int{}}
 }
 
 // ReadyInstances implements the rollout controller's Scaler (0 when the
@@ -124,7 +125,19 @@ func (p *Prescaler) Hold(function, revision string, n int, until time.Time) erro
 	if t := p.timers[revision]; t != nil {
 		t.Stop()
 	}
-	p.timers[revision] = time.AfterFunc(time.Until(until), func() { p.release(function, revision) })
+	p.gen[revision]++
+	g := p.gen[revision]
+	p.timers[revision] = time.AfterFunc(time.Until(until), func() {
+		p.mu.Lock()
+		current := p.gen[revision] == g
+		if current {
+			delete(p.timers, revision) // a failed release is retried by ReleaseExpired
+		}
+		p.mu.Unlock()
+		if current {
+			p.release(function, revision)
+		}
+	})
 	return nil
 }
 

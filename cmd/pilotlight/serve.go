@@ -384,9 +384,22 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 	if l := cluster.leader; l != nil {
 		l.OnLead(func(ctx context.Context) {
 			if p := o.prescaler; p != nil {
-				if revs, err := p.ReleaseExpired(ctx); len(revs) > 0 || err != nil {
-					log.Info("released revisions a previous leader held warm past their time", "revisions", revs, "err", err)
-				}
+				// Holds a dead leader left: released once their time has
+				// passed, checked while this replica leads.
+				go func() {
+					tick := time.NewTicker(releaseExpiredEvery)
+					defer tick.Stop()
+					for {
+						if revs, err := p.ReleaseExpired(ctx); len(revs) > 0 || err != nil {
+							log.Info("released revisions a previous leader held warm past their time", "revisions", revs, "err", err)
+						}
+						select {
+						case <-ctx.Done():
+							return
+						case <-tick.C:
+						}
+					}
+				}()
 			}
 			if fns, err := ctl.Resume(ctx); err != nil {
 				log.Error("taking over rollouts", "err", err)
@@ -398,6 +411,10 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 	}
 	return w, ctl, outcomes, func() { ctl.Close(); shadow.Close() }, nil
 }
+
+// releaseExpiredEvery is how often the leader looks for min-scale holds
+// on Knative revisions that outlived the router that set them.
+const releaseExpiredEvery = time.Minute
 
 // clusterState is what --flags-configmap and --lease build.
 type clusterState struct {
