@@ -8,6 +8,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	servingclientset "knative.dev/serving/pkg/client/clientset/versioned"
+	autoscalingclient "knative.dev/serving/pkg/client/clientset/versioned/typed/autoscaling/v1alpha1"
 	servingclient "knative.dev/serving/pkg/client/clientset/versioned/typed/serving/v1"
 )
 
@@ -30,6 +31,20 @@ func NewClient(kubeconfig, kubeContext string) (servingclient.ServingV1Interface
 		return nil, "", fmt.Errorf("knative serving client for %s: %w", cfg.Host, err)
 	}
 	return cs.ServingV1(), cfg.Host, nil
+}
+
+// NewAutoscalingClient is NewClient for Knative's PodAutoscalers, whose
+// min-scale a blue-green rollout raises (Deployer.SetMinScale).
+func NewAutoscalingClient(kubeconfig, kubeContext string) (autoscalingclient.AutoscalingV1alpha1Interface, error) {
+	cfg, err := restConfig(kubeconfig, kubeContext)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := servingclientset.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("knative autoscaling client for %s: %w", cfg.Host, err)
+	}
+	return cs.AutoscalingV1alpha1(), nil
 }
 
 // NewKubeClient is NewClient for the core Kubernetes API (ConfigMaps,

@@ -20,6 +20,7 @@ import (
 	"knative.dev/pkg/apis"
 	"knative.dev/serving/pkg/apis/serving"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+	autoscalingclient "knative.dev/serving/pkg/client/clientset/versioned/typed/autoscaling/v1alpha1"
 	servingclient "knative.dev/serving/pkg/client/clientset/versioned/typed/serving/v1"
 
 	"github.com/pilotlight/pilotlight/functions"
@@ -67,7 +68,10 @@ type Result struct {
 type Deployer struct {
 	// Client reaches the cluster; nil plans a dry run for an empty cluster.
 	Client servingclient.ServingV1Interface
-	Log    *slog.Logger
+	// Autoscaling reaches the revisions' PodAutoscalers (SetMinScale);
+	// nil: min-scale is written on the Revision alone.
+	Autoscaling autoscalingclient.AutoscalingV1alpha1Interface
+	Log         *slog.Logger
 	// Progress receives a line whenever the awaited state changes, and every
 	// 10s while it does not (nil: none).
 	Progress io.Writer

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -24,12 +23,10 @@ type sample struct {
 	buckets          map[float64]float64 // upper bound -> cumulative count
 }
 
-func takeSample(g prometheus.Gatherer, function, revision string) (sample, error) {
+// familiesSample reads one revision's counters out of one replica's
+// metric families (a registry's Gather, or a scraped /metrics).
+func familiesSample(mfs []*dto.MetricFamily, function, revision string) sample {
 	s := sample{buckets: map[float64]float64{}}
-	mfs, err := g.Gather()
-	if err != nil {
-		return s, err
-	}
 	for _, mf := range mfs {
 		switch mf.GetName() {
 		case requestsMetric:
@@ -49,13 +46,16 @@ func takeSample(g prometheus.Gatherer, function, revision string) (sample, error
 					continue
 				}
 				for _, b := range m.GetHistogram().GetBucket() {
+					if math.IsInf(b.GetUpperBound(), 1) {
+						continue // a scraped histogram lists +Inf too: the sample count below is it
+					}
 					s.buckets[b.GetUpperBound()] += float64(b.GetCumulativeCount())
 				}
 				s.buckets[math.Inf(1)] += float64(m.GetHistogram().GetSampleCount())
 			}
 		}
 	}
-	return s, nil
+	return s
 }
 
 func label(m *dto.Metric, name string) string {
@@ -71,6 +71,11 @@ func label(m *dto.Metric, name string) string {
 type window struct {
 	Requests, Errors float64
 	P99              time.Duration
+	// Source names where the numbers came from (SourceLocal,
+	// SourceEndpointSlice, SourcePrometheus); Replicas is how many router
+	// replicas were read at both ends of the window, of Listed known.
+	Source           string
+	Replicas, Listed int
 }
 
 // ErrorRate is the share of requests answered 5xx.
@@ -81,11 +86,28 @@ func (w window) ErrorRate() float64 {
 	return w.Errors / w.Requests
 }
 
-func between(a, b sample) window {
-	w := window{Requests: b.requests - a.requests, Errors: b.errors - a.errors}
-	delta := make(map[float64]float64, len(b.buckets))
-	for le, c := range b.buckets {
-		delta[le] = c - a.buckets[le]
+// between is what happened from a to b over the replicas read both times:
+// counters summed, and the p99 of the summed bucket deltas (what
+// histogram_quantile over sum by (le) answers). A replica whose counters
+// went down restarted in between: its counts since are its whole b, as
+// PromQL's increase() reads a reset.
+func between(a, b fleetSample) window {
+	w := window{Source: b.source, Listed: b.listed}
+	delta := map[float64]float64{}
+	for replica, bs := range b.replicas {
+		as, ok := a.replicas[replica]
+		if !ok {
+			continue // arrived mid-interval: its window is not this one
+		}
+		w.Replicas++
+		if bs.requests < as.requests {
+			as = sample{buckets: map[float64]float64{}}
+		}
+		w.Requests += bs.requests - as.requests
+		w.Errors += bs.errors - as.errors
+		for le, c := range bs.buckets {
+			delta[le] += c - as.buckets[le]
+		}
 	}
 	w.P99 = Quantile(0.99, delta)
 	return w

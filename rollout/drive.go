@@ -151,7 +151,7 @@ func (d *driver) finish(state, verdict, check, reason string, dec Decision) {
 	if err != nil {
 		state, dec.Reason = StateFailed, reason+"; and the flag file could not be written: "+err.Error()
 	}
-	d.log.Info("rollout "+verdict, "state", state, "check", check, "weight", dec.Weight, "requests", dec.Requests, "errors", dec.Errors,
+	d.log.Info("rollout "+verdict, "state", state, "check", check, "weight", dec.Weight, "source", dec.Source, "replicas", dec.Replicas, "replicas_listed", dec.ReplicasListed, "requests", dec.Requests, "errors", dec.Errors,
 		"error_rate", dec.ErrorRate, "p99", dec.P99, "compared", dec.Compared, "agreement", dec.Agreement, "score_delta", dec.ScoreDelta, "reason", dec.Reason)
 	if !errors.Is(err, errNotLeading) { // a replica without the Lease leaves the record to the leader
 		c.record(fn.Name, RolloutRecord{From: d.from, To: d.spec.To, State: state})
@@ -203,7 +203,7 @@ func (d *driver) judgeUntilPass(phase string, weight int, onShadow bool) (Decisi
 func (d *driver) record(dec Decision, verdict, check, reason string) {
 	dec.Verdict, dec.Check, dec.Reason, dec.At = verdict, check, reason, time.Now()
 	d.c.decisions.WithLabelValues(d.fn.Name, d.spec.To, verdict, check).Inc()
-	d.log.Info("rollout "+verdict, "phase", dec.Phase, "weight", dec.Weight, "requests", dec.Requests, "error_rate", dec.ErrorRate, "p99", dec.P99,
+	d.log.Info("rollout "+verdict, "phase", dec.Phase, "weight", dec.Weight, "source", dec.Source, "replicas", dec.Replicas, "replicas_listed", dec.ReplicasListed, "requests", dec.Requests, "error_rate", dec.ErrorRate, "p99", dec.P99,
 		"compared", dec.Compared, "agreement", dec.Agreement, "score_delta", dec.ScoreDelta, "reason", reason)
 	d.r.update(func(s *Status) { s.Decisions = append(s.Decisions, dec) })
 }
@@ -213,9 +213,9 @@ func (d *driver) record(dec Decision, verdict, check, reason string) {
 // closes; verdict is abort when the rollout was aborted.
 func (d *driver) analyse(phase string, weight int, onShadow bool) (dec Decision, verdict, check, reason string, err error) {
 	c, fn, to := d.c, d.fn, d.spec.To
-	before, err := takeSample(c.cfg.Gatherer, fn.Name, to)
+	before, err := c.traffic.sample(d.ctx, fn.Name, to)
 	if err != nil {
-		return dec, "", CheckTraffic, "", fmt.Errorf("reading the router's metrics: %w", err)
+		return dec, "", CheckTraffic, "", fmt.Errorf("reading the candidate's traffic (%s): %w", c.trafficName(), err)
 	}
 	var shBefore ShadowTotals
 	if c.cfg.Shadow != nil {
@@ -230,9 +230,9 @@ func (d *driver) analyse(phase string, weight int, onShadow bool) (dec Decision,
 		return Decision{Weight: weight, Phase: phase}, VerdictAbort, CheckRequest, "", nil
 	case <-t.C:
 	}
-	after, err := takeSample(c.cfg.Gatherer, fn.Name, to)
+	after, err := c.traffic.sample(d.ctx, fn.Name, to)
 	if err != nil {
-		return dec, "", CheckTraffic, "", fmt.Errorf("reading the router's metrics: %w", err)
+		return dec, "", CheckTraffic, "", fmt.Errorf("reading the candidate's traffic (%s): %w", c.trafficName(), err)
 	}
 	in := Interval{window: between(before, after)}
 	if c.cfg.Shadow != nil {
@@ -245,7 +245,8 @@ func (d *driver) analyse(phase string, weight int, onShadow bool) (dec Decision,
 		in.ServingOutcomes = c.cfg.Outcomes.Totals(fn.Name, d.from).Sub(d.servingAtStart)
 	}
 	verdict, check, reason = Judge(d.spec, in, onShadow, weight)
-	dec = Decision{Phase: phase, Weight: weight, Requests: in.Requests, Errors: in.Errors, ErrorRate: in.ErrorRate(), P99: Millis(in.P99),
+	reason += fmt.Sprintf(" [traffic from %s: %d of %d router replicas]", in.Source, in.Replicas, in.Listed)
+	dec = Decision{Phase: phase, Weight: weight, Source: in.Source, Replicas: in.Replicas, ReplicasListed: in.Listed, Requests: in.Requests, Errors: in.Errors, ErrorRate: in.ErrorRate(), P99: Millis(in.P99),
 		Compared: in.Compared, ShadowFailed: in.ShadowFailed, ShadowIncomparable: in.ShadowIncomparable, Agreement: in.Agreement(), ScoreDelta: in.MeanDelta(),
 		Labelled: in.Outcomes.Labelled, Precision: in.Outcomes.Precision(), Recall: in.Outcomes.Recall(), LogLoss: in.Outcomes.LogLoss(), ServingLogLoss: in.ServingOutcomes.LogLoss()}
 	return dec, verdict, check, reason, nil

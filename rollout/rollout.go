@@ -4,7 +4,8 @@
 // a share of the serving revision's live requests to the candidate and
 // compares the two answers (prediction gates: agreement, mean |Δ score|),
 // then either moves the function's flag step by step (canary, judging the
-// router's own metrics and a shadow copy of stable traffic at each step) or
+// router's metrics, of every replica in a cluster (fleet.go), and a shadow
+// copy of stable traffic at each step) or
 // switches it in one flag write after pre-scaling the candidate
 // (blue-green, with the previous revision kept warm for an instant undo).
 // Every decision is logged with its numbers and metered.
@@ -81,13 +82,19 @@ const (
 
 // Decision is one analysis and what the controller did about it.
 type Decision struct {
-	At        time.Time `json:"at"`
-	Phase     string    `json:"phase"`
-	Weight    int       `json:"weight"`
-	Requests  float64   `json:"requests"`
-	Errors    float64   `json:"errors"`
-	ErrorRate float64   `json:"error_rate"`
-	P99       string    `json:"p99"`
+	At     time.Time `json:"at"`
+	Phase  string    `json:"phase"`
+	Weight int       `json:"weight"`
+	// Source is where the live numbers came from (local, endpointslice,
+	// prometheus); Replicas how many router replicas were read at both
+	// ends of the interval, of ReplicasListed known to the source.
+	Source         string  `json:"source,omitempty"`
+	Replicas       int     `json:"replicas,omitempty"`
+	ReplicasListed int     `json:"replicas_listed,omitempty"`
+	Requests       float64 `json:"requests"`
+	Errors         float64 `json:"errors"`
+	ErrorRate      float64 `json:"error_rate"`
+	P99            string  `json:"p99"`
 	// Shadow comparisons over the interval (zero when none ran).
 	Compared     float64 `json:"compared"`
 	ShadowFailed float64 `json:"shadow_failed"`
@@ -175,6 +182,10 @@ type Config struct {
 	// Outcomes, when set, enables the outcome gates (MinPrecision,
 	// MaxLogLossDelta): the labelled outcomes of each revision so far.
 	Outcomes OutcomeSource
+	// Traffic is where the analysis reads every router replica's
+	// requests (nil: Gatherer, this replica alone; in a cluster a
+	// PrometheusSource or an EndpointSliceSource).
+	Traffic TrafficSource
 }
 
 // OutcomeSource is what the controller needs of the outcome store (an
@@ -194,6 +205,7 @@ type Controller struct {
 	mu        sync.Mutex
 	runs      map[string]*run
 	flags     FlagStore
+	traffic   TrafficSource
 }
 
 type run struct {
@@ -221,6 +233,10 @@ func New(cfg Config) *Controller {
 	}
 	for _, fn := range cfg.Functions {
 		c.fns[fn.Name] = fn
+	}
+	c.traffic = cfg.Traffic
+	if c.traffic == nil {
+		c.traffic = GathererSource{Gatherer: cfg.Gatherer}
 	}
 	c.flags = cfg.Flags
 	if c.flags == nil {

@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"context"
 	"encoding/json"
 	"math"
 	"os"
@@ -125,7 +126,8 @@ func TestSampleReadsTheRoutersSeries(t *testing.T) {
 	req := prometheus.NewCounterVec(prometheus.CounterOpts{Name: requestsMetric}, []string{"function", "revision", "code"})
 	dur := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: durationMetric, Buckets: []float64{.01, .1, 1}}, []string{"function", "revision"})
 	reg.MustRegister(req, dur)
-	a, _ := takeSample(reg, "fraud", "fraud-00002")
+	src := GathererSource{Gatherer: reg}
+	a, _ := src.sample(context.Background(), "fraud", "fraud-00002")
 	req.WithLabelValues("fraud", "fraud-00002", "200").Add(90)
 	req.WithLabelValues("fraud", "fraud-00002", "503").Add(10)
 	req.WithLabelValues("fraud", "fraud-00002", "400").Add(5)
@@ -134,9 +136,9 @@ func TestSampleReadsTheRoutersSeries(t *testing.T) {
 		dur.WithLabelValues("fraud", "fraud-00002").Observe(0.005)
 	}
 	dur.WithLabelValues("fraud", "fraud-00002").Observe(0.5)
-	b, _ := takeSample(reg, "fraud", "fraud-00002")
+	b, _ := src.sample(context.Background(), "fraud", "fraud-00002")
 	w := between(a, b)
-	if w.Requests != 105 || w.Errors != 10 {
+	if w.Requests != 105 || w.Errors != 10 || w.Source != SourceLocal || w.Replicas != 1 {
 		t.Fatalf("window = %+v: want 105 requests, 10 errors (4xx are the caller's, not the canary's)", w)
 	}
 	if w.P99 > 10*time.Millisecond {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pilotlight/pilotlight/engine"
+	"github.com/pilotlight/pilotlight/knative"
 	"github.com/pilotlight/pilotlight/rollout"
 )
 
@@ -168,14 +169,18 @@ Exit status 0 when promoted, 1 otherwise.`,
 	return cmd
 }
 
-// rolloutScaler is the engine as the rollout controller's Scaler (nil
-// with the Knative backend, where Knative's autoscaler and min-scale
-// annotations own instance counts).
-func rolloutScaler(eng *engine.Engine) rollout.Scaler {
-	if eng == nil {
-		return nil
+// rolloutScaler is what pre-scales blue-green candidates and keeps the
+// previous revision warm: the local engine, or on the Knative backend the
+// Prescaler, which raises the revision's autoscaling.knative.dev/min-scale
+// through the deployer and releases it when the hold ends.
+func rolloutScaler(eng *engine.Engine, prescaler *knative.Prescaler) rollout.Scaler {
+	switch {
+	case eng != nil:
+		return eng
+	case prescaler != nil:
+		return prescaler
 	}
-	return eng
+	return nil
 }
 
 // servingOf is the revision serving all untargeted traffic after a rollout ended.
@@ -298,10 +303,14 @@ func writeDecisions(w io.Writer, ds []rollout.Decision) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tPHASE\tVERDICT\tCHECK\tWEIGHT\tREQUESTS\tERROR RATE\tP99\tCOMPARED\tAGREEMENT\tΔ SCORE\tREASON")
+	fmt.Fprintln(tw, "TIME\tPHASE\tVERDICT\tCHECK\tWEIGHT\tSOURCE\tREQUESTS\tERROR RATE\tP99\tCOMPARED\tAGREEMENT\tΔ SCORE\tREASON")
 	for _, d := range ds {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d%%\t%.0f\t%.4f\t%s\t%.0f\t%.4f\t%.4f\t%s\n", d.At.Format("15:04:05"), d.Phase, d.Verdict, d.Check, d.Weight,
-			d.Requests, d.ErrorRate, d.P99, d.Compared, d.Agreement, d.ScoreDelta, d.Reason)
+		source := "-"
+		if d.Source != "" {
+			source = fmt.Sprintf("%s %d/%d", d.Source, d.Replicas, d.ReplicasListed)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d%%\t%s\t%.0f\t%.4f\t%s\t%.0f\t%.4f\t%.4f\t%s\n", d.At.Format("15:04:05"), d.Phase, d.Verdict, d.Check, d.Weight,
+			source, d.Requests, d.ErrorRate, d.P99, d.Compared, d.Agreement, d.ScoreDelta, d.Reason)
 	}
 	tw.Flush()
 }

@@ -47,6 +47,8 @@ type serveOptions struct {
 	backend, namespace        string
 	kubeconfig, kubeContext   string
 	flagsConfigMap, lease     string // NAMESPACE/NAME: the flag state in a ConfigMap, rollouts driven by the Lease holder
+	prometheusURL             string // rollout analysis reads every replica's traffic from this Prometheus
+	routerService             string // NAMESPACE/NAME: else from each endpoint of this Service (its EndpointSlices)
 	cpuProfile, runtimeBin    string
 	instanceHTTP              bool
 	limits                    router.Limits
@@ -54,6 +56,9 @@ type serveOptions struct {
 	scaleToZeroAfter          time.Duration
 	requestTimeout            time.Duration
 	stableWindow, panicWindow time.Duration
+	// prescaler holds Knative revisions warm for blue-green rollouts
+	// (set by newBackend with --backend knative).
+	prescaler *knative.Prescaler
 }
 
 func newServeCmd() *cobra.Command {
@@ -96,6 +101,8 @@ func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.flagsPath, "flags", "config/flags/flags.json", "flag file (flagd format) that picks each request's revision; empty: every request goes to the stable revision")
 	f.StringVar(&o.flagsConfigMap, "flags-configmap", "", "NAMESPACE/NAME: keep the flag state in this ConfigMap (key "+rollout.ConfigMapDataKey+"), written through the Kubernetes API and followed with a watch; --flags is the mounted copy, served only while the API is unreachable")
 	f.StringVar(&o.lease, "lease", "", "NAMESPACE/NAME: of several router replicas, only the holder of this coordination Lease drives rollouts (identity: $POD_NAME, else the host name)")
+	f.StringVar(&o.prometheusURL, "prometheus-url", "", "rollout analysis reads every router replica's traffic from this Prometheus (the queries: docs/flags-and-rollouts.md); wins over --router-service")
+	f.StringVar(&o.routerService, "router-service", "", "NAMESPACE/NAME: rollout analysis scrapes /metrics of every ready endpoint of this Service (its EndpointSlices, port \""+rollout.AdminPortName+"\"); empty: this replica's own traffic only")
 	f.IntVar(&o.poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
 	f.BoolVar(&o.instanceHTTP, "instance-http", false, "reach local instances over HTTP on their port instead of their framed Unix socket (slower; for comparison, as bench hop does)")
 	f.StringVar(&o.runtimeBin, "runtime-bin", "", "executable the local engine runs instances with (default: "+listener.RuntimeBinary+" beside this binary, else on PATH)")
@@ -225,6 +232,11 @@ func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes,
 		}
 		log.Info("knative backend", "api_server", host, "namespace", o.namespace)
 		rcfg.Backend = knative.Backend{Resolver: knative.NewResolver(client, o.namespace, 0)}
+		as, err := knative.NewAutoscalingClient(o.kubeconfig, o.kubeContext)
+		if err != nil {
+			return nil, rcfg, nil, fmt.Errorf("knative backend: %w", err)
+		}
+		o.prescaler = knative.NewPrescaler(&knative.Deployer{Client: client, Autoscaling: as, Log: log}, o.namespace, fns, log)
 		return nil, rcfg, nil, nil
 	}
 	bin, err := o.instanceBinary()
@@ -353,16 +365,42 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 	}
 	rcfg.Recorder = outcomes
 	rc := rollout.Config{FlagsPath: o.flagsPath, Functions: fns, Gatherer: reg, Registerer: reg, Logger: log,
-		Shadow: shadow, Scaler: rolloutScaler(eng), Reload: w.ReloadNow, Outcomes: outcomes}
+		Shadow: shadow, Scaler: rolloutScaler(eng, o.prescaler), Reload: w.ReloadNow, Outcomes: outcomes}
 	if cluster.store != nil {
 		rc.Flags = cluster.store // the watch delivers each write to every replica, this one included
 	}
 	if cluster.leader != nil {
 		rc.Leader = cluster.leader
 	}
+	switch {
+	case o.prometheusURL != "":
+		rc.Traffic = &rollout.PrometheusSource{URL: o.prometheusURL}
+		log.Info("rollout analysis reads every replica through Prometheus", "url", o.prometheusURL)
+	case cluster.traffic != nil:
+		rc.Traffic = cluster.traffic
+		log.Info("rollout analysis scrapes every replica through the Service's EndpointSlices", "service", o.routerService, "port", rollout.AdminPortName)
+	}
 	ctl := rollout.New(rc)
 	if l := cluster.leader; l != nil {
 		l.OnLead(func(ctx context.Context) {
+			if p := o.prescaler; p != nil {
+				// Holds a dead leader left: released once their time has
+				// passed, checked while this replica leads.
+				go func() {
+					tick := time.NewTicker(releaseExpiredEvery)
+					defer tick.Stop()
+					for {
+						if revs, err := p.ReleaseExpired(ctx); len(revs) > 0 || err != nil {
+							log.Info("released revisions a previous leader held warm past their time", "revisions", revs, "err", err)
+						}
+						select {
+						case <-ctx.Done():
+							return
+						case <-tick.C:
+						}
+					}
+				}()
+			}
 			if fns, err := ctl.Resume(ctx); err != nil {
 				log.Error("taking over rollouts", "err", err)
 			} else if len(fns) > 0 {
@@ -374,23 +412,36 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 	return w, ctl, outcomes, func() { ctl.Close(); shadow.Close() }, nil
 }
 
+// releaseExpiredEvery is how often the leader looks for min-scale holds
+// on Knative revisions that outlived the router that set them.
+const releaseExpiredEvery = time.Minute
+
 // clusterState is what --flags-configmap and --lease build.
 type clusterState struct {
 	store  *rollout.ConfigMapStore // nil: the flag file alone
 	apiUp  *atomic.Bool            // the ConfigMap is being followed through the API
 	leader *rollout.Leader         // nil: this replica drives every rollout
+	// traffic reads every replica's metrics (--router-service); nil: this replica's.
+	traffic *rollout.EndpointSliceSource
 }
 
 // clusterFlags connects to the Kubernetes API when --flags-configmap or
 // --lease asks for it.
 func (o *serveOptions) clusterFlags(log *slog.Logger) (clusterState, error) {
 	st := clusterState{apiUp: new(atomic.Bool)}
-	if o.flagsConfigMap == "" && o.lease == "" {
+	if o.flagsConfigMap == "" && o.lease == "" && o.routerService == "" {
 		return st, nil
 	}
 	client, host, err := knative.NewKubeClient(o.kubeconfig, o.kubeContext)
 	if err != nil {
-		return st, fmt.Errorf("--flags-configmap / --lease: %w", err)
+		return st, fmt.Errorf("--flags-configmap / --lease / --router-service: %w", err)
+	}
+	if o.routerService != "" {
+		ns, name, ok := strings.Cut(o.routerService, "/")
+		if !ok || ns == "" || name == "" {
+			return st, fmt.Errorf("--router-service %q: want NAMESPACE/NAME", o.routerService)
+		}
+		st.traffic = &rollout.EndpointSliceSource{Client: client, Namespace: ns, Service: name}
 	}
 	if o.flagsConfigMap != "" {
 		ns, name, ok := strings.Cut(o.flagsConfigMap, "/")

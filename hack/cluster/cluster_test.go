@@ -695,6 +695,11 @@ func TestRBACMatrix(t *testing.T) {
 			{"default", "get", knative, "services", false}, {"knative-serving", "get", "", "configmaps", false},
 			{ns, "create", "coordination.k8s.io", "leases", true}, {ns, "delete", "coordination.k8s.io", "leases", false},
 			{ns, "update", "", "configmaps", false}, {ns, "create", "", "configmaps", false},
+			{ns, "list", "discovery.k8s.io", "endpointslices", true}, {ns, "watch", "discovery.k8s.io", "endpointslices", false},
+			{ns, "update", "discovery.k8s.io", "endpointslices", false}, {"default", "list", "discovery.k8s.io", "endpointslices", false},
+			{ns, "patch", knative, "revisions", true}, {ns, "update", knative, "revisions", false}, {ns, "delete", knative, "revisions", false},
+			{ns, "patch", "autoscaling.internal.knative.dev", "podautoscalers", true}, {ns, "get", "autoscaling.internal.knative.dev", "podautoscalers", false},
+			{ns, "patch", knative, "services", false},
 		},
 		"pilotlight:pilotlight-deployer": {
 			{ns, "get", knative, "services", true}, {ns, "create", knative, "services", true}, {ns, "update", knative, "services", true},
@@ -752,8 +757,10 @@ func TestRBACMatrix(t *testing.T) {
 	wantRules := map[string]map[string][]string{
 		"pilotlight:pilotlight-router": {
 			"serving.knative.dev/services": {"get", "list", "watch"}, "serving.knative.dev/routes": {"get", "list", "watch"},
-			"serving.knative.dev/revisions": {"get", "list", "watch"},
-			"/configmaps":                   {"get", "list", "update", "watch"}, "coordination.k8s.io/leases": {"create", "get", "update"},
+			"serving.knative.dev/revisions":                   {"get", "list", "patch", "watch"},
+			"autoscaling.internal.knative.dev/podautoscalers": {"patch"},
+			"/configmaps": {"get", "list", "update", "watch"}, "coordination.k8s.io/leases": {"create", "get", "update"},
+			"discovery.k8s.io/endpointslices": {"list"},
 		},
 		"pilotlight:pilotlight-deployer": {
 			"serving.knative.dev/services":  {"create", "get", "list", "patch", "update", "watch"},
