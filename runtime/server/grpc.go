@@ -23,8 +23,8 @@ import (
 
 	"github.com/pilotlight/pilotlight/functions"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
-	"github.com/pilotlight/pilotlight/runtime/instance"
 	"github.com/pilotlight/pilotlight/runtime/batch"
+	"github.com/pilotlight/pilotlight/runtime/instance"
 	"github.com/pilotlight/pilotlight/runtime/ort"
 )
 

@@ -13,17 +13,17 @@ import (
 
 // metrics are the runtime's Prometheus series, labelled by function and revision.
 type metrics struct {
-	requests     *prometheus.CounterVec
-	duration     *prometheus.HistogramVec
-	batchRows    *prometheus.HistogramVec
-	batchReqs    *prometheus.HistogramVec
-	batchRun     *prometheus.HistogramVec
-	batchErrors  *prometheus.CounterVec
-	loadSeconds  *prometheus.GaugeVec
-	provider     *prometheus.GaugeVec
-	fallbacks    *prometheus.CounterVec
-	sessions     *prometheus.GaugeVec
-	reg          prometheus.Registerer
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	batchRows   *prometheus.HistogramVec
+	batchReqs   *prometheus.HistogramVec
+	batchRun    *prometheus.HistogramVec
+	batchErrors *prometheus.CounterVec
+	loadSeconds *prometheus.GaugeVec
+	provider    *prometheus.GaugeVec
+	fallbacks   *prometheus.CounterVec
+	sessions    *prometheus.GaugeVec
+	reg         prometheus.Registerer
 	// inUse is each loaded revision's pilotlight_session_pool_in_use
 	// gauge, registered at load and unregistered at unload.
 	inUse map[[2]string]prometheus.Collector

@@ -55,12 +55,12 @@ type Config struct {
 
 // Server is one runtime process's HTTP server.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	echo     *echo.Echo
-	metrics  *metrics
-	set      atomic.Pointer[revisionSet]
-	loadErr  atomic.Pointer[string]
+	cfg     Config
+	log     *slog.Logger
+	echo    *echo.Echo
+	metrics *metrics
+	set     atomic.Pointer[revisionSet]
+	loadErr atomic.Pointer[string]
 	// shared is set by the first shared specialisation: the process then
 	// loads and unloads many revisions (never set in a dedicated one).
 	shared   atomic.Bool
@@ -269,7 +269,6 @@ func (s *Server) model(c echo.Context) (*instance.Instance, error) {
 
 // instanceKey holds, in the echo context, the instance a request resolved to.
 const instanceKey = "pilotlight.instance"
-
 
 type tensorMetadata struct {
 	Name     string  `json:"name"`
