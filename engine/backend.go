@@ -26,7 +26,10 @@ func (b Backend) Acquire(ctx context.Context, function, revision string) (router
 	l, err := b.Engine.Acquire(ctx, function, revision)
 	if err != nil {
 		var se *StartError
+		var ce *CapacityError
 		switch {
+		case errors.As(err, &ce):
+			return router.Target{}, router.Shed(http.StatusServiceUnavailable, "%s", ce.Error())
 		case errors.Is(err, ErrQueueFull):
 			return router.Target{}, router.Shed(http.StatusServiceUnavailable, "revision %s/%s: too many requests waiting for an instance to start; retry later", function, revision)
 		case errors.As(err, &se):
@@ -70,7 +73,7 @@ func (b Backend) AdminRevisions() map[string]any {
 
 // AdminExtra implements admin.Source.
 func (b Backend) AdminExtra() map[string]any {
-	return map[string]any{"warm_pool": b.Engine.PoolStatus()}
+	return map[string]any{"warm_pool": b.Engine.PoolStatus(), "processes": b.Engine.Processes()}
 }
 
 // LastColdStart implements router.ColdStartSource from the engine's record of each
