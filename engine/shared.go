@@ -76,13 +76,13 @@ func (e *CapacityError) Error() string {
 	return fmt.Sprintf("revision %s/%s cannot be loaded: %s", e.Function, e.Revision, e.Reason)
 }
 
-// memoryCost is what loading the revision is charged: what its last load
-// added to its process's RSS, else an estimate from its model's size.
+// memoryCost is what loading the revision is charged: an estimate from its
+// model's size (each session holds the weights once: measured, a 33 MiB
+// matrix costs 34 MiB a session), or what its latest load added to its
+// process's RSS when that is more. The measure alone can be too low: a
+// load may reuse pages an unload freed that malloc kept.
 func (r *revision) memoryCost() int64 {
-	if c := r.measured.Load(); c > 0 {
-		return c
-	}
-	return r.modelBytes*int64(r.fn.Runtime.Sessions)*2 + revisionOverhead
+	return max(r.measured.Load(), r.modelBytes*int64(r.fn.Runtime.Sessions)+revisionOverhead)
 }
 
 // placeShared loads r into a shared process and fills slot with it.
@@ -119,9 +119,13 @@ func (e *Engine) placeShared(r *revision, slot *Process) error {
 	slot.loaded.Store(true)
 	if grew > 0 {
 		r.measured.Store(grew)
+	}
+	if cost := r.memoryCost(); cost != slot.cost {
 		e.placeMu.Lock()
-		h.charged += grew - slot.cost
-		slot.cost = grew
+		if slices.Contains(h.slots, slot) {
+			h.charged += cost - slot.cost
+			slot.cost = cost
+		}
 		e.placeMu.Unlock()
 	}
 	reason := reasonScaleUp
@@ -133,6 +137,7 @@ func (e *Engine) placeShared(r *revision, slot *Process) error {
 	}
 	r.mu.Unlock()
 	e.m.loads.WithLabelValues(r.fn.Name, r.rev.Name, reason).Inc()
+	e.log.Info("revision loaded into a shared process", "function", r.fn.Name, "revision", r.rev.Name, "pid", p.pid, "reason", reason, "rss_grew", mib(grew), "charged", mib(slot.cost))
 	return nil
 }
 
@@ -179,8 +184,12 @@ func (e *Engine) place(r *revision, slot *Process) (*host, []*Process, error) {
 		if freed < need || !claim(victims) {
 			continue
 		}
+		e.log.Info("unloading least recently used revisions for room", "for", r.fn.Name+"/"+r.rev.Name, "pid", h.proc.pid, "need", mib(need), "victims", len(victims), "frees", mib(freed))
 		for _, v := range victims {
-			e.detach(v)
+			// Off the books now, so no other placement counts their memory
+			// as free twice; off the host when their unload is done.
+			h.charged -= v.cost
+			v.cost = 0
 		}
 		e.attach(h, slot, cost)
 		return h, victims, nil

@@ -130,6 +130,12 @@ func (s *Server) load(ctx context.Context, m *functions.Manifest, revision strin
 		log.Error("revision failed to load; instance stays not ready", "function", m.Name, "revision", revision, "err", err)
 		return err
 	}
+	if s.shared.Load() {
+		// What loading left behind (the model file's bytes, the parsed
+		// graph) goes back to the kernel: the process's RSS is then what
+		// the revision holds, the engine's measure of its cost.
+		ort.ReleaseMemory()
+	}
 	s.metrics.loaded(in)
 	next := rs.with(in)
 	if limit := next.maxBodyBytes(s.cfg.MaxBodyBytes); len(rs.order) == 0 || limit != rs.maxBodyBytes(s.cfg.MaxBodyBytes) {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pilotlight/pilotlight/functions/onnxgraph"
 	"github.com/pilotlight/pilotlight/internal/frame"
 	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/pilotlight/pilotlight/runtime/server"
@@ -170,31 +169,6 @@ func TestSharedProcessServesManyRevisions(t *testing.T) {
 	}
 }
 
-// bigModel writes a tensor function whose model holds a weights matrix of
-// n×n float32 (4n² bytes), so its sessions are large enough that the
-// process's RSS shows them.
-func bigModel(t *testing.T, n int64) string {
-	t.Helper()
-	g := onnxgraph.New("big")
-	x := g.Input("x", onnxgraph.Float, onnxgraph.Batch, n)
-	w := make([]float32, n*n)
-	for i := range w {
-		w[i] = float32(i%7) / 7
-	}
-	g.Rename(g.MatMul(x, g.InitFloat("w", []int64{n, n}, w)), "y")
-	g.Output("y", onnxgraph.Float, onnxgraph.Batch, n)
-	b, err := g.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "model.onnx"), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	testbin.WriteFunction(t, dir, "name: big\nhandler: tensor\nrevisions:\n  - name: big-00001\n    model: model.onnx\nruntime:\n  sessions: 2\n")
-	return dir
-}
-
 // TestUnloadReturnsMemory: unloading a revision destroys its ONNX Runtime
 // sessions and the process's RSS (not only the Go heap) falls by about
 // what loading added. The test process is the runtime here: ONNX Runtime
@@ -202,8 +176,8 @@ func bigModel(t *testing.T, n int64) string {
 func TestUnloadReturnsMemory(t *testing.T) {
 	ts, _, _ := sharedServer(t)
 	const n = 2048 // 16 MiB of weights, held by each of 2 sessions
-	dir := bigModel(t, n)
-	out := specialiseShared(t, ts.URL, dir, "big-00001")
+	m := testbin.WriteMatMulFunction(t, "big", n, 2)
+	out := specialiseShared(t, ts.URL, m.Dir, "big-00001")
 	loadedRSS, before := int64(out["rss_bytes"].(float64)), int64(out["rss_before_bytes"].(float64))
 	weights := int64(4 * n * n)
 	if loadedRSS-before < weights {
