@@ -36,24 +36,26 @@ import (
 
 // serveOptions are serve's flags.
 type serveOptions struct {
-	addr, fnDir, flagsPath    string
-	withEBPF, dev             bool
-	syscallLatency            bool
-	socketQueue               bool
-	keysFile, adminAddr       string
-	tlsCert, tlsKey           string
-	rateRPS                   float64
-	rateBurst, maxConcurrent  int
-	backend, namespace        string
-	kubeconfig, kubeContext   string
-	flagsConfigMap, lease     string // NAMESPACE/NAME: the flag state in a ConfigMap, rollouts driven by the Lease holder
-	cpuProfile, runtimeBin    string
-	instanceHTTP              bool
-	limits                    router.Limits
-	poolSize, queueCapacity   int
-	scaleToZeroAfter          time.Duration
-	requestTimeout            time.Duration
-	stableWindow, panicWindow time.Duration
+	addr, fnDir, flagsPath       string
+	withEBPF, dev                bool
+	syscallLatency               bool
+	socketQueue                  bool
+	keysFile, adminAddr          string
+	tlsCert, tlsKey              string
+	rateRPS                      float64
+	rateBurst, maxConcurrent     int
+	backend, namespace           string
+	kubeconfig, kubeContext      string
+	flagsConfigMap, lease        string // NAMESPACE/NAME: the flag state in a ConfigMap, rollouts driven by the Lease holder
+	cpuProfile, runtimeBin       string
+	instanceHTTP                 bool
+	runtimeMemory, machineMemory byteSize
+	isolation                    string
+	limits                       router.Limits
+	poolSize, queueCapacity      int
+	scaleToZeroAfter             time.Duration
+	requestTimeout               time.Duration
+	stableWindow, panicWindow    time.Duration
 }
 
 func newServeCmd() *cobra.Command {
@@ -97,6 +99,9 @@ func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.flagsConfigMap, "flags-configmap", "", "NAMESPACE/NAME: keep the flag state in this ConfigMap (key "+rollout.ConfigMapDataKey+"), written through the Kubernetes API and followed with a watch; --flags is the mounted copy, served only while the API is unreachable")
 	f.StringVar(&o.lease, "lease", "", "NAMESPACE/NAME: of several router replicas, only the holder of this coordination Lease drives rollouts (identity: $POD_NAME, else the host name)")
 	f.IntVar(&o.poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
+	f.Var(&o.runtimeMemory, "runtime-memory", "memory one shared runtime process may give its revisions' sessions, e.g. 2Gi (default: 1/8 of the machine's); a revision that would exceed it unloads the least recently used idle ones first")
+	f.Var(&o.machineMemory, "runtime-memory-total", "memory every runtime process together may hold, e.g. 16Gi (default: 3/4 of the machine's); past it, requests wait and then get 503 rather than an OOM kill")
+	f.StringVar(&o.isolation, "isolation", "", "override every function's isolation: shared or dedicated (default: each function.yaml's, else shared for models up to 64 MiB)")
 	f.BoolVar(&o.instanceHTTP, "instance-http", false, "reach local instances over HTTP on their port instead of their framed Unix socket (slower; for comparison, as bench hop does)")
 	f.StringVar(&o.runtimeBin, "runtime-bin", "", "executable the local engine runs instances with (default: "+listener.RuntimeBinary+" beside this binary, else on PATH)")
 	f.DurationVar(&o.scaleToZeroAfter, "scale-to-zero-after", 0, "override every function's scaling.scaleToZeroAfter (0 keeps each function's)")
@@ -236,7 +241,8 @@ func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes,
 		StableWindow: o.stableWindow, PanicWindow: o.panicWindow, Logger: log, Registerer: reg,
 		// The probes follow the framed socket as they follow TCP: --ebpf
 		// changes no transport.
-		HTTPOnly: o.instanceHTTP,
+		HTTPOnly:      o.instanceHTTP,
+		RuntimeMemory: int64(o.runtimeMemory), MachineMemory: int64(o.machineMemory), Isolation: o.isolation,
 	}
 	lb := engine.Backend{}
 	if probes != nil {
