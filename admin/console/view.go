@@ -20,6 +20,7 @@ type View struct {
 	Probes       bool                   `json:"probes"`
 	Functions    []FunctionView         `json:"functions"`
 	Pool         []engine.ProcessStatus `json:"pool"`
+	Processes    []engine.ProcessView   `json:"processes"`
 	RolloutsOn   bool                   `json:"rollouts_on"`
 	// Rollouts are in flight; Finished are the latest that ended, newest first.
 	Rollouts []rollout.Status `json:"rollouts"`

@@ -159,6 +159,17 @@ func RevisionFrom(ctx context.Context) string {
 	return s
 }
 
+// RevisionHeader names, on an HTTP request to a process serving several
+// revisions, the revision it is for, as a request frame does (a V2 path
+// may also name it as its version). A process serving one revision ignores it.
+const RevisionHeader = "X-Pilotlight-Revision"
+
+// WithRevision names the revision a request is for as a frame does, for a
+// request that named it another way (an HTTP header).
+func WithRevision(ctx context.Context, revision string) context.Context {
+	return context.WithValue(ctx, revisionKey{}, revision)
+}
+
 // encodeHeaders adds the answer's headers to e, and its trailers as
 // net/http would send them: the keys the Trailer header declared and those
 // set with TrailerPrefix, named with TrailerPrefix (the Trailer header

@@ -29,6 +29,7 @@ import (
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/tensor"
+	"github.com/pilotlight/pilotlight/internal/frame"
 	"github.com/pilotlight/pilotlight/internal/listener"
 	"github.com/pilotlight/pilotlight/internal/telemetry"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
@@ -153,6 +154,10 @@ func (s *Server) routes() *echo.Echo {
 	// gRPC first: before routing, recovery and the REST body limit, which are not its.
 	e.Pre(func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
+			if rev := c.Request().Header.Get(frame.RevisionHeader); rev != "" && s.shared.Load() && frame.RevisionFrom(c.Request().Context()) == "" {
+				// An HTTP caller of a shared process names the revision as a frame does.
+				c.SetRequest(c.Request().WithContext(frame.WithRevision(c.Request().Context(), rev)))
+			}
 			if r := c.Request(); pb.IsGRPC(r) {
 				s.serveGRPC(c.Response().Writer, r)
 				return nil

@@ -122,6 +122,11 @@ func TestSharedProcessServesManyRevisions(t *testing.T) {
 	if code, out := do(t, http.MethodPost, ts.URL+"/functions/fraud", fraudTx); code != http.StatusBadRequest || !strings.Contains(fmt.Sprint(out["error"]), "fraud-00002") {
 		t.Fatalf("ambiguous model: %d %v", code, out)
 	}
+	req, _ := http.NewRequest(http.MethodPost, ts.URL+"/functions/fraud", strings.NewReader(fraudTx))
+	req.Header.Set(frame.RevisionHeader, "fraud-00002") // as the shadower names it
+	if resp := testbin.DoOK(t, http.DefaultClient, req); resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("named by header: content type %q", resp.Header.Get("Content-Type"))
+	}
 	if code, out := do(t, http.MethodPost, ts.URL+"/functions/recommend", recommend); code != 200 {
 		t.Fatalf("the only recommend revision by name: %d %v", code, out)
 	}
