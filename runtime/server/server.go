@@ -135,7 +135,7 @@ func (s *Server) load(ctx context.Context, m *functions.Manifest, revision strin
 		// What loading left behind (the model file's bytes, the parsed
 		// graph) goes back to the kernel: the process's RSS is then what
 		// the revision holds, the engine's measure of its cost.
-		ort.ReleaseMemory()
+		ort.TrimHeap()
 	}
 	s.metrics.loaded(in)
 	next := rs.with(in)
