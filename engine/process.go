@@ -64,6 +64,7 @@ type Process struct {
 	// Shared isolation. A slot (host != nil) is a revision loaded in a
 	// shared process, owner its revision, cost what it is charged, loaded
 	// set once its load answered; hosting is set on the shared process itself.
+	slot    bool // set at reserve, never changed: host is then set by placement (under placeMu)
 	host    *host
 	owner   *revision
 	cost    int64
@@ -83,7 +84,7 @@ func (in *Process) setState(s state) { in.state.Store(int32(s)) }
 
 func (in *Process) status() ProcessStatus {
 	in.mu.Lock()
-	st := ProcessStatus{PID: in.pid, Port: in.port, State: in.getState().String(), Inflight: in.inflight.Load(), Source: in.source, Shared: in.host != nil}
+	st := ProcessStatus{PID: in.pid, Port: in.port, State: in.getState().String(), Inflight: in.inflight.Load(), Source: in.source, Shared: in.slot}
 	if !in.readyAt.IsZero() {
 		st.StartSeconds = in.readyAt.Sub(in.started).Seconds()
 	}
@@ -103,7 +104,7 @@ func (in *Process) alive() bool {
 // reserve places a starting instance in r (caller holds r.mu) so concurrent
 // decisions count it; start fills it in.
 func (e *Engine) reserve(r *revision) *Process {
-	in := &Process{id: e.nextID.Add(1), exited: make(chan struct{}), owner: r}
+	in := &Process{id: e.nextID.Add(1), exited: make(chan struct{}), owner: r, slot: r.shared}
 	in.setState(stateStarting)
 	in.labels.Store(&[2]string{r.fn.Name, r.rev.Name})
 	r.instances = append(r.instances, in)
@@ -120,7 +121,7 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 	}
 	in, err := e.launch(r, slot)
 	launched := time.Now()
-	if err == nil && slot.host == nil { // a shared load answers once its sessions are warm
+	if err == nil && !slot.slot { // a shared load answers once its sessions are warm
 		err = e.waitReady(in)
 	}
 	if err != nil {
@@ -304,7 +305,7 @@ var readyClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transp
 // (up to DrainTimeout), SIGTERM (the runtime drains too), SIGKILL if it
 // does not exit.
 func (e *Engine) stopInstance(in *Process, why string) {
-	if in.host != nil {
+	if in.slot {
 		e.unloadSlot(in, why)
 		return
 	}

@@ -184,7 +184,7 @@ func (e *Engine) place(r *revision, slot *Process) (*host, []*Process, error) {
 		if freed < need || !claim(victims) {
 			continue
 		}
-		e.log.Info("unloading least recently used revisions for room", "for", r.fn.Name+"/"+r.rev.Name, "pid", h.proc.pid, "need", mib(need), "victims", len(victims), "frees", mib(freed))
+		e.log.Info("unloading least recently used revisions for room", "for", r.fn.Name+"/"+r.rev.Name, "pid", victims[0].pid, "need", mib(need), "victims", len(victims), "frees", mib(freed))
 		for _, v := range victims {
 			// Off the books now, so no other placement counts their memory
 			// as free twice; off the host when their unload is done.
@@ -557,7 +557,7 @@ func (e *Engine) Processes() []ProcessView {
 	e.placeMu.Unlock()
 	for _, r := range e.order {
 		for _, in := range r.snapshotInstances() {
-			if in.host != nil {
+			if in.slot {
 				continue
 			}
 			out = append(out, ProcessView{PID: in.pid, Isolation: "dedicated", State: in.getState().String(), Revisions: []RevisionSlot{{

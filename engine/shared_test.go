@@ -117,6 +117,18 @@ func TestSharedPlacement(t *testing.T) {
 	if !ok || p.PID != sharedPID || len(p.Revisions) != 3 || p.RSSBytes <= 0 || p.Charged <= 0 {
 		t.Fatalf("the shared process in the admin view: %+v", p)
 	}
+	shares := 0
+	for _, ep := range e.Endpoints() {
+		if ep.PID == sharedPID && (!ep.Shared || ep.Function != "") {
+			t.Errorf("the shared process's scrape endpoint %+v: want it Shared, without a function", ep)
+		}
+		if ep.PID == sharedPID {
+			shares++
+		}
+	}
+	if shares != 1 {
+		t.Errorf("the shared process is listed %d times among the scrape endpoints, want once", shares)
+	}
 	dedicated := 0
 	for _, p := range e.Processes() {
 		if p.Isolation == "dedicated" && len(p.Revisions) == 1 && p.Revisions[0].Revision == rev && p.PID == leases[rev].PID {
