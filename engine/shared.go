@@ -87,6 +87,10 @@ func (r *revision) memoryCost() int64 {
 
 // placeShared loads r into a shared process and fills slot with it.
 func (e *Engine) placeShared(r *revision, slot *Process) error {
+	// A wake right after a scale to zero finds the unload still going: it
+	// waits for it (milliseconds) rather than loading beside it, in a new
+	// process, or into a process about to unload the revision it asked for.
+	e.awaitUnloads(r, slot)
 	h, victims, err := e.place(r, slot)
 	if err != nil {
 		return err
@@ -139,6 +143,21 @@ func (e *Engine) placeShared(r *revision, slot *Process) error {
 	e.m.loads.WithLabelValues(r.fn.Name, r.rev.Name, reason).Inc()
 	e.log.Info("revision loaded into a shared process", "function", r.fn.Name, "revision", r.rev.Name, "pid", p.pid, "reason", reason, "rss_grew", mib(grew), "charged", mib(slot.cost))
 	return nil
+}
+
+// awaitUnloads waits (up to DrainTimeout) until no other slot of r is
+// being unloaded.
+func (e *Engine) awaitUnloads(r *revision, slot *Process) {
+	deadline := time.Now().Add(e.cfg.DrainTimeout)
+	for time.Now().Before(deadline) {
+		r.mu.Lock()
+		unloading := slices.ContainsFunc(r.instances, func(in *Process) bool { return in != slot && in.slot && in.stopping.Load() })
+		r.mu.Unlock()
+		if !unloading {
+			return
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
 }
 
 // place chooses the host for a new slot of r and charges it there: a
