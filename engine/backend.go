@@ -60,6 +60,9 @@ func (b Backend) AdminRevisions() map[string]any {
 		if st.LastCold != nil {
 			d["last_cold_start"] = st.LastCold
 		}
+		if st.Loads != nil || st.Unloads != nil {
+			d["loads"], d["unloads"] = st.Loads, st.Unloads
+		}
 		if tl, ok := timelines[key]; ok {
 			d["cold_start_timeline"] = tl
 		}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -404,6 +405,10 @@ type Status struct {
 	Reason    string          `json:"reason,omitempty"`
 	Instances []ProcessStatus `json:"instances"`
 	LastCold  *ColdStart      `json:"last_cold_start,omitempty"`
+	// Loads and Unloads count a shared revision's loads into and unloads
+	// from shared processes, by reason (scale_to_zero, lru, crash, ...).
+	Loads   map[string]int `json:"loads,omitempty"`
+	Unloads map[string]int `json:"unloads,omitempty"`
 }
 
 // ProcessStatus is one runtime process in Status or PoolStatus.
@@ -441,7 +446,8 @@ func (e *Engine) Statuses() []Status {
 	out := make([]Status, 0, len(e.order))
 	for _, r := range e.order {
 		r.mu.Lock()
-		st := Status{Function: r.fn.Name, Revision: r.rev.Name, Desired: r.desired, Panic: r.decision.Panic, Reason: r.decision.Reason, LastCold: r.lastCold}
+		st := Status{Function: r.fn.Name, Revision: r.rev.Name, Desired: r.desired, Panic: r.decision.Panic, Reason: r.decision.Reason, LastCold: r.lastCold,
+			Loads: maps.Clone(r.loads), Unloads: maps.Clone(r.unloads)}
 		for _, in := range r.instances {
 			st.Instances = append(st.Instances, in.status())
 		}

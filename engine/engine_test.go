@@ -218,6 +218,9 @@ func TestScaleFromZeroToZeroAndBack(t *testing.T) {
 				if got := testbin.Metric(t, reg, "pilotlight_revision_unloads_total", map[string]string{"reason": "scale_to_zero"}); got != 2 {
 					t.Errorf("unloads at zero = %v, want 2", got)
 				}
+				if st := status(e); st.Unloads["scale_to_zero"] != 2 || st.Loads["scale_from_zero"] != 2 {
+					t.Errorf("the admin view's loads %v and unloads %v, want 2 from zero and 2 to zero", st.Loads, st.Unloads)
+				}
 			} else if pids[0] == pids[1] {
 				t.Errorf("the second cold start reused pid %d: the first process did not exit", pids[0])
 			}

@@ -40,6 +40,17 @@ type revision struct {
 	floorUntil time.Time
 	// lostToCrash: a shared process crashed under it; its next load is counted as the crash's.
 	lostToCrash bool
+	// loads and unloads count the revision's loads into and unloads from
+	// shared processes by reason, for the admin view and the console.
+	loads, unloads map[string]int
+}
+
+// count adds one to m[reason] (caller holds r.mu).
+func count(m *map[string]int, reason string) {
+	if *m == nil {
+		*m = map[string]int{}
+	}
+	(*m)[reason]++
 }
 
 func (r *revision) touch(now time.Time) { r.lastActive.Store(now.UnixNano()) }

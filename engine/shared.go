@@ -139,6 +139,7 @@ func (e *Engine) placeShared(r *revision, slot *Process) error {
 	} else if len(r.instances) == 1 {
 		reason = reasonScaleFromZero
 	}
+	count(&r.loads, reason)
 	r.mu.Unlock()
 	e.m.loads.WithLabelValues(r.fn.Name, r.rev.Name, reason).Inc()
 	e.log.Info("revision loaded into a shared process", "function", r.fn.Name, "revision", r.rev.Name, "pid", p.pid, "reason", reason, "rss_grew", mib(grew), "charged", mib(slot.cost))
@@ -440,18 +441,19 @@ func (e *Engine) releaseSlot(in *Process, reason string, crashed bool) {
 	}
 	r := in.owner
 	fn, rev := r.fn.Name, r.rev.Name
+	r.mu.Lock()
 	if crashed {
 		in.setState(stateFailed)
 		e.m.exits.WithLabelValues(fn, rev, exitCrashed).Inc()
-		r.mu.Lock()
 		r.lostToCrash = true
-		r.mu.Unlock()
 	} else {
 		in.setState(stateStopped)
 	}
 	if in.loaded.Load() || crashed {
 		e.m.unloads.WithLabelValues(fn, rev, reason).Inc()
+		count(&r.unloads, reason)
 	}
+	r.mu.Unlock()
 	e.log.Info("revision unloaded from its shared process", "function", fn, "revision", rev, "pid", in.pid, "reason", reason)
 	r.remove(in)
 	if r.waiting.Load() > 0 {

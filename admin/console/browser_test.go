@@ -325,6 +325,10 @@ func TestConsoleInABrowser(t *testing.T) {
 	})()`)
 	// fraud's small model runs in a shared runtime process, as the processes table shows.
 	b.until(t, "a shared process holding fraud-00001", `!!document.querySelector('#processes tr[data-isolation="shared"] [data-rev="fraud-00001"]')`)
+	b.until(t, "fraud-00001's loads into its shared process", `(() => {
+		const l = document.querySelector('#fn-fraud .rev[data-revision="fraud-00001"] .loads');
+		return !!l && l.textContent.includes("scale_from_zero 1");
+	})()`)
 
 	// A rollout started through the CLI shows its steps and each analysis.
 	out, err := exec.Command(p.bin, "rollout", "start", "fraud", "--to", "fraud-00002", "--steps", "10,25,50,100",

@@ -187,6 +187,7 @@ func (r *revHistory) view(rev Revision) RevisionView {
 	v := RevisionView{Name: rev.Name, Tag: rev.Tag, Weight: rev.Weight, Instances: []engine.ProcessStatus{}, ColdStarts: []ColdStartView{}}
 	if st := rev.Engine; st != nil {
 		v.Local, v.Desired, v.Queued, v.Panic, v.Reason = true, st.Desired, st.Queued, st.Panic, st.Reason
+		v.Loads, v.Unloads = st.Loads, st.Unloads
 		v.Instances = append(v.Instances, st.Instances...)
 		for _, in := range st.Instances {
 			switch in.State {
