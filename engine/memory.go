@@ -56,19 +56,5 @@ func MachineMemoryBytes() int64 {
 	return fallbackMachineMemory
 }
 
-// rssOf is a process's resident set size, from /proc/<pid>/statm (0 when gone).
-func rssOf(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0
-	}
-	pages, _ := strconv.ParseInt(f[1], 10, 64)
-	return pages * int64(os.Getpagesize())
-}
-
 // mib formats bytes for people: "12.3 MiB".
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

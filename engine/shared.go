@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"slices"
 	"time"
+
+	"github.com/pilotlight/pilotlight/internal/procmem"
 )
 
 // Shared isolation: a revision whose function.yaml says isolation: shared
@@ -330,7 +332,7 @@ func (e *Engine) machineUsed() int64 {
 	}
 	e.spawnMu.Unlock()
 	for _, pid := range pids {
-		used += rssOf(pid)
+		used += procmem.RSS(pid)
 	}
 	return used
 }
@@ -367,7 +369,7 @@ func (e *Engine) startHost(h *host) {
 		return
 	}
 	p.setState(stateReady)
-	base := rssOf(p.pid)
+	base := procmem.RSS(p.pid)
 	e.placeMu.Lock()
 	h.proc = p
 	if base > 0 {
@@ -590,7 +592,7 @@ func (e *Engine) Processes() []ProcessView {
 	}
 	for i := range out {
 		if out[i].PID > 0 {
-			out[i].RSSBytes = rssOf(out[i].PID)
+			out[i].RSSBytes = procmem.RSS(out[i].PID)
 		}
 	}
 	return out

@@ -4,14 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/pilotlight/pilotlight/internal/frame"
+	"github.com/pilotlight/pilotlight/internal/procmem"
 	"github.com/pilotlight/pilotlight/runtime/instance"
 	"github.com/pilotlight/pilotlight/runtime/ort"
 )
@@ -207,19 +206,8 @@ func (s *Server) unload(c echo.Context) error {
 }
 
 // RSSBytes is this process's resident set size (all of it: Go heap,
-// ONNX Runtime's allocations, mapped libraries), from /proc/self/statm.
-func RSSBytes() int64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0
-	}
-	pages, _ := strconv.ParseInt(f[1], 10, 64)
-	return pages * int64(os.Getpagesize())
-}
+// ONNX Runtime's allocations, mapped libraries).
+func RSSBytes() int64 { return procmem.RSS(0) }
 
 // servedRevisions lists the loaded revisions for readiness answers.
 func (rs *revisionSet) served() []map[string]string {
