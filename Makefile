@@ -50,7 +50,7 @@ vet: ## go vet, staticcheck, deadcode (pinned by tool directives in go.mod) and 
 # The fast tier: packages whose tests need neither ONNX Runtime nor root
 # (checked with ONNXRUNTIME_LIB unset and no .cache/onnxruntime). The rest
 # start instances with warm sessions, load eBPF programs or drive a browser.
-UNIT_PKGS := ./internal/atomicfile/ ./internal/frame/ ./internal/telemetry/ ./internal/loadgen/ \
+UNIT_PKGS := ./internal/atomicfile/ ./internal/frame/ ./internal/procmem/ ./internal/telemetry/ ./internal/loadgen/ \
 	./flags/ ./functions/ ./functions/all/ ./proto/inference/ ./runtime/batch/ ./router/auth/ \
 	./router/ratelimit/ ./engine/activator/ ./engine/autoscaler/ ./rollout/ ./knative/ ./admin/ \
 	./bpf/agent/

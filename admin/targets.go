@@ -35,8 +35,10 @@ type ScrapeTarget struct {
 	Addr string // host:port
 	PID  int
 	// Function and Revision are what it serves; both empty for an idle
-	// warm-pool process (RolePool).
+	// warm-pool process (RolePool) and for a shared process (Shared: its
+	// series carry each revision's function and revision labels).
 	Function, Revision string
+	Shared             bool
 }
 
 // targetGroup is one entry of http_sd_configs' JSON: a list of these.
@@ -66,12 +68,19 @@ func (t targets) serve(c echo.Context) error {
 	}
 	for _, p := range list {
 		g := targetGroup{Targets: []string{p.Addr}, Labels: map[string]string{"pid": strconv.Itoa(p.PID)}}
-		if p.Function == "" {
+		switch {
+		case p.Shared:
+			if !roles[RoleInstance] {
+				continue
+			}
+			g.Labels[roleLabel] = RoleInstance
+			g.Labels["isolation"] = "shared"
+		case p.Function == "":
 			if !roles[RolePool] {
 				continue
 			}
 			g.Labels[roleLabel] = RolePool
-		} else {
+		default:
 			if !roles[RoleInstance] {
 				continue
 			}

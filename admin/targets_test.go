@@ -109,6 +109,13 @@ func TestPrometheusTargets(t *testing.T) {
 			t.Errorf("%s: %+v, want %+v", q, got, want)
 		}
 	}
+	// A shared process is one instance target, without function labels
+	// (its series carry each revision's).
+	set(admin.ScrapeTarget{Addr: "127.0.0.1:40003", PID: 103, Shared: true}, admin.ScrapeTarget{Addr: "127.0.0.1:40001", PID: 101})
+	shared := group{Targets: []string{"127.0.0.1:40003"}, Labels: map[string]string{"__meta_pilotlight_role": "instance", "isolation": "shared", "pid": "103"}}
+	if got := discover("?role=instance"); !reflect.DeepEqual(got, []group{shared}) {
+		t.Errorf("a shared process: %+v, want %+v", got, shared)
+	}
 	// The instance scaled to zero: gone from the next answer.
 	set(admin.ScrapeTarget{Addr: "127.0.0.1:40001", PID: 101})
 	if got := discover("?role=instance"); len(got) != 0 {

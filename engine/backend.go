@@ -26,7 +26,10 @@ func (b Backend) Acquire(ctx context.Context, function, revision string) (router
 	l, err := b.Engine.Acquire(ctx, function, revision)
 	if err != nil {
 		var se *StartError
+		var ce *CapacityError
 		switch {
+		case errors.As(err, &ce):
+			return router.Target{}, router.Shed(http.StatusServiceUnavailable, "%s", ce.Error())
 		case errors.Is(err, ErrQueueFull):
 			return router.Target{}, router.Shed(http.StatusServiceUnavailable, "revision %s/%s: too many requests waiting for an instance to start; retry later", function, revision)
 		case errors.As(err, &se):
@@ -57,6 +60,9 @@ func (b Backend) AdminRevisions() map[string]any {
 		if st.LastCold != nil {
 			d["last_cold_start"] = st.LastCold
 		}
+		if st.Loads != nil || st.Unloads != nil {
+			d["loads"], d["unloads"] = st.Loads, st.Unloads
+		}
 		if tl, ok := timelines[key]; ok {
 			d["cold_start_timeline"] = tl
 		}
@@ -70,7 +76,7 @@ func (b Backend) AdminRevisions() map[string]any {
 
 // AdminExtra implements admin.Source.
 func (b Backend) AdminExtra() map[string]any {
-	return map[string]any{"warm_pool": b.Engine.PoolStatus()}
+	return map[string]any{"warm_pool": b.Engine.PoolStatus(), "processes": b.Engine.Processes()}
 }
 
 // LastColdStart implements router.ColdStartSource from the engine's record of each

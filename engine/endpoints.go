@@ -10,8 +10,10 @@ type Endpoint struct {
 	Addr string // host:port on 127.0.0.1
 	PID  int
 	// Function and Revision are what the process serves; both are empty
-	// for an idle process of the warm pool.
+	// for an idle process of the warm pool, and for a shared process
+	// (Shared), whose metrics carry each revision's labels themselves.
 	Function, Revision string
+	Shared             bool
 }
 
 // Endpoints lists every live child that has an address: each revision's
@@ -23,8 +25,8 @@ func (e *Engine) Endpoints() []Endpoint {
 	var out []Endpoint
 	for _, r := range e.order {
 		for _, in := range r.snapshotInstances() {
-			if s := in.getState(); s == stateFailed || s == stateStopped || !in.alive() {
-				continue
+			if s := in.getState(); s == stateFailed || s == stateStopped || !in.alive() || in.slot {
+				continue // a slot is its shared process's, listed once below
 			}
 			in.mu.Lock()
 			addr, pid := in.addr, in.pid
@@ -35,6 +37,17 @@ func (e *Engine) Endpoints() []Endpoint {
 			out = append(out, Endpoint{Addr: addr, PID: pid, Function: r.fn.Name, Revision: r.rev.Name})
 		}
 	}
+	e.placeMu.Lock()
+	for _, h := range e.hosts {
+		select {
+		case <-h.ready:
+			if h.err == nil && h.proc.alive() {
+				out = append(out, Endpoint{Addr: h.proc.addr, PID: h.proc.pid, Shared: true})
+			}
+		default:
+		}
+	}
+	e.placeMu.Unlock()
 	var pool []Endpoint
 	e.pool.mu.Lock()
 	for _, in := range e.pool.idle {

@@ -44,8 +44,11 @@ func TestCountersExistAtZero(t *testing.T) {
 // processes: the idle pool process, then the instance it became (reached
 // by the router over its framed socket, yet with its /metrics on its
 // loopback port), then nothing of that instance once it scaled to zero.
+// Dedicated: a shared process is one endpoint whatever it holds
+// (TestSharedPlacement).
 func TestEndpointsFollowInstances(t *testing.T) {
-	e, _ := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 1, ScaleToZeroAfter: 300 * time.Millisecond})
+	m := manifest(t, func(m *functions.Manifest) { m.Isolation = functions.IsolationDedicated })
+	e, _ := start(t, engine.Config{Functions: []*functions.Manifest{m}, PoolSize: 1, ScaleToZeroAfter: 300 * time.Millisecond})
 	testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(e.PoolStatus()) == 1 })
 	pool := e.PoolStatus()[0]
 	if got := e.Endpoints(); len(got) != 1 || got[0].PID != pool.PID || got[0].Function != "" || got[0].Addr == "" {

@@ -8,10 +8,12 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -34,6 +36,7 @@ const (
 	DefaultStartTimeout  = 60 * time.Second
 	DefaultDrainTimeout  = 30 * time.Second
 	DefaultTickInterval  = 100 * time.Millisecond
+	DefaultCapacityWait  = 5 * time.Second
 	// DefaultLivenessInterval is how often ready instances are asked GET
 	// /v2/health/live; livenessFailures answers missed in a row mean hung.
 	DefaultLivenessInterval = 5 * time.Second
@@ -75,8 +78,19 @@ type Config struct {
 	Registerer       prometheus.Registerer
 	Probes           Probes
 	// HTTPOnly leaves instances without the router's framed Unix socket
-	// (package frame), so the router reaches them over HTTP on their port.
+	// (package frame), so the router reaches them over HTTP on their port;
+	// every revision is then dedicated (a frame names a shared revision).
 	HTTPOnly bool
+	// Isolation, when set (shared or dedicated), overrides every
+	// function's isolation.
+	Isolation string
+	// RuntimeMemory bounds what one shared runtime process's sessions may
+	// hold (bytes); MachineMemory bounds every runtime process together.
+	// 0: DefaultMemoryBudgets, sized from the machine.
+	RuntimeMemory, MachineMemory int64
+	// CapacityWait is how long a request for a shared revision that fits
+	// in no process waits for memory before it is refused (503).
+	CapacityWait time.Duration
 }
 
 // Errors Acquire returns; the router maps them to statuses.
@@ -113,6 +127,10 @@ type Engine struct {
 	spawnMu  sync.Mutex
 	children map[int]*os.Process
 	nextID   atomic.Int64
+	// placeMu guards the shared processes (hosts) and their books.
+	placeMu      sync.Mutex
+	hosts        []*host
+	measuredBase atomic.Int64 // a shared process's RSS before its first load, as last measured
 	// sockDir holds the instances' framed sockets, named by process id ("" : HTTPOnly).
 	sockDir string
 }
@@ -146,6 +164,17 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.TickInterval <= 0 {
 		cfg.TickInterval = DefaultTickInterval
 	}
+	if cfg.CapacityWait <= 0 {
+		cfg.CapacityWait = DefaultCapacityWait
+	}
+	switch cfg.Isolation {
+	case "", functions.IsolationShared, functions.IsolationDedicated:
+	default:
+		return nil, fmt.Errorf("isolation %q: must be shared or dedicated", cfg.Isolation)
+	}
+	perProcess, machine := DefaultMemoryBudgets()
+	cfg.RuntimeMemory = cmp.Or(max(cfg.RuntimeMemory, 0), perProcess)
+	cfg.MachineMemory = cmp.Or(max(cfg.MachineMemory, 0), machine)
 	e := &Engine{cfg: cfg, log: cfg.Logger, revs: map[revKey]*revision{}, children: map[int]*os.Process{}}
 	if !cfg.HTTPOnly {
 		// One directory (0700) for every instance's socket, removed at shutdown.
@@ -177,6 +206,10 @@ func New(cfg Config) (*Engine, error) {
 				ScaleToZeroAfter:  sc.ScaleToZeroAfter,
 			})
 			r := &revision{fn: fn, rev: rv, dir: dir, queue: activator.New(cfg.QueueCapacity), scaler: as}
+			r.shared = cmp.Or(cfg.Isolation, fn.IsolationOf(rv)) == functions.IsolationShared && !cfg.HTTPOnly
+			if fi, err := os.Stat(fn.ModelPath(rv)); err == nil {
+				r.modelBytes = fi.Size()
+			}
 			e.m.known(fn.Name, rv.Name)
 			e.revs[revKey{fn.Name, rv.Name}] = r
 			e.order = append(e.order, r)
@@ -225,6 +258,19 @@ func (e *Engine) shutdown() {
 	for _, in := range e.pool.drainAll() {
 		wg.Add(1)
 		go func(in *Process) { defer wg.Done(); e.stopInstance(in, "shutdown") }(in)
+	}
+	wg.Wait() // the slots first: their hosts stop once empty
+	e.placeMu.Lock()
+	var hosts []*Process
+	for _, h := range e.hosts {
+		if h.proc != nil {
+			hosts = append(hosts, h.proc)
+		}
+	}
+	e.placeMu.Unlock()
+	for _, p := range hosts {
+		wg.Add(1)
+		go func(p *Process) { defer wg.Done(); e.stopInstance(p, "shutdown") }(p)
 	}
 	wg.Wait()
 	// Anything started while the stops above ran (a pool refill, a start
@@ -304,7 +350,12 @@ func (e *Engine) Acquire(ctx context.Context, function, revision string) (*Lease
 			return l, nil
 		}
 		if err := r.recentStartError(); err != nil && waited {
-			return nil, err
+			// No memory anywhere: wait for some (an idle revision, a busy
+			// one's last request) up to CapacityWait, then be refused.
+			var ce *CapacityError
+			if !errors.As(err, &ce) || time.Since(arrival) >= e.cfg.CapacityWait {
+				return nil, err
+			}
 		}
 		e.ensureStarting(r, arrival)
 		waited = true
@@ -354,6 +405,10 @@ type Status struct {
 	Reason    string          `json:"reason,omitempty"`
 	Instances []ProcessStatus `json:"instances"`
 	LastCold  *ColdStart      `json:"last_cold_start,omitempty"`
+	// Loads and Unloads count a shared revision's loads into and unloads
+	// from shared processes, by reason (scale_to_zero, lru, crash, ...).
+	Loads   map[string]int `json:"loads,omitempty"`
+	Unloads map[string]int `json:"unloads,omitempty"`
 }
 
 // ProcessStatus is one runtime process in Status or PoolStatus.
@@ -364,6 +419,8 @@ type ProcessStatus struct {
 	Inflight     int64   `json:"inflight"`
 	Source       string  `json:"source"`
 	StartSeconds float64 `json:"start_seconds,omitempty"`
+	// Shared says the process is a shared one, holding other revisions too.
+	Shared bool `json:"shared,omitempty"`
 }
 
 // ColdStart describes the latest cold start of a revision.
@@ -389,7 +446,8 @@ func (e *Engine) Statuses() []Status {
 	out := make([]Status, 0, len(e.order))
 	for _, r := range e.order {
 		r.mu.Lock()
-		st := Status{Function: r.fn.Name, Revision: r.rev.Name, Desired: r.desired, Panic: r.decision.Panic, Reason: r.decision.Reason, LastCold: r.lastCold}
+		st := Status{Function: r.fn.Name, Revision: r.rev.Name, Desired: r.desired, Panic: r.decision.Panic, Reason: r.decision.Reason, LastCold: r.lastCold,
+			Loads: maps.Clone(r.loads), Unloads: maps.Clone(r.unloads)}
 		for _, in := range r.instances {
 			st.Instances = append(st.Instances, in.status())
 		}

@@ -154,13 +154,24 @@ func status(e *engine.Engine) engine.Status {
 	return engine.Status{}
 }
 
+// TestScaleFromZeroToZeroAndBack: a dedicated revision's process exits at
+// zero and the next request starts another (from the pool, or exec'd); a
+// shared revision's sessions are unloaded at zero and the next request
+// loads them into the same process, still running.
 func TestScaleFromZeroToZeroAndBack(t *testing.T) {
 	for _, tc := range []struct {
-		source   string
-		poolSize int
-	}{{"pool", 1}, {"exec", 0}} {
-		t.Run(tc.source, func(t *testing.T) {
-			e, reg := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: tc.poolSize, ScaleToZeroAfter: 300 * time.Millisecond})
+		name, isolation string
+		poolSize        int
+		sources         [2]string // each cycle's cold-start source
+	}{
+		{"pool", functions.IsolationDedicated, 1, [2]string{"pool", "pool"}},
+		{"exec", functions.IsolationDedicated, 0, [2]string{"exec", "exec"}},
+		{"shared", functions.IsolationShared, 1, [2]string{"pool", "shared"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			shared := tc.isolation == functions.IsolationShared
+			m := manifest(t, func(m *functions.Manifest) { m.Isolation = tc.isolation })
+			e, reg := start(t, engine.Config{Functions: []*functions.Manifest{m}, PoolSize: tc.poolSize, ScaleToZeroAfter: 300 * time.Millisecond})
 			waitPool := func() {
 				if tc.poolSize > 0 { // each cycle must find a warm process, however slow the refill
 					testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(e.PoolStatus()) == 1 })
@@ -171,7 +182,9 @@ func TestScaleFromZeroToZeroAndBack(t *testing.T) {
 			}
 			var pids []int
 			for cycle := 0; cycle < 2; cycle++ {
-				waitPool()
+				if !shared || cycle == 0 {
+					waitPool()
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				l, err := e.Acquire(ctx, fn, rev)
 				cancel()
@@ -187,18 +200,40 @@ func TestScaleFromZeroToZeroAndBack(t *testing.T) {
 					c.Launched.Before(c.Launch) || c.Ready.Before(c.Launched) || c.FirstResponse.Before(c.Ready) {
 					t.Errorf("cycle %d: cold start marks missing or out of order (arrival, launch, launched, ready, first response): %+v", cycle, c)
 				}
+				if st := status(e); st.LastCold == nil || st.LastCold.Source != tc.sources[cycle] {
+					t.Errorf("cycle %d: cold start %+v, want source %s", cycle, st.LastCold, tc.sources[cycle])
+				}
 				pids = append(pids, l.PID)
 				testbin.WaitFor(t, "scale to zero", 10*time.Second, func() bool { return len(status(e).Instances) == 0 })
-				testbin.WaitFor(t, "the scaled-down process to exit", 5*time.Second, func() bool { return !alive(l.PID) })
+				if !shared {
+					testbin.WaitFor(t, "the scaled-down process to exit", 5*time.Second, func() bool { return !alive(l.PID) })
+				} else if !alive(l.PID) {
+					t.Fatalf("cycle %d: the shared process %d exited at zero; only the revision's sessions should go", cycle, l.PID)
+				}
 			}
-			if pids[0] == pids[1] {
+			if shared {
+				if pids[0] != pids[1] {
+					t.Errorf("the wake ran in pid %d, not in the shared process %d still running", pids[1], pids[0])
+				}
+				if got := testbin.Metric(t, reg, "pilotlight_revision_unloads_total", map[string]string{"reason": "scale_to_zero"}); got != 2 {
+					t.Errorf("unloads at zero = %v, want 2", got)
+				}
+				if st := status(e); st.Unloads["scale_to_zero"] != 2 || st.Loads["scale_from_zero"] != 2 {
+					t.Errorf("the admin view's loads %v and unloads %v, want 2 from zero and 2 to zero", st.Loads, st.Unloads)
+				}
+			} else if pids[0] == pids[1] {
 				t.Errorf("the second cold start reused pid %d: the first process did not exit", pids[0])
 			}
-			if got := testbin.Metric(t, reg, "pilotlight_cold_starts_total", map[string]string{"source": tc.source}); got != 2 {
-				t.Errorf("pilotlight_cold_starts_total{source=%q} = %v, want 2", tc.source, got)
-			}
-			if st := status(e); st.LastCold == nil || st.LastCold.Source != tc.source {
-				t.Errorf("last cold start = %+v, want source %s", st.LastCold, tc.source)
+			for _, src := range []string{"pool", "exec", "shared"} {
+				want := 0.0
+				for _, s := range tc.sources {
+					if s == src {
+						want++
+					}
+				}
+				if got := testbin.Metric(t, reg, "pilotlight_cold_starts_total", map[string]string{"source": src}); got != want {
+					t.Errorf("pilotlight_cold_starts_total{source=%q} = %v, want %v", src, got, want)
+				}
 			}
 		})
 	}

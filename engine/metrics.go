@@ -11,6 +11,7 @@ type metrics struct {
 	exits            *prometheus.CounterVec
 	startFailures    *prometheus.CounterVec
 	poolIdle         prometheus.Gauge
+	loads, unloads   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -19,7 +20,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		instances: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pilotlight_revision_instances",
 			Help: "Instances of a revision by state (starting, ready, draining)."}, append(fr, "state")),
 		coldStarts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_cold_starts_total",
-			Help: "Instances started, by source: pool (a pre-started generic process specialised) or exec (a new process)."}, append(fr, "source")),
+			Help: "Instances started, by source: pool (a pre-started generic process specialised), exec (a new process) or shared (a revision loaded into a shared process already running)."}, append(fr, "source")),
 		coldStartSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "pilotlight_cold_start_duration_seconds",
 			Help:    "From the arrival of the request that needed an instance (or the autoscaler's decision) to the instance being ready.",
 			Buckets: []float64{.005, .01, .015, .02, .025, .035, .05, .075, .1, .15, .2, .25, .35, .5, .75, 1, 2.5, 5}}, append(fr, "source")),
@@ -31,10 +32,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Instance processes that ended, by reason (stopped by the engine, or crashed)."}, append(fr, "reason")),
 		startFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_instance_start_failures_total",
 			Help: "Instances that failed to become ready."}, fr),
+		loads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_revision_loads_total",
+			Help: "Revisions loaded into a shared runtime process, by reason (scale_from_zero, scale_up, crash)."}, append(fr, "reason")),
+		unloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_revision_unloads_total",
+			Help: "Revisions unloaded from a shared runtime process (the process keeps running), by reason (scale_to_zero, scale_down, lru, crash, unreachable, load_failed, shutdown)."}, append(fr, "reason")),
 		poolIdle: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pilotlight_warm_pool_idle_processes",
 			Help: "Pre-started generic runtime processes waiting to be specialised (the pilot light)."}),
 	}
-	reg.MustRegister(m.instances, m.coldStarts, m.coldStartSeconds, m.queueDepth, m.desired, m.exits, m.startFailures, m.poolIdle)
+	reg.MustRegister(m.instances, m.coldStarts, m.coldStartSeconds, m.queueDepth, m.desired, m.exits, m.startFailures, m.poolIdle, m.loads, m.unloads)
 	return m
 }
 
@@ -54,7 +59,13 @@ func (m *metrics) known(fn, rev string) {
 	for _, reason := range []string{exitStopped, exitCrashed} {
 		m.exits.WithLabelValues(fn, rev, reason)
 	}
-	for _, source := range []string{sourcePool, sourceExec} {
+	for _, reason := range []string{reasonScaleToZero, reasonLRU, reasonCrash} {
+		m.unloads.WithLabelValues(fn, rev, reason)
+	}
+	for _, reason := range []string{reasonScaleFromZero, reasonCrash} {
+		m.loads.WithLabelValues(fn, rev, reason)
+	}
+	for _, source := range []string{sourcePool, sourceExec, sourceShared} {
 		m.coldStarts.WithLabelValues(fn, rev, source)
 		m.coldStartSeconds.WithLabelValues(fn, rev, source)
 	}

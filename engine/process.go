@@ -1,12 +1,8 @@
 package engine
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -65,6 +61,15 @@ type Process struct {
 	// missed counts liveness checks failed in a row; checking is set while one runs.
 	missed   atomic.Int32
 	checking atomic.Bool
+	// Shared isolation. A slot (host != nil) is a revision loaded in a
+	// shared process, owner its revision, cost what it is charged, loaded
+	// set once its load answered; hosting is set on the shared process itself.
+	slot    bool // set at reserve, never changed: host is then set by placement (under placeMu)
+	host    *host
+	owner   *revision
+	cost    int64
+	loaded  atomic.Bool
+	hosting *host
 }
 
 func (in *Process) said() string {
@@ -79,7 +84,7 @@ func (in *Process) setState(s state) { in.state.Store(int32(s)) }
 
 func (in *Process) status() ProcessStatus {
 	in.mu.Lock()
-	st := ProcessStatus{PID: in.pid, Port: in.port, State: in.getState().String(), Inflight: in.inflight.Load(), Source: in.source}
+	st := ProcessStatus{PID: in.pid, Port: in.port, State: in.getState().String(), Inflight: in.inflight.Load(), Source: in.source, Shared: in.slot}
 	if !in.readyAt.IsZero() {
 		st.StartSeconds = in.readyAt.Sub(in.started).Seconds()
 	}
@@ -99,7 +104,7 @@ func (in *Process) alive() bool {
 // reserve places a starting instance in r (caller holds r.mu) so concurrent
 // decisions count it; start fills it in.
 func (e *Engine) reserve(r *revision) *Process {
-	in := &Process{id: e.nextID.Add(1), exited: make(chan struct{})}
+	in := &Process{id: e.nextID.Add(1), exited: make(chan struct{}), owner: r, slot: r.shared}
 	in.setState(stateStarting)
 	in.labels.Store(&[2]string{r.fn.Name, r.rev.Name})
 	r.instances = append(r.instances, in)
@@ -116,16 +121,26 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 	}
 	in, err := e.launch(r, slot)
 	launched := time.Now()
-	if err == nil {
+	if err == nil && !slot.slot { // a shared load answers once its sessions are warm
 		err = e.waitReady(in)
 	}
 	if err != nil {
-		e.log.Error("instance failed to start", "function", r.fn.Name, "revision", r.rev.Name, "source", slot.source, "err", err)
-		e.m.startFailures.WithLabelValues(r.fn.Name, r.rev.Name).Inc()
+		var ce *CapacityError
+		backoff := startRetryBackoff
+		if errors.As(err, &ce) {
+			// Not a failure of the revision: placement is tried again on the
+			// next tick while requests wait (up to CapacityWait).
+			e.log.Warn("no memory to load the revision yet", "function", r.fn.Name, "revision", r.rev.Name, "reason", ce.Reason)
+			backoff = e.cfg.TickInterval
+		} else {
+			e.log.Error("instance failed to start", "function", r.fn.Name, "revision", r.rev.Name, "source", slot.source, "err", err)
+			e.m.startFailures.WithLabelValues(r.fn.Name, r.rev.Name).Inc()
+			err = &StartError{Function: r.fn.Name, Revision: r.rev.Name, Err: err}
+		}
 		r.mu.Lock()
-		r.startErr = &StartError{Function: r.fn.Name, Revision: r.rev.Name, Err: err}
+		r.startErr = err
 		r.startErrAt = time.Now()
-		r.retryAfter = time.Now().Add(startRetryBackoff)
+		r.retryAfter = time.Now().Add(backoff)
 		r.mu.Unlock()
 		r.remove(slot)
 		if in != nil {
@@ -158,6 +173,9 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 // launch fills slot with a running process for r: a specialised pool
 // process, or a new one.
 func (e *Engine) launch(r *revision, slot *Process) (*Process, error) {
+	if r.shared {
+		return slot, e.placeShared(r, slot)
+	}
 	if p := e.pool.take(); p != nil {
 		adopt(slot, p)
 		slot.labels.Store(&[2]string{r.fn.Name, r.rev.Name})
@@ -167,7 +185,7 @@ func (e *Engine) launch(r *revision, slot *Process) (*Process, error) {
 			}
 			pr.Mark(slot.pid, "specialise_start", time.Now())
 		}
-		err := e.specialise(slot, r)
+		_, err := e.specialise(slot, r, false)
 		// The replacement starts once this cold start's sessions exist: a
 		// new process's start-up (exec, ONNX Runtime, prewarm) would
 		// otherwise take the CPUs the specialisation creates them on.
@@ -283,29 +301,14 @@ func (e *Engine) spawn(in *Process, args, env []string) error {
 
 var readyClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
-// specialise asks a generic pool process to load r's model.
-func (e *Engine) specialise(in *Process, r *revision) error {
-	body, _ := json.Marshal(map[string]string{"function_dir": r.dir, "revision": r.rev.Name})
-	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.StartTimeout)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+in.addr+"/admin/specialise", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := readyClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("specialise pool process %d: %w", in.pid, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("specialise pool process %d: %s: %s", in.pid, resp.Status, bytes.TrimSpace(msg))
-	}
-	return nil
-}
-
 // stopInstance drains an instance: no new requests, wait for in-flight ones
 // (up to DrainTimeout), SIGTERM (the runtime drains too), SIGKILL if it
 // does not exit.
 func (e *Engine) stopInstance(in *Process, why string) {
+	if in.slot {
+		e.unloadSlot(in, why)
+		return
+	}
 	in.stopping.Store(true)
 	if in.getState() != stateFailed {
 		in.setState(stateDraining)
@@ -337,9 +340,14 @@ func (e *Engine) exited(in *Process, err error) {
 	if in.adoptedBy != nil {
 		owner = in.adoptedBy
 	}
+	hosting := in.hosting
 	in.mu.Unlock()
 	if pr := e.cfg.Probes; pr != nil {
 		pr.Untrack(in.pid)
+	}
+	if hosting != nil {
+		e.hostExited(hosting, in, err)
+		return
 	}
 	l := owner.labels.Load()
 	fn, rev := "", ""

@@ -17,6 +17,10 @@ type revision struct {
 	dir    string // absolute function directory
 	queue  *activator.Queue
 	scaler *autoscaler.Autoscaler
+	// shared: the revision's instances are slots in shared runtime processes.
+	shared     bool
+	modelBytes int64        // its model file's size, for the first memory estimate
+	measured   atomic.Int64 // what its latest load added to its process's RSS
 
 	waiting    atomic.Int64 // requests inside Acquire's wait
 	lastActive atomic.Int64 // unix nanos of the last request seen
@@ -34,6 +38,19 @@ type revision struct {
 	// rollout pre-scales a candidate and keeps the previous revision warm.
 	floor      int
 	floorUntil time.Time
+	// lostToCrash: a shared process crashed under it; its next load is counted as the crash's.
+	lostToCrash bool
+	// loads and unloads count the revision's loads into and unloads from
+	// shared processes by reason, for the admin view and the console.
+	loads, unloads map[string]int
+}
+
+// count adds one to m[reason] (caller holds r.mu).
+func count(m *map[string]int, reason string) {
+	if *m == nil {
+		*m = map[string]int{}
+	}
+	(*m)[reason]++
 }
 
 func (r *revision) touch(now time.Time) { r.lastActive.Store(now.UnixNano()) }

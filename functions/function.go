@@ -38,6 +38,11 @@ const (
 	DefaultScaleToZeroAfter  = 30 * time.Second
 	DefaultMaxBodyBytes      = 1 << 20
 	DefaultMaxRequestRows    = 256
+	// SharedModelMaxBytes is the largest model file a revision without an
+	// isolation setting is shared with: small models cost little in a shared
+	// process and much (a whole runtime process each) alone; a large one
+	// gains little from sharing and would crowd the others out.
+	SharedModelMaxBytes = 64 << 20
 	// Outcomes (recording on): a prediction waits a day for its label;
 	// 0.5 is a probability's neutral cut; users look at the first ten items.
 	DefaultOutcomeWindow    = 24 * time.Hour
@@ -63,6 +68,11 @@ type Manifest struct {
 	Batching  Batching   `yaml:"batching"`
 	Scaling   Scaling    `yaml:"scaling"`
 	Outcomes  Outcomes   `yaml:"outcomes"`
+	// Isolation is how the local engine runs the function's revisions:
+	// shared (many revisions' sessions in one runtime process, unloaded at
+	// zero) or dedicated (a process per revision); "" chooses by model size
+	// (IsolationOf).
+	Isolation string `yaml:"isolation,omitempty"`
 	// Warmup names a V2 infer request file (relative to the manifest) that
 	// warms each session before the instance is ready, as Triton's
 	// model_warmup does. Empty: the runtime synthesises zeros.
@@ -301,6 +311,11 @@ func (m *Manifest) Validate(file string) error {
 			bad(f+".tag", "%q is not a valid traffic tag", r.Tag)
 		}
 	}
+	switch m.Isolation {
+	case "", IsolationShared, IsolationDedicated:
+	default:
+		bad("isolation", "%q must be shared or dedicated (or omitted: shared for models up to %d MiB)", m.Isolation, SharedModelMaxBytes>>20)
+	}
 	if m.Runtime.Sessions < 1 || m.Runtime.Sessions > 64 {
 		bad("runtime.sessions", "%d out of range [1, 64]", m.Runtime.Sessions)
 	}
@@ -387,6 +402,26 @@ func (m *Manifest) ModelPath(r Revision) string {
 		return r.Model
 	}
 	return filepath.Join(m.Dir, r.Model)
+}
+
+// Isolation values (function.yaml's isolation).
+const (
+	IsolationShared    = "shared"
+	IsolationDedicated = "dedicated"
+)
+
+// IsolationOf is how a revision runs on one machine: function.yaml's
+// isolation when set, else shared when its model file is at most
+// SharedModelMaxBytes (an unreadable one is dedicated: it fails to load
+// alone rather than beside others).
+func (m *Manifest) IsolationOf(r Revision) string {
+	if m.Isolation != "" {
+		return m.Isolation
+	}
+	if fi, err := os.Stat(m.ModelPath(r)); err == nil && fi.Size() <= SharedModelMaxBytes {
+		return IsolationShared
+	}
+	return IsolationDedicated
 }
 
 // WarmupPath resolves the warm-up request file against the manifest's directory ("" when none).

@@ -66,6 +66,7 @@ func TestManifestErrorsNameFileAndField(t *testing.T) {
 		{"revision not prefixed", strings.Replace(valid, "fraud-00001", "other-00001", 1), "revisions[0].name"},
 		{"unknown handler", strings.Replace(valid, "handler: fraud", "handler: magic", 1), "handler"},
 		{"bad provider", valid + "runtime:\n  provider: tpu\n", "runtime.provider"},
+		{"unknown isolation", valid + "isolation: private\n", "isolation"},
 		{"zero request rows", valid + "runtime:\n  maxRequestRows: -2\n", "runtime.maxRequestRows"},
 		{"batching neither none nor a mapping", valid + "batching: off\n", `batching: "off"`},
 		{"unknown key under batching", valid + "batching:\n  maxBatch: 4\n  axis: 1\n", "axis"},
@@ -134,4 +135,35 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("round trip changed the manifest:\n%+v\n%+v\nvia\n%s", m, again, out)
 		}
 	})
+}
+
+// TestIsolationOf: the manifest's isolation wins; omitted, a model up to
+// SharedModelMaxBytes is shared and a larger (or unreadable) one dedicated.
+func TestIsolationOf(t *testing.T) {
+	dir := t.TempDir()
+	small, large := filepath.Join(dir, "small.onnx"), filepath.Join(dir, "large.onnx")
+	if err := os.WriteFile(small, make([]byte, 1<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A sparse file: its size is what counts, not its blocks.
+	f, err := os.Create(large)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(functions.SharedModelMaxBytes + 1); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, tc := range []struct{ isolation, model, want string }{
+		{"", small, functions.IsolationShared},
+		{"", large, functions.IsolationDedicated},
+		{"", filepath.Join(dir, "missing.onnx"), functions.IsolationDedicated},
+		{functions.IsolationDedicated, small, functions.IsolationDedicated},
+		{functions.IsolationShared, large, functions.IsolationShared},
+	} {
+		m := &functions.Manifest{Isolation: tc.isolation, Dir: dir}
+		if got := m.IsolationOf(functions.Revision{Model: tc.model}); got != tc.want {
+			t.Errorf("isolation %q, model %s: %s, want %s", tc.isolation, filepath.Base(tc.model), got, tc.want)
+		}
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pilotlight/pilotlight/functions"
+	"github.com/pilotlight/pilotlight/internal/frame"
 	"github.com/pilotlight/pilotlight/router"
 )
 
@@ -326,6 +327,7 @@ func (s *Shadower) ask(ctx context.Context, job shadowJob) ([]byte, error) {
 		t.Release(false)
 		return nil, err
 	}
+	req.Header.Set(frame.RevisionHeader, job.to) // a shared process serves several revisions
 	transport := s.transport
 	if job.protocol == protocolV2GRPC {
 		transport = s.h2c

@@ -200,9 +200,17 @@ func TestRoutesHeadersAndErrors(t *testing.T) {
 // TestInstanceKilledMidLoadLosesNoRequest SIGKILLs an instance while it has
 // requests in flight: every request still succeeds (the router retries once
 // elsewhere), the crash is seen (a retry or a crash exit counted), and the
-// dead pid leaves the ready instances.
+// dead pid leaves the ready instances. Shared: the pid is a shared runtime
+// process holding the revision's slot (minScale 2 puts the two slots in
+// two processes), and killing it takes the slot the same way.
 func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
-	p := startPlatform(t, engine.Config{PoolSize: 1}, 20*time.Second, func(m *functions.Manifest) { m.Scaling.MinScale = 2 })
+	for _, isolation := range []string{functions.IsolationDedicated, functions.IsolationShared} {
+		t.Run(isolation, func(t *testing.T) { instanceKilledMidLoad(t, isolation) })
+	}
+}
+
+func instanceKilledMidLoad(t *testing.T, isolation string) {
+	p := startPlatform(t, engine.Config{PoolSize: 1}, 20*time.Second, func(m *functions.Manifest) { m.Scaling.MinScale = 2; m.Isolation = isolation })
 	instances := func() []engine.ProcessStatus { return p.eng.Statuses()[0].Instances }
 	waitReady := func(n int, without int) []engine.ProcessStatus {
 		t.Helper()
@@ -218,7 +226,11 @@ func TestInstanceKilledMidLoadLosesNoRequest(t *testing.T) {
 		})
 		return ready
 	}
-	victim := waitReady(2, 0)[0].PID
+	ready := waitReady(2, 0)
+	victim := ready[0].PID
+	if shared := isolation == functions.IsolationShared; ready[0].Shared != shared || ready[1].Shared != shared || ready[0].PID == ready[1].PID {
+		t.Fatalf("isolation %s: instances %+v; want two in two processes, shared %v", isolation, ready, shared)
+	}
 	var ok, failed atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup

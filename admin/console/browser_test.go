@@ -323,6 +323,12 @@ func TestConsoleInABrowser(t *testing.T) {
 		const d = (k) => rev.querySelector('[data-chart="' + k + '"] path').getAttribute("d");
 		return d("latency").includes("L") && d("rate").includes("L");
 	})()`)
+	// fraud's small model runs in a shared runtime process, as the processes table shows.
+	b.until(t, "a shared process holding fraud-00001", `!!document.querySelector('#processes tr[data-isolation="shared"] [data-rev="fraud-00001"]')`)
+	b.until(t, "fraud-00001's loads into its shared process", `(() => {
+		const l = document.querySelector('#fn-fraud .rev[data-revision="fraud-00001"] .loads');
+		return !!l && l.textContent.includes("scale_from_zero 1");
+	})()`)
 
 	// A rollout started through the CLI shows its steps and each analysis.
 	out, err := exec.Command(p.bin, "rollout", "start", "fraud", "--to", "fraud-00002", "--steps", "10,25,50,100",
@@ -490,13 +496,15 @@ func TestConsoleNeedsAnAdminKey(t *testing.T) {
 
 // TestConsoleShowsKernelPhases runs serve with the eBPF probes: the cold
 // start's waterfall then shows the kernel's points (exec, listen, accept,
-// first write) instead of the engine's marks.
+// first write) instead of the engine's marks. Dedicated isolation: the
+// probes attribute kernel events by pid, and a shared process's pid holds
+// many revisions (its wakes exec and listen nothing).
 func TestConsoleShowsKernelPhases(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("eBPF probes need root (CAP_BPF and CAP_PERFMON); this test process is not root")
 	}
 	b := newBrowser(t)
-	p := startServe(t, "--dev", "--ebpf", "--functions", filepath.Join(testbin.Root(), "functions"), "--flags", "")
+	p := startServe(t, "--dev", "--ebpf", "--isolation", "dedicated", "--functions", filepath.Join(testbin.Root(), "functions"), "--flags", "")
 	b.do(t, "open the console", chromedp.Navigate(p.console))
 	b.until(t, "the console says the probes are on", `document.getElementById("probes") && document.getElementById("probes").dataset.on === "true"`)
 	if code, h := post(t, p.base+"/v2/models/example-tensor/infer", tensorBody); code != 200 || h.Get("X-Pilotlight-Cold-Start") == "" {

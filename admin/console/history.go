@@ -78,9 +78,12 @@ func (h *history) rev(key string) *revHistory {
 func (h *history) observe(now time.Time, st State, mfs []*dto.MetricFamily) View {
 	samples, reloads := parseMetrics(now, mfs)
 	v := View{Generated: now, StepSeconds: h.step.Seconds(), SeriesPoints: seriesPoints, Backend: st.Backend, Probes: st.Probes,
-		Pool: st.Pool, RolloutsOn: st.RolloutsOn, Functions: []FunctionView{}, Rollouts: []rollout.Status{}}
+		Pool: st.Pool, Processes: st.Processes, RolloutsOn: st.RolloutsOn, Functions: []FunctionView{}, Rollouts: []rollout.Status{}}
 	if v.Pool == nil {
 		v.Pool = []engine.ProcessStatus{}
+	}
+	if v.Processes == nil {
+		v.Processes = []engine.ProcessView{}
 	}
 	for _, fn := range st.Functions {
 		fv := FunctionView{Name: fn.Name, Handler: fn.Handler, Flag: fn.Flag, Revisions: []RevisionView{}}
@@ -184,6 +187,7 @@ func (r *revHistory) view(rev Revision) RevisionView {
 	v := RevisionView{Name: rev.Name, Tag: rev.Tag, Weight: rev.Weight, Instances: []engine.ProcessStatus{}, ColdStarts: []ColdStartView{}}
 	if st := rev.Engine; st != nil {
 		v.Local, v.Desired, v.Queued, v.Panic, v.Reason = true, st.Desired, st.Queued, st.Panic, st.Reason
+		v.Loads, v.Unloads = st.Loads, st.Unloads
 		v.Instances = append(v.Instances, st.Instances...)
 		for _, in := range st.Instances {
 			switch in.State {

@@ -23,6 +23,9 @@ type State struct {
 	Functions []Function
 	// Pool lists the pilot light's idle generic processes (local backend).
 	Pool []engine.ProcessStatus
+	// Processes lists every runtime process and the revisions it holds
+	// (local backend): shared ones hold many.
+	Processes []engine.ProcessView
 	// Probes says the eBPF probes are attached; Timelines then holds the
 	// latest kernel cold-start timeline per "function/revision".
 	Probes    bool
@@ -73,6 +76,7 @@ func (p Platform) Read() State {
 	if p.Engine != nil {
 		st.Backend = "local"
 		st.Pool = p.Engine.PoolStatus()
+		st.Processes = p.Engine.Processes()
 		statuses = map[string]*engine.Status{}
 		for _, s := range p.Engine.Statuses() {
 			statuses[s.Function+"/"+s.Revision] = &s

@@ -20,6 +20,7 @@ type View struct {
 	Probes       bool                   `json:"probes"`
 	Functions    []FunctionView         `json:"functions"`
 	Pool         []engine.ProcessStatus `json:"pool"`
+	Processes    []engine.ProcessView   `json:"processes"`
 	RolloutsOn   bool                   `json:"rollouts_on"`
 	// Rollouts are in flight; Finished are the latest that ended, newest first.
 	Rollouts []rollout.Status `json:"rollouts"`
@@ -41,17 +42,20 @@ type RevisionView struct {
 	Tag    string `json:"tag,omitempty"`
 	Weight int    `json:"weight"`
 	// Local is false on Knative, where instances are the cluster's.
-	Local      bool                   `json:"local"`
-	Starting   int                    `json:"starting"`
-	Ready      int                    `json:"ready"`
-	Draining   int                    `json:"draining"`
-	Desired    int                    `json:"desired"`
-	Queued     int                    `json:"queued"`
-	Panic      bool                   `json:"panic"`
-	Reason     string                 `json:"reason,omitempty"`
-	Instances  []engine.ProcessStatus `json:"instances"`
-	ColdStarts []ColdStartView        `json:"cold_starts"`
-	Series     Series                 `json:"series"`
+	Local     bool                   `json:"local"`
+	Starting  int                    `json:"starting"`
+	Ready     int                    `json:"ready"`
+	Draining  int                    `json:"draining"`
+	Desired   int                    `json:"desired"`
+	Queued    int                    `json:"queued"`
+	Panic     bool                   `json:"panic"`
+	Reason    string                 `json:"reason,omitempty"`
+	Instances []engine.ProcessStatus `json:"instances"`
+	// Loads and Unloads count a shared revision's loads and unloads by reason.
+	Loads      map[string]int  `json:"loads,omitempty"`
+	Unloads    map[string]int  `json:"unloads,omitempty"`
+	ColdStarts []ColdStartView `json:"cold_starts"`
+	Series     Series          `json:"series"`
 }
 
 // Series are the revision's request rate and latency per step, oldest
@@ -65,7 +69,7 @@ type Series struct {
 // ColdStartView is one cold start's waterfall.
 type ColdStartView struct {
 	PID    int       `json:"pid"`
-	Source string    `json:"source"` // exec | pool
+	Source string    `json:"source"` // exec | pool | shared
 	At     time.Time `json:"at"`
 	// Origin says where the marks come from: "kernel" (the eBPF
 	// timeline) or "engine" (the engine's own marks).

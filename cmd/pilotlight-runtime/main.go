@@ -46,7 +46,9 @@ func newRuntimeCmd() *cobra.Command {
 		Short: "Run one function revision (Knative's container contract: $PORT, ready after warm-up, drain on SIGTERM)",
 		Long: `Runs one instance: one revision of one function, served through the V2 API and
 POST / (the function's own JSON). With --generic the process initialises ONNX Runtime
-and waits, not ready, for POST /admin/specialise (the local engine's warm pool).`,
+and waits, not ready, for POST /admin/specialise (the local engine's warm pool);
+specialised with "shared": true it serves many revisions, loaded and unloaded
+(POST /admin/unload) while it runs.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: false,

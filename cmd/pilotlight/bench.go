@@ -20,12 +20,13 @@ func newBenchCmd() *cobra.Command {
 		serveArgs     []string
 		duration      time.Duration
 		coldStarts    int
+		density       bench.Density
 		verbose       bool
 	)
 	cmd := &cobra.Command{
-		Use:       "bench [instance|coldstart|hop|platform|grpc|step|memory|ebpf|all|ebpf-programs]...",
+		Use:       "bench [instance|coldstart|hop|platform|grpc|step|memory|ebpf|density|all|ebpf-programs]...",
 		Short:     "Measure the platform on loopback and print Markdown tables (make bench)",
-		ValidArgs: []string{"instance", "coldstart", "hop", "platform", "grpc", "step", "memory", "ebpf", "all", "ebpf-programs"},
+		ValidArgs: []string{"instance", "coldstart", "hop", "platform", "grpc", "step", "memory", "ebpf", "all", "ebpf-programs", "density"},
 		Args:      cobra.OnlyValidArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := os.Executable()
@@ -80,6 +81,9 @@ func newBenchCmd() *cobra.Command {
 				{"grpc", "V2 over gRPC vs REST, direct, through nginx grpc_pass and through the router (same run)", func(ctx context.Context) ([]bench.Row, error) { return bench.GRPC(ctx, env) }},
 				{"step", "Load step", func(ctx context.Context) ([]bench.Row, error) { return bench.Step(ctx, env) }},
 				{"memory", "Memory", func(ctx context.Context) ([]bench.Row, error) { return bench.Memory(ctx, env, fnRoot) }},
+				{"density", "Many functions per machine: shared vs dedicated runtime processes (same run)", func(ctx context.Context) ([]bench.Row, error) {
+					return density.Run(ctx, env, fnRoot)
+				}},
 				{"ebpf", "eBPF probe overhead (probes on vs off, same run)", func(ctx context.Context) ([]bench.Row, error) {
 					if os.Geteuid() != 0 {
 						return []bench.Row{{Name: "eBPF overhead", Value: "skipped: the probes need root (CAP_BPF, CAP_PERFMON)"}}, nil
@@ -103,7 +107,11 @@ func newBenchCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&fnDir, "function", "functions/fraud", "function directory to benchmark")
-	f.StringVar(&fnRoot, "functions", "functions", "functions root for the memory figure (every function at zero)")
+	f.StringVar(&fnRoot, "functions", "functions", "functions root for the memory figure (every function at zero), and where density finds fraud and recommend")
+	f.IntVar(&density.Functions, "density-functions", 200, "density: functions served shared (copies of fraud and recommend)")
+	f.IntVar(&density.Dedicated, "density-dedicated", 20, "density: functions served dedicated (their RSS is scaled to --density-functions)")
+	f.IntVar(&density.Wakes, "density-wakes", 50, "density: first responses after an unload timed (and warm-pool and exec cold starts beside them)")
+	f.IntVar(&density.Registered, "density-registered", 1000, "density: functions registered, all at zero, for serve's RSS and start time")
 	f.StringArrayVar(&serveArgs, "serve-arg", nil, "an extra serve argument for the hop, grpc and ebpf figures, e.g. --serve-arg=--instance-http to reach the instance over HTTP instead of its framed socket")
 	f.StringVar(&flagsFile, "flags-file", "config/flags/flags.json", "flag file the platform figure serves")
 	f.DurationVar(&duration, "duration", 5*time.Second, "length of each load")

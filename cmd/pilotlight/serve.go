@@ -36,26 +36,28 @@ import (
 
 // serveOptions are serve's flags.
 type serveOptions struct {
-	addr, fnDir, flagsPath    string
-	withEBPF, dev             bool
-	syscallLatency            bool
-	socketQueue               bool
-	keysFile, adminAddr       string
-	tlsCert, tlsKey           string
-	rateRPS                   float64
-	rateBurst, maxConcurrent  int
-	backend, namespace        string
-	kubeconfig, kubeContext   string
-	flagsConfigMap, lease     string // NAMESPACE/NAME: the flag state in a ConfigMap, rollouts driven by the Lease holder
-	prometheusURL             string // rollout analysis reads every replica's traffic from this Prometheus
-	routerService             string // NAMESPACE/NAME: else from each endpoint of this Service (its EndpointSlices)
-	cpuProfile, runtimeBin    string
-	instanceHTTP              bool
-	limits                    router.Limits
-	poolSize, queueCapacity   int
-	scaleToZeroAfter          time.Duration
-	requestTimeout            time.Duration
-	stableWindow, panicWindow time.Duration
+	addr, fnDir, flagsPath       string
+	withEBPF, dev                bool
+	syscallLatency               bool
+	socketQueue                  bool
+	keysFile, adminAddr          string
+	tlsCert, tlsKey              string
+	rateRPS                      float64
+	rateBurst, maxConcurrent     int
+	backend, namespace           string
+	kubeconfig, kubeContext      string
+	flagsConfigMap, lease        string // NAMESPACE/NAME: the flag state in a ConfigMap, rollouts driven by the Lease holder
+	prometheusURL                string // rollout analysis reads every replica's traffic from this Prometheus
+	routerService                string // NAMESPACE/NAME: else from each endpoint of this Service (its EndpointSlices)
+	cpuProfile, runtimeBin       string
+	instanceHTTP                 bool
+	runtimeMemory, machineMemory byteSize
+	isolation                    string
+	limits                       router.Limits
+	poolSize, queueCapacity      int
+	scaleToZeroAfter             time.Duration
+	requestTimeout               time.Duration
+	stableWindow, panicWindow    time.Duration
 	// prescaler holds Knative revisions warm for blue-green rollouts
 	// (set by newBackend with --backend knative).
 	prescaler *knative.Prescaler
@@ -104,6 +106,9 @@ func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.prometheusURL, "prometheus-url", "", "rollout analysis reads every router replica's traffic from this Prometheus (the queries: docs/flags-and-rollouts.md); wins over --router-service")
 	f.StringVar(&o.routerService, "router-service", "", "NAMESPACE/NAME: rollout analysis scrapes /metrics of every ready endpoint of this Service (its EndpointSlices, port \""+rollout.AdminPortName+"\"); empty: this replica's own traffic only")
 	f.IntVar(&o.poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
+	f.Var(&o.runtimeMemory, "runtime-memory", "memory one shared runtime process may give its revisions' sessions, e.g. 2Gi (default: 1/8 of the machine's); a revision that would exceed it unloads the least recently used idle ones first")
+	f.Var(&o.machineMemory, "runtime-memory-total", "memory every runtime process together may hold, e.g. 16Gi (default: 3/4 of the machine's); past it, requests wait and then get 503 rather than an OOM kill")
+	f.StringVar(&o.isolation, "isolation", "", "override every function's isolation: shared or dedicated (default: each function.yaml's, else shared for models up to 64 MiB; dedicated with --ebpf)")
 	f.BoolVar(&o.instanceHTTP, "instance-http", false, "reach local instances over HTTP on their port instead of their framed Unix socket (slower; for comparison, as bench hop does)")
 	f.StringVar(&o.runtimeBin, "runtime-bin", "", "executable the local engine runs instances with (default: "+listener.RuntimeBinary+" beside this binary, else on PATH)")
 	f.DurationVar(&o.scaleToZeroAfter, "scale-to-zero-after", 0, "override every function's scaling.scaleToZeroAfter (0 keeps each function's)")
@@ -189,7 +194,7 @@ func (o *serveOptions) run() error {
 		acfg.Targets = func() []admin.ScrapeTarget {
 			var out []admin.ScrapeTarget
 			for _, p := range eng.Endpoints() {
-				out = append(out, admin.ScrapeTarget{Addr: p.Addr, PID: p.PID, Function: p.Function, Revision: p.Revision})
+				out = append(out, admin.ScrapeTarget{Addr: p.Addr, PID: p.PID, Function: p.Function, Revision: p.Revision, Shared: p.Shared})
 			}
 			return out
 		}
@@ -243,12 +248,20 @@ func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes,
 	if err != nil {
 		return nil, rcfg, nil, err
 	}
+	isolation := o.isolation
+	if isolation == "" && probes != nil {
+		// The probes attribute kernel events by pid, and a shared process's
+		// pid holds many revisions: with them on, each revision gets its own.
+		isolation = functions.IsolationDedicated
+		log.Info("eBPF probes on: every revision runs dedicated (a process each) so its kernel events are its own; --isolation shared overrides")
+	}
 	ecfg := engine.Config{
 		Functions: fns, Binary: bin, PoolSize: o.poolSize, ScaleToZeroAfter: o.scaleToZeroAfter, QueueCapacity: o.queueCapacity,
 		StableWindow: o.stableWindow, PanicWindow: o.panicWindow, Logger: log, Registerer: reg,
 		// The probes follow the framed socket as they follow TCP: --ebpf
 		// changes no transport.
-		HTTPOnly: o.instanceHTTP,
+		HTTPOnly:      o.instanceHTTP,
+		RuntimeMemory: int64(o.runtimeMemory), MachineMemory: int64(o.machineMemory), Isolation: isolation,
 	}
 	lb := engine.Backend{}
 	if probes != nil {

@@ -26,7 +26,9 @@ func TestPrometheusTargetsFollowServe(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: starts serve and its instances")
 	}
-	_, base := startServe(t, testbin.Pilotlight(t), "--flags", "", "--pool-size", "1", "--scale-to-zero-after", "1s")
+	// Dedicated: a revision's own process is discovered, and exits at zero
+	// (a shared process is one target without function labels: engine's TestSharedPlacement).
+	_, base := startServe(t, testbin.Pilotlight(t), "--flags", "", "--pool-size", "1", "--scale-to-zero-after", "1s", "--isolation", "dedicated")
 	host := strings.TrimPrefix(base, "http://")
 	discover := func() (router []sdGroup, instances []sdGroup, pool []sdGroup) {
 		t.Helper()

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/pilotlight/pilotlight/internal/listener"
+	"github.com/pilotlight/pilotlight/internal/procmem"
 )
 
 // Proc is a pilotlight child process started by a benchmark.
@@ -140,20 +141,12 @@ func Children(pid int) []int {
 	return out
 }
 
-// RSS is a process's resident set size in bytes (from /proc).
+// RSS is a process's resident set size in bytes (from /proc; 0 for no pid).
 func RSS(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
+	if pid <= 0 {
 		return 0
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			f := strings.Fields(line)
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
+	return procmem.RSS(pid)
 }
 
 // Admin is the part of GET /admin/functions the benchmarks read.

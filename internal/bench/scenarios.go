@@ -216,7 +216,8 @@ func Instance(ctx context.Context, e Env) ([]Row, error) {
 // times, as a client sees it (the request's wall time); extra are more
 // serve flags (--runtime-bin to compare instance binaries).
 func ColdStart(ctx context.Context, e Env, poolSize, n int, extra ...string) ([]Row, error) {
-	ct, err := e.coldStartTarget(append([]string{"--pool-size", strconv.Itoa(poolSize), "--flags", ""}, extra...))
+	// Dedicated: a shared revision's wake starts no process (bench density times those).
+	ct, err := e.coldStartTarget(append([]string{"--pool-size", strconv.Itoa(poolSize), "--flags", "", "--isolation", functions.IsolationDedicated}, extra...))
 	if err != nil {
 		return nil, err
 	}

@@ -117,6 +117,10 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			if req.Timeout > 0 {
 				rctx, cancel = context.WithTimeout(reqCtx, req.Timeout)
 			}
+			if len(req.Revision) > 0 && s.Serves != nil {
+				// A process serving several revisions picks the sessions by it.
+				rctx = context.WithValue(rctx, revisionKey{}, string(req.Revision))
+			}
 			r, err = req.httpRequest(rctx)
 		}
 		if err != nil {
@@ -143,6 +147,27 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
+}
+
+// revisionKey carries a frame's named revision in its request's context.
+type revisionKey struct{}
+
+// RevisionFrom is the revision a framed request named ("" : none, or not a
+// framed request). Set only when the Server has a Serves hook.
+func RevisionFrom(ctx context.Context) string {
+	s, _ := ctx.Value(revisionKey{}).(string)
+	return s
+}
+
+// RevisionHeader names, on an HTTP request to a process serving several
+// revisions, the revision it is for, as a request frame does (a V2 path
+// may also name it as its version). A process serving one revision ignores it.
+const RevisionHeader = "X-Pilotlight-Revision"
+
+// WithRevision names the revision a request is for as a frame does, for a
+// request that named it another way (an HTTP header).
+func WithRevision(ctx context.Context, revision string) context.Context {
+	return context.WithValue(ctx, revisionKey{}, revision)
 }
 
 // encodeHeaders adds the answer's headers to e, and its trailers as

@@ -1,7 +1,9 @@
 // Package instance is one revision loaded into a runtime process: its
-// function handler, its warm session pool and its dynamic batcher. A runtime
-// process holds at most one instance (Knative's one-revision-per-container
-// contract); a generic warm-pool process holds none until it is specialised.
+// function handler, its warm session pool and its dynamic batcher. A
+// dedicated runtime process holds one instance (Knative's
+// one-revision-per-container contract); a shared one holds many, each with
+// its own pool and batcher; a generic warm-pool process holds none until it
+// is specialised.
 package instance
 
 import (

@@ -20,12 +20,19 @@ func (s *Server) ServeFrames(ctx context.Context, ln net.Listener) error {
 
 // serves reports whether a frame's named revision is this process's.
 // Before a revision is loaded (a warm-pool process), frames go on to the
-// handlers, which answer 503 as they do over HTTP.
+// handlers, which answer 503 as they do over HTTP; a shared process serves
+// the revisions it has loaded.
 func (s *Server) serves(revision []byte) bool {
-	in := s.inst.Load()
-	return in == nil || string(revision) == in.Revision.Name
+	rs := s.revisions()
+	if len(rs.order) == 0 && !s.shared.Load() {
+		return true
+	}
+	_, ok := rs.byRev[string(revision)]
+	return ok
 }
 
 // frameLimit bounds a request frame: the body limit plus room for the
 // request line and headers (the router's own header limit is 64 KiB).
-func (s *Server) frameLimit() int { return int(s.bodyLimitBytes()) + 128<<10 }
+func (s *Server) frameLimit() int {
+	return int(s.revisions().maxBodyBytes(s.cfg.MaxBodyBytes)) + 128<<10
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/pilotlight/pilotlight/functions"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/runtime/batch"
+	"github.com/pilotlight/pilotlight/runtime/instance"
 	"github.com/pilotlight/pilotlight/runtime/ort"
 )
 
@@ -72,7 +73,7 @@ func (s *Server) newGRPC(maxMessageBytes int64) *grpc.Server {
 			return &pb.ServerLiveResponse{Live: true}, nil
 		}),
 		unary("ServerReady", func(ctx context.Context, _ *pb.ServerReadyRequest) (*pb.ServerReadyResponse, error) {
-			return &pb.ServerReadyResponse{Ready: !s.draining.Load() && s.inst.Load() != nil}, nil
+			return &pb.ServerReadyResponse{Ready: !s.draining.Load() && (s.shared.Load() || len(s.revisions().order) > 0)}, nil
 		}),
 		unary("ModelReady", s.grpcModelReady),
 		unary("ServerMetadata", func(ctx context.Context, _ *pb.ServerMetadataRequest) (*pb.ServerMetadataResponse, error) {
@@ -125,7 +126,7 @@ func (s *Server) serveGRPC(w http.ResponseWriter, r *http.Request) {
 		var hdr [pb.FrameHeaderBytes]byte
 		n, err := io.ReadFull(r.Body, hdr[:])
 		if err == nil {
-			limit := s.bodyLimitBytes()
+			limit := s.bodyLimitBytes(r.Context())
 			if _, length := pb.ParseFrameHeader(hdr[:]); int64(length) > limit {
 				pb.WriteStatus(w, codes.ResourceExhausted, fmt.Sprintf("request body larger than %d bytes", limit))
 				return
@@ -152,7 +153,7 @@ func (s *Server) serveInfer(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 	}
 	refuse := func(code codes.Code, msg string) {
-		s.countGRPC(code, time.Now())
+		s.countGRPC(code, time.Now(), s.current(ctx))
 		pb.WriteStatus(w, code, msg)
 	}
 	var hdr [pb.FrameHeaderBytes]byte
@@ -165,7 +166,7 @@ func (s *Server) serveInfer(w http.ResponseWriter, r *http.Request) {
 		refuse(codes.Unimplemented, fmt.Sprintf("compressed requests are not accepted (grpc-encoding %q); send them uncompressed", r.Header.Get("Grpc-Encoding")))
 		return
 	}
-	if limit := s.bodyLimitBytes(); int64(length) > limit {
+	if limit := s.bodyLimitBytes(ctx); int64(length) > limit {
 		refuse(codes.ResourceExhausted, fmt.Sprintf("request body larger than %d bytes", limit))
 		return
 	}
@@ -190,18 +191,19 @@ func (s *Server) serveInfer(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// bodyLimitBytes is the request size limit in force: the loaded function's
-// runtime.maxBodyBytes, else the process's.
-func (s *Server) bodyLimitBytes() int64 {
-	if in := s.inst.Load(); in != nil {
+// bodyLimitBytes is the request size limit in force: the runtime.maxBodyBytes
+// of the function the request is for, else the largest of those loaded
+// (the handler then resolves the revision), else the process's.
+func (s *Server) bodyLimitBytes(ctx context.Context) int64 {
+	if in := s.current(ctx); in != nil {
 		return in.Manifest.Runtime.MaxBodyBytes
 	}
-	return s.cfg.MaxBodyBytes
+	return s.revisions().maxBodyBytes(s.cfg.MaxBodyBytes)
 }
 
-func (s *Server) countGRPC(code codes.Code, start time.Time) {
+func (s *Server) countGRPC(code codes.Code, start time.Time, in *instance.Instance) {
 	fn, rev := "", ""
-	if in := s.inst.Load(); in != nil {
+	if in != nil {
 		fn, rev = in.Manifest.Name, in.Revision.Name
 	}
 	s.metrics.requests.WithLabelValues(fn, rev, grpcRoute, strconv.Itoa(pb.HTTPStatusFor(code))).Inc()
@@ -213,7 +215,13 @@ func (s *Server) countGRPC(code codes.Code, start time.Time) {
 // or an output has no typed contents field (FP16, BF16).
 func (s *Server) grpcInfer(ctx context.Context, body []byte) (resp *pb.ModelInferResponse, err error) {
 	start := time.Now()
-	defer func() { s.countGRPC(status.Code(err), start) }()
+	var in *instance.Instance
+	defer func() {
+		if in == nil {
+			in = s.current(ctx)
+		}
+		s.countGRPC(status.Code(err), start, in)
+	}()
 	req := &pb.ModelInferRequest{}
 	if err := proto.Unmarshal(body, req); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "malformed infer request: %v", err)
@@ -221,7 +229,7 @@ func (s *Server) grpcInfer(ctx context.Context, body []byte) (resp *pb.ModelInfe
 	if req.ModelName == "" {
 		return nil, status.Error(codes.InvalidArgument, "model_name is required")
 	}
-	in, err := s.resolve(req.ModelName, req.ModelVersion)
+	in, err = s.resolve(ctx, req.ModelName, req.ModelVersion)
 	if err != nil {
 		return nil, s.grpcError(err)
 	}
@@ -254,7 +262,7 @@ func (s *Server) grpcInfer(ctx context.Context, body []byte) (resp *pb.ModelInfe
 }
 
 func (s *Server) grpcModelReady(ctx context.Context, req *pb.ModelReadyRequest) (*pb.ModelReadyResponse, error) {
-	_, err := s.resolve(req.Name, req.Version)
+	_, err := s.resolve(ctx, req.Name, req.Version)
 	var he *echo.HTTPError
 	if errors.As(err, &he) && he.Code == http.StatusServiceUnavailable {
 		return &pb.ModelReadyResponse{Ready: false}, nil
@@ -266,7 +274,7 @@ func (s *Server) grpcModelReady(ctx context.Context, req *pb.ModelReadyRequest) 
 }
 
 func (s *Server) grpcModelMetadata(ctx context.Context, req *pb.ModelMetadataRequest) (*pb.ModelMetadataResponse, error) {
-	in, err := s.resolve(req.Name, req.Version)
+	in, err := s.resolve(ctx, req.Name, req.Version)
 	if err != nil {
 		return nil, s.grpcError(err)
 	}

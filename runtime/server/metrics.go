@@ -13,23 +13,25 @@ import (
 
 // metrics are the runtime's Prometheus series, labelled by function and revision.
 type metrics struct {
-	requests     *prometheus.CounterVec
-	duration     *prometheus.HistogramVec
-	batchRows    *prometheus.HistogramVec
-	batchReqs    *prometheus.HistogramVec
-	batchRun     *prometheus.HistogramVec
-	batchErrors  *prometheus.CounterVec
-	loadSeconds  *prometheus.GaugeVec
-	provider     *prometheus.GaugeVec
-	fallbacks    *prometheus.CounterVec
-	sessions     *prometheus.GaugeVec
-	reg          prometheus.Registerer
-	poolInUseSet bool
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	batchRows   *prometheus.HistogramVec
+	batchReqs   *prometheus.HistogramVec
+	batchRun    *prometheus.HistogramVec
+	batchErrors *prometheus.CounterVec
+	loadSeconds *prometheus.GaugeVec
+	provider    *prometheus.GaugeVec
+	fallbacks   *prometheus.CounterVec
+	sessions    *prometheus.GaugeVec
+	reg         prometheus.Registerer
+	// inUse is each loaded revision's pilotlight_session_pool_in_use
+	// gauge, registered at load and unregistered at unload.
+	inUse map[[2]string]prometheus.Collector
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		reg: reg,
+		reg: reg, inUse: map[[2]string]prometheus.Collector{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_runtime_requests_total",
 			Help: "Requests an instance answered, by function, revision, route (infer|function) and status code."}, []string{"function", "revision", "route", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "pilotlight_runtime_request_duration_seconds",
@@ -65,11 +67,26 @@ func (m *metrics) loaded(in *instance.Instance) {
 		m.fallbacks.WithLabelValues(fn, rev, "cuda", in.Pool.Provider).Add(float64(in.Pool.Size()))
 	}
 	m.sessions.WithLabelValues(fn, rev).Set(float64(in.Pool.Size()))
-	if !m.poolInUseSet {
-		m.poolInUseSet = true
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilotlight_session_pool_in_use",
+	key := [2]string{fn, rev}
+	if _, ok := m.inUse[key]; !ok {
+		g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pilotlight_session_pool_in_use",
 			Help: "Sessions running an ONNX Runtime call now.", ConstLabels: prometheus.Labels{"function": fn, "revision": rev}},
-			func() float64 { return float64(in.Pool.InUse()) }))
+			func() float64 { return float64(in.Pool.InUse()) })
+		m.inUse[key] = g
+		m.reg.MustRegister(g)
+	}
+}
+
+// unloaded records that a shared process released a revision's sessions:
+// its pool gauges go (its counters stay, as counters do).
+func (m *metrics) unloaded(in *instance.Instance) {
+	fn, rev := in.Manifest.Name, in.Revision.Name
+	m.sessions.WithLabelValues(fn, rev).Set(0)
+	m.provider.DeleteLabelValues(fn, rev, in.Pool.Provider, in.Manifest.Runtime.Provider)
+	key := [2]string{fn, rev}
+	if g, ok := m.inUse[key]; ok {
+		m.reg.Unregister(g)
+		delete(m.inUse, key)
 	}
 }
 
@@ -100,7 +117,11 @@ func (s *Server) measure(route string) echo.MiddlewareFunc {
 				c.Error(err)
 			}
 			fn, rev := "", ""
-			if in := s.inst.Load(); in != nil {
+			in, _ := c.Get(instanceKey).(*instance.Instance)
+			if in == nil {
+				in = s.current(c.Request().Context())
+			}
+			if in != nil {
 				fn, rev = in.Manifest.Name, in.Revision.Name
 			}
 			s.metrics.requests.WithLabelValues(fn, rev, route, strconv.Itoa(c.Response().Status)).Inc()

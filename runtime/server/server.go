@@ -29,6 +29,7 @@ import (
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/functions/tensor"
+	"github.com/pilotlight/pilotlight/internal/frame"
 	"github.com/pilotlight/pilotlight/internal/listener"
 	"github.com/pilotlight/pilotlight/internal/telemetry"
 	pb "github.com/pilotlight/pilotlight/proto/inference"
@@ -55,12 +56,15 @@ type Config struct {
 
 // Server is one runtime process's HTTP server.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	echo     *echo.Echo
-	metrics  *metrics
-	inst     atomic.Pointer[instance.Instance]
-	loadErr  atomic.Pointer[string]
+	cfg     Config
+	log     *slog.Logger
+	echo    *echo.Echo
+	metrics *metrics
+	set     atomic.Pointer[revisionSet]
+	loadErr atomic.Pointer[string]
+	// shared is set by the first shared specialisation: the process then
+	// loads and unloads many revisions (never set in a dedicated one).
+	shared   atomic.Bool
 	draining atomic.Bool
 	specMu   sync.Mutex
 	// grpc serves inference.GRPCInferenceService; Load replaces it so its
@@ -83,6 +87,7 @@ func New(cfg Config) *Server {
 		cfg.DrainTimeout = 30 * time.Second
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry)}
+	s.set.Store(&revisionSet{})
 	s.echo = s.routes()
 	s.grpc.Store(s.newGRPC(cfg.MaxBodyBytes))
 	return s
@@ -97,19 +102,47 @@ func (s *Server) Handler() http.Handler { return s.echo }
 func (s *Server) Load(ctx context.Context, m *functions.Manifest, revision string) error {
 	s.specMu.Lock()
 	defer s.specMu.Unlock()
-	if cur := s.inst.Load(); cur != nil {
+	return s.load(ctx, m, revision)
+}
+
+// load adds a revision (caller holds specMu): the only one of a dedicated
+// process, one more of a shared one.
+func (s *Server) load(ctx context.Context, m *functions.Manifest, revision string) error {
+	rs := s.revisions()
+	if cur := rs.only(); cur != nil && !s.shared.Load() {
 		return fmt.Errorf("already serving %s/%s", cur.Manifest.Name, cur.Revision.Name)
 	}
-	in, err := instance.Load(ctx, m, revision, s.metrics.observer(m.Name, revision), s.log, instance.Options{DecodeWarmup: decodeWarmup})
+	if cur, ok := rs.byRev[revision]; ok {
+		if cur.Manifest.Name == m.Name {
+			return nil // loaded already: loading is idempotent
+		}
+		return fmt.Errorf("this process already serves a revision named %q (of function %s)", revision, cur.Manifest.Name)
+	}
+	log := s.log
+	if s.shared.Load() {
+		log = log.With("function", m.Name, "revision", revision)
+	}
+	in, err := instance.Load(ctx, m, revision, s.metrics.observer(m.Name, revision), log, instance.Options{DecodeWarmup: decodeWarmup})
 	if err != nil {
-		msg := err.Error()
-		s.loadErr.Store(&msg)
-		s.log.Error("revision failed to load; instance stays not ready", "function", m.Name, "revision", revision, "err", err)
+		if !s.shared.Load() {
+			msg := err.Error()
+			s.loadErr.Store(&msg)
+		}
+		log.Error("revision failed to load; instance stays not ready", "function", m.Name, "revision", revision, "err", err)
 		return err
 	}
+	if s.shared.Load() {
+		// What loading left behind (the model file's bytes, the parsed
+		// graph) goes back to the kernel: the process's RSS is then what
+		// the revision holds, the engine's measure of its cost.
+		ort.TrimHeap()
+	}
 	s.metrics.loaded(in)
-	s.grpc.Store(s.newGRPC(m.Runtime.MaxBodyBytes))
-	s.inst.Store(in)
+	next := rs.with(in)
+	if limit := next.maxBodyBytes(s.cfg.MaxBodyBytes); len(rs.order) == 0 || limit != rs.maxBodyBytes(s.cfg.MaxBodyBytes) {
+		s.grpc.Store(s.newGRPC(limit))
+	}
+	s.set.Store(next)
 	s.loadErr.Store(nil)
 	return nil
 }
@@ -121,6 +154,10 @@ func (s *Server) routes() *echo.Echo {
 	// gRPC first: before routing, recovery and the REST body limit, which are not its.
 	e.Pre(func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
+			if rev := c.Request().Header.Get(frame.RevisionHeader); rev != "" && s.shared.Load() && frame.RevisionFrom(c.Request().Context()) == "" {
+				// An HTTP caller of a shared process names the revision as a frame does.
+				c.SetRequest(c.Request().WithContext(frame.WithRevision(c.Request().Context(), rev)))
+			}
 			if r := c.Request(); pb.IsGRPC(r) {
 				s.serveGRPC(c.Response().Writer, r)
 				return nil
@@ -147,6 +184,7 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{EnableOpenMetrics: true})))
 	if s.cfg.AllowSpecialise {
 		e.POST("/admin/specialise", s.specialise)
+		e.POST("/admin/unload", s.unload)
 	}
 	return e
 }
@@ -192,8 +230,8 @@ func (s *Server) httpError(err error, c echo.Context) {
 
 func (s *Server) bodyLimit(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		limit := s.bodyLimitBytes()
 		r := c.Request()
+		limit := s.bodyLimitBytes(r.Context())
 		if r.ContentLength > limit {
 			return &http.MaxBytesError{Limit: limit}
 		}
@@ -210,7 +248,13 @@ func (s *Server) ready(c echo.Context) error {
 	if s.draining.Load() {
 		return echo.NewHTTPError(http.StatusServiceUnavailable, "draining")
 	}
-	in := s.inst.Load()
+	rs := s.revisions()
+	if s.shared.Load() {
+		// A shared process is ready once shared; each revision has its own
+		// readiness at /v2/models/{name}/versions/{revision}/ready.
+		return c.JSON(http.StatusOK, map[string]any{"ready": true, "shared": true, "revisions": rs.served(), "rss_bytes": RSSBytes()})
+	}
+	in := rs.only()
 	if in == nil {
 		reason := "no revision loaded yet"
 		if e := s.loadErr.Load(); e != nil {
@@ -227,27 +271,15 @@ func (s *Server) model(c echo.Context) (*instance.Instance, error) {
 	if name == "" {
 		name = c.Param("function")
 	}
-	return s.resolve(name, version)
+	in, err := s.resolve(c.Request().Context(), name, version)
+	if in != nil {
+		c.Set(instanceKey, in) // the metrics' labels
+	}
+	return in, err
 }
 
-// resolve finds the loaded revision by model name and version ("" : any),
-// for REST and gRPC alike.
-func (s *Server) resolve(name, version string) (*instance.Instance, error) {
-	in := s.inst.Load()
-	if in == nil {
-		if e := s.loadErr.Load(); e != nil {
-			return nil, echo.NewHTTPError(http.StatusServiceUnavailable, fmt.Sprintf("model %q is not ready: %s", name, *e))
-		}
-		return nil, echo.NewHTTPError(http.StatusServiceUnavailable, fmt.Sprintf("model %q is not ready: no revision loaded yet", name))
-	}
-	if name != "" && name != in.Manifest.Name {
-		return nil, echo.NewHTTPError(http.StatusNotFound, fmt.Sprintf("unknown model %q; this instance serves %q", name, in.Manifest.Name))
-	}
-	if version != "" && version != in.Revision.Name {
-		return nil, echo.NewHTTPError(http.StatusNotFound, fmt.Sprintf("model %q has no version %q here; this instance serves %q", in.Manifest.Name, version, in.Revision.Name))
-	}
-	return in, nil
-}
+// instanceKey holds, in the echo context, the instance a request resolved to.
+const instanceKey = "pilotlight.instance"
 
 type tensorMetadata struct {
 	Name     string  `json:"name"`
@@ -427,28 +459,48 @@ func checkRows(in *instance.Instance, rows int) error {
 }
 
 // SpecialiseRequest asks a generic warm-pool process to load a revision.
+// Shared makes (or keeps) it a shared process, which then loads more
+// revisions with further calls and unloads them with POST /admin/unload;
+// without it the process serves that one revision for good.
 type SpecialiseRequest struct {
 	FunctionDir string `json:"function_dir"`
 	Revision    string `json:"revision"`
+	Shared      bool   `json:"shared,omitempty"`
 }
 
 func (s *Server) specialise(c echo.Context) error {
 	var req SpecialiseRequest
-	if err := json.NewDecoder(c.Request().Body).Decode(&req); err != nil {
-		return functions.Badf("malformed specialise request: %v", err)
-	}
-	if s.inst.Load() != nil {
-		return echo.NewHTTPError(http.StatusConflict, "this process is already specialised")
+	if err := decodeControl(c, &req); err != nil {
+		return err
 	}
 	m, err := functions.LoadDir(req.FunctionDir)
 	if err != nil {
 		return functions.Badf("%v", err)
 	}
-	start := time.Now()
-	if err := s.Load(c.Request().Context(), m, req.Revision); err != nil {
+	s.specMu.Lock()
+	defer s.specMu.Unlock()
+	switch rs := s.revisions(); {
+	case len(rs.order) > 0 && !s.shared.Load():
+		return echo.NewHTTPError(http.StatusConflict, "this process is already specialised")
+	case s.shared.Load() && !req.Shared:
+		return echo.NewHTTPError(http.StatusConflict, `this process is shared: it takes shared loads only ("shared": true)`)
+	case req.Shared:
+		s.shared.Store(true)
+	}
+	start, before := time.Now(), RSSBytes()
+	if err := s.load(c.Request().Context(), m, req.Revision); err != nil {
 		return echo.NewHTTPError(http.StatusUnprocessableEntity, err.Error())
 	}
-	return c.JSON(http.StatusOK, map[string]any{"function": m.Name, "revision": req.Revision, "load_seconds": time.Since(start).Seconds()})
+	return c.JSON(http.StatusOK, map[string]any{"function": m.Name, "revision": req.Revision, "load_seconds": time.Since(start).Seconds(),
+		"rss_before_bytes": before, "rss_bytes": RSSBytes()})
+}
+
+// decodeControl reads a control call's JSON body into v (400 naming the problem).
+func decodeControl(c echo.Context, v any) error {
+	if err := json.NewDecoder(c.Request().Body).Decode(v); err != nil {
+		return functions.Badf("malformed %s request: %v", strings.TrimPrefix(c.Path(), "/admin/"), err)
+	}
+	return nil
 }
 
 // Serve accepts on ln, and the local router's framed requests on frames
@@ -488,9 +540,9 @@ func (s *Server) Serve(ctx context.Context, ln, frames net.Listener) error {
 	defer cancel()
 	err := srv.Shutdown(sctx)
 	<-framesDone // ServeFrames drains on the same ctx, bounded by DrainTimeout
-	if in := s.inst.Load(); in != nil {
+	for _, in := range s.revisions().order {
 		if cerr := in.Close(); cerr != nil {
-			s.log.Warn("closing sessions", "err", cerr)
+			s.log.Warn("closing sessions", "function", in.Manifest.Name, "revision", in.Revision.Name, "err", cerr)
 		}
 	}
 	if err != nil {

@@ -39,7 +39,7 @@ func (s *Server) traceRequests(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		ctx := tel.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 		attrs := []attribute.KeyValue{attribute.String("http.request.method", r.Method), attribute.String("http.route", c.Path())}
-		if in := s.inst.Load(); in != nil {
+		if in := s.current(r.Context()); in != nil {
 			attrs = append(attrs, attrFunction.String(in.Manifest.Name), attrRevision.String(in.Revision.Name))
 		}
 		ctx, span := tracer.Start(ctx, "instance "+r.Method+" "+c.Path(), trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))

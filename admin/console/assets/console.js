@@ -124,7 +124,7 @@
     const h = Math.max(1, cs.bars.length) * ROW + 2;
     const pending = cs.pending ? " · waiting for the first response" : "";
     return `<div class="wf" data-pid="${cs.pid}" data-origin="${esc(cs.origin)}">` +
-      `<div class="cap">${esc(cs.source === "pool" ? "warm-pool process specialised" : "new process (exec)")} · pid ${cs.pid} · ` +
+      `<div class="cap">${esc(cs.source === "pool" ? "warm-pool process specialised" : cs.source === "shared" ? "loaded into a running shared process" : "new process (exec)")} · pid ${cs.pid} · ` +
       `<b>${fmtMS(cs.total_ms)}</b> ${cs.autoscaled ? "start to ready, asked for by the autoscaler (no request waited)" : "arrival to " + (cs.pending ? "ready" : "first response")} · ${esc(origin)}${cs.at ? " · at " + esc(clock(cs.at)) : ""}${pending}</div>` +
       `<svg viewBox="0 0 ${W} ${h}" height="${h}" preserveAspectRatio="xMinYMin meet" role="img" aria-label="cold start waterfall">${rows}</svg></div>`;
   }
@@ -152,7 +152,7 @@
       : `<div class="none">no cold start since the console started</div>`;
     return `<div class="rev" data-revision="${esc(r.name)}">` +
       `<div class="rev-head"><b class="mono">${esc(r.name)}</b>${r.tag ? `<span class="pill">${esc(r.tag)}</span>` : ""}${weightBar(r.weight)}</div>` +
-      `<div class="inst" data-ready="${r.ready}" data-starting="${r.starting}" data-draining="${r.draining}">${inst}</div>` +
+      `<div class="inst" data-ready="${r.ready}" data-starting="${r.starting}" data-draining="${r.draining}">${inst}${loadsLine(r)}</div>` +
       `<div class="charts">${chart(r.series, view.points, "rate")}${chart(r.series, view.points, "latency")}</div>` +
       `<div class="colds">${colds}</div></div>`;
   }
@@ -230,6 +230,26 @@
     if (cache.get("rollouts") !== json) { cache.set("rollouts", json); el.innerHTML = html; }
   }
 
+  // loadsLine is a shared revision's loads and unloads by reason.
+  function loadsLine(r) {
+    const fmt = (m) => Object.entries(m || {}).map(([k, n]) => `${esc(k)} ${n}`).join(", ");
+    if (!r.loads && !r.unloads) return "";
+    return `<div class="muted loads" data-unloads="${esc(fmt(r.unloads))}">shared process: loads ${fmt(r.loads) || "none"} · unloads ${fmt(r.unloads) || "none"}</div>`;
+  }
+
+  // ---- runtime processes: which holds which revisions ----
+  function mib(b) { return (b / 1048576).toFixed(1) + " MiB"; }
+  function processes(v) {
+    $("processes-section").hidden = v.backend !== "local";
+    draw($("processes"), v.processes, (ps) => ps.length ? `<table class="procs"><tr><th>pid</th><th>isolation</th><th>state</th><th>RSS</th><th>revisions (least recently used first)</th></tr>` +
+      ps.map((p) => {
+        const revs = [...p.revisions].sort((a, b) => (a.last_active || "").localeCompare(b.last_active || ""));
+        const budget = p.isolation === "shared" ? ` <span class="muted">· sessions ${mib(p.charged_bytes || 0)} of ${mib(p.budget_bytes)}</span>` : "";
+        return `<tr data-pid="${p.pid}" data-isolation="${esc(p.isolation)}"><td class="mono">${p.pid || "…"}</td><td>${esc(p.isolation)}</td><td>${esc(p.state)}</td><td>${mib(p.rss_bytes)}${budget}</td><td>` +
+          (revs.length ? revs.map((r) => `<span class="rev mono" data-rev="${esc(r.revision)}">${esc(r.revision)} <span class="muted">${esc(r.state)}${r.inflight ? ", " + r.inflight + " in flight" : ""}${r.bytes ? ", " + mib(r.bytes) : ""}${r.last_active ? ", " + esc(ago(r.last_active)) : ""}</span></span>`).join(" · ") : `<span class="muted">none</span>`) + `</td></tr>`;
+      }).join("") + `</table>` : `<p class="muted">No runtime process is running: every revision is at zero.</p>`);
+  }
+
   // ---- header and notices ----
   function summary(v) {
     let ready = 0, starting = 0, draining = 0;
@@ -283,6 +303,7 @@
         summary(v);
         rollouts(v);
         functions(v);
+        processes(v);
         document.body.dataset.seq = String(v.seq);
       }
       setStatus("live · " + clock(v.generated) + " · #" + v.seq);
