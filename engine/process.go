@@ -101,6 +101,27 @@ func (in *Process) alive() bool {
 	}
 }
 
+// hostDiedWait bounds how long a failed shared load waits to learn whether
+// its process died: the load's connection fails before the exit is reaped.
+const hostDiedWait = 200 * time.Millisecond
+
+// hostDied says whether the shared process slot was placed on has exited
+// (waiting up to hostDiedWait for the exit to be seen).
+func hostDied(slot *Process) bool {
+	slot.mu.Lock()
+	exited := slot.exited
+	slot.mu.Unlock()
+	if exited == nil {
+		return false
+	}
+	select {
+	case <-exited:
+		return true
+	case <-time.After(hostDiedWait):
+		return false
+	}
+}
+
 // reserve places a starting instance in r (caller holds r.mu) so concurrent
 // decisions count it; start fills it in.
 func (e *Engine) reserve(r *revision) *Process {
@@ -127,12 +148,20 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 	if err != nil {
 		var ce *CapacityError
 		backoff := startRetryBackoff
-		if errors.As(err, &ce) {
+		switch {
+		case errors.As(err, &ce):
 			// Not a failure of the revision: placement is tried again on the
 			// next tick while requests wait (up to CapacityWait).
 			e.log.Warn("no memory to load the revision yet", "function", r.fn.Name, "revision", r.rev.Name, "reason", ce.Reason)
 			backoff = e.cfg.TickInterval
-		} else {
+		case slot.slot && hostDied(slot):
+			// The shared process it was loading into died (a crash the
+			// engine is handling): not a failure of the revision either. The
+			// held requests go back through Acquire now, to a new placement,
+			// as the requests the crash interrupted do.
+			e.log.Warn("the shared process ended during the load; placing the revision again", "function", r.fn.Name, "revision", r.rev.Name, "pid", slot.pid)
+			err, backoff = nil, 0
+		default:
 			e.log.Error("instance failed to start", "function", r.fn.Name, "revision", r.rev.Name, "source", slot.source, "err", err)
 			e.m.startFailures.WithLabelValues(r.fn.Name, r.rev.Name).Inc()
 			err = &StartError{Function: r.fn.Name, Revision: r.rev.Name, Err: err}
