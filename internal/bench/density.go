@@ -175,6 +175,16 @@ func (d Density) Run(ctx context.Context, e Env, fnRoot string) ([]Row, error) {
 		rows = append(rows, r[:2]...)
 	}
 
+	for _, isolation := range []string{functions.IsolationDedicated, functions.IsolationShared} {
+		fmt.Fprintf(os.Stderr, "bench density: a burst of %d wakes, %s...\n", burstFunctions, isolation)
+		lat, err := d.burst(e, fnRoot, isolation)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, Row{Name: fmt.Sprintf("burst: %d functions at zero woken at once, warm pool of %d, %s: first responses p50 / p99 (n=%d)", burstFunctions, burstPool, isolation, len(lat)),
+			Value: ms(quantile(lat, .5)) + " / " + ms(quantile(lat, .99))})
+	}
+
 	fmt.Fprintf(os.Stderr, "bench density: a hot function beside 50 idle and 5 trickling...\n")
 	hot, err := d.hot(ctx, e, fnRoot)
 	if err != nil {
@@ -202,6 +212,66 @@ func (d Density) Run(ctx context.Context, e Env, fnRoot string) ([]Row, error) {
 		Row{Name: fmt.Sprintf("%d registered functions at zero: serve's RSS (router + engine)", d.Registered), Value: mibs(serveRSS)},
 	)
 	return rows, nil
+}
+
+// The burst: this many functions at zero woken by one request each at the
+// same moment, with a warm pool this big, in burstRounds rounds.
+const (
+	burstFunctions = 20
+	burstPool      = 2
+	burstRounds    = 3
+)
+
+// burst times the first responses of burstFunctions functions woken at
+// once: dedicated, the pool's processes are specialised and the rest exec;
+// shared, their sessions load into running processes.
+func (d Density) burst(e Env, fnRoot, isolation string) ([]time.Duration, error) {
+	idle := 2 * time.Second
+	root, fns, err := copies(fnRoot, burstFunctions, idle)
+	defer os.RemoveAll(root)
+	if err != nil {
+		return nil, err
+	}
+	s, err := StartServe(e.Bin, []string{"--functions", root, "--flags", "", "--pool-size", strconv.Itoa(burstPool), "--isolation", isolation}, e.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Stop()
+	base := "http://" + s.Addr
+	var out []time.Duration
+	for round := 0; round <= burstRounds; round++ { // round 0 only brings every function up once
+		if err := waitFor(context.Background(), "every function at zero", func() (bool, error) {
+			a, err := GetAdmin(base)
+			if err != nil {
+				return false, err
+			}
+			for _, fn := range fns {
+				if pids, _, _ := a.Instances(fn[0], fn[0]+"-00001"); len(pids) > 0 {
+					return false, nil
+				}
+			}
+			return len(a.WarmPool) >= burstPool, nil
+		}); err != nil {
+			return nil, err
+		}
+		lat := make([]time.Duration, len(fns))
+		errs := make([]error, len(fns))
+		var wg sync.WaitGroup
+		for i, fn := range fns {
+			wg.Add(1)
+			go func() { defer wg.Done(); lat[i], _, errs[i] = call(base, fn) }()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				return nil, fmt.Errorf("burst, %s, round %d: %w", isolation, round, err)
+			}
+		}
+		if round > 0 {
+			out = append(out, lat...)
+		}
+	}
+	return out, nil
 }
 
 // wakes times the first response for a function whose sessions were
