@@ -196,6 +196,7 @@ func TestRBACIsNamespacedAndMinimal(t *testing.T) {
 	for _, v := range []string{"get", "list", "watch", "update"} {
 		want = append(want, "/configmaps/pilotlight-flags:"+v)
 	}
+	want = append(want, "/services/*:get") // --knative-via=service
 	want = append(want, "coordination.k8s.io/leases/*:create", "coordination.k8s.io/leases/pilotlight-router:get", "coordination.k8s.io/leases/pilotlight-router:update")
 	for _, w := range want {
 		if !granted[w] {

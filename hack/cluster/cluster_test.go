@@ -754,6 +754,7 @@ func TestRBACMatrix(t *testing.T) {
 			"serving.knative.dev/services": {"get", "list", "watch"}, "serving.knative.dev/routes": {"get", "list", "watch"},
 			"serving.knative.dev/revisions": {"get", "list", "watch"},
 			"/configmaps":                   {"get", "list", "update", "watch"}, "coordination.k8s.io/leases": {"create", "get", "update"},
+			"/services": {"get"}, // --knative-via=service
 		},
 		"pilotlight:pilotlight-deployer": {
 			"serving.knative.dev/services":  {"create", "get", "list", "patch", "update", "watch"},
