@@ -61,6 +61,7 @@ test-unit: ## the fast tier: no ONNX Runtime, no root, under a minute (.ci/run r
 test: deps ort models-corpus vet bpf-check proto-check ## everything CI runs; installs missing Debian packages first (make deps)
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 15m ./runtime/... ./router/... ./engine/... ./rollout/... ./admin/... ./knative/... ./bpf/...
+	cd hack/images && $(GO) test -count=1 -timeout 10m . # make images' layout is the Dockerfile's
 
 bench: deps build ort ## speed figures (docs/benchmarks.md), the eBPF overhead among them; the hop puts nginx and haproxy (hack/deps/bench.apt) beside the router
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./runtime/ort/ ./flags/

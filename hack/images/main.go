@@ -276,7 +276,10 @@ func functionsLayer(dir string) (v1.Layer, error) {
 			return err
 		}
 		base := d.Name()
-		if base == "function.yaml" || base == "NOTICE" || strings.HasSuffix(base, ".onnx") {
+		// The Dockerfile's selection (its `find functions ...`): manifests,
+		// models, notices, warm-up requests. main_test.go compares the two.
+		warmup, _ := path.Match("warmup*.json", base)
+		if base == "function.yaml" || base == "NOTICE" || strings.HasSuffix(base, ".onnx") || warmup {
 			rel, _ := filepath.Rel(dir, p)
 			files[path.Join(functionsDir, filepath.ToSlash(rel))] = file{src: p, mode: 0o644}
 		}
