@@ -7,7 +7,7 @@ ARGS    ?=
 ORT_LIB := .cache/onnxruntime/1.24.1/libonnxruntime.so.1
 export CGO_ENABLED := 1
 
-.PHONY: all help deps build ort models models-corpus run test test-unit vet bench bpf-overhead bpf bpf-check proto proto-check loadtest cluster-test cluster-test-node images manifests jaeger jaeger-bin trace-check bench-tracing clean
+.PHONY: all help deps build ort models models-corpus run test test-unit vet bench bpf-overhead bpf bpf-check proto proto-check loadtest cluster-test cluster-test-node cluster-up cluster-down images manifests jaeger jaeger-bin trace-check bench-tracing clean
 
 # Tracing is configured by the standard OTEL_* variables. make hands them to
 # every recipe, from the environment or its own command line
@@ -88,6 +88,12 @@ loadtest: build ort ## load and fault suite against loopback (bounded)
 
 cluster-test-node: ## the real node: containerd+runc, CNI bridge, kubelet, kube-proxy in the namespace; pods of the images `make images` builds
 	CLUSTER_NODE=1 ./hack/cluster/run.sh
+
+cluster-up: ## the real node left running (root): fraud deployed, the router Deployment in front; prints the namespace, KUBECONFIG, the router's address and an API key
+	./hack/cluster/up.sh up
+
+cluster-down: ## stop what make cluster-up started and remove it all (namespace, processes, cgroups, mounts, containerd state)
+	./hack/cluster/up.sh down
 
 cluster-test: ## the Knative path against a live control plane (kube-apiserver, Knative's controllers; kwok for the kubelet), root, in its own network namespace
 	./hack/cluster/run.sh

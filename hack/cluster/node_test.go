@@ -51,6 +51,8 @@ func TestRealNode(t *testing.T) {
 	}{
 		{"RuntimePodServesFraud", testRuntimePod},
 		{"DeployAnswersThroughActivatorAndQueueProxy", testKnativeDataPath},
+		{"RouterDeploymentAnswersAsLocalServe", testRouterDeployment},
+		{"KnServiceCreateServes", testKnCreatesRecommend},
 		{"ScaleToZeroAndBack", testScaleFromZero},
 	} {
 		if !t.Run(step.name, step.fn) {
