@@ -53,6 +53,7 @@ func TestRealNode(t *testing.T) {
 		{"DeployAnswersThroughActivatorAndQueueProxy", testKnativeDataPath},
 		{"RouterDeploymentAnswersAsLocalServe", testRouterDeployment},
 		{"KnServiceCreateServes", testKnCreatesRecommend},
+		{"BenchClusterColdStart", testBenchClusterColdStart},
 		{"ScaleToZeroAndBack", testScaleFromZero},
 	} {
 		if !t.Run(step.name, step.fn) {

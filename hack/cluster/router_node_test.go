@@ -559,3 +559,38 @@ func testKnCreatesRecommend(t *testing.T) {
 	}
 	t.Logf("recommend through the router Service: %s %s", rev, got)
 }
+
+// testBenchClusterColdStart runs `pilotlight bench cluster-coldstart` against
+// the router Deployment: first responses from zero through the router, the
+// activator and a new pod, beside local serve's warm pool and exec cold
+// starts, in one run ($CLUSTER_COLD_STARTS each, default 10).
+func testBenchClusterColdStart(t *testing.T) {
+	if routerOnNode.url == "" {
+		t.Skip("no router Deployment (RouterDeploymentAnswersAsLocalServe did not run)")
+	}
+	n := "10"
+	if v := os.Getenv("CLUSTER_COLD_STARTS"); v != "" {
+		n = v
+	}
+	admin, err := WriteKubeconfig(filepath.Join(t.TempDir(), "admin.kubeconfig"), plane.Host, plane.CA, plane.Admin.BearerToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"bench", "cluster-coldstart", "--router", routerOnNode.url, "--key", routerOnNode.key, "--kubeconfig", admin,
+		"--function", repoPath("functions/fraud"), "--revision", "fraud-00002", "--cold-starts", n, "-v"}
+	cmd := exec.Command(env.pilotlight, args...)
+	cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+repoPath(".cache/onnxruntime/1.24.1/libonnxruntime.so.1"))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("pilotlight %s: %v\n%s\n%s", strings.Join(args, " "), err, stdout.String(), lastLines(stderr.String(), 30))
+	}
+	record("bench cluster-coldstart ("+n+" cold starts each: cluster, pool, exec)", time.Since(start))
+	for _, want := range []string{"Knative cluster (router → activator → new pod): first response p50", "warm pool: first request p50", "exec: first request p50"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("bench output lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	t.Logf("pilotlight bench cluster-coldstart:\n%s", stdout.String())
+}
