@@ -281,9 +281,9 @@ func ImageDigests(tarPath string) (map[string]string, error) {
 const AutoscalerServiceName = "autoscaler"
 
 // startDataPath puts Knative's data path on the real node: queue-proxy (the
-// image config-deployment names, in every revision pod) and the activator
+// image config-deployment names, in every revision pod), the activator
 // (Knative's own Deployment from the serving module's config, on the image
-// hack/images built from its module). The autoscaler stays a process of the
+// hack/images built from its module), and the webhook (startWebhook). The autoscaler stays a process of the
 // namespace (AutoscalerIP); a Service without a selector gives it the name
 // the activator dials. No cluster DNS runs: the activator's pod gets that
 // one name in its /etc/hosts (hostAliases).
@@ -371,6 +371,72 @@ func (p *Plane) startDataPath(ctx context.Context) error {
 		return fmt.Errorf("%w\nactivator pods: %s", err, p.podsSummary(ctx, KnativeNamespace))
 	}
 	p.Timings = append(p.Timings, Timing{"activator pod Ready (Knative's Deployment)", time.Since(t)})
+	return p.startWebhook(ctx, digests)
+}
+
+// startWebhook runs Knative's webhook as a pod of its own Deployment
+// (config/core/deployments/webhook.yaml, image by digest) with its
+// defaulting and validating webhook configurations, so every Knative object
+// is defaulted and validated by Knative on the API server's path: a Service
+// made by hand (kn) gets its defaults there, not from `pilotlight deploy`.
+// The API server, a process of the namespace, reaches the webhook's Service
+// by its ClusterIP (kube-proxy); the webhook makes its own certificate and
+// writes it into the configurations' caBundle, which is awaited.
+func (p *Plane) startWebhook(ctx context.Context, digests map[string]string) error {
+	image := digests["ko.local/knative/webhook"]
+	if image == "" {
+		return fmt.Errorf("no image ko.local/knative/webhook in %s: hack/images/build.sh builds it from .cache/cluster/bin (CLUSTER_NODE=1 hack/cluster/build.sh)", p.cfg.ImagesTar)
+	}
+	core := filepath.Join(p.cfg.ServingDir, "config", "core")
+	objs, err := readObjects(filepath.Join(core, "deployments", "webhook.yaml"))
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		if o.GetKind() != "Deployment" {
+			continue
+		}
+		spec := o.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+		spec["containers"].([]any)[0].(map[string]any)["image"] = image
+		// The harness ends in seconds, not after the webhook's lame duck.
+		spec["terminationGracePeriodSeconds"] = int64(5)
+	}
+	hooks, err := filepath.Glob(filepath.Join(core, "webhooks", "*.yaml"))
+	if err != nil {
+		return err
+	}
+	for _, f := range hooks {
+		o, err := readObjects(f)
+		if err != nil {
+			return err
+		}
+		objs = append(objs, o...)
+	}
+	t := time.Now()
+	if err := p.Apply(ctx, p.Dynamic, objs...); err != nil {
+		return err
+	}
+	err = p.waitFor(ctx, "Knative's webhook available, its certificate in the webhook configurations", 3*time.Minute, func(ctx context.Context) (bool, error) {
+		d, err := p.Kube.AppsV1().Deployments(KnativeNamespace).Get(ctx, "webhook", metav1.GetOptions{})
+		if err != nil || d.Status.AvailableReplicas < 1 {
+			return false, nil
+		}
+		m, err := p.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "webhook.serving.knative.dev", metav1.GetOptions{})
+		if err != nil || len(m.Webhooks) == 0 {
+			return false, nil
+		}
+		for _, w := range m.Webhooks {
+			if len(w.ClientConfig.CABundle) == 0 {
+				return false, nil
+			}
+		}
+		v, err := p.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "validation.webhook.serving.knative.dev", metav1.GetOptions{})
+		return err == nil && len(v.Webhooks) > 0 && len(v.Webhooks[0].ClientConfig.CABundle) > 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w\nknative-serving pods: %s", err, p.podsSummary(ctx, KnativeNamespace))
+	}
+	p.Timings = append(p.Timings, Timing{"webhook pod Ready, its configurations registered", time.Since(t)})
 	return nil
 }
 
