@@ -577,7 +577,7 @@ func testBenchClusterColdStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := []string{"bench", "cluster-coldstart", "--router", routerOnNode.url, "--key", routerOnNode.key, "--kubeconfig", admin,
-		"--function", repoPath("functions/fraud"), "--revision", "fraud-00002", "--cold-starts", n, "-v"}
+		"--function", repoPath("functions/fraud"), "--revision", "fraud-00002", "--cold-starts", n, "--v"}
 	cmd := exec.Command(env.pilotlight, args...)
 	cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+repoPath(".cache/onnxruntime/1.24.1/libonnxruntime.so.1"))
 	var stdout, stderr bytes.Buffer
