@@ -95,8 +95,9 @@ cluster-up: ## the real node left running (root): fraud deployed, the router Dep
 cluster-down: ## stop what make cluster-up started and remove it all (namespace, processes, cgroups, mounts, containerd state)
 	./hack/cluster/up.sh down
 
-cluster-test: ## the Knative path against a live control plane (kube-apiserver, Knative's controllers; kwok for the kubelet), root, in its own network namespace
+cluster-test: ## the Knative path against a live control plane (kwok for the kubelet), then on the real node (real pods, Knative's activator, queue-proxy and webhook, the router Deployment, kn, cold starts): root, each in its own network namespace
 	./hack/cluster/run.sh
+	CLUSTER_NODE=1 ./hack/cluster/run.sh
 
 images: ## OCI images without a container engine (go-containerregistry, hack/images): runtime, router, pause, Knative's components; into .cache/images(.tar)
 	./hack/images/build.sh
