@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -292,18 +293,11 @@ func (p *Plane) startDataPath(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	img := func(c string) (string, error) {
-		d := digests["ko.local/knative/"+c]
-		if d == "" {
-			return "", fmt.Errorf("no image ko.local/knative/%s in %s: hack/images/build.sh builds it from .cache/cluster/bin (CLUSTER_NODE=1 hack/cluster/build.sh)", c, p.cfg.ImagesTar)
-		}
-		return d, nil
-	}
-	queue, err := img("queue")
+	queue, err := p.knativeImage(digests, "queue")
 	if err != nil {
 		return err
 	}
-	activator, err := img("activator")
+	activator, err := p.knativeImage(digests, "activator")
 	if err != nil {
 		return err
 	}
@@ -343,21 +337,12 @@ func (p *Plane) startDataPath(ctx context.Context) error {
 	if err := p.ApplyFiles(ctx, append(roles, filepath.Join(core, "200-serviceaccount.yaml"))...); err != nil {
 		return err
 	}
-	objs, err := readObjects(filepath.Join(core, "deployments", "activator.yaml"))
-	if err != nil {
-		return err
-	}
-	for _, o := range objs {
-		if o.GetKind() != "Deployment" {
-			continue
-		}
-		spec := o.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
-		c := spec["containers"].([]any)[0].(map[string]any)
-		c["image"] = activator
+	objs, err := knativeDeployment(core, "activator", activator, func(spec map[string]any) {
 		spec["hostAliases"] = []any{map[string]any{"ip": created.Spec.ClusterIP,
 			"hostnames": []any{AutoscalerServiceName + "." + KnativeNamespace + ".svc.cluster.local"}}}
-		// The harness ends in seconds, not after Knative's ten-minute drain.
-		spec["terminationGracePeriodSeconds"] = int64(5)
+	})
+	if err != nil {
+		return err
 	}
 	t := time.Now()
 	if err := p.Apply(ctx, p.Dynamic, objs...); err != nil {
@@ -383,23 +368,14 @@ func (p *Plane) startDataPath(ctx context.Context) error {
 // by its ClusterIP (kube-proxy); the webhook makes its own certificate and
 // writes it into the configurations' caBundle, which is awaited.
 func (p *Plane) startWebhook(ctx context.Context, digests map[string]string) error {
-	image := digests["ko.local/knative/webhook"]
-	if image == "" {
-		return fmt.Errorf("no image ko.local/knative/webhook in %s: hack/images/build.sh builds it from .cache/cluster/bin (CLUSTER_NODE=1 hack/cluster/build.sh)", p.cfg.ImagesTar)
-	}
-	core := filepath.Join(p.cfg.ServingDir, "config", "core")
-	objs, err := readObjects(filepath.Join(core, "deployments", "webhook.yaml"))
+	image, err := p.knativeImage(digests, "webhook")
 	if err != nil {
 		return err
 	}
-	for _, o := range objs {
-		if o.GetKind() != "Deployment" {
-			continue
-		}
-		spec := o.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
-		spec["containers"].([]any)[0].(map[string]any)["image"] = image
-		// The harness ends in seconds, not after the webhook's lame duck.
-		spec["terminationGracePeriodSeconds"] = int64(5)
+	core := filepath.Join(p.cfg.ServingDir, "config", "core")
+	objs, err := knativeDeployment(core, "webhook", image, nil)
+	if err != nil {
+		return err
 	}
 	hooks, err := filepath.Glob(filepath.Join(core, "webhooks", "*.yaml"))
 	if err != nil {
@@ -438,6 +414,38 @@ func (p *Plane) startWebhook(ctx context.Context, digests map[string]string) err
 	}
 	p.Timings = append(p.Timings, Timing{"webhook pod Ready, its configurations registered", time.Since(t)})
 	return nil
+}
+
+// knativeImage is the digest hack/images gave Knative's component c.
+func (p *Plane) knativeImage(digests map[string]string, c string) (string, error) {
+	d := digests["ko.local/knative/"+c]
+	if d == "" {
+		return "", fmt.Errorf("no image ko.local/knative/%s in %s: hack/images/build.sh builds it from .cache/cluster/bin (CLUSTER_NODE=1 hack/cluster/build.sh)", c, p.cfg.ImagesTar)
+	}
+	return d, nil
+}
+
+// knativeDeployment reads Knative's own manifest for a component
+// (config/core/deployments/<name>.yaml: its Deployment and Service) with
+// the Deployment's image replaced by image and edit applied to its pod spec.
+func knativeDeployment(core, name, image string, edit func(spec map[string]any)) ([]*unstructured.Unstructured, error) {
+	objs, err := readObjects(filepath.Join(core, "deployments", name+".yaml"))
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range objs {
+		if o.GetKind() != "Deployment" {
+			continue
+		}
+		spec := o.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+		spec["containers"].([]any)[0].(map[string]any)["image"] = image
+		// The harness ends in seconds, not after Knative's long drains.
+		spec["terminationGracePeriodSeconds"] = int64(5)
+		if edit != nil {
+			edit(spec)
+		}
+	}
+	return objs, nil
 }
 
 // podsSummary says each pod's phase and container states, for errors.

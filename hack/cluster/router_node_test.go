@@ -258,23 +258,8 @@ func routerLogs() string {
 // repository's functions and the given flag file: what a developer runs.
 func startLocalServe(t *testing.T, flags string) string {
 	t.Helper()
-	cmd := exec.Command(env.pilotlight, "serve", "--dev", "--addr", "127.0.0.1:18093", "--admin-addr", "",
-		"--functions", repoPath("functions"), "--flags", flags)
-	cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+repoPath(".cache/onnxruntime/1.24.1/libonnxruntime.so.1"))
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("local serve:\n%s", lastLines(logs.String(), 20))
-		}
-	})
-	waitHTTP(t, "http://127.0.0.1:18093/healthz")
-	return "http://127.0.0.1:18093"
+	return startLocal(t, "local serve", "http://127.0.0.1:18093", "/healthz", env.pilotlight,
+		"serve", "--dev", "--addr", "127.0.0.1:18093", "--admin-addr", "", "--functions", repoPath("functions"), "--flags", flags)
 }
 
 // stableUser finds a user id the flag sends to stable, asking local serve.
