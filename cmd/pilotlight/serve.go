@@ -128,7 +128,7 @@ func (o *serveOptions) validate() error {
 	if o.backend != "local" && o.backend != "knative" {
 		return fmt.Errorf("--backend %q: use local (child processes on this machine) or knative", o.backend)
 	}
-	if o.knativeVia != "tag" && o.knativeVia != "service" {
+	if o.backend == "knative" && o.knativeVia != "tag" && o.knativeVia != "service" {
 		return fmt.Errorf("--knative-via %q: use tag (the revision's tag URL) or service (the revision's Kubernetes Service)", o.knativeVia)
 	}
 	return nil
