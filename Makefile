@@ -7,7 +7,7 @@ ARGS    ?=
 ORT_LIB := .cache/onnxruntime/1.24.1/libonnxruntime.so.1
 export CGO_ENABLED := 1
 
-.PHONY: all help deps build ort models models-corpus run test test-unit vet bench bpf-overhead bpf bpf-check proto proto-check loadtest cluster-test cluster-test-node images manifests jaeger jaeger-bin trace-check bench-tracing clean
+.PHONY: all help deps build ort models models-corpus run test test-unit vet bench bpf-overhead bpf bpf-check proto proto-check loadtest cluster-test cluster-test-node cluster-up cluster-down images manifests jaeger jaeger-bin trace-check bench-tracing clean
 
 # Tracing is configured by the standard OTEL_* variables. make hands them to
 # every recipe, from the environment or its own command line
@@ -61,6 +61,7 @@ test-unit: ## the fast tier: no ONNX Runtime, no root, under a minute (.ci/run r
 test: deps ort models-corpus vet bpf-check proto-check ## everything CI runs; installs missing Debian packages first (make deps)
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 15m ./runtime/... ./router/... ./engine/... ./rollout/... ./admin/... ./knative/... ./bpf/...
+	cd hack/images && $(GO) test -count=1 -timeout 10m . # make images' layout is the Dockerfile's
 
 bench: deps build ort ## speed figures (docs/benchmarks.md), the eBPF overhead among them; the hop puts nginx and haproxy (hack/deps/bench.apt) beside the router
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./runtime/ort/ ./flags/
@@ -88,8 +89,15 @@ loadtest: build ort ## load and fault suite against loopback (bounded)
 cluster-test-node: ## the real node: containerd+runc, CNI bridge, kubelet, kube-proxy in the namespace; pods of the images `make images` builds
 	CLUSTER_NODE=1 ./hack/cluster/run.sh
 
-cluster-test: ## the Knative path against a live control plane (kube-apiserver, Knative's controllers; kwok for the kubelet), root, in its own network namespace
+cluster-up: ## the real node left running (root): fraud deployed, the router Deployment in front; prints the namespace, KUBECONFIG, the router's address and an API key
+	./hack/cluster/up.sh up
+
+cluster-down: ## stop what make cluster-up started and remove it all (namespace, processes, cgroups, mounts, containerd state)
+	./hack/cluster/up.sh down
+
+cluster-test: ## the Knative path against a live control plane (kwok for the kubelet), then on the real node (real pods, Knative's activator, queue-proxy and webhook, the router Deployment, kn, cold starts): root, each in its own network namespace
 	./hack/cluster/run.sh
+	CLUSTER_NODE=1 ./hack/cluster/run.sh
 
 images: ## OCI images without a container engine (go-containerregistry, hack/images): runtime, router, pause, Knative's components; into .cache/images(.tar)
 	./hack/images/build.sh

@@ -199,6 +199,7 @@ func TestRBACIsNamespacedAndMinimal(t *testing.T) {
 	want = append(want, "discovery.k8s.io/endpointslices/*:list") // rollout analysis finds every replica
 	// blue-green pre-scale on Knative: min-scale on the revision and its PodAutoscaler
 	want = append(want, "serving.knative.dev/revisions/*:patch", "autoscaling.internal.knative.dev/podautoscalers/*:patch")
+	want = append(want, "/services/*:get") // --knative-via=service
 	want = append(want, "coordination.k8s.io/leases/*:create", "coordination.k8s.io/leases/pilotlight-router:get", "coordination.k8s.io/leases/pilotlight-router:update")
 	for _, w := range want {
 		if !granted[w] {

@@ -159,7 +159,7 @@ func (d *Deployer) Deploy(ctx context.Context, m *functions.Manifest, opts Deplo
 				desired.Spec.Template = current.Spec.Template
 				action = "traffic"
 			}
-			if err := validateUpdate(ctx, desired, current); err != nil {
+			if err := validateUpdate(ctx, updateOf(current, desired), current); err != nil {
 				return res, fmt.Errorf("deploy %s revision %s: Knative would refuse the update: %w", m.Name, rev, err)
 			}
 		} else if err := validateCreate(ctx, desired); err != nil {
@@ -284,13 +284,7 @@ func (d *Deployer) apply(ctx context.Context, desired *servingv1.Service) (*serv
 		if err != nil {
 			return err
 		}
-		next := cur.DeepCopy()
-		next.Labels = mergeMaps(cur.Labels, desired.Labels)
-		if _, private := desired.Labels[VisibilityLabel]; !private {
-			delete(next.Labels, VisibilityLabel) // --public: drop cluster-local
-		}
-		next.Annotations = mergeMaps(cur.Annotations, desired.Annotations)
-		next.Spec = desired.Spec
+		next := updateOf(cur, desired)
 		if equality.Semantic.DeepEqual(next.ObjectMeta, cur.ObjectMeta) && equality.Semantic.DeepEqual(next.Spec, cur.Spec) {
 			out = nil // a second deploy of the same thing writes nothing
 			return nil
@@ -302,6 +296,22 @@ func (d *Deployer) apply(ctx context.Context, desired *servingv1.Service) (*serv
 		return nil, fmt.Errorf("apply service %s/%s: %w", desired.Namespace, desired.Name, err)
 	}
 	return out, nil
+}
+
+// updateOf is what apply sends to update cur to desired: cur's metadata
+// with desired's labels and annotations merged in (so what others wrote
+// stays, e.g. the serving.knative.dev/creator annotation Knative's webhook
+// sets on create and refuses to see change), and desired's spec. The
+// client-side validation checks this object, not desired alone.
+func updateOf(cur, desired *servingv1.Service) *servingv1.Service {
+	next := cur.DeepCopy()
+	next.Labels = mergeMaps(cur.Labels, desired.Labels)
+	if _, private := desired.Labels[VisibilityLabel]; !private {
+		delete(next.Labels, VisibilityLabel) // --public: drop cluster-local
+	}
+	next.Annotations = mergeMaps(cur.Annotations, desired.Annotations)
+	next.Spec = desired.Spec
+	return next
 }
 
 // errWaitTimedOut is what poll returns when its timeout passes first.

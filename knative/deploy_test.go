@@ -317,3 +317,30 @@ func TestRedeployOverAnUndefaultedTemplate(t *testing.T) {
 		t.Errorf("steps %v", got)
 	}
 }
+
+// TestDeployKeepsTheWebhooksCreator: Knative's webhook stamps
+// serving.knative.dev/creator on create and refuses an update that changes
+// or drops it. The next revision's update keeps it (the real node's webhook
+// refused pilotlight deploy's second step before).
+func TestDeployKeepsTheWebhooksCreator(t *testing.T) {
+	c := newCluster(t)
+	m := fraudManifest(t)
+	d := deployer(c, nil)
+	ctx := context.Background()
+	first := *m
+	first.Revisions = m.Revisions[:1]
+	if _, err := d.Deploy(ctx, &first, DeployOptions{Wait: true, Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	svc := c.service(t)
+	svc.Annotations = mergeMaps(svc.Annotations, map[string]string{"serving.knative.dev/creator": "system:serviceaccount:pilotlight:pilotlight-deployer"})
+	if err := c.cs.Tracker().Update(servicesGVR, svc, svc.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: fraudSplit(t, m)}, Wait: true, Timeout: time.Second}); err != nil {
+		t.Fatalf("deploy of the next revision over a Service the webhook stamped: %v", err)
+	}
+	if got := c.service(t).Annotations["serving.knative.dev/creator"]; got != "system:serviceaccount:pilotlight:pilotlight-deployer" {
+		t.Errorf("creator annotation %q after the update", got)
+	}
+}

@@ -340,7 +340,7 @@ func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *function
 		if t.Socket != "" {
 			resp, ps, err = p.sendFrame(ctx, r, t, revision, msg)
 		} else {
-			resp, ps, err = p.send(ctx, r, t.BaseURL, msg)
+			resp, ps, err = p.send(ctx, r, t, msg)
 		}
 		if err != nil {
 			if rt.tr != nil {
@@ -401,7 +401,8 @@ var grpcDropHeaders = func() map[string]bool {
 	return m
 }()
 
-func (p *grpcProxy) send(ctx context.Context, in *http.Request, base string, msg []byte) (*http.Response, trace.Span, error) {
+func (p *grpcProxy) send(ctx context.Context, in *http.Request, t Target, msg []byte) (*http.Response, trace.Span, error) {
+	base := t.BaseURL
 	out, err := http.NewRequestWithContext(ctx, http.MethodPost, base+in.URL.Path, bytes.NewReader(msg))
 	if err != nil {
 		return nil, noSpan, err
@@ -410,6 +411,9 @@ func (p *grpcProxy) send(ctx context.Context, in *http.Request, base string, msg
 		if !grpcDropHeaders[key] {
 			out.Header[key] = vs
 		}
+	}
+	for _, h := range t.Header {
+		out.Header.Set(h[0], h[1])
 	}
 	out.Header.Set("Te", "trailers")
 	out.ContentLength = int64(len(msg))

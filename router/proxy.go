@@ -229,6 +229,9 @@ func (rt *Router) forward(ctx *fasthttp.RequestCtx, x *exchange, fn *functions.M
 		}
 		cold += t.ColdStart
 		rt.upstreamRequest(&x.out, ctx, t.BaseURL, k, body)
+		for _, h := range t.Header {
+			x.out.Header.Set(h[0], h[1])
+		}
 		var ps trace.Span
 		if rt.tr != nil {
 			ps = rt.tr.startProxy(parent, fastCarrier{&x.out.Header}, t.BaseURL)

@@ -57,6 +57,10 @@ type Target struct {
 	Socket    string // a local instance's framed Unix socket (package frame): used instead of BaseURL when set
 	ColdStart time.Duration
 	Release   func(failed bool)
+	// Header is set on the request to the instance, over any the client
+	// sent: the Knative backend names the revision this way when it sends
+	// to the revision's Service, where Knative's activator may answer.
+	Header [][2]string
 }
 
 // Backend finds a ready instance of a revision, waiting (bounded by ctx)

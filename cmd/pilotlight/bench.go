@@ -10,7 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/internal/bench"
+	"github.com/pilotlight/pilotlight/knative"
 )
 
 func newBenchCmd() *cobra.Command {
@@ -22,11 +24,12 @@ func newBenchCmd() *cobra.Command {
 		coldStarts    int
 		density       bench.Density
 		verbose       bool
+		cluster       clusterBenchOptions
 	)
 	cmd := &cobra.Command{
-		Use:       "bench [instance|coldstart|hop|platform|grpc|step|memory|ebpf|density|all|ebpf-programs]...",
+		Use:       "bench [instance|coldstart|hop|platform|grpc|step|memory|ebpf|density|all|ebpf-programs|cluster-coldstart]...",
 		Short:     "Measure the platform on loopback and print Markdown tables (make bench)",
-		ValidArgs: []string{"instance", "coldstart", "hop", "platform", "grpc", "step", "memory", "ebpf", "all", "ebpf-programs", "density"},
+		ValidArgs: []string{"instance", "coldstart", "hop", "platform", "grpc", "step", "memory", "ebpf", "all", "ebpf-programs", "density", "cluster-coldstart"},
 		Args:      cobra.OnlyValidArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := os.Executable()
@@ -53,8 +56,9 @@ func newBenchCmd() *cobra.Command {
 			all := want["all"]
 			fmt.Fprintf(out, "pilotlight bench: %s, %s per load, on %s\n", fnDir, duration, time.Now().UTC().Format(time.RFC3339))
 			run := func(name, title string, f func(context.Context) ([]bench.Row, error)) error {
-				// ebpf-programs is a diagnosis, not a figure: only when asked.
-				if !want[name] && (!all || name == "ebpf-programs") {
+				// ebpf-programs is a diagnosis, not a figure, and
+				// cluster-coldstart needs a cluster: only when asked.
+				if !want[name] && (!all || name == "ebpf-programs" || name == "cluster-coldstart") {
 					return nil
 				}
 				fmt.Fprintf(os.Stderr, "bench: %s...\n", name)
@@ -96,6 +100,9 @@ func newBenchCmd() *cobra.Command {
 					}
 					return bench.EBPFPrograms(ctx, env)
 				}},
+				{"cluster-coldstart", "Scale from zero: a Knative cluster beside local serve's warm pool and exec (same run)", func(ctx context.Context) ([]bench.Row, error) {
+					return cluster.run(ctx, env, coldStarts, logTo)
+				}},
 			}
 			for _, s := range steps {
 				if err := run(s.name, s.title, s.f); err != nil {
@@ -117,5 +124,52 @@ func newBenchCmd() *cobra.Command {
 	f.DurationVar(&duration, "duration", 5*time.Second, "length of each load")
 	f.IntVar(&coldStarts, "cold-starts", 20, "scale-from-zero cycles per source")
 	f.BoolVar(&verbose, "v", false, "show the processes' logs")
+	f.StringVar(&cluster.router, "router", "", "cluster-coldstart: the router Service's URL (make cluster-up prints it; run inside its network namespace)")
+	f.StringVar(&cluster.key, "key", "", "cluster-coldstart: an API key the router accepts for the function")
+	f.StringVar(&cluster.kubeconfig, "kubeconfig", "", "cluster-coldstart: kubeconfig to watch the revision's pods with (default: $KUBECONFIG, ~/.kube/config)")
+	f.StringVar(&cluster.namespace, "namespace", knative.DefaultNamespace, "cluster-coldstart: the functions' namespace")
+	f.StringVar(&cluster.revision, "revision", "", "cluster-coldstart: the revision to take from zero (default: the function's default revision)")
 	return cmd
+}
+
+type clusterBenchOptions struct {
+	router, key, kubeconfig, namespace, revision string
+}
+
+// run measures the first response from zero in the cluster and, in the
+// same run, through local serve from its warm pool and by exec (the
+// coldstart figures), and returns the rows side by side.
+func (o clusterBenchOptions) run(ctx context.Context, env bench.Env, n int, log io.Writer) ([]bench.Row, error) {
+	if o.router == "" || o.key == "" {
+		return nil, fmt.Errorf("cluster-coldstart needs --router and --key: make cluster-up prints both; run the bench inside its network namespace (ip netns exec ...)")
+	}
+	m, err := functions.LoadDir(env.Function)
+	if err != nil {
+		return nil, err
+	}
+	body, err := os.ReadFile(filepath.Join(env.Function, "testdata", "infer.json"))
+	if err != nil {
+		return nil, fmt.Errorf("cluster-coldstart sends %s's V2 request from testdata/infer.json: %w", m.Name, err)
+	}
+	kube, _, err := knative.NewKubeClient(o.kubeconfig, "")
+	if err != nil {
+		return nil, err
+	}
+	rev := o.revision
+	if rev == "" {
+		rev = m.DefaultRevision()
+	}
+	rows, err := bench.ClusterColdStart(ctx, bench.Cluster{RouterURL: o.router, Key: o.key, Kube: kube, Namespace: o.namespace,
+		Revision: rev, Function: m.Name, Body: body, Log: log}, n)
+	if err != nil {
+		return nil, err
+	}
+	for _, pool := range []int{1, 0} {
+		local, err := bench.ColdStart(ctx, env, pool, n)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, local...)
+	}
+	return rows, nil
 }

@@ -46,6 +46,7 @@ type serveOptions struct {
 	rateBurst, maxConcurrent     int
 	backend, namespace           string
 	kubeconfig, kubeContext      string
+	knativeVia                   string
 	flagsConfigMap, lease        string // NAMESPACE/NAME: the flag state in a ConfigMap, rollouts driven by the Lease holder
 	prometheusURL                string // rollout analysis reads every replica's traffic from this Prometheus
 	routerService                string // NAMESPACE/NAME: else from each endpoint of this Service (its EndpointSlices)
@@ -100,6 +101,7 @@ func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.namespace, "namespace", knative.DefaultNamespace, "knative backend: namespace of the functions' Services")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "knative backend: kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)")
 	f.StringVar(&o.kubeContext, "context", "", "knative backend: kubeconfig context")
+	f.StringVar(&o.knativeVia, "knative-via", "tag", "knative backend: reach a revision at its traffic tag's URL (tag: through the cluster's networking layer and DNS) or at its own Kubernetes Service's address (service: no networking layer, no DNS; Knative's activator still holds cold starts)")
 	f.StringVar(&o.flagsPath, "flags", "config/flags/flags.json", "flag file (flagd format) that picks each request's revision; empty: every request goes to the stable revision")
 	f.StringVar(&o.flagsConfigMap, "flags-configmap", "", "NAMESPACE/NAME: keep the flag state in this ConfigMap (key "+rollout.ConfigMapDataKey+"), written through the Kubernetes API and followed with a watch; --flags is the mounted copy, served only while the API is unreachable")
 	f.StringVar(&o.lease, "lease", "", "NAMESPACE/NAME: of several router replicas, only the holder of this coordination Lease drives rollouts (identity: $POD_NAME, else the host name)")
@@ -137,6 +139,9 @@ func (o *serveOptions) validate() error {
 	}
 	if o.backend != "local" && o.backend != "knative" {
 		return fmt.Errorf("--backend %q: use local (child processes on this machine) or knative", o.backend)
+	}
+	if o.backend == "knative" && o.knativeVia != "tag" && o.knativeVia != "service" {
+		return fmt.Errorf("--knative-via %q: use tag (the revision's tag URL) or service (the revision's Kubernetes Service)", o.knativeVia)
 	}
 	return nil
 }
@@ -235,8 +240,16 @@ func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes,
 		if err != nil {
 			return nil, rcfg, nil, fmt.Errorf("knative backend: %w", err)
 		}
-		log.Info("knative backend", "api_server", host, "namespace", o.namespace)
-		rcfg.Backend = knative.Backend{Resolver: knative.NewResolver(client, o.namespace, 0)}
+		log.Info("knative backend", "api_server", host, "namespace", o.namespace, "via", o.knativeVia)
+		b := knative.Backend{Resolver: knative.NewResolver(client, o.namespace, 0)}
+		if o.knativeVia == "service" {
+			kube, _, err := knative.NewKubeClient(o.kubeconfig, o.kubeContext)
+			if err != nil {
+				return nil, rcfg, nil, fmt.Errorf("knative backend: %w", err)
+			}
+			b.Services = knative.NewRevisionServices(kube.CoreV1(), o.namespace, 0)
+		}
+		rcfg.Backend = b
 		as, err := knative.NewAutoscalingClient(o.kubeconfig, o.kubeContext)
 		if err != nil {
 			return nil, rcfg, nil, fmt.Errorf("knative backend: %w", err)

@@ -25,6 +25,7 @@ func TestServeOptionsRefuseWhatCannotWork(t *testing.T) {
 		{"--dev off loopback", func(o *serveOptions) { o.dev, o.addr = true, "0.0.0.0:8080" }, "only listens on loopback"},
 		{"a certificate without its key", func(o *serveOptions) { o.tlsCert = "cert.pem" }, "go together"},
 		{"an unknown backend", func(o *serveOptions) { o.backend = "nomad" }, "use local"},
+		{"an unknown way to reach a Knative revision", func(o *serveOptions) { o.backend, o.knativeVia = "knative", "dns" }, "use tag"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := ok()

@@ -14,6 +14,7 @@ root=$PWD
 K8S=v1.34.2
 KWOK=v0.8.0
 KNATIVE=v0.42.2
+KN=v0.42.0 # knative.dev/client: the kn release of serving v0.42 (Knative 1.15)
 bin=$root/.cache/cluster/bin
 mkdir -p "$bin"
 
@@ -48,5 +49,8 @@ if [ "${CLUSTER_NODE:-}" = 1 ]; then
 	build knative-activator $KNATIVE hack/cluster/knative knative.dev/serving/cmd/activator
 	build knative-queue $KNATIVE hack/cluster/knative knative.dev/serving/cmd/queue
 	build knative-webhook $KNATIVE hack/cluster/knative knative.dev/serving/cmd/webhook
+	# kn, as a Knative user deploys by hand (its own module: the client's
+	# k8s.io versions are older than serving's).
+	build kn $KN hack/cluster/kn knative.dev/client/cmd/kn
 fi
 echo "$bin"

@@ -761,6 +761,7 @@ func TestRBACMatrix(t *testing.T) {
 			"autoscaling.internal.knative.dev/podautoscalers": {"patch"},
 			"/configmaps": {"get", "list", "update", "watch"}, "coordination.k8s.io/leases": {"create", "get", "update"},
 			"discovery.k8s.io/endpointslices": {"list"},
+			"/services":                       {"get"}, // --knative-via=service
 		},
 		"pilotlight:pilotlight-deployer": {
 			"serving.knative.dev/services":  {"create", "get", "list", "patch", "update", "watch"},

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -281,9 +282,9 @@ func ImageDigests(tarPath string) (map[string]string, error) {
 const AutoscalerServiceName = "autoscaler"
 
 // startDataPath puts Knative's data path on the real node: queue-proxy (the
-// image config-deployment names, in every revision pod) and the activator
+// image config-deployment names, in every revision pod), the activator
 // (Knative's own Deployment from the serving module's config, on the image
-// hack/images built from its module). The autoscaler stays a process of the
+// hack/images built from its module), and the webhook (startWebhook). The autoscaler stays a process of the
 // namespace (AutoscalerIP); a Service without a selector gives it the name
 // the activator dials. No cluster DNS runs: the activator's pod gets that
 // one name in its /etc/hosts (hostAliases).
@@ -292,18 +293,11 @@ func (p *Plane) startDataPath(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	img := func(c string) (string, error) {
-		d := digests["ko.local/knative/"+c]
-		if d == "" {
-			return "", fmt.Errorf("no image ko.local/knative/%s in %s: hack/images/build.sh builds it from .cache/cluster/bin (CLUSTER_NODE=1 hack/cluster/build.sh)", c, p.cfg.ImagesTar)
-		}
-		return d, nil
-	}
-	queue, err := img("queue")
+	queue, err := p.knativeImage(digests, "queue")
 	if err != nil {
 		return err
 	}
-	activator, err := img("activator")
+	activator, err := p.knativeImage(digests, "activator")
 	if err != nil {
 		return err
 	}
@@ -343,21 +337,12 @@ func (p *Plane) startDataPath(ctx context.Context) error {
 	if err := p.ApplyFiles(ctx, append(roles, filepath.Join(core, "200-serviceaccount.yaml"))...); err != nil {
 		return err
 	}
-	objs, err := readObjects(filepath.Join(core, "deployments", "activator.yaml"))
-	if err != nil {
-		return err
-	}
-	for _, o := range objs {
-		if o.GetKind() != "Deployment" {
-			continue
-		}
-		spec := o.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
-		c := spec["containers"].([]any)[0].(map[string]any)
-		c["image"] = activator
+	objs, err := knativeDeployment(core, "activator", activator, func(spec map[string]any) {
 		spec["hostAliases"] = []any{map[string]any{"ip": created.Spec.ClusterIP,
 			"hostnames": []any{AutoscalerServiceName + "." + KnativeNamespace + ".svc.cluster.local"}}}
-		// The harness ends in seconds, not after Knative's ten-minute drain.
-		spec["terminationGracePeriodSeconds"] = int64(5)
+	})
+	if err != nil {
+		return err
 	}
 	t := time.Now()
 	if err := p.Apply(ctx, p.Dynamic, objs...); err != nil {
@@ -371,7 +356,96 @@ func (p *Plane) startDataPath(ctx context.Context) error {
 		return fmt.Errorf("%w\nactivator pods: %s", err, p.podsSummary(ctx, KnativeNamespace))
 	}
 	p.Timings = append(p.Timings, Timing{"activator pod Ready (Knative's Deployment)", time.Since(t)})
+	return p.startWebhook(ctx, digests)
+}
+
+// startWebhook runs Knative's webhook as a pod of its own Deployment
+// (config/core/deployments/webhook.yaml, image by digest) with its
+// defaulting and validating webhook configurations, so every Knative object
+// is defaulted and validated by Knative on the API server's path: a Service
+// made by hand (kn) gets its defaults there, not from `pilotlight deploy`.
+// The API server, a process of the namespace, reaches the webhook's Service
+// by its ClusterIP (kube-proxy); the webhook makes its own certificate and
+// writes it into the configurations' caBundle, which is awaited.
+func (p *Plane) startWebhook(ctx context.Context, digests map[string]string) error {
+	image, err := p.knativeImage(digests, "webhook")
+	if err != nil {
+		return err
+	}
+	core := filepath.Join(p.cfg.ServingDir, "config", "core")
+	objs, err := knativeDeployment(core, "webhook", image, nil)
+	if err != nil {
+		return err
+	}
+	hooks, err := filepath.Glob(filepath.Join(core, "webhooks", "*.yaml"))
+	if err != nil {
+		return err
+	}
+	for _, f := range hooks {
+		o, err := readObjects(f)
+		if err != nil {
+			return err
+		}
+		objs = append(objs, o...)
+	}
+	t := time.Now()
+	if err := p.Apply(ctx, p.Dynamic, objs...); err != nil {
+		return err
+	}
+	err = p.waitFor(ctx, "Knative's webhook available, its certificate in the webhook configurations", 3*time.Minute, func(ctx context.Context) (bool, error) {
+		d, err := p.Kube.AppsV1().Deployments(KnativeNamespace).Get(ctx, "webhook", metav1.GetOptions{})
+		if err != nil || d.Status.AvailableReplicas < 1 {
+			return false, nil
+		}
+		m, err := p.Kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "webhook.serving.knative.dev", metav1.GetOptions{})
+		if err != nil || len(m.Webhooks) == 0 {
+			return false, nil
+		}
+		for _, w := range m.Webhooks {
+			if len(w.ClientConfig.CABundle) == 0 {
+				return false, nil
+			}
+		}
+		v, err := p.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "validation.webhook.serving.knative.dev", metav1.GetOptions{})
+		return err == nil && len(v.Webhooks) > 0 && len(v.Webhooks[0].ClientConfig.CABundle) > 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w\nknative-serving pods: %s", err, p.podsSummary(ctx, KnativeNamespace))
+	}
+	p.Timings = append(p.Timings, Timing{"webhook pod Ready, its configurations registered", time.Since(t)})
 	return nil
+}
+
+// knativeImage is the digest hack/images gave Knative's component c.
+func (p *Plane) knativeImage(digests map[string]string, c string) (string, error) {
+	d := digests["ko.local/knative/"+c]
+	if d == "" {
+		return "", fmt.Errorf("no image ko.local/knative/%s in %s: hack/images/build.sh builds it from .cache/cluster/bin (CLUSTER_NODE=1 hack/cluster/build.sh)", c, p.cfg.ImagesTar)
+	}
+	return d, nil
+}
+
+// knativeDeployment reads Knative's own manifest for a component
+// (config/core/deployments/<name>.yaml: its Deployment and Service) with
+// the Deployment's image replaced by image and edit applied to its pod spec.
+func knativeDeployment(core, name, image string, edit func(spec map[string]any)) ([]*unstructured.Unstructured, error) {
+	objs, err := readObjects(filepath.Join(core, "deployments", name+".yaml"))
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range objs {
+		if o.GetKind() != "Deployment" {
+			continue
+		}
+		spec := o.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+		spec["containers"].([]any)[0].(map[string]any)["image"] = image
+		// The harness ends in seconds, not after Knative's long drains.
+		spec["terminationGracePeriodSeconds"] = int64(5)
+		if edit != nil {
+			edit(spec)
+		}
+	}
+	return objs, nil
 }
 
 // podsSummary says each pod's phase and container states, for errors.

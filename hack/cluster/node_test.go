@@ -51,6 +51,9 @@ func TestRealNode(t *testing.T) {
 	}{
 		{"RuntimePodServesFraud", testRuntimePod},
 		{"DeployAnswersThroughActivatorAndQueueProxy", testKnativeDataPath},
+		{"RouterDeploymentAnswersAsLocalServe", testRouterDeployment},
+		{"KnServiceCreateServes", testKnCreatesRecommend},
+		{"BenchClusterColdStart", testBenchClusterColdStart},
 		{"ScaleToZeroAndBack", testScaleFromZero},
 	} {
 		if !t.Run(step.name, step.fn) {
@@ -161,8 +164,16 @@ func podLogs(name string) string {
 // test's loopback, as `serve` starts an instance.
 func startLocalRuntime(t *testing.T) string {
 	t.Helper()
-	cmd := exec.Command(env.runtime, "--function", repoPath("functions/fraud"), "--revision", "fraud-00002",
-		"--listen", "127.0.0.1", "--port", "18091")
+	return startLocal(t, "local runtime", "http://127.0.0.1:18091", "/v2/health/ready", env.runtime,
+		"--function", repoPath("functions/fraud"), "--revision", "fraud-00002", "--listen", "127.0.0.1", "--port", "18091")
+}
+
+// startLocal runs bin with args on the test's loopback (ONNX Runtime from
+// the repository's cache), waits until base+ready answers 200, and stops it
+// when the test ends, showing its log if the test failed.
+func startLocal(t *testing.T, name, base, ready, bin string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+repoPath(".cache/onnxruntime/1.24.1/libonnxruntime.so.1"))
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -173,11 +184,11 @@ func startLocalRuntime(t *testing.T) string {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		if t.Failed() {
-			t.Logf("local runtime:\n%s", lastLines(logs.String(), 20))
+			t.Logf("%s:\n%s", name, lastLines(logs.String(), 20))
 		}
 	})
-	waitHTTP(t, "http://127.0.0.1:18091/v2/health/ready")
-	return "http://127.0.0.1:18091"
+	waitHTTP(t, base+ready)
+	return base
 }
 
 // v2FraudBody is the V2 request the fraud function's tests send.

@@ -88,7 +88,7 @@ cat > "/etc/netns/$ns/hosts" <<HOSTS
 127.0.0.1 localhost
 10.244.0.10 fraud.pilotlight.svc.cluster.local stable-fraud.pilotlight.svc.cluster.local canary-fraud.pilotlight.svc.cluster.local
 HOSTS
-export CLUSTER_WORK=$work
+export CLUSTER_WORK=$work CLUSTER_NETNS=$ns
 if [ "$node" != 1 ]; then
 	ip netns exec "$ns" "$root/.cache/cluster/cluster.test" -test.v -test.count=1 -test.timeout=20m "$@"
 	exit

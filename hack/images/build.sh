@@ -4,7 +4,7 @@
 # and .cache/images.tar (what `ctr -n k8s.io images import` loads).
 #
 #   runtime  ghcr.io/pilotlight/pilotlight:dev         lean runtime (cmd/pilotlight-runtime), ONNX Runtime, glibc/libstdc++, models layer
-#   router   ghcr.io/pilotlight/pilotlight-router:dev  the platform binary (serve --backend knative)
+#   router   ghcr.io/pilotlight/pilotlight-router:dev  the platform binary (serve --backend knative), the functions layer
 #   pause    registry.k8s.io/pause:3.10                the pod sandbox: pause.c from the k8s.io/kubernetes module, gcc -static
 #   knative  ko.local/knative/{activator,queue,webhook,controller,autoscaler}:v0.42.2
 #            from .cache/cluster/bin (hack/cluster/build.sh; CLUSTER_NODE=1 builds them)
@@ -36,7 +36,7 @@ fi
 
 specs=(
 	-image "ghcr.io/pilotlight/pilotlight:dev=runtime:$work/pilotlight-runtime:$ORT:$root/functions"
-	-image "ghcr.io/pilotlight/pilotlight-router:dev=router:$work/pilotlight"
+	-image "ghcr.io/pilotlight/pilotlight-router:dev=router:$work/pilotlight:$root/functions"
 	-image "registry.k8s.io/pause:3.10=static:$work/pause-$K8S:/pause"
 )
 for c in activator queue webhook controller autoscaler; do

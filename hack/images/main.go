@@ -8,7 +8,9 @@
 // (found with ldd on this machine, Debian's), ONNX Runtime's library from
 // the npm package, a non-root user, and the functions' models as a layer of
 // their own, last, so a new model does not change the layers below it. The
-// router image is the platform binary on the same base. Static binaries
+// router image is the platform binary on the same base, with the same
+// functions layer (serve --functions=/functions reads the manifests; the
+// layer is the runtime image's, so a node stores it once). Static binaries
 // (Knative's components, the pod sandbox's pause) go on an empty base with
 // the same user, as ko's default static base.
 //
@@ -20,7 +22,7 @@
 // A spec is one of
 //
 //	runtime:BIN:ORT:FUNCTIONS   the runtime image
-//	router:BIN                  the router image (the platform binary)
+//	router:BIN:FUNCTIONS        the router image (the platform binary, the functions)
 //	static:BIN:ENTRYPOINT_PATH  a static binary as its entrypoint
 //
 // It prints "name@sha256:..." for each image and writes the same lines to
@@ -127,12 +129,12 @@ func build(spec string) (v1.Image, error) {
 	switch {
 	case kind == "runtime" && len(args) == 3:
 		return runtimeImage(args[0], args[1], args[2])
-	case kind == "router" && len(args) == 1:
-		return routerImage(args[0])
+	case kind == "router" && len(args) == 2:
+		return routerImage(args[0], args[1])
 	case kind == "static" && len(args) == 2:
 		return staticImage(args[0], args[1])
 	}
-	return nil, fmt.Errorf("spec %q: want runtime:BIN:ORT:FUNCTIONS, router:BIN or static:BIN:PATH", spec)
+	return nil, fmt.Errorf("spec %q: want runtime:BIN:ORT:FUNCTIONS, router:BIN:FUNCTIONS or static:BIN:PATH", spec)
 }
 
 // Where the Dockerfile puts things.
@@ -168,7 +170,7 @@ func runtimeImage(bin, ort, functions string) (v1.Image, error) {
 	})
 }
 
-func routerImage(bin string) (v1.Image, error) {
+func routerImage(bin, functions string) (v1.Image, error) {
 	base, err := baseLayer(bin)
 	if err != nil {
 		return nil, err
@@ -177,7 +179,11 @@ func routerImage(bin string) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return image([]v1.Layer{base, binLayer}, v1.Config{
+	fns, err := functionsLayer(functions)
+	if err != nil {
+		return nil, err
+	}
+	return image([]v1.Layer{base, binLayer, fns}, v1.Config{
 		Entrypoint: []string{binPath},
 		Cmd:        []string{"serve"},
 		Env:        []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
@@ -270,7 +276,10 @@ func functionsLayer(dir string) (v1.Layer, error) {
 			return err
 		}
 		base := d.Name()
-		if base == "function.yaml" || base == "NOTICE" || strings.HasSuffix(base, ".onnx") {
+		// The Dockerfile's selection (its `find functions ...`): manifests,
+		// models, notices, warm-up requests. main_test.go compares the two.
+		warmup, _ := path.Match("warmup*.json", base)
+		if base == "function.yaml" || base == "NOTICE" || strings.HasSuffix(base, ".onnx") || warmup {
 			rel, _ := filepath.Rel(dir, p)
 			files[path.Join(functionsDir, filepath.ToSlash(rel))] = file{src: p, mode: 0o644}
 		}
