@@ -251,6 +251,15 @@ func stripVolatile(v any) any {
 // and the activator must fit on two CPUs), and pods kept 1s after the
 // revision's last request, so scale to zero is measured in seconds.
 func nodeFunctionsDir(t *testing.T) string {
+	return fraudCopy(t, func(y string) string {
+		return strings.Replace(y, "  scaleToZeroAfter: 30s\n", "  scaleToZeroAfter: 1s\n", 1)
+	}, "scaleToZeroAfter: 1s")
+}
+
+// fraudCopy copies functions/fraud into a new functions root with one
+// session per instance and edit applied to its function.yaml; the copy
+// must then contain want (else the shipped file changed under the test).
+func fraudCopy(t *testing.T, edit func(string) string, want string) string {
 	t.Helper()
 	dst := filepath.Join(t.TempDir(), "functions")
 	if err := os.MkdirAll(dst, 0o755); err != nil {
@@ -264,10 +273,9 @@ func nodeFunctionsDir(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	y := strings.Replace(string(raw), "  sessions: 2\n", "  sessions: 1\n", 1)
-	y = strings.Replace(y, "  scaleToZeroAfter: 30s\n", "  scaleToZeroAfter: 1s\n", 1)
-	if y == string(raw) {
-		t.Fatal("functions/fraud/function.yaml no longer holds the sessions and scaleToZeroAfter lines this test edits")
+	y := edit(strings.Replace(string(raw), "  sessions: 2\n", "  sessions: 1\n", 1))
+	if !strings.Contains(y, "sessions: 1\n") || !strings.Contains(y, want) {
+		t.Fatalf("functions/fraud/function.yaml no longer holds the lines this test edits (sessions, and what gives %q)", want)
 	}
 	if err := os.WriteFile(f, []byte(y), 0o644); err != nil {
 		t.Fatal(err)

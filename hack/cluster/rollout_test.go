@@ -102,27 +102,9 @@ type rolloutRig struct {
 // fraud-00003, whose model file is not a model: its instances fail to
 // load, and every request to it is answered 503.
 func rolloutFunctionsDir(t *testing.T) string {
-	t.Helper()
-	dst := filepath.Join(t.TempDir(), "functions")
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("cp", "-r", repoPath("functions/fraud"), filepath.Join(dst, "fraud")).CombinedOutput(); err != nil {
-		t.Fatalf("copy functions/fraud: %v %s", err, out)
-	}
-	f := filepath.Join(dst, "fraud", "function.yaml")
-	raw, err := os.ReadFile(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	y := strings.Replace(string(raw), "  sessions: 2\n", "  sessions: 1\n", 1)
-	y = strings.Replace(y, "    tag: canary\n", "    tag: canary\n  - name: fraud-00003 # broken on purpose: not an ONNX model\n    model: models/fraud-00003.onnx\n", 1)
-	if !strings.Contains(y, "fraud-00003") || !strings.Contains(y, "sessions: 1") {
-		t.Fatal("functions/fraud/function.yaml no longer holds the sessions and canary tag lines this test edits")
-	}
-	if err := os.WriteFile(f, []byte(y), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dst := fraudCopy(t, func(y string) string {
+		return strings.Replace(y, "    tag: canary\n", "    tag: canary\n  - name: fraud-00003 # broken on purpose: not an ONNX model\n    model: models/fraud-00003.onnx\n", 1)
+	}, "fraud-00003")
 	if err := os.WriteFile(filepath.Join(dst, "fraud", "models", "fraud-00003.onnx"), []byte("not an ONNX model\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
