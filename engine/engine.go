@@ -37,6 +37,9 @@ const (
 	DefaultDrainTimeout  = 30 * time.Second
 	DefaultTickInterval  = 100 * time.Millisecond
 	DefaultCapacityWait  = 5 * time.Second
+	// DefaultEmptyHostLinger is how long a shared process that holds no
+	// revision is kept beyond the first such one (see EmptyHostLinger).
+	DefaultEmptyHostLinger = 30 * time.Second
 	// DefaultLivenessInterval is how often ready instances are asked GET
 	// /v2/health/live; livenessFailures answers missed in a row mean hung.
 	DefaultLivenessInterval = 5 * time.Second
@@ -91,6 +94,12 @@ type Config struct {
 	// CapacityWait is how long a request for a shared revision that fits
 	// in no process waits for memory before it is refused (503).
 	CapacityWait time.Duration
+	// EmptyHostLinger is how long a shared process that holds no revision
+	// stays when another empty one is running: one empty shared process is
+	// kept (a wake loads into it without a process start, as into a warm
+	// pool process), the others stop after this, so a burst that needed
+	// several leaves one behind, not all of them.
+	EmptyHostLinger time.Duration
 }
 
 // Errors Acquire returns; the router maps them to statuses.
@@ -166,6 +175,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.CapacityWait <= 0 {
 		cfg.CapacityWait = DefaultCapacityWait
+	}
+	if cfg.EmptyHostLinger <= 0 {
+		cfg.EmptyHostLinger = DefaultEmptyHostLinger
 	}
 	switch cfg.Isolation {
 	case "", functions.IsolationShared, functions.IsolationDedicated:

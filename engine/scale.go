@@ -12,6 +12,7 @@ func (e *Engine) tick(now time.Time) {
 	if e.stopped.Load() {
 		return
 	}
+	e.stopEmptyHosts(now)
 	for _, r := range e.order {
 		queued := r.queue.Len()
 		inflight := r.inflight()

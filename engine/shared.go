@@ -53,6 +53,8 @@ type host struct {
 	// base is the process's RSS before its first revision (an estimate
 	// until it is running); charged is what its slots are charged.
 	base, charged int64
+	// emptySince is when it last came to hold no revision (zero: it holds some).
+	emptySince time.Time
 }
 
 func (h *host) holds(r *revision) bool {
@@ -379,6 +381,41 @@ func (e *Engine) startHost(h *host) {
 	e.placeMu.Unlock()
 	e.log.Info("shared runtime process started", "pid", p.pid, "source", p.source, "rss", mib(base))
 	close(h.ready)
+}
+
+// stopEmptyHosts stops the shared processes that have held no revision for
+// EmptyHostLinger, but one: the pilot light of the shared processes. Taken
+// off the books under placeMu, a process can get no new placement while it
+// stops.
+func (e *Engine) stopEmptyHosts(now time.Time) {
+	var stop []*Process
+	e.placeMu.Lock()
+	kept := false
+	e.hosts = slices.DeleteFunc(e.hosts, func(h *host) bool {
+		select {
+		case <-h.ready:
+		default:
+			return false // still starting: it has a slot waiting for it
+		}
+		if len(h.slots) > 0 || h.err != nil {
+			h.emptySince = time.Time{}
+			return false
+		}
+		if h.emptySince.IsZero() {
+			h.emptySince = now
+		}
+		if !kept || now.Sub(h.emptySince) < e.cfg.EmptyHostLinger || !h.proc.alive() {
+			kept = kept || h.proc.alive()
+			return false
+		}
+		stop = append(stop, h.proc)
+		return true
+	})
+	e.placeMu.Unlock()
+	for _, p := range stop {
+		e.log.Info("stopping a shared runtime process that holds no revision", "pid", p.pid, "empty_for", e.cfg.EmptyHostLinger)
+		go e.stopInstance(p, "empty shared process")
+	}
 }
 
 // hostFailed ends a host that never ran: its slots' starts fail with err.

@@ -254,3 +254,41 @@ func TestPastTheMachineBudgetIsA503(t *testing.T) {
 		t.Errorf("big-b went to pid %d, not into the process big-a left idle (%d)", b.PID, a.PID)
 	}
 }
+
+// TestEmptySharedProcessesStopButOne: a burst that needed two shared
+// processes leaves one behind once its revisions are at zero: the other
+// stops after EmptyHostLinger, and the one kept takes the next wake
+// without a process start.
+func TestEmptySharedProcessesStopButOne(t *testing.T) {
+	e, _ := start(t, engine.Config{Functions: bigFunctions(t), PoolSize: 0, RuntimeMemory: 30 << 20, MachineMemory: 8 << 30,
+		ScaleToZeroAfter: 300 * time.Millisecond, EmptyHostLinger: 300 * time.Millisecond})
+	a := acquire(t, e, "big-a", "big-a-00001")
+	b := acquire(t, e, "big-b", "big-b-00001") // a is busy and the budget holds one: a second process
+	if a.PID == b.PID {
+		t.Fatalf("two revisions over one process's budget share pid %d: %+v", a.PID, e.Processes())
+	}
+	a.Release(false)
+	b.Release(false)
+	shared := func() (pids []int) {
+		for _, p := range e.Processes() {
+			if p.Isolation == "shared" {
+				pids = append(pids, p.PID)
+			}
+		}
+		return pids
+	}
+	testbin.WaitFor(t, "one of the two empty shared processes to stop", 20*time.Second, func() bool { return len(shared()) == 1 })
+	kept := shared()[0]
+	if kept != a.PID && kept != b.PID {
+		t.Fatalf("the process kept, %d, is neither of the two (%d, %d)", kept, a.PID, b.PID)
+	}
+	time.Sleep(600 * time.Millisecond) // twice the linger: the last one stays
+	if got := shared(); len(got) != 1 || got[0] != kept {
+		t.Fatalf("shared processes after the linger: %v, want only %d", got, kept)
+	}
+	c := acquire(t, e, "big-c", "big-c-00001")
+	defer c.Release(false)
+	if c.PID != kept {
+		t.Errorf("the next wake went to pid %d, not the shared process kept (%d)", c.PID, kept)
+	}
+}
