@@ -63,15 +63,25 @@ func (rt *Router) serve(ln net.Listener, tlsCfg *tls.Config) error {
 		if tlsCfg != nil {
 			d.h2.TLSConfig = tlsCfg
 		}
-		go func() { _ = d.h2.Serve(d.h2ln) }()
 		if rt.grpc.native != nil {
 			d.grpcln = newConnListener(ln.Addr())
-			go func() { _ = rt.grpc.native.Serve(d.grpcln) }()
 		}
 	}
+	// Registered before anything serves, so a Shutdown from now on finds
+	// this front door; one that came first leaves nothing to serve.
 	rt.mu.Lock()
+	if rt.shut {
+		rt.mu.Unlock()
+		return ln.Close()
+	}
 	rt.srvs = append(rt.srvs, d)
 	rt.mu.Unlock()
+	if d.h2 != nil {
+		go func() { _ = d.h2.Serve(d.h2ln) }()
+	}
+	if d.grpcln != nil {
+		go func() { _ = rt.grpc.native.Serve(d.grpcln) }()
+	}
 	switch {
 	case d.h2 == nil && tlsCfg == nil:
 		return d.fast.Serve(ln)
@@ -164,7 +174,7 @@ func (rt *Router) classify(c net.Conn, tlsCfg *tls.Config, fast, h2, grpc *connL
 func (rt *Router) Shutdown(ctx context.Context) error {
 	rt.mu.Lock()
 	srvs := rt.srvs
-	rt.srvs = nil
+	rt.srvs, rt.shut = nil, true
 	rt.mu.Unlock()
 	var errs []error
 	for _, d := range srvs {

@@ -383,6 +383,9 @@ func (p *grpcProxy) acquireError(ctx context.Context, r *http.Request, fn *funct
 			e.headers = map[string]string{ShedHeader: "overload"}
 		}
 		return e
+	case errors.Is(r.Context().Err(), context.DeadlineExceeded):
+		// The call's own deadline (grpc-timeout) passed before the router's.
+		return grpcErrorf(codes.DeadlineExceeded, "revision %s/%s: the call's deadline passed while it waited for an instance", fn.Name, revision)
 	case r.Context().Err() != nil:
 		return grpcErrorf(codes.Canceled, "client closed the request")
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:

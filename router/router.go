@@ -159,6 +159,7 @@ type Router struct {
 
 	mu   sync.Mutex
 	srvs []*frontDoor
+	shut bool     // Shutdown ran: Serve serves nothing more
 	open []string // paths open to scrapers on the admin listener (MountMetrics)
 }
 
