@@ -719,8 +719,10 @@ func (e Env) oneInstance() (*oneInstance, error) {
 	if err != nil {
 		return nil, err
 	}
-	// No flags: every call goes to the stable revision, the one instance measured both ways.
-	s, base, body, err := e.serveWithBody(append([]string{"--functions", root, "--pool-size", "0", "--flags", ""}, e.ServeArgs...), m)
+	// No flags: every call goes to the stable revision, the one instance
+	// measured both ways, in a process of its own (--serve-arg can say
+	// otherwise: a later --isolation wins).
+	s, base, body, err := e.serveWithBody(append([]string{"--functions", root, "--pool-size", "0", "--flags", "", "--isolation", functions.IsolationDedicated}, e.ServeArgs...), m)
 	if err != nil {
 		os.RemoveAll(root)
 		return nil, err
