@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pilotlight/pilotlight/flags"
+	"github.com/pilotlight/pilotlight/functions"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -110,11 +111,7 @@ func TestDeployUpdateAddsOneRevision(t *testing.T) {
 	m := fraudManifest(t)
 	d := deployer(c, nil)
 	ctx := context.Background()
-	first := *m
-	first.Revisions = m.Revisions[:1]
-	if _, err := d.Deploy(ctx, &first, DeployOptions{Wait: true, Timeout: time.Second}); err != nil {
-		t.Fatal(err)
-	}
+	deployFirstRevision(t, d, m)
 	res, err := d.Deploy(ctx, m, DeployOptions{Options: Options{Traffic: fraudSplit(t, m)}, Wait: true, Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -327,11 +324,7 @@ func TestDeployKeepsTheWebhooksCreator(t *testing.T) {
 	m := fraudManifest(t)
 	d := deployer(c, nil)
 	ctx := context.Background()
-	first := *m
-	first.Revisions = m.Revisions[:1]
-	if _, err := d.Deploy(ctx, &first, DeployOptions{Wait: true, Timeout: time.Second}); err != nil {
-		t.Fatal(err)
-	}
+	deployFirstRevision(t, d, m)
 	svc := c.service(t)
 	svc.Annotations = mergeMaps(svc.Annotations, map[string]string{"serving.knative.dev/creator": "system:serviceaccount:pilotlight:pilotlight-deployer"})
 	if err := c.cs.Tracker().Update(servicesGVR, svc, svc.Namespace); err != nil {
@@ -342,5 +335,16 @@ func TestDeployKeepsTheWebhooksCreator(t *testing.T) {
 	}
 	if got := c.service(t).Annotations["serving.knative.dev/creator"]; got != "system:serviceaccount:pilotlight:pilotlight-deployer" {
 		t.Errorf("creator annotation %q after the update", got)
+	}
+}
+
+// deployFirstRevision deploys m with only its first revision, as a
+// Service's first deploy does, so the next Deploy is an update.
+func deployFirstRevision(t *testing.T, d *Deployer, m *functions.Manifest) {
+	t.Helper()
+	first := *m
+	first.Revisions = m.Revisions[:1]
+	if _, err := d.Deploy(context.Background(), &first, DeployOptions{Wait: true, Timeout: time.Second}); err != nil {
+		t.Fatal(err)
 	}
 }
