@@ -114,6 +114,15 @@ type flag struct {
 	// read, when inputsKnown proves the list complete.
 	inputs      []string
 	inputsKnown bool
+	// deferrable flags read the targeting key only to split by it: they
+	// can be evaluated without it (EvaluateDeferred) by running deferRule,
+	// where deferMarks[i] stands for the split deferSplits[i]; deferInputs
+	// are the inputs besides the key.
+	deferrable  bool
+	deferRule   any
+	deferMarks  []any
+	deferSplits [][]any
+	deferInputs []string
 	// parseErr is set when flagd could not run the targeting at all (a $ref
 	// it could not substitute): every evaluation is ERROR / PARSE_ERROR.
 	parseErr string

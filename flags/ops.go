@@ -69,16 +69,28 @@ func fractional(values, data any) any {
 	default:
 		return nil
 	}
-	if len(dists) == 0 {
+	names, ends, ok := buckets(dists, data)
+	if !ok {
 		return nil
 	}
-	weights := make([]uint64, len(dists))
-	names := make([]any, len(dists))
+	return names[pickBucket(murmur3.StringSum32(bucketBy), ends)]
+}
+
+// buckets reads fractional's distribution: each bucket's variant and the
+// running total of the weights up to and including it. ok is false where
+// fractional answers null: no bucket, a malformed one, a weight that is
+// not whole or too large, or weights summing to 0 or past 2^31-1.
+func buckets(dists []any, data any) (names []any, ends []uint64, ok bool) {
+	if len(dists) == 0 {
+		return nil, nil, false
+	}
+	ends = make([]uint64, len(dists))
+	names = make([]any, len(dists))
 	var total uint64
 	for i, d := range dists {
 		bucket, ok := d.([]any)
 		if !ok || len(bucket) == 0 {
-			return nil
+			return nil, nil, false
 		}
 		// flagd checks every bucket's variant before choosing one.
 		name := bucket[0]
@@ -89,7 +101,7 @@ func fractional(values, data any) any {
 		case string, bool, float64, nil:
 			names[i] = name
 		default:
-			return nil
+			return nil, nil, false
 		}
 		w := uint64(1)
 		if len(bucket) >= 2 {
@@ -101,32 +113,34 @@ func fractional(values, data any) any {
 			case nil:
 			case float64:
 				if n != math.Trunc(n) || n > math.MaxInt32 {
-					return nil
+					return nil, nil, false
 				}
 				w = 0
 				if n > 0 {
 					w = uint64(n)
 				}
 			default:
-				return nil
+				return nil, nil, false
 			}
 		}
-		weights[i] = w
 		total += w
+		ends[i] = total
 	}
 	if total == 0 || total > math.MaxInt32 {
-		return nil
+		return nil, nil, false
 	}
-	hash := murmur3.StringSum32(bucketBy)
-	point := (uint64(hash) * total) >> 32
-	var end uint64
-	for i, w := range weights {
-		end += w
-		if point < end {
-			return names[i]
-		}
+	return names, ends, true
+}
+
+// pickBucket projects a hash onto [0, total weight) as (hash * total) >> 32
+// and walks the buckets in order.
+func pickBucket(hash uint32, ends []uint64) int {
+	point := (uint64(hash) * ends[len(ends)-1]) >> 32
+	i := 0
+	for point >= ends[i] {
+		i++
 	}
-	return nil
+	return i
 }
 
 // applyNested evaluates an expression nested inside an operator's literal

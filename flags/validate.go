@@ -176,6 +176,10 @@ func (v *validator) flag(path, key string, node any, setMeta map[string]any, inA
 			f.reads = map[string]bool{}
 			f.readsAll = attributesRead(resolved, f.reads)
 			f.inputs, f.inputsKnown = ruleInputs(resolved)
+			if f.inputsKnown && slices.Contains(f.inputs, "targetingKey") {
+				f.deferRule, f.deferMarks, f.deferSplits, f.deferrable = deferRule(resolved, nil, nil)
+				f.deferInputs = slices.DeleteFunc(slices.Clone(f.inputs), func(n string) bool { return n == "targetingKey" })
+			}
 		}
 	}
 	if v.errorsSince(before) {

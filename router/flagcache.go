@@ -21,6 +21,9 @@ const (
 	// flagCacheEntryOverheadBytes is what an entry costs besides its key
 	// and strings: the map slot, two string headers and the result's.
 	flagCacheEntryOverheadBytes = 96
+	// flagCacheSplitOverheadBytes is what each bucket of a remembered split
+	// costs besides its strings: its Result and its evaluation.
+	flagCacheSplitOverheadBytes = 160
 	// flagCacheDoorkeeperSlots remember the hash of keys seen once (8 bytes
 	// each, 256 KiB): a key is kept only when it comes a second time, so a
 	// stream of one-time users (each request a new user) costs a lookup and
@@ -32,6 +35,24 @@ const (
 // fields it reads of the provider's answer.
 type evaluation struct {
 	value, reason, code string
+}
+
+// cached is one remembered answer: an evaluation, or for a flag that
+// reads the targeting key only to split by it (flags.Set.DeferredInputs),
+// remembered without the key, one evaluation per bucket, which the
+// request's key picks.
+type cached struct {
+	e     evaluation
+	split *flags.Deferred // nil: e is the answer
+	evals []evaluation    // with split: evals[split.Index(key)]
+}
+
+// answer is the evaluation for targeting key tk.
+func (c cached) answer(tk string) evaluation {
+	if c.split == nil {
+		return c.e
+	}
+	return c.evals[c.split.Index(tk)]
 }
 
 // flagCache remembers flag evaluations for one version of the flag file,
@@ -54,7 +75,7 @@ type cacheGen struct {
 
 type cacheShard struct {
 	mu    sync.RWMutex
-	m     map[string]evaluation
+	m     map[string]cached
 	bytes int
 	_     [40]byte // keep shards' locks off each other's cache lines
 }
@@ -78,7 +99,7 @@ func (c *flagCache) generation(set *flags.Set) *cacheGen {
 		ng := &cacheGen{version: set.Version()}
 		ng.set.Store(set)
 		for i := range ng.shards {
-			ng.shards[i].m = map[string]evaluation{}
+			ng.shards[i].m = map[string]cached{}
 		}
 		if c.gen.CompareAndSwap(g, ng) {
 			return ng
@@ -89,7 +110,7 @@ func (c *flagCache) generation(set *flags.Set) *cacheGen {
 // hash places a key: its shard and its doorkeeper slot.
 func (c *flagCache) hash(key []byte) uint64 { return maphash.Bytes(c.seed, key) }
 
-func (c *flagCache) get(g *cacheGen, key []byte, h uint64) (evaluation, bool) {
+func (c *flagCache) get(g *cacheGen, key []byte, h uint64) (cached, bool) {
 	s := &g.shards[h%flagCacheShards]
 	s.mu.RLock()
 	e, ok := s.m[string(key)]
@@ -113,11 +134,20 @@ func (c *flagCache) admit(h uint64) bool {
 	return false
 }
 
-func entryBytes(key string, e evaluation) int {
-	return flagCacheEntryOverheadBytes + len(key) + len(e.value) + len(e.reason) + len(e.code)
+func entryBytes(key string, c cached) int {
+	n := flagCacheEntryOverheadBytes + len(key) + evalBytes(c.e)
+	if c.split != nil {
+		n += flagCacheSplitOverheadBytes * (len(c.evals) + 1) // the Results and their evaluations
+		for _, e := range c.evals {
+			n += evalBytes(e)
+		}
+	}
+	return n
 }
 
-func (c *flagCache) put(g *cacheGen, key []byte, h uint64, e evaluation) {
+func evalBytes(e evaluation) int { return len(e.value) + len(e.reason) + len(e.code) }
+
+func (c *flagCache) put(g *cacheGen, key []byte, h uint64, e cached) {
 	size := entryBytes(string(key), e)
 	const maxEntries, maxBytes = flagCacheMaxEntries / flagCacheShards, flagCacheMaxBytes / flagCacheShards
 	if size > maxBytes {

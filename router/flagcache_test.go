@@ -34,7 +34,9 @@ const cacheProbe = `{"flags": {
   "user-revision": {"state": "ENABLED", "variants": {"stable": "demo-00001", "canary": "demo-00002"}, "defaultVariant": "stable",
     "targeting": {"if": [{"ends_with": [{"var": "email"}, "@pilotlight.dev"]}, "canary", {"fractional": [["stable", 70], ["canary", 30]]}]}},
   "typed-revision": {"state": "ENABLED", "variants": {"on": true, "canary": "demo-00002"}, "defaultVariant": "on",
-    "targeting": {"if": [{"var": "email"}, "canary", null]}}
+    "targeting": {"if": [{"var": "email"}, "canary", null]}},
+  "key-revision": {"state": "ENABLED", "variants": {"stable": "demo-00001", "canary": "demo-00002"}, "defaultVariant": "stable",
+    "targeting": {"if": [{"starts_with": [{"var": "targetingKey"}, "user-9"]}, "canary", {"fractional": [["stable", 50], ["canary", 50]]}]}}
 }}`
 
 // flagFilesForCache are the files the cache is held against: the shipped
@@ -167,44 +169,63 @@ func TestFlagCacheAgreesWithEvaluation(t *testing.T) {
 }
 
 // What must never be cached is not: a rule reading the clock, every
-// header, missing; and a request with no key of its own. The OpenFeature
-// path (tracing's hook) never uses the cache, so hooks see every call.
+// header, missing; and, for a rule that reads the key other than to split
+// by it, a request with no key of its own. A rule that reads the key only
+// to split by it is remembered without the key: one entry serves every
+// user with the same attributes. The OpenFeature path (tracing's hook)
+// never uses the cache, so hooks see every call.
 func TestFlagCacheLeavesAlone(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "flags.json")
 	if err := os.WriteFile(path, []byte(cacheProbe), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p := newPicker(t, path)
-	pick := func(flag string, hdrs map[string]string) {
+	pick := func(flag string, hdrs map[string]string) string {
 		var fh fasthttp.RequestHeader
 		for k, v := range hdrs {
 			fh.Set(k, v)
 		}
 		fn := &functions.Manifest{Name: "demo", Flag: flag, Revisions: []functions.Revision{{Name: "demo-00001", Tag: "stable"}, {Name: "demo-00002"}}}
-		p.pick(context.Background(), fn, fastView{&fh}, nil)
+		return p.pick(context.Background(), fn, fastView{&fh}, nil)
 	}
+	counts := func() (int64, int64) { return p.cache.hits.Load(), p.cache.misses.Load() }
 	for i := range 50 {
 		user := map[string]string{"X-User-ID": "user-1", "X-User-Email": "a@b", "X-Beta": "yes"}
 		pick("clock-revision", user)
 		pick("header-revision", user)
 		pick("missing-revision", user)
-		pick("user-revision", map[string]string{"X-Region": strconv.Itoa(i)}) // no key: random
+		pick("key-revision", map[string]string{"X-Region": strconv.Itoa(i)}) // no key: random
 	}
-	if h, m := p.cache.hits.Load(), p.cache.misses.Load(); h+m != 0 {
+	if h, m := counts(); h+m != 0 {
 		t.Fatalf("cache consulted: %d hits, %d misses", h, m)
 	}
 	// Kept on its second miss (the doorkeeper), answered on the third.
 	for range 3 {
-		pick("user-revision", map[string]string{"X-User-ID": "user-1"})
+		pick("key-revision", map[string]string{"X-User-ID": "user-1"})
 	}
-	if h, m := p.cache.hits.Load(), p.cache.misses.Load(); h != 1 || m != 2 {
+	if h, m := counts(); h != 1 || m != 2 {
 		t.Fatalf("a returning user: %d hits, %d misses; want 1, 2", h, m)
+	}
+	// A split on the key: a new user every time, one entry for them all,
+	// each user still in their own bucket.
+	got := map[string]int{}
+	for i := range 200 {
+		got[pick("user-revision", map[string]string{"X-User-ID": "new-" + strconv.Itoa(i)})]++
+	}
+	if h, m := counts(); h != 1+198 || m != 2+2 {
+		t.Fatalf("200 new users of a split: %d hits, %d misses; want 199, 4", h, m)
+	}
+	if n, _ := p.cache.stats(); n != 2 {
+		t.Fatalf("%d entries; want 2 (the returning user's and the split's)", n)
+	}
+	if got["demo-00001"] < 100 || got["demo-00002"] < 30 {
+		t.Fatalf("200 new users on a 70/30 split went %v", got)
 	}
 	p.hooked.Store(true)
 	for range 10 {
 		pick("user-revision", map[string]string{"X-User-ID": "user-1"})
 	}
-	if h, m := p.cache.hits.Load(), p.cache.misses.Load(); h != 1 || m != 2 {
+	if h, m := counts(); h != 199 || m != 4 {
 		t.Fatalf("hooked picks used the cache: %d hits, %d misses", h, m)
 	}
 }
@@ -274,7 +295,7 @@ func TestFlagCacheBounded(t *testing.T) {
 			id += long // half the keys are big: the byte bound must bite too
 		}
 		key := appendInput(nil, id, true)
-		c.put(g, key, c.hash(key), evaluation{value: "demo-00002", reason: "TARGETING_MATCH"})
+		c.put(g, key, c.hash(key), cached{e: evaluation{value: "demo-00002", reason: "TARGETING_MATCH"}})
 		if i%1024 == 0 {
 			n, b := c.stats()
 			if n > flagCacheMaxEntries || b > flagCacheMaxBytes {

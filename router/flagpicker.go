@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -172,6 +173,9 @@ func (p *FlagPicker) evaluate(set *flags.Set, fn *functions.Manifest, r RequestV
 	if p.cache == nil || set.ContextFree(fn.Flag) {
 		return evaluateUncached(set, fn, r, body)
 	}
+	if inputs, ok := set.DeferredInputs(fn.Flag); ok && !slices.Contains(inputs, "headers") {
+		return p.evaluateDeferred(set, fn, r, body, inputs)
+	}
 	inputs, ok := set.Inputs(fn.Flag)
 	if !ok {
 		return evaluateUncached(set, fn, r, body)
@@ -196,17 +200,52 @@ func (p *FlagPicker) evaluate(set *flags.Set, fn *functions.Manifest, r RequestV
 		}
 	}
 	g, h := p.cache.generation(set), p.cache.hash(key)
-	if e, ok := p.cache.get(g, key, h); ok {
-		return e
+	if c, ok := p.cache.get(g, key, h); ok {
+		return c.e
 	}
 	if !haveTK {
 		tk, _ = targetingKey(r, body)
 	}
 	e := evaluateWith(set, fn, r, tk)
 	if p.cache.admit(h) {
-		p.cache.put(g, key, h, e)
+		p.cache.put(g, key, h, cached{e: e})
 	}
 	return e
+}
+
+// evaluateDeferred is evaluate for a flag that reads the targeting key
+// only to split by it: its answer is remembered under the other inputs
+// alone, so every user with the same attributes shares one entry (a new
+// user costs a lookup and a hash), and the request's key picks the bucket.
+// A random key (the request has none) picks a random bucket, as running
+// the rule with it would.
+func (p *FlagPicker) evaluateDeferred(set *flags.Set, fn *functions.Manifest, r RequestView, body []byte, inputs []string) evaluation {
+	var buf [256]byte
+	key := append(appendInput(buf[:0], fn.Flag, true), '/') // never a key of evaluate's: theirs go on with 0 or 1
+	for _, name := range inputs {
+		v, present := stringAttribute(name, fn, r)
+		key = appendInput(key, v, present)
+	}
+	g, h := p.cache.generation(set), p.cache.hash(key)
+	c, ok := p.cache.get(g, key, h)
+	if !ok {
+		d, _ := set.EvaluateDeferred(fn.Flag, attributes(fn, r, set))
+		c = cached{split: d}
+		for i := range d.Results {
+			c.evals = append(c.evals, resolved(d.ResolveString(i, "")))
+		}
+		if len(c.evals) == 1 {
+			c = cached{e: c.evals[0]}
+		}
+		if p.cache.admit(h) {
+			p.cache.put(g, key, h, c)
+		}
+	}
+	if c.split == nil {
+		return c.e
+	}
+	tk, _ := targetingKey(r, body)
+	return c.answer(tk)
 }
 
 // evaluateUncached asks set what the provider would answer the SDK, with
