@@ -91,6 +91,10 @@ type Config struct {
 	// hold (bytes); MachineMemory bounds every runtime process together.
 	// 0: DefaultMemoryBudgets, sized from the machine.
 	RuntimeMemory, MachineMemory int64
+	// DeviceMemory bounds what every runtime process together is charged
+	// on the CUDA device (sessions' arena limits, a context per process);
+	// 0: no bound (the engine does not measure the device).
+	DeviceMemory int64
 	// CapacityWait is how long a request for a shared revision that fits
 	// in no process waits for memory before it is refused (503).
 	CapacityWait time.Duration

@@ -68,8 +68,20 @@ type Process struct {
 	host    *host
 	owner   *revision
 	cost    int64
+	device  int64 // what the slot is charged on the device (under placeMu)
 	loaded  atomic.Bool
 	hosting *host
+	// loadedAs is what the process said of the revision it loaded: its
+	// execution provider, why, and the device memory its sessions may hold.
+	loadedAs atomic.Pointer[loadReport]
+}
+
+// loadReport is a runtime process's account of a revision it loaded, from
+// its specialise answer or its readiness answer (the same fields).
+type loadReport struct {
+	Provider       string `json:"provider"`
+	ProviderReason string `json:"provider_reason"`
+	DeviceBytes    int64  `json:"device_bytes"`
 }
 
 func (in *Process) said() string {
@@ -214,7 +226,7 @@ func (e *Engine) launch(r *revision, slot *Process) (*Process, error) {
 			}
 			pr.Mark(slot.pid, "specialise_start", time.Now())
 		}
-		_, err := e.specialise(slot, r, false)
+		_, _, err := e.specialise(slot, r, false)
 		// The replacement starts once this cold start's sessions exist: a
 		// new process's start-up (exec, ONNX Runtime, prewarm) would
 		// otherwise take the CPUs the specialisation creates them on.

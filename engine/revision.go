@@ -21,6 +21,9 @@ type revision struct {
 	shared     bool
 	modelBytes int64        // its model file's size, for the first memory estimate
 	measured   atomic.Int64 // what its latest load added to its process's RSS
+	// device is the device memory its latest load's sessions may hold (0:
+	// on the CPU, or not loaded yet): what its next load is charged there.
+	device atomic.Int64
 
 	waiting    atomic.Int64 // requests inside Acquire's wait
 	lastActive atomic.Int64 // unix nanos of the last request seen

@@ -117,6 +117,16 @@ func TestSharedPlacement(t *testing.T) {
 	if !ok || p.PID != sharedPID || len(p.Revisions) != 3 || p.RSSBytes <= 0 || p.Charged <= 0 {
 		t.Fatalf("the shared process in the admin view: %+v", p)
 	}
+	// No GPU here: every revision says it runs on the CPU and why, and the
+	// device is charged nothing.
+	for _, r := range p.Revisions {
+		if r.Provider != "cpu" || r.ProviderReason == "" || r.DeviceBytes != 0 || r.HostBytes <= 0 {
+			t.Errorf("%s in the admin view: provider %q (%q), %d device bytes, %d host bytes", r.Revision, r.Provider, r.ProviderReason, r.DeviceBytes, r.HostBytes)
+		}
+	}
+	if p.DeviceBytes != 0 {
+		t.Errorf("the shared process is charged %d device bytes on a machine with no GPU", p.DeviceBytes)
+	}
 	shares := 0
 	for _, ep := range e.Endpoints() {
 		if ep.PID == sharedPID && (!ep.Shared || ep.Function != "") {

@@ -262,7 +262,7 @@ func (s *Server) ready(c echo.Context) error {
 		}
 		return echo.NewHTTPError(http.StatusServiceUnavailable, reason)
 	}
-	return c.JSON(http.StatusOK, map[string]any{"ready": true, "function": in.Manifest.Name, "revision": in.Revision.Name, "provider": in.Pool.Provider})
+	return c.JSON(http.StatusOK, providerOf(in, map[string]any{"ready": true, "function": in.Manifest.Name, "revision": in.Revision.Name}))
 }
 
 // model resolves :model and :version against the loaded revision.
@@ -491,8 +491,8 @@ func (s *Server) specialise(c echo.Context) error {
 	if err := s.load(c.Request().Context(), m, req.Revision); err != nil {
 		return echo.NewHTTPError(http.StatusUnprocessableEntity, err.Error())
 	}
-	return c.JSON(http.StatusOK, map[string]any{"function": m.Name, "revision": req.Revision, "load_seconds": time.Since(start).Seconds(),
-		"rss_before_bytes": before, "rss_bytes": RSSBytes()})
+	return c.JSON(http.StatusOK, providerOf(s.revisions().byRev[req.Revision], map[string]any{"function": m.Name, "revision": req.Revision,
+		"load_seconds": time.Since(start).Seconds(), "rss_before_bytes": before, "rss_bytes": RSSBytes()}))
 }
 
 // decodeControl reads a control call's JSON body into v (400 naming the problem).

@@ -98,8 +98,14 @@ func TestSharedProcessServesManyRevisions(t *testing.T) {
 	for _, l := range []struct{ dir, rev string }{{fraudDir, "fraud-00001"}, {fraudDir, "fraud-00002"}, {recDir, "recommend-00001"}} {
 		specialiseShared(t, ts.URL, l.dir, l.rev)
 	}
-	if code, out := do(t, http.MethodGet, ts.URL+"/v2/health/ready", ""); code != 200 || len(out["revisions"].([]any)) != 3 {
-		t.Fatalf("ready: %d %v", code, out)
+	code, ready := do(t, http.MethodGet, ts.URL+"/v2/health/ready", "")
+	if code != 200 || len(ready["revisions"].([]any)) != 3 {
+		t.Fatalf("ready: %d %v", code, ready)
+	}
+	for _, r := range ready["revisions"].([]any) { // no GPU here: the CPU, with its reason, and no device memory
+		if r := r.(map[string]any); r["provider"] != "cpu" || r["provider_reason"] == "" || r["device_bytes"] != float64(0) {
+			t.Errorf("a revision's provider in the ready answer: %v", r)
+		}
 	}
 	// A dedicated load into a shared process is refused; so is a second revision name clash.
 	if code, out := control(t, ts.URL, "specialise", server.SpecialiseRequest{FunctionDir: fraudDir, Revision: "fraud-00001"}); code != http.StatusConflict {

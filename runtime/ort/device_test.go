@@ -1,0 +1,26 @@
+package ort
+
+import (
+	"strings"
+	"testing"
+)
+
+// A CUDA session's arena limit is its weights twice and a floor; the
+// reason for a provider names what decided it.
+func TestDeviceArenaLimitAndReason(t *testing.T) {
+	for _, c := range []struct{ model, want int64 }{{0, deviceArenaFloor}, {-1, deviceArenaFloor}, {100 << 20, 200<<20 + deviceArenaFloor}} {
+		if got := DeviceArenaLimit(c.model); got != c.want {
+			t.Errorf("DeviceArenaLimit(%d) = %d, want %d", c.model, got, c.want)
+		}
+	}
+	for _, c := range []struct{ requested, got, fallback, want string }{
+		{ProviderCUDA, ProviderCUDA, "", "provider cuda: the CUDA provider loaded"},
+		{"", ProviderCUDA, "", "provider auto: the CUDA provider loaded"},
+		{ProviderCPU, ProviderCPU, "", "provider cpu in function.yaml"},
+		{ProviderAuto, ProviderCPU, "cuda unavailable: no library", "cuda unavailable"},
+	} {
+		if got := ProviderReason(c.requested, c.got, c.fallback); !strings.Contains(got, c.want) {
+			t.Errorf("ProviderReason(%q, %q, %q) = %q, want it to say %q", c.requested, c.got, c.fallback, got, c.want)
+		}
+	}
+}
