@@ -95,8 +95,9 @@ type Config struct {
 	// on the CUDA device (sessions' arena limits, a context per process);
 	// 0: no bound (the engine does not measure the device).
 	DeviceMemory int64
-	// CapacityWait is how long a request for a shared revision that fits
-	// in no process waits for memory before it is refused (503).
+	// CapacityWait is how long a request for a revision that fits in no
+	// process, or whose dedicated process the machine's budget has no
+	// room for, waits for memory before it is refused (503).
 	CapacityWait time.Duration
 	// EmptyHostLinger is how long a shared process that holds no revision
 	// stays when another empty one is running: one empty shared process is
@@ -144,6 +145,8 @@ type Engine struct {
 	placeMu      sync.Mutex
 	hosts        []*host
 	measuredBase atomic.Int64 // a shared process's RSS before its first load, as last measured
+	// pending is what dedicated processes still starting are charged (admitDedicated).
+	pending int64
 	// sockDir holds the instances' framed sockets, named by process id ("" : HTTPOnly).
 	sockDir string
 }

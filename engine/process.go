@@ -152,11 +152,19 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 	if trigger.IsZero() {
 		trigger = begin
 	}
-	in, err := e.launch(r, slot)
+	// A dedicated process is admitted against the machine's budget as a
+	// shared one is placed (placeShared): charged until it is ready, when
+	// its RSS is counted instead.
+	release, err := e.admitDedicated(r)
+	var in *Process
+	if err == nil {
+		in, err = e.launch(r, slot)
+	}
 	launched := time.Now()
 	if err == nil && !slot.slot { // a shared load answers once its sessions are warm
 		err = e.waitReady(in)
 	}
+	release()
 	if err != nil {
 		var ce *CapacityError
 		backoff := startRetryBackoff

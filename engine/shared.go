@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/pilotlight/pilotlight/internal/procmem"
@@ -330,9 +331,10 @@ func claim(victims []*Process) bool {
 
 // machineUsed is the memory every runtime process holds or is promised
 // (caller holds placeMu): shared hosts by their books, the others (dedicated,
-// warm pool) by their RSS.
+// warm pool) by their RSS, and dedicated processes still starting by their
+// admission's charge.
 func (e *Engine) machineUsed() int64 {
-	var used int64
+	used := e.pending
 	hostPIDs := map[int]bool{}
 	for _, h := range e.hosts {
 		used += h.base + h.charged
@@ -356,6 +358,39 @@ func (e *Engine) machineUsed() int64 {
 		used += procmem.RSS(pid)
 	}
 	return used
+}
+
+// admitDedicated charges the machine's budget for a dedicated process of
+// r about to start (a shared revision is charged by place instead): a
+// warm-pool process, already counted by its RSS, adds the revision's
+// sessions, a new one its base too. Past the budget it is a CapacityError,
+// the shared path's: requests wait (CapacityWait) for memory, then get 503.
+// release takes the charge off once the process is ready (its RSS counts
+// from then) or failed.
+func (e *Engine) admitDedicated(r *revision) (release func(), err error) {
+	if r.shared {
+		return func() {}, nil
+	}
+	need := r.memoryCost()
+	if e.pool.idleCount() == 0 {
+		need += e.hostBase()
+	}
+	e.placeMu.Lock()
+	defer e.placeMu.Unlock()
+	if free := e.cfg.MachineMemory - e.machineUsed(); need > free {
+		return func() {}, &CapacityError{Function: r.fn.Name, Revision: r.rev.Name, Reason: fmt.Sprintf(
+			"the runtime processes' memory budget (%s) is in use: %s free, a dedicated process for it needs about %s; retry later, or raise --runtime-memory-total",
+			mib(e.cfg.MachineMemory), mib(max(free, 0)), mib(need))}
+	}
+	e.pending += need
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			e.placeMu.Lock()
+			e.pending -= need
+			e.placeMu.Unlock()
+		})
+	}, nil
 }
 
 // deviceUsed is the device memory every runtime process is charged

@@ -265,6 +265,43 @@ func TestPastTheMachineBudgetIsA503(t *testing.T) {
 	}
 }
 
+// TestDedicatedPastTheMachineBudgetIsA503: the machine's budget governs
+// dedicated processes too. With one dedicated process running (about 80
+// MiB with its 16 MiB model) and a budget of 130 MiB, a second one would
+// not fit: its request waits CapacityWait, then gets the shared path's
+// 503 naming the budget, and no process is started for it. Once the first
+// scales to zero, the second starts.
+func TestDedicatedPastTheMachineBudgetIsA503(t *testing.T) {
+	const wait = 600 * time.Millisecond
+	fns := bigFunctions(t)
+	for _, m := range fns {
+		m.Isolation = functions.IsolationDedicated
+	}
+	e, _ := start(t, engine.Config{Functions: fns, PoolSize: 0, MachineMemory: 130 << 20, CapacityWait: wait, ScaleToZeroAfter: 300 * time.Millisecond})
+	a := acquire(t, e, "big-a", "big-a-00001")
+	begin := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := engine.Backend{Engine: e}.Acquire(ctx, "big-b", "big-b-00001")
+	var coded interface{ HTTPStatus() int }
+	if !errors.As(err, &coded) || coded.HTTPStatus() != http.StatusServiceUnavailable || !strings.Contains(err.Error(), "budget") || !strings.Contains(err.Error(), "dedicated") {
+		t.Fatalf("a dedicated start past the machine's budget: %v, want a 503 naming the budget (processes: %+v)", err, e.Processes())
+	}
+	if waited := time.Since(begin); waited < wait {
+		t.Errorf("refused after %s; the request should wait %s for memory first", waited, wait)
+	}
+	if ps := e.Processes(); len(ps) != 1 || ps[0].PID != a.PID || ps[0].Isolation != "dedicated" {
+		t.Errorf("processes %+v: want only big-a's dedicated one", ps)
+	}
+	a.Release(false)
+	testbin.WaitFor(t, "big-a to scale to zero", 20*time.Second, func() bool { return len(e.Processes()) == 0 })
+	b := acquire(t, e, "big-b", "big-b-00001")
+	b.Release(false)
+	if b.PID == a.PID {
+		t.Errorf("big-b got big-a's pid %d", b.PID)
+	}
+}
+
 // TestEmptySharedProcessesStopButOne: a burst that needed two shared
 // processes leaves one behind once its revisions are at zero: the other
 // stops after EmptyHostLinger, and the one kept takes the next wake
