@@ -185,7 +185,7 @@ func (s *Server) Unload(rev, reason string) (before, after int64, err error) {
 	err = in.Close()
 	ort.ReleaseMemory()
 	after = RSSBytes()
-	s.log.Info("revision unloaded", "function", in.Manifest.Name, "revision", rev, "reason", reason,
+	s.logFor(in.Manifest.Name, rev).Info("revision unloaded", "reason", reason,
 		"rss_before_mb", before>>20, "rss_after_mb", after>>20)
 	return before, after, err
 }
