@@ -85,14 +85,37 @@ func TestSharedRevisionsDoNotBlockEachOther(t *testing.T) {
 	if code, _, raw := postRaw(t, slowURL, slowInfer(1, "3")); code != 200 || checkSlowAnswer(raw, 1, 3) != "" {
 		t.Fatalf("slow, one row: %d %s", code, checkSlowAnswer(raw, 1, 3))
 	}
+	// GET /admin/functions shows the one process holding both, and for
+	// each revision its provider and why, and what it is charged (no GPU
+	// here: the CPU, nothing on the device).
+	var view struct {
+		Processes []engine.ProcessView `json:"processes"`
+	}
+	resp, err := http.Get(p.url + "/admin/functions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = json.NewDecoder(resp.Body).Decode(&view)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var shared engine.ProcessView
-	for _, pv := range p.eng.Processes() {
+	for _, pv := range view.Processes {
 		if pv.Isolation == "shared" && len(pv.Revisions) == 2 {
 			shared = pv
 		}
 	}
 	if shared.PID == 0 {
-		t.Fatalf("fraud and slow are not in one shared process: %+v", p.eng.Processes())
+		t.Fatalf("fraud and slow are not in one shared process: %+v", view.Processes)
+	}
+	for _, r := range shared.Revisions {
+		if r.Provider != "cpu" || r.ProviderReason == "" || r.HostBytes <= 0 || r.DeviceBytes != 0 {
+			t.Errorf("%s in /admin/functions: provider %q (%q), host %d bytes, device %d bytes", r.Revision, r.Provider, r.ProviderReason, r.HostBytes, r.DeviceBytes)
+		}
+	}
+	if shared.DeviceBytes != 0 || shared.Charged <= 0 {
+		t.Errorf("the shared process in /admin/functions: charged %d host bytes, %d device bytes", shared.Charged, shared.DeviceBytes)
 	}
 	var addr string
 	for _, ep := range p.eng.Endpoints() {
