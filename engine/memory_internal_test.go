@@ -52,6 +52,7 @@ func cudaStandIn(name string, device int64) *revision {
 	m.Runtime.Sessions = 1
 	r := &revision{fn: m, rev: m.Revisions[0], shared: true, modelBytes: 1 << 20}
 	r.device.Store(device)
+	r.deviceKnown.Store(true)
 	return r
 }
 
@@ -106,5 +107,42 @@ func TestPlacementChargesTheDevice(t *testing.T) {
 	}
 	if h.device != 2*arena {
 		t.Errorf("after b's room went to c: host device %d, want %d", h.device, 2*arena)
+	}
+}
+
+// Before its first load a revision is charged on the device what its
+// sessions would hold on CUDA when there is a device budget (a GPU), unless
+// function.yaml asks for the CPU; after, what its load reported.
+func TestDeviceCostBeforeTheFirstLoad(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(dir+"/model.onnx", make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rev := func(provider string) *revision {
+		m := &functions.Manifest{Name: "f", Dir: dir, Revisions: []functions.Revision{{Name: "f-00001", Model: "model.onnx"}}}
+		m.Runtime.Sessions, m.Runtime.Provider = 2, provider
+		return &revision{fn: m, rev: m.Revisions[0], shared: true}
+	}
+	onCUDA := 2 * functions.DeviceArenaBytes(1<<20)
+	for _, c := range []struct {
+		name     string
+		provider string
+		budget   int64
+		want     int64
+	}{
+		{"auto, a device budget", "auto", 8 << 30, onCUDA},
+		{"cuda, a device budget", "cuda", 8 << 30, onCUDA},
+		{"cpu, a device budget", "cpu", 8 << 30, 0},
+		{"auto, no device budget", "auto", 0, 0},
+	} {
+		if got := rev(c.provider).deviceCost(c.budget); got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, got, c.want)
+		}
+	}
+	r := rev("auto")
+	r.device.Store(0) // its load fell back to the CPU
+	r.deviceKnown.Store(true)
+	if got := r.deviceCost(8 << 30); got != 0 {
+		t.Errorf("after a load on the CPU: %d, want 0", got)
 	}
 }

@@ -132,6 +132,7 @@ func (e *Engine) placeShared(r *revision, slot *Process) error {
 		r.measured.Store(grew)
 	}
 	r.device.Store(rep.DeviceBytes)
+	r.deviceKnown.Store(true)
 	if cost, device := r.memoryCost(), rep.DeviceBytes; cost != slot.cost || device != slot.device {
 		// Charged what the load measured (host) and reported (device):
 		// a first load is placed on estimates.
@@ -179,8 +180,8 @@ func (e *Engine) awaitUnloads(r *revision, slot *Process) {
 // unload); else a new host within the machine's budget; else a
 // CapacityError. A revision has at most one slot per host.
 func (e *Engine) place(r *revision, slot *Process) (*host, []*Process, error) {
-	cost, devCost := r.memoryCost(), r.device.Load()
 	perProcess, machine, device := e.cfg.RuntimeMemory, e.cfg.MachineMemory, e.cfg.DeviceMemory
+	cost, devCost := r.memoryCost(), r.deviceCost(device)
 	fail := func(format string, args ...any) (*host, []*Process, error) {
 		return nil, nil, &CapacityError{Function: r.fn.Name, Revision: r.rev.Name, Reason: fmt.Sprintf(format, args...)}
 	}

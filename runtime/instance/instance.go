@@ -82,8 +82,8 @@ func Load(ctx context.Context, m *functions.Manifest, revision string, obs Obser
 	}
 	sopts := ort.Options{Provider: m.Runtime.Provider, IntraOpThreads: m.Runtime.IntraOpThreads}
 	if fi, err := os.Stat(m.ModelPath(rev)); err == nil {
-		// On CUDA each session's arena is bounded by what it is charged.
-		sopts.DeviceMemoryLimit = ort.DeviceArenaLimit(fi.Size())
+		// On CUDA each session's arena is bounded by what the engine charges it.
+		sopts.DeviceMemoryLimit = functions.DeviceArenaBytes(fi.Size())
 	}
 	start := time.Now()
 	p, err := sessions.New(ctx, m.ModelPath(rev), m.Runtime.Sessions, sopts, warm)

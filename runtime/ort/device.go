@@ -15,8 +15,9 @@ import "fmt"
 //     engine charges once per process.
 //   - Each CUDA session's device allocations go through its provider's
 //     arena, and NewSession bounds that arena with the provider's
-//     gpu_mem_limit option (DeviceArenaLimit): a session cannot hold more
-//     device memory than it is charged (past the limit an allocation fails
+//     gpu_mem_limit option (Options.DeviceMemoryLimit, which the instance
+//     sets to functions.DeviceArenaBytes, the rule the engine charges by):
+//     a session cannot hold more device memory than it is charged (past the limit an allocation fails
 //     with an error, a 500 for that request, never an out-of-memory of the
 //     device). What a revision is charged on the device is then the sum of
 //     its sessions' limits, a bound the runtime enforces, not a guess.
@@ -26,21 +27,6 @@ import "fmt"
 // What the bound leaves out: the CUDA context itself and cuDNN/cuBLAS
 // workspaces, which live outside the arena; the engine charges a shared
 // process's context once (its CUDAContextBytes estimate).
-
-const (
-	// deviceArenaWeights is how many times its weights a session's arena
-	// may hold: the initializers once, and as much again for activations.
-	deviceArenaWeights = 2
-	// deviceArenaFloor is added to every arena limit, so a small model's
-	// activations for a large batch still fit.
-	deviceArenaFloor = 64 << 20
-)
-
-// DeviceArenaLimit is the device memory a CUDA session of a model of
-// modelBytes may hold (its arena's gpu_mem_limit): the one rule for it.
-func DeviceArenaLimit(modelBytes int64) int64 {
-	return deviceArenaWeights*max(modelBytes, 0) + deviceArenaFloor
-}
 
 // ProviderReason says why a session got the provider it got.
 func ProviderReason(requested, got, fallback string) string {

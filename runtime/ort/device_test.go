@@ -5,14 +5,8 @@ import (
 	"testing"
 )
 
-// A CUDA session's arena limit is its weights twice and a floor; the
-// reason for a provider names what decided it.
-func TestDeviceArenaLimitAndReason(t *testing.T) {
-	for _, c := range []struct{ model, want int64 }{{0, deviceArenaFloor}, {-1, deviceArenaFloor}, {100 << 20, 200<<20 + deviceArenaFloor}} {
-		if got := DeviceArenaLimit(c.model); got != c.want {
-			t.Errorf("DeviceArenaLimit(%d) = %d, want %d", c.model, got, c.want)
-		}
-	}
+// The reason for a provider names what decided it.
+func TestProviderReason(t *testing.T) {
 	for _, c := range []struct{ requested, got, fallback, want string }{
 		{ProviderCUDA, ProviderCUDA, "", "provider cuda: the CUDA provider loaded"},
 		{"", ProviderCUDA, "", "provider auto: the CUDA provider loaded"},

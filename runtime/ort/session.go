@@ -29,7 +29,7 @@ type Options struct {
 	IntraOpThreads int
 	// DeviceMemoryLimit bounds what a session on the CUDA provider may
 	// hold on the device (its arena's gpu_mem_limit); 0: ONNX Runtime's
-	// default, no bound. See DeviceArenaLimit.
+	// default, no bound (functions.DeviceArenaBytes is the rule).
 	DeviceMemoryLimit int64
 }
 
