@@ -145,8 +145,9 @@ type Engine struct {
 	placeMu      sync.Mutex
 	hosts        []*host
 	measuredBase atomic.Int64 // a shared process's RSS before its first load, as last measured
-	// pending is what dedicated processes still starting are charged (admitDedicated).
-	pending int64
+	// pending and pendingDevice are what dedicated processes still
+	// starting are charged (admitDedicated).
+	pending, pendingDevice int64
 	// sockDir holds the instances' framed sockets, named by process id ("" : HTTPOnly).
 	sockDir string
 }

@@ -198,6 +198,11 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 		r.queue.Release(-1) // held requests see the error
 		return
 	}
+	if rep := in.loadedAs.Load(); rep != nil && !slot.slot {
+		// What its next start is charged on the device (placeShared does this for slots).
+		r.device.Store(rep.DeviceBytes)
+		r.deviceKnown.Store(true)
+	}
 	now := time.Now()
 	in.mu.Lock()
 	in.readyAt = now

@@ -361,8 +361,8 @@ func (e *Engine) machineUsed() int64 {
 	return used
 }
 
-// admitDedicated charges the machine's budget for a dedicated process of
-// r about to start (a shared revision is charged by place instead): a
+// admitDedicated charges the machine's budget (and the device's, when set)
+// for a dedicated process of r about to start (a shared revision is charged by place instead): a
 // warm-pool process, already counted by its RSS, adds the revision's
 // sessions, a new one its base too. Past the budget it is a CapacityError,
 // the shared path's: requests wait (CapacityWait) for memory, then get 503.
@@ -376,19 +376,29 @@ func (e *Engine) admitDedicated(r *revision) (release func(), err error) {
 	if e.pool.idleCount() == 0 {
 		need += e.hostBase()
 	}
+	device := e.cfg.DeviceMemory
+	needDev := processDeviceBytes(r.deviceCost(device))
 	e.placeMu.Lock()
 	defer e.placeMu.Unlock()
+	refuse := func(format string, args ...any) (func(), error) {
+		return func() {}, &CapacityError{Function: r.fn.Name, Revision: r.rev.Name, Reason: fmt.Sprintf(format, args...)}
+	}
 	if free := e.cfg.MachineMemory - e.machineUsed(); need > free {
-		return func() {}, &CapacityError{Function: r.fn.Name, Revision: r.rev.Name, Reason: fmt.Sprintf(
-			"the runtime processes' memory budget (%s) is in use: %s free, a dedicated process for it needs about %s; retry later, or raise --runtime-memory-total",
-			mib(e.cfg.MachineMemory), mib(max(free, 0)), mib(need))}
+		return refuse("the runtime processes' memory budget (%s) is in use: %s free, a dedicated process for it needs about %s; retry later, or raise --runtime-memory-total",
+			mib(e.cfg.MachineMemory), mib(max(free, 0)), mib(need))
+	}
+	if used := e.deviceUsed(); device > 0 && used+needDev > device {
+		return refuse("the device memory budget (%s) is in use: %s free, a dedicated process for it needs about %s there (its sessions' arenas and a CUDA context); retry later, or raise --runtime-device-memory",
+			mib(device), mib(max(device-used, 0)), mib(needDev))
 	}
 	e.pending += need
+	e.pendingDevice += needDev
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			e.placeMu.Lock()
 			e.pending -= need
+			e.pendingDevice -= needDev
 			e.placeMu.Unlock()
 		})
 	}, nil
@@ -396,9 +406,10 @@ func (e *Engine) admitDedicated(r *revision) (release func(), err error) {
 
 // deviceUsed is the device memory every runtime process is charged
 // (caller holds placeMu): shared hosts by their books, dedicated processes
-// by what their revision's load reported.
+// by what their revision's load reported, or their admission's charge
+// while they start.
 func (e *Engine) deviceUsed() int64 {
-	var used int64
+	used := e.pendingDevice
 	for _, h := range e.hosts {
 		used += processDeviceBytes(h.device)
 	}
