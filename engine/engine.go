@@ -91,8 +91,13 @@ type Config struct {
 	// hold (bytes); MachineMemory bounds every runtime process together.
 	// 0: DefaultMemoryBudgets, sized from the machine.
 	RuntimeMemory, MachineMemory int64
-	// CapacityWait is how long a request for a shared revision that fits
-	// in no process waits for memory before it is refused (503).
+	// DeviceMemory bounds what every runtime process together is charged
+	// on the CUDA device (sessions' arena limits, a context per process);
+	// 0: no bound (the engine does not measure the device).
+	DeviceMemory int64
+	// CapacityWait is how long a request for a revision that fits in no
+	// process, or whose dedicated process the machine's budget has no
+	// room for, waits for memory before it is refused (503).
 	CapacityWait time.Duration
 	// EmptyHostLinger is how long a shared process that holds no revision
 	// stays when another empty one is running: one empty shared process is
@@ -140,6 +145,9 @@ type Engine struct {
 	placeMu      sync.Mutex
 	hosts        []*host
 	measuredBase atomic.Int64 // a shared process's RSS before its first load, as last measured
+	// pending and pendingDevice are what dedicated processes still
+	// starting are charged (admitDedicated).
+	pending, pendingDevice int64
 	// sockDir holds the instances' framed sockets, named by process id ("" : HTTPOnly).
 	sockDir string
 }

@@ -12,7 +12,10 @@ import (
 )
 
 // fold copies a child's output into the platform log, labelled with the
-// function and revision it serves; the first listening line gives its address.
+// function and revision it is about, once: the line's own (a shared
+// process names the revision each line is about), else those the process
+// serves (none for a warm-pool or a shared process's lines about itself);
+// the first listening line gives its address.
 func (e *Engine) fold(in *Process, r io.Reader, addrc chan<- string) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -34,7 +37,10 @@ func (e *Engine) fold(in *Process, r io.Reader, addrc chan<- string) {
 		if l != nil {
 			fn, rev = l[0], l[1]
 		}
-		level, msg, attrs := parseRecord(line)
+		level, msg, attrs, own := parseRecord(line)
+		if own[0] != "" || own[1] != "" {
+			fn, rev = own[0], own[1]
+		}
 		if level >= slog.LevelWarn || strings.HasPrefix(line, "Error:") {
 			words := msg
 			for _, a := range attrs {
@@ -44,7 +50,10 @@ func (e *Engine) fold(in *Process, r io.Reader, addrc chan<- string) {
 			}
 			in.lastWords.Store(&words)
 		}
-		attrs = append(attrs, slog.String("function", fn), slog.String("revision", rev), slog.Int("pid", in.pid))
+		if fn != "" || rev != "" {
+			attrs = append(attrs, slog.String("function", fn), slog.String("revision", rev))
+		}
+		attrs = append(attrs, slog.Int("pid", in.pid))
 		e.log.LogAttrs(context.Background(), level, msg, attrs...)
 	}
 	// A line too long for the scanner ends the loop: keep reading, so the
@@ -52,19 +61,21 @@ func (e *Engine) fold(in *Process, r io.Reader, addrc chan<- string) {
 	_, _ = io.Copy(io.Discard, r)
 }
 
-// parseRecord reads one JSON log record of a child (PILOTLIGHT_LOG_FORMAT=json);
-// anything else (ONNX Runtime's own prints) is passed on as a plain message.
-func parseRecord(line string) (slog.Level, string, []slog.Attr) {
+// parseRecord reads one JSON log record of a child (PILOTLIGHT_LOG_FORMAT=json),
+// with the function and revision it names apart; anything else (ONNX
+// Runtime's own prints) is passed on as a plain message.
+func parseRecord(line string) (level slog.Level, msg string, attrs []slog.Attr, fnRev [2]string) {
 	var rec map[string]any
 	if !strings.HasPrefix(line, "{") || json.Unmarshal([]byte(line), &rec) != nil {
-		return slog.LevelInfo, strings.TrimSpace(line), []slog.Attr{slog.String("source", "instance")}
+		return slog.LevelInfo, strings.TrimSpace(line), []slog.Attr{slog.String("source", "instance")}, fnRev
 	}
-	var level slog.Level
 	if s, ok := rec["level"].(string); ok {
 		_ = level.UnmarshalText([]byte(s))
 	}
-	msg, _ := rec["msg"].(string)
-	attrs := []slog.Attr{slog.String("source", "instance")}
+	msg, _ = rec["msg"].(string)
+	fnRev[0], _ = rec["function"].(string)
+	fnRev[1], _ = rec["revision"].(string)
+	attrs = []slog.Attr{slog.String("source", "instance")}
 	for k, v := range rec {
 		switch k {
 		case "time", "level", "msg", "function", "revision":
@@ -72,5 +83,5 @@ func parseRecord(line string) (slog.Level, string, []slog.Attr) {
 		}
 		attrs = append(attrs, slog.Any(k, v))
 	}
-	return level, msg, attrs
+	return level, msg, attrs, fnRev
 }

@@ -68,8 +68,20 @@ type Process struct {
 	host    *host
 	owner   *revision
 	cost    int64
+	device  int64 // what the slot is charged on the device (under placeMu)
 	loaded  atomic.Bool
 	hosting *host
+	// loadedAs is what the process said of the revision it loaded: its
+	// execution provider, why, and the device memory its sessions may hold.
+	loadedAs atomic.Pointer[loadReport]
+}
+
+// loadReport is a runtime process's account of a revision it loaded, from
+// its specialise answer or its readiness answer (the same fields).
+type loadReport struct {
+	Provider       string `json:"provider"`
+	ProviderReason string `json:"provider_reason"`
+	DeviceBytes    int64  `json:"device_bytes"`
 }
 
 func (in *Process) said() string {
@@ -140,11 +152,19 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 	if trigger.IsZero() {
 		trigger = begin
 	}
-	in, err := e.launch(r, slot)
+	// A dedicated process is admitted against the machine's budget as a
+	// shared one is placed (placeShared): charged until it is ready, when
+	// its RSS is counted instead.
+	release, err := e.admitDedicated(r)
+	var in *Process
+	if err == nil {
+		in, err = e.launch(r, slot)
+	}
 	launched := time.Now()
 	if err == nil && !slot.slot { // a shared load answers once its sessions are warm
 		err = e.waitReady(in)
 	}
+	release()
 	if err != nil {
 		var ce *CapacityError
 		backoff := startRetryBackoff
@@ -177,6 +197,11 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 		}
 		r.queue.Release(-1) // held requests see the error
 		return
+	}
+	if rep := in.loadedAs.Load(); rep != nil && !slot.slot {
+		// What its next start is charged on the device (placeShared does this for slots).
+		r.device.Store(rep.DeviceBytes)
+		r.deviceKnown.Store(true)
 	}
 	now := time.Now()
 	in.mu.Lock()
@@ -214,7 +239,7 @@ func (e *Engine) launch(r *revision, slot *Process) (*Process, error) {
 			}
 			pr.Mark(slot.pid, "specialise_start", time.Now())
 		}
-		_, err := e.specialise(slot, r, false)
+		_, _, err := e.specialise(slot, r, false)
 		// The replacement starts once this cold start's sessions exist: a
 		// new process's start-up (exec, ONNX Runtime, prewarm) would
 		// otherwise take the CPUs the specialisation creates them on.

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,6 +24,10 @@ func (e *Engine) waitReady(in *Process) error {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
+				var rep loadReport
+				if json.Unmarshal(body, &rep) == nil && rep.Provider != "" {
+					in.loadedAs.Store(&rep)
+				}
 				return nil
 			}
 			last = strings.TrimSpace(string(body))

@@ -21,6 +21,10 @@ type revision struct {
 	shared     bool
 	modelBytes int64        // its model file's size, for the first memory estimate
 	measured   atomic.Int64 // what its latest load added to its process's RSS
+	// device is the device memory its latest load's sessions may hold (0
+	// on the CPU), once deviceKnown: what its next load is charged there.
+	device      atomic.Int64
+	deviceKnown atomic.Bool
 
 	waiting    atomic.Int64 // requests inside Acquire's wait
 	lastActive atomic.Int64 // unix nanos of the last request seen
@@ -51,6 +55,21 @@ func count(m *map[string]int, reason string) {
 		*m = map[string]int{}
 	}
 	(*m)[reason]++
+}
+
+// deviceCost is what loading r is charged on the device: what its latest
+// load's sessions may hold (0 on the CPU). Before its first load, with a
+// device budget set (there is a GPU), it is what they would hold on CUDA
+// unless function.yaml asks for the CPU: charged high once rather than
+// past the budget.
+func (r *revision) deviceCost(budget int64) int64 {
+	if r.deviceKnown.Load() {
+		return r.device.Load()
+	}
+	if budget > 0 && r.fn.Runtime.Provider != "cpu" {
+		return r.fn.DeviceBytesOf(r.rev)
+	}
+	return 0
 }
 
 func (r *revision) touch(now time.Time) { r.lastActive.Store(now.UnixNano()) }

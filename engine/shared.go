@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/pilotlight/pilotlight/internal/procmem"
@@ -51,8 +52,10 @@ type host struct {
 	err   error
 	slots []*Process
 	// base is the process's RSS before its first revision (an estimate
-	// until it is running); charged is what its slots are charged.
-	base, charged int64
+	// until it is running); charged is what its slots are charged; device
+	// is what their sessions are charged on the device (its CUDA context
+	// comes on top: processDeviceBytes).
+	base, charged, device int64
 	// emptySince is when it last came to hold no revision (zero: it holds some).
 	emptySince time.Time
 }
@@ -120,7 +123,7 @@ func (e *Engine) placeShared(r *revision, slot *Process) error {
 	if pr := e.cfg.Probes; pr != nil {
 		pr.Mark(slot.pid, "specialise_start", time.Now())
 	}
-	grew, err := e.specialise(slot, r, true)
+	grew, rep, err := e.specialise(slot, r, true)
 	if err != nil {
 		return err
 	}
@@ -128,11 +131,16 @@ func (e *Engine) placeShared(r *revision, slot *Process) error {
 	if grew > 0 {
 		r.measured.Store(grew)
 	}
-	if cost := r.memoryCost(); cost != slot.cost {
+	r.device.Store(rep.DeviceBytes)
+	r.deviceKnown.Store(true)
+	if cost, device := r.memoryCost(), rep.DeviceBytes; cost != slot.cost || device != slot.device {
+		// Charged what the load measured (host) and reported (device):
+		// a first load is placed on estimates.
 		e.placeMu.Lock()
 		if slices.Contains(h.slots, slot) {
 			h.charged += cost - slot.cost
-			slot.cost = cost
+			h.device += device - slot.device
+			slot.cost, slot.device = cost, device
 		}
 		e.placeMu.Unlock()
 	}
@@ -146,7 +154,8 @@ func (e *Engine) placeShared(r *revision, slot *Process) error {
 	count(&r.loads, reason)
 	r.mu.Unlock()
 	e.m.loads.WithLabelValues(r.fn.Name, r.rev.Name, reason).Inc()
-	e.log.Info("revision loaded into a shared process", "function", r.fn.Name, "revision", r.rev.Name, "pid", p.pid, "reason", reason, "rss_grew", mib(grew), "charged", mib(slot.cost))
+	e.log.Info("revision loaded into a shared process", "function", r.fn.Name, "revision", r.rev.Name, "pid", p.pid, "reason", reason, "rss_grew", mib(grew), "charged", mib(slot.cost),
+		"provider", rep.Provider, "device", mib(rep.DeviceBytes))
 	return nil
 }
 
@@ -171,8 +180,8 @@ func (e *Engine) awaitUnloads(r *revision, slot *Process) {
 // unload); else a new host within the machine's budget; else a
 // CapacityError. A revision has at most one slot per host.
 func (e *Engine) place(r *revision, slot *Process) (*host, []*Process, error) {
-	cost := r.memoryCost()
-	perProcess, machine := e.cfg.RuntimeMemory, e.cfg.MachineMemory
+	perProcess, machine, device := e.cfg.RuntimeMemory, e.cfg.MachineMemory, e.cfg.DeviceMemory
+	cost, devCost := r.memoryCost(), r.deviceCost(device)
 	fail := func(format string, args ...any) (*host, []*Process, error) {
 		return nil, nil, &CapacityError{Function: r.fn.Name, Revision: r.rev.Name, Reason: fmt.Sprintf(format, args...)}
 	}
@@ -184,10 +193,10 @@ func (e *Engine) place(r *revision, slot *Process) (*host, []*Process, error) {
 	if e.stopped.Load() {
 		return nil, nil, ErrStopped
 	}
-	free := machine - e.machineUsed()
+	free, devUsed := machine-e.machineUsed(), e.deviceUsed()
 	for _, h := range e.hosts {
-		if !h.holds(r) && !h.failed() && h.charged+cost <= perProcess && cost <= free {
-			e.attach(h, slot, cost)
+		if !h.holds(r) && !h.failed() && h.charged+cost <= perProcess && cost <= free && deviceFits(device, devUsed, h.device, devCost) {
+			e.attach(h, slot, cost, devCost)
 			return h, nil, nil
 		}
 	}
@@ -196,16 +205,21 @@ func (e *Engine) place(r *revision, slot *Process) (*host, []*Process, error) {
 			continue
 		}
 		need := max(h.charged+cost-perProcess, cost-free)
+		needDev := int64(0) // the device's room, when it has a budget
+		if device > 0 {
+			needDev = devUsed + deviceExtra(h.device, devCost) - device
+		}
 		var victims []*Process
-		var freed int64
+		var freed, freedDev int64
 		for _, v := range e.idleByLRU(h) {
-			if freed >= need {
+			if freed >= need && freedDev >= needDev {
 				break
 			}
 			victims = append(victims, v)
 			freed += v.cost
+			freedDev += v.device
 		}
-		if freed < need || !claim(victims) {
+		if freed < need || freedDev < needDev || !claim(victims) {
 			continue
 		}
 		e.log.Info("unloading least recently used revisions for room", "for", r.fn.Name+"/"+r.rev.Name, "pid", victims[0].pid, "need", mib(need), "victims", len(victims), "frees", mib(freed))
@@ -213,9 +227,10 @@ func (e *Engine) place(r *revision, slot *Process) (*host, []*Process, error) {
 			// Off the books now, so no other placement counts their memory
 			// as free twice; off the host when their unload is done.
 			h.charged -= v.cost
-			v.cost = 0
+			h.device -= v.device
+			v.cost, v.device = 0, 0
 		}
-		e.attach(h, slot, cost)
+		e.attach(h, slot, cost, devCost)
 		return h, victims, nil
 	}
 	base := e.hostBase()
@@ -227,17 +242,22 @@ func (e *Engine) place(r *revision, slot *Process) (*host, []*Process, error) {
 		return fail("the runtime processes' memory budget (%s) is in use: %s free, a new shared process needs about %s; %d revisions are loaded and none that is idle can be unloaded; retry later, or raise --runtime-memory-total",
 			mib(machine), mib(max(free, 0)), mib(base+cost), busy)
 	}
+	if !deviceFits(device, devUsed, 0, devCost) {
+		return fail("the device memory budget (%s) is in use: %s free, a new shared process needs about %s there (its sessions' arenas and a CUDA context); retry later, or raise --runtime-device-memory",
+			mib(device), mib(max(device-devUsed, 0)), mib(deviceExtra(0, devCost)))
+	}
 	h := &host{id: e.nextID.Add(1), ready: make(chan struct{}), base: base}
 	e.hosts = append(e.hosts, h)
-	e.attach(h, slot, cost)
+	e.attach(h, slot, cost, devCost)
 	go e.startHost(h)
 	return h, nil, nil
 }
 
-func (e *Engine) attach(h *host, slot *Process, cost int64) {
-	slot.host, slot.cost = h, cost
+func (e *Engine) attach(h *host, slot *Process, cost, device int64) {
+	slot.host, slot.cost, slot.device = h, cost, device
 	h.slots = append(h.slots, slot)
 	h.charged += cost
+	h.device += device
 	select {
 	case <-h.ready:
 		slot.mu.Lock()
@@ -260,6 +280,7 @@ func (e *Engine) detach(slot *Process) bool {
 	}
 	h.slots = slices.Delete(h.slots, i, i+1)
 	h.charged -= slot.cost
+	h.device -= slot.device
 	return true
 }
 
@@ -311,9 +332,10 @@ func claim(victims []*Process) bool {
 
 // machineUsed is the memory every runtime process holds or is promised
 // (caller holds placeMu): shared hosts by their books, the others (dedicated,
-// warm pool) by their RSS.
+// warm pool) by their RSS, and dedicated processes still starting by their
+// admission's charge.
 func (e *Engine) machineUsed() int64 {
-	var used int64
+	used := e.pending
 	hostPIDs := map[int]bool{}
 	for _, h := range e.hosts {
 		used += h.base + h.charged
@@ -335,6 +357,68 @@ func (e *Engine) machineUsed() int64 {
 	e.spawnMu.Unlock()
 	for _, pid := range pids {
 		used += procmem.RSS(pid)
+	}
+	return used
+}
+
+// admitDedicated charges the machine's budget (and the device's, when set)
+// for a dedicated process of r about to start (a shared revision is charged by place instead): a
+// warm-pool process, already counted by its RSS, adds the revision's
+// sessions, a new one its base too. Past the budget it is a CapacityError,
+// the shared path's: requests wait (CapacityWait) for memory, then get 503.
+// release takes the charge off once the process is ready (its RSS counts
+// from then) or failed.
+func (e *Engine) admitDedicated(r *revision) (release func(), err error) {
+	if r.shared {
+		return func() {}, nil
+	}
+	need := r.memoryCost()
+	if e.pool.idleCount() == 0 {
+		need += e.hostBase()
+	}
+	device := e.cfg.DeviceMemory
+	needDev := processDeviceBytes(r.deviceCost(device))
+	e.placeMu.Lock()
+	defer e.placeMu.Unlock()
+	refuse := func(format string, args ...any) (func(), error) {
+		return func() {}, &CapacityError{Function: r.fn.Name, Revision: r.rev.Name, Reason: fmt.Sprintf(format, args...)}
+	}
+	if free := e.cfg.MachineMemory - e.machineUsed(); need > free {
+		return refuse("the runtime processes' memory budget (%s) is in use: %s free, a dedicated process for it needs about %s; retry later, or raise --runtime-memory-total",
+			mib(e.cfg.MachineMemory), mib(max(free, 0)), mib(need))
+	}
+	if used := e.deviceUsed(); device > 0 && used+needDev > device {
+		return refuse("the device memory budget (%s) is in use: %s free, a dedicated process for it needs about %s there (its sessions' arenas and a CUDA context); retry later, or raise --runtime-device-memory",
+			mib(device), mib(max(device-used, 0)), mib(needDev))
+	}
+	e.pending += need
+	e.pendingDevice += needDev
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			e.placeMu.Lock()
+			e.pending -= need
+			e.pendingDevice -= needDev
+			e.placeMu.Unlock()
+		})
+	}, nil
+}
+
+// deviceUsed is the device memory every runtime process is charged
+// (caller holds placeMu): shared hosts by their books, dedicated processes
+// by what their revision's load reported, or their admission's charge
+// while they start.
+func (e *Engine) deviceUsed() int64 {
+	used := e.pendingDevice
+	for _, h := range e.hosts {
+		used += processDeviceBytes(h.device)
+	}
+	for _, r := range e.order {
+		for _, in := range r.snapshotInstances() {
+			if rep := in.loadedAs.Load(); rep != nil && !in.slot && in.alive() {
+				used += processDeviceBytes(rep.DeviceBytes)
+			}
+		}
 	}
 	return used
 }
@@ -523,8 +607,9 @@ func (e *Engine) hostExited(h *host, p *Process, err error) {
 }
 
 // specialise asks a generic process to load r's model (shared: as one of
-// many); it returns how much the load grew the process's RSS.
-func (e *Engine) specialise(in *Process, r *revision, shared bool) (int64, error) {
+// many); it returns how much the load grew the process's RSS, and what the
+// process said of the sessions it made (kept on in).
+func (e *Engine) specialise(in *Process, r *revision, shared bool) (int64, loadReport, error) {
 	body, _ := json.Marshal(map[string]any{"function_dir": r.dir, "revision": r.rev.Name, "shared": shared})
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.StartTimeout)
 	defer cancel()
@@ -532,19 +617,21 @@ func (e *Engine) specialise(in *Process, r *revision, shared bool) (int64, error
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := controlClient.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("load %s/%s into runtime process %d: %w", r.fn.Name, r.rev.Name, in.pid, err)
+		return 0, loadReport{}, fmt.Errorf("load %s/%s into runtime process %d: %w", r.fn.Name, r.rev.Name, in.pid, err)
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("load %s/%s into runtime process %d: %s: %s", r.fn.Name, r.rev.Name, in.pid, resp.Status, bytes.TrimSpace(msg))
+		return 0, loadReport{}, fmt.Errorf("load %s/%s into runtime process %d: %s: %s", r.fn.Name, r.rev.Name, in.pid, resp.Status, bytes.TrimSpace(msg))
 	}
 	var ans struct {
 		Before int64 `json:"rss_before_bytes"`
 		After  int64 `json:"rss_bytes"`
+		loadReport
 	}
 	_ = json.Unmarshal(msg, &ans)
-	return ans.After - ans.Before, nil
+	in.loadedAs.Store(&ans.loadReport)
+	return ans.After - ans.Before, ans.loadReport, nil
 }
 
 // unloadCall asks a shared process to release a revision's sessions.
@@ -573,13 +660,17 @@ var controlClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost:
 // ProcessView is one runtime process and the revisions it holds, for
 // GET /admin/functions and the console.
 type ProcessView struct {
-	PID       int            `json:"pid"`
-	Isolation string         `json:"isolation"` // shared | dedicated | pool
-	State     string         `json:"state"`
-	RSSBytes  int64          `json:"rss_bytes"`
-	Budget    int64          `json:"budget_bytes,omitempty"` // shared: what its sessions may hold
-	Charged   int64          `json:"charged_bytes,omitempty"`
-	Revisions []RevisionSlot `json:"revisions"`
+	PID       int    `json:"pid"`
+	Isolation string `json:"isolation"` // shared | dedicated | pool
+	State     string `json:"state"`
+	RSSBytes  int64  `json:"rss_bytes"`
+	Budget    int64  `json:"budget_bytes,omitempty"` // shared: what its sessions may hold
+	Charged   int64  `json:"charged_bytes,omitempty"`
+	// DeviceBytes is what the process is charged on the device: its
+	// sessions' arena limits and one CUDA context when any got the CUDA
+	// provider, 0 when all run on the CPU.
+	DeviceBytes int64          `json:"device_bytes"`
+	Revisions   []RevisionSlot `json:"revisions"`
 }
 
 // RevisionSlot is a revision held by a process.
@@ -588,8 +679,14 @@ type RevisionSlot struct {
 	Revision string `json:"revision"`
 	State    string `json:"state"`
 	Inflight int64  `json:"inflight"`
-	// Bytes is what the revision is charged in a shared process.
-	Bytes int64 `json:"bytes,omitempty"`
+	// HostBytes is what the revision is charged in a shared process's
+	// memory; DeviceBytes what its sessions may hold on the device (0 on
+	// the CPU), Provider the execution provider they got and
+	// ProviderReason why.
+	HostBytes      int64  `json:"host_bytes,omitempty"`
+	DeviceBytes    int64  `json:"device_bytes"`
+	Provider       string `json:"provider,omitempty"`
+	ProviderReason string `json:"provider_reason,omitempty"`
 	// LastActive is the revision's latest request (LRU order).
 	LastActive time.Time `json:"last_active,omitzero"`
 }
@@ -600,7 +697,7 @@ func (e *Engine) Processes() []ProcessView {
 	var out []ProcessView
 	e.placeMu.Lock()
 	for _, h := range e.hosts {
-		v := ProcessView{Isolation: "shared", State: "starting", Budget: e.cfg.RuntimeMemory, Charged: h.charged, Revisions: []RevisionSlot{}}
+		v := ProcessView{Isolation: "shared", State: "starting", Budget: e.cfg.RuntimeMemory, Charged: h.charged, DeviceBytes: processDeviceBytes(h.device), Revisions: []RevisionSlot{}}
 		select {
 		case <-h.ready:
 			if h.proc != nil {
@@ -609,8 +706,8 @@ func (e *Engine) Processes() []ProcessView {
 		default:
 		}
 		for _, s := range h.slots {
-			v.Revisions = append(v.Revisions, RevisionSlot{Function: s.owner.fn.Name, Revision: s.owner.rev.Name, State: s.getState().String(),
-				Inflight: s.inflight.Load(), Bytes: s.cost, LastActive: s.owner.lastActiveTime()})
+			v.Revisions = append(v.Revisions, withProvider(RevisionSlot{Function: s.owner.fn.Name, Revision: s.owner.rev.Name, State: s.getState().String(),
+				Inflight: s.inflight.Load(), HostBytes: s.cost, LastActive: s.owner.lastActiveTime()}, s))
 		}
 		out = append(out, v)
 	}
@@ -620,8 +717,8 @@ func (e *Engine) Processes() []ProcessView {
 			if in.slot {
 				continue
 			}
-			out = append(out, ProcessView{PID: in.pid, Isolation: "dedicated", State: in.getState().String(), Revisions: []RevisionSlot{{
-				Function: r.fn.Name, Revision: r.rev.Name, State: in.getState().String(), Inflight: in.inflight.Load(), LastActive: r.lastActiveTime()}}})
+			slot := withProvider(RevisionSlot{Function: r.fn.Name, Revision: r.rev.Name, State: in.getState().String(), Inflight: in.inflight.Load(), LastActive: r.lastActiveTime()}, in)
+			out = append(out, ProcessView{PID: in.pid, Isolation: "dedicated", State: in.getState().String(), DeviceBytes: processDeviceBytes(slot.DeviceBytes), Revisions: []RevisionSlot{slot}})
 		}
 	}
 	for _, p := range e.pool.status() {
@@ -633,4 +730,13 @@ func (e *Engine) Processes() []ProcessView {
 		}
 	}
 	return out
+}
+
+// withProvider adds what in's process said of the revision's sessions
+// (nothing until its load answered).
+func withProvider(rs RevisionSlot, in *Process) RevisionSlot {
+	if rep := in.loadedAs.Load(); rep != nil {
+		rs.Provider, rs.ProviderReason, rs.DeviceBytes = rep.Provider, rep.ProviderReason, rep.DeviceBytes
+	}
+	return rs
 }

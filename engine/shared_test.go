@@ -117,6 +117,16 @@ func TestSharedPlacement(t *testing.T) {
 	if !ok || p.PID != sharedPID || len(p.Revisions) != 3 || p.RSSBytes <= 0 || p.Charged <= 0 {
 		t.Fatalf("the shared process in the admin view: %+v", p)
 	}
+	// No GPU here: every revision says it runs on the CPU and why, and the
+	// device is charged nothing.
+	for _, r := range p.Revisions {
+		if r.Provider != "cpu" || r.ProviderReason == "" || r.DeviceBytes != 0 || r.HostBytes <= 0 {
+			t.Errorf("%s in the admin view: provider %q (%q), %d device bytes, %d host bytes", r.Revision, r.Provider, r.ProviderReason, r.DeviceBytes, r.HostBytes)
+		}
+	}
+	if p.DeviceBytes != 0 {
+		t.Errorf("the shared process is charged %d device bytes on a machine with no GPU", p.DeviceBytes)
+	}
 	shares := 0
 	for _, ep := range e.Endpoints() {
 		if ep.PID == sharedPID && (!ep.Shared || ep.Function != "") {
@@ -252,6 +262,43 @@ func TestPastTheMachineBudgetIsA503(t *testing.T) {
 	defer b.Release(false)
 	if b.PID != a.PID {
 		t.Errorf("big-b went to pid %d, not into the process big-a left idle (%d)", b.PID, a.PID)
+	}
+}
+
+// TestDedicatedPastTheMachineBudgetIsA503: the machine's budget governs
+// dedicated processes too. With one dedicated process running (about 80
+// MiB with its 16 MiB model) and a budget of 130 MiB, a second one would
+// not fit: its request waits CapacityWait, then gets the shared path's
+// 503 naming the budget, and no process is started for it. Once the first
+// scales to zero, the second starts.
+func TestDedicatedPastTheMachineBudgetIsA503(t *testing.T) {
+	const wait = 600 * time.Millisecond
+	fns := bigFunctions(t)
+	for _, m := range fns {
+		m.Isolation = functions.IsolationDedicated
+	}
+	e, _ := start(t, engine.Config{Functions: fns, PoolSize: 0, MachineMemory: 130 << 20, CapacityWait: wait, ScaleToZeroAfter: 300 * time.Millisecond})
+	a := acquire(t, e, "big-a", "big-a-00001")
+	begin := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := engine.Backend{Engine: e}.Acquire(ctx, "big-b", "big-b-00001")
+	var coded interface{ HTTPStatus() int }
+	if !errors.As(err, &coded) || coded.HTTPStatus() != http.StatusServiceUnavailable || !strings.Contains(err.Error(), "budget") || !strings.Contains(err.Error(), "dedicated") {
+		t.Fatalf("a dedicated start past the machine's budget: %v, want a 503 naming the budget (processes: %+v)", err, e.Processes())
+	}
+	if waited := time.Since(begin); waited < wait {
+		t.Errorf("refused after %s; the request should wait %s for memory first", waited, wait)
+	}
+	if ps := e.Processes(); len(ps) != 1 || ps[0].PID != a.PID || ps[0].Isolation != "dedicated" {
+		t.Errorf("processes %+v: want only big-a's dedicated one", ps)
+	}
+	a.Release(false)
+	testbin.WaitFor(t, "big-a to scale to zero", 20*time.Second, func() bool { return len(e.Processes()) == 0 })
+	b := acquire(t, e, "big-b", "big-b-00001")
+	b.Release(false)
+	if b.PID == a.PID {
+		t.Errorf("big-b got big-a's pid %d", b.PID)
 	}
 }
 

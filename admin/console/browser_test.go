@@ -325,6 +325,12 @@ func TestConsoleInABrowser(t *testing.T) {
 	})()`)
 	// fraud's small model runs in a shared runtime process, as the processes table shows.
 	b.until(t, "a shared process holding fraud-00001", `!!document.querySelector('#processes tr[data-isolation="shared"] [data-rev="fraud-00001"]')`)
+	// Its provider, why, and what the device is charged (no GPU here: nothing).
+	b.until(t, "fraud-00001's provider and the process's device charge", `(() => {
+		const row = document.querySelector('#processes tr[data-isolation="shared"]');
+		const rev = row && row.querySelector('[data-rev="fraud-00001"]');
+		return !!rev && rev.textContent.includes("cpu") && rev.title !== "" && row.textContent.includes("device 0 (CPU)");
+	})()`)
 	b.until(t, "fraud-00001's loads into its shared process", `(() => {
 		const l = document.querySelector('#fn-fraud .rev[data-revision="fraud-00001"] .loads');
 		return !!l && l.textContent.includes("scale_from_zero 1");

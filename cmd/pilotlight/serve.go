@@ -53,6 +53,8 @@ type serveOptions struct {
 	cpuProfile, runtimeBin       string
 	instanceHTTP                 bool
 	runtimeMemory, machineMemory byteSize
+	deviceMemory                 byteSize
+	capacityWait                 time.Duration
 	isolation                    string
 	limits                       router.Limits
 	poolSize, queueCapacity      int
@@ -110,6 +112,8 @@ func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.IntVar(&o.poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
 	f.Var(&o.runtimeMemory, "runtime-memory", "memory one shared runtime process may give its revisions' sessions, e.g. 2Gi (default: 1/8 of the machine's); a revision that would exceed it unloads the least recently used idle ones first")
 	f.Var(&o.machineMemory, "runtime-memory-total", "memory every runtime process together may hold, e.g. 16Gi (default: 3/4 of the machine's); past it, requests wait and then get 503 rather than an OOM kill")
+	f.Var(&o.deviceMemory, "runtime-device-memory", "CUDA device memory every runtime process together may be charged, e.g. 14Gi (default: no bound); a process is charged its CUDA sessions' arena limits and one CUDA context; sessions on the CPU are charged nothing")
+	f.DurationVar(&o.capacityWait, "capacity-wait", engine.DefaultCapacityWait, "how long a request waits for memory when no runtime process has room for its revision (and nothing idle can be unloaded) before it gets 503")
 	f.StringVar(&o.isolation, "isolation", "", "override every function's isolation: shared or dedicated (default: each function.yaml's, else shared for models up to 64 MiB; dedicated with --ebpf)")
 	f.BoolVar(&o.instanceHTTP, "instance-http", false, "reach local instances over HTTP on their port instead of their framed Unix socket (slower; for comparison, as bench hop does)")
 	f.StringVar(&o.runtimeBin, "runtime-bin", "", "executable the local engine runs instances with (default: "+listener.RuntimeBinary+" beside this binary, else on PATH)")
@@ -274,7 +278,8 @@ func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes,
 		// The probes follow the framed socket as they follow TCP: --ebpf
 		// changes no transport.
 		HTTPOnly:      o.instanceHTTP,
-		RuntimeMemory: int64(o.runtimeMemory), MachineMemory: int64(o.machineMemory), Isolation: isolation,
+		RuntimeMemory: int64(o.runtimeMemory), MachineMemory: int64(o.machineMemory), DeviceMemory: int64(o.deviceMemory),
+		CapacityWait: o.capacityWait, Isolation: isolation,
 	}
 	lb := engine.Backend{}
 	if probes != nil {

@@ -50,3 +50,37 @@ func matMulModel(n int64) ([]byte, error) {
 	}
 	return b, err
 }
+
+// WriteSlowFunction writes, in a temporary directory, a tensor function
+// named name (one revision, name-00001, one session) whose model is slow
+// by construction: its input "x" [batch, n] goes through depth matrix
+// products by the same n×n weights, so a call costs 2·depth·n² floating
+// point operations a row and a large batch runs for a long time inside
+// ONNX Runtime, and its output "y" [batch, 1] is each row's sum, so the
+// answer is small. Every weight is 1/n: each product replaces a row by its
+// mean in every column, so y is n times the row's mean, exactly (a row of
+// twos sums to 2n), with no value growing or decaying into denormals.
+func WriteSlowFunction(t testing.TB, name string, n int64, depth int) *functions.Manifest {
+	t.Helper()
+	g := onnxgraph.New("slow")
+	x := g.Input("x", onnxgraph.Float, onnxgraph.Batch, n)
+	w := make([]float32, n*n)
+	for i := range w {
+		w[i] = 1 / float32(n)
+	}
+	weights := g.InitFloat("w", []int64{n, n}, w)
+	for range depth {
+		x = g.MatMul(x, weights)
+	}
+	g.Rename(g.ReduceSum(x, true, 1), "y")
+	g.Output("y", onnxgraph.Float, onnxgraph.Batch, 1)
+	b, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "model.onnx"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return WriteFunction(t, dir, fmt.Sprintf("name: %s\nhandler: tensor\nrevisions:\n  - name: %s-00001\n    model: model.onnx\nruntime:\n  sessions: 1\n", name, name))
+}

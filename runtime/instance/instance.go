@@ -80,8 +80,13 @@ func Load(ctx context.Context, m *functions.Manifest, revision string, obs Obser
 			return opts.DecodeWarmup(body, inputs, outputs)
 		}}
 	}
+	sopts := ort.Options{Provider: m.Runtime.Provider, IntraOpThreads: m.Runtime.IntraOpThreads}
+	if fi, err := os.Stat(m.ModelPath(rev)); err == nil {
+		// On CUDA each session's arena is bounded by what the engine charges it.
+		sopts.DeviceMemoryLimit = functions.DeviceArenaBytes(fi.Size())
+	}
 	start := time.Now()
-	p, err := sessions.New(ctx, m.ModelPath(rev), m.Runtime.Sessions, ort.Options{Provider: m.Runtime.Provider, IntraOpThreads: m.Runtime.IntraOpThreads}, warm)
+	p, err := sessions.New(ctx, m.ModelPath(rev), m.Runtime.Sessions, sopts, warm)
 	if err != nil {
 		return nil, fmt.Errorf("load %s/%s: %w", m.Name, revision, err)
 	}
@@ -101,7 +106,7 @@ func Load(ctx context.Context, m *functions.Manifest, revision string, obs Obser
 		}
 	}}, p)
 	log.Info("revision loaded", "sessions", p.Size(), "provider", p.Provider,
-		"fallback", p.Fallback, "batching", in.Batching.On, "warm", p.Unwarmed == "", "load_seconds", in.LoadTime.Seconds())
+		"provider_reason", in.ProviderReason(), "device_bytes", p.DeviceBytes, "batching", in.Batching.On, "warm", p.Unwarmed == "", "load_seconds", in.LoadTime.Seconds())
 	return in, nil
 }
 
@@ -169,6 +174,11 @@ func (in *Instance) Infer(ctx context.Context, inputs []*tensor.Tensor, rows int
 			attribute.Int("pilotlight.sessions", in.Pool.Size()), attribute.Bool("pilotlight.batchable", in.Batching.On))
 	}
 	return in.Batcher.Submit(ctx, inputs, rows)
+}
+
+// ProviderReason says why the sessions got their execution provider.
+func (in *Instance) ProviderReason() string {
+	return ort.ProviderReason(in.Manifest.Runtime.Provider, in.Pool.Provider, in.Pool.Fallback)
 }
 
 // Close stops the batcher (finishing queued work) and releases the sessions.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +27,10 @@ const (
 type Options struct {
 	Provider       string // auto | cpu | cuda
 	IntraOpThreads int
+	// DeviceMemoryLimit bounds what a session on the CUDA provider may
+	// hold on the device (its arena's gpu_mem_limit); 0: ONNX Runtime's
+	// default, no bound (functions.DeviceArenaBytes is the rule).
+	DeviceMemoryLimit int64
 }
 
 // IO describes one model input or output as the model itself declares it.
@@ -46,6 +51,9 @@ type Session struct {
 	Provider string
 	// Fallback says why a requested CUDA provider was not used ("" when it was, or was not asked for).
 	Fallback string
+	// DeviceBytes is the device memory the session may hold: its arena's
+	// limit on CUDA (Options.DeviceMemoryLimit), 0 on the CPU.
+	DeviceBytes int64
 }
 
 // Describe reads a model's inputs and outputs without creating a session
@@ -226,7 +234,7 @@ func NewSession(path string, opts Options) (*Session, error) {
 	case ProviderCUDA, ProviderAuto, "":
 		cudaErr := cudaLibraryPresent()
 		if cudaErr == nil || opts.Provider == ProviderCUDA {
-			cudaErr = appendCUDA(so)
+			cudaErr = appendCUDA(so, opts.DeviceMemoryLimit)
 		}
 		switch {
 		case cudaErr == nil:
@@ -250,7 +258,11 @@ func NewSession(path string, opts Options) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create session for %s: %w", path, err)
 	}
-	return &Session{s: s, inputs: inputs, outputs: outputs, Provider: provider, Fallback: fallback}, nil
+	sess := &Session{s: s, inputs: inputs, outputs: outputs, Provider: provider, Fallback: fallback}
+	if provider == ProviderCUDA {
+		sess.DeviceBytes = opts.DeviceMemoryLimit
+	}
+	return sess, nil
 }
 
 // cudaLibraryPresent checks for ONNX Runtime's CUDA provider next to the
@@ -264,12 +276,20 @@ func cudaLibraryPresent() error {
 	return nil
 }
 
-func appendCUDA(so *onnx.SessionOptions) error {
+// appendCUDA asks for the CUDA provider, its arena bounded by limit
+// bytes when limit > 0 (gpu_mem_limit, an option of ONNX Runtime's CUDA
+// provider), so the session holds no more of the device than it is charged.
+func appendCUDA(so *onnx.SessionOptions, limit int64) error {
 	cuda, err := onnx.NewCUDAProviderOptions()
 	if err != nil {
 		return err
 	}
 	defer cuda.Destroy()
+	if limit > 0 {
+		if err := cuda.Update(map[string]string{"gpu_mem_limit": strconv.FormatInt(limit, 10)}); err != nil {
+			return fmt.Errorf("set the CUDA arena's limit: %w", err)
+		}
+	}
 	return so.AppendExecutionProviderCUDA(cuda)
 }
 

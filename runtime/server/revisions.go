@@ -185,7 +185,7 @@ func (s *Server) Unload(rev, reason string) (before, after int64, err error) {
 	err = in.Close()
 	ort.ReleaseMemory()
 	after = RSSBytes()
-	s.log.Info("revision unloaded", "function", in.Manifest.Name, "revision", rev, "reason", reason,
+	s.logFor(in.Manifest.Name, rev).Info("revision unloaded", "reason", reason,
 		"rss_before_mb", before>>20, "rss_after_mb", after>>20)
 	return before, after, err
 }
@@ -210,11 +210,19 @@ func (s *Server) unload(c echo.Context) error {
 func RSSBytes() int64 { return procmem.RSS(0) }
 
 // servedRevisions lists the loaded revisions for readiness answers.
-func (rs *revisionSet) served() []map[string]string {
-	out := make([]map[string]string, 0, len(rs.order))
+func (rs *revisionSet) served() []map[string]any {
+	out := make([]map[string]any, 0, len(rs.order))
 	for _, in := range rs.order {
-		out = append(out, map[string]string{"function": in.Manifest.Name, "revision": in.Revision.Name, "provider": in.Pool.Provider})
+		out = append(out, providerOf(in, map[string]any{"function": in.Manifest.Name, "revision": in.Revision.Name}))
 	}
-	slices.SortFunc(out, func(a, b map[string]string) int { return strings.Compare(a["revision"], b["revision"]) })
+	slices.SortFunc(out, func(a, b map[string]any) int { return strings.Compare(a["revision"].(string), b["revision"].(string)) })
 	return out
+}
+
+// providerOf adds to m what the engine reads of a loaded revision's
+// execution provider: which one, why, and the device memory its sessions
+// may hold (0 on the CPU).
+func providerOf(in *instance.Instance, m map[string]any) map[string]any {
+	m["provider"], m["provider_reason"], m["device_bytes"] = in.Pool.Provider, in.ProviderReason(), in.Pool.DeviceBytes
+	return m
 }

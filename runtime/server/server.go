@@ -118,17 +118,14 @@ func (s *Server) load(ctx context.Context, m *functions.Manifest, revision strin
 		}
 		return fmt.Errorf("this process already serves a revision named %q (of function %s)", revision, cur.Manifest.Name)
 	}
-	log := s.log
-	if s.shared.Load() {
-		log = log.With("function", m.Name, "revision", revision)
-	}
+	log := s.logFor(m.Name, revision)
 	in, err := instance.Load(ctx, m, revision, s.metrics.observer(m.Name, revision), log, instance.Options{DecodeWarmup: decodeWarmup})
 	if err != nil {
 		if !s.shared.Load() {
 			msg := err.Error()
 			s.loadErr.Store(&msg)
 		}
-		log.Error("revision failed to load; instance stays not ready", "function", m.Name, "revision", revision, "err", err)
+		log.Error("revision failed to load; instance stays not ready", "err", err)
 		return err
 	}
 	if s.shared.Load() {
@@ -145,6 +142,18 @@ func (s *Server) load(ctx context.Context, m *functions.Manifest, revision strin
 	s.set.Store(next)
 	s.loadErr.Store(nil)
 	return nil
+}
+
+// logFor is the logger for lines about one revision, labelled with its
+// function and revision once: the runtime command labels a dedicated
+// process's logger itself (it knows its revision from the start); a
+// warm-pool process's, generic until specialised and then perhaps shared,
+// is labelled here, line by line's revision.
+func (s *Server) logFor(function, revision string) *slog.Logger {
+	if !s.cfg.AllowSpecialise {
+		return s.log
+	}
+	return s.log.With("function", function, "revision", revision)
 }
 
 func (s *Server) routes() *echo.Echo {
@@ -262,7 +271,7 @@ func (s *Server) ready(c echo.Context) error {
 		}
 		return echo.NewHTTPError(http.StatusServiceUnavailable, reason)
 	}
-	return c.JSON(http.StatusOK, map[string]any{"ready": true, "function": in.Manifest.Name, "revision": in.Revision.Name, "provider": in.Pool.Provider})
+	return c.JSON(http.StatusOK, providerOf(in, map[string]any{"ready": true, "function": in.Manifest.Name, "revision": in.Revision.Name}))
 }
 
 // model resolves :model and :version against the loaded revision.
@@ -491,8 +500,8 @@ func (s *Server) specialise(c echo.Context) error {
 	if err := s.load(c.Request().Context(), m, req.Revision); err != nil {
 		return echo.NewHTTPError(http.StatusUnprocessableEntity, err.Error())
 	}
-	return c.JSON(http.StatusOK, map[string]any{"function": m.Name, "revision": req.Revision, "load_seconds": time.Since(start).Seconds(),
-		"rss_before_bytes": before, "rss_bytes": RSSBytes()})
+	return c.JSON(http.StatusOK, providerOf(s.revisions().byRev[req.Revision], map[string]any{"function": m.Name, "revision": req.Revision,
+		"load_seconds": time.Since(start).Seconds(), "rss_before_bytes": before, "rss_bytes": RSSBytes()}))
 }
 
 // decodeControl reads a control call's JSON body into v (400 naming the problem).
@@ -542,7 +551,7 @@ func (s *Server) Serve(ctx context.Context, ln, frames net.Listener) error {
 	<-framesDone // ServeFrames drains on the same ctx, bounded by DrainTimeout
 	for _, in := range s.revisions().order {
 		if cerr := in.Close(); cerr != nil {
-			s.log.Warn("closing sessions", "function", in.Manifest.Name, "revision", in.Revision.Name, "err", cerr)
+			s.logFor(in.Manifest.Name, in.Revision.Name).Warn("closing sessions", "err", cerr)
 		}
 	}
 	if err != nil {

@@ -2,15 +2,18 @@ package server_test
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -98,8 +101,14 @@ func TestSharedProcessServesManyRevisions(t *testing.T) {
 	for _, l := range []struct{ dir, rev string }{{fraudDir, "fraud-00001"}, {fraudDir, "fraud-00002"}, {recDir, "recommend-00001"}} {
 		specialiseShared(t, ts.URL, l.dir, l.rev)
 	}
-	if code, out := do(t, http.MethodGet, ts.URL+"/v2/health/ready", ""); code != 200 || len(out["revisions"].([]any)) != 3 {
-		t.Fatalf("ready: %d %v", code, out)
+	code, ready := do(t, http.MethodGet, ts.URL+"/v2/health/ready", "")
+	if code != 200 || len(ready["revisions"].([]any)) != 3 {
+		t.Fatalf("ready: %d %v", code, ready)
+	}
+	for _, r := range ready["revisions"].([]any) { // no GPU here: the CPU, with its reason, and no device memory
+		if r := r.(map[string]any); r["provider"] != "cpu" || r["provider_reason"] == "" || r["device_bytes"] != float64(0) {
+			t.Errorf("a revision's provider in the ready answer: %v", r)
+		}
 	}
 	// A dedicated load into a shared process is refused; so is a second revision name clash.
 	if code, out := control(t, ts.URL, "specialise", server.SpecialiseRequest{FunctionDir: fraudDir, Revision: "fraud-00001"}); code != http.StatusConflict {
@@ -197,4 +206,57 @@ func TestUnloadReturnsMemory(t *testing.T) {
 	if freed := loadedRSS - after; freed < weights {
 		t.Fatalf("unloading freed %d MiB of RSS; the sessions held at least %d MiB", freed>>20, weights>>20)
 	}
+}
+
+// TestSharedProcessLogsEachAttributeOnce: a shared process's lines about a
+// revision (loaded, failed to load, unloaded) name its function and
+// revision once each, in the JSON the engine folds into the platform log.
+func TestSharedProcessLogsEachAttributeOnce(t *testing.T) {
+	requireORT(t)
+	var out syncBuffer
+	s := server.New(server.Config{AllowSpecialise: true, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewJSONHandler(&out, nil))})
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	fraudDir := filepath.Join(repoRoot(t), "functions", "fraud")
+	specialiseShared(t, ts.URL, fraudDir, "fraud-00001")
+	if code, _ := control(t, ts.URL, "specialise", server.SpecialiseRequest{FunctionDir: fraudDir, Revision: "fraud-09999", Shared: true}); code != http.StatusUnprocessableEntity {
+		t.Fatalf("loading a revision fraud lacks: %d", code)
+	}
+	if code, out := control(t, ts.URL, "unload", server.UnloadRequest{Revision: "fraud-00001", Reason: "lru"}); code != 200 {
+		t.Fatalf("unload: %d %v", code, out)
+	}
+	about := 0
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		fn, rev := strings.Count(line, `"function":`), strings.Count(line, `"revision":`)
+		if fn > 1 || rev > 1 || fn != rev {
+			t.Errorf("a line names function %d and revision %d times: %s", fn, rev, line)
+		}
+		if fn == 1 {
+			about++
+			if !strings.Contains(line, `"function":"fraud"`) {
+				t.Errorf("a line names the wrong function: %s", line)
+			}
+		}
+	}
+	if about < 3 { // loaded, failed to load, unloaded
+		t.Errorf("%d lines name a revision, want at least 3:\n%s", about, out.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines to log into.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

@@ -26,6 +26,9 @@ type Pool struct {
 	outputs  []ort.IO
 	Provider string // the provider every session got
 	Fallback string // why CUDA was not used, when it was asked for and not used
+	// DeviceBytes is the device memory the sessions may hold together
+	// (each CUDA session's arena limit; 0 on the CPU).
+	DeviceBytes int64
 	// Unwarmed says why the synthetic warm-up failed ("" when every session
 	// was warmed). The sessions still serve: an unwarmed session pays its
 	// lazy initialisation on its first call instead of before readiness.
@@ -110,6 +113,9 @@ func New(ctx context.Context, path string, size int, opts ort.Options, warm Warm
 	}
 	first := p.all[0]
 	p.inputs, p.outputs, p.Provider, p.Fallback = first.Inputs(), first.Outputs(), first.Provider, first.Fallback
+	for _, s := range p.all {
+		p.DeviceBytes += s.DeviceBytes
+	}
 	for _, err := range synthErrs { // every session runs the same zeros: the first reason says it
 		if err != nil {
 			p.Unwarmed = err.Error()

@@ -241,12 +241,13 @@
   function mib(b) { return (b / 1048576).toFixed(1) + " MiB"; }
   function processes(v) {
     $("processes-section").hidden = v.backend !== "local";
-    draw($("processes"), v.processes, (ps) => ps.length ? `<table class="procs"><tr><th>pid</th><th>isolation</th><th>state</th><th>RSS</th><th>revisions (least recently used first)</th></tr>` +
+    draw($("processes"), v.processes, (ps) => ps.length ? `<table class="procs"><tr><th>pid</th><th>isolation</th><th>state</th><th>memory</th><th>revisions (least recently used first)</th></tr>` +
       ps.map((p) => {
         const revs = [...p.revisions].sort((a, b) => (a.last_active || "").localeCompare(b.last_active || ""));
-        const budget = p.isolation === "shared" ? ` <span class="muted">· sessions ${mib(p.charged_bytes || 0)} of ${mib(p.budget_bytes)}</span>` : "";
-        return `<tr data-pid="${p.pid}" data-isolation="${esc(p.isolation)}"><td class="mono">${p.pid || "…"}</td><td>${esc(p.isolation)}</td><td>${esc(p.state)}</td><td>${mib(p.rss_bytes)}${budget}</td><td>` +
-          (revs.length ? revs.map((r) => `<span class="rev mono" data-rev="${esc(r.revision)}">${esc(r.revision)} <span class="muted">${esc(r.state)}${r.inflight ? ", " + r.inflight + " in flight" : ""}${r.bytes ? ", " + mib(r.bytes) : ""}${r.last_active ? ", " + esc(ago(r.last_active)) : ""}</span></span>`).join(" · ") : `<span class="muted">none</span>`) + `</td></tr>`;
+        const budget = (p.isolation === "shared" ? ` <span class="muted">· sessions ${mib(p.charged_bytes || 0)} of ${mib(p.budget_bytes)}</span>` : "") +
+          ` <span class="muted">· device ${p.device_bytes ? mib(p.device_bytes) : "0 (CPU)"}</span>`;
+        return `<tr data-pid="${p.pid}" data-isolation="${esc(p.isolation)}"><td class="mono">${p.pid || "…"}</td><td>${esc(p.isolation)}</td><td>${esc(p.state)}</td><td>RSS ${mib(p.rss_bytes)}${budget}</td><td>` +
+          (revs.length ? revs.map((r) => `<span class="rev mono" data-rev="${esc(r.revision)}" title="${esc(r.provider_reason || "")}">${esc(r.revision)} <span class="muted">${esc(r.state)}${r.inflight ? ", " + r.inflight + " in flight" : ""}${r.host_bytes ? ", " + mib(r.host_bytes) : ""}${r.provider ? ", " + esc(r.provider) + (r.device_bytes ? " " + mib(r.device_bytes) + " on the device" : "") : ""}${r.last_active ? ", " + esc(ago(r.last_active)) : ""}</span></span>`).join(" · ") : `<span class="muted">none</span>`) + `</td></tr>`;
       }).join("") + `</table>` : `<p class="muted">No runtime process is running: every revision is at zero.</p>`);
   }
 
