@@ -8,11 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pilotlight/pilotlight/internal/listener"
 )
 
 type state int32
@@ -283,6 +286,22 @@ func (e *Engine) spawn(in *Process, args, env []string) error {
 	// Own process group: a terminal's Ctrl-C reaches serve, which drains the
 	// children itself; Pdeathsig stops them if serve is killed outright.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// With probes, a child that will load a model waits at its start gate
+	// until the probes track its pid: its model-file reads, from its first
+	// openat, are then the probes' to count, however late this goroutine
+	// runs after the fork on a loaded machine.
+	var gate *os.File
+	if l := in.labels.Load(); e.cfg.Probes != nil && l != nil && l[0] != "" {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		gate = w
+		defer func() { gate.Close() }() // a start that fails opens it too
+		cmd.ExtraFiles = append(cmd.ExtraFiles, r)
+		cmd.Env = append(slices.Clip(cmd.Env), listener.StartGateEnv+"="+strconv.Itoa(2+len(cmd.ExtraFiles)))
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -316,6 +335,9 @@ func (e *Engine) spawn(in *Process, args, env []string) error {
 				e.log.Debug("probe track", "pid", in.pid, "err", err)
 			}
 		}
+	}
+	if gate != nil {
+		gate.Write([]byte{1}) // tracked: the child goes on (an error means it is gone)
 	}
 	addrc := make(chan string, 1)
 	// Wait closes the pipes once the child exits, so it runs only after both

@@ -53,6 +53,9 @@ specialised with "shared": true it serves many revisions, loaded and unloaded
 		SilenceUsage:  true,
 		SilenceErrors: false,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := listener.WaitStartGate(); err != nil {
+				return err
+			}
 			log := telemetry.Logger()
 			telemetry.TuneGC()
 			if !cmd.Flags().Changed("port") {

@@ -2,19 +2,52 @@
 // once: the limits that protect it from slow or oversized clients (the
 // router's listeners and every instance share the defaults SECURITY.md lists),
 // and the runtime process's contract with whoever starts it: its executable's
-// name and the line it prints once it accepts connections, from which the
-// local engine learns its address. It imports nothing of Pilotlight.
+// name, its start gate, and the line it prints once it accepts connections,
+// from which the local engine learns its address. It imports nothing of Pilotlight.
 package listener
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"strconv"
 	"time"
 )
 
 // ReadyPrefix starts the line pilotlight-runtime prints on stdout once its
 // listener accepts: ReadyPrefix + "127.0.0.1:PORT".
 const ReadyPrefix = "PILOTLIGHT_LISTENING "
+
+// StartGateEnv names, in a runtime child's environment, the file
+// descriptor of its start gate: the child reads one byte from it before
+// anything else (the engine writes it once the eBPF probes track the
+// child's pid, so none of the child's model reads escape them).
+const StartGateEnv = "PILOTLIGHT_START_GATE_FD"
+
+// WaitStartGate blocks until the start gate StartGateEnv names opens (a
+// byte, or the writer closing it), and closes it; without the variable it
+// returns at once.
+func WaitStartGate() error {
+	v := os.Getenv(StartGateEnv)
+	if v == "" {
+		return nil
+	}
+	os.Unsetenv(StartGateEnv) // not inherited by anything this process starts
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return fmt.Errorf("%s=%q is not a file descriptor", StartGateEnv, v)
+	}
+	f := os.NewFile(uintptr(fd), "start-gate")
+	defer f.Close()
+	var b [1]byte
+	if _, err := f.Read(b[:]); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("start gate: %w", err)
+	}
+	return nil
+}
 
 // RuntimeBinary is the name of the runtime's executable (cmd/pilotlight-runtime):
 // what make build puts in bin/, the engine execs, the image's entrypoint,
