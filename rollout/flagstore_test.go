@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -149,6 +150,18 @@ func TestConfigMapConcurrentEditsAllLand(t *testing.T) {
 // parse leaves the last good one.
 func TestFollowConfigMapSeesWritesThroughTheWatch(t *testing.T) {
 	cs := apiServer(t)
+	// The fake API server drops what is written between a list and the
+	// watch that follows it (a real one replays from the list's
+	// resourceVersion): the writes below wait until the watch is open.
+	watching := make(chan struct{}, 1)
+	cs.PrependWatchReactor("configmaps", func(a k8stesting.Action) (bool, watch.Interface, error) {
+		w, err := cs.Tracker().Watch(configMaps, a.GetNamespace())
+		select {
+		case watching <- struct{}{}:
+		default:
+		}
+		return true, w, err
+	})
 	s := &ConfigMapStore{Client: cs, Namespace: "pilotlight", Name: "pilotlight-flags"}
 	got := make(chan string, 16)
 	var up atomic.Bool
@@ -172,7 +185,7 @@ func TestFollowConfigMapSeesWritesThroughTheWatch(t *testing.T) {
 			if !strings.Contains(doc, want) {
 				t.Fatalf("got %.80q, want it to contain %q", doc, want)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(30 * time.Second): // arrival, not speed: -race on a loaded machine is slow
 			t.Fatalf("nothing arrived for %q", want)
 		}
 		return time.Since(start)
@@ -180,6 +193,11 @@ func TestFollowConfigMapSeesWritesThroughTheWatch(t *testing.T) {
 	wait("recommend-00001") // the initial list
 	if !up.Load() {
 		t.Fatal("following, but not reported healthy")
+	}
+	select {
+	case <-watching:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the follower never opened its watch")
 	}
 	start := time.Now()
 	if err := s.Edit(ctx, "fraud-revision", func(ff *flags.FlagEdit) { ff.SetStatic(ff.VariantFor("fraud-00002")) }); err != nil {
