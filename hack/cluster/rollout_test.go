@@ -171,11 +171,12 @@ func startRouterReplicas(t *testing.T, backend []string, ips ...string) *rollout
 		t.Fatal(err)
 	}
 	ready, port, portName := true, int32(routerAdminPort), "admin"
+	dataPort, dataName := int32(18080), "http" // routerHTTPPort: outcomes are forwarded between replicas on it
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: routerStandInService + "-replicas", Namespace: ns,
 			Labels: map[string]string{discoveryv1.LabelServiceName: routerStandInService, discoveryv1.LabelManagedBy: "cluster-test"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &port}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &port}, {Name: &dataName, Port: &dataPort}},
 	}
 	for i, ip := range ips {
 		pod := fmt.Sprintf("pilotlight-router-stand-in-%d", i)
