@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -57,6 +56,17 @@ func fleetFraud() *functions.Manifest {
 		Revisions: []functions.Revision{{Name: "fraud-00001", Tag: "stable"}, {Name: "fraud-00002"}},
 		Runtime:   functions.Runtime{MaxBodyBytes: 1 << 20},
 		Outcomes:  functions.Outcomes{MaxPredictions: 10_000, Window: time.Hour, Threshold: 0.5}}
+}
+
+// fleetSetup is what two replicas share: the flag file, fraud recording
+// predictions, the API keys (and one for every function), the API.
+func fleetSetup(t *testing.T) (string, []*functions.Manifest, *auth.Keys, string, *fake.Clientset) {
+	flagsPath := filepath.Join(t.TempDir(), "flags.json")
+	if err := os.WriteFile(flagsPath, []byte(fraudFlags), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	keys, key, _ := testKeys(t)
+	return flagsPath, []*functions.Manifest{fleetFraud()}, keys, key, fake.NewSimpleClientset()
 }
 
 // newOutcomeReplica starts one replica. Its data listener is opened
@@ -143,14 +153,7 @@ func TestOutcomeGateJudgesTheOtherReplicasPredictions(t *testing.T) {
 		{"as good: promoted", good, rollout.StatePromoted, rollout.CheckHealthy},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			flagsPath := filepath.Join(dir, "flags.json")
-			if err := os.WriteFile(flagsPath, []byte(fraudFlags), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			fns := []*functions.Manifest{fleetFraud()}
-			keys, key, _ := testKeys(t)
-			kube := fake.NewSimpleClientset()
+			flagsPath, fns, keys, key, kube := fleetSetup(t)
 			backend := revisionServers{"fraud-00001": model(t, good), "fraud-00002": model(t, c.candidate)}
 			a := newOutcomeReplica(t, "router-a", fns, flagsPath, backend, keys, kube)
 			b := newOutcomeReplica(t, "router-b", fns, flagsPath, backend, keys, kube)
@@ -159,46 +162,13 @@ func TestOutcomeGateJudgesTheOtherReplicasPredictions(t *testing.T) {
 				Outcomes: a.store, Traffic: &rollout.EndpointSliceSource{Client: kube, Namespace: fleetNamespace, Service: fleetService}})
 			t.Cleanup(ctl.Close)
 
-			stop := make(chan struct{})
-			var wg sync.WaitGroup
-			wg.Add(1)
+			// Every transaction served by b, every outcome posted to a.
 			var forwarded atomic.Int64
-			go func() {
-				defer wg.Done()
-				var batch []rollout.Outcome
-				for i := 0; ; i++ {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					req, _ := http.NewRequest(http.MethodPost, b.data.URL+"/functions/fraud", strings.NewReader(fmt.Sprintf(`{"card_id": "c-%d"}`, i)))
-					req.Header.Set("Authorization", "Bearer "+key)
-					req.Header.Set(router.HeaderRequestID, fmt.Sprintf("req-%d", i))
-					resp, err := http.DefaultClient.Do(req)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					_, _ = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					label := 0.0
-					if isFraud(i) {
-						label = 1
-					}
-					batch = append(batch, rollout.Outcome{TrackingEventName: "chargeback", Details: map[string]any{"predictionId": fmt.Sprintf("req-%d", i), "value": label}})
-					if len(batch) == 50 {
-						code, res, raw := postOutcomes(t, a.data.URL, key, batch)
-						if code != http.StatusOK || res.Joined != 50 || res.Forwarded != 50 {
-							t.Errorf("outcomes posted to the replica that did not serve them: %d %s; want all 50 joined at the other", code, raw)
-							return
-						}
-						forwarded.Add(int64(res.Forwarded))
-						batch = batch[:0]
-					}
-				}
-			}()
-			defer func() { close(stop); wg.Wait() }()
+			stop := labelledTraffic(t, b.data.URL, a.data.URL, key, func(res rollout.JoinResult) bool {
+				forwarded.Add(int64(res.Forwarded))
+				return res.Joined == 50 && res.Forwarded == 50
+			})
+			defer stop()
 
 			if _, err := ctl.Start(rollout.Spec{Function: "fraud", To: "fraud-00002", Steps: []int{50, 100}, Interval: 400 * time.Millisecond,
 				MinRequests: 5, MinPrecision: 0.8, MaxLogLossDelta: 0.2, MinLabelled: 30}); err != nil {
@@ -233,14 +203,7 @@ func TestOutcomeGateJudgesTheOtherReplicasPredictions(t *testing.T) {
 // batch is joined on either replica; a peer refuses a forward without the
 // client's key.
 func TestForwardedOutcomesAreAllOrNothing(t *testing.T) {
-	dir := t.TempDir()
-	flagsPath := filepath.Join(dir, "flags.json")
-	if err := os.WriteFile(flagsPath, []byte(fraudFlags), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	fns := []*functions.Manifest{fleetFraud()}
-	keys, key, _ := testKeys(t)
-	kube := fake.NewSimpleClientset()
+	flagsPath, fns, keys, key, kube := fleetSetup(t)
 	backend := revisionServers{"fraud-00001": model(t, good), "fraud-00002": model(t, good)}
 	a := newOutcomeReplica(t, "router-a", fns, flagsPath, backend, keys, kube)
 	b := newOutcomeReplica(t, "router-b", fns, flagsPath, backend, keys, kube)
