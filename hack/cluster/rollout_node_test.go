@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -32,8 +33,35 @@ import (
 // request through the activator and queue-proxy meets (--max-p99 1ms): the
 // same rollback path, on a different check.
 
-// nodeRolloutFlags is fraud's flag with its two revisions, stable by default.
-var nodeRolloutFlags = strings.Replace(rolloutFlags, `, "broken": "fraud-00003"`, "", 1)
+// nodeRolloutFlags is fraud's flag with its two revisions, variant by
+// default (stable or canary).
+func nodeRolloutFlags(variant string) string {
+	doc := strings.Replace(rolloutFlags, `, "broken": "fraud-00003"`, "", 1)
+	return strings.Replace(doc, `"defaultVariant": "stable"`, fmt.Sprintf(`"defaultVariant": %q`, variant), 1)
+}
+
+// warmOnNode sends a request pinned to each revision through each router
+// pod until every one answers 200: a revision Knative is scaling to zero
+// when a request arrives can hold that request for the router's whole
+// request timeout (docs/knative.md), and a rollout judges only answered
+// requests.
+func warmOnNode(t *testing.T, rig *rolloutRig, revisions ...string) {
+	t.Helper()
+	body := v2FraudBody(t)
+	for _, rev := range revisions {
+		for _, r := range rig.replicas {
+			testPoll(t, rev+" to answer through "+r.name, 3*time.Minute, time.Second, func() bool {
+				_, _, code := routerPost(t, r.base(), "/v2/models/fraud/versions/"+rev+"/infer", body, rig.appKey, nil)
+				return code == 200
+			})
+		}
+	}
+}
+
+// rolledBackOn says whether rollout output ends rolled back on check.
+func rolledBackOn(out, check string) bool {
+	return regexp.MustCompile(`rollback\s+` + check + `\s`).MatchString(out)
+}
 
 func testRolloutsOnNode(t *testing.T) {
 	if routerOnNode.adminKey == "" {
@@ -43,7 +71,7 @@ func testRolloutsOnNode(t *testing.T) {
 	if err := plane.ApplyFiles(ctx, repoPath("config/security/namespaces.yaml"), repoPath("config/security/rbac.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	setFlags(t, nodeRolloutFlags)
+	setFlags(t, nodeRolloutFlags("stable"))
 	rig := &rolloutRig{adminKey: routerOnNode.adminKey, appKey: routerOnNode.key}
 	pods, err := plane.Kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=pilotlight-router"})
 	if err != nil {
@@ -59,18 +87,9 @@ func testRolloutsOnNode(t *testing.T) {
 	}
 	lead := rig.leader(t, "")
 	t.Logf("Lease %s held by pod %s (%s)", routerLease, lead.name, lead.ip)
-	// Both revisions answer through both replicas first (a first request
-	// is a cold start through the activator).
-	testPoll(t, "fraud to answer through both router pods", 3*time.Minute, time.Second, func() bool {
-		for _, r := range rig.replicas {
-			if code, _ := rig.infer(r, "warm"); code != 200 {
-				return false
-			}
-		}
-		return true
-	})
 
 	t.Run("CanaryPromotesWithAConcurrentWriter", func(t *testing.T) {
+		warmOnNode(t, rig, "fraud-00001", "fraud-00002")
 		hist := followFlags(t)
 		stopTraffic := rig.traffic(20 * time.Millisecond)
 		stopWriter := concurrentWriter(t, 300*time.Millisecond)
@@ -109,11 +128,14 @@ func testRolloutsOnNode(t *testing.T) {
 	})
 
 	t.Run("FailingCandidateRollsBack", func(t *testing.T) {
+		setFlags(t, nodeRolloutFlags("canary"))
+		warmOnNode(t, rig, "fraud-00002", "fraud-00001")
+		lead = rig.leader(t, "")
 		hist := followFlags(t)
 		stopTraffic := rig.traffic(20 * time.Millisecond)
 		out, err := rig.cliRollout(t, lead, "start", "fraud", "--to", "fraud-00001", "--steps", "50,100", "--interval", "5s", "--min-requests", "10", "--max-p99", "1ms")
 		t.Logf("answers: %v", stopTraffic())
-		if err == nil || !strings.Contains(out, "ended rolled_back; fraud-00002 serves") || !strings.Contains(out, "p99") {
+		if err == nil || !strings.Contains(out, "ended rolled_back; fraud-00002 serves") || !rolledBackOn(out, "p99") {
 			t.Fatalf("rollout to a candidate missing its latency objective: %v; want it rolled back on p99", err)
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -123,6 +145,9 @@ func testRolloutsOnNode(t *testing.T) {
 	})
 
 	t.Run("LeaderKilledMidRolloutHandsOver", func(t *testing.T) {
+		setFlags(t, nodeRolloutFlags("canary"))
+		warmOnNode(t, rig, "fraud-00002")
+		lead = rig.leader(t, "")
 		hist := followFlags(t)
 		stopTraffic := rig.traffic(50 * time.Millisecond)
 		defer stopTraffic()
@@ -174,9 +199,12 @@ func testRolloutsOnNode(t *testing.T) {
 	})
 
 	t.Run("BlueGreenPrescalesOnRealPods", func(t *testing.T) {
-		// fraud-00002 serves (the canary promoted above) on its pod;
-		// fraud-00001 is the candidate, pre-scaled to fraud-00002's ready
-		// pods before the one flag write.
+		// fraud-00002 serves on its pod, under traffic; fraud-00001 is the
+		// candidate, pre-scaled to fraud-00002's ready pods before the one
+		// flag write.
+		setFlags(t, nodeRolloutFlags("canary"))
+		warmOnNode(t, rig, "fraud-00002")
+		lead = rig.leader(t, "")
 		stopTraffic := rig.traffic(50 * time.Millisecond)
 		defer stopTraffic()
 		testPoll(t, "fraud-00002 to have a ready pod", 2*time.Minute, 200*time.Millisecond, func() bool { return readyRevisionPods(ctx, "fraud-00002") >= 1 })
