@@ -72,7 +72,7 @@ func fleetSetup(t *testing.T) (string, []*functions.Manifest, *auth.Keys, string
 // newOutcomeReplica starts one replica. Its data listener is opened
 // first, so its EndpointSlice can be written before its outcome store
 // (which finds its peers through the slices) exists.
-func newOutcomeReplica(t *testing.T, name string, fns []*functions.Manifest, flagsPath string, backend router.Backend, keys *auth.Keys, kube kubernetes.Interface) *outcomeReplica {
+func newOutcomeReplica(t testing.TB, name string, fns []*functions.Manifest, flagsPath string, backend router.Backend, keys *auth.Keys, kube kubernetes.Interface) *outcomeReplica {
 	t.Helper()
 	r := &outcomeReplica{name: name, reg: prometheus.NewRegistry()}
 	var err error
@@ -252,5 +252,59 @@ func TestForwardedOutcomesAreAllOrNothing(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("a forward without the client's key: %d, want 401", resp.StatusCode)
+	}
+}
+
+// BenchmarkOutcomePostForwarded posts batches of 1,000 outcomes over
+// loopback HTTP to a replica that holds none of their predictions: each
+// batch is checked there, forwarded to the other replica (which holds all
+// 100,000) in one request, and joined there. "held" posts the same batches
+// to the replica that holds them, for the cost of the forward beside it.
+// Run it with -benchtime 100x: one pass over the batches, so every join is
+// a first.
+func BenchmarkOutcomePostForwarded(b *testing.B) {
+	for _, to := range []string{"held", "forwarded"} {
+		b.Run(to, func(b *testing.B) {
+			const window, batchSize = 100_000, 1000
+			flagsPath := filepath.Join(b.TempDir(), "flags.json")
+			if err := os.WriteFile(flagsPath, []byte(fraudFlags), 0o644); err != nil {
+				b.Fatal(err)
+			}
+			fn := fleetFraud()
+			fn.Outcomes.MaxPredictions = window
+			fns := []*functions.Manifest{fn}
+			kube := fake.NewSimpleClientset()
+			a := newOutcomeReplica(b, "router-a", fns, flagsPath, revisionServers{}, nil, kube)
+			holder := newOutcomeReplica(b, "router-b", fns, flagsPath, revisionServers{}, nil, kube)
+			answer := []byte(`{"fraud_probability": 0.7, "decision": "review", "top_features": []}`)
+			for i := range window {
+				holder.store.Record(router.PredictionCall{Function: "fraud", Revision: "fraud-00001", RequestID: fmt.Sprintf("req-%d", i), Response: answer})
+			}
+			target := a.data.URL
+			if to == "held" {
+				target = holder.data.URL
+			}
+			bodies := make([][]byte, window/batchSize)
+			for i := range bodies {
+				batch := make([]rollout.Outcome, batchSize)
+				for j := range batch {
+					batch[j] = rollout.Outcome{TrackingEventName: "chargeback", Details: map[string]any{"predictionId": fmt.Sprintf("req-%d", i*batchSize+j), "value": float64(j % 2)}}
+				}
+				bodies[i], _ = json.Marshal(map[string]any{"outcomes": batch})
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				resp, err := http.Post(target+"/v2/models/fraud/outcomes", "application/json", bytes.NewReader(bodies[i%len(bodies)]))
+				if err != nil {
+					b.Fatal(err)
+				}
+				raw, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					b.Fatalf("%d %s", resp.StatusCode, raw)
+				}
+			}
+			b.ReportMetric(float64(b.N*batchSize)/b.Elapsed().Seconds(), "outcomes/s")
+		})
 	}
 }
