@@ -15,12 +15,70 @@ import (
 const (
 	requestsMetric = "pilotlight_requests_total"
 	durationMetric = "pilotlight_request_duration_seconds"
+	// Each replica's shadow comparisons and labelled outcomes, summed over
+	// the fleet in a cluster (Shadower and Outcomes export them).
+	shadowRequestsMetric = "pilotlight_shadow_requests_total"
+	shadowAgreedMetric   = "pilotlight_shadow_agreement_total"
+	shadowDeltaMetric    = "pilotlight_shadow_score_delta"
+	labelledMetric       = "pilotlight_outcomes_labelled_total"
+	confusionMetric      = "pilotlight_outcomes_confusion_total"
+	logLossMetric        = "pilotlight_outcomes_log_loss_total"
+	hitsMetric           = "pilotlight_outcomes_hits_total"
 )
 
 // sample is one revision's cumulative counters at one moment.
 type sample struct {
 	requests, errors float64
 	buckets          map[float64]float64 // upper bound -> cumulative count
+	shadow           ShadowTotals
+	outcomes         OutcomeTotals
+}
+
+// reset says a replica restarted between a and s: a counter went down.
+func (s sample) reset(a sample) bool {
+	return s.requests < a.requests || s.shadow.Compared < a.shadow.Compared || s.outcomes.Labelled < a.outcomes.Labelled
+}
+
+// addShadow sets one shadow series into s.shadow.
+func (s *sample) addShadow(name, result string, v float64) {
+	switch {
+	case name == shadowAgreedMetric:
+		s.shadow.Agreed += v
+	case name == shadowDeltaMetric+"_sum":
+		s.shadow.DeltaSum += v
+	case result == ShadowCompared:
+		s.shadow.Compared += v
+	case result == ShadowFailed:
+		s.shadow.Failed += v
+	case result == ShadowIncomparable:
+		s.shadow.Incomparable += v
+	case result == ShadowDropped:
+		s.shadow.Dropped += v
+	}
+}
+
+// addOutcome sets one outcome series into s.outcomes.
+func (s *sample) addOutcome(name, cell string, v float64) {
+	t := &s.outcomes
+	switch name {
+	case labelledMetric:
+		t.Labelled += v
+	case logLossMetric:
+		t.LogLossSum += v
+	case hitsMetric:
+		t.Hits += v
+	case confusionMetric:
+		switch cell {
+		case "tp":
+			t.TP += v
+		case "fp":
+			t.FP += v
+		case "fn":
+			t.FN += v
+		case "tn":
+			t.TN += v
+		}
+	}
 }
 
 // familiesSample reads one revision's counters out of one replica's
@@ -53,6 +111,24 @@ func familiesSample(mfs []*dto.MetricFamily, function, revision string) sample {
 				}
 				s.buckets[math.Inf(1)] += float64(m.GetHistogram().GetSampleCount())
 			}
+		case shadowRequestsMetric, shadowAgreedMetric, shadowDeltaMetric:
+			for _, m := range mf.GetMetric() {
+				if label(m, "function") != function || label(m, "revision") != revision {
+					continue
+				}
+				if h := m.GetHistogram(); h != nil {
+					s.addShadow(mf.GetName()+"_sum", "", h.GetSampleSum())
+					continue
+				}
+				s.addShadow(mf.GetName(), label(m, "result"), m.GetCounter().GetValue())
+			}
+		case labelledMetric, confusionMetric, logLossMetric, hitsMetric:
+			for _, m := range mf.GetMetric() {
+				if label(m, "function") != function || label(m, "revision") != revision {
+					continue
+				}
+				s.addOutcome(mf.GetName(), label(m, "cell"), m.GetCounter().GetValue())
+			}
 		}
 	}
 	return s
@@ -76,6 +152,8 @@ type window struct {
 	// replicas were read at both ends of the window, of Listed known.
 	Source           string
 	Replicas, Listed int
+	// Shadow are the comparisons made on every replica read at both ends.
+	Shadow ShadowTotals
 }
 
 // ErrorRate is the share of requests answered 5xx.
@@ -100,17 +178,36 @@ func between(a, b fleetSample) window {
 			continue // arrived mid-interval: its window is not this one
 		}
 		w.Replicas++
-		if bs.requests < as.requests {
+		if bs.reset(as) {
 			as = sample{buckets: map[float64]float64{}}
 		}
 		w.Requests += bs.requests - as.requests
 		w.Errors += bs.errors - as.errors
+		w.Shadow = w.Shadow.add(bs.shadow.sub(as.shadow))
 		for le, c := range bs.buckets {
 			delta[le] += c - as.buckets[le]
 		}
 	}
 	w.P99 = Quantile(0.99, delta)
 	return w
+}
+
+// sinceStart is every replica's labelled outcomes of one revision from
+// the rollout's start (a) to now (b). Unlike a window's counters, a
+// replica that was not read at the start counts from zero: labels arrive
+// late, and every one a replica holds for the revision came after the
+// start if the replica did (a replica that restarted counts from zero, as
+// increase() reads a reset).
+func sinceStart(a, b fleetSample) OutcomeTotals {
+	var t OutcomeTotals
+	for replica, bs := range b.replicas {
+		as := a.replicas[replica]
+		if bs.reset(as) {
+			as = sample{}
+		}
+		t = t.add(bs.outcomes.Sub(as.outcomes))
+	}
+	return t
 }
 
 // Quantile estimates the q-quantile of a cumulative histogram (upper bound

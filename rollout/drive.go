@@ -27,6 +27,10 @@ type driver struct {
 	// outcomesAtStart are the candidate's and the serving revision's
 	// labelled outcomes when the rollout started: gates judge what came after.
 	outcomesAtStart, servingAtStart OutcomeTotals
+	// fleetAtStart and fleetServingAtStart are the same, per router
+	// replica, when the analysis reads a fleet (fleet.go): every replica
+	// joins the outcomes of the predictions it recorded.
+	fleetAtStart, fleetServingAtStart fleetSample
 }
 
 // drive runs the phases: shadow (when asked), then canary steps or the
@@ -42,8 +46,14 @@ func (c *Controller) drive(ctx context.Context, fn *functions.Manifest, r *run) 
 	if c.cfg.Outcomes != nil {
 		d.outcomesAtStart, d.servingAtStart = c.cfg.Outcomes.Totals(fn.Name, d.spec.To), c.cfg.Outcomes.Totals(fn.Name, d.from)
 	}
+	if c.fleet() && d.spec.outcomeGated() {
+		// A replica unread now counts from zero later (sinceStart): a
+		// failed read here costs nothing but precision about restarts.
+		d.fleetAtStart, _ = c.traffic.sample(ctx, fn.Name, d.spec.To)
+		d.fleetServingAtStart, _ = c.traffic.sample(ctx, fn.Name, d.from)
+	}
 	if d.spec.Shadow > 0 {
-		c.cfg.Shadow.Mirror(fn.Name, d.from, d.spec.To, d.spec.Shadow)
+		d.mirror(d.spec.Shadow)
 		d.log.Info("rollout shadow phase", "percent", d.spec.Shadow)
 		dec, reason, ok := d.judgeUntilPass(PhaseShadow, 0, true)
 		if !ok {
@@ -60,7 +70,7 @@ func (c *Controller) drive(ctx context.Context, fn *functions.Manifest, r *run) 
 		if pct == 0 {
 			pct = DefaultGateShadowPercent
 		}
-		c.cfg.Shadow.Mirror(fn.Name, d.from, d.spec.To, pct) // stable traffic copied to the canary at each step
+		d.mirror(pct) // stable traffic copied to the canary at each step, on every replica
 	}
 	for step, weight := range d.spec.Steps {
 		if err := c.setSplit(fn, d.from, d.spec.To, weight); err != nil {
@@ -218,7 +228,7 @@ func (d *driver) analyse(phase string, weight int, onShadow bool) (dec Decision,
 		return dec, "", CheckTraffic, "", fmt.Errorf("reading the candidate's traffic (%s): %w", c.trafficName(), err)
 	}
 	var shBefore ShadowTotals
-	if c.cfg.Shadow != nil {
+	if c.cfg.Shadow != nil && !c.fleet() {
 		shBefore = c.cfg.Shadow.Totals(fn.Name, to)
 	}
 	t := time.NewTimer(d.spec.Interval)
@@ -235,12 +245,27 @@ func (d *driver) analyse(phase string, weight int, onShadow bool) (dec Decision,
 		return dec, "", CheckTraffic, "", fmt.Errorf("reading the candidate's traffic (%s): %w", c.trafficName(), err)
 	}
 	in := Interval{window: between(before, after)}
-	if c.cfg.Shadow != nil {
-		sh := c.cfg.Shadow.Totals(fn.Name, to)
-		in.Compared, in.Agreed, in.DeltaSum, in.ShadowFailed = sh.Compared-shBefore.Compared, sh.Agreed-shBefore.Agreed, sh.DeltaSum-shBefore.DeltaSum, sh.Failed-shBefore.Failed
-		in.ShadowIncomparable = sh.Incomparable - shBefore.Incomparable
+	// On one machine the shadow and outcome numbers are this process's;
+	// in a cluster every replica mirrors and joins its own share, so they
+	// are the fleet's, summed from the same reading as the traffic.
+	var sh ShadowTotals
+	switch {
+	case c.fleet():
+		sh = in.window.Shadow
+	case c.cfg.Shadow != nil:
+		sh = c.cfg.Shadow.Totals(fn.Name, to).sub(shBefore)
 	}
-	if c.cfg.Outcomes != nil && d.spec.outcomeGated() {
+	in.Compared, in.Agreed, in.DeltaSum, in.ShadowFailed, in.ShadowIncomparable = sh.Compared, sh.Agreed, sh.DeltaSum, sh.Failed, sh.Incomparable
+	switch {
+	case !d.spec.outcomeGated():
+	case c.fleet():
+		in.Outcomes = sinceStart(d.fleetAtStart, after)
+		serving, err := c.traffic.sample(d.ctx, fn.Name, d.from)
+		if err != nil {
+			return dec, "", CheckTraffic, "", fmt.Errorf("reading the serving revision's outcomes (%s): %w", c.trafficName(), err)
+		}
+		in.ServingOutcomes = sinceStart(d.fleetServingAtStart, serving)
+	case c.cfg.Outcomes != nil:
 		in.Outcomes = c.cfg.Outcomes.Totals(fn.Name, to).Sub(d.outcomesAtStart)
 		in.ServingOutcomes = c.cfg.Outcomes.Totals(fn.Name, d.from).Sub(d.servingAtStart)
 	}

@@ -80,6 +80,9 @@ type ConfigMapStore struct {
 	Namespace string
 	Name      string
 	Key       string // the data key; "" is ConfigMapDataKey
+	// OnRecords, when set, is told the rollout records each time Follow
+	// delivers the ConfigMap (Controller.FollowRecords).
+	OnRecords func(map[string]RolloutRecord)
 	// OnConflict, when set, is told of each conflict that was retried (metrics, tests).
 	OnConflict func()
 }
@@ -169,6 +172,14 @@ func (s *ConfigMapStore) Follow(ctx context.Context, apply func(raw []byte) erro
 		}
 		healthy(true)
 		_ = apply([]byte(raw))
+		if s.OnRecords != nil {
+			recs, err := recordsOf(cm)
+			if err != nil {
+				log.Error("flag ConfigMap's rollout records do not read; shadow copies on this replica keep their last setting", "configmap", s.source(), "err", err)
+				return
+			}
+			s.OnRecords(recs)
+		}
 	}
 	informer := cache.NewSharedIndexInformer(lw, &corev1.ConfigMap{}, 0, cache.Indexers{})
 	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{

@@ -127,31 +127,40 @@ func (s *EndpointSliceSource) port() string {
 	return s.Port
 }
 
-// targets are host:port of the Service's ready endpoints, as kube-proxy
-// would pick them (a nil ready condition counts as ready, per the API).
+// targets are host:port of the Service's ready endpoints.
 func (s *EndpointSliceSource) targets(ctx context.Context) ([]string, error) {
-	list, err := s.Client.DiscoveryV1().EndpointSlices(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + s.Service})
+	return serviceEndpoints(ctx, s.Client, s.Namespace, s.Service, s.port(), "")
+}
+
+// serviceEndpoints are host:port on the port named port of a Service's
+// ready endpoints, as kube-proxy would pick them (a nil ready condition
+// counts as ready, per the API), but the pod named skip's.
+func serviceEndpoints(ctx context.Context, client kubernetes.Interface, namespace, service, port, skip string) ([]string, error) {
+	list, err := client.DiscoveryV1().EndpointSlices(namespace).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + service})
 	if err != nil {
-		return nil, fmt.Errorf("list the EndpointSlices of Service %s/%s: %w", s.Namespace, s.Service, err)
+		return nil, fmt.Errorf("list the EndpointSlices of Service %s/%s: %w", namespace, service, err)
 	}
 	seen := map[string]bool{}
 	var out []string
 	for _, sl := range list.Items {
-		var port int32
+		var num int32
 		for _, p := range sl.Ports {
-			if p.Name != nil && *p.Name == s.port() && p.Port != nil {
-				port = *p.Port
+			if p.Name != nil && *p.Name == port && p.Port != nil {
+				num = *p.Port
 			}
 		}
-		if port == 0 {
+		if num == 0 {
 			continue
 		}
 		for _, e := range sl.Endpoints {
 			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
 				continue
 			}
+			if skip != "" && e.TargetRef != nil && e.TargetRef.Name == skip {
+				continue
+			}
 			for _, a := range e.Addresses {
-				t := net.JoinHostPort(a, strconv.Itoa(int(port)))
+				t := net.JoinHostPort(a, strconv.Itoa(int(num)))
 				if !seen[t] {
 					seen[t] = true
 					out = append(out, t)
@@ -204,17 +213,20 @@ type PrometheusSource struct {
 
 // promQueries are the instant queries the analysis sends, each by
 // instance (one router replica), for one revision: requests, 5xx answers,
-// and the latency histogram's cumulative buckets (written down in
+// the latency histogram's cumulative buckets, and the shadow comparisons
+// and labelled outcomes by series (written down in
 // docs/flags-and-rollouts.md).
-func promQueries(function, revision string) (requests, errors, buckets string) {
+func promQueries(function, revision string) (requests, errors, buckets, judged string) {
 	sel := fmt.Sprintf(`function=%q,revision=%q`, function, revision)
+	names := strings.Join([]string{shadowRequestsMetric, shadowAgreedMetric, shadowDeltaMetric + "_sum", labelledMetric, confusionMetric, logLossMetric, hitsMetric}, "|")
 	return fmt.Sprintf(`sum by (instance) (%s{%s})`, requestsMetric, sel),
 		fmt.Sprintf(`sum by (instance) (%s{%s,code=~"5.."})`, requestsMetric, sel),
-		fmt.Sprintf(`sum by (instance, le) (%s_bucket{%s})`, durationMetric, sel)
+		fmt.Sprintf(`sum by (instance, le) (%s_bucket{%s})`, durationMetric, sel),
+		fmt.Sprintf(`sum by (instance, __name__, result, cell) ({__name__=~%q,%s})`, names, sel)
 }
 
 func (p *PrometheusSource) sample(ctx context.Context, function, revision string) (fleetSample, error) {
-	qr, qe, qb := promQueries(function, revision)
+	qr, qe, qb, qj := promQueries(function, revision)
 	out := fleetSample{source: SourcePrometheus, replicas: map[string]sample{}}
 	for _, q := range []struct {
 		expr string
@@ -228,6 +240,14 @@ func (p *PrometheusSource) sample(ctx context.Context, function, revision string
 				return fmt.Errorf("prometheus %s: bucket le %q: %w", p.URL, v.le, err)
 			}
 			s.buckets[le] = v.value
+			return nil
+		}},
+		{qj, func(s *sample, v promValue) error {
+			if strings.HasPrefix(v.name, "pilotlight_shadow_") {
+				s.addShadow(v.name, v.result, v.value)
+			} else {
+				s.addOutcome(v.name, v.cell, v.value)
+			}
 			return nil
 		}},
 	} {
@@ -251,8 +271,9 @@ func (p *PrometheusSource) sample(ctx context.Context, function, revision string
 }
 
 type promValue struct {
-	instance, le string
-	value        float64
+	instance, le       string
+	name, result, cell string // the judged query's series
+	value              float64
 }
 
 // query runs one instant query through the HTTP API (/api/v1/query).
@@ -295,9 +316,17 @@ func (p *PrometheusSource) query(ctx context.Context, q string) ([]promValue, er
 		if err != nil || math.IsNaN(v) {
 			continue
 		}
-		out = append(out, promValue{instance: r.Metric["instance"], le: r.Metric["le"], value: v})
+		m := r.Metric
+		out = append(out, promValue{instance: m["instance"], le: m["le"], name: m["__name__"], result: m["result"], cell: m["cell"], value: v})
 	}
 	return out, nil
+}
+
+// fleet says whether the analysis reads every router replica (an
+// EndpointSlice or Prometheus source), not this process alone.
+func (c *Controller) fleet() bool {
+	_, local := c.traffic.(GathererSource)
+	return !local
 }
 
 // trafficName says which source the analysis reads, for error messages.

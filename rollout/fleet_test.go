@@ -32,6 +32,8 @@ type replica struct {
 	reg      *prometheus.Registry
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	shadow   *prometheus.CounterVec // the Shadower's series
+	agreed   *prometheus.CounterVec
 	srv      *httptest.Server
 	handler  atomic.Pointer[http.Handler] // swapped to restart the replica
 }
@@ -41,7 +43,9 @@ func newReplica(t *testing.T) *replica {
 	r := &replica{reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: requestsMetric}, []string{"function", "revision", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: durationMetric, Buckets: []float64{.001, .01, .1, 1}}, []string{"function", "revision"})}
-	r.reg.MustRegister(r.requests, r.duration)
+	r.shadow = prometheus.NewCounterVec(prometheus.CounterOpts{Name: shadowRequestsMetric}, []string{"function", "revision", "result"})
+	r.agreed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: shadowAgreedMetric}, []string{"function", "revision"})
+	r.reg.MustRegister(r.requests, r.duration, r.shadow, r.agreed)
 	var h http.Handler = promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
 	r.handler.Store(&h)
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -64,6 +68,12 @@ func (r *replica) serve(revision string, ok, fail int, latency time.Duration) {
 		r.requests.WithLabelValues("fraud", revision, "503").Inc()
 		r.duration.WithLabelValues("fraud", revision).Observe(latency.Seconds())
 	}
+}
+
+// compare counts n shadow comparisons agreeing at rate agreement.
+func (r *replica) compare(revision string, n int, agreement float64) {
+	r.shadow.WithLabelValues("fraud", revision, ShadowCompared).Add(float64(n))
+	r.agreed.WithLabelValues("fraud", revision).Add(float64(n) * agreement)
 }
 
 func (r *replica) hostPort(t *testing.T) (string, int32) {
@@ -201,6 +211,73 @@ func TestCanaryJudgesEveryReplicasTraffic(t *testing.T) {
 	}
 }
 
+// The agreement gate judges the comparisons every replica made: the
+// driving replica's own shadower compares nothing (fakeShadow with no
+// answers), the other replica's disagree, and the rollout rolls back on
+// agreement; when they agree, it promotes.
+func TestShadowGateJudgesEveryReplicasComparisons(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		agreement float64
+		wantState string
+	}{{"agreeing on the other replica", 1, StatePromoted}, {"disagreeing on the other replica", 0.3, StateRolledBack}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := newReplica(t), newReplica(t)
+			ha, pa := a.hostPort(t)
+			hb, pb := b.hostPort(t)
+			cs := fake.NewSimpleClientset(slice("router-a", pa, true, ha), slice("router-b", pb, true, hb))
+			stop, done := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(done)
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(10 * time.Millisecond):
+						a.serve("fraud-00002", 10, 0, time.Millisecond)
+						b.serve("fraud-00002", 10, 0, time.Millisecond)
+						b.compare("fraud-00002", 10, tc.agreement)
+					}
+				}
+			}()
+			defer func() { close(stop); <-done }()
+			path := writeFlags(t, flagsDoc)
+			own := &fakeShadow{}
+			c := New(Config{FlagsPath: path, Functions: []*functions.Manifest{fraudFn()}, Gatherer: a.reg, Registerer: prometheus.NewRegistry(),
+				Logger: slog.New(slog.DiscardHandler), Traffic: &EndpointSliceSource{Client: cs, Namespace: "pilotlight", Service: "pilotlight-router"}, Shadow: own})
+			t.Cleanup(c.Close)
+			if _, err := c.Start(Spec{Function: "fraud", To: "fraud-00002", Steps: []int{50, 100}, Interval: 200 * time.Millisecond, MinRequests: 10, MaxErrorRate: 0.05, MinAgreement: 0.9}); err != nil {
+				t.Fatal(err)
+			}
+			st := (&rig{c: c, path: path}).wait(t)
+			last := st.Decisions[len(st.Decisions)-1]
+			if st.State != tc.wantState {
+				t.Fatalf("state %s, want %s: %+v", st.State, tc.wantState, st.Decisions)
+			}
+			if tc.wantState == StateRolledBack && last.Check != CheckAgreement {
+				t.Errorf("rolled back on %s, want agreement", last.Check)
+			}
+			if last.Compared < 10 || own.totals.Compared != 0 {
+				t.Errorf("judged %v comparisons (own shadower: %v); want the other replica's", last.Compared, own.totals.Compared)
+			}
+		})
+	}
+}
+
+// A replica that is not driving a rollout mirrors what its record asks,
+// and stops when the record ends; the driving replica is left to its
+// driver.
+func TestFollowRecordsMirrorsOnEveryReplica(t *testing.T) {
+	sh := &fakeShadow{}
+	c := New(Config{FlagsPath: writeFlags(t, flagsDoc), Functions: []*functions.Manifest{fraudFn()}, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler), Shadow: sh})
+	t.Cleanup(c.Close)
+	c.FollowRecords(map[string]RolloutRecord{"fraud": {From: "fraud-00001", To: "fraud-00002", State: StateRunning, Shadow: 20}})
+	c.FollowRecords(map[string]RolloutRecord{"fraud": {From: "fraud-00001", To: "fraud-00002", State: StatePromoted}})
+	if got := strings.Join(sh.mirrors, ","); got != "fraud-00001->fraud-00002,stop" {
+		t.Fatalf("mirrors %q, want the record's copy then a stop", got)
+	}
+}
+
 // TestPrometheusSourceAgainstRealPrometheus scrapes two replicas with
 // Debian's Prometheus and requires the Prometheus source to see the same
 // window the replicas' own /metrics show.
@@ -253,6 +330,8 @@ func TestPrometheusSourceAgainstRealPrometheus(t *testing.T) {
 	before := scraped(10)
 	a.serve("fraud-00002", 40, 0, time.Millisecond)
 	b.serve("fraud-00002", 45, 10, 500*time.Millisecond)
+	a.compare("fraud-00002", 4, 1)
+	b.compare("fraud-00002", 6, 0.5)
 	after := scraped(105)
 	w := between(before, after)
 	if w.Source != SourcePrometheus || w.Replicas != 2 {
@@ -263,5 +342,8 @@ func TestPrometheusSourceAgainstRealPrometheus(t *testing.T) {
 	}
 	if w.P99 < 100*time.Millisecond {
 		t.Errorf("p99 %s: want b's slow answers in it", w.P99)
+	}
+	if w.Shadow.Compared != 10 || w.Shadow.Agreed != 7 {
+		t.Errorf("shadow %+v: want both replicas' 10 comparisons, 7 agreeing (the judged query)", w.Shadow)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 )
@@ -31,6 +32,11 @@ type RolloutRecord struct {
 	To     string `json:"to"`
 	State  string `json:"state"`
 	Holder string `json:"holder,omitempty"` // the replica that drove it
+	// Shadow is the share of the serving revision's requests every replica
+	// copies to the candidate while the rollout runs (0: none): each
+	// replica mirrors its own traffic (FollowRecords), so the shadow gates
+	// judge the fleet's comparisons, not the leader's share.
+	Shadow int `json:"shadow,omitempty"`
 }
 
 // rolloutAnnotation prefixes the flag ConfigMap's annotation per function.
@@ -63,6 +69,11 @@ func (s *ConfigMapStore) RecordedRollouts(ctx context.Context) (map[string]Rollo
 	if err != nil {
 		return nil, err
 	}
+	return recordsOf(cm)
+}
+
+// recordsOf reads the rollout records of a flag ConfigMap.
+func recordsOf(cm *corev1.ConfigMap) (map[string]RolloutRecord, error) {
 	out := map[string]RolloutRecord{}
 	for k, v := range cm.Annotations {
 		fn, ok := strings.CutPrefix(k, rolloutAnnotation)
@@ -137,4 +148,36 @@ func (c *Controller) Resume(ctx context.Context) ([]string, error) {
 		rolledBack = append(rolledBack, name)
 	}
 	return rolledBack, nil
+}
+
+// mirror copies percent of the serving revision's requests to the
+// candidate on this replica, and records it so every other replica
+// copies its own share too (FollowRecords).
+func (d *driver) mirror(percent int) {
+	d.c.cfg.Shadow.Mirror(d.fn.Name, d.from, d.spec.To, percent)
+	d.c.record(d.fn.Name, RolloutRecord{From: d.from, To: d.spec.To, State: StateRunning, Shadow: percent})
+}
+
+// FollowRecords is called on every replica with the rollout records as
+// the flag ConfigMap's watch delivers them: a replica that is not driving
+// a function's rollout mirrors what the record asks (the driver's share
+// of copies is its own, set by mirror) and stops when the record does.
+func (c *Controller) FollowRecords(recs map[string]RolloutRecord) {
+	if c.cfg.Shadow == nil {
+		return
+	}
+	for name := range c.fns {
+		c.mu.Lock()
+		r, mine := c.runs[name]
+		c.mu.Unlock()
+		if mine && r.snapshot().State == StateRunning {
+			continue
+		}
+		rec, ok := recs[name]
+		if ok && rec.State == StateRunning && rec.Shadow > 0 {
+			c.cfg.Shadow.Mirror(name, rec.From, rec.To, rec.Shadow)
+			continue
+		}
+		c.cfg.Shadow.StopMirror(name)
+	}
 }

@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/router"
+	rauth "github.com/pilotlight/pilotlight/router/auth"
 )
 
 // Outcomes are labels that arrive after a prediction: a chargeback days
@@ -76,6 +78,11 @@ func (t OutcomeTotals) Sub(b OutcomeTotals) OutcomeTotals {
 	return OutcomeTotals{t.Labelled - b.Labelled, t.TP - b.TP, t.FP - b.FP, t.FN - b.FN, t.TN - b.TN, t.LogLossSum - b.LogLossSum, t.Hits - b.Hits}
 }
 
+// add sums two readings (two replicas').
+func (t OutcomeTotals) add(b OutcomeTotals) OutcomeTotals {
+	return OutcomeTotals{t.Labelled + b.Labelled, t.TP + b.TP, t.FP + b.FP, t.FN + b.FN, t.TN + b.TN, t.LogLossSum + b.LogLossSum, t.Hits + b.Hits}
+}
+
 func ratio(a, b float64) float64 {
 	if b == 0 {
 		return 0
@@ -90,6 +97,10 @@ type OutcomesConfig struct {
 	Logger     *slog.Logger
 	// Now is the clock (nil: time.Now); tests pass a fake one.
 	Now func() time.Time
+	// Peers, in a cluster, are the other router replicas: outcomes whose
+	// prediction this replica does not hold are forwarded to them (nil:
+	// this replica holds every prediction).
+	Peers *OutcomePeers
 }
 
 // Outcomes is the prediction window and outcome join of every function
@@ -98,6 +109,7 @@ type Outcomes struct {
 	log   *slog.Logger
 	now   func() time.Time
 	books map[string]*book
+	peers *OutcomePeers
 }
 
 var _ router.Recorder = (*Outcomes)(nil)
@@ -139,7 +151,7 @@ func NewOutcomes(cfg OutcomesConfig) (*Outcomes, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	o := &Outcomes{log: cfg.Logger, now: cfg.Now, books: map[string]*book{}}
+	o := &Outcomes{log: cfg.Logger, now: cfg.Now, books: map[string]*book{}, peers: cfg.Peers}
 	for _, fn := range cfg.Functions {
 		if !fn.Outcomes.Records() {
 			continue
@@ -273,6 +285,9 @@ type JoinResult struct {
 	Joined    int `json:"joined"`
 	Unknown   int `json:"unknown"`   // no prediction with that id or key in the window
 	Duplicate int `json:"duplicate"` // the prediction already had its outcome
+	// Forwarded are the joined outcomes whose prediction another router
+	// replica held (OutcomePeers): counted in Joined too.
+	Forwarded int `json:"forwarded,omitempty"`
 }
 
 // ErrNotRecorded is returned for a function that records no predictions.
@@ -293,14 +308,111 @@ type outcomeRef struct {
 // counted. Outcomes whose prediction is not in the window, or already has
 // its outcome, are counted and reported, not errors: labels arrive late.
 func (o *Outcomes) Join(function string, batch []Outcome) (JoinResult, error) {
+	st, err := o.apply(function, batch, applyOptions{commit: true, countUnknown: true})
+	if err != nil {
+		return JoinResult{}, err
+	}
+	return tally(st), nil
+}
+
+// joinFleet joins a batch posted by a client: what this replica holds
+// here, the rest at the replicas that recorded it (OutcomePeers). The
+// batch is validated here first, then forwarded, then joined here, so an
+// outcome a peer refuses leaves nothing joined on this replica or that
+// peer (with more than two replicas, another peer may have joined its
+// share: each peer's part is all or nothing). auth is the client's key,
+// presented again to the peer.
+func (o *Outcomes) joinFleet(ctx context.Context, function string, batch []Outcome, auth http.Header) (JoinResult, error) {
+	if o.peers == nil {
+		return o.Join(function, batch)
+	}
+	st, err := o.apply(function, batch, applyOptions{})
+	if err != nil {
+		return JoinResult{}, err
+	}
+	var (
+		idx []int
+		fwd []Outcome
+	)
+	for i, s := range st {
+		if s == statusUnknown {
+			idx, fwd = append(idx, i), append(fwd, batch[i])
+		}
+	}
+	if len(idx) == 0 {
+		return o.Join(function, batch)
+	}
+	peerSt, unreachable, err := o.peers.forward(ctx, function, fwd, idx, auth)
+	if err != nil {
+		return JoinResult{}, err
+	}
+	if len(unreachable) > 0 {
+		o.log.Warn("outcomes not forwarded to every router replica; theirs count as unknown", "function", function, "outcomes", len(fwd), "unreached", unreachable)
+	}
+	skip := map[int]bool{}
+	forwarded := 0
+	for j, s := range peerSt {
+		if s != statusUnknown {
+			skip[idx[j]] = true
+		}
+		if s == statusJoined {
+			forwarded++
+		}
+	}
+	if st, err = o.apply(function, batch, applyOptions{commit: true, countUnknown: true, skip: skip}); err != nil {
+		return JoinResult{}, err
+	}
+	for j, s := range peerSt {
+		if skip[idx[j]] {
+			st[idx[j]] = s
+		}
+	}
+	res := tally(st)
+	res.Forwarded = forwarded
+	return res, nil
+}
+
+// What became of one outcome of a batch.
+const (
+	statusJoined    = "joined"
+	statusDuplicate = "duplicate"
+	statusUnknown   = "unknown" // not held here
+)
+
+func tally(statuses []string) JoinResult {
+	res := JoinResult{Received: len(statuses)}
+	for _, s := range statuses {
+		switch s {
+		case statusJoined:
+			res.Joined++
+		case statusDuplicate:
+			res.Duplicate++
+		case statusUnknown:
+			res.Unknown++
+		}
+	}
+	return res
+}
+
+// applyOptions say how apply treats a batch.
+type applyOptions struct {
+	commit       bool         // false: validate and report, change nothing
+	countUnknown bool         // count outcomes not held here as unmatched (false on a peer: the replica that received them counts)
+	skip         map[int]bool // outcomes another replica joined: not this one's
+	positions    []int        // each outcome's position in the batch as its client posted it (errors name it)
+}
+
+// apply validates a batch and, when asked, joins it, under the book's
+// lock: each outcome's status, or an error naming the first outcome that
+// cannot be read (nothing joined).
+func (o *Outcomes) apply(function string, batch []Outcome, opt applyOptions) ([]string, error) {
 	b := o.books[function]
 	if b == nil {
-		return JoinResult{}, ErrNotRecorded
+		return nil, ErrNotRecorded
 	}
 	if len(batch) > maxOutcomeBatch {
-		return JoinResult{}, fmt.Errorf("%d outcomes in one batch, at most %d", len(batch), maxOutcomeBatch)
+		return nil, fmt.Errorf("%d outcomes in one batch, at most %d", len(batch), maxOutcomeBatch)
 	}
-	res := JoinResult{Received: len(batch)}
 	refs := make([]outcomeRef, len(batch))
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -308,60 +420,77 @@ func (o *Outcomes) Join(function string, batch []Outcome) (JoinResult, error) {
 	for i, oc := range batch {
 		ref, err := b.resolve(oc)
 		if err != nil {
-			return JoinResult{}, fmt.Errorf("outcomes[%d]: %w", i, err)
+			pos := i
+			if opt.positions != nil {
+				pos = opt.positions[i]
+			}
+			return nil, fmt.Errorf("outcomes[%d]: %w", pos, err)
 		}
 		refs[i] = ref
 	}
-	k := b.fn.Outcomes.K
-	for _, r := range refs {
+	statuses := make([]string, len(batch))
+	for i, r := range refs {
 		switch {
+		case opt.skip[i]:
+			continue
 		case r.p == nil:
-			res.Unknown++
-			b.unmatched[unmatchedUnknown]++
+			statuses[i] = statusUnknown
+			if opt.commit && opt.countUnknown {
+				b.unmatched[unmatchedUnknown]++
+			}
 			continue
 		case r.p.labelled[r.row]:
-			res.Duplicate++
-			b.unmatched[unmatchedDuplicate]++
-			continue
-		}
-		r.p.labelled[r.row] = true
-		res.Joined++
-		t := b.totals[r.p.revision]
-		if t == nil {
-			t = &OutcomeTotals{}
-			b.totals[r.p.revision] = t
-		}
-		t.Labelled++
-		pred := r.p.rows[r.row]
-		if pred.Items != nil {
-			for _, it := range pred.Items[:min(k, len(pred.Items))] {
-				if float64(it) == r.value {
-					t.Hits++
-					break
-				}
+			statuses[i] = statusDuplicate
+			if opt.commit {
+				b.unmatched[unmatchedDuplicate]++
 			}
 			continue
 		}
-		positive := r.value == 1
-		predicted := pred.Score >= b.fn.Outcomes.Threshold
-		switch {
-		case positive && predicted:
-			t.TP++
-		case predicted:
-			t.FP++
-		case positive:
-			t.FN++
-		default:
-			t.TN++
-		}
-		p := min(max(pred.Score, logLossEpsilon), 1-logLossEpsilon)
-		if positive {
-			t.LogLossSum -= math.Log(p)
-		} else {
-			t.LogLossSum -= math.Log(1 - p)
+		statuses[i] = statusJoined
+		if opt.commit {
+			b.label(r)
 		}
 	}
-	return res, nil
+	return statuses, nil
+}
+
+// label joins one resolved outcome to its prediction (under b.mu).
+func (b *book) label(r outcomeRef) {
+	r.p.labelled[r.row] = true
+	t := b.totals[r.p.revision]
+	if t == nil {
+		t = &OutcomeTotals{}
+		b.totals[r.p.revision] = t
+	}
+	t.Labelled++
+	pred := r.p.rows[r.row]
+	if pred.Items != nil {
+		for _, it := range pred.Items[:min(b.fn.Outcomes.K, len(pred.Items))] {
+			if float64(it) == r.value {
+				t.Hits++
+				break
+			}
+		}
+		return
+	}
+	positive := r.value == 1
+	predicted := pred.Score >= b.fn.Outcomes.Threshold
+	switch {
+	case positive && predicted:
+		t.TP++
+	case predicted:
+		t.FP++
+	case positive:
+		t.FN++
+	default:
+		t.TN++
+	}
+	p := min(max(pred.Score, logLossEpsilon), 1-logLossEpsilon)
+	if positive {
+		t.LogLossSum -= math.Log(p)
+	} else {
+		t.LogLossSum -= math.Log(1 - p)
+	}
 }
 
 // resolve reads one outcome and finds its prediction (nil when it is not
@@ -542,9 +671,7 @@ func MountOutcomes(rt *router.Router, fns []*functions.Manifest, o *Outcomes) {
 		case len(raw) > maxOutcomeBodyBytes:
 			return echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("outcomes body larger than %d bytes: post smaller batches", maxOutcomeBodyBytes))
 		}
-		var doc struct {
-			Outcomes []Outcome `json:"outcomes"`
-		}
+		var doc forwardedBatch
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&doc); err != nil {
@@ -553,8 +680,28 @@ func MountOutcomes(rt *router.Router, fns []*functions.Manifest, o *Outcomes) {
 		if doc.Outcomes == nil {
 			return echo.NewHTTPError(http.StatusBadRequest, `the body must be {"outcomes": [...]}: "outcomes" is missing`)
 		}
-		res, err := o.Join(name, doc.Outcomes)
-		if err != nil {
+		if c.Request().Header.Get(HeaderOutcomesForwarded) != "" {
+			// Another replica's forward: join what this one holds, forward nothing.
+			if len(doc.Positions) != len(doc.Outcomes) {
+				return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("a forwarded batch names the position of each outcome: %d outcomes, %d positions", len(doc.Outcomes), len(doc.Positions)))
+			}
+			st, err := o.apply(name, doc.Outcomes, applyOptions{commit: true, positions: doc.Positions})
+			if err != nil {
+				return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+			}
+			return c.JSON(http.StatusOK, forwardedAnswer{Statuses: st})
+		}
+		if doc.Positions != nil {
+			return echo.NewHTTPError(http.StatusBadRequest, `"positions" is for batches one router replica forwards to another`)
+		}
+		auth := http.Header{}
+		for _, h := range []string{echo.HeaderAuthorization, rauth.HeaderAPIKey} {
+			if v := c.Request().Header.Values(h); len(v) > 0 {
+				auth[http.CanonicalHeaderKey(h)] = v
+			}
+		}
+		res, err := o.joinFleet(c.Request().Context(), name, doc.Outcomes, auth)
+		if err != nil { // an outcome that does not read, here or at the peer holding its prediction
 			return echo.NewHTTPError(http.StatusBadRequest, err.Error())
 		}
 		return c.JSON(http.StatusOK, res)

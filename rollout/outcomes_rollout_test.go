@@ -166,51 +166,8 @@ func runOutcomeRollout(t *testing.T, candidate func(int) float64) rollout.Status
 
 	// Traffic with labels: each answered transaction's outcome is posted
 	// in batches, by prediction id, as a chargeback feed would.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		var batch []rollout.Outcome
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			req, _ := http.NewRequest("POST", ts.URL+"/functions/fraud", strings.NewReader(fmt.Sprintf(`{"card_id": "c-%d"}`, i)))
-			req.Header.Set(router.HeaderRequestID, fmt.Sprintf("req-%d", i))
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			label := 0.0
-			if isFraud(i) {
-				label = 1
-			}
-			batch = append(batch, rollout.Outcome{TrackingEventName: "chargeback", Details: map[string]any{"predictionId": fmt.Sprintf("req-%d", i), "value": label}})
-			if len(batch) == 50 {
-				body, _ := json.Marshal(map[string]any{"outcomes": batch})
-				resp, err := http.Post(ts.URL+"/v2/models/fraud/outcomes", "application/json", bytes.NewReader(body))
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				var res rollout.JoinResult
-				_ = json.NewDecoder(resp.Body).Decode(&res)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || res.Joined != 50 {
-					t.Errorf("outcomes: %d %+v", resp.StatusCode, res)
-					return
-				}
-				batch = batch[:0]
-			}
-		}
-	}()
-	defer func() { close(stop); wg.Wait() }()
+	stop := labelledTraffic(t, ts.URL, ts.URL, "", func(res rollout.JoinResult) bool { return res.Joined == 50 })
+	defer stop()
 
 	if _, err := ctl.Start(rollout.Spec{Function: "fraud", To: "fraud-00002", Steps: []int{50, 100}, Interval: 400 * time.Millisecond,
 		MinRequests: 5, MinPrecision: 0.8, MaxLogLossDelta: 0.2, MinLabelled: 30}); err != nil {
@@ -226,6 +183,68 @@ func runOutcomeRollout(t *testing.T, candidate func(int) float64) rollout.Status
 	st, _ := ctl.Status("fraud")
 	t.Fatalf("rollout still running after 30s: %+v", st)
 	return st
+}
+
+// labelledTraffic sends transactions to infer (the router serving them)
+// and posts each one's label to outcomes (a router replica), in batches of
+// 50 by prediction id, as a chargeback feed would, with key when not "";
+// ok judges each batch's answer. It runs until stop is called.
+func labelledTraffic(t *testing.T, infer, outcomes, key string, ok func(rollout.JoinResult) bool) (stop func()) {
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var batch []rollout.Outcome
+		for i := 0; ; i++ {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			req, _ := http.NewRequest(http.MethodPost, infer+"/functions/fraud", strings.NewReader(fmt.Sprintf(`{"card_id": "c-%d"}`, i)))
+			req.Header.Set(router.HeaderRequestID, fmt.Sprintf("req-%d", i))
+			if key != "" {
+				req.Header.Set("Authorization", "Bearer "+key)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			label := 0.0
+			if isFraud(i) {
+				label = 1
+			}
+			batch = append(batch, rollout.Outcome{TrackingEventName: "chargeback", Details: map[string]any{"predictionId": fmt.Sprintf("req-%d", i), "value": label}})
+			if len(batch) < 50 {
+				continue
+			}
+			body, _ := json.Marshal(map[string]any{"outcomes": batch})
+			req, _ = http.NewRequest(http.MethodPost, outcomes+"/v2/models/fraud/outcomes", bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			if key != "" {
+				req.Header.Set("Authorization", "Bearer "+key)
+			}
+			resp, err = http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			raw, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var res rollout.JoinResult
+			_ = json.Unmarshal(raw, &res)
+			if resp.StatusCode != http.StatusOK || !ok(res) {
+				t.Errorf("outcomes: %d %s", resp.StatusCode, raw)
+				return
+			}
+			batch = batch[:0]
+		}
+	}()
+	return func() { close(quit); wg.Wait() }
 }
 
 // TestOutcomesEndpointRefusesBadRequests: the caller's mistakes are 4xx

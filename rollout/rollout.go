@@ -139,6 +139,14 @@ type ShadowTotals struct {
 	Incomparable float64
 }
 
+func (t ShadowTotals) sub(b ShadowTotals) ShadowTotals {
+	return ShadowTotals{t.Compared - b.Compared, t.Agreed - b.Agreed, t.DeltaSum - b.DeltaSum, t.Failed - b.Failed, t.Dropped - b.Dropped, t.Incomparable - b.Incomparable}
+}
+
+func (t ShadowTotals) add(b ShadowTotals) ShadowTotals {
+	return ShadowTotals{t.Compared + b.Compared, t.Agreed + b.Agreed, t.DeltaSum + b.DeltaSum, t.Failed + b.Failed, t.Dropped + b.Dropped, t.Incomparable + b.Incomparable}
+}
+
 // Shadow is what the controller needs of the shadow machinery (the
 // router's Shadower satisfies it).
 type Shadow interface {

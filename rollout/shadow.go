@@ -76,6 +76,7 @@ type Shadower struct {
 
 	requests  *prometheus.CounterVec
 	agreement *prometheus.GaugeVec
+	agreed    *prometheus.CounterVec
 	delta     *prometheus.HistogramVec
 
 	ctx  context.Context // ends on Close: in-flight copies are abandoned
@@ -139,6 +140,9 @@ func NewShadower(cfg ShadowConfig) (*Shadower, error) {
 		agreement: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pilotlight_shadow_agreement_ratio",
 			Help: "Mean agreement of a candidate's answers with the serving revision's over the last comparisons (fraud: decisions, recommend: top-k overlap, tensor: outputs within tolerance)."},
 			[]string{"function", "revision"}),
+		agreed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_shadow_agreement_total",
+			Help: "Summed agreement of a candidate's compared answers with the serving revision's; divided by the compared count it is the mean over any range, summed over router replicas it is the fleet's (what a rollout in a cluster judges)."},
+			[]string{"function", "revision"}),
 		delta: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "pilotlight_shadow_score_delta",
 			Help:    "Score difference per compared request (fraud: mean |Δ probability|, recommend: 1 - top-k overlap, tensor: max |Δ output|).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}, []string{"function", "revision"}),
@@ -156,7 +160,7 @@ func NewShadower(cfg ShadowConfig) (*Shadower, error) {
 		s.cmps[fn.Name] = functions.ComparerFor(fn)
 	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.requests, s.agreement, s.delta} {
+		for _, c := range []prometheus.Collector{s.requests, s.agreement, s.agreed, s.delta} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("register shadow metrics: %w", err)
 			}
@@ -299,6 +303,7 @@ func (s *Shadower) send(job shadowJob) {
 	}
 	s.count(fn, to, ShadowCompared)
 	s.delta.WithLabelValues(fn, to).Observe(c.Delta)
+	s.agreed.WithLabelValues(fn, to).Add(c.Agreement)
 	s.statsMu.Lock()
 	st := s.statsOf(fn, to)
 	st.totals.Compared++

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -365,13 +367,6 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("flags: %w (fix the file, or pass --flags \"\" to send every request to each function's stable revision)", err)
 	}
-	if s := cluster.store; s != nil {
-		go func() {
-			if err := s.Follow(ctx, func(raw []byte) error { return w.Apply(raw, "ConfigMap "+o.flagsConfigMap) }, cluster.apiUp.Store, log); err != nil {
-				log.Error("following the flag ConfigMap stopped; the mounted file serves", "err", err)
-			}
-		}()
-	}
 
 	go func() {
 		if err := w.Run(ctx); err != nil {
@@ -390,7 +385,7 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 		return nil, nil, nil, nil, err
 	}
 	rcfg.Shadow = shadow
-	outcomes, err := rollout.NewOutcomes(rollout.OutcomesConfig{Functions: fns, Registerer: reg, Logger: log})
+	outcomes, err := rollout.NewOutcomes(rollout.OutcomesConfig{Functions: fns, Registerer: reg, Logger: log, Peers: cluster.peers})
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
@@ -412,6 +407,14 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 		log.Info("rollout analysis scrapes every replica through the Service's EndpointSlices", "service", o.routerService, "port", rollout.AdminPortName)
 	}
 	ctl := rollout.New(rc)
+	if s := cluster.store; s != nil {
+		s.OnRecords = ctl.FollowRecords // every replica copies its share of shadow traffic
+		go func() {
+			if err := s.Follow(ctx, func(raw []byte) error { return w.Apply(raw, "ConfigMap "+o.flagsConfigMap) }, cluster.apiUp.Store, log); err != nil {
+				log.Error("following the flag ConfigMap stopped; the mounted file serves", "err", err)
+			}
+		}()
+	}
 	if l := cluster.leader; l != nil {
 		l.OnLead(func(ctx context.Context) {
 			if p := o.prescaler; p != nil {
@@ -454,6 +457,9 @@ type clusterState struct {
 	leader *rollout.Leader         // nil: this replica drives every rollout
 	// traffic reads every replica's metrics (--router-service); nil: this replica's.
 	traffic *rollout.EndpointSliceSource
+	// peers are the other replicas, which join the outcomes of the
+	// predictions they served (--router-service); nil: this one holds all.
+	peers *rollout.OutcomePeers
 }
 
 // clusterFlags connects to the Kubernetes API when --flags-configmap or
@@ -473,6 +479,14 @@ func (o *serveOptions) clusterFlags(log *slog.Logger) (clusterState, error) {
 			return st, fmt.Errorf("--router-service %q: want NAMESPACE/NAME", o.routerService)
 		}
 		st.traffic = &rollout.EndpointSliceSource{Client: client, Namespace: ns, Service: name}
+		st.peers = &rollout.OutcomePeers{Client: client, Namespace: ns, Service: name, Self: replicaIdentity()}
+		if o.tlsCert != "" {
+			cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+			if err != nil {
+				return st, fmt.Errorf("--tls-cert: %w", err)
+			}
+			st.peers.Certificate = &cert
+		}
 	}
 	if o.flagsConfigMap != "" {
 		ns, name, ok := strings.Cut(o.flagsConfigMap, "/")
@@ -487,17 +501,25 @@ func (o *serveOptions) clusterFlags(log *slog.Logger) (clusterState, error) {
 		if !ok || ns == "" || name == "" {
 			return st, fmt.Errorf("--lease %q: want NAMESPACE/NAME", o.lease)
 		}
-		id := os.Getenv("POD_NAME")
+		id := replicaIdentity()
 		if id == "" {
-			if id, err = os.Hostname(); err != nil {
-				return st, fmt.Errorf("--lease: this replica's identity: set POD_NAME: %w", err)
-			}
+			return st, errors.New("--lease: this replica's identity: set POD_NAME")
 		}
 		if st.leader, err = rollout.NewLeader(rollout.LeaderConfig{Client: client, Namespace: ns, Name: name, Identity: id, Logger: log}); err != nil {
 			return st, err
 		}
 	}
 	return st, nil
+}
+
+// replicaIdentity is this router replica's name: its pod's (POD_NAME, as
+// the Deployment sets it from the downward API), else the host's.
+func replicaIdentity() string {
+	if id := os.Getenv("POD_NAME"); id != "" {
+		return id
+	}
+	id, _ := os.Hostname()
+	return id
 }
 
 // listenAndServe opens the listeners, runs the engine, serves until a

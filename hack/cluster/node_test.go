@@ -55,6 +55,7 @@ func TestRealNode(t *testing.T) {
 		{"KnServiceCreateServes", testKnCreatesRecommend},
 		{"BenchClusterColdStart", testBenchClusterColdStart},
 		{"ScaleToZeroAndBack", testScaleFromZero},
+		{"RolloutsOnTheRouterDeployment", testRolloutsOnNode},
 	} {
 		if !t.Run(step.name, step.fn) {
 			t.FailNow() // later steps build on this one

@@ -67,10 +67,28 @@ type routerReplica struct {
 	logs     *syncBuffer
 	args     []string
 	env      []string
+	// pod is set for a replica that is a pod of the router Deployment on
+	// the real node (rollout_node_test.go): the kubelet runs it, on the
+	// Deployment's ports, and restarts it when it dies.
+	pod bool
 }
 
-func (r *routerReplica) base() string  { return "http://" + r.ip + ":" + routerHTTPPort }
-func (r *routerReplica) admin() string { return fmt.Sprintf("http://%s:%d", r.ip, routerAdminPort) }
+func (r *routerReplica) base() string {
+	if r.pod {
+		return "http://" + r.ip + ":8080" // config/router/router.yaml's ports
+	}
+	return "http://" + r.ip + ":" + routerHTTPPort
+}
+
+func (r *routerReplica) admin() string {
+	if r.pod {
+		return "http://" + r.ip + ":9090"
+	}
+	return fmt.Sprintf("http://%s:%d", r.ip, routerAdminPort)
+}
+
+// up says whether the replica runs (a pod always does, or is restarted).
+func (r *routerReplica) up() bool { return r.pod || r.cmd != nil }
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -171,11 +189,12 @@ func startRouterReplicas(t *testing.T, backend []string, ips ...string) *rollout
 		t.Fatal(err)
 	}
 	ready, port, portName := true, int32(routerAdminPort), "admin"
+	dataPort, dataName := int32(18080), "http" // routerHTTPPort: outcomes are forwarded between replicas on it
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: routerStandInService + "-replicas", Namespace: ns,
 			Labels: map[string]string{discoveryv1.LabelServiceName: routerStandInService, discoveryv1.LabelManagedBy: "cluster-test"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &port}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &port}, {Name: &dataName, Port: &dataPort}},
 	}
 	for i, ip := range ips {
 		pod := fmt.Sprintf("pilotlight-router-stand-in-%d", i)
@@ -260,7 +279,7 @@ func (rig *rolloutRig) leader(t *testing.T, not string) *routerReplica {
 			return false, nil
 		}
 		for _, r := range rig.replicas {
-			if r.name == *l.Spec.HolderIdentity && r.name != not && r.cmd != nil {
+			if r.name == *l.Spec.HolderIdentity && r.name != not && r.up() {
 				out = r
 				return true, nil
 			}
@@ -328,7 +347,7 @@ func (rig *rolloutRig) traffic(pacing time.Duration) (stop func() map[string]int
 					return
 				case <-time.After(pacing):
 				}
-				if r.cmd == nil {
+				if !r.up() {
 					continue
 				}
 				code, rev := rig.infer(r, fmt.Sprintf("user-%d", seq.Add(1)))

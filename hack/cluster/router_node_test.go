@@ -29,8 +29,9 @@ import (
 )
 
 // routerOnNode is the router Deployment testRouterDeployment left running:
-// its Service's URL and an API key for fraud and recommend.
-var routerOnNode struct{ url, key string }
+// its Service's URL, an API key for fraud and recommend, and an admin key
+// (rollouts, rollout_node_test.go).
+var routerOnNode struct{ url, key, adminKey string }
 
 // testRouterDeployment runs config/router/router.yaml on the real node: two
 // replicas of the router image `make images` built, `serve --backend
@@ -165,6 +166,10 @@ func deployRouter(t *testing.T) (string, string) {
 		t.Fatalf("keys new: %v", err)
 	}
 	key := strings.TrimSpace(string(out))
+	if out, err = exec.Command(env.pilotlight, "keys", "new", "--id", "cluster-test-admin", "--admin", "--file", keysFile).Output(); err != nil {
+		t.Fatalf("keys new --admin: %v", err)
+	}
+	routerOnNode.adminKey = strings.TrimSpace(string(out))
 	keys, err := os.ReadFile(keysFile)
 	if err != nil {
 		t.Fatal(err)
