@@ -98,33 +98,7 @@ func testRolloutsOnNode(t *testing.T) {
 		record("canary rollout on the real node: start → promoted (2 steps of 5 s)", time.Since(start))
 		added := stopWriter()
 		counts := stopTraffic()
-		t.Logf("answers (replica status revision): %v", counts)
-		if err != nil || !strings.Contains(out, "fraud promoted: fraud-00002 serves") {
-			t.Fatalf("rollout start did not promote: %v", err)
-		}
-		if !strings.Contains(out, "endpointslice 2/2") {
-			t.Errorf("the decisions do not say they read both router pods through the EndpointSlice (endpointslice 2/2)")
-		}
-		for _, r := range rig.replicas {
-			if counts[r.name+" 200 fraud-00002"] == 0 {
-				t.Errorf("%s never served the canary: %v", r.name, counts)
-			}
-		}
-		time.Sleep(500 * time.Millisecond) // the watch's last events
-		states := hist.fraudStates(t)
-		if want := []string{"default stable", "default stable; canary 50%", "default stable; canary 100%", "default canary"}; !slices.Equal(states, want) {
-			t.Errorf("flag states %q, want %q", states, want)
-		}
-		final := finalDoc(t)
-		for _, name := range added {
-			if !strings.Contains(final, `"`+name+`"`) {
-				t.Errorf("the concurrent writer's flag %s was lost", name)
-			}
-		}
-		if len(added) < 3 {
-			t.Errorf("only %d concurrent writes landed during the rollout", len(added))
-		}
-		t.Logf("the concurrent writer added %d flags during the rollout; all are in the ConfigMap", len(added))
+		checkPromoted(t, rig, out, err, counts, hist, added)
 	})
 
 	t.Run("FailingCandidateRollsBack", func(t *testing.T) {

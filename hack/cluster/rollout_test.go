@@ -503,6 +503,42 @@ func concurrentWriter(t *testing.T, period time.Duration) (stop func() []string)
 	return func() []string { close(quit); return <-done }
 }
 
+// checkPromoted is what a canary rollout started beside a concurrent
+// writer must leave: promoted, judged on both replicas' traffic (read
+// through the EndpointSlice), the canary served by each, every flag state
+// written once in order, and every concurrent write kept.
+func checkPromoted(t *testing.T, rig *rolloutRig, out string, err error, counts map[string]int, hist *flagHistory, added []string) {
+	t.Helper()
+	t.Logf("answers (replica status revision): %v", counts)
+	if err != nil || !strings.Contains(out, "fraud promoted: fraud-00002 serves") {
+		t.Fatalf("rollout start did not promote: %v", err)
+	}
+	if !strings.Contains(out, "endpointslice 2/2") {
+		t.Errorf("the decisions do not say they read both replicas through the EndpointSlice (endpointslice 2/2)")
+	}
+	for _, r := range rig.replicas {
+		if counts[r.name+" 200 fraud-00002"] == 0 {
+			t.Errorf("%s never served the canary: %v", r.name, counts)
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // the watch's last events
+	states := hist.fraudStates(t)
+	t.Logf("fraud's flag, every state the ConfigMap went through: %q", states)
+	if want := []string{"default stable", "default stable; canary 50%", "default stable; canary 100%", "default canary"}; !slices.Equal(states, want) {
+		t.Errorf("flag states %q, want %q", states, want)
+	}
+	final := finalDoc(t)
+	for _, name := range added {
+		if !strings.Contains(final, `"`+name+`"`) {
+			t.Errorf("the concurrent writer's flag %s was lost", name)
+		}
+	}
+	t.Logf("the concurrent writer added %d flags during the rollout; all are in the ConfigMap", len(added))
+	if len(added) < 3 {
+		t.Errorf("only %d concurrent writes landed during the rollout", len(added))
+	}
+}
+
 func finalDoc(t *testing.T) string {
 	t.Helper()
 	cm, err := plane.Kube.CoreV1().ConfigMaps(ns).Get(context.Background(), flagsConfigMap, metav1.GetOptions{})
@@ -737,34 +773,7 @@ func TestClusterRollouts(t *testing.T) {
 		out, err := rig.cliRollout(t, lead, "start", "fraud", "--to", "fraud-00002", "--steps", "50,100", "--interval", "3s", "--min-requests", "10", "--max-p99", "2s")
 		added := stopWriter()
 		counts := stopTraffic()
-		t.Logf("answers (replica status revision): %v", counts)
-		if err != nil || !strings.Contains(out, "fraud promoted: fraud-00002 serves") {
-			t.Fatalf("rollout start did not promote: %v", err)
-		}
-		if !strings.Contains(out, "endpointslice 2/2") {
-			t.Errorf("the decisions do not say they read both replicas through the EndpointSlice (endpointslice 2/2)")
-		}
-		for _, r := range rig.replicas {
-			if counts[r.name+" 200 fraud-00002"] == 0 {
-				t.Errorf("%s never served the canary: %v", r.name, counts)
-			}
-		}
-		time.Sleep(500 * time.Millisecond) // the watch's last events
-		states := hist.fraudStates(t)
-		t.Logf("fraud's flag, every state the ConfigMap went through: %q", states)
-		if want := []string{"default stable", "default stable; canary 50%", "default stable; canary 100%", "default canary"}; !slices.Equal(states, want) {
-			t.Errorf("flag states %q, want %q", states, want)
-		}
-		final := finalDoc(t)
-		for _, name := range added {
-			if !strings.Contains(final, `"`+name+`"`) {
-				t.Errorf("the concurrent writer's flag %s was lost", name)
-			}
-		}
-		t.Logf("the concurrent writer added %d flags during the rollout; all are in the ConfigMap", len(added))
-		if len(added) < 3 {
-			t.Errorf("only %d concurrent writes landed during the rollout", len(added))
-		}
+		checkPromoted(t, rig, out, err, counts, hist, added)
 	})
 
 	t.Run("FailingCandidateRollsBack", func(t *testing.T) {
