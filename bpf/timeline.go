@@ -11,6 +11,7 @@ import (
 
 // Event and mark names in a Timeline, in the order they normally happen.
 const (
+	EventContainerStart = "container_start"  // kernel: the container's process forked (by runc, before its exec; the node agent)
 	EventExec           = "exec"             // kernel: sched_process_exec
 	EventListen         = "listen"           // kernel: first TCP socket put in LISTEN
 	EventFirstAccept    = "first_accept"     // kernel: first connection established to it, usually the engine's readiness poll
@@ -23,6 +24,7 @@ const (
 
 // Phase names observed in pilotlight_bpf_cold_start_phase_seconds.
 const (
+	PhaseStartToExec         = "container_start_to_exec"
 	PhaseExecToListen        = "exec_to_listen"
 	PhaseListenToReady       = "listen_to_ready"
 	PhaseSpecialiseToReady   = "specialise_to_ready"
@@ -38,6 +40,7 @@ type phaseDef struct {
 }
 
 var phaseDefs = []phaseDef{
+	{PhaseStartToExec, EventContainerStart, EventExec, true},
 	{PhaseExecToListen, EventExec, EventListen, true},
 	{PhaseListenToReady, EventListen, MarkReady, true},
 	{PhaseSpecialiseToReady, MarkSpecialiseStart, MarkReady, false},
