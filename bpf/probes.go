@@ -152,9 +152,9 @@ type Probes struct {
 
 	syscallLatency bool
 	socketQueue    bool
-	only           map[string]bool      // Config.Programs; nil: every program
-	marked         bool                 // an engine marks cold starts (ParentPID set)
-	execComm       bool                 // Config.ExecComm set: a timeline also gets the container's start
+	only           map[string]bool // Config.Programs; nil: every program
+	marked         bool            // an engine marks cold starts (ParentPID set)
+	execComm       bool            // Config.ExecComm set: a timeline also gets the container's start
 	onExec         func(pid int)
 	dynLinks       map[string]link.Link // attached dynamicPrograms
 	paused         bool                 // Pause detached everything

@@ -67,9 +67,9 @@ type Agent struct {
 	withPods bool
 
 	mu      sync.Mutex
-	pods    map[string]Pod       // by UID
-	tracked map[int]Instance     // by pid
-	execd   map[int]bool         // pids whose exec the probes reported, cold start not yet ready
+	pods    map[string]Pod          // by UID
+	tracked map[int]Instance        // by pid
+	execd   map[int]bool            // pids whose exec the probes reported, cold start not yet ready
 	pending map[string]map[int]bool // pod UID -> exec'd pids waiting for the pod to be known
 }
 
