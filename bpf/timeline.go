@@ -200,6 +200,20 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 	// request may come much later (an idle minimum-scale instance), and
 	// the syscall tracepoints cost every task meanwhile.
 	p.loaded(key)
+	if p.execComm {
+		// A pod's ready mark (the node agent's) is the kubelet's view
+		// through the API, which may come after Knative's activator,
+		// probing the pod itself, sent the held request: the connection
+		// armed above may never come. The timeline is published up to
+		// ready, and with the response if it was seen, readyGrace later.
+		time.AfterFunc(readyGrace, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if st := p.states[key]; st != nil && !p.closed && !p.done[key] {
+				p.complete(key, st)
+			}
+		})
+	}
 }
 
 // LatestTimelines returns the latest complete cold-start timeline of each

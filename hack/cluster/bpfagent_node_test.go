@@ -19,10 +19,16 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
-// agentPhases are the phases a revision pod's cold start has, in order
-// (bpf's Phase* names): container start -> exec -> listen -> ready -> the
-// accept of the first request -> its response.
-var agentPhases = []string{"container_start_to_exec", "exec_to_listen", "listen_to_ready", "ready_to_accept", "accept_to_first_write"}
+// agentPhases are the phases of a revision pod's cold start the agent
+// always reports, in order (bpf's Phase* names): container start -> exec
+// -> listen -> ready (the pod's Ready, as the API reports it).
+var agentPhases = []string{"container_start_to_exec", "exec_to_listen", "listen_to_ready"}
+
+// agentResponsePhases follow when the agent's ready mark came before the
+// held request reached the runtime; Knative's activator probes the pod
+// itself and usually forwards before the kubelet's Ready reaches the API,
+// so they are reported when seen, not required (docs/knative.md).
+var agentResponsePhases = []string{"ready_to_accept", "accept_to_first_write"}
 
 // testBPFAgentTimeline runs the eBPF agent's DaemonSet as shipped
 // (config/security/bpf-agent.yaml, the router image by digest) on the real
@@ -126,6 +132,14 @@ func testBPFAgentTimeline(t *testing.T) {
 		}
 		total += d
 	}
+	after := phaseSums(t, base)
+	for _, ph := range agentResponsePhases {
+		k := rev + "/" + ph
+		if after[k].count > before[k].count {
+			got[ph] = after[k].sum - before[k].sum
+			total += time.Duration(got[ph] * float64(time.Second))
+		}
+	}
 	if total > took {
 		t.Errorf("the phases add up to %s, more than the first response the client measured (%s): %v", total, took, got)
 	}
@@ -154,12 +168,19 @@ func testBPFAgentTimeline(t *testing.T) {
 	for _, e := range tl.Events {
 		at[e.Name] = e.OffsetMS
 	}
+	prev := ""
 	for i, name := range order {
-		if _, ok := at[name]; !ok {
-			t.Errorf("timeline lacks %s: %s", name, b)
-		} else if i > 0 && at[name] < at[order[i-1]] {
-			t.Errorf("timeline has %s (%.1f ms) before %s (%.1f ms)", name, at[name], order[i-1], at[order[i-1]])
+		v, ok := at[name]
+		if !ok {
+			if i < 4 {
+				t.Errorf("timeline lacks %s: %s", name, b)
+			}
+			continue
 		}
+		if prev != "" && v < at[prev] {
+			t.Errorf("timeline has %s (%.1f ms) before %s (%.1f ms)", name, v, prev, at[prev])
+		}
+		prev = name
 	}
 	t.Logf("the agent's timeline of fraud/%s (ms since exec): %v", rev, at)
 }
