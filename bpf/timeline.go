@@ -210,6 +210,9 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			if st := p.states[key]; st != nil && !p.closed && !p.done[key] {
+				// An accept without its response is some other
+				// connection's (a probe's): left out, not reported.
+				delete(st.points, EventAccept)
 				p.complete(key, st)
 			}
 		})

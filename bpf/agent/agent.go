@@ -278,6 +278,20 @@ func (a *Agent) Run(ctx context.Context, interval time.Duration) {
 				delete(a.execd, pid)
 			}
 		}
+		// A pod the watch never shows (another namespace's, or another
+		// cluster's on a shared machine) keeps its pids waiting only while
+		// they run.
+		for uid, pids := range a.pending {
+			for pid := range pids {
+				if !seen[pid] {
+					delete(pids, pid)
+					a.t.Untrack(pid)
+				}
+			}
+			if len(pids) == 0 {
+				delete(a.pending, uid)
+			}
+		}
 		a.mu.Unlock()
 		select {
 		case <-ctx.Done():
