@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,11 +45,17 @@ func newBPFCmd() *cobra.Command {
 			if err != nil {
 				log.Warn("bpf agent: no Kubernetes API; function and revision come from the processes' K_SERVICE/K_REVISION and cold starts are not followed", "err", err)
 			}
-			var a *agent.Agent
+			// The agent needs the probes and the probes report execs to the
+			// agent: an exec before the agent exists is left to its scan.
+			var a atomic.Pointer[agent.Agent]
 			cfg := bpf.Config{Registerer: reg, Logger: log, SyscallLatency: syscallLatency, SocketQueue: socketQueue}
 			if kube != nil {
 				cfg.ExecComm = listener.RuntimeBinary[:min(15, len(listener.RuntimeBinary))]
-				cfg.OnExec = func(pid int) { a.OnExec(pid) }
+				cfg.OnExec = func(pid int) {
+					if ag := a.Load(); ag != nil {
+						ag.OnExec(pid)
+					}
+				}
 			}
 			p, err := bpf.New(cfg)
 			if err != nil {
@@ -56,13 +63,14 @@ func newBPFCmd() *cobra.Command {
 				return fmt.Errorf("%w (the DaemonSet grants CAP_BPF and CAP_PERFMON)", err)
 			}
 			defer p.Close()
-			a = agent.New(p, procRoot, kube != nil, log)
+			ag := agent.New(p, procRoot, kube != nil, log)
+			a.Store(ag)
 			if kube != nil {
-				if err := agent.WatchPods(ctx, kube, namespace, os.Getenv("NODE_NAME"), a); err != nil {
+				if err := agent.WatchPods(ctx, kube, namespace, os.Getenv("NODE_NAME"), ag); err != nil {
 					return err
 				}
 			}
-			go a.Run(ctx, interval)
+			go ag.Run(ctx, interval)
 			mux := http.NewServeMux()
 			mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 			// The console in cluster mode reads each node's latest timelines here.
