@@ -156,7 +156,7 @@ func testBPFAgentTimeline(t *testing.T) {
 	t.Logf("%s was at zero %s after the agent's apply", rev, waited.Round(time.Millisecond))
 	t.Logf("cold start of %s from zero through Knative: first response in %s; the agent's phases (s): %v, together %s", rev, took.Round(time.Millisecond), got, total.Round(time.Millisecond))
 	record("first response from zero, the agent's run (client)", took)
-	record("  of which the pod's timeline, container start to first response (agent)", total)
+	record("  of which the pod's own timeline as the agent saw it (container start to ready, or to the response)", total)
 
 	// /timelines: what the console shows, its events in order.
 	var tls map[string]struct {
