@@ -194,6 +194,58 @@ func testBPFAgentTimeline(t *testing.T) {
 		prev = name
 	}
 	t.Logf("the agent's timeline of fraud/%s (ms since exec): %v", rev, at)
+
+	// The console in cluster mode: serve on the Knative backend, reading
+	// the agents through their Service's EndpointSlices, shows the same
+	// cold start as the revision's waterfall from the container's start.
+	admin, err := WriteKubeconfig(filepath.Join(t.TempDir(), "admin.kubeconfig"), plane.Host, plane.CA, plane.Admin.BearerToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base = startLocal(t, "serve --backend knative --bpf-agents", "http://127.0.0.1:18094", "/healthz", env.pilotlight,
+		"serve", "--dev", "--addr", "127.0.0.1:18094", "--admin-addr", "", "--functions", repoPath("functions"),
+		"--backend", "knative", "--knative-via", "service", "--namespace", ns, "--kubeconfig", admin,
+		"--bpf-agents", "pilotlight-system/pilotlight-bpf-agent")
+	var marks []string
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		var view struct {
+			Functions []struct {
+				Name      string `json:"name"`
+				Revisions []struct {
+					Name       string `json:"name"`
+					ColdStarts []struct {
+						Origin string `json:"origin"`
+						Marks  []struct {
+							Name string `json:"name"`
+						} `json:"marks"`
+					} `json:"cold_starts"`
+				} `json:"revisions"`
+			} `json:"functions"`
+		}
+		if err := json.Unmarshal(get(t, base+"/ui/api/state"), &view); err != nil {
+			return false, err
+		}
+		for _, f := range view.Functions {
+			for _, r := range f.Revisions {
+				if f.Name != "fraud" || r.Name != rev || len(r.ColdStarts) == 0 || r.ColdStarts[0].Origin != "kernel" {
+					continue
+				}
+				marks = nil
+				for _, m := range r.ColdStarts[0].Marks {
+					marks = append(marks, m.Name)
+				}
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("the console (serve --backend knative --bpf-agents) never showed %s's cold start from the agent: %v", rev, err)
+	}
+	if len(marks) < 4 || marks[0] != "container_start" {
+		t.Errorf("the console's waterfall of %s has marks %v, want container_start, exec, listen, ready…", rev, marks)
+	}
+	t.Logf("the console shows %s's cold start from the agent: %v", rev, marks)
 }
 
 type histSum struct {
