@@ -61,6 +61,13 @@ func (p *Probes) apply(ts uint64, pid, kind uint32, arg int64, payload []byte) {
 		}
 		delete(p.done, pid)
 		p.state(pid).firstWith(EventExec, at, decodeAnatSnap(payload))
+		if p.execComm && arg > 0 {
+			// A container's process: runc forked it before its exec.
+			p.state(pid).first(EventContainerStart, p.clock.wall(uint64(arg)))
+		}
+		if p.onExec != nil {
+			go p.onExec(int(pid))
+		}
 	case evListen:
 		p.stateIfOpen(pid).firstWith(EventListen, at, decodeAnatSnap(payload))
 	case evFirstAccept:
@@ -128,7 +135,7 @@ func (p *Probes) connection(at time.Time, pid uint32, open bool, c connEvent) {
 
 func isMark(name string) bool {
 	switch name {
-	case EventExec, EventListen, EventFirstAccept, EventAccept, EventFirstWrite:
+	case EventContainerStart, EventExec, EventListen, EventFirstAccept, EventAccept, EventFirstWrite:
 		return false
 	}
 	return true

@@ -89,7 +89,7 @@ enum hist_kind {
 };
 
 enum event_kind {
-	EV_EXEC = 1,         // arg: parent tgid; v: anatomy
+	EV_EXEC = 1,         // arg: the task's start (its fork, ktime ns); v: anatomy
 	EV_LISTEN = 3,       // arg: port; v: anatomy
 	EV_FIRST_ACCEPT = 4, // first connection established to the instance (usually the engine's readiness poll)
 	EV_ACCEPT = 5,       // first one after user space marked the instance ready; v: anatomy
@@ -207,6 +207,12 @@ struct sk_info {
 // Set by the loader: the tgid whose children get a timeline from exec on
 // (the serve process, which is also the router: its connections are "router").
 const volatile __u32 parent_tgid = 0;
+// Set by the loader: a command name (comm, 15 characters at most) whose
+// exec anywhere on the machine gets a timeline, as the children of
+// parent_tgid do: the node agent's runtime processes, started by runc in
+// pods, not by a parent it knows. Empty: none. Exec is rare, so comparing
+// 16 bytes on each costs nothing.
+const volatile char exec_comm[16] = {};
 // Set by the loader: time network syscalls of tracked instances.
 const volatile __u32 syscall_latency = 0;
 // Set by the loader: time request bytes in tracked instances' receive
@@ -680,6 +686,25 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 
 // ---- processes and the scheduler ----
 
+// comm_watched: p, just exec'd, runs the command exec_comm names.
+static __always_inline int comm_watched(struct task_struct *p)
+{
+	char comm[16];
+	int i;
+
+	if (!exec_comm[0])
+		return 0;
+	if (bpf_probe_read_kernel(comm, sizeof(comm), p->comm))
+		return 0;
+	for (i = 0; i < 16; i++) {
+		if (comm[i] != exec_comm[i])
+			return 0;
+		if (!comm[i])
+			break;
+	}
+	return 1;
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
@@ -690,7 +715,7 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	struct task_info *ti;
 	__u64 now;
 
-	if (!(parent_tgid != 0 && ptgid == parent_tgid) && !is_tracked(tgid))
+	if (!(parent_tgid != 0 && ptgid == parent_tgid) && !is_tracked(tgid) && !comm_watched(p))
 		return 0;
 	now = bpf_ktime_get_ns();
 	// Fresh entries: a reused pid starts over. exec leaves one thread,
@@ -708,7 +733,9 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		ti->maj_flt = p->maj_flt;
 	}
 	bpf_map_delete_elem(&ready, &tgid);
-	emit_point(tgid, EV_EXEC, ptgid, now);
+	// A container's process was forked by runc well before its exec: its
+	// start is the container's.
+	emit_point(tgid, EV_EXEC, p->start_time, now);
 	return 0;
 }
 

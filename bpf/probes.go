@@ -98,6 +98,16 @@ type Config struct {
 	// from their exec on (the `pilotlight serve` process). 0: only
 	// tracked processes get one, from the moment they are tracked.
 	ParentPID int
+	// ExecComm names a command (its first 15 bytes, as the kernel keeps
+	// it) whose exec anywhere on the machine gets a timeline from exec on,
+	// as ParentPID's children do; OnExec hears of each. The node agent
+	// sets the runtime's name: runc, not a parent the agent knows, starts
+	// it in a pod. Empty: none.
+	ExecComm string
+	// OnExec is called, outside the probes' lock, with each pid whose exec
+	// opened a timeline (ParentPID's children and ExecComm's). The caller
+	// Tracks the pid to follow its cold start, or Untracks it to drop it.
+	OnExec func(pid int)
 	// Registerer receives the pilotlight_bpf_* metrics; nil: none.
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -142,8 +152,10 @@ type Probes struct {
 
 	syscallLatency bool
 	socketQueue    bool
-	only           map[string]bool      // Config.Programs; nil: every program
-	marked         bool                 // an engine marks cold starts (ParentPID set)
+	only           map[string]bool // Config.Programs; nil: every program
+	marked         bool            // an engine marks cold starts (ParentPID set)
+	execComm       bool            // Config.ExecComm set: a timeline also gets the container's start
+	onExec         func(pid int)
 	dynLinks       map[string]link.Link // attached dynamicPrograms
 	paused         bool                 // Pause detached everything
 	unixSeen       bool                 // a tracked instance's Unix connection was seen: on_sock_read is wanted
@@ -219,6 +231,8 @@ func New(cfg Config) (*Probes, error) {
 		syscallLatency: cfg.SyscallLatency,
 		socketQueue:    cfg.SocketQueue,
 		marked:         cfg.ParentPID != 0,
+		execComm:       cfg.ExecComm != "",
+		onExec:         cfg.OnExec,
 	}
 	ok := false
 	defer func() {
@@ -232,7 +246,10 @@ func New(cfg Config) (*Probes, error) {
 			p.only[name] = true
 		}
 	}
-	if err := p.load(uint32(cfg.ParentPID), cfg.SyscallLatency, cfg.SocketQueue); err != nil {
+	if len(cfg.ExecComm) > 15 {
+		return nil, fmt.Errorf("bpf config: ExecComm %q is longer than the kernel's 15-byte command name", cfg.ExecComm)
+	}
+	if err := p.load(uint32(cfg.ParentPID), cfg.ExecComm, cfg.SyscallLatency, cfg.SocketQueue); err != nil {
 		return nil, err
 	}
 	if err := p.clock.measure(); err != nil {
@@ -264,7 +281,7 @@ func New(cfg Config) (*Probes, error) {
 
 // load checks the prerequisites, loads the collection and attaches the
 // programs (the syscall ones only with syscallLatency).
-func (p *Probes) load(parent uint32, syscallLatency, socketQueue bool) error {
+func (p *Probes) load(parent uint32, execComm string, syscallLatency, socketQueue bool) error {
 	spec, err := loadProbes()
 	if err != nil {
 		return &LoadError{Reason: "eBPF probes disabled: " + err.Error() + " (run on linux/amd64)", Err: err}
@@ -277,6 +294,11 @@ func (p *Probes) load(parent uint32, syscallLatency, socketQueue bool) error {
 	}
 	if err := spec.Variables["parent_tgid"].Set(parent); err != nil {
 		return fmt.Errorf("set parent_tgid: %w", err)
+	}
+	var comm [16]byte
+	copy(comm[:], execComm)
+	if err := spec.Variables["exec_comm"].Set(comm); err != nil {
+		return fmt.Errorf("set exec_comm: %w", err)
 	}
 	for name, on := range map[string]bool{"syscall_latency": syscallLatency, "socket_queue": socketQueue} {
 		var v uint32

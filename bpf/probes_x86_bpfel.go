@@ -41,6 +41,7 @@ const (
 	probesProgOnWakeup      = "on_wakeup"
 	probesProgOnWakeupNew   = "on_wakeup_new"
 	probesVarBpfGen         = "bpf_gen"
+	probesVarExecComm       = "exec_comm"
 	probesVarParentTgid     = "parent_tgid"
 	probesVarSocketQueue    = "socket_queue"
 	probesVarSyscallLatency = "syscall_latency"
@@ -127,6 +128,7 @@ type probesMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type probesVariableSpecs struct {
 	BpfGen         *ebpf.VariableSpec `ebpf:"bpf_gen"`
+	ExecComm       *ebpf.VariableSpec `ebpf:"exec_comm"`
 	ParentTgid     *ebpf.VariableSpec `ebpf:"parent_tgid"`
 	SocketQueue    *ebpf.VariableSpec `ebpf:"socket_queue"`
 	SyscallLatency *ebpf.VariableSpec `ebpf:"syscall_latency"`
@@ -190,6 +192,7 @@ func (m *probesMaps) Close() error {
 // It can be passed to loadProbesObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probesVariables struct {
 	BpfGen         *ebpf.Variable `ebpf:"bpf_gen"`
+	ExecComm       *ebpf.Variable `ebpf:"exec_comm"`
 	ParentTgid     *ebpf.Variable `ebpf:"parent_tgid"`
 	SocketQueue    *ebpf.Variable `ebpf:"socket_queue"`
 	SyscallLatency *ebpf.Variable `ebpf:"syscall_latency"`

@@ -11,6 +11,7 @@ import (
 
 // Event and mark names in a Timeline, in the order they normally happen.
 const (
+	EventContainerStart = "container_start"  // kernel: the container's process forked (by runc, before its exec; the node agent)
 	EventExec           = "exec"             // kernel: sched_process_exec
 	EventListen         = "listen"           // kernel: first TCP socket put in LISTEN
 	EventFirstAccept    = "first_accept"     // kernel: first connection established to it, usually the engine's readiness poll
@@ -23,6 +24,7 @@ const (
 
 // Phase names observed in pilotlight_bpf_cold_start_phase_seconds.
 const (
+	PhaseStartToExec         = "container_start_to_exec"
 	PhaseExecToListen        = "exec_to_listen"
 	PhaseListenToReady       = "listen_to_ready"
 	PhaseSpecialiseToReady   = "specialise_to_ready"
@@ -38,6 +40,7 @@ type phaseDef struct {
 }
 
 var phaseDefs = []phaseDef{
+	{PhaseStartToExec, EventContainerStart, EventExec, true},
 	{PhaseExecToListen, EventExec, EventListen, true},
 	{PhaseListenToReady, EventListen, MarkReady, true},
 	{PhaseSpecialiseToReady, MarkSpecialiseStart, MarkReady, false},
@@ -197,6 +200,23 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 	// request may come much later (an idle minimum-scale instance), and
 	// the syscall tracepoints cost every task meanwhile.
 	p.loaded(key)
+	if p.execComm {
+		// A pod's ready mark (the node agent's) is the kubelet's view
+		// through the API, which may come after Knative's activator,
+		// probing the pod itself, sent the held request: the connection
+		// armed above may never come. The timeline is published up to
+		// ready, and with the response if it was seen, readyGrace later.
+		time.AfterFunc(readyGrace, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if st := p.states[key]; st != nil && !p.closed && !p.done[key] {
+				// An accept without its response is some other
+				// connection's (a probe's): left out, not reported.
+				delete(st.points, EventAccept)
+				p.complete(key, st)
+			}
+		})
+	}
 }
 
 // LatestTimelines returns the latest complete cold-start timeline of each

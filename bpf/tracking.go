@@ -48,9 +48,10 @@ func (p *Probes) Track(pid int, function, revision string) error {
 	st := p.state(key)
 	st.function, st.revision = function, revision
 	// A cold start is followed where an engine marks it (serve, with a
-	// ParentPID). The node agent tracks running pods and gives no marks:
-	// opening one would keep the cold-start programs attached for nothing.
-	if p.marked {
+	// ParentPID), or where its exec was just seen (the node agent's
+	// ExecComm). A running pod the agent finds later is not: opening its
+	// cold start would keep the cold-start programs attached for nothing.
+	if p.marked || p.execOpen(key) {
 		p.openTimeline(key)
 		p.openColdStart(key)
 	}
@@ -63,6 +64,12 @@ func (p *Probes) Track(pid int, function, revision string) error {
 		p.addPort(key, port)
 	}
 	return nil
+}
+
+// execOpen says pid's exec was seen and its timeline is not complete.
+func (p *Probes) execOpen(pid uint32) bool {
+	_, ok := p.states[pid].execTime()
+	return ok && !p.done[pid]
 }
 
 // Untrack stops measuring pid and forgets its open timeline; its counts

@@ -250,8 +250,18 @@ func TestBPFAgentIsConfinedNotPrivileged(t *testing.T) {
 	if !pod.HostPID || pod.HostNetwork || pod.HostIPC {
 		t.Errorf("hostPID=%v hostNetwork=%v hostIPC=%v: want only hostPID", pod.HostPID, pod.HostNetwork, pod.HostIPC)
 	}
-	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
-		t.Error("the agent mounts an API token it does not use")
+	// Its token reads the function pods' labels and readiness, nothing else.
+	if pod.AutomountServiceAccountToken == nil || !*pod.AutomountServiceAccountToken {
+		t.Error("the agent mounts no API token: it watches the function pods")
+	}
+	for _, r := range objectsOf[*rbacv1.Role](loadDocuments(t)) {
+		if r.Name != pod.ServiceAccountName {
+			continue
+		}
+		if r.Namespace != "pilotlight" || len(r.Rules) != 1 || !slices.Equal(r.Rules[0].Resources, []string{"pods"}) ||
+			!slices.Equal(r.Rules[0].Verbs, []string{"get", "list", "watch"}) {
+			t.Errorf("the agent's role %s/%s grants %+v, want get, list, watch on pods in pilotlight", r.Namespace, r.Name, r.Rules)
+		}
 	}
 	if len(pod.Containers) != 1 {
 		t.Fatalf("%d containers", len(pod.Containers))
@@ -288,11 +298,11 @@ func TestBPFAgentIsConfinedNotPrivileged(t *testing.T) {
 			hostPaths[v.Name] = v.HostPath.Path
 		}
 	}
-	for _, path := range []string{"/sys/kernel/btf", "/sys/fs/bpf"} {
-		m, ok := mounts[path]
-		if !ok || hostPaths[m.Name] != path {
-			t.Errorf("%s is not mounted from the host", path)
-		}
+	if m, ok := mounts["/sys/kernel/btf"]; !ok || hostPaths[m.Name] != "/sys/kernel/btf" {
+		t.Error("/sys/kernel/btf is not mounted from the host")
+	}
+	if len(hostPaths) != 1 {
+		t.Errorf("host paths %v: the agent needs /sys/kernel/btf alone (it pins nothing, its programs need no tracefs)", hostPaths)
 	}
 	if !mounts["/sys/kernel/btf"].ReadOnly {
 		t.Error("/sys/kernel/btf mounted writable")

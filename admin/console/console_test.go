@@ -277,6 +277,35 @@ func TestColdStartsKeepTheLatestAndTheirFirstResponse(t *testing.T) {
 	}
 }
 
+// TestAgentTimelinesWithoutAnEngine: on the Knative backend (no engine) the
+// nodes' agents' timelines are the cold starts, once each, newest first.
+func TestAgentTimelinesWithoutAnEngine(t *testing.T) {
+	h := newHistory(DefaultStep)
+	t0 := time.Now()
+	pod := func(pid int, at time.Duration) map[string]bpf.Timeline {
+		s := t0.Add(at)
+		return map[string]bpf.Timeline{"f/f-1": {PID: pid, Source: "exec", Events: []bpf.TimelineEvent{
+			{Name: bpf.EventContainerStart, Time: s}, {Name: bpf.EventExec, Time: s.Add(60 * time.Millisecond)},
+			{Name: bpf.EventListen, Time: s.Add(100 * time.Millisecond)}, {Name: bpf.MarkReady, Time: s.Add(500 * time.Millisecond)}}}}
+	}
+	var last RevisionView
+	observe := func(tl map[string]bpf.Timeline) {
+		last = h.observe(t0, State{Backend: "knative", Probes: true, Functions: []Function{{Name: "f", Revisions: []Revision{{Name: "f-1"}}}}, Timelines: tl}, nil).Functions[0].Revisions[0]
+	}
+	observe(pod(7, 0))
+	observe(pod(7, 0))
+	if len(last.ColdStarts) != 1 || last.ColdStarts[0].Origin != "kernel" || last.ColdStarts[0].Pending || len(last.ColdStarts[0].Bars) != 3 {
+		t.Fatalf("want one complete kernel cold start of three bars, got %+v", last.ColdStarts)
+	}
+	if !last.ColdStarts[0].At.Equal(t0) {
+		t.Errorf("at %s, want the container's start %s", last.ColdStarts[0].At, t0)
+	}
+	observe(pod(7, time.Minute)) // the same pid reused by a later pod
+	if len(last.ColdStarts) != 2 || !last.ColdStarts[0].At.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("want the later cold start first, got %+v", last.ColdStarts)
+	}
+}
+
 func TestFinishedRolloutsNewestFirst(t *testing.T) {
 	h := newHistory(DefaultStep)
 	t0 := time.Now()

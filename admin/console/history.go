@@ -181,6 +181,23 @@ func (r *revHistory) addColdStart(st *engine.Status, tl *bpf.Timeline) {
 			return
 		}
 	}
+	if st != nil {
+		return
+	}
+	// No engine (the Knative backend): the nodes' agents' timelines are
+	// the cold starts. The same pod's timeline comes back on every read.
+	if len(r.colds) > 0 && r.colds[0].timeline != nil && r.colds[0].timeline.PID == tl.PID && sameStart(r.colds[0].timeline, tl) {
+		return
+	}
+	r.colds = append([]coldEntry{{timeline: tl}}, r.colds...)
+	if len(r.colds) > coldStartsKept {
+		r.colds = r.colds[:coldStartsKept]
+	}
+}
+
+// sameStart says two timelines begin at the same event: one cold start.
+func sameStart(a, b *bpf.Timeline) bool {
+	return len(a.Events) > 0 && len(b.Events) > 0 && a.Events[0].Time.Equal(b.Events[0].Time)
 }
 
 func (r *revHistory) view(rev Revision) RevisionView {

@@ -64,6 +64,9 @@ type Platform struct {
 	Picker    router.Picker
 	Engine    *engine.Engine
 	Probes    *bpf.Probes
+	// Timelines, without Probes, gives the nodes' agents' timelines (the
+	// Knative backend: agent.Reader, --bpf-agents).
+	Timelines func() map[string]bpf.Timeline
 	Rollouts  *rollout.Controller
 	Flags     *flags.Watcher
 	FlagsPath string
@@ -94,9 +97,13 @@ func (p Platform) Read() State {
 		}
 		st.Functions = append(st.Functions, f)
 	}
-	if p.Probes != nil {
+	switch {
+	case p.Probes != nil:
 		st.Probes = true
 		st.Timelines = p.Probes.LatestTimelines()
+	case p.Timelines != nil:
+		st.Probes = true
+		st.Timelines = p.Timelines()
 	}
 	if p.Rollouts != nil {
 		st.RolloutsOn = true

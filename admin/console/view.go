@@ -171,8 +171,14 @@ func kernelWaterfall(tl bpf.Timeline) ColdStartView {
 	if t, ok := points[markArrival]; ok {
 		v.At = t
 	}
+	if v.At.IsZero() && len(tl.Events) > 0 {
+		v.At = tl.Events[0].Time // a pod's: no arrival mark (Knative's activator held the request)
+	}
 	_, responded := points[bpf.EventFirstWrite]
-	v.Pending = !responded
+	// A node agent's timeline is published at ready when the response was
+	// not told apart (docs/knative.md): it is complete, not pending.
+	_, pod := points[bpf.EventContainerStart]
+	v.Pending = !responded && !pod
 	return v
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -32,6 +33,13 @@ func fakeProc(t *testing.T, root string, pid int, cmdline, environ []string) {
 type recorder struct {
 	mu      sync.Mutex
 	tracked map[int]string
+	marks   []string
+}
+
+func (r *recorder) Mark(pid int, phase string, _ time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.marks = append(r.marks, strconv.Itoa(pid)+":"+phase)
 }
 
 func (r *recorder) Track(pid int, fn, rev string) error {
@@ -58,13 +66,17 @@ func TestFindsFunctionPodsAndFollowsThem(t *testing.T) {
 	fakeProc(t, root, 12, []string{"/usr/local/bin/pilotlight-runtime", "--generic"}, []string{"PATH=/bin"})
 	fakeProc(t, root, 13, []string{"/bin/sh", "pilotlight-runtime"}, []string{"K_SERVICE=a", "K_REVISION=b"})
 	got := Scan(root)
+	if len(got) != 2 {
+		t.Fatalf("Scan = %+v, want the runtimes 10 and 12 (11 and 13 are not)", got)
+	}
+	got = slices.DeleteFunc(got, func(in Instance) bool { return in.Function == "" })
 	if len(got) != 1 || got[0] != (Instance{PID: 10, Function: "fraud", Revision: "fraud-00002"}) {
 		t.Fatalf("Scan = %+v, want only pid 10 as fraud/fraud-00002", got)
 	}
 	r := &recorder{tracked: map[int]string{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go Run(ctx, r, root, 10*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	go New(r, root, false, slog.New(slog.NewTextHandler(io.Discard, nil))).Run(ctx, 10*time.Millisecond)
 	waitFor := func(want map[int]string) {
 		deadline := time.Now().Add(2 * time.Second)
 		for {
@@ -89,6 +101,46 @@ func TestFindsFunctionPodsAndFollowsThem(t *testing.T) {
 	waitFor(map[int]string{10: "fraud/fraud-00002", 20: "recommend/recommend-00001"})
 	os.RemoveAll(filepath.Join(root, "10"))
 	waitFor(map[int]string{20: "recommend/recommend-00001"})
+}
+
+// TestPodsByCgroup follows a revision pod's runtime from its exec: the pod
+// is found by the UID in its cgroup path, labelled from the pod (not its
+// environment), and marked ready when the pod turns Ready; a runtime in no
+// pod, or in a pod that is no revision's, is dropped.
+func TestPodsByCgroup(t *testing.T) {
+	root := t.TempDir()
+	const uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+	fakeProc(t, root, 30, []string{"/ko-app/pilotlight-runtime"}, []string{"K_SERVICE=wrong", "K_REVISION=wrong-1"})
+	cg := "12:pids:/pilotlight-cluster-1/kubepods/besteffort/pod" + uid + "/0123abcd\n0::/\n"
+	os.WriteFile(filepath.Join(root, "30", "cgroup"), []byte(cg), 0o644)
+	fakeProc(t, root, 31, []string{"/usr/bin/pilotlight-runtime"}, nil) // a local serve's instance: no pod
+	os.WriteFile(filepath.Join(root, "31", "cgroup"), []byte("0::/user.slice\n"), 0o644)
+	fakeProc(t, root, 32, []string{"/usr/bin/pilotlight-runtime"}, nil)
+	os.WriteFile(filepath.Join(root, "32", "cgroup"), []byte("4:memory:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod11111111_2222_3333_4444_555555555555.slice/x\n"), 0o644)
+	if got := PodUID(root, 32); got != "11111111-2222-3333-4444-555555555555" {
+		t.Fatalf("PodUID of a systemd-driver cgroup = %q", got)
+	}
+	r := &recorder{tracked: map[int]string{}}
+	a := New(r, root, true, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a.OnExec(30) // the watch has not shown the pod yet
+	a.OnExec(31)
+	if len(r.get()) != 0 {
+		t.Fatalf("tracked %v before the pod was known", r.get())
+	}
+	a.PodChanged(Pod{UID: uid, Function: "fraud", Revision: "fraud-00002"})
+	a.PodChanged(Pod{UID: "11111111-2222-3333-4444-555555555555"}) // no Knative labels
+	a.OnExec(32)
+	if got := r.get(); len(got) != 1 || got[30] != "fraud/fraud-00002" {
+		t.Fatalf("tracked %v, want only pid 30 with its pod's labels", got)
+	}
+	a.PodChanged(Pod{UID: uid, Function: "fraud", Revision: "fraud-00002", Ready: true})
+	a.PodChanged(Pod{UID: uid, Function: "fraud", Revision: "fraud-00002", Ready: true})
+	r.mu.Lock()
+	marks := slices.Clone(r.marks)
+	r.mu.Unlock()
+	if !slices.Equal(marks, []string{"30:ready"}) {
+		t.Fatalf("marks %v, want one ready mark for pid 30", marks)
+	}
 }
 
 // TestScanRealProc finds a real process on this machine's /proc: a copy of

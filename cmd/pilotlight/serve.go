@@ -24,6 +24,7 @@ import (
 	"github.com/pilotlight/pilotlight/admin"
 	"github.com/pilotlight/pilotlight/admin/console"
 	"github.com/pilotlight/pilotlight/bpf"
+	"github.com/pilotlight/pilotlight/bpf/agent"
 	"github.com/pilotlight/pilotlight/engine"
 	"github.com/pilotlight/pilotlight/flags"
 	"github.com/pilotlight/pilotlight/functions"
@@ -52,6 +53,7 @@ type serveOptions struct {
 	flagsConfigMap, lease        string // NAMESPACE/NAME: the flag state in a ConfigMap, rollouts driven by the Lease holder
 	prometheusURL                string // rollout analysis reads every replica's traffic from this Prometheus
 	routerService                string // NAMESPACE/NAME: else from each endpoint of this Service (its EndpointSlices)
+	bpfAgents                    string // NAMESPACE/NAME: the console's cold-start timelines from the nodes' eBPF agents
 	cpuProfile, runtimeBin       string
 	instanceHTTP                 bool
 	runtimeMemory, machineMemory byteSize
@@ -111,6 +113,7 @@ func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.lease, "lease", "", "NAMESPACE/NAME: of several router replicas, only the holder of this coordination Lease drives rollouts (identity: $POD_NAME, else the host name)")
 	f.StringVar(&o.prometheusURL, "prometheus-url", "", "rollout analysis reads every router replica's traffic from this Prometheus (the queries: docs/flags-and-rollouts.md); wins over --router-service")
 	f.StringVar(&o.routerService, "router-service", "", "NAMESPACE/NAME: rollout analysis scrapes /metrics of every ready endpoint of this Service (its EndpointSlices, port \""+rollout.AdminPortName+"\"); empty: this replica's own traffic only")
+	f.StringVar(&o.bpfAgents, "bpf-agents", "", "NAMESPACE/NAME (e.g. pilotlight-system/pilotlight-bpf-agent): the console shows the cold-start timelines the eBPF agents on the nodes report, found through this Service's EndpointSlices (--backend knative)")
 	f.IntVar(&o.poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
 	f.Var(&o.runtimeMemory, "runtime-memory", "memory one shared runtime process may give its revisions' sessions, e.g. 2Gi (default: 1/8 of the machine's); a revision that would exceed it unloads the least recently used idle ones first")
 	f.Var(&o.machineMemory, "runtime-memory-total", "memory every runtime process together may hold, e.g. 16Gi (default: 3/4 of the machine's); past it, requests wait and then get 503 rather than an OOM kill")
@@ -211,8 +214,13 @@ func (o *serveOptions) run() error {
 		}
 	}
 	admin.Mount(rt, acfg)
+	agentTimelines, stopAgents, err := o.agentTimelines()
+	if err != nil {
+		return err
+	}
+	defer stopAgents()
 	ui, err := console.New(console.Config{Source: console.Platform{Functions: fns, Picker: rcfg.Picker, Engine: eng, Probes: probes,
-		Rollouts: rollouts, Flags: flagWatcher, FlagsPath: o.flagsPath}, Gatherer: reg, Keys: rcfg.Keys, Logger: log})
+		Timelines: agentTimelines, Rollouts: rollouts, Flags: flagWatcher, FlagsPath: o.flagsPath}, Gatherer: reg, Keys: rcfg.Keys, Logger: log})
 	if err != nil {
 		return fmt.Errorf("console: %w", err)
 	}
@@ -444,6 +452,26 @@ func (o *serveOptions) withFlags(ctx context.Context, rcfg *router.Config, eng *
 		go l.Run(ctx)
 	}
 	return w, ctl, outcomes, func() { ctl.Close(); shadow.Close() }, nil
+}
+
+// agentTimelines follows the nodes' eBPF agents (--bpf-agents) for the
+// console; nil without the flag.
+func (o *serveOptions) agentTimelines() (func() map[string]bpf.Timeline, func(), error) {
+	if o.bpfAgents == "" {
+		return nil, func() {}, nil
+	}
+	ns, name, ok := strings.Cut(o.bpfAgents, "/")
+	if !ok || ns == "" || name == "" {
+		return nil, nil, fmt.Errorf("--bpf-agents %q: want NAMESPACE/NAME", o.bpfAgents)
+	}
+	client, _, err := knative.NewKubeClient(o.kubeconfig, o.kubeContext)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--bpf-agents: %w", err)
+	}
+	r := &agent.Reader{Client: client, Namespace: ns, Service: name}
+	ctx, cancel := context.WithCancel(context.Background())
+	go r.Run(ctx, 5*time.Second)
+	return r.Latest, cancel, nil
 }
 
 // releaseExpiredEvery is how often the leader looks for min-scale holds

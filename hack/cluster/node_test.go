@@ -51,6 +51,7 @@ func TestRealNode(t *testing.T) {
 	}{
 		{"RuntimePodServesFraud", testRuntimePod},
 		{"DeployAnswersThroughActivatorAndQueueProxy", testKnativeDataPath},
+		{"BPFAgentTimeline", testBPFAgentTimeline},
 		{"RouterDeploymentAnswersAsLocalServe", testRouterDeployment},
 		{"KnServiceCreateServes", testKnCreatesRecommend},
 		{"BenchClusterColdStart", testBenchClusterColdStart},
