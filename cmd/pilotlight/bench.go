@@ -76,9 +76,6 @@ func newBenchCmd() *cobra.Command {
 				{"instance", "One instance (runtime only)", func(ctx context.Context) ([]bench.Row, error) { return bench.Instance(ctx, env) }},
 				{"coldstart", "Scale from zero: warm pool", func(ctx context.Context) ([]bench.Row, error) { return bench.ColdStart(ctx, env, 1, coldStarts) }},
 				{"coldstart", "Scale from zero: exec (no pool)", func(ctx context.Context) ([]bench.Row, error) { return bench.ColdStart(ctx, env, 0, coldStarts) }},
-				{"coldstart", "Scale from zero: exec of the full binary (what the lean runtime build saves)", func(ctx context.Context) ([]bench.Row, error) {
-					return bench.ColdStart(ctx, env, 0, coldStarts, "--runtime-bin", bin)
-				}},
 				{"hop", "Router hop", func(ctx context.Context) ([]bench.Row, error) { return bench.Hop(ctx, env) }},
 				{"platform", "Through the platform (make run's flag file)", func(ctx context.Context) ([]bench.Row, error) { return bench.Platform(ctx, env) }},
 				{"platform", "What the flag file costs, with realistic users (shipped flags vs none, same run)", func(ctx context.Context) ([]bench.Row, error) { return bench.PlatformUsers(ctx, env) }},
