@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/internal/loadgen"
 )
 
@@ -32,7 +33,9 @@ func Platform(ctx context.Context, e Env) ([]Row, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(root)
-	s, base, body, err := e.serveWithBody([]string{"--functions", root, "--pool-size", "0", "--flags", e.FlagsFile, "--dev"}, m)
+	// Dedicated: a shared process holding both revisions answers a call that
+	// names neither (the "directly" rows) with 400.
+	s, base, body, err := e.serveWithBody([]string{"--functions", root, "--pool-size", "0", "--flags", e.FlagsFile, "--dev", "--isolation", functions.IsolationDedicated}, m)
 	if err != nil {
 		return nil, err
 	}
