@@ -101,6 +101,31 @@ func slice(name string, port int32, ready bool, addrs ...string) *discoveryv1.En
 	return s
 }
 
+// liveFleet is two replicas listed in the router Service's EndpointSlices,
+// with tick run on both every 10 ms (live traffic) until the test ends;
+// it returns the first (the driving replica) and the source reading both.
+func liveFleet(t *testing.T, tick func(a, b *replica)) (*replica, *EndpointSliceSource) {
+	t.Helper()
+	a, b := newReplica(t), newReplica(t)
+	ha, pa := a.hostPort(t)
+	hb, pb := b.hostPort(t)
+	cs := fake.NewSimpleClientset(slice("router-a", pa, true, ha), slice("router-b", pb, true, hb))
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+				tick(a, b)
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return a, &EndpointSliceSource{Client: cs, Namespace: "pilotlight", Service: "pilotlight-router"}
+}
+
 func TestEndpointSliceSourceReadsEveryReadyReplica(t *testing.T) {
 	a, b := newReplica(t), newReplica(t)
 	ha, pa := a.hostPort(t)
@@ -167,26 +192,10 @@ func TestCanaryJudgesEveryReplicasTraffic(t *testing.T) {
 		wantState string
 	}{{"healthy on both", 0, StatePromoted}, {"failing on the other replica", 20, StateRolledBack}} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := newReplica(t), newReplica(t)
-			ha, pa := a.hostPort(t)
-			hb, pb := b.hostPort(t)
-			cs := fake.NewSimpleClientset(slice("router-a", pa, true, ha), slice("router-b", pb, true, hb))
-			src := &EndpointSliceSource{Client: cs, Namespace: "pilotlight", Service: "pilotlight-router"}
-			stop := make(chan struct{})
-			done := make(chan struct{})
-			go func() { // live traffic on both replicas while the rollout runs
-				defer close(done)
-				for {
-					select {
-					case <-stop:
-						return
-					case <-time.After(10 * time.Millisecond):
-						a.serve("fraud-00002", 10, 0, time.Millisecond)
-						b.serve("fraud-00002", 10, tc.failOnB, time.Millisecond)
-					}
-				}
-			}()
-			defer func() { close(stop); <-done }()
+			a, src := liveFleet(t, func(a, b *replica) {
+				a.serve("fraud-00002", 10, 0, time.Millisecond)
+				b.serve("fraud-00002", 10, tc.failOnB, time.Millisecond)
+			})
 			path := writeFlags(t, flagsDoc)
 			c := New(Config{FlagsPath: path, Functions: []*functions.Manifest{fraudFn()}, Gatherer: a.reg, Registerer: prometheus.NewRegistry(),
 				Logger: slog.New(slog.DiscardHandler), Traffic: src})
@@ -222,29 +231,15 @@ func TestShadowGateJudgesEveryReplicasComparisons(t *testing.T) {
 		wantState string
 	}{{"agreeing on the other replica", 1, StatePromoted}, {"disagreeing on the other replica", 0.3, StateRolledBack}} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := newReplica(t), newReplica(t)
-			ha, pa := a.hostPort(t)
-			hb, pb := b.hostPort(t)
-			cs := fake.NewSimpleClientset(slice("router-a", pa, true, ha), slice("router-b", pb, true, hb))
-			stop, done := make(chan struct{}), make(chan struct{})
-			go func() {
-				defer close(done)
-				for {
-					select {
-					case <-stop:
-						return
-					case <-time.After(10 * time.Millisecond):
-						a.serve("fraud-00002", 10, 0, time.Millisecond)
-						b.serve("fraud-00002", 10, 0, time.Millisecond)
-						b.compare("fraud-00002", 10, tc.agreement)
-					}
-				}
-			}()
-			defer func() { close(stop); <-done }()
+			a, src := liveFleet(t, func(a, b *replica) {
+				a.serve("fraud-00002", 10, 0, time.Millisecond)
+				b.serve("fraud-00002", 10, 0, time.Millisecond)
+				b.compare("fraud-00002", 10, tc.agreement)
+			})
 			path := writeFlags(t, flagsDoc)
 			own := &fakeShadow{}
 			c := New(Config{FlagsPath: path, Functions: []*functions.Manifest{fraudFn()}, Gatherer: a.reg, Registerer: prometheus.NewRegistry(),
-				Logger: slog.New(slog.DiscardHandler), Traffic: &EndpointSliceSource{Client: cs, Namespace: "pilotlight", Service: "pilotlight-router"}, Shadow: own})
+				Logger: slog.New(slog.DiscardHandler), Traffic: src, Shadow: own})
 			t.Cleanup(c.Close)
 			if _, err := c.Start(Spec{Function: "fraud", To: "fraud-00002", Steps: []int{50, 100}, Interval: 200 * time.Millisecond, MinRequests: 10, MaxErrorRate: 0.05, MinAgreement: 0.9}); err != nil {
 				t.Fatal(err)
