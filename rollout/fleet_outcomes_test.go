@@ -255,6 +255,78 @@ func TestForwardedOutcomesAreAllOrNothing(t *testing.T) {
 	}
 }
 
+// TestOnlyAReplicaForwards: a client that sends the forwarded header
+// itself, with a good key, is refused unless it sends from the address of
+// another ready replica named in the header; nothing is joined. On one
+// router with no replicas the header is refused outright.
+func TestOnlyAReplicaForwards(t *testing.T) {
+	flagsPath, fns, keys, key, kube := fleetSetup(t)
+	backend := revisionServers{"fraud-00001": model(t, good), "fraud-00002": model(t, good)}
+	a := newOutcomeReplica(t, "router-a", fns, flagsPath, backend, keys, kube)
+	b := newOutcomeReplica(t, "router-b", fns, flagsPath, backend, keys, kube)
+	// router-c is ready in the Service but lives elsewhere: 127.0.0.1 is not its address.
+	ready, port, name := true, int32(8080), rollout.DataPortName
+	elsewhere := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: fleetNamespace, Name: fleetService + "-router-c", Labels: map[string]string{discoveryv1.LabelServiceName: fleetService}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port}},
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.244.0.9"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: fleetNamespace, Name: "router-c"}}},
+	}
+	if _, err := kube.DiscoveryV1().EndpointSlices(fleetNamespace).Create(t.Context(), elsewhere, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, a.data.URL+"/functions/fraud", strings.NewReader(`{"card_id": "c-1"}`))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set(router.HeaderRequestID, "held-by-a")
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusOK {
+		t.Fatalf("prediction: %d", resp.StatusCode)
+	}
+	forward := func(base, replica string) (int, string) {
+		body := `{"outcomes": [{"trackingEventName": "chargeback", "details": {"predictionId": "held-by-a", "value": 1}}], "positions": [0]}`
+		req, _ := http.NewRequest(http.MethodPost, base+"/v2/models/fraud/outcomes", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set(rollout.HeaderOutcomesForwarded, replica)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(raw)
+	}
+	for _, replica := range []string{"router-z", "router-c", "router-a"} { // unknown; another address; a's own name at a
+		if code, raw := forward(a.data.URL, replica); code != http.StatusForbidden || !strings.Contains(raw, rollout.HeaderOutcomesForwarded) {
+			t.Errorf("forwarded header naming %s, sent by a client: %d %s; want 403 naming the header", replica, code, raw)
+		}
+	}
+	if n := a.store.Totals("fraud", "fraud-00001").Labelled + a.store.Totals("fraud", "fraud-00002").Labelled; n != 0 {
+		t.Fatalf("%v outcomes joined from refused forwards; want none", n)
+	}
+	// From 127.0.0.1, router-b's address: what b's own forward looks like.
+	if code, raw := forward(a.data.URL, b.name); code != http.StatusOK || !strings.Contains(raw, "statuses") {
+		t.Fatalf("a forward from router-b's address: %d %s", code, raw)
+	}
+
+	single, err := rollout.NewOutcomes(rollout.OutcomesConfig{Functions: fns, Registerer: prometheus.NewRegistry(), Logger: testbin.QuietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := router.New(router.Config{Functions: fns, Backend: backend, Recorder: single, Keys: keys, Registry: prometheus.NewRegistry(), Logger: testbin.QuietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rt.Close)
+	rollout.MountOutcomes(rt, fns, single)
+	srv := httptest.NewServer(rt.Handler())
+	t.Cleanup(srv.Close)
+	if code, raw := forward(srv.URL, "router-b"); code != http.StatusForbidden || !strings.Contains(raw, "no replicas") {
+		t.Fatalf("the forwarded header at a router with no replicas: %d %s; want 403", code, raw)
+	}
+}
+
 // BenchmarkOutcomePostForwarded posts batches of 1,000 outcomes over
 // loopback HTTP to a replica that holds none of their predictions: each
 // batch is checked there, forwarded to the other replica (which holds all

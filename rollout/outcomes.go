@@ -680,8 +680,18 @@ func MountOutcomes(rt *router.Router, fns []*functions.Manifest, o *Outcomes) {
 		if doc.Outcomes == nil {
 			return echo.NewHTTPError(http.StatusBadRequest, `the body must be {"outcomes": [...]}: "outcomes" is missing`)
 		}
-		if c.Request().Header.Get(HeaderOutcomesForwarded) != "" {
+		if replica := c.Request().Header.Get(HeaderOutcomesForwarded); replica != "" {
 			// Another replica's forward: join what this one holds, forward nothing.
+			if o.peers == nil {
+				return echo.NewHTTPError(http.StatusForbidden, HeaderOutcomesForwarded+" is for batches one router replica forwards to another, and this router has no replicas: post without it")
+			}
+			ok, err := o.peers.fromPeer(c.Request().Context(), replica, c.Request().RemoteAddr)
+			switch {
+			case err != nil:
+				return echo.NewHTTPError(http.StatusServiceUnavailable, "checking that a forwarded batch comes from a router replica: "+err.Error())
+			case !ok:
+				return echo.NewHTTPError(http.StatusForbidden, fmt.Sprintf("%s names %q, which is not another ready replica of the router sending from its own address: post without it", HeaderOutcomesForwarded, replica))
+			}
 			if len(doc.Positions) != len(doc.Outcomes) {
 				return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("a forwarded batch names the position of each outcome: %d outcomes, %d positions", len(doc.Outcomes), len(doc.Positions)))
 			}

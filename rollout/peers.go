@@ -9,10 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -118,6 +122,36 @@ type forwardedAnswer struct {
 type peerRejected struct{ peer, msg string }
 
 func (e *peerRejected) Error() string { return e.msg + " (at router replica " + e.peer + ")" }
+
+// fromPeer says whether a forwarded batch came from another replica of
+// the router Service: replica (the header's value) is a ready endpoint's
+// pod, not this one, and remoteAddr (the TCP peer, never a header) is
+// one of that endpoint's addresses. A client cannot pass for a replica by
+// sending the header: it would have to send from a router pod's address.
+func (p *OutcomePeers) fromPeer(ctx context.Context, replica, remoteAddr string) (bool, error) {
+	if replica == "" || replica == p.Self {
+		return false, nil
+	}
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		host = remoteAddr
+	}
+	list, err := p.Client.DiscoveryV1().EndpointSlices(p.Namespace).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + p.Service})
+	if err != nil {
+		return false, fmt.Errorf("list the EndpointSlices of Service %s/%s: %w", p.Namespace, p.Service, err)
+	}
+	for _, sl := range list.Items {
+		for _, e := range sl.Endpoints {
+			if e.TargetRef == nil || e.TargetRef.Name != replica || (e.Conditions.Ready != nil && !*e.Conditions.Ready) {
+				continue
+			}
+			if slices.Contains(e.Addresses, host) {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
 
 // forward sends outcomes (at positions of the client's batch) to every
 // peer and merges their statuses: joined at any peer wins over duplicate,
