@@ -181,8 +181,8 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 	}
 	st := p.state(key)
 	st.points[phase] = t.Round(0)
-	if phase == MarkRequestArrival {
-		return
+	if phase == MarkRequestArrival || phase == MarkPodReady {
+		return // observations: no anatomy phase starts or ends there
 	}
 	// The other marks start or end an anatomy phase: take the kernel's
 	// counters as of the mark.
