@@ -73,7 +73,24 @@ func (p *Probes) apply(ts uint64, pid, kind uint32, arg int64, payload []byte) {
 	case evFirstAccept:
 		p.stateIfOpen(pid).first(EventFirstAccept, at)
 	case evAccept:
-		p.stateIfOpen(pid).firstWith(EventAccept, at, decodeAnatSnap(payload))
+		if arg == 1 {
+			// The tagged request's connection, reported at its response:
+			// its establishment is in the past, with no snapshot.
+			p.stateIfOpen(pid).first(EventAccept, at)
+		} else {
+			p.stateIfOpen(pid).firstWith(EventAccept, at, decodeAnatSnap(payload))
+		}
+	case evReady:
+		if p.done[pid] {
+			return
+		}
+		st := p.state(pid)
+		if _, ok := st.points[MarkReady]; ok {
+			return
+		}
+		st.firstWith(MarkReady, at, decodeAnatSnap(payload))
+		p.loaded(pid)
+		p.publishAfter(pid, taggedResponseGrace)
 	case evFirstWrite:
 		st := p.stateIfOpen(pid)
 		st.firstWith(EventFirstWrite, at, decodeAnatSnap(payload))

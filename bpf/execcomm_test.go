@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bufio"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,8 +21,55 @@ import (
 // marked ready, it gets the whole timeline: container_start, exec, listen,
 // ready, accept, first_write, in that order.
 func TestExecCommTimeline(t *testing.T) {
-	const comm = "plx-exec-test"
-	bin := filepath.Join(t.TempDir(), comm)
+	p, pid, addr, execs := startExecComm(t, Config{})
+	poll := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	get(t, poll, "http://"+addr+"/v2/health/ready") // the readiness probe's connection
+	p.Mark(pid, MarkReady, time.Now())
+	get(t, poll, "http://"+addr+"/")
+	tl := latestInOrder(t, p)
+	// A stranger with another name opens nothing.
+	other := exec.Command("true")
+	if err := other.Run(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case pid := <-execs:
+		t.Errorf("OnExec(%d) for a command not named %s", pid, execTestComm)
+	case <-time.After(200 * time.Millisecond):
+	}
+	t.Logf("phases (ms): %v", tl.Phases)
+}
+
+// TestExecCommTaggedTimeline is the node agent's timeline as a Knative pod
+// gives it: no mark from user space; the instance tags the connection of its
+// first ready answer and of its first request with socket priorities
+// (Config.ReadyPriority, RequestPriority). Probe connections before ready,
+// and between ready and the request, are not taken for the request's.
+func TestExecCommTaggedTimeline(t *testing.T) {
+	const readyPrio, requestPrio = 5, 6
+	p, _, addr, _ := startExecComm(t, Config{ReadyPriority: readyPrio, RequestPriority: requestPrio})
+	poll := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	get(t, poll, "http://"+addr+"/v2/health/ready") // a probe before ready
+	get(t, poll, fmt.Sprintf("http://%s/tag?prio=%d", addr, readyPrio))
+	get(t, poll, "http://"+addr+"/v2/health/ready") // a probe after ready
+	probed := time.Now()
+	get(t, poll, fmt.Sprintf("http://%s/tag?prio=%d", addr, requestPrio))
+	tl := latestInOrder(t, p)
+	for _, e := range tl.Events {
+		if e.Name == EventAccept && e.Time.Before(probed) {
+			t.Errorf("accept at %s is the probe's connection, before %s", e.Time, probed)
+		}
+	}
+	t.Logf("phases (ms): %v", tl.Phases)
+}
+
+const execTestComm = "plx-exec-test"
+
+// startExecComm loads the probes with cfg and ExecComm, starts the test
+// server under that name, and tracks it from its exec.
+func startExecComm(t *testing.T, cfg Config) (p *Probes, pid int, addr string, execs chan int) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), execTestComm)
 	self, err := os.ReadFile(os.Args[0])
 	if err != nil {
 		t.Fatal(err)
@@ -29,9 +77,10 @@ func TestExecCommTimeline(t *testing.T) {
 	if err := os.WriteFile(bin, self, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	execs := make(chan int, 16)
-	reg := prometheus.NewRegistry()
-	p := newProbesWith(t, Config{ExecComm: comm, OnExec: func(pid int) { execs <- pid }, Registerer: reg, ReadInterval: 100 * time.Millisecond})
+	execs = make(chan int, 16)
+	cfg.ExecComm, cfg.OnExec = execTestComm, func(pid int) { execs <- pid }
+	cfg.Registerer, cfg.ReadInterval = prometheus.NewRegistry(), 100*time.Millisecond
+	p = newProbesWith(t, cfg)
 
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), serverEnv+"=1")
@@ -59,11 +108,13 @@ func TestExecCommTimeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := strings.TrimSpace(strings.TrimPrefix(line, "listening "))
-	poll := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	get(t, poll, "http://"+addr+"/v2/health/ready") // the readiness probe's connection
-	p.Mark(cmd.Process.Pid, MarkReady, time.Now())
-	get(t, poll, "http://"+addr+"/")
+	return p, cmd.Process.Pid, strings.TrimSpace(strings.TrimPrefix(line, "listening ")), execs
+}
+
+// latestInOrder waits for fraud/fraud-00002's timeline and checks it has
+// every point and phase of a container's cold start, in order.
+func latestInOrder(t *testing.T, p *Probes) Timeline {
+	t.Helper()
 	var tl Timeline
 	waitFor(t, "the timeline", 5*time.Second, func() bool {
 		var ok bool
@@ -88,15 +139,5 @@ func TestExecCommTimeline(t *testing.T) {
 			t.Errorf("no phase %s in %v", ph, tl.Phases)
 		}
 	}
-	// A stranger with another name opens nothing.
-	other := exec.Command("true")
-	if err := other.Run(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case pid := <-execs:
-		t.Errorf("OnExec(%d) for a command not named %s", pid, comm)
-	case <-time.After(200 * time.Millisecond):
-	}
-	t.Logf("phases (ms): %v", tl.Phases)
+	return tl
 }

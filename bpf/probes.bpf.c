@@ -98,6 +98,7 @@ enum event_kind {
 	EV_PORT = 8,         // a tracked or starting instance listens on TCP port arg
 	EV_CONN_OPEN = 9,    // a tracked instance's connection opened; v: struct conn_payload
 	EV_CONN_CLOSE = 10,  // ... and closed, with its bytes
+	EV_READY = 11,       // the instance sent its first answer saying it is ready (tagged: ready_priority); arg: bytes; v: anatomy
 };
 
 // Where a cold-starting process's wall time goes, in priority order: some
@@ -170,6 +171,7 @@ struct timeline {
 	__u64 first_accept_ns;
 	__u64 accept_ns;
 	__u64 accept_sk; // struct sock * of the cold-start request's connection
+	__u64 ready_ns;  // its tagged ready answer's send (ready_priority)
 };
 
 // Per task (thread), in task local storage: a pointer away from the task,
@@ -219,6 +221,15 @@ const volatile __u32 syscall_latency = 0;
 // queues. The Unix socket programs run without it too (they see the
 // connections), and then skip the timing.
 const volatile __u32 socket_queue = 0;
+// Set by the loader: the socket priorities (SO_PRIORITY) a runtime in a
+// Knative pod gives two connections of its cold start (runtime/server,
+// listener.ReadyPriority and RequestPriority): the one of its first answer
+// saying it is ready, just before that answer, and the one of its first
+// request, just before the response. The kernel cannot tell a readiness
+// probe's connection from the request's; the runtime can, and a socket
+// priority is what a program at the send reads at no cost. 0: off.
+const volatile __u32 ready_priority = 0;
+const volatile __u32 request_priority = 0;
 
 // Generations of tracked and anatomies: user space bumps user_gen after
 // changing them, the programs bump bpf_gen; a task's cached flags are
@@ -909,15 +920,61 @@ int BPF_PROG(on_tcp_read, struct sock *sk)
 // The cold-start response: the first send on the connection accepted after
 // the ready mark, by the instance itself. Attached by user space while a
 // tracked instance's cold start is open: sends are per request.
+static __always_inline void done_cold(__u32 tgid)
+{
+	bpf_map_delete_elem(&timelines, &tgid);
+	bpf_map_delete_elem(&anatomies, &tgid);
+	bpf_map_delete_elem(&ready, &tgid);
+	bump_gen();
+}
+
+// tagged_send is a send on a connection the runtime tagged (ready_priority,
+// request_priority): its ready answer, or its first response, whose
+// connection's accept is the time the connection was established
+// (conn_open, for a tracked instance).
+static __always_inline int tagged_send(struct sock *sk, __u32 prio, int ret)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct timeline *t = bpf_map_lookup_elem(&timelines, &tgid);
+	struct sk_info *si;
+	__u64 now;
+
+	if (!t)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (prio == ready_priority) {
+		if (!t->ready_ns) {
+			t->ready_ns = now;
+			emit_point(tgid, EV_READY, ret, now);
+		}
+		return 0;
+	}
+	if (t->accept_ns)
+		return 0;
+	si = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
+	t->accept_ns = now;
+	// The accept is in the past: no anatomy snapshot for it (arg 1).
+	if (si && (si->flags & SK_CONN) && si->start_ns && si->start_ns <= now)
+		emit(tgid, EV_ACCEPT, 1, si->start_ns);
+	emit_point(tgid, EV_FIRST_WRITE, ret, now);
+	done_cold(tgid);
+	return 0;
+}
+
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 {
-	__u32 tgid;
+	__u32 tgid, prio;
 	struct timeline *t;
 	struct sk_info *si;
 
 	if (ret <= 0)
 		return 0;
+	if (request_priority) {
+		prio = sk->sk_priority;
+		if (prio && (prio == ready_priority || prio == request_priority))
+			return tagged_send(sk, prio, ret);
+	}
 	si = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
 	if (!si || !(si->flags & SK_COLD))
 		return 0;
@@ -928,10 +985,7 @@ int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 	emit_point(tgid, EV_FIRST_WRITE, ret, bpf_ktime_get_ns());
 	// The cold start is over: stop following this process.
 	si->flags &= ~SK_COLD;
-	bpf_map_delete_elem(&timelines, &tgid);
-	bpf_map_delete_elem(&anatomies, &tgid);
-	bpf_map_delete_elem(&ready, &tgid);
-	bump_gen();
+	done_cold(tgid);
 	return 0;
 }
 

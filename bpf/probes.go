@@ -35,6 +35,7 @@ const (
 	evPort        = 8
 	evConnOpen    = 9
 	evConnClose   = 10
+	evReady       = 11
 )
 
 // eventSize is sizeof(struct event): a 24-byte header and a 48-byte payload.
@@ -127,6 +128,15 @@ type Config struct {
 	// gives the measured cost. serve and the agent turn it on unless told
 	// not to (--ebpf-socket-queue=false, --socket-queue=false).
 	SocketQueue bool
+	// ReadyPriority and RequestPriority, when set, are the socket
+	// priorities (SO_PRIORITY) a runtime in a Knative pod gives the
+	// connection of its first answer saying it is ready and of its first
+	// request (listener.ReadyPriority, RequestPriority; runtime/server does
+	// it when K_SERVICE is set). The node agent sets them: a pod's ready is
+	// then the kernel's send of that answer, and its first response the
+	// send on the tagged request's connection, whatever probe connections
+	// come between. 0: off (the engine's marks say ready instead).
+	ReadyPriority, RequestPriority uint32
 	// Programs, when not nil, attaches only the named programs (a
 	// measurement aid: `pilotlight bench ebpf-programs` loads the probes
 	// with each program alone to find what each costs). An empty non-nil
@@ -155,6 +165,7 @@ type Probes struct {
 	only           map[string]bool // Config.Programs; nil: every program
 	marked         bool            // an engine marks cold starts (ParentPID set)
 	execComm       bool            // Config.ExecComm set: a timeline also gets the container's start
+	tagged         bool            // Config.RequestPriority set: the runtime tags its ready answer and first request
 	onExec         func(pid int)
 	dynLinks       map[string]link.Link // attached dynamicPrograms
 	paused         bool                 // Pause detached everything
@@ -232,6 +243,7 @@ func New(cfg Config) (*Probes, error) {
 		socketQueue:    cfg.SocketQueue,
 		marked:         cfg.ParentPID != 0,
 		execComm:       cfg.ExecComm != "",
+		tagged:         cfg.RequestPriority != 0,
 		onExec:         cfg.OnExec,
 	}
 	ok := false
@@ -249,7 +261,10 @@ func New(cfg Config) (*Probes, error) {
 	if len(cfg.ExecComm) > 15 {
 		return nil, fmt.Errorf("bpf config: ExecComm %q is longer than the kernel's 15-byte command name", cfg.ExecComm)
 	}
-	if err := p.load(uint32(cfg.ParentPID), cfg.ExecComm, cfg.SyscallLatency, cfg.SocketQueue); err != nil {
+	if (cfg.ReadyPriority == 0) != (cfg.RequestPriority == 0) || (cfg.ReadyPriority != 0 && cfg.ReadyPriority == cfg.RequestPriority) {
+		return nil, fmt.Errorf("bpf config: ReadyPriority %d and RequestPriority %d must both be set and differ, or both be 0", cfg.ReadyPriority, cfg.RequestPriority)
+	}
+	if err := p.load(uint32(cfg.ParentPID), cfg.ExecComm, cfg.SyscallLatency, cfg.SocketQueue, cfg.ReadyPriority, cfg.RequestPriority); err != nil {
 		return nil, err
 	}
 	if err := p.clock.measure(); err != nil {
@@ -281,7 +296,7 @@ func New(cfg Config) (*Probes, error) {
 
 // load checks the prerequisites, loads the collection and attaches the
 // programs (the syscall ones only with syscallLatency).
-func (p *Probes) load(parent uint32, execComm string, syscallLatency, socketQueue bool) error {
+func (p *Probes) load(parent uint32, execComm string, syscallLatency, socketQueue bool, readyPrio, requestPrio uint32) error {
 	spec, err := loadProbes()
 	if err != nil {
 		return &LoadError{Reason: "eBPF probes disabled: " + err.Error() + " (run on linux/amd64)", Err: err}
@@ -299,6 +314,11 @@ func (p *Probes) load(parent uint32, execComm string, syscallLatency, socketQueu
 	copy(comm[:], execComm)
 	if err := spec.Variables["exec_comm"].Set(comm); err != nil {
 		return fmt.Errorf("set exec_comm: %w", err)
+	}
+	for name, v := range map[string]uint32{"ready_priority": readyPrio, "request_priority": requestPrio} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
 	}
 	for name, on := range map[string]bool{"syscall_latency": syscallLatency, "socket_queue": socketQueue} {
 		var v uint32

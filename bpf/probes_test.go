@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -97,6 +98,17 @@ func testServer() {
 		}
 		fmt.Fprintf(w, "ok %d\n", sum)
 	})
+	// /tag?prio=N gives this request's connection socket priority N before
+	// answering, as the runtime tags its ready answer and first request.
+	mux.HandleFunc("/tag", func(w http.ResponseWriter, r *http.Request) {
+		prio, _ := strconv.Atoi(r.URL.Query().Get("prio"))
+		if c, ok := r.Context().Value(connCtxKey{}).(syscall.Conn); ok {
+			if rc, err := c.SyscallConn(); err == nil {
+				_ = rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PRIORITY, prio) })
+			}
+		}
+		fmt.Fprintf(w, "tagged %d\n", prio)
+	})
 	if path := os.Getenv(socketEnv); path != "" {
 		uln, err := net.Listen("unix", path)
 		if err != nil {
@@ -105,8 +117,13 @@ func testServer() {
 		}
 		go func() { _ = http.Serve(uln, mux) }()
 	}
-	_ = http.Serve(ln, mux)
+	srv := &http.Server{Handler: mux, ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+		return context.WithValue(ctx, connCtxKey{}, c)
+	}}
+	_ = srv.Serve(ln)
 }
+
+type connCtxKey struct{}
 
 // child is a running testServer.
 type child struct {

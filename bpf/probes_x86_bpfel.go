@@ -16,37 +16,39 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	probesMapAnatomies      = "anatomies"
-	probesMapEvents         = "events"
-	probesMapHists          = "hists"
-	probesMapLost           = "lost"
-	probesMapPorts          = "ports"
-	probesMapReady          = "ready"
-	probesMapRouterPorts    = "router_ports"
-	probesMapSkInfos        = "sk_infos"
-	probesMapTaskInfos      = "task_infos"
-	probesMapTimelines      = "timelines"
-	probesMapTracked        = "tracked"
-	probesMapUnixPending    = "unix_pending"
-	probesProgOnDataReady   = "on_data_ready"
-	probesProgOnExec        = "on_exec"
-	probesProgOnExit        = "on_exit"
-	probesProgOnSendLength  = "on_send_length"
-	probesProgOnSockRead    = "on_sock_read"
-	probesProgOnSockState   = "on_sock_state"
-	probesProgOnSwitch      = "on_switch"
-	probesProgOnSysEnter    = "on_sys_enter"
-	probesProgOnSysExit     = "on_sys_exit"
-	probesProgOnTcpRead     = "on_tcp_read"
-	probesProgOnWakeup      = "on_wakeup"
-	probesProgOnWakeupNew   = "on_wakeup_new"
-	probesVarBpfGen         = "bpf_gen"
-	probesVarExecComm       = "exec_comm"
-	probesVarParentTgid     = "parent_tgid"
-	probesVarSocketQueue    = "socket_queue"
-	probesVarSyscallLatency = "syscall_latency"
-	probesVarUnixPendingN   = "unix_pending_n"
-	probesVarUserGen        = "user_gen"
+	probesMapAnatomies       = "anatomies"
+	probesMapEvents          = "events"
+	probesMapHists           = "hists"
+	probesMapLost            = "lost"
+	probesMapPorts           = "ports"
+	probesMapReady           = "ready"
+	probesMapRouterPorts     = "router_ports"
+	probesMapSkInfos         = "sk_infos"
+	probesMapTaskInfos       = "task_infos"
+	probesMapTimelines       = "timelines"
+	probesMapTracked         = "tracked"
+	probesMapUnixPending     = "unix_pending"
+	probesProgOnDataReady    = "on_data_ready"
+	probesProgOnExec         = "on_exec"
+	probesProgOnExit         = "on_exit"
+	probesProgOnSendLength   = "on_send_length"
+	probesProgOnSockRead     = "on_sock_read"
+	probesProgOnSockState    = "on_sock_state"
+	probesProgOnSwitch       = "on_switch"
+	probesProgOnSysEnter     = "on_sys_enter"
+	probesProgOnSysExit      = "on_sys_exit"
+	probesProgOnTcpRead      = "on_tcp_read"
+	probesProgOnWakeup       = "on_wakeup"
+	probesProgOnWakeupNew    = "on_wakeup_new"
+	probesVarBpfGen          = "bpf_gen"
+	probesVarExecComm        = "exec_comm"
+	probesVarParentTgid      = "parent_tgid"
+	probesVarReadyPriority   = "ready_priority"
+	probesVarRequestPriority = "request_priority"
+	probesVarSocketQueue     = "socket_queue"
+	probesVarSyscallLatency  = "syscall_latency"
+	probesVarUnixPendingN    = "unix_pending_n"
+	probesVarUserGen         = "user_gen"
 )
 
 // loadProbes returns the embedded CollectionSpec for probes.
@@ -127,13 +129,15 @@ type probesMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probesVariableSpecs struct {
-	BpfGen         *ebpf.VariableSpec `ebpf:"bpf_gen"`
-	ExecComm       *ebpf.VariableSpec `ebpf:"exec_comm"`
-	ParentTgid     *ebpf.VariableSpec `ebpf:"parent_tgid"`
-	SocketQueue    *ebpf.VariableSpec `ebpf:"socket_queue"`
-	SyscallLatency *ebpf.VariableSpec `ebpf:"syscall_latency"`
-	UnixPendingN   *ebpf.VariableSpec `ebpf:"unix_pending_n"`
-	UserGen        *ebpf.VariableSpec `ebpf:"user_gen"`
+	BpfGen          *ebpf.VariableSpec `ebpf:"bpf_gen"`
+	ExecComm        *ebpf.VariableSpec `ebpf:"exec_comm"`
+	ParentTgid      *ebpf.VariableSpec `ebpf:"parent_tgid"`
+	ReadyPriority   *ebpf.VariableSpec `ebpf:"ready_priority"`
+	RequestPriority *ebpf.VariableSpec `ebpf:"request_priority"`
+	SocketQueue     *ebpf.VariableSpec `ebpf:"socket_queue"`
+	SyscallLatency  *ebpf.VariableSpec `ebpf:"syscall_latency"`
+	UnixPendingN    *ebpf.VariableSpec `ebpf:"unix_pending_n"`
+	UserGen         *ebpf.VariableSpec `ebpf:"user_gen"`
 }
 
 // probesObjects contains all objects after they have been loaded into the kernel.
@@ -191,13 +195,15 @@ func (m *probesMaps) Close() error {
 //
 // It can be passed to loadProbesObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probesVariables struct {
-	BpfGen         *ebpf.Variable `ebpf:"bpf_gen"`
-	ExecComm       *ebpf.Variable `ebpf:"exec_comm"`
-	ParentTgid     *ebpf.Variable `ebpf:"parent_tgid"`
-	SocketQueue    *ebpf.Variable `ebpf:"socket_queue"`
-	SyscallLatency *ebpf.Variable `ebpf:"syscall_latency"`
-	UnixPendingN   *ebpf.Variable `ebpf:"unix_pending_n"`
-	UserGen        *ebpf.Variable `ebpf:"user_gen"`
+	BpfGen          *ebpf.Variable `ebpf:"bpf_gen"`
+	ExecComm        *ebpf.Variable `ebpf:"exec_comm"`
+	ParentTgid      *ebpf.Variable `ebpf:"parent_tgid"`
+	ReadyPriority   *ebpf.Variable `ebpf:"ready_priority"`
+	RequestPriority *ebpf.Variable `ebpf:"request_priority"`
+	SocketQueue     *ebpf.Variable `ebpf:"socket_queue"`
+	SyscallLatency  *ebpf.Variable `ebpf:"syscall_latency"`
+	UnixPendingN    *ebpf.Variable `ebpf:"unix_pending_n"`
+	UserGen         *ebpf.Variable `ebpf:"user_gen"`
 }
 
 // probesPrograms contains all programs after they have been loaded into the kernel.

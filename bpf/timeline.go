@@ -17,7 +17,8 @@ const (
 	EventFirstAccept    = "first_accept"     // kernel: first connection established to it, usually the engine's readiness poll
 	MarkSpecialiseStart = "specialise_start" // user space: a warm-pool process is asked to load a model
 	MarkRequestArrival  = "request_arrival"  // user space: the request that needed the instance arrived
-	MarkReady           = "ready"            // user space: the engine saw the instance ready
+	MarkReady           = "ready"            // user space: the engine saw the instance ready; or kernel: the runtime's tagged ready answer (Config.ReadyPriority)
+	MarkPodReady        = "pod_ready"        // user space: the pod's Ready condition reached the node agent (an observation, no phase)
 	EventAccept         = "accept"           // kernel: first connection established after the ready mark
 	EventFirstWrite     = "first_write"      // kernel: first send by the instance on that connection (the response)
 )
@@ -152,7 +153,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // eventOrder breaks ties between events with the same timestamp.
 func eventOrder(name string) int {
 	for i, n := range []string{EventExec, EventListen, EventFirstAccept, MarkSpecialiseStart,
-		MarkRequestArrival, MarkReady, EventAccept, EventFirstWrite} {
+		MarkRequestArrival, MarkReady, EventAccept, EventFirstWrite, MarkPodReady} {
 		if n == name {
 			return i
 		}
@@ -180,8 +181,8 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 	}
 	st := p.state(key)
 	st.points[phase] = t.Round(0)
-	if phase == MarkRequestArrival {
-		return
+	if phase == MarkRequestArrival || phase == MarkPodReady {
+		return // observations: no anatomy phase starts or ends there
 	}
 	// The other marks start or end an anatomy phase: take the kernel's
 	// counters as of the mark.
@@ -201,22 +202,36 @@ func (p *Probes) Mark(pid int, phase string, t time.Time) {
 	// the syscall tracepoints cost every task meanwhile.
 	p.loaded(key)
 	if p.execComm {
-		// A pod's ready mark (the node agent's) is the kubelet's view
-		// through the API, which may come after Knative's activator,
-		// probing the pod itself, sent the held request: the connection
-		// armed above may never come. The timeline is published up to
-		// ready, and with the response if it was seen, readyGrace later.
-		time.AfterFunc(readyGrace, func() {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			if st := p.states[key]; st != nil && !p.closed && !p.done[key] {
-				// An accept without its response is some other
-				// connection's (a probe's): left out, not reported.
-				delete(st.points, EventAccept)
-				p.complete(key, st)
-			}
-		})
+		// A pod's ready mark given from the API (without tagged probes)
+		// is the kubelet's view, which may come after Knative's
+		// activator, probing the pod itself, sent the held request: the
+		// connection armed above may never come. The timeline is
+		// published up to ready, and with the response if it was seen,
+		// readyGrace later.
+		p.publishAfter(key, readyGrace)
 	}
+}
+
+// taggedResponseGrace is how long after a pod's tagged ready answer its
+// timeline waits for the first request's response before it is published
+// without it (a pod started with no request waiting: initial or minimum
+// scale). Knative's activator sends the held request once it has probed
+// the pod ready, well within this.
+const taggedResponseGrace = 30 * time.Second
+
+// publishAfter publishes key's timeline after grace unless its response
+// completed it first. Callers hold p.mu.
+func (p *Probes) publishAfter(key uint32, grace time.Duration) {
+	time.AfterFunc(grace, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if st := p.states[key]; st != nil && !p.closed && !p.done[key] {
+			// An accept without its response is some other
+			// connection's (a probe's): left out, not reported.
+			delete(st.points, EventAccept)
+			p.complete(key, st)
+		}
+	})
 }
 
 // LatestTimelines returns the latest complete cold-start timeline of each
@@ -244,13 +259,18 @@ func (p *Probes) state(pid uint32) *timelineState {
 	return st
 }
 
+// timelineEntry mirrors struct timeline, the value of the timelines map.
+type timelineEntry struct {
+	FirstAcceptNS, AcceptNS, AcceptSK, ReadyNS uint64
+}
+
 // openTimeline makes sure the kernel follows pid's listen/accept/write and
 // its anatomy even when its exec was not seen (not a child of ParentPID).
 func (p *Probes) openTimeline(pid uint32) {
 	if p.done[pid] {
 		return
 	}
-	err := p.timelines.Update(pid, [3]uint64{}, ebpf.UpdateNoExist)
+	err := p.timelines.Update(pid, timelineEntry{}, ebpf.UpdateNoExist)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 		p.log.Debug("bpf: open timeline", "pid", pid, "err", err)
 	}

@@ -215,7 +215,7 @@ func TestGoMirrorsMatchTheObject(t *testing.T) {
 	for _, tt := range []struct {
 		m    string
 		size int
-	}{{"hists", binary.Size(slotHists{})}, {"timelines", binary.Size([3]uint64{})}, {"anatomies", binary.Size(anatomyEntry{})},
+	}{{"hists", binary.Size(slotHists{})}, {"timelines", binary.Size(timelineEntry{})}, {"anatomies", binary.Size(anatomyEntry{})},
 		{"tracked", 4}, {"ready", 8}, {"ports", 4}} {
 		if got := int(spec.Maps[tt.m].ValueSize); got != tt.size {
 			t.Errorf("map %s: value size %d in the object, %d in Go", tt.m, got, tt.size)

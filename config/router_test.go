@@ -154,6 +154,25 @@ func TestRouterDeployment(t *testing.T) {
 			t.Errorf("--%s port %s is not container port %q (%d)", flag, port, name, containerPort(t, c, name))
 		}
 	}
+	// The console's cold starts: --bpf-agents names the agents' Service
+	// (security/bpf-agent.yaml), whose pods are the DaemonSet's and whose
+	// port is the 9464 the router reads.
+	agentNS, agentSvc, _ := strings.Cut(args["bpf-agents"], "/")
+	var agentService *corev1.Service
+	for _, s := range objectsOf[*corev1.Service](loadDocuments(t)) {
+		if s.Namespace == agentNS && s.Name == agentSvc {
+			agentService = s
+		}
+	}
+	dss := objectsOf[*appsv1.DaemonSet](loadDocuments(t))
+	switch {
+	case agentService == nil:
+		t.Errorf("--bpf-agents=%q names no Service in config/", args["bpf-agents"])
+	case len(dss) != 1 || dss[0].Namespace != agentNS || !labels.SelectorFromSet(agentService.Spec.Selector).Matches(labels.Set(dss[0].Spec.Template.Labels)):
+		t.Errorf("--bpf-agents=%q: its Service does not select the eBPF agent's DaemonSet pods", args["bpf-agents"])
+	case !slices.ContainsFunc(agentService.Spec.Ports, func(p corev1.ServicePort) bool { return p.Port == 9464 }):
+		t.Errorf("--bpf-agents=%q: its Service has no port 9464, which the router reads", args["bpf-agents"])
+	}
 	for _, probe := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe} {
 		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != "/healthz" {
 			t.Errorf("router probes: want HTTP GET /healthz, have %+v", probe)

@@ -422,3 +422,93 @@ func TestFalcoRules(t *testing.T) {
 		}
 	}
 }
+
+// admitsEgress reports whether the policies selecting src (in namespace)
+// let it send to a pod with dstPod labels in a namespace with dstNS labels
+// on TCP port.
+func admitsEgress(t *testing.T, ps map[string]*networkingv1.NetworkPolicy, src, dstNS, dstPod map[string]string, port int) bool {
+	t.Helper()
+	for _, p := range ps {
+		if !selects(t, p, src) {
+			continue
+		}
+		for _, rule := range p.Spec.Egress {
+			portOK := len(rule.Ports) == 0
+			for _, rp := range rule.Ports {
+				if rp.Port != nil && rp.Port.IntValue() == port && (rp.Protocol == nil || *rp.Protocol == corev1.ProtocolTCP) {
+					portOK = true
+				}
+			}
+			if !portOK || len(rule.To) == 0 {
+				continue // no peer: any destination, which no rule here means to grant
+			}
+			for _, peer := range rule.To {
+				if peerAdmits(t, peer, p.Namespace, dstNS, dstPod) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// TestRouterReachesTheBPFAgents: serve --bpf-agents (router/router.yaml)
+// lists the agents' EndpointSlices in pilotlight-system and reads each
+// agent's port 9464; RBAC and NetworkPolicy grant that and nothing more.
+func TestRouterReachesTheBPFAgents(t *testing.T) {
+	docs := loadDocuments(t)
+	dss := objectsOf[*appsv1.DaemonSet](docs)
+	if len(dss) != 1 {
+		t.Fatalf("%d DaemonSets, want the eBPF agent", len(dss))
+	}
+	agentNS, agentPod := ns(dss[0].Namespace), dss[0].Spec.Template.Labels
+	ps := policies(t)
+	for _, tc := range []struct {
+		name          string
+		dstNS, dstPod map[string]string
+		port          int
+		want          bool
+	}{
+		{"router to an agent's metrics port", agentNS, agentPod, 9464, true},
+		{"router to another port of an agent", agentNS, agentPod, 9090, false},
+		{"router to another pod in the agent's namespace", agentNS, map[string]string{"app": "something-else"}, 9464, false},
+		{"router to port 9464 elsewhere", ns("default"), agentPod, 9464, false},
+	} {
+		if got := admitsEgress(t, ps, routerPod, tc.dstNS, tc.dstPod, tc.port); got != tc.want {
+			t.Errorf("%s: admitted=%v, want %v", tc.name, got, tc.want)
+		}
+	}
+
+	var role *rbacv1.Role
+	for _, r := range objectsOf[*rbacv1.Role](docs) {
+		if r.Namespace == dss[0].Namespace && r.Labels["app.kubernetes.io/component"] == "router" {
+			if role != nil {
+				t.Fatalf("two router Roles in %s: %s, %s", r.Namespace, role.Name, r.Name)
+			}
+			role = r
+		}
+	}
+	if role == nil {
+		t.Fatalf("no Role lets the router list the agents' EndpointSlices in %s", dss[0].Namespace)
+	}
+	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].APIGroups, []string{"discovery.k8s.io"}) ||
+		!slices.Equal(role.Rules[0].Resources, []string{"endpointslices"}) || !slices.Equal(role.Rules[0].Verbs, []string{"list"}) {
+		t.Errorf("Role %s/%s grants %+v; want exactly list on discovery.k8s.io endpointslices", role.Namespace, role.Name, role.Rules)
+	}
+	bound := false
+	for _, b := range objectsOf[*rbacv1.RoleBinding](docs) {
+		if b.Namespace != role.Namespace || b.RoleRef.Name != role.Name {
+			continue
+		}
+		for _, s := range b.Subjects {
+			if s.Kind == "ServiceAccount" && s.Namespace == namespace && s.Name == "pilotlight-router" {
+				bound = true
+			} else {
+				t.Errorf("RoleBinding %s also binds %s %s/%s", b.Name, s.Kind, s.Namespace, s.Name)
+			}
+		}
+	}
+	if !bound {
+		t.Errorf("Role %s/%s is not bound to the router's service account", role.Namespace, role.Name)
+	}
+}

@@ -9,8 +9,13 @@
 //
 // A cold start is followed from the runtime's exec, which the probes report
 // as it happens (bpf.Config.ExecComm, OnExec): container start (runc forked
-// the process) -> exec -> listen -> ready (the pod's Ready condition, seen
-// through the agent's watch) -> the first response write.
+// the process) -> exec -> listen -> ready (the send of the runtime's first
+// answer saying it is ready) -> accept of the first request's connection ->
+// its response's send. The runtime tags those two connections with a
+// socket priority (listener.ReadyPriority, RequestPriority), so Knative's
+// probe connections in between are not taken for the request's. The pod's
+// Ready condition, seen through the agent's watch, comes later (the kubelet
+// probes queue-proxy, then the API): it is recorded as pod_ready, no phase.
 package agent
 
 import (
@@ -214,18 +219,21 @@ func (a *Agent) track(in Instance) {
 	}
 }
 
-// ready marks pid's cold start ready. Callers hold a.mu.
+// ready records that pid's pod turned Ready (bpf.MarkPodReady): an
+// observation beside the cold start, whose ready is the runtime's own
+// tagged answer. Callers hold a.mu.
 func (a *Agent) ready(pid int, at time.Time) {
 	if !a.execd[pid] {
 		return
 	}
 	delete(a.execd, pid)
-	a.t.Mark(pid, bpf.MarkReady, at)
+	a.t.Mark(pid, bpf.MarkPodReady, at)
 }
 
 // PodChanged is fed by the watch on the node's pods. A pod turning Ready
-// marks its exec'd runtime's cold start ready: the kubelet saw queue-proxy
-// ready, which it is only once the runtime answered its readiness probe.
+// is recorded in its exec'd runtime's cold start (pod_ready): the kubelet
+// saw queue-proxy ready, and the API told the agent, after the runtime
+// answered ready.
 func (a *Agent) PodChanged(pod Pod) {
 	now := time.Now()
 	a.mu.Lock()

@@ -105,7 +105,7 @@ func TestFindsFunctionPodsAndFollowsThem(t *testing.T) {
 
 // TestPodsByCgroup follows a revision pod's runtime from its exec: the pod
 // is found by the UID in its cgroup path, labelled from the pod (not its
-// environment), and marked ready when the pod turns Ready; a runtime in no
+// environment), and marked pod_ready when the pod turns Ready; a runtime in no
 // pod, or in a pod that is no revision's, is dropped.
 func TestPodsByCgroup(t *testing.T) {
 	root := t.TempDir()
@@ -138,8 +138,8 @@ func TestPodsByCgroup(t *testing.T) {
 	r.mu.Lock()
 	marks := slices.Clone(r.marks)
 	r.mu.Unlock()
-	if !slices.Equal(marks, []string{"30:ready"}) {
-		t.Fatalf("marks %v, want one ready mark for pid 30", marks)
+	if !slices.Equal(marks, []string{"30:pod_ready"}) {
+		t.Fatalf("marks %v, want one pod_ready mark for pid 30", marks)
 	}
 }
 

@@ -110,7 +110,10 @@ specialised with "shared": true it serves many revisions, loaded and unloaded
 				return err
 			}
 			defer shutdown()
-			srv := server.New(server.Config{AllowSpecialise: generic, DrainTimeout: drain, Registry: reg, Logger: log, Telemetry: tel})
+			// In a Knative pod the node agent's probes follow the cold start:
+			// the runtime tags its ready answer's and first request's connections.
+			srv := server.New(server.Config{AllowSpecialise: generic, DrainTimeout: drain, Registry: reg, Logger: log, Telemetry: tel,
+				TagColdStart: os.Getenv("K_SERVICE") != ""})
 			ln, err := net.Listen("tcp", net.JoinHostPort(listen, strconv.Itoa(port)))
 			if err != nil {
 				return fmt.Errorf("listen on %s:%d: %w", listen, port, err)

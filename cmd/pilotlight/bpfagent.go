@@ -51,6 +51,9 @@ func newBPFCmd() *cobra.Command {
 			cfg := bpf.Config{Registerer: reg, Logger: log, SyscallLatency: syscallLatency, SocketQueue: socketQueue}
 			if kube != nil {
 				cfg.ExecComm = listener.RuntimeBinary[:min(15, len(listener.RuntimeBinary))]
+				// The runtime tags its ready answer's and first request's
+				// connections: ready and the first response are its own.
+				cfg.ReadyPriority, cfg.RequestPriority = listener.ReadyPriority, listener.RequestPriority
 				cfg.OnExec = func(pid int) {
 					if ag := a.Load(); ag != nil {
 						ag.OnExec(pid)

@@ -775,6 +775,8 @@ func TestRBACMatrix(t *testing.T) {
 	// Rules a service account holds outside its own namespace.
 	wantElsewhere := map[string]map[string]map[string][]string{
 		"pilotlight-system:pilotlight-bpf-agent": {ns: {"/pods": {"get", "list", "watch"}}},
+		// serve --bpf-agents: the agents' EndpointSlices, for the console.
+		"pilotlight:pilotlight-router": {"pilotlight-system": {"discovery.k8s.io/endpointslices": {"list"}}},
 	}
 	for sa, want := range wantRules {
 		saNS, name, _ := strings.Cut(sa, ":")

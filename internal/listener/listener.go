@@ -54,6 +54,19 @@ func WaitStartGate() error {
 // and what the eBPF agent looks for on a node.
 const RuntimeBinary = "pilotlight-runtime"
 
+// The socket priorities (SO_PRIORITY) a runtime in a Knative pod gives two
+// connections of its cold start, for the node agent's eBPF probes
+// (bpf.Config.ReadyPriority, RequestPriority): the connection of its first
+// answer saying it is ready, and of its first request, each just before
+// the answer is written. A readiness probe's connection and a request's
+// look the same to the kernel; the runtime knows which is which. Both are
+// within 0..6, which needs no capability, and neither changes anything on
+// the pod's loopback (no queueing discipline reads it).
+const (
+	ReadyPriority   = 5
+	RequestPriority = 6
+)
+
 // Limits are a listener's protections against slow or oversized clients.
 type Limits struct {
 	ReadHeaderTimeout time.Duration // slowloris headers

@@ -52,6 +52,10 @@ type Config struct {
 	Registry     *prometheus.Registry
 	Logger       *slog.Logger
 	Telemetry    *telemetry.Telemetry // nil: tracing off
+	// TagColdStart tags the connections of the first ready answer and the
+	// first request for the node agent's eBPF probes (coldtags.go): set
+	// in a Knative pod (K_SERVICE).
+	TagColdStart bool
 }
 
 // Server is one runtime process's HTTP server.
@@ -70,6 +74,7 @@ type Server struct {
 	// grpc serves inference.GRPCInferenceService; Load replaces it so its
 	// message size limit is the function's runtime.maxBodyBytes.
 	grpc atomic.Pointer[grpc.Server]
+	tags coldTags
 }
 
 // New builds the server; it is live at once and ready after Load or Specialise.
@@ -87,6 +92,7 @@ func New(cfg Config) *Server {
 		cfg.DrainTimeout = 30 * time.Second
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry)}
+	s.tags.on = cfg.TagColdStart
 	s.set.Store(&revisionSet{})
 	s.echo = s.routes()
 	s.grpc.Store(s.newGRPC(cfg.MaxBodyBytes))
@@ -168,9 +174,11 @@ func (s *Server) routes() *echo.Echo {
 				c.SetRequest(c.Request().WithContext(frame.WithRevision(c.Request().Context(), rev)))
 			}
 			if r := c.Request(); pb.IsGRPC(r) {
+				s.tagRequest(c, true)
 				s.serveGRPC(c.Response().Writer, r)
 				return nil
 			}
+			s.tagRequest(c, false)
 			return next(c)
 		}
 	})
@@ -261,6 +269,7 @@ func (s *Server) ready(c echo.Context) error {
 	if s.shared.Load() {
 		// A shared process is ready once shared; each revision has its own
 		// readiness at /v2/models/{name}/versions/{revision}/ready.
+		s.tagReady(c)
 		return c.JSON(http.StatusOK, map[string]any{"ready": true, "shared": true, "revisions": rs.served(), "rss_bytes": RSSBytes()})
 	}
 	in := rs.only()
@@ -271,6 +280,7 @@ func (s *Server) ready(c echo.Context) error {
 		}
 		return echo.NewHTTPError(http.StatusServiceUnavailable, reason)
 	}
+	s.tagReady(c)
 	return c.JSON(http.StatusOK, providerOf(in, map[string]any{"ready": true, "function": in.Manifest.Name, "revision": in.Revision.Name}))
 }
 
@@ -525,6 +535,9 @@ func (s *Server) Serve(ctx context.Context, ln, frames net.Listener) error {
 	srv := listener.DefaultLimits().Server(s.Handler(), nil)
 	srv.Protocols = &protocols
 	srv.ErrorLog = slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
+	if s.tags.on {
+		srv.ConnContext = withConn
+	}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
 	framesDone := make(chan struct{})
