@@ -8,11 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/pilotlight/pilotlight/internal/testbin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -28,31 +28,14 @@ type watchRig struct {
 	path    string
 	w       *Watcher
 	reg     *prometheus.Registry
-	logs    *syncBuffer
+	logs    *testbin.SyncBuffer
 	changes chan []string
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func startWatcher(t *testing.T) *watchRig {
 	t.Helper()
 	dir := t.TempDir()
-	r := &watchRig{t: t, path: filepath.Join(dir, "flags.json"), reg: prometheus.NewRegistry(), logs: &syncBuffer{}, changes: make(chan []string, 16)}
+	r := &watchRig{t: t, path: filepath.Join(dir, "flags.json"), reg: prometheus.NewRegistry(), logs: &testbin.SyncBuffer{}, changes: make(chan []string, 16)}
 	if err := os.WriteFile(r.path, versionFile("stable"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -331,7 +314,7 @@ func TestWatcherFileIsFallbackWhileTheAPIServes(t *testing.T) {
 	}
 	var apiUp atomic.Bool
 	apiUp.Store(true)
-	w, err := NewWatcher(WatcherConfig{Path: path, Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil)),
+	w, err := NewWatcher(WatcherConfig{Path: path, Logger: slog.New(slog.NewTextHandler(&testbin.SyncBuffer{}, nil)),
 		FileFallback: func() bool { return !apiUp.Load() }})
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -25,6 +26,7 @@ type Reader struct {
 	Namespace, Service string // config/security/bpf-agent.yaml: pilotlight-system/pilotlight-bpf-agent
 	Port               int32  // 0: 9464
 	HTTP               *http.Client
+	Log                *slog.Logger // nil: slog.Default()
 
 	mu     sync.Mutex
 	latest map[string]bpf.Timeline
@@ -37,10 +39,25 @@ func (r *Reader) Latest() map[string]bpf.Timeline {
 	return r.latest
 }
 
-// Run refreshes every interval until ctx ends.
+// Run refreshes every interval until ctx ends. A failure is logged when
+// it starts or changes, and the recovery once, so a router that may not
+// read the agents (RBAC, a NetworkPolicy) says so without a line a tick.
 func (r *Reader) Run(ctx context.Context, interval time.Duration) {
+	log := r.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	var failing string
 	for {
-		_ = r.Refresh(ctx)
+		switch err := r.Refresh(ctx); {
+		case err != nil && ctx.Err() == nil && err.Error() != failing:
+			failing = err.Error()
+			log.Warn("the console cannot read the eBPF agents' cold starts; the router needs list on endpointslices in their namespace and a NetworkPolicy path to their port (config/security)",
+				"agents", r.Namespace+"/"+r.Service, "err", err)
+		case err == nil && failing != "":
+			failing = ""
+			log.Info("the console reads the eBPF agents' cold starts again", "agents", r.Namespace+"/"+r.Service)
+		}
 		select {
 		case <-ctx.Done():
 			return

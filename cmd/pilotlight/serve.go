@@ -468,7 +468,7 @@ func (o *serveOptions) agentTimelines() (func() map[string]bpf.Timeline, func(),
 	if err != nil {
 		return nil, nil, fmt.Errorf("--bpf-agents: %w", err)
 	}
-	r := &agent.Reader{Client: client, Namespace: ns, Service: name}
+	r := &agent.Reader{Client: client, Namespace: ns, Service: name, Log: telemetry.Logger()}
 	ctx, cancel := context.WithCancel(context.Background())
 	go r.Run(ctx, 5*time.Second)
 	return r.Latest, cancel, nil
