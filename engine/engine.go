@@ -105,6 +105,10 @@ type Config struct {
 	// pool process), the others stop after this, so a burst that needed
 	// several leaves one behind, not all of them.
 	EmptyHostLinger time.Duration
+	// Preload has idle warm-pool processes pre-load the sessions of the
+	// dedicated revisions most recently scaled to zero (preload.go), so
+	// the next wake of one skips creating and warming them.
+	Preload bool
 }
 
 // Errors Acquire returns; the router maps them to statuses.
@@ -206,7 +210,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.m = newMetrics(cfg.Registerer)
-	e.pool = newWarmPool(e, cfg.PoolSize)
+	e.pool = newWarmPool(e, cfg.PoolSize, cfg.Preload && !cfg.HTTPOnly)
 	for _, fn := range cfg.Functions {
 		dir, err := filepath.Abs(fn.Dir)
 		if err != nil {
@@ -441,6 +445,8 @@ type ProcessStatus struct {
 	StartSeconds float64 `json:"start_seconds,omitempty"`
 	// Shared says the process is a shared one, holding other revisions too.
 	Shared bool `json:"shared,omitempty"`
+	// Preload is what an idle pool process pre-loads (Config.Preload).
+	Preload *PreloadStatus `json:"preload,omitempty"`
 }
 
 // ColdStart describes the latest cold start of a revision.
@@ -459,6 +465,10 @@ type ColdStart struct {
 	// its response (zero until then).
 	FirstResponse time.Time `json:"first_response,omitzero"`
 	TotalSeconds  float64   `json:"total_seconds"`
+	// Preload is how a pool specialisation used the pre-load: hit (its
+	// sessions were pre-loaded), joined (their pre-load was running),
+	// dropped (another revision's was dropped first) or none.
+	Preload string `json:"preload,omitempty"`
 }
 
 // Statuses reports every revision, in manifest order.

@@ -435,9 +435,15 @@ func (e *Engine) hostBase() int64 {
 // startHost makes h's process: a warm-pool process when one is idle, else
 // a new generic one; it is shared from its first load.
 func (e *Engine) startHost(h *host) {
-	p := e.pool.take()
+	p, pre := e.pool.take(nil)
 	if p != nil {
 		e.pool.refill()
+		if pre != nil {
+			// Its sessions would count in the base measured below.
+			if err := e.dropPreloadCall(p); err != nil {
+				e.log.Warn("dropping a warm-pool process's pre-load", "pid", p.pid, "err", err)
+			}
+		}
 	} else {
 		p = &Process{id: e.nextID.Add(1), exited: make(chan struct{}), source: sourceExec}
 		p.setState(stateStarting)
