@@ -14,12 +14,14 @@ import (
 	"github.com/pilotlight/pilotlight/functions"
 )
 
-// ColdStartPreload times warm-pool cold starts with the pool's pre-load on
-// (serve's default), in one serve over two copies of the function, pool of
-// one, dedicated: hits (the revision woken is the one last scaled to zero,
-// pre-loaded by the idle pool process) and misses (the two woken in turn:
-// each wake finds the other's sessions pre-loaded, drops them and loads its
-// own). Each wake's path is read back from the admin view and counted.
+// ColdStartPreload times warm-pool cold starts of two copies of the
+// function, pool of one, dedicated, the same way with the pool's pre-load
+// off (the same function woken again and again, as bench coldstart's warm
+// pool row) and on (serve's default): hits (the function woken is the one
+// last scaled to zero, pre-loaded by the idle pool process) and misses (the
+// two woken in turn: each wake finds the other's sessions pre-loaded, drops
+// them and loads its own). Each wake's path is read back from the admin
+// view and counted.
 func ColdStartPreload(ctx context.Context, e Env, n int) ([]Row, error) {
 	m, err := e.manifest()
 	if err != nil {
@@ -30,23 +32,46 @@ func ColdStartPreload(ctx context.Context, e Env, n int) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", "1", "--flags", "", "--isolation", functions.IsolationDedicated, "--warm-pool-preload=true"}, e.Log)
+	off, _, _, err := preloadRun(ctx, e, root, names, n, false)
 	if err != nil {
 		return nil, err
+	}
+	hits, misses, paths, err := preloadRun(ctx, e, root, names, n, true)
+	if err != nil {
+		return nil, err
+	}
+	p50 := quantile(hits, .5)
+	goal := 5 * time.Millisecond // issue 25: from outside
+	return []Row{
+		{Name: fmt.Sprintf("scale from zero, warm pool, pre-load off, the same function again: first request p50 / p99 (n=%d)", n), Value: ms(quantile(off, .5)) + " / " + ms(quantile(off, .99))},
+		{Name: fmt.Sprintf("scale from zero, warm pool, pre-load hit (the function last at zero): first request p50 (n=%d; paths %v)", n, paths["hit"]), Value: ms(p50), Goal: "≤ " + ms(goal), Met: met(p50 <= goal)},
+		{Name: "scale from zero, warm pool, pre-load hit: first request p99", Value: ms(quantile(hits, .99))},
+		{Name: fmt.Sprintf("scale from zero, warm pool, pre-load miss (the other function's dropped): first request p50 / p99 (n=%d; paths %v)", n, paths["miss"]),
+			Value: ms(quantile(misses, .5)) + " / " + ms(quantile(misses, .99))},
+	}, nil
+}
+
+// preloadRun is one serve of ColdStartPreload's: n wakes of names[0], each
+// right after its own scale to zero, then (pre-load on) n wakes of the two
+// in turn.
+func preloadRun(ctx context.Context, e Env, root string, names []string, n int, on bool) (hits, misses []time.Duration, paths map[string]map[string]int, err error) {
+	s, err := StartServe(e.Bin, []string{"--functions", root, "--pool-size", "1", "--flags", "", "--isolation", functions.IsolationDedicated, "--warm-pool-preload=" + strconv.FormatBool(on)}, e.Log)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	defer s.Stop()
 	base := "http://" + s.Addr
 	bodies := map[string][]byte{}
 	for _, name := range names { // wakes each once: the first cold starts are neither
 		if bodies[name], err = V2Body(base, name, 1); err != nil {
-			return nil, err
+			return nil, nil, nil, err
 		}
 	}
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 	// wake times one cold start of target once every function is at zero,
 	// the pool is full and other's sessions are pre-loaded (other "": the
-	// pool full is enough); it returns the
-	// time to the first response and the path the admin view reports.
+	// pool full is enough); it returns the time to the first response and
+	// the path the admin view reports.
 	wake := func(target, other string) (time.Duration, string, error) {
 		rev := target + "-00001"
 		if err := waitFor(ctx, other+" pre-loaded, every function at zero", func() (bool, error) {
@@ -85,38 +110,32 @@ func ColdStartPreload(ctx context.Context, e Env, n int) ([]Row, error) {
 		path, _ := a.lastPreload(target, rev)
 		return d, path, nil
 	}
-	// Hits first: names[0] is woken again and again (one wake first, with
-	// whatever pre-loaded, makes it the latest at zero).
+	// One wake first, whatever was pre-loaded, makes names[0] the latest at zero.
 	if _, _, err := wake(names[0], ""); err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	var hits, misses []time.Duration
-	paths := map[string]map[string]int{"hit": {}, "miss": {}}
+	paths = map[string]map[string]int{"hit": {}, "miss": {}}
+	other := ""
+	if on {
+		other = names[0]
+	}
 	for range n {
-		d, path, err := wake(names[0], names[0])
+		d, path, err := wake(names[0], other)
 		if err != nil {
-			return nil, err
+			return nil, nil, nil, err
 		}
 		hits = append(hits, d)
 		paths["hit"][path]++
 	}
-	for i := range n {
-		target, other := names[(i+1)%2], names[i%2]
-		d, path, err := wake(target, other)
+	for i := 0; on && i < n; i++ {
+		d, path, err := wake(names[(i+1)%2], names[i%2])
 		if err != nil {
-			return nil, err
+			return nil, nil, nil, err
 		}
 		misses = append(misses, d)
 		paths["miss"][path]++
 	}
-	p50 := quantile(hits, .5)
-	goal := 5 * time.Millisecond // issue 25: from outside
-	return []Row{
-		{Name: fmt.Sprintf("scale from zero, warm pool, pre-load hit (the function last at zero): first request p50 (n=%d; paths %v)", n, paths["hit"]), Value: ms(p50), Goal: "≤ " + ms(goal), Met: met(p50 <= goal)},
-		{Name: "scale from zero, warm pool, pre-load hit: first request p99", Value: ms(quantile(hits, .99))},
-		{Name: fmt.Sprintf("scale from zero, warm pool, pre-load miss (another function's dropped): first request p50 (n=%d; paths %v)", n, paths["miss"]), Value: ms(quantile(misses, .5))},
-		{Name: "scale from zero, warm pool, pre-load miss: first request p99", Value: ms(quantile(misses, .99))},
-	}, nil
+	return hits, misses, paths, nil
 }
 
 // preloadCopies writes n copies of m under a new root (m's model, named
