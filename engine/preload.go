@@ -137,13 +137,6 @@ func (p *warmPool) preloadedBytesLocked() int64 {
 	return n
 }
 
-// current says st is still in's pre-load (in idle, not taken, not replaced).
-func (p *warmPool) current(in *Process, st *preloadState) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return in.preload == st
-}
-
 // dropPreloads drops every idle process's pre-load (a start found the
 // machine's budget full) and says whether there was any.
 func (p *warmPool) dropPreloads() bool {
