@@ -366,6 +366,9 @@ func (e *Engine) Acquire(ctx context.Context, function, revision string) (*Lease
 		if e.stopped.Load() {
 			return nil, ErrStopped
 		}
+		// Read before the look: a start that ends between the look and
+		// the wait has released the queue already (WaitSince).
+		epoch := r.queue.Epoch()
 		if in := r.pick(); in != nil {
 			l := &Lease{Addr: in.addr, Socket: in.sock, Function: function, Revision: revision, PID: in.pid, inst: in, rev: r, eng: e}
 			if waited {
@@ -384,7 +387,7 @@ func (e *Engine) Acquire(ctx context.Context, function, revision string) (*Lease
 		e.ensureStarting(r, arrival)
 		waited = true
 		r.waiting.Add(1)
-		err := r.queue.Wait(ctx)
+		err := r.queue.WaitSince(ctx, epoch)
 		r.waiting.Add(-1)
 		if err != nil {
 			return nil, err
