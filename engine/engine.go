@@ -210,7 +210,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.m = newMetrics(cfg.Registerer)
-	e.pool = newWarmPool(e, cfg.PoolSize, cfg.Preload && !cfg.HTTPOnly)
+	e.pool = newWarmPool(e, cfg.PoolSize, cfg.Preload)
 	for _, fn := range cfg.Functions {
 		dir, err := filepath.Abs(fn.Dir)
 		if err != nil {

@@ -137,6 +137,18 @@ func (p *warmPool) preloadedBytesLocked() int64 {
 	return n
 }
 
+// preloadedFor is what an idle process's built pre-load of r holds (0: none).
+func (p *warmPool) preloadedFor(r *revision) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, in := range p.idle {
+		if in.preload != nil && in.preload.r == r && in.preload.ready {
+			return in.preload.bytes
+		}
+	}
+	return 0
+}
+
 // dropPreloads drops every idle process's pre-load (a start found the
 // machine's budget full) and says whether there was any.
 func (p *warmPool) dropPreloads() bool {

@@ -375,6 +375,9 @@ func (e *Engine) admitDedicated(r *revision) (release func(), err error) {
 	need := r.memoryCost()
 	if e.pool.idleCount() == 0 {
 		need += e.hostBase()
+	} else if held := e.pool.preloadedFor(r); held > 0 {
+		// Its sessions are in a pool process's RSS already (counted).
+		need = max(need-held, 0)
 	}
 	device := e.cfg.DeviceMemory
 	needDev := processDeviceBytes(r.deviceCost(device))
