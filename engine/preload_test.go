@@ -198,3 +198,34 @@ func TestPreloadKilledLosesNoRequest(t *testing.T) {
 	}
 	t.Logf("wake after the kill: source %s, preload %q", c.Source, c.Preload)
 }
+
+// TestPreloadGivesWayToAStart: a pre-load is charged to the machine's
+// budget; a start that finds the budget full because of it drops it and
+// starts, instead of waiting for memory and being refused.
+func TestPreloadGivesWayToAStart(t *testing.T) {
+	// A generic pool process's RSS, measured, to size the budget: room for
+	// a pool process with one 16 MiB matrix pre-loaded (about +32 MiB), not
+	// for that and another revision's start (charged about 20 MiB more).
+	probe, _ := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 1})
+	testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(probe.PoolStatus()) == 1 })
+	pool := procmem.RSS(probe.PoolStatus()[0].PID)
+	if pool == 0 {
+		t.Skip("cannot read a pool process's RSS from /proc")
+	}
+	big := testbin.WriteMatMulFunction(t, "big-b", bigN, 1)
+	big.Isolation = functions.IsolationDedicated
+	fns := append(preloadFunctions(t), big)
+	e, reg := start(t, engine.Config{Functions: fns, PoolSize: 1, ScaleToZeroAfter: 300 * time.Millisecond,
+		MachineMemory: pool + 44<<20, CapacityWait: 10 * time.Second, Preload: true})
+	testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(e.PoolStatus()) == 1 })
+	wake(t, e, bigFn, bigRev)
+	preloaded(t, e, bigRev)
+	l := acquire(t, e, "big-b", "big-b-00001")
+	l.Release(false)
+	if got := testbin.Metric(t, reg, "pilotlight_warm_pool_preloaded_bytes", nil); got != 0 {
+		t.Errorf("pilotlight_warm_pool_preloaded_bytes = %v after the start that needed its room, want 0", got)
+	}
+	if c := statusOf(e, "big-b-00001").LastCold; c == nil || c.Source != "pool" {
+		t.Errorf("big-b's start: %+v, want one from the pool", c)
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/runtime/instance"
+	"github.com/pilotlight/pilotlight/runtime/ort"
 )
 
 // Pre-loading. An idle warm-pool process may be asked (POST /admin/preload)
@@ -54,6 +55,10 @@ type preload struct {
 	took          time.Duration
 	claimed       bool // a specialise took it: the pre-load hands in over, never closes it
 	dropped       bool // nobody will take it: the pre-load closes in
+	// release hands the memory of a dropped pre-load back to the kernel
+	// (malloc keeps it otherwise): not when a specialise drops it, whose
+	// load reuses those pages at once.
+	release bool
 }
 
 func (p *preload) ready() bool {
@@ -106,7 +111,7 @@ func (s *Server) preloadCall(c echo.Context) error {
 	p := s.pre
 	if p == nil || p.dir != req.FunctionDir || p.revision != req.Revision {
 		if p != nil {
-			s.dropLocked(p)
+			s.dropLocked(p, true)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		p = &preload{dir: req.FunctionDir, revision: req.Revision, cancel: cancel, done: make(chan struct{})}
@@ -136,7 +141,7 @@ func (s *Server) dropPreloadCall(c echo.Context) error {
 	s.preMu.Lock()
 	dropped := s.pre != nil
 	if dropped {
-		s.dropLocked(s.pre)
+		s.dropLocked(s.pre, true)
 	}
 	s.preMu.Unlock()
 	return c.JSON(http.StatusOK, map[string]bool{"dropped": dropped})
@@ -150,7 +155,7 @@ func (s *Server) runPreload(ctx context.Context, p *preload, m *functions.Manife
 	in, err := s.build(ctx, m, p.revision)
 	took, after := time.Since(start), RSSBytes()
 	s.preMu.Lock()
-	dropped := p.dropped
+	dropped, release := p.dropped, p.release
 	p.before, p.after, p.took = before, after, took
 	switch {
 	case err != nil:
@@ -167,6 +172,9 @@ func (s *Server) runPreload(ctx context.Context, p *preload, m *functions.Manife
 		log.Warn("pre-load failed; a specialise for the revision will load it as without one", "err", err)
 	case dropped:
 		in.Close()
+		if release {
+			ort.ReleaseMemory()
+		}
 		log.Info("pre-load dropped as it finished: its sessions are released")
 	default:
 		log.Info("pre-loaded: the sessions wait for a specialise that names the revision", "load_seconds", took.Seconds(), "rss_added_bytes", after-before)
@@ -174,21 +182,25 @@ func (s *Server) runPreload(ctx context.Context, p *preload, m *functions.Manife
 }
 
 // dropLocked drops p (caller holds preMu): its instance is closed now if
-// built, else by runPreload when it is.
-func (s *Server) dropLocked(p *preload) {
+// built, else by runPreload when it is; release hands its memory back to
+// the kernel.
+func (s *Server) dropLocked(p *preload, release bool) {
 	if s.pre == p {
 		s.pre = nil
 	}
 	if p.claimed || p.dropped {
 		return
 	}
-	p.dropped = true
+	p.dropped, p.release = true, release
 	p.cancel()
 	if p.ready() && p.in != nil {
 		in := p.in
 		p.in, p.err = nil, errPreloadDropped
 		start := time.Now()
 		in.Close()
+		if release {
+			ort.ReleaseMemory()
+		}
 		s.logFor(in.Manifest.Name, in.Revision.Name).Info("pre-load dropped: its sessions are released", "close_seconds", time.Since(start).Seconds())
 	}
 }
@@ -211,7 +223,7 @@ func (s *Server) claimPreload(req SpecialiseRequest) (string, *preload) {
 		}
 		return preloadJoined, p
 	default:
-		s.dropLocked(p)
+		s.dropLocked(p, false)
 		return preloadDropped, nil
 	}
 }

@@ -583,7 +583,7 @@ func (s *Server) Serve(ctx context.Context, ln, frames net.Listener) error {
 	<-framesDone // ServeFrames drains on the same ctx, bounded by DrainTimeout
 	s.preMu.Lock()
 	if s.pre != nil {
-		s.dropLocked(s.pre)
+		s.dropLocked(s.pre, false)
 	}
 	s.preMu.Unlock()
 	for _, in := range s.revisions().order {
