@@ -105,6 +105,10 @@ type Config struct {
 	// pool process), the others stop after this, so a burst that needed
 	// several leaves one behind, not all of them.
 	EmptyHostLinger time.Duration
+	// Preload has idle warm-pool processes pre-load the sessions of the
+	// dedicated revisions most recently scaled to zero (preload.go), so
+	// the next wake of one skips creating and warming them.
+	Preload bool
 }
 
 // Errors Acquire returns; the router maps them to statuses.
@@ -206,7 +210,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.m = newMetrics(cfg.Registerer)
-	e.pool = newWarmPool(e, cfg.PoolSize)
+	e.pool = newWarmPool(e, cfg.PoolSize, cfg.Preload)
 	for _, fn := range cfg.Functions {
 		dir, err := filepath.Abs(fn.Dir)
 		if err != nil {
@@ -362,6 +366,9 @@ func (e *Engine) Acquire(ctx context.Context, function, revision string) (*Lease
 		if e.stopped.Load() {
 			return nil, ErrStopped
 		}
+		// Read before the look: a start that ends between the look and
+		// the wait has released the queue already (WaitSince).
+		epoch := r.queue.Epoch()
 		if in := r.pick(); in != nil {
 			l := &Lease{Addr: in.addr, Socket: in.sock, Function: function, Revision: revision, PID: in.pid, inst: in, rev: r, eng: e}
 			if waited {
@@ -380,7 +387,7 @@ func (e *Engine) Acquire(ctx context.Context, function, revision string) (*Lease
 		e.ensureStarting(r, arrival)
 		waited = true
 		r.waiting.Add(1)
-		err := r.queue.Wait(ctx)
+		err := r.queue.WaitSince(ctx, epoch)
 		r.waiting.Add(-1)
 		if err != nil {
 			return nil, err
@@ -441,6 +448,8 @@ type ProcessStatus struct {
 	StartSeconds float64 `json:"start_seconds,omitempty"`
 	// Shared says the process is a shared one, holding other revisions too.
 	Shared bool `json:"shared,omitempty"`
+	// Preload is what an idle pool process pre-loads (Config.Preload).
+	Preload *PreloadStatus `json:"preload,omitempty"`
 }
 
 // ColdStart describes the latest cold start of a revision.
@@ -459,6 +468,10 @@ type ColdStart struct {
 	// its response (zero until then).
 	FirstResponse time.Time `json:"first_response,omitzero"`
 	TotalSeconds  float64   `json:"total_seconds"`
+	// Preload is how a pool specialisation used the pre-load: hit (its
+	// sessions were pre-loaded), joined (their pre-load was running),
+	// dropped (another revision's was dropped first) or none.
+	Preload string `json:"preload,omitempty"`
 }
 
 // Statuses reports every revision, in manifest order.

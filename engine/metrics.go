@@ -12,6 +12,9 @@ type metrics struct {
 	startFailures    *prometheus.CounterVec
 	poolIdle         prometheus.Gauge
 	loads, unloads   *prometheus.CounterVec
+	specialisations  *prometheus.CounterVec
+	preloads         *prometheus.CounterVec
+	preloadedBytes   prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -38,8 +41,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Revisions unloaded from a shared runtime process (the process keeps running), by reason (scale_to_zero, scale_down, lru, crash, unreachable, load_failed, shutdown)."}, append(fr, "reason")),
 		poolIdle: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pilotlight_warm_pool_idle_processes",
 			Help: "Pre-started generic runtime processes waiting to be specialised (the pilot light)."}),
+		specialisations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_warm_pool_specialisations_total",
+			Help: "Warm-pool processes specialised to a dedicated revision, by how they used a pre-load: hit (its sessions were pre-loaded), joined (their pre-load was running), dropped (another revision's pre-load was dropped first), none."}, append(fr, "preload")),
+		preloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilotlight_warm_pool_preloads_total",
+			Help: "Pre-loads of a revision's sessions into an idle warm-pool process, by outcome (loaded, skipped: no room in the machine's budget, failed)."}, append(fr, "outcome")),
+		preloadedBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pilotlight_warm_pool_preloaded_bytes",
+			Help: "What the idle warm-pool processes' pre-loaded sessions add to their RSS (charged to the machine's budget)."}),
 	}
-	reg.MustRegister(m.instances, m.coldStarts, m.coldStartSeconds, m.queueDepth, m.desired, m.exits, m.startFailures, m.poolIdle, m.loads, m.unloads)
+	reg.MustRegister(m.instances, m.coldStarts, m.coldStartSeconds, m.queueDepth, m.desired, m.exits, m.startFailures, m.poolIdle, m.loads, m.unloads,
+		m.specialisations, m.preloads, m.preloadedBytes)
 	return m
 }
 

@@ -14,9 +14,16 @@ type warmPool struct {
 	mu    sync.Mutex
 	idle  []*Process
 	spawn int // starts in progress
+	// preload turns pre-loading on (Config.Preload); recent lists the
+	// dedicated revisions most recently scaled to zero, newest first, at
+	// most size: what the idle processes pre-load (preload.go).
+	preload bool
+	recent  []*revision
 }
 
-func newWarmPool(e *Engine, size int) *warmPool { return &warmPool{e: e, size: size} }
+func newWarmPool(e *Engine, size int, preload bool) *warmPool {
+	return &warmPool{e: e, size: size, preload: preload && size > 0}
+}
 
 // fill starts processes until idle + starting reaches the pool size.
 func (p *warmPool) fill() {
@@ -54,21 +61,43 @@ func (p *warmPool) startOne() {
 	p.idle = append(p.idle, in)
 	p.mu.Unlock()
 	p.e.m.poolIdle.Set(float64(p.idleCount()))
+	p.assignPreloads()
 }
 
-// take hands out an idle generic process, or nil.
-func (p *warmPool) take() *Process {
+// take hands out an idle generic process, or nil, and what it pre-loaded
+// (nil: nothing). For r (nil: a shared process to be), it prefers one that
+// pre-loaded r, then one that pre-loaded nothing: a pre-load is dropped only
+// when every idle process holds another revision's.
+func (p *warmPool) take(r *revision) (*Process, *preloadState) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	rank := func(in *Process) int {
+		switch {
+		case in.preload == nil:
+			return 1
+		case r != nil && in.preload.r == r:
+			return 0
+		}
+		return 2
+	}
 	for len(p.idle) > 0 {
-		in := p.idle[0]
-		p.idle = p.idle[1:]
+		best := 0
+		for i, in := range p.idle {
+			if rank(in) < rank(p.idle[best]) {
+				best = i
+			}
+		}
+		in := p.idle[best]
+		p.idle = append(p.idle[:best], p.idle[best+1:]...)
+		st := in.preload
+		in.preload = nil
 		if in.alive() {
 			p.e.m.poolIdle.Set(float64(len(p.idle)))
-			return in
+			p.e.m.preloadedBytes.Set(float64(p.preloadedBytesLocked()))
+			return in, st
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 // forget drops a generic process that exited while idle, and replaces it.
@@ -80,6 +109,8 @@ func (p *warmPool) forget(in *Process) {
 			break
 		}
 	}
+	in.preload = nil
+	p.e.m.preloadedBytes.Set(float64(p.preloadedBytesLocked()))
 	p.mu.Unlock()
 	p.e.m.poolIdle.Set(float64(p.idleCount()))
 	if !p.e.stopped.Load() {
@@ -107,7 +138,7 @@ func (p *warmPool) status() []ProcessStatus {
 	defer p.mu.Unlock()
 	out := make([]ProcessStatus, 0, len(p.idle))
 	for _, in := range p.idle {
-		out = append(out, ProcessStatus{PID: in.pid, Port: in.port, State: "idle", Source: sourcePool})
+		out = append(out, ProcessStatus{PID: in.pid, Port: in.port, State: "idle", Source: sourcePool, Preload: in.preload.view()})
 	}
 	return out
 }

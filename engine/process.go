@@ -59,6 +59,8 @@ type Process struct {
 	mu       sync.Mutex
 	// adoptedBy is the revision's slot a pool process now serves as.
 	adoptedBy *Process
+	// preload is what an idle pool process pre-loads (guarded by the pool's mu).
+	preload *preloadState
 	// lastWords is the child's latest warning or error, quoted when it fails to start.
 	lastWords atomic.Pointer[string]
 	// missed counts liveness checks failed in a row; checking is set while one runs.
@@ -85,6 +87,9 @@ type loadReport struct {
 	Provider       string `json:"provider"`
 	ProviderReason string `json:"provider_reason"`
 	DeviceBytes    int64  `json:"device_bytes"`
+	// Preload is how a specialisation used the process's pre-load
+	// (preloadPath*; "" from a readiness answer or an older runtime).
+	Preload string `json:"preload,omitempty"`
 }
 
 func (in *Process) said() string {
@@ -177,12 +182,17 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 			// next tick while requests wait (up to CapacityWait).
 			e.log.Warn("no memory to load the revision yet", "function", r.fn.Name, "revision", r.rev.Name, "reason", ce.Reason)
 			backoff = e.cfg.TickInterval
-		case slot.slot && hostDied(slot):
-			// The shared process it was loading into died (a crash the
-			// engine is handling): not a failure of the revision either. The
-			// held requests go back through Acquire now, to a new placement,
-			// as the requests the crash interrupted do.
-			e.log.Warn("the shared process ended during the load; placing the revision again", "function", r.fn.Name, "revision", r.rev.Name, "pid", slot.pid)
+			if e.pool.dropPreloads() {
+				e.log.Info("dropped the warm pool's pre-loads to make room", "function", r.fn.Name, "revision", r.rev.Name)
+			}
+		case (slot.slot || slot.source == sourcePool) && hostDied(slot):
+			// The shared process it was loading into, or the warm-pool
+			// process it was specialising (killed while idle, perhaps while
+			// it pre-loaded), died: a crash the engine is handling, not a
+			// failure of the revision. The held requests go back through
+			// Acquire now, to a new placement or process, as the requests
+			// the crash interrupted do.
+			e.log.Warn("the runtime process ended during the load; starting the revision again", "function", r.fn.Name, "revision", r.rev.Name, "pid", slot.pid, "source", slot.source)
 			err, backoff = nil, 0
 		default:
 			e.log.Error("instance failed to start", "function", r.fn.Name, "revision", r.rev.Name, "source", slot.source, "err", err)
@@ -218,12 +228,20 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 		p.Mark(in.pid, "request_arrival", trigger)
 		p.Mark(in.pid, "ready", now)
 	}
+	preload := ""
+	if in.source == sourcePool && !slot.slot {
+		preload = preloadPathNone
+		if rep := in.loadedAs.Load(); rep != nil && rep.Preload != "" {
+			preload = rep.Preload
+		}
+		e.m.specialisations.WithLabelValues(r.fn.Name, r.rev.Name, preload).Inc()
+	}
 	r.mu.Lock()
 	r.startErr = nil
-	r.lastCold = &ColdStart{Source: in.source, PID: in.pid, Trigger: trigger, Launch: begin, Launched: launched, Ready: now, TotalSeconds: total.Seconds()}
+	r.lastCold = &ColdStart{Source: in.source, PID: in.pid, Trigger: trigger, Launch: begin, Launched: launched, Ready: now, TotalSeconds: total.Seconds(), Preload: preload}
 	r.mu.Unlock()
 	e.log.Info("instance ready", "function", r.fn.Name, "revision", r.rev.Name, "pid", in.pid, "source", in.source,
-		"cold_start_ms", float64(total.Microseconds())/1000)
+		"cold_start_ms", float64(total.Microseconds())/1000, "preload", preload)
 	r.queue.Release(-1)
 }
 
@@ -233,7 +251,7 @@ func (e *Engine) launch(r *revision, slot *Process) (*Process, error) {
 	if r.shared {
 		return slot, e.placeShared(r, slot)
 	}
-	if p := e.pool.take(); p != nil {
+	if p, _ := e.pool.take(r); p != nil {
 		adopt(slot, p)
 		slot.labels.Store(&[2]string{r.fn.Name, r.rev.Name})
 		if pr := e.cfg.Probes; pr != nil {
@@ -445,6 +463,9 @@ func (e *Engine) exited(in *Process, err error) {
 	}
 	if r, ok := e.revs[revKey{fn, rev}]; ok {
 		r.remove(owner)
+		if owner.stopping.Load() && r.atZero() && r.desiredCount() == 0 {
+			e.pool.wentToZero(r)
+		}
 		if r.waiting.Load() > 0 {
 			// Held requests go back through Acquire, which starts a replacement.
 			r.queue.Release(-1)

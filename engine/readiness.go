@@ -26,6 +26,9 @@ func (e *Engine) waitReady(in *Process) error {
 			if resp.StatusCode == http.StatusOK {
 				var rep loadReport
 				if json.Unmarshal(body, &rep) == nil && rep.Provider != "" {
+					if old := in.loadedAs.Load(); old != nil {
+						rep.Preload = old.Preload // the specialise answer's, which readiness does not repeat
+					}
 					in.loadedAs.Store(&rep)
 				}
 				return nil

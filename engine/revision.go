@@ -74,6 +74,13 @@ func (r *revision) deviceCost(budget int64) int64 {
 
 func (r *revision) touch(now time.Time) { r.lastActive.Store(now.UnixNano()) }
 
+// desiredCount is the autoscaler's latest desired instance count.
+func (r *revision) desiredCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.desired
+}
+
 // responded marks the first response of the latest cold start, once. The
 // record is replaced, not changed: Statuses hands out the pointer.
 func (r *revision) responded(pid int, at time.Time) {

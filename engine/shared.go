@@ -375,6 +375,9 @@ func (e *Engine) admitDedicated(r *revision) (release func(), err error) {
 	need := r.memoryCost()
 	if e.pool.idleCount() == 0 {
 		need += e.hostBase()
+	} else if held := e.pool.preloadedFor(r); held > 0 {
+		// Its sessions are in a pool process's RSS already (counted).
+		need = max(need-held, 0)
 	}
 	device := e.cfg.DeviceMemory
 	needDev := processDeviceBytes(r.deviceCost(device))
@@ -435,9 +438,15 @@ func (e *Engine) hostBase() int64 {
 // startHost makes h's process: a warm-pool process when one is idle, else
 // a new generic one; it is shared from its first load.
 func (e *Engine) startHost(h *host) {
-	p := e.pool.take()
+	p, pre := e.pool.take(nil)
 	if p != nil {
 		e.pool.refill()
+		if pre != nil {
+			// Its sessions would count in the base measured below.
+			if err := e.dropPreloadCall(p); err != nil {
+				e.log.Warn("dropping a warm-pool process's pre-load", "pid", p.pid, "err", err)
+			}
+		}
 	} else {
 		p = &Process{id: e.nextID.Add(1), exited: make(chan struct{}), source: sourceExec}
 		p.setState(stateStarting)

@@ -74,8 +74,14 @@ func newBenchCmd() *cobra.Command {
 				f           func(context.Context) ([]bench.Row, error)
 			}{
 				{"instance", "One instance (runtime only)", func(ctx context.Context) ([]bench.Row, error) { return bench.Instance(ctx, env) }},
-				{"coldstart", "Scale from zero: warm pool", func(ctx context.Context) ([]bench.Row, error) { return bench.ColdStart(ctx, env, 1, coldStarts) }},
+				{"coldstart", "Scale from zero: warm pool, pre-load off (before)", func(ctx context.Context) ([]bench.Row, error) {
+					return bench.ColdStart(ctx, env, 1, coldStarts, "--warm-pool-preload=false")
+				}},
+				{"coldstart", "Scale from zero: warm pool, pre-load on: hit and miss (same serve)", func(ctx context.Context) ([]bench.Row, error) {
+					return bench.ColdStartPreload(ctx, env, coldStarts)
+				}},
 				{"coldstart", "Scale from zero: exec (no pool)", func(ctx context.Context) ([]bench.Row, error) { return bench.ColdStart(ctx, env, 0, coldStarts) }},
+				{"coldstart", "Scale from zero: a burst, pre-load off and on", func(ctx context.Context) ([]bench.Row, error) { return bench.BurstPreload(env, fnRoot) }},
 				{"hop", "Router hop", func(ctx context.Context) ([]bench.Row, error) { return bench.Hop(ctx, env) }},
 				{"platform", "Through the platform (make run's flag file)", func(ctx context.Context) ([]bench.Row, error) { return bench.Platform(ctx, env) }},
 				{"platform", "What the flag file costs, with realistic users (shipped flags vs none, same run)", func(ctx context.Context) ([]bench.Row, error) { return bench.PlatformUsers(ctx, env) }},

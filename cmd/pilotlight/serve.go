@@ -62,6 +62,7 @@ type serveOptions struct {
 	isolation                    string
 	limits                       router.Limits
 	poolSize, queueCapacity      int
+	preload                      bool
 	scaleToZeroAfter             time.Duration
 	requestTimeout               time.Duration
 	stableWindow, panicWindow    time.Duration
@@ -115,6 +116,7 @@ func (o *serveOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.routerService, "router-service", "", "NAMESPACE/NAME: rollout analysis scrapes /metrics of every ready endpoint of this Service (its EndpointSlices, port \""+rollout.AdminPortName+"\"); empty: this replica's own traffic only")
 	f.StringVar(&o.bpfAgents, "bpf-agents", "", "NAMESPACE/NAME (e.g. pilotlight-system/pilotlight-bpf-agent): the console shows the cold-start timelines the eBPF agents on the nodes report, found through this Service's EndpointSlices (--backend knative)")
 	f.IntVar(&o.poolSize, "pool-size", engine.DefaultPoolSize, "pre-started generic runtime processes (the pilot light); 0 disables")
+	f.BoolVar(&o.preload, "warm-pool-preload", true, "idle warm-pool processes pre-load the sessions of the dedicated functions most recently scaled to zero (charged to --runtime-memory-total)")
 	f.Var(&o.runtimeMemory, "runtime-memory", "memory one shared runtime process may give its revisions' sessions, e.g. 2Gi (default: 1/8 of the machine's); a revision that would exceed it unloads the least recently used idle ones first")
 	f.Var(&o.machineMemory, "runtime-memory-total", "memory every runtime process together may hold, e.g. 16Gi (default: 3/4 of the machine's); past it, requests wait and then get 503 rather than an OOM kill")
 	f.Var(&o.deviceMemory, "runtime-device-memory", "CUDA device memory every runtime process together may be charged, e.g. 14Gi (default: no bound); a process is charged its CUDA sessions' arena limits and one CUDA context; sessions on the CPU are charged nothing")
@@ -289,7 +291,7 @@ func (o *serveOptions) newBackend(fns []*functions.Manifest, probes *bpf.Probes,
 		// changes no transport.
 		HTTPOnly:      o.instanceHTTP,
 		RuntimeMemory: int64(o.runtimeMemory), MachineMemory: int64(o.machineMemory), DeviceMemory: int64(o.deviceMemory),
-		CapacityWait: o.capacityWait, Isolation: isolation,
+		CapacityWait: o.capacityWait, Isolation: isolation, Preload: o.preload,
 	}
 	lb := engine.Backend{}
 	if probes != nil {

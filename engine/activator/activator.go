@@ -20,6 +20,10 @@ type Queue struct {
 	mu       sync.Mutex
 	capacity int
 	waiters  list.List // of *waiter
+	// epoch counts Release calls, with or without waiters: a caller that
+	// looked for an instance before a release and waits after it must not
+	// wait for a release that has already happened (WaitSince).
+	epoch uint64
 }
 
 type waiter struct {
@@ -32,10 +36,33 @@ func New(capacity int) *Queue {
 	return &Queue{capacity: capacity}
 }
 
+// Epoch is the count of releases so far, read before looking for a ready
+// instance and passed to WaitSince.
+func (q *Queue) Epoch() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.epoch
+}
+
 // Wait holds the caller until Release reaches it (nil), its context ends
 // (the slot is given back and ctx.Err is returned), or the queue is full.
 func (q *Queue) Wait(ctx context.Context) error {
+	return q.WaitSince(ctx, q.Epoch())
+}
+
+// WaitSince is Wait for a caller that read epoch (Epoch) before it looked
+// for an instance: when a Release has come since, it returns nil at once,
+// and the caller looks again. Without it, an instance that became ready
+// (and released a queue still empty) between the look and the wait would
+// leave the request held until its context ended: a start that answers in
+// a millisecond or two (a shared process's load) can beat the request's
+// own goroutine to the queue on a loaded machine.
+func (q *Queue) WaitSince(ctx context.Context, epoch uint64) error {
 	q.mu.Lock()
+	if q.epoch != epoch {
+		q.mu.Unlock()
+		return nil
+	}
 	if q.waiters.Len() >= q.capacity {
 		q.mu.Unlock()
 		return ErrQueueFull
@@ -66,6 +93,7 @@ func (q *Queue) Wait(ctx context.Context) error {
 func (q *Queue) Release(n int) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.epoch++
 	released := 0
 	for (n < 0 || released < n) && q.waiters.Len() > 0 {
 		w := q.waiters.Remove(q.waiters.Front()).(*waiter)

@@ -92,3 +92,29 @@ func TestCancelledWaiterGivesBackItsSlot(t *testing.T) {
 		t.Fatalf("release all = %d", n)
 	}
 }
+
+// TestReleaseBeforeTheWaitIsNotLost: a release between the caller's look
+// for an instance (epoch read) and its wait is the instance it looked for
+// becoming ready: WaitSince returns at once instead of holding the caller
+// until its context ends (the shared wake's 20 s flake under -race).
+func TestReleaseBeforeTheWaitIsNotLost(t *testing.T) {
+	q := New(4)
+	epoch := q.Epoch()
+	if n := q.Release(-1); n != 0 {
+		t.Fatalf("released %d with nobody waiting", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := q.WaitSince(ctx, epoch); err != nil {
+		t.Fatalf("a wait after a release it had not seen: %v, want nil at once", err)
+	}
+	// Nothing released since the epoch read now: the wait holds.
+	short, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if err := q.WaitSince(short, q.Epoch()); err != context.DeadlineExceeded {
+		t.Errorf("a wait with no release since its epoch returned %v, want the deadline", err)
+	}
+	if q.Len() != 0 {
+		t.Errorf("queue holds %d after the waits ended", q.Len())
+	}
+}

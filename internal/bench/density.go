@@ -225,14 +225,14 @@ const (
 // burst times the first responses of burstFunctions functions woken at
 // once: dedicated, the pool's processes are specialised and the rest exec;
 // shared, their sessions load into running processes.
-func (d Density) burst(e Env, fnRoot, isolation string) ([]time.Duration, error) {
+func (d Density) burst(e Env, fnRoot, isolation string, extra ...string) ([]time.Duration, error) {
 	idle := 2 * time.Second
 	root, fns, err := copies(fnRoot, burstFunctions, idle)
 	defer os.RemoveAll(root)
 	if err != nil {
 		return nil, err
 	}
-	s, err := StartServe(e.Bin, []string{"--functions", root, "--flags", "", "--pool-size", strconv.Itoa(burstPool), "--isolation", isolation}, e.Log)
+	s, err := StartServe(e.Bin, append([]string{"--functions", root, "--flags", "", "--pool-size", strconv.Itoa(burstPool), "--isolation", isolation}, extra...), e.Log)
 	if err != nil {
 		return nil, err
 	}

@@ -161,11 +161,42 @@ type Admin struct {
 				State    string `json:"state"`
 				Inflight int    `json:"inflight"`
 			} `json:"instances"`
+			LastCold *struct {
+				PID     int    `json:"pid"`
+				Preload string `json:"preload"`
+			} `json:"last_cold_start"`
 		} `json:"revisions"`
 	} `json:"functions"`
 	WarmPool []struct {
-		PID int `json:"pid"`
+		PID     int `json:"pid"`
+		Preload *struct {
+			Revision string `json:"revision"`
+			State    string `json:"state"`
+		} `json:"preload"`
 	} `json:"warm_pool"`
+}
+
+// lastPreload is how the revision's latest cold start used the warm
+// pool's pre-load ("" when it had none) and that start's pid.
+func (a *Admin) lastPreload(function, revision string) (string, int) {
+	for _, f := range a.Functions {
+		for _, r := range f.Revisions {
+			if f.Name == function && r.Name == revision && r.LastCold != nil {
+				return r.LastCold.Preload, r.LastCold.PID
+			}
+		}
+	}
+	return "", 0
+}
+
+// preloaded says an idle pool process holds revision's sessions, built.
+func (a *Admin) preloaded(revision string) bool {
+	for _, p := range a.WarmPool {
+		if p.Preload != nil && p.Preload.Revision == revision && p.Preload.State == "ready" {
+			return true
+		}
+	}
+	return false
 }
 
 // GetAdmin reads the router's admin view.

@@ -71,6 +71,10 @@ type Server struct {
 	shared   atomic.Bool
 	draining atomic.Bool
 	specMu   sync.Mutex
+	// pre is the revision a warm-pool process pre-loads while idle (nil:
+	// none), guarded by preMu; the specialise call claims or drops it.
+	preMu sync.Mutex
+	pre   *preload
 	// grpc serves inference.GRPCInferenceService; Load replaces it so its
 	// message size limit is the function's runtime.maxBodyBytes.
 	grpc atomic.Pointer[grpc.Server]
@@ -125,7 +129,7 @@ func (s *Server) load(ctx context.Context, m *functions.Manifest, revision strin
 		return fmt.Errorf("this process already serves a revision named %q (of function %s)", revision, cur.Manifest.Name)
 	}
 	log := s.logFor(m.Name, revision)
-	in, err := instance.Load(ctx, m, revision, s.metrics.observer(m.Name, revision), log, instance.Options{DecodeWarmup: decodeWarmup})
+	in, err := s.build(ctx, m, revision)
 	if err != nil {
 		if !s.shared.Load() {
 			msg := err.Error()
@@ -140,6 +144,20 @@ func (s *Server) load(ctx context.Context, m *functions.Manifest, revision strin
 		// the revision holds, the engine's measure of its cost.
 		ort.TrimHeap()
 	}
+	s.install(in)
+	return nil
+}
+
+// build creates a revision's instance (its sessions, warmed, and its
+// batcher) without serving it: load serves it at once, a pre-load holds it
+// until the specialise call that names it.
+func (s *Server) build(ctx context.Context, m *functions.Manifest, revision string) (*instance.Instance, error) {
+	return instance.Load(ctx, m, revision, s.metrics.observer(m.Name, revision), s.logFor(m.Name, revision), instance.Options{DecodeWarmup: decodeWarmup})
+}
+
+// install adds a built instance to what the process serves (caller holds specMu).
+func (s *Server) install(in *instance.Instance) {
+	rs := s.revisions()
 	s.metrics.loaded(in)
 	next := rs.with(in)
 	if limit := next.maxBodyBytes(s.cfg.MaxBodyBytes); len(rs.order) == 0 || limit != rs.maxBodyBytes(s.cfg.MaxBodyBytes) {
@@ -147,7 +165,6 @@ func (s *Server) load(ctx context.Context, m *functions.Manifest, revision strin
 	}
 	s.set.Store(next)
 	s.loadErr.Store(nil)
-	return nil
 }
 
 // logFor is the logger for lines about one revision, labelled with its
@@ -202,6 +219,8 @@ func (s *Server) routes() *echo.Echo {
 	if s.cfg.AllowSpecialise {
 		e.POST("/admin/specialise", s.specialise)
 		e.POST("/admin/unload", s.unload)
+		e.POST("/admin/preload", s.preloadCall)
+		e.DELETE("/admin/preload", s.dropPreloadCall)
 	}
 	return e
 }
@@ -507,10 +526,23 @@ func (s *Server) specialise(c echo.Context) error {
 		s.shared.Store(true)
 	}
 	start, before := time.Now(), RSSBytes()
+	path, p := s.claimPreload(req)
+	if p != nil {
+		in, pre, err := p.wait(c.Request().Context())
+		if err == nil {
+			s.install(in)
+			s.logFor(m.Name, req.Revision).Info("specialised with the pre-loaded sessions", "preload", path, "waited_seconds", time.Since(start).Seconds())
+			return c.JSON(http.StatusOK, providerOf(in, map[string]any{"function": m.Name, "revision": req.Revision, "preload": path,
+				"load_seconds": time.Since(start).Seconds(), "rss_before_bytes": pre, "rss_bytes": RSSBytes()}))
+		}
+		// The pre-load failed: load as if there had been none (the same
+		// error, if it is the revision's, comes back from the load).
+		path = preloadFailed
+	}
 	if err := s.load(c.Request().Context(), m, req.Revision); err != nil {
 		return echo.NewHTTPError(http.StatusUnprocessableEntity, err.Error())
 	}
-	return c.JSON(http.StatusOK, providerOf(s.revisions().byRev[req.Revision], map[string]any{"function": m.Name, "revision": req.Revision,
+	return c.JSON(http.StatusOK, providerOf(s.revisions().byRev[req.Revision], map[string]any{"function": m.Name, "revision": req.Revision, "preload": path,
 		"load_seconds": time.Since(start).Seconds(), "rss_before_bytes": before, "rss_bytes": RSSBytes()}))
 }
 
@@ -562,6 +594,11 @@ func (s *Server) Serve(ctx context.Context, ln, frames net.Listener) error {
 	defer cancel()
 	err := srv.Shutdown(sctx)
 	<-framesDone // ServeFrames drains on the same ctx, bounded by DrainTimeout
+	s.preMu.Lock()
+	if s.pre != nil {
+		s.dropLocked(s.pre, false)
+	}
+	s.preMu.Unlock()
 	for _, in := range s.revisions().order {
 		if cerr := in.Close(); cerr != nil {
 			s.logFor(in.Manifest.Name, in.Revision.Name).Warn("closing sessions", "err", cerr)
