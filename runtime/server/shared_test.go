@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -213,7 +211,7 @@ func TestUnloadReturnsMemory(t *testing.T) {
 // revision once each, in the JSON the engine folds into the platform log.
 func TestSharedProcessLogsEachAttributeOnce(t *testing.T) {
 	requireORT(t)
-	var out syncBuffer
+	var out testbin.SyncBuffer
 	s := server.New(server.Config{AllowSpecialise: true, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewJSONHandler(&out, nil))})
 	ts := httptest.NewServer(s.Handler())
 	defer ts.Close()
@@ -241,22 +239,4 @@ func TestSharedProcessLogsEachAttributeOnce(t *testing.T) {
 	if about < 3 { // loaded, failed to load, unloaded
 		t.Errorf("%d lines name a revision, want at least 3:\n%s", about, out.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines to log into.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
