@@ -65,7 +65,7 @@ test: deps ort models-corpus vet bpf-check proto-check ## everything CI runs; in
 
 bench: deps build ort ## speed figures (docs/benchmarks.md), the eBPF overhead among them; the hop puts nginx and haproxy (hack/deps/bench.apt) beside the router
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./runtime/ort/ ./flags/
-	$(GO) test -run '^$$' -bench BenchmarkProxyAllocs -benchtime 2000x ./router/
+	$(GO) test -run '^$$' -bench 'BenchmarkProxyAllocs|BenchmarkGRPCNativeAllocs' -benchtime 2000x ./router/
 	./$(BIN) bench all
 
 bpf-overhead: build ort ## only the eBPF figure of make bench: the probes' overhead and cold-start anatomy (root; printed, not asserted)

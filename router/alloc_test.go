@@ -13,9 +13,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/pilotlight/pilotlight/functions"
 	"github.com/pilotlight/pilotlight/internal/frame"
+	pb "github.com/pilotlight/pilotlight/proto/inference"
 	"github.com/pilotlight/pilotlight/router/ratelimit"
 )
 
@@ -161,5 +166,63 @@ func BenchmarkProxyAllocs(b *testing.B) {
 				rt.serveFast(&ctx)
 			}
 		})
+	}
+}
+
+// nativeStream is the server transport stream grpc-go puts in a call's
+// context, for calling serveNative outside grpc-go; it keeps nothing.
+type nativeStream struct{}
+
+func (nativeStream) Method() string               { return grpcServicePath + "ModelInfer" }
+func (nativeStream) SetHeader(metadata.MD) error  { return nil }
+func (nativeStream) SendHeader(metadata.MD) error { return nil }
+func (nativeStream) SetTrailer(metadata.MD) error { return nil }
+
+// BenchmarkGRPCNativeAllocs reports the router's allocations and time per
+// unary ModelInfer on grpc-go's transport (serveNative called in process,
+// the transport itself not included), the instance a canned framed socket.
+func BenchmarkGRPCNativeAllocs(b *testing.B) {
+	var enc frame.Encoder
+	enc.StartResponse(200)
+	enc.HeaderString("Content-Type", "application/grpc")
+	enc.HeaderString(frame.TrailerPrefix+"Grpc-Status", "0")
+	reply := []byte{0, 0, 0, 0, 4, 10, 2, 'o', 'k'}
+	resp, _ := enc.Finish(reply)
+	ln := cannedServer(b, "unix", filepath.Join(b.TempDir(), "canned.sock"), resp, func() func(*bufio.Reader) error {
+		var buf []byte
+		var req frame.Request
+		return func(r *bufio.Reader) error { return frame.ReadRequest(r, &buf, 2<<20, &req) }
+	})
+	fn := &functions.Manifest{Name: "echo", Handler: "tensor", Revisions: []functions.Revision{{Name: "echo-00001"}},
+		Runtime: functions.Runtime{MaxBodyBytes: 1 << 20}}
+	rt, err := New(Config{Functions: []*functions.Manifest{fn}, Backend: staticBackend{Target{Socket: ln.Addr().String(), Release: func(bool) {}}},
+		Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Concurrency: ratelimit.NewConcurrencyLimiter(ratelimit.ConcurrencyConfig{}), Recorder: recordsNothing{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rt.Close()
+	msg, err := proto.Marshal(&pb.ModelInferRequest{ModelName: "echo", Inputs: []*pb.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{1, 4}}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := grpc.NewContextWithServerTransportStream(metadata.NewIncomingContext(context.Background(),
+		metadata.Pairs(":authority", "router", "content-type", "application/grpc", "user-agent", "grpc-go/1.85.0", "x-user-id", "u1")), nativeStream{})
+	ctx = peer.NewContext(ctx, &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}})
+	dec := func(v any) error { v.(*rawMessage).b = msg; return nil }
+	call := func() {
+		out, err := rt.grpc.serveNative(ctx, grpcServicePath+"ModelInfer", "model_name", dec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if m, ok := out.(*rawMessage); !ok || string(m.b) != string(reply[pb.FrameHeaderBytes:]) {
+			b.Fatalf("answer %v, want the canned message", out)
+		}
+	}
+	call()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		call()
 	}
 }

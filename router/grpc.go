@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -297,7 +298,10 @@ func (p *grpcProxy) readMessage(r *http.Request, buf *bytes.Buffer) *grpcError {
 	}
 	buf.Grow(pb.FrameHeaderBytes + int(length))
 	buf.Write(hdr[:])
-	if n, err := io.CopyN(buf, r.Body, int64(length)); err != nil {
+	m := buf.AvailableBuffer()[:length] // read in place: io.CopyN would allocate a LimitedReader
+	n, err := io.ReadFull(r.Body, m)
+	buf.Write(m[:n])
+	if err != nil {
 		return grpcErrorf(codes.InvalidArgument, "reading the request message: %d of %d bytes: %v", n, length, err)
 	}
 	var one [1]byte
@@ -430,22 +434,25 @@ func (p *grpcProxy) send(ctx context.Context, in *http.Request, t Target, msg []
 
 // grpcStatusKeys end a call; an instance may send them as headers
 // (trailers-only) or trailers, and the router always sends them as trailers.
-var grpcStatusKeys = []string{"Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin"}
+var (
+	grpcStatusKeys     = [...]string{"Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin"}
+	grpcStatusTrailers = [...]string{http.TrailerPrefix + "Grpc-Status", http.TrailerPrefix + "Grpc-Message", http.TrailerPrefix + "Grpc-Status-Details-Bin"}
+)
 
 // copyResponse relays the instance's answer and returns its grpc-status.
 func (p *grpcProxy) copyResponse(w http.ResponseWriter, resp *http.Response, revision string, cold time.Duration, keep *shadowCopy) codes.Code {
 	defer resp.Body.Close()
 	h := w.Header()
-	status := map[string][]string{}
+	var status [len(grpcStatusKeys)][]string // by grpcStatusKeys' index; nil: absent
 	for key, vs := range resp.Header {
 		if grpcDropHeaders[key] {
 			continue
 		}
 		h[key] = vs
 	}
-	for _, k := range grpcStatusKeys {
+	for i, k := range grpcStatusKeys {
 		if vs, ok := h[k]; ok {
-			status[k] = vs
+			status[i] = vs
 			delete(h, k)
 		}
 	}
@@ -475,12 +482,19 @@ func (p *grpcProxy) copyResponse(w http.ResponseWriter, resp *http.Response, rev
 		p.rt.log.Debug("copying gRPC response", "err", copyErr)
 	}
 	for key, vs := range resp.Trailer {
-		status[key] = vs
+		if i := slices.Index(grpcStatusKeys[:], key); i >= 0 {
+			status[i] = vs
+		} else {
+			h[http.TrailerPrefix+key] = vs
+		}
 	}
 	code := codes.Unknown
-	for key, vs := range status {
-		h[http.TrailerPrefix+key] = vs
-		if key == "Grpc-Status" && len(vs) > 0 {
+	for i, vs := range status {
+		if vs == nil {
+			continue
+		}
+		h[grpcStatusTrailers[i]] = vs
+		if i == 0 && len(vs) > 0 {
 			if n, err := strconv.Atoi(vs[0]); err == nil {
 				code = codes.Code(n)
 			}

@@ -104,15 +104,45 @@ func (c *frameConn) grpcExchange(in *http.Request, revision string, msg []byte, 
 	}
 	resp := &http.Response{StatusCode: c.head.Status, Header: make(http.Header, len(c.head.Headers)), Trailer: http.Header{}}
 	for _, hd := range c.head.Headers {
-		h, name := resp.Header, string(hd.Name)
+		h, name := resp.Header, internString(hd.Name)
 		if t, ok := strings.CutPrefix(name, frame.TrailerPrefix); ok {
 			h, name = resp.Trailer, t
 		}
 		name = http.CanonicalHeaderKey(name)
-		h[name] = append(h[name], string(hd.Value))
+		if vs := h[name]; vs != nil {
+			h[name] = append(vs, string(hd.Value))
+		} else if v, ok := grpcCommonValues[string(hd.Value)]; ok {
+			h[name] = v // shared: nothing downstream changes a value slice in place
+		} else {
+			h[name] = []string{string(hd.Value)}
+		}
 	}
 	c.body = io.LimitedReader{R: c.br, N: int64(c.head.Body)}
 	return resp, nil
+}
+
+// grpcCommonNames and grpcCommonValues are the header names and values
+// every framed gRPC answer carries, kept once instead of per answer.
+var (
+	grpcCommonNames  = map[string]string{}
+	grpcCommonValues = map[string][]string{}
+)
+
+func init() {
+	for _, n := range []string{"Content-Type", frame.TrailerPrefix + "Grpc-Status", frame.TrailerPrefix + "Grpc-Message", HeaderRevision} {
+		grpcCommonNames[n] = n
+	}
+	for _, v := range []string{"application/grpc", "0"} {
+		grpcCommonValues[v] = []string{v}
+	}
+}
+
+// internString is b as a string, allocated only when it is not a common name.
+func internString(b []byte) string {
+	if s, ok := grpcCommonNames[string(b)]; ok {
+		return s
+	}
+	return string(b)
 }
 
 // frameBody is a framed answer's message; Close gives the connection back
