@@ -58,7 +58,9 @@ UNIT_PKGS := ./internal/atomicfile/ ./internal/frame/ ./internal/procmem/ ./inte
 test-unit: ## the fast tier: no ONNX Runtime, no root, under a minute (.ci/run runs it first)
 	$(GO) test -count=1 -timeout 5m $(UNIT_PKGS)
 
-test: deps ort models-corpus vet bpf-check proto-check ## everything CI runs; installs missing Debian packages first (make deps)
+# Tests that run the real binaries share make build's (internal/testbin).
+test: export PILOTLIGHT_TEST_BIN := $(CURDIR)/bin
+test: deps ort models-corpus vet bpf-check proto-check build ## everything CI runs; installs missing Debian packages first (make deps)
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 15m ./runtime/... ./router/... ./engine/... ./rollout/... ./admin/... ./knative/... ./bpf/...
 	cd hack/images && $(GO) test -count=1 -timeout 10m . # make images' layout is the Dockerfile's

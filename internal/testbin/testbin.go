@@ -5,10 +5,12 @@
 package testbin
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -31,13 +33,32 @@ func Root() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
+// BinEnv names a directory holding pilotlight and pilotlight-runtime built
+// from this tree: make test builds them once into bin/ and sets it, so the
+// test processes of every package share one copy instead of each linking
+// its own (120 MiB a copy).
+const BinEnv = "PILOTLIGHT_TEST_BIN"
+
+// binDirPrefix names the directory a test process builds into without
+// BinEnv; its pid follows, so a later process removes the copies of
+// processes that have ended (a test binary has no exit hook).
+const binDirPrefix = "pilotlight-bin-"
+
 // Pilotlight returns the path of a freshly built bin/pilotlight, with
 // pilotlight-runtime beside it as make build leaves them (cached per
 // process).
 func Pilotlight(t testing.TB) string {
 	t.Helper()
 	once.Do(func() {
-		dir, e := os.MkdirTemp("", "pilotlight-bin-")
+		if dir := os.Getenv(BinEnv); dir != "" {
+			path = filepath.Join(dir, "pilotlight")
+			if _, err = os.Stat(filepath.Join(dir, listener.RuntimeBinary)); err != nil {
+				err = fmt.Errorf("%s=%s: %w (make build puts both binaries there)", BinEnv, dir, err)
+			}
+			return
+		}
+		removeEndedBuilds()
+		dir, e := os.MkdirTemp("", binDirPrefix+strconv.Itoa(os.Getpid())+"-")
 		if e != nil {
 			err = e
 			return
@@ -51,6 +72,20 @@ func Pilotlight(t testing.TB) string {
 		t.Fatalf("build pilotlight and pilotlight-runtime: %v\n%s", err, out)
 	}
 	return path
+}
+
+// removeEndedBuilds removes the binaries other test processes built and
+// left behind when they ended.
+func removeEndedBuilds() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), binDirPrefix+"*-*"))
+	for _, d := range dirs {
+		pid, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(d), binDirPrefix), "-")
+		if n, err := strconv.Atoi(pid); !ok || err != nil || n <= 0 {
+			continue
+		} else if _, err := os.Stat(filepath.Join("/proc", pid)); os.IsNotExist(err) {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 // Runtime returns the path of a freshly built pilotlight-runtime, the
