@@ -112,7 +112,7 @@ func (rt *Router) GRPCHandler(next http.Handler) http.Handler {
 			return
 		}
 		if field, ok := grpcModelCalls[r.URL.Path]; ok {
-			rt.grpc.serveModelCall(httpAnswer{w}, httpCall{r}, field)
+			rt.grpc.serveModelCall(httpAnswer{w}, httpCall{httpView{r}}, field)
 			return
 		}
 		rt.grpc.own.ServeHTTP(w, r)
@@ -150,15 +150,13 @@ type modelCall interface {
 	ReadMessage(buf *bytes.Buffer, max int64) *grpcError
 }
 
-// httpCall is a call that came through net/http's HTTP/2 server.
-type httpCall struct{ r *http.Request }
+// httpCall is a call that came through net/http's HTTP/2 server; its
+// headers are the metadata (httpView).
+type httpCall struct{ httpView }
 
-func (c httpCall) Header(name string) string             { return c.r.Header.Get(name) }
-func (c httpCall) Cookie(name string) string             { return httpView{c.r}.Cookie(name) }
-func (c httpCall) EachHeader(f func(name, value string)) { httpView{c.r}.EachHeader(f) }
-func (c httpCall) Context() context.Context              { return c.r.Context() }
-func (c httpCall) Path() string                          { return c.r.URL.Path }
-func (c httpCall) RemoteHost() string                    { return remoteHost(c.r.RemoteAddr) }
+func (c httpCall) Context() context.Context { return c.r.Context() }
+func (c httpCall) Path() string             { return c.r.URL.Path }
+func (c httpCall) RemoteHost() string       { return remoteHost(c.r.RemoteAddr) }
 func (c httpCall) ReadMessage(buf *bytes.Buffer, max int64) *grpcError {
 	return readMessage(c.r, buf, max)
 }
