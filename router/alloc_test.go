@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
@@ -209,7 +210,7 @@ func BenchmarkGRPCNativeAllocs(b *testing.B) {
 	ctx := grpc.NewContextWithServerTransportStream(metadata.NewIncomingContext(context.Background(),
 		metadata.Pairs(":authority", "router", "content-type", "application/grpc", "user-agent", "grpc-go/1.85.0", "x-user-id", "u1")), nativeStream{})
 	ctx = peer.NewContext(ctx, &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}})
-	dec := func(v any) error { v.(*rawMessage).b = msg; return nil }
+	dec := func(v any) error { return passthroughCodec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(msg)}, v) } // as grpc-go decodes
 	call := func() {
 		out, err := rt.grpc.serveNative(ctx, grpcServicePath+"ModelInfer", "model_name", dec)
 		if err != nil {

@@ -112,7 +112,7 @@ func (rt *Router) GRPCHandler(next http.Handler) http.Handler {
 			return
 		}
 		if field, ok := grpcModelCalls[r.URL.Path]; ok {
-			rt.grpc.serveModelCall(w, r, field)
+			rt.grpc.serveModelCall(httpAnswer{w}, httpCall{httpView{r}}, field)
 			return
 		}
 		rt.grpc.own.ServeHTTP(w, r)
@@ -132,19 +132,54 @@ func grpcErrorf(code codes.Code, format string, args ...any) *grpcError {
 	return &grpcError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
+// modelCall is a call that names a model as serveModelCall reads it: its
+// metadata (as a RequestView, for the gates, the flag pick and the trace
+// context), path, peer and message. net/http's side (httpCall) and
+// grpc-go's (nativeModelCall, grpcnative.go) each satisfy it on what they
+// already have, so neither builds the other's request per call.
+type modelCall interface {
+	RequestView
+	Context() context.Context
+	Path() string
+	RemoteHost() string // the peer's address without its port
+	// EachMetadata calls f with each metadata name (any case) and its values,
+	// the transport's own (pseudo-headers, grpc-timeout, encodings) left out.
+	EachMetadata(f func(name string, vs []string))
+	// ReadMessage reads the one length-prefixed message (prefix included)
+	// into buf, refusing more than max bytes.
+	ReadMessage(buf *bytes.Buffer, max int64) *grpcError
+}
+
+// httpCall is a call that came through net/http's HTTP/2 server; its
+// headers are the metadata (httpView).
+type httpCall struct{ httpView }
+
+func (c httpCall) Context() context.Context { return c.r.Context() }
+func (c httpCall) Path() string             { return c.r.URL.Path }
+func (c httpCall) RemoteHost() string       { return remoteHost(c.r.RemoteAddr) }
+func (c httpCall) ReadMessage(buf *bytes.Buffer, max int64) *grpcError {
+	return readMessage(c.r, buf, max)
+}
+func (c httpCall) EachMetadata(f func(name string, vs []string)) {
+	for k, vs := range c.r.Header {
+		f(k, vs)
+	}
+}
+
 // serveModelCall gates, routes and forwards one call that names a model.
 // Order as REST's middleware: authenticate and rate-limit on the headers
 // (before reading the message), then read the message, find the function,
 // check the key may call it, cap its concurrency, pick the revision.
-func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field string) {
+func (p *grpcProxy) serveModelCall(ans callAnswer, c modelCall, field string) {
 	start := time.Now()
 	fnName, revision := "", ""
 	code := codes.OK
+	ctx := c.Context()
 	var traceCtx context.Context // the request span's (tracing on only)
 	var span trace.Span
 	if p.rt.tr != nil {
-		traceCtx, span = p.rt.tr.startGRPC(r)
-		r = r.WithContext(traceCtx)
+		traceCtx, span = p.rt.tr.startGRPC(ctx, c.Path(), viewCarrier{c})
+		ctx = traceCtx
 	}
 	defer func() {
 		if _, known := p.rt.fns[fnName]; known {
@@ -156,24 +191,16 @@ func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field
 	}()
 	fail := func(e *grpcError) {
 		code = e.code
-		for k, v := range e.headers {
-			w.Header().Set(k, v)
-		}
-		if e.code == codes.Unavailable || e.code == codes.ResourceExhausted {
-			if w.Header().Get("Retry-After") == "" {
-				w.Header().Set("Retry-After", "1")
-			}
-		}
-		pb.WriteStatus(w, e.code, e.msg)
+		ans.fail(e)
 	}
 
 	buf := p.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer p.bufs.Put(buf)
-	a := admission{authorization: r.Header.Get("Authorization"), apiKey: r.Header.Get(auth.HeaderAPIKey), remoteIP: remoteHost(r.RemoteAddr)}
+	a := admission{authorization: c.Header("Authorization"), apiKey: c.Header(auth.HeaderAPIKey), remoteIP: c.RemoteHost()}
 	var call pb.ModelCall
 	var msg []byte
-	if gerr := p.readMessage(r, buf); gerr != nil {
+	if gerr := c.ReadMessage(buf, p.maxBody); gerr != nil {
 		a.malformed = gerr
 	} else {
 		msg = buf.Bytes()
@@ -204,20 +231,57 @@ func (p *grpcProxy) serveModelCall(w http.ResponseWriter, r *http.Request, field
 		revision = call.Version
 	} else {
 		// The targeting key: metadata x-user-id, else the request's user_id parameter.
-		if revision, err = p.rt.cfg.Picker.Pick(r.Context(), fn, grpcView{httpView{r}, call.UserID}, nil); err != nil {
+		if revision, err = p.rt.cfg.Picker.Pick(ctx, fn, grpcView{c, call.UserID}, nil); err != nil {
 			fail(grpcErrorFor(err))
 			return
 		}
 	}
 	var keep *shadowCopy
-	if sh := p.rt.cfg.Shadow; sh != nil && call.Version == "" && r.URL.Path == grpcServicePath+"ModelInfer" && sh.Mirroring(fn.Name, revision) {
+	if sh := p.rt.cfg.Shadow; sh != nil && call.Version == "" && c.Path() == grpcServicePath+"ModelInfer" && sh.Mirroring(fn.Name, revision) {
 		keep = &shadowCopy{}
 	}
-	code = p.forward(w, r, fn, revision, msg, fail, keep)
+	code = p.forward(ctx, ans, c, fn, revision, msg, fail, keep)
 	if keep != nil && code == codes.OK && !keep.over {
-		p.rt.cfg.Shadow.Shadow(r.Context(), ShadowCall{Function: fn.Name, Revision: revision, Method: http.MethodPost, Path: r.URL.Path,
+		p.rt.cfg.Shadow.Shadow(ctx, ShadowCall{Function: fn.Name, Revision: revision, Method: http.MethodPost, Path: c.Path(),
 			Body: msg, Status: http.StatusOK, Response: keep.buf.Bytes()})
 	}
+}
+
+// callAnswer is where serveModelCall's answer goes: a refusal, or the
+// instance's answer relayed (its grpc-status returned). httpAnswer writes
+// it to net/http's side; nativeWriter (grpcnative.go) keeps it for grpc-go.
+type callAnswer interface {
+	fail(e *grpcError)
+	relay(p *grpcProxy, resp *http.Response, revision string, cold time.Duration, keep *shadowCopy) codes.Code
+}
+
+type httpAnswer struct{ w http.ResponseWriter }
+
+func (a httpAnswer) fail(e *grpcError) {
+	h := a.w.Header()
+	for k, v := range e.headers {
+		h.Set(k, v)
+	}
+	if (e.code == codes.Unavailable || e.code == codes.ResourceExhausted) && h.Get("Retry-After") == "" {
+		h.Set("Retry-After", "1")
+	}
+	pb.WriteStatus(a.w, e.code, e.msg)
+}
+
+func (a httpAnswer) relay(p *grpcProxy, resp *http.Response, revision string, cold time.Duration, keep *shadowCopy) codes.Code {
+	return p.copyResponse(a.w, resp, revision, cold, keep)
+}
+
+// viewCarrier reads a call's trace context (traceparent, tracestate,
+// baggage) from its metadata; the router never writes into it.
+type viewCarrier struct{ v RequestView }
+
+func (c viewCarrier) Get(key string) string { return c.v.Header(key) }
+func (c viewCarrier) Set(string, string)    {}
+func (c viewCarrier) Keys() []string {
+	var keys []string
+	c.v.EachHeader(func(k, _ string) { keys = append(keys, k) })
+	return keys
 }
 
 // shadowCopy keeps a mirrored gRPC answer as it streams to the client, up
@@ -239,13 +303,13 @@ func (c *shadowCopy) Write(b []byte) (int, error) {
 // grpcView is a call's metadata as a RequestView, with the request's
 // user_id parameter as X-User-ID when the metadata carries none.
 type grpcView struct {
-	httpView
+	RequestView
 	userID string
 }
 
 // Header implements RequestView.
 func (v grpcView) Header(name string) string {
-	h := v.httpView.Header(name)
+	h := v.RequestView.Header(name)
 	if h == "" && v.userID != "" && strings.EqualFold(name, UserIDHeader) {
 		return v.userID
 	}
@@ -284,7 +348,7 @@ func remoteHost(addr string) string {
 
 // readMessage reads the call's one length-prefixed message (prefix
 // included) into buf, refusing more than any function accepts.
-func (p *grpcProxy) readMessage(r *http.Request, buf *bytes.Buffer) *grpcError {
+func readMessage(r *http.Request, buf *bytes.Buffer, maxBody int64) *grpcError {
 	var hdr [pb.FrameHeaderBytes]byte
 	if _, err := io.ReadFull(r.Body, hdr[:]); err != nil {
 		return grpcErrorf(codes.InvalidArgument, "reading the request message: %v", err)
@@ -293,8 +357,8 @@ func (p *grpcProxy) readMessage(r *http.Request, buf *bytes.Buffer) *grpcError {
 	if compressed {
 		return grpcErrorf(codes.Unimplemented, "compressed requests are not accepted (grpc-encoding %q); send them uncompressed", r.Header.Get("Grpc-Encoding"))
 	}
-	if int64(length) > p.maxBody {
-		return grpcErrorf(codes.ResourceExhausted, "request body larger than %d bytes", p.maxBody)
+	if int64(length) > maxBody {
+		return grpcErrorf(codes.ResourceExhausted, "request body larger than %d bytes", maxBody)
 	}
 	buf.Grow(pb.FrameHeaderBytes + int(length))
 	buf.Write(hdr[:])
@@ -314,13 +378,13 @@ func (p *grpcProxy) readMessage(r *http.Request, buf *bytes.Buffer) *grpcError {
 // forward acquires an instance (the activator holds the call through a
 // cold start) and proxies the message, retrying once on another instance
 // when the first could not be reached. It returns the call's final code.
-func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *functions.Manifest, revision string, msg []byte, fail func(*grpcError), keep *shadowCopy) codes.Code {
+func (p *grpcProxy) forward(callCtx context.Context, ans callAnswer, c modelCall, fn *functions.Manifest, revision string, msg []byte, fail func(*grpcError), keep *shadowCopy) codes.Code {
 	rt := p.rt
 	// A hold context as on REST: the deadline without a timer and a
 	// cancellation registration per call, armed only if the activator
 	// waits or the h2c transport asks for Done.
 	ctx := &holdCtx{}
-	ctx.reset(r.Context(), time.Now().Add(rt.cfg.RequestTimeout), nil)
+	ctx.reset(callCtx, time.Now().Add(rt.cfg.RequestTimeout), nil)
 	defer ctx.end()
 	var cold time.Duration
 	var lastErr error
@@ -334,7 +398,7 @@ func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *function
 			rt.tr.endWait(ctx, wait, fn.Name, revision, t, err)
 		}
 		if err != nil {
-			e := p.acquireError(ctx, r, fn, revision, err)
+			e := p.acquireError(ctx, callCtx, fn, revision, err)
 			fail(e)
 			return e.code
 		}
@@ -342,9 +406,9 @@ func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *function
 		var resp *http.Response
 		var ps trace.Span
 		if t.Socket != "" {
-			resp, ps, err = p.sendFrame(ctx, r, t, revision, msg)
+			resp, ps, err = p.sendFrame(ctx, c, t, revision, msg)
 		} else {
-			resp, ps, err = p.send(ctx, r, t, msg)
+			resp, ps, err = p.send(ctx, c, t, msg)
 		}
 		if err != nil {
 			if rt.tr != nil {
@@ -359,7 +423,7 @@ func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *function
 			rt.log.Warn("instance unreachable; retrying the gRPC call once on another instance", "function", fn.Name, "revision", revision, "err", err)
 			continue
 		}
-		code := p.copyResponse(w, resp, revision, cold, keep)
+		code := ans.relay(p, resp, revision, cold, keep)
 		if rt.tr != nil {
 			ps.SetAttributes(attrGRPCStatus.Int(int(code)))
 			rt.tr.endProxy(ps, resp.StatusCode, nil)
@@ -368,7 +432,7 @@ func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *function
 		return code
 	}
 	if ctx.Err() != nil {
-		e := p.acquireError(ctx, r, fn, revision, ctx.Err())
+		e := p.acquireError(ctx, callCtx, fn, revision, ctx.Err())
 		fail(e)
 		return e.code
 	}
@@ -377,7 +441,7 @@ func (p *grpcProxy) forward(w http.ResponseWriter, r *http.Request, fn *function
 	return e.code
 }
 
-func (p *grpcProxy) acquireError(ctx context.Context, r *http.Request, fn *functions.Manifest, revision string, err error) *grpcError {
+func (p *grpcProxy) acquireError(ctx, callCtx context.Context, fn *functions.Manifest, revision string, err error) *grpcError {
 	var se StatusError
 	var shed interface{ Shed() bool }
 	switch {
@@ -387,10 +451,10 @@ func (p *grpcProxy) acquireError(ctx context.Context, r *http.Request, fn *funct
 			e.headers = map[string]string{ShedHeader: "overload"}
 		}
 		return e
-	case errors.Is(r.Context().Err(), context.DeadlineExceeded):
+	case errors.Is(callCtx.Err(), context.DeadlineExceeded):
 		// The call's own deadline (grpc-timeout) passed before the router's.
 		return grpcErrorf(codes.DeadlineExceeded, "revision %s/%s: the call's deadline passed while it waited for an instance", fn.Name, revision)
-	case r.Context().Err() != nil:
+	case callCtx.Err() != nil:
 		return grpcErrorf(codes.Canceled, "client closed the request")
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
 		return grpcErrorf(codes.DeadlineExceeded, "revision %s/%s: no instance became ready within the request timeout %s", fn.Name, revision, p.rt.cfg.RequestTimeout)
@@ -408,17 +472,17 @@ var grpcDropHeaders = func() map[string]bool {
 	return m
 }()
 
-func (p *grpcProxy) send(ctx context.Context, in *http.Request, t Target, msg []byte) (*http.Response, trace.Span, error) {
+func (p *grpcProxy) send(ctx context.Context, in modelCall, t Target, msg []byte) (*http.Response, trace.Span, error) {
 	base := t.BaseURL
-	out, err := http.NewRequestWithContext(ctx, http.MethodPost, base+in.URL.Path, bytes.NewReader(msg))
+	out, err := http.NewRequestWithContext(ctx, http.MethodPost, base+in.Path(), bytes.NewReader(msg))
 	if err != nil {
 		return nil, noSpan, err
 	}
-	for key, vs := range in.Header {
-		if !grpcDropHeaders[key] {
-			out.Header[key] = vs
+	in.EachMetadata(func(key string, vs []string) {
+		if key = canonicalName(key); !grpcDropHeaders[key] {
+			out.Header[key] = append(out.Header[key], vs...)
 		}
-	}
+	})
 	for _, h := range t.Header {
 		out.Header.Set(h[0], h[1])
 	}

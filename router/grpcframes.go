@@ -33,7 +33,7 @@ var (
 // sendFrame sends the call on the instance's socket t.Socket. A
 // connection kept from an earlier call that turns out closed before any
 // answer is replaced once, as on the REST path (framePool.do).
-func (p *grpcProxy) sendFrame(ctx context.Context, in *http.Request, t Target, revision string, msg []byte) (*http.Response, trace.Span, error) {
+func (p *grpcProxy) sendFrame(ctx context.Context, in modelCall, t Target, revision string, msg []byte) (*http.Response, trace.Span, error) {
 	var traced propagation.HeaderCarrier
 	var ps trace.Span
 	if p.rt.tr != nil {
@@ -64,7 +64,7 @@ func (p *grpcProxy) sendFrame(ctx context.Context, in *http.Request, t Target, r
 
 // grpcExchange writes the call's frame and reads the answer's status and
 // headers; the message is left on c.body.
-func (c *frameConn) grpcExchange(in *http.Request, revision string, msg []byte, traced http.Header, deadline time.Time) (*http.Response, error) {
+func (c *frameConn) grpcExchange(in modelCall, revision string, msg []byte, traced http.Header, deadline time.Time) (*http.Response, error) {
 	if err := c.c.SetDeadline(deadline); err != nil {
 		return nil, err
 	}
@@ -72,18 +72,18 @@ func (c *frameConn) grpcExchange(in *http.Request, revision string, msg []byte, 
 	if !deadline.IsZero() {
 		timeout = time.Until(deadline) // the instance drops the call when the router stops waiting
 	}
-	c.enc.StartRequest(revision, methodPost, []byte(in.URL.Path), timeout)
-	for k, vs := range in.Header {
-		if grpcDropHeaders[k] {
-			continue
+	c.enc.StartRequest(revision, methodPost, []byte(in.Path()), timeout)
+	in.EachMetadata(func(k string, vs []string) {
+		if k = canonicalName(k); grpcDropHeaders[k] {
+			return
 		}
 		if _, replaced := traced[k]; replaced {
-			continue
+			return
 		}
 		for _, v := range vs {
 			c.enc.HeaderString(k, v)
 		}
-	}
+	})
 	for k, vs := range traced {
 		for _, v := range vs {
 			c.enc.HeaderString(k, v)

@@ -1,15 +1,16 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"io"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/pilotlight/pilotlight/proto/inference"
+	"github.com/pilotlight/pilotlight/router/auth"
 )
 
 // The gRPC front door on grpc-go's own HTTP/2 transport. net/http's HTTP/2
@@ -36,15 +38,19 @@ import (
 // (GRPCHandler), so a connection that mixes REST and gRPC is served too.
 //
 // A call that names a model runs the same serveModelCall as over net/http,
-// through an adapter: the call is an *http.Request (the method's path, the
-// metadata as headers, the message length-prefixed as its body) and the
-// answer an http.ResponseWriter whose headers become the call's header
-// metadata, whose "Trailer:" headers become its trailers and status, and
-// whose body is the message. The message is never decoded: the codec
-// passes its bytes through (passthroughCodec).
+// with no HTTP request in between: serveModelCall reads a modelCall (the
+// metadata where grpc-go keeps it, the message decoded straight into its
+// buffer: nativeModelCall) and answers a callAnswer (nativeWriter keeps the
+// instance's headers and trailers as metadata, its status as the call's
+// error, its message as the answer). The message is never decoded: the
+// codec passes its bytes through (passthroughCodec).
 
-// rawMessage is a message's wire bytes, passed through undecoded.
-type rawMessage struct{ b []byte }
+// rawMessage is a message's wire bytes, passed through undecoded: b, or
+// when decoded into a buffer, the length prefix and the bytes appended to into.
+type rawMessage struct {
+	b    []byte
+	into *bytes.Buffer
+}
 
 // passthroughCodec hands rawMessage's bytes through as they are and every
 // other message (the router's own services, reflection) to protobuf.
@@ -59,7 +65,16 @@ func (c passthroughCodec) Marshal(v any) (mem.BufferSlice, error) {
 
 func (c passthroughCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if m, ok := v.(*rawMessage); ok {
-		m.b = data.Materialize() // data is freed when Unmarshal returns
+		if m.into == nil {
+			m.b = data.Materialize() // data is freed when Unmarshal returns
+			return nil
+		}
+		n := data.Len()
+		m.into.Grow(pb.FrameHeaderBytes + n)
+		m.into.Write([]byte{0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+		for _, b := range data {
+			m.into.Write(b.ReadOnlyData())
+		}
 		return nil
 	}
 	return c.proto.Unmarshal(data, v)
@@ -115,166 +130,276 @@ func (p *grpcProxy) newNativeServer() *grpc.Server {
 	return s
 }
 
-// serveNative is one call that names a model, through serveModelCall.
+// serveNative is one call that names a model, through serveModelCall: the
+// call is read where grpc-go has it (nativeModelCall), the answer collected
+// by nativeWriter.
 func (p *grpcProxy) serveNative(ctx context.Context, path, field string, dec func(any) error) (any, error) {
-	var in rawMessage
-	if err := dec(&in); err != nil {
-		return nil, err
-	}
-	md, _ := metadata.FromIncomingContext(ctx)
 	nc := nativeCalls.Get().(*nativeCall)
 	defer nc.release()
-	h := nc.h
-	for k, vs := range md {
-		// Pseudo-headers (":authority") are the transport's; grpc-timeout is
-		// the context's deadline by now, and the message is decompressed.
-		if strings.HasPrefix(k, ":") || k == "grpc-encoding" || k == "grpc-accept-encoding" {
-			continue
-		}
-		h[http.CanonicalHeaderKey(k)] = vs
-	}
-	h["Content-Type"] = contentTypeGRPC
-	nc.url.Path = path
-	nc.body = nativeBody{msg: in.b}
-	nc.req = http.Request{Method: http.MethodPost, URL: &nc.url, Proto: "HTTP/2.0", ProtoMajor: 2,
-		Header: h, Body: &nc.body, ContentLength: -1, RequestURI: path}
-	r := nc.req.WithContext(ctx)
-	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
-		r.RemoteAddr = pr.Addr.String()
-	}
-	p.serveModelCall(&nc.w, r, field)
+	nc.c.ctx, nc.c.path, nc.c.dec = ctx, path, dec
+	nc.c.md, _ = metadata.FromIncomingContext(ctx)
+	p.serveModelCall(&nc.w, &nc.c, field)
 	return nc.w.finish(ctx)
 }
 
 var contentTypeGRPC = []string{"application/grpc"}
 
-// nativeCall is what serveNative builds per call, kept for the next: the
-// request's header map, URL and body, and the answer's collector. Nothing
-// of it outlives the call (the answer's message is the collector's
-// body, which is not kept).
+// nativeCall is what serveNative needs per call, kept for the next: the
+// call's view and the answer's collector. Nothing of it outlives the call
+// (the answer's message is the collector's body, which is not kept).
 type nativeCall struct {
-	h    http.Header
-	url  url.URL
-	body nativeBody
-	req  http.Request
-	w    nativeWriter
+	c nativeModelCall
+	w nativeWriter
 }
 
-var nativeCalls = sync.Pool{New: func() any { return &nativeCall{h: http.Header{}, w: nativeWriter{h: http.Header{}}} }}
+var nativeCalls = sync.Pool{New: func() any { return new(nativeCall) }}
 
 func (nc *nativeCall) release() {
-	clear(nc.h)
-	clear(nc.w.h)
-	nc.w.body = nil // handed to grpc-go with the answer
-	nc.body = nativeBody{}
-	nc.req = http.Request{}
+	nc.c = nativeModelCall{}
+	nc.w.reset() // its metadata and message are grpc-go's now
 	nativeCalls.Put(nc)
 }
 
-// nativeBody is the call's message as net/http's side reads it: the
-// 5-byte length prefix, then the message.
-type nativeBody struct {
-	prefix [pb.FrameHeaderBytes]byte
-	at     int // bytes of prefix and message read
-	msg    []byte
+// nativeModelCall is a call on grpc-go's transport as a modelCall: its
+// metadata read in place (names lower-case, as HTTP/2 sends them), its
+// message decoded straight into serveModelCall's buffer.
+type nativeModelCall struct {
+	ctx  context.Context
+	path string
+	md   metadata.MD
+	dec  func(any) error
+	in   rawMessage
 }
 
-func (b *nativeBody) Read(p []byte) (int, error) {
-	if b.at == 0 {
-		n := uint32(len(b.msg))
-		b.prefix[1], b.prefix[2], b.prefix[3], b.prefix[4] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
-	}
-	n := 0
-	if b.at < len(b.prefix) {
-		n = copy(p, b.prefix[b.at:])
-	}
-	if off := b.at + n - len(b.prefix); off >= 0 && n < len(p) {
-		n += copy(p[n:], b.msg[off:])
-	}
-	b.at += n
-	if n == 0 {
-		return 0, io.EOF
-	}
-	return n, nil
+// transportMD is metadata that is the transport's, not the call's:
+// pseudo-headers (":authority"); grpc-timeout is the context's deadline by
+// now, and the message is decompressed.
+func transportMD(k string) bool {
+	return strings.HasPrefix(k, ":") || k == "grpc-encoding" || k == "grpc-accept-encoding"
 }
 
-func (b *nativeBody) Close() error { return nil }
+func (c *nativeModelCall) Context() context.Context { return c.ctx }
+func (c *nativeModelCall) Path() string             { return c.path }
 
-// nativeWriter collects serveModelCall's answer for finish.
+func (c *nativeModelCall) values(name string) []string {
+	k := lowerKey(name)
+	if k == "content-type" {
+		return contentTypeGRPC // the message is passed on uncompressed, as application/grpc
+	}
+	if transportMD(k) {
+		return nil
+	}
+	return c.md[k]
+}
+
+// Header implements RequestView.
+func (c *nativeModelCall) Header(name string) string {
+	if vs := c.values(name); len(vs) > 0 {
+		return vs[0]
+	}
+	return ""
+}
+
+// Cookie implements RequestView, reading the cookie metadata as net/http reads a Cookie header.
+func (c *nativeModelCall) Cookie(name string) string {
+	vs := c.values("cookie")
+	if len(vs) == 0 {
+		return ""
+	}
+	return httpView{&http.Request{Header: http.Header{"Cookie": vs}}}.Cookie(name)
+}
+
+// EachHeader implements RequestView.
+func (c *nativeModelCall) EachHeader(f func(name, value string)) {
+	c.EachMetadata(func(k string, vs []string) {
+		if len(vs) > 0 {
+			f(k, vs[0])
+		}
+	})
+}
+
+func (c *nativeModelCall) EachMetadata(f func(name string, vs []string)) {
+	f("content-type", contentTypeGRPC)
+	for k, vs := range c.md {
+		if k != "content-type" && !transportMD(k) {
+			f(k, vs)
+		}
+	}
+}
+
+func (c *nativeModelCall) RemoteHost() string {
+	if pr, ok := peer.FromContext(c.ctx); ok && pr.Addr != nil {
+		return remoteHost(pr.Addr.String())
+	}
+	return ""
+}
+
+// ReadMessage decodes the message grpc-go has read (within its
+// MaxRecvMsgSize, which is max) into buf behind its length prefix.
+func (c *nativeModelCall) ReadMessage(buf *bytes.Buffer, max int64) *grpcError {
+	c.in = rawMessage{into: buf}
+	if err := c.dec(&c.in); err != nil {
+		return grpcErrorf(status.Code(err), "reading the request message: %v", status.Convert(err).Message())
+	}
+	if n := int64(buf.Len() - pb.FrameHeaderBytes); n > max {
+		return grpcErrorf(codes.ResourceExhausted, "request body larger than %d bytes", max)
+	}
+	return nil
+}
+
+// nativeWriter keeps serveModelCall's answer for finish: header and
+// trailer metadata, and the status error or the message.
 type nativeWriter struct {
-	h    http.Header
-	body []byte // the length-prefixed message
+	header, trailer metadata.MD
+	err             error
+	msg             []byte // the message without its length prefix; nil until relayed
 }
 
-func (w *nativeWriter) Header() http.Header { return w.h }
-func (w *nativeWriter) WriteHeader(int)     {}
-func (w *nativeWriter) Write(b []byte) (int, error) {
-	w.body = append(w.body, b...)
-	return len(b), nil
+func (w *nativeWriter) reset() { *w = nativeWriter{} }
+
+// fail is a refusal: its headers as header metadata, as net/http's side sends them.
+func (w *nativeWriter) fail(e *grpcError) {
+	retry := e.code == codes.Unavailable || e.code == codes.ResourceExhausted
+	for k, v := range e.headers {
+		key := lowerKey(http.CanonicalHeaderKey(k))
+		retry = retry && key != "retry-after"
+		w.header = appendMD(w.header, key, []string{v})
+	}
+	if retry {
+		w.header = appendMD(w.header, "retry-after", retryAfterOne)
+	}
+	w.err = status.Error(e.code, e.msg)
 }
 
-// finish turns the collected answer into the call's header metadata,
-// trailers, status and message.
-func (w *nativeWriter) finish(ctx context.Context) (any, error) {
-	var header, trailer metadata.MD
-	code, msg, details, sawStatus := codes.Unknown, "", "", false
-	for k, vs := range w.h {
-		name, isTrailer := strings.CutPrefix(k, http.TrailerPrefix)
-		key := lowerKey(name)
-		switch {
-		case len(vs) == 0:
-		case key == "grpc-status":
-			n, err := strconv.Atoi(vs[0])
-			code, sawStatus = codes.Code(n), err == nil
-		case key == "grpc-message":
-			msg = pb.DecodeMessage(vs[0])
-		case key == "grpc-status-details-bin":
-			details = vs[0]
-		case key == "content-type", key == "content-length", key == "trailer", key == "te", strings.HasPrefix(key, "grpc-"):
-			// the transport's own
-		case isTrailer:
-			trailer = appendMD(trailer, key, vs)
-		default:
-			header = appendMD(header, key, vs)
+var retryAfterOne = []string{"1"}
+
+// relay takes the instance's answer: headers to header metadata (the
+// transport's own and the status left out), the message read whole,
+// trailers to trailer metadata, grpc-status and its message and details to
+// the call's status. It returns the grpc-status, as copyResponse does.
+func (w *nativeWriter) relay(p *grpcProxy, resp *http.Response, revision string, cold time.Duration, keep *shadowCopy) codes.Code {
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		// Not a gRPC answer (an instance or ingress refusing at the HTTP level).
+		w.header = metadata.MD{"x-pilotlight-revision": {revision}}
+		code := pb.CodeForHTTP(resp.StatusCode)
+		w.err = status.Errorf(code, "instance answered HTTP %d instead of gRPC", resp.StatusCode)
+		return code
+	}
+	var st [len(grpcStatusKeys)][]string // by grpcStatusKeys' index; nil: absent
+	for k, vs := range resp.Header {
+		if i := slices.Index(grpcStatusKeys[:], k); i >= 0 {
+			st[i] = vs
+		} else if !grpcDropHeaders[k] && k != HeaderRevision && k != HeaderColdStart {
+			w.header = relayMD(w.header, k, vs)
 		}
 	}
-	if header != nil {
-		if err := grpc.SetHeader(ctx, header); err != nil {
-			return nil, err
+	w.header = appendMD(w.header, "x-pilotlight-revision", []string{revision})
+	if cold > 0 {
+		w.header = appendMD(w.header, "x-pilotlight-cold-start", []string{strconv.FormatFloat(cold.Seconds(), 'f', 6, 64)})
+	}
+	body, err := readAnswer(resp.Body)
+	if err != nil {
+		p.rt.log.Debug("reading gRPC response", "err", err)
+	}
+	if keep != nil {
+		keep.Write(body)
+	}
+	for k, vs := range resp.Trailer {
+		if i := slices.Index(grpcStatusKeys[:], k); i >= 0 {
+			st[i] = vs
+		} else {
+			w.trailer = relayMD(w.trailer, k, vs)
 		}
 	}
-	if trailer != nil {
-		if err := grpc.SetTrailer(ctx, trailer); err != nil {
-			return nil, err
+	code := codes.Unknown
+	if len(st[0]) > 0 {
+		n, err := strconv.Atoi(st[0][0])
+		if err != nil {
+			w.err = status.Error(codes.Internal, "the instance's answer carried no grpc-status")
+			return code
 		}
-	}
-	if !sawStatus {
-		return nil, status.Error(codes.Internal, "the instance's answer carried no grpc-status")
+		code = codes.Code(n)
+	} else {
+		w.err = status.Error(codes.Internal, "the instance's answer carried no grpc-status")
+		return code
 	}
 	if code != codes.OK {
-		st := &spb.Status{Code: int32(code), Message: msg}
-		if b, err := decodeBin(details); err == nil && len(b) > 0 {
-			if d := new(spb.Status); proto.Unmarshal(b, d) == nil {
-				st.Details = d.Details
+		s := &spb.Status{Code: int32(code)}
+		if len(st[1]) > 0 {
+			s.Message = pb.DecodeMessage(st[1][0])
+		}
+		if len(st[2]) > 0 {
+			if b, err := decodeBin(st[2][0]); err == nil && len(b) > 0 {
+				if d := new(spb.Status); proto.Unmarshal(b, d) == nil {
+					s.Details = d.Details
+				}
 			}
 		}
-		return nil, status.FromProto(st).Err()
+		w.err = status.FromProto(s).Err()
+		return code
 	}
-	if len(w.body) < pb.FrameHeaderBytes {
-		return nil, status.Error(codes.Internal, "the instance answered OK without a message")
+	if len(body) < pb.FrameHeaderBytes {
+		w.err = status.Error(codes.Internal, "the instance answered OK without a message")
+		return code
 	}
-	compressed, n := pb.ParseFrameHeader(w.body)
-	if compressed || len(w.body) != pb.FrameHeaderBytes+int(n) {
-		return nil, status.Errorf(codes.Internal, "the instance's answer is not one uncompressed message (%d bytes, prefix says %d, compressed %v)", len(w.body)-pb.FrameHeaderBytes, n, compressed)
+	compressed, n := pb.ParseFrameHeader(body)
+	if compressed || len(body) != pb.FrameHeaderBytes+int(n) {
+		w.err = status.Errorf(codes.Internal, "the instance's answer is not one uncompressed message (%d bytes, prefix says %d, compressed %v)", len(body)-pb.FrameHeaderBytes, n, compressed)
+		return code
 	}
-	return &rawMessage{b: w.body[pb.FrameHeaderBytes:]}, nil
+	w.msg = body[pb.FrameHeaderBytes:]
+	return code
+}
+
+// relayMD adds one of the instance's headers or trailers to md unless it
+// is the transport's own.
+func relayMD(md metadata.MD, k string, vs []string) metadata.MD {
+	key := lowerKey(k)
+	if len(vs) == 0 || key == "content-type" || key == "content-length" || key == "trailer" || key == "te" || strings.HasPrefix(key, "grpc-") {
+		return md
+	}
+	return appendMD(md, key, vs)
+}
+
+// readAnswer reads an answer's length-prefixed message whole, in one
+// allocation when the answer is framed (its length is known).
+func readAnswer(r io.Reader) ([]byte, error) {
+	if fb, ok := r.(*frameBody); ok && fb.c != nil {
+		b := make([]byte, fb.c.body.N)
+		n, err := io.ReadFull(r, b)
+		return b[:n], err
+	}
+	return io.ReadAll(r)
+}
+
+// finish hands the kept answer to grpc-go.
+func (w *nativeWriter) finish(ctx context.Context) (any, error) {
+	if w.header != nil {
+		if err := grpc.SetHeader(ctx, w.header); err != nil {
+			return nil, err
+		}
+	}
+	if w.trailer != nil {
+		if err := grpc.SetTrailer(ctx, w.trailer); err != nil {
+			return nil, err
+		}
+	}
+	if w.err != nil {
+		return nil, w.err
+	}
+	if w.msg == nil {
+		return nil, status.Error(codes.Internal, "the router gave the call no answer")
+	}
+	return &rawMessage{b: w.msg}, nil
 }
 
 // lowerKeys are the lower-case forms of the header names every answer
 // carries, so finish does not allocate them per call.
 var lowerKeys = func() map[string]string {
 	m := map[string]string{}
-	for _, k := range []string{"Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin", "Content-Type", "Content-Length", "Trailer", "Te", HeaderRevision, HeaderColdStart} {
+	for _, k := range []string{"Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin", "Content-Type", "Content-Length", "Trailer", "Te", HeaderRevision, HeaderColdStart,
+		"Authorization", auth.HeaderAPIKey, UserIDHeader, "Cookie", "Traceparent", "Tracestate", "Baggage"} {
 		m[k] = strings.ToLower(k)
 	}
 	return m
@@ -310,4 +435,23 @@ func appendMD(md metadata.MD, key string, vs []string) metadata.MD {
 // may omit the padding).
 func decodeBin(v string) ([]byte, error) {
 	return base64.RawStdEncoding.DecodeString(strings.TrimRight(v, "="))
+}
+
+// canonicalNames are the canonical forms of the metadata names most calls
+// carry, so passing a call on does not allocate them per call.
+var canonicalNames = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{"Content-Type", "User-Agent", UserIDHeader, "Traceparent", "Tracestate", "Baggage", "Authorization", auth.HeaderAPIKey, "Te", "Grpc-Timeout"} {
+		k = http.CanonicalHeaderKey(k)
+		m[strings.ToLower(k)] = k
+	}
+	return m
+}()
+
+// canonicalName is a metadata name as an HTTP header's canonical name.
+func canonicalName(k string) string {
+	if c, ok := canonicalNames[k]; ok {
+		return c
+	}
+	return http.CanonicalHeaderKey(k)
 }

@@ -185,9 +185,9 @@ func routeTemplate(rq route, path []byte) string {
 // startGRPC opens the request span of a gRPC call that names a model,
 // continuing the client's traceparent metadata. The function is known only
 // once the message is read: endGRPC records it.
-func (tr *tracing) startGRPC(r *http.Request) (context.Context, trace.Span) {
-	ctx := tr.tel.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	method := strings.TrimPrefix(r.URL.Path, "/")
+func (tr *tracing) startGRPC(ctx context.Context, path string, md propagation.TextMapCarrier) (context.Context, trace.Span) {
+	ctx = tr.tel.Extract(ctx, md)
+	method := strings.TrimPrefix(path, "/")
 	service, name, _ := strings.Cut(method, "/")
 	return tr.tracer.Start(ctx, "router "+method, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("rpc.system", "grpc"), attribute.String("rpc.service", service), attribute.String("rpc.method", name)))
