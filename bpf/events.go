@@ -107,6 +107,9 @@ func (p *Probes) apply(ts uint64, pid, kind uint32, arg int64, payload []byte) {
 				p.log.Warn("bpf: Unix socket reads will not be measured", "err", err)
 			}
 		}
+		if !c.unix {
+			p.tcpConn(kind == evConnOpen)
+		}
 		p.connection(at, pid, kind == evConnOpen, c)
 	case evPort:
 		p.addPort(pid, uint32(arg))

@@ -78,8 +78,58 @@ func (p *Probes) Resume() error {
 	if err := p.attach(dyn...); err != nil {
 		return err
 	}
+	if p.tcpOpen > 0 {
+		if err := p.attachTCPRead(); err != nil {
+			return err
+		}
+	}
 	p.syncLinks()
 	return nil
+}
+
+// tcpConn counts a tracked instance's TCP connection opening or closing,
+// and attaches on_tcp_read (with SocketQueue) while any is open. A close
+// whose open was lost (ring buffer full) leaves it attached: the cost of
+// before, nothing wrong. Callers hold p.mu.
+func (p *Probes) tcpConn(open bool) {
+	if !p.socketQueue {
+		return
+	}
+	if open {
+		p.tcpOpen++
+		if p.tcpOpen == 1 {
+			if err := p.attachTCPRead(); err != nil {
+				p.log.Warn("bpf: TCP socket-queue delay will not be measured", "err", err)
+			}
+		}
+		return
+	}
+	if p.tcpOpen > 0 {
+		p.tcpOpen--
+	}
+	if p.tcpOpen == 0 {
+		p.detachTCPRead()
+	}
+}
+
+// attachTCPRead attaches on_tcp_read, then lets on_data_ready start TCP
+// arrivals: an arrival is never left for a read nothing sees.
+func (p *Probes) attachTCPRead() error {
+	if err := p.attach(tcpReadProgram); err != nil {
+		return err
+	}
+	if p.dynLinks[tcpReadProgram] != nil {
+		return p.tcpReadOn.Set(uint32(1))
+	}
+	return nil
+}
+
+// detachTCPRead stops TCP arrivals, then detaches on_tcp_read.
+func (p *Probes) detachTCPRead() {
+	if err := p.tcpReadOn.Set(uint32(0)); err != nil {
+		p.log.Debug("bpf: clear tcp_read_on", "err", err)
+	}
+	p.detach(tcpReadProgram)
 }
 
 // bumpGen tells the programs that tracked or anatomies changed. Callers hold p.mu.

@@ -1,11 +1,11 @@
 package bpf
 
 import (
+	"net/http"
 	"os"
-	"slices"
 	"testing"
+	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -55,43 +55,36 @@ func TestPauseDetachesEverything(t *testing.T) {
 
 // TestSocketQueueIsAnOption: the socket receive-queue programs run for
 // every packet and TCP read on the machine, so they are attached, and the
-// histogram exported, only with Config.SocketQueue.
+// histogram exported, only with Config.SocketQueue; on_tcp_read only while
+// a tracked instance has an open TCP connection (over serve's framed
+// socket the requests' TCP reads are the client's and the router's).
 func TestSocketQueueIsAnOption(t *testing.T) {
 	for _, on := range []bool{false, true} {
 		reg := prometheus.NewRegistry()
-		p := newProbesWith(t, Config{ParentPID: os.Getpid(), Registerer: reg, SocketQueue: on})
+		p := newProbesWith(t, Config{ParentPID: os.Getpid(), Registerer: reg, ReadInterval: 100 * time.Millisecond, SocketQueue: on})
 		c := startServer(t)
 		if err := p.Track(c.pid, "f", "r"); err != nil {
 			t.Fatal(err)
 		}
-		p.mu.Lock()
-		n := 0
-		for _, l := range p.links {
-			info, err := l.Info()
-			if err != nil {
-				t.Fatal(err)
-			}
-			prog, err := ebpf.NewProgramFromID(info.Program)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pi, err := prog.Info()
-			prog.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if slices.Contains(socketQueuePrograms, pi.Name) {
-				n++
-			}
+		if n := attachedOf(p, socketQueuePrograms); n != 0 {
+			t.Errorf("SocketQueue %v, no TCP connection open: %d socket-queue programs attached, want 0", on, n)
 		}
-		p.mu.Unlock()
+		client := &http.Client{Transport: &http.Transport{}}
 		want := 0
 		if on {
 			want = len(socketQueuePrograms)
 		}
-		if n != want {
-			t.Errorf("SocketQueue %v: %d socket-queue programs attached, want %d", on, n, want)
+		get(t, client, "http://"+c.addr+"/")
+		waitFor(t, "the socket-queue programs attached while the connection is open", 5*time.Second, func() bool {
+			return attachedOf(p, socketQueuePrograms) == want
+		})
+		for range 20 {
+			get(t, client, "http://"+c.addr+"/")
 		}
+		client.CloseIdleConnections()
+		waitFor(t, "the socket-queue programs detached once the connection closed", 5*time.Second, func() bool {
+			return attachedOf(p, socketQueuePrograms) == 0
+		})
 		mfs, err := reg.Gather()
 		if err != nil {
 			t.Fatal(err)

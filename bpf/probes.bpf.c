@@ -241,6 +241,12 @@ volatile __u32 bpf_gen = 0;
 // ends, reading answers). Entries the LRU evicts keep it above 0: the
 // lookups then go on, which is only their cost.
 volatile __u32 unix_pending_n = 0;
+// Set by user space while on_tcp_read is attached: while a tracked
+// instance has an open TCP connection. Over serve's framed socket that is
+// only the engine's readiness polls and scrapes, so a TCP packet's
+// sk_data_ready returns here, with no storage lookup, and no arrival is
+// left waiting for a read nothing would see.
+volatile __u32 tcp_read_on = 0;
 
 // tgid -> histogram slot in hists; filled and emptied by Track/Untrack.
 struct {
@@ -875,7 +881,9 @@ int BPF_PROG(on_data_ready, const struct sock *sk)
 			unix_connect(sk);
 			return 0;
 		}
-		si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+		// No storage at all (the router's end, reading answers): no
+		// helper call.
+		si = sk->sk_bpf_storage ? bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0) : NULL;
 		if (!si && unix_pending_n)
 			si = unix_adopt(sk);
 		// A Unix stream queues one skb per send: with one queued, this
@@ -884,7 +892,7 @@ int BPF_PROG(on_data_ready, const struct sock *sk)
 		if (socket_queue && si && (si->flags & SK_CONN) && sk->sk_receive_queue.qlen <= 1)
 			si->ready_ns = bpf_ktime_get_ns();
 	} else {
-		if (!socket_queue)
+		if (!socket_queue || !tcp_read_on || !sk->sk_bpf_storage)
 			return 0;
 		si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
 	}
@@ -906,6 +914,8 @@ int BPF_PROG(on_tcp_read, struct sock *sk)
 	struct sk_info *si;
 	__u64 now;
 
+	if (!sk->sk_bpf_storage)
+		return 0;
 	si = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
 	if (!si || !si->ready_ns)
 		return 0;
@@ -1216,7 +1226,9 @@ int BPF_PROG(on_sock_read, struct sock *sk, int ret, int flags)
 	struct sk_info *si;
 	__u64 now;
 
-	if (ret < 0 || sk->__sk_common.skc_family != AF_UNIX || (flags & MSG_PEEK))
+	// A socket with no storage at all (the router's end) is none of ours:
+	// one load, no helper call.
+	if (ret < 0 || sk->__sk_common.skc_family != AF_UNIX || (flags & MSG_PEEK) || !sk->sk_bpf_storage)
 		return 0;
 	si = bpf_sk_storage_get(&sk_infos, sk, 0, 0);
 	if (!si || !(si->flags & SK_CONN))

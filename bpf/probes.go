@@ -51,11 +51,17 @@ const (
 var syscallPrograms = []string{"on_sys_enter", "on_sys_exit"}
 
 // socketQueuePrograms serve only the socket-queue delay on TCP: one runs
-// per TCP read on the whole machine. Attached only with SocketQueue.
-// on_data_ready (per packet delivered to any socket) stays attached either
-// way: a Unix socket's connect fires nothing else, and without SocketQueue
-// it skips the timing.
-var socketQueuePrograms = []string{"on_tcp_read"}
+// per TCP read on the whole machine. Attached only with SocketQueue, and
+// then only while a tracked instance has an open TCP connection (tcpOpen):
+// over serve's framed socket, that is only the engine's readiness polls
+// and scrapes, so the requests' TCP reads (the client's, the router's)
+// run nothing here. on_data_ready (per packet delivered to any socket)
+// stays attached either way: a Unix socket's connect fires nothing else;
+// it skips the TCP timing while tcp_read_on is 0.
+var socketQueuePrograms = []string{tcpReadProgram}
+
+// tcpReadProgram ends a TCP connection's socket-queue delay.
+const tcpReadProgram = "on_tcp_read"
 
 // unixReadProgram ends a Unix connection's socket-queue delay, counts its
 // bytes and sees its close. It runs for every read of every socket on the
@@ -80,7 +86,7 @@ const wakeupProgram = "on_wakeup"
 var coldStartPrograms = []string{"on_send_length"}
 
 // dynamicPrograms are attached and detached as cold starts come and go.
-var dynamicPrograms = slices.Concat([]string{wakeupProgram, unixReadProgram}, syscallPrograms, coldStartPrograms)
+var dynamicPrograms = slices.Concat([]string{wakeupProgram, unixReadProgram, tcpReadProgram}, syscallPrograms, coldStartPrograms)
 
 // maxColdStart is how long a cold start may stay open before the syscall
 // programs stop waiting for it (an instance that never became ready).
@@ -170,6 +176,8 @@ type Probes struct {
 	dynLinks       map[string]link.Link // attached dynamicPrograms
 	paused         bool                 // Pause detached everything
 	unixSeen       bool                 // a tracked instance's Unix connection was seen: on_sock_read is wanted
+	tcpOpen        int                  // tracked instances' TCP connections open (opened minus closed): on_tcp_read is wanted while > 0
+	tcpReadOn      *ebpf.Variable       // tcp_read_on in the kernel: 1 while on_tcp_read is attached
 	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
 	anatOpen       map[uint32]time.Time // tracked pids whose cold start wants wakeups (until the response or readyGrace), until
 	tlOpen         map[uint32]time.Time // tracked pids whose cold start is open (until the response), until
@@ -341,6 +349,9 @@ func (p *Probes) load(parent uint32, execComm string, syscallLatency, socketQueu
 	}
 	if p.userGen = coll.Variables["user_gen"]; p.userGen == nil {
 		return errors.New("variable user_gen missing from the object")
+	}
+	if p.tcpReadOn = coll.Variables["tcp_read_on"]; p.tcpReadOn == nil {
+		return errors.New("variable tcp_read_on missing from the object")
 	}
 	if err := p.userGen.Get(&p.userGenVal); err != nil {
 		return loadError("reading user_gen (the kernel must support mmapable maps)", err)

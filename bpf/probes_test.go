@@ -312,6 +312,12 @@ func TestProbesMeasureAChildServer(t *testing.T) {
 	p.Mark(srv.pid, MarkReady, time.Now())
 
 	client := &http.Client{Transport: &http.Transport{}}
+	// The cold-start request opens the connection; on_tcp_read is attached
+	// once user space has seen it open (the reads before are not seen).
+	get(t, client, "http://"+srv.addr+"/")
+	waitFor(t, "on_tcp_read attached for the open connection", 5*time.Second, func() bool {
+		return attachedOf(p, socketQueuePrograms) == len(socketQueuePrograms)
+	})
 	var clientSum time.Duration
 	const requests = 60
 	for range requests {
@@ -580,8 +586,8 @@ func TestProgramsLoadWithinBudget(t *testing.T) {
 		t.Errorf("%d programs loaded, the budget names %d", len(p.coll.Programs), len(verifiedBudget))
 	}
 	// The cold-start programs wait for a cold start, the socket-queue ones
-	// for their option; every other one is attached.
-	if want := len(p.coll.Programs) - len(dynamicPrograms) - len(socketQueuePrograms); len(p.links) != want || len(p.dynLinks) != 0 {
+	// for their option and a TCP connection; every other one is attached.
+	if want := len(p.coll.Programs) - len(dynamicPrograms); len(p.links) != want || len(p.dynLinks) != 0 {
 		t.Errorf("%d links attached and %d cold-start programs, want %d and none", len(p.links), len(p.dynLinks), want)
 	}
 	for name, prog := range p.coll.Programs {
@@ -692,7 +698,11 @@ func TestProbesTimelineOfAWarmPoolProcess(t *testing.T) {
 	get(t, poll, "http://"+srv.addr+"/admin/specialise")
 	p.Mark(srv.pid, MarkReady, time.Now())
 	client := &http.Client{Transport: &http.Transport{}}
-	for range 5 {
+	get(t, client, "http://"+srv.addr+"/")
+	waitFor(t, "on_tcp_read attached for the open connection", 5*time.Second, func() bool {
+		return attachedOf(p, socketQueuePrograms) == len(socketQueuePrograms)
+	})
+	for range 7 {
 		get(t, client, "http://"+srv.addr+"/")
 	}
 	var tl Timeline
@@ -722,7 +732,7 @@ func TestProbesTimelineOfAWarmPoolProcess(t *testing.T) {
 	// The port was learnt from the kernel's listen(2), before Track: the
 	// socket queue was measured.
 	if h := kernelHists(t, reg, "recommend", "recommend-00002"); h[mSockq].GetSampleCount() < 5 {
-		t.Errorf("%s: %d samples for 7 requests", mSockq, h[mSockq].GetSampleCount())
+		t.Errorf("%s: %d samples for 7 requests after on_tcp_read was attached", mSockq, h[mSockq].GetSampleCount())
 	}
 }
 
@@ -1168,6 +1178,9 @@ func TestProbesFollowAUnixSocket(t *testing.T) {
 	// on_sock_read when it learns of it, and the reads after are measured.
 	clientSum := get(t, client, "http://instance/")
 	waitFor(t, "on_sock_read to attach for the Unix connection", 5*time.Second, func() bool { return attachedOf(p, []string{unixReadProgram}) == 1 })
+	// The readiness poll's TCP connection is closed: no TCP read of the
+	// machine runs on_tcp_read while requests come over the socket.
+	waitFor(t, "on_tcp_read detached once no TCP connection is open", 5*time.Second, func() bool { return attachedOf(p, socketQueuePrograms) == 0 })
 	const requests = 40
 	for range requests {
 		clientSum += get(t, client, "http://instance/")

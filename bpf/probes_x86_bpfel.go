@@ -47,6 +47,7 @@ const (
 	probesVarRequestPriority = "request_priority"
 	probesVarSocketQueue     = "socket_queue"
 	probesVarSyscallLatency  = "syscall_latency"
+	probesVarTcpReadOn       = "tcp_read_on"
 	probesVarUnixPendingN    = "unix_pending_n"
 	probesVarUserGen         = "user_gen"
 )
@@ -136,6 +137,7 @@ type probesVariableSpecs struct {
 	RequestPriority *ebpf.VariableSpec `ebpf:"request_priority"`
 	SocketQueue     *ebpf.VariableSpec `ebpf:"socket_queue"`
 	SyscallLatency  *ebpf.VariableSpec `ebpf:"syscall_latency"`
+	TcpReadOn       *ebpf.VariableSpec `ebpf:"tcp_read_on"`
 	UnixPendingN    *ebpf.VariableSpec `ebpf:"unix_pending_n"`
 	UserGen         *ebpf.VariableSpec `ebpf:"user_gen"`
 }
@@ -202,6 +204,7 @@ type probesVariables struct {
 	RequestPriority *ebpf.Variable `ebpf:"request_priority"`
 	SocketQueue     *ebpf.Variable `ebpf:"socket_queue"`
 	SyscallLatency  *ebpf.Variable `ebpf:"syscall_latency"`
+	TcpReadOn       *ebpf.Variable `ebpf:"tcp_read_on"`
 	UnixPendingN    *ebpf.Variable `ebpf:"unix_pending_n"`
 	UserGen         *ebpf.Variable `ebpf:"user_gen"`
 }

@@ -484,4 +484,8 @@ func errString(err error) string {
 	return err.Error()
 }
 
-var liveClient = &http.Client{Timeout: 2 * time.Second}
+// liveClient opens a connection per check (one every LivenessInterval):
+// an idle keep-alive TCP connection to every instance would keep the eBPF
+// probes' per-TCP-read program attached for the whole machine while the
+// requests themselves go over the framed socket (bpf/README.md).
+var liveClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}

@@ -236,11 +236,12 @@ func programRows(mode ebpfMode, r ebpfRun, d time.Duration) []Row {
 	}
 	wall := d.Seconds()
 	return []Row{{Name: fmt.Sprintf("CPU in BPF programs, probes %s (kernel BPF statistics, one load of %.0f req/s)", mode.name, r.res.RPS()),
-		Value: fmt.Sprintf("%.0f ns per request, %.2f%% of one CPU; %s", 1e9*cpu/float64(r.res.Succeeded), 100*cpu/wall, topPrograms(r.bpfSeconds, []ebpfRun{r}, wall))}}
+		Value: fmt.Sprintf("%.0f ns per request, %.2f%% of one CPU; %s", 1e9*cpu/float64(r.res.Succeeded), 100*cpu/wall, topPrograms(r.bpfSeconds, r.bpfRuns, float64(r.res.Succeeded)))}}
 }
 
-// topPrograms lists the programs that ran, costliest first, with ns per run and runs per second.
-func topPrograms(progs map[string]float64, runs []ebpfRun, wallSeconds float64) string {
+// topPrograms lists the programs that ran, costliest first: each one's
+// program time per request, as ns per run × runs per request.
+func topPrograms(progs, runs map[string]float64, requests float64) string {
 	names := make([]string, 0, len(progs))
 	for p := range progs {
 		names = append(names, p)
@@ -256,12 +257,8 @@ func topPrograms(progs map[string]float64, runs []ebpfRun, wallSeconds float64) 
 	})
 	var parts []string
 	for _, p := range names {
-		var n float64
-		for _, r := range runs {
-			n += r.bpfRuns[p]
-		}
-		if n > 0 {
-			parts = append(parts, fmt.Sprintf("%s %.0f ns × %.0f/s", p, 1e9*progs[p]/n, n/wallSeconds))
+		if n := runs[p]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.0f ns per request (%.0f ns × %.1f runs)", p, 1e9*progs[p]/requests, 1e9*progs[p]/n, n/requests))
 		}
 	}
 	return strings.Join(parts, ", ")
