@@ -169,7 +169,11 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 		in, err = e.launch(r, slot)
 	}
 	launched := time.Now()
-	if err == nil && !slot.slot { // a shared load answers once its sessions are warm
+	// A shared load, and a pool process's specialisation, answer once the
+	// sessions are warm and served: the answer is the readiness, and asking
+	// again cost a round trip on every warm-pool cold start. An exec'd
+	// process says nothing until asked.
+	if err == nil && !slot.slot && in.source != sourcePool {
 		err = e.waitReady(in)
 	}
 	release()
