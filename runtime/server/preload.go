@@ -185,63 +185,45 @@ func (s *Server) runPreload(ctx context.Context, p *preload, m *functions.Manife
 // built, else by runPreload when it is; release hands its memory back to
 // the kernel.
 func (s *Server) dropLocked(p *preload, release bool) {
-	if in := s.detachLocked(p, release); in != nil {
-		s.closeDropped(in, release)
-	}
-}
-
-// detachLocked drops p (caller holds preMu) and returns its instance when
-// built, for the caller to close (closeDropped); one still building is
-// closed by runPreload when it is.
-func (s *Server) detachLocked(p *preload, release bool) *instance.Instance {
 	if s.pre == p {
 		s.pre = nil
 	}
 	if p.claimed || p.dropped {
-		return nil
+		return
 	}
 	p.dropped, p.release = true, release
 	p.cancel()
-	if !p.ready() || p.in == nil {
-		return nil
+	if p.ready() && p.in != nil {
+		in := p.in
+		p.in, p.err = nil, errPreloadDropped
+		start := time.Now()
+		in.Close()
+		if release {
+			ort.ReleaseMemory()
+		}
+		s.logFor(in.Manifest.Name, in.Revision.Name).Info("pre-load dropped: its sessions are released", "close_seconds", time.Since(start).Seconds())
 	}
-	in := p.in
-	p.in, p.err = nil, errPreloadDropped
-	return in
-}
-
-// closeDropped closes a dropped pre-load's sessions; release hands their
-// memory back to the kernel.
-func (s *Server) closeDropped(in *instance.Instance, release bool) {
-	start := time.Now()
-	in.Close()
-	if release {
-		ort.ReleaseMemory()
-	}
-	s.logFor(in.Manifest.Name, in.Revision.Name).Info("pre-load dropped: its sessions are released", "close_seconds", time.Since(start).Seconds())
 }
 
 // claimPreload decides what a specialise does with the pre-load (caller
 // holds specMu): a dedicated one for the pre-loaded revision takes it (p,
-// hit or joined); any other drops it and loads as it always did. The
-// dropped sessions, when built, come back as stale: the specialise closes
-// them once its answer is out, so the close is not part of its cold start
-// (the old and the new sessions are held together meanwhile, a few ms).
-func (s *Server) claimPreload(req SpecialiseRequest) (path string, p *preload, stale *instance.Instance) {
+// hit or joined); any other drops it and loads as it always did.
+func (s *Server) claimPreload(req SpecialiseRequest) (string, *preload) {
 	s.preMu.Lock()
 	defer s.preMu.Unlock()
-	p = s.pre
+	p := s.pre
 	switch {
 	case p == nil:
-		return preloadNone, nil, nil
+		return preloadNone, nil
 	case !req.Shared && p.dir == req.FunctionDir && p.revision == req.Revision:
 		s.pre = nil
 		p.claimed = true
 		if p.ready() {
-			return preloadHit, p, nil
+			return preloadHit, p
 		}
-		return preloadJoined, p, nil
+		return preloadJoined, p
 	default:
-		return preloadDropped, nil, s.detachLocked(p, false)
+		s.dropLocked(p, false)
+		return preloadDropped, nil
 	}
 }

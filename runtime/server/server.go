@@ -526,18 +526,7 @@ func (s *Server) specialise(c echo.Context) error {
 		s.shared.Store(true)
 	}
 	start, before := time.Now(), RSSBytes()
-	path, p, stale := s.claimPreload(req)
-	if stale != nil {
-		// Closed once the answer is out: the engine's wait for it ends
-		// before the close begins. An error answer is written after the
-		// handler returns, so only a written one is flushed here.
-		defer func() {
-			if c.Response().Committed {
-				c.Response().Flush()
-			}
-			s.closeDropped(stale, false)
-		}()
-	}
+	path, p := s.claimPreload(req)
 	if p != nil {
 		in, pre, err := p.wait(c.Request().Context())
 		if err == nil {
