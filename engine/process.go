@@ -59,8 +59,10 @@ type Process struct {
 	mu       sync.Mutex
 	// adoptedBy is the revision's slot a pool process now serves as.
 	adoptedBy *Process
-	// preload is what an idle pool process pre-loads (guarded by the pool's mu).
-	preload *preloadState
+	// preload is what an idle pool process pre-loads (guarded by the pool's mu);
+	// preloadCalls lets one pre-load call at a time reach it (preloadInto).
+	preload      *preloadState
+	preloadCalls sync.Mutex
 	// lastWords is the child's latest warning or error, quoted when it fails to start.
 	lastWords atomic.Pointer[string]
 	// missed counts liveness checks failed in a row; checking is set while one runs.
