@@ -206,12 +206,7 @@ func TestPreloadGivesWayToAStart(t *testing.T) {
 	// A generic pool process's RSS, measured, to size the budget: room for
 	// a pool process with one 16 MiB matrix pre-loaded (about +32 MiB), not
 	// for that and another revision's start (charged about 20 MiB more).
-	probe, _ := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 1})
-	testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(probe.PoolStatus()) == 1 })
-	pool := procmem.RSS(probe.PoolStatus()[0].PID)
-	if pool == 0 {
-		t.Skip("cannot read a pool process's RSS from /proc")
-	}
+	pool := poolProcessRSS(t)
 	big := testbin.WriteMatMulFunction(t, "big-b", bigN, 1)
 	big.Isolation = functions.IsolationDedicated
 	fns := append(preloadFunctions(t), big)
@@ -240,12 +235,7 @@ func TestPreloadSkippedWithoutRoom(t *testing.T) {
 	// A generic pool process's RSS, measured, to size the budget: room for
 	// a pool process and big-a's 16 MiB matrix (charged 20 MiB, about
 	// +32 MiB once built), not for two pool processes and the charge.
-	probe, _ := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 1})
-	testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(probe.PoolStatus()) == 1 })
-	pool := procmem.RSS(probe.PoolStatus()[0].PID)
-	if pool == 0 {
-		t.Skip("cannot read a pool process's RSS from /proc")
-	}
+	pool := poolProcessRSS(t)
 	const room, charge = 44 << 20, 20 << 20 // charge: big-a's cost, its matrix and the revision overhead
 	if pool < room-charge+4<<20 {
 		t.Skipf("a pool process holds %d MiB: too little for two of them to leave no room for a 20 MiB pre-load in a budget of one and %d MiB", pool>>20, room>>20)
@@ -278,4 +268,17 @@ func TestPreloadSkippedWithoutRoom(t *testing.T) {
 	if answer := inferBody(t, l); !strings.Contains(answer, `"model_name":"`+fn+`"`) {
 		t.Errorf("the example, woken in the process whose pre-load it dropped, answered %s", answer)
 	}
+}
+
+// poolProcessRSS is a generic warm-pool process's RSS, measured in an
+// engine of its own (the test skips when /proc cannot say).
+func poolProcessRSS(t *testing.T) int64 {
+	t.Helper()
+	probe, _ := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 1})
+	testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(probe.PoolStatus()) == 1 })
+	pool := procmem.RSS(probe.PoolStatus()[0].PID)
+	if pool == 0 {
+		t.Skip("cannot read a pool process's RSS from /proc")
+	}
+	return pool
 }
