@@ -194,6 +194,16 @@ func TestScaleFromZeroToZeroAndBack(t *testing.T) {
 				if l.ColdStart <= 0 {
 					t.Errorf("cycle %d: a request at zero reported no cold start", cycle)
 				}
+				// Ready when handed out, with nothing more asked of it (a
+				// pool specialisation's answer is taken as its readiness).
+				if resp, err := http.Get("http://" + l.Addr + "/v2/health/ready"); err != nil {
+					t.Errorf("cycle %d: readiness of the process handed out: %v", cycle, err)
+				} else {
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						t.Errorf("cycle %d: the process handed out answers readiness %s, want 200", cycle, resp.Status)
+					}
+				}
 				infer(t, l)
 				l.Release(false)
 				if c := status(e).LastCold; c == nil || c.PID != l.PID || c.FirstResponse.IsZero() || c.Launch.Before(c.Trigger) ||

@@ -173,6 +173,19 @@ func (p *warmPool) dropPreloads() bool {
 // preloadInto asks in to pre-load st's revision, charged to the machine's
 // budget while it loads, and records the outcome.
 func (e *Engine) preloadInto(in *Process, st *preloadState) {
+	// One call at a time per process, and only the latest assigned: two
+	// calls racing there could arrive newest first, the older then
+	// replacing the newer in the process while the engine books the newer
+	// as failed (seen in bench coldstart: the pre-load lost, the process
+	// holding one nobody knew of).
+	in.preloadCalls.Lock()
+	defer in.preloadCalls.Unlock()
+	e.pool.mu.Lock()
+	current := in.preload == st
+	e.pool.mu.Unlock()
+	if !current { // replaced, or taken by a start: not to be made
+		return
+	}
 	r := st.r
 	fn, rev := r.fn.Name, r.rev.Name
 	cost := r.memoryCost()

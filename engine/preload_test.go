@@ -206,12 +206,7 @@ func TestPreloadGivesWayToAStart(t *testing.T) {
 	// A generic pool process's RSS, measured, to size the budget: room for
 	// a pool process with one 16 MiB matrix pre-loaded (about +32 MiB), not
 	// for that and another revision's start (charged about 20 MiB more).
-	probe, _ := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 1})
-	testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(probe.PoolStatus()) == 1 })
-	pool := procmem.RSS(probe.PoolStatus()[0].PID)
-	if pool == 0 {
-		t.Skip("cannot read a pool process's RSS from /proc")
-	}
+	pool := poolProcessRSS(t)
 	big := testbin.WriteMatMulFunction(t, "big-b", bigN, 1)
 	big.Isolation = functions.IsolationDedicated
 	fns := append(preloadFunctions(t), big)
@@ -228,4 +223,62 @@ func TestPreloadGivesWayToAStart(t *testing.T) {
 	if c := statusOf(e, "big-b-00001").LastCold; c == nil || c.Source != "pool" {
 		t.Errorf("big-b's start: %+v, want one from the pool", c)
 	}
+}
+
+// TestPreloadSkippedWithoutRoom: a pre-load is never made past the
+// machine's budget. big-a, the latest at zero, is pre-loaded while there is
+// room; the example's wake then takes that process (dropping it) and holds
+// it, and the replacement pool process finds no room for big-a: the
+// pre-load is skipped (counted), the process stays generic and holds
+// nothing, and nothing is charged for it.
+func TestPreloadSkippedWithoutRoom(t *testing.T) {
+	// A generic pool process's RSS, measured, to size the budget: room for
+	// a pool process and big-a's 16 MiB matrix (charged 20 MiB, about
+	// +32 MiB once built), not for two pool processes and the charge.
+	pool := poolProcessRSS(t)
+	const room, charge = 44 << 20, 20 << 20 // charge: big-a's cost, its matrix and the revision overhead
+	if pool < room-charge+4<<20 {
+		t.Skipf("a pool process holds %d MiB: too little for two of them to leave no room for a 20 MiB pre-load in a budget of one and %d MiB", pool>>20, room>>20)
+	}
+	e, reg := start(t, engine.Config{Functions: preloadFunctions(t), PoolSize: 1, ScaleToZeroAfter: 300 * time.Millisecond,
+		MachineMemory: pool + room, Preload: true})
+	outcome := func(o string) float64 {
+		return testbin.Metric(t, reg, "pilotlight_warm_pool_preloads_total", map[string]string{"revision": bigRev, "outcome": o})
+	}
+	testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(e.PoolStatus()) == 1 })
+	wake(t, e, bigFn, bigRev)
+	preloaded(t, e, bigRev) // room for it: loaded
+	if outcome("skipped") != 0 {
+		t.Fatalf("pilotlight_warm_pool_preloads_total{outcome=skipped} = %v with room to spare, want 0", outcome("skipped"))
+	}
+
+	l := acquire(t, e, fn, rev) // takes the only idle process, big-a's
+	defer l.Release(false)
+	testbin.WaitFor(t, "the replacement pool process's pre-load to be skipped", 20*time.Second, func() bool { return outcome("skipped") >= 1 })
+	testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(e.PoolStatus()) == 1 })
+	if p := e.PoolStatus()[0]; p.Preload != nil {
+		t.Errorf("the idle pool process holds a pre-load %+v with no room for it", p.Preload)
+	}
+	if got := testbin.Metric(t, reg, "pilotlight_warm_pool_preloaded_bytes", nil); got != 0 {
+		t.Errorf("pilotlight_warm_pool_preloaded_bytes = %v after a skipped pre-load, want 0", got)
+	}
+	if got := outcome("loaded"); got != 1 {
+		t.Errorf("pilotlight_warm_pool_preloads_total{outcome=loaded} = %v, want 1 (the first, with room)", got)
+	}
+	if answer := inferBody(t, l); !strings.Contains(answer, `"model_name":"`+fn+`"`) {
+		t.Errorf("the example, woken in the process whose pre-load it dropped, answered %s", answer)
+	}
+}
+
+// poolProcessRSS is a generic warm-pool process's RSS, measured in an
+// engine of its own (the test skips when /proc cannot say).
+func poolProcessRSS(t *testing.T) int64 {
+	t.Helper()
+	probe, _ := start(t, engine.Config{Functions: []*functions.Manifest{manifest(t, nil)}, PoolSize: 1})
+	testbin.WaitFor(t, "the warm pool to fill", 20*time.Second, func() bool { return len(probe.PoolStatus()) == 1 })
+	pool := procmem.RSS(probe.PoolStatus()[0].PID)
+	if pool == 0 {
+		t.Skip("cannot read a pool process's RSS from /proc")
+	}
+	return pool
 }

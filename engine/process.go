@@ -59,8 +59,10 @@ type Process struct {
 	mu       sync.Mutex
 	// adoptedBy is the revision's slot a pool process now serves as.
 	adoptedBy *Process
-	// preload is what an idle pool process pre-loads (guarded by the pool's mu).
-	preload *preloadState
+	// preload is what an idle pool process pre-loads (guarded by the pool's mu);
+	// preloadCalls lets one pre-load call at a time reach it (preloadInto).
+	preload      *preloadState
+	preloadCalls sync.Mutex
 	// lastWords is the child's latest warning or error, quoted when it fails to start.
 	lastWords atomic.Pointer[string]
 	// missed counts liveness checks failed in a row; checking is set while one runs.
@@ -169,7 +171,11 @@ func (e *Engine) start(r *revision, slot *Process, trigger time.Time) {
 		in, err = e.launch(r, slot)
 	}
 	launched := time.Now()
-	if err == nil && !slot.slot { // a shared load answers once its sessions are warm
+	// A shared load, and a pool process's specialisation, answer once the
+	// sessions are warm and served: the answer is the readiness, and asking
+	// again cost a round trip on every warm-pool cold start. An exec'd
+	// process says nothing until asked.
+	if err == nil && !slot.slot && in.source != sourcePool {
 		err = e.waitReady(in)
 	}
 	release()

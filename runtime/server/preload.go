@@ -158,24 +158,26 @@ func (s *Server) runPreload(ctx context.Context, p *preload, m *functions.Manife
 	dropped, release := p.dropped, p.release
 	p.before, p.after, p.took = before, after, took
 	switch {
+	case dropped: // a load cancelled by the drop fails with the context's error: the drop is the outcome
+		p.err = errPreloadDropped
 	case err != nil:
 		p.err = err
-	case dropped:
-		p.err = errPreloadDropped
 	default:
 		p.in = in
 	}
 	close(p.done) // under preMu: dropLocked sees it built or not, never between
 	s.preMu.Unlock()
 	switch {
-	case err != nil:
-		log.Warn("pre-load failed; a specialise for the revision will load it as without one", "err", err)
+	case dropped && err != nil:
+		log.Info("pre-load dropped while it loaded")
 	case dropped:
 		in.Close()
 		if release {
 			ort.ReleaseMemory()
 		}
 		log.Info("pre-load dropped as it finished: its sessions are released")
+	case err != nil:
+		log.Warn("pre-load failed; a specialise for the revision will load it as without one", "err", err)
 	default:
 		log.Info("pre-loaded: the sessions wait for a specialise that names the revision", "load_seconds", took.Seconds(), "rss_added_bytes", after-before)
 	}

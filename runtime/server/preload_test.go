@@ -129,6 +129,34 @@ func TestPreloadPaths(t *testing.T) {
 		}
 	})
 
+	t.Run("replaced", func(t *testing.T) {
+		// A pre-load replaced by another, whether it had finished or was
+		// still loading, answers 200 or 409 (dropped): never an error of
+		// the revision's (a cancelled load's 422), which the engine would
+		// book as a failed pre-load.
+		for range 5 {
+			base := poolServer(t).URL
+			var wg sync.WaitGroup
+			var first int
+			var firstOut map[string]any
+			wg.Add(1)
+			go func() { defer wg.Done(); first, firstOut = preload(base, fraudDir, "fraud-00001") }()
+			second, secondOut := preload(base, recDir, "recommend-00001")
+			wg.Wait()
+			for _, c := range []struct {
+				code int
+				out  map[string]any
+			}{{first, firstOut}, {second, secondOut}} {
+				if c.code != http.StatusOK && c.code != http.StatusConflict {
+					t.Fatalf("a replaced pre-load answered %d %v, want 200 or 409", c.code, c.out)
+				}
+			}
+			if first != http.StatusOK && second != http.StatusOK {
+				t.Fatalf("neither pre-load answered 200 (%d, %d)", first, second)
+			}
+		}
+	})
+
 	t.Run("bad", func(t *testing.T) {
 		base := poolServer(t).URL
 		if code, out := preload(base, fraudDir, "fraud-99999"); code != http.StatusBadRequest || !strings.Contains(out["error"].(string), "fraud-99999") {
