@@ -94,15 +94,7 @@ func TestColdStartTags(t *testing.T) {
 		t.Fatal(err)
 	}
 	ln := &recordingListener{Listener: inner}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, ln, nil) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
+	serveUntilCleanup(t, s, ln, nil)
 	base := "http://" + inner.Addr().String()
 	// As queue-proxy probes: HTTP/1.1, a connection per probe.
 	h1 := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}

@@ -35,15 +35,7 @@ func servedInstance(t *testing.T, mutate func(*functions.Manifest)) (addr string
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, ln, nil) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
+	serveUntilCleanup(t, s, ln, nil)
 	conn, err = grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -360,4 +352,19 @@ func TestGRPCModelNotReadyIsUnavailable(t *testing.T) {
 	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "no revision loaded yet") {
 		t.Errorf("ModelInfer before load: %v %q, want Unavailable", st.Code(), st.Message())
 	}
+}
+
+// serveUntilCleanup runs s on ln (and on uln, the router's framed socket,
+// when not nil) until the test ends, and fails the test if Serve does.
+func serveUntilCleanup(t testing.TB, s *server.Server, ln, uln net.Listener) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx, ln, uln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
 }

@@ -3,7 +3,6 @@ package server_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"io"
@@ -74,15 +73,7 @@ func TestFramedGRPCAnswersAsH2C(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, ln, uln) }()
-	defer func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
+	serveUntilCleanup(t, s, ln, uln)
 	h2c := &http.Client{Transport: &http.Transport{Protocols: h2cOnly()}}
 	overH2C := func(method string, md [][2]string, body []byte) grpcAnswer {
 		t.Helper()

@@ -46,10 +46,7 @@ func serveModel(t *testing.T, model, extra string, files map[string]string) (str
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, ln, nil) }()
-	t.Cleanup(func() { cancel(); <-served })
+	serveUntilCleanup(t, s, ln, nil)
 	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
