@@ -125,14 +125,18 @@ func (s *Server) preloadCall(c echo.Context) error {
 	case <-c.Request().Context().Done():
 		return c.Request().Context().Err()
 	}
+	// A drop after done still writes p's err (dropLocked): read under preMu.
+	s.preMu.Lock()
+	perr, took, before, after := p.err, p.took, p.before, p.after
+	s.preMu.Unlock()
 	switch {
-	case errors.Is(p.err, errPreloadDropped):
-		return echo.NewHTTPError(http.StatusConflict, p.err.Error())
-	case p.err != nil:
-		return echo.NewHTTPError(http.StatusUnprocessableEntity, p.err.Error())
+	case errors.Is(perr, errPreloadDropped):
+		return echo.NewHTTPError(http.StatusConflict, perr.Error())
+	case perr != nil:
+		return echo.NewHTTPError(http.StatusUnprocessableEntity, perr.Error())
 	}
 	return c.JSON(http.StatusOK, map[string]any{"function": m.Name, "revision": req.Revision, "preloaded": true,
-		"load_seconds": p.took.Seconds(), "rss_before_bytes": p.before, "rss_bytes": p.after})
+		"load_seconds": took.Seconds(), "rss_before_bytes": before, "rss_bytes": after})
 }
 
 // dropPreloadCall drops what the process pre-loaded, if anything (the
