@@ -84,6 +84,7 @@ func Init() (string, error) {
 			return
 		}
 		onnx.SetSharedLibraryPath(initPath)
+		fixMmapThreshold()
 		if err := onnx.InitializeEnvironment(onnx.WithLogLevelError()); err != nil {
 			initErr = fmt.Errorf("initialise ONNX Runtime from %s: %w", initPath, err)
 		}
