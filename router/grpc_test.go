@@ -145,9 +145,17 @@ func grpcRouterOver(t *testing.T, transport string, mutate func(*router.Config))
 	inst := &recordingInstance{}
 	g := grpc.NewServer()
 	pb.RegisterGRPCInferenceServiceServer(g, inst)
-	be := &instanceBackend{addr: h2cServer(t, g), warm: map[string]bool{}}
+	c, conn, be := grpcRouterIn(t, transport, g, mutate)
+	return c, conn, inst, be
+}
+
+// grpcRouterIn is a router in front of instance, an http.Handler answering
+// gRPC, reached over transport.
+func grpcRouterIn(t *testing.T, transport string, instance http.Handler, mutate func(*router.Config)) (pb.GRPCInferenceServiceClient, *grpc.ClientConn, *instanceBackend) {
+	t.Helper()
+	be := &instanceBackend{addr: h2cServer(t, instance), warm: map[string]bool{}}
 	if transport == "frames" {
-		be.socket = frameServer(t, g)
+		be.socket = frameServer(t, instance)
 	}
 	fn := &functions.Manifest{Name: "m", Handler: "tensor", Revisions: []functions.Revision{{Name: "m-00001"}, {Name: "m-00002", Tag: "stable"}}}
 	fn.Runtime.MaxBodyBytes = 1000
@@ -160,7 +168,42 @@ func grpcRouterOver(t *testing.T, transport string, mutate func(*router.Config))
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return pb.NewGRPCInferenceServiceClient(conn), conn, inst, be
+	return pb.NewGRPCInferenceServiceClient(conn), conn, be
+}
+
+// TestGRPCUnrelayableAnswerIsInternalToAll: an instance answer the router
+// cannot relay (no grpc-status; OK without a message) reaches the client as
+// Internal and is counted as one (HTTP 500), not as Unknown or OK.
+func TestGRPCUnrelayableAnswerIsInternalToAll(t *testing.T) {
+	answers := map[string]http.HandlerFunc{
+		"no grpc-status": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/grpc")
+			w.WriteHeader(http.StatusOK)
+		},
+		"OK without a message": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/grpc")
+			w.Header().Set("Trailer", "Grpc-Status")
+			w.WriteHeader(http.StatusOK)
+			w.Header().Set("Grpc-Status", "0")
+		},
+	}
+	for _, transport := range transports {
+		for name, h := range answers {
+			t.Run(transport+"/"+name, func(t *testing.T) {
+				reg := prometheus.NewRegistry()
+				c, _, _ := grpcRouterIn(t, transport, h, func(cfg *router.Config) { cfg.Registry = reg })
+				_, err := c.ModelInfer(context.Background(), &pb.ModelInferRequest{ModelName: "m"})
+				if status.Code(err) != codes.Internal {
+					t.Fatalf("the client got %v, want Internal", err)
+				}
+				for code, want := range map[string]float64{"500": 1, "200": 0} {
+					if v := testbin.Metric(t, reg, "pilotlight_requests_total", map[string]string{"code": code}); v != want {
+						t.Errorf("pilotlight_requests_total{code=%q} = %v, want %v", code, v, want)
+					}
+				}
+			})
+		}
+	}
 }
 
 // TestGRPCProxyForwardsAndMarks: a call reaches the instance with its

@@ -312,18 +312,19 @@ func (w *nativeWriter) relay(p *grpcProxy, resp *http.Response, revision string,
 			w.trailer = relayMD(w.trailer, k, vs)
 		}
 	}
-	code := codes.Unknown
+	// What the client gets is what the metrics count: an answer the
+	// router cannot relay is Internal to both.
+	sc := -1
 	if len(st[0]) > 0 {
-		n, err := strconv.Atoi(st[0][0])
-		if err != nil {
-			w.err = status.Error(codes.Internal, "the instance's answer carried no grpc-status")
-			return code
+		if v, err := strconv.Atoi(st[0][0]); err == nil {
+			sc = v
 		}
-		code = codes.Code(n)
-	} else {
-		w.err = status.Error(codes.Internal, "the instance's answer carried no grpc-status")
-		return code
 	}
+	if sc < 0 {
+		w.err = status.Error(codes.Internal, "the instance's answer carried no grpc-status")
+		return codes.Internal
+	}
+	code := codes.Code(sc)
 	if code != codes.OK {
 		s := &spb.Status{Code: int32(code)}
 		if len(st[1]) > 0 {
@@ -341,12 +342,12 @@ func (w *nativeWriter) relay(p *grpcProxy, resp *http.Response, revision string,
 	}
 	if len(body) < pb.FrameHeaderBytes {
 		w.err = status.Error(codes.Internal, "the instance answered OK without a message")
-		return code
+		return codes.Internal
 	}
 	compressed, n := pb.ParseFrameHeader(body)
 	if compressed || len(body) != pb.FrameHeaderBytes+int(n) {
 		w.err = status.Errorf(codes.Internal, "the instance's answer is not one uncompressed message (%d bytes, prefix says %d, compressed %v)", len(body)-pb.FrameHeaderBytes, n, compressed)
-		return code
+		return codes.Internal
 	}
 	w.msg = body[pb.FrameHeaderBytes:]
 	return code
