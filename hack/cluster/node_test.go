@@ -21,6 +21,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
@@ -330,16 +331,39 @@ func revisionRequest(t *testing.T, rev, path, body string) (string, int, http.He
 	return string(b), resp.StatusCode, resp.Header
 }
 
+// Knative's autoscaler windows (config-autoscaler's stable-window and
+// scale-to-zero-grace-period) the real node's steps run under.
+type windows struct{ stable, grace string }
+
+var (
+	// shortWindows are Knative's shortest, so scale to zero takes seconds
+	// (the scale-from-zero checks wait for it again and again).
+	shortWindows = windows{"6s", "2s"}
+	// defaultWindows are Knative's defaults, for steps whose revisions
+	// must stay up under traffic. Under the short ones, a revision whose
+	// traffic stalls for 8 s goes to zero, and on the 2-CPU node its next
+	// pod waits Pending until the last one's 30 s drain frees its CPU
+	// request: a rollout's paced requests, held that long, left its
+	// steps without the requests to judge (CI, stop 34).
+	defaultWindows = windows{"60s", "30s"}
+)
+
+// autoscalerWindows sets Knative's autoscaler windows; the KPA reconciler
+// resyncs every PodAutoscaler on the change.
+func autoscalerWindows(t *testing.T, w windows) {
+	t.Helper()
+	patch, _ := json.Marshal(map[string]any{"data": map[string]string{"stable-window": w.stable, "scale-to-zero-grace-period": w.grace}})
+	if _, err := plane.Kube.CoreV1().ConfigMaps(KnativeNamespace).Patch(context.Background(), "config-autoscaler", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatalf("set Knative's autoscaler windows (stable %s, grace %s): %v", w.stable, w.grace, err)
+	}
+}
+
 func testKnativeDataPath(t *testing.T) {
 	ctx := context.Background()
 	if err := plane.ApplyFiles(ctx, repoPath("config/security/namespaces.yaml"), repoPath("config/security/rbac.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	// Knative's shortest windows, so scale to zero takes seconds.
-	patch := []byte(`{"data":{"stable-window":"6s","scale-to-zero-grace-period":"2s"}}`)
-	if _, err := plane.Kube.CoreV1().ConfigMaps(KnativeNamespace).Patch(ctx, "config-autoscaler", "application/merge-patch+json", patch, metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	autoscalerWindows(t, shortWindows)
 	kc, _, err := plane.ServiceAccountKubeconfig(ctx, ns, "pilotlight-deployer")
 	if err != nil {
 		t.Fatal(err)

@@ -71,6 +71,10 @@ func testRolloutsOnNode(t *testing.T) {
 	if err := plane.ApplyFiles(ctx, repoPath("config/security/namespaces.yaml"), repoPath("config/security/rbac.yaml")); err != nil {
 		t.Fatal(err)
 	}
+	// A rollout judges its revisions under traffic: they stay up for it,
+	// as under Knative's defaults in any cluster.
+	autoscalerWindows(t, defaultWindows)
+	t.Cleanup(func() { autoscalerWindows(t, shortWindows) })
 	setFlags(t, nodeRolloutFlags("stable"))
 	rig := &rolloutRig{adminKey: routerOnNode.adminKey, appKey: routerOnNode.key}
 	pods, err := plane.Kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=pilotlight-router"})
@@ -173,8 +177,12 @@ func testRolloutsOnNode(t *testing.T) {
 
 	t.Run("BlueGreenPrescalesOnRealPods", func(t *testing.T) { testBlueGreenOnNode(t, rig, false) })
 	// Knative's autoscaler applies a raised min-scale to a revision only
-	// once it has a metric for it: from zero, a pod reports none.
-	t.Run("BlueGreenPrescalesFromZero", func(t *testing.T) { testBlueGreenOnNode(t, rig, true) })
+	// once it has a metric for it: from zero, a pod reports none. The
+	// short windows again, so the candidate reaches zero in seconds.
+	t.Run("BlueGreenPrescalesFromZero", func(t *testing.T) {
+		autoscalerWindows(t, shortWindows)
+		testBlueGreenOnNode(t, rig, true)
+	})
 }
 
 // testBlueGreenOnNode rolls fraud out from fraud-00002 (serving, on its
