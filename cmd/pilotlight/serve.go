@@ -565,7 +565,11 @@ func (o *serveOptions) listenAndServe(rt *router.Router, eng *engine.Engine, fns
 	for i, f := range fns {
 		names[i] = f.Name
 	}
-	log.Info("pilotlight serving", "addr", ln.Addr().String(), "functions", names, "warm_pool", o.poolSize)
+	attrs := []any{"addr", ln.Addr().String(), "functions", names, "backend", o.backend}
+	if o.backend == "local" { // Knative scales a cluster's revisions: no pool of ours there
+		attrs = append(attrs, "warm_pool", o.poolSize)
+	}
+	log.Info("pilotlight serving", attrs...)
 	scheme := "http"
 	if o.tlsCert != "" {
 		scheme = "https"
