@@ -155,6 +155,7 @@ type Admin struct {
 		Name      string `json:"name"`
 		Revisions []struct {
 			Name      string `json:"name"`
+			Queued    int    `json:"queued"`
 			Instances []struct {
 				PID      int    `json:"pid"`
 				Port     int    `json:"port"`
