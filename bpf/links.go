@@ -119,7 +119,11 @@ func (p *Probes) attachTCPRead() error {
 		return err
 	}
 	if p.dynLinks[tcpReadProgram] != nil {
-		return p.tcpReadOn.Set(uint32(1))
+		p.tcpReadGen++
+		if p.tcpReadGen == 0 { // 0 is off
+			p.tcpReadGen = 1
+		}
+		return p.tcpReadOn.Set(p.tcpReadGen)
 	}
 	return nil
 }

@@ -204,6 +204,8 @@ struct sk_info {
 	__u64 rx_bytes; // read by the instance (Unix sockets: TCP counts its own)
 	__u32 tgid;
 	__u8 flags, direction, peer_class, pad;
+	__u32 ready_gen; // TCP: tcp_read_on when ready_ns was stored
+	__u32 pad2;
 };
 
 // Set by the loader: the tgid whose children get a timeline from exec on
@@ -244,8 +246,10 @@ volatile __u32 unix_pending_n = 0;
 // Set by user space while on_tcp_read is attached: while a tracked
 // instance has an open TCP connection. Over serve's framed socket that is
 // only the engine's readiness polls and scrapes, so a TCP packet's
-// sk_data_ready returns here, with no storage lookup, and no arrival is
-// left waiting for a read nothing would see.
+// sk_data_ready returns here, with no storage lookup. Each attach sets a
+// new value (a generation, never 0): an arrival stored under an earlier
+// one may have been read while on_tcp_read was detached, unseen, so the
+// next arrival replaces it rather than being timed from it.
 volatile __u32 tcp_read_on = 0;
 
 // tgid -> histogram slot in hists; filled and emptied by Track/Untrack.
@@ -892,9 +896,15 @@ int BPF_PROG(on_data_ready, const struct sock *sk)
 		if (socket_queue && si && (si->flags & SK_CONN) && sk->sk_receive_queue.qlen <= 1)
 			si->ready_ns = bpf_ktime_get_ns();
 	} else {
-		if (!socket_queue || !tcp_read_on || !sk->sk_bpf_storage)
+		__u32 gen = tcp_read_on;
+
+		if (!socket_queue || !gen || !sk->sk_bpf_storage)
 			return 0;
 		si = bpf_sk_storage_get(&sk_infos, (void *)sk, 0, 0);
+		if (si && si->ready_gen != gen) {
+			si->ready_ns = 0; // stored before a detach: read unseen
+			si->ready_gen = gen;
+		}
 	}
 	// Keep the oldest unread arrival.
 	if (socket_queue && si && (si->flags & SK_CONN) && !si->ready_ns)

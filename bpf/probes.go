@@ -177,7 +177,8 @@ type Probes struct {
 	paused         bool                 // Pause detached everything
 	unixSeen       bool                 // a tracked instance's Unix connection was seen: on_sock_read is wanted
 	tcpOpen        int                  // tracked instances' TCP connections open (opened minus closed): on_tcp_read is wanted while > 0
-	tcpReadOn      *ebpf.Variable       // tcp_read_on in the kernel: 1 while on_tcp_read is attached
+	tcpReadOn      *ebpf.Variable       // tcp_read_on in the kernel: tcpReadGen while on_tcp_read is attached, 0 while not
+	tcpReadGen     uint32               // the latest attach's generation (probes.bpf.c: tcp_read_on)
 	coldOpen       map[uint32]time.Time // tracked pids loading (until ready), since
 	anatOpen       map[uint32]time.Time // tracked pids whose cold start wants wakeups (until the response or readyGrace), until
 	tlOpen         map[uint32]time.Time // tracked pids whose cold start is open (until the response), until
