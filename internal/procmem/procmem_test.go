@@ -2,6 +2,7 @@ package procmem_test
 
 import (
 	"os"
+	"runtime/debug"
 	"testing"
 
 	"github.com/pilotlight/pilotlight/internal/procmem"
@@ -10,6 +11,7 @@ import (
 // TestRSS: this process's RSS, by pid and as self, is positive and grows
 // when memory is touched; a pid that does not exist has none.
 func TestRSS(t *testing.T) {
+	debug.FreeOSMemory() // an earlier run's (-count) buffer, kept by the Go heap, would be reused unfaulted
 	before := procmem.RSS(0)
 	if before <= 0 || procmem.RSS(os.Getpid()) <= 0 {
 		t.Fatalf("RSS of this process: %d (self), %d (pid)", before, procmem.RSS(os.Getpid()))
