@@ -289,7 +289,7 @@ func TestHoldThenRollbackWithoutTraffic(t *testing.T) {
 			t.Errorf("want holds on 2 requests: %+v", d)
 		}
 	}
-	if last := st.Decisions[maxHolds-1]; last.Verdict != VerdictRollback || !strings.Contains(last.Reason, "cannot judge") {
+	if last := st.Decisions[maxHolds-1]; last.Verdict != VerdictRollback || !strings.Contains(last.Reason, "cannot judge") || !strings.Contains(last.Reason, "--min-requests") {
 		t.Errorf("last decision %+v", last)
 	}
 	if r.decided(VerdictHold, CheckTraffic) != maxHolds-1 || r.decided(VerdictRollback, CheckTraffic) != 1 {

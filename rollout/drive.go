@@ -200,7 +200,7 @@ func (d *driver) judgeUntilPass(phase string, weight int, onShadow bool) (Decisi
 			return dec, "", false
 		case VerdictHold:
 			if holds+1 >= maxHolds {
-				d.finish(StateRolledBack, VerdictRollback, CheckTraffic, fmt.Sprintf("%s in each of %d intervals: cannot judge", reason, maxHolds), dec)
+				d.finish(StateRolledBack, VerdictRollback, CheckTraffic, fmt.Sprintf("%s in each of %d intervals: cannot judge (%s)", reason, maxHolds, notJudgedHint), dec)
 				return dec, "", false
 			}
 			d.record(dec, VerdictHold, CheckTraffic, reason+"; waiting")
@@ -209,6 +209,12 @@ func (d *driver) judgeUntilPass(phase string, weight int, onShadow bool) (Decisi
 		return dec, reason, true
 	}
 }
+
+// notJudgedHint is what to do about a rollout that could not be judged.
+// A request counts once answered: one held through a revision's cold start
+// (Knative's activator, a scheduler wait) counts late or not at all.
+const notJudgedHint = "send the function more traffic, lengthen --interval, or lower --min-requests (--min-labelled for outcomes); " +
+	"a request counts once answered, so one held by a cold start counts late"
 
 func (d *driver) record(dec Decision, verdict, check, reason string) {
 	dec.Verdict, dec.Check, dec.Reason, dec.At = verdict, check, reason, time.Now()
